@@ -1,0 +1,74 @@
+//! A diffusers model folder: `model_index.json` names the pipeline class and its components.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{EngineError, Result};
+
+pub const SUPPORTED_PIPELINES: [&str; 4] = [
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+];
+
+/// The pipeline family, which decides how text is encoded and what the UNet is fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Stable Diffusion 1.x / 2.x (and SD-Turbo): one CLIP text encoder, last hidden state.
+    StableDiffusion,
+    /// SDXL (and SDXL-Turbo): two text encoders, penultimate hidden states, pooled embeddings
+    /// and size/crop time ids.
+    StableDiffusionXl,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ModelIndex {
+    #[serde(rename = "_class_name")]
+    pub class_name: String,
+    /// SDXL: use zeros, not the encoded empty string, for the unconditional branch when no
+    /// negative prompt is given.
+    #[serde(default)]
+    pub force_zeros_for_empty_prompt: Option<bool>,
+}
+
+impl ModelIndex {
+    pub fn family(&self, path: &Path) -> Result<Family> {
+        match self.class_name.as_str() {
+            "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" => {
+                Ok(Family::StableDiffusion)
+            }
+            "StableDiffusionXLPipeline" | "StableDiffusionXLImg2ImgPipeline" => {
+                Ok(Family::StableDiffusionXl)
+            }
+            other => Err(EngineError::UnsupportedPipeline {
+                path: path.to_path_buf(),
+                class: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// Read and parse a JSON file, naming the file in every error.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => EngineError::MissingFile {
+            path: path.to_path_buf(),
+        },
+        _ => EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    })?;
+    serde_json::from_str(&text).map_err(|e| EngineError::config(path, e))
+}
+
+/// `dir/component/config.json`, parsed.
+pub fn component_config<T: DeserializeOwned>(dir: &Path, component: &str) -> Result<T> {
+    read_json(&dir.join(component).join("config.json"))
+}
+
+pub fn component_dir(dir: &Path, component: &str) -> PathBuf {
+    dir.join(component)
+}

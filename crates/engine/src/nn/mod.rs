@@ -1,0 +1,3 @@
+//! Building blocks shared by the text encoder, the UNet and the VAE.
+
+pub mod attention;

@@ -1,0 +1,201 @@
+//! Memory-mapped safetensors weights for one model component.
+//!
+//! Real checkpoints come as `diffusion_pytorch_model.safetensors`, `model.safetensors`, their
+//! `.fp16` variants, or sharded behind an `*.safetensors.index.json`, in f32, f16 or bf16.
+//! Tensors are converted to the compute dtype as they are read; a missing tensor or one of the
+//! wrong shape becomes an error naming the file and the tensor instead of a panic.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::VarBuilder;
+use candle_nn::var_builder::SimpleBackend;
+
+use crate::error::{EngineError, Result};
+
+/// Which weight file to prefer when a component folder has several variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Variant {
+    /// The plain file when present, else the `.fp16` variant.
+    #[default]
+    Auto,
+    /// The `.fp16` variant when present, else the plain file.
+    PreferFp16,
+}
+
+/// How tensor names in the file may differ from the names the model asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameScheme {
+    Exact,
+    /// CLIP text weights are saved with or without the `text_model.` prefix.
+    OptionalTextModelPrefix,
+}
+
+const STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
+
+/// Find the safetensors file(s) of a component folder such as `unet/`.
+pub fn find_weight_files(dir: &Path, variant: Variant) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Err(EngineError::MissingFile {
+            path: dir.to_path_buf(),
+        });
+    }
+    let infixes: &[&str] = match variant {
+        Variant::Auto => &["", ".fp16"],
+        Variant::PreferFp16 => &[".fp16", ""],
+    };
+    for infix in infixes {
+        for stem in STEMS {
+            let single = dir.join(format!("{stem}{infix}.safetensors"));
+            if single.is_file() {
+                return Ok(vec![single]);
+            }
+            let index = dir.join(format!("{stem}{infix}.safetensors.index.json"));
+            if index.is_file() {
+                return shards_from_index(&index);
+            }
+        }
+    }
+    let other = ["diffusion_pytorch_model.bin", "pytorch_model.bin"]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.is_file());
+    Err(match other {
+        Some(path) => EngineError::Weights {
+            path,
+            message: "pickle (.bin) weights are not supported; convert them to safetensors".into(),
+        },
+        None => EngineError::MissingFile {
+            path: dir.join("diffusion_pytorch_model.safetensors"),
+        },
+    })
+}
+
+fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: std::collections::BTreeMap<String, String>,
+    }
+    let index_json: Index = crate::model::read_json(index)?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let shards: BTreeSet<&String> = index_json.weight_map.values().collect();
+    shards
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(EngineError::MissingFile { path })
+            }
+        })
+        .collect()
+}
+
+/// The tensors of one component, memory-mapped.
+pub struct WeightFiles {
+    files: Vec<PathBuf>,
+    tensors: MmapedSafetensors,
+    names: NameScheme,
+}
+
+impl WeightFiles {
+    pub fn open(dir: &Path, variant: Variant, names: NameScheme) -> Result<Self> {
+        let files = find_weight_files(dir, variant)?;
+        // SAFETY: the files are memory-mapped read-only; like every inference server we
+        // require that model folders are not rewritten in place while they are loaded.
+        #[allow(unsafe_code)]
+        let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| EngineError::Weights {
+            path: files[0].clone(),
+            message: format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+        })?;
+        Ok(Self {
+            files,
+            tensors,
+            names,
+        })
+    }
+
+    /// The file that errors are reported against (the first shard when sharded).
+    pub fn path(&self) -> &Path {
+        &self.files[0]
+    }
+
+    /// A `VarBuilder` reading these tensors, converted to `dtype` on `device`.
+    pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+
+    fn resolve(&self, name: &str) -> Option<String> {
+        if self.tensors.get(name).is_ok() {
+            return Some(name.to_string());
+        }
+        let alternate = match self.names {
+            NameScheme::Exact => return None,
+            NameScheme::OptionalTextModelPrefix => match name.strip_prefix("text_model.") {
+                Some(bare) => bare.to_string(),
+                None => format!("text_model.{name}"),
+            },
+        };
+        self.tensors.get(&alternate).is_ok().then_some(alternate)
+    }
+
+    fn load(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let resolved = self.resolve(name).ok_or_else(|| {
+            candle_core::Error::msg(format!("missing tensor `{name}`"))
+        })?;
+        self.tensors
+            .load(&resolved, device)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(|e| candle_core::Error::msg(format!("tensor `{name}`: {e}")))
+    }
+}
+
+impl SimpleBackend for WeightFiles {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.load(name, dtype, device)?;
+        if tensor.shape() != &shape {
+            return Err(candle_core::Error::msg(format!(
+                "tensor `{name}` has shape {:?}, the config implies {:?}",
+                tensor.dims(),
+                shape.dims()
+            )));
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.resolve(name).is_some()
+    }
+}
+
+/// Load a component's weights and build a model from them; any tensor error while building
+/// is reported against the component's weight file.
+pub fn build_component<M>(
+    dir: &Path,
+    variant: Variant,
+    names: NameScheme,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<M>,
+) -> Result<M> {
+    let files = WeightFiles::open(dir, variant, names)?;
+    let path = files.path().to_path_buf();
+    build(files.var_builder(dtype, device)).map_err(|e| EngineError::Weights {
+        path,
+        message: e.to_string(),
+    })
+}
