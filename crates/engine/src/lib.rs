@@ -9,3 +9,6 @@ pub mod nn;
 pub mod weights;
 
 pub use error::{EngineError, Result};
+
+#[cfg(test)]
+pub(crate) mod test_support;
