@@ -1,0 +1,61 @@
+//! `seedbed parity`: run the diffusers reference cases through the engine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use seedbed_engine::parity::{ParityRunner, read_cases};
+
+use crate::device::DeviceArgs;
+
+#[derive(Debug, Args)]
+pub struct ParityArgs {
+    /// Folder with `cases.json` and one `<name>.safetensors` per case.
+    #[arg(long, env = "SEEDBED_PARITY_CASES")]
+    cases: PathBuf,
+
+    /// Folder holding the model folders the cases name.
+    #[arg(long, env = "SEEDBED_PARITY_MODELS")]
+    models: PathBuf,
+
+    /// Largest allowed absolute difference of the final image (4e-3 is one 8-bit level).
+    #[arg(long, default_value_t = 4e-3)]
+    tolerance: f64,
+
+    /// Run only the cases whose name contains this text.
+    #[arg(long)]
+    only: Option<String>,
+
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+pub fn run(args: ParityArgs) -> Result<ExitCode> {
+    let cases = read_cases(&args.cases)?;
+    let mut runner = ParityRunner::new(
+        &args.cases,
+        &args.models,
+        args.tolerance,
+        args.device.load_options()?,
+    );
+    let (mut passed, mut failed) = (0, 0);
+    for case in cases
+        .iter()
+        .filter(|c| args.only.as_ref().is_none_or(|only| c.name.contains(only)))
+    {
+        let report = runner.run(case);
+        println!("{}", report.line());
+        if report.passed() {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::EXIT_FAILURE)
+    })
+}

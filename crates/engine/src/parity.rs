@@ -1,0 +1,324 @@
+//! Reference parity: run the engine on the diffusers reference cases (format in
+//! `shared/fixtures/README.md`) and compare every stage the case carries.
+//!
+//! The intermediate stages are what make this meaningful: with random weights a tiny VAE is
+//! almost blind to latent errors, so the image alone would let a wrong UNet pass. Each stage
+//! is checked where it happens and the first failing one is named.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::model::read_json;
+use crate::pipeline::{EncodedPrompts, LoadOptions, Pipeline, Run, Start};
+use crate::scheduler::{NoiseSource, SchedulerKind};
+use crate::unet::AddedConditioning;
+
+/// One entry of `cases.json`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Case {
+    pub name: String,
+    pub model: String,
+    pub prompt: String,
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
+    pub seed: u64,
+    pub height: u32,
+    pub width: u32,
+    pub steps: usize,
+    pub guidance_scale: f64,
+    pub scheduler: String,
+    #[serde(default)]
+    pub scheduler_config: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub strength: Option<f64>,
+    #[serde(default)]
+    pub init_image: Option<bool>,
+}
+
+/// One compared tensor.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub stage: &'static str,
+    pub tensor: String,
+    pub max_abs: f64,
+    pub mean_abs: f64,
+    pub bound: f64,
+}
+
+impl Comparison {
+    pub fn passed(&self) -> bool {
+        self.max_abs <= self.bound
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CaseReport {
+    pub name: String,
+    pub comparisons: Vec<Comparison>,
+    /// Set when the case could not be run to the end, or its token ids differ.
+    pub error: Option<String>,
+}
+
+impl CaseReport {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.comparisons.iter().all(Comparison::passed)
+    }
+
+    /// `NAME max_abs=... mean_abs=... PASS|FAIL`, the numbers being the final image's; a
+    /// failure names its first failing stage.
+    pub fn line(&self) -> String {
+        let image = self.comparisons.iter().find(|c| c.stage == "image");
+        let numbers = match image {
+            Some(c) => format!("max_abs={:.3e} mean_abs={:.3e}", c.max_abs, c.mean_abs),
+            None => "max_abs=- mean_abs=-".to_string(),
+        };
+        if self.passed() {
+            return format!("{} {numbers} PASS", self.name);
+        }
+        let cause = match (&self.error, self.comparisons.iter().find(|c| !c.passed())) {
+            (Some(error), _) => error.clone(),
+            (None, Some(c)) => format!(
+                "first failing stage: {} ({} max_abs {:.3e} > {:.3e})",
+                c.stage, c.tensor, c.max_abs, c.bound
+            ),
+            (None, None) => String::new(),
+        };
+        format!("{} {numbers} FAIL ({cause})", self.name)
+    }
+}
+
+pub fn read_cases(cases_dir: &Path) -> Result<Vec<Case>> {
+    read_json(&cases_dir.join("cases.json"))
+}
+
+/// Runs cases, loading each model folder once.
+pub struct ParityRunner {
+    models_dir: PathBuf,
+    cases_dir: PathBuf,
+    image_tolerance: f64,
+    options: LoadOptions,
+    pipelines: HashMap<String, Pipeline>,
+}
+
+impl ParityRunner {
+    pub fn new(cases_dir: &Path, models_dir: &Path, image_tolerance: f64, options: LoadOptions) -> Self {
+        Self {
+            models_dir: models_dir.to_path_buf(),
+            cases_dir: cases_dir.to_path_buf(),
+            image_tolerance,
+            options,
+            pipelines: HashMap::new(),
+        }
+    }
+
+    pub fn run(&mut self, case: &Case) -> CaseReport {
+        let mut comparisons = Vec::new();
+        let error = self.check(case, &mut comparisons).err().map(|e| e.to_string());
+        CaseReport {
+            name: case.name.clone(),
+            comparisons,
+            error,
+        }
+    }
+
+    fn pipeline(&mut self, model: &str) -> Result<&Pipeline> {
+        if !self.pipelines.contains_key(model) {
+            let pipeline = Pipeline::load(&self.models_dir.join(model), self.options.clone())?;
+            self.pipelines.insert(model.to_string(), pipeline);
+        }
+        Ok(&self.pipelines[model])
+    }
+
+    fn check(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
+        let path = self.cases_dir.join(format!("{}.safetensors", case.name));
+        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| EngineError::Weights { path: path.clone(), message: e.to_string() })?;
+        let get = |name: &str| {
+            tensors.get(name).cloned().ok_or_else(|| EngineError::Weights {
+                path: path.clone(),
+                message: format!("missing tensor `{name}`"),
+            })
+        };
+        let image_tolerance = self.image_tolerance;
+        let device = self.options.device.clone();
+        let pipeline = self.pipeline(&case.model)?;
+
+        check_tokens(&pipeline.text().token_ids(&case.prompt), &get("prompt_token_ids")?)?;
+
+        let prompts = pipeline.encode_prompts(
+            &case.prompt,
+            case.negative_prompt.as_deref(),
+            case.guidance_scale,
+        )?;
+        compare_text(&prompts, &tensors, out)?;
+
+        if let (Some(latents), Some(timestep), Some(eps)) = (
+            tensors.get("probe_latents"),
+            tensors.get("probe_timestep"),
+            tensors.get("probe_eps"),
+        ) {
+            let probe = probe_unet(pipeline, case, &tensors, latents, timestep, &device)?;
+            out.push(compare("unet probe", "probe_eps", &probe, eps, None)?);
+        }
+
+        let scheduler: SchedulerKind = case
+            .scheduler
+            .parse()
+            .map_err(|e: EngineError| EngineError::invalid("scheduler", e.to_string()))?;
+        let scheduler_config = match &case.scheduler_config {
+            Some(overrides) => pipeline.scheduler_config().with_overrides(overrides)?,
+            None => pipeline.scheduler_config().clone(),
+        };
+        let start = if case.init_image.unwrap_or(false) {
+            Start::Image {
+                image: get("init_image")?.to_device(&device)?,
+                noise: get("noise")?.to_device(&device)?,
+                strength: case.strength.unwrap_or(1.0),
+            }
+        } else {
+            Start::Noise(get("initial_latents")?.to_device(&device)?)
+        };
+        let run = Run {
+            prompts: &prompts,
+            guidance_scale: case.guidance_scale,
+            width: case.width,
+            height: case.height,
+            steps: case.steps,
+            scheduler,
+            scheduler_config: &scheduler_config,
+            karras_sigmas: false,
+            start,
+        };
+        let output = pipeline.run(run, &mut NoFreshNoise, &mut |_, _| {}, &AtomicBool::new(false))?;
+        if let Some(reference) = tensors.get("final_latents") {
+            out.push(compare("latents", "final_latents", &output.final_latents, reference, None)?);
+        }
+        let image = output.image.squeeze(0)?;
+        out.push(compare("image", "image", &image, &get("image")?, Some(image_tolerance))?);
+        Ok(())
+    }
+}
+
+/// The reference cases record no per-step noise, so a scheduler that asks for some cannot
+/// be checked against them.
+struct NoFreshNoise;
+
+impl NoiseSource for NoFreshNoise {
+    fn randn_like(&mut self, _: &Tensor) -> candle_core::Result<Tensor> {
+        Err(candle_core::Error::msg(
+            "this scheduler draws fresh noise each step, which reference cases do not record",
+        ))
+    }
+}
+
+fn check_tokens(ours: &[u32], reference: &Tensor) -> Result<()> {
+    let reference: Vec<i64> = reference.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
+    let ours: Vec<i64> = ours.iter().map(|&id| i64::from(id)).collect();
+    if let Some(at) = (0..ours.len().max(reference.len())).find(|&i| ours.get(i) != reference.get(i)) {
+        return Err(EngineError::invalid(
+            "tokens",
+            format!(
+                "first failing stage: tokens (id at position {at}: got {:?}, expected {:?})",
+                ours.get(at),
+                reference.get(at)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn compare_text(
+    prompts: &EncodedPrompts,
+    reference: &HashMap<String, Tensor>,
+    out: &mut Vec<Comparison>,
+) -> Result<()> {
+    let pairs = [
+        ("prompt_embeds", Some(&prompts.cond.embeds)),
+        ("pooled_prompt_embeds", prompts.cond.pooled.as_ref()),
+        ("negative_prompt_embeds", prompts.uncond.as_ref().map(|u| &u.embeds)),
+        (
+            "negative_pooled_prompt_embeds",
+            prompts.uncond.as_ref().and_then(|u| u.pooled.as_ref()),
+        ),
+    ];
+    for (name, ours) in pairs {
+        match (ours, reference.get(name)) {
+            (Some(ours), Some(theirs)) => out.push(compare("text", name, ours, theirs, None)?),
+            (None, Some(_)) => {
+                return Err(EngineError::invalid(
+                    "text",
+                    format!("first failing stage: text (the engine produced no `{name}`)"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One UNet call on the reference's own inputs, so a UNet error is told apart from a text one.
+fn probe_unet(
+    pipeline: &Pipeline,
+    case: &Case,
+    tensors: &HashMap<String, Tensor>,
+    latents: &Tensor,
+    timestep: &Tensor,
+    device: &Device,
+) -> Result<Tensor> {
+    let dtype = pipeline.unet_dtype();
+    let timestep = timestep.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let timestep = *timestep.first().ok_or_else(|| EngineError::invalid("probe_timestep", "empty"))?;
+    let embeds = tensors
+        .get("prompt_embeds")
+        .ok_or_else(|| EngineError::invalid("prompt_embeds", "missing from the case"))?
+        .to_device(device)?
+        .to_dtype(dtype)?;
+    let added = match tensors.get("pooled_prompt_embeds") {
+        Some(pooled) => {
+            let (h, w) = (case.height as f32, case.width as f32);
+            Some(AddedConditioning {
+                text_embeds: pooled.to_device(device)?.to_dtype(dtype)?,
+                time_ids: Tensor::new(&[[h, w, 0.0, 0.0, h, w]], device)?.to_dtype(dtype)?,
+            })
+        }
+        None => None,
+    };
+    let latents = latents.to_device(device)?.to_dtype(dtype)?;
+    Ok(pipeline.unet().forward(&latents, timestep, &embeds, added.as_ref())?)
+}
+
+fn compare(
+    stage: &'static str,
+    name: &str,
+    ours: &Tensor,
+    reference: &Tensor,
+    absolute_bound: Option<f64>,
+) -> Result<Comparison> {
+    let ours = ours.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+    let reference = reference.to_dtype(DType::F32)?;
+    if ours.dims() != reference.dims() {
+        return Err(EngineError::invalid(
+            "shape",
+            format!(
+                "first failing stage: {stage} ({name} has shape {:?}, the reference {:?})",
+                ours.dims(),
+                reference.dims()
+            ),
+        ));
+    }
+    let diff = (ours - &reference)?.abs()?;
+    let max_abs = f64::from(diff.max_all()?.to_scalar::<f32>()?);
+    let mean_abs = f64::from(diff.mean_all()?.to_scalar::<f32>()?);
+    let scale = f64::from(reference.abs()?.max_all()?.to_scalar::<f32>()?);
+    Ok(Comparison {
+        stage,
+        tensor: name.to_string(),
+        max_abs,
+        mean_abs,
+        bound: absolute_bound.unwrap_or(1e-3 * scale.max(1.0)),
+    })
+}

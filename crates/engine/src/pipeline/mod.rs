@@ -1,0 +1,400 @@
+//! A loaded text-to-image / image-to-image pipeline: text encoders, UNet, VAE and the
+//! scheduler settings of one diffusers model folder.
+
+mod conditioning;
+mod denoise;
+mod request;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use conditioning::{Conditioning, EncodedPrompts};
+pub use denoise::Denoise;
+pub use request::{GenerateRequest, InitImage, MAX_IMAGES, MAX_SIDE, MAX_STEPS, Progress, img2img_start};
+
+use crate::error::{EngineError, Result};
+use crate::image_ops;
+use crate::model::{Family, ModelIndex, read_json};
+use crate::noise::SeededNoise;
+use crate::scheduler::{self, NoiseSource, SchedulerConfig, SchedulerKind};
+use crate::text::{PromptEmbedding, TextEncoder};
+use crate::unet::UNet;
+use crate::vae::{Tiling, Vae};
+use crate::weights::Variant;
+
+/// When to decode the VAE in tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VaeTiling {
+    /// Tile only images larger than 1024x1024, where a full decode's activations get large.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Compute dtype of the text encoders and UNet (and of the VAE unless its config asks
+    /// to stay in f32 via `force_upcast`).
+    pub dtype: DType,
+    pub variant: Variant,
+    pub vae_tiling: VaeTiling,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            variant: Variant::Auto,
+            vae_tiling: VaeTiling::Auto,
+        }
+    }
+}
+
+/// Where the latents of one run start.
+pub enum Start {
+    /// Text-to-image: unit-normal noise `(1, C, h, w)`, scaled by the scheduler's initial sigma.
+    Noise(Tensor),
+    /// Image-to-image: the picture `(1, 3, H, W)` in [-1, 1], the noise to add to its latents,
+    /// and the strength.
+    Image {
+        image: Tensor,
+        noise: Tensor,
+        strength: f64,
+    },
+}
+
+/// One run of the loop on explicit inputs (the reference-parity checks feed the noise).
+pub struct Run<'a> {
+    pub prompts: &'a EncodedPrompts,
+    pub guidance_scale: f64,
+    pub width: u32,
+    pub height: u32,
+    pub steps: usize,
+    pub scheduler: SchedulerKind,
+    pub scheduler_config: &'a SchedulerConfig,
+    pub karras_sigmas: bool,
+    pub start: Start,
+}
+
+pub struct RunOutput {
+    /// After the last scheduler step, before un-scaling and decoding.
+    pub final_latents: Tensor,
+    /// `(B, H, W, 3)` f32 in [0, 1].
+    pub image: Tensor,
+}
+
+pub struct GeneratedImage {
+    pub seed: u64,
+    pub image: image::RgbImage,
+}
+
+pub struct Pipeline {
+    dir: PathBuf,
+    family: Family,
+    force_zeros_for_empty_prompt: bool,
+    text: TextEncoder,
+    unet: UNet,
+    vae: Vae,
+    scheduler_config: SchedulerConfig,
+    default_scheduler: SchedulerKind,
+    options: LoadOptions,
+}
+
+/// The scheduler class a model folder ships with, to pick the default sampler.
+#[derive(serde::Deserialize)]
+struct SchedulerClass {
+    #[serde(rename = "_class_name", default)]
+    class_name: String,
+}
+
+impl SchedulerClass {
+    fn kind(&self) -> SchedulerKind {
+        match self.class_name.as_str() {
+            "DDIMScheduler" => SchedulerKind::Ddim,
+            "EulerAncestralDiscreteScheduler" => SchedulerKind::EulerAncestral,
+            "DPMSolverMultistepScheduler" => SchedulerKind::DpmPlusPlus2M,
+            // Euler for Euler and for classes we don't implement (PNDM, LMS, ...): it works
+            // with every epsilon / v-prediction model.
+            _ => SchedulerKind::Euler,
+        }
+    }
+}
+
+impl Pipeline {
+    /// Load a diffusers model folder (the one holding `model_index.json`).
+    pub fn load(dir: &Path, options: LoadOptions) -> Result<Self> {
+        let index_path = dir.join("model_index.json");
+        let index: ModelIndex = read_json(&index_path)?;
+        let family = index.family(&index_path)?;
+        let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
+        let scheduler_config = SchedulerConfig::from_file(&scheduler_path)?;
+        let default_scheduler = read_json::<SchedulerClass>(&scheduler_path)?.kind();
+        let (device, dtype, variant) = (&options.device, options.dtype, options.variant);
+        let text = TextEncoder::load(dir, family, variant, dtype, device)?;
+        let unet = UNet::load(&dir.join("unet"), variant, dtype, device)?;
+        let vae = Vae::load(&dir.join("vae"), variant, DType::F32, device)?;
+        let vae = if vae.config().force_upcast || dtype == DType::F32 {
+            vae
+        } else {
+            Vae::load(&dir.join("vae"), variant, dtype, device)?
+        };
+        if family == Family::StableDiffusionXl && !unet.needs_added_conditioning() {
+            return Err(EngineError::config(
+                dir.join("unet").join("config.json"),
+                "an SDXL pipeline needs addition_embed_type \"text_time\"",
+            ));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            family,
+            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt.unwrap_or(false),
+            text,
+            unet,
+            vae,
+            scheduler_config,
+            default_scheduler,
+            options,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    pub fn text(&self) -> &TextEncoder {
+        &self.text
+    }
+
+    pub fn unet(&self) -> &UNet {
+        &self.unet
+    }
+
+    pub fn vae(&self) -> &Vae {
+        &self.vae
+    }
+
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
+    /// The sampler matching the model's own scheduler config.
+    pub fn default_scheduler(&self) -> SchedulerKind {
+        self.default_scheduler
+    }
+
+    /// Pixels per latent per side (8 for SD and SDXL).
+    pub fn latent_factor(&self) -> u32 {
+        self.vae.downscale_factor() as u32
+    }
+
+    /// The resolution the model was trained at: UNet sample size x VAE factor.
+    pub fn native_size(&self) -> u32 {
+        self.unet.config().sample_size as u32 * self.latent_factor()
+    }
+
+    /// Encode the prompt, and under guidance (`guidance_scale > 1`) the negative prompt: the
+    /// empty string when none is given, or zeros where the model asks for them (SDXL).
+    pub fn encode_prompts(
+        &self,
+        prompt: &str,
+        negative_prompt: Option<&str>,
+        guidance_scale: f64,
+    ) -> Result<EncodedPrompts> {
+        let cond = self.text.encode(prompt)?;
+        let uncond = if guidance_scale > 1.0 {
+            Some(match negative_prompt {
+                None if self.force_zeros_for_empty_prompt => zeros_like(&cond)?,
+                other => self.text.encode(other.unwrap_or(""))?,
+            })
+        } else {
+            None
+        };
+        Ok(EncodedPrompts { cond, uncond })
+    }
+
+    /// Run the denoising loop from explicit starting noise and decode the result.
+    pub fn run(
+        &self,
+        run: Run<'_>,
+        noise: &mut dyn NoiseSource,
+        on_step: &mut dyn FnMut(usize, usize),
+        cancel: &AtomicBool,
+    ) -> Result<RunOutput> {
+        let mut scheduler =
+            scheduler::build(run.scheduler, run.scheduler_config, run.steps, run.karras_sigmas)?;
+        let conditioning = Conditioning::new(
+            run.prompts,
+            run.guidance_scale,
+            run.width,
+            run.height,
+            self.options.dtype,
+        )?;
+        let (latents, first_step) = match run.start {
+            Start::Noise(noise) => {
+                let sigma = scheduler.init_noise_sigma();
+                ((noise.to_dtype(DType::F32)? * sigma)?, 0)
+            }
+            Start::Image {
+                image,
+                noise,
+                strength,
+            } => {
+                let first_step = img2img_start(run.steps, strength)? * scheduler.order();
+                let encoded = self.encode_image(&image)?;
+                let latents =
+                    scheduler.add_noise(&encoded, &noise.to_dtype(DType::F32)?, first_step)?;
+                (latents, first_step)
+            }
+        };
+        let denoise = Denoise {
+            unet: &self.unet,
+            conditioning: &conditioning,
+            first_step,
+            cancel,
+        };
+        let final_latents = denoise.run(scheduler.as_mut(), latents, noise, on_step)?;
+        let image = self.decode(&final_latents)?;
+        Ok(RunOutput {
+            final_latents,
+            image,
+        })
+    }
+
+    /// Picture `(1, 3, H, W)` in [-1, 1] to scaled latents (posterior mean, as the reference).
+    pub fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
+        let config = self.vae.config();
+        let mean = self
+            .vae
+            .encode_mean(&image.to_dtype(self.vae_dtype())?)?
+            .to_dtype(DType::F32)?;
+        let shifted = (mean - config.shift_factor.unwrap_or(0.0))?;
+        Ok((shifted * config.scaling_factor)?)
+    }
+
+    /// Scaled latents to `(B, H, W, 3)` f32 pixels in [0, 1].
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let config = self.vae.config();
+        let latents = ((latents / config.scaling_factor)? + config.shift_factor.unwrap_or(0.0))?
+            .to_dtype(self.vae_dtype())?;
+        let (_, _, h, w) = latents.dims4()?;
+        let tile = match self.options.vae_tiling {
+            VaeTiling::Always => true,
+            VaeTiling::Never => false,
+            VaeTiling::Auto => h * w > 128 * 128,
+        };
+        let decoded = if tile {
+            self.vae.decode_tiled(&latents, Tiling::default())?
+        } else {
+            self.vae.decode(&latents)?
+        };
+        Ok(image_ops::to_unit_range(&decoded.to_dtype(DType::F32)?)?)
+    }
+
+    /// The dtype the text encoders and UNet compute in.
+    pub fn unet_dtype(&self) -> DType {
+        self.options.dtype
+    }
+
+    fn vae_dtype(&self) -> DType {
+        if self.vae.config().force_upcast {
+            DType::F32
+        } else {
+            self.options.dtype
+        }
+    }
+
+    /// Generate `request.count` images, image `i` from seed `request.seed + i`.
+    pub fn generate(
+        &self,
+        request: &GenerateRequest,
+        on_progress: &mut dyn FnMut(Progress),
+        cancel: &AtomicBool,
+    ) -> Result<Vec<GeneratedImage>> {
+        request.validate(self.latent_factor())?;
+        let prompts = self.encode_prompts(
+            &request.prompt,
+            request.negative_prompt.as_deref(),
+            request.guidance_scale,
+        )?;
+        let device = &self.options.device;
+        let init_picture = match &request.init_image {
+            Some(init) => Some(image_ops::from_picture(
+                &init.image,
+                request.width,
+                request.height,
+                device,
+                DType::F32,
+            )?),
+            None => None,
+        };
+        let factor = self.latent_factor();
+        let latent_shape = [
+            1,
+            self.unet.config().in_channels,
+            (request.height / factor) as usize,
+            (request.width / factor) as usize,
+        ];
+        let mut images = Vec::with_capacity(request.count);
+        for index in 0..request.count {
+            let seed = request.seed.wrapping_add(index as u64);
+            let mut noise = SeededNoise::new(seed);
+            let initial = noise.randn(&latent_shape, device)?;
+            let start = match (&init_picture, &request.init_image) {
+                (Some(picture), Some(init)) => Start::Image {
+                    image: picture.clone(),
+                    noise: initial,
+                    strength: init.strength,
+                },
+                _ => Start::Noise(initial),
+            };
+            let started = Instant::now();
+            let mut on_step = |step, steps| {
+                on_progress(Progress {
+                    image: index,
+                    images: request.count,
+                    step,
+                    steps,
+                    elapsed: started.elapsed(),
+                })
+            };
+            let run = Run {
+                prompts: &prompts,
+                guidance_scale: request.guidance_scale,
+                width: request.width,
+                height: request.height,
+                steps: request.steps,
+                scheduler: request.scheduler,
+                scheduler_config: &self.scheduler_config,
+                karras_sigmas: request.karras_sigmas,
+                start,
+            };
+            let output = self.run(run, &mut noise, &mut on_step, cancel)?;
+            let picture = image_ops::to_rgb8(&output.image)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| candle_core::Error::msg("decoder returned no image"))?;
+            images.push(GeneratedImage {
+                seed,
+                image: picture,
+            });
+        }
+        Ok(images)
+    }
+}
+
+fn zeros_like(prompt: &PromptEmbedding) -> candle_core::Result<PromptEmbedding> {
+    Ok(PromptEmbedding {
+        embeds: prompt.embeds.zeros_like()?,
+        pooled: prompt.pooled.as_ref().map(Tensor::zeros_like).transpose()?,
+    })
+}
