@@ -2,6 +2,7 @@
 
 mod commands;
 mod device;
+mod memory;
 
 use std::process::ExitCode;
 

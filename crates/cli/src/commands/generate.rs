@@ -129,8 +129,14 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         bar.set_position((p.image * p.steps + p.step) as u64);
         bar.set_message(format!("image {}/{}", p.image + 1, p.images));
     };
+    let started = Instant::now();
     let images = pipeline.generate(&request, &mut on_progress, &AtomicBool::new(false))?;
     bar.finish_and_clear();
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        peak_rss_bytes = crate::memory::peak_rss_bytes(),
+        "generated"
+    );
 
     for (index, generated) in images.iter().enumerate() {
         let path = output_path(&args.output, index, images.len());

@@ -1,0 +1,149 @@
+//! The `seedbed` binary, run as a user would.
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+}
+
+fn seedbed() -> Command {
+    let mut cmd = Command::cargo_bin("seedbed").unwrap();
+    cmd.env_remove("SEEDBED_MODELS_DIR").env_remove("SEEDBED_MODEL");
+    cmd
+}
+
+#[test]
+fn parity_prints_one_line_per_case_and_a_summary() {
+    let output = seedbed()
+        .args(["parity", "--cases"])
+        .arg(fixtures().join("cases"))
+        .arg("--models")
+        .arg(fixtures().join("models"))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let stdout = String::from_utf8(output).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.last(), Some(&"5 passed, 0 failed"), "{stdout}");
+    for line in &lines[..lines.len() - 1] {
+        assert!(line.contains(" max_abs=") && line.contains(" mean_abs=") && line.ends_with(" PASS"), "{line}");
+    }
+}
+
+#[test]
+fn parity_fails_with_nonzero_exit_when_a_case_fails() {
+    seedbed()
+        .args(["parity", "--tolerance", "-1", "--only", "sd-euler-turbo", "--cases"])
+        .arg(fixtures().join("cases"))
+        .arg("--models")
+        .arg(fixtures().join("models"))
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("FAIL").and(predicate::str::contains("0 passed, 1 failed")));
+}
+
+#[test]
+fn generate_writes_png_and_jpeg() {
+    let tmp = tempfile::tempdir().unwrap();
+    seedbed()
+        .current_dir(tmp.path())
+        .args(["generate", "a red fox", "--seed", "1", "--steps", "2", "-n", "2", "-o", "fox.png", "--models-dir"])
+        .arg(fixtures().join("models"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("fox-0.png (seed 1)").and(predicate::str::contains("fox-1.png (seed 2)")));
+    let png = image::open(tmp.path().join("fox-1.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (64, 64));
+
+    seedbed()
+        .current_dir(tmp.path())
+        .args(["generate", "a red fox", "--model", "tiny-sdxl", "--size", "96x64", "--steps", "1", "-o", "fox.jpg", "--models-dir"])
+        .arg(fixtures().join("models"))
+        .assert()
+        .success();
+    let bytes = std::fs::read(tmp.path().join("fox.jpg")).unwrap();
+    assert_eq!(&bytes[..2], &[0xFF, 0xD8], "JPEG magic");
+    assert_eq!(image::load_from_memory(&bytes).unwrap().width(), 96);
+}
+
+#[test]
+fn image_to_image_from_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.png");
+    image::RgbImage::from_pixel(40, 30, image::Rgb([200, 10, 10])).save(&input).unwrap();
+    seedbed()
+        .current_dir(tmp.path())
+        .args(["generate", "a barn", "--steps", "4", "--strength", "0.5", "--init-image"])
+        .arg(&input)
+        .arg("--models-dir")
+        .arg(fixtures().join("models"))
+        .assert()
+        .success();
+    assert!(tmp.path().join("seedbed.png").is_file());
+}
+
+#[test]
+fn bad_input_exits_2_and_names_the_field() {
+    let models = fixtures().join("models");
+    seedbed()
+        .args(["generate", "x", "--size", "100x64", "--models-dir"])
+        .arg(&models)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("width").and(predicate::str::contains("multiple of 8")));
+    seedbed()
+        .args(["generate", "x", "--size", "big"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("WIDTHxHEIGHT"));
+    seedbed()
+        .args(["generate", "x", "--model", "nope", "--models-dir"])
+        .arg(&models)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("nope"));
+    seedbed()
+        .args(["generate", "x", "--scheduler", "plms", "--models-dir"])
+        .arg(&models)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("dpmpp2m"));
+}
+
+#[test]
+fn missing_models_dir_is_a_failure_with_a_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    seedbed()
+        .current_dir(tmp.path())
+        .args(["generate", "x"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("SEEDBED_MODELS_DIR"));
+}
+
+/// The tiny model at 1024x1024: attention over 16k latent tokens must not materialise the
+/// full score matrix (2 heads x 16k x 16k f32 = 2 GiB) and the VAE decodes in tiles.
+#[test]
+fn large_image_runs_in_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let assert = seedbed()
+        .current_dir(tmp.path())
+        .args(["generate", "x", "--size", "1024x1024", "--steps", "1", "--log", "info", "--models-dir"])
+        .arg(fixtures().join("models"))
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    let peak: u64 = stderr
+        .split("peak_rss_bytes=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no peak_rss_bytes in: {stderr}"));
+    println!("peak RSS at 1024x1024: {} MiB", peak / (1024 * 1024));
+    assert!(peak < 1536 * 1024 * 1024, "peak RSS {peak} bytes");
+}

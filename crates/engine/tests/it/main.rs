@@ -1,0 +1,41 @@
+//! Engine integration tests on the shared tiny diffusers models.
+
+mod broken_models;
+mod generate;
+mod parity;
+
+use std::path::{Path, PathBuf};
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+}
+
+pub fn models() -> PathBuf {
+    fixtures().join("models")
+}
+
+/// Copy a model folder into `dest` so a test can break it.
+pub fn copy_model(name: &str, dest: &Path) -> PathBuf {
+    let target = dest.join(name);
+    copy_dir(&models().join(name), &target);
+    target
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        let target = to.join(entry.file_name());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+            // Fixtures are read-only; the copies must be writable to be broken.
+            let mut perms = std::fs::metadata(&target).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&target, perms).unwrap();
+        }
+    }
+}
