@@ -6,10 +6,21 @@ use crate::{fixtures, models};
 /// Every shared diffusers reference case matches at every stage it carries.
 #[test]
 fn shared_reference_cases_pass() {
-    let cases_dir = fixtures().join("cases");
-    let cases = read_cases(&cases_dir).unwrap();
-    assert!(cases.len() >= 5);
-    let mut runner = ParityRunner::new(&cases_dir, &models(), 4e-3, LoadOptions::default());
+    assert_cases_pass(&fixtures().join("cases"), 5);
+}
+
+/// Our own extra cases (same format, same models): Karras, v-prediction, other spacings,
+/// img2img with other schedulers, long prompts, SDXL with guidance.
+#[test]
+fn extra_reference_cases_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cases");
+    assert_cases_pass(&dir, 12);
+}
+
+fn assert_cases_pass(cases_dir: &std::path::Path, expected: usize) {
+    let cases = read_cases(cases_dir).unwrap();
+    assert_eq!(cases.len(), expected);
+    let mut runner = ParityRunner::new(cases_dir, &models(), 4e-3, LoadOptions::default());
     let mut failures = Vec::new();
     for case in &cases {
         let report = runner.run(case);
