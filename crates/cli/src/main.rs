@@ -26,6 +26,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Check the engine against diffusers reference cases, stage by stage.
     Parity(commands::parity::ParityArgs),
+    /// Time text-to-image stage by stage on one model (median of several runs).
+    Bench(commands::bench::BenchArgs),
 }
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage or invalid input.
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Parity(args) => commands::parity::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -147,3 +147,21 @@ fn large_image_runs_in_bounded_memory() {
     println!("peak RSS at 1024x1024: {} MiB", peak / (1024 * 1024));
     assert!(peak < 1536 * 1024 * 1024, "peak RSS {peak} bytes");
 }
+
+#[test]
+fn bench_reports_stage_medians_as_json() {
+    let assert = seedbed()
+        .args(["bench", "--runs", "2", "--json"])
+        .arg(fixtures().join("models/tiny-sd"))
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+    let last = stdout.lines().last().unwrap();
+    let report: serde_json::Value = serde_json::from_str(last).unwrap();
+    for key in ["text_encode_s", "denoise_s", "vae_decode_s", "total_s"] {
+        let value = report[key].as_f64().unwrap_or_else(|| panic!("{key} in {last}"));
+        assert!(value > 0.0, "{key} = {value}");
+    }
+    assert!(report["total_s"].as_f64() >= report["denoise_s"].as_f64());
+    assert!(report["peak_rss_bytes"].as_u64().unwrap() > 0);
+}

@@ -7,7 +7,7 @@ mod request;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -87,6 +87,9 @@ pub struct RunOutput {
     pub final_latents: Tensor,
     /// `(B, H, W, 3)` f32 in [0, 1].
     pub image: Tensor,
+    /// Wall time of the denoising loop (with image-to-image's encode) and of the decode.
+    pub denoise_time: Duration,
+    pub decode_time: Duration,
 }
 
 pub struct GeneratedImage {
@@ -239,6 +242,7 @@ impl Pipeline {
             run.height,
             self.options.dtype,
         )?;
+        let started = Instant::now();
         let (latents, first_step) = match run.start {
             Start::Noise(noise) => {
                 let sigma = scheduler.init_noise_sigma();
@@ -263,10 +267,17 @@ impl Pipeline {
             cancel,
         };
         let final_latents = denoise.run(scheduler.as_mut(), latents, noise, on_step)?;
+        // GPU work is asynchronous: wait for it so the stage times are real.
+        self.options.device.synchronize()?;
+        let denoise_time = started.elapsed();
+        let decoding = Instant::now();
         let image = self.decode(&final_latents)?;
+        self.options.device.synchronize()?;
         Ok(RunOutput {
             final_latents,
             image,
+            denoise_time,
+            decode_time: decoding.elapsed(),
         })
     }
 
