@@ -138,7 +138,7 @@ fn time_one(pipeline: &Pipeline, width: u32, height: u32, steps: usize, seed: u6
         (width / factor) as usize,
     ];
     let mut noise = SeededNoise::new(seed);
-    let initial = noise.randn(&shape, &seedbed_engine::candle::Device::Cpu)?;
+    let initial = noise.randn(&shape, pipeline.device())?;
     let output = pipeline.run(
         Run {
             prompts: &prompts,

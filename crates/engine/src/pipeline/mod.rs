@@ -166,6 +166,10 @@ impl Pipeline {
         })
     }
 
+    pub fn device(&self) -> &Device {
+        &self.options.device
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
