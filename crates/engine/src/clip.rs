@@ -103,7 +103,10 @@ impl SelfAttention {
         let scores = (q.matmul(&k.t()?)? * (head_dim as f64).powf(-0.5))?;
         let scores = scores.to_dtype(DType::F32)?.broadcast_add(causal_mask)?;
         let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(x.dtype())?;
-        let attended = weights.matmul(&v)?.transpose(1, 2)?.reshape((batch, tokens, hidden))?;
+        let attended = weights
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, tokens, hidden))?;
         self.out.forward(&attended)
     }
 }
@@ -118,7 +121,11 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(vb: VarBuilder, config: &ClipConfig, activation: Activation) -> candle_core::Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        config: &ClipConfig,
+        activation: Activation,
+    ) -> candle_core::Result<Self> {
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
         Ok(Self {
             norm1: candle_nn::layer_norm(h, eps, vb.pp("layer_norm1"))?,
@@ -131,8 +138,12 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, causal_mask: &Tensor) -> candle_core::Result<Tensor> {
-        let x = (x + self.attention.forward(&self.norm1.forward(x)?, causal_mask)?)?;
-        let hidden = self.activation.apply(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
+        let x = (x + self
+            .attention
+            .forward(&self.norm1.forward(x)?, causal_mask)?)?;
+        let hidden = self
+            .activation
+            .apply(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
         x + self.fc2.forward(&hidden)?
     }
 }
@@ -161,7 +172,10 @@ impl ClipTextModel {
         let config_path = dir.join("config.json");
         let config: ClipConfig = read_json(&config_path)?;
         if config.num_hidden_layers < 2 {
-            return Err(EngineError::config(&config_path, "num_hidden_layers must be at least 2"));
+            return Err(EngineError::config(
+                &config_path,
+                "num_hidden_layers must be at least 2",
+            ));
         }
         let activation = Activation::parse(&config.hidden_act, &config_path)?;
         let with_projection = config
@@ -179,22 +193,40 @@ impl ClipTextModel {
                 let h = config.hidden_size;
                 let embeddings = text.pp("embeddings");
                 let layers = (0..config.num_hidden_layers)
-                    .map(|i| EncoderLayer::new(text.pp(format!("encoder.layers.{i}")), &config, activation))
+                    .map(|i| {
+                        EncoderLayer::new(
+                            text.pp(format!("encoder.layers.{i}")),
+                            &config,
+                            activation,
+                        )
+                    })
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 let projection = match (with_projection, config.projection_dim) {
-                    (true, Some(dim)) => Some(candle_nn::linear_no_bias(h, dim, vb.pp("text_projection"))?),
-                    (true, None) => return Err(candle_core::Error::msg("config has no projection_dim")),
+                    (true, Some(dim)) => {
+                        Some(candle_nn::linear_no_bias(h, dim, vb.pp("text_projection"))?)
+                    }
+                    (true, None) => {
+                        return Err(candle_core::Error::msg("config has no projection_dim"));
+                    }
                     (false, _) => None,
                 };
                 Ok(Self {
-                    token_embedding: candle_nn::embedding(config.vocab_size, h, embeddings.pp("token_embedding"))?,
+                    token_embedding: candle_nn::embedding(
+                        config.vocab_size,
+                        h,
+                        embeddings.pp("token_embedding"),
+                    )?,
                     position_embedding: candle_nn::embedding(
                         config.max_position_embeddings,
                         h,
                         embeddings.pp("position_embedding"),
                     )?,
                     layers,
-                    final_norm: candle_nn::layer_norm(h, config.layer_norm_eps, text.pp("final_layer_norm"))?,
+                    final_norm: candle_nn::layer_norm(
+                        h,
+                        config.layer_norm_eps,
+                        text.pp("final_layer_norm"),
+                    )?,
                     projection,
                     config: config.clone(),
                 })
@@ -245,13 +277,21 @@ impl ClipTextModel {
 
     /// The state at the end-of-text token: the first `eos_token_id`, or (legacy configs with
     /// eos id 2) the highest id, as transformers picks it.
-    fn pool(&self, hidden: &Tensor, input_ids: &Tensor, batch: usize) -> candle_core::Result<Tensor> {
+    fn pool(
+        &self,
+        hidden: &Tensor,
+        input_ids: &Tensor,
+        batch: usize,
+    ) -> candle_core::Result<Tensor> {
         let ids: Vec<Vec<u32>> = input_ids.to_vec2()?;
         let rows = (0..batch)
             .map(|b| {
                 let row = &ids[b];
                 let at = if self.config.eos_token_id == 2 {
-                    row.iter().enumerate().max_by_key(|(i, id)| (**id, std::cmp::Reverse(*i))).map(|(i, _)| i)
+                    row.iter()
+                        .enumerate()
+                        .max_by_key(|(i, id)| (**id, std::cmp::Reverse(*i)))
+                        .map(|(i, _)| i)
                 } else {
                     row.iter().position(|&id| id == self.config.eos_token_id)
                 };

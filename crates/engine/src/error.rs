@@ -33,7 +33,10 @@ pub enum EngineError {
     Weights { path: PathBuf, message: String },
 
     #[error("invalid {field}: {message}")]
-    InvalidInput { field: &'static str, message: String },
+    InvalidInput {
+        field: &'static str,
+        message: String,
+    },
 
     #[error("generation cancelled")]
     Cancelled,

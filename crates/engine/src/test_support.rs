@@ -16,7 +16,9 @@ pub fn model_dir(name: &str) -> PathBuf {
 
 /// The tensors of one reference case, e.g. `sd-ddim-cfg`.
 pub fn case_tensors(name: &str) -> HashMap<String, Tensor> {
-    let path = fixtures_dir().join("cases").join(format!("{name}.safetensors"));
+    let path = fixtures_dir()
+        .join("cases")
+        .join(format!("{name}.safetensors"));
     candle_core::safetensors::load(&path, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -26,8 +28,19 @@ pub fn assert_close(name: &str, got: &Tensor, reference: &Tensor) {
     assert_eq!(got.dims(), reference.dims(), "{name}: shape");
     let got = got.to_dtype(DType::F32).unwrap();
     let reference = reference.to_dtype(DType::F32).unwrap();
-    let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let diff = (got - &reference).unwrap().abs().unwrap().max_all().unwrap();
+    let scale = reference
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let diff = (got - &reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
     let diff = diff.to_scalar::<f32>().unwrap();
     let bound = 1e-3 * scale.max(1.0);
     assert!(diff <= bound, "{name}: max_abs {diff} > {bound}");

@@ -27,10 +27,21 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn load(model_dir: &Path, suffix: &str, variant: Variant, dtype: DType, device: &Device) -> Result<Self> {
+    fn load(
+        model_dir: &Path,
+        suffix: &str,
+        variant: Variant,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         Ok(Self {
             tokenizer: ClipTokenizer::from_dir(&model_dir.join(format!("tokenizer{suffix}")))?,
-            model: ClipTextModel::load(&model_dir.join(format!("text_encoder{suffix}")), variant, dtype, device)?,
+            model: ClipTextModel::load(
+                &model_dir.join(format!("text_encoder{suffix}")),
+                variant,
+                dtype,
+                device,
+            )?,
         })
     }
 
@@ -50,11 +61,19 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     /// Loads `tokenizer/` + `text_encoder/` (and `_2` for SDXL) from the model folder.
-    pub fn load(model_dir: &Path, family: Family, variant: Variant, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        model_dir: &Path,
+        family: Family,
+        variant: Variant,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let first = Encoder::load(model_dir, "", variant, dtype, device)?;
         let second = match family {
             Family::StableDiffusion => None,
-            Family::StableDiffusionXl => Some(Encoder::load(model_dir, "_2", variant, dtype, device)?),
+            Family::StableDiffusionXl => {
+                Some(Encoder::load(model_dir, "_2", variant, dtype, device)?)
+            }
         };
         Ok(Self {
             family,
@@ -80,7 +99,10 @@ impl TextEncoder {
             (Family::StableDiffusionXl, Some(second_encoder)) => {
                 let second = second_encoder.run(prompt, &self.device)?;
                 let embeds = Tensor::cat(
-                    &[&first.penultimate_hidden_state, &second.penultimate_hidden_state],
+                    &[
+                        &first.penultimate_hidden_state,
+                        &second.penultimate_hidden_state,
+                    ],
                     2,
                 )?;
                 Ok(PromptEmbedding {
@@ -102,17 +124,30 @@ mod tests {
     use crate::test_support::{assert_close, case_tensors, model_dir};
 
     fn encoder(model: &str, family: Family) -> TextEncoder {
-        TextEncoder::load(&model_dir(model), family, Variant::Auto, DType::F32, &Device::Cpu).unwrap()
+        TextEncoder::load(
+            &model_dir(model),
+            family,
+            Variant::Auto,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
     }
 
     #[test]
     fn sd_prompt_embeddings_match_reference() {
         let text = encoder("tiny-sd", Family::StableDiffusion);
         let case = case_tensors("sd-ddim-cfg");
-        let ours = text.encode("a photograph of an astronaut riding a horse").unwrap();
+        let ours = text
+            .encode("a photograph of an astronaut riding a horse")
+            .unwrap();
         assert_close("prompt_embeds", &ours.embeds, &case["prompt_embeds"]);
         let negative = text.encode("blurry").unwrap();
-        assert_close("negative_prompt_embeds", &negative.embeds, &case["negative_prompt_embeds"]);
+        assert_close(
+            "negative_prompt_embeds",
+            &negative.embeds,
+            &case["negative_prompt_embeds"],
+        );
         assert!(ours.pooled.is_none());
     }
 
@@ -122,7 +157,11 @@ mod tests {
         let case = case_tensors("sdxl-euler-turbo");
         let ours = text.encode("a cinematic photo of a lighthouse").unwrap();
         assert_close("prompt_embeds", &ours.embeds, &case["prompt_embeds"]);
-        assert_close("pooled", ours.pooled.as_ref().unwrap(), &case["pooled_prompt_embeds"]);
+        assert_close(
+            "pooled",
+            ours.pooled.as_ref().unwrap(),
+            &case["pooled_prompt_embeds"],
+        );
     }
 
     #[test]
@@ -132,7 +171,8 @@ mod tests {
         let dest = tmp.path().join("text_encoder");
         std::fs::create_dir_all(&dest).unwrap();
         std::fs::copy(source.join("config.json"), dest.join("config.json")).unwrap();
-        let tensors = candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
+        let tensors =
+            candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
         let stripped: std::collections::HashMap<String, Tensor> = tensors
             .into_iter()
             .map(|(k, v)| (k.strip_prefix("text_model.").unwrap_or(&k).to_string(), v))

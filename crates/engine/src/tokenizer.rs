@@ -84,8 +84,9 @@ impl ClipTokenizer {
                 .into_iter()
                 .map(|m| match m {
                     Merge::Pair(a, b) => Ok((a, b)),
-                    Merge::Joined(line) => split_merge(&line)
-                        .ok_or_else(|| EngineError::config(&json_path, format!("bad merge `{line}`"))),
+                    Merge::Joined(line) => split_merge(&line).ok_or_else(|| {
+                        EngineError::config(&json_path, format!("bad merge `{line}`"))
+                    }),
                 })
                 .collect::<Result<Vec<_>>>()?;
             (parsed.model.vocab, merges)
@@ -94,17 +95,23 @@ impl ClipTokenizer {
             let merges_path = dir.join("merges.txt");
             let text = std::fs::read_to_string(&merges_path).map_err(|source| {
                 if source.kind() == std::io::ErrorKind::NotFound {
-                    EngineError::MissingFile { path: merges_path.clone() }
+                    EngineError::MissingFile {
+                        path: merges_path.clone(),
+                    }
                 } else {
-                    EngineError::Io { path: merges_path.clone(), source }
+                    EngineError::Io {
+                        path: merges_path.clone(),
+                        source,
+                    }
                 }
             })?;
             let merges = text
                 .lines()
                 .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
                 .map(|line| {
-                    split_merge(line)
-                        .ok_or_else(|| EngineError::config(&merges_path, format!("bad merge `{line}`")))
+                    split_merge(line).ok_or_else(|| {
+                        EngineError::config(&merges_path, format!("bad merge `{line}`"))
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             (vocab, merges)
@@ -128,7 +135,11 @@ impl ClipTokenizer {
             Some(n) if n >= 2.0 && n <= 4096.0 => n as usize,
             _ => 77,
         };
-        let merge_ranks = merges.into_iter().enumerate().map(|(rank, pair)| (pair, rank)).collect();
+        let merge_ranks = merges
+            .into_iter()
+            .enumerate()
+            .map(|(rank, pair)| (pair, rank))
+            .collect();
         let pattern = Regex::new(
             r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+",
         )
@@ -164,7 +175,11 @@ impl ClipTokenizer {
     /// Ids with bos/eos, neither truncated nor padded.
     pub fn encode_unpadded(&self, text: &str) -> Vec<u32> {
         let cleaned: String = text.nfc().collect::<String>();
-        let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        let cleaned = cleaned
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
         let mut ids = vec![self.bos];
         for piece in self.pattern.find_iter(&cleaned) {
             let piece = piece.as_str();
@@ -267,7 +282,10 @@ mod tests {
     fn readme_example() {
         let tok = ClipTokenizer::from_dir(&fixtures_dir().join("clip-tokenizer")).unwrap();
         let ids = tok.encode_unpadded("a photograph of an astronaut riding a horse");
-        assert_eq!(ids, [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]);
+        assert_eq!(
+            ids,
+            [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]
+        );
     }
 
     #[test]

@@ -107,10 +107,11 @@ impl WeightFiles {
         // SAFETY: the files are memory-mapped read-only; like every inference server we
         // require that model folders are not rewritten in place while they are loaded.
         #[allow(unsafe_code)]
-        let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| EngineError::Weights {
-            path: files[0].clone(),
-            message: format!("not a valid safetensors file (truncated or corrupt?): {e}"),
-        })?;
+        let tensors =
+            unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| EngineError::Weights {
+                path: files[0].clone(),
+                message: format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+            })?;
         Ok(Self {
             files,
             tensors,
@@ -143,9 +144,9 @@ impl WeightFiles {
     }
 
     fn load(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
-        let resolved = self.resolve(name).ok_or_else(|| {
-            candle_core::Error::msg(format!("missing tensor `{name}`"))
-        })?;
+        let resolved = self
+            .resolve(name)
+            .ok_or_else(|| candle_core::Error::msg(format!("missing tensor `{name}`")))?;
         self.tensors
             .load(&resolved, device)
             .and_then(|t| t.to_dtype(dtype))
@@ -173,7 +174,12 @@ impl SimpleBackend for WeightFiles {
         Ok(tensor)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.load(name, dtype, device)
     }
 

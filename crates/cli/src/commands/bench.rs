@@ -92,7 +92,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let mut times: Vec<f64> = samples.iter().map(|s| stage(s).as_secs_f64()).collect();
         times.sort_by(f64::total_cmp);
         let mid = times.len() / 2;
-        if times.len() % 2 == 1 { times[mid] } else { (times[mid - 1] + times[mid]) / 2.0 }
+        if times.len() % 2 == 1 {
+            times[mid]
+        } else {
+            (times[mid - 1] + times[mid]) / 2.0
+        }
     };
     let report = serde_json::json!({
         "model": args.model_dir.display().to_string(),
@@ -126,9 +130,16 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 }
 
 /// One text-to-image call (guidance 0, Euler) timed by stage.
-fn time_one(pipeline: &Pipeline, width: u32, height: u32, steps: usize, seed: u64) -> Result<Sample> {
+fn time_one(
+    pipeline: &Pipeline,
+    width: u32,
+    height: u32,
+    steps: usize,
+    seed: u64,
+) -> Result<Sample> {
     let started = Instant::now();
-    let prompts = pipeline.encode_prompts("a photograph of an astronaut riding a horse", None, 0.0)?;
+    let prompts =
+        pipeline.encode_prompts("a photograph of an astronaut riding a horse", None, 0.0)?;
     let text_encode = started.elapsed();
     let factor = pipeline.latent_factor();
     let shape = [

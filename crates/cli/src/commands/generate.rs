@@ -93,7 +93,10 @@ fn parse_size(text: &str) -> Result<(u32, u32), String> {
 
 pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let model_dir = resolve_model(&args.models_dir, args.model.as_deref())?;
-    let model_name = model_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let model_name = model_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let format = OutputFormat::from_path(&args.output)?;
     let init_image = match (&args.init_image, args.strength) {
         (Some(path), Some(strength)) => Some(InitImage {
@@ -117,7 +120,9 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         height,
         steps: args.steps.unwrap_or(if turbo { 4 } else { 25 }),
         guidance_scale: args.guidance.unwrap_or(if turbo { 0.0 } else { 7.5 }),
-        scheduler: args.scheduler.unwrap_or_else(|| pipeline.default_scheduler()),
+        scheduler: args
+            .scheduler
+            .unwrap_or_else(|| pipeline.default_scheduler()),
         karras_sigmas: args.karras,
         seed: args.seed.unwrap_or_else(rand_seed),
         count: args.count,
@@ -153,7 +158,10 @@ fn resolve_model(models_dir: &Path, model: Option<&str>) -> Result<PathBuf> {
         if !dir.join("model_index.json").is_file() {
             bail!(EngineError::invalid(
                 "model",
-                format!("no model folder `{name}` with a model_index.json in {}", models_dir.display())
+                format!(
+                    "no model folder `{name}` with a model_index.json in {}",
+                    models_dir.display()
+                )
             ));
         }
         return Ok(dir);
@@ -170,7 +178,10 @@ fn resolve_model(models_dir: &Path, model: Option<&str>) -> Result<PathBuf> {
         .collect();
     models.sort();
     let first = models.into_iter().next().with_context(|| {
-        format!("no model folder (with a model_index.json) in {}", models_dir.display())
+        format!(
+            "no model folder (with a model_index.json) in {}",
+            models_dir.display()
+        )
     })?;
     eprintln!("using model {}", first.display());
     Ok(first)
@@ -198,8 +209,14 @@ fn output_path(base: &Path, index: usize, count: usize) -> PathBuf {
     if count == 1 {
         return base.to_path_buf();
     }
-    let stem = base.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-    let ext = base.extension().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let ext = base
+        .extension()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     base.with_file_name(format!("{stem}-{index}.{ext}"))
 }
 

@@ -11,7 +11,8 @@ fn fixtures() -> PathBuf {
 
 fn seedbed() -> Command {
     let mut cmd = Command::cargo_bin("seedbed").unwrap();
-    cmd.env_remove("SEEDBED_MODELS_DIR").env_remove("SEEDBED_MODEL");
+    cmd.env_remove("SEEDBED_MODELS_DIR")
+        .env_remove("SEEDBED_MODEL");
     cmd
 }
 
@@ -31,20 +32,32 @@ fn parity_prints_one_line_per_case_and_a_summary() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.last(), Some(&"5 passed, 0 failed"), "{stdout}");
     for line in &lines[..lines.len() - 1] {
-        assert!(line.contains(" max_abs=") && line.contains(" mean_abs=") && line.ends_with(" PASS"), "{line}");
+        assert!(
+            line.contains(" max_abs=") && line.contains(" mean_abs=") && line.ends_with(" PASS"),
+            "{line}"
+        );
     }
 }
 
 #[test]
 fn parity_fails_with_nonzero_exit_when_a_case_fails() {
     seedbed()
-        .args(["parity", "--tolerance", "-1", "--only", "sd-euler-turbo", "--cases"])
+        .args([
+            "parity",
+            "--tolerance",
+            "-1",
+            "--only",
+            "sd-euler-turbo",
+            "--cases",
+        ])
         .arg(fixtures().join("cases"))
         .arg("--models")
         .arg(fixtures().join("models"))
         .assert()
         .code(1)
-        .stdout(predicate::str::contains("FAIL").and(predicate::str::contains("0 passed, 1 failed")));
+        .stdout(
+            predicate::str::contains("FAIL").and(predicate::str::contains("0 passed, 1 failed")),
+        );
 }
 
 #[test]
@@ -52,17 +65,44 @@ fn generate_writes_png_and_jpeg() {
     let tmp = tempfile::tempdir().unwrap();
     seedbed()
         .current_dir(tmp.path())
-        .args(["generate", "a red fox", "--seed", "1", "--steps", "2", "-n", "2", "-o", "fox.png", "--models-dir"])
+        .args([
+            "generate",
+            "a red fox",
+            "--seed",
+            "1",
+            "--steps",
+            "2",
+            "-n",
+            "2",
+            "-o",
+            "fox.png",
+            "--models-dir",
+        ])
         .arg(fixtures().join("models"))
         .assert()
         .success()
-        .stdout(predicate::str::contains("fox-0.png (seed 1)").and(predicate::str::contains("fox-1.png (seed 2)")));
+        .stdout(
+            predicate::str::contains("fox-0.png (seed 1)")
+                .and(predicate::str::contains("fox-1.png (seed 2)")),
+        );
     let png = image::open(tmp.path().join("fox-1.png")).unwrap();
     assert_eq!((png.width(), png.height()), (64, 64));
 
     seedbed()
         .current_dir(tmp.path())
-        .args(["generate", "a red fox", "--model", "tiny-sdxl", "--size", "96x64", "--steps", "1", "-o", "fox.jpg", "--models-dir"])
+        .args([
+            "generate",
+            "a red fox",
+            "--model",
+            "tiny-sdxl",
+            "--size",
+            "96x64",
+            "--steps",
+            "1",
+            "-o",
+            "fox.jpg",
+            "--models-dir",
+        ])
         .arg(fixtures().join("models"))
         .assert()
         .success();
@@ -75,10 +115,20 @@ fn generate_writes_png_and_jpeg() {
 fn image_to_image_from_a_file() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.png");
-    image::RgbImage::from_pixel(40, 30, image::Rgb([200, 10, 10])).save(&input).unwrap();
+    image::RgbImage::from_pixel(40, 30, image::Rgb([200, 10, 10]))
+        .save(&input)
+        .unwrap();
     seedbed()
         .current_dir(tmp.path())
-        .args(["generate", "a barn", "--steps", "4", "--strength", "0.5", "--init-image"])
+        .args([
+            "generate",
+            "a barn",
+            "--steps",
+            "4",
+            "--strength",
+            "0.5",
+            "--init-image",
+        ])
         .arg(&input)
         .arg("--models-dir")
         .arg(fixtures().join("models"))
@@ -133,7 +183,17 @@ fn large_image_runs_in_bounded_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let assert = seedbed()
         .current_dir(tmp.path())
-        .args(["generate", "x", "--size", "1024x1024", "--steps", "1", "--log", "info", "--models-dir"])
+        .args([
+            "generate",
+            "x",
+            "--size",
+            "1024x1024",
+            "--steps",
+            "1",
+            "--log",
+            "info",
+            "--models-dir",
+        ])
         .arg(fixtures().join("models"))
         .assert()
         .success();
@@ -159,7 +219,9 @@ fn bench_reports_stage_medians_as_json() {
     let last = stdout.lines().last().unwrap();
     let report: serde_json::Value = serde_json::from_str(last).unwrap();
     for key in ["text_encode_s", "denoise_s", "vae_decode_s", "total_s"] {
-        let value = report[key].as_f64().unwrap_or_else(|| panic!("{key} in {last}"));
+        let value = report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {last}"));
         assert!(value > 0.0, "{key} = {value}");
     }
     assert!(report["total_s"].as_f64() >= report["denoise_s"].as_f64());

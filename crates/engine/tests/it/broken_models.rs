@@ -26,10 +26,15 @@ fn unknown_pipeline_class() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_model("tiny-sd", tmp.path());
     let index = dir.join("model_index.json");
-    let text = fs::read_to_string(&index).unwrap().replace("StableDiffusionPipeline", "FluxPipeline");
+    let text = fs::read_to_string(&index)
+        .unwrap()
+        .replace("StableDiffusionPipeline", "FluxPipeline");
     fs::write(&index, text).unwrap();
     let err = load_error(&dir);
-    assert!(matches!(err, EngineError::UnsupportedPipeline { .. }), "{err}");
+    assert!(
+        matches!(err, EngineError::UnsupportedPipeline { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("FluxPipeline"), "{err}");
 }
 
@@ -42,7 +47,11 @@ fn truncated_weights_name_the_file() {
     fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let err = load_error(&dir);
     assert!(matches!(err, EngineError::Weights { .. }), "{err}");
-    assert!(err.to_string().contains("unet/diffusion_pytorch_model.safetensors"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("unet/diffusion_pytorch_model.safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -51,12 +60,17 @@ fn wrong_shape_names_the_tensor() {
     let dir = copy_model("tiny-sd", tmp.path());
     // The weights were made for 32-channel normalisation groups; the config now claims another layout.
     let config = dir.join("vae/config.json");
-    let text = fs::read_to_string(&config).unwrap().replace("\"latent_channels\": 4", "\"latent_channels\": 8");
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"latent_channels\": 4", "\"latent_channels\": 8");
     fs::write(&config, text).unwrap();
     let err = load_error(&dir);
     let msg = err.to_string();
     assert!(matches!(err, EngineError::Weights { .. }), "{msg}");
-    assert!(msg.contains("vae/diffusion_pytorch_model.safetensors") && msg.contains("tensor `"), "{msg}");
+    assert!(
+        msg.contains("vae/diffusion_pytorch_model.safetensors") && msg.contains("tensor `"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -85,7 +99,11 @@ fn fp16_variant_files_load() {
         .into_iter()
         .map(|(k, v)| (k, v.to_dtype(DType::F16).unwrap()))
         .collect();
-    seedbed_engine::candle::safetensors::save(&half, dir.join("unet/diffusion_pytorch_model.fp16.safetensors")).unwrap();
+    seedbed_engine::candle::safetensors::save(
+        &half,
+        dir.join("unet/diffusion_pytorch_model.fp16.safetensors"),
+    )
+    .unwrap();
     fs::remove_file(&plain).unwrap();
     let pipeline = Pipeline::load(&dir, LoadOptions::default()).unwrap();
     assert_eq!(pipeline.native_size(), 64);

@@ -59,7 +59,11 @@ fn every_scheduler_generates_deterministically() {
             let first = run(&pipeline, &req);
             assert_eq!(first.len(), 1);
             assert_eq!(first[0].dimensions(), (64, 48));
-            assert_eq!(first, run(&pipeline, &req), "{kind} karras={karras} not deterministic");
+            assert_eq!(
+                first,
+                run(&pipeline, &req),
+                "{kind} karras={karras} not deterministic"
+            );
         }
     }
 }
@@ -86,7 +90,13 @@ fn several_images_get_distinct_seeds_and_progress() {
     assert_eq!((images[0].seed, images[1].seed), (42, 43));
     assert_ne!(images[0].image, images[1].image);
     // Image 1 alone, from its own seed, is the same picture.
-    let alone = run(&pipeline, &GenerateRequest { seed: 43, ..request(SchedulerKind::Euler) });
+    let alone = run(
+        &pipeline,
+        &GenerateRequest {
+            seed: 43,
+            ..request(SchedulerKind::Euler)
+        },
+    );
     assert_eq!(alone[0], images[1].image);
 }
 
@@ -103,14 +113,20 @@ fn cancellation_stops_before_the_next_step() {
         },
         &cancel,
     );
-    assert!(matches!(result, Err(EngineError::Cancelled)), "{:?}", result.err());
+    assert!(
+        matches!(result, Err(EngineError::Cancelled)),
+        "{:?}",
+        result.err()
+    );
     assert_eq!(steps, 1);
 }
 
 #[test]
 fn image_to_image_keeps_the_picture_at_low_strength() {
     let pipeline = tiny_sd();
-    let picture = image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([(x * 3) as u8, (y * 4) as u8, 128]));
+    let picture = image::RgbImage::from_fn(80, 60, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 4) as u8, 128])
+    });
     let with_strength = |strength| GenerateRequest {
         init_image: Some(InitImage {
             image: image::DynamicImage::ImageRgb8(picture.clone()),
@@ -133,8 +149,14 @@ fn image_to_image_keeps_the_picture_at_low_strength() {
 fn guidance_at_or_below_one_runs_one_branch() {
     let pipeline = tiny_sd();
     // With guidance <= 1 the negative prompt is not encoded, so it cannot change the result.
-    let a = GenerateRequest { guidance_scale: 1.0, ..request(SchedulerKind::Euler) };
-    let b = GenerateRequest { negative_prompt: Some("something else".into()), ..a.clone() };
+    let a = GenerateRequest {
+        guidance_scale: 1.0,
+        ..request(SchedulerKind::Euler)
+    };
+    let b = GenerateRequest {
+        negative_prompt: Some("something else".into()),
+        ..a.clone()
+    };
     assert_eq!(run(&pipeline, &a), run(&pipeline, &b));
     let prompts = pipeline.encode_prompts("x", None, 1.0).unwrap();
     assert!(prompts.uncond.is_none());
@@ -146,14 +168,25 @@ fn guidance_at_or_below_one_runs_one_branch() {
 fn sdxl_generates_with_and_without_guidance() {
     let pipeline = Pipeline::load(&models().join("tiny-sdxl"), LoadOptions::default()).unwrap();
     for guidance in [0.0, 5.0] {
-        let req = GenerateRequest { guidance_scale: guidance, negative_prompt: None, ..request(SchedulerKind::Euler) };
+        let req = GenerateRequest {
+            guidance_scale: guidance,
+            negative_prompt: None,
+            ..request(SchedulerKind::Euler)
+        };
         let images = run(&pipeline, &req);
         assert_eq!(images[0].dimensions(), (64, 48));
     }
     // SDXL asks for zeros, not the encoded empty string, when no negative prompt is given.
     let prompts = pipeline.encode_prompts("x", None, 5.0).unwrap();
     let uncond = prompts.uncond.unwrap();
-    let max = uncond.embeds.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let max = uncond
+        .embeds
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(max, 0.0);
 }
 
@@ -161,12 +194,32 @@ fn sdxl_generates_with_and_without_guidance() {
 fn invalid_requests_name_the_field() {
     let pipeline = tiny_sd();
     let cases = [
-        (GenerateRequest { width: 60, ..request(SchedulerKind::Euler) }, "width"),
-        (GenerateRequest { steps: 0, ..request(SchedulerKind::Euler) }, "steps"),
-        (GenerateRequest { count: 0, ..request(SchedulerKind::Euler) }, "count"),
+        (
+            GenerateRequest {
+                width: 60,
+                ..request(SchedulerKind::Euler)
+            },
+            "width",
+        ),
+        (
+            GenerateRequest {
+                steps: 0,
+                ..request(SchedulerKind::Euler)
+            },
+            "steps",
+        ),
+        (
+            GenerateRequest {
+                count: 0,
+                ..request(SchedulerKind::Euler)
+            },
+            "count",
+        ),
     ];
     for (req, field) in cases {
-        let err = pipeline.generate(&req, &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
+        let err = pipeline
+            .generate(&req, &mut |_| {}, &AtomicBool::new(false))
+            .unwrap_err();
         assert!(matches!(err, EngineError::InvalidInput { .. }), "{err}");
         assert!(err.to_string().contains(field), "{err}");
     }

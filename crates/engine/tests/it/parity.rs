@@ -29,13 +29,21 @@ fn assert_cases_pass(cases_dir: &std::path::Path, expected: usize) {
         let stages: Vec<_> = report.comparisons.iter().map(|c| c.stage).collect();
         if report.passed() {
             for stage in ["text", "unet probe", "latents", "image"] {
-                assert!(stages.contains(&stage), "{}: stage {stage} not compared", case.name);
+                assert!(
+                    stages.contains(&stage),
+                    "{}: stage {stage} not compared",
+                    case.name
+                );
             }
         } else {
             failures.push(report.line());
         }
     }
-    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failing cases:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// A tighter tolerance than the engine can meet must fail, so the check is not vacuous.
@@ -46,5 +54,9 @@ fn impossible_tolerance_fails() {
     let mut runner = ParityRunner::new(&cases_dir, &models(), -1.0, LoadOptions::default());
     let report = runner.run(&cases[0]);
     assert!(!report.passed());
-    assert!(report.line().ends_with(')') && report.line().contains("FAIL"), "{}", report.line());
+    assert!(
+        report.line().ends_with(')') && report.line().contains("FAIL"),
+        "{}",
+        report.line()
+    );
 }

@@ -1,0 +1,82 @@
+//! diffusers' `ResnetBlock2D` (the "default" time-scale-shift variant), shared by the UNet
+//! (with a time embedding) and the VAE (without).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+pub struct ResnetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Width of the time embedding; None for the VAE's blocks.
+    pub temb_channels: Option<usize>,
+    pub groups: usize,
+    pub eps: f64,
+    pub output_scale_factor: f64,
+}
+
+pub struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f64,
+}
+
+pub fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let config = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    candle_nn::conv2d(in_channels, out_channels, 3, config, vb)
+}
+
+pub fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
+    candle_nn::conv2d(in_channels, out_channels, 1, Default::default(), vb)
+}
+
+impl ResnetBlock {
+    pub fn new(config: &ResnetConfig, vb: VarBuilder) -> Result<Self> {
+        let (cin, cout) = (config.in_channels, config.out_channels);
+        let time_emb_proj = match config.temb_channels {
+            Some(t) => Some(candle_nn::linear(t, cout, vb.pp("time_emb_proj"))?),
+            None => None,
+        };
+        // diffusers adds a 1x1 shortcut exactly when the channel count changes.
+        let conv_shortcut = if cin != cout {
+            Some(conv1x1(cin, cout, vb.pp("conv_shortcut"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            norm1: candle_nn::group_norm(config.groups, cin, config.eps, vb.pp("norm1"))?,
+            conv1: conv3x3(cin, cout, vb.pp("conv1"))?,
+            time_emb_proj,
+            norm2: candle_nn::group_norm(config.groups, cout, config.eps, vb.pp("norm2"))?,
+            conv2: conv3x3(cout, cout, vb.pp("conv2"))?,
+            conv_shortcut,
+            output_scale_factor: config.output_scale_factor,
+        })
+    }
+
+    /// `temb` is the (already computed) time embedding `(B, T)`, before its SiLU.
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        let mut h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+            h = h.broadcast_add(&t)?;
+        }
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x)?,
+            None => x.clone(),
+        };
+        let out = (shortcut + h)?;
+        if self.output_scale_factor == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale_factor
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! diffusers' `Transformer2DModel` over a feature map: GroupNorm, projection in, a stack of
+//! `BasicTransformerBlock`s (self-attention, cross-attention to the text, GEGLU feed-forward),
+//! projection out, residual.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+
+use crate::nn::attention::scaled_dot_product;
+use crate::nn::resnet::conv1x1;
+
+struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        Ok(Self {
+            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out.0"))?,
+            heads,
+            scale: (head_dim as f64).powf(-0.5),
+        })
+    }
+
+    /// `x: (B, N, C)`, `context: (B, M, D)` (x itself for self-attention).
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let split = |t: Tensor| -> Result<Tensor> {
+            let (b, n, inner) = t.dims3()?;
+            t.reshape((b, n, self.heads, inner / self.heads))?
+                .transpose(1, 2)
+        };
+        let q = split(self.to_q.forward(x)?)?;
+        let k = split(self.to_k.forward(context)?)?;
+        let v = split(self.to_v.forward(context)?)?;
+        let out = scaled_dot_product(&q, &k, &v, self.scale)?;
+        let (b, h, n, d) = out.dims4()?;
+        self.to_out
+            .forward(&out.transpose(1, 2)?.reshape((b, n, h * d))?)
+    }
+}
+
+/// `Linear(dim, 2*inner)` split into value and gate: `value * gelu(gate)` (exact GELU).
+struct GegluFeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl GegluFeedForward {
+    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let projected = self.proj.forward(x)?;
+        let inner = projected.dim(2)? / 2;
+        let value = projected.narrow(2, 0, inner)?;
+        let gate = projected.narrow(2, inner, inner)?;
+        self.out.forward(&(value * gate.gelu_erf()?)?)
+    }
+}
+
+struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: GegluFeedForward,
+}
+
+impl BasicTransformerBlock {
+    fn new(dim: usize, heads: usize, context_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let head_dim = dim / heads;
+        Ok(Self {
+            norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            attn1: Attention::new(dim, dim, heads, head_dim, vb.pp("attn1"))?,
+            norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            attn2: Attention::new(dim, context_dim, heads, head_dim, vb.pp("attn2"))?,
+            norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            ff: GegluFeedForward::new(dim, vb.pp("ff"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let normed = self.norm1.forward(x)?;
+        let x = (self.attn1.forward(&normed, &normed)? + x)?;
+        let x = (self.attn2.forward(&self.norm2.forward(&x)?, context)? + &x)?;
+        self.ff.forward(&self.norm3.forward(&x)?)? + x
+    }
+}
+
+enum Projection {
+    Linear(Linear),
+    Conv(Conv2d),
+}
+
+pub struct Transformer2D {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Projection,
+}
+
+pub struct Transformer2DConfig {
+    pub channels: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub context_dim: usize,
+    pub groups: usize,
+    pub use_linear_projection: bool,
+}
+
+impl Transformer2D {
+    pub fn new(config: &Transformer2DConfig, vb: VarBuilder) -> Result<Self> {
+        let c = config.channels;
+        let projection = |name: &str| -> Result<Projection> {
+            Ok(if config.use_linear_projection {
+                Projection::Linear(candle_nn::linear(c, c, vb.pp(name))?)
+            } else {
+                Projection::Conv(conv1x1(c, c, vb.pp(name))?)
+            })
+        };
+        let blocks = (0..config.layers)
+            .map(|i| {
+                BasicTransformerBlock::new(
+                    c,
+                    config.heads,
+                    config.context_dim,
+                    vb.pp(format!("transformer_blocks.{i}")),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            // The transformer's own GroupNorm uses eps 1e-6 whatever the UNet's norm_eps.
+            norm: candle_nn::group_norm(config.groups, c, 1e-6, vb.pp("norm"))?,
+            proj_in: projection("proj_in")?,
+            blocks,
+            proj_out: projection("proj_out")?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let normed = self.norm.forward(x)?;
+        let to_tokens = |t: Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
+        let mut tokens = match &self.proj_in {
+            Projection::Linear(linear) => linear.forward(&to_tokens(normed)?)?,
+            Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        let to_map = |t: Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2));
+        let out = match &self.proj_out {
+            Projection::Linear(linear) => to_map(linear.forward(&tokens)?)?,
+            Projection::Conv(conv) => conv.forward(&to_map(tokens)?.contiguous()?)?,
+        };
+        out + x
+    }
+}
