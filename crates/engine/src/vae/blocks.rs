@@ -1,0 +1,197 @@
+//! The VAE's building blocks: its single-head spatial self-attention, the mid block, and the
+//! encoder's and decoder's resolution steps.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+use crate::nn::attention::scaled_dot_product;
+use crate::nn::resnet::{ResnetBlock, ResnetConfig, conv3x3};
+
+/// The VAE normalises with eps 1e-6 everywhere.
+pub const EPS: f64 = 1e-6;
+
+pub fn resnet(groups: usize, cin: usize, cout: usize, vb: VarBuilder) -> Result<ResnetBlock> {
+    let config = ResnetConfig {
+        in_channels: cin,
+        out_channels: cout,
+        temb_channels: None,
+        groups,
+        eps: EPS,
+        output_scale_factor: 1.0,
+    };
+    ResnetBlock::new(&config, vb)
+}
+
+/// One head over all pixels, with a residual connection.
+struct SpatialAttention {
+    norm: GroupNorm,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+}
+
+impl SpatialAttention {
+    fn new(groups: usize, channels: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: candle_nn::group_norm(groups, channels, EPS, vb.pp("group_norm"))?,
+            to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
+            to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
+            to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,
+            to_out: candle_nn::linear(channels, channels, vb.pp("to_out.0"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let tokens = self
+            .norm
+            .forward(x)?
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?;
+        let heads = |t: Tensor| t.unsqueeze(1);
+        let q = heads(self.to_q.forward(&tokens)?)?;
+        let k = heads(self.to_k.forward(&tokens)?)?;
+        let v = heads(self.to_v.forward(&tokens)?)?;
+        let attended = scaled_dot_product(&q, &k, &v, (c as f64).powf(-0.5))?.squeeze(1)?;
+        let out = self.to_out.forward(&attended)?;
+        out.transpose(1, 2)?.reshape((b, c, h, w))? + x
+    }
+}
+
+pub struct MidBlock {
+    first: ResnetBlock,
+    attention: Option<SpatialAttention>,
+    second: ResnetBlock,
+}
+
+impl MidBlock {
+    pub fn new(groups: usize, channels: usize, attention: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            first: resnet(groups, channels, channels, vb.pp("resnets.0"))?,
+            attention: if attention {
+                Some(SpatialAttention::new(
+                    groups,
+                    channels,
+                    vb.pp("attentions.0"),
+                )?)
+            } else {
+                None
+            },
+            second: resnet(groups, channels, channels, vb.pp("resnets.1"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.first.forward(x, None)?;
+        if let Some(attention) = &self.attention {
+            x = attention.forward(&x)?;
+        }
+        self.second.forward(&x, None)
+    }
+}
+
+/// `DownEncoderBlock2D`: resnets, then (except last) a stride-2 conv after padding the
+/// right and bottom by one pixel, as diffusers' `Downsample2D` with padding 0 does.
+pub struct EncoderBlock {
+    resnets: Vec<ResnetBlock>,
+    downsample: Option<Conv2d>,
+}
+
+impl EncoderBlock {
+    pub fn new(
+        groups: usize,
+        cin: usize,
+        cout: usize,
+        layers: usize,
+        downsample: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let resnets = (0..layers)
+            .map(|i| {
+                resnet(
+                    groups,
+                    if i == 0 { cin } else { cout },
+                    cout,
+                    vb.pp(format!("resnets.{i}")),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let downsample = if downsample {
+            let config = Conv2dConfig {
+                stride: 2,
+                ..Default::default()
+            };
+            Some(candle_nn::conv2d(
+                cout,
+                cout,
+                3,
+                config,
+                vb.pp("downsamplers.0.conv"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            resnets,
+            downsample,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for resnet in &self.resnets {
+            x = resnet.forward(&x, None)?;
+        }
+        if let Some(conv) = &self.downsample {
+            x = conv.forward(&x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)?;
+        }
+        Ok(x)
+    }
+}
+
+/// `UpDecoderBlock2D`: resnets, then (except last) nearest 2x upsampling and a conv.
+pub struct DecoderBlock {
+    resnets: Vec<ResnetBlock>,
+    upsample: Option<Conv2d>,
+}
+
+impl DecoderBlock {
+    pub fn new(
+        groups: usize,
+        cin: usize,
+        cout: usize,
+        layers: usize,
+        upsample: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let resnets = (0..layers)
+            .map(|i| {
+                resnet(
+                    groups,
+                    if i == 0 { cin } else { cout },
+                    cout,
+                    vb.pp(format!("resnets.{i}")),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let upsample = if upsample {
+            Some(conv3x3(cout, cout, vb.pp("upsamplers.0.conv"))?)
+        } else {
+            None
+        };
+        Ok(Self { resnets, upsample })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for resnet in &self.resnets {
+            x = resnet.forward(&x, None)?;
+        }
+        if let Some(conv) = &self.upsample {
+            let (_, _, h, w) = x.dims4()?;
+            x = conv.forward(&x.upsample_nearest2d(h * 2, w * 2)?)?;
+        }
+        Ok(x)
+    }
+}
