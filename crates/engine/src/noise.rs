@@ -31,7 +31,8 @@ impl SeededNoise {
 
 impl NoiseSource for SeededNoise {
     fn randn_like(&mut self, like: &Tensor) -> candle_core::Result<Tensor> {
-        self.randn(like.dims(), like.device())?.to_dtype(like.dtype())
+        self.randn(like.dims(), like.device())?
+            .to_dtype(like.dtype())
     }
 }
 
@@ -41,15 +42,34 @@ mod tests {
 
     #[test]
     fn same_seed_same_noise_and_unit_variance() {
-        let a = SeededNoise::new(42).randn(&[1, 4, 32, 32], &Device::Cpu).unwrap();
-        let b = SeededNoise::new(42).randn(&[1, 4, 32, 32], &Device::Cpu).unwrap();
-        let c = SeededNoise::new(43).randn(&[1, 4, 32, 32], &Device::Cpu).unwrap();
+        let a = SeededNoise::new(42)
+            .randn(&[1, 4, 32, 32], &Device::Cpu)
+            .unwrap();
+        let b = SeededNoise::new(42)
+            .randn(&[1, 4, 32, 32], &Device::Cpu)
+            .unwrap();
+        let c = SeededNoise::new(43)
+            .randn(&[1, 4, 32, 32], &Device::Cpu)
+            .unwrap();
         let diff = |x: &Tensor, y: &Tensor| {
-            (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
         };
         assert_eq!(diff(&a, &b), 0.0);
         assert!(diff(&a, &c) > 0.1);
-        let var = a.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        let var = a
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((var - 1.0).abs() < 0.1, "variance {var}");
     }
 }

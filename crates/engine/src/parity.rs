@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{EngineError, Result};
 use crate::model::read_json;
 use crate::pipeline::{EncodedPrompts, LoadOptions, Pipeline, Run, Start};
-use crate::scheduler::{NoiseSource, SchedulerKind};
+use crate::scheduler::{NoiseSource, SchedulerKind, unset_init_noise_sigma};
 use crate::unet::AddedConditioning;
 
 /// One entry of `cases.json`.
@@ -105,7 +105,12 @@ pub struct ParityRunner {
 }
 
 impl ParityRunner {
-    pub fn new(cases_dir: &Path, models_dir: &Path, image_tolerance: f64, options: LoadOptions) -> Self {
+    pub fn new(
+        cases_dir: &Path,
+        models_dir: &Path,
+        image_tolerance: f64,
+        options: LoadOptions,
+    ) -> Self {
         Self {
             models_dir: models_dir.to_path_buf(),
             cases_dir: cases_dir.to_path_buf(),
@@ -117,7 +122,10 @@ impl ParityRunner {
 
     pub fn run(&mut self, case: &Case) -> CaseReport {
         let mut comparisons = Vec::new();
-        let error = self.check(case, &mut comparisons).err().map(|e| e.to_string());
+        let error = self
+            .check(case, &mut comparisons)
+            .err()
+            .map(|e| e.to_string());
         CaseReport {
             name: case.name.clone(),
             comparisons,
@@ -135,19 +143,29 @@ impl ParityRunner {
 
     fn check(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
         let path = self.cases_dir.join(format!("{}.safetensors", case.name));
-        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-            .map_err(|e| EngineError::Weights { path: path.clone(), message: e.to_string() })?;
-        let get = |name: &str| {
-            tensors.get(name).cloned().ok_or_else(|| EngineError::Weights {
+        let tensors = candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| {
+            EngineError::Weights {
                 path: path.clone(),
-                message: format!("missing tensor `{name}`"),
-            })
+                message: e.to_string(),
+            }
+        })?;
+        let get = |name: &str| {
+            tensors
+                .get(name)
+                .cloned()
+                .ok_or_else(|| EngineError::Weights {
+                    path: path.clone(),
+                    message: format!("missing tensor `{name}`"),
+                })
         };
         let image_tolerance = self.image_tolerance;
         let device = self.options.device.clone();
         let pipeline = self.pipeline(&case.model)?;
 
-        check_tokens(&pipeline.text().token_ids(&case.prompt), &get("prompt_token_ids")?)?;
+        check_tokens(
+            &pipeline.text().token_ids(&case.prompt),
+            &get("prompt_token_ids")?,
+        )?;
 
         let prompts = pipeline.encode_prompts(
             &case.prompt,
@@ -180,7 +198,11 @@ impl ParityRunner {
                 strength: case.strength.unwrap_or(1.0),
             }
         } else {
-            Start::Noise(get("initial_latents")?.to_device(&device)?)
+            // The reference scripts scale the stored noise by a fresh scheduler's
+            // init_noise_sigma before handing it to the pipeline, which scales it again once
+            // the timesteps are set (this matters for Euler, where the factor is not 1).
+            let prescale = unset_init_noise_sigma(scheduler, &scheduler_config);
+            Start::Noise((get("initial_latents")?.to_device(&device)? * prescale)?)
         };
         let run = Run {
             prompts: &prompts,
@@ -193,12 +215,29 @@ impl ParityRunner {
             karras_sigmas: false,
             start,
         };
-        let output = pipeline.run(run, &mut NoFreshNoise, &mut |_, _| {}, &AtomicBool::new(false))?;
+        let output = pipeline.run(
+            run,
+            &mut NoFreshNoise,
+            &mut |_, _| {},
+            &AtomicBool::new(false),
+        )?;
         if let Some(reference) = tensors.get("final_latents") {
-            out.push(compare("latents", "final_latents", &output.final_latents, reference, None)?);
+            out.push(compare(
+                "latents",
+                "final_latents",
+                &output.final_latents,
+                reference,
+                None,
+            )?);
         }
         let image = output.image.squeeze(0)?;
-        out.push(compare("image", "image", &image, &get("image")?, Some(image_tolerance))?);
+        out.push(compare(
+            "image",
+            "image",
+            &image,
+            &get("image")?,
+            Some(image_tolerance),
+        )?);
         Ok(())
     }
 }
@@ -218,7 +257,9 @@ impl NoiseSource for NoFreshNoise {
 fn check_tokens(ours: &[u32], reference: &Tensor) -> Result<()> {
     let reference: Vec<i64> = reference.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
     let ours: Vec<i64> = ours.iter().map(|&id| i64::from(id)).collect();
-    if let Some(at) = (0..ours.len().max(reference.len())).find(|&i| ours.get(i) != reference.get(i)) {
+    if let Some(at) =
+        (0..ours.len().max(reference.len())).find(|&i| ours.get(i) != reference.get(i))
+    {
         return Err(EngineError::invalid(
             "tokens",
             format!(
@@ -239,7 +280,10 @@ fn compare_text(
     let pairs = [
         ("prompt_embeds", Some(&prompts.cond.embeds)),
         ("pooled_prompt_embeds", prompts.cond.pooled.as_ref()),
-        ("negative_prompt_embeds", prompts.uncond.as_ref().map(|u| &u.embeds)),
+        (
+            "negative_prompt_embeds",
+            prompts.uncond.as_ref().map(|u| &u.embeds),
+        ),
         (
             "negative_pooled_prompt_embeds",
             prompts.uncond.as_ref().and_then(|u| u.pooled.as_ref()),
@@ -270,8 +314,13 @@ fn probe_unet(
     device: &Device,
 ) -> Result<Tensor> {
     let dtype = pipeline.unet_dtype();
-    let timestep = timestep.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    let timestep = *timestep.first().ok_or_else(|| EngineError::invalid("probe_timestep", "empty"))?;
+    let timestep = timestep
+        .flatten_all()?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
+    let timestep = *timestep
+        .first()
+        .ok_or_else(|| EngineError::invalid("probe_timestep", "empty"))?;
     let embeds = tensors
         .get("prompt_embeds")
         .ok_or_else(|| EngineError::invalid("prompt_embeds", "missing from the case"))?
@@ -288,7 +337,9 @@ fn probe_unet(
         None => None,
     };
     let latents = latents.to_device(device)?.to_dtype(dtype)?;
-    Ok(pipeline.unet().forward(&latents, timestep, &embeds, added.as_ref())?)
+    Ok(pipeline
+        .unet()
+        .forward(&latents, timestep, &embeds, added.as_ref())?)
 }
 
 fn compare(

@@ -30,7 +30,11 @@ impl Denoise<'_> {
         let timesteps = scheduler.timesteps().to_vec();
         let total = timesteps.len().saturating_sub(self.first_step);
         let unet_dtype = self.conditioning.encoder_hidden_states.dtype();
-        let branches = if self.conditioning.guidance_scale.is_some() { 2 } else { 1 };
+        let branches = if self.conditioning.guidance_scale.is_some() {
+            2
+        } else {
+            1
+        };
         for (index, &timestep) in timesteps.iter().enumerate().skip(self.first_step) {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(EngineError::Cancelled);
@@ -40,7 +44,9 @@ impl Denoise<'_> {
             } else {
                 latents.clone()
             };
-            let model_input = scheduler.scale_model_input(&batch, index)?.to_dtype(unet_dtype)?;
+            let model_input = scheduler
+                .scale_model_input(&batch, index)?
+                .to_dtype(unet_dtype)?;
             let prediction = self.unet.forward(
                 &model_input,
                 timestep,

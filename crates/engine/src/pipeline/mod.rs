@@ -13,7 +13,9 @@ use candle_core::{DType, Device, Tensor};
 
 pub use conditioning::{Conditioning, EncodedPrompts};
 pub use denoise::Denoise;
-pub use request::{GenerateRequest, InitImage, MAX_IMAGES, MAX_SIDE, MAX_STEPS, Progress, img2img_start};
+pub use request::{
+    GenerateRequest, InitImage, MAX_IMAGES, MAX_SIDE, MAX_STEPS, Progress, img2img_start,
+};
 
 use crate::error::{EngineError, Result};
 use crate::image_ops;
@@ -237,8 +239,12 @@ impl Pipeline {
         on_step: &mut dyn FnMut(usize, usize),
         cancel: &AtomicBool,
     ) -> Result<RunOutput> {
-        let mut scheduler =
-            scheduler::build(run.scheduler, run.scheduler_config, run.steps, run.karras_sigmas)?;
+        let mut scheduler = scheduler::build(
+            run.scheduler,
+            run.scheduler_config,
+            run.steps,
+            run.karras_sigmas,
+        )?;
         let conditioning = Conditioning::new(
             run.prompts,
             run.guidance_scale,

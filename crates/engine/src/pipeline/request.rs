@@ -134,15 +134,36 @@ mod tests {
     #[test]
     fn errors_name_the_field_and_bound() {
         assert!(request().validate(8).is_ok());
-        let msg = error_of(GenerateRequest { width: 500, ..request() });
-        assert!(msg.contains("width") && msg.contains("multiple of 8"), "{msg}");
-        let msg = error_of(GenerateRequest { height: 8192, ..request() });
+        let msg = error_of(GenerateRequest {
+            width: 500,
+            ..request()
+        });
+        assert!(
+            msg.contains("width") && msg.contains("multiple of 8"),
+            "{msg}"
+        );
+        let msg = error_of(GenerateRequest {
+            height: 8192,
+            ..request()
+        });
         assert!(msg.contains("height") && msg.contains("4096"), "{msg}");
-        let msg = error_of(GenerateRequest { steps: 0, ..request() });
-        assert!(msg.contains("steps") && msg.contains("between 1 and 500"), "{msg}");
-        let msg = error_of(GenerateRequest { guidance_scale: f64::NAN, ..request() });
+        let msg = error_of(GenerateRequest {
+            steps: 0,
+            ..request()
+        });
+        assert!(
+            msg.contains("steps") && msg.contains("between 1 and 500"),
+            "{msg}"
+        );
+        let msg = error_of(GenerateRequest {
+            guidance_scale: f64::NAN,
+            ..request()
+        });
         assert!(msg.contains("guidance_scale"), "{msg}");
-        let msg = error_of(GenerateRequest { count: 17, ..request() });
+        let msg = error_of(GenerateRequest {
+            count: 17,
+            ..request()
+        });
         assert!(msg.contains("count"), "{msg}");
     }
 

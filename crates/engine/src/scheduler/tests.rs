@@ -1,0 +1,1 @@
+//! Scheduler unit tests against numbers printed by diffusers (tools/reference/scheduler_reference.py).
