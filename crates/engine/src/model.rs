@@ -1,6 +1,6 @@
 //! A diffusers model folder: `model_index.json` names the pipeline class and its components.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
@@ -61,14 +61,19 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
             source,
         },
     })?;
-    serde_json::from_str(&text).map_err(|e| EngineError::config(path, e))
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| EngineError::config(path, e))?;
+    parse_json(value, path)
 }
 
-/// `dir/component/config.json`, parsed.
-pub fn component_config<T: DeserializeOwned>(dir: &Path, component: &str) -> Result<T> {
-    read_json(&dir.join(component).join("config.json"))
-}
-
-pub fn component_dir(dir: &Path, component: &str) -> PathBuf {
-    dir.join(component)
+/// Deserialize a parsed JSON value; errors name the offending key.
+pub fn parse_json<T: DeserializeOwned>(value: serde_json::Value, path: &Path) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        if key == "." {
+            EngineError::config(path, e.into_inner())
+        } else {
+            EngineError::config(path, format!("`{key}`: {}", e.into_inner()))
+        }
+    })
 }

@@ -132,7 +132,7 @@ impl ClipTokenizer {
         let unk = id_of(&config.unk_token, "<|endoftext|>")?;
         // Some configs carry a huge sentinel ("no limit"); CLIP's text model has 77 positions.
         let max_length = match config.model_max_length {
-            Some(n) if n >= 2.0 && n <= 4096.0 => n as usize,
+            Some(n) if (2.0..=4096.0).contains(&n) => n as usize,
             _ => 77,
         };
         let merge_ranks = merges

@@ -44,8 +44,7 @@ fn parity_fails_with_nonzero_exit_when_a_case_fails() {
     seedbed()
         .args([
             "parity",
-            "--tolerance",
-            "-1",
+            "--tolerance=-1",
             "--only",
             "sd-euler-turbo",
             "--cases",

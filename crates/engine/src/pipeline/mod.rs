@@ -94,6 +94,7 @@ pub struct RunOutput {
     pub decode_time: Duration,
 }
 
+#[derive(Debug, Clone)]
 pub struct GeneratedImage {
     pub seed: u64,
     pub image: image::RgbImage,

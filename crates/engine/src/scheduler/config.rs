@@ -187,8 +187,8 @@ impl SchedulerConfig {
     }
 
     fn from_map(raw: serde_json::Map<String, serde_json::Value>, source: &Path) -> Result<Self> {
-        let mut config: Self = serde_json::from_value(serde_json::Value::Object(raw.clone()))
-            .map_err(|e| EngineError::config(source, e))?;
+        let mut config: Self =
+            crate::model::parse_json(serde_json::Value::Object(raw.clone()), source)?;
         config.source = source.to_path_buf();
         config.raw = raw;
         Ok(config)

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use super::config::{DpmAlgorithm, DpmSolverType, FinalSigmas, PredictionType, SchedulerConfig};
 use super::schedule::{
-    alphas_cumprod, dpm_timesteps, interpolate, karras_sigmas, sigma_to_t, training_sigmas,
+    alphas_cumprod, dpm_timesteps, interpolate, karras_sigmas, log_f32, sigma_to_t, training_sigmas,
 };
 use super::{NoiseSource, Scheduler, SchedulerKind};
 
@@ -46,7 +46,7 @@ impl DpmPlusPlus2M {
                 .sigma_max
                 .unwrap_or(f64::from(train_sigmas[train_sigmas.len() - 1]));
             let sigmas = karras_sigmas(min, max, steps);
-            let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
+            let log_sigmas = log_f32(&train_sigmas);
             let cosine = config.beta_schedule == super::BetaSchedule::SquaredcosCapV2;
             timesteps = sigmas
                 .iter()
@@ -115,6 +115,10 @@ impl DpmPlusPlus2M {
 impl Scheduler for DpmPlusPlus2M {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn sigmas(&self) -> &[f64] {
+        &self.sigmas
     }
 
     fn init_noise_sigma(&self) -> f64 {

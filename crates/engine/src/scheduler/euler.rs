@@ -5,7 +5,8 @@ use candle_core::Tensor;
 
 use super::config::{FinalSigmas, PredictionType, SchedulerConfig, TimestepSpacing};
 use super::schedule::{
-    alphas_cumprod, interpolate, karras_sigmas, sigma_to_t, spaced_timesteps, training_sigmas,
+    alphas_cumprod, interpolate, karras_sigmas, log_f32, sigma_to_t, spaced_timesteps,
+    training_sigmas,
 };
 use super::{NoiseSource, Scheduler, SchedulerKind};
 
@@ -53,7 +54,7 @@ impl Euler {
             let min = config.sigma_min.unwrap_or(sigmas[sigmas.len() - 1]);
             let max = config.sigma_max.unwrap_or(sigmas[0]);
             sigmas = karras_sigmas(min, max, steps);
-            let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
+            let log_sigmas = log_f32(&train_sigmas);
             timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
         }
         // Ancestral sampling always ends at zero noise.
@@ -99,6 +100,10 @@ impl Euler {
 impl Scheduler for Euler {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn sigmas(&self) -> &[f64] {
+        &self.sigmas
     }
 
     fn init_noise_sigma(&self) -> f64 {

@@ -75,6 +75,11 @@ pub trait Scheduler: Send {
     /// The timesteps the UNet is called with, in order (Euler's may be fractional).
     fn timesteps(&self) -> &[f64];
 
+    /// Noise levels, one per timestep plus the final one; empty for samplers without them (DDIM).
+    fn sigmas(&self) -> &[f64] {
+        &[]
+    }
+
     /// UNet calls per entry of `timesteps()` (diffusers' `order`; 1 for all four here).
     fn order(&self) -> usize {
         1

@@ -24,17 +24,19 @@ pub fn alphas_cumprod(config: &SchedulerConfig) -> Vec<f32> {
     if config.rescale_betas_zero_snr {
         betas = rescale_zero_terminal_snr(&betas);
     }
-    let mut product = 1f32;
+    // torch's cumprod of f32 accumulates in f64.
+    let mut product = 1f64;
     betas
         .iter()
         .map(|beta| {
-            product *= 1.0 - beta;
-            product
+            product *= f64::from(1.0 - beta);
+            product as f32
         })
         .collect()
 }
 
-/// torch.linspace in f32: the first half counts up from `start`, the second down from `end`.
+/// torch.linspace in f32, bit for bit: the first half counts up from `start`, the second
+/// down from `end`, each value one fused multiply-add.
 fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     if n == 1 {
         return vec![start as f32];
@@ -45,9 +47,9 @@ fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     (0..n)
         .map(|i| {
             if i < half {
-                start + step * i as f32
+                step.mul_add(i as f32, start)
             } else {
-                end - step * (n - 1 - i) as f32
+                (-step).mul_add((n - 1 - i) as f32, end)
             }
         })
         .collect()
@@ -236,7 +238,13 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
         .rposition(|&l| log_sigma - f64::from(l) >= 0.0)
         .unwrap_or(0)
         .min(count - 2);
-    let (lo, hi) = (f64::from(log_sigmas[low]), f64::from(log_sigmas[low + 1]));
-    let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
+    let (lo, hi) = (log_sigmas[low], log_sigmas[low + 1]);
+    // numpy subtracts the two f32 neighbours in f32, the rest in f64.
+    let w = ((f64::from(lo) - log_sigma) / f64::from(lo - hi)).clamp(0.0, 1.0);
     (1.0 - w) * low as f64 + w * (low + 1) as f64
+}
+
+/// Natural logs of f32 values, correctly rounded to f32 (as numpy's f32 `log` gives them).
+pub fn log_f32(values: &[f32]) -> Vec<f32> {
+    values.iter().map(|&v| f64::from(v).ln() as f32).collect()
 }
