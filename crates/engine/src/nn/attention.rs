@@ -5,7 +5,7 @@
 //! so that the score block stays under a fixed budget, which bounds peak memory for any
 //! image size while keeping the matmuls large enough to be efficient.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// Upper bound on the elements of one score block (batch x heads x chunk x keys): 64 Mi f32
 /// values = 256 MiB.
@@ -13,8 +13,9 @@ const SCORE_BLOCK_ELEMENTS: usize = 64 * 1024 * 1024;
 
 /// `softmax(q k^T * scale) v` for `q: (B, H, Nq, D)`, `k, v: (B, H, Nk, D)`.
 ///
-/// Scores and softmax are computed in f32 whatever the input dtype (as diffusers does with
-/// `upcast_attention`, and as half precision needs for stability); the result has `q`'s dtype.
+/// The softmax is computed in f32 whatever the input dtype, and for f16 inputs the scores too
+/// (as diffusers' `upcast_attention`): f16 overflows on large scores (SD 2.x's black images),
+/// while bf16 has f32's range. The result has `q`'s dtype.
 pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (batch, heads, queries, _) = q.dims4()?;
     let keys = k.dim(2)?;
@@ -38,7 +39,12 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Res
 
 fn attend(q: &Tensor, k_t: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let dtype = q.dtype();
-    let scores = (q.matmul(k_t)?.to_dtype(candle_core::DType::F32)? * scale)?;
+    let scores = if dtype == DType::F16 {
+        q.to_dtype(DType::F32)?.matmul(&k_t.to_dtype(DType::F32)?)?
+    } else {
+        q.matmul(k_t)?.to_dtype(DType::F32)?
+    };
+    let scores = (scores * scale)?;
     let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
     weights.matmul(v)
 }
@@ -46,7 +52,7 @@ fn attend(q: &Tensor, k_t: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, DType, Device};
+    use candle_core::{D, Device};
 
     fn naive(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
         let scores = (q.matmul(&k.t()?)? * scale)?;
@@ -63,7 +69,30 @@ mod tests {
         let got = scaled_dot_product(&q, &k, &v, 0.35)?;
         let diff = (expected - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "diff {diff}");
-        assert_eq!(q.dtype(), DType::F32);
+        Ok(())
+    }
+
+    #[test]
+    fn half_precision_inputs_keep_their_dtype_and_stay_close() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = (Tensor::randn(0f32, 1., (1, 2, 9, 8), &dev)? * 30.0)?;
+        let k = (Tensor::randn(0f32, 1., (1, 2, 9, 8), &dev)? * 30.0)?;
+        let v = Tensor::randn(0f32, 1., (1, 2, 9, 8), &dev)?;
+        let expected = naive(&q, &k, &v, 0.35)?;
+        for dtype in [DType::F16, DType::BF16] {
+            let (qh, kh, vh) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
+            let got = scaled_dot_product(&qh, &kh, &vh, 0.35)?;
+            assert_eq!(got.dtype(), dtype);
+            let got = got.to_dtype(DType::F32)?;
+            assert!(
+                got.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .all(|x| x.is_finite())
+            );
+            let diff = (&expected - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 0.5, "{dtype:?} diff {diff}");
+        }
         Ok(())
     }
 }

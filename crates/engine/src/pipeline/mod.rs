@@ -220,6 +220,13 @@ impl Pipeline {
         negative_prompt: Option<&str>,
         guidance_scale: f64,
     ) -> Result<EncodedPrompts> {
+        for text in std::iter::once(prompt).chain(negative_prompt) {
+            if self.text.is_truncated(text) {
+                tracing::warn!(
+                    "the prompt is longer than the text encoder's 77 tokens; the rest is ignored"
+                );
+            }
+        }
         let cond = self.text.encode(prompt)?;
         let uncond = if guidance_scale > 1.0 {
             Some(match negative_prompt {

@@ -87,24 +87,104 @@ fn missing_component_and_tokenizer() {
     assert!(err.to_string().contains("tokenizer_2"), "{err}");
 }
 
+/// Re-save a component's weights in `dtype` under `name`, removing the original file.
+fn resave(
+    dir: &std::path::Path,
+    component: &str,
+    from: &str,
+    to: &str,
+    dtype: seedbed_engine::candle::DType,
+) {
+    use seedbed_engine::candle::{Device, safetensors};
+    let plain = dir.join(component).join(from);
+    let tensors = safetensors::load(&plain, &Device::Cpu).unwrap();
+    let converted: std::collections::HashMap<_, _> = tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
+        .collect();
+    fs::remove_file(&plain).unwrap();
+    safetensors::save(&converted, dir.join(component).join(to)).unwrap();
+}
+
+/// fp16-only downloads ship `.fp16` variant files; bf16 checkpoints exist too. Both load into
+/// an f32 pipeline and still produce a picture.
 #[test]
-fn fp16_variant_files_load() {
-    use seedbed_engine::candle::{DType, Device};
+fn fp16_variant_and_bf16_files_load() {
+    use seedbed_engine::candle::DType;
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_model("tiny-sd", tmp.path());
-    // Re-save the UNet as an f16 `.fp16` variant only, as fp16-only downloads ship it.
+    let unet = "diffusion_pytorch_model.safetensors";
+    resave(
+        &dir,
+        "unet",
+        unet,
+        "diffusion_pytorch_model.fp16.safetensors",
+        DType::F16,
+    );
+    resave(&dir, "vae", unet, unet, DType::BF16);
+    resave(
+        &dir,
+        "text_encoder",
+        "model.safetensors",
+        "model.fp16.safetensors",
+        DType::F16,
+    );
+    let pipeline = Pipeline::load(&dir, LoadOptions::default()).unwrap();
+    let prompts = pipeline.encode_prompts("a fox", None, 0.0).unwrap();
+    assert_eq!(prompts.cond.embeds.dims(), &[1, 77, 32]);
+}
+
+/// Large checkpoints are split into shards listed in an `.index.json`.
+#[test]
+fn sharded_weights_load() {
+    use seedbed_engine::candle::{Device, safetensors};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_model("tiny-sd", tmp.path());
     let plain = dir.join("unet/diffusion_pytorch_model.safetensors");
-    let tensors = seedbed_engine::candle::safetensors::load(&plain, &Device::Cpu).unwrap();
-    let half: std::collections::HashMap<_, _> = tensors
-        .into_iter()
-        .map(|(k, v)| (k, v.to_dtype(DType::F16).unwrap()))
-        .collect();
-    seedbed_engine::candle::safetensors::save(
-        &half,
-        dir.join("unet/diffusion_pytorch_model.fp16.safetensors"),
+    let tensors = safetensors::load(&plain, &Device::Cpu).unwrap();
+    let mut names: Vec<_> = tensors.keys().cloned().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (shard, part) in [
+        ("part-1.safetensors", first),
+        ("part-2.safetensors", second),
+    ] {
+        let subset: std::collections::HashMap<_, _> = part
+            .iter()
+            .map(|n| (n.clone(), tensors[n].clone()))
+            .collect();
+        safetensors::save(&subset, dir.join("unet").join(shard)).unwrap();
+        for name in part {
+            weight_map.insert(name.clone(), shard.into());
+        }
+    }
+    fs::remove_file(&plain).unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    fs::write(
+        dir.join("unet/diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
     )
     .unwrap();
-    fs::remove_file(&plain).unwrap();
-    let pipeline = Pipeline::load(&dir, LoadOptions::default()).unwrap();
-    assert_eq!(pipeline.native_size(), 64);
+    assert!(Pipeline::load(&dir, LoadOptions::default()).is_ok());
+
+    fs::remove_file(dir.join("unet/part-2.safetensors")).unwrap();
+    let err = load_error(&dir);
+    assert!(err.to_string().contains("part-2.safetensors"), "{err}");
+}
+
+#[test]
+fn pickle_weights_are_refused_with_advice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_model("tiny-sd", tmp.path());
+    fs::rename(
+        dir.join("unet/diffusion_pytorch_model.safetensors"),
+        dir.join("unet/diffusion_pytorch_model.bin"),
+    )
+    .unwrap();
+    let msg = load_error(&dir).to_string();
+    assert!(
+        msg.contains("diffusion_pytorch_model.bin") && msg.contains("safetensors"),
+        "{msg}"
+    );
 }
