@@ -50,9 +50,9 @@ impl ModelIndex {
     }
 }
 
-/// Read and parse a JSON file, naming the file in every error.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+/// Read a text file; a missing file is `MissingFile`, other failures `Io`, both naming it.
+pub fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => EngineError::MissingFile {
             path: path.to_path_buf(),
         },
@@ -60,7 +60,12 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
             path: path.to_path_buf(),
             source,
         },
-    })?;
+    })
+}
+
+/// Read and parse a JSON file, naming the file in every error.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = read_text(path)?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| EngineError::config(path, e))?;
     parse_json(value, path)

@@ -93,18 +93,7 @@ impl ClipTokenizer {
         } else {
             let vocab: HashMap<String, u32> = read_json(&dir.join("vocab.json"))?;
             let merges_path = dir.join("merges.txt");
-            let text = std::fs::read_to_string(&merges_path).map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    EngineError::MissingFile {
-                        path: merges_path.clone(),
-                    }
-                } else {
-                    EngineError::Io {
-                        path: merges_path.clone(),
-                        source,
-                    }
-                }
-            })?;
+            let text = crate::model::read_text(&merges_path)?;
             let merges = text
                 .lines()
                 .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())

@@ -24,7 +24,7 @@ use crate::noise::SeededNoise;
 use crate::scheduler::{self, NoiseSource, SchedulerConfig, SchedulerKind};
 use crate::text::{PromptEmbedding, TextEncoder};
 use crate::unet::UNet;
-use crate::vae::{Tiling, Vae};
+use crate::vae::{Tiling, Vae, VaeConfig};
 use crate::weights::Variant;
 
 /// When to decode the VAE in tiles.
@@ -109,6 +109,7 @@ pub struct Pipeline {
     vae: Vae,
     scheduler_config: SchedulerConfig,
     default_scheduler: SchedulerKind,
+    vae_dtype: DType,
     options: LoadOptions,
 }
 
@@ -144,12 +145,13 @@ impl Pipeline {
         let (device, dtype, variant) = (&options.device, options.dtype, options.variant);
         let text = TextEncoder::load(dir, family, variant, dtype, device)?;
         let unet = UNet::load(&dir.join("unet"), variant, dtype, device)?;
-        let vae = Vae::load(&dir.join("vae"), variant, DType::F32, device)?;
-        let vae = if vae.config().force_upcast || dtype == DType::F32 {
-            vae
+        // VAEs whose config asks for it (SD's and SDXL's) overflow in f16: keep them in f32.
+        let vae_dtype = if VaeConfig::load(&dir.join("vae").join("config.json"))?.force_upcast {
+            DType::F32
         } else {
-            Vae::load(&dir.join("vae"), variant, dtype, device)?
+            dtype
         };
+        let vae = Vae::load(&dir.join("vae"), variant, vae_dtype, device)?;
         if family == Family::StableDiffusionXl && !unet.needs_added_conditioning() {
             return Err(EngineError::config(
                 dir.join("unet").join("config.json"),
@@ -165,6 +167,7 @@ impl Pipeline {
             vae,
             scheduler_config,
             default_scheduler,
+            vae_dtype,
             options,
         })
     }
@@ -335,11 +338,7 @@ impl Pipeline {
     }
 
     fn vae_dtype(&self) -> DType {
-        if self.vae.config().force_upcast {
-            DType::F32
-        } else {
-            self.options.dtype
-        }
+        self.vae_dtype
     }
 
     /// Generate `request.count` images, image `i` from seed `request.seed + i`.

@@ -166,15 +166,7 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// Read `scheduler_config.json`; errors name the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => EngineError::MissingFile {
-                path: path.to_path_buf(),
-            },
-            _ => EngineError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let text = crate::model::read_text(path)?;
         // Python's json module writes non-finite floats (e.g. `lambda_min_clipped: -Infinity`)
         // that strict JSON parsers refuse; they mean "no limit", as an absent key does.
         let text = text
