@@ -187,9 +187,10 @@ fn resolve_model(models_dir: &Path, model: Option<&str>) -> Result<PathBuf> {
     Ok(first)
 }
 
+/// A random seed in Seedream's seed range [0, 2^31), so any seed we print can be sent back.
 fn rand_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now()) >> 1
+    RandomState::new().hash_one(Instant::now()) % (1 << 31)
 }
 
 fn progress_bar(quiet: bool, total: usize) -> ProgressBar {
