@@ -1,5 +1,5 @@
-//! Euler and Euler ancestral (Karras et al. 2022 / k-diffusion), as diffusers'
-//! `EulerDiscreteScheduler` and `EulerAncestralDiscreteScheduler`.
+//! Euler (Karras et al. 2022 / k-diffusion), as diffusers' `EulerDiscreteScheduler`, and the
+//! sigma schedule it shares with Euler ancestral.
 
 use candle_core::Tensor;
 
@@ -10,13 +10,13 @@ use super::schedule::{
 };
 use super::{NoiseSource, Scheduler, SchedulerKind};
 
-pub struct Euler {
-    timesteps: Vec<f64>,
+/// Timesteps and noise levels of the k-diffusion style samplers.
+pub struct SigmaSchedule {
+    pub timesteps: Vec<f64>,
     /// One per timestep plus the final one (0, or the smallest training sigma).
-    sigmas: Vec<f64>,
-    init_noise_sigma: f64,
-    prediction: PredictionType,
-    ancestral: bool,
+    pub sigmas: Vec<f64>,
+    pub init_noise_sigma: f64,
+    pub prediction: PredictionType,
 }
 
 /// Unit noise is scaled to the largest sigma; "leading" schedules also add the unit
@@ -28,22 +28,27 @@ pub fn init_noise_sigma(max_sigma: f64, spacing: TimestepSpacing) -> f64 {
     }
 }
 
-impl Euler {
+/// The training sigmas; with zero terminal SNR the last one is kept finite as the reference
+/// does (`alphas_cumprod[-1] = 2^-24`).
+pub fn euler_training_sigmas(config: &SchedulerConfig) -> Vec<f32> {
+    let mut cumprod = alphas_cumprod(config);
+    if config.rescale_betas_zero_snr {
+        if let Some(last) = cumprod.last_mut() {
+            *last = 2f32.powi(-24);
+        }
+    }
+    training_sigmas(&cumprod)
+}
+
+impl SigmaSchedule {
     pub fn new(
         config: &SchedulerConfig,
         kind: SchedulerKind,
         steps: usize,
         karras: bool,
-        ancestral: bool,
+        final_sigma: FinalSigmas,
     ) -> Self {
-        let mut cumprod = alphas_cumprod(config);
-        if config.rescale_betas_zero_snr {
-            // Keeps the last sigma finite, as the reference does.
-            if let Some(last) = cumprod.last_mut() {
-                *last = 2f32.powi(-24);
-            }
-        }
-        let train_sigmas = training_sigmas(&cumprod);
+        let train_sigmas = euler_training_sigmas(config);
         let spacing = config.spacing_for(kind);
         let mut timesteps = spaced_timesteps(config, spacing, steps, false);
         let mut sigmas: Vec<f64> = timesteps
@@ -57,15 +62,10 @@ impl Euler {
             let log_sigmas = log_f32(&train_sigmas);
             timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
         }
-        // Ancestral sampling always ends at zero noise.
-        let last = match (
-            ancestral,
-            config.final_sigmas_type.unwrap_or(FinalSigmas::Zero),
-        ) {
-            (false, FinalSigmas::SigmaMin) => f64::from(train_sigmas[0]),
-            _ => 0.0,
-        };
-        sigmas.push(last);
+        sigmas.push(match final_sigma {
+            FinalSigmas::Zero => 0.0,
+            FinalSigmas::SigmaMin => f64::from(train_sigmas[0]),
+        });
         // The reference hands both to torch as f32.
         let sigmas: Vec<f64> = sigmas.into_iter().map(|s| f64::from(s as f32)).collect();
         let timesteps = timesteps.into_iter().map(|t| f64::from(t as f32)).collect();
@@ -75,12 +75,11 @@ impl Euler {
             init_noise_sigma: init_noise_sigma(max, spacing),
             sigmas,
             prediction: config.prediction_type,
-            ancestral,
         }
     }
 
     /// The denoised estimate from the UNet's output at noise level `sigma`.
-    fn predict_original(
+    pub fn predict_original(
         &self,
         output: &Tensor,
         sample: &Tensor,
@@ -95,24 +94,57 @@ impl Euler {
             }
         }
     }
+
+    /// The UNet sees latents of unit variance: `x / sqrt(sigma^2 + 1)`.
+    pub fn scale_model_input(
+        &self,
+        sample: &Tensor,
+        step_index: usize,
+    ) -> candle_core::Result<Tensor> {
+        let sigma = self.sigmas[step_index];
+        sample / (sigma * sigma + 1.0).sqrt()
+    }
+
+    pub fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> candle_core::Result<Tensor> {
+        original + (noise * self.sigmas[step_index])?
+    }
+}
+
+pub struct Euler(SigmaSchedule);
+
+impl Euler {
+    pub fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Self {
+        let final_sigma = config.final_sigmas_type.unwrap_or(FinalSigmas::Zero);
+        Self(SigmaSchedule::new(
+            config,
+            SchedulerKind::Euler,
+            steps,
+            karras,
+            final_sigma,
+        ))
+    }
 }
 
 impl Scheduler for Euler {
     fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+        &self.0.timesteps
     }
 
     fn sigmas(&self) -> &[f64] {
-        &self.sigmas
+        &self.0.sigmas
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
+        self.0.init_noise_sigma
     }
 
     fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> candle_core::Result<Tensor> {
-        let sigma = self.sigmas[step_index];
-        sample / (sigma * sigma + 1.0).sqrt()
+        self.0.scale_model_input(sample, step_index)
     }
 
     fn step(
@@ -120,22 +152,12 @@ impl Scheduler for Euler {
         output: &Tensor,
         step_index: usize,
         sample: &Tensor,
-        noise: &mut dyn NoiseSource,
+        _: &mut dyn NoiseSource,
     ) -> candle_core::Result<Tensor> {
-        let (sigma, next) = (self.sigmas[step_index], self.sigmas[step_index + 1]);
-        let original = self.predict_original(output, sample, sigma)?;
+        let (sigma, next) = (self.0.sigmas[step_index], self.0.sigmas[step_index + 1]);
+        let original = self.0.predict_original(output, sample, sigma)?;
         let derivative = ((sample - original)? / sigma)?;
-        if !self.ancestral {
-            return sample + (derivative * (next - sigma))?;
-        }
-        // Step down to sigma_down deterministically, then add fresh noise of sigma_up.
-        let up = (next * next * (sigma * sigma - next * next) / (sigma * sigma)).sqrt();
-        let down = (next * next - up * up).sqrt();
-        let stepped = (sample + (derivative * (down - sigma))?)?;
-        if up == 0.0 {
-            return Ok(stepped);
-        }
-        stepped + (noise.randn_like(output)? * up)?
+        sample + (derivative * (next - sigma))?
     }
 
     fn add_noise(
@@ -144,6 +166,6 @@ impl Scheduler for Euler {
         noise: &Tensor,
         step_index: usize,
     ) -> candle_core::Result<Tensor> {
-        original + (noise * self.sigmas[step_index])?
+        self.0.add_noise(original, noise, step_index)
     }
 }

@@ -4,6 +4,7 @@ mod config;
 mod ddim;
 mod dpmpp_2m;
 mod euler;
+mod euler_ancestral;
 mod schedule;
 
 use candle_core::Tensor;
@@ -128,9 +129,9 @@ pub fn build(
             ));
         }
         SchedulerKind::Ddim => Box::new(ddim::Ddim::new(config, steps)),
-        SchedulerKind::Euler => Box::new(euler::Euler::new(config, kind, steps, karras, false)),
+        SchedulerKind::Euler => Box::new(euler::Euler::new(config, steps, karras)),
         SchedulerKind::EulerAncestral => {
-            Box::new(euler::Euler::new(config, kind, steps, karras, true))
+            Box::new(euler_ancestral::EulerAncestral::new(config, steps, karras))
         }
         SchedulerKind::DpmPlusPlus2M => {
             Box::new(dpmpp_2m::DpmPlusPlus2M::new(config, steps, karras))
@@ -145,16 +146,10 @@ pub fn unset_init_noise_sigma(kind: SchedulerKind, config: &SchedulerConfig) -> 
     match kind {
         SchedulerKind::Ddim | SchedulerKind::DpmPlusPlus2M => 1.0,
         SchedulerKind::Euler | SchedulerKind::EulerAncestral => {
-            let mut cumprod = schedule::alphas_cumprod(config);
-            if config.rescale_betas_zero_snr {
-                if let Some(last) = cumprod.last_mut() {
-                    *last = 2f32.powi(-24);
-                }
-            }
-            let max = schedule::training_sigmas(&cumprod)
+            let max = euler::euler_training_sigmas(config)
                 .into_iter()
-                .fold(0f32, f32::max) as f64;
-            euler::init_noise_sigma(max, config.spacing_for(kind))
+                .fold(0f32, f32::max);
+            euler::init_noise_sigma(f64::from(max), config.spacing_for(kind))
         }
     }
 }
