@@ -260,9 +260,6 @@ impl SchedulerConfig {
             if self.variance_type.is_some() {
                 return unsupported("variance_type", &self.variance_type);
             }
-            if self.lambda_min_clipped.is_some_and(|l| l.is_finite()) {
-                return unsupported("lambda_min_clipped", &self.lambda_min_clipped);
-            }
         }
         Ok(())
     }

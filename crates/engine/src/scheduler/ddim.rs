@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use super::config::{PredictionType, SchedulerConfig};
 use super::schedule::{alphas_cumprod, spaced_timesteps};
 use super::{NoiseSource, Scheduler, SchedulerKind};
+use crate::error::{EngineError, Result};
 
 pub struct Ddim {
     timesteps: Vec<f64>,
@@ -18,11 +19,25 @@ pub struct Ddim {
 }
 
 impl Ddim {
-    pub fn new(config: &SchedulerConfig, steps: usize) -> Self {
+    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let alphas_cumprod = alphas_cumprod(config);
         let spacing = config.spacing_for(SchedulerKind::Ddim);
-        Self {
-            timesteps: spaced_timesteps(config, spacing, steps, true),
+        let timesteps = spaced_timesteps(config, spacing, steps, true);
+        // numpy's arange can yield one timestep too many, ending at -1; the reference then
+        // reads the noisiest alpha by negative indexing. Refuse rather than copy that.
+        if timesteps
+            .iter()
+            .any(|&t| t < 0.0 || t >= alphas_cumprod.len() as f64)
+        {
+            return Err(EngineError::invalid(
+                "steps",
+                format!(
+                    "{steps} steps with {spacing:?} spacing fall outside the training schedule; choose another count"
+                ),
+            ));
+        }
+        Ok(Self {
+            timesteps,
             final_alpha_cumprod: if config.set_alpha_to_one {
                 1.0
             } else {
@@ -32,7 +47,7 @@ impl Ddim {
             stride: (config.num_train_timesteps / steps) as i64,
             prediction: config.prediction_type,
             clip: config.clip_sample.then_some(config.clip_sample_range),
-        }
+        })
     }
 
     fn alpha_at(&self, t: i64) -> f64 {

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use super::config::{DpmAlgorithm, DpmSolverType, FinalSigmas, PredictionType, SchedulerConfig};
 use super::schedule::{
-    alphas_cumprod, dpm_timesteps, interpolate, karras_sigmas, log_f32, sigma_to_t, training_sigmas,
+    dpm_timesteps, interpolate, karras_sigmas, log_f32, sampler_training_sigmas, sigma_to_t,
 };
 use super::{NoiseSource, Scheduler, SchedulerKind};
 
@@ -34,12 +34,25 @@ fn lambda(sigma: f64) -> f64 {
     alpha.ln() - sigma_t.ln()
 }
 
+/// How many of the noisiest training steps `lambda_min_clipped` removes: those whose
+/// log-SNR `lambda` is below it (for cosine schedules, whose last steps are unstable).
+fn clipped_steps(config: &SchedulerConfig, train_sigmas: &[f32]) -> usize {
+    let Some(min) = config.lambda_min_clipped.filter(|l| l.is_finite()) else {
+        return 0;
+    };
+    // lambda = log(alpha_t) - log(sigma_t) = -log(sigma) for sigma = sigma_t / alpha_t.
+    train_sigmas
+        .iter()
+        .filter(|&&sigma| f64::from(-(sigma.ln())) < min)
+        .count()
+}
+
 impl DpmPlusPlus2M {
     pub fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Self {
-        let cumprod = alphas_cumprod(config);
-        let train_sigmas = training_sigmas(&cumprod);
+        let train_sigmas = sampler_training_sigmas(config);
         let spacing = config.spacing_for(SchedulerKind::DpmPlusPlus2M);
-        let mut timesteps = dpm_timesteps(config, spacing, steps);
+        let last_timestep = config.num_train_timesteps - clipped_steps(config, &train_sigmas);
+        let mut timesteps = dpm_timesteps(config, spacing, steps, last_timestep);
         let mut sigmas: Vec<f64> = if karras {
             let min = config.sigma_min.unwrap_or(f64::from(train_sigmas[0]));
             let max = config

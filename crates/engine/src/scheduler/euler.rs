@@ -5,8 +5,7 @@ use candle_core::Tensor;
 
 use super::config::{FinalSigmas, PredictionType, SchedulerConfig, TimestepSpacing};
 use super::schedule::{
-    alphas_cumprod, interpolate, karras_sigmas, log_f32, sigma_to_t, spaced_timesteps,
-    training_sigmas,
+    interpolate, karras_sigmas, log_f32, sampler_training_sigmas, sigma_to_t, spaced_timesteps,
 };
 use super::{NoiseSource, Scheduler, SchedulerKind};
 
@@ -28,18 +27,6 @@ pub fn init_noise_sigma(max_sigma: f64, spacing: TimestepSpacing) -> f64 {
     }
 }
 
-/// The training sigmas; with zero terminal SNR the last one is kept finite as the reference
-/// does (`alphas_cumprod[-1] = 2^-24`).
-pub fn euler_training_sigmas(config: &SchedulerConfig) -> Vec<f32> {
-    let mut cumprod = alphas_cumprod(config);
-    if config.rescale_betas_zero_snr {
-        if let Some(last) = cumprod.last_mut() {
-            *last = 2f32.powi(-24);
-        }
-    }
-    training_sigmas(&cumprod)
-}
-
 impl SigmaSchedule {
     pub fn new(
         config: &SchedulerConfig,
@@ -48,7 +35,7 @@ impl SigmaSchedule {
         karras: bool,
         final_sigma: FinalSigmas,
     ) -> Self {
-        let train_sigmas = euler_training_sigmas(config);
+        let train_sigmas = sampler_training_sigmas(config);
         let spacing = config.spacing_for(kind);
         let mut timesteps = spaced_timesteps(config, spacing, steps, false);
         let mut sigmas: Vec<f64> = timesteps

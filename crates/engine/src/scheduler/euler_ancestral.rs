@@ -55,9 +55,8 @@ impl Scheduler for EulerAncestral {
         let up = (next * next * (sigma * sigma - next * next) / (sigma * sigma)).sqrt();
         let down = (next * next - up * up).sqrt();
         let stepped = (sample + (derivative * (down - sigma))?)?;
-        if up == 0.0 {
-            return Ok(stepped);
-        }
+        // Drawn even on the last step (where up is 0) so the noise stream stays aligned with
+        // the reference's.
         stepped + (noise.randn_like(output)? * up)?
     }
 

@@ -128,7 +128,7 @@ pub fn build(
                 "Karras sigmas need euler, euler_a or dpmpp2m, not ddim",
             ));
         }
-        SchedulerKind::Ddim => Box::new(ddim::Ddim::new(config, steps)),
+        SchedulerKind::Ddim => Box::new(ddim::Ddim::new(config, steps)?),
         SchedulerKind::Euler => Box::new(euler::Euler::new(config, steps, karras)),
         SchedulerKind::EulerAncestral => {
             Box::new(euler_ancestral::EulerAncestral::new(config, steps, karras))
@@ -146,7 +146,7 @@ pub fn unset_init_noise_sigma(kind: SchedulerKind, config: &SchedulerConfig) -> 
     match kind {
         SchedulerKind::Ddim | SchedulerKind::DpmPlusPlus2M => 1.0,
         SchedulerKind::Euler | SchedulerKind::EulerAncestral => {
-            let max = euler::euler_training_sigmas(config)
+            let max = schedule::sampler_training_sigmas(config)
                 .into_iter()
                 .fold(0f32, f32::max);
             euler::init_noise_sigma(f64::from(max), config.spacing_for(kind))
@@ -154,5 +154,7 @@ pub fn unset_init_noise_sigma(kind: SchedulerKind, config: &SchedulerConfig) -> 
     }
 }
 
+#[cfg(test)]
+mod reference_tests;
 #[cfg(test)]
 mod tests;

@@ -149,26 +149,26 @@ pub fn spaced_timesteps(
                 .map(|i| (i * ratio + config.steps_offset) as f64)
                 .collect()
         }
-        TimestepSpacing::Trailing => {
-            let ratio = n as f64 / steps as f64;
-            // np.arange(n, 0, -ratio): as many values as fit above zero.
-            let count = (n as f64 / ratio).ceil() as usize;
-            (0..count)
-                .map(|i| round_half_even(n as f64 - i as f64 * ratio) - 1.0)
-                .rev()
-                .collect()
-        }
+        TimestepSpacing::Trailing => arange_down(n as f64, n as f64 / steps as f64)
+            .into_iter()
+            .rev()
+            .collect(),
     };
     timesteps.reverse();
     timesteps
 }
 
-/// Timesteps as DPM-Solver spaces them: `steps + 1` points with the last dropped.
-pub fn dpm_timesteps(config: &SchedulerConfig, spacing: TimestepSpacing, steps: usize) -> Vec<f64> {
-    let n = config.num_train_timesteps;
+/// Timesteps as DPM-Solver spaces them: `steps + 1` points below `last_timestep` (the
+/// training length, less what `lambda_min_clipped` cuts off) with the last dropped.
+pub fn dpm_timesteps(
+    config: &SchedulerConfig,
+    spacing: TimestepSpacing,
+    steps: usize,
+    last_timestep: usize,
+) -> Vec<f64> {
     match spacing {
         TimestepSpacing::Linspace => {
-            let last = (n - 1) as f64;
+            let last = last_timestep.saturating_sub(1) as f64;
             (0..=steps)
                 .map(|i| round_half_even(last * i as f64 / steps as f64))
                 .rev()
@@ -176,7 +176,7 @@ pub fn dpm_timesteps(config: &SchedulerConfig, spacing: TimestepSpacing, steps: 
                 .collect()
         }
         TimestepSpacing::Leading => {
-            let ratio = n / (steps + 1);
+            let ratio = last_timestep / (steps + 1);
             (0..=steps)
                 .map(|i| (i * ratio) as f64)
                 .rev()
@@ -184,8 +184,19 @@ pub fn dpm_timesteps(config: &SchedulerConfig, spacing: TimestepSpacing, steps: 
                 .map(|t| t + config.steps_offset as f64)
                 .collect()
         }
-        TimestepSpacing::Trailing => spaced_timesteps(config, spacing, steps, true),
+        TimestepSpacing::Trailing => {
+            let ratio = config.num_train_timesteps as f64 / steps as f64;
+            arange_down(last_timestep as f64, ratio)
+        }
     }
+}
+
+/// `np.arange(start, 0, -ratio).round() - 1`, descending: as many values as fit above zero.
+fn arange_down(start: f64, ratio: f64) -> Vec<f64> {
+    let count = (start / ratio).ceil() as usize;
+    (0..count)
+        .map(|i| round_half_even(start - i as f64 * ratio) - 1.0)
+        .collect()
 }
 
 /// numpy's `round` (half to even).
@@ -247,4 +258,16 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
 /// Natural logs of f32 values, correctly rounded to f32 (as numpy's f32 `log` gives them).
 pub fn log_f32(values: &[f32]) -> Vec<f32> {
     values.iter().map(|&v| f64::from(v).ln() as f32).collect()
+}
+
+/// The training sigmas of the sigma-based samplers; with zero terminal SNR the last one is
+/// kept finite as the reference does (`alphas_cumprod[-1] = 2^-24`).
+pub fn sampler_training_sigmas(config: &SchedulerConfig) -> Vec<f32> {
+    let mut cumprod = alphas_cumprod(config);
+    if config.rescale_betas_zero_snr {
+        if let Some(last) = cumprod.last_mut() {
+            *last = 2f32.powi(-24);
+        }
+    }
+    training_sigmas(&cumprod)
 }
