@@ -325,6 +325,29 @@ mod tests {
         assert_eq!(b[76], second.pad);
     }
 
+    /// Ids printed by transformers' CLIPTokenizer for the fixture tokenizer.
+    #[test]
+    fn tricky_strings_match_transformers() {
+        let tok = ClipTokenizer::from_dir(&fixtures_dir().join("clip-tokenizer")).unwrap();
+        let cases: [(&str, &[u32]); 4] = [
+            ("wow! great!!", &[49406, 2781, 256, 830, 748, 49407]),
+            ("a <|endoftext|> b", &[49406, 320, 49407, 321, 49407]),
+            (
+                "Héllo   Wörld 😀 café",
+                &[49406, 71, 3459, 19293, 86, 31762, 730, 7334, 15304, 49407],
+            ),
+            (
+                "it's 12,345.6 don't",
+                &[
+                    49406, 585, 568, 272, 273, 267, 274, 275, 276, 269, 277, 847, 713, 49407,
+                ],
+            ),
+        ];
+        for (text, ids) in cases {
+            assert_eq!(tok.encode_unpadded(text), ids, "{text}");
+        }
+    }
+
     #[test]
     fn long_prompts_keep_the_end_token() {
         let tok = ClipTokenizer::from_dir(&fixtures_dir().join("clip-tokenizer")).unwrap();
