@@ -14,7 +14,7 @@ fn shared_reference_cases_pass() {
 #[test]
 fn extra_reference_cases_pass() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cases");
-    assert_cases_pass(&dir, 12);
+    assert_cases_pass(&dir, 15);
 }
 
 fn assert_cases_pass(cases_dir: &std::path::Path, expected: usize) {
