@@ -1,0 +1,19 @@
+//! The wire contract of the Seedream (BytePlus ModelArk / Volcengine Ark) `images/generations`
+//! API as seedbed serves and consumes it: requests, responses, stream events and errors.
+//!
+//! These are wire types: lenient on input (JSON `null` is "absent", unknown fields are kept so a
+//! gateway can forward them), exact on output (field names, order and omissions as the official
+//! SDKs expect). Validation into domain types happens in the server, once.
+
+pub mod error;
+pub mod request;
+pub mod response;
+pub mod stream;
+
+pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use request::{
+    GenerationRequest, ImageInput, OptimizePromptOptions, ResponseFormat, SequentialMode,
+    SequentialOptions,
+};
+pub use response::{ImageData, ImageError, ImagesResponse, Usage};
+pub use stream::{StreamEvent, StreamEventType};
