@@ -24,7 +24,7 @@ use crate::noise::SeededNoise;
 use crate::scheduler::{self, NoiseSource, SchedulerConfig, SchedulerKind};
 use crate::text::{PromptEmbedding, TextEncoder};
 use crate::unet::UNet;
-use crate::vae::{Tiling, Vae, VaeConfig};
+use crate::vae::{Tiling, Vae};
 use crate::weights::Variant;
 
 /// When to decode the VAE in tiles.
@@ -109,28 +109,7 @@ pub struct Pipeline {
     vae: Vae,
     scheduler_config: SchedulerConfig,
     default_scheduler: SchedulerKind,
-    vae_dtype: DType,
     options: LoadOptions,
-}
-
-/// The scheduler class a model folder ships with, to pick the default sampler.
-#[derive(serde::Deserialize)]
-struct SchedulerClass {
-    #[serde(rename = "_class_name", default)]
-    class_name: String,
-}
-
-impl SchedulerClass {
-    fn kind(&self) -> SchedulerKind {
-        match self.class_name.as_str() {
-            "DDIMScheduler" => SchedulerKind::Ddim,
-            "EulerAncestralDiscreteScheduler" => SchedulerKind::EulerAncestral,
-            "DPMSolverMultistepScheduler" => SchedulerKind::DpmPlusPlus2M,
-            // Euler for Euler and for classes we don't implement (PNDM, LMS, ...): it works
-            // with every epsilon / v-prediction model.
-            _ => SchedulerKind::Euler,
-        }
-    }
 }
 
 impl Pipeline {
@@ -141,17 +120,11 @@ impl Pipeline {
         let family = index.family(&index_path)?;
         let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
         let scheduler_config = SchedulerConfig::from_file(&scheduler_path)?;
-        let default_scheduler = read_json::<SchedulerClass>(&scheduler_path)?.kind();
+        let default_scheduler = scheduler_config.default_kind();
         let (device, dtype, variant) = (&options.device, options.dtype, options.variant);
         let text = TextEncoder::load(dir, family, variant, dtype, device)?;
         let unet = UNet::load(&dir.join("unet"), variant, dtype, device)?;
-        // VAEs whose config asks for it (SD's and SDXL's) overflow in f16: keep them in f32.
-        let vae_dtype = if VaeConfig::load(&dir.join("vae").join("config.json"))?.force_upcast {
-            DType::F32
-        } else {
-            dtype
-        };
-        let vae = Vae::load(&dir.join("vae"), variant, vae_dtype, device)?;
+        let vae = Vae::load(&dir.join("vae"), variant, dtype, device)?;
         if family == Family::StableDiffusionXl && !unet.needs_added_conditioning() {
             return Err(EngineError::config(
                 dir.join("unet").join("config.json"),
@@ -167,7 +140,6 @@ impl Pipeline {
             vae,
             scheduler_config,
             default_scheduler,
-            vae_dtype,
             options,
         })
     }
@@ -307,7 +279,7 @@ impl Pipeline {
         let config = self.vae.config();
         let mean = self
             .vae
-            .encode_mean(&image.to_dtype(self.vae_dtype())?)?
+            .encode_mean(&image.to_dtype(self.vae.dtype())?)?
             .to_dtype(DType::F32)?;
         let shifted = (mean - config.shift_factor.unwrap_or(0.0))?;
         Ok((shifted * config.scaling_factor)?)
@@ -317,7 +289,7 @@ impl Pipeline {
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let config = self.vae.config();
         let latents = ((latents / config.scaling_factor)? + config.shift_factor.unwrap_or(0.0))?
-            .to_dtype(self.vae_dtype())?;
+            .to_dtype(self.vae.dtype())?;
         let (_, _, h, w) = latents.dims4()?;
         let tile = match self.options.vae_tiling {
             VaeTiling::Always => true,
@@ -335,10 +307,6 @@ impl Pipeline {
     /// The dtype the text encoders and UNet compute in.
     pub fn unet_dtype(&self) -> DType {
         self.options.dtype
-    }
-
-    fn vae_dtype(&self) -> DType {
-        self.vae_dtype
     }
 
     /// Generate `request.count` images, image `i` from seed `request.seed + i`.

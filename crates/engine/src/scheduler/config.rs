@@ -96,6 +96,9 @@ where
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SchedulerConfig {
+    /// The scheduler class the model folder ships with (`_class_name`).
+    #[serde(rename = "_class_name", default)]
+    pub class_name: Option<String>,
     #[serde(default = "thousand")]
     pub num_train_timesteps: usize,
     #[serde(default = "default_beta_start")]
@@ -196,6 +199,17 @@ impl SchedulerConfig {
             merged.insert(key.clone(), value.clone());
         }
         Self::from_map(merged, &self.source)
+    }
+
+    /// The sampler matching the folder's own scheduler class: Euler for Euler and for
+    /// classes we don't implement (PNDM, LMS, ...), since it works with every model.
+    pub fn default_kind(&self) -> SchedulerKind {
+        match self.class_name.as_deref() {
+            Some("DDIMScheduler") => SchedulerKind::Ddim,
+            Some("EulerAncestralDiscreteScheduler") => SchedulerKind::EulerAncestral,
+            Some("DPMSolverMultistepScheduler") => SchedulerKind::DpmPlusPlus2M,
+            _ => SchedulerKind::Euler,
+        }
     }
 
     pub fn spacing_for(&self, kind: SchedulerKind) -> TimestepSpacing {

@@ -130,12 +130,19 @@ pub struct Vae {
     quant_conv: Option<Conv2d>,
     decoder: Decoder,
     post_quant_conv: Option<Conv2d>,
+    dtype: DType,
 }
 
 impl Vae {
-    /// Load from a component folder such as `model/vae`.
+    /// Load from a component folder such as `model/vae`, computing in `dtype` unless the
+    /// config's `force_upcast` asks for f32 (SD's and SDXL's VAEs overflow in f16).
     pub fn load(dir: &Path, variant: Variant, dtype: DType, device: &Device) -> Result<Self> {
         let config = VaeConfig::load(&dir.join("config.json"))?;
+        let dtype = if config.force_upcast {
+            DType::F32
+        } else {
+            dtype
+        };
         build_component(dir, variant, NameScheme::Exact, dtype, device, |vb| {
             let latent2 = 2 * config.latent_channels;
             let latent = config.latent_channels;
@@ -153,12 +160,18 @@ impl Vae {
                     None
                 },
                 config,
+                dtype,
             })
         })
     }
 
     pub fn config(&self) -> &VaeConfig {
         &self.config
+    }
+
+    /// The dtype the VAE computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Pixels per latent per side: 2 to the number of downsampling steps (8 for SD).
