@@ -1,0 +1,463 @@
+//! Jobs: rows, the queue (claim under a lease) and each job's event log.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+
+use sqlx::AssertSqlSafe;
+
+use super::Db;
+use crate::error::{Result, StorageError};
+use crate::now_ms;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        Ok(match text {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            other => {
+                return Err(StorageError::Corrupt {
+                    what: "job status".into(),
+                    message: other.into(),
+                });
+            }
+        })
+    }
+}
+
+/// What the server writes before any work starts.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub key_id: Option<String>,
+    pub model: String,
+    /// How many images the job may produce (for rate limits before it runs).
+    pub images: u32,
+    /// The validated generation spec as JSON: everything needed to run it again.
+    pub spec: String,
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: String,
+    pub key_id: Option<String>,
+    pub model: String,
+    pub images: u32,
+    pub status: JobStatus,
+    pub spec: String,
+    pub request_id: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub attempts: u32,
+    pub cancel_requested: bool,
+    /// JSON of the latest progress report, if any.
+    pub progress: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+impl JobRow {
+    fn from_row(row: &SqliteRow) -> Result<Self> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            key_id: row.try_get("key_id")?,
+            model: row.try_get("model")?,
+            images: row.try_get::<i64, _>("images")? as u32,
+            status: JobStatus::parse(row.try_get("status")?)?,
+            spec: row.try_get("spec")?,
+            request_id: row.try_get("request_id")?,
+            created_at: row.try_get("created_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            attempts: row.try_get::<i64, _>("attempts")? as u32,
+            cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+            progress: row.try_get("progress")?,
+            error_code: row.try_get("error_code")?,
+            error_message: row.try_get("error_message")?,
+        })
+    }
+}
+
+/// What start-up recovery did with jobs left running by a dead process.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RecoveredJobs {
+    pub requeued: Vec<String>,
+    /// Jobs that had already been tried `max_attempts` times.
+    pub failed: Vec<String>,
+}
+
+const COLUMNS: &str = "id, key_id, model, images, status, spec, request_id, created_at, started_at, \
+     finished_at, attempts, cancel_requested, progress, error_code, error_message";
+
+impl Db {
+    /// Insert a queued job and its first event in one transaction; returns the event's seq.
+    pub async fn insert_job(&self, job: &NewJob, first_event: &str) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO jobs (id, key_id, model, images, status, spec, request_id, created_at) \
+             VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+        )
+        .bind(&job.id)
+        .bind(&job.key_id)
+        .bind(&job.model)
+        .bind(i64::from(job.images))
+        .bind(&job.spec)
+        .bind(&job.request_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let seq = append_event_in(&mut tx, &job.id, first_event, now).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM jobs WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(JobRow::from_row).transpose()
+    }
+
+    /// Newest first; `key_id: None` lists every job (admin).
+    pub async fn list_jobs(&self, key_id: Option<&str>, limit: u32) -> Result<Vec<JobRow>> {
+        let rows = match key_id {
+            Some(key) => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM jobs WHERE key_id = ? ORDER BY created_at DESC, id DESC LIMIT ?"
+                )))
+                .bind(key)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?"
+                )))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(JobRow::from_row).collect()
+    }
+
+    /// 0 for the next job to run; `None` once the job has left the queue.
+    pub async fn queue_position(&self, id: &str) -> Result<Option<u32>> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM jobs q WHERE q.status = 'queued' \
+                 AND (q.created_at < j.created_at OR (q.created_at = j.created_at AND q.id < j.id))) AS ahead, \
+             j.status AS status FROM jobs j WHERE j.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) if row.try_get::<String, _>("status")? == "queued" => {
+                Ok(Some(row.try_get::<i64, _>("ahead")? as u32))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub async fn queued_count(&self) -> Result<u32> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'queued'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count as u32)
+    }
+
+    /// Images requested by `key_id` in jobs created since `since_ms` (for per-minute limits).
+    pub async fn images_requested_since(&self, key_id: &str, since_ms: i64) -> Result<u64> {
+        let sum: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(images), 0) FROM jobs WHERE key_id = ? AND created_at >= ? \
+             AND status != 'cancelled'",
+        )
+        .bind(key_id)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(sum as u64)
+    }
+
+    /// Take the oldest queued job for `node`, holding it until `lease_until`.
+    pub async fn claim_next(&self, node: &str, lease_until: i64) -> Result<Option<JobRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'running', node = ?, lease_until = ?, attempts = attempts + 1, \
+                 started_at = ? \
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1) \
+                 AND status = 'queued' \
+             RETURNING {COLUMNS}"
+        )))
+        .bind(node)
+        .bind(lease_until)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(JobRow::from_row).transpose()
+    }
+
+    /// Extend the lease of a job this node runs; false if the job is no longer ours.
+    pub async fn renew_lease(&self, id: &str, node: &str, lease_until: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_until = ? WHERE id = ? AND node = ? AND status = 'running'",
+        )
+        .bind(lease_until)
+        .bind(id)
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Put back in the queue the running jobs of `node` (restarted) and of any node whose
+    /// lease has run out; jobs already tried `max_attempts` times fail instead.
+    pub async fn recover(&self, node: &str, max_attempts: u32) -> Result<RecoveredJobs> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "SELECT id, attempts FROM jobs WHERE status = 'running' AND (node = ? OR lease_until < ?)",
+        )
+        .bind(node)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut recovered = RecoveredJobs::default();
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let attempts = row.try_get::<i64, _>("attempts")? as u32;
+            if attempts >= max_attempts {
+                recovered.failed.push(id);
+            } else {
+                sqlx::query(
+                    "UPDATE jobs SET status = 'queued', node = NULL, lease_until = NULL, progress = NULL \
+                     WHERE id = ? AND status = 'running'",
+                )
+                .bind(&id)
+                .execute(&self.pool)
+                .await?;
+                recovered.requeued.push(id);
+            }
+        }
+        Ok(recovered)
+    }
+
+    pub async fn set_progress(&self, id: &str, progress: &str) -> Result<()> {
+        sqlx::query("UPDATE jobs SET progress = ? WHERE id = ?")
+            .bind(progress)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Move a job to a final status with its last event, atomically; false (and nothing
+    /// written) if it had already ended.
+    pub async fn finish_job(
+        &self,
+        id: &str,
+        status: JobStatus,
+        error: Option<(&str, &str)>,
+        last_event: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE jobs SET status = ?, finished_at = ?, error_code = ?, error_message = ?, \
+                 node = NULL, lease_until = NULL \
+             WHERE id = ? AND status IN ('queued', 'running')",
+        )
+        .bind(status.as_str())
+        .bind(now)
+        .bind(error.map(|e| e.0))
+        .bind(error.map(|e| e.1))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_event_in(&mut tx, id, last_event, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Ask a running job to stop (its worker checks this); returns the status now.
+    pub async fn request_cancel(&self, id: &str) -> Result<Option<JobStatus>> {
+        sqlx::query(
+            "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status IN ('queued', 'running')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(self.job(id).await?.map(|job| job.status))
+    }
+
+    pub async fn cancel_requested(&self, id: &str) -> Result<bool> {
+        let flag: Option<i64> =
+            sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(flag.unwrap_or(0) != 0)
+    }
+
+    /// Append an event to a job's log; returns its sequence number (1, 2, ...).
+    pub async fn append_event(&self, job_id: &str, event: &str) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let seq = append_event_in(&mut tx, job_id, event, now_ms()).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Events with a sequence number above `after`, in order.
+    pub async fn events_after(&self, job_id: &str, after: i64) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT seq, event FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq",
+        )
+        .bind(job_id)
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("seq")?, row.try_get("event")?)))
+            .collect()
+    }
+}
+
+async fn append_event_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    job_id: &str,
+    event: &str,
+    now: i64,
+) -> Result<i64> {
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO job_events (job_id, seq, event, created_at) \
+         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id = ?), ?, ?) \
+         RETURNING seq",
+    )
+    .bind(job_id)
+    .bind(job_id)
+    .bind(event)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::test_db;
+
+    fn new_job(id: &str) -> NewJob {
+        NewJob {
+            id: id.into(),
+            key_id: Some("key_a".into()),
+            model: "tiny-sd".into(),
+            images: 2,
+            spec: "{}".into(),
+            request_id: "req".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn queue_order_claims_and_positions() {
+        let db = test_db().await;
+        for id in ["job_1", "job_2", "job_3"] {
+            assert_eq!(db.insert_job(&new_job(id), "queued").await.unwrap(), 1);
+        }
+        assert_eq!(db.queue_position("job_3").await.unwrap(), Some(2));
+        assert_eq!(db.queued_count().await.unwrap(), 3);
+        let claimed = db.claim_next("node-a", i64::MAX).await.unwrap().unwrap();
+        assert_eq!((claimed.id.as_str(), claimed.attempts), ("job_1", 1));
+        assert_eq!(claimed.status, JobStatus::Running);
+        assert_eq!(db.queue_position("job_1").await.unwrap(), None);
+        assert_eq!(db.queue_position("job_3").await.unwrap(), Some(1));
+        assert!(
+            db.finish_job("job_1", JobStatus::Succeeded, None, "done")
+                .await
+                .unwrap()
+        );
+        // A second finish changes nothing.
+        assert!(
+            !db.finish_job("job_1", JobStatus::Failed, None, "x")
+                .await
+                .unwrap()
+        );
+        let events = db.events_after("job_1", 0).await.unwrap();
+        assert_eq!(events, [(1, "queued".to_string()), (2, "done".to_string())]);
+        assert_eq!(db.events_after("job_1", 1).await.unwrap().len(), 1);
+        assert_eq!(db.images_requested_since("key_a", 0).await.unwrap(), 6);
+        let listed = db.list_jobs(Some("key_a"), 10).await.unwrap();
+        assert_eq!(listed.len(), 3);
+        assert!(db.list_jobs(Some("key_b"), 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn recovery_requeues_then_gives_up() {
+        let db = test_db().await;
+        db.insert_job(&new_job("job_1"), "queued").await.unwrap();
+        for attempt in 1..=3 {
+            let job = db.claim_next("node-a", i64::MAX).await.unwrap().unwrap();
+            assert_eq!(job.attempts, attempt);
+            let recovered = db.recover("node-a", 3).await.unwrap();
+            if attempt < 3 {
+                assert_eq!(recovered.requeued, ["job_1"]);
+            } else {
+                assert_eq!(recovered.failed, ["job_1"]);
+            }
+        }
+        // Another node's live lease is left alone; an expired one is taken back.
+        db.insert_job(&new_job("job_2"), "queued").await.unwrap();
+        db.claim_next("node-b", i64::MAX).await.unwrap().unwrap();
+        assert!(db.recover("node-a", 3).await.unwrap().requeued.is_empty());
+        assert!(db.renew_lease("job_2", "node-b", 0).await.unwrap());
+        assert!(!db.renew_lease("job_2", "node-a", 0).await.unwrap());
+        assert_eq!(db.recover("node-a", 3).await.unwrap().requeued, ["job_2"]);
+    }
+
+    #[tokio::test]
+    async fn cancel_flags() {
+        let db = test_db().await;
+        db.insert_job(&new_job("job_1"), "queued").await.unwrap();
+        assert!(!db.cancel_requested("job_1").await.unwrap());
+        assert_eq!(
+            db.request_cancel("job_1").await.unwrap(),
+            Some(JobStatus::Queued)
+        );
+        assert!(db.cancel_requested("job_1").await.unwrap());
+        assert_eq!(db.request_cancel("nope").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! Usage: what each finished job delivered (successful images and Seedream tokens).
+
+use sqlx::Row;
+
+use super::Db;
+use crate::error::Result;
+use crate::now_ms;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UsageRow {
+    pub job_id: String,
+    pub key_id: Option<String>,
+    pub model: String,
+    pub images: u64,
+    pub tokens: u64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UsageTotals {
+    pub jobs: u64,
+    pub images: u64,
+    pub tokens: u64,
+}
+
+impl Db {
+    /// Record what a job delivered; a job is billed once even if recorded again.
+    pub async fn record_usage(
+        &self,
+        job_id: &str,
+        key_id: Option<&str>,
+        model: &str,
+        images: u64,
+        tokens: u64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO usage (job_id, key_id, model, images, tokens, created_at) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (job_id) DO UPDATE SET images = excluded.images, tokens = excluded.tokens",
+        )
+        .bind(job_id)
+        .bind(key_id)
+        .bind(model)
+        .bind(images as i64)
+        .bind(tokens as i64)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Per-job usage, newest first; `key_id: None` for every key.
+    pub async fn usage(
+        &self,
+        key_id: Option<&str>,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<UsageRow>> {
+        let rows = sqlx::query(
+            "SELECT job_id, key_id, model, images, tokens, created_at FROM usage \
+             WHERE (? IS NULL OR key_id = ?) AND created_at >= ? ORDER BY created_at DESC LIMIT ?",
+        )
+        .bind(key_id)
+        .bind(key_id)
+        .bind(since_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UsageRow {
+                    job_id: row.try_get("job_id")?,
+                    key_id: row.try_get("key_id")?,
+                    model: row.try_get("model")?,
+                    images: row.try_get::<i64, _>("images")? as u64,
+                    tokens: row.try_get::<i64, _>("tokens")? as u64,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn usage_totals(&self, key_id: Option<&str>, since_ms: i64) -> Result<UsageTotals> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS jobs, COALESCE(SUM(images), 0) AS images, COALESCE(SUM(tokens), 0) AS tokens \
+             FROM usage WHERE (? IS NULL OR key_id = ?) AND created_at >= ?",
+        )
+        .bind(key_id)
+        .bind(key_id)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(UsageTotals {
+            jobs: row.try_get::<i64, _>("jobs")? as u64,
+            images: row.try_get::<i64, _>("images")? as u64,
+            tokens: row.try_get::<i64, _>("tokens")? as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::db::test_db;
+
+    #[tokio::test]
+    async fn usage_is_recorded_once_per_job() {
+        let db = test_db().await;
+        db.record_usage("job_1", Some("key_a"), "m", 2, 32)
+            .await
+            .unwrap();
+        db.record_usage("job_1", Some("key_a"), "m", 2, 32)
+            .await
+            .unwrap();
+        db.record_usage("job_2", Some("key_b"), "m", 1, 16)
+            .await
+            .unwrap();
+        let totals = db.usage_totals(Some("key_a"), 0).await.unwrap();
+        assert_eq!((totals.jobs, totals.images, totals.tokens), (1, 2, 32));
+        assert_eq!(db.usage_totals(None, 0).await.unwrap().images, 3);
+        assert_eq!(
+            db.usage(Some("key_b"), 0, 10).await.unwrap()[0].job_id,
+            "job_2"
+        );
+    }
+}

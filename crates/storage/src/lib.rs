@@ -1,0 +1,29 @@
+//! seedbed's durable state.
+//!
+//! Two stores, each chosen by URL: [`Db`] keeps jobs, their events, image records, API keys
+//! and usage in SQL (SQLite by default); [`Blobs`] keeps image bytes (a local folder by
+//! default, through `object_store`). Everything a job needs to run again after a restart is
+//! in the database before any work starts.
+//!
+//! Several processes may share one database: jobs are claimed with a single conditional
+//! `UPDATE ... RETURNING` and held under a lease that the owner renews; a job whose lease ran
+//! out (its node died) is put back in the queue. The SQL is kept portable so a Postgres
+//! backend is another `Db` constructor, not a rewrite.
+
+mod blobs;
+mod db;
+mod error;
+
+pub use blobs::Blobs;
+pub use db::{
+    Db, ImageRow, JobRow, JobStatus, KeyRow, NewJob, NewKey, RecoveredJobs, UsageRow, UsageTotals,
+};
+pub use error::{Result, StorageError};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
