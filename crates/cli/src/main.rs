@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "seedbed", version, about, long_about = None)]
 struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `seedbed_engine=debug`.
-    #[arg(long, global = true, env = "SEEDBED_LOG", default_value = "warn")]
+    #[arg(long, global = true, env = "SEEDBED_LOG", default_value = "warn,seedbed_server=info,seedbed_core=info")]
     log: String,
 
     #[command(subcommand)]
@@ -22,6 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the Seedream-compatible HTTP API (images/generations, jobs, keys, usage).
+    Serve(Box<commands::serve::ServeArgs>),
     /// Generate images locally from a diffusers model folder.
     Generate(commands::generate::GenerateArgs),
     /// Check the engine against diffusers reference cases, stage by stage.
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
+        Command::Serve(args) => commands::serve::run(*args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Parity(args) => commands::parity::run(args),
         Command::Bench(args) => commands::bench::run(args),

@@ -9,6 +9,7 @@ pub mod image_ops;
 pub mod model;
 pub mod nn;
 pub mod noise;
+pub mod output;
 pub mod parity;
 pub mod pipeline;
 pub mod scheduler;

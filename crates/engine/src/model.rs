@@ -82,3 +82,53 @@ pub fn parse_json<T: DeserializeOwned>(value: serde_json::Value, path: &Path) ->
         }
     })
 }
+
+/// What a server needs to know about a model folder before loading it: read from the
+/// configs alone, no weights touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSummary {
+    pub family: Family,
+    /// Training resolution: UNet sample size x VAE factor (512 for SD 1.5, 1024 for SDXL).
+    pub native_size: u32,
+    /// Pixels per latent per side (8 for SD and SDXL); sizes must be multiples of it.
+    pub latent_factor: u32,
+    /// Bytes of every `.safetensors` file under the folder: a bound on the memory the
+    /// model takes once loaded.
+    pub weights_bytes: u64,
+}
+
+impl ModelSummary {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model_index.json");
+        let index: ModelIndex = read_json(&index_path)?;
+        let family = index.family(&index_path)?;
+        let unet = crate::unet::UNetConfig::load(&dir.join("unet").join("config.json"))?;
+        let vae = crate::vae::VaeConfig::load(&dir.join("vae").join("config.json"))?;
+        let latent_factor = 1u32 << vae.block_out_channels.len().saturating_sub(1);
+        Ok(Self {
+            family,
+            native_size: unet.sample_size as u32 * latent_factor,
+            latent_factor,
+            weights_bytes: safetensors_bytes(dir),
+        })
+    }
+}
+
+fn safetensors_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                safetensors_bytes(&path)
+            } else if path.extension().is_some_and(|e| e == "safetensors") {
+                entry.metadata().map(|m| m.len()).unwrap_or(0)
+            } else {
+                0
+            }
+        })
+        .sum()
+}

@@ -14,9 +14,41 @@ pub enum ErrorCode {
     QuotaExceeded,
     ServerOverloaded,
     InternalServiceError,
+    /// A job or image that does not exist (or belongs to another key).
+    NotFound,
+    /// The request body is larger than the server accepts.
+    PayloadTooLarge,
+    /// The model exists but cannot be loaded (broken config, truncated weights).
+    ModelLoadFailed,
+    /// The job was interrupted (crash, kill) too many times and will not run again.
+    RetriesExhausted,
+    /// The job was cancelled before it produced an image.
+    Cancelled,
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 14] = [
+        Self::MissingParameter,
+        Self::InvalidParameter,
+        Self::AuthenticationError,
+        Self::AccessDenied,
+        Self::ModelNotFound,
+        Self::RateLimitExceeded,
+        Self::QuotaExceeded,
+        Self::ServerOverloaded,
+        Self::InternalServiceError,
+        Self::NotFound,
+        Self::PayloadTooLarge,
+        Self::ModelLoadFailed,
+        Self::RetriesExhausted,
+        Self::Cancelled,
+    ];
+
+    /// The code whose string this is.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
     /// `(HTTP status, code string, type)`.
     pub fn table(self) -> (u16, &'static str, &'static str) {
         match self {
@@ -29,6 +61,15 @@ impl ErrorCode {
             Self::QuotaExceeded => (429, "QuotaExceeded", "TooManyRequests"),
             Self::ServerOverloaded => (429, "ServerOverloaded", "TooManyRequests"),
             Self::InternalServiceError => (500, "InternalServiceError", "InternalServerError"),
+            Self::NotFound => (404, "ResourceNotFound", "NotFound"),
+            Self::PayloadTooLarge => (413, "RequestEntityTooLarge", "BadRequest"),
+            Self::ModelLoadFailed => (500, "ModelLoadFailed", "InternalServerError"),
+            Self::RetriesExhausted => (
+                500,
+                "InternalServiceError.RetriesExhausted",
+                "InternalServerError",
+            ),
+            Self::Cancelled => (409, "RequestCancelled", "Conflict"),
         }
     }
 
@@ -105,6 +146,14 @@ mod tests {
         let parsed: ApiError =
             serde_json::from_str(r#"{"error":{"code":"C","message":"m"}}"#).unwrap();
         assert_eq!(parsed.error.param, "");
+    }
+
+    #[test]
+    fn codes_parse_back() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::parse("Nope"), None);
     }
 
     #[test]

@@ -273,6 +273,19 @@ impl Db {
         Ok(recovered)
     }
 
+    /// Put a running job back in the queue without counting the attempt (a graceful
+    /// shutdown interrupted it; it did not crash anything).
+    pub async fn requeue(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'queued', node = NULL, lease_until = NULL, progress = NULL, \
+                 attempts = MAX(attempts - 1, 0) WHERE id = ? AND status = 'running'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn set_progress(&self, id: &str, progress: &str) -> Result<()> {
         sqlx::query("UPDATE jobs SET progress = ? WHERE id = ?")
             .bind(progress)

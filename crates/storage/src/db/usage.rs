@@ -6,7 +6,7 @@ use super::Db;
 use crate::error::Result;
 use crate::now_ms;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UsageRow {
     pub job_id: String,
     pub key_id: Option<String>,
@@ -16,7 +16,7 @@ pub struct UsageRow {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UsageTotals {
     pub jobs: u64,
     pub images: u64,

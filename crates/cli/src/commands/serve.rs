@@ -1,0 +1,213 @@
+//! `seedbed serve`: the Seedream-compatible HTTP server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use seedbed_server::serve::{ServeConfig, start};
+use serde::Deserialize;
+
+use crate::device::DeviceArgs;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Every option can also come from a `SEEDBED_*` variable or the `--config` TOML file (same
+/// names with underscores, e.g. `models_dir = "models"`); flags win over variables, which win
+/// over the file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the options below.
+    #[arg(long, env = "SEEDBED_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:8080]. Anything but loopback needs an API key.
+    #[arg(long, env = "SEEDBED_LISTEN")]
+    listen: Option<SocketAddr>,
+
+    /// Where the SQLite database and the images live [default: $XDG_DATA_HOME/seedbed or
+    /// ~/.local/share/seedbed].
+    #[arg(long, env = "SEEDBED_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Folder of diffusers model folders; each is served under its folder name
+    /// [default: models].
+    #[arg(long, env = "SEEDBED_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+
+    /// Serve a model under another name too, e.g. `seedream-4-5-251128=sdxl-turbo`.
+    /// Repeatable; the variable takes a comma-separated list.
+    #[arg(long = "alias", value_name = "PUBLIC=LOCAL", env = "SEEDBED_ALIASES", value_delimiter = ',')]
+    aliases: Vec<String>,
+
+    /// A key with every scope (generate, admin), stored hashed. Repeatable. With no key at all
+    /// the server is open and listens on loopback only.
+    #[arg(long = "api-key", value_name = "KEY", env = "SEEDBED_API_KEY", value_delimiter = ',', hide_env_values = true)]
+    api_keys: Vec<String>,
+
+    /// Base URL of image links, as clients reach this server [default: http://<listen>].
+    #[arg(long, env = "SEEDBED_PUBLIC_URL")]
+    public_url: Option<String>,
+
+    /// Job, key and usage store [default: sqlite://<data-dir>/seedbed.db].
+    #[arg(long, env = "SEEDBED_DATABASE_URL")]
+    database_url: Option<String>,
+
+    /// Image store: a folder or file:///path [default: <data-dir>/blobs].
+    #[arg(long, env = "SEEDBED_BLOB_URL")]
+    blob_url: Option<String>,
+
+    /// Jobs that may wait; beyond it requests get 429 ServerOverloaded [default: 64].
+    #[arg(long, env = "SEEDBED_QUEUE_SIZE")]
+    queue_size: Option<u32>,
+
+    /// Largest request body in bytes (JSON with data URIs, uploads) [default: 67108864].
+    #[arg(long, env = "SEEDBED_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+
+    /// Largest reference image in bytes [default: 31457280, upstream's 30 MB].
+    #[arg(long, env = "SEEDBED_MAX_INPUT_IMAGE_BYTES")]
+    max_input_image_bytes: Option<usize>,
+
+    /// How long images and their links live, in seconds [default: 86400, upstream's 24 h].
+    #[arg(long, env = "SEEDBED_IMAGE_TTL_SECS")]
+    image_ttl_secs: Option<u64>,
+
+    /// Fetch reference image URLs on loopback or private networks (refused by default).
+    #[arg(long, env = "SEEDBED_ALLOW_PRIVATE_URLS")]
+    allow_private_urls: bool,
+
+    /// Gigabytes of model weights kept loaded; least-recently-used models are unloaded first
+    /// [default: 16].
+    #[arg(long, env = "SEEDBED_MODEL_MEMORY_GB")]
+    model_memory_gb: Option<f64>,
+
+    /// Seconds a running job may take to finish on shutdown before it is put back in the
+    /// queue for the next start [default: 30].
+    #[arg(long, env = "SEEDBED_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: Option<u64>,
+
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// The `--config` file: the same options, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    models_dir: Option<PathBuf>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    public_url: Option<String>,
+    database_url: Option<String>,
+    blob_url: Option<String>,
+    queue_size: Option<u32>,
+    max_body_bytes: Option<usize>,
+    max_input_image_bytes: Option<usize>,
+    image_ttl_secs: Option<u64>,
+    allow_private_urls: Option<bool>,
+    model_memory_gb: Option<f64>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("seedbed");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/seedbed"),
+        None => PathBuf::from(".seedbed"),
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<ServeConfig> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid default address"));
+        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
+        let models_dir = self.models_dir.or(file.models_dir).unwrap_or_else(|| "models".into());
+        let mut config = ServeConfig::new(listen, data_dir, models_dir);
+        let aliases = if self.aliases.is_empty() { file.aliases } else { self.aliases };
+        config.aliases = aliases
+            .iter()
+            .map(|a| seedbed_core::catalog::parse_alias(a).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?;
+        config.api_keys = if self.api_keys.is_empty() { file.api_keys } else { self.api_keys };
+        config.public_url = self.public_url.or(file.public_url);
+        config.database_url = self.database_url.or(file.database_url);
+        config.blob_url = self.blob_url.or(file.blob_url);
+        if let Some(size) = self.queue_size.or(file.queue_size) {
+            config.queue_size = size;
+        }
+        if let Some(bytes) = self.max_body_bytes.or(file.max_body_bytes) {
+            config.body_bytes = bytes;
+        }
+        if let Some(bytes) = self.max_input_image_bytes.or(file.max_input_image_bytes) {
+            config.inputs.max_bytes = bytes;
+        }
+        if let Some(secs) = self.image_ttl_secs.or(file.image_ttl_secs) {
+            config.image_ttl = Duration::from_secs(secs);
+        }
+        config.inputs.allow_private_urls = self.allow_private_urls || file.allow_private_urls.unwrap_or(false);
+        if let Some(gb) = self.model_memory_gb.or(file.model_memory_gb) {
+            config.memory_budget = (gb * (1u64 << 30) as f64) as u64;
+        }
+        if let Some(secs) = self.shutdown_grace_secs.or(file.shutdown_grace_secs) {
+            config.shutdown_grace = Duration::from_secs(secs);
+        }
+        config.load = self.device.load_options()?;
+        Ok(config)
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    let config = args.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = start(config).await?;
+        eprintln!("seedbed listening on http://{} (images at {})", server.addr, server.public_url);
+        let token = server.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            eprintln!("shutting down: finishing the running job, ending streams");
+            token.cancel();
+        });
+        server.wait().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

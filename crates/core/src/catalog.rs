@@ -1,0 +1,209 @@
+//! The models a server offers: every diffusers folder inside `--models-dir`, under its folder
+//! name, plus public aliases (`seedream-4-5-251128=sdxl-turbo`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use seedbed_engine::model::{Family, ModelSummary};
+use serde::Deserialize;
+
+use crate::error::{CoreError, Result};
+
+/// Generation defaults of one model, from its optional `seedbed.json` or from its name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDefaults {
+    pub steps: u32,
+    pub guidance_scale: f64,
+    /// Overrides the training resolution that presets are relative to.
+    #[serde(default)]
+    pub native_size: Option<u32>,
+}
+
+impl ModelDefaults {
+    /// Turbo (adversarially distilled) models run in one step without guidance; the others
+    /// at the step counts and guidance their model cards recommend.
+    fn guess(name: &str, family: Family) -> Self {
+        let turbo = name.to_ascii_lowercase().contains("turbo");
+        let (steps, guidance_scale) = match (turbo, family) {
+            (true, _) => (1, 0.0),
+            (false, Family::StableDiffusionXl) => (30, 5.0),
+            (false, Family::StableDiffusion) => (30, 7.5),
+        };
+        Self {
+            steps,
+            guidance_scale,
+            native_size: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    /// The folder name, which is also its id.
+    pub name: String,
+    pub path: PathBuf,
+    pub family: Family,
+    /// Presets are relative to this: `1K` = native, `2K` = twice each side, `4K` four times.
+    pub native_size: u32,
+    pub latent_factor: u32,
+    pub weights_bytes: u64,
+    pub defaults: ModelDefaults,
+    /// Image-to-image takes exactly one reference picture.
+    pub max_reference_images: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    models: BTreeMap<String, ModelEntry>,
+    /// Folders that look like models but whose configs are broken: requests for them fail
+    /// with the reason instead of "not found".
+    broken: BTreeMap<String, String>,
+    aliases: BTreeMap<String, String>,
+}
+
+impl Catalog {
+    /// Scan `dir` for model folders (those holding `model_index.json`).
+    pub fn scan(dir: &Path, aliases: &[(String, String)]) -> Result<Self> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| CoreError::Internal(format!("models directory {}: {e}", dir.display())))?;
+        let mut catalog = Self::default();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            if !path.join("model_index.json").is_file() {
+                continue;
+            }
+            match Self::describe(&name, &path) {
+                Ok(model) => {
+                    catalog.models.insert(name, model);
+                }
+                Err(error) => {
+                    tracing::warn!(model = %name, %error, "model folder cannot be served");
+                    catalog.broken.insert(name, error.to_string());
+                }
+            }
+        }
+        for (public, local) in aliases {
+            if !catalog.models.contains_key(local) && !catalog.broken.contains_key(local) {
+                return Err(CoreError::Internal(format!(
+                    "alias {public}={local}: there is no model folder {local} in {}",
+                    dir.display()
+                )));
+            }
+            catalog.aliases.insert(public.clone(), local.clone());
+        }
+        Ok(catalog)
+    }
+
+    fn describe(name: &str, path: &Path) -> Result<ModelEntry, seedbed_engine::EngineError> {
+        let summary = ModelSummary::read(path)?;
+        let overrides = path.join("seedbed.json");
+        let defaults = if overrides.is_file() {
+            seedbed_engine::model::read_json(&overrides)?
+        } else {
+            ModelDefaults::guess(name, summary.family)
+        };
+        Ok(ModelEntry {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            family: summary.family,
+            native_size: defaults.native_size.unwrap_or(summary.native_size),
+            latent_factor: summary.latent_factor,
+            weights_bytes: summary.weights_bytes,
+            defaults,
+            max_reference_images: 1,
+        })
+    }
+
+    /// The model a public name (folder name or alias) stands for.
+    pub fn resolve(&self, public: &str) -> Result<&ModelEntry> {
+        let local = self.aliases.get(public).map_or(public, String::as_str);
+        if let Some(model) = self.models.get(local) {
+            return Ok(model);
+        }
+        match self.broken.get(local) {
+            Some(reason) => Err(CoreError::ModelLoad {
+                model: public.to_string(),
+                message: reason.clone(),
+            }),
+            None => Err(CoreError::ModelNotFound {
+                model: public.to_string(),
+            }),
+        }
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &ModelEntry> {
+        self.models.values()
+    }
+
+    /// `(public name, local model)` for every alias.
+    pub fn aliases(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.aliases.iter().map(|(a, b)| (a.as_str(), b.as_str()))
+    }
+}
+
+/// Parse `PUBLIC=LOCAL`.
+pub fn parse_alias(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((public, local)) if !public.trim().is_empty() && !local.trim().is_empty() => {
+            Ok((public.trim().to_string(), local.trim().to_string()))
+        }
+        _ => Err(format!(
+            "`{text}` is not PUBLIC=LOCAL (e.g. seedream-4-5-251128=sdxl-turbo)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/models")
+    }
+
+    #[test]
+    fn scans_fixture_models_and_aliases() {
+        let aliases = [("seedream-4-5-251128".to_string(), "tiny-sd".to_string())];
+        let catalog = Catalog::scan(&fixtures(), &aliases).unwrap();
+        let names: Vec<_> = catalog.models().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["tiny-sd", "tiny-sdxl"]);
+        let model = catalog.resolve("seedream-4-5-251128").unwrap();
+        assert_eq!((model.name.as_str(), model.native_size), ("tiny-sd", 64));
+        assert_eq!(model.defaults.steps, 30);
+        assert!(matches!(
+            catalog.resolve("nope"),
+            Err(CoreError::ModelNotFound { .. })
+        ));
+        let error = Catalog::scan(&fixtures(), &[("a".into(), "missing".into())]).unwrap_err();
+        assert!(error.to_string().contains("missing"), "{error}");
+    }
+
+    #[test]
+    fn broken_folders_are_reported_not_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = dir.path().join("broken");
+        std::fs::create_dir(&broken).unwrap();
+        std::fs::write(broken.join("model_index.json"), "{").unwrap();
+        let catalog = Catalog::scan(dir.path(), &[]).unwrap();
+        let error = catalog.resolve("broken").unwrap_err();
+        assert!(matches!(error, CoreError::ModelLoad { .. }), "{error}");
+    }
+
+    #[test]
+    fn aliases_parse() {
+        assert_eq!(
+            parse_alias("a=b").unwrap(),
+            ("a".to_string(), "b".to_string())
+        );
+        assert!(parse_alias("ab").unwrap_err().contains("PUBLIC=LOCAL"));
+        assert!(parse_alias("=b").is_err());
+    }
+}

@@ -1,0 +1,309 @@
+//! The one thread that owns the compute device and the loaded models.
+//!
+//! Jobs arrive on a bounded channel; each carries its cancel flag and a channel for what it
+//! produces. Models load on first use and are evicted least-recently-used to stay within a
+//! memory budget. A panic while running a job fails that job only.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use seedbed_engine::output::{self, OutputFormat, Provenance};
+use seedbed_engine::scheduler::SchedulerKind;
+use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::{CoreError, Result};
+use crate::spec::{GenerationSpec, ImageFormat};
+
+/// One job for the device thread.
+pub struct DeviceJob {
+    pub job_id: String,
+    pub spec: GenerationSpec,
+    pub model_path: PathBuf,
+    pub weights_bytes: u64,
+    pub references: Vec<Bytes>,
+    pub cancel: Arc<AtomicBool>,
+    pub events: UnboundedSender<DeviceEvent>,
+}
+
+#[derive(Debug)]
+pub enum DeviceEvent {
+    Progress {
+        image: u32,
+        images: u32,
+        step: u32,
+        steps: u32,
+    },
+    /// An encoded, watermarked picture ready to store.
+    Image {
+        index: u32,
+        bytes: Vec<u8>,
+        width: u32,
+        height: u32,
+        seed: u64,
+    },
+    ImageFailed {
+        index: u32,
+        message: String,
+    },
+    /// Always the last event of a job.
+    Done(std::result::Result<(), DeviceFailure>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceFailure {
+    ModelLoad(String),
+    Cancelled,
+    Internal(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceOptions {
+    pub load: LoadOptions,
+    /// Bytes of weights kept loaded at once; least-recently-used models are dropped first.
+    pub memory_budget: u64,
+}
+
+/// Handle to the device thread.
+#[derive(Clone)]
+pub struct Device {
+    tx: SyncSender<DeviceJob>,
+    alive: Arc<AtomicBool>,
+    loaded: Arc<Mutex<Vec<String>>>,
+    description: String,
+}
+
+impl Device {
+    pub fn spawn(options: DeviceOptions) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let alive = Arc::new(AtomicBool::new(true));
+        let loaded = Arc::new(Mutex::new(Vec::new()));
+        let description = format!("{:?} {:?}", options.load.device, options.load.dtype);
+        let thread_alive = alive.clone();
+        let thread_loaded = loaded.clone();
+        std::thread::Builder::new()
+            .name("seedbed-device".into())
+            .spawn(move || {
+                device_loop(rx, ModelCache::new(options, thread_loaded));
+                thread_alive.store(false, Ordering::SeqCst);
+            })
+            .map_err(|e| CoreError::Internal(format!("cannot start the device thread: {e}")))?;
+        Ok(Self {
+            tx,
+            alive,
+            loaded,
+            description,
+        })
+    }
+
+    /// Hand a job to the device; fails if the thread is gone or still busy.
+    pub fn submit(&self, job: DeviceJob) -> Result<()> {
+        self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => CoreError::Internal("the device is busy".into()),
+            TrySendError::Disconnected(_) => {
+                CoreError::Internal("the device thread stopped".into())
+            }
+        })
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Names of the models loaded now, most recently used last.
+    pub fn loaded_models(&self) -> Vec<String> {
+        self.loaded.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+}
+
+fn device_loop(rx: Receiver<DeviceJob>, mut cache: ModelCache) {
+    while let Ok(job) = rx.recv() {
+        let span =
+            tracing::info_span!("device_job", job = %job.job_id, model = %job.spec.local_model);
+        let _entered = span.enter();
+        let events = job.events.clone();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_job(&mut cache, &job)));
+        let result = match outcome {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(%message, "the job panicked on the device thread");
+                Err(DeviceFailure::Internal(format!(
+                    "the worker failed: {message}"
+                )))
+            }
+        };
+        let _ = events.send(DeviceEvent::Done(result));
+    }
+}
+
+fn run_job(cache: &mut ModelCache, job: &DeviceJob) -> std::result::Result<(), DeviceFailure> {
+    let spec = &job.spec;
+    let pipeline = cache
+        .get(&spec.local_model, &job.model_path, job.weights_bytes)
+        .map_err(|e| DeviceFailure::ModelLoad(e.to_string()))?;
+    let init = match job.references.first() {
+        Some(bytes) => Some(InitImage {
+            image: image::load_from_memory(bytes)
+                .map_err(|e| DeviceFailure::Internal(format!("reference image: {e}")))?,
+            strength: spec.strength,
+        }),
+        None => None,
+    };
+    let scheduler = match &spec.scheduler {
+        Some(name) => name
+            .parse::<SchedulerKind>()
+            .map_err(|e| DeviceFailure::Internal(e.to_string()))?,
+        None => pipeline.default_scheduler(),
+    };
+    for index in 0..spec.images {
+        if job.cancel.load(Ordering::SeqCst) {
+            return Err(DeviceFailure::Cancelled);
+        }
+        let seed = spec.seed.wrapping_add(u64::from(index));
+        let request = GenerateRequest {
+            prompt: spec.prompt.clone(),
+            negative_prompt: spec.negative_prompt.clone(),
+            width: spec.compute_width,
+            height: spec.compute_height,
+            steps: spec.steps as usize,
+            guidance_scale: spec.guidance_scale,
+            scheduler,
+            karras_sigmas: false,
+            seed,
+            count: 1,
+            init_image: init.clone(),
+        };
+        let mut on_progress = |p: seedbed_engine::Progress| {
+            let _ = job.events.send(DeviceEvent::Progress {
+                image: index,
+                images: spec.images,
+                step: p.step as u32,
+                steps: p.steps as u32,
+            });
+        };
+        let started = Instant::now();
+        match pipeline.generate(&request, &mut on_progress, &job.cancel) {
+            Ok(mut images) => {
+                let Some(picture) = images.pop() else {
+                    return Err(DeviceFailure::Internal(
+                        "the engine returned no image".into(),
+                    ));
+                };
+                let bytes = finish_picture(picture.image, spec, seed)?;
+                tracing::info!(
+                    index,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "image done"
+                );
+                let _ = job.events.send(DeviceEvent::Image {
+                    index,
+                    bytes,
+                    width: spec.width,
+                    height: spec.height,
+                    seed,
+                });
+            }
+            Err(EngineError::Cancelled) => return Err(DeviceFailure::Cancelled),
+            Err(error) => {
+                // Upstream stops a batch after an internal error; so do we.
+                tracing::error!(%error, index, "image failed");
+                let _ = job.events.send(DeviceEvent::ImageFailed {
+                    index,
+                    message: error.to_string(),
+                });
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resize to the delivered size, watermark, encode with provenance metadata.
+fn finish_picture(
+    mut picture: image::RgbImage,
+    spec: &GenerationSpec,
+    seed: u64,
+) -> std::result::Result<Vec<u8>, DeviceFailure> {
+    if picture.dimensions() != (spec.width, spec.height) {
+        picture = image::imageops::resize(
+            &picture,
+            spec.width,
+            spec.height,
+            image::imageops::FilterType::Lanczos3,
+        );
+    }
+    if spec.watermark {
+        output::apply_watermark(&mut picture);
+    }
+    let provenance = Provenance {
+        model: spec.local_model.clone(),
+        seed,
+        software: format!("seedbed {}", env!("CARGO_PKG_VERSION")),
+        created_unix: seedbed_storage::now_ms() / 1000,
+    };
+    let format = match spec.output_format {
+        ImageFormat::Jpeg => OutputFormat::Jpeg,
+        ImageFormat::Png => OutputFormat::Png,
+    };
+    output::encode(&picture, format, &provenance)
+        .map_err(|e| DeviceFailure::Internal(e.to_string()))
+}
+
+/// Loaded pipelines, least recently used first.
+struct ModelCache {
+    options: DeviceOptions,
+    entries: Vec<(String, u64, Pipeline)>,
+    names: Arc<Mutex<Vec<String>>>,
+}
+
+impl ModelCache {
+    fn new(options: DeviceOptions, names: Arc<Mutex<Vec<String>>>) -> Self {
+        Self {
+            options,
+            entries: Vec::new(),
+            names,
+        }
+    }
+
+    fn get(
+        &mut self,
+        name: &str,
+        path: &std::path::Path,
+        bytes: u64,
+    ) -> Result<&Pipeline, EngineError> {
+        if let Some(position) = self.entries.iter().position(|(n, _, _)| n == name) {
+            let entry = self.entries.remove(position);
+            self.entries.push(entry);
+        } else {
+            let mut used: u64 = self.entries.iter().map(|(_, b, _)| b).sum();
+            while !self.entries.is_empty() && used + bytes > self.options.memory_budget {
+                let (evicted, freed, _) = self.entries.remove(0);
+                tracing::info!(model = %evicted, bytes = freed, "evicting model to stay within the memory budget");
+                used -= freed;
+            }
+            let started = Instant::now();
+            let pipeline = Pipeline::load(path, self.options.load.clone())?;
+            tracing::info!(model = %name, seconds = started.elapsed().as_secs_f64(), "model loaded");
+            self.entries.push((name.to_string(), bytes, pipeline));
+        }
+        if let Ok(mut names) = self.names.lock() {
+            *names = self.entries.iter().map(|(n, _, _)| n.clone()).collect();
+        }
+        let (_, _, pipeline) = self.entries.last().expect("an entry was just pushed");
+        Ok(pipeline)
+    }
+}

@@ -1,0 +1,54 @@
+//! The core's one error type. The server maps each variant to a Seedream error code and HTTP
+//! status in one table; `param` names the offending request field.
+
+use seedbed_storage::StorageError;
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("the request is missing the required parameter `{param}`.")]
+    MissingParameter { param: &'static str },
+
+    #[error("{message}")]
+    InvalidParameter {
+        param: &'static str,
+        message: String,
+    },
+
+    #[error("the model or endpoint {model} does not exist or you do not have access to it.")]
+    ModelNotFound { model: String },
+
+    #[error("the job {id} does not exist or belongs to another key.")]
+    JobNotFound { id: String },
+
+    #[error("the queue is full ({queued} jobs waiting); retry after {retry_after_s} s.")]
+    QueueFull { queued: u32, retry_after_s: u64 },
+
+    #[error(
+        "the images-per-minute limit of this key ({limit}) is exceeded; retry after {retry_after_s} s."
+    )]
+    RateLimited { limit: u32, retry_after_s: u64 },
+
+    #[error("the image quota of this key ({quota} images) is used up.")]
+    QuotaExceeded { quota: u64 },
+
+    /// A model folder that exists but cannot be loaded (broken config, truncated weights).
+    #[error("model {model} could not be loaded: {message}")]
+    ModelLoad { model: String, message: String },
+
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl CoreError {
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidParameter {
+            param,
+            message: message.into(),
+        }
+    }
+}

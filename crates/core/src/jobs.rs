@@ -1,0 +1,305 @@
+//! Jobs without HTTP: admission (queue bound, per-key limits), the job record, its event
+//! stream, cancel. The runner (in `runner.rs`) does the work.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use rand::Rng;
+use seedbed_storage::{Blobs, Db, ImageRow, JobRow, JobStatus, KeyRow, NewJob};
+use tokio::sync::{Notify, watch};
+
+use crate::catalog::Catalog;
+use crate::error::{CoreError, Result};
+use crate::events::{JobEvent, SequencedEvent};
+use crate::inputs::InputPolicy;
+use crate::spec::GenerationSpec;
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// This process's name in job leases; stable across restarts of the same data dir.
+    pub node_id: String,
+    /// Jobs waiting beyond this are refused with `ServerOverloaded`.
+    pub queue_size: u32,
+    /// How long stored images (and their links) live.
+    pub image_ttl: Duration,
+    /// A job interrupted this many times (crashes, kills) fails instead of running again.
+    pub max_attempts: u32,
+    pub lease: Duration,
+    pub inputs: InputPolicy,
+    /// On shutdown, how long the running job may take to finish before it is put back in
+    /// the queue for the next start.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            node_id: "local".into(),
+            queue_size: 64,
+            image_ttl: Duration::from_secs(24 * 3600),
+            max_attempts: 3,
+            lease: Duration::from_secs(30),
+            inputs: InputPolicy::default(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Jobs {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub db: Db,
+    pub blobs: Blobs,
+    pub catalog: Catalog,
+    pub config: CoreConfig,
+    /// Wakes the runner when a job is queued or cancelled.
+    pub wake: Notify,
+    /// Bumped after every appended event; watchers re-read the log.
+    pub event_tick: watch::Sender<u64>,
+    /// Cancel flags of jobs running in this process.
+    pub running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+}
+
+/// Every id we hand out: a prefix and 24 random hex digits.
+pub fn new_id(prefix: &str) -> String {
+    let mut rng = rand::rng();
+    let digits: String = (0..24)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+        .collect();
+    format!("{prefix}_{digits}")
+}
+
+impl Jobs {
+    pub fn new(db: Db, blobs: Blobs, catalog: Catalog, config: CoreConfig) -> Self {
+        let (event_tick, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                blobs,
+                catalog,
+                config,
+                wake: Notify::new(),
+                event_tick,
+                running: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    pub fn blobs(&self) -> &Blobs {
+        &self.inner.blobs
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.inner.config
+    }
+
+    /// Check the queue bound and the key's limits, store the references, write the job.
+    pub async fn submit(
+        &self,
+        mut spec: GenerationSpec,
+        references: Vec<Bytes>,
+        key: Option<&KeyRow>,
+        request_id: &str,
+    ) -> Result<JobRow> {
+        let db = &self.inner.db;
+        let queued = db.queued_count().await?;
+        if queued >= self.inner.config.queue_size {
+            return Err(CoreError::QueueFull {
+                queued,
+                retry_after_s: 5,
+            });
+        }
+        if let Some(key) = key {
+            self.check_key_limits(key, spec.images).await?;
+        }
+        let id = new_id("job");
+        for (index, bytes) in references.into_iter().enumerate() {
+            let blob_key = format!("inputs/{id}/{index}");
+            self.inner.blobs.put(&blob_key, bytes).await?;
+            spec.reference_images.push(blob_key);
+        }
+        let new = NewJob {
+            id: id.clone(),
+            key_id: key.map(|k| k.id.clone()),
+            model: spec.model.clone(),
+            images: spec.images,
+            spec: serde_json::to_string(&spec)
+                .map_err(|e| CoreError::Internal(format!("spec: {e}")))?,
+            request_id: request_id.to_string(),
+        };
+        db.insert_job(&new, &JobEvent::Queued { position: queued }.to_json())
+            .await?;
+        metrics::counter!("seedbed_jobs_total", "model" => spec.model.clone()).increment(1);
+        self.tick();
+        self.inner.wake.notify_one();
+        db.job(&id)
+            .await?
+            .ok_or_else(|| CoreError::Internal(format!("job {id} vanished after insert")))
+    }
+
+    async fn check_key_limits(&self, key: &KeyRow, images: u32) -> Result<()> {
+        let db = &self.inner.db;
+        if let Some(limit) = key.images_per_minute {
+            let since = seedbed_storage::now_ms() - 60_000;
+            let recent = db.images_requested_since(&key.id, since).await?;
+            if recent + u64::from(images) > u64::from(limit) {
+                return Err(CoreError::RateLimited {
+                    limit,
+                    retry_after_s: 60,
+                });
+            }
+        }
+        if let Some(quota) = key.quota_images {
+            let used = db.usage_totals(Some(&key.id), 0).await?.images;
+            if used + u64::from(images) > quota {
+                return Err(CoreError::QuotaExceeded { quota });
+            }
+        }
+        Ok(())
+    }
+
+    /// The job, if it exists and `key` may see it (`None` = admin or no auth).
+    pub async fn job(&self, id: &str, key: Option<&str>) -> Result<JobRow> {
+        match self.inner.db.job(id).await? {
+            Some(job) if key.is_none() || job.key_id.as_deref() == key => Ok(job),
+            _ => Err(CoreError::JobNotFound { id: id.to_string() }),
+        }
+    }
+
+    pub async fn list(&self, key: Option<&str>, limit: u32) -> Result<Vec<JobRow>> {
+        Ok(self.inner.db.list_jobs(key, limit).await?)
+    }
+
+    pub async fn queue_position(&self, id: &str) -> Result<Option<u32>> {
+        Ok(self.inner.db.queue_position(id).await?)
+    }
+
+    /// Cancel a job: a queued one ends at once, a running one at its next step.
+    pub async fn cancel(&self, id: &str, key: Option<&str>) -> Result<JobRow> {
+        let job = self.job(id, key).await?;
+        if job.status.is_final() {
+            return Ok(job);
+        }
+        let status = self.inner.db.request_cancel(id).await?;
+        if status == Some(JobStatus::Queued) {
+            self.inner
+                .db
+                .finish_job(
+                    id,
+                    JobStatus::Cancelled,
+                    None,
+                    &JobEvent::Cancelled.to_json(),
+                )
+                .await?;
+            self.tick();
+        }
+        if let Some(flag) = self.running_flag(id) {
+            flag.store(true, Ordering::SeqCst);
+        }
+        self.inner.wake.notify_one();
+        self.job(id, key).await
+    }
+
+    fn running_flag(&self, id: &str) -> Option<Arc<AtomicBool>> {
+        self.inner.running.lock().ok()?.get(id).cloned()
+    }
+
+    /// The job's events after `after` (0 = from the start), then live ones until a final
+    /// event. Other nodes' writes are seen within a second.
+    pub fn events(
+        &self,
+        id: &str,
+        after: i64,
+    ) -> impl Stream<Item = Result<SequencedEvent>> + Send + 'static + use<> {
+        let state = EventCursor {
+            inner: self.inner.clone(),
+            id: id.to_string(),
+            tick: self.inner.event_tick.subscribe(),
+            pending: Vec::new().into_iter(),
+            last: after,
+            done: false,
+        };
+        futures::stream::unfold(state, |mut cursor| async move {
+            loop {
+                if let Some(event) = cursor.pending.next() {
+                    cursor.last = event.seq;
+                    cursor.done = event.event.is_final();
+                    return Some((Ok(event), cursor));
+                }
+                if cursor.done {
+                    return None;
+                }
+                // Mark the tick seen before reading, so an event written after the read
+                // still wakes us.
+                cursor.tick.borrow_and_update();
+                match read_events(&cursor.inner.db, &cursor.id, cursor.last).await {
+                    Ok(events) if !events.is_empty() => cursor.pending = events.into_iter(),
+                    Ok(_) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), cursor.tick.changed())
+                            .await;
+                    }
+                    Err(error) => {
+                        cursor.done = true;
+                        return Some((Err(error), cursor));
+                    }
+                }
+            }
+        })
+    }
+
+    /// A stored image and its bytes.
+    pub async fn image(&self, job_id: &str, index: u32) -> Result<Option<(ImageRow, Bytes)>> {
+        let Some(row) = self.inner.db.image(job_id, index).await? else {
+            return Ok(None);
+        };
+        if row.expires_at <= seedbed_storage::now_ms() {
+            return Ok(None);
+        }
+        Ok(self
+            .inner
+            .blobs
+            .get(&row.blob_key)
+            .await?
+            .map(|bytes| (row, bytes)))
+    }
+
+    pub(crate) fn tick(&self) {
+        self.inner.event_tick.send_modify(|n| *n += 1);
+    }
+}
+
+struct EventCursor {
+    inner: Arc<Inner>,
+    id: String,
+    tick: watch::Receiver<u64>,
+    pending: std::vec::IntoIter<SequencedEvent>,
+    last: i64,
+    done: bool,
+}
+
+async fn read_events(db: &Db, id: &str, after: i64) -> Result<Vec<SequencedEvent>> {
+    db.events_after(id, after)
+        .await?
+        .into_iter()
+        .map(|(seq, json)| {
+            let event = serde_json::from_str(&json)
+                .map_err(|e| CoreError::Internal(format!("event {seq} of {id}: {e}")))?;
+            Ok(SequencedEvent { seq, event })
+        })
+        .collect()
+}

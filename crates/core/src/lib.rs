@@ -1,0 +1,24 @@
+//! seedbed's jobs without HTTP.
+//!
+//! A wire request is validated once into a [`GenerationSpec`] ([`spec::validate`]); a job row
+//! holding it is written before any work starts ([`Jobs::submit`]); the runner claims jobs
+//! from the store and hands them to the one thread that owns the device ([`Device`]); every
+//! image is stored before its event is written, and usage is recorded for what was delivered.
+
+pub mod catalog;
+pub mod device;
+pub mod error;
+pub mod events;
+pub mod inputs;
+pub mod jobs;
+mod runner;
+pub mod sizes;
+pub mod spec;
+
+pub use catalog::{Catalog, ModelEntry};
+pub use device::{Device, DeviceOptions};
+pub use error::{CoreError, Result};
+pub use events::{JobEvent, SequencedEvent};
+pub use inputs::InputPolicy;
+pub use jobs::{CoreConfig, Jobs, new_id};
+pub use spec::{GenerationSpec, ImageFormat};

@@ -1,0 +1,461 @@
+//! The loop that takes queued jobs from the store, runs them on the device and records every
+//! outcome: images stored before they are announced, usage written for what was delivered.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use seedbed_storage::{ImageRow, JobRow, JobStatus, now_ms};
+use seedbed_types::{ErrorCode, Usage};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::device::{Device, DeviceEvent, DeviceFailure, DeviceJob};
+use crate::error::{CoreError, Result};
+use crate::events::JobEvent;
+use crate::jobs::Jobs;
+use crate::spec::GenerationSpec;
+
+impl Jobs {
+    /// Start the runner: recover what a previous process left running, then run queued
+    /// jobs one at a time until `shutdown`.
+    pub fn start(&self, device: Device, shutdown: CancellationToken) -> JoinHandle<()> {
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = jobs.recover().await {
+                tracing::error!(%error, "recovering interrupted jobs failed");
+            }
+            jobs.run_queue(device, shutdown).await;
+        })
+    }
+
+    async fn recover(&self) -> Result<()> {
+        let config = &self.inner.config;
+        let recovered = self
+            .inner
+            .db
+            .recover(&config.node_id, config.max_attempts)
+            .await?;
+        for id in &recovered.requeued {
+            tracing::warn!(job = %id, "requeued a job interrupted by a restart");
+        }
+        for id in &recovered.failed {
+            let message = format!(
+                "the job was interrupted {} times and will not run again.",
+                config.max_attempts
+            );
+            tracing::error!(job = %id, "{message}");
+            self.finish(
+                id,
+                JobStatus::Failed,
+                Some((ErrorCode::RetriesExhausted, message)),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn run_queue(&self, device: Device, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        while !shutdown.is_cancelled() {
+            let lease_until = now_ms() + inner.config.lease.as_millis() as i64;
+            match inner
+                .db
+                .claim_next(&inner.config.node_id, lease_until)
+                .await
+            {
+                Ok(Some(job)) => {
+                    let id = job.id.clone();
+                    if let Err(error) = self.run_job(&device, job, &shutdown).await {
+                        tracing::error!(job = %id, %error, "job bookkeeping failed");
+                        let _ = self
+                            .finish(
+                                &id,
+                                JobStatus::Failed,
+                                Some((ErrorCode::InternalServiceError, error.to_string())),
+                            )
+                            .await;
+                    }
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = inner.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "claiming a job failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn run_job(
+        &self,
+        device: &Device,
+        job: JobRow,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let span = tracing::info_span!("job", job = %job.id, request_id = %job.request_id);
+        let _entered = span.enter();
+        let spec: GenerationSpec = serde_json::from_str(&job.spec)
+            .map_err(|e| CoreError::Internal(format!("stored spec: {e}")))?;
+        self.append(
+            &job.id,
+            &JobEvent::Started {
+                attempt: job.attempts,
+            },
+        )
+        .await?;
+        let model = match inner.catalog.resolve(&spec.local_model) {
+            Ok(model) => model.clone(),
+            Err(error) => {
+                let code = match error {
+                    CoreError::ModelLoad { .. } => ErrorCode::ModelLoadFailed,
+                    _ => ErrorCode::ModelNotFound,
+                };
+                return self
+                    .finish(&job.id, JobStatus::Failed, Some((code, error.to_string())))
+                    .await;
+            }
+        };
+        let mut references = Vec::new();
+        for key in &spec.reference_images {
+            let bytes = inner.blobs.get(key).await?.ok_or_else(|| {
+                CoreError::Internal(format!(
+                    "reference image {key} is missing from the blob store"
+                ))
+            })?;
+            references.push(bytes);
+        }
+        let cancel = Arc::new(AtomicBool::new(job.cancel_requested));
+        if let Ok(mut running) = inner.running.lock() {
+            running.insert(job.id.clone(), cancel.clone());
+        }
+        let (events, mut receiver) = mpsc::unbounded_channel();
+        let started = std::time::Instant::now();
+        device.submit(DeviceJob {
+            job_id: job.id.clone(),
+            spec: spec.clone(),
+            model_path: model.path.clone(),
+            weights_bytes: model.weights_bytes,
+            references,
+            cancel: cancel.clone(),
+            events,
+        })?;
+        let mut outcome = Outcome::default();
+        let mut heartbeat = tokio::time::interval(inner.config.lease / 3);
+        let mut grace_deadline: Option<tokio::time::Instant> = None;
+        let result = loop {
+            let grace = async {
+                match grace_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = receiver.recv() => match event {
+                    Some(DeviceEvent::Done(result)) => break result,
+                    Some(event) => self.on_device_event(&job, &spec, event, &mut outcome).await?,
+                    None => break Err(DeviceFailure::Internal("the device thread stopped".into())),
+                },
+                _ = heartbeat.tick() => {
+                    let until = now_ms() + inner.config.lease.as_millis() as i64;
+                    inner.db.renew_lease(&job.id, &inner.config.node_id, until).await?;
+                    if inner.db.cancel_requested(&job.id).await? {
+                        cancel.store(true, Ordering::SeqCst);
+                    }
+                }
+                _ = shutdown.cancelled(), if grace_deadline.is_none() => {
+                    tracing::info!("shutting down: letting the running job finish");
+                    grace_deadline = Some(tokio::time::Instant::now() + inner.config.shutdown_grace);
+                }
+                _ = grace => {
+                    tracing::warn!("shutdown grace period over: stopping the job to run it again later");
+                    outcome.requeue = true;
+                    cancel.store(true, Ordering::SeqCst);
+                    grace_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+                }
+            }
+        };
+        if let Ok(mut running) = inner.running.lock() {
+            running.remove(&job.id);
+        }
+        metrics::histogram!("seedbed_job_seconds", "model" => spec.model.clone())
+            .record(started.elapsed().as_secs_f64());
+        self.conclude(&job, &spec, result, outcome).await
+    }
+
+    async fn on_device_event(
+        &self,
+        job: &JobRow,
+        spec: &GenerationSpec,
+        event: DeviceEvent,
+        outcome: &mut Outcome,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        match event {
+            DeviceEvent::Progress {
+                image,
+                images,
+                step,
+                steps,
+            } => {
+                let event = JobEvent::Progress {
+                    image,
+                    images,
+                    step,
+                    steps,
+                };
+                inner.db.set_progress(&job.id, &event.to_json()).await?;
+                self.append(&job.id, &event).await?;
+            }
+            DeviceEvent::Image {
+                index,
+                bytes,
+                width,
+                height,
+                seed,
+            } => {
+                let format = spec.output_format.extension();
+                let blob_key = format!("images/{}/{index}.{format}", job.id);
+                let size = bytes.len() as u64;
+                inner.blobs.put(&blob_key, Bytes::from(bytes)).await?;
+                let now = now_ms();
+                inner
+                    .db
+                    .put_image(&ImageRow {
+                        job_id: job.id.clone(),
+                        index,
+                        blob_key,
+                        width,
+                        height,
+                        format: format.to_string(),
+                        bytes: size,
+                        created_at: now,
+                        expires_at: now + inner.config.image_ttl.as_millis() as i64,
+                    })
+                    .await?;
+                outcome.delivered.push((width, height));
+                metrics::counter!("seedbed_images_total", "model" => spec.model.clone())
+                    .increment(1);
+                let created = now / 1000;
+                self.append(
+                    &job.id,
+                    &JobEvent::Image {
+                        index,
+                        width,
+                        height,
+                        format: format.into(),
+                        seed,
+                        created,
+                    },
+                )
+                .await?;
+            }
+            DeviceEvent::ImageFailed { index, message } => {
+                outcome.failures += 1;
+                outcome.last_failure = Some(message.clone());
+                let code = ErrorCode::InternalServiceError.as_str().to_string();
+                let created = now_ms() / 1000;
+                self.append(
+                    &job.id,
+                    &JobEvent::ImageFailed {
+                        index,
+                        code,
+                        message,
+                        created,
+                    },
+                )
+                .await?;
+            }
+            DeviceEvent::Done(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn conclude(
+        &self,
+        job: &JobRow,
+        spec: &GenerationSpec,
+        result: std::result::Result<(), DeviceFailure>,
+        outcome: Outcome,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let usage = Usage::for_images(outcome.delivered.iter().copied());
+        if outcome.requeue && result == Err(DeviceFailure::Cancelled) {
+            inner.db.requeue(&job.id).await?;
+            return Ok(());
+        }
+        inner
+            .db
+            .record_usage(
+                &job.id,
+                job.key_id.as_deref(),
+                &spec.model,
+                usage.generated_images,
+                usage.total_tokens,
+            )
+            .await?;
+        metrics::counter!("seedbed_tokens_total", "model" => spec.model.clone())
+            .increment(usage.total_tokens);
+        let delivered = !outcome.delivered.is_empty();
+        match result {
+            Err(DeviceFailure::Cancelled) => {
+                self.finish(&job.id, JobStatus::Cancelled, None).await?
+            }
+            Err(DeviceFailure::ModelLoad(message)) => {
+                self.finish(
+                    &job.id,
+                    JobStatus::Failed,
+                    Some((ErrorCode::ModelLoadFailed, message)),
+                )
+                .await?
+            }
+            Ok(()) | Err(DeviceFailure::Internal(_)) if delivered => {
+                if let Err(DeviceFailure::Internal(message)) = result {
+                    let index = outcome.delivered.len() as u32 + outcome.failures;
+                    let code = ErrorCode::InternalServiceError.as_str().to_string();
+                    let created = now_ms() / 1000;
+                    self.append(
+                        &job.id,
+                        &JobEvent::ImageFailed {
+                            index,
+                            code,
+                            message,
+                            created,
+                        },
+                    )
+                    .await?;
+                }
+                let event = JobEvent::Completed {
+                    usage,
+                    created: now_ms() / 1000,
+                };
+                if inner
+                    .db
+                    .finish_job(&job.id, JobStatus::Succeeded, None, &event.to_json())
+                    .await?
+                {
+                    self.tick();
+                }
+            }
+            Ok(()) => {
+                let message = outcome
+                    .last_failure
+                    .unwrap_or_else(|| "no image was produced".into());
+                self.finish(
+                    &job.id,
+                    JobStatus::Failed,
+                    Some((ErrorCode::InternalServiceError, message)),
+                )
+                .await?
+            }
+            Err(DeviceFailure::Internal(message)) => {
+                self.finish(
+                    &job.id,
+                    JobStatus::Failed,
+                    Some((ErrorCode::InternalServiceError, message)),
+                )
+                .await?
+            }
+        }
+        for key in &spec.reference_images {
+            inner.blobs.delete(key).await?;
+        }
+        Ok(())
+    }
+
+    /// End a job in `status` with its final event.
+    async fn finish(
+        &self,
+        id: &str,
+        status: JobStatus,
+        error: Option<(ErrorCode, String)>,
+    ) -> Result<()> {
+        let event = match (&status, &error) {
+            (JobStatus::Cancelled, _) => JobEvent::Cancelled,
+            (_, Some((code, message))) => JobEvent::Failed {
+                code: code.as_str().into(),
+                message: message.clone(),
+            },
+            _ => JobEvent::Failed {
+                code: ErrorCode::InternalServiceError.as_str().into(),
+                message: "failed".into(),
+            },
+        };
+        if let Some((code, _)) = &error {
+            metrics::counter!("seedbed_errors_total", "code" => code.as_str()).increment(1);
+        }
+        let error = error
+            .as_ref()
+            .map(|(code, message)| (code.as_str(), message.as_str()));
+        if self
+            .inner
+            .db
+            .finish_job(id, status, error, &event.to_json())
+            .await?
+        {
+            self.tick();
+        }
+        Ok(())
+    }
+
+    async fn append(&self, id: &str, event: &JobEvent) -> Result<()> {
+        self.inner.db.append_event(id, &event.to_json()).await?;
+        self.tick();
+        Ok(())
+    }
+
+    /// Delete images whose time ran out, every minute until `shutdown`.
+    pub fn start_janitor(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                match jobs.delete_expired().await {
+                    Ok(0) => {}
+                    Ok(count) => tracing::info!(count, "deleted expired images"),
+                    Err(error) => tracing::error!(%error, "deleting expired images failed"),
+                }
+            }
+        })
+    }
+
+    /// Delete every expired image (bytes first, then the record); returns how many.
+    pub async fn delete_expired(&self) -> Result<usize> {
+        let mut deleted = 0;
+        loop {
+            let expired = self.inner.db.expired_images(now_ms(), 100).await?;
+            if expired.is_empty() {
+                return Ok(deleted);
+            }
+            for image in expired {
+                self.inner.blobs.delete(&image.blob_key).await?;
+                self.inner
+                    .db
+                    .delete_image(&image.job_id, image.index)
+                    .await?;
+                deleted += 1;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Outcome {
+    delivered: Vec<(u32, u32)>,
+    failures: u32,
+    last_failure: Option<String>,
+    /// Stopped by shutdown: back to the queue rather than cancelled.
+    requeue: bool,
+}

@@ -1,0 +1,215 @@
+//! `size`: presets relative to the model's native resolution, or an explicit `WxH`.
+//!
+//! Seedream lets a preset's aspect ratio follow the prompt ("a 16:9 poster"); we do the same:
+//! the first `W:H` ratio in the prompt shapes the preset's pixel budget. Without one, presets
+//! are square (as upstream's 1:1 default).
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use crate::error::{CoreError, Result};
+
+/// Width and height: the size delivered, and the multiple-of-the-latent-factor size the
+/// model computes (the picture is resized to the delivered size when they differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedSize {
+    pub width: u32,
+    pub height: u32,
+    pub compute_width: u32,
+    pub compute_height: u32,
+}
+
+/// What bounds one model's sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct SizeRules {
+    pub native: u32,
+    pub factor: u32,
+}
+
+impl SizeRules {
+    /// Half the native side squared: below it SD models produce noise.
+    pub fn min_pixels(self) -> u64 {
+        let side = u64::from(self.native / 2);
+        side * side
+    }
+
+    /// The `4K` preset's budget.
+    pub fn max_pixels(self) -> u64 {
+        let side = u64::from(self.native) * 4;
+        side * side
+    }
+}
+
+const MAX_RATIO: f64 = 16.0;
+/// Preset outputs have both sides divisible by 16, as upstream's do.
+const PRESET_ALIGN: u32 = 16;
+
+static RATIO: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?:^|[^\d.])(\d{1,2})\s*[:：]\s*(\d{1,2})(?:$|[^\d.])").unwrap());
+static EXPLICIT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^(\d{1,6})x(\d{1,6})$").unwrap());
+
+/// Resolve the request's `size` (absent = `1K`, the native square).
+pub fn resolve(size: Option<&str>, prompt: &str, rules: SizeRules) -> Result<ResolvedSize> {
+    let size = size.map(str::trim).unwrap_or("1K");
+    let multiplier = match size {
+        "1K" => Some(1.0),
+        "1.5K" => Some(1.5),
+        "2K" => Some(2.0),
+        "3K" => Some(3.0),
+        "4K" => Some(4.0),
+        // SeedEdit's `adaptive`: for our models the native resolution.
+        "adaptive" => Some(1.0),
+        _ => None,
+    };
+    if let Some(multiplier) = multiplier {
+        let side = f64::from(rules.native) * multiplier;
+        let ratio = prompt_ratio(prompt).unwrap_or(1.0);
+        let width = align(side * ratio.sqrt(), PRESET_ALIGN.max(rules.factor));
+        let height = align(side / ratio.sqrt(), PRESET_ALIGN.max(rules.factor));
+        return Ok(ResolvedSize {
+            width,
+            height,
+            compute_width: width,
+            compute_height: height,
+        });
+    }
+    let Some(captures) = EXPLICIT.captures(size) else {
+        return Err(CoreError::invalid(
+            "size",
+            format!(
+                "size `{size}` is neither a preset (1K, 2K, 4K) nor WIDTHxHEIGHT such as {0}x{0}.",
+                rules.native
+            ),
+        ));
+    };
+    let width: u32 = captures[1].parse().unwrap_or(0);
+    let height: u32 = captures[2].parse().unwrap_or(0);
+    let pixels = u64::from(width) * u64::from(height);
+    let (min, max) = (rules.min_pixels(), rules.max_pixels());
+    if pixels < min || pixels > max {
+        return Err(CoreError::invalid(
+            "size",
+            format!(
+                "size {width}x{height} has {pixels} pixels; this model takes between {min} and {max} pixels (minimum {min})."
+            ),
+        ));
+    }
+    let ratio = f64::from(width) / f64::from(height);
+    if !(1.0 / MAX_RATIO..=MAX_RATIO).contains(&ratio) {
+        return Err(CoreError::invalid(
+            "size",
+            format!("size {width}x{height}: the aspect ratio must be between 1:16 and 16:1."),
+        ));
+    }
+    Ok(ResolvedSize {
+        width,
+        height,
+        compute_width: align(f64::from(width), rules.factor),
+        compute_height: align(f64::from(height), rules.factor),
+    })
+}
+
+/// Aspect ratios people name in prompts; anything else (a time like 10:30) is not one.
+const COMMON_RATIOS: [(u32, u32); 19] = [
+    (1, 1),
+    (2, 1),
+    (1, 2),
+    (3, 2),
+    (2, 3),
+    (4, 3),
+    (3, 4),
+    (5, 4),
+    (4, 5),
+    (7, 5),
+    (5, 7),
+    (16, 9),
+    (9, 16),
+    (16, 10),
+    (10, 16),
+    (21, 9),
+    (9, 21),
+    (3, 1),
+    (1, 3),
+];
+
+/// The first common `W:H` in the prompt, as width / height.
+fn prompt_ratio(prompt: &str) -> Option<f64> {
+    RATIO.captures_iter(prompt).find_map(|c| {
+        let pair = (c[1].parse().ok()?, c[2].parse().ok()?);
+        COMMON_RATIOS
+            .contains(&pair)
+            .then(|| f64::from(pair.0) / f64::from(pair.1))
+    })
+}
+
+/// Nearest positive multiple of `step`.
+fn align(value: f64, step: u32) -> u32 {
+    let steps = (value / f64::from(step)).round().max(1.0);
+    steps as u32 * step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SDXL: SizeRules = SizeRules {
+        native: 1024,
+        factor: 8,
+    };
+
+    fn wh(size: Option<&str>, prompt: &str) -> (u32, u32) {
+        let r = resolve(size, prompt, SDXL).unwrap();
+        (r.width, r.height)
+    }
+
+    #[test]
+    fn presets_are_relative_to_the_native_size() {
+        assert_eq!(wh(None, "a fox"), (1024, 1024));
+        assert_eq!(wh(Some("1K"), "a fox"), (1024, 1024));
+        assert_eq!(wh(Some("2K"), "a fox"), (2048, 2048));
+        assert_eq!(wh(Some("4K"), "a fox"), (4096, 4096));
+        let sd15 = SizeRules {
+            native: 512,
+            factor: 8,
+        };
+        assert_eq!(resolve(Some("1K"), "x", sd15).unwrap().width, 512);
+    }
+
+    #[test]
+    fn a_ratio_in_the_prompt_shapes_the_preset() {
+        let (w, h) = wh(Some("2K"), "a wide 16:9 poster of a harbour");
+        assert_eq!((w % 16, h % 16), (0, 0));
+        assert!(
+            (f64::from(w) / f64::from(h) - 16.0 / 9.0).abs() < 0.02,
+            "{w}x{h}"
+        );
+        let pixels = f64::from(w) * f64::from(h);
+        assert!((pixels / (2048.0 * 2048.0) - 1.0).abs() < 0.02, "{w}x{h}");
+        assert_eq!(wh(Some("1K"), "portrait, 3:4"), (880, 1184));
+        // Times and version numbers are not ratios.
+        assert_eq!(wh(Some("1K"), "at 10:30, v1.5:2"), (1024, 1024));
+    }
+
+    #[test]
+    fn explicit_sizes_are_checked_and_aligned() {
+        let r = resolve(Some("1500x700"), "", SDXL).unwrap();
+        assert_eq!((r.width, r.height), (1500, 700));
+        assert_eq!((r.compute_width, r.compute_height), (1504, 704));
+        let message = resolve(Some("100x100"), "", SDXL).unwrap_err().to_string();
+        assert!(message.contains("minimum 262144"), "{message}");
+        let message = resolve(Some("5000x5000"), "", SDXL)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("16777216"), "{message}");
+        let message = resolve(Some("4096x200"), "", SDXL).unwrap_err().to_string();
+        assert!(message.contains("1:16"), "{message}");
+        for bad in ["2k", "1024*1024", "1024X1024", "big", ""] {
+            let error = resolve(Some(bad), "", SDXL).unwrap_err();
+            assert!(
+                matches!(error, CoreError::InvalidParameter { param: "size", .. }),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The one place a wire request becomes a [`GenerationSpec`]: every default resolved, every
+//! bound checked, errors naming the field.
+
+use std::sync::LazyLock;
+
+use rand::Rng;
+use regex::Regex;
+use seedbed_engine::scheduler::SchedulerKind;
+use seedbed_types::{GenerationRequest, ResponseFormat, SequentialMode};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, ModelEntry};
+use crate::error::{CoreError, Result};
+use crate::inputs::ReferenceSource;
+use crate::sizes::{self, SizeRules};
+
+/// Seedream's cap on reference images plus generated images.
+pub const MAX_IMAGES_TOTAL: u32 = 15;
+pub const MAX_STEPS: u32 = seedbed_engine::pipeline::MAX_STEPS as u32;
+pub const MAX_GUIDANCE: f64 = 30.0;
+/// Upstream's seed range.
+pub const MAX_SEED: i64 = 2_147_483_647;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
+}
+
+impl ImageFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Jpeg => "jpeg",
+            Self::Png => "png",
+        }
+    }
+}
+
+/// A validated generation: what a job row stores and a worker runs, again after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationSpec {
+    /// The model name as the client sent it, echoed in responses.
+    pub model: String,
+    /// The model folder that runs it.
+    pub local_model: String,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    /// Delivered size; the model computes at `compute_*` (multiples of its latent factor).
+    pub width: u32,
+    pub height: u32,
+    pub compute_width: u32,
+    pub compute_height: u32,
+    /// How many images to make; image `i` uses seed `seed + i`.
+    pub images: u32,
+    pub seed: u64,
+    pub steps: u32,
+    pub guidance_scale: f64,
+    /// `None`: the model's own scheduler.
+    pub scheduler: Option<String>,
+    /// Image-to-image strength; used only with a reference image.
+    pub strength: f64,
+    /// Blob keys of the reference images, stored when the job was created.
+    pub reference_images: Vec<String>,
+    pub response_format: ResponseFormat,
+    pub output_format: ImageFormat,
+    pub watermark: bool,
+    pub stream: bool,
+}
+
+impl GenerationSpec {
+    pub fn size_text(&self) -> String {
+        format!("{}x{}", self.width, self.height)
+    }
+}
+
+/// Check a request against the catalog. Reference images come back unfetched: URLs are
+/// loaded (with their own limits) before the job is written.
+pub fn validate(
+    request: &GenerationRequest,
+    catalog: &Catalog,
+) -> Result<(GenerationSpec, Vec<ReferenceSource>)> {
+    let public = non_empty(request.model.as_deref())
+        .ok_or(CoreError::MissingParameter { param: "model" })?;
+    let prompt = non_empty(request.prompt.as_deref())
+        .ok_or(CoreError::MissingParameter { param: "prompt" })?;
+    let model = catalog.resolve(public)?;
+    let rules = SizeRules {
+        native: model.native_size,
+        factor: model.latent_factor,
+    };
+    let size = sizes::resolve(request.size.as_deref(), prompt, rules)?;
+    let references = references(request, model)?;
+    let images = image_count(request, prompt, references.len() as u32)?;
+    let seed = match request.seed {
+        None | Some(-1) => rand::rng().random_range(0..=MAX_SEED) as u64,
+        Some(seed) if (0..=MAX_SEED).contains(&seed) => seed as u64,
+        Some(seed) => {
+            return Err(CoreError::invalid(
+                "seed",
+                format!("seed {seed} must be -1 (random) or between 0 and {MAX_SEED}."),
+            ));
+        }
+    };
+    let steps = request.steps.unwrap_or(model.defaults.steps);
+    if !(1..=MAX_STEPS).contains(&steps) {
+        return Err(CoreError::invalid(
+            "steps",
+            format!("steps {steps} must be between 1 and {MAX_STEPS}."),
+        ));
+    }
+    let guidance_scale = request
+        .guidance_scale
+        .unwrap_or(model.defaults.guidance_scale);
+    if !guidance_scale.is_finite() || !(0.0..=MAX_GUIDANCE).contains(&guidance_scale) {
+        return Err(CoreError::invalid(
+            "guidance_scale",
+            format!("guidance_scale {guidance_scale} must be between 0 and {MAX_GUIDANCE}."),
+        ));
+    }
+    let scheduler = match request.scheduler.as_deref() {
+        None => None,
+        Some(name) => Some(
+            name.parse::<SchedulerKind>()
+                .map_err(|_| {
+                    let names: Vec<_> = SchedulerKind::ALL.iter().map(|k| k.name()).collect();
+                    CoreError::invalid(
+                        "scheduler",
+                        format!("scheduler `{name}` is not one of {}.", names.join(", ")),
+                    )
+                })?
+                .name()
+                .to_string(),
+        ),
+    };
+    let strength = request.strength.unwrap_or(0.8);
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(CoreError::invalid(
+            "strength",
+            format!("strength {strength} must be in (0, 1]."),
+        ));
+    }
+    if !references.is_empty() && (f64::from(steps) * strength) < 1.0 {
+        return Err(CoreError::invalid(
+            "strength",
+            format!("steps {steps} x strength {strength} leaves no step to run; raise either."),
+        ));
+    }
+    let output_format = match request.output_format.as_deref() {
+        None | Some("jpeg") | Some("jpg") => ImageFormat::Jpeg,
+        Some("png") => ImageFormat::Png,
+        Some(other) => {
+            return Err(CoreError::invalid(
+                "output_format",
+                format!("output_format `{other}` must be jpeg or png."),
+            ));
+        }
+    };
+    if let Some(mode) = request
+        .optimize_prompt_options
+        .as_ref()
+        .and_then(|o| o.mode.as_deref())
+        && !matches!(mode, "standard" | "fast")
+    {
+        return Err(CoreError::invalid(
+            "optimize_prompt_options.mode",
+            format!("mode `{mode}` must be standard or fast."),
+        ));
+    }
+    let spec = GenerationSpec {
+        model: public.to_string(),
+        local_model: model.name.clone(),
+        prompt: prompt.to_string(),
+        negative_prompt: request.negative_prompt.clone().filter(|n| !n.is_empty()),
+        width: size.width,
+        height: size.height,
+        compute_width: size.compute_width,
+        compute_height: size.compute_height,
+        images,
+        seed,
+        steps,
+        guidance_scale,
+        scheduler,
+        strength,
+        reference_images: Vec::new(),
+        response_format: request.response_format.unwrap_or_default(),
+        output_format,
+        watermark: request.watermark.unwrap_or(true),
+        stream: request.stream.unwrap_or(false),
+    };
+    Ok((spec, references))
+}
+
+fn non_empty(text: Option<&str>) -> Option<&str> {
+    text.filter(|t| !t.trim().is_empty())
+}
+
+fn references(request: &GenerationRequest, model: &ModelEntry) -> Result<Vec<ReferenceSource>> {
+    let Some(input) = &request.image else {
+        return Ok(Vec::new());
+    };
+    let items = input.as_slice();
+    if items.is_empty() {
+        return Err(CoreError::invalid(
+            "image",
+            "image must not be an empty list.",
+        ));
+    }
+    if items.len() > model.max_reference_images {
+        return Err(CoreError::invalid(
+            "image",
+            format!(
+                "{} reference images given; model {} takes at most {}.",
+                items.len(),
+                model.name,
+                model.max_reference_images
+            ),
+        ));
+    }
+    items
+        .iter()
+        .map(|item| ReferenceSource::parse(item))
+        .collect()
+}
+
+static COUNT_IN_PROMPT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)\b(\d{1,2}|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen)\s+(?:[a-z-]+\s+){0,2}(?:images|pictures|photos|illustrations|panels|frames|variations|versions|views|scenes)\b",
+    )
+    .unwrap()
+});
+
+/// `sequential_image_generation: auto`: Seedream decides the count from the prompt. We take
+/// `max_images` when the client set it, else a count the prompt names ("four images of"),
+/// else one; refs + generated never exceed 15.
+fn image_count(request: &GenerationRequest, prompt: &str, references: u32) -> Result<u32> {
+    let max_images = request
+        .sequential_image_generation_options
+        .as_ref()
+        .and_then(|o| o.max_images);
+    if let Some(max) = max_images
+        && !(1..=MAX_IMAGES_TOTAL).contains(&max)
+    {
+        return Err(CoreError::invalid(
+            "sequential_image_generation_options.max_images",
+            format!("max_images {max} must be between 1 and {MAX_IMAGES_TOTAL}."),
+        ));
+    }
+    if request.sequential_image_generation != Some(SequentialMode::Auto) {
+        return Ok(1);
+    }
+    let wanted = max_images.unwrap_or_else(|| count_in_prompt(prompt).unwrap_or(1));
+    Ok(wanted.min(MAX_IMAGES_TOTAL - references).max(1))
+}
+
+fn count_in_prompt(prompt: &str) -> Option<u32> {
+    let word = COUNT_IN_PROMPT
+        .captures(prompt)?
+        .get(1)?
+        .as_str()
+        .to_ascii_lowercase();
+    let words = [
+        "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+        "thirteen", "fourteen", "fifteen",
+    ];
+    let n = match words.iter().position(|w| *w == word) {
+        Some(i) => i as u32 + 2,
+        None => word.parse().ok()?,
+    };
+    (1..=MAX_IMAGES_TOTAL).contains(&n).then_some(n)
+}
+
+#[cfg(test)]
+mod tests;

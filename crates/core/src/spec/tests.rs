@@ -1,0 +1,146 @@
+use std::path::Path;
+
+use seedbed_types::GenerationRequest;
+
+use super::*;
+
+fn catalog() -> Catalog {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/models");
+    let aliases = [("seedream-4-5-251128".to_string(), "tiny-sd".to_string())];
+    Catalog::scan(&models, &aliases).unwrap()
+}
+
+fn request(json: serde_json::Value) -> GenerationRequest {
+    serde_json::from_value(json).unwrap()
+}
+
+fn check(json: serde_json::Value) -> Result<GenerationSpec> {
+    validate(&request(json), &catalog()).map(|(spec, _)| spec)
+}
+
+fn param_of(json: serde_json::Value) -> &'static str {
+    match check(json).unwrap_err() {
+        CoreError::InvalidParameter { param, .. } | CoreError::MissingParameter { param } => param,
+        other => panic!("not a parameter error: {other}"),
+    }
+}
+
+#[test]
+fn defaults_are_resolved_once() {
+    let spec =
+        check(serde_json::json!({"model": "seedream-4-5-251128", "prompt": "a fox"})).unwrap();
+    assert_eq!(spec.model, "seedream-4-5-251128");
+    assert_eq!(spec.local_model, "tiny-sd");
+    assert_eq!((spec.width, spec.height), (64, 64));
+    assert_eq!(spec.images, 1);
+    assert!(spec.seed <= MAX_SEED as u64);
+    assert_eq!((spec.steps, spec.guidance_scale), (30, 7.5));
+    assert!(spec.watermark);
+    assert!(!spec.stream);
+    assert_eq!(spec.response_format, ResponseFormat::Url);
+    assert_eq!(spec.output_format, ImageFormat::Jpeg);
+    let spec = check(serde_json::json!({
+        "model": "tiny-sd", "prompt": "a fox", "size": "2K", "seed": 7, "watermark": false,
+        "steps": 2, "guidance_scale": 0, "scheduler": "euler_a", "output_format": "png",
+        "response_format": "b64_json", "stream": true
+    }))
+    .unwrap();
+    assert_eq!((spec.width, spec.height, spec.seed), (128, 128, 7));
+    assert_eq!(spec.scheduler.as_deref(), Some("euler_a"));
+    assert!(!spec.watermark && spec.stream);
+}
+
+#[test]
+fn missing_and_unknown_fields() {
+    assert_eq!(param_of(serde_json::json!({"prompt": "x"})), "model");
+    assert_eq!(
+        param_of(serde_json::json!({"model": "tiny-sd", "prompt": " "})),
+        "prompt"
+    );
+    let error = check(serde_json::json!({"model": "nope", "prompt": "x"})).unwrap_err();
+    assert!(matches!(error, CoreError::ModelNotFound { .. }));
+}
+
+#[test]
+fn every_bound_names_its_field() {
+    let base = |extra: serde_json::Value| {
+        let mut json = serde_json::json!({"model": "tiny-sd", "prompt": "x"});
+        json.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        param_of(json)
+    };
+    assert_eq!(base(serde_json::json!({"size": "9x9"})), "size");
+    assert_eq!(base(serde_json::json!({"seed": -2})), "seed");
+    assert_eq!(base(serde_json::json!({"seed": 2147483648i64})), "seed");
+    assert_eq!(base(serde_json::json!({"steps": 0})), "steps");
+    assert_eq!(
+        base(serde_json::json!({"guidance_scale": 31})),
+        "guidance_scale"
+    );
+    assert_eq!(base(serde_json::json!({"scheduler": "lms"})), "scheduler");
+    assert_eq!(base(serde_json::json!({"strength": 0})), "strength");
+    assert_eq!(
+        base(serde_json::json!({"output_format": "gif"})),
+        "output_format"
+    );
+    assert_eq!(
+        base(serde_json::json!({"sequential_image_generation_options": {"max_images": 16}})),
+        "sequential_image_generation_options.max_images"
+    );
+    assert_eq!(base(serde_json::json!({"image": []})), "image");
+    assert_eq!(
+        base(serde_json::json!({"image": ["https://a/x.png", "https://a/y.png"]})),
+        "image"
+    );
+    assert_eq!(
+        base(serde_json::json!({"image": "data:image/PNG;base64,AAAA"})),
+        "image"
+    );
+    assert_eq!(
+        base(serde_json::json!({"optimize_prompt_options": {"mode": "turbo"}})),
+        "optimize_prompt_options.mode"
+    );
+}
+
+#[test]
+fn sequential_generation_counts() {
+    let count = |json: serde_json::Value| check(json).unwrap().images;
+    assert_eq!(
+        count(serde_json::json!({"model": "tiny-sd", "prompt": "four images of a fox"})),
+        1
+    );
+    assert_eq!(
+        count(
+            serde_json::json!({"model": "tiny-sd", "prompt": "four images of a fox",
+            "sequential_image_generation": "auto"})
+        ),
+        4
+    );
+    assert_eq!(
+        count(
+            serde_json::json!({"model": "tiny-sd", "prompt": "a set of 3 cartoon panels",
+            "sequential_image_generation": "auto"})
+        ),
+        3
+    );
+    assert_eq!(
+        count(serde_json::json!({"model": "tiny-sd", "prompt": "a fox",
+            "sequential_image_generation": "auto",
+            "sequential_image_generation_options": {"max_images": 2}})),
+        2
+    );
+    assert_eq!(
+        count(serde_json::json!({"model": "tiny-sd", "prompt": "a fox",
+            "sequential_image_generation": "auto"})),
+        1
+    );
+    // Reference images count against the 15.
+    assert_eq!(
+        count(serde_json::json!({"model": "tiny-sd", "prompt": "x",
+            "image": "https://example.com/a.png",
+            "sequential_image_generation": "auto",
+            "sequential_image_generation_options": {"max_images": 15}})),
+        14
+    );
+}

@@ -1,0 +1,189 @@
+//! `POST .../images/generations`: Seedream's API (also serving OpenAI's `n`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use seedbed_core::{GenerationSpec, JobEvent, SequencedEvent};
+use seedbed_types::stream::DONE;
+use seedbed_types::{ErrorCode, GenerationRequest, SequentialMode, SequentialOptions};
+
+use crate::auth::Caller;
+use crate::error::ApiFailure;
+use crate::render::{Renderer, ResponseBuilder};
+use crate::request_id::RequestId;
+use crate::routes::jobs::job_view;
+use crate::state::AppState;
+
+pub const JOB_HEADER: &str = "x-seedbed-job-id";
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiFailure> {
+    let body = body.map_err(body_failure)?;
+    let mut request: GenerationRequest = parse_json(&body)?;
+    openai_count(&mut request)?;
+    submit(state, caller, request_id, &headers, request).await
+}
+
+/// A body the server could not take (too large, unreadable).
+pub fn body_failure(rejection: BytesRejection) -> ApiFailure {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiFailure::new(ErrorCode::PayloadTooLarge, "The request body is too large.")
+    } else {
+        ApiFailure::invalid("", format!("The request body could not be read: {rejection}."))
+    }
+}
+
+/// JSON into the wire type; errors name the field that did not fit.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if path == "." {
+            ApiFailure::invalid("", format!("The request body is not a valid JSON object: {inner}."))
+        } else {
+            ApiFailure::invalid(&path, format!("The parameter `{path}` is not valid: {inner}."))
+        }
+    })
+}
+
+/// OpenAI clients ask for several images with `n`; Seedream's way is a sequential batch.
+fn openai_count(request: &mut GenerationRequest) -> Result<(), ApiFailure> {
+    let Some(n) = request.extra.remove("n") else {
+        return Ok(());
+    };
+    let n = n
+        .as_u64()
+        .filter(|n| (1..=15).contains(n))
+        .ok_or_else(|| ApiFailure::invalid("n", "n must be an integer between 1 and 15."))?;
+    if n > 1 {
+        request.sequential_image_generation = Some(SequentialMode::Auto);
+        request.sequential_image_generation_options = Some(SequentialOptions {
+            max_images: Some(n as u32),
+        });
+    }
+    Ok(())
+}
+
+/// Validate, write the job, then answer as the client asked: 202 with the job
+/// (`Prefer: respond-async`), an SSE stream (`stream: true`) or the JSON body.
+pub async fn submit(
+    state: AppState,
+    caller: Caller,
+    request_id: RequestId,
+    headers: &HeaderMap,
+    request: GenerationRequest,
+) -> Result<Response, ApiFailure> {
+    let jobs = state.jobs();
+    let (spec, sources) = seedbed_core::spec::validate(&request, jobs.catalog())?;
+    let references = seedbed_core::inputs::load(sources, &jobs.config().inputs).await?;
+    let job = jobs
+        .submit(spec, references, caller.key.as_ref(), &request_id.0)
+        .await?;
+    let spec: GenerationSpec = serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
+    let respond_async = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("respond-async")));
+    let mut response = if respond_async {
+        let view = job_view(&state, &job).await?;
+        (StatusCode::ACCEPTED, Json(view)).into_response()
+    } else if spec.stream {
+        stream(state.clone(), job.id.clone(), spec, job.created_at / 1000).await?
+    } else {
+        let events = state.jobs().events(&job.id, 0);
+        let renderer = Renderer { state: &state, job_id: &job.id, spec: &spec, created: job.created_at / 1000 };
+        body(&renderer, events).await?
+    };
+    if let Ok(value) = HeaderValue::from_str(&job.id) {
+        response.headers_mut().insert(JOB_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// Wait for the job to end and answer with the whole response.
+async fn body(
+    renderer: &Renderer<'_>,
+    events: impl Stream<Item = seedbed_core::Result<SequencedEvent>>,
+) -> Result<Response, ApiFailure> {
+    let mut events = std::pin::pin!(events);
+    let mut builder = ResponseBuilder::default();
+    while let Some(event) = events.next().await {
+        if builder.push(renderer, &event?.event).await? {
+            break;
+        }
+    }
+    match builder.failure.take() {
+        Some(failure) if !builder.has_data() => Err(failure),
+        _ => Ok(Json(builder.response(renderer)).into_response()),
+    }
+}
+
+/// Seedream's SSE. Like upstream, headers go out with the first image, so a failure before
+/// any image (a model that cannot load) is still an ordinary JSON error.
+async fn stream(state: AppState, job_id: String, spec: GenerationSpec, created: i64) -> Result<Response, ApiFailure> {
+    let mut events = Box::pin(state.jobs().events(&job_id, 0));
+    let first = loop {
+        let Some(event) = events.next().await else {
+            return Err(ApiFailure::internal());
+        };
+        let event = event?;
+        match &event.event {
+            JobEvent::Image { .. } | JobEvent::ImageFailed { .. } | JobEvent::Completed { .. } => break event,
+            JobEvent::Failed { code, message } => {
+                let code = ErrorCode::parse(code).unwrap_or(ErrorCode::InternalServiceError);
+                return Err(ApiFailure::new(code, message.clone()));
+            }
+            JobEvent::Cancelled => return Err(ApiFailure::new(ErrorCode::Cancelled, "The job was cancelled.")),
+            _ => {}
+        }
+    };
+    let shared = Arc::new((state.clone(), job_id, spec, created));
+    let events = futures::stream::iter([Ok(first)]).chain(events);
+    let body = events
+        .take_until(state.shutdown().clone().cancelled_owned())
+        .then(move |event| {
+            let shared = shared.clone();
+            async move {
+                let (state, job_id, spec, created) = &*shared;
+                let renderer = Renderer { state, job_id, spec, created: *created };
+                let event = match event {
+                    Ok(event) => event.event,
+                    Err(error) => JobEvent::Failed {
+                        code: ErrorCode::InternalServiceError.as_str().into(),
+                        message: ApiFailure::from(error).message,
+                    },
+                };
+                let mut text = match renderer.stream_event(&event).await {
+                    Ok(Some(sse)) => sse.to_sse(),
+                    Ok(None) => String::new(),
+                    Err(failure) => format!(
+                        "data: {}\n\n",
+                        serde_json::json!({"error": {"code": failure.code.as_str(), "message": failure.message}})
+                    ),
+                };
+                if event.is_final() {
+                    text.push_str(DONE);
+                }
+                Ok::<_, std::convert::Infallible>(Bytes::from(text))
+            }
+        })
+        .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())));
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}

@@ -1,0 +1,129 @@
+//! `/v1/keys` (admin): create (the secret is shown once), list, revoke.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use rand::Rng;
+use seedbed_storage::{KeyRow, NewKey};
+use seedbed_types::ErrorCode;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Admin, SCOPE_ADMIN, SCOPE_GENERATE};
+use crate::error::ApiFailure;
+use crate::routes::generations::{body_failure, parse_json};
+use crate::state::AppState;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `generate` (default) and/or `admin`.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    #[serde(default)]
+    pub images_per_minute: Option<u32>,
+    #[serde(default)]
+    pub quota_images: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyView {
+    pub id: String,
+    pub object: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub images_per_minute: Option<u32>,
+    pub quota_images: Option<u64>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+    /// Only in the response that created the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl From<KeyRow> for KeyView {
+    fn from(key: KeyRow) -> Self {
+        Self {
+            id: key.id,
+            object: "api_key".into(),
+            name: key.name,
+            scopes: key.scopes,
+            images_per_minute: key.images_per_minute,
+            quota_images: key.quota_images,
+            created_at: key.created_at / 1000,
+            revoked_at: key.revoked_at.map(|t| t / 1000),
+            secret: None,
+        }
+    }
+}
+
+/// `sb-` and 40 random alphanumerics (about 238 bits).
+fn new_secret() -> String {
+    let chars = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let body: String = (0..40).map(|_| chars[rng.random_range(0..chars.len())] as char).collect();
+    format!("sb-{body}")
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<KeyView>), ApiFailure> {
+    let body = body.map_err(body_failure)?;
+    let request: CreateKey = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateKey::default()
+    } else {
+        parse_json(&body)?
+    };
+    let scopes = request.scopes.unwrap_or_else(|| vec![SCOPE_GENERATE.to_string()]);
+    if scopes.is_empty() || scopes.iter().any(|s| s != SCOPE_GENERATE && s != SCOPE_ADMIN) {
+        return Err(ApiFailure::invalid("scopes", "scopes must be a non-empty list of `generate` and `admin`."));
+    }
+    let id = seedbed_core::new_id("key");
+    let secret = new_secret();
+    let name = request.name.unwrap_or_default();
+    let db = state.jobs().db();
+    db.insert_key(&NewKey {
+        id: &id,
+        name: &name,
+        secret: &secret,
+        scopes: &scopes,
+        images_per_minute: request.images_per_minute,
+        quota_images: request.quota_images,
+        bootstrap: false,
+    })
+    .await
+    .map_err(seedbed_core::CoreError::from)?;
+    let row = db.key(&id).await.map_err(seedbed_core::CoreError::from)?.ok_or_else(ApiFailure::internal)?;
+    let mut view = KeyView::from(row);
+    view.secret = Some(secret);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyList {
+    pub object: String,
+    pub data: Vec<KeyView>,
+}
+
+pub async fn list(State(state): State<AppState>, _admin: Admin) -> Result<Json<KeyList>, ApiFailure> {
+    let keys = state.jobs().db().list_keys().await.map_err(seedbed_core::CoreError::from)?;
+    Ok(Json(KeyList { object: "list".into(), data: keys.into_iter().map(KeyView::from).collect() }))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiFailure> {
+    let db = state.jobs().db();
+    if !db.revoke_key(&id).await.map_err(seedbed_core::CoreError::from)? {
+        return Err(ApiFailure::new(ErrorCode::NotFound, format!("There is no live key {id}.")));
+    }
+    let row = db.key(&id).await.map_err(seedbed_core::CoreError::from)?.ok_or_else(ApiFailure::internal)?;
+    Ok(Json(KeyView::from(row)))
+}

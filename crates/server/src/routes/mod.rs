@@ -1,0 +1,7 @@
+pub mod generations;
+pub mod images;
+pub mod jobs;
+pub mod keys;
+pub mod openai;
+pub mod ops;
+pub mod usage;

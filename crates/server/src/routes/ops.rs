@@ -1,0 +1,86 @@
+//! Operations: `/health`, `/info`, `/metrics`, `/v1/models`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::state::AppState;
+
+/// 200 once the server can take work: database reachable, device thread alive.
+pub async fn health(State(state): State<AppState>) -> Response {
+    let db_ok = state.jobs().db().ping().await.is_ok();
+    let device_ok = state.device().is_alive();
+    let status = if db_ok && device_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "status": if status == StatusCode::OK { "ok" } else { "unavailable" },
+        "database": db_ok,
+        "device": device_ok,
+    });
+    (status, Json(body)).into_response()
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelView {
+    pub id: String,
+    pub object: &'static str,
+    /// The model folder serving this id (itself, or an alias's target).
+    pub local_model: String,
+    pub family: String,
+    pub native_size: u32,
+    pub default_steps: u32,
+    pub default_guidance_scale: f64,
+    pub loaded: bool,
+}
+
+fn models(state: &AppState) -> Vec<ModelView> {
+    let catalog = state.jobs().catalog();
+    let loaded = state.device().loaded_models();
+    let view = |id: &str, local: &str| {
+        catalog.resolve(local).ok().map(|model| ModelView {
+            id: id.to_string(),
+            object: "model",
+            local_model: model.name.clone(),
+            family: format!("{:?}", model.family),
+            native_size: model.native_size,
+            default_steps: model.defaults.steps,
+            default_guidance_scale: model.defaults.guidance_scale,
+            loaded: loaded.contains(&model.name),
+        })
+    };
+    let mut out: Vec<ModelView> = catalog.models().filter_map(|m| view(&m.name, &m.name)).collect();
+    out.extend(catalog.aliases().filter_map(|(public, local)| view(public, local)));
+    out
+}
+
+pub async fn list_models(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"object": "list", "data": models(&state)}))
+}
+
+pub async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let config = state.jobs().config();
+    Json(serde_json::json!({
+        "name": "seedbed",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": state.uptime_s(),
+        "device": state.device().description(),
+        "loaded_models": state.device().loaded_models(),
+        "models": models(&state),
+        "limits": {
+            "queue_size": config.queue_size,
+            "body_bytes": state.limits().body_bytes,
+            "image_ttl_s": config.image_ttl.as_secs(),
+            "input_image_bytes": config.inputs.max_bytes,
+            "max_attempts": config.max_attempts,
+        },
+    }))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    if let Ok(depth) = state.jobs().db().queued_count().await {
+        metrics::gauge!("seedbed_queue_depth").set(f64::from(depth));
+    }
+    let text = state.metrics().map(|m| m.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

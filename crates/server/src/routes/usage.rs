@@ -1,0 +1,39 @@
+//! `GET /v1/usage`: what the caller's key was billed, per job and in total.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use seedbed_storage::{UsageRow, UsageTotals};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Caller;
+use crate::error::ApiFailure;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+pub struct UsageQuery {
+    /// Unix seconds; default: everything.
+    pub since: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UsageView {
+    pub object: String,
+    pub key_id: Option<String>,
+    pub totals: UsageTotals,
+    pub data: Vec<UsageRow>,
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<UsageQuery>,
+) -> Result<Json<UsageView>, ApiFailure> {
+    let db = state.jobs().db();
+    let since = query.since.unwrap_or(0) * 1000;
+    let owner = caller.job_owner();
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let totals = db.usage_totals(owner, since).await.map_err(seedbed_core::CoreError::from)?;
+    let data = db.usage(owner, since, limit).await.map_err(seedbed_core::CoreError::from)?;
+    Ok(Json(UsageView { object: "usage".into(), key_id: owner.map(str::to_string), totals, data }))
+}

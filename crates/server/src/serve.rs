@@ -1,0 +1,229 @@
+//! Start a whole server: stores, catalog, device thread, runner, janitor, HTTP listener.
+//! The binary and the integration tests both come through here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use seedbed_core::{Catalog, CoreConfig, Device, DeviceOptions, InputPolicy, Jobs};
+use seedbed_engine::LoadOptions;
+use seedbed_storage::{Blobs, Db, NewKey};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{SCOPE_ADMIN, SCOPE_GENERATE};
+use crate::links::LinkSigner;
+use crate::state::{AppState, HttpLimits};
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Default: `sqlite://<data_dir>/seedbed.db`.
+    pub database_url: Option<String>,
+    /// Default: the folder `<data_dir>/blobs`.
+    pub blob_url: Option<String>,
+    pub models_dir: PathBuf,
+    pub aliases: Vec<(String, String)>,
+    /// Bootstrap keys with every scope, stored hashed.
+    pub api_keys: Vec<String>,
+    /// Base of image links; default `http://<listen address>`.
+    pub public_url: Option<String>,
+    pub queue_size: u32,
+    pub body_bytes: usize,
+    pub image_ttl: Duration,
+    pub inputs: InputPolicy,
+    pub load: LoadOptions,
+    pub memory_budget: u64,
+    pub shutdown_grace: Duration,
+    pub max_attempts: u32,
+}
+
+impl ServeConfig {
+    /// Defaults for everything but where things are.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf, models_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            database_url: None,
+            blob_url: None,
+            models_dir,
+            aliases: Vec::new(),
+            api_keys: Vec::new(),
+            public_url: None,
+            queue_size: 64,
+            body_bytes: 64 * 1024 * 1024,
+            image_ttl: Duration::from_secs(24 * 3600),
+            inputs: InputPolicy::default(),
+            load: LoadOptions::default(),
+            memory_budget: 16 << 30,
+            shutdown_grace: Duration::from_secs(30),
+            max_attempts: 3,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Storage(#[from] seedbed_storage::StorageError),
+    #[error("{0}")]
+    Core(#[from] seedbed_core::CoreError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A server that is listening.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub public_url: String,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Wait until the server has stopped: streams ended, the running job finished or put
+    /// back in the queue.
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let what = what.into();
+    move |source| ServeError::Io { what, source }
+}
+
+/// This data dir's node id, made once, so a restart recognises its own interrupted jobs.
+fn node_id(data_dir: &std::path::Path) -> Result<String, ServeError> {
+    let path = data_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_string());
+    }
+    let id = seedbed_core::new_id("node");
+    std::fs::write(&path, &id).map_err(io(format!("writing {}", path.display())))?;
+    Ok(id)
+}
+
+pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io(format!("creating the data directory {}", config.data_dir.display())))?;
+    let database_url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("seedbed.db").display()));
+    let db = Db::open(&database_url).await?;
+    let blobs = match &config.blob_url {
+        Some(url) => Blobs::open(url)?,
+        None => Blobs::local(&config.data_dir.join("blobs"))?,
+    };
+    for (index, secret) in config.api_keys.iter().enumerate() {
+        let scopes = [SCOPE_GENERATE.to_string(), SCOPE_ADMIN.to_string()];
+        db.insert_key(&NewKey {
+            id: &format!("key_bootstrap_{index}"),
+            name: "bootstrap (--api-key)",
+            secret,
+            scopes: &scopes,
+            images_per_minute: None,
+            quota_images: None,
+            bootstrap: true,
+        })
+        .await?;
+    }
+    if !config.listen.ip().is_loopback() && db.live_key_count().await? == 0 {
+        return Err(ServeError::Refused(format!(
+            "refusing to listen on {} without an API key: anyone who can reach it could use it. \
+             Pass --api-key KEY (or SEEDBED_API_KEY), or listen on 127.0.0.1.",
+            config.listen
+        )));
+    }
+    let catalog = Catalog::scan(&config.models_dir, &config.aliases)?;
+    if catalog.models().next().is_none() {
+        tracing::warn!(dir = %config.models_dir.display(), "no model folders found; every generation will be 404");
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io(format!("listening on {}", config.listen)))?;
+    let addr = listener.local_addr().map_err(io("reading the bound address"))?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let secret = db
+        .secret("link_signing_key", || {
+            (0..32).map(|_| rand::random::<u8>()).collect()
+        })
+        .await?;
+    let core_config = CoreConfig {
+        node_id: node_id(&config.data_dir)?,
+        queue_size: config.queue_size,
+        image_ttl: config.image_ttl,
+        max_attempts: config.max_attempts,
+        lease: Duration::from_secs(30),
+        inputs: config.inputs.clone(),
+        shutdown_grace: config.shutdown_grace,
+    };
+    let jobs = Jobs::new(db, blobs, catalog, core_config);
+    let device = Device::spawn(DeviceOptions {
+        load: config.load.clone(),
+        memory_budget: config.memory_budget,
+    })?;
+    let shutdown = CancellationToken::new();
+    let runner = jobs.start(device.clone(), shutdown.clone());
+    let janitor = jobs.start_janitor(shutdown.clone());
+    let state = AppState::new(
+        jobs,
+        device,
+        LinkSigner::new(secret, &public_url),
+        HttpLimits {
+            body_bytes: config.body_bytes,
+        },
+        metrics_handle(),
+        shutdown.clone(),
+    );
+    let app = crate::app(state);
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "the HTTP server stopped");
+        }
+    });
+    tracing::info!(%addr, %public_url, "seedbed is listening");
+    Ok(RunningServer {
+        addr,
+        public_url,
+        shutdown,
+        tasks: vec![http, runner, janitor],
+    })
+}

@@ -1,0 +1,9 @@
+//! The server end to end: a real `seedbed serve` stack on port 0, real HTTP clients, the
+//! tiny fixture models, a real SQLite database and image files.
+
+mod support;
+
+mod generations;
+mod jobs;
+mod keys;
+mod restart;

@@ -1,0 +1,119 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use seedbed_server::serve::{RunningServer, ServeConfig, start};
+
+pub fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/models")
+}
+
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub url: String,
+    pub client: reqwest::Client,
+    pub data_dir: tempfile::TempDir,
+}
+
+pub fn config(data_dir: &Path) -> ServeConfig {
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = ServeConfig::new(listen, data_dir.to_path_buf(), models_dir());
+    config.aliases = vec![("seedream-4-5-251128".into(), "tiny-sd".into())];
+    config.shutdown_grace = Duration::from_secs(5);
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = config(data_dir.path());
+        adjust(&mut config);
+        Self::start_in(data_dir, config).await
+    }
+
+    pub async fn start_in(data_dir: tempfile::TempDir, config: ServeConfig) -> Self {
+        let server = start(config).await.unwrap();
+        let url = format!("http://{}", server.addr);
+        Self {
+            server: Some(server),
+            url,
+            client: reqwest::Client::new(),
+            data_dir,
+        }
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.url))
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("{}{path}", self.url))
+    }
+
+    pub async fn generate(&self, body: serde_json::Value) -> reqwest::Response {
+        self.post("/api/v3/images/generations")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Poll a job until it reaches a final status.
+    pub async fn wait_job(&self, id: &str, key: Option<&str>) -> serde_json::Value {
+        for _ in 0..600 {
+            let mut request = self.get(&format!("/v1/jobs/{id}"));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let job: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            if matches!(job["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("job {id} did not finish");
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        self.data_dir
+    }
+}
+
+/// A quick request for the tiny model.
+pub fn tiny(extra: serde_json::Value) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "model": "seedream-4-5-251128",
+        "prompt": "a lighthouse at dusk",
+        "steps": 2,
+    });
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body
+}
+
+/// `(event, data)` pairs of an SSE body.
+pub fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let mut event = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(name) = line.strip_prefix("event: ") {
+                    event = Some(name.to_string());
+                } else if let Some(payload) = line.strip_prefix("data: ") {
+                    data = payload.to_string();
+                }
+            }
+            (event, data)
+        })
+        .collect()
+}
