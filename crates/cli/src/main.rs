@@ -13,7 +13,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "seedbed", version, about, long_about = None)]
 struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `seedbed_engine=debug`.
-    #[arg(long, global = true, env = "SEEDBED_LOG", default_value = "warn,seedbed_server=info,seedbed_core=info")]
+    #[arg(
+        long,
+        global = true,
+        env = "SEEDBED_LOG",
+        default_value = "warn,seedbed_server=info,seedbed_core=info"
+    )]
     log: String,
 
     #[command(subcommand)]

@@ -45,17 +45,31 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<KeyRow>,
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|v| !v.is_empty());
     match presented {
-        Some(secret) => match db.authenticate(secret).await.map_err(seedbed_core::CoreError::from)? {
+        Some(secret) => match db
+            .authenticate(secret)
+            .await
+            .map_err(seedbed_core::CoreError::from)?
+        {
             Some(key) => Ok(Some(key)),
             None => Err(ApiFailure::unauthorized()),
         },
         None => {
-            let keys = db.live_key_count().await.map_err(seedbed_core::CoreError::from)?;
-            if keys == 0 { Ok(None) } else { Err(ApiFailure::unauthorized()) }
+            let keys = db
+                .live_key_count()
+                .await
+                .map_err(seedbed_core::CoreError::from)?;
+            if keys == 0 {
+                Ok(None)
+            } else {
+                Err(ApiFailure::unauthorized())
+            }
         }
     }
 }
@@ -73,7 +87,10 @@ fn require(key: &Option<KeyRow>, scope: &str) -> Result<(), ApiFailure> {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiFailure;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let key = authenticate(parts, state).await?;
         require(&key, SCOPE_GENERATE)?;
         Ok(Self { key })
@@ -83,7 +100,10 @@ impl FromRequestParts<AppState> for Caller {
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiFailure;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let key = authenticate(parts, state).await?;
         match &key {
             Some(k) if !k.has_scope(SCOPE_ADMIN) => Err(ApiFailure::new(

@@ -59,7 +59,9 @@ impl From<CoreError> for ApiFailure {
             CoreError::InvalidParameter { param, .. } => {
                 Self::new(ErrorCode::InvalidParameter, message).param(param)
             }
-            CoreError::ModelNotFound { .. } => Self::new(ErrorCode::ModelNotFound, message).param("model"),
+            CoreError::ModelNotFound { .. } => {
+                Self::new(ErrorCode::ModelNotFound, message).param("model")
+            }
             CoreError::JobNotFound { .. } => Self::new(ErrorCode::NotFound, message),
             CoreError::QueueFull { retry_after_s, .. } => Self {
                 retry_after_s: Some(retry_after_s),
@@ -70,7 +72,9 @@ impl From<CoreError> for ApiFailure {
                 ..Self::new(ErrorCode::RateLimitExceeded, message)
             },
             CoreError::QuotaExceeded { .. } => Self::new(ErrorCode::QuotaExceeded, message),
-            CoreError::ModelLoad { .. } => Self::new(ErrorCode::ModelLoadFailed, message).param("model"),
+            CoreError::ModelLoad { .. } => {
+                Self::new(ErrorCode::ModelLoadFailed, message).param("model")
+            }
             // 5xx bodies reveal nothing internal; the log has the detail.
             CoreError::Storage(_) | CoreError::Internal(_) => {
                 tracing::error!(%error, "internal error");
@@ -82,7 +86,8 @@ impl From<CoreError> for ApiFailure {
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         metrics::counter!("seedbed_errors_total", "code" => self.code.as_str()).increment(1);
         let mut response = (status, [(header::CONTENT_TYPE, "application/json")]).into_response();
         if let Some(seconds) = self.retry_after_s {

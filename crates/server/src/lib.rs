@@ -41,7 +41,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(routes::jobs::get))
         .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/v1/jobs/{id}/events", get(routes::jobs::events))
-        .route("/v1/keys", post(routes::keys::create).get(routes::keys::list))
+        .route(
+            "/v1/keys",
+            post(routes::keys::create).get(routes::keys::list),
+        )
         .route("/v1/keys/{id}", delete(routes::keys::revoke))
         .route("/v1/usage", get(routes::usage::get))
         .route("/v1/models", get(routes::ops::list_models))
@@ -55,5 +58,8 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiFailure {
-    ApiFailure::new(seedbed_types::ErrorCode::NotFound, "There is no such endpoint.")
+    ApiFailure::new(
+        seedbed_types::ErrorCode::NotFound,
+        "There is no such endpoint.",
+    )
 }

@@ -31,7 +31,8 @@ impl LinkSigner {
     }
 
     fn signature(&self, path: &str, expires: i64) -> Vec<u8> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
         mac.update(path.as_bytes());
         mac.update(b"\n");
         mac.update(expires.to_string().as_bytes());
@@ -41,7 +42,10 @@ impl LinkSigner {
     /// The full link to `path`, valid until `expires` (unix seconds).
     pub fn url(&self, path: &str, expires: i64) -> String {
         let signature = hex(&self.signature(path, expires));
-        format!("{}{path}?expires={expires}&signature={signature}", self.public_url)
+        format!(
+            "{}{path}?expires={expires}&signature={signature}",
+            self.public_url
+        )
     }
 
     /// Whether the link is authentic and not expired at `now` (unix seconds).
@@ -65,12 +69,20 @@ mod tests {
         let signer = LinkSigner::new(b"secret".to_vec(), "http://127.0.0.1:8080/");
         let path = LinkSigner::path("job_1", 0, "jpeg");
         let url = signer.url(&path, 1000);
-        assert!(url.starts_with("http://127.0.0.1:8080/v1/images/job_1/0.jpeg?expires=1000&signature="));
+        assert!(
+            url.starts_with("http://127.0.0.1:8080/v1/images/job_1/0.jpeg?expires=1000&signature=")
+        );
         let signature = url.rsplit('=').next().unwrap();
         assert!(signer.verify(&path, 1000, signature, 999));
         assert!(!signer.verify(&path, 1000, signature, 1000), "expired");
-        assert!(!signer.verify(&path, 2000, signature, 999), "expiry changed");
-        assert!(!signer.verify("/v1/images/job_1/1.jpeg", 1000, signature, 999), "path changed");
+        assert!(
+            !signer.verify(&path, 2000, signature, 999),
+            "expiry changed"
+        );
+        assert!(
+            !signer.verify("/v1/images/job_1/1.jpeg", 1000, signature, 999),
+            "path changed"
+        );
         let other = LinkSigner::new(b"other".to_vec(), "http://x");
         assert!(!other.verify(&path, 1000, signature, 999), "other secret");
     }

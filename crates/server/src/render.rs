@@ -24,8 +24,16 @@ impl Renderer<'_> {
     /// `url` or `b64_json`, plus `size`, of a stored image.
     pub async fn image(&self, index: u32) -> Result<ImageData, ApiFailure> {
         let jobs = self.state.jobs();
-        let Some(row) = jobs.db().image(self.job_id, index).await.map_err(seedbed_core::CoreError::from)? else {
-            return Err(ApiFailure::new(ErrorCode::NotFound, "The image has expired or does not exist."));
+        let Some(row) = jobs
+            .db()
+            .image(self.job_id, index)
+            .await
+            .map_err(seedbed_core::CoreError::from)?
+        else {
+            return Err(ApiFailure::new(
+                ErrorCode::NotFound,
+                "The image has expired or does not exist.",
+            ));
         };
         let size = Some(format!("{}x{}", row.width, row.height));
         match self.spec.response_format {
@@ -38,10 +46,9 @@ impl Renderer<'_> {
                 })
             }
             ResponseFormat::B64Json => {
-                let (_, bytes) = jobs
-                    .image(self.job_id, index)
-                    .await?
-                    .ok_or_else(|| ApiFailure::new(ErrorCode::NotFound, "The image has expired."))?;
+                let (_, bytes) = jobs.image(self.job_id, index).await?.ok_or_else(|| {
+                    ApiFailure::new(ErrorCode::NotFound, "The image has expired.")
+                })?;
                 Ok(ImageData {
                     b64_json: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
                     size,
@@ -75,9 +82,17 @@ impl Renderer<'_> {
                     ..base(StreamEventType::PartialSucceeded, *created)
                 }
             }
-            JobEvent::ImageFailed { index, code, message, created } => StreamEvent {
+            JobEvent::ImageFailed {
+                index,
+                code,
+                message,
+                created,
+            } => StreamEvent {
                 image_index: Some(*index),
-                error: Some(ImageError { code: code.clone(), message: message.clone() }),
+                error: Some(ImageError {
+                    code: code.clone(),
+                    message: message.clone(),
+                }),
                 ..base(StreamEventType::PartialFailed, *created)
             },
             JobEvent::Completed { usage, created } => StreamEvent {
@@ -86,7 +101,10 @@ impl Renderer<'_> {
             },
             // A top-level failure after the stream started: `completed` with the error.
             JobEvent::Failed { code, message } => StreamEvent {
-                error: Some(ImageError { code: code.clone(), message: message.clone() }),
+                error: Some(ImageError {
+                    code: code.clone(),
+                    message: message.clone(),
+                }),
                 usage: Some(Usage::default()),
                 ..base(StreamEventType::Completed, now_s())
             },
@@ -98,7 +116,9 @@ impl Renderer<'_> {
                 usage: Some(Usage::default()),
                 ..base(StreamEventType::Completed, now_s())
             },
-            JobEvent::Queued { .. } | JobEvent::Started { .. } | JobEvent::Progress { .. } => return Ok(None),
+            JobEvent::Queued { .. } | JobEvent::Started { .. } | JobEvent::Progress { .. } => {
+                return Ok(None);
+            }
         }))
     }
 }
@@ -117,7 +137,11 @@ pub struct ResponseBuilder {
 
 impl ResponseBuilder {
     /// Take one event; true once the job has ended.
-    pub async fn push(&mut self, renderer: &Renderer<'_>, event: &JobEvent) -> Result<bool, ApiFailure> {
+    pub async fn push(
+        &mut self,
+        renderer: &Renderer<'_>,
+        event: &JobEvent,
+    ) -> Result<bool, ApiFailure> {
         match event {
             // A job run again after a restart makes its images anew.
             JobEvent::Started { attempt } if *attempt > 1 => self.data.clear(),
@@ -125,11 +149,19 @@ impl ResponseBuilder {
                 let image = renderer.image(*index).await?;
                 self.data.insert(*index, image);
             }
-            JobEvent::ImageFailed { index, code, message, .. } => {
+            JobEvent::ImageFailed {
+                index,
+                code,
+                message,
+                ..
+            } => {
                 self.data.insert(
                     *index,
                     ImageData {
-                        error: Some(ImageError { code: code.clone(), message: message.clone() }),
+                        error: Some(ImageError {
+                            code: code.clone(),
+                            message: message.clone(),
+                        }),
                         ..ImageData::default()
                     },
                 );
@@ -140,7 +172,10 @@ impl ResponseBuilder {
                 self.failure = Some(ApiFailure::new(code, message.clone()));
             }
             JobEvent::Cancelled => {
-                self.failure = Some(ApiFailure::new(ErrorCode::Cancelled, "The job was cancelled."));
+                self.failure = Some(ApiFailure::new(
+                    ErrorCode::Cancelled,
+                    "The job was cancelled.",
+                ));
             }
             _ => {}
         }

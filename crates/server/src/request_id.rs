@@ -79,15 +79,19 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         let param = failure.param.as_deref();
         let body = ApiError::new(failure.code, &failure.message, param, &id);
         *response.body_mut() = Body::from(serde_json::to_vec(&body).unwrap_or_default());
-        response.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
+        response
+            .headers_mut()
+            .remove(axum::http::header::CONTENT_LENGTH);
         span.in_scope(|| tracing::info!(code = failure.code.as_str(), message = %failure.message, "request failed"));
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }
     let status = response.status().as_u16().to_string();
-    metrics::counter!("seedbed_requests_total", "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("seedbed_request_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::counter!("seedbed_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("seedbed_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
     response
 }
 

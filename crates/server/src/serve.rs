@@ -134,8 +134,10 @@ fn node_id(data_dir: &std::path::Path) -> Result<String, ServeError> {
 }
 
 pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(io(format!("creating the data directory {}", config.data_dir.display())))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
+        "creating the data directory {}",
+        config.data_dir.display()
+    )))?;
     let database_url = config
         .database_url
         .clone()
@@ -172,7 +174,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(io(format!("listening on {}", config.listen)))?;
-    let addr = listener.local_addr().map_err(io("reading the bound address"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io("reading the bound address"))?;
     let public_url = config
         .public_url
         .clone()

@@ -39,12 +39,23 @@ pub struct ServeArgs {
 
     /// Serve a model under another name too, e.g. `seedream-4-5-251128=sdxl-turbo`.
     /// Repeatable; the variable takes a comma-separated list.
-    #[arg(long = "alias", value_name = "PUBLIC=LOCAL", env = "SEEDBED_ALIASES", value_delimiter = ',')]
+    #[arg(
+        long = "alias",
+        value_name = "PUBLIC=LOCAL",
+        env = "SEEDBED_ALIASES",
+        value_delimiter = ','
+    )]
     aliases: Vec<String>,
 
     /// A key with every scope (generate, admin), stored hashed. Repeatable. With no key at all
     /// the server is open and listens on loopback only.
-    #[arg(long = "api-key", value_name = "KEY", env = "SEEDBED_API_KEY", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        value_name = "KEY",
+        env = "SEEDBED_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     api_keys: Vec<String>,
 
     /// Base URL of image links, as clients reach this server [default: http://<listen>].
@@ -127,7 +138,8 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -141,15 +153,29 @@ impl ServeArgs {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid default address"));
-        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
-        let models_dir = self.models_dir.or(file.models_dir).unwrap_or_else(|| "models".into());
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(default_data_dir);
+        let models_dir = self
+            .models_dir
+            .or(file.models_dir)
+            .unwrap_or_else(|| "models".into());
         let mut config = ServeConfig::new(listen, data_dir, models_dir);
-        let aliases = if self.aliases.is_empty() { file.aliases } else { self.aliases };
+        let aliases = if self.aliases.is_empty() {
+            file.aliases
+        } else {
+            self.aliases
+        };
         config.aliases = aliases
             .iter()
             .map(|a| seedbed_core::catalog::parse_alias(a).map_err(anyhow::Error::msg))
             .collect::<Result<_>>()?;
-        config.api_keys = if self.api_keys.is_empty() { file.api_keys } else { self.api_keys };
+        config.api_keys = if self.api_keys.is_empty() {
+            file.api_keys
+        } else {
+            self.api_keys
+        };
         config.public_url = self.public_url.or(file.public_url);
         config.database_url = self.database_url.or(file.database_url);
         config.blob_url = self.blob_url.or(file.blob_url);
@@ -165,7 +191,8 @@ impl ServeArgs {
         if let Some(secs) = self.image_ttl_secs.or(file.image_ttl_secs) {
             config.image_ttl = Duration::from_secs(secs);
         }
-        config.inputs.allow_private_urls = self.allow_private_urls || file.allow_private_urls.unwrap_or(false);
+        config.inputs.allow_private_urls =
+            self.allow_private_urls || file.allow_private_urls.unwrap_or(false);
         if let Some(gb) = self.model_memory_gb.or(file.model_memory_gb) {
             config.memory_budget = (gb * (1u64 << 30) as f64) as u64;
         }
@@ -185,7 +212,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = start(config).await?;
-        eprintln!("seedbed listening on http://{} (images at {})", server.addr, server.public_url);
+        eprintln!(
+            "seedbed listening on http://{} (images at {})",
+            server.addr, server.public_url
+        );
         let token = server.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;

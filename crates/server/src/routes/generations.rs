@@ -40,7 +40,10 @@ pub fn body_failure(rejection: BytesRejection) -> ApiFailure {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiFailure::new(ErrorCode::PayloadTooLarge, "The request body is too large.")
     } else {
-        ApiFailure::invalid("", format!("The request body could not be read: {rejection}."))
+        ApiFailure::invalid(
+            "",
+            format!("The request body could not be read: {rejection}."),
+        )
     }
 }
 
@@ -51,9 +54,15 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiF
         let path = error.path().to_string();
         let inner = error.into_inner();
         if path == "." {
-            ApiFailure::invalid("", format!("The request body is not a valid JSON object: {inner}."))
+            ApiFailure::invalid(
+                "",
+                format!("The request body is not a valid JSON object: {inner}."),
+            )
         } else {
-            ApiFailure::invalid(&path, format!("The parameter `{path}` is not valid: {inner}."))
+            ApiFailure::invalid(
+                &path,
+                format!("The parameter `{path}` is not valid: {inner}."),
+            )
         }
     })
 }
@@ -91,12 +100,16 @@ pub async fn submit(
     let job = jobs
         .submit(spec, references, caller.key.as_ref(), &request_id.0)
         .await?;
-    let spec: GenerationSpec = serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
+    let spec: GenerationSpec =
+        serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
     let respond_async = headers
         .get_all("prefer")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("respond-async")));
+        .any(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+        });
     let mut response = if respond_async {
         let view = job_view(&state, &job).await?;
         (StatusCode::ACCEPTED, Json(view)).into_response()
@@ -104,7 +117,12 @@ pub async fn submit(
         stream(state.clone(), job.id.clone(), spec, job.created_at / 1000).await?
     } else {
         let events = state.jobs().events(&job.id, 0);
-        let renderer = Renderer { state: &state, job_id: &job.id, spec: &spec, created: job.created_at / 1000 };
+        let renderer = Renderer {
+            state: &state,
+            job_id: &job.id,
+            spec: &spec,
+            created: job.created_at / 1000,
+        };
         body(&renderer, events).await?
     };
     if let Ok(value) = HeaderValue::from_str(&job.id) {
@@ -133,7 +151,12 @@ async fn body(
 
 /// Seedream's SSE. Like upstream, headers go out with the first image, so a failure before
 /// any image (a model that cannot load) is still an ordinary JSON error.
-async fn stream(state: AppState, job_id: String, spec: GenerationSpec, created: i64) -> Result<Response, ApiFailure> {
+async fn stream(
+    state: AppState,
+    job_id: String,
+    spec: GenerationSpec,
+    created: i64,
+) -> Result<Response, ApiFailure> {
     let mut events = Box::pin(state.jobs().events(&job_id, 0));
     let first = loop {
         let Some(event) = events.next().await else {
@@ -141,12 +164,19 @@ async fn stream(state: AppState, job_id: String, spec: GenerationSpec, created: 
         };
         let event = event?;
         match &event.event {
-            JobEvent::Image { .. } | JobEvent::ImageFailed { .. } | JobEvent::Completed { .. } => break event,
+            JobEvent::Image { .. } | JobEvent::ImageFailed { .. } | JobEvent::Completed { .. } => {
+                break event;
+            }
             JobEvent::Failed { code, message } => {
                 let code = ErrorCode::parse(code).unwrap_or(ErrorCode::InternalServiceError);
                 return Err(ApiFailure::new(code, message.clone()));
             }
-            JobEvent::Cancelled => return Err(ApiFailure::new(ErrorCode::Cancelled, "The job was cancelled.")),
+            JobEvent::Cancelled => {
+                return Err(ApiFailure::new(
+                    ErrorCode::Cancelled,
+                    "The job was cancelled.",
+                ));
+            }
             _ => {}
         }
     };
@@ -183,7 +213,10 @@ async fn stream(state: AppState, job_id: String, spec: GenerationSpec, created: 
         .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())));
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(response)
 }

@@ -22,7 +22,12 @@ pub async fn get(
     Path((job_id, file)): Path<(String, String)>,
     Query(query): Query<Signature>,
 ) -> Result<Response, ApiFailure> {
-    let denied = || ApiFailure::new(ErrorCode::AccessDenied, "The link is invalid or has expired.");
+    let denied = || {
+        ApiFailure::new(
+            ErrorCode::AccessDenied,
+            "The link is invalid or has expired.",
+        )
+    };
     let (Some(expires), Some(signature)) = (query.expires, query.signature) else {
         return Err(denied());
     };
@@ -35,12 +40,22 @@ pub async fn get(
         return Err(denied());
     }
     let Some((row, bytes)) = state.jobs().image(&job_id, index).await? else {
-        return Err(ApiFailure::new(ErrorCode::NotFound, "The image has expired or was deleted."));
+        return Err(ApiFailure::new(
+            ErrorCode::NotFound,
+            "The image has expired or was deleted.",
+        ));
     };
-    let mime = if row.format == "png" { "image/png" } else { "image/jpeg" };
+    let mime = if row.format == "png" {
+        "image/png"
+    } else {
+        "image/jpeg"
+    };
     let mut response = bytes.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=3600"),
+    );
     Ok(response)
 }

@@ -40,8 +40,14 @@ pub struct JobView {
 }
 
 pub async fn job_view(state: &AppState, job: &JobRow) -> Result<JobView, ApiFailure> {
-    let spec: GenerationSpec = serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
-    let renderer = Renderer { state, job_id: &job.id, spec: &spec, created: job.created_at / 1000 };
+    let spec: GenerationSpec =
+        serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
+    let renderer = Renderer {
+        state,
+        job_id: &job.id,
+        spec: &spec,
+        created: job.created_at / 1000,
+    };
     let mut builder = ResponseBuilder::default();
     let events = state
         .jobs()
@@ -56,7 +62,8 @@ pub async fn job_view(state: &AppState, job: &JobRow) -> Result<JobView, ApiFail
         }
     }
     builder.failure = None;
-    let result = (builder.has_data() || builder.usage.is_some()).then(|| builder.response(&renderer));
+    let result =
+        (builder.has_data() || builder.usage.is_some()).then(|| builder.response(&renderer));
     Ok(JobView {
         id: job.id.clone(),
         object: "job".into(),
@@ -66,7 +73,10 @@ pub async fn job_view(state: &AppState, job: &JobRow) -> Result<JobView, ApiFail
         started_at: job.started_at.map(|t| t / 1000),
         finished_at: job.finished_at.map(|t| t / 1000),
         queue_position: state.jobs().queue_position(&job.id).await?,
-        progress: job.progress.as_deref().and_then(|p| serde_json::from_str(p).ok()),
+        progress: job
+            .progress
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok()),
         attempts: job.attempts,
         result,
         error: job.error_code.clone().map(|code| ImageError {
@@ -107,7 +117,10 @@ pub async fn list(
     for row in &rows {
         data.push(job_view(&state, row).await?);
     }
-    Ok(Json(JobList { object: "list".into(), data }))
+    Ok(Json(JobList {
+        object: "list".into(),
+        data,
+    }))
 }
 
 pub async fn cancel(
@@ -128,7 +141,8 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiFailure> {
     let job = state.jobs().job(&id, caller.job_owner()).await?;
-    let spec: GenerationSpec = serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
+    let spec: GenerationSpec =
+        serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -146,19 +160,28 @@ pub async fn events(
                     let mut data = serde_json::to_value(&event.event).unwrap_or_default();
                     if let JobEvent::Image { index, .. } = &event.event {
                         let path = LinkSigner::path(&id, *index, spec.output_format.extension());
-                        let expires = crate::render::now_s() + state.jobs().config().image_ttl.as_secs() as i64;
+                        let expires = crate::render::now_s()
+                            + state.jobs().config().image_ttl.as_secs() as i64;
                         data["url"] = state.signer().url(&path, expires).into();
                     }
-                    format!("id: {}\nevent: {}\ndata: {data}\n\n", event.seq, event.event.name())
+                    format!(
+                        "id: {}\nevent: {}\ndata: {data}\n\n",
+                        event.seq,
+                        event.event.name()
+                    )
                 }
-                Err(error) => format!("event: error\ndata: {}\n\n", serde_json::json!({"message": error.to_string()})),
+                Err(error) => format!(
+                    "event: error\ndata: {}\n\n",
+                    serde_json::json!({"message": error.to_string()})
+                ),
             };
             Ok::<_, std::convert::Infallible>(Bytes::from(text))
         });
     let mut response = Response::new(Body::from_stream(body));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

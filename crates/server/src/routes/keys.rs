@@ -64,7 +64,9 @@ impl From<KeyRow> for KeyView {
 fn new_secret() -> String {
     let chars = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    let body: String = (0..40).map(|_| chars[rng.random_range(0..chars.len())] as char).collect();
+    let body: String = (0..40)
+        .map(|_| chars[rng.random_range(0..chars.len())] as char)
+        .collect();
     format!("sb-{body}")
 }
 
@@ -79,9 +81,18 @@ pub async fn create(
     } else {
         parse_json(&body)?
     };
-    let scopes = request.scopes.unwrap_or_else(|| vec![SCOPE_GENERATE.to_string()]);
-    if scopes.is_empty() || scopes.iter().any(|s| s != SCOPE_GENERATE && s != SCOPE_ADMIN) {
-        return Err(ApiFailure::invalid("scopes", "scopes must be a non-empty list of `generate` and `admin`."));
+    let scopes = request
+        .scopes
+        .unwrap_or_else(|| vec![SCOPE_GENERATE.to_string()]);
+    if scopes.is_empty()
+        || scopes
+            .iter()
+            .any(|s| s != SCOPE_GENERATE && s != SCOPE_ADMIN)
+    {
+        return Err(ApiFailure::invalid(
+            "scopes",
+            "scopes must be a non-empty list of `generate` and `admin`.",
+        ));
     }
     let id = seedbed_core::new_id("key");
     let secret = new_secret();
@@ -98,7 +109,11 @@ pub async fn create(
     })
     .await
     .map_err(seedbed_core::CoreError::from)?;
-    let row = db.key(&id).await.map_err(seedbed_core::CoreError::from)?.ok_or_else(ApiFailure::internal)?;
+    let row = db
+        .key(&id)
+        .await
+        .map_err(seedbed_core::CoreError::from)?
+        .ok_or_else(ApiFailure::internal)?;
     let mut view = KeyView::from(row);
     view.secret = Some(secret);
     Ok((StatusCode::CREATED, Json(view)))
@@ -110,9 +125,20 @@ pub struct KeyList {
     pub data: Vec<KeyView>,
 }
 
-pub async fn list(State(state): State<AppState>, _admin: Admin) -> Result<Json<KeyList>, ApiFailure> {
-    let keys = state.jobs().db().list_keys().await.map_err(seedbed_core::CoreError::from)?;
-    Ok(Json(KeyList { object: "list".into(), data: keys.into_iter().map(KeyView::from).collect() }))
+pub async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Json<KeyList>, ApiFailure> {
+    let keys = state
+        .jobs()
+        .db()
+        .list_keys()
+        .await
+        .map_err(seedbed_core::CoreError::from)?;
+    Ok(Json(KeyList {
+        object: "list".into(),
+        data: keys.into_iter().map(KeyView::from).collect(),
+    }))
 }
 
 pub async fn revoke(
@@ -121,9 +147,20 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiFailure> {
     let db = state.jobs().db();
-    if !db.revoke_key(&id).await.map_err(seedbed_core::CoreError::from)? {
-        return Err(ApiFailure::new(ErrorCode::NotFound, format!("There is no live key {id}.")));
+    if !db
+        .revoke_key(&id)
+        .await
+        .map_err(seedbed_core::CoreError::from)?
+    {
+        return Err(ApiFailure::new(
+            ErrorCode::NotFound,
+            format!("There is no live key {id}."),
+        ));
     }
-    let row = db.key(&id).await.map_err(seedbed_core::CoreError::from)?.ok_or_else(ApiFailure::internal)?;
+    let row = db
+        .key(&id)
+        .await
+        .map_err(seedbed_core::CoreError::from)?
+        .ok_or_else(ApiFailure::internal)?;
     Ok(Json(KeyView::from(row)))
 }

@@ -12,7 +12,11 @@ use crate::state::AppState;
 pub async fn health(State(state): State<AppState>) -> Response {
     let db_ok = state.jobs().db().ping().await.is_ok();
     let device_ok = state.device().is_alive();
-    let status = if db_ok && device_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if db_ok && device_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = serde_json::json!({
         "status": if status == StatusCode::OK { "ok" } else { "unavailable" },
         "database": db_ok,
@@ -49,8 +53,15 @@ fn models(state: &AppState) -> Vec<ModelView> {
             loaded: loaded.contains(&model.name),
         })
     };
-    let mut out: Vec<ModelView> = catalog.models().filter_map(|m| view(&m.name, &m.name)).collect();
-    out.extend(catalog.aliases().filter_map(|(public, local)| view(public, local)));
+    let mut out: Vec<ModelView> = catalog
+        .models()
+        .filter_map(|m| view(&m.name, &m.name))
+        .collect();
+    out.extend(
+        catalog
+            .aliases()
+            .filter_map(|(public, local)| view(public, local)),
+    );
     out
 }
 

@@ -33,7 +33,18 @@ pub async fn get(
     let since = query.since.unwrap_or(0) * 1000;
     let owner = caller.job_owner();
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let totals = db.usage_totals(owner, since).await.map_err(seedbed_core::CoreError::from)?;
-    let data = db.usage(owner, since, limit).await.map_err(seedbed_core::CoreError::from)?;
-    Ok(Json(UsageView { object: "usage".into(), key_id: owner.map(str::to_string), totals, data }))
+    let totals = db
+        .usage_totals(owner, since)
+        .await
+        .map_err(seedbed_core::CoreError::from)?;
+    let data = db
+        .usage(owner, since, limit)
+        .await
+        .map_err(seedbed_core::CoreError::from)?;
+    Ok(Json(UsageView {
+        object: "usage".into(),
+        key_id: owner.map(str::to_string),
+        totals,
+        data,
+    }))
 }

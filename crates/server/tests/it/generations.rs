@@ -16,7 +16,12 @@ async fn synchronous_generation_returns_a_signed_link_to_a_marked_jpeg() {
         headers["x-client-request-id"],
         "20261124062706hp5pZqvMyT8m86Hk2onR"
     );
-    assert!(headers["x-seedbed-job-id"].to_str().unwrap().starts_with("job_"));
+    assert!(
+        headers["x-seedbed-job-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("job_")
+    );
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["model"], "seedream-4-5-251128");
     assert_eq!(body["data"][0]["size"], "64x64");
@@ -33,12 +38,18 @@ async fn synchronous_generation_returns_a_signed_link_to_a_marked_jpeg() {
     let decoded = image::load_from_memory(&bytes).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (64, 64));
     let text = String::from_utf8_lossy(&bytes);
-    assert!(text.contains("trainedAlgorithmicMedia"), "no provenance metadata");
+    assert!(
+        text.contains("trainedAlgorithmicMedia"),
+        "no provenance metadata"
+    );
     assert!(text.contains("<seedbed:Seed>42</seedbed:Seed>") || text.contains("42"));
 
     // A tampered or expired link is refused.
     let tampered = url.replace("/0.jpeg", "/1.jpeg");
-    assert_eq!(server.client.get(&tampered).send().await.unwrap().status(), 403);
+    assert_eq!(
+        server.client.get(&tampered).send().await.unwrap().status(),
+        403
+    );
     let (base, _) = url.split_once("?expires=").unwrap();
     let expired = format!("{base}?expires=1&signature=00");
     let response = server.client.get(&expired).send().await.unwrap();
@@ -50,13 +61,17 @@ async fn synchronous_generation_returns_a_signed_link_to_a_marked_jpeg() {
 #[tokio::test]
 async fn the_same_seed_gives_the_same_picture_and_b64_works() {
     let server = TestServer::start().await;
-    let request = tiny(serde_json::json!({"seed": 7, "response_format": "b64_json", "output_format": "png", "watermark": false}));
+    let request = tiny(
+        serde_json::json!({"seed": 7, "response_format": "b64_json", "output_format": "png", "watermark": false}),
+    );
     let first: serde_json::Value = server.generate(request.clone()).await.json().await.unwrap();
     let second: serde_json::Value = server.generate(request).await.json().await.unwrap();
     let decode = |body: &serde_json::Value| {
         use base64::Engine as _;
         let b64 = body["data"][0]["b64_json"].as_str().unwrap();
-        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
         image::load_from_memory(&bytes).unwrap().to_rgb8()
     };
@@ -82,7 +97,10 @@ async fn streams_one_event_per_image_then_usage_then_done() {
     assert_eq!(events.len(), 4, "{text}");
     for (index, (name, data)) in events[..2].iter().enumerate() {
         assert_eq!(name.as_deref(), Some("image_generation.partial_succeeded"));
-        assert!(data.starts_with(r#"{"type":"image_generation.partial_succeeded""#), "{data}");
+        assert!(
+            data.starts_with(r#"{"type":"image_generation.partial_succeeded""#),
+            "{data}"
+        );
         let event: serde_json::Value = serde_json::from_str(data).unwrap();
         assert_eq!(event["image_index"], index);
         assert_eq!(event["size"], "128x128");
@@ -127,13 +145,22 @@ async fn bad_requests_get_the_error_envelope_before_any_stream() {
     );
     check(400, "InvalidParameter", "size")(send(tiny(serde_json::json!({"size": "1x1"}))).await);
     check(400, "InvalidParameter", "image")(
-        send(tiny(serde_json::json!({"image": "data:image/PNG;base64,AAAA"}))).await,
+        send(tiny(
+            serde_json::json!({"image": "data:image/PNG;base64,AAAA"}),
+        ))
+        .await,
     );
     check(400, "InvalidParameter", "image")(
-        send(tiny(serde_json::json!({"image": "data:image/png;base64,bm90IGFuIGltYWdl"}))).await,
+        send(tiny(
+            serde_json::json!({"image": "data:image/png;base64,bm90IGFuIGltYWdl"}),
+        ))
+        .await,
     );
     check(400, "InvalidParameter", "image")(
-        send(tiny(serde_json::json!({"image": "http://127.0.0.1:1/x.png"}))).await,
+        send(tiny(
+            serde_json::json!({"image": "http://127.0.0.1:1/x.png"}),
+        ))
+        .await,
     );
     check(400, "InvalidParameter", "response_format")(
         send(tiny(serde_json::json!({"response_format": "jpeg"}))).await,
@@ -158,14 +185,22 @@ async fn bad_requests_get_the_error_envelope_before_any_stream() {
     let error: serde_json::Value = response.json().await.unwrap();
     assert_eq!(error["error"]["code"], "RequestEntityTooLarge");
     // The server still serves.
-    assert_eq!(server.generate(tiny(serde_json::json!({}))).await.status(), 200);
+    assert_eq!(
+        server.generate(tiny(serde_json::json!({}))).await.status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn every_documented_path_and_openai_n() {
     let server = TestServer::start().await;
     for path in seedbed_server::GENERATION_PATHS {
-        let response = server.post(path).json(&tiny(serde_json::json!({}))).send().await.unwrap();
+        let response = server
+            .post(path)
+            .json(&tiny(serde_json::json!({})))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
     let body: serde_json::Value = server
@@ -194,15 +229,28 @@ async fn image_to_image_takes_a_data_uri_and_an_upload() {
         base64::engine::general_purpose::STANDARD.encode(&png)
     );
     let response = server
-        .generate(tiny(serde_json::json!({"image": uri, "strength": 0.5, "steps": 4})))
+        .generate(tiny(
+            serde_json::json!({"image": uri, "strength": 0.5, "steps": 4}),
+        ))
         .await;
     assert_eq!(response.status(), 200);
     let form = reqwest::multipart::Form::new()
         .text("model", "tiny-sd")
         .text("prompt", "a red square")
         .text("response_format", "b64_json")
-        .part("image", reqwest::multipart::Part::bytes(png).file_name("in.png").mime_str("image/png").unwrap());
-    let response = server.post("/v1/images/edits").multipart(form).send().await.unwrap();
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(png)
+                .file_name("in.png")
+                .mime_str("image/png")
+                .unwrap(),
+        );
+    let response = server
+        .post("/v1/images/edits")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(body["data"][0]["b64_json"].as_str().unwrap().len() > 100);

@@ -15,7 +15,10 @@ async fn respond_async_returns_the_job_which_can_be_polled_and_replayed() {
     assert_eq!(response.status(), 202);
     let job: serde_json::Value = response.json().await.unwrap();
     let id = job["id"].as_str().unwrap().to_string();
-    assert!(matches!(job["status"].as_str(), Some("queued" | "running" | "succeeded")));
+    assert!(matches!(
+        job["status"].as_str(),
+        Some("queued" | "running" | "succeeded")
+    ));
     let done = server.wait_job(&id, None).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["queue_position"], serde_json::Value::Null);
@@ -31,10 +34,20 @@ async fn respond_async_returns_the_job_which_can_be_polled_and_replayed() {
         .text()
         .await
         .unwrap();
-    let names: Vec<_> = sse_events(&events).into_iter().filter_map(|(name, _)| name).collect();
+    let names: Vec<_> = sse_events(&events)
+        .into_iter()
+        .filter_map(|(name, _)| name)
+        .collect();
     assert_eq!(
         names,
-        ["queued", "started", "progress", "progress", "image", "completed"],
+        [
+            "queued",
+            "started",
+            "progress",
+            "progress",
+            "image",
+            "completed"
+        ],
         "{events}"
     );
     // Resume after the image event: only what follows it.
@@ -47,10 +60,20 @@ async fn respond_async_returns_the_job_which_can_be_polled_and_replayed() {
         .text()
         .await
         .unwrap();
-    let names: Vec<_> = sse_events(&resumed).into_iter().filter_map(|(name, _)| name).collect();
+    let names: Vec<_> = sse_events(&resumed)
+        .into_iter()
+        .filter_map(|(name, _)| name)
+        .collect();
     assert_eq!(names, ["completed"], "{resumed}");
 
-    let list: serde_json::Value = server.get("/v1/jobs").send().await.unwrap().json().await.unwrap();
+    let list: serde_json::Value = server
+        .get("/v1/jobs")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"][0]["id"], id.as_str());
     let missing = server.get("/v1/jobs/job_nope").send().await.unwrap();
     assert_eq!(missing.status(), 404);
@@ -88,13 +111,24 @@ async fn queued_jobs_cancel_at_once_and_running_ones_within_a_step() {
     assert_eq!(job["status"], "cancelled", "{job}");
     // Wait until the long job is running, then cancel it.
     for _ in 0..100 {
-        let job: serde_json::Value = server.get(&format!("/v1/jobs/{long}")).send().await.unwrap().json().await.unwrap();
+        let job: serde_json::Value = server
+            .get(&format!("/v1/jobs/{long}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if job["progress"].is_object() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    server.post(&format!("/v1/jobs/{long}/cancel")).send().await.unwrap();
+    server
+        .post(&format!("/v1/jobs/{long}/cancel"))
+        .send()
+        .await
+        .unwrap();
     let job = server.wait_job(&long, None).await;
     assert_eq!(job["status"], "cancelled", "{job}");
     assert!(job["progress"]["step"].as_u64().unwrap() < 500);
@@ -103,14 +137,24 @@ async fn queued_jobs_cancel_at_once_and_running_ones_within_a_step() {
 #[tokio::test]
 async fn a_client_that_disconnects_does_not_lose_its_images() {
     let server = TestServer::start().await;
-    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
     let result = impatient
         .post(format!("{}/api/v3/images/generations", server.url))
         .json(&tiny(serde_json::json!({"steps": 120})))
         .send()
         .await;
     assert!(result.is_err(), "the request should have timed out");
-    let list: serde_json::Value = server.get("/v1/jobs").send().await.unwrap().json().await.unwrap();
+    let list: serde_json::Value = server
+        .get("/v1/jobs")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id = list["data"][0]["id"].as_str().unwrap().to_string();
     let job = server.wait_job(&id, None).await;
     assert_eq!(job["status"], "succeeded", "{job}");
@@ -147,15 +191,46 @@ async fn operations_endpoints() {
     let server = TestServer::start().await;
     let health = server.get("/health").send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let info: serde_json::Value = server.get("/info").send().await.unwrap().json().await.unwrap();
+    let info: serde_json::Value = server
+        .get("/info")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["name"], "seedbed");
     assert_eq!(info["limits"]["queue_size"], 64);
-    let models: serde_json::Value = server.get("/v1/models").send().await.unwrap().json().await.unwrap();
-    let ids: Vec<_> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    let models: serde_json::Value = server
+        .get("/v1/models")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<_> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids, ["tiny-sd", "tiny-sdxl", "seedream-4-5-251128"]);
     server.generate(tiny(serde_json::json!({}))).await;
-    let metrics = server.get("/metrics").send().await.unwrap().text().await.unwrap();
-    for name in ["seedbed_requests_total", "seedbed_images_total", "seedbed_queue_depth", "seedbed_request_seconds"] {
+    let metrics = server
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "seedbed_requests_total",
+        "seedbed_images_total",
+        "seedbed_queue_depth",
+        "seedbed_request_seconds",
+    ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
     let unknown = server.get("/nope").send().await.unwrap();

@@ -11,7 +11,13 @@ async fn keys_scopes_limits_and_usage() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "AuthenticationError");
     assert_eq!(body["error"]["type"], "Unauthorized");
-    let wrong = server.post("/api/v3/images/generations").bearer_auth("nope").json(&tiny(serde_json::json!({}))).send().await.unwrap();
+    let wrong = server
+        .post("/api/v3/images/generations")
+        .bearer_auth("nope")
+        .json(&tiny(serde_json::json!({})))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
 
     // The admin makes a limited key; its secret is shown once.
@@ -28,17 +34,39 @@ async fn keys_scopes_limits_and_usage() {
     let secret = created["secret"].as_str().unwrap().to_string();
     let key_id = created["id"].as_str().unwrap().to_string();
     assert!(secret.starts_with("sb-"));
-    let listed: serde_json::Value = server.get("/v1/keys").bearer_auth(ROOT).send().await.unwrap().json().await.unwrap();
-    assert!(!listed.to_string().contains(&secret), "a listed key shows its secret");
+    let listed: serde_json::Value = server
+        .get("/v1/keys")
+        .bearer_auth(ROOT)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !listed.to_string().contains(&secret),
+        "a listed key shows its secret"
+    );
     // A generate-only key cannot administer keys.
-    let forbidden = server.get("/v1/keys").bearer_auth(&secret).send().await.unwrap();
+    let forbidden = server
+        .get("/v1/keys")
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(forbidden.status(), 403);
 
     let generate = |body: serde_json::Value| {
         let server = &server;
         let secret = secret.clone();
         async move {
-            server.post("/api/v3/images/generations").bearer_auth(secret).json(&body).send().await.unwrap()
+            server
+                .post("/api/v3/images/generations")
+                .bearer_auth(secret)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
         }
     };
     assert_eq!(generate(tiny(serde_json::json!({}))).await.status(), 200);
@@ -51,15 +79,37 @@ async fn keys_scopes_limits_and_usage() {
     assert_eq!(body["error"]["code"], "ModelAccountIpmRateLimitExceeded");
 
     // Usage counts this key's delivered images only.
-    let usage: serde_json::Value = server.get("/v1/usage").bearer_auth(&secret).send().await.unwrap().json().await.unwrap();
+    let usage: serde_json::Value = server
+        .get("/v1/usage")
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(usage["totals"]["images"], 2, "{usage}");
     assert_eq!(usage["totals"]["tokens"], 32);
     assert_eq!(usage["data"].as_array().unwrap().len(), 2);
     // The key sees only its own jobs; the admin sees all.
-    let mine: serde_json::Value = server.get("/v1/jobs").bearer_auth(&secret).send().await.unwrap().json().await.unwrap();
+    let mine: serde_json::Value = server
+        .get("/v1/jobs")
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(mine["data"].as_array().unwrap().len(), 2);
 
-    let revoked = server.client.delete(format!("{}/v1/keys/{key_id}", server.url)).bearer_auth(ROOT).send().await.unwrap();
+    let revoked = server
+        .client
+        .delete(format!("{}/v1/keys/{key_id}", server.url))
+        .bearer_auth(ROOT)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(revoked.status(), 200);
     assert_eq!(generate(tiny(serde_json::json!({}))).await.status(), 401);
 }
@@ -78,7 +128,13 @@ async fn a_quota_is_enforced() {
         .await
         .unwrap();
     let secret = created["secret"].as_str().unwrap();
-    let send = || server.post("/api/v3/images/generations").bearer_auth(secret).json(&tiny(serde_json::json!({}))).send();
+    let send = || {
+        server
+            .post("/api/v3/images/generations")
+            .bearer_auth(secret)
+            .json(&tiny(serde_json::json!({})))
+            .send()
+    };
     assert_eq!(send().await.unwrap().status(), 200);
     let over = send().await.unwrap();
     assert_eq!(over.status(), 429);
@@ -91,6 +147,10 @@ async fn listening_beyond_loopback_needs_a_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::support::config(dir.path());
     config.listen = "0.0.0.0:0".parse().unwrap();
-    let error = seedbed_server::serve::start(config).await.err().unwrap().to_string();
+    let error = seedbed_server::serve::start(config)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(error.contains("without an API key"), "{error}");
 }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod conformance;
 mod generations;
 mod jobs;
 mod keys;

@@ -26,16 +26,32 @@ async fn jobs_and_links_survive_a_restart() {
     let data_dir = tempfile::tempdir().unwrap();
     let path = data_dir.path().to_path_buf();
     let first = TestServer::start_in(data_dir, config(&path)).await;
-    let done: serde_json::Value = first.generate(tiny(serde_json::json!({}))).await.json().await.unwrap();
+    let done: serde_json::Value = first
+        .generate(tiny(serde_json::json!({})))
+        .await
+        .json()
+        .await
+        .unwrap();
     let old_link = done["data"][0]["url"].as_str().unwrap().to_string();
     let old_url = first.url.clone();
-    let spec_job = first.get("/v1/jobs").send().await.unwrap().json::<serde_json::Value>().await.unwrap()
-        ["data"][0]["id"].as_str().unwrap().to_string();
+    let spec_job = first
+        .get("/v1/jobs")
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let data_dir = first.stop().await;
 
     // What a killed process leaves behind: jobs marked running by this node, one of them
     // already tried as often as allowed.
-    let db = Db::open(&format!("sqlite://{}", path.join("seedbed.db").display())).await.unwrap();
+    let db = Db::open(&format!("sqlite://{}", path.join("seedbed.db").display()))
+        .await
+        .unwrap();
     let node = std::fs::read_to_string(path.join("node-id")).unwrap();
     let spec = db.job(&spec_job).await.unwrap().unwrap().spec;
     let new_job = |id: &str| NewJob {
@@ -47,13 +63,17 @@ async fn jobs_and_links_survive_a_restart() {
         request_id: "crashed".into(),
     };
     let queued = r#"{"type":"queued","position":0}"#;
-    db.insert_job(&new_job("job_crashes_always"), queued).await.unwrap();
+    db.insert_job(&new_job("job_crashes_always"), queued)
+        .await
+        .unwrap();
     for _ in 0..2 {
         db.claim_next(&node, i64::MAX).await.unwrap().unwrap();
         db.recover(&node, 99).await.unwrap();
     }
     db.claim_next(&node, i64::MAX).await.unwrap().unwrap();
-    db.insert_job(&new_job("job_crashed_once"), queued).await.unwrap();
+    db.insert_job(&new_job("job_crashed_once"), queued)
+        .await
+        .unwrap();
     db.claim_next(&node, i64::MAX).await.unwrap().unwrap();
     drop(db);
 
@@ -64,7 +84,14 @@ async fn jobs_and_links_survive_a_restart() {
     let long = submit_async(&second, 400).await;
     let waiting = submit_async(&second, 2).await;
     for _ in 0..200 {
-        let job: serde_json::Value = second.get(&format!("/v1/jobs/{long}")).send().await.unwrap().json().await.unwrap();
+        let job: serde_json::Value = second
+            .get(&format!("/v1/jobs/{long}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if job["status"] == "running" {
             break;
         }
@@ -79,7 +106,10 @@ async fn jobs_and_links_survive_a_restart() {
     }
     let job = third.wait_job("job_crashes_always", None).await;
     assert_eq!(job["status"], "failed", "{job}");
-    assert_eq!(job["error"]["code"], "InternalServiceError.RetriesExhausted");
+    assert_eq!(
+        job["error"]["code"],
+        "InternalServiceError.RetriesExhausted"
+    );
     let link = old_link.replacen(&old_url, &third.url, 1);
     let image = third.client.get(&link).send().await.unwrap();
     assert_eq!(image.status(), 200, "{link}");

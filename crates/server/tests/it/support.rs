@@ -70,7 +70,10 @@ impl TestServer {
                 request = request.bearer_auth(key);
             }
             let job: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
-            if matches!(job["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            if matches!(
+                job["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
                 return job;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
