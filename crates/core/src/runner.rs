@@ -261,18 +261,8 @@ impl Jobs {
             DeviceEvent::ImageFailed { index, message } => {
                 outcome.failures += 1;
                 outcome.last_failure = Some(message.clone());
-                let code = ErrorCode::InternalServiceError.as_str().to_string();
-                let created = now_ms() / 1000;
-                self.append(
-                    &job.id,
-                    &JobEvent::ImageFailed {
-                        index,
-                        code,
-                        message,
-                        created,
-                    },
-                )
-                .await?;
+                self.append(&job.id, &internal_image_failure(index, message))
+                    .await?;
             }
             DeviceEvent::Done(_) => {}
         }
@@ -320,18 +310,8 @@ impl Jobs {
             Ok(()) | Err(DeviceFailure::Internal(_)) if delivered => {
                 if let Err(DeviceFailure::Internal(message)) = result {
                     let index = outcome.delivered.len() as u32 + outcome.failures;
-                    let code = ErrorCode::InternalServiceError.as_str().to_string();
-                    let created = now_ms() / 1000;
-                    self.append(
-                        &job.id,
-                        &JobEvent::ImageFailed {
-                            index,
-                            code,
-                            message,
-                            created,
-                        },
-                    )
-                    .await?;
+                    self.append(&job.id, &internal_image_failure(index, message))
+                        .await?;
                 }
                 let event = JobEvent::Completed {
                     usage,
@@ -448,6 +428,16 @@ impl Jobs {
                 deleted += 1;
             }
         }
+    }
+}
+
+/// Image `index` failed inside the engine: upstream's per-image internal error.
+fn internal_image_failure(index: u32, message: String) -> JobEvent {
+    JobEvent::ImageFailed {
+        index,
+        code: ErrorCode::InternalServiceError.as_str().to_string(),
+        message,
+        created: now_ms() / 1000,
     }
 }
 

@@ -96,7 +96,9 @@ impl IntoResponse for ApiFailure {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         // Upstream clients read this to decide on retries.
-        let retry = matches!(self.code.status(), 429 | 500..);
+        // A model that cannot load will not load on a retry either.
+        let retry =
+            matches!(self.code.status(), 429 | 500..) && self.code != ErrorCode::ModelLoadFailed;
         response.headers_mut().insert(
             "x-should-retry",
             HeaderValue::from_static(if retry { "true" } else { "false" }),

@@ -21,20 +21,27 @@ pub struct Renderer<'a> {
 }
 
 impl Renderer<'_> {
+    /// A signed link to a stored image, valid as long as the image is kept.
+    pub async fn link(&self, index: u32) -> Result<String, ApiFailure> {
+        let row = self.row(index).await?;
+        let path = LinkSigner::path(self.job_id, index, &row.format);
+        Ok(self.state.signer().url(&path, row.expires_at / 1000))
+    }
+
+    async fn row(&self, index: u32) -> Result<seedbed_storage::ImageRow, ApiFailure> {
+        let row = self.state.jobs().db().image(self.job_id, index).await;
+        row.map_err(seedbed_core::CoreError::from)?.ok_or_else(|| {
+            ApiFailure::new(
+                ErrorCode::NotFound,
+                "The image has expired or does not exist.",
+            )
+        })
+    }
+
     /// `url` or `b64_json`, plus `size`, of a stored image.
     pub async fn image(&self, index: u32) -> Result<ImageData, ApiFailure> {
         let jobs = self.state.jobs();
-        let Some(row) = jobs
-            .db()
-            .image(self.job_id, index)
-            .await
-            .map_err(seedbed_core::CoreError::from)?
-        else {
-            return Err(ApiFailure::new(
-                ErrorCode::NotFound,
-                "The image has expired or does not exist.",
-            ));
-        };
+        let row = self.row(index).await?;
         let size = Some(format!("{}x{}", row.width, row.height));
         match self.spec.response_format {
             ResponseFormat::Url => {

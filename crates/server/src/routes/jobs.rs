@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::ApiFailure;
-use crate::links::LinkSigner;
 use crate::render::{Renderer, ResponseBuilder};
 use crate::state::AppState;
 
@@ -148,34 +147,43 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok())
         .unwrap_or(0);
-    let owned = std::sync::Arc::new((state.clone(), spec));
+    let created = job.created_at / 1000;
+    let owned = std::sync::Arc::new((state.clone(), spec, id.clone()));
     let body = state
         .jobs()
         .events(&id, after)
         .take_until(state.shutdown().clone().cancelled_owned())
-        .map(move |event| {
-            let (state, spec) = &*owned;
-            let text = match event {
-                Ok(event) => {
-                    let mut data = serde_json::to_value(&event.event).unwrap_or_default();
-                    if let JobEvent::Image { index, .. } = &event.event {
-                        let path = LinkSigner::path(&id, *index, spec.output_format.extension());
-                        let expires = crate::render::now_s()
-                            + state.jobs().config().image_ttl.as_secs() as i64;
-                        data["url"] = state.signer().url(&path, expires).into();
+        .then(move |event| {
+            let owned = owned.clone();
+            async move {
+                let (state, spec, id) = &*owned;
+                let renderer = Renderer {
+                    state,
+                    job_id: id,
+                    spec,
+                    created,
+                };
+                let text = match event {
+                    Ok(event) => {
+                        let mut data = serde_json::to_value(&event.event).unwrap_or_default();
+                        if let JobEvent::Image { index, .. } = &event.event
+                            && let Ok(link) = renderer.link(*index).await
+                        {
+                            data["url"] = link.into();
+                        }
+                        format!(
+                            "id: {}\nevent: {}\ndata: {data}\n\n",
+                            event.seq,
+                            event.event.name()
+                        )
                     }
-                    format!(
-                        "id: {}\nevent: {}\ndata: {data}\n\n",
-                        event.seq,
-                        event.event.name()
-                    )
-                }
-                Err(error) => format!(
-                    "event: error\ndata: {}\n\n",
-                    serde_json::json!({"message": error.to_string()})
-                ),
-            };
-            Ok::<_, std::convert::Infallible>(Bytes::from(text))
+                    Err(error) => format!(
+                        "event: error\ndata: {}\n\n",
+                        serde_json::json!({"message": ApiFailure::from(error).message})
+                    ),
+                };
+                Ok::<_, std::convert::Infallible>(Bytes::from(text))
+            }
         });
     let mut response = Response::new(Body::from_stream(body));
     response.headers_mut().insert(

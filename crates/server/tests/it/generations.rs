@@ -255,3 +255,68 @@ async fn image_to_image_takes_a_data_uri_and_an_upload() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(body["data"][0]["b64_json"].as_str().unwrap().len() > 100);
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A model whose weights are truncated fails its jobs with a clear code; the server keeps
+/// serving the other models.
+#[tokio::test]
+async fn a_model_that_cannot_load_fails_its_jobs_only() {
+    let models = tempfile::tempdir().unwrap();
+    copy_dir(
+        &crate::support::models_dir().join("tiny-sd"),
+        &models.path().join("tiny-sd"),
+    );
+    copy_dir(
+        &crate::support::models_dir().join("tiny-sd"),
+        &models.path().join("broken"),
+    );
+    let weights = models
+        .path()
+        .join("broken/unet/diffusion_pytorch_model.safetensors");
+    let length = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+    let server = TestServer::start_with(|config| {
+        config.models_dir = models.path().to_path_buf();
+        config.aliases.clear();
+    })
+    .await;
+    for stream in [false, true] {
+        let response = server
+            .generate(
+                serde_json::json!({"model": "broken", "prompt": "x", "steps": 1, "stream": stream}),
+            )
+            .await;
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["x-should-retry"], "false");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "ModelLoadFailed", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("diffusion_pytorch_model"),
+            "{body}"
+        );
+    }
+    let ok = server
+        .generate(serde_json::json!({"model": "tiny-sd", "prompt": "x", "steps": 1}))
+        .await;
+    assert_eq!(ok.status(), 200);
+}

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::support::{TestServer, sse_events, tiny};
+use crate::support::{TestServer, tiny};
 
 #[tokio::test]
 async fn respond_async_returns_the_job_which_can_be_polled_and_replayed() {
@@ -26,20 +26,8 @@ async fn respond_async_returns_the_job_which_can_be_polled_and_replayed() {
     assert_eq!(done["result"]["usage"]["generated_images"], 1);
     assert_eq!(done["progress"]["step"], 2);
 
-    let events = server
-        .get(&format!("/v1/jobs/{id}/events"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let names: Vec<_> = sse_events(&events)
-        .into_iter()
-        .filter_map(|(name, _)| name)
-        .collect();
     assert_eq!(
-        names,
+        server.event_names(&id, 0).await,
         [
             "queued",
             "started",
@@ -47,24 +35,10 @@ async fn respond_async_returns_the_job_which_can_be_polled_and_replayed() {
             "progress",
             "image",
             "completed"
-        ],
-        "{events}"
+        ]
     );
     // Resume after the image event: only what follows it.
-    let resumed = server
-        .get(&format!("/v1/jobs/{id}/events"))
-        .header("Last-Event-ID", "5")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let names: Vec<_> = sse_events(&resumed)
-        .into_iter()
-        .filter_map(|(name, _)| name)
-        .collect();
-    assert_eq!(names, ["completed"], "{resumed}");
+    assert_eq!(server.event_names(&id, 5).await, ["completed"]);
 
     let list: serde_json::Value = server
         .get("/v1/jobs")
@@ -82,24 +56,10 @@ async fn respond_async_returns_the_job_which_can_be_polled_and_replayed() {
 #[tokio::test]
 async fn queued_jobs_cancel_at_once_and_running_ones_within_a_step() {
     let server = TestServer::start().await;
-    let submit = |steps: u32| {
-        let server = &server;
-        async move {
-            let job: serde_json::Value = server
-                .post("/api/v3/images/generations")
-                .header("Prefer", "respond-async")
-                .json(&tiny(serde_json::json!({"steps": steps})))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            job["id"].as_str().unwrap().to_string()
-        }
-    };
-    let long = submit(500).await;
-    let queued = submit(2).await;
+    let long = server
+        .submit_async(tiny(serde_json::json!({"steps": 500})))
+        .await;
+    let queued = server.submit_async(tiny(serde_json::json!({}))).await;
     let job: serde_json::Value = server
         .post(&format!("/v1/jobs/{queued}/cancel"))
         .send()

@@ -4,20 +4,6 @@ use seedbed_storage::{Db, NewJob};
 
 use crate::support::{TestServer, config, tiny};
 
-async fn submit_async(server: &TestServer, steps: u32) -> String {
-    let job: serde_json::Value = server
-        .post("/api/v3/images/generations")
-        .header("Prefer", "respond-async")
-        .json(&tiny(serde_json::json!({"steps": steps})))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    job["id"].as_str().unwrap().to_string()
-}
-
 /// Jobs queued or running when the server stops, or left running by a process that died,
 /// run after it starts again; a job that keeps dying fails with a clear code; links handed
 /// out before the restart keep working.
@@ -81,8 +67,10 @@ async fn jobs_and_links_survive_a_restart() {
     let mut second_config = config(&path);
     second_config.shutdown_grace = Duration::ZERO;
     let second = TestServer::start_in(data_dir, second_config).await;
-    let long = submit_async(&second, 400).await;
-    let waiting = submit_async(&second, 2).await;
+    let long = second
+        .submit_async(tiny(serde_json::json!({"steps": 400})))
+        .await;
+    let waiting = second.submit_async(tiny(serde_json::json!({}))).await;
     for _ in 0..200 {
         let job: serde_json::Value = second
             .get(&format!("/v1/jobs/{long}"))

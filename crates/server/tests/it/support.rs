@@ -62,6 +62,38 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Submit with `Prefer: respond-async`; returns the job id.
+    pub async fn submit_async(&self, body: serde_json::Value) -> String {
+        let job: serde_json::Value = self
+            .post("/api/v3/images/generations")
+            .header("Prefer", "respond-async")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        job["id"].as_str().unwrap().to_string()
+    }
+
+    /// The event names of a job's event stream, from after `last_event_id`.
+    pub async fn event_names(&self, id: &str, last_event_id: u32) -> Vec<String> {
+        let text = self
+            .get(&format!("/v1/jobs/{id}/events"))
+            .header("Last-Event-ID", last_event_id.to_string())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sse_events(&text)
+            .into_iter()
+            .filter_map(|(name, _)| name)
+            .collect()
+    }
+
     /// Poll a job until it reaches a final status.
     pub async fn wait_job(&self, id: &str, key: Option<&str>) -> serde_json::Value {
         for _ in 0..600 {
