@@ -70,20 +70,9 @@ async fn queued_jobs_cancel_at_once_and_running_ones_within_a_step() {
         .unwrap();
     assert_eq!(job["status"], "cancelled", "{job}");
     // Wait until the long job is running, then cancel it.
-    for _ in 0..100 {
-        let job: serde_json::Value = server
-            .get(&format!("/v1/jobs/{long}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["progress"].is_object() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server
+        .poll_job(&long, None, 100, |job| job["progress"].is_object())
+        .await;
     server
         .post(&format!("/v1/jobs/{long}/cancel"))
         .send()

@@ -71,20 +71,9 @@ async fn jobs_and_links_survive_a_restart() {
         .submit_async(tiny(serde_json::json!({"steps": 400})))
         .await;
     let waiting = second.submit_async(tiny(serde_json::json!({}))).await;
-    for _ in 0..200 {
-        let job: serde_json::Value = second
-            .get(&format!("/v1/jobs/{long}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["status"] == "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    second
+        .poll_job(&long, None, 200, |job| job["status"] == "running")
+        .await;
     let data_dir = second.stop().await;
 
     let third = TestServer::start_in(data_dir, config(&path)).await;

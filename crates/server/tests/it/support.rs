@@ -94,23 +94,46 @@ impl TestServer {
             .collect()
     }
 
+    pub async fn job(&self, id: &str, key: Option<&str>) -> serde_json::Value {
+        let mut request = self.get(&format!("/v1/jobs/{id}"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Poll a job every 50 ms until `reached` holds, at most `tries` times; returns the last
+    /// job object seen and whether it got there.
+    pub async fn poll_job(
+        &self,
+        id: &str,
+        key: Option<&str>,
+        tries: u32,
+        reached: impl Fn(&serde_json::Value) -> bool,
+    ) -> (serde_json::Value, bool) {
+        let mut job = serde_json::Value::Null;
+        for _ in 0..tries {
+            job = self.job(id, key).await;
+            if reached(&job) {
+                return (job, true);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (job, false)
+    }
+
     /// Poll a job until it reaches a final status.
     pub async fn wait_job(&self, id: &str, key: Option<&str>) -> serde_json::Value {
-        for _ in 0..600 {
-            let mut request = self.get(&format!("/v1/jobs/{id}"));
-            if let Some(key) = key {
-                request = request.bearer_auth(key);
-            }
-            let job: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
-            if matches!(
-                job["status"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            ) {
-                return job;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("job {id} did not finish");
+        let (job, done) = self
+            .poll_job(id, key, 1200, |job| {
+                matches!(
+                    job["status"].as_str(),
+                    Some("succeeded" | "failed" | "cancelled")
+                )
+            })
+            .await;
+        assert!(done, "job {id} did not finish: {job}");
+        job
     }
 
     pub async fn stop(mut self) -> tempfile::TempDir {
