@@ -6,11 +6,18 @@
 //! SDKs expect). Validation into domain types happens in the server, once.
 
 pub mod error;
+pub mod job_event;
+pub mod manage;
 pub mod request;
 pub mod response;
 pub mod stream;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use job_event::JobEvent;
+pub use manage::{
+    CreateKey, Health, JobList, JobProgress, JobState, JobView, KeyList, KeyView, ModelList,
+    ModelView, ServerInfo, ServerLimits, UsageEntry, UsageTotals, UsageView,
+};
 pub use request::{
     GenerationRequest, ImageInput, OptimizePromptOptions, ResponseFormat, SequentialMode,
     SequentialOptions,

@@ -8,35 +8,13 @@ use axum::response::Response;
 use futures::StreamExt;
 use seedbed_core::{GenerationSpec, JobEvent};
 use seedbed_storage::JobRow;
-use seedbed_types::{ImageError, ImagesResponse};
-use serde::{Deserialize, Serialize};
+use seedbed_types::{ImageError, JobList, JobView};
+use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiFailure;
 use crate::render::{Renderer, ResponseBuilder};
 use crate::state::AppState;
-
-/// What `GET /v1/jobs/{id}` and a 202 return.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct JobView {
-    pub id: String,
-    pub object: String,
-    pub model: String,
-    /// queued, running, succeeded, failed or cancelled.
-    pub status: String,
-    /// Unix seconds.
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    /// Jobs ahead of this one (0 = next); null once it left the queue.
-    pub queue_position: Option<u32>,
-    /// The latest step report: `{image, images, step, steps}`.
-    pub progress: Option<serde_json::Value>,
-    pub attempts: u32,
-    /// The images so far, in the shape of the synchronous response.
-    pub result: Option<ImagesResponse>,
-    pub error: Option<ImageError>,
-}
 
 pub async fn job_view(state: &AppState, job: &JobRow) -> Result<JobView, ApiFailure> {
     let spec: GenerationSpec =
@@ -67,7 +45,7 @@ pub async fn job_view(state: &AppState, job: &JobRow) -> Result<JobView, ApiFail
         id: job.id.clone(),
         object: "job".into(),
         model: job.model.clone(),
-        status: job.status.as_str().into(),
+        status: job.status,
         created_at: job.created_at / 1000,
         started_at: job.started_at.map(|t| t / 1000),
         finished_at: job.finished_at.map(|t| t / 1000),
@@ -97,12 +75,6 @@ pub async fn get(
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     pub limit: Option<u32>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct JobList {
-    pub object: String,
-    pub data: Vec<JobView>,
 }
 
 pub async fn list(

@@ -7,56 +7,24 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use rand::Rng;
 use seedbed_storage::{KeyRow, NewKey};
-use seedbed_types::ErrorCode;
-use serde::{Deserialize, Serialize};
+use seedbed_types::{CreateKey, ErrorCode, KeyList, KeyView};
 
 use crate::auth::{Admin, SCOPE_ADMIN, SCOPE_GENERATE};
 use crate::error::ApiFailure;
 use crate::routes::generations::{body_failure, parse_json};
 use crate::state::AppState;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKey {
-    #[serde(default)]
-    pub name: Option<String>,
-    /// `generate` (default) and/or `admin`.
-    #[serde(default)]
-    pub scopes: Option<Vec<String>>,
-    #[serde(default)]
-    pub images_per_minute: Option<u32>,
-    #[serde(default)]
-    pub quota_images: Option<u64>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct KeyView {
-    pub id: String,
-    pub object: String,
-    pub name: String,
-    pub scopes: Vec<String>,
-    pub images_per_minute: Option<u32>,
-    pub quota_images: Option<u64>,
-    pub created_at: i64,
-    pub revoked_at: Option<i64>,
-    /// Only in the response that created the key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-}
-
-impl From<KeyRow> for KeyView {
-    fn from(key: KeyRow) -> Self {
-        Self {
-            id: key.id,
-            object: "api_key".into(),
-            name: key.name,
-            scopes: key.scopes,
-            images_per_minute: key.images_per_minute,
-            quota_images: key.quota_images,
-            created_at: key.created_at / 1000,
-            revoked_at: key.revoked_at.map(|t| t / 1000),
-            secret: None,
-        }
+fn key_view(key: KeyRow) -> KeyView {
+    KeyView {
+        id: key.id,
+        object: "api_key".into(),
+        name: key.name,
+        scopes: key.scopes,
+        images_per_minute: key.images_per_minute,
+        quota_images: key.quota_images,
+        created_at: key.created_at / 1000,
+        revoked_at: key.revoked_at.map(|t| t / 1000),
+        secret: None,
     }
 }
 
@@ -114,15 +82,9 @@ pub async fn create(
         .await
         .map_err(seedbed_core::CoreError::from)?
         .ok_or_else(ApiFailure::internal)?;
-    let mut view = KeyView::from(row);
+    let mut view = key_view(row);
     view.secret = Some(secret);
     Ok((StatusCode::CREATED, Json(view)))
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct KeyList {
-    pub object: String,
-    pub data: Vec<KeyView>,
 }
 
 pub async fn list(
@@ -137,7 +99,7 @@ pub async fn list(
         .map_err(seedbed_core::CoreError::from)?;
     Ok(Json(KeyList {
         object: "list".into(),
-        data: keys.into_iter().map(KeyView::from).collect(),
+        data: keys.into_iter().map(key_view).collect(),
     }))
 }
 
@@ -162,5 +124,5 @@ pub async fn revoke(
         .await
         .map_err(seedbed_core::CoreError::from)?
         .ok_or_else(ApiFailure::internal)?;
-    Ok(Json(KeyView::from(row)))
+    Ok(Json(key_view(row)))
 }

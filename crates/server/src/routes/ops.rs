@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use seedbed_types::{Health, ModelList, ModelView, ServerInfo, ServerLimits};
 
 use crate::state::AppState;
 
@@ -17,25 +17,17 @@ pub async fn health(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({
-        "status": if status == StatusCode::OK { "ok" } else { "unavailable" },
-        "database": db_ok,
-        "device": device_ok,
-    });
+    let body = Health {
+        status: if status == StatusCode::OK {
+            "ok"
+        } else {
+            "unavailable"
+        }
+        .into(),
+        database: db_ok,
+        device: device_ok,
+    };
     (status, Json(body)).into_response()
-}
-
-#[derive(Debug, Serialize)]
-pub struct ModelView {
-    pub id: String,
-    pub object: &'static str,
-    /// The model folder serving this id (itself, or an alias's target).
-    pub local_model: String,
-    pub family: String,
-    pub native_size: u32,
-    pub default_steps: u32,
-    pub default_guidance_scale: f64,
-    pub loaded: bool,
 }
 
 fn models(state: &AppState) -> Vec<ModelView> {
@@ -44,7 +36,7 @@ fn models(state: &AppState) -> Vec<ModelView> {
     let view = |id: &str, local: &str| {
         catalog.resolve(local).ok().map(|model| ModelView {
             id: id.to_string(),
-            object: "model",
+            object: "model".into(),
             local_model: model.name.clone(),
             family: format!("{:?}", model.family),
             native_size: model.native_size,
@@ -65,27 +57,30 @@ fn models(state: &AppState) -> Vec<ModelView> {
     out
 }
 
-pub async fn list_models(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"object": "list", "data": models(&state)}))
+pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list".into(),
+        data: models(&state),
+    })
 }
 
-pub async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
     let config = state.jobs().config();
-    Json(serde_json::json!({
-        "name": "seedbed",
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": state.uptime_s(),
-        "device": state.device().description(),
-        "loaded_models": state.device().loaded_models(),
-        "models": models(&state),
-        "limits": {
-            "queue_size": config.queue_size,
-            "body_bytes": state.limits().body_bytes,
-            "image_ttl_s": config.image_ttl.as_secs(),
-            "input_image_bytes": config.inputs.max_bytes,
-            "max_attempts": config.max_attempts,
+    Json(ServerInfo {
+        name: "seedbed".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_s: state.uptime_s(),
+        device: state.device().description().into(),
+        loaded_models: state.device().loaded_models(),
+        models: models(&state),
+        limits: ServerLimits {
+            queue_size: config.queue_size,
+            body_bytes: state.limits().body_bytes as u64,
+            image_ttl_s: config.image_ttl.as_secs(),
+            input_image_bytes: config.inputs.max_bytes as u64,
+            max_attempts: config.max_attempts,
         },
-    }))
+    })
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {

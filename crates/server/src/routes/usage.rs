@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use seedbed_storage::{UsageRow, UsageTotals};
-use serde::{Deserialize, Serialize};
+use seedbed_types::UsageView;
+use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiFailure;
@@ -14,14 +14,6 @@ pub struct UsageQuery {
     /// Unix seconds; default: everything.
     pub since: Option<i64>,
     pub limit: Option<u32>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct UsageView {
-    pub object: String,
-    pub key_id: Option<String>,
-    pub totals: UsageTotals,
-    pub data: Vec<UsageRow>,
 }
 
 pub async fn get(

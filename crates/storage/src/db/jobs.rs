@@ -9,46 +9,23 @@ use super::Db;
 use crate::error::{Result, StorageError};
 use crate::now_ms;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
+/// A job's state is part of the wire contract; the database stores its `as_str`.
+pub use seedbed_types::JobState as JobStatus;
 
-impl JobStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
+fn parse_status(text: &str) -> Result<JobStatus> {
+    Ok(match text {
+        "queued" => JobStatus::Queued,
+        "running" => JobStatus::Running,
+        "succeeded" => JobStatus::Succeeded,
+        "failed" => JobStatus::Failed,
+        "cancelled" => JobStatus::Cancelled,
+        other => {
+            return Err(StorageError::Corrupt {
+                what: "job status".into(),
+                message: other.into(),
+            });
         }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-
-    fn parse(text: &str) -> Result<Self> {
-        Ok(match text {
-            "queued" => Self::Queued,
-            "running" => Self::Running,
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            other => {
-                return Err(StorageError::Corrupt {
-                    what: "job status".into(),
-                    message: other.into(),
-                });
-            }
-        })
-    }
+    })
 }
 
 /// What the server writes before any work starts.
@@ -91,7 +68,7 @@ impl JobRow {
             key_id: row.try_get("key_id")?,
             model: row.try_get("model")?,
             images: row.try_get::<i64, _>("images")? as u32,
-            status: JobStatus::parse(row.try_get("status")?)?,
+            status: parse_status(row.try_get("status")?)?,
             spec: row.try_get("spec")?,
             request_id: row.try_get("request_id")?,
             created_at: row.try_get("created_at")?,

@@ -6,22 +6,8 @@ use super::Db;
 use crate::error::Result;
 use crate::now_ms;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UsageRow {
-    pub job_id: String,
-    pub key_id: Option<String>,
-    pub model: String,
-    pub images: u64,
-    pub tokens: u64,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UsageTotals {
-    pub jobs: u64,
-    pub images: u64,
-    pub tokens: u64,
-}
+/// Usage rows are served as they are stored.
+pub use seedbed_types::{UsageEntry as UsageRow, UsageTotals};
 
 impl Db {
     /// Record what a job delivered; a job is billed once even if recorded again.

@@ -1,0 +1,103 @@
+//! What happens to a job, as stored in its event log and streamed by `GET /v1/jobs/{id}/events`
+//! (the SSE `event` is the `type`, the `id` the sequence number in the job's log).
+
+use serde::{Deserialize, Serialize};
+
+use crate::response::Usage;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEvent {
+    /// Written with the job; `position` is 0 for the next job to run.
+    Queued {
+        position: u32,
+    },
+    /// A worker took the job (attempt 2+ after a restart).
+    Started {
+        attempt: u32,
+    },
+    /// After each denoising step of image `image` (0-based) of `images`.
+    Progress {
+        image: u32,
+        images: u32,
+        step: u32,
+        steps: u32,
+    },
+    /// Image `index` is stored and can be fetched.
+    Image {
+        index: u32,
+        width: u32,
+        height: u32,
+        format: String,
+        seed: u64,
+        /// Unix seconds when it was stored.
+        created: i64,
+    },
+    /// Image `index` failed; the job may go on with the next one.
+    ImageFailed {
+        index: u32,
+        code: String,
+        message: String,
+        created: i64,
+    },
+    /// The job ended with at least one image; `usage` counts delivered images only.
+    Completed {
+        usage: Usage,
+        created: i64,
+    },
+    /// The job ended without an image.
+    Failed {
+        code: String,
+        message: String,
+    },
+    Cancelled,
+}
+
+impl JobEvent {
+    /// Whether nothing follows this event.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::Completed { .. } | Self::Failed { .. } | Self::Cancelled
+        )
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Queued { .. } => "queued",
+            Self::Started { .. } => "started",
+            Self::Progress { .. } => "progress",
+            Self::Image { .. } => "image",
+            Self::ImageFailed { .. } => "image_failed",
+            Self::Completed { .. } => "completed",
+            Self::Failed { .. } => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_tagged_json() {
+        let event = JobEvent::Progress {
+            image: 0,
+            images: 2,
+            step: 3,
+            steps: 4,
+        };
+        assert_eq!(
+            event.to_json(),
+            r#"{"type":"progress","image":0,"images":2,"step":3,"steps":4}"#
+        );
+        let back: JobEvent = serde_json::from_str(&JobEvent::Cancelled.to_json()).unwrap();
+        assert!(back.is_final());
+        assert_eq!(back.name(), "cancelled");
+    }
+}

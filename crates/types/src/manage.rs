@@ -1,0 +1,197 @@
+//! seedbed's own management API (`/v1/jobs`, `/v1/keys`, `/v1/usage`, `/v1/models`, `/info`):
+//! the JSON the server writes and the client reads.
+
+use serde::{Deserialize, Serialize};
+
+use crate::response::{ImageError, ImagesResponse};
+
+/// What `GET /v1/jobs/{id}` and a `Prefer: respond-async` 202 return.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    /// Always `job`.
+    pub object: String,
+    pub model: String,
+    pub status: JobState,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// Jobs ahead of this one (0 = next); null once it left the queue.
+    pub queue_position: Option<u32>,
+    /// The latest step report.
+    pub progress: Option<JobProgress>,
+    /// How many times a worker took the job (more than 1 after a restart).
+    pub attempts: u32,
+    /// The images so far, in the shape of the synchronous response.
+    pub result: Option<ImagesResponse>,
+    pub error: Option<ImageError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the job can still change.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Denoising step `step` of `steps` of image `image` (0-based) of `images`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub image: u32,
+    pub images: u32,
+    pub step: u32,
+    pub steps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<JobView>,
+}
+
+/// `POST /v1/keys` body; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `generate` (default) and/or `admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_per_minute: Option<u32>,
+    /// Images the key may generate in total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_images: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub id: String,
+    /// Always `api_key`.
+    pub object: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub images_per_minute: Option<u32>,
+    pub quota_images: Option<u64>,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+    /// Only in the response that created the key: it is stored as a hash and cannot be shown again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyList {
+    pub object: String,
+    pub data: Vec<KeyView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageView {
+    /// Always `usage`.
+    pub object: String,
+    /// The caller's key; null when the server runs without keys.
+    pub key_id: Option<String>,
+    pub totals: UsageTotals,
+    /// Newest first.
+    pub data: Vec<UsageEntry>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    pub jobs: u64,
+    pub images: u64,
+    pub tokens: u64,
+}
+
+/// What one job was billed: delivered images and Seedream tokens (`round(sum(w*h)/256)`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEntry {
+    pub job_id: String,
+    pub key_id: Option<String>,
+    pub model: String,
+    pub images: u64,
+    pub tokens: u64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelView {
+    /// The id to send as `model`.
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// The model folder serving this id (itself, or an alias's target).
+    pub local_model: String,
+    /// `StableDiffusion` or `StableDiffusionXl`.
+    pub family: String,
+    /// The side of the model's native square resolution (the `1K` preset).
+    pub native_size: u32,
+    pub default_steps: u32,
+    pub default_guidance_scale: f64,
+    /// Whether the weights are in memory now.
+    pub loaded: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelView>,
+}
+
+/// `GET /info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Always `seedbed`.
+    pub name: String,
+    pub version: String,
+    pub uptime_s: u64,
+    /// Where the engine runs, e.g. `cpu` or `cuda:0`.
+    pub device: String,
+    pub loaded_models: Vec<String>,
+    pub models: Vec<ModelView>,
+    pub limits: ServerLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerLimits {
+    pub queue_size: u32,
+    pub body_bytes: u64,
+    pub image_ttl_s: u64,
+    pub input_image_bytes: u64,
+    pub max_attempts: u32,
+}
+
+/// `GET /health`: 200 with `status: ok` once the server can take work, else 503.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: String,
+    pub database: bool,
+    pub device: bool,
+}
