@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod links;
+pub mod openapi;
 pub mod render;
 pub mod request_id;
 pub mod routes;
@@ -51,6 +52,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(routes::ops::health))
         .route("/info", get(routes::ops::info))
         .route("/metrics", get(routes::ops::metrics))
+        .route("/openapi.json", get(routes::ops::openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(request_id::layer))

@@ -1,5 +1,6 @@
 //! The error envelope and the one table of error codes, HTTP statuses and types.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Every error code seedbed returns, with its HTTP status and `type` (the HTTP reason class).
@@ -87,12 +88,12 @@ impl ErrorCode {
 }
 
 /// `{"error": {"code", "message", "param", "type"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ApiError {
     pub error: ErrorBody,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,

@@ -1,11 +1,12 @@
 //! What happens to a job, as stored in its event log and streamed by `GET /v1/jobs/{id}/events`
 //! (the SSE `event` is the `type`, the `id` the sequence number in the job's log).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::response::Usage;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobEvent {
     /// Written with the job; `position` is 0 for the next job to run.

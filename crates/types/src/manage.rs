@@ -1,12 +1,13 @@
 //! seedbed's own management API (`/v1/jobs`, `/v1/keys`, `/v1/usage`, `/v1/models`, `/info`):
 //! the JSON the server writes and the client reads.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::response::{ImageError, ImagesResponse};
 
 /// What `GET /v1/jobs/{id}` and a `Prefer: respond-async` 202 return.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JobView {
     pub id: String,
     /// Always `job`.
@@ -28,7 +29,7 @@ pub struct JobView {
     pub error: Option<ImageError>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
@@ -56,7 +57,7 @@ impl JobState {
 }
 
 /// Denoising step `step` of `steps` of image `image` (0-based) of `images`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct JobProgress {
     pub image: u32,
     pub images: u32,
@@ -64,7 +65,7 @@ pub struct JobProgress {
     pub steps: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JobList {
     /// Always `list`.
     pub object: String,
@@ -72,7 +73,7 @@ pub struct JobList {
 }
 
 /// `POST /v1/keys` body; every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,7 +88,7 @@ pub struct CreateKey {
     pub quota_images: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct KeyView {
     pub id: String,
     /// Always `api_key`.
@@ -104,13 +105,13 @@ pub struct KeyView {
     pub secret: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct KeyList {
     pub object: String,
     pub data: Vec<KeyView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UsageView {
     /// Always `usage`.
     pub object: String,
@@ -121,7 +122,7 @@ pub struct UsageView {
     pub data: Vec<UsageEntry>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UsageTotals {
     pub jobs: u64,
     pub images: u64,
@@ -129,7 +130,7 @@ pub struct UsageTotals {
 }
 
 /// What one job was billed: delivered images and Seedream tokens (`round(sum(w*h)/256)`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UsageEntry {
     pub job_id: String,
     pub key_id: Option<String>,
@@ -140,7 +141,7 @@ pub struct UsageEntry {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ModelView {
     /// The id to send as `model`.
     pub id: String,
@@ -158,14 +159,14 @@ pub struct ModelView {
     pub loaded: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ModelList {
     pub object: String,
     pub data: Vec<ModelView>,
 }
 
 /// `GET /info`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ServerInfo {
     /// Always `seedbed`.
     pub name: String,
@@ -178,7 +179,7 @@ pub struct ServerInfo {
     pub limits: ServerLimits,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ServerLimits {
     pub queue_size: u32,
     pub body_bytes: u64,
@@ -188,7 +189,7 @@ pub struct ServerLimits {
 }
 
 /// `GET /health`: 200 with `status: ok` once the server can take work, else 503.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Health {
     /// `ok` or `unavailable`.
     pub status: String,

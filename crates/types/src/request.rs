@@ -1,5 +1,6 @@
 //! `POST /api/v3/images/generations` request body.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
@@ -7,7 +8,7 @@ use serde_json::{Map, Value};
 ///
 /// Every field is optional on the wire: the Python SDKs send `null` for unset fields, the Go
 /// SDK omits them. Fields seedbed does not know are kept in `extra` (a gateway forwards them).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GenerationRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -28,6 +29,7 @@ pub struct GenerationRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Classifier-free guidance; for local models 0 turns it off (Turbo models), default from the model.
     pub guidance_scale: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
@@ -42,12 +44,18 @@ pub struct GenerationRequest {
 
     // seedbed extensions for local models (documented in the OpenAPI schema).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// seedbed extension (local models): what the picture should not show.
     pub negative_prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// seedbed extension (local models): denoising steps, 1..=500; default from the model.
     pub steps: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// seedbed extension (local models): `euler`, `euler_a`, `ddim` or `dpmpp2m`; default the
+    /// model's own scheduler.
     pub scheduler: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// seedbed extension (local models, with `image`): how much of the reference is repainted,
+    /// (0, 1]; default 0.8.
     pub strength: Option<f64>,
 
     /// Everything else, including fields seedbed does not know (`tools`, `optimize_prompt`,
@@ -65,7 +73,7 @@ fn non_null_map<'de, D: Deserializer<'de>>(
 }
 
 /// `image`: one URL / data URI, or a list of them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ImageInput {
     One(String),
@@ -81,20 +89,20 @@ impl ImageInput {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SequentialMode {
     Auto,
     Disabled,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SequentialOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_images: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseFormat {
     #[default]
@@ -102,7 +110,7 @@ pub enum ResponseFormat {
     B64Json,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OptimizePromptOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,

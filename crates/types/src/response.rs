@@ -1,9 +1,10 @@
 //! The non-streaming response and the usage rule.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `{model, created, data, usage}`; `error` only when no image was produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImagesResponse {
     pub model: String,
     /// Unix seconds when the request was created.
@@ -16,7 +17,7 @@ pub struct ImagesResponse {
 }
 
 /// One entry of `data`: an image (`url` or `b64_json`, and `size`) or a per-image `error`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ImageData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -30,13 +31,13 @@ pub struct ImageData {
 }
 
 /// A per-image failure: `{code, message}` only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageError {
     pub code: String,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Usage {
     /// Successful images only: failed ones are not billed.
     pub generated_images: u64,

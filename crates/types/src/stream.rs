@@ -4,11 +4,12 @@
 //! SDK treats a data line starting with `{"error":` as fatal, so `type` must precede `error`),
 //! then a blank line; the stream ends with `data: [DONE]`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::response::{ImageError, Usage};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum StreamEventType {
     #[serde(rename = "image_generation.partial_succeeded")]
     PartialSucceeded,
@@ -29,7 +30,7 @@ impl StreamEventType {
 }
 
 /// One event; which fields are present depends on `type` (see the constructors).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StreamEvent {
     #[serde(rename = "type")]
     pub kind: StreamEventType,

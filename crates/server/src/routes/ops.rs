@@ -90,3 +90,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let text = state.metrics().map(|m| m.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
+
+/// Built once: the document only changes with the binary.
+pub async fn openapi() -> Json<&'static serde_json::Value> {
+    static DOCUMENT: std::sync::LazyLock<serde_json::Value> =
+        std::sync::LazyLock::new(crate::openapi::document);
+    Json(&DOCUMENT)
+}

@@ -216,6 +216,17 @@ def _():
     assert out.rstrip().endswith("data: [DONE]"), out
 
 
+@check("openapi.json is a valid OpenAPI 3.1 document covering the Seedream path")
+def _():
+    from openapi_spec_validator import validate
+
+    document = requests.get(f"{BASE}/openapi.json", timeout=30).json()
+    validate(document)
+    assert document["openapi"].startswith("3.1"), document["openapi"]
+    operation = document["paths"]["/api/v3/images/generations"]["post"]
+    assert "text/event-stream" in operation["responses"]["200"]["content"]
+
+
 failed = sum(1 for _, error in RESULTS if error)
 print(f"{len(RESULTS) - failed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
