@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use seedbed_engine::output::{self, OutputFormat, Provenance};
 use seedbed_engine::scheduler::SchedulerKind;
-use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline};
+use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline, StageTimes};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{CoreError, Result};
@@ -203,10 +203,15 @@ fn run_job(cache: &mut ModelCache, job: &DeviceJob) -> std::result::Result<(), D
                         "the engine returned no image".into(),
                     ));
                 };
+                let encoding = Instant::now();
                 let bytes = finish_picture(picture.image, spec, seed)?;
+                record_stages(&spec.local_model, &picture.times, encoding.elapsed());
                 tracing::info!(
                     index,
                     seconds = started.elapsed().as_secs_f64(),
+                    text_encode_s = picture.times.text_encode.as_secs_f64(),
+                    denoise_s = picture.times.denoise.as_secs_f64(),
+                    decode_s = picture.times.decode.as_secs_f64(),
                     "image done"
                 );
                 let _ = job.events.send(DeviceEvent::Image {
@@ -230,6 +235,24 @@ fn run_job(cache: &mut ModelCache, job: &DeviceJob) -> std::result::Result<(), D
         }
     }
     Ok(())
+}
+
+/// `seedbed_stage_seconds{stage, model}`: where a job's time goes on the device.
+fn record_stages(model: &str, times: &StageTimes, output: Duration) {
+    let stages = [
+        ("text_encode", times.text_encode),
+        ("denoise", times.denoise),
+        ("vae_decode", times.decode),
+        ("output_encode", output),
+    ];
+    for (stage, time) in stages {
+        // Later images of a batch reuse the first one's prompt encoding.
+        if stage == "text_encode" && time.is_zero() {
+            continue;
+        }
+        metrics::histogram!("seedbed_stage_seconds", "stage" => stage, "model" => model.to_string())
+            .record(time.as_secs_f64());
+    }
 }
 
 /// Resize to the delivered size, watermark, encode with provenance metadata.
@@ -297,7 +320,10 @@ impl ModelCache {
             }
             let started = Instant::now();
             let pipeline = Pipeline::load(path, self.options.load.clone())?;
-            tracing::info!(model = %name, seconds = started.elapsed().as_secs_f64(), "model loaded");
+            let seconds = started.elapsed().as_secs_f64();
+            metrics::histogram!("seedbed_stage_seconds", "stage" => "model_load", "model" => name.to_string())
+                .record(seconds);
+            tracing::info!(model = %name, seconds, "model loaded");
             self.entries.push((name.to_string(), bytes, pipeline));
         }
         if let Ok(mut names) = self.names.lock() {

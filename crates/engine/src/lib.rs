@@ -22,7 +22,9 @@ pub mod weights;
 /// candle, re-exported so that callers never depend on a different version of it.
 pub use candle_core as candle;
 pub use error::{EngineError, Result};
-pub use pipeline::{GenerateRequest, GeneratedImage, InitImage, LoadOptions, Pipeline, Progress};
+pub use pipeline::{
+    GenerateRequest, GeneratedImage, InitImage, LoadOptions, Pipeline, Progress, StageTimes,
+};
 
 #[cfg(test)]
 pub(crate) mod test_support;

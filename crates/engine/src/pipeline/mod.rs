@@ -98,6 +98,16 @@ pub struct RunOutput {
 pub struct GeneratedImage {
     pub seed: u64,
     pub image: image::RgbImage,
+    pub times: StageTimes,
+}
+
+/// Where one image's time went (for latency metrics and `seedbed bench`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimes {
+    /// Encoding the prompts; done once per `generate` call, so only its first image carries it.
+    pub text_encode: Duration,
+    pub denoise: Duration,
+    pub decode: Duration,
 }
 
 pub struct Pipeline {
@@ -317,11 +327,13 @@ impl Pipeline {
         cancel: &AtomicBool,
     ) -> Result<Vec<GeneratedImage>> {
         request.validate(self.latent_factor())?;
+        let encoding = Instant::now();
         let prompts = self.encode_prompts(
             &request.prompt,
             request.negative_prompt.as_deref(),
             request.guidance_scale,
         )?;
+        let mut text_encode = encoding.elapsed();
         let device = &self.options.device;
         let init_picture = match &request.init_image {
             Some(init) => Some(image_ops::from_picture(
@@ -382,6 +394,11 @@ impl Pipeline {
             images.push(GeneratedImage {
                 seed,
                 image: picture,
+                times: StageTimes {
+                    text_encode: std::mem::take(&mut text_encode),
+                    denoise: output.denoise_time,
+                    decode: output.decode_time,
+                },
             });
         }
         Ok(images)

@@ -179,9 +179,25 @@ async fn operations_endpoints() {
         "seedbed_images_total",
         "seedbed_queue_depth",
         "seedbed_request_seconds",
+        "seedbed_job_seconds",
+        "seedbed_tokens_total",
+        "stage=\"text_encode\"",
+        "stage=\"denoise\"",
+        "stage=\"vae_decode\"",
+        "stage=\"output_encode\"",
+        "stage=\"model_load\"",
     ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
+    let openapi: serde_json::Value = server
+        .get("/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(openapi, seedbed_server::openapi::document());
     let unknown = server.get("/nope").send().await.unwrap();
     assert_eq!(unknown.status(), 404);
     assert!(unknown.headers().contains_key("x-client-request-id"));
