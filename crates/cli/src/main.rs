@@ -2,7 +2,11 @@
 
 mod commands;
 mod device;
+mod docs;
 mod memory;
+mod progress;
+mod remote;
+mod table;
 
 use std::process::ExitCode;
 
@@ -10,8 +14,14 @@ use clap::{Parser, Subcommand};
 
 /// A self-hosted, Seedream-compatible image generation service.
 #[derive(Debug, Parser)]
-#[command(name = "seedbed", version, about, long_about = None)]
-struct Cli {
+#[command(
+    name = "seedbed",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 the server refused the request."
+)]
+pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `seedbed_engine=debug`.
     #[arg(
         long,
@@ -29,17 +39,28 @@ struct Cli {
 enum Command {
     /// Serve the Seedream-compatible HTTP API (images/generations, jobs, keys, usage).
     Serve(Box<commands::serve::ServeArgs>),
-    /// Generate images locally from a diffusers model folder.
-    Generate(commands::generate::GenerateArgs),
+    /// Generate images, on a server (--server) or locally from a diffusers model folder.
+    Generate(Box<commands::generate::GenerateArgs>),
+    /// A server's jobs: list, show, watch, cancel.
+    Jobs(commands::jobs::JobsArgs),
+    /// API keys on a server (admin): create, list, revoke.
+    Keys(commands::keys::KeysArgs),
+    /// What the caller's key was billed.
+    Usage(commands::usage::UsageArgs),
+    /// The models a server or a local models directory offers.
+    Models(commands::models::ModelsArgs),
+    /// Print a shell completion script.
+    Completions(commands::completions::CompletionsArgs),
     /// Check the engine against diffusers reference cases, stage by stage.
     Parity(commands::parity::ParityArgs),
     /// Time text-to-image stage by stage on one model (median of several runs).
     Bench(commands::bench::BenchArgs),
 }
 
-/// Exit codes: 0 success, 1 failure, 2 bad usage or invalid input.
+/// Exit codes: 0 success, 1 failure, 2 bad usage or invalid input, 3 the API refused.
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_API: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -50,21 +71,48 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(*args),
-        Command::Generate(args) => commands::generate::run(args),
+        Command::Generate(args) => commands::generate::run(*args),
+        Command::Jobs(args) => commands::jobs::run(args),
+        Command::Keys(args) => commands::keys::run(args),
+        Command::Usage(args) => commands::usage::run(args),
+        Command::Models(args) => commands::models::run(args),
+        Command::Completions(args) => commands::completions::run(args),
         Command::Parity(args) => commands::parity::run(args),
         Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error}");
-            for cause in error.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            let usage = error
-                .downcast_ref::<seedbed_engine::EngineError>()
-                .is_some_and(|e| matches!(e, seedbed_engine::EngineError::InvalidInput { .. }));
-            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE })
-        }
+        Err(error) => report(&error),
     }
+}
+
+/// Print the error with its causes and a hint, and choose the exit code.
+fn report(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    if let Some(client_error) = error.downcast_ref::<seedbed_client::ClientError>() {
+        let server = std::env::var("SEEDBED_SERVER").ok();
+        if let Some(hint) = remote::hint(client_error, server.as_deref()) {
+            eprintln!("hint: {hint}");
+        }
+        let refused = client_error
+            .status()
+            .is_some_and(|status| (400..500).contains(&status));
+        return ExitCode::from(if refused { EXIT_API } else { EXIT_FAILURE });
+    }
+    let usage = error
+        .downcast_ref::<seedbed_engine::EngineError>()
+        .is_some_and(|e| matches!(e, seedbed_engine::EngineError::InvalidInput { .. }));
+    ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE })
+}
+
+/// Run a command's async part on a small runtime of its own.
+pub fn block_on<T>(future: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?
+        .block_on(future)
 }

@@ -53,6 +53,22 @@ pub struct ModelEntry {
     pub max_reference_images: usize,
 }
 
+impl ModelEntry {
+    /// How `/v1/models` and `seedbed models list` describe it under the public `id`.
+    pub fn view(&self, id: &str, loaded: bool) -> seedbed_types::ModelView {
+        seedbed_types::ModelView {
+            id: id.to_string(),
+            object: "model".into(),
+            local_model: self.name.clone(),
+            family: format!("{:?}", self.family),
+            native_size: self.native_size,
+            default_steps: self.defaults.steps,
+            default_guidance_scale: self.defaults.guidance_scale,
+            loaded,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     models: BTreeMap<String, ModelEntry>,
@@ -141,6 +157,11 @@ impl Catalog {
 
     pub fn models(&self) -> impl Iterator<Item = &ModelEntry> {
         self.models.values()
+    }
+
+    /// `(folder name, why it cannot be served)` for every broken model folder.
+    pub fn broken(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.broken.iter().map(|(a, b)| (a.as_str(), b.as_str()))
     }
 
     /// `(public name, local model)` for every alias.

@@ -1,4 +1,10 @@
 pub mod bench;
+pub mod completions;
 pub mod generate;
+pub mod jobs;
+pub mod keys;
+pub mod models;
 pub mod parity;
+
 pub mod serve;
+pub mod usage;

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use assert_cmd::Command;
 use predicates::prelude::*;
 
+mod kill;
+mod server_process;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
 }

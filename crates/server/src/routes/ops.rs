@@ -34,16 +34,10 @@ fn models(state: &AppState) -> Vec<ModelView> {
     let catalog = state.jobs().catalog();
     let loaded = state.device().loaded_models();
     let view = |id: &str, local: &str| {
-        catalog.resolve(local).ok().map(|model| ModelView {
-            id: id.to_string(),
-            object: "model".into(),
-            local_model: model.name.clone(),
-            family: format!("{:?}", model.family),
-            native_size: model.native_size,
-            default_steps: model.defaults.steps,
-            default_guidance_scale: model.defaults.guidance_scale,
-            loaded: loaded.contains(&model.name),
-        })
+        catalog
+            .resolve(local)
+            .ok()
+            .map(|model| model.view(id, loaded.contains(&model.name)))
     };
     let mut out: Vec<ModelView> = catalog
         .models()

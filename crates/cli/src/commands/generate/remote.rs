@@ -1,0 +1,162 @@
+//! `seedbed generate --server URL`: the request goes to a server. On a seedbed it runs as a job
+//! so the queue position and per-step progress can be shown; on any other Seedream-compatible
+//! API it is one plain request.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use futures::StreamExt;
+use seedbed_client::Client;
+use seedbed_types::{
+    GenerationRequest, ImageInput, ImagesResponse, JobState, ResponseFormat, SequentialMode,
+    SequentialOptions,
+};
+
+use super::GenerateArgs;
+use super::output::{Format, Target, write_atomically};
+use crate::progress::JobProgress;
+use crate::remote::connect;
+
+pub fn run(args: GenerateArgs) -> Result<ExitCode> {
+    let server = args.server.clone().unwrap_or_default();
+    let target = Target::parse(args.output.as_deref(), Format::Jpeg)?;
+    let request = build_request(&args, target.format())?;
+    crate::block_on(async move {
+        let client = connect(&server, args.api_key.as_deref())?;
+        let is_seedbed = client.info().await.is_ok_and(|info| info.name == "seedbed");
+        let (response, stem) = if is_seedbed {
+            run_job(&client, &request, args.quiet).await?
+        } else {
+            let spinner = JobProgress::new(args.quiet);
+            spinner.note_waiting();
+            let generated = client.generate(&request).await?;
+            spinner.finish();
+            let stem = generated.job_id.unwrap_or(generated.request_id);
+            (generated.response, stem)
+        };
+        save(&client, &response, &target, &stem, &args).await
+    })
+}
+
+/// Submit as a job, follow its events with progress bars, then read its result.
+async fn run_job(
+    client: &Client,
+    request: &GenerationRequest,
+    quiet: bool,
+) -> Result<(ImagesResponse, String)> {
+    let job = client.create_job(request).await?;
+    let progress = JobProgress::new(quiet);
+    progress.note_job(&job.id);
+    let mut events = Box::pin(client.follow_job(&job.id));
+    while let Some(item) = events.next().await {
+        progress.on_event(&item?.event);
+    }
+    progress.finish();
+    let job = client.job(&job.id).await?;
+    if job.status == JobState::Cancelled {
+        bail!("job {} was cancelled", job.id);
+    }
+    match job.result {
+        Some(response) => Ok((response, job.id)),
+        None => {
+            let (code, message) = job
+                .error
+                .map(|e| (e.code, e.message))
+                .unwrap_or_else(|| ("Unknown".into(), "the job ended without a result".into()));
+            bail!("job {} failed: {code}: {message}", job.id)
+        }
+    }
+}
+
+fn build_request(args: &GenerateArgs, format: Option<Format>) -> Result<GenerationRequest> {
+    let mut images = Vec::with_capacity(args.image.len());
+    for source in &args.image {
+        images.push(reference(source)?);
+    }
+    Ok(GenerationRequest {
+        model: args.model.clone(),
+        prompt: Some(args.prompt.clone()),
+        image: match images.len() {
+            0 => None,
+            1 => Some(ImageInput::One(images.remove(0))),
+            _ => Some(ImageInput::Many(images)),
+        },
+        size: args.size.clone(),
+        seed: args.seed.map(|s| s as i64),
+        sequential_image_generation: (args.count > 1).then_some(SequentialMode::Auto),
+        sequential_image_generation_options: (args.count > 1).then(|| SequentialOptions {
+            max_images: Some(args.count),
+        }),
+        stream: Some(false),
+        guidance_scale: args.guidance,
+        response_format: Some(ResponseFormat::Url),
+        watermark: args.watermark,
+        output_format: format.map(|f| if f == Format::Png { "png" } else { "jpeg" }.into()),
+        negative_prompt: args.negative_prompt.clone(),
+        steps: args.steps,
+        scheduler: args.scheduler.map(|s| s.name().to_string()),
+        strength: args.strength,
+        ..GenerationRequest::default()
+    })
+}
+
+/// A URL is passed on; a file becomes a `data:` URI.
+fn reference(source: &str) -> Result<String> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        return Ok(source.to_string());
+    }
+    let bytes = std::fs::read(source).with_context(|| format!("reading {source}"))?;
+    let format = image::guess_format(&bytes)
+        .with_context(|| format!("{source} is not a picture seedbed can read"))?;
+    let mime = format.to_mime_type();
+    Ok(format!(
+        "data:{mime};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&bytes)
+    ))
+}
+
+async fn save(
+    client: &Client,
+    response: &ImagesResponse,
+    target: &Target,
+    stem: &str,
+    args: &GenerateArgs,
+) -> Result<ExitCode> {
+    let count = response.data.len();
+    let mut failed = 0;
+    for (index, image) in response.data.iter().enumerate() {
+        let bytes = match (&image.url, &image.b64_json) {
+            (Some(url), _) => client.download(url).await?.to_vec(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .context("the server sent invalid base64")?,
+            (None, None) => {
+                failed += 1;
+                if let Some(error) = &image.error {
+                    eprintln!("image {index} failed: {}: {}", error.code, error.message);
+                }
+                continue;
+            }
+        };
+        let format = target.format().unwrap_or(Format::sniff(&bytes));
+        let path = target.path(index, count, &format!("{stem}-{index}"), format);
+        write_atomically(&path, &bytes)?;
+        if !args.json {
+            println!("{}", path.display());
+        } else if !args.quiet {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(response)?);
+    }
+    if failed == count && count > 0 {
+        bail!("every image failed");
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(crate::EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,56 @@
+//! `seedbed usage`: what the caller's key was billed, in total and per job.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::remote::ServerArgs;
+use crate::table;
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+
+    /// Only jobs finished after this Unix time (seconds).
+    #[arg(long)]
+    since: Option<i64>,
+
+    /// Print JSON instead of a summary and table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: UsageArgs) -> Result<ExitCode> {
+    crate::block_on(async move {
+        let usage = args.server.client()?.usage(args.since).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&usage)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let totals = usage.totals;
+        println!(
+            "{} jobs, {} images, {} tokens",
+            totals.jobs, totals.images, totals.tokens
+        );
+        if !usage.data.is_empty() {
+            let rows: Vec<Vec<String>> = usage
+                .data
+                .iter()
+                .map(|row| {
+                    vec![
+                        row.job_id.clone(),
+                        row.model.clone(),
+                        row.images.to_string(),
+                        row.tokens.to_string(),
+                        table::time(Some(row.created_at / 1000)),
+                    ]
+                })
+                .collect();
+            println!();
+            table::print(&["JOB", "MODEL", "IMAGES", "TOKENS", "AT (UTC)"], &rows);
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
