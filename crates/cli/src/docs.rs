@@ -20,7 +20,10 @@ pub fn markdown() -> String {
 
 fn section(out: &mut String, command: &mut Command, path: &str) {
     let help = command.render_long_help().to_string();
-    out.push_str(&format!("\n## `{path}`\n\n```text\n{}\n```\n", help.trim_end()));
+    out.push_str(&format!(
+        "\n## `{path}`\n\n```text\n{}\n```\n",
+        help.trim_end()
+    ));
     let names: Vec<String> = command
         .get_subcommands()
         .filter(|c| c.get_name() != "help")
@@ -64,7 +67,11 @@ mod tests {
                 assert!(arg.get_help().is_some(), "{path} --{id} has no help text");
             }
             for sub in command.get_subcommands() {
-                assert!(sub.get_about().is_some(), "{path} {} has no about", sub.get_name());
+                assert!(
+                    sub.get_about().is_some(),
+                    "{path} {} has no about",
+                    sub.get_name()
+                );
                 check(sub, &format!("{path} {}", sub.get_name()));
             }
         }

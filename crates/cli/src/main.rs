@@ -2,6 +2,7 @@
 
 mod commands;
 mod device;
+#[cfg(test)]
 mod docs;
 mod memory;
 mod progress;
@@ -93,8 +94,7 @@ fn report(error: &anyhow::Error) -> ExitCode {
         eprintln!("  caused by: {cause}");
     }
     if let Some(client_error) = error.downcast_ref::<seedbed_client::ClientError>() {
-        let server = std::env::var("SEEDBED_SERVER").ok();
-        if let Some(hint) = remote::hint(client_error, server.as_deref()) {
+        if let Some(hint) = remote::hint(client_error) {
             eprintln!("hint: {hint}");
         }
         let refused = client_error

@@ -54,7 +54,8 @@ impl JobProgress {
                     self.bar.reset_elapsed();
                 }
                 self.bar.set_position(u64::from(*step));
-                self.bar.set_message(format!("image {}/{images}", image + 1));
+                self.bar
+                    .set_message(format!("image {}/{images}", image + 1));
             }
             JobEvent::Image {
                 index,

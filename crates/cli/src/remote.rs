@@ -35,12 +35,16 @@ pub fn connect(server: &str, api_key: Option<&str>) -> Result<Client> {
 }
 
 /// A line of advice for the failures users most often cause themselves.
-pub fn hint(error: &ClientError, server: Option<&str>) -> Option<String> {
-    let server = server.unwrap_or(DEFAULT_SERVER);
+pub fn hint(error: &ClientError) -> Option<String> {
     match error {
-        ClientError::Connect { .. } => Some(format!(
-            "is `seedbed serve` running at {server}? Point --server or SEEDBED_SERVER at it"
-        )),
+        ClientError::Connect { source, .. } => {
+            let server = source.url().map_or(DEFAULT_SERVER.to_string(), |url| {
+                url.origin().ascii_serialization()
+            });
+            Some(format!(
+                "is `seedbed serve` running at {server}? Point --server or SEEDBED_SERVER at it"
+            ))
+        }
         ClientError::Timeout { .. } => {
             Some("the server did not answer in time; it may be busy, try again".into())
         }

@@ -45,7 +45,10 @@ mod tests {
     fn columns_align_and_times_are_utc() {
         let out = super::render(
             &["ID", "STATUS"],
-            &[vec!["a".into(), "queued".into()], vec!["bbbb".into(), "ok".into()]],
+            &[
+                vec!["a".into(), "queued".into()],
+                vec!["bbbb".into(), "ok".into()],
+            ],
         );
         assert_eq!(out, "ID    STATUS\na     queued\nbbbb  ok\n");
         assert_eq!(super::time(Some(0)), "1970-01-01 00:00:00");

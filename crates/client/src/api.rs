@@ -63,7 +63,9 @@ impl Client {
         if answer.response.status() != reqwest::StatusCode::ACCEPTED {
             return Err(ClientError::Decode {
                 request_id: Some(answer.request_id),
-                message: "the server does not run requests as jobs (no 202 for Prefer: respond-async)".into(),
+                message:
+                    "the server does not run requests as jobs (no 202 for Prefer: respond-async)"
+                        .into(),
             });
         }
         answer.json().await

@@ -79,7 +79,9 @@ impl ClientBuilder {
         };
         let url = Url::parse(&self.base).map_err(|e| invalid(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(invalid("use http://HOST[:PORT][/PATH] or https://...".into()));
+            return Err(invalid(
+                "use http://HOST[:PORT][/PATH] or https://...".into(),
+            ));
         }
         let origin = url.origin().ascii_serialization();
         let path = url.path().trim_end_matches('/');
@@ -113,7 +115,9 @@ mod tests {
 
     #[test]
     fn base_urls_map_to_the_right_endpoints() {
-        let root = ClientBuilder::new("http://127.0.0.1:8080/").build().unwrap();
+        let root = ClientBuilder::new("http://127.0.0.1:8080/")
+            .build()
+            .unwrap();
         assert_eq!(
             root.generations_url(),
             "http://127.0.0.1:8080/api/v3/images/generations"

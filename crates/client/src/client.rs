@@ -62,7 +62,10 @@ impl Answer {
             .map_err(|e| ClientError::from_transport(e, &request_id))?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             request_id: Some(request_id),
-            message: format!("{e} in {}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)])),
+            message: format!(
+                "{e} in {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ),
         })
     }
 }
@@ -99,10 +102,7 @@ impl Client {
         let request_id = new_request_id();
         let mut attempt = 0;
         loop {
-            let sent = make()
-                .header(REQUEST_ID_HEADER, &request_id)
-                .send()
-                .await;
+            let sent = make().header(REQUEST_ID_HEADER, &request_id).send().await;
             let (error, should_retry) = match sent {
                 Ok(response) if response.status().is_success() => {
                     let request_id =
@@ -154,7 +154,10 @@ impl Client {
 
     pub(crate) async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = self.url(path);
-        self.send(|| self.request(Method::GET, &url)).await?.json().await
+        self.send(|| self.request(Method::GET, &url))
+            .await?
+            .json()
+            .await
     }
 }
 
@@ -179,7 +182,8 @@ pub(crate) async fn api_error(response: Response, request_id: &str) -> ClientErr
     let envelope = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("error").filter(|e| e.is_object()).cloned());
-    let text = |e: &serde_json::Value, key: &str| e.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let text =
+        |e: &serde_json::Value, key: &str| e.get(key).and_then(|v| v.as_str()).map(str::to_string);
     let (code, message, param) = match envelope {
         Some(error) => (
             text(&error, "code").unwrap_or_else(|| "HttpError".into()),

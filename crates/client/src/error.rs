@@ -6,7 +6,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with an error envelope (or, for non-JSON bodies, code `HttpError`).
-    #[error("{code} ({status}): {message}{}", suffix(request_id))]
+    #[error("{code} ({status}): {message}{}", api_suffix(message, request_id))]
     Api {
         status: u16,
         code: String,
@@ -40,6 +40,14 @@ pub enum ClientError {
 
     #[error("invalid base URL `{url}`: {message}")]
     InvalidBaseUrl { url: String, message: String },
+}
+
+/// Ark and seedbed end their messages with "Request ID: ..." already; don't say it twice.
+fn api_suffix(message: &str, request_id: &Option<String>) -> String {
+    match request_id {
+        Some(id) if message.contains(id.as_str()) => String::new(),
+        _ => suffix(request_id),
+    }
 }
 
 fn suffix(request_id: &Option<String>) -> String {

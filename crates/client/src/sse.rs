@@ -37,7 +37,9 @@ impl SseParser {
         let rest = std::mem::take(&mut self.buffer);
         let mut events = Vec::new();
         if !rest.is_empty() {
-            let text = String::from_utf8_lossy(&rest).trim_end_matches('\r').to_string();
+            let text = String::from_utf8_lossy(&rest)
+                .trim_end_matches('\r')
+                .to_string();
             self.line(&text, &mut events);
         }
         self.line("", &mut events);

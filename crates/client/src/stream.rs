@@ -81,16 +81,19 @@ fn ends_with_done(
                 seen.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         })
-        .chain(futures::stream::once(async move {
-            if completed.load(std::sync::atomic::Ordering::SeqCst) {
-                None
-            } else {
-                Some(Err(ClientError::Stream {
-                    request_id: Some(request_id),
-                    message: "the stream ended before image_generation.completed".into(),
-                }))
-            }
-        }).filter_map(futures::future::ready))
+        .chain(
+            futures::stream::once(async move {
+                if completed.load(std::sync::atomic::Ordering::SeqCst) {
+                    None
+                } else {
+                    Some(Err(ClientError::Stream {
+                        request_id: Some(request_id),
+                        message: "the stream ended before image_generation.completed".into(),
+                    }))
+                }
+            })
+            .filter_map(futures::future::ready),
+        )
         .boxed()
 }
 
@@ -125,13 +128,16 @@ pub(crate) async fn job_event_stream(
     let request_id = answer.request_id.clone();
     let events = sse_events(answer).map(move |event| {
         let event = event?;
-        let seq = event.id.as_deref().and_then(|id| id.parse().ok()).unwrap_or(0);
-        let event = serde_json::from_str::<JobEvent>(&event.data).map_err(|e| {
-            ClientError::Decode {
+        let seq = event
+            .id
+            .as_deref()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(0);
+        let event =
+            serde_json::from_str::<JobEvent>(&event.data).map_err(|e| ClientError::Decode {
                 request_id: Some(request_id.clone()),
                 message: format!("job event: {e}"),
-            }
-        })?;
+            })?;
         Ok(JobEventItem { seq, event })
     });
     Ok(events.boxed())
@@ -208,37 +214,42 @@ fn sse_events(answer: Answer) -> BoxStream<'static, Result<SseEvent, ClientError
     let request_id = answer.request_id;
     let bytes = answer.response.bytes_stream().boxed();
     let state = (bytes, SseParser::default(), VecDeque::new(), false);
-    futures::stream::unfold(state, move |(mut bytes, mut parser, mut ready, mut ended)| {
-        let request_id = request_id.clone();
-        async move {
-            loop {
-                if let Some(event) = ready.pop_front() {
-                    return Some((Ok(event), (bytes, parser, ready, ended)));
-                }
-                if ended {
-                    return None;
-                }
-                match bytes.next().await {
-                    Some(Ok(chunk)) => ready.extend(parser.push(&chunk)),
-                    Some(Err(error)) => {
-                        ended = true;
-                        let error = ClientError::from_transport(error, &request_id);
-                        let error = match error {
-                            ClientError::Connect { request_id, source } => ClientError::Stream {
-                                request_id,
-                                message: source.to_string(),
-                            },
-                            other => other,
-                        };
-                        return Some((Err(error), (bytes, parser, ready, ended)));
+    futures::stream::unfold(
+        state,
+        move |(mut bytes, mut parser, mut ready, mut ended)| {
+            let request_id = request_id.clone();
+            async move {
+                loop {
+                    if let Some(event) = ready.pop_front() {
+                        return Some((Ok(event), (bytes, parser, ready, ended)));
                     }
-                    None => {
-                        ended = true;
-                        ready.extend(parser.finish());
+                    if ended {
+                        return None;
+                    }
+                    match bytes.next().await {
+                        Some(Ok(chunk)) => ready.extend(parser.push(&chunk)),
+                        Some(Err(error)) => {
+                            ended = true;
+                            let error = ClientError::from_transport(error, &request_id);
+                            let error = match error {
+                                ClientError::Connect { request_id, source } => {
+                                    ClientError::Stream {
+                                        request_id,
+                                        message: source.to_string(),
+                                    }
+                                }
+                                other => other,
+                            };
+                            return Some((Err(error), (bytes, parser, ready, ended)));
+                        }
+                        None => {
+                            ended = true;
+                            ready.extend(parser.finish());
+                        }
                     }
                 }
             }
-        }
-    })
+        },
+    )
     .boxed()
 }

@@ -33,16 +33,23 @@ enum JobsCommand {
         limit: u32,
     },
     /// One job: status, queue position, progress, images, error.
-    Show { id: String },
+    Show {
+        /// The job id (`X-Seedbed-Job-Id`, or from `seedbed jobs list`).
+        id: String,
+    },
     /// Follow a job until it ends, with progress bars; exits 1 unless it succeeded.
     Watch {
+        /// The job id.
         id: String,
         /// No progress bars.
         #[arg(long, short)]
         quiet: bool,
     },
     /// Cancel a queued or running job (images already made stay).
-    Cancel { id: String },
+    Cancel {
+        /// The job id.
+        id: String,
+    },
 }
 
 pub fn run(args: JobsArgs) -> Result<ExitCode> {

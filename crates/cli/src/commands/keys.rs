@@ -42,7 +42,10 @@ enum KeysCommand {
     /// All keys (never their secrets).
     List,
     /// Revoke a key by id; requests with it get 401 from then on.
-    Revoke { id: String },
+    Revoke {
+        /// The key id (`seedbed keys list`), not its secret.
+        id: String,
+    },
 }
 
 pub fn run(args: KeysArgs) -> Result<ExitCode> {
@@ -112,7 +115,15 @@ fn print_keys(keys: &[KeyView]) {
         })
         .collect();
     table::print(
-        &["ID", "NAME", "SCOPES", "IPM", "QUOTA", "CREATED (UTC)", "REVOKED"],
+        &[
+            "ID",
+            "NAME",
+            "SCOPES",
+            "IPM",
+            "QUOTA",
+            "CREATED (UTC)",
+            "REVOKED",
+        ],
         &rows,
     );
 }

@@ -23,6 +23,7 @@ enum ModelsCommand {
         /// Ask this server instead of reading --models-dir.
         #[arg(long, env = "SEEDBED_SERVER")]
         server: Option<String>,
+        /// API key for --server.
         #[arg(long, env = "SEEDBED_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
         /// Folder of diffusers model folders.
@@ -80,12 +81,12 @@ pub fn run(args: ModelsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn local(dir: &std::path::Path) -> Result<(Vec<ModelView>, Vec<(String, String)>)> {
+/// `(folder name, why it cannot be served)`.
+type Broken = Vec<(String, String)>;
+
+fn local(dir: &std::path::Path) -> Result<(Vec<ModelView>, Broken)> {
     let catalog = Catalog::scan(dir, &[])?;
-    let models = catalog
-        .models()
-        .map(|m| m.view(&m.name, false))
-        .collect();
+    let models = catalog.models().map(|m| m.view(&m.name, false)).collect();
     let broken = catalog
         .broken()
         .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -23,7 +23,10 @@ fn a_killed_server_finishes_its_jobs_after_restart() {
     let long = json!({"model": "tiny-sd", "prompt": "a long one", "steps": 500,
         "sequential_image_generation": "auto",
         "sequential_image_generation_options": {"max_images": 2}});
-    let running = http.generate(long, true)["id"].as_str().unwrap().to_string();
+    let running = http.generate(long, true)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let queued = http.generate(
         json!({"model": "tiny-sd", "prompt": "next", "steps": 3}),
         true,

@@ -6,16 +6,22 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 
 mod kill;
+mod remote;
 mod server_process;
+mod snapshots;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
 }
 
+/// The binary with no `SEEDBED_*` setting from the environment the tests run in.
 fn seedbed() -> Command {
     let mut cmd = Command::cargo_bin("seedbed").unwrap();
-    cmd.env_remove("SEEDBED_MODELS_DIR")
-        .env_remove("SEEDBED_MODEL");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SEEDBED_") {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
 

@@ -27,7 +27,15 @@ impl ServerProcess {
     /// On a given address, e.g. the previous run's, so its image links stay valid.
     pub fn start_on(data_dir: &Path, listen: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_seedbed"))
-            .args(["serve", "--listen", listen, "--api-key", KEY, "--log", "info"])
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--api-key",
+                KEY,
+                "--log",
+                "info",
+            ])
             .arg("--models-dir")
             .arg(fixtures().join("models"))
             .arg("--data-dir")

@@ -76,7 +76,9 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         negative_prompt: args.negative_prompt.clone(),
         width,
         height,
-        steps: args.steps.map_or(if turbo { 4 } else { 25 }, |s| s as usize),
+        steps: args
+            .steps
+            .map_or(if turbo { 4 } else { 25 }, |s| s as usize),
         guidance_scale: args.guidance.unwrap_or(if turbo { 0.0 } else { 7.5 }),
         scheduler: args
             .scheduler
@@ -131,7 +133,10 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         }));
     }
     if args.json {
-        println!("{}", serde_json::json!({"model": model_name, "data": written}));
+        println!(
+            "{}",
+            serde_json::json!({"model": model_name, "data": written})
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

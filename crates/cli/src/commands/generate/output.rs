@@ -137,9 +137,15 @@ mod tests {
         assert_eq!(one.path(0, 1, "x", Format::Png), Path::new("fox.png"));
         assert_eq!(one.path(1, 2, "x", Format::Png), Path::new("fox-1.png"));
         let dir = Target::parse(Some(Path::new("out/")), Format::Jpeg).unwrap();
-        assert_eq!(dir.path(0, 2, "job-0", Format::Jpeg), Path::new("out/job-0.jpeg"));
+        assert_eq!(
+            dir.path(0, 2, "job-0", Format::Jpeg),
+            Path::new("out/job-0.jpeg")
+        );
         let default = Target::parse(None, Format::Jpeg).unwrap();
-        assert_eq!(default.path(0, 1, "x", Format::Jpeg), Path::new("seedbed.jpeg"));
+        assert_eq!(
+            default.path(0, 1, "x", Format::Jpeg),
+            Path::new("seedbed.jpeg")
+        );
         assert!(Target::parse(Some(Path::new("fox.gif")), Format::Png).is_err());
         assert!(Target::parse(Some(Path::new("fox")), Format::Png).is_err());
     }

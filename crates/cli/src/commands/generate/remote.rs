@@ -85,7 +85,7 @@ fn build_request(args: &GenerateArgs, format: Option<Format>) -> Result<Generati
         size: args.size.clone(),
         seed: args.seed.map(|s| s as i64),
         sequential_image_generation: (args.count > 1).then_some(SequentialMode::Auto),
-        sequential_image_generation_options: (args.count > 1).then(|| SequentialOptions {
+        sequential_image_generation_options: (args.count > 1).then_some(SequentialOptions {
             max_images: Some(args.count),
         }),
         stream: Some(false),
