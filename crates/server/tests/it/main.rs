@@ -8,3 +8,4 @@ mod generations;
 mod jobs;
 mod keys;
 mod restart;
+mod snapshots;
