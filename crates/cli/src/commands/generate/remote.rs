@@ -21,10 +21,19 @@ use crate::remote::connect;
 pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let server = args.server.clone().unwrap_or_default();
     let target = Target::parse(args.output.as_deref(), Format::Jpeg)?;
-    let request = build_request(&args, target.format())?;
+    let mut request = build_request(&args, target.format())?;
     crate::block_on(async move {
         let client = connect(&server, args.api_key.as_deref())?;
         let is_seedbed = client.info().await.is_ok_and(|info| info.name == "seedbed");
+        if request.model.is_none() && is_seedbed {
+            // Like local generation: the first model the server offers.
+            let first = client.models().await?.data.into_iter().next();
+            let model = first.context("the server offers no model")?.id;
+            if !args.quiet {
+                eprintln!("using model {model}");
+            }
+            request.model = Some(model);
+        }
         let (response, stem) = if is_seedbed {
             run_job(&client, &request, args.quiet).await?
         } else {
