@@ -50,6 +50,8 @@ enum Command {
     Usage(commands::usage::UsageArgs),
     /// The models a server or a local models directory offers.
     Models(commands::models::ModelsArgs),
+    /// Download a diffusers model folder from a Hugging Face-style hub.
+    Pull(commands::pull::PullArgs),
     /// Print a shell completion script.
     Completions(commands::completions::CompletionsArgs),
     /// Check the engine against diffusers reference cases, stage by stage.
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Keys(args) => commands::keys::run(args),
         Command::Usage(args) => commands::usage::run(args),
         Command::Models(args) => commands::models::run(args),
+        Command::Pull(args) => commands::pull::run(args),
         Command::Completions(args) => commands::completions::run(args),
         Command::Parity(args) => commands::parity::run(args),
         Command::Bench(args) => commands::bench::run(args),
@@ -100,6 +103,16 @@ fn report(error: &anyhow::Error) -> ExitCode {
         let refused = client_error
             .status()
             .is_some_and(|status| (400..500).contains(&status));
+        return ExitCode::from(if refused { EXIT_API } else { EXIT_FAILURE });
+    }
+    if let Some(pull_error) = error.downcast_ref::<seedbed_hub::PullError>() {
+        let refused = matches!(
+            pull_error,
+            seedbed_hub::PullError::NotFound { .. }
+                | seedbed_hub::PullError::Unauthorized { .. }
+                | seedbed_hub::PullError::NotAPipeline { .. }
+                | seedbed_hub::PullError::OnlyPickle { .. }
+        );
         return ExitCode::from(if refused { EXIT_API } else { EXIT_FAILURE });
     }
     let usage = error

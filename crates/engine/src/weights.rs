@@ -52,9 +52,16 @@ pub fn find_weight_files(dir: &Path, variant: Variant) -> Result<Vec<PathBuf>> {
             if single.is_file() {
                 return Ok(vec![single]);
             }
-            let index = dir.join(format!("{stem}{infix}.safetensors.index.json"));
-            if index.is_file() {
-                return shards_from_index(&index);
+            // diffusers names a variant's index `x.safetensors.index.fp16.json`; some
+            // converters write `x.fp16.safetensors.index.json`.
+            for index in [
+                format!("{stem}.safetensors.index{infix}.json"),
+                format!("{stem}{infix}.safetensors.index.json"),
+            ] {
+                let index = dir.join(index);
+                if index.is_file() {
+                    return shards_from_index(&index);
+                }
             }
         }
     }

@@ -5,6 +5,7 @@ pub mod jobs;
 pub mod keys;
 pub mod models;
 pub mod parity;
+pub mod pull;
 
 pub mod serve;
 pub mod usage;

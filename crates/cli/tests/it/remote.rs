@@ -240,3 +240,50 @@ fn local_models_and_completions() {
         .success()
         .stdout(predicate::str::contains("_seedbed()"));
 }
+
+#[test]
+fn pull_from_a_hub_then_generate_with_it() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let hub = runtime.block_on(seedbed_hub::fake::FakeHub::start());
+    hub.add_repo("test/tiny-sd", &fixtures().join("models/tiny-sd"));
+    let models = tempfile::tempdir().unwrap();
+    seedbed()
+        .env("HF_ENDPOINT", &hub.url)
+        .args(["pull", "test/tiny-sd", "--models-dir"])
+        .arg(models.path())
+        .assert()
+        .success()
+        .stdout(format!("{}\n", models.path().join("tiny-sd").display()));
+    seedbed()
+        .env("HF_ENDPOINT", &hub.url)
+        .args(["pull", "test/tiny-sd", "--models-dir"])
+        .arg(models.path())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("is up to date"));
+    let out = tempfile::tempdir().unwrap();
+    seedbed()
+        .current_dir(out.path())
+        .args([
+            "generate",
+            "a pulled model",
+            "--steps",
+            "1",
+            "-m",
+            "tiny-sd",
+            "--models-dir",
+        ])
+        .arg(models.path())
+        .assert()
+        .success();
+    assert!(out.path().join("seedbed.png").is_file());
+    seedbed()
+        .env("HF_ENDPOINT", &hub.url)
+        .args(["pull", "test/missing", "--models-dir"])
+        .arg(models.path())
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(
+            "test/missing at main was not found",
+        ));
+}
