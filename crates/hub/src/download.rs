@@ -156,7 +156,7 @@ async fn fetch_once(job: &Fetch<'_>) -> Result<()> {
     let response = request.send().await.map_err(transport)?;
     let status = response.status().as_u16();
     let (mut file, mut hasher, start) = match status {
-        206 if have > 0 => {
+        206 if have > 0 && range_start(&response) == Some(have) => {
             let hasher = hash_file(&part, &job.expected, job.size).await?;
             let file = tokio::fs::OpenOptions::new()
                 .append(true)
@@ -167,7 +167,7 @@ async fn fetch_once(job: &Fetch<'_>) -> Result<()> {
         }
         // The part already holds everything.
         416 if have == job.size => return finish(job, &part).await,
-        200 | 416 => {
+        200 | 206 | 416 => {
             let file = tokio::fs::File::create(&part).await.map_err(io(&part))?;
             (file, Hasher::new(&job.expected, job.size), 0)
         }
@@ -184,8 +184,9 @@ async fn fetch_once(job: &Fetch<'_>) -> Result<()> {
             });
         }
     };
-    if status == 416 {
-        // A stale part longer than the file: start over.
+    if status == 416 || start == 0 && have > 0 && status == 206 {
+        // A stale part longer than the file, or a range we did not ask for: start over.
+        drop(file);
         return Box::pin(fetch_once(job)).await;
     }
     job.progress.file(job.path, job.size, start);
@@ -224,6 +225,14 @@ async fn fetch_once(job: &Fetch<'_>) -> Result<()> {
     }
     if let Err(error) = hasher.check(&job.expected, job.path) {
         let _ = tokio::fs::remove_file(&part).await;
+        if start > 0 {
+            // The part may have come from an older commit: one fresh download.
+            tracing::warn!(
+                file = job.path,
+                "resumed file failed verification; downloading again"
+            );
+            return Box::pin(fetch_once(job)).await;
+        }
         return Err(error);
     }
     tokio::fs::rename(&part, &job.dest)
@@ -231,6 +240,18 @@ async fn fetch_once(job: &Fetch<'_>) -> Result<()> {
         .map_err(io(&job.dest))?;
     job.progress.done(job.path);
     Ok(())
+}
+
+/// The first byte of a 206 body, from `Content-Range: bytes START-END/TOTAL`.
+fn range_start(response: &reqwest::Response) -> Option<u64> {
+    let value = response.headers().get("content-range")?.to_str().ok()?;
+    value
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A part already complete (after a 416): verify and move it into place.

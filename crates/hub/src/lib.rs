@@ -78,6 +78,11 @@ pub async fn pull(options: &PullOptions, progress: &dyn PullProgress) -> Result<
         .name
         .clone()
         .unwrap_or_else(|| repo.rsplit('/').next().unwrap_or(repo).to_string());
+    if !select::is_safe_path(&name) || name.contains('/') || name.starts_with('.') {
+        return Err(PullError::Protocol(format!(
+            "`{name}` cannot be a model folder name (use --name)"
+        )));
+    }
     let dest = options.models_dir.join(&name);
     let staging = options.models_dir.join(format!(".{name}.partial"));
 

@@ -8,6 +8,9 @@ use std::collections::BTreeSet;
 use crate::error::{PullError, Result};
 use crate::listing::Sibling;
 
+/// Components seedbed never loads: SD 1.x's safety checker alone is 1.2 GB.
+const UNUSED: &[&str] = &["safety_checker", "feature_extractor"];
+
 /// The component folders `model_index.json` names (`"unet": ["diffusers", "UNet2DConditionModel"]`).
 pub fn components(model_index: &serde_json::Value) -> Vec<String> {
     let Some(entries) = model_index.as_object() else {
@@ -15,7 +18,7 @@ pub fn components(model_index: &serde_json::Value) -> Vec<String> {
     };
     entries
         .iter()
-        .filter(|(name, _)| !name.starts_with('_'))
+        .filter(|(name, _)| !name.starts_with('_') && !UNUSED.contains(&name.as_str()))
         .filter(|(_, value)| {
             value
                 .as_array()
@@ -37,6 +40,12 @@ pub fn select<'a>(
         return Err(PullError::NotAPipeline { repo: repo.into() });
     }
     keep.insert("model_index.json".into());
+    if let Some(bad) = siblings.iter().find(|s| !is_safe_path(&s.rfilename)) {
+        return Err(PullError::Protocol(format!(
+            "{repo} lists a file outside the repository: {}",
+            bad.rfilename
+        )));
+    }
     for component in components {
         let prefix = format!("{component}/");
         let files: Vec<&str> = siblings
@@ -67,6 +76,17 @@ pub fn select<'a>(
         .iter()
         .filter(|s| keep.contains(&s.rfilename))
         .collect())
+}
+
+/// A relative path that stays inside the model folder on every platform.
+pub fn is_safe_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\\')
+        && !path.contains(':')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
 /// Configs and tokenizer files; weight indexes are chosen with their weights instead.
@@ -259,11 +279,30 @@ mod tests {
     }
 
     #[test]
+    fn paths_that_escape_the_folder_are_refused() {
+        for bad in [
+            "../evil.json",
+            "unet/../../x",
+            "/etc/passwd",
+            "a\\b",
+            "C:x",
+            "a//b",
+        ] {
+            assert!(!is_safe_path(bad), "{bad}");
+        }
+        assert!(is_safe_path("unet/config.json"));
+        let siblings = listing(&["model_index.json", "unet/../../evil.safetensors"]);
+        assert!(select("r", &siblings, &["unet".into()], None).is_err());
+    }
+
+    #[test]
     fn components_come_from_model_index() {
         let index = serde_json::json!({
             "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
             "unet": ["diffusers", "UNet2DConditionModel"],
-            "safety_checker": [null, null], "requires_safety_checker": false,
+            "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+            "feature_extractor": ["transformers", "CLIPImageProcessor"],
+            "image_encoder": [null, null], "requires_safety_checker": true,
             "tokenizer": ["transformers", "CLIPTokenizer"],
         });
         assert_eq!(super::components(&index), ["tokenizer", "unet"]);

@@ -237,3 +237,33 @@ async fn missing_and_gated_repositories() {
     with_token.token = Some("hf_secret".into());
     pull(&with_token, &NoProgress).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stale_partial_file_is_downloaded_again() {
+    let (hub, _repo) = hub_with_repo().await;
+    let models = tempfile::tempdir().unwrap();
+    // A part left by a pull of another commit: its bytes do not match this file.
+    let vae = "vae/diffusion_pytorch_model.safetensors";
+    let part = models
+        .path()
+        .join(".tiny-sd.partial")
+        .join(format!("{vae}.part"));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, vec![7u8; 5000]).unwrap();
+    pull(&options(&hub, models.path()), &NoProgress)
+        .await
+        .unwrap();
+    let requests: Vec<_> = hub
+        .requests()
+        .into_iter()
+        .filter(|(p, _)| p == vae)
+        .collect();
+    assert_eq!(
+        requests,
+        [(vae.into(), Some("bytes=5000-".into())), (vae.into(), None)]
+    );
+    assert_eq!(
+        std::fs::read(models.path().join("tiny-sd").join(vae)).unwrap(),
+        std::fs::read(tiny_sd().join(vae)).unwrap()
+    );
+}
