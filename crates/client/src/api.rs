@@ -14,10 +14,20 @@ use crate::{ClientError, Generated};
 impl Client {
     /// `POST images/generations` without streaming.
     pub async fn generate(&self, request: &GenerationRequest) -> Result<Generated, ClientError> {
-        let body = with_stream(request, false);
+        self.generate_raw(json_body(&with_stream(request, false)))
+            .await
+    }
+
+    /// Like [`Client::generate`] with a body sent exactly as given (a gateway relaying a
+    /// client's request byte for byte); the caller sets `stream`.
+    pub async fn generate_raw(&self, body: Bytes) -> Result<Generated, ClientError> {
         let url = self.generations_url();
         let answer = self
-            .send(|| self.request(Method::POST, &url).json(&body))
+            .send(|| {
+                self.request(Method::POST, &url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            })
             .await?;
         let job_id = answer.job_id();
         let request_id = answer.request_id.clone();
@@ -35,10 +45,19 @@ impl Client {
         &self,
         request: &GenerationRequest,
     ) -> Result<GenerationStream, ClientError> {
-        let body = with_stream(request, true);
+        self.generate_stream_raw(json_body(&with_stream(request, true)))
+            .await
+    }
+
+    /// Like [`Client::generate_stream`] with a body sent exactly as given.
+    pub async fn generate_stream_raw(&self, body: Bytes) -> Result<GenerationStream, ClientError> {
         let url = self.generations_url();
         let answer = self
-            .send(|| self.request(Method::POST, &url).json(&body))
+            .send(|| {
+                self.request(Method::POST, &url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            })
             .await?;
         if !is_event_stream(&answer.response) {
             return Err(ClientError::Decode {
@@ -180,6 +199,10 @@ impl Client {
             .await
             .map_err(|e| ClientError::from_transport(e, &request_id))
     }
+}
+
+fn json_body(request: &GenerationRequest) -> Bytes {
+    Bytes::from(serde_json::to_vec(request).unwrap_or_default())
 }
 
 /// The request as JSON with `stream` set; every other field, unknown ones too, kept as is.

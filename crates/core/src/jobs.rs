@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use rand::Rng;
-use seedbed_storage::{Blobs, Db, ImageRow, JobRow, JobStatus, KeyRow, NewJob};
+use seedbed_gateway::Gateway;
+use seedbed_storage::{Blobs, Db, ImageRow, JobRow, JobStatus, KeyRow, Lane, NewJob};
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::Catalog;
@@ -58,9 +59,13 @@ pub(crate) struct Inner {
     pub db: Db,
     pub blobs: Blobs,
     pub catalog: Catalog,
+    /// Models served by upstream providers.
+    pub gateway: Gateway,
     pub config: CoreConfig,
     /// Wakes the runner when a job is queued or cancelled.
     pub wake: Notify,
+    /// Wakes the gateway runner when a relayed job is queued.
+    pub wake_gateway: Notify,
     /// Bumped after every appended event; watchers re-read the log.
     pub event_tick: watch::Sender<u64>,
     /// Cancel flags of jobs running in this process.
@@ -77,15 +82,23 @@ pub fn new_id(prefix: &str) -> String {
 }
 
 impl Jobs {
-    pub fn new(db: Db, blobs: Blobs, catalog: Catalog, config: CoreConfig) -> Self {
+    pub fn new(
+        db: Db,
+        blobs: Blobs,
+        catalog: Catalog,
+        gateway: Gateway,
+        config: CoreConfig,
+    ) -> Self {
         let (event_tick, _) = watch::channel(0);
         Self {
             inner: Arc::new(Inner {
                 db,
                 blobs,
                 catalog,
+                gateway,
                 config,
                 wake: Notify::new(),
+                wake_gateway: Notify::new(),
                 event_tick,
                 running: Mutex::new(HashMap::new()),
             }),
@@ -102,6 +115,10 @@ impl Jobs {
 
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.inner.gateway
     }
 
     pub fn config(&self) -> &CoreConfig {
@@ -141,12 +158,21 @@ impl Jobs {
             spec: serde_json::to_string(&spec)
                 .map_err(|e| CoreError::Internal(format!("spec: {e}")))?,
             request_id: request_id.to_string(),
+            lane: if spec.gateway.is_some() {
+                Lane::Gateway
+            } else {
+                Lane::Local
+            },
         };
         db.insert_job(&new, &JobEvent::Queued { position: queued }.to_json())
             .await?;
         metrics::counter!("seedbed_jobs_total", "model" => spec.model.clone()).increment(1);
         self.tick();
-        self.inner.wake.notify_one();
+        if new.lane == Lane::Gateway {
+            self.inner.wake_gateway.notify_one();
+        } else {
+            self.inner.wake.notify_one();
+        }
         db.job(&id)
             .await?
             .ok_or_else(|| CoreError::Internal(format!("job {id} vanished after insert")))

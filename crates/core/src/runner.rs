@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use seedbed_storage::{ImageRow, JobRow, JobStatus, now_ms};
+use seedbed_storage::{ImageRow, JobRow, JobStatus, Lane, now_ms};
 use seedbed_types::{ErrorCode, Usage};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -27,7 +27,13 @@ impl Jobs {
             if let Err(error) = jobs.recover().await {
                 tracing::error!(%error, "recovering interrupted jobs failed");
             }
+            let relays = tokio::spawn({
+                let jobs = jobs.clone();
+                let shutdown = shutdown.clone();
+                async move { jobs.run_gateway_queue(shutdown).await }
+            });
             jobs.run_queue(device, shutdown).await;
+            let _ = relays.await;
         })
     }
 
@@ -63,7 +69,7 @@ impl Jobs {
             let lease_until = now_ms() + inner.config.lease.as_millis() as i64;
             match inner
                 .db
-                .claim_next(&inner.config.node_id, lease_until)
+                .claim_next(&inner.config.node_id, lease_until, Lane::Local)
                 .await
             {
                 Ok(Some(job)) => {
@@ -222,41 +228,18 @@ impl Jobs {
                 height,
                 seed,
             } => {
-                let format = spec.output_format.extension();
-                let blob_key = format!("images/{}/{index}.{format}", job.id);
-                let size = bytes.len() as u64;
-                inner.blobs.put(&blob_key, Bytes::from(bytes)).await?;
-                let now = now_ms();
-                inner
-                    .db
-                    .put_image(&ImageRow {
-                        job_id: job.id.clone(),
-                        index,
-                        blob_key,
-                        width,
-                        height,
-                        format: format.to_string(),
-                        bytes: size,
-                        created_at: now,
-                        expires_at: now + inner.config.image_ttl.as_millis() as i64,
-                    })
-                    .await?;
+                let image = NewImage {
+                    index,
+                    bytes: Some(Bytes::from(bytes)),
+                    url: None,
+                    width,
+                    height,
+                    format: spec.output_format.extension().to_string(),
+                    seed: Some(seed),
+                    extra: Default::default(),
+                };
+                self.store_image(job, spec, image).await?;
                 outcome.delivered.push((width, height));
-                metrics::counter!("seedbed_images_total", "model" => spec.model.clone())
-                    .increment(1);
-                let created = now / 1000;
-                self.append(
-                    &job.id,
-                    &JobEvent::Image {
-                        index,
-                        width,
-                        height,
-                        format: format.into(),
-                        seed,
-                        created,
-                    },
-                )
-                .await?;
             }
             DeviceEvent::ImageFailed { index, message } => {
                 outcome.failures += 1;
@@ -267,6 +250,49 @@ impl Jobs {
             DeviceEvent::Done(_) => {}
         }
         Ok(())
+    }
+
+    /// Store an image (unless it is only an upstream's link), then announce it: a watcher never
+    /// sees an image it cannot fetch.
+    pub(crate) async fn store_image(
+        &self,
+        job: &JobRow,
+        spec: &GenerationSpec,
+        image: NewImage,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let now = now_ms();
+        if let Some(bytes) = image.bytes {
+            let blob_key = format!("images/{}/{}.{}", job.id, image.index, image.format);
+            let size = bytes.len() as u64;
+            inner.blobs.put(&blob_key, bytes).await?;
+            inner
+                .db
+                .put_image(&ImageRow {
+                    job_id: job.id.clone(),
+                    index: image.index,
+                    blob_key,
+                    width: image.width,
+                    height: image.height,
+                    format: image.format.clone(),
+                    bytes: size,
+                    created_at: now,
+                    expires_at: now + inner.config.image_ttl.as_millis() as i64,
+                })
+                .await?;
+        }
+        metrics::counter!("seedbed_images_total", "model" => spec.model.clone()).increment(1);
+        let event = JobEvent::Image {
+            index: image.index,
+            width: image.width,
+            height: image.height,
+            format: image.format,
+            seed: image.seed,
+            created: now / 1000,
+            url: image.url,
+            extra: image.extra,
+        };
+        self.append(&job.id, &event).await
     }
 
     async fn conclude(
@@ -316,6 +342,7 @@ impl Jobs {
                 let event = JobEvent::Completed {
                     usage,
                     created: now_ms() / 1000,
+                    extra: Default::default(),
                 };
                 if inner
                     .db
@@ -352,7 +379,7 @@ impl Jobs {
     }
 
     /// End a job in `status` with its final event.
-    async fn finish(
+    pub(crate) async fn finish(
         &self,
         id: &str,
         status: JobStatus,
@@ -363,10 +390,14 @@ impl Jobs {
             (_, Some((code, message))) => JobEvent::Failed {
                 code: code.as_str().into(),
                 message: message.clone(),
+                status: None,
+                param: None,
             },
             _ => JobEvent::Failed {
                 code: ErrorCode::InternalServiceError.as_str().into(),
                 message: "failed".into(),
+                status: None,
+                param: None,
             },
         };
         if let Some((code, _)) = &error {
@@ -386,7 +417,7 @@ impl Jobs {
         Ok(())
     }
 
-    async fn append(&self, id: &str, event: &JobEvent) -> Result<()> {
+    pub(crate) async fn append(&self, id: &str, event: &JobEvent) -> Result<()> {
         self.inner.db.append_event(id, &event.to_json()).await?;
         self.tick();
         Ok(())
@@ -439,6 +470,19 @@ fn internal_image_failure(index: u32, message: String) -> JobEvent {
         message,
         created: now_ms() / 1000,
     }
+}
+
+/// An image ready to store and announce.
+pub(crate) struct NewImage {
+    pub index: u32,
+    /// `None`: an upstream's own link is served instead (`url`).
+    pub bytes: Option<Bytes>,
+    pub url: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub format: String,
+    pub seed: Option<u64>,
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Default)]

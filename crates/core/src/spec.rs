@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use rand::Rng;
 use regex::Regex;
 use seedbed_engine::scheduler::SchedulerKind;
-use seedbed_types::{GenerationRequest, ResponseFormat, SequentialMode};
+use seedbed_types::{GenerationRequest, RawRequest, ResponseFormat, SequentialMode};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, ModelEntry};
@@ -66,6 +66,10 @@ pub struct GenerationSpec {
     pub output_format: ImageFormat,
     pub watermark: bool,
     pub stream: bool,
+    /// Set for a model an upstream provider serves: the client's body as it came, relayed
+    /// instead of run here (the local-generation fields above are then unused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 impl GenerationSpec {
@@ -187,8 +191,40 @@ pub fn validate(
         output_format,
         watermark: request.watermark.unwrap_or(true),
         stream: request.stream.unwrap_or(false),
+        gateway: None,
     };
     Ok((spec, references))
+}
+
+/// A request for a model an upstream serves: the upstream validates it; seedbed reads only what
+/// it needs to answer (`stream`, `response_format`) and to count images against key limits.
+pub fn validate_gateway(request: &GenerationRequest, raw: &RawRequest) -> Result<GenerationSpec> {
+    let public = non_empty(request.model.as_deref())
+        .ok_or(CoreError::MissingParameter { param: "model" })?;
+    let prompt = request.prompt.clone().unwrap_or_default();
+    let images = image_count(request, &prompt, 0)?;
+    Ok(GenerationSpec {
+        model: public.to_string(),
+        local_model: String::new(),
+        prompt,
+        negative_prompt: None,
+        width: 0,
+        height: 0,
+        compute_width: 0,
+        compute_height: 0,
+        images,
+        seed: 0,
+        steps: 0,
+        guidance_scale: 0.0,
+        scheduler: None,
+        strength: 0.0,
+        reference_images: Vec::new(),
+        response_format: request.response_format.unwrap_or_default(),
+        output_format: ImageFormat::Jpeg,
+        watermark: request.watermark.unwrap_or(true),
+        stream: request.stream.unwrap_or(false),
+        gateway: Some(String::from_utf8_lossy(&raw.to_bytes()).into_owned()),
+    })
 }
 
 fn non_empty(text: Option<&str>) -> Option<&str> {

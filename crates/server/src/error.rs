@@ -13,6 +13,8 @@ pub struct ApiFailure {
     pub message: String,
     pub param: Option<String>,
     pub retry_after_s: Option<u64>,
+    /// An upstream provider's own status and code, passed through unchanged (a gateway job).
+    pub upstream: Option<(u16, String)>,
 }
 
 impl ApiFailure {
@@ -22,7 +24,45 @@ impl ApiFailure {
             message: message.into(),
             param: None,
             retry_after_s: None,
+            upstream: None,
         }
+    }
+
+    /// The failure a job's `Failed` event describes: our own code, or an upstream's status and
+    /// code when the job ran at a provider.
+    pub fn from_job_event(event: &seedbed_core::JobEvent) -> Option<Self> {
+        let seedbed_core::JobEvent::Failed {
+            code,
+            message,
+            status,
+            param,
+        } = event
+        else {
+            return None;
+        };
+        let known = ErrorCode::parse(code);
+        let mut failure = Self::new(
+            known.unwrap_or(ErrorCode::InternalServiceError),
+            message.clone(),
+        );
+        failure.param = param.clone().filter(|p| !p.is_empty());
+        if status.is_some() || known.is_none() {
+            let status = status.unwrap_or(500);
+            failure.upstream = Some((status, code.clone()));
+        }
+        Some(failure)
+    }
+
+    pub fn status(&self) -> u16 {
+        self.upstream
+            .as_ref()
+            .map_or(self.code.status(), |(status, _)| *status)
+    }
+
+    pub fn code_str(&self) -> &str {
+        self.upstream
+            .as_ref()
+            .map_or(self.code.as_str(), |(_, code)| code.as_str())
     }
 
     pub fn param(mut self, param: impl Into<String>) -> Self {
@@ -87,8 +127,9 @@ impl From<CoreError> for ApiFailure {
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         let status =
-            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        metrics::counter!("seedbed_errors_total", "code" => self.code.as_str()).increment(1);
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        metrics::counter!("seedbed_errors_total", "code" => self.code_str().to_string())
+            .increment(1);
         let mut response = (status, [(header::CONTENT_TYPE, "application/json")]).into_response();
         if let Some(seconds) = self.retry_after_s {
             response
@@ -97,8 +138,7 @@ impl IntoResponse for ApiFailure {
         }
         // Upstream clients read this to decide on retries.
         // A model that cannot load will not load on a retry either.
-        let retry =
-            matches!(self.code.status(), 429 | 500..) && self.code != ErrorCode::ModelLoadFailed;
+        let retry = matches!(self.status(), 429 | 500..) && self.code != ErrorCode::ModelLoadFailed;
         response.headers_mut().insert(
             "x-should-retry",
             HeaderValue::from_static(if retry { "true" } else { "false" }),

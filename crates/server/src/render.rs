@@ -38,6 +38,32 @@ impl Renderer<'_> {
         })
     }
 
+    /// An `Image` event as a `data` entry: our stored image, or an upstream's own link, with
+    /// the upstream's other fields relayed.
+    pub async fn image_data(&self, event: &JobEvent) -> Result<ImageData, ApiFailure> {
+        let JobEvent::Image {
+            index,
+            width,
+            height,
+            url,
+            extra,
+            ..
+        } = event
+        else {
+            return Err(ApiFailure::internal());
+        };
+        let mut data = match url {
+            Some(url) => ImageData {
+                url: Some(url.clone()),
+                size: Some(format!("{width}x{height}")),
+                ..ImageData::default()
+            },
+            None => self.image(*index).await?,
+        };
+        data.extra = extra.clone();
+        Ok(data)
+    }
+
     /// `url` or `b64_json`, plus `size`, of a stored image.
     pub async fn image(&self, index: u32) -> Result<ImageData, ApiFailure> {
         let jobs = self.state.jobs();
@@ -77,15 +103,17 @@ impl Renderer<'_> {
             size: None,
             error: None,
             usage: None,
+            extra: Default::default(),
         };
         Ok(Some(match event {
             JobEvent::Image { index, created, .. } => {
-                let data = self.image(*index).await?;
+                let data = self.image_data(event).await?;
                 StreamEvent {
                     image_index: Some(*index),
                     url: data.url,
                     b64_json: data.b64_json,
                     size: data.size,
+                    extra: data.extra,
                     ..base(StreamEventType::PartialSucceeded, *created)
                 }
             }
@@ -102,12 +130,17 @@ impl Renderer<'_> {
                 }),
                 ..base(StreamEventType::PartialFailed, *created)
             },
-            JobEvent::Completed { usage, created } => StreamEvent {
+            JobEvent::Completed {
+                usage,
+                created,
+                extra,
+            } => StreamEvent {
                 usage: Some(*usage),
+                extra: extra.clone(),
                 ..base(StreamEventType::Completed, *created)
             },
             // A top-level failure after the stream started: `completed` with the error.
-            JobEvent::Failed { code, message } => StreamEvent {
+            JobEvent::Failed { code, message, .. } => StreamEvent {
                 error: Some(ImageError {
                     code: code.clone(),
                     message: message.clone(),
@@ -140,6 +173,8 @@ pub struct ResponseBuilder {
     data: std::collections::BTreeMap<u32, ImageData>,
     pub usage: Option<Usage>,
     pub failure: Option<ApiFailure>,
+    /// Relayed top-level fields of an upstream's response.
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ResponseBuilder {
@@ -153,7 +188,7 @@ impl ResponseBuilder {
             // A job run again after a restart makes its images anew.
             JobEvent::Started { attempt } if *attempt > 1 => self.data.clear(),
             JobEvent::Image { index, .. } => {
-                let image = renderer.image(*index).await?;
+                let image = renderer.image_data(event).await?;
                 self.data.insert(*index, image);
             }
             JobEvent::ImageFailed {
@@ -173,11 +208,11 @@ impl ResponseBuilder {
                     },
                 );
             }
-            JobEvent::Completed { usage, .. } => self.usage = Some(*usage),
-            JobEvent::Failed { code, message } => {
-                let code = ErrorCode::parse(code).unwrap_or(ErrorCode::InternalServiceError);
-                self.failure = Some(ApiFailure::new(code, message.clone()));
+            JobEvent::Completed { usage, extra, .. } => {
+                self.usage = Some(*usage);
+                self.extra = extra.clone();
             }
+            JobEvent::Failed { .. } => self.failure = ApiFailure::from_job_event(event),
             JobEvent::Cancelled => {
                 self.failure = Some(ApiFailure::new(
                     ErrorCode::Cancelled,
@@ -200,6 +235,7 @@ impl ResponseBuilder {
             data: self.data.into_values().collect(),
             usage: self.usage,
             error: None,
+            extra: self.extra,
         }
     }
 }

@@ -9,7 +9,7 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use rand::Rng;
-use seedbed_types::ApiError;
+use seedbed_types::{ApiError, ErrorCode};
 use tracing::Instrument;
 
 use crate::error::ApiFailure;
@@ -77,12 +77,16 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
     let mut response = next.run(request).instrument(span.clone()).await;
     if let Some(failure) = response.extensions_mut().remove::<ApiFailure>() {
         let param = failure.param.as_deref();
-        let body = ApiError::new(failure.code, &failure.message, param, &id);
+        let mut body = ApiError::new(failure.code, &failure.message, param, &id);
+        if let Some((status, code)) = &failure.upstream {
+            body.error.code = code.clone();
+            body.error.kind = ErrorCode::type_for_status(*status).into();
+        }
         *response.body_mut() = Body::from(serde_json::to_vec(&body).unwrap_or_default());
         response
             .headers_mut()
             .remove(axum::http::header::CONTENT_LENGTH);
-        span.in_scope(|| tracing::info!(code = failure.code.as_str(), message = %failure.message, "request failed"));
+        span.in_scope(|| tracing::info!(code = failure.code_str(), message = %failure.message, "request failed"));
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);

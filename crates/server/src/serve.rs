@@ -39,6 +39,10 @@ pub struct ServeConfig {
     pub memory_budget: u64,
     pub shutdown_grace: Duration,
     pub max_attempts: u32,
+    /// Upstream providers (in priority order) and the models they serve.
+    pub upstreams: Vec<seedbed_gateway::UpstreamConfig>,
+    /// Extra `(public model, upstream name, upstream model)` routes, after the upstreams' own.
+    pub routes: Vec<(String, String, String)>,
 }
 
 impl ServeConfig {
@@ -61,6 +65,8 @@ impl ServeConfig {
             memory_budget: 16 << 30,
             shutdown_grace: Duration::from_secs(30),
             max_attempts: 3,
+            upstreams: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -195,7 +201,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         inputs: config.inputs.clone(),
         shutdown_grace: config.shutdown_grace,
     };
-    let jobs = Jobs::new(db, blobs, catalog, core_config);
+    let gateway = seedbed_gateway::Gateway::new(config.upstreams.clone(), &config.routes)
+        .map_err(ServeError::Refused)?;
+    let jobs = Jobs::new(db, blobs, catalog, gateway, core_config);
     let device = Device::spawn(DeviceOptions {
         load: config.load.clone(),
         memory_budget: config.memory_budget,

@@ -16,7 +16,8 @@ mod error;
 
 pub use blobs::Blobs;
 pub use db::{
-    Db, ImageRow, JobRow, JobStatus, KeyRow, NewJob, NewKey, RecoveredJobs, UsageRow, UsageTotals,
+    Db, ImageRow, JobRow, JobStatus, KeyRow, Lane, NewJob, NewKey, RecoveredJobs, UsageRow,
+    UsageTotals,
 };
 pub use error::{Result, StorageError};
 

@@ -85,6 +85,20 @@ impl ErrorCode {
     pub fn type_name(self) -> &'static str {
         self.table().2
     }
+
+    /// The envelope's `type` for a status (for an upstream's code seedbed does not know).
+    pub fn type_for_status(status: u16) -> &'static str {
+        match status {
+            400 | 413 | 422 => "BadRequest",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "NotFound",
+            409 => "Conflict",
+            429 => "TooManyRequests",
+            503 => "ServiceUnavailable",
+            _ => "InternalServerError",
+        }
+    }
 }
 
 /// `{"error": {"code", "message", "param", "type"}}`.

@@ -3,6 +3,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::response::Usage;
 
@@ -30,9 +31,17 @@ pub enum JobEvent {
         width: u32,
         height: u32,
         format: String,
-        seed: u64,
+        /// The seed it was drawn from; unknown for images from an upstream provider.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed: Option<u64>,
         /// Unix seconds when it was stored.
         created: i64,
+        /// The provider's own link, for gateway images that are not re-hosted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        /// Fields an upstream provider sent with the image, relayed as they came.
+        #[serde(default, skip_serializing_if = "Map::is_empty")]
+        extra: Map<String, Value>,
     },
     /// Image `index` failed; the job may go on with the next one.
     ImageFailed {
@@ -45,11 +54,19 @@ pub enum JobEvent {
     Completed {
         usage: Usage,
         created: i64,
+        /// Top-level fields of an upstream provider's response, relayed as they came.
+        #[serde(default, skip_serializing_if = "Map::is_empty")]
+        extra: Map<String, Value>,
     },
     /// The job ended without an image.
     Failed {
         code: String,
         message: String,
+        /// The HTTP status an upstream provider answered with (else the code's own).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        param: Option<String>,
     },
     Cancelled,
 }

@@ -8,6 +8,7 @@
 pub mod error;
 pub mod job_event;
 pub mod manage;
+pub mod raw;
 pub mod request;
 pub mod response;
 pub mod stream;
@@ -18,6 +19,7 @@ pub use manage::{
     CreateKey, Health, JobList, JobProgress, JobState, JobView, KeyList, KeyView, ModelList,
     ModelView, ServerInfo, ServerLimits, UsageEntry, UsageTotals, UsageView,
 };
+pub use raw::RawRequest;
 pub use request::{
     GenerationRequest, ImageInput, OptimizePromptOptions, ResponseFormat, SequentialMode,
     SequentialOptions,

@@ -2,10 +2,13 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// `{model, created, data, usage}`; `error` only when no image was produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImagesResponse {
+    /// Absent in OpenAI-style responses.
+    #[serde(default)]
     pub model: String,
     /// Unix seconds when the request was created.
     pub created: i64,
@@ -14,6 +17,9 @@ pub struct ImagesResponse {
     pub usage: Option<Usage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ImageError>,
+    /// Fields seedbed does not produce itself but relays from an upstream provider.
+    #[serde(flatten, default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
 }
 
 /// One entry of `data`: an image (`url` or `b64_json`, and `size`) or a per-image `error`.
@@ -28,6 +34,9 @@ pub struct ImageData {
     pub size: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ImageError>,
+    /// Relayed upstream fields (see [`ImagesResponse::extra`]).
+    #[serde(flatten, default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
 }
 
 /// A per-image failure: `{code, message}` only.
@@ -103,6 +112,7 @@ mod tests {
             ],
             usage: Some(Usage::for_images([(2720, 1536)])),
             error: None,
+            extra: Default::default(),
         };
         let json = serde_json::to_string(&response).unwrap();
         assert_eq!(

@@ -6,6 +6,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::response::{ImageError, Usage};
 
@@ -49,6 +50,9 @@ pub struct StreamEvent {
     pub error: Option<ImageError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Relayed upstream fields seedbed does not produce itself.
+    #[serde(flatten, default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
 }
 
 /// The last line of every stream.
@@ -79,6 +83,7 @@ mod tests {
             size: Some("2848x1600".into()),
             error: None,
             usage: None,
+            extra: Default::default(),
         };
         let done = StreamEvent {
             kind: StreamEventType::Completed,
@@ -114,6 +119,7 @@ mod tests {
                 message: "boom".into(),
             }),
             usage: None,
+            extra: Default::default(),
         };
         let sse = failed.to_sse();
         let data = sse.lines().nth(1).unwrap();

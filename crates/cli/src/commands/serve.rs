@@ -100,6 +100,17 @@ pub struct ServeArgs {
     #[arg(long, env = "SEEDBED_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
 
+    /// An upstream provider, `NAME=KIND,URL` with KIND ark, openai or seedbed; its key comes
+    /// from `SEEDBED_UPSTREAM_<NAME>_KEY`. Repeatable, in priority order. The config file's
+    /// `[[upstream]]` tables take more (timeouts, `rehost`, model maps).
+    #[arg(long = "upstream", value_name = "NAME=KIND,URL", value_parser = seedbed_gateway::parse_upstream)]
+    upstreams: Vec<seedbed_gateway::UpstreamConfig>,
+
+    /// Serve a model from an upstream: `PUBLIC=UPSTREAM[:MODEL]`. Repeat a PUBLIC id for
+    /// fallbacks, in priority order.
+    #[arg(long = "route", value_name = "PUBLIC=UPSTREAM[:MODEL]", value_parser = seedbed_gateway::parse_route)]
+    routes: Vec<(String, String, String)>,
+
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -125,6 +136,13 @@ struct FileConfig {
     allow_private_urls: Option<bool>,
     model_memory_gb: Option<f64>,
     shutdown_grace_secs: Option<u64>,
+    /// `[[upstream]]` tables: name, kind, base_url, api_key or api_key_env, timeout_secs,
+    /// rehost, and `[upstream.models]` mapping public ids to the upstream's.
+    #[serde(default, rename = "upstream")]
+    upstreams: Vec<seedbed_gateway::UpstreamConfig>,
+    /// `"PUBLIC=UPSTREAM[:MODEL]"` strings, as `--route`.
+    #[serde(default)]
+    routes: Vec<String>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -199,6 +217,14 @@ impl ServeArgs {
         if let Some(secs) = self.shutdown_grace_secs.or(file.shutdown_grace_secs) {
             config.shutdown_grace = Duration::from_secs(secs);
         }
+        config.upstreams = file.upstreams;
+        config.upstreams.extend(self.upstreams);
+        for route in &file.routes {
+            config
+                .routes
+                .push(seedbed_gateway::parse_route(route).map_err(anyhow::Error::msg)?);
+        }
+        config.routes.extend(self.routes);
         config.load = self.device.load_options()?;
         Ok(config)
     }

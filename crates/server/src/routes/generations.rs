@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use seedbed_core::{GenerationSpec, JobEvent, SequencedEvent};
 use seedbed_types::stream::DONE;
-use seedbed_types::{ErrorCode, GenerationRequest, SequentialMode, SequentialOptions};
+use seedbed_types::{ErrorCode, GenerationRequest, RawRequest, SequentialMode, SequentialOptions};
 
 use crate::auth::Caller;
 use crate::error::ApiFailure;
@@ -31,8 +31,10 @@ pub async fn create(
 ) -> Result<Response, ApiFailure> {
     let body = body.map_err(body_failure)?;
     let mut request: GenerationRequest = parse_json(&body)?;
+    // The body as it came, for a model an upstream serves: relayed byte for byte.
+    let raw = RawRequest::parse(&body);
     openai_count(&mut request)?;
-    submit(state, caller, request_id, &headers, request).await
+    submit(state, caller, request_id, &headers, request, raw).await
 }
 
 /// A body the server could not take (too large, unreadable).
@@ -93,10 +95,28 @@ pub async fn submit(
     request_id: RequestId,
     headers: &HeaderMap,
     request: GenerationRequest,
+    raw: Option<RawRequest>,
 ) -> Result<Response, ApiFailure> {
     let jobs = state.jobs();
-    let (spec, sources) = seedbed_core::spec::validate(&request, jobs.catalog())?;
-    let references = seedbed_core::inputs::load(sources, &jobs.config().inputs).await?;
+    let relayed = request
+        .model
+        .as_deref()
+        .is_some_and(|model| jobs.gateway().serves(model));
+    let (spec, references) = if relayed {
+        let raw = match raw {
+            Some(raw) => raw,
+            None => RawRequest::parse(&serde_json::to_vec(&request).unwrap_or_default())
+                .ok_or_else(ApiFailure::internal)?,
+        };
+        (
+            seedbed_core::spec::validate_gateway(&request, &raw)?,
+            Vec::new(),
+        )
+    } else {
+        let (spec, sources) = seedbed_core::spec::validate(&request, jobs.catalog())?;
+        let references = seedbed_core::inputs::load(sources, &jobs.config().inputs).await?;
+        (spec, references)
+    };
     let job = jobs
         .submit(spec, references, caller.key.as_ref(), &request_id.0)
         .await?;
@@ -167,9 +187,10 @@ async fn stream(
             JobEvent::Image { .. } | JobEvent::ImageFailed { .. } | JobEvent::Completed { .. } => {
                 break event;
             }
-            JobEvent::Failed { code, message } => {
-                let code = ErrorCode::parse(code).unwrap_or(ErrorCode::InternalServiceError);
-                return Err(ApiFailure::new(code, message.clone()));
+            JobEvent::Failed { .. } => {
+                return Err(
+                    ApiFailure::from_job_event(&event.event).unwrap_or_else(ApiFailure::internal)
+                );
             }
             JobEvent::Cancelled => {
                 return Err(ApiFailure::new(
@@ -194,6 +215,8 @@ async fn stream(
                     Err(error) => JobEvent::Failed {
                         code: ErrorCode::InternalServiceError.as_str().into(),
                         message: ApiFailure::from(error).message,
+                        status: None,
+                        param: None,
                     },
                 };
                 let mut text = match renderer.stream_event(&event).await {
@@ -201,7 +224,7 @@ async fn stream(
                     Ok(None) => String::new(),
                     Err(failure) => format!(
                         "data: {}\n\n",
-                        serde_json::json!({"error": {"code": failure.code.as_str(), "message": failure.message}})
+                        serde_json::json!({"error": {"code": failure.code_str(), "message": failure.message}})
                     ),
                 };
                 if event.is_final() {

@@ -85,7 +85,7 @@ pub async fn edits(
             max_images: Some(n),
         });
     }
-    submit(state, caller, request_id, &headers, request).await
+    submit(state, caller, request_id, &headers, request, None).await
 }
 
 fn data_uri(bytes: &[u8], content_type: Option<&str>) -> Result<String, ApiFailure> {

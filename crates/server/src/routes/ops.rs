@@ -48,6 +48,18 @@ fn models(state: &AppState) -> Vec<ModelView> {
             .aliases()
             .filter_map(|(public, local)| view(public, local)),
     );
+    for (public, upstream, kind) in state.jobs().gateway().models() {
+        out.push(ModelView {
+            id: public,
+            object: "model".into(),
+            local_model: upstream,
+            family: format!("upstream:{kind:?}").to_lowercase(),
+            native_size: 0,
+            default_steps: 0,
+            default_guidance_scale: 0.0,
+            loaded: true,
+        });
+    }
     out
 }
 

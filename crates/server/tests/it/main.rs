@@ -4,6 +4,7 @@
 mod support;
 
 mod conformance;
+mod gateway;
 mod generations;
 mod jobs;
 mod keys;

@@ -47,20 +47,30 @@ async fn jobs_and_links_survive_a_restart() {
         images: 1,
         spec: spec.clone(),
         request_id: "crashed".into(),
+        lane: seedbed_storage::Lane::Local,
     };
     let queued = r#"{"type":"queued","position":0}"#;
     db.insert_job(&new_job("job_crashes_always"), queued)
         .await
         .unwrap();
     for _ in 0..2 {
-        db.claim_next(&node, i64::MAX).await.unwrap().unwrap();
+        db.claim_next(&node, i64::MAX, seedbed_storage::Lane::Local)
+            .await
+            .unwrap()
+            .unwrap();
         db.recover(&node, 99).await.unwrap();
     }
-    db.claim_next(&node, i64::MAX).await.unwrap().unwrap();
+    db.claim_next(&node, i64::MAX, seedbed_storage::Lane::Local)
+        .await
+        .unwrap()
+        .unwrap();
     db.insert_job(&new_job("job_crashed_once"), queued)
         .await
         .unwrap();
-    db.claim_next(&node, i64::MAX).await.unwrap().unwrap();
+    db.claim_next(&node, i64::MAX, seedbed_storage::Lane::Local)
+        .await
+        .unwrap()
+        .unwrap();
     drop(db);
 
     // A graceful stop with no grace: the running job goes back to the queue.

@@ -39,6 +39,23 @@ pub struct NewJob {
     /// The validated generation spec as JSON: everything needed to run it again.
     pub spec: String,
     pub request_id: String,
+    pub lane: Lane,
+}
+
+/// Which runner takes a job: the device (one at a time) or the gateway (concurrently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Local,
+    Gateway,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Gateway => "gateway",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -100,8 +117,8 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO jobs (id, key_id, model, images, status, spec, request_id, created_at) \
-             VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+            "INSERT INTO jobs (id, key_id, model, images, status, spec, request_id, created_at, lane) \
+             VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
         )
         .bind(&job.id)
         .bind(&job.key_id)
@@ -110,6 +127,7 @@ impl Db {
         .bind(&job.spec)
         .bind(&job.request_id)
         .bind(now)
+        .bind(job.lane.as_str())
         .execute(&mut *tx)
         .await?;
         let seq = append_event_in(&mut tx, &job.id, first_event, now).await?;
@@ -154,7 +172,7 @@ impl Db {
     /// 0 for the next job to run; `None` once the job has left the queue.
     pub async fn queue_position(&self, id: &str) -> Result<Option<u32>> {
         let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM jobs q WHERE q.status = 'queued' \
+            "SELECT (SELECT COUNT(*) FROM jobs q WHERE q.status = 'queued' AND q.lane = j.lane \
                  AND (q.created_at < j.created_at OR (q.created_at = j.created_at AND q.id < j.id))) AS ahead, \
              j.status AS status FROM jobs j WHERE j.id = ?",
         )
@@ -190,17 +208,24 @@ impl Db {
     }
 
     /// Take the oldest queued job for `node`, holding it until `lease_until`.
-    pub async fn claim_next(&self, node: &str, lease_until: i64) -> Result<Option<JobRow>> {
+    pub async fn claim_next(
+        &self,
+        node: &str,
+        lease_until: i64,
+        lane: Lane,
+    ) -> Result<Option<JobRow>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "UPDATE jobs SET status = 'running', node = ?, lease_until = ?, attempts = attempts + 1, \
                  started_at = ? \
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1) \
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND lane = ? \
+                 ORDER BY created_at, id LIMIT 1) \
                  AND status = 'queued' \
              RETURNING {COLUMNS}"
         )))
         .bind(node)
         .bind(lease_until)
         .bind(now_ms())
+        .bind(lane.as_str())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(JobRow::from_row).transpose()
@@ -379,6 +404,7 @@ mod tests {
             images: 2,
             spec: "{}".into(),
             request_id: "req".into(),
+            lane: Lane::Local,
         }
     }
 
@@ -390,7 +416,11 @@ mod tests {
         }
         assert_eq!(db.queue_position("job_3").await.unwrap(), Some(2));
         assert_eq!(db.queued_count().await.unwrap(), 3);
-        let claimed = db.claim_next("node-a", i64::MAX).await.unwrap().unwrap();
+        let claimed = db
+            .claim_next("node-a", i64::MAX, Lane::Local)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((claimed.id.as_str(), claimed.attempts), ("job_1", 1));
         assert_eq!(claimed.status, JobStatus::Running);
         assert_eq!(db.queue_position("job_1").await.unwrap(), None);
@@ -420,7 +450,11 @@ mod tests {
         let db = test_db().await;
         db.insert_job(&new_job("job_1"), "queued").await.unwrap();
         for attempt in 1..=3 {
-            let job = db.claim_next("node-a", i64::MAX).await.unwrap().unwrap();
+            let job = db
+                .claim_next("node-a", i64::MAX, Lane::Local)
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(job.attempts, attempt);
             let recovered = db.recover("node-a", 3).await.unwrap();
             if attempt < 3 {
@@ -431,7 +465,10 @@ mod tests {
         }
         // Another node's live lease is left alone; an expired one is taken back.
         db.insert_job(&new_job("job_2"), "queued").await.unwrap();
-        db.claim_next("node-b", i64::MAX).await.unwrap().unwrap();
+        db.claim_next("node-b", i64::MAX, Lane::Local)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(db.recover("node-a", 3).await.unwrap().requeued.is_empty());
         assert!(db.renew_lease("job_2", "node-b", 0).await.unwrap());
         assert!(!db.renew_lease("job_2", "node-a", 0).await.unwrap());

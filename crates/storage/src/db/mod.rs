@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 pub use images::ImageRow;
-pub use jobs::{JobRow, JobStatus, NewJob, RecoveredJobs};
+pub use jobs::{JobRow, JobStatus, Lane, NewJob, RecoveredJobs};
 pub use keys::{KeyRow, NewKey};
 pub use usage::{UsageRow, UsageTotals};
 

@@ -1,0 +1,167 @@
+//! Ark and seedbed upstreams speak Seedream: the client's body goes out as it came (only
+//! `model` replaced), and the answer, streamed or not, comes back as events.
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use seedbed_client::ClientError;
+use seedbed_types::{RawRequest, StreamEvent, StreamEventType};
+
+use crate::{Upstream, UpstreamEvent, fetch};
+
+pub async fn start(
+    upstream: &Upstream,
+    http: &reqwest::Client,
+    model: &str,
+    request: &RawRequest,
+) -> Result<BoxStream<'static, UpstreamEvent>, ClientError> {
+    let mut body = request.clone();
+    body.set("model", &model);
+    let body = Bytes::from(body.to_bytes());
+    let rehost = upstream.config.rehost;
+    let http = http.clone();
+    if request.value::<bool>("stream").unwrap_or(false) {
+        let events = upstream.client.generate_stream_raw(body).await?;
+        let mut next_index = 0;
+        let relayed = events
+            .map(move |item| {
+                let index = next_index;
+                next_index += 1;
+                (index, item)
+            })
+            .then(move |(position, item)| {
+                let http = http.clone();
+                async move {
+                    match item {
+                        Ok(event) => from_stream_event(&http, event, position, rehost).await,
+                        Err(error) => UpstreamEvent::Failed {
+                            status: 502,
+                            code: "UpstreamStreamBroken".into(),
+                            message: format!("the upstream's stream broke off: {error}"),
+                            param: None,
+                        },
+                    }
+                }
+            });
+        return Ok(until_final(relayed));
+    }
+    let generated = upstream.client.generate_raw(body).await?;
+    let response = generated.response;
+    let usage = response.usage;
+    let extra = response.extra;
+    let images = stream::iter(response.data.into_iter().enumerate()).then(move |(index, data)| {
+        let http = http.clone();
+        async move {
+            let index = index as u32;
+            if let Some(error) = data.error {
+                return UpstreamEvent::ImageFailed {
+                    index,
+                    code: error.code,
+                    message: error.message,
+                };
+            }
+            image_event(
+                &http,
+                index,
+                data.url.as_deref(),
+                data.b64_json.as_deref(),
+                data.size.as_deref(),
+                rehost,
+                data.extra,
+            )
+            .await
+        }
+    });
+    Ok(images
+        .chain(stream::iter([UpstreamEvent::Completed { usage, extra }]))
+        .boxed())
+}
+
+async fn from_stream_event(
+    http: &reqwest::Client,
+    event: StreamEvent,
+    position: u32,
+    rehost: bool,
+) -> UpstreamEvent {
+    let index = event.image_index.unwrap_or(position);
+    match event.kind {
+        StreamEventType::PartialSucceeded => {
+            image_event(
+                http,
+                index,
+                event.url.as_deref(),
+                event.b64_json.as_deref(),
+                event.size.as_deref(),
+                rehost,
+                event.extra,
+            )
+            .await
+        }
+        StreamEventType::PartialFailed => {
+            let error = event.error.unwrap_or_else(|| seedbed_types::ImageError {
+                code: "InternalServiceError".into(),
+                message: "the upstream reported a failed image".into(),
+            });
+            UpstreamEvent::ImageFailed {
+                index,
+                code: error.code,
+                message: error.message,
+            }
+        }
+        StreamEventType::Completed => match event.error {
+            // A failure after the stream started comes as `completed` with an error.
+            Some(error) if event.usage.is_none_or(|u| u.generated_images == 0) => {
+                UpstreamEvent::Failed {
+                    status: 500,
+                    code: error.code,
+                    message: error.message,
+                    param: None,
+                }
+            }
+            _ => UpstreamEvent::Completed {
+                usage: event.usage,
+                extra: event.extra,
+            },
+        },
+    }
+}
+
+pub(crate) async fn image_event(
+    http: &reqwest::Client,
+    index: u32,
+    url: Option<&str>,
+    b64: Option<&str>,
+    size: Option<&str>,
+    rehost: bool,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> UpstreamEvent {
+    match fetch::deliver(http, url, b64, size, rehost).await {
+        Ok(image) => UpstreamEvent::Image {
+            index,
+            image,
+            extra,
+        },
+        Err(message) => UpstreamEvent::ImageFailed {
+            index,
+            code: "InternalServiceError".into(),
+            message,
+        },
+    }
+}
+
+/// Stop after the first `Completed` or `Failed`.
+fn until_final(
+    events: impl futures::Stream<Item = UpstreamEvent> + Send + 'static,
+) -> BoxStream<'static, UpstreamEvent> {
+    events
+        .scan(false, |done, event| {
+            if *done {
+                return futures::future::ready(None);
+            }
+            *done = matches!(
+                event,
+                UpstreamEvent::Completed { .. } | UpstreamEvent::Failed { .. }
+            );
+            futures::future::ready(Some(event))
+        })
+        .boxed()
+}
