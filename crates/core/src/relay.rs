@@ -109,6 +109,8 @@ impl Jobs {
         let mut events = inner.gateway.run(&spec.model, raw);
         let mut delivered = Vec::new();
         let mut heartbeat = tokio::time::interval(inner.config.lease / 3);
+        // A cancel in this process flips the flag; notice it quickly.
+        let mut cancel_check = tokio::time::interval(Duration::from_millis(200));
         let mut grace: Option<tokio::time::Instant> = None;
         let end = loop {
             let grace_over = async {
@@ -157,6 +159,11 @@ impl Jobs {
                     let until = now_ms() + inner.config.lease.as_millis() as i64;
                     inner.db.renew_lease(&job.id, &inner.config.node_id, until).await?;
                     if cancel.load(Ordering::SeqCst) || inner.db.cancel_requested(&job.id).await? {
+                        break End::Cancelled;
+                    }
+                }
+                _ = cancel_check.tick() => {
+                    if cancel.load(Ordering::SeqCst) {
                         break End::Cancelled;
                     }
                 }

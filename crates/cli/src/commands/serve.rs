@@ -267,3 +267,68 @@ async fn wait_for_signal() {
     }
     let _ = tokio::signal::ctrl_c().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn upstreams_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("seedbed.toml");
+        std::fs::write(
+            &file,
+            r#"
+routes = ["fast=seedbed2:tiny-sd"]
+
+[[upstream]]
+name = "ark"
+kind = "ark"
+base_url = "https://ark.ap-southeast.bytepluses.com/api/v3"
+api_key = "sk-from-file"
+timeout_secs = 120
+rehost = false
+[upstream.models]
+"seedream" = "seedream-4-5-251128"
+"#,
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--upstream",
+            "seedbed2=seedbed,http://10.0.0.2:8080",
+            "--route",
+            "seedream=seedbed2:tiny-sd",
+        ]);
+        let config = cli.serve.into_config().unwrap();
+        let names: Vec<_> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["ark", "seedbed2"]);
+        assert!(!config.upstreams[0].rehost);
+        assert_eq!(
+            config.upstreams[0].models["seedream"],
+            "seedream-4-5-251128"
+        );
+        assert_eq!(config.upstreams[0].key().unwrap().expose(), "sk-from-file");
+        assert!(
+            !format!("{config:?}").contains("sk-from-file"),
+            "keys never in logs"
+        );
+        assert_eq!(
+            config.routes,
+            [
+                ("fast".into(), "seedbed2".into(), "tiny-sd".into()),
+                ("seedream".into(), "seedbed2".into(), "tiny-sd".into())
+            ]
+        );
+    }
+}

@@ -375,3 +375,56 @@ async fn a_slow_upstream_times_out_and_the_next_one_answers() {
         .unwrap();
     assert_eq!(jobs["data"][0]["status"], "failed");
 }
+
+#[tokio::test]
+async fn streams_are_relayed_as_they_arrive_and_relayed_jobs_cancel() {
+    use futures::StreamExt;
+
+    let a = TestServer::start().await;
+    let a_url = a.url.clone();
+    let b = TestServer::start_with(|config| {
+        config.upstreams = vec![upstream("a", UpstreamKind::Seedbed, &a_url)];
+        config.routes = vec![route("remote-sd", "a", "tiny-sd")];
+    })
+    .await;
+    let slow = json!({"model": "remote-sd", "prompt": "slow", "steps": 250, "stream": true,
+        "sequential_image_generation": "auto",
+        "sequential_image_generation_options": {"max_images": 2}});
+
+    // The first image reaches the client while the upstream is still making the second.
+    let mut body = b.generate(slow.clone()).await.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("partial_succeeded") {
+        let chunk = body.next().await.expect("stream ended early").unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let upstream_jobs: serde_json::Value = a
+        .get("/v1/jobs")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        upstream_jobs["data"][0]["status"], "running",
+        "relayed, not buffered"
+    );
+    while body.next().await.is_some() {}
+
+    // A relayed job is a job: cancel it while the upstream works.
+    let id = b.submit_async(slow).await;
+    b.poll_job(&id, None, 400, |job| job["status"] == "running")
+        .await;
+    let cancelled: serde_json::Value = b
+        .post(&format!("/v1/jobs/{id}/cancel"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(cancelled["status"], "succeeded");
+    let job = b.wait_job(&id, None).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+}
