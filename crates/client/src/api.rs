@@ -21,14 +21,7 @@ impl Client {
     /// Like [`Client::generate`] with a body sent exactly as given (a gateway relaying a
     /// client's request byte for byte); the caller sets `stream`.
     pub async fn generate_raw(&self, body: Bytes) -> Result<Generated, ClientError> {
-        let url = self.generations_url();
-        let answer = self
-            .send(|| {
-                self.request(Method::POST, &url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-            })
-            .await?;
+        let answer = self.post_generations(body).await?;
         let job_id = answer.job_id();
         let request_id = answer.request_id.clone();
         let response: ImagesResponse = answer.json().await?;
@@ -51,14 +44,7 @@ impl Client {
 
     /// Like [`Client::generate_stream`] with a body sent exactly as given.
     pub async fn generate_stream_raw(&self, body: Bytes) -> Result<GenerationStream, ClientError> {
-        let url = self.generations_url();
-        let answer = self
-            .send(|| {
-                self.request(Method::POST, &url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-            })
-            .await?;
+        let answer = self.post_generations(body).await?;
         if !is_event_stream(&answer.response) {
             return Err(ClientError::Decode {
                 request_id: Some(answer.request_id),
@@ -165,7 +151,7 @@ impl Client {
     /// `/health`; a 503 that says why is still an answer (`status: unavailable`), not an error.
     pub async fn health(&self) -> Result<Health, ClientError> {
         let url = self.url("/health");
-        let request_id = crate::request_id::new_request_id();
+        let request_id = seedbed_types::new_request_id();
         let response = self
             .request(Method::GET, &url)
             .header(crate::client::REQUEST_ID_HEADER, &request_id)
@@ -198,6 +184,18 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| ClientError::from_transport(e, &request_id))
+    }
+}
+
+impl Client {
+    async fn post_generations(&self, body: Bytes) -> Result<crate::client::Answer, ClientError> {
+        let url = self.generations_url();
+        self.send(|| {
+            self.request(Method::POST, &url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+        })
+        .await
     }
 }
 

@@ -9,7 +9,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::ClientError;
-use crate::request_id::new_request_id;
+use seedbed_types::new_request_id;
 
 pub const REQUEST_ID_HEADER: &str = "x-client-request-id";
 pub const JOB_ID_HEADER: &str = "x-seedbed-job-id";

@@ -19,15 +19,14 @@ mod api;
 mod builder;
 mod client;
 mod error;
-mod request_id;
 mod sse;
 mod stream;
 
 pub use builder::ClientBuilder;
 pub use client::Client;
 pub use error::ClientError;
-pub use request_id::{new_request_id, utc_parts};
 pub use seedbed_types as types;
+pub use seedbed_types::{new_request_id, utc_parts};
 pub use sse::{SseEvent, SseParser};
 pub use stream::{GenerationStream, JobEventItem, JobEventStream};
 

@@ -8,7 +8,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use rand::Rng;
 use seedbed_types::{ApiError, ErrorCode};
 use tracing::Instrument;
 
@@ -22,39 +21,7 @@ pub struct RequestId(pub String);
 
 /// `%Y%m%d%H%M%S` + 20 random alphanumerics, as the Ark SDKs make them.
 pub fn generate() -> String {
-    let now = seedbed_storage::now_ms() / 1000;
-    let (year, month, day, hour, minute, second) = civil_from_unix(now);
-    let mut rng = rand::rng();
-    let suffix: String = (0..20)
-        .map(|_| {
-            let chars = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-            chars[rng.random_range(0..chars.len())] as char
-        })
-        .collect();
-    format!("{year:04}{month:02}{day:02}{hour:02}{minute:02}{second:02}{suffix}")
-}
-
-/// UTC calendar fields of a Unix time (days-from-civil inverse).
-fn civil_from_unix(seconds: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = seconds.div_euclid(86_400);
-    let rem = seconds.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        month,
-        day,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
+    seedbed_types::new_request_id()
 }
 
 pub async fn layer(mut request: Request, next: Next) -> Response {
@@ -108,8 +75,5 @@ mod tests {
         let id = generate();
         assert_eq!(id.len(), 34, "{id}");
         assert!(id[..14].chars().all(|c| c.is_ascii_digit()), "{id}");
-        assert_eq!(civil_from_unix(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(civil_from_unix(1_768_273_118), (2026, 1, 13, 2, 58, 38));
-        assert_eq!(civil_from_unix(951_782_400), (2000, 2, 29, 0, 0, 0));
     }
 }

@@ -10,6 +10,7 @@ pub mod job_event;
 pub mod manage;
 pub mod raw;
 pub mod request;
+pub mod request_id;
 pub mod response;
 pub mod stream;
 
@@ -24,5 +25,6 @@ pub use request::{
     GenerationRequest, ImageInput, OptimizePromptOptions, ResponseFormat, SequentialMode,
     SequentialOptions,
 };
+pub use request_id::{new_request_id, utc_parts};
 pub use response::{ImageData, ImageError, ImagesResponse, Usage};
 pub use stream::{StreamEvent, StreamEventType};

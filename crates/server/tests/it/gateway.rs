@@ -82,33 +82,12 @@ async fn another_seedbed_serves_as_upstream_with_images_rehosted() {
         "{text}"
     );
 
-    let jobs: serde_json::Value = b
-        .get("/v1/jobs")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jobs: serde_json::Value = b.get_json("/v1/jobs").await;
     assert_eq!(jobs["data"].as_array().unwrap().len(), 2);
     assert_eq!(jobs["data"][0]["status"], "succeeded");
-    let usage: serde_json::Value = b
-        .get("/v1/usage")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: serde_json::Value = b.get_json("/v1/usage").await;
     assert_eq!(usage["totals"]["images"], 3);
-    let models: serde_json::Value = b
-        .get("/v1/models")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: serde_json::Value = b.get_json("/v1/models").await;
     let remote = models["data"]
         .as_array()
         .unwrap()
@@ -209,14 +188,7 @@ async fn ark_streams_relay_every_field_and_fail_over() {
         .unwrap();
     assert_eq!(png.headers()["content-type"], "image/png");
 
-    let usage: serde_json::Value = server
-        .get("/v1/usage")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: serde_json::Value = server.get_json("/v1/usage").await;
     assert_eq!(usage["totals"]["images"], 1, "failed images are not billed");
     assert_eq!(usage["totals"]["tokens"], 4096);
 }
@@ -365,14 +337,7 @@ async fn a_slow_upstream_times_out_and_the_next_one_answers() {
     let (status, body) = json_of(server.generate(json!({"model": "m", "prompt": "x"})).await).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "UpstreamUnavailable");
-    let jobs: serde_json::Value = server
-        .get("/v1/jobs")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jobs: serde_json::Value = server.get_json("/v1/jobs").await;
     assert_eq!(jobs["data"][0]["status"], "failed");
 }
 
@@ -398,14 +363,7 @@ async fn streams_are_relayed_as_they_arrive_and_relayed_jobs_cancel() {
         let chunk = body.next().await.expect("stream ended early").unwrap();
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
-    let upstream_jobs: serde_json::Value = a
-        .get("/v1/jobs")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let upstream_jobs: serde_json::Value = a.get_json("/v1/jobs").await;
     assert_eq!(
         upstream_jobs["data"][0]["status"], "running",
         "relayed, not buffered"

@@ -40,14 +40,7 @@ async fn respond_async_returns_the_job_which_can_be_polled_and_replayed() {
     // Resume after the image event: only what follows it.
     assert_eq!(server.event_names(&id, 5).await, ["completed"]);
 
-    let list: serde_json::Value = server
-        .get("/v1/jobs")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = server.get_json("/v1/jobs").await;
     assert_eq!(list["data"][0]["id"], id.as_str());
     let missing = server.get("/v1/jobs/job_nope").send().await.unwrap();
     assert_eq!(missing.status(), 404);
@@ -96,14 +89,7 @@ async fn a_client_that_disconnects_does_not_lose_its_images() {
         .send()
         .await;
     assert!(result.is_err(), "the request should have timed out");
-    let list: serde_json::Value = server
-        .get("/v1/jobs")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = server.get_json("/v1/jobs").await;
     let id = list["data"][0]["id"].as_str().unwrap().to_string();
     let job = server.wait_job(&id, None).await;
     assert_eq!(job["status"], "succeeded", "{job}");
@@ -140,24 +126,10 @@ async fn operations_endpoints() {
     let server = TestServer::start().await;
     let health = server.get("/health").send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let info: serde_json::Value = server
-        .get("/info")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: serde_json::Value = server.get_json("/info").await;
     assert_eq!(info["name"], "seedbed");
     assert_eq!(info["limits"]["queue_size"], 64);
-    let models: serde_json::Value = server
-        .get("/v1/models")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: serde_json::Value = server.get_json("/v1/models").await;
     let ids: Vec<_> = models["data"]
         .as_array()
         .unwrap()
@@ -189,14 +161,7 @@ async fn operations_endpoints() {
     ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
-    let openapi: serde_json::Value = server
-        .get("/openapi.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi: serde_json::Value = server.get_json("/openapi.json").await;
     assert_eq!(openapi, seedbed_server::openapi::document());
     let unknown = server.get("/nope").send().await.unwrap();
     assert_eq!(unknown.status(), 404);

@@ -54,6 +54,11 @@ impl TestServer {
         self.client.get(format!("{}{path}", self.url))
     }
 
+    /// `GET path` as JSON (no key).
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
     pub async fn generate(&self, body: serde_json::Value) -> reqwest::Response {
         self.post("/api/v3/images/generations")
             .json(&body)

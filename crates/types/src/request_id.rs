@@ -1,4 +1,4 @@
-//! `X-Client-Request-Id` in the official SDKs' format: UTC `%Y%m%d%H%M%S` + 20 random
+//! `X-Client-Request-Id` in the official SDKs' format (server and client make them alike): UTC `%Y%m%d%H%M%S` + 20 random
 //! alphanumerics, so seedbed and Ark logs read the same.
 
 use rand::Rng;
