@@ -245,7 +245,8 @@ async fn openai_upstreams_are_translated_and_links_can_pass_through() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "model": "seedream-4-5-251128", "created": 1,
             "data": [{"url": "https://provider.example/a.jpeg?sig=1", "size": "2048x2048"}],
-            "usage": {"generated_images": 1, "output_tokens": 16384, "total_tokens": 16384}
+            "usage": {"generated_images": 1, "output_tokens": 16384, "total_tokens": 16384},
+            "service_tier": "default"
         })))
         .mount(&ark)
         .await;
