@@ -387,3 +387,65 @@ async fn streams_are_relayed_as_they_arrive_and_relayed_jobs_cancel() {
     let job = b.wait_job(&id, None).await;
     assert_eq!(job["status"], "cancelled", "{job}");
 }
+
+#[tokio::test]
+async fn a_rate_limited_upstream_falls_over_and_key_limits_apply() {
+    let limited = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "30").set_body_json(
+            json!({"error": {"code": "ModelAccountIpmRateLimitExceeded", "message": "slow down", "param": "", "type": "TooManyRequests"}}),
+        ))
+        .mount(&limited)
+        .await;
+    let spare = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "model": "m", "created": 1,
+            "data": [{"b64_json": png_b64(8, 8), "size": "8x8"}],
+            "usage": {"generated_images": 1, "output_tokens": 1, "total_tokens": 1}
+        })))
+        .mount(&spare)
+        .await;
+    let (l, s) = (
+        format!("{}/api/v3", limited.uri()),
+        format!("{}/api/v3", spare.uri()),
+    );
+    let server = TestServer::start_with(|config| {
+        config.api_keys = vec!["admin".into()];
+        config.upstreams = vec![
+            upstream("limited", UpstreamKind::Ark, &l),
+            upstream("spare", UpstreamKind::Ark, &s),
+        ];
+        config.routes = vec![route("m", "limited", "x"), route("m", "spare", "x")];
+    })
+    .await;
+    let key: serde_json::Value = server
+        .post("/v1/keys")
+        .bearer_auth("admin")
+        .json(&json!({"images_per_minute": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = key["secret"].as_str().unwrap();
+    let ask = || {
+        server
+            .post("/api/v3/images/generations")
+            .bearer_auth(secret)
+            .json(&json!({"model": "m", "prompt": "x"}))
+            .send()
+    };
+    let (status, body) = json_of(ask().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(limited.received_requests().await.unwrap().len(), 1);
+    let (status, body) = json_of(ask().await.unwrap()).await;
+    assert_eq!(status, 429, "the key's own limit: {body}");
+    assert_eq!(body["error"]["code"], "ModelAccountIpmRateLimitExceeded");
+    assert_eq!(
+        spare.received_requests().await.unwrap().len(),
+        1,
+        "refused before any call"
+    );
+}
