@@ -33,6 +33,10 @@ impl GenerationStream {
         let job_id = answer.job_id();
         let id = request_id.clone();
         let inner = sse_events(answer)
+            // Event types newer than this client (providers add them) are skipped, not fatal.
+            .filter(|event| {
+                futures::future::ready(!matches!(event, Ok(e) if is_unknown_type(&e.data)))
+            })
             .map(move |event| {
                 let event = event?;
                 if event.data == "[DONE]" {
@@ -62,6 +66,16 @@ impl GenerationStream {
             inner,
         }
     }
+}
+
+/// A JSON event whose `type` this client does not know.
+fn is_unknown_type(data: &str) -> bool {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(data) else {
+        return false;
+    };
+    value.get("type").is_some_and(|kind| {
+        serde_json::from_value::<seedbed_types::StreamEventType>(kind.clone()).is_err()
+    })
 }
 
 /// Turn a silent end before `[DONE]` into an error, so a cut connection is not mistaken for a

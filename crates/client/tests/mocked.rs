@@ -82,6 +82,8 @@ async fn parses_a_seedream_stream() {
         "event: image_generation.partial_succeeded\n",
         "data: {\"type\":\"image_generation.partial_succeeded\",\"model\":\"m\",\"created\":1,\"image_index\":0,\"url\":\"https://x/0.jpeg\",\"size\":\"1024x1024\"}\n\n",
         ": keep-alive\n\n",
+        "event: image_generation.partial_image\n",
+        "data: {\"type\":\"image_generation.partial_image\",\"model\":\"m\",\"created\":1,\"partial_image_index\":0}\n\n",
         "event: image_generation.partial_failed\r\n",
         "data: {\"type\":\"image_generation.partial_failed\",\"model\":\"m\",\"created\":1,\"image_index\":1,\"error\":{\"code\":\"OutputImageSensitiveContentDetected\",\"message\":\"no\"}}\r\n\r\n",
         "event: image_generation.completed\n",
