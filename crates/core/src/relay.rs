@@ -3,7 +3,7 @@
 //! leased, cancellable, its images stored and announced, its usage recorded.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{CoreError, Result};
 use crate::events::JobEvent;
 use crate::jobs::Jobs;
-use crate::runner::NewImage;
+use crate::runner::{NewImage, until};
 use crate::spec::GenerationSpec;
 
 /// Relayed jobs in flight at once on one node.
@@ -101,10 +101,7 @@ impl Jobs {
             },
         )
         .await?;
-        let cancel = Arc::new(AtomicBool::new(job.cancel_requested));
-        if let Ok(mut running) = inner.running.lock() {
-            running.insert(job.id.clone(), cancel.clone());
-        }
+        let cancel = self.track(&job);
         let started = std::time::Instant::now();
         let mut events = inner.gateway.run(&spec.model, raw);
         let mut delivered = Vec::new();
@@ -113,12 +110,6 @@ impl Jobs {
         let mut cancel_check = tokio::time::interval(Duration::from_millis(200));
         let mut grace: Option<tokio::time::Instant> = None;
         let end = loop {
-            let grace_over = async {
-                match grace {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 event = events.next() => match event {
                     Some(UpstreamEvent::Image { index, image, extra }) => {
@@ -156,9 +147,7 @@ impl Jobs {
                     }),
                 },
                 _ = heartbeat.tick() => {
-                    let until = now_ms() + inner.config.lease.as_millis() as i64;
-                    inner.db.renew_lease(&job.id, &inner.config.node_id, until).await?;
-                    if cancel.load(Ordering::SeqCst) || inner.db.cancel_requested(&job.id).await? {
+                    if self.renew(&job.id).await? {
                         break End::Cancelled;
                     }
                 }
@@ -170,16 +159,12 @@ impl Jobs {
                 _ = shutdown.cancelled(), if grace.is_none() => {
                     grace = Some(tokio::time::Instant::now() + inner.config.shutdown_grace);
                 }
-                _ = grace_over => break End::Requeue,
+                _ = until(grace) => break End::Requeue,
             }
         };
         // Dropping the stream closes the upstream connection (a cancel reaches the provider).
         drop(events);
-        if let Ok(mut running) = inner.running.lock() {
-            running.remove(&job.id);
-        }
-        metrics::histogram!("seedbed_job_seconds", "model" => spec.model.clone())
-            .record(started.elapsed().as_secs_f64());
+        self.untrack(&job.id, &spec, started);
         self.conclude_relay(&job, &spec, end, &delivered).await
     }
 
@@ -228,29 +213,7 @@ impl Jobs {
             End::Failed(event) => (JobStatus::Failed, event, counted),
             End::Cancelled | End::Requeue => (JobStatus::Cancelled, JobEvent::Cancelled, counted),
         };
-        db.record_usage(
-            &job.id,
-            job.key_id.as_deref(),
-            &spec.model,
-            usage.generated_images,
-            usage.total_tokens,
-        )
-        .await?;
-        metrics::counter!("seedbed_tokens_total", "model" => spec.model.clone())
-            .increment(usage.total_tokens);
-        let error = match &event {
-            JobEvent::Failed { code, message, .. } => {
-                metrics::counter!("seedbed_errors_total", "code" => code.clone()).increment(1);
-                Some((code.as_str(), message.as_str()))
-            }
-            _ => None,
-        };
-        if db
-            .finish_job(&job.id, status, error, &event.to_json())
-            .await?
-        {
-            self.tick();
-        }
-        Ok(())
+        self.bill(job, spec, usage).await?;
+        self.end(&job.id, status, &event).await
     }
 }

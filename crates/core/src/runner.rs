@@ -139,10 +139,7 @@ impl Jobs {
             })?;
             references.push(bytes);
         }
-        let cancel = Arc::new(AtomicBool::new(job.cancel_requested));
-        if let Ok(mut running) = inner.running.lock() {
-            running.insert(job.id.clone(), cancel.clone());
-        }
+        let cancel = self.track(&job);
         let (events, mut receiver) = mpsc::unbounded_channel();
         let started = std::time::Instant::now();
         device.submit(DeviceJob {
@@ -158,12 +155,6 @@ impl Jobs {
         let mut heartbeat = tokio::time::interval(inner.config.lease / 3);
         let mut grace_deadline: Option<tokio::time::Instant> = None;
         let result = loop {
-            let grace = async {
-                match grace_deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 event = receiver.recv() => match event {
                     Some(DeviceEvent::Done(result)) => break result,
@@ -171,9 +162,7 @@ impl Jobs {
                     None => break Err(DeviceFailure::Internal("the device thread stopped".into())),
                 },
                 _ = heartbeat.tick() => {
-                    let until = now_ms() + inner.config.lease.as_millis() as i64;
-                    inner.db.renew_lease(&job.id, &inner.config.node_id, until).await?;
-                    if inner.db.cancel_requested(&job.id).await? {
+                    if self.renew(&job.id).await? {
                         cancel.store(true, Ordering::SeqCst);
                     }
                 }
@@ -181,7 +170,7 @@ impl Jobs {
                     tracing::info!("shutting down: letting the running job finish");
                     grace_deadline = Some(tokio::time::Instant::now() + inner.config.shutdown_grace);
                 }
-                _ = grace => {
+                _ = until(grace_deadline) => {
                     tracing::warn!("shutdown grace period over: stopping the job to run it again later");
                     outcome.requeue = true;
                     cancel.store(true, Ordering::SeqCst);
@@ -189,11 +178,7 @@ impl Jobs {
                 }
             }
         };
-        if let Ok(mut running) = inner.running.lock() {
-            running.remove(&job.id);
-        }
-        metrics::histogram!("seedbed_job_seconds", "model" => spec.model.clone())
-            .record(started.elapsed().as_secs_f64());
+        self.untrack(&job.id, &spec, started);
         self.conclude(&job, &spec, result, outcome).await
     }
 
@@ -308,18 +293,7 @@ impl Jobs {
             inner.db.requeue(&job.id).await?;
             return Ok(());
         }
-        inner
-            .db
-            .record_usage(
-                &job.id,
-                job.key_id.as_deref(),
-                &spec.model,
-                usage.generated_images,
-                usage.total_tokens,
-            )
-            .await?;
-        metrics::counter!("seedbed_tokens_total", "model" => spec.model.clone())
-            .increment(usage.total_tokens);
+        self.bill(job, spec, usage).await?;
         let delivered = !outcome.delivered.is_empty();
         match result {
             Err(DeviceFailure::Cancelled) => {
@@ -344,13 +318,7 @@ impl Jobs {
                     created: now_ms() / 1000,
                     extra: Default::default(),
                 };
-                if inner
-                    .db
-                    .finish_job(&job.id, JobStatus::Succeeded, None, &event.to_json())
-                    .await?
-                {
-                    self.tick();
-                }
+                self.end(&job.id, JobStatus::Succeeded, &event).await?
             }
             Ok(()) => {
                 let message = outcome
@@ -400,12 +368,19 @@ impl Jobs {
                 param: None,
             },
         };
-        if let Some((code, _)) = &error {
-            metrics::counter!("seedbed_errors_total", "code" => code.as_str()).increment(1);
-        }
-        let error = error
-            .as_ref()
-            .map(|(code, message)| (code.as_str(), message.as_str()));
+        self.end(id, status, &event).await
+    }
+
+    /// End a job with its final event; a `Failed` event's code and message become the job's
+    /// error and are counted.
+    pub(crate) async fn end(&self, id: &str, status: JobStatus, event: &JobEvent) -> Result<()> {
+        let error = match event {
+            JobEvent::Failed { code, message, .. } => {
+                metrics::counter!("seedbed_errors_total", "code" => code.clone()).increment(1);
+                Some((code.as_str(), message.as_str()))
+            }
+            _ => None,
+        };
         if self
             .inner
             .db
@@ -415,6 +390,57 @@ impl Jobs {
             self.tick();
         }
         Ok(())
+    }
+
+    /// Record what a job delivered, once, for its key.
+    pub(crate) async fn bill(
+        &self,
+        job: &JobRow,
+        spec: &GenerationSpec,
+        usage: Usage,
+    ) -> Result<()> {
+        self.inner
+            .db
+            .record_usage(
+                &job.id,
+                job.key_id.as_deref(),
+                &spec.model,
+                usage.generated_images,
+                usage.total_tokens,
+            )
+            .await?;
+        metrics::counter!("seedbed_tokens_total", "model" => spec.model.clone())
+            .increment(usage.total_tokens);
+        Ok(())
+    }
+
+    /// The cancel flag of a job this process runs, where `cancel` can reach it.
+    pub(crate) fn track(&self, job: &JobRow) -> Arc<AtomicBool> {
+        let cancel = Arc::new(AtomicBool::new(job.cancel_requested));
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.insert(job.id.clone(), cancel.clone());
+        }
+        cancel
+    }
+
+    /// The job left this process: forget its flag, record how long it took.
+    pub(crate) fn untrack(&self, id: &str, spec: &GenerationSpec, started: std::time::Instant) {
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.remove(id);
+        }
+        metrics::histogram!("seedbed_job_seconds", "model" => spec.model.clone())
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Extend a running job's lease; true when another node asked to cancel it.
+    pub(crate) async fn renew(&self, id: &str) -> Result<bool> {
+        let inner = &self.inner;
+        let until = now_ms() + inner.config.lease.as_millis() as i64;
+        inner
+            .db
+            .renew_lease(id, &inner.config.node_id, until)
+            .await?;
+        Ok(inner.db.cancel_requested(id).await?)
     }
 
     pub(crate) async fn append(&self, id: &str, event: &JobEvent) -> Result<()> {
@@ -459,6 +485,14 @@ impl Jobs {
                 deleted += 1;
             }
         }
+    }
+}
+
+/// Resolves at `deadline`, never without one (the shutdown grace period in a `select!`).
+pub(crate) async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
