@@ -420,15 +420,8 @@ async fn a_rate_limited_upstream_falls_over_and_key_limits_apply() {
     })
     .await;
     let key: serde_json::Value = server
-        .post("/v1/keys")
-        .bearer_auth("admin")
-        .json(&json!({"images_per_minute": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .create_key("admin", json!({"images_per_minute": 1}))
+        .await;
     let secret = key["secret"].as_str().unwrap();
     let ask = || {
         server

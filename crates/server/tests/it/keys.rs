@@ -22,15 +22,11 @@ async fn keys_scopes_limits_and_usage() {
 
     // The admin makes a limited key; its secret is shown once.
     let created: serde_json::Value = server
-        .post("/v1/keys")
-        .bearer_auth(ROOT)
-        .json(&serde_json::json!({"name": "ci", "images_per_minute": 2, "quota_images": 3}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .create_key(
+            ROOT,
+            serde_json::json!({"name": "ci", "images_per_minute": 2, "quota_images": 3}),
+        )
+        .await;
     let secret = created["secret"].as_str().unwrap().to_string();
     let key_id = created["id"].as_str().unwrap().to_string();
     assert!(secret.starts_with("sb-"));
@@ -118,15 +114,8 @@ async fn keys_scopes_limits_and_usage() {
 async fn a_quota_is_enforced() {
     let server = TestServer::start_with(|config| config.api_keys = vec![ROOT.into()]).await;
     let created: serde_json::Value = server
-        .post("/v1/keys")
-        .bearer_auth(ROOT)
-        .json(&serde_json::json!({"quota_images": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .create_key(ROOT, serde_json::json!({"quota_images": 1}))
+        .await;
     let secret = created["secret"].as_str().unwrap();
     let send = || {
         server

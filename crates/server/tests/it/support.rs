@@ -54,6 +54,19 @@ impl TestServer {
         self.client.get(format!("{}{path}", self.url))
     }
 
+    /// `POST /v1/keys` with an admin key; the created key (its secret included).
+    pub async fn create_key(&self, admin: &str, body: serde_json::Value) -> serde_json::Value {
+        self.post("/v1/keys")
+            .bearer_auth(admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// `GET path` as JSON (no key).
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.get(path).send().await.unwrap().json().await.unwrap()
