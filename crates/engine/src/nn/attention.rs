@@ -4,8 +4,17 @@
 //! matrix would be 16k x 16k floats per head (1 GiB each). We process the queries in chunks
 //! so that the score block stays under a fixed budget, which bounds peak memory for any
 //! image size while keeping the matmuls large enough to be efficient.
+//!
+//! On CPU in f32 the whole thing is one kernel ([`fused_cpu`]): per (batch, head, block of
+//! 64 queries) one GEMM for the scores with the scale folded in, a softmax in place with a
+//! vectorised exp, one GEMM into the output. Q, K and V are read through their strides (the
+//! heads are transposed views of the projections), so nothing is copied, and the score
+//! block is 64 rows of one head, a few MiB at most.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::math::exp;
 
 /// Upper bound on the elements of one score block (batch x heads x chunk x keys): 64 Mi f32
 /// values = 256 MiB.
@@ -17,6 +26,23 @@ const SCORE_BLOCK_ELEMENTS: usize = 64 * 1024 * 1024;
 /// (as diffusers' `upcast_attention`): f16 overflows on large scores (SD 2.x's black images),
 /// while bf16 has f32's range. The result has `q`'s dtype.
 pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let on_cpu_f32 = [q, k, v]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if on_cpu_f32 {
+        return q.apply_op3_no_bwd(
+            k,
+            v,
+            &FusedCpu {
+                scale: scale as f32,
+            },
+        );
+    }
+    chunked(q, k, v, scale)
+}
+
+/// The portable version: candle ops on query chunks.
+fn chunked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (batch, heads, queries, _) = q.dims4()?;
     let keys = k.dim(2)?;
     let per_query = (batch * heads * keys).max(1);
@@ -49,6 +75,216 @@ fn attend(q: &Tensor, k_t: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     weights.matmul(v)
 }
 
+/// Queries per task of the CPU kernel: enough rows for the GEMMs, small enough for many tasks.
+const QUERY_BLOCK: usize = 64;
+
+struct FusedCpu {
+    scale: f32,
+}
+
+/// A strided 4-D f32 view: (batch, heads, tokens, dim).
+struct View<'a> {
+    data: &'a [f32],
+    dims: [usize; 4],
+    strides: [usize; 4],
+}
+
+impl<'a> View<'a> {
+    fn new(storage: &'a CpuStorage, layout: &Layout) -> Result<Self> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!(
+                "attention takes f32, got {:?}",
+                candle_core::backend::BackendStorage::dtype(storage)
+            );
+        };
+        let (dims, strides) = (layout.dims(), layout.stride());
+        if dims.len() != 4 {
+            candle_core::bail!("attention takes (batch, heads, tokens, dim), got {dims:?}");
+        }
+        Ok(Self {
+            data: &data[layout.start_offset()..],
+            dims: [dims[0], dims[1], dims[2], dims[3]],
+            strides: [strides[0], strides[1], strides[2], strides[3]],
+        })
+    }
+
+    /// The last element any access can touch, plus one.
+    fn extent(&self) -> usize {
+        1 + (0..4)
+            .map(|i| (self.dims[i].max(1) - 1) * self.strides[i])
+            .sum::<usize>()
+    }
+
+    /// Pointer to (b, h, token 0, 0) after checking the whole view lies in the slice.
+    fn head(&self, b: usize, h: usize) -> *const f32 {
+        assert!(self.extent() <= self.data.len());
+        self.data[b * self.strides[0] + h * self.strides[1]..].as_ptr()
+    }
+}
+
+impl CustomOp3 for FusedCpu {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        q_l: &Layout,
+        k: &CpuStorage,
+        k_l: &Layout,
+        v: &CpuStorage,
+        v_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (View::new(q, q_l)?, View::new(k, k_l)?, View::new(v, v_l)?);
+        let [batch, heads, queries, dim] = q.dims;
+        let keys = k.dims[2];
+        let dim_v = v.dims[3];
+        if k.dims != [batch, heads, keys, dim] || v.dims != [batch, heads, keys, dim_v] {
+            candle_core::bail!(
+                "attention shapes q {:?} k {:?} v {:?}",
+                q.dims,
+                k.dims,
+                v.dims
+            );
+        }
+        let mut out = vec![0f32; batch * heads * queries * dim_v];
+        if out.is_empty() {
+            return Ok((CpuStorage::F32(out), Shape::from(&q.dims)));
+        }
+        let blocks_per_head = queries.div_ceil(QUERY_BLOCK).max(1);
+        let head_len = queries * dim_v;
+        out.par_chunks_mut(head_len)
+            .enumerate()
+            .flat_map(|(bh, head)| {
+                head.par_chunks_mut(QUERY_BLOCK * dim_v)
+                    .enumerate()
+                    .map(move |(block, rows)| (bh, block, rows))
+            })
+            .for_each_init(Vec::new, |scores, (bh, block, rows)| {
+                let (b, h) = (bh / heads, bh % heads);
+                let first = block * QUERY_BLOCK;
+                let count = rows.len() / dim_v;
+                debug_assert!(block < blocks_per_head);
+                scores.resize(count * keys, 0.0);
+                self.block(&q, &k, &v, (b, h, first, count), scores, rows);
+            });
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((batch, heads, queries, dim_v)),
+        ))
+    }
+}
+
+impl FusedCpu {
+    /// Attention for `count` queries from `first` of head (b, h), into `rows` (count x dim_v).
+    fn block(
+        &self,
+        q: &View,
+        k: &View,
+        v: &View,
+        (b, h, first, count): (usize, usize, usize, usize),
+        scores: &mut [f32],
+        rows: &mut [f32],
+    ) {
+        let (dim, keys, dim_v) = (q.dims[3], k.dims[2], v.dims[3]);
+        let (q_ptr, k_ptr, v_ptr) = (q.head(b, h), k.head(b, h), v.head(b, h));
+        assert!(first + count <= q.dims[2]);
+        assert!(scores.len() == count * keys && rows.len() == count * dim_v);
+        let s = |view: &View, i: usize| view.strides[i] as isize;
+        // SAFETY: `head` checked that each view's full extent lies in its slice, the row
+        // range is checked above, and `scores` and `rows` are exclusive slices of exactly
+        // count x keys and count x dim_v, written row-major.
+        #[allow(unsafe_code)]
+        unsafe {
+            // scores = scale * Q[first..first+count] K^T
+            gemm::gemm(
+                count,
+                keys,
+                dim,
+                scores.as_mut_ptr(),
+                1,
+                keys as isize,
+                false,
+                q_ptr.add(first * q.strides[2]),
+                s(q, 3),
+                s(q, 2),
+                k_ptr,
+                s(k, 2),
+                s(k, 3),
+                0.0,
+                self.scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for row in scores.chunks_mut(keys) {
+            softmax_in_place(row);
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: as above; V's extent was checked by `head`.
+        unsafe {
+            gemm::gemm(
+                count,
+                dim_v,
+                keys,
+                rows.as_mut_ptr(),
+                1,
+                dim_v as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                keys as isize,
+                v_ptr,
+                s(v, 3),
+                s(v, 2),
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
+/// Softmax of one score row, in place; 16 lanes per reduction so that every loop
+/// vectorises (a single running max or sum is a serial dependency chain).
+fn softmax_in_place(row: &mut [f32]) {
+    const LANES: usize = 16;
+    let mut maxes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &x) in maxes.iter_mut().zip(chunk) {
+            *m = m.max(x);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&maxes)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for x in row.iter_mut() {
+        *x = exp(*x - max);
+    }
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (s, &x) in sums.iter_mut().zip(chunk) {
+            *s += x;
+        }
+    }
+    let sum: f32 = chunks.remainder().iter().sum::<f32>() + sums.iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,15 +295,38 @@ mod tests {
         candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(v)
     }
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+    }
+
     #[test]
     fn chunked_matches_naive() -> Result<()> {
         let dev = Device::Cpu;
         let q = Tensor::randn(0f32, 1., (2, 3, 37, 8), &dev)?;
         let k = Tensor::randn(0f32, 1., (2, 3, 11, 8), &dev)?;
         let v = Tensor::randn(0f32, 1., (2, 3, 11, 8), &dev)?;
-        let expected = naive(&q, &k, &v, 0.35)?;
+        let diff = max_diff(&naive(&q, &k, &v, 0.35)?, &chunked(&q, &k, &v, 0.35)?)?;
+        assert!(diff < 1e-5, "diff {diff}");
+        Ok(())
+    }
+
+    /// The CPU kernel on heads that are transposed views (as the UNet passes them), with
+    /// more queries than one block, a ragged last block, and a value width unlike the keys'.
+    #[test]
+    fn fused_cpu_matches_naive_on_strided_heads() -> Result<()> {
+        let dev = Device::Cpu;
+        let heads = |t: Tensor, d: usize| -> Result<Tensor> {
+            let (b, n, _) = t.dims3()?;
+            t.reshape((b, n, 3, d))?.transpose(1, 2)
+        };
+        let q = heads(Tensor::randn(0f32, 1., (2, 150, 24), &dev)?, 8)?;
+        let k = heads(Tensor::randn(0f32, 1., (2, 21, 24), &dev)?, 8)?;
+        let v = heads(Tensor::randn(0f32, 1., (2, 21, 15), &dev)?, 5)?;
+        assert!(!q.is_contiguous());
+        let expected = naive(&q.contiguous()?, &k.contiguous()?, &v.contiguous()?, 0.35)?;
         let got = scaled_dot_product(&q, &k, &v, 0.35)?;
-        let diff = (expected - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(got.dims(), &[2, 3, 150, 5]);
+        let diff = max_diff(&expected, &got)?;
         assert!(diff < 1e-5, "diff {diff}");
         Ok(())
     }

@@ -1,4 +1,9 @@
 //! Building blocks shared by the text encoder, the UNet and the VAE.
 
 pub mod attention;
+pub mod conv;
+pub mod im2col;
+pub mod math;
+pub mod norm;
 pub mod resnet;
+pub mod winograd;

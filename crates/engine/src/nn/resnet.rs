@@ -2,7 +2,10 @@
 //! (with a time embedding) and the VAE (without).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2d, Linear, VarBuilder};
+
+use super::conv::Conv3x3;
+use super::norm::GroupNormSilu;
 
 pub struct ResnetConfig {
     pub in_channels: usize,
@@ -15,21 +18,17 @@ pub struct ResnetConfig {
 }
 
 pub struct ResnetBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
+    norm1: GroupNormSilu,
+    conv1: Conv3x3,
     time_emb_proj: Option<Linear>,
-    norm2: GroupNorm,
-    conv2: Conv2d,
+    norm2: GroupNormSilu,
+    conv2: Conv3x3,
     conv_shortcut: Option<Conv2d>,
     output_scale_factor: f64,
 }
 
-pub fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let config = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    candle_nn::conv2d(in_channels, out_channels, 3, config, vb)
+pub fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv3x3> {
+    Conv3x3::new(in_channels, out_channels, vb)
 }
 
 pub fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
@@ -50,10 +49,10 @@ impl ResnetBlock {
             None
         };
         Ok(Self {
-            norm1: candle_nn::group_norm(config.groups, cin, config.eps, vb.pp("norm1"))?,
+            norm1: GroupNormSilu::new(config.groups, cin, config.eps, vb.pp("norm1"))?,
             conv1: conv3x3(cin, cout, vb.pp("conv1"))?,
             time_emb_proj,
-            norm2: candle_nn::group_norm(config.groups, cout, config.eps, vb.pp("norm2"))?,
+            norm2: GroupNormSilu::new(config.groups, cout, config.eps, vb.pp("norm2"))?,
             conv2: conv3x3(cout, cout, vb.pp("conv2"))?,
             conv_shortcut,
             output_scale_factor: config.output_scale_factor,
@@ -62,12 +61,12 @@ impl ResnetBlock {
 
     /// `temb` is the (already computed) time embedding `(B, T)`, before its SiLU.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let mut h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let mut h = self.conv1.forward(&self.norm1.forward(x)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
             h = h.broadcast_add(&t)?;
         }
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),

@@ -4,6 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 use super::transformer::{Transformer2D, Transformer2DConfig};
+use crate::nn::conv::Conv3x3;
 use crate::nn::resnet::{ResnetBlock, ResnetConfig, conv3x3};
 
 /// Settings every block shares.
@@ -180,7 +181,7 @@ impl MidBlock {
 pub struct UpBlock {
     resnets: Vec<ResnetBlock>,
     attentions: Vec<Transformer2D>,
-    upsampler: Option<Conv2d>,
+    upsampler: Option<Conv3x3>,
 }
 
 pub struct UpBlockConfig {

@@ -8,7 +8,9 @@ mod transformer;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+use crate::nn::norm::GroupNormSilu;
 
 pub use config::{BlockPlan, UNetConfig};
 
@@ -42,7 +44,7 @@ pub struct UNet {
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
-    norm_out: GroupNorm,
+    norm_out: GroupNormSilu,
     conv_out: Conv2d,
 }
 
@@ -175,7 +177,7 @@ impl UNet {
             down,
             mid,
             up,
-            norm_out: candle_nn::group_norm(
+            norm_out: GroupNormSilu::new(
                 config.norm_num_groups,
                 c0,
                 config.norm_eps,
@@ -275,7 +277,7 @@ impl UNet {
             };
             x = block.forward(&x, &temb, encoder_hidden_states, &mut skips, upsample_to)?;
         }
-        let x = self.norm_out.forward(&x)?.silu()?;
+        let x = self.norm_out.forward(&x)?;
         self.conv_out.forward(&x)
     }
 }

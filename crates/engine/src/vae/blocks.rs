@@ -5,6 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 
 use crate::nn::attention::scaled_dot_product;
+use crate::nn::conv::Conv3x3;
 use crate::nn::resnet::{ResnetBlock, ResnetConfig, conv3x3};
 
 /// The VAE normalises with eps 1e-6 everywhere.
@@ -153,7 +154,7 @@ impl EncoderBlock {
 /// `UpDecoderBlock2D`: resnets, then (except last) nearest 2x upsampling and a conv.
 pub struct DecoderBlock {
     resnets: Vec<ResnetBlock>,
-    upsample: Option<Conv2d>,
+    upsample: Option<Conv3x3>,
 }
 
 impl DecoderBlock {

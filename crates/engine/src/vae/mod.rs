@@ -8,22 +8,25 @@ mod tiled;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::{Conv2d, VarBuilder};
+
+use crate::nn::norm::GroupNormSilu;
 
 pub use config::VaeConfig;
 pub use tiled::Tiling;
 
 use crate::error::Result;
+use crate::nn::conv::Conv3x3;
 use crate::nn::resnet::{conv1x1, conv3x3};
 use crate::weights::{NameScheme, Variant, build_component};
 use blocks::{DecoderBlock, EPS, EncoderBlock, MidBlock};
 
 struct Encoder {
-    conv_in: Conv2d,
+    conv_in: Conv3x3,
     blocks: Vec<EncoderBlock>,
     mid: MidBlock,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
+    norm_out: GroupNormSilu,
+    conv_out: Conv3x3,
 }
 
 impl Encoder {
@@ -54,7 +57,7 @@ impl Encoder {
                 config.mid_block_add_attention,
                 vb.pp("mid_block"),
             )?,
-            norm_out: candle_nn::group_norm(groups, channels[last], EPS, vb.pp("conv_norm_out"))?,
+            norm_out: GroupNormSilu::new(groups, channels[last], EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(
                 channels[last],
                 2 * config.latent_channels,
@@ -69,16 +72,16 @@ impl Encoder {
             x = block.forward(&x)?;
         }
         let x = self.mid.forward(&x)?;
-        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward(&x)?)
     }
 }
 
 struct Decoder {
-    conv_in: Conv2d,
+    conv_in: Conv3x3,
     mid: MidBlock,
     blocks: Vec<DecoderBlock>,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
+    norm_out: GroupNormSilu,
+    conv_out: Conv3x3,
 }
 
 impl Decoder {
@@ -110,7 +113,7 @@ impl Decoder {
                 vb.pp("mid_block"),
             )?,
             blocks,
-            norm_out: candle_nn::group_norm(groups, channels[0], EPS, vb.pp("conv_norm_out"))?,
+            norm_out: GroupNormSilu::new(groups, channels[0], EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(channels[0], config.out_channels, vb.pp("conv_out"))?,
         })
     }
@@ -120,7 +123,7 @@ impl Decoder {
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        self.conv_out.forward(&self.norm_out.forward(&x)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward(&x)?)
     }
 }
 

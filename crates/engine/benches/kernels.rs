@@ -1,0 +1,97 @@
+//! Micro-benchmarks of the engine's hot kernels, so that regressions show:
+//! `cargo bench -p seedbed-engine --bench kernels` (add a filter such as `conv3x3` to pick).
+//! Shapes are the SD-Turbo ones at 512x512 where they run in well under a second, and the
+//! tiny fixture UNet for a whole step. Not part of CI's timing: speed lives here and in
+//! `seedbed bench`, never in tests.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use criterion::{Criterion, criterion_group, criterion_main};
+use seedbed_engine::nn::attention::scaled_dot_product;
+use seedbed_engine::nn::conv::Conv3x3;
+use seedbed_engine::nn::norm::GroupNormSilu;
+use seedbed_engine::unet::UNet;
+use seedbed_engine::weights::Variant;
+
+fn random_vb(map: &VarMap) -> VarBuilder<'static> {
+    VarBuilder::from_varmap(map, DType::F32, &Device::Cpu)
+}
+
+fn conv3x3(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv3x3");
+    group.sample_size(10);
+    // (channels, side) at 512x512: the UNet's first and third levels (Winograd and im2col
+    // paths), and the VAE decoder's 256x256 level.
+    for (channels, side) in [(320, 64), (1280, 16), (128, 256)] {
+        let map = VarMap::new();
+        let conv = Conv3x3::new(channels, channels, random_vb(&map)).unwrap();
+        let x = Tensor::randn(0f32, 1., (1, channels, side, side), &Device::Cpu).unwrap();
+        group.bench_function(format!("ours c{channels} {side}x{side}"), |b| {
+            b.iter(|| conv.forward(&x).unwrap())
+        });
+        group.bench_function(format!("candle c{channels} {side}x{side}"), |b| {
+            b.iter(|| conv.forward_candle(&x).unwrap())
+        });
+    }
+    group.finish();
+}
+
+/// The GEMM everything rests on, for the machine's ceiling: 2048^3 x 2 = 17.2 GFLOP.
+fn matmul(c: &mut Criterion) {
+    let mut group = c.benchmark_group("matmul");
+    group.sample_size(10);
+    let a = Tensor::randn(0f32, 1., (2048, 2048), &Device::Cpu).unwrap();
+    group.bench_function("f32 2048x2048x2048", |b| b.iter(|| a.matmul(&a).unwrap()));
+    group.finish();
+}
+
+fn attention(c: &mut Criterion) {
+    let mut group = c.benchmark_group("attention");
+    group.sample_size(10);
+    // SD 2.x's first transformer level at 512x512: 4096 tokens, 5 heads of 64; self and
+    // cross (77 text tokens).
+    let q = Tensor::randn(0f32, 1., (1, 5, 4096, 64), &Device::Cpu).unwrap();
+    let text = Tensor::randn(0f32, 1., (1, 5, 77, 64), &Device::Cpu).unwrap();
+    group.bench_function("self 4096x4096 h5 d64", |b| {
+        b.iter(|| scaled_dot_product(&q, &q, &q, 0.125).unwrap())
+    });
+    group.bench_function("cross 4096x77 h5 d64", |b| {
+        b.iter(|| scaled_dot_product(&q, &text, &text, 0.125).unwrap())
+    });
+    group.finish();
+}
+
+fn group_norm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("group_norm_silu");
+    group.sample_size(20);
+    for (channels, side) in [(320, 64), (128, 256)] {
+        let map = VarMap::new();
+        let vb = random_vb(&map);
+        let norm = GroupNormSilu::new(32, channels, 1e-5, vb.pp("fused")).unwrap();
+        let stock = candle_nn::group_norm(32, channels, 1e-5, vb.pp("stock")).unwrap();
+        let x = Tensor::randn(0f32, 1., (1, channels, side, side), &Device::Cpu).unwrap();
+        group.bench_function(format!("fused c{channels} {side}x{side}"), |b| {
+            b.iter(|| norm.forward(&x).unwrap())
+        });
+        group.bench_function(format!("candle c{channels} {side}x{side}"), |b| {
+            b.iter(|| stock.forward(&x).unwrap().silu().unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn unet_step(c: &mut Criterion) {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/models/tiny-sd/unet");
+    let unet = UNet::load(&dir, Variant::Auto, DType::F32, &Device::Cpu).unwrap();
+    let sample = Tensor::randn(0f32, 1., (2, 4, 32, 32), &Device::Cpu).unwrap();
+    let text = Tensor::randn(0f32, 1., (2, 77, 32), &Device::Cpu).unwrap();
+    c.bench_function("unet step tiny-sd 2x4x32x32", |b| {
+        b.iter(|| unet.forward(&sample, 500.0, &text, None).unwrap())
+    });
+}
+
+criterion_group!(kernels, matmul, conv3x3, attention, group_norm, unet_step);
+criterion_main!(kernels);

@@ -1,0 +1,150 @@
+//! The 3x3 "same" convolution used throughout the UNet and the VAE, with fast CPU paths.
+//!
+//! On CPU in f32: once the image has enough 4x4 tiles to keep the GEMMs busy it runs as
+//! Winograd F(4x4, 3x3) ([`super::winograd`], four times fewer multiplies), below that as a
+//! single im2col GEMM on the weight as stored ([`super::im2col`]). Everything else (GPU,
+//! half precision) goes to candle's convolution.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+
+use super::{im2col, winograd};
+
+/// From this many output tiles on, Winograd beats one im2col GEMM (the weight transform and
+/// narrow GEMMs cost more on the UNet's 16x16 and 8x8 levels); measured with
+/// `cargo bench -p seedbed-engine --bench kernels -- conv3x3`.
+const MIN_WINOGRAD_TILES: usize = 64;
+
+pub struct Conv3x3 {
+    conv: Conv2d,
+    in_channels: usize,
+    out_channels: usize,
+}
+
+impl Conv3x3 {
+    pub fn new(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
+        let config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        Ok(Self {
+            conv: candle_nn::conv2d(in_channels, out_channels, 3, config, vb)?,
+            in_channels,
+            out_channels,
+        })
+    }
+
+    /// candle's own convolution, for comparison.
+    pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv.forward(x)
+    }
+
+    fn runs_on_cpu_kernels(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.conv.weight().dtype() == DType::F32
+            && x.rank() == 4
+    }
+}
+
+impl Module for Conv3x3 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.runs_on_cpu_kernels(x) {
+            return self.forward_candle(x);
+        }
+        let (batch, _, height, width) = x.dims4()?;
+        let op = CpuConv {
+            shape: winograd::Shape {
+                batch,
+                in_channels: self.in_channels,
+                out_channels: self.out_channels,
+                height,
+                width,
+            },
+            bias: self.conv.bias().map(|b| b.to_vec1::<f32>()).transpose()?,
+        };
+        x.contiguous()?
+            .apply_op2_no_bwd(&self.conv.weight().contiguous()?, &op)
+    }
+}
+
+struct CpuConv {
+    shape: winograd::Shape,
+    bias: Option<Vec<f32>>,
+}
+
+impl CpuConv {
+    fn uses_winograd(&self) -> bool {
+        self.shape.tiles() >= MIN_WINOGRAD_TILES
+    }
+}
+
+/// The contiguous f32 data of a CPU tensor.
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("conv3x3 takes f32, got {:?}", storage.dtype());
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("conv3x3 needs contiguous tensors"),
+    }
+}
+
+impl CustomOp2 for CpuConv {
+    fn name(&self) -> &'static str {
+        "conv3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input: &CpuStorage,
+        input_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = self.shape;
+        let input = contiguous_f32(input, input_layout)?;
+        let weight = contiguous_f32(weight, weight_layout)?;
+        let bias = self.bias.as_deref();
+        let out = if self.uses_winograd() {
+            let u = winograd::transform_weights(weight, s.out_channels, s.in_channels);
+            winograd::conv3x3(input, s, &u, bias)
+        } else {
+            im2col::conv3x3(input, s, weight, bias)
+        };
+        let shape = Shape::from((s.batch, s.out_channels, s.height, s.width));
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    /// Both CPU paths agree with candle's convolution: a latent big enough for Winograd
+    /// (10x9 tiles), and one small enough for im2col, both batched and non-contiguous.
+    #[test]
+    fn cpu_paths_match_candle() -> Result<()> {
+        for (side_h, side_w) in [(40, 36), (12, 10)] {
+            check_against_candle(side_h, side_w)?;
+        }
+        Ok(())
+    }
+
+    fn check_against_candle(height: usize, width: usize) -> Result<()> {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let conv = Conv3x3::new(6, 10, vb)?;
+        let x =
+            Tensor::randn(0f32, 1., (2, height, width, 6), &Device::Cpu)?.permute((0, 3, 1, 2))?;
+        let expected = conv.forward_candle(&x)?;
+        let got = conv.forward(&x)?;
+        assert_eq!(got.dims(), expected.dims());
+        let diff = (expected - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "max diff {diff}");
+        Ok(())
+    }
+}

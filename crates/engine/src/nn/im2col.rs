@@ -1,0 +1,104 @@
+//! 3x3, stride-1, padding-1 convolution as one GEMM over an im2col matrix, on CPU f32, for
+//! the small latents where Winograd's tiles are too few (the UNet's 16x16 and 8x8 levels).
+//!
+//! The weight (out, in, 3, 3) is already the (out, in * 9) matrix the GEMM needs, so unlike
+//! candle's convolution nothing is copied or re-laid out per call; the im2col rows follow
+//! the same (in, ky, kx) order and are built straight from the NCHW planes.
+
+use rayon::prelude::*;
+
+use super::winograd::{Shape, matmul};
+
+/// `input` (batch, in, h, w), `weight` (out, in, 3, 3), optional bias; returns (batch, out, h, w).
+pub fn conv3x3(input: &[f32], shape: Shape, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let Shape {
+        batch,
+        in_channels,
+        out_channels,
+        height,
+        width,
+    } = shape;
+    let plane = height * width;
+    assert_eq!(input.len(), batch * in_channels * plane);
+    assert_eq!(weight.len(), out_channels * in_channels * 9);
+    let mut output = vec![0f32; batch * out_channels * plane];
+    let mut columns = vec![0f32; in_channels * 9 * plane];
+    for (image, out) in input
+        .chunks(in_channels * plane)
+        .zip(output.chunks_mut(out_channels * plane))
+    {
+        columns
+            .par_chunks_mut(9 * plane)
+            .zip(image.par_chunks(plane))
+            .for_each(|(rows, channel)| fill_columns(channel, height, width, rows));
+        // Split the output channels between threads: each runs its own GEMM on a band.
+        let band = out_channels.div_ceil(rayon::current_num_threads()).max(1);
+        out.par_chunks_mut(band * plane)
+            .zip(weight.par_chunks(band * in_channels * 9))
+            .enumerate()
+            .for_each(|(i, (dst, lhs))| {
+                let rows = dst.len() / plane;
+                matmul(lhs, &columns, dst, rows, in_channels * 9, plane);
+                if let Some(bias) = bias {
+                    for (row, &b) in dst.chunks_mut(plane).zip(&bias[i * band..]) {
+                        row.iter_mut().for_each(|v| *v += b);
+                    }
+                }
+            });
+    }
+    output
+}
+
+/// The nine shifted copies of one channel plane, zero where the 3x3 window leaves the image:
+/// row (ky, kx) at pixel (y, x) holds input (y + ky - 1, x + kx - 1).
+fn fill_columns(channel: &[f32], height: usize, width: usize, rows: &mut [f32]) {
+    for (tap, row) in rows.chunks_mut(height * width).enumerate() {
+        let (dy, dx) = (tap / 3, tap % 3);
+        for y in 0..height {
+            let dst = &mut row[y * width..][..width];
+            let Some(source_y) = (y + dy).checked_sub(1).filter(|&sy| sy < height) else {
+                dst.fill(0.0);
+                continue;
+            };
+            let src = &channel[source_y * width..][..width];
+            // dst[x] = src[x + dx - 1] where that lies inside the row.
+            match dx {
+                0 => {
+                    dst[0] = 0.0;
+                    dst[1..].copy_from_slice(&src[..width - 1]);
+                }
+                1 => dst.copy_from_slice(src),
+                _ => {
+                    dst[..width - 1].copy_from_slice(&src[1..]);
+                    dst[width - 1] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::winograd::tests::{direct, max_diff, pattern};
+
+    #[test]
+    fn matches_direct_convolution() {
+        for (batch, cin, cout, h, w) in [(1, 3, 5, 8, 8), (2, 4, 3, 7, 13), (1, 2, 2, 1, 1)] {
+            let s = Shape {
+                batch,
+                in_channels: cin,
+                out_channels: cout,
+                height: h,
+                width: w,
+            };
+            let input = pattern(batch * cin * h * w, 0.3);
+            let weight = pattern(cout * cin * 9, 1.7);
+            let bias = pattern(cout, 2.9);
+            let expected = direct(&input, s, &weight, Some(&bias));
+            let got = conv3x3(&input, s, &weight, Some(&bias));
+            let diff = max_diff(&expected, &got);
+            assert!(diff < 1e-4, "{s:?}: max diff {diff}");
+        }
+    }
+}
