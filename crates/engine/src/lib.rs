@@ -13,6 +13,7 @@ pub mod output;
 pub mod parity;
 pub mod pipeline;
 pub mod scheduler;
+pub mod shared;
 pub mod text;
 pub mod tokenizer;
 pub mod unet;

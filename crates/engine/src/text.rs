@@ -5,12 +5,14 @@
 //! output of the second one.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::clip::ClipTextModel;
 use crate::error::Result;
 use crate::model::Family;
+use crate::shared::load_shared;
 use crate::tokenizer::ClipTokenizer;
 use crate::weights::Variant;
 
@@ -23,7 +25,7 @@ pub struct PromptEmbedding {
 
 struct Encoder {
     tokenizer: ClipTokenizer,
-    model: ClipTextModel,
+    model: Arc<ClipTextModel>,
 }
 
 impl Encoder {
@@ -34,14 +36,12 @@ impl Encoder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let encoder_dir = model_dir.join(format!("text_encoder{suffix}"));
         Ok(Self {
             tokenizer: ClipTokenizer::from_dir(&model_dir.join(format!("tokenizer{suffix}")))?,
-            model: ClipTextModel::load(
-                &model_dir.join(format!("text_encoder{suffix}")),
-                variant,
-                dtype,
-                device,
-            )?,
+            model: load_shared(&encoder_dir, variant, dtype, device, || {
+                ClipTextModel::load(&encoder_dir, variant, dtype, device)
+            })?,
         })
     }
 
@@ -81,6 +81,11 @@ impl TextEncoder {
             second,
             device: device.clone(),
         })
+    }
+
+    /// The first text encoder's model (shared with other pipelines loaded from its files).
+    pub fn first_model(&self) -> &ClipTextModel {
+        &self.first.model
     }
 
     /// Ids of the first tokenizer.

@@ -1,17 +1,24 @@
 //! Memory-mapped safetensors weights for one model component.
 //!
+//! candle's CPU tensors own their memory, so each tensor is copied out of the mapping once,
+//! and the mapped pages it came from are handed back right after (`MADV_DONTNEED`). Without
+//! that, a component's whole file stays resident in the page tables until the component is
+//! built, and peak memory while loading a 3.4 GB UNet is its size twice.
+//!
 //! Real checkpoints come as `diffusion_pytorch_model.safetensors`, `model.safetensors`, their
 //! `.fp16` variants, or sharded behind an `*.safetensors.index.json`, in f32, f16 or bf16.
 //! Tensors are converted to the compute dtype as they are read; a missing tensor or one of the
 //! wrong shape becomes an error naming the file and the tensor instead of a panic.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
+use memmap2::{Mmap, UncheckedAdvice};
+use safetensors::SafeTensors;
+use safetensors::tensor::TensorInfo;
 
 use crate::error::{EngineError, Result};
 
@@ -101,27 +108,104 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// One mapped safetensors file and its parsed header.
+struct MappedFile {
+    map: Mmap,
+    /// Where the tensor data starts: after the 8-byte length and the JSON header.
+    data_start: usize,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let invalid = |message: String| EngineError::Weights {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: the file is mapped read-only; like every inference server we require
+        // that model folders are not rewritten in place while they are loaded.
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&file) }
+            .map_err(|e| invalid(format!("cannot memory-map the file: {e}")))?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| {
+            invalid(format!(
+                "not a valid safetensors file (truncated or corrupt?): {e:?}"
+            ))
+        })?;
+        let tensors = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| (name, info.clone()))
+            .collect();
+        Ok(Self {
+            map,
+            data_start: 8 + header_len,
+            tensors,
+        })
+    }
+
+    /// Copy one tensor out of the mapping, then release the pages it occupied.
+    fn load(&self, info: &TensorInfo, device: &Device) -> candle_core::Result<Tensor> {
+        let (start, end) = info.data_offsets;
+        let (start, len) = (self.data_start + start, end - start);
+        let dtype = candle_dtype(info.dtype)?;
+        let tensor =
+            Tensor::from_raw_buffer(&self.map[start..start + len], dtype, &info.shape, device)?;
+        // SAFETY: DONTNEED on a read-only shared file mapping only drops this process's
+        // page-table entries; a later read faults the same bytes back in from the file. No
+        // reference into the range outlives the copy above.
+        #[allow(unsafe_code)]
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, start, len)
+        };
+        Ok(tensor)
+    }
+}
+
+fn candle_dtype(dtype: safetensors::Dtype) -> candle_core::Result<DType> {
+    use safetensors::Dtype as S;
+    Ok(match dtype {
+        S::F32 => DType::F32,
+        S::F16 => DType::F16,
+        S::BF16 => DType::BF16,
+        S::F64 => DType::F64,
+        S::I64 => DType::I64,
+        S::U32 => DType::U32,
+        S::U8 => DType::U8,
+        other => candle_core::bail!("unsupported tensor dtype {other:?}"),
+    })
+}
+
 /// The tensors of one component, memory-mapped.
 pub struct WeightFiles {
     files: Vec<PathBuf>,
-    tensors: MmapedSafetensors,
+    mapped: Vec<MappedFile>,
+    /// Tensor name to the index of the file holding it.
+    index: HashMap<String, usize>,
     names: NameScheme,
 }
 
 impl WeightFiles {
     pub fn open(dir: &Path, variant: Variant, names: NameScheme) -> Result<Self> {
         let files = find_weight_files(dir, variant)?;
-        // SAFETY: the files are memory-mapped read-only; like every inference server we
-        // require that model folders are not rewritten in place while they are loaded.
-        #[allow(unsafe_code)]
-        let tensors =
-            unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| EngineError::Weights {
-                path: files[0].clone(),
-                message: format!("not a valid safetensors file (truncated or corrupt?): {e}"),
-            })?;
+        let mapped = files
+            .iter()
+            .map(|path| MappedFile::open(path))
+            .collect::<Result<Vec<_>>>()?;
+        let index = mapped
+            .iter()
+            .enumerate()
+            .flat_map(|(i, file)| file.tensors.keys().map(move |name| (name.clone(), i)))
+            .collect();
         Ok(Self {
             files,
-            tensors,
+            mapped,
+            index,
             names,
         })
     }
@@ -137,7 +221,7 @@ impl WeightFiles {
     }
 
     fn resolve(&self, name: &str) -> Option<String> {
-        if self.tensors.get(name).is_ok() {
+        if self.index.contains_key(name) {
             return Some(name.to_string());
         }
         let alternate = match self.names {
@@ -147,15 +231,15 @@ impl WeightFiles {
                 None => format!("text_model.{name}"),
             },
         };
-        self.tensors.get(&alternate).is_ok().then_some(alternate)
+        self.index.contains_key(&alternate).then_some(alternate)
     }
 
     fn load(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
         let resolved = self
             .resolve(name)
             .ok_or_else(|| candle_core::Error::msg(format!("missing tensor `{name}`")))?;
-        self.tensors
-            .load(&resolved, device)
+        let file = &self.mapped[self.index[&resolved]];
+        file.load(&file.tensors[&resolved], device)
             .and_then(|t| t.to_dtype(dtype))
             .map_err(|e| candle_core::Error::msg(format!("tensor `{name}`: {e}")))
     }

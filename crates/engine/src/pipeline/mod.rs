@@ -6,6 +6,7 @@ mod denoise;
 mod request;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use crate::image_ops;
 use crate::model::{Family, ModelIndex, read_json};
 use crate::noise::SeededNoise;
 use crate::scheduler::{self, NoiseSource, SchedulerConfig, SchedulerKind};
+use crate::shared::load_shared;
 use crate::text::{PromptEmbedding, TextEncoder};
 use crate::unet::UNet;
 use crate::vae::{Tiling, Vae};
@@ -115,8 +117,8 @@ pub struct Pipeline {
     family: Family,
     force_zeros_for_empty_prompt: bool,
     text: TextEncoder,
-    unet: UNet,
-    vae: Vae,
+    unet: Arc<UNet>,
+    vae: Arc<Vae>,
     scheduler_config: SchedulerConfig,
     default_scheduler: SchedulerKind,
     options: LoadOptions,
@@ -133,8 +135,13 @@ impl Pipeline {
         let default_scheduler = scheduler_config.default_kind();
         let (device, dtype, variant) = (&options.device, options.dtype, options.variant);
         let text = TextEncoder::load(dir, family, variant, dtype, device)?;
-        let unet = UNet::load(&dir.join("unet"), variant, dtype, device)?;
-        let vae = Vae::load(&dir.join("vae"), variant, dtype, device)?;
+        let (unet_dir, vae_dir) = (dir.join("unet"), dir.join("vae"));
+        let unet = load_shared(&unet_dir, variant, dtype, device, || {
+            UNet::load(&unet_dir, variant, dtype, device)
+        })?;
+        let vae = load_shared(&vae_dir, variant, dtype, device, || {
+            Vae::load(&vae_dir, variant, dtype, device)
+        })?;
         if family == Family::StableDiffusionXl && !unet.needs_added_conditioning() {
             return Err(EngineError::config(
                 dir.join("unet").join("config.json"),

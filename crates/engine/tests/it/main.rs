@@ -3,6 +3,7 @@
 mod broken_models;
 mod generate;
 mod parity;
+mod shared_components;
 
 use std::path::{Path, PathBuf};
 
