@@ -1,4 +1,8 @@
-//! Peak memory of this process, for reports and benchmarks.
+//! Peak memory of this process, and the page cache, for reports and benchmarks.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
 
 /// The peak resident set size in bytes (`VmHWM`), where the OS reports it (Linux).
 pub fn peak_rss_bytes() -> Option<u64> {
@@ -6,4 +10,22 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Ask the OS to drop `dir`'s `*.safetensors` files (recursively) from its page cache, so the
+/// next read comes from disk. Clean pages only, no privileges needed; best effort by nature.
+pub fn evict_from_page_cache(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            evict_from_page_cache(&path)?;
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
+                .with_context(|| format!("evicting {} from the page cache", path.display()))?;
+        }
+    }
+    Ok(())
 }
