@@ -66,6 +66,7 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_API: u8 = 3;
 
 fn main() -> ExitCode {
+    memory::keep_freed_memory_for_reuse();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))

@@ -12,6 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use seedbed_engine::nn::attention::scaled_dot_product;
 use seedbed_engine::nn::conv::Conv3x3;
 use seedbed_engine::nn::norm::GroupNormSilu;
+use seedbed_engine::nn::winograd;
 use seedbed_engine::unet::UNet;
 use seedbed_engine::weights::Variant;
 
@@ -35,6 +36,11 @@ fn conv3x3(c: &mut Criterion) {
             b.iter(|| conv.forward_candle(&x).unwrap())
         });
     }
+    // The per-call weight transform of the largest Winograd layer (the VAE's 512 channels).
+    let weight: Vec<f32> = (0..512 * 512 * 9).map(|i| (i as f32).sin()).collect();
+    group.bench_function("winograd weight transform c512", |b| {
+        b.iter(|| winograd::transform_weights(&weight, 512, 512))
+    });
     group.finish();
 }
 
