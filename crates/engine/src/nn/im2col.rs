@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::winograd::{Shape, matmul};
+use super::winograd::{Matrix, Shape, matmul};
 
 /// `input` (batch, in, h, w), `weight` (out, in, 3, 3), optional bias; returns (batch, out, h, w).
 pub fn conv3x3(input: &[f32], shape: Shape, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
@@ -38,6 +38,10 @@ pub fn conv3x3(input: &[f32], shape: Shape, weight: &[f32], bias: Option<&[f32]>
             .enumerate()
             .for_each(|(i, (dst, lhs))| {
                 let rows = dst.len() / plane;
+                let lhs = Matrix {
+                    data: lhs,
+                    row_stride: in_channels * 9,
+                };
                 matmul(lhs, &columns, dst, rows, in_channels * 9, plane);
                 if let Some(bias) = bias {
                     for (row, &b) in dst.chunks_mut(plane).zip(&bias[i * band..]) {

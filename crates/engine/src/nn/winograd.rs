@@ -72,53 +72,46 @@ impl Shape {
     }
 }
 
-/// `weight` (out, in, 3, 3) to U = G g G^T laid out (36, out, in): one GEMM operand per position.
+/// `weight` (out, in, 3, 3) to U = G g G^T laid out (out, 36, in): the GEMM operand of
+/// position p is the (out x in) matrix at offset p * in with row stride 36 * in. That layout
+/// lets every output channel be transformed in parallel straight into place.
 pub fn transform_weights(weight: &[f32], out_channels: usize, in_channels: usize) -> Vec<f32> {
-    let (k_count, c_count) = (out_channels, in_channels);
-    assert_eq!(weight.len(), k_count * c_count * 9);
-    let plane = k_count * c_count;
-    // Each output channel is independent; compute them in parallel into a (k, 36, c) scratch
-    // and scatter to (36, k, c) afterwards so that the parallel writes are disjoint.
-    let mut per_k = vec![0f32; k_count * POSITIONS * c_count];
-    per_k
-        .par_chunks_mut(POSITIONS * c_count)
-        .enumerate()
-        .for_each(|(k, dst)| {
-            let g = &weight[k * c_count * 9..(k + 1) * c_count * 9];
-            // taps[tap][c], contiguous in c so the loops below vectorise.
-            let mut taps = vec![0f32; 9 * c_count];
-            for c in 0..c_count {
-                for tap in 0..9 {
-                    taps[tap * c_count + c] = g[c * 9 + tap];
-                }
-            }
-            // rows[a][col][c] = sum_r G[a][r] g[r][col]
-            let mut rows = vec![0f32; ALPHA * 3 * c_count];
-            for a in 0..ALPHA {
-                for col in 0..3 {
-                    let out = &mut rows[(a * 3 + col) * c_count..(a * 3 + col + 1) * c_count];
-                    for r in 0..3 {
-                        axpy(out, G[a][r], &taps[(r * 3 + col) * c_count..][..c_count]);
+    let c_count = in_channels;
+    assert_eq!(weight.len(), out_channels * c_count * 9);
+    let mut u = vec![0f32; out_channels * POSITIONS * c_count];
+    u.par_chunks_mut(POSITIONS * c_count)
+        .zip(weight.par_chunks(c_count * 9))
+        .for_each_init(
+            || (vec![0f32; 9 * c_count], vec![0f32; ALPHA * 3 * c_count]),
+            |(taps, rows), (dst, g)| {
+                // taps[tap][c], contiguous in c so the loops below vectorise.
+                for c in 0..c_count {
+                    for tap in 0..9 {
+                        taps[tap * c_count + c] = g[c * 9 + tap];
                     }
                 }
-            }
-            // U[a][b][c] = sum_col rows[a][col][c] G[b][col]
-            for a in 0..ALPHA {
-                for b in 0..ALPHA {
-                    let out = &mut dst[(a * ALPHA + b) * c_count..][..c_count];
+                // rows[a][col][c] = sum_r G[a][r] g[r][col]
+                rows.fill(0.0);
+                for a in 0..ALPHA {
                     for col in 0..3 {
-                        axpy(out, G[b][col], &rows[(a * 3 + col) * c_count..][..c_count]);
+                        let out = &mut rows[(a * 3 + col) * c_count..][..c_count];
+                        for r in 0..3 {
+                            axpy(out, G[a][r], &taps[(r * 3 + col) * c_count..][..c_count]);
+                        }
                     }
                 }
-            }
-        });
-    let mut u = vec![0f32; POSITIONS * plane];
-    for k in 0..k_count {
-        for p in 0..POSITIONS {
-            let src = &per_k[(k * POSITIONS + p) * c_count..][..c_count];
-            u[p * plane + k * c_count..][..c_count].copy_from_slice(src);
-        }
-    }
+                // U[a][b][c] = sum_col rows[a][col][c] G[b][col]
+                dst.fill(0.0);
+                for a in 0..ALPHA {
+                    for b in 0..ALPHA {
+                        let out = &mut dst[(a * ALPHA + b) * c_count..][..c_count];
+                        for col in 0..3 {
+                            axpy(out, G[b][col], &rows[(a * 3 + col) * c_count..][..c_count]);
+                        }
+                    }
+                }
+            },
+        );
     u
 }
 
@@ -144,10 +137,15 @@ pub fn conv3x3(input: &[f32], shape: Shape, u: &[f32], bias: Option<&[f32]>) -> 
         width,
     } = shape;
     assert_eq!(input.len(), batch * in_channels * height * width);
-    assert_eq!(u.len(), POSITIONS * out_channels * in_channels);
+    assert_eq!(u.len(), out_channels * POSITIONS * in_channels);
     let tiles_w = width.div_ceil(M);
     let tiles_h = height.div_ceil(M);
-    let tile_rows_per_block = TARGET_TILES_PER_BLOCK.div_ceil(tiles_w).clamp(1, tiles_h);
+    // Whole rows of tiles per block, and a block count that is a multiple of the threads so
+    // that none idles at the end (a 64x64 latent is only 4 blocks).
+    let blocks_wanted = (tiles_h * tiles_w)
+        .div_ceil(TARGET_TILES_PER_BLOCK)
+        .next_multiple_of(rayon::current_num_threads());
+    let tile_rows_per_block = tiles_h.div_ceil(blocks_wanted).max(1);
     let rows_per_block = tile_rows_per_block * M;
     let plane = height * width;
     let mut output = vec![0f32; batch * out_channels * plane];
@@ -201,27 +199,22 @@ struct Scratch {
     v: Vec<f32>,
     /// GEMM results, (36, out, tiles).
     m: Vec<f32>,
-    /// One tile row of input after the vertical transform: (6, padded width).
-    vertical: Vec<f32>,
-    /// One padded input row.
+    /// Six input rows with a zero column each side, room for whole lanes: (6, padded).
     padded: Vec<f32>,
-    /// One transformed row split into its four phases: (4, tiles_w + 1).
-    phases: Vec<f32>,
-    /// Output transform intermediate (6, 4, tiles_w), then one output row (tiles_w).
-    horizontal: Vec<f32>,
+    /// The rows after the vertical input transform: (6, padded).
+    vertical: Vec<f32>,
 }
 
 impl Scratch {
     fn new(g: &Geometry) -> Self {
         let tiles = g.tile_rows_per_block * g.tiles_w;
-        let padded_width = g.tiles_w * M + 2;
+        // Tile t reads columns 4t .. 4t+5; lanes round the tile count up to a multiple of 8.
+        let row_len = g.tiles_w.next_multiple_of(LANES) * M + LANES;
         Self {
             v: vec![0f32; POSITIONS * g.shape.in_channels * tiles],
             m: vec![0f32; POSITIONS * g.shape.out_channels * tiles],
-            vertical: vec![0f32; ALPHA * padded_width],
-            padded: vec![0f32; padded_width],
-            phases: vec![0f32; M * (g.tiles_w + 1)],
-            horizontal: vec![0f32; (ALPHA * M + 1) * g.tiles_w],
+            padded: vec![0f32; ALPHA * row_len],
+            vertical: vec![0f32; ALPHA * row_len],
         }
     }
 }
@@ -244,7 +237,10 @@ impl Geometry {
         let image = &input[block.image * image_len..][..image_len];
         self.transform_input(image, block.first_tile_row, tile_rows, s);
         for p in 0..POSITIONS {
-            let lhs = &u[p * cout * cin..][..cout * cin];
+            let lhs = Matrix {
+                data: &u[p * cin..],
+                row_stride: POSITIONS * cin,
+            };
             let rhs = &s.v[p * cin * tiles..][..cin * tiles];
             let dst = &mut s.m[p * cout * tiles..][..cout * tiles];
             matmul(lhs, rhs, dst, cout, cin, tiles);
@@ -253,7 +249,7 @@ impl Geometry {
             let b = bias.map_or(0.0, |b| b[k]);
             let m = &s.m[..POSITIONS * cout * tiles];
             for r in 0..tile_rows {
-                self.transform_output(m, k, tiles, r, b, rows, &mut s.horizontal);
+                self.transform_output(m, k, tiles, r, b, rows);
             }
         }
     }
@@ -261,51 +257,39 @@ impl Geometry {
     /// Fill `s.v` (36, in, tiles) for `tile_rows` rows of tiles starting at `first`.
     fn transform_input(&self, image: &[f32], first: usize, tile_rows: usize, s: &mut Scratch) {
         let (h, w) = (self.shape.height, self.shape.width);
-        let tiles = tile_rows * self.tiles_w;
-        let padded_width = self.tiles_w * M + 2;
+        let (tw, tiles) = (self.tiles_w, tile_rows * self.tiles_w);
         let cin = self.shape.in_channels;
+        let (padded_len, vertical_len) = (s.padded.len() / ALPHA, s.vertical.len() / ALPHA);
         for c in 0..cin {
             let channel = &image[c * h * w..][..h * w];
             for r in 0..tile_rows {
+                // The six input rows of this tile row, shifted right by one (the left pad),
+                // zero outside the image.
                 let top = (first + r) * M;
-                // vertical[a][x] = sum_i BT[a][i] row(top - 1 + i)[x - 1], zero outside.
-                s.vertical.fill(0.0);
-                for i in 0..ALPHA {
-                    let y = top + i;
-                    if y == 0 || y > h {
-                        continue;
-                    }
-                    s.padded[1..=w].copy_from_slice(&channel[(y - 1) * w..][..w]);
-                    for a in 0..ALPHA {
-                        let out = &mut s.vertical[a * padded_width..][..padded_width];
-                        axpy(out, BT[a][i], &s.padded);
+                for (i, padded) in s.padded.chunks_mut(padded_len).enumerate() {
+                    match (top + i).checked_sub(1).filter(|&y| y < h) {
+                        Some(y) => padded[1..=w].copy_from_slice(&channel[y * w..][..w]),
+                        None => padded[1..=w].fill(0.0),
                     }
                 }
-                // v[a][b][c][t] = sum_j BT[b][j] vertical[a][4 t + j]. Split each row into
-                // its four phases first (phase q holds x = 4 t + q), so that every term
-                // is a contiguous slice: x = 4 t + 4 and 4 t + 5 are phases 0 and 1 at t + 1.
-                let tw = self.tiles_w;
-                for a in 0..ALPHA {
-                    let row = &s.vertical[a * padded_width..][..padded_width];
-                    for (t, quad) in row.chunks(M).enumerate() {
-                        for (q, &x) in quad.iter().enumerate() {
-                            s.phases[q * (tw + 1) + t] = x;
-                        }
+                // vertical[a][x] = sum_i BT[a][i] padded[i][x], eight columns at a time.
+                for x in (0..vertical_len).step_by(LANES) {
+                    let rows: [Lanes; ALPHA] =
+                        std::array::from_fn(|i| lanes(&s.padded[i * padded_len + x..]));
+                    for (a, out) in apply(&BT, &rows).iter().enumerate() {
+                        s.vertical[a * vertical_len + x..][..LANES].copy_from_slice(out);
                     }
-                    let phase = |q: usize, shift: usize| &s.phases[q * (tw + 1) + shift..][..tw];
-                    let terms = [
-                        phase(0, 0),
-                        phase(1, 0),
-                        phase(2, 0),
-                        phase(3, 0),
-                        phase(0, 1),
-                        phase(1, 1),
-                    ];
-                    for b in 0..ALPHA {
-                        let dst = &mut s.v[((a * ALPHA + b) * cin + c) * tiles + r * tw..][..tw];
-                        dst.fill(0.0);
-                        for (j, term) in terms.iter().enumerate() {
-                            axpy(dst, BT[b][j], term);
+                }
+                // v[a][b][c][t] = sum_j BT[b][j] vertical[a][4 t + j], eight tiles at a time.
+                for a in 0..ALPHA {
+                    let row = &s.vertical[a * vertical_len..][..vertical_len];
+                    for t0 in (0..tw).step_by(LANES) {
+                        let count = LANES.min(tw - t0);
+                        let columns: [Lanes; ALPHA] =
+                            std::array::from_fn(|j| std::array::from_fn(|l| row[(t0 + l) * M + j]));
+                        for (b, out) in apply(&BT, &columns).iter().enumerate() {
+                            let at = ((a * ALPHA + b) * cin + c) * tiles + r * tw + t0;
+                            s.v[at..][..count].copy_from_slice(&out[..count]);
                         }
                     }
                 }
@@ -314,7 +298,6 @@ impl Geometry {
     }
 
     /// Write output channel `k`, tile row `r` of this block: Y = A^T m A (+ bias).
-    #[allow(clippy::too_many_arguments)]
     fn transform_output(
         &self,
         m: &[f32],
@@ -323,49 +306,82 @@ impl Geometry {
         r: usize,
         bias: f32,
         rows: &mut [f32],
-        horizontal: &mut [f32],
     ) {
         let (tw, w) = (self.tiles_w, self.shape.width);
         let cout = self.shape.out_channels;
-        let at_m = |p: usize| &m[(p * cout + k) * tiles + r * tw..][..tw];
-        // horizontal[a][j][t] = sum_b AT[j][b] m[a][b][t]
-        horizontal[..ALPHA * M * tw].fill(0.0);
-        for a in 0..ALPHA {
+        let row_count = rows.len() / w;
+        for t0 in (0..tw).step_by(LANES) {
+            let count = LANES.min(tw - t0);
+            let products: [Lanes; POSITIONS] = std::array::from_fn(|p| {
+                let src = &m[(p * cout + k) * tiles + r * tw + t0..][..count];
+                std::array::from_fn(|l| src.get(l).copied().unwrap_or(0.0))
+            });
+            // horizontal[a][j] = sum_b AT[j][b] m[a][b]
+            let horizontal: [[Lanes; M]; ALPHA] = std::array::from_fn(|a| {
+                let row: [Lanes; ALPHA] = std::array::from_fn(|b| products[a * ALPHA + b]);
+                apply(&AT, &row)
+            });
             for j in 0..M {
-                let out = &mut horizontal[(a * M + j) * tw..][..tw];
-                for b in 0..ALPHA {
-                    axpy(out, AT[j][b], at_m(a * ALPHA + b));
-                }
-            }
-        }
-        // Y[i][j][t] = sum_a AT[i][a] horizontal[a][j][t] + bias, computed over all t at
-        // once, then interleaved into row r*4+i of this block at x = 4 t + j.
-        let (horizontal, y) = horizontal.split_at_mut(ALPHA * M * tw);
-        let y = &mut y[..tw];
-        for i in 0..M {
-            let row = r * M + i;
-            let Some(out_row) = rows.get_mut(row * w..(row + 1) * w) else {
-                break;
-            };
-            for j in 0..M {
-                y.fill(bias);
-                for a in 0..ALPHA {
-                    axpy(y, AT[i][a], &horizontal[(a * M + j) * tw..][..tw]);
-                }
-                for (x, &value) in out_row.iter_mut().skip(j).step_by(M).zip(y.iter()) {
-                    *x = value;
+                // y[i] = sum_a AT[i][a] horizontal[a][j]: output rows 4r+i at x = 4t + j.
+                let column: [Lanes; ALPHA] = std::array::from_fn(|a| horizontal[a][j]);
+                for (i, y) in apply(&AT, &column).iter().enumerate() {
+                    let row = r * M + i;
+                    if row >= row_count {
+                        break;
+                    }
+                    let out_row = &mut rows[row * w..][..w];
+                    for (l, &value) in y.iter().enumerate().take(count) {
+                        if let Some(out) = out_row.get_mut((t0 + l) * M + j) {
+                            *out = value + bias;
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// `dst (m x n) = lhs (m x k) * rhs (k x n)`, all row-major, single-threaded: the blocks
-/// already run in parallel.
-pub(crate) fn matmul(lhs: &[f32], rhs: &[f32], dst: &mut [f32], m: usize, k: usize, n: usize) {
-    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
-    // SAFETY: the asserts above keep every access of an m x k, k x n and m x n row-major
-    // matrix inside its slice; `dst` is exclusively borrowed and overlaps neither input.
+/// Values processed together: eight f32 fill one AVX2 register, and loops over `[f32; 8]`
+/// with the constant matrices unrolled into them compile to straight-line SIMD code.
+const LANES: usize = 8;
+type Lanes = [f32; LANES];
+
+fn lanes(src: &[f32]) -> Lanes {
+    std::array::from_fn(|l| src[l])
+}
+
+/// `out[o] = sum_i matrix[o][i] * x[i]`, lane by lane; zero coefficients fold away.
+#[inline(always)]
+fn apply<const O: usize, const I: usize>(matrix: &[[f32; I]; O], x: &[Lanes; I]) -> [Lanes; O] {
+    let mut out = [[0f32; LANES]; O];
+    for o in 0..O {
+        for i in 0..I {
+            let coefficient = matrix[o][i];
+            if coefficient != 0.0 {
+                for l in 0..LANES {
+                    out[o][l] += coefficient * x[i][l];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A row-major matrix whose rows may be further apart than its width.
+pub(crate) struct Matrix<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+}
+
+/// `dst (m x n) = lhs (m x k) * rhs (k x n)`, row-major, single-threaded: the callers
+/// already run blocks in parallel.
+pub(crate) fn matmul(lhs: Matrix, rhs: &[f32], dst: &mut [f32], m: usize, k: usize, n: usize) {
+    assert!(k <= lhs.row_stride || m <= 1);
+    assert!(m == 0 || lhs.data.len() >= (m - 1) * lhs.row_stride + k);
+    assert!(rhs.len() >= k * n && dst.len() >= m * n);
+    // SAFETY: the asserts above keep every access of the m x k (row stride `row_stride`),
+    // k x n and m x n matrices inside their slices; `dst` is exclusively borrowed and
+    // overlaps neither input.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
@@ -376,9 +392,9 @@ pub(crate) fn matmul(lhs: &[f32], rhs: &[f32], dst: &mut [f32], m: usize, k: usi
             1,
             n as isize,
             false,
-            lhs.as_ptr(),
+            lhs.data.as_ptr(),
             1,
-            k as isize,
+            lhs.row_stride as isize,
             rhs.as_ptr(),
             1,
             n as isize,
