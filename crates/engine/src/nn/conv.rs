@@ -2,8 +2,9 @@
 //!
 //! On CPU in f32: once the image has enough 4x4 tiles to keep the GEMMs busy it runs as
 //! Winograd F(4x4, 3x3) ([`super::winograd`], four times fewer multiplies), below that as a
-//! single im2col GEMM on the weight as stored ([`super::im2col`]). Everything else (GPU,
-//! half precision) goes to candle's convolution.
+//! single im2col GEMM on the weight as stored ([`super::im2col`]). 1x1 convolutions (the
+//! ResNet shortcuts) are one GEMM on the NCHW data, where candle copies the input and the
+//! output element by element. Everything else (GPU, half precision) goes to candle.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
@@ -16,22 +17,39 @@ use super::{im2col, winograd};
 /// `cargo bench -p seedbed-engine --bench kernels -- conv3x3`.
 const MIN_WINOGRAD_TILES: usize = 64;
 
-pub struct Conv3x3 {
+/// A stride-1 convolution that keeps the image size: 3x3 with padding 1 ([`Conv3x3`]), or
+/// 1x1 ([`Conv1x1`]).
+pub struct SameConv {
     conv: Conv2d,
+    kernel: usize,
     in_channels: usize,
     out_channels: usize,
 }
 
-impl Conv3x3 {
+pub type Conv3x3 = SameConv;
+pub type Conv1x1 = SameConv;
+
+impl SameConv {
+    /// The 3x3 convolution with padding 1.
     pub fn new(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_kernel(3, in_channels, out_channels, vb)
+    }
+
+    /// The 1x1 convolution.
+    pub fn pointwise(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_kernel(1, in_channels, out_channels, vb)
+    }
+
+    fn with_kernel(kernel: usize, cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         let config = Conv2dConfig {
-            padding: 1,
+            padding: kernel / 2,
             ..Default::default()
         };
         Ok(Self {
-            conv: candle_nn::conv2d(in_channels, out_channels, 3, config, vb)?,
-            in_channels,
-            out_channels,
+            conv: candle_nn::conv2d(cin, cout, kernel, config, vb)?,
+            kernel,
+            in_channels: cin,
+            out_channels: cout,
         })
     }
 
@@ -48,13 +66,14 @@ impl Conv3x3 {
     }
 }
 
-impl Module for Conv3x3 {
+impl Module for SameConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !self.runs_on_cpu_kernels(x) {
             return self.forward_candle(x);
         }
         let (batch, _, height, width) = x.dims4()?;
         let op = CpuConv {
+            kernel: self.kernel,
             shape: winograd::Shape {
                 batch,
                 in_channels: self.in_channels,
@@ -70,6 +89,7 @@ impl Module for Conv3x3 {
 }
 
 struct CpuConv {
+    kernel: usize,
     shape: winograd::Shape,
     bias: Option<Vec<f32>>,
 }
@@ -93,7 +113,7 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f
 
 impl CustomOp2 for CpuConv {
     fn name(&self) -> &'static str {
-        "conv3x3"
+        "same-conv"
     }
 
     fn cpu_fwd(
@@ -107,7 +127,9 @@ impl CustomOp2 for CpuConv {
         let input = contiguous_f32(input, input_layout)?;
         let weight = contiguous_f32(weight, weight_layout)?;
         let bias = self.bias.as_deref();
-        let out = if self.uses_winograd() {
+        let out = if self.kernel == 1 {
+            im2col::conv1x1(input, s, weight, bias)
+        } else if self.uses_winograd() {
             let u = winograd::transform_weights(weight, s.out_channels, s.in_channels);
             winograd::conv3x3(input, s, &u, bias)
         } else {
@@ -129,15 +151,15 @@ mod tests {
     #[test]
     fn cpu_paths_match_candle() -> Result<()> {
         for (side_h, side_w) in [(40, 36), (12, 10)] {
-            check_against_candle(side_h, side_w)?;
+            check_against_candle(3, side_h, side_w)?;
         }
-        Ok(())
+        check_against_candle(1, 9, 11)
     }
 
-    fn check_against_candle(height: usize, width: usize) -> Result<()> {
+    fn check_against_candle(kernel: usize, height: usize, width: usize) -> Result<()> {
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
-        let conv = Conv3x3::new(6, 10, vb)?;
+        let conv = SameConv::with_kernel(kernel, 6, 10, vb)?;
         let x =
             Tensor::randn(0f32, 1., (2, height, width, 6), &Device::Cpu)?.permute((0, 3, 1, 2))?;
         let expected = conv.forward_candle(&x)?;

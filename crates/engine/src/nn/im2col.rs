@@ -1,5 +1,6 @@
 //! 3x3, stride-1, padding-1 convolution as one GEMM over an im2col matrix, on CPU f32, for
-//! the small latents where Winograd's tiles are too few (the UNet's 16x16 and 8x8 levels).
+//! the small latents where Winograd's tiles are too few (the UNet's 16x16 and 8x8 levels);
+//! and 1x1 convolution, which needs no im2col at all.
 //!
 //! The weight (out, in, 3, 3) is already the (out, in * 9) matrix the GEMM needs, so unlike
 //! candle's convolution nothing is copied or re-laid out per call; the im2col rows follow
@@ -31,26 +32,54 @@ pub fn conv3x3(input: &[f32], shape: Shape, weight: &[f32], bias: Option<&[f32]>
             .par_chunks_mut(9 * plane)
             .zip(image.par_chunks(plane))
             .for_each(|(rows, channel)| fill_columns(channel, height, width, rows));
-        // Split the output channels between threads: each runs its own GEMM on a band.
-        let band = out_channels.div_ceil(rayon::current_num_threads()).max(1);
-        out.par_chunks_mut(band * plane)
-            .zip(weight.par_chunks(band * in_channels * 9))
-            .enumerate()
-            .for_each(|(i, (dst, lhs))| {
-                let rows = dst.len() / plane;
-                let lhs = Matrix {
-                    data: lhs,
-                    row_stride: in_channels * 9,
-                };
-                matmul(lhs, &columns, dst, rows, in_channels * 9, plane);
-                if let Some(bias) = bias {
-                    for (row, &b) in dst.chunks_mut(plane).zip(&bias[i * band..]) {
-                        row.iter_mut().for_each(|v| *v += b);
-                    }
-                }
-            });
+        banded_matmul(weight, in_channels * 9, &columns, out, plane, bias);
     }
     output
+}
+
+/// 1x1 convolution: per image one GEMM (out x in) x (in x h*w) straight on the NCHW data.
+pub fn conv1x1(input: &[f32], shape: Shape, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let plane = shape.height * shape.width;
+    let (cin, cout) = (shape.in_channels, shape.out_channels);
+    assert_eq!(input.len(), shape.batch * cin * plane);
+    assert_eq!(weight.len(), cout * cin);
+    let mut output = vec![0f32; shape.batch * cout * plane];
+    for (image, out) in input
+        .chunks(cin * plane)
+        .zip(output.chunks_mut(cout * plane))
+    {
+        banded_matmul(weight, cin, image, out, plane, bias);
+    }
+    output
+}
+
+/// `out (rows x n) = weight (rows x k) * columns (k x n) + bias`, the rows split into one
+/// band per thread, each its own GEMM.
+fn banded_matmul(
+    weight: &[f32],
+    k: usize,
+    columns: &[f32],
+    out: &mut [f32],
+    n: usize,
+    bias: Option<&[f32]>,
+) {
+    let rows = out.len() / n;
+    let band = rows.div_ceil(rayon::current_num_threads()).max(1);
+    out.par_chunks_mut(band * n)
+        .zip(weight.par_chunks(band * k))
+        .enumerate()
+        .for_each(|(i, (dst, lhs))| {
+            let lhs = Matrix {
+                data: lhs,
+                row_stride: k,
+            };
+            matmul(lhs, columns, dst, dst.len() / n, k, n);
+            if let Some(bias) = bias {
+                for (row, &b) in dst.chunks_mut(n).zip(&bias[i * band..]) {
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+            }
+        });
 }
 
 /// The nine shifted copies of one channel plane, zero where the 3x3 window leaves the image:
@@ -103,6 +132,37 @@ mod tests {
             let got = conv3x3(&input, s, &weight, Some(&bias));
             let diff = max_diff(&expected, &got);
             assert!(diff < 1e-4, "{s:?}: max diff {diff}");
+        }
+    }
+
+    #[test]
+    fn pointwise_matches_its_definition() {
+        let s = Shape {
+            batch: 2,
+            in_channels: 3,
+            out_channels: 5,
+            height: 4,
+            width: 7,
+        };
+        let plane = s.height * s.width;
+        let input = pattern(s.batch * s.in_channels * plane, 0.3);
+        let weight = pattern(s.out_channels * s.in_channels, 1.7);
+        let bias = pattern(s.out_channels, 2.9);
+        let got = conv1x1(&input, s, &weight, Some(&bias));
+        for n in 0..s.batch {
+            for k in 0..s.out_channels {
+                for i in 0..plane {
+                    let want = bias[k]
+                        + (0..s.in_channels)
+                            .map(|c| {
+                                weight[k * s.in_channels + c]
+                                    * input[(n * s.in_channels + c) * plane + i]
+                            })
+                            .sum::<f32>();
+                    let at = (n * s.out_channels + k) * plane + i;
+                    assert!((got[at] - want).abs() < 1e-5, "{n} {k} {i}");
+                }
+            }
         }
     }
 }

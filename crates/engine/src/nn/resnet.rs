@@ -2,9 +2,9 @@
 //! (with a time embedding) and the VAE (without).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
-use super::conv::Conv3x3;
+use super::conv::{Conv1x1, Conv3x3};
 use super::norm::GroupNormSilu;
 
 pub struct ResnetConfig {
@@ -23,7 +23,7 @@ pub struct ResnetBlock {
     time_emb_proj: Option<Linear>,
     norm2: GroupNormSilu,
     conv2: Conv3x3,
-    conv_shortcut: Option<Conv2d>,
+    conv_shortcut: Option<Conv1x1>,
     output_scale_factor: f64,
 }
 
@@ -31,8 +31,8 @@ pub fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Resul
     Conv3x3::new(in_channels, out_channels, vb)
 }
 
-pub fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv2d> {
-    candle_nn::conv2d(in_channels, out_channels, 1, Default::default(), vb)
+pub fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv1x1> {
+    Conv1x1::pointwise(in_channels, out_channels, vb)
 }
 
 impl ResnetBlock {

@@ -3,9 +3,10 @@
 //! projection out, residual.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, LayerNorm, Linear, VarBuilder};
 
 use crate::nn::attention::scaled_dot_product;
+use crate::nn::conv::Conv1x1;
 use crate::nn::resnet::conv1x1;
 
 struct Attention {
@@ -109,7 +110,7 @@ impl BasicTransformerBlock {
 
 enum Projection {
     Linear(Linear),
-    Conv(Conv2d),
+    Conv(Conv1x1),
 }
 
 pub struct Transformer2D {

@@ -8,7 +8,7 @@ mod tiled;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::nn::norm::GroupNormSilu;
 
@@ -16,7 +16,7 @@ pub use config::VaeConfig;
 pub use tiled::Tiling;
 
 use crate::error::Result;
-use crate::nn::conv::Conv3x3;
+use crate::nn::conv::{Conv1x1, Conv3x3};
 use crate::nn::resnet::{conv1x1, conv3x3};
 use crate::weights::{NameScheme, Variant, build_component};
 use blocks::{DecoderBlock, EPS, EncoderBlock, MidBlock};
@@ -130,9 +130,9 @@ impl Decoder {
 pub struct Vae {
     config: VaeConfig,
     encoder: Encoder,
-    quant_conv: Option<Conv2d>,
+    quant_conv: Option<Conv1x1>,
     decoder: Decoder,
-    post_quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv1x1>,
     dtype: DType,
 }
 
