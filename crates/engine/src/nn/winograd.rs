@@ -6,13 +6,13 @@
 //! positions form one matrix product (out channels x in channels) x (in channels x tiles),
 //! so the work is 36 GEMMs plus cheap linear transforms on either side.
 //!
-//! Rounding: the transforms use the points 0, +-1, +-2, whose error growth is small; on the
-//! fixtures the result stays within 1e-5 of the direct convolution, far inside the 4e-3
-//! parity budget (tested below and by the pipeline parity tests).
+//! Rounding: the transforms use the points 0, +-1, +-2, whose error growth is small: within
+//! 1e-4 of an f64 direct convolution in the tests below, and the pipeline parity cases keep
+//! their 4e-3 budget.
 //!
 //! Layout: input and output stay NCHW. A block is a few rows of tiles across the whole
-//! width, so every transform loop runs over contiguous memory and blocks write disjoint
-//! output rows, which lets them run in parallel without locks.
+//! width; the transforms work on eight tiles at a time in registers, and blocks write
+//! disjoint output rows, which lets them run in parallel without locks.
 
 // The transforms index several matrices with the same loop variables, as the formulas do.
 #![allow(clippy::needless_range_loop)]
