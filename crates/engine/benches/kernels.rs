@@ -27,7 +27,7 @@ fn conv3x3(c: &mut Criterion) {
     // paths), and the VAE decoder's 256x256 level.
     for (channels, side) in [(320, 64), (1280, 16), (128, 256)] {
         let map = VarMap::new();
-        let conv = Conv3x3::new(channels, channels, random_vb(&map)).unwrap();
+        let conv = Conv3x3::new(3, channels, channels, random_vb(&map)).unwrap();
         let x = Tensor::randn(0f32, 1., (1, channels, side, side), &Device::Cpu).unwrap();
         group.bench_function(format!("ours c{channels} {side}x{side}"), |b| {
             b.iter(|| conv.forward(&x).unwrap())

@@ -30,17 +30,11 @@ pub type Conv3x3 = SameConv;
 pub type Conv1x1 = SameConv;
 
 impl SameConv {
-    /// The 3x3 convolution with padding 1.
-    pub fn new(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
-        Self::with_kernel(3, in_channels, out_channels, vb)
-    }
-
-    /// The 1x1 convolution.
-    pub fn pointwise(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
-        Self::with_kernel(1, in_channels, out_channels, vb)
-    }
-
-    fn with_kernel(kernel: usize, cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+    /// A `kernel` x `kernel` convolution (1 or 3) with the padding that keeps the size.
+    pub fn new(kernel: usize, cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        if kernel != 1 && kernel != 3 {
+            candle_core::bail!("SameConv supports 1x1 and 3x3 kernels, not {kernel}x{kernel}");
+        }
         let config = Conv2dConfig {
             padding: kernel / 2,
             ..Default::default()
@@ -159,7 +153,7 @@ mod tests {
     fn check_against_candle(kernel: usize, height: usize, width: usize) -> Result<()> {
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
-        let conv = SameConv::with_kernel(kernel, 6, 10, vb)?;
+        let conv = SameConv::new(kernel, 6, 10, vb)?;
         let x =
             Tensor::randn(0f32, 1., (2, height, width, 6), &Device::Cpu)?.permute((0, 3, 1, 2))?;
         let expected = conv.forward_candle(&x)?;

@@ -28,11 +28,11 @@ pub struct ResnetBlock {
 }
 
 pub fn conv3x3(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv3x3> {
-    Conv3x3::new(in_channels, out_channels, vb)
+    Conv3x3::new(3, in_channels, out_channels, vb)
 }
 
 pub fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Result<Conv1x1> {
-    Conv1x1::pointwise(in_channels, out_channels, vb)
+    Conv1x1::new(1, in_channels, out_channels, vb)
 }
 
 impl ResnetBlock {
