@@ -14,6 +14,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::gemm;
 use super::math::exp;
 
 /// Upper bound on the elements of one score block (batch x heads x chunk x keys): 64 Mi f32
@@ -108,17 +109,18 @@ impl<'a> View<'a> {
         })
     }
 
-    /// The last element any access can touch, plus one.
-    fn extent(&self) -> usize {
-        1 + (0..4)
-            .map(|i| (self.dims[i].max(1) - 1) * self.strides[i])
-            .sum::<usize>()
-    }
-
-    /// Pointer to (b, h, token 0, 0) after checking the whole view lies in the slice.
-    fn head(&self, b: usize, h: usize) -> *const f32 {
-        assert!(self.extent() <= self.data.len());
-        self.data[b * self.strides[0] + h * self.strides[1]..].as_ptr()
+    /// Tokens `first..first + count` of head (b, h) as a (count x dim) matrix.
+    fn tokens(&self, b: usize, h: usize, first: usize, count: usize) -> gemm::View<'a> {
+        let [_, _, tokens, dim] = self.dims;
+        assert!(first + count <= tokens);
+        let start = b * self.strides[0] + h * self.strides[1] + first * self.strides[2];
+        gemm::View {
+            data: &self.data[start.min(self.data.len())..],
+            rows: count,
+            cols: dim,
+            row_stride: self.strides[2],
+            col_stride: self.strides[3],
+        }
     }
 }
 
@@ -152,7 +154,6 @@ impl CustomOp3 for FusedCpu {
         if out.is_empty() {
             return Ok((CpuStorage::F32(out), Shape::from(&q.dims)));
         }
-        let blocks_per_head = queries.div_ceil(QUERY_BLOCK).max(1);
         let head_len = queries * dim_v;
         out.par_chunks_mut(head_len)
             .enumerate()
@@ -165,7 +166,6 @@ impl CustomOp3 for FusedCpu {
                 let (b, h) = (bh / heads, bh % heads);
                 let first = block * QUERY_BLOCK;
                 let count = rows.len() / dim_v;
-                debug_assert!(block < blocks_per_head);
                 scores.resize(count * keys, 0.0);
                 self.block(&q, &k, &v, (b, h, first, count), scores, rows);
             });
@@ -187,72 +187,18 @@ impl FusedCpu {
         scores: &mut [f32],
         rows: &mut [f32],
     ) {
-        let (dim, keys, dim_v) = (q.dims[3], k.dims[2], v.dims[3]);
-        let (q_ptr, k_ptr, v_ptr) = (q.head(b, h), k.head(b, h), v.head(b, h));
-        assert!(first + count <= q.dims[2]);
-        assert!(scores.len() == count * keys && rows.len() == count * dim_v);
-        let s = |view: &View, i: usize| view.strides[i] as isize;
-        // SAFETY: `head` checked that each view's full extent lies in its slice, the row
-        // range is checked above, and `scores` and `rows` are exclusive slices of exactly
-        // count x keys and count x dim_v, written row-major.
-        #[allow(unsafe_code)]
-        unsafe {
-            // scores = scale * Q[first..first+count] K^T
-            gemm::gemm(
-                count,
-                keys,
-                dim,
-                scores.as_mut_ptr(),
-                1,
-                keys as isize,
-                false,
-                q_ptr.add(first * q.strides[2]),
-                s(q, 3),
-                s(q, 2),
-                k_ptr,
-                s(k, 2),
-                s(k, 3),
-                0.0,
-                self.scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        for row in scores.chunks_mut(keys) {
+        let keys = k.dims[2];
+        // scores = scale * Q[first..first+count] K^T, softmax row by row, then scores V.
+        let queries = q.tokens(b, h, first, count);
+        gemm::matmul(queries, k.tokens(b, h, 0, keys).t(), scores, self.scale);
+        for row in scores.chunks_mut(keys.max(1)) {
             softmax_in_place(row);
         }
-        #[allow(unsafe_code)]
-        // SAFETY: as above; V's extent was checked by `head`.
-        unsafe {
-            gemm::gemm(
-                count,
-                dim_v,
-                keys,
-                rows.as_mut_ptr(),
-                1,
-                dim_v as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                keys as isize,
-                v_ptr,
-                s(v, 3),
-                s(v, 2),
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        let weights = gemm::View::row_major(scores, count, keys, keys);
+        gemm::matmul(weights, v.tokens(b, h, 0, keys), rows, 1.0);
     }
 }
 
-/// Softmax of one score row, in place; 16 lanes per reduction so that every loop
-/// vectorises (a single running max or sum is a serial dependency chain).
 fn softmax_in_place(row: &mut [f32]) {
     const LANES: usize = 16;
     let mut maxes = [f32::NEG_INFINITY; LANES];

@@ -8,7 +8,8 @@
 
 use rayon::prelude::*;
 
-use super::winograd::{Matrix, Shape, matmul};
+use super::gemm;
+use super::winograd::Shape;
 
 /// `input` (batch, in, h, w), `weight` (out, in, 3, 3), optional bias; returns (batch, out, h, w).
 pub fn conv3x3(input: &[f32], shape: Shape, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
@@ -69,11 +70,8 @@ fn banded_matmul(
         .zip(weight.par_chunks(band * k))
         .enumerate()
         .for_each(|(i, (dst, lhs))| {
-            let lhs = Matrix {
-                data: lhs,
-                row_stride: k,
-            };
-            matmul(lhs, columns, dst, dst.len() / n, k, n);
+            let lhs = gemm::View::row_major(lhs, dst.len() / n, k, k);
+            gemm::matmul(lhs, gemm::View::row_major(columns, k, n, n), dst, 1.0);
             if let Some(bias) = bias {
                 for (row, &b) in dst.chunks_mut(n).zip(&bias[i * band..]) {
                     row.iter_mut().for_each(|v| *v += b);
@@ -113,26 +111,12 @@ fn fill_columns(channel: &[f32], height: usize, width: usize, rows: &mut [f32]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::winograd::tests::{direct, max_diff, pattern};
+    use crate::nn::winograd::tests::{check_against_direct, pattern};
 
     #[test]
     fn matches_direct_convolution() {
-        for (batch, cin, cout, h, w) in [(1, 3, 5, 8, 8), (2, 4, 3, 7, 13), (1, 2, 2, 1, 1)] {
-            let s = Shape {
-                batch,
-                in_channels: cin,
-                out_channels: cout,
-                height: h,
-                width: w,
-            };
-            let input = pattern(batch * cin * h * w, 0.3);
-            let weight = pattern(cout * cin * 9, 1.7);
-            let bias = pattern(cout, 2.9);
-            let expected = direct(&input, s, &weight, Some(&bias));
-            let got = conv3x3(&input, s, &weight, Some(&bias));
-            let diff = max_diff(&expected, &got);
-            assert!(diff < 1e-4, "{s:?}: max diff {diff}");
-        }
+        let shapes = [(1, 3, 5, 8, 8), (2, 4, 3, 7, 13), (1, 2, 2, 1, 1)];
+        check_against_direct(&shapes, conv3x3);
     }
 
     #[test]

@@ -19,6 +19,8 @@
 
 use rayon::prelude::*;
 
+use super::gemm;
+
 /// Input transform B^T (6x6) for the points 0, 1, -1, 2, -2, infinity.
 const BT: [[f32; 6]; 6] = [
     [4., 0., -5., 0., 1., 0.],
@@ -237,13 +239,9 @@ impl Geometry {
         let image = &input[block.image * image_len..][..image_len];
         self.transform_input(image, block.first_tile_row, tile_rows, s);
         for p in 0..POSITIONS {
-            let lhs = Matrix {
-                data: &u[p * cin..],
-                row_stride: POSITIONS * cin,
-            };
-            let rhs = &s.v[p * cin * tiles..][..cin * tiles];
-            let dst = &mut s.m[p * cout * tiles..][..cout * tiles];
-            matmul(lhs, rhs, dst, cout, cin, tiles);
+            let lhs = gemm::View::row_major(&u[p * cin..], cout, cin, POSITIONS * cin);
+            let rhs = gemm::View::row_major(&s.v[p * cin * tiles..], cin, tiles, tiles);
+            gemm::matmul(lhs, rhs, &mut s.m[p * cout * tiles..][..cout * tiles], 1.0);
         }
         for (k, rows) in block.out_rows.iter_mut().enumerate() {
             let b = bias.map_or(0.0, |b| b[k]);
@@ -367,47 +365,6 @@ fn apply<const O: usize, const I: usize>(matrix: &[[f32; I]; O], x: &[Lanes; I])
     out
 }
 
-/// A row-major matrix whose rows may be further apart than its width.
-pub(crate) struct Matrix<'a> {
-    pub data: &'a [f32],
-    pub row_stride: usize,
-}
-
-/// `dst (m x n) = lhs (m x k) * rhs (k x n)`, row-major, single-threaded: the callers
-/// already run blocks in parallel.
-pub(crate) fn matmul(lhs: Matrix, rhs: &[f32], dst: &mut [f32], m: usize, k: usize, n: usize) {
-    assert!(k <= lhs.row_stride || m <= 1);
-    assert!(m == 0 || lhs.data.len() >= (m - 1) * lhs.row_stride + k);
-    assert!(rhs.len() >= k * n && dst.len() >= m * n);
-    // SAFETY: the asserts above keep every access of the m x k (row stride `row_stride`),
-    // k x n and m x n matrices inside their slices; `dst` is exclusively borrowed and
-    // overlaps neither input.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.data.as_ptr(),
-            1,
-            lhs.row_stride as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -461,14 +418,13 @@ pub(crate) mod tests {
             .fold(0f32, f32::max)
     }
 
-    #[test]
-    fn matches_direct_convolution_on_ragged_shapes() {
-        for (batch, cin, cout, h, w) in [
-            (1, 3, 5, 8, 8),
-            (2, 4, 3, 7, 13),
-            (1, 8, 16, 33, 5),
-            (1, 2, 2, 1, 1),
-        ] {
+    /// Run `conv` (which gets the raw (out, in, 3, 3) weight) on each shape and compare it
+    /// with [`direct`].
+    pub(crate) fn check_against_direct(
+        shapes: &[(usize, usize, usize, usize, usize)],
+        conv: impl Fn(&[f32], Shape, &[f32], Option<&[f32]>) -> Vec<f32>,
+    ) {
+        for &(batch, cin, cout, h, w) in shapes {
             let s = Shape {
                 batch,
                 in_channels: cin,
@@ -480,14 +436,22 @@ pub(crate) mod tests {
             let weight = pattern(cout * cin * 9, 1.7);
             let bias = pattern(cout, 2.9);
             let expected = direct(&input, s, &weight, Some(&bias));
-            let got = conv3x3(
-                &input,
-                s,
-                &transform_weights(&weight, cout, cin),
-                Some(&bias),
-            );
-            let diff = max_diff(&expected, &got);
+            let diff = max_diff(&expected, &conv(&input, s, &weight, Some(&bias)));
             assert!(diff < 1e-4, "{s:?}: max diff {diff}");
         }
+    }
+
+    #[test]
+    fn matches_direct_convolution_on_ragged_shapes() {
+        let shapes = [
+            (1, 3, 5, 8, 8),
+            (2, 4, 3, 7, 13),
+            (1, 8, 16, 33, 5),
+            (1, 2, 2, 1, 1),
+        ];
+        check_against_direct(&shapes, |input, s, weight, bias| {
+            let u = transform_weights(weight, s.out_channels, s.in_channels);
+            conv3x3(input, s, &u, bias)
+        });
     }
 }
