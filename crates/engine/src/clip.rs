@@ -12,10 +12,11 @@ mod tests;
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 pub use config::{Activation, ClipConfig};
 
+use crate::nn::layers::{self, LayerNorm, Linear};
 use crate::weights::{NameScheme, Variant, build_component};
 
 pub struct ClipOutput {
@@ -36,6 +37,8 @@ pub struct ClipTextModel {
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
     text_projection: Option<Linear>,
+    /// What the layers compute in: the weights' dtype, or f32 for half weights on CPU.
+    dtype: DType,
 }
 
 impl ClipTextModel {
@@ -74,12 +77,12 @@ impl ClipTextModel {
             .map(|i| EncoderLayer::new(&config, text.pp(format!("encoder.layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let final_layer_norm =
-            candle_nn::layer_norm(hidden, config.layer_norm_eps, text.pp("final_layer_norm"))?;
+            layers::layer_norm(hidden, config.layer_norm_eps, text.pp("final_layer_norm"))?;
         let projection = config
             .has_projection()
             .unwrap_or_else(|| vb.contains_tensor("text_projection.weight"));
         let text_projection = if projection {
-            Some(candle_nn::linear_no_bias(
+            Some(layers::linear_no_bias(
                 hidden,
                 config.projection_dim,
                 vb.pp("text_projection"),
@@ -88,6 +91,7 @@ impl ClipTextModel {
             None
         };
         Ok(Self {
+            dtype: layers::compute_dtype(vb.dtype(), vb.device()),
             config,
             token_embedding,
             position_embedding,
@@ -120,7 +124,8 @@ impl ClipTextModel {
         let mut hidden = self
             .token_embedding
             .forward(input_ids)?
-            .broadcast_add(&self.position_embedding.forward(&position_ids)?)?;
+            .broadcast_add(&self.position_embedding.forward(&position_ids)?)?
+            .to_dtype(self.dtype)?;
 
         let mask = causal_mask(tokens, input_ids.device())?;
         // With one layer the reference's hidden_states[-2] is the embedding output.
@@ -194,11 +199,11 @@ impl EncoderLayer {
         let eps = config.layer_norm_eps;
         let mlp = vb.pp("mlp");
         Ok(Self {
-            layer_norm1: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm1"))?,
+            layer_norm1: layers::layer_norm(hidden, eps, vb.pp("layer_norm1"))?,
             attention: SelfAttention::new(config, vb.pp("self_attn"))?,
-            layer_norm2: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm2"))?,
-            fc1: candle_nn::linear(hidden, config.intermediate_size, mlp.pp("fc1"))?,
-            fc2: candle_nn::linear(config.intermediate_size, hidden, mlp.pp("fc2"))?,
+            layer_norm2: layers::layer_norm(hidden, eps, vb.pp("layer_norm2"))?,
+            fc1: layers::linear(hidden, config.intermediate_size, mlp.pp("fc1"))?,
+            fc2: layers::linear(config.intermediate_size, hidden, mlp.pp("fc2"))?,
             activation: config.activation(),
         })
     }
@@ -227,10 +232,10 @@ impl SelfAttention {
     fn new(config: &ClipConfig, vb: VarBuilder) -> Result<Self> {
         let hidden = config.hidden_size;
         Ok(Self {
-            q_proj: candle_nn::linear(hidden, hidden, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear(hidden, hidden, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear(hidden, hidden, vb.pp("v_proj"))?,
-            out_proj: candle_nn::linear(hidden, hidden, vb.pp("out_proj"))?,
+            q_proj: layers::linear(hidden, hidden, vb.pp("q_proj"))?,
+            k_proj: layers::linear(hidden, hidden, vb.pp("k_proj"))?,
+            v_proj: layers::linear(hidden, hidden, vb.pp("v_proj"))?,
+            out_proj: layers::linear(hidden, hidden, vb.pp("out_proj"))?,
             heads: config.num_attention_heads,
             head_dim: config.head_dim(),
         })

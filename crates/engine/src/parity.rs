@@ -100,9 +100,14 @@ pub struct ParityRunner {
     models_dir: PathBuf,
     cases_dir: PathBuf,
     image_tolerance: f64,
+    stage_tolerance: f64,
     options: LoadOptions,
     pipelines: HashMap<String, Pipeline>,
 }
+
+/// Intermediate stages (text embeddings, the UNet probe, final latents) may differ by this
+/// fraction of the reference tensor's largest magnitude (at least 1) unless told otherwise.
+pub const DEFAULT_STAGE_TOLERANCE: f64 = 1e-3;
 
 impl ParityRunner {
     pub fn new(
@@ -115,9 +120,17 @@ impl ParityRunner {
             models_dir: models_dir.to_path_buf(),
             cases_dir: cases_dir.to_path_buf(),
             image_tolerance,
+            stage_tolerance: DEFAULT_STAGE_TOLERANCE,
             options,
             pipelines: HashMap::new(),
         }
+    }
+
+    /// Allow intermediate stages to differ by `fraction` of the reference's largest magnitude
+    /// (half-precision weights need more than [`DEFAULT_STAGE_TOLERANCE`]).
+    pub fn with_stage_tolerance(mut self, fraction: f64) -> Self {
+        self.stage_tolerance = fraction;
+        self
     }
 
     pub fn run(&mut self, case: &Case) -> CaseReport {
@@ -158,7 +171,8 @@ impl ParityRunner {
                     message: format!("missing tensor `{name}`"),
                 })
         };
-        let image_tolerance = self.image_tolerance;
+        let image_bound = Bound::Absolute(self.image_tolerance);
+        let stage = Bound::Relative(self.stage_tolerance);
         let device = self.options.device.clone();
         let pipeline = self.pipeline(&case.model)?;
 
@@ -172,7 +186,7 @@ impl ParityRunner {
             case.negative_prompt.as_deref(),
             case.guidance_scale,
         )?;
-        compare_text(&prompts, &tensors, out)?;
+        compare_text(&prompts, &tensors, stage, out)?;
 
         if let (Some(latents), Some(timestep), Some(eps)) = (
             tensors.get("probe_latents"),
@@ -180,7 +194,7 @@ impl ParityRunner {
             tensors.get("probe_eps"),
         ) {
             let probe = probe_unet(pipeline, case, &tensors, latents, timestep, &device)?;
-            out.push(compare("unet probe", "probe_eps", &probe, eps, None)?);
+            out.push(compare("unet probe", "probe_eps", &probe, eps, stage)?);
         }
 
         let scheduler: SchedulerKind = case
@@ -227,7 +241,7 @@ impl ParityRunner {
                 "final_latents",
                 &output.final_latents,
                 reference,
-                None,
+                stage,
             )?);
         }
         let image = output.image.squeeze(0)?;
@@ -236,7 +250,7 @@ impl ParityRunner {
             "image",
             &image,
             &get("image")?,
-            Some(image_tolerance),
+            image_bound,
         )?);
         Ok(())
     }
@@ -275,6 +289,7 @@ fn check_tokens(ours: &[u32], reference: &Tensor) -> Result<()> {
 fn compare_text(
     prompts: &EncodedPrompts,
     reference: &HashMap<String, Tensor>,
+    bound: Bound,
     out: &mut Vec<Comparison>,
 ) -> Result<()> {
     let pairs = [
@@ -291,7 +306,7 @@ fn compare_text(
     ];
     for (name, ours) in pairs {
         match (ours, reference.get(name)) {
-            (Some(ours), Some(theirs)) => out.push(compare("text", name, ours, theirs, None)?),
+            (Some(ours), Some(theirs)) => out.push(compare("text", name, ours, theirs, bound)?),
             (None, Some(_)) => {
                 return Err(EngineError::invalid(
                     "text",
@@ -342,12 +357,20 @@ fn probe_unet(
         .forward(&latents, timestep, &embeds, added.as_ref())?)
 }
 
+/// How far a stage may be from its reference.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Absolute(f64),
+    /// A fraction of the reference's largest magnitude (at least 1).
+    Relative(f64),
+}
+
 fn compare(
     stage: &'static str,
     name: &str,
     ours: &Tensor,
     reference: &Tensor,
-    absolute_bound: Option<f64>,
+    bound: Bound,
 ) -> Result<Comparison> {
     let ours = ours.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
     let reference = reference.to_dtype(DType::F32)?;
@@ -370,6 +393,9 @@ fn compare(
         tensor: name.to_string(),
         max_abs,
         mean_abs,
-        bound: absolute_bound.unwrap_or(1e-3 * scale.max(1.0)),
+        bound: match bound {
+            Bound::Absolute(limit) => limit,
+            Bound::Relative(fraction) => fraction * scale.max(1.0),
+        },
     })
 }

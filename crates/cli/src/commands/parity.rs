@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use seedbed_engine::parity::{ParityRunner, read_cases};
+use seedbed_engine::parity::{DEFAULT_STAGE_TOLERANCE, ParityRunner, read_cases};
 
 use crate::device::DeviceArgs;
 
@@ -23,6 +23,12 @@ pub struct ParityArgs {
     #[arg(long, default_value_t = 4e-3)]
     tolerance: f64,
 
+    /// Largest allowed difference of the intermediate stages (text embeddings, UNet probe,
+    /// final latents), as a fraction of the reference's largest magnitude (at least 1).
+    /// Half-precision weights need about 2e-2.
+    #[arg(long, default_value_t = DEFAULT_STAGE_TOLERANCE)]
+    stage_tolerance: f64,
+
     /// Run only the cases whose name contains this text.
     #[arg(long)]
     only: Option<String>,
@@ -38,7 +44,8 @@ pub fn run(args: ParityArgs) -> Result<ExitCode> {
         &args.models,
         args.tolerance,
         args.device.load_options()?,
-    );
+    )
+    .with_stage_tolerance(args.stage_tolerance);
     let (mut passed, mut failed) = (0, 0);
     for case in cases
         .iter()

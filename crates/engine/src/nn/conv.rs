@@ -8,8 +8,9 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
+use super::layers::{self, Conv2d};
 use super::{im2col, winograd};
 
 /// From this many output tiles on, Winograd beats one im2col GEMM (the weight transform and
@@ -40,7 +41,7 @@ impl SameConv {
             ..Default::default()
         };
         Ok(Self {
-            conv: candle_nn::conv2d(cin, cout, kernel, config, vb)?,
+            conv: layers::conv2d(cin, cout, kernel, config, vb)?,
             kernel,
             in_channels: cin,
             out_channels: cout,
@@ -53,10 +54,7 @@ impl SameConv {
     }
 
     fn runs_on_cpu_kernels(&self, x: &Tensor) -> bool {
-        x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.conv.weight().dtype() == DType::F32
-            && x.rank() == 4
+        x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4
     }
 }
 
@@ -75,10 +73,14 @@ impl Module for SameConv {
                 height,
                 width,
             },
-            bias: self.conv.bias().map(|b| b.to_vec1::<f32>()).transpose()?,
+            bias: match self.conv.bias() {
+                Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                None => None,
+            },
         };
-        x.contiguous()?
-            .apply_op2_no_bwd(&self.conv.weight().contiguous()?, &op)
+        // Half-precision weights (see `layers`) are widened here, once per call.
+        let weight = layers::like(self.conv.weight(), x)?.contiguous()?;
+        x.contiguous()?.apply_op2_no_bwd(&weight, &op)
     }
 }
 

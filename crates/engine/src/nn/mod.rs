@@ -4,6 +4,7 @@ pub mod attention;
 pub mod conv;
 pub mod gemm;
 pub mod im2col;
+pub mod layers;
 pub mod math;
 pub mod norm;
 pub mod resnet;

@@ -6,31 +6,20 @@
 //! vectorisable exp. Off the CPU/f32 path it falls back to candle's ops.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::layers::{self, GroupNorm};
 use super::math::silu;
 
 pub struct GroupNormSilu {
     norm: GroupNorm,
-    groups: usize,
-    eps: f64,
-    weight: Tensor,
-    bias: Tensor,
 }
 
 impl GroupNormSilu {
     pub fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        // Read the parameters once and hand the same tensors to candle's GroupNorm (the
-        // fallback path), with candle's initial values where a test builds random weights.
-        let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
-        let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;
         Ok(Self {
-            norm: GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?,
-            groups,
-            eps,
-            weight,
-            bias,
+            norm: layers::group_norm(groups, channels, eps, vb)?,
         })
     }
 
@@ -45,11 +34,12 @@ impl Module for GroupNormSilu {
         if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 3 {
             return self.forward_candle(x);
         }
+        let params = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
         let op = FusedOp {
-            groups: self.groups,
-            eps: self.eps as f32,
-            weight: self.weight.to_vec1::<f32>()?,
-            bias: self.bias.to_vec1::<f32>()?,
+            groups: self.norm.groups(),
+            eps: self.norm.eps() as f32,
+            weight: params(self.norm.weight())?,
+            bias: params(self.norm.bias())?,
         };
         x.contiguous()?.apply_op1_no_bwd(&op)
     }

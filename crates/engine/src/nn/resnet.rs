@@ -2,9 +2,10 @@
 //! (with a time embedding) and the VAE (without).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::conv::{Conv1x1, Conv3x3};
+use super::layers::{self, Linear};
 use super::norm::GroupNormSilu;
 
 pub struct ResnetConfig {
@@ -39,7 +40,7 @@ impl ResnetBlock {
     pub fn new(config: &ResnetConfig, vb: VarBuilder) -> Result<Self> {
         let (cin, cout) = (config.in_channels, config.out_channels);
         let time_emb_proj = match config.temb_channels {
-            Some(t) => Some(candle_nn::linear(t, cout, vb.pp("time_emb_proj"))?),
+            Some(t) => Some(layers::linear(t, cout, vb.pp("time_emb_proj"))?),
             None => None,
         };
         // diffusers adds a 1x1 shortcut exactly when the channel count changes.

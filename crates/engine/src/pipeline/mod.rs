@@ -21,6 +21,7 @@ pub use request::{
 use crate::error::{EngineError, Result};
 use crate::image_ops;
 use crate::model::{Family, ModelIndex, read_json};
+use crate::nn::layers;
 use crate::noise::SeededNoise;
 use crate::scheduler::{self, NoiseSource, SchedulerConfig, SchedulerKind};
 use crate::shared::load_shared;
@@ -42,8 +43,9 @@ pub enum VaeTiling {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
-    /// Compute dtype of the text encoders and UNet (and of the VAE unless its config asks
-    /// to stay in f32 via `force_upcast`).
+    /// Weight dtype of the text encoders and UNet (and of the VAE unless its config asks to
+    /// stay in f32 via `force_upcast`). They compute in it too, except half precision on CPU,
+    /// which computes in f32 ([`layers::compute_dtype`]).
     pub dtype: DType,
     pub variant: Variant,
     pub vae_tiling: VaeTiling,
@@ -250,7 +252,7 @@ impl Pipeline {
             run.guidance_scale,
             run.width,
             run.height,
-            self.options.dtype,
+            self.unet_dtype(),
         )?;
         let started = Instant::now();
         let (latents, first_step) = match run.start {
@@ -323,7 +325,7 @@ impl Pipeline {
 
     /// The dtype the text encoders and UNet compute in.
     pub fn unet_dtype(&self) -> DType {
-        self.options.dtype
+        layers::compute_dtype(self.options.dtype, &self.options.device)
     }
 
     /// Generate `request.count` images, image `i` from seed `request.seed + i`.

@@ -1,10 +1,11 @@
 //! The UNet's down, mid and up blocks (with or without cross-attention) and its resamplers.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::transformer::{Transformer2D, Transformer2DConfig};
 use crate::nn::conv::Conv3x3;
+use crate::nn::layers::{self, Conv2d};
 use crate::nn::resnet::{ResnetBlock, ResnetConfig, conv3x3};
 
 /// Settings every block shares.
@@ -105,7 +106,7 @@ impl DownBlock {
                     stride: 2,
                     ..Default::default()
                 };
-                Some(candle_nn::conv2d(
+                Some(layers::conv2d(
                     cout,
                     cout,
                     3,

@@ -1,7 +1,9 @@
 //! Sinusoidal timestep embeddings and the MLP that widens them (`TimestepEmbedding`).
 
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::nn::layers::{self, Linear};
 
 /// diffusers' `get_timestep_embedding` for one value per batch row, computed in f32 like
 /// the reference so that large timesteps give the same angles.
@@ -41,8 +43,8 @@ pub struct TimestepEmbedding {
 impl TimestepEmbedding {
     pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(in_dim, out_dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(out_dim, out_dim, vb.pp("linear_2"))?,
+            linear_1: layers::linear(in_dim, out_dim, vb.pp("linear_1"))?,
+            linear_2: layers::linear(out_dim, out_dim, vb.pp("linear_2"))?,
         })
     }
 }

@@ -8,8 +8,9 @@ mod transformer;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
+use crate::nn::layers::{self, Conv2d};
 use crate::nn::norm::GroupNormSilu;
 
 pub use config::{BlockPlan, UNetConfig};
@@ -74,7 +75,7 @@ impl UNet {
             padding: (k - 1) / 2,
             ..Default::default()
         };
-        let conv_in = candle_nn::conv2d(
+        let conv_in = layers::conv2d(
             config.in_channels,
             c0,
             config.conv_in_kernel,
@@ -183,7 +184,7 @@ impl UNet {
                 config.norm_eps,
                 vb.pp("conv_norm_out"),
             )?,
-            conv_out: candle_nn::conv2d(
+            conv_out: layers::conv2d(
                 c0,
                 config.out_channels,
                 config.conv_out_kernel,

@@ -3,10 +3,11 @@
 //! projection out, residual.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::nn::attention::scaled_dot_product;
 use crate::nn::conv::Conv1x1;
+use crate::nn::layers::{self, GroupNorm, LayerNorm, Linear};
 use crate::nn::resnet::conv1x1;
 
 struct Attention {
@@ -28,10 +29,10 @@ impl Attention {
     ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out.0"))?,
+            to_q: layers::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: layers::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: layers::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: layers::linear(inner, query_dim, vb.pp("to_out.0"))?,
             heads,
             scale: (head_dim as f64).powf(-0.5),
         })
@@ -64,8 +65,8 @@ impl GegluFeedForward {
     fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
-            proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
-            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
+            proj: layers::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            out: layers::linear(inner, dim, vb.pp("net.2"))?,
         })
     }
 
@@ -91,11 +92,11 @@ impl BasicTransformerBlock {
     fn new(dim: usize, heads: usize, context_dim: usize, vb: VarBuilder) -> Result<Self> {
         let head_dim = dim / heads;
         Ok(Self {
-            norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            norm1: layers::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
             attn1: Attention::new(dim, dim, heads, head_dim, vb.pp("attn1"))?,
-            norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            norm2: layers::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
             attn2: Attention::new(dim, context_dim, heads, head_dim, vb.pp("attn2"))?,
-            norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            norm3: layers::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
             ff: GegluFeedForward::new(dim, vb.pp("ff"))?,
         })
     }
@@ -134,7 +135,7 @@ impl Transformer2D {
         let c = config.channels;
         let projection = |name: &str| -> Result<Projection> {
             Ok(if config.use_linear_projection {
-                Projection::Linear(candle_nn::linear(c, c, vb.pp(name))?)
+                Projection::Linear(layers::linear(c, c, vb.pp(name))?)
             } else {
                 Projection::Conv(conv1x1(c, c, vb.pp(name))?)
             })
@@ -151,7 +152,7 @@ impl Transformer2D {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             // The transformer's own GroupNorm uses eps 1e-6 whatever the UNet's norm_eps.
-            norm: candle_nn::group_norm(config.groups, c, 1e-6, vb.pp("norm"))?,
+            norm: layers::group_norm(config.groups, c, 1e-6, vb.pp("norm"))?,
             proj_in: projection("proj_in")?,
             blocks,
             proj_out: projection("proj_out")?,

@@ -2,10 +2,11 @@
 //! encoder's and decoder's resolution steps.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::nn::attention::scaled_dot_product;
 use crate::nn::conv::Conv3x3;
+use crate::nn::layers::{self, Conv2d, GroupNorm, Linear};
 use crate::nn::resnet::{ResnetBlock, ResnetConfig, conv3x3};
 
 /// The VAE normalises with eps 1e-6 everywhere.
@@ -35,11 +36,11 @@ struct SpatialAttention {
 impl SpatialAttention {
     fn new(groups: usize, channels: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            norm: candle_nn::group_norm(groups, channels, EPS, vb.pp("group_norm"))?,
-            to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
-            to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
-            to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(channels, channels, vb.pp("to_out.0"))?,
+            norm: layers::group_norm(groups, channels, EPS, vb.pp("group_norm"))?,
+            to_q: layers::linear(channels, channels, vb.pp("to_q"))?,
+            to_k: layers::linear(channels, channels, vb.pp("to_k"))?,
+            to_v: layers::linear(channels, channels, vb.pp("to_v"))?,
+            to_out: layers::linear(channels, channels, vb.pp("to_out.0"))?,
         })
     }
 
@@ -123,7 +124,7 @@ impl EncoderBlock {
                 stride: 2,
                 ..Default::default()
             };
-            Some(candle_nn::conv2d(
+            Some(layers::conv2d(
                 cout,
                 cout,
                 3,

@@ -17,6 +17,7 @@ pub use tiled::Tiling;
 
 use crate::error::Result;
 use crate::nn::conv::{Conv1x1, Conv3x3};
+use crate::nn::layers;
 use crate::nn::resnet::{conv1x1, conv3x3};
 use crate::weights::{NameScheme, Variant, build_component};
 use blocks::{DecoderBlock, EPS, EncoderBlock, MidBlock};
@@ -137,8 +138,9 @@ pub struct Vae {
 }
 
 impl Vae {
-    /// Load from a component folder such as `model/vae`, computing in `dtype` unless the
-    /// config's `force_upcast` asks for f32 (SD's and SDXL's VAEs overflow in f16).
+    /// Load from a component folder such as `model/vae`, with weights in `dtype` unless the
+    /// config's `force_upcast` asks for f32 (SD's and SDXL's VAEs overflow in f16). It computes
+    /// in that dtype, or in f32 for half weights on CPU ([`layers::compute_dtype`]).
     pub fn load(dir: &Path, variant: Variant, dtype: DType, device: &Device) -> Result<Self> {
         let config = VaeConfig::load(&dir.join("config.json"))?;
         let dtype = if config.force_upcast {
@@ -163,7 +165,7 @@ impl Vae {
                     None
                 },
                 config,
-                dtype,
+                dtype: layers::compute_dtype(dtype, device),
             })
         })
     }

@@ -60,3 +60,39 @@ fn impossible_tolerance_fails() {
         report.line()
     );
 }
+
+/// On CPU a half-precision model keeps its weights in f16/bf16 and computes in f32, so every
+/// case runs end to end and differs from the reference by the weights' rounding only. Measured
+/// worst cases on these fixtures (bench/RESULTS.md): f16 stages 9.2e-4 of the reference's
+/// magnitude, image 4.1e-4; bf16 (8 significant bits to f16's 11) stages 8.7e-3, image 3.8e-3.
+/// The budgets below leave about 2x headroom.
+#[test]
+fn half_precision_weights_stay_close_on_cpu() {
+    use seedbed_engine::candle::DType;
+    let cases_dir = fixtures().join("cases");
+    let cases = read_cases(&cases_dir).unwrap();
+    for (dtype, stage_tolerance, image_tolerance) in
+        [(DType::F16, 2e-3, 4e-3), (DType::BF16, 2e-2, 8e-3)]
+    {
+        let options = LoadOptions {
+            dtype,
+            ..LoadOptions::default()
+        };
+        let mut runner = ParityRunner::new(&cases_dir, &models(), image_tolerance, options)
+            .with_stage_tolerance(stage_tolerance);
+        for case in &cases {
+            let report = runner.run(case);
+            println!("{dtype:?} {}", report.line());
+            for c in &report.comparisons {
+                println!(
+                    "  {} {}: {:.2e} of the budget",
+                    c.stage,
+                    c.tensor,
+                    c.max_abs / c.bound
+                );
+            }
+            assert!(report.passed(), "{dtype:?}: {}", report.line());
+            assert!(report.comparisons.len() >= 4, "{}", report.line());
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The weight-bearing layers, whose weights may be stored narrower than the activations.
+//!
+//! candle's CPU backend has no bf16 matmul or convolution, and its f16 ones widen to f32
+//! inside every call anyway. So on CPU a half-precision model keeps its weights in that dtype
+//! (half the memory) and computes in f32 ([`compute_dtype`]): each layer here widens its
+//! weights to the input's dtype when the two differ. Where they match (f32 everywhere, or
+//! half precision on a GPU) nothing is converted and candle's layer runs as before.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, Init, VarBuilder};
+
+/// The dtype activations are computed in for weights stored in `weights` on `device`.
+pub fn compute_dtype(weights: DType, device: &Device) -> DType {
+    match (device, weights) {
+        (Device::Cpu, DType::F16 | DType::BF16) => DType::F32,
+        _ => weights,
+    }
+}
+
+/// `weight` in the dtype of `x` (a cheap handle clone when it already is).
+pub fn like(weight: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if weight.dtype() == x.dtype() {
+        Ok(weight.clone())
+    } else {
+        weight.to_dtype(x.dtype())
+    }
+}
+
+fn like_opt(weight: Option<&Tensor>, x: &Tensor) -> Result<Option<Tensor>> {
+    weight.map(|w| like(w, x)).transpose()
+}
+
+/// `y = x W^T + b`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+pub fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
+    let layer = candle_nn::linear(cin, cout, vb)?;
+    Ok(Linear {
+        weight: layer.weight().clone(),
+        bias: layer.bias().cloned(),
+    })
+}
+
+pub fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
+    let layer = candle_nn::linear_no_bias(cin, cout, vb)?;
+    Ok(Linear {
+        weight: layer.weight().clone(),
+        bias: None,
+    })
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::Linear::new(like(&self.weight, x)?, like_opt(self.bias.as_ref(), x)?).forward(x)
+    }
+}
+
+/// LayerNorm over the last dimension, with a learned scale and shift.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    Ok(LayerNorm {
+        weight: vb.get_with_hints(size, "weight", Init::Const(1.))?,
+        bias: vb.get_with_hints(size, "bias", Init::Const(0.))?,
+        eps,
+    })
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::LayerNorm::new(like(&self.weight, x)?, like(&self.bias, x)?, self.eps).forward(x)
+    }
+}
+
+/// GroupNorm over `(B, C, ...)`, with a learned per-channel scale and shift.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    channels: usize,
+    groups: usize,
+    eps: f64,
+}
+
+pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    if channels % groups != 0 {
+        candle_core::bail!("GroupNorm: {channels} channels do not split into {groups} groups");
+    }
+    Ok(GroupNorm {
+        weight: vb.get_with_hints(channels, "weight", Init::Const(1.))?,
+        bias: vb.get_with_hints(channels, "bias", Init::Const(0.))?,
+        channels,
+        groups,
+        eps,
+    })
+}
+
+impl GroupNorm {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (weight, bias) = (like(&self.weight, x)?, like(&self.bias, x)?);
+        candle_nn::GroupNorm::new(weight, bias, self.channels, self.groups, self.eps)?.forward(x)
+    }
+}
+
+/// A general 2-D convolution (strides, other kernels); the stride-1 "same" ones the models
+/// use most are [`super::conv::SameConv`], which has faster CPU paths.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
+}
+
+pub fn conv2d(
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    config: Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let layer = candle_nn::conv2d(cin, cout, kernel, config, vb)?;
+    Ok(Conv2d {
+        weight: layer.weight().clone(),
+        bias: layer.bias().cloned(),
+        config,
+    })
+}
+
+impl Conv2d {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (weight, bias) = (like(&self.weight, x)?, like_opt(self.bias.as_ref(), x)?);
+        candle_nn::Conv2d::new(weight, bias, self.config).forward(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let diff = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
+        diff.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// One layer of each kind built from `vb`.
+    fn layers(vb: &VarBuilder) -> Result<(Linear, LayerNorm, GroupNorm, Conv2d)> {
+        let config = Conv2dConfig {
+            stride: 2,
+            padding: 1,
+            ..Default::default()
+        };
+        Ok((
+            linear(6, 5, vb.pp("lin"))?,
+            layer_norm(6, 1e-5, vb.pp("ln"))?,
+            group_norm(2, 6, 1e-6, vb.pp("gn"))?,
+            conv2d(6, 4, 3, config, vb.pp("conv"))?,
+        ))
+    }
+
+    #[test]
+    fn half_precision_on_cpu_computes_in_f32() {
+        assert_eq!(compute_dtype(DType::BF16, &Device::Cpu), DType::F32);
+        assert_eq!(compute_dtype(DType::F16, &Device::Cpu), DType::F32);
+        assert_eq!(compute_dtype(DType::F32, &Device::Cpu), DType::F32);
+    }
+
+    #[test]
+    fn bf16_weights_widen_to_f32_activations() -> Result<()> {
+        let shapes: [(&str, &[usize]); 8] = [
+            ("lin.weight", &[5, 6]),
+            ("lin.bias", &[5]),
+            ("ln.weight", &[6]),
+            ("ln.bias", &[6]),
+            ("gn.weight", &[6]),
+            ("gn.bias", &[6]),
+            ("conv.weight", &[4, 6, 3, 3]),
+            ("conv.bias", &[4]),
+        ];
+        let full: HashMap<String, Tensor> = shapes
+            .iter()
+            .map(|(name, shape)| {
+                let t = Tensor::randn(0.5f32, 1., *shape, &Device::Cpu)?;
+                Ok((name.to_string(), t))
+            })
+            .collect::<Result<_>>()?;
+        let narrow = full
+            .iter()
+            .map(|(name, t)| Ok((name.clone(), t.to_dtype(DType::BF16)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        let f32_layers = layers(&VarBuilder::from_tensors(full, DType::F32, &Device::Cpu))?;
+        let bf16_layers = layers(&VarBuilder::from_tensors(narrow, DType::BF16, &Device::Cpu))?;
+        assert_eq!(bf16_layers.0.weight.dtype(), DType::BF16);
+
+        let tokens = Tensor::randn(0f32, 1., (2, 3, 6), &Device::Cpu)?;
+        let image = Tensor::randn(0f32, 1., (1, 6, 8, 8), &Device::Cpu)?;
+        let pairs = [
+            (
+                f32_layers.0.forward(&tokens)?,
+                bf16_layers.0.forward(&tokens)?,
+            ),
+            (
+                f32_layers.1.forward(&tokens)?,
+                bf16_layers.1.forward(&tokens)?,
+            ),
+            (
+                f32_layers.2.forward(&image)?,
+                bf16_layers.2.forward(&image)?,
+            ),
+            (
+                f32_layers.3.forward(&image)?,
+                bf16_layers.3.forward(&image)?,
+            ),
+        ];
+        for (full, narrow) in pairs {
+            assert_eq!(narrow.dtype(), DType::F32);
+            assert_eq!(narrow.dims(), full.dims());
+            // bf16 keeps 8 significant bits: the outputs differ by the weights' rounding only.
+            let diff = max_diff(&full, &narrow);
+            assert!(diff > 0.0, "the bf16 weights were not rounded");
+            assert!(diff < 0.1, "bf16 weights moved the output by {diff}");
+        }
+        Ok(())
+    }
+}
