@@ -121,11 +121,16 @@ impl ClipTextModel {
             candle_core::bail!("{tokens} tokens; this text encoder takes 1 to {positions}");
         }
         let position_ids = Tensor::arange(0u32, tokens as u32, input_ids.device())?;
-        let mut hidden = self
+        // Widened before the sum, so half-precision tables are not added in half precision.
+        let tokens_embedded = self
             .token_embedding
             .forward(input_ids)?
-            .broadcast_add(&self.position_embedding.forward(&position_ids)?)?
             .to_dtype(self.dtype)?;
+        let positions_embedded = self
+            .position_embedding
+            .forward(&position_ids)?
+            .to_dtype(self.dtype)?;
+        let mut hidden = tokens_embedded.broadcast_add(&positions_embedded)?;
 
         let mask = causal_mask(tokens, input_ids.device())?;
         // With one layer the reference's hidden_states[-2] is the embedding output.

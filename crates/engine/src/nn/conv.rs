@@ -4,7 +4,7 @@
 //! Winograd F(4x4, 3x3) ([`super::winograd`], four times fewer multiplies), below that as a
 //! single im2col GEMM on the weight as stored ([`super::im2col`]). 1x1 convolutions (the
 //! ResNet shortcuts) are one GEMM on the NCHW data, where candle copies the input and the
-//! output element by element. Everything else (GPU, half precision) goes to candle.
+//! output element by element. Everything else (GPU, half-precision activations) goes to candle.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};

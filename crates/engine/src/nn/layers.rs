@@ -6,8 +6,10 @@
 //! weights to the input's dtype when the two differ. Where they match (f32 everywhere, or
 //! half precision on a GPU) nothing is converted and candle's layer runs as before.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
 
 /// The dtype activations are computed in for weights stored in `weights` on `device`.
 pub fn compute_dtype(weights: DType, device: &Device) -> DType {
@@ -21,9 +23,37 @@ pub fn compute_dtype(weights: DType, device: &Device) -> DType {
 pub fn like(weight: &Tensor, x: &Tensor) -> Result<Tensor> {
     if weight.dtype() == x.dtype() {
         Ok(weight.clone())
+    } else if weight.device().is_cpu() && x.dtype() == DType::F32 {
+        widen_on_cpu(weight)
     } else {
         weight.to_dtype(x.dtype())
     }
+}
+
+/// Half-precision CPU weights as f32, in parallel chunks through `half`'s slice conversion,
+/// which uses the F16C instructions when the CPU has them; candle's `to_dtype` converts one
+/// element at a time in software (measured: f16 text encoding 1.97 s vs 1.29 s for bf16).
+fn widen_on_cpu(weight: &Tensor) -> Result<Tensor> {
+    const CHUNK: usize = 1 << 16;
+    let weight = weight.contiguous()?;
+    let mut out = vec![0f32; weight.elem_count()];
+    {
+        let (storage, layout) = weight.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("widen: the weight is not contiguous");
+        };
+        let chunks = out.par_chunks_mut(CHUNK);
+        match &*storage {
+            Storage::Cpu(CpuStorage::F16(data)) => chunks
+                .zip(data[start..end].par_chunks(CHUNK))
+                .for_each(|(dst, src)| src.convert_to_f32_slice(dst)),
+            Storage::Cpu(CpuStorage::BF16(data)) => chunks
+                .zip(data[start..end].par_chunks(CHUNK))
+                .for_each(|(dst, src)| src.convert_to_f32_slice(dst)),
+            _ => return weight.to_dtype(DType::F32),
+        }
+    }
+    Tensor::from_vec(out, weight.shape(), weight.device())
 }
 
 fn like_opt(weight: Option<&Tensor>, x: &Tensor) -> Result<Option<Tensor>> {
@@ -200,6 +230,22 @@ mod tests {
             group_norm(2, 6, 1e-6, vb.pp("gn"))?,
             conv2d(6, 4, 3, config, vb.pp("conv"))?,
         ))
+    }
+
+    #[test]
+    fn widening_matches_candles_conversion() -> Result<()> {
+        let x = Tensor::zeros(1, DType::F32, &Device::Cpu)?;
+        let full = Tensor::randn(0f32, 3., (3, 70_001), &Device::Cpu)?;
+        for dtype in [DType::F16, DType::BF16] {
+            // A transposed (non-contiguous) view too.
+            for narrow in [full.to_dtype(dtype)?, full.to_dtype(dtype)?.t()?] {
+                let ours = like(&narrow, &x)?;
+                assert_eq!(ours.dtype(), DType::F32);
+                assert_eq!(ours.dims(), narrow.dims());
+                assert_eq!(max_diff(&ours, &narrow.to_dtype(DType::F32)?), 0.0);
+            }
+        }
+        Ok(())
     }
 
     #[test]

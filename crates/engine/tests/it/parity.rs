@@ -63,8 +63,8 @@ fn impossible_tolerance_fails() {
 
 /// On CPU a half-precision model keeps its weights in f16/bf16 and computes in f32, so every
 /// case runs end to end and differs from the reference by the weights' rounding only. Measured
-/// worst cases on these fixtures (bench/RESULTS.md): f16 stages 9.2e-4 of the reference's
-/// magnitude, image 4.1e-4; bf16 (8 significant bits to f16's 11) stages 8.7e-3, image 3.8e-3.
+/// worst cases on these fixtures (bench/RESULTS.md): f16 stages 9.0e-4 of the reference's
+/// magnitude, image 4.1e-4; bf16 (8 significant bits to f16's 11) stages 9.4e-3, image 3.9e-3.
 /// The budgets below leave about 2x headroom.
 #[test]
 fn half_precision_weights_stay_close_on_cpu() {
