@@ -37,23 +37,35 @@ fn widen_on_cpu(weight: &Tensor) -> Result<Tensor> {
     const CHUNK: usize = 1 << 16;
     let weight = weight.contiguous()?;
     let mut out = vec![0f32; weight.elem_count()];
-    {
+    let widened = {
         let (storage, layout) = weight.storage_and_layout();
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("widen: the weight is not contiguous");
         };
         let chunks = out.par_chunks_mut(CHUNK);
         match &*storage {
-            Storage::Cpu(CpuStorage::F16(data)) => chunks
-                .zip(data[start..end].par_chunks(CHUNK))
-                .for_each(|(dst, src)| src.convert_to_f32_slice(dst)),
-            Storage::Cpu(CpuStorage::BF16(data)) => chunks
-                .zip(data[start..end].par_chunks(CHUNK))
-                .for_each(|(dst, src)| src.convert_to_f32_slice(dst)),
-            _ => return weight.to_dtype(DType::F32),
+            Storage::Cpu(CpuStorage::F16(data)) => {
+                let sources = data[start..end].par_chunks(CHUNK);
+                chunks
+                    .zip(sources)
+                    .for_each(|(dst, src)| src.convert_to_f32_slice(dst));
+                true
+            }
+            Storage::Cpu(CpuStorage::BF16(data)) => {
+                let sources = data[start..end].par_chunks(CHUNK);
+                chunks
+                    .zip(sources)
+                    .for_each(|(dst, src)| src.convert_to_f32_slice(dst));
+                true
+            }
+            _ => false,
         }
+    };
+    if widened {
+        Tensor::from_vec(out, weight.shape(), weight.device())
+    } else {
+        weight.to_dtype(DType::F32)
     }
-    Tensor::from_vec(out, weight.shape(), weight.device())
 }
 
 fn like_opt(weight: Option<&Tensor>, x: &Tensor) -> Result<Option<Tensor>> {
