@@ -34,7 +34,6 @@ pub fn like(weight: &Tensor, x: &Tensor) -> Result<Tensor> {
 /// which uses the F16C instructions when the CPU has them; candle's `to_dtype` converts one
 /// element at a time in software (measured: f16 text encoding 1.97 s vs 1.29 s for bf16).
 fn widen_on_cpu(weight: &Tensor) -> Result<Tensor> {
-    const CHUNK: usize = 1 << 16;
     let weight = weight.contiguous()?;
     let mut out = vec![0f32; weight.elem_count()];
     let widened = {
@@ -42,20 +41,13 @@ fn widen_on_cpu(weight: &Tensor) -> Result<Tensor> {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("widen: the weight is not contiguous");
         };
-        let chunks = out.par_chunks_mut(CHUNK);
         match &*storage {
             Storage::Cpu(CpuStorage::F16(data)) => {
-                let sources = data[start..end].par_chunks(CHUNK);
-                chunks
-                    .zip(sources)
-                    .for_each(|(dst, src)| src.convert_to_f32_slice(dst));
+                widen_into(&mut out, &data[start..end]);
                 true
             }
             Storage::Cpu(CpuStorage::BF16(data)) => {
-                let sources = data[start..end].par_chunks(CHUNK);
-                chunks
-                    .zip(sources)
-                    .for_each(|(dst, src)| src.convert_to_f32_slice(dst));
+                widen_into(&mut out, &data[start..end]);
                 true
             }
             _ => false,
@@ -66,6 +58,17 @@ fn widen_on_cpu(weight: &Tensor) -> Result<Tensor> {
     } else {
         weight.to_dtype(DType::F32)
     }
+}
+
+/// `src` (f16 or bf16) into `dst`, in parallel chunks.
+fn widen_into<T: Sync>(dst: &mut [f32], src: &[T])
+where
+    [T]: HalfFloatSliceExt,
+{
+    const CHUNK: usize = 1 << 16;
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(dst, src)| src.convert_to_f32_slice(dst));
 }
 
 fn like_opt(weight: Option<&Tensor>, x: &Tensor) -> Result<Option<Tensor>> {
