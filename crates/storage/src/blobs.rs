@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -42,7 +43,8 @@ impl Blobs {
     pub fn local(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         // Writes go to a temporary file renamed into place: a crash never leaves half a file.
-        let store = LocalFileSystem::new_with_prefix(dir)?;
+        // Empty folders (a job's inputs once deleted) are removed with their last file.
+        let store = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
         Ok(Self {
             store: Arc::new(store),
         })
@@ -62,6 +64,33 @@ impl Blobs {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Delete every blob under `prefix/` (a job's input folder, say); returns how many.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize> {
+        let prefix = StorePath::from(prefix);
+        let mut listed = self.store.list(Some(&prefix));
+        let mut deleted = 0;
+        while let Some(meta) = listed.next().await {
+            match self.store.delete(&meta?.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The names of the folders directly under `prefix/` (`inputs/` -> job ids).
+    pub async fn folders(&self, prefix: &str) -> Result<Vec<String>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&StorePath::from(prefix)))
+            .await?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
     }
 
     pub async fn delete(&self, key: &str) -> Result<()> {
@@ -90,6 +119,15 @@ mod tests {
         blobs.delete("images/job_1/0.jpeg").await.unwrap();
         assert_eq!(blobs.get("images/job_1/0.jpeg").await.unwrap(), None);
         blobs.delete("images/job_1/0.jpeg").await.unwrap();
+        for key in ["inputs/job_a/0", "inputs/job_a/1", "inputs/job_b/0"] {
+            blobs.put(key, Bytes::from_static(b"x")).await.unwrap();
+        }
+        let mut folders = blobs.folders("inputs").await.unwrap();
+        folders.sort();
+        assert_eq!(folders, ["job_a", "job_b"]);
+        assert_eq!(blobs.delete_prefix("inputs/job_a").await.unwrap(), 2);
+        assert_eq!(blobs.folders("inputs").await.unwrap(), ["job_b"]);
+        assert_eq!(blobs.delete_prefix("inputs/job_none").await.unwrap(), 0);
         let error = Blobs::open("s3://bucket/x").unwrap_err().to_string();
         assert!(error.contains("s3://bucket/x"), "{error}");
     }

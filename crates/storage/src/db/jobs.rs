@@ -1,7 +1,7 @@
 //! Jobs: rows, the queue (claim under a lease) and each job's event log.
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 
 use sqlx::AssertSqlSafe;
 
@@ -108,29 +108,137 @@ pub struct RecoveredJobs {
     pub failed: Vec<String>,
 }
 
+/// The limits a new job must fit, checked in the same transaction that inserts it so that
+/// concurrent requests cannot overshoot them together.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Admission {
+    /// Jobs waiting (every lane) before new ones are refused.
+    pub queue_size: u32,
+    /// Images the key may request per rolling minute: every job created in the window
+    /// counts, cancelled ones too (submit-and-cancel is still work).
+    pub images_per_minute: Option<u32>,
+    /// Images the key may ever have: billed ones plus those of its queued and running jobs.
+    pub quota_images: Option<u64>,
+}
+
+/// Why a job was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    QueueFull { queued: u32 },
+    RateLimited { limit: u32, retry_after_s: u64 },
+    QuotaExceeded { quota: u64, used: u64 },
+}
+
+const WINDOW_MS: i64 = 60_000;
+
+/// The admission rule on one connection; `Ok(queued)` (the new job's queue position) when
+/// the job fits.
+async fn admission_in(
+    conn: &mut SqliteConnection,
+    key_id: Option<&str>,
+    images: u32,
+    admission: &Admission,
+) -> Result<std::result::Result<u32, Refusal>> {
+    let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'queued'")
+        .fetch_one(&mut *conn)
+        .await?;
+    let queued = queued as u32;
+    if queued >= admission.queue_size {
+        return Ok(Err(Refusal::QueueFull { queued }));
+    }
+    let Some(key_id) = key_id else {
+        return Ok(Ok(queued));
+    };
+    let wanted = u64::from(images);
+    if let Some(limit) = admission.images_per_minute {
+        let now = now_ms();
+        let recent: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT created_at, images FROM jobs WHERE key_id = ? AND created_at > ? ORDER BY created_at",
+        )
+        .bind(key_id)
+        .bind(now - WINDOW_MS)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut in_window: u64 = recent.iter().map(|(_, n)| *n as u64).sum();
+        if in_window + wanted > u64::from(limit) {
+            // Retry once enough of the oldest requests have left the window (a minute when
+            // the request alone is over the limit).
+            let mut retry_at = now + WINDOW_MS;
+            for (created, n) in &recent {
+                in_window -= *n as u64;
+                if in_window + wanted <= u64::from(limit) {
+                    retry_at = created + WINDOW_MS;
+                    break;
+                }
+            }
+            let retry_after_s = ((retry_at - now).max(1) as u64).div_ceil(1000);
+            return Ok(Err(Refusal::RateLimited {
+                limit,
+                retry_after_s,
+            }));
+        }
+    }
+    if let Some(quota) = admission.quota_images {
+        let used: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COALESCE(SUM(images), 0) FROM usage WHERE key_id = ?) \
+                  + (SELECT COALESCE(SUM(images), 0) FROM jobs WHERE key_id = ? \
+                         AND status IN ('queued', 'running'))",
+        )
+        .bind(key_id)
+        .bind(key_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let used = used as u64;
+        if used + wanted > quota {
+            return Ok(Err(Refusal::QuotaExceeded { quota, used }));
+        }
+    }
+    Ok(Ok(queued))
+}
+
 const COLUMNS: &str = "id, key_id, model, images, status, spec, request_id, created_at, started_at, \
      finished_at, attempts, cancel_requested, progress, error_code, error_message";
 
 impl Db {
-    /// Insert a queued job and its first event in one transaction; returns the event's seq.
+    /// Whether a job would be admitted now, without writing anything: a cheap refusal before
+    /// slow work (fetching reference images). `admit_job` decides for real.
+    pub async fn check_admission(
+        &self,
+        key_id: Option<&str>,
+        images: u32,
+        admission: &Admission,
+    ) -> Result<std::result::Result<u32, Refusal>> {
+        let mut conn = self.pool.acquire().await?;
+        admission_in(&mut conn, key_id, images, admission).await
+    }
+
+    /// Insert a queued job and its first event (made from its queue position) if it fits
+    /// `admission`; the check and the insert are one write transaction, so concurrent
+    /// requests are admitted one after the other. Returns the queue position.
+    pub async fn admit_job(
+        &self,
+        job: &NewJob,
+        admission: &Admission,
+        first_event: impl FnOnce(u32) -> String,
+    ) -> Result<std::result::Result<u32, Refusal>> {
+        // IMMEDIATE takes the write lock before reading, so two admissions cannot both read
+        // the old counts.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let queued =
+            match admission_in(&mut tx, job.key_id.as_deref(), job.images, admission).await? {
+                Ok(queued) => queued,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+        insert_job_in(&mut tx, job, &first_event(queued)).await?;
+        tx.commit().await?;
+        Ok(Ok(queued))
+    }
+
+    /// Insert a queued job and its first event with no admission limits (tests, tools);
+    /// returns the event's seq.
     pub async fn insert_job(&self, job: &NewJob, first_event: &str) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
-        let now = now_ms();
-        sqlx::query(
-            "INSERT INTO jobs (id, key_id, model, images, status, spec, request_id, created_at, lane) \
-             VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-        )
-        .bind(&job.id)
-        .bind(&job.key_id)
-        .bind(&job.model)
-        .bind(i64::from(job.images))
-        .bind(&job.spec)
-        .bind(&job.request_id)
-        .bind(now)
-        .bind(job.lane.as_str())
-        .execute(&mut *tx)
-        .await?;
-        let seq = append_event_in(&mut tx, &job.id, first_event, now).await?;
+        let seq = insert_job_in(&mut tx, job, first_event).await?;
         tx.commit().await?;
         Ok(seq)
     }
@@ -192,19 +300,6 @@ impl Db {
             .fetch_one(&self.pool)
             .await?;
         Ok(count as u32)
-    }
-
-    /// Images requested by `key_id` in jobs created since `since_ms` (for per-minute limits).
-    pub async fn images_requested_since(&self, key_id: &str, since_ms: i64) -> Result<u64> {
-        let sum: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(images), 0) FROM jobs WHERE key_id = ? AND created_at >= ? \
-             AND status != 'cancelled'",
-        )
-        .bind(key_id)
-        .bind(since_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(sum as u64)
     }
 
     /// Take the oldest queued job for `node`, holding it until `lease_until`.
@@ -371,6 +466,29 @@ impl Db {
     }
 }
 
+async fn insert_job_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    job: &NewJob,
+    first_event: &str,
+) -> Result<i64> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO jobs (id, key_id, model, images, status, spec, request_id, created_at, lane) \
+         VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+    )
+    .bind(&job.id)
+    .bind(&job.key_id)
+    .bind(&job.model)
+    .bind(i64::from(job.images))
+    .bind(&job.spec)
+    .bind(&job.request_id)
+    .bind(now)
+    .bind(job.lane.as_str())
+    .execute(&mut **tx)
+    .await?;
+    append_event_in(tx, &job.id, first_event, now).await
+}
+
 async fn append_event_in(
     tx: &mut Transaction<'_, Sqlite>,
     job_id: &str,
@@ -439,7 +557,6 @@ mod tests {
         let events = db.events_after("job_1", 0).await.unwrap();
         assert_eq!(events, [(1, "queued".to_string()), (2, "done".to_string())]);
         assert_eq!(db.events_after("job_1", 1).await.unwrap().len(), 1);
-        assert_eq!(db.images_requested_since("key_a", 0).await.unwrap(), 6);
         let listed = db.list_jobs(Some("key_a"), 10).await.unwrap();
         assert_eq!(listed.len(), 3);
         assert!(db.list_jobs(Some("key_b"), 10).await.unwrap().is_empty());
@@ -473,6 +590,115 @@ mod tests {
         assert!(db.renew_lease("job_2", "node-b", 0).await.unwrap());
         assert!(!db.renew_lease("job_2", "node-a", 0).await.unwrap());
         assert_eq!(db.recover("node-a", 3).await.unwrap().requeued, ["job_2"]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_admissions_cannot_overshoot_a_quota() {
+        // A file database: several connections really do race.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        let admission = Admission {
+            queue_size: 100,
+            images_per_minute: None,
+            quota_images: Some(3),
+        };
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let mut job = new_job(&format!("job_{i}"));
+                    job.images = 1;
+                    db.admit_job(&job, &admission, |_| "queued".into())
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => admitted += 1,
+                Err(refusal) => assert!(matches!(refusal, Refusal::QuotaExceeded { quota: 3, .. })),
+            }
+        }
+        assert_eq!(admitted, 3);
+        assert_eq!(db.queued_count().await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn open_jobs_and_cancelled_ones_count_against_limits() {
+        let db = test_db().await;
+        let quota = Admission {
+            queue_size: 100,
+            images_per_minute: None,
+            quota_images: Some(5),
+        };
+        // Two images queued, one billed: a third image fits, a fourth does not.
+        db.admit_job(&new_job("job_1"), &quota, |_| "q".into())
+            .await
+            .unwrap()
+            .unwrap();
+        db.record_usage("job_0", Some("key_a"), "m", 1, 0)
+            .await
+            .unwrap();
+        let mut three = new_job("job_2");
+        three.images = 3;
+        assert_eq!(
+            db.check_admission(Some("key_a"), 3, &quota).await.unwrap(),
+            Err(Refusal::QuotaExceeded { quota: 5, used: 3 })
+        );
+        three.images = 2;
+        db.admit_job(&three, &quota, |_| "q".into())
+            .await
+            .unwrap()
+            .unwrap();
+        // Another key is not affected; no key means no key limits.
+        assert!(
+            db.check_admission(Some("key_b"), 5, &quota)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        assert!(db.check_admission(None, 15, &quota).await.unwrap().is_ok());
+        // A cancelled job's images leave the quota but stay in the per-minute window.
+        db.finish_job("job_2", JobStatus::Cancelled, None, "c")
+            .await
+            .unwrap();
+        assert!(
+            db.check_admission(Some("key_a"), 2, &quota)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        let per_minute = Admission {
+            queue_size: 100,
+            images_per_minute: Some(4),
+            quota_images: None,
+        };
+        match db
+            .check_admission(Some("key_a"), 1, &per_minute)
+            .await
+            .unwrap()
+        {
+            Err(Refusal::RateLimited {
+                limit: 4,
+                retry_after_s,
+            }) => {
+                assert!((1..=60).contains(&retry_after_s), "{retry_after_s}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The queue bound holds for everyone.
+        let full = Admission {
+            queue_size: 1,
+            ..Admission::default()
+        };
+        assert_eq!(
+            db.check_admission(None, 1, &full).await.unwrap(),
+            Err(Refusal::QueueFull { queued: 1 })
+        );
     }
 
     #[tokio::test]

@@ -1,22 +1,31 @@
-//! API keys. Only `SHA-256(secret)` is stored; a presented key is found by its hash and the
-//! hashes are compared again in constant time.
+//! API keys. A secret is stored only as HMAC-SHA256 under a server secret (the "pepper") that
+//! lives outside the database, so a leaked database alone does not allow offline guessing of
+//! weak keys. A presented key is found by its hash and the hashes are compared again in
+//! constant time.
 
+use std::sync::Arc;
+
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use sqlx::AssertSqlSafe;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use subtle::ConstantTimeEq;
-
-use sqlx::AssertSqlSafe;
 
 use super::Db;
 use crate::error::Result;
 use crate::now_ms;
 
+/// How `secret_hash` was made: today's keyed hash, or the plain SHA-256 of databases written
+/// before it (rewritten to the keyed hash the next time the key is presented).
+const HMAC_KIND: &str = "hmac-sha256";
+const LEGACY_KIND: &str = "sha256";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
     pub id: String,
     pub name: String,
-    /// Comma-separated: `generate`, `admin`.
+    /// Comma-separated: `generate`, `ops`, `admin`.
     pub scopes: Vec<String>,
     pub images_per_minute: Option<u32>,
     pub quota_images: Option<u64>,
@@ -61,47 +70,166 @@ pub struct NewKey<'a> {
     pub scopes: &'a [String],
     pub images_per_minute: Option<u32>,
     pub quota_images: Option<u64>,
-    pub bootstrap: bool,
 }
 
-fn hash(secret: &str) -> Vec<u8> {
-    Sha256::digest(secret.as_bytes()).to_vec()
+/// What start-up did with the bootstrap keys given on the command line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BootstrapKeys {
+    /// Bootstrap keys in force now (new or kept).
+    pub active: usize,
+    /// Bootstrap keys no longer on the command line, revoked now.
+    pub revoked: usize,
+}
+
+/// The key store: the database plus the pepper its hashes are keyed with.
+#[derive(Clone)]
+pub struct Keys {
+    db: Db,
+    pepper: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(..)")
+    }
 }
 
 const KEY_COLUMNS: &str =
     "id, name, scopes, images_per_minute, quota_images, bootstrap, created_at, revoked_at";
 
-impl Db {
-    /// Store a key (a bootstrap key given again on the command line is updated in place).
-    pub async fn insert_key(&self, key: &NewKey<'_>) -> Result<()> {
+/// Bootstrap keys are named after their hash, so a rotated flag value makes a new row instead
+/// of colliding with the old one's id.
+fn bootstrap_id(hash: &[u8]) -> String {
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("key_bootstrap_{hex}")
+}
+
+impl Keys {
+    /// `pepper` must stay the same across restarts (and nodes): keys hashed under another
+    /// pepper no longer match.
+    pub fn new(db: Db, pepper: Vec<u8>) -> Self {
+        Self {
+            db,
+            pepper: pepper.into(),
+        }
+    }
+
+    fn hash(&self, secret: &str) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.pepper).expect("HMAC takes any key");
+        mac.update(secret.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Store a new key.
+    pub async fn insert(&self, key: &NewKey<'_>) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_keys (id, name, secret_hash, scopes, images_per_minute, quota_images, bootstrap, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (secret_hash) DO UPDATE SET scopes = excluded.scopes, revoked_at = NULL, \
-                 images_per_minute = excluded.images_per_minute, quota_images = excluded.quota_images",
+            "INSERT INTO api_keys (id, name, secret_hash, hash_kind, scopes, images_per_minute, \
+                 quota_images, bootstrap, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
         )
         .bind(key.id)
         .bind(key.name)
-        .bind(hash(key.secret))
+        .bind(self.hash(key.secret))
+        .bind(HMAC_KIND)
         .bind(key.scopes.join(","))
         .bind(key.images_per_minute.map(i64::from))
         .bind(key.quota_images.map(|n| n as i64))
-        .bind(i64::from(key.bootstrap))
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
 
+    /// Make the bootstrap keys exactly `secrets` (each with `scopes`): new ones are added, a
+    /// revoked one given again is live again, and bootstrap keys no longer given are revoked.
+    /// Keys created through the API are untouched.
+    pub async fn sync_bootstrap(
+        &self,
+        secrets: &[String],
+        scopes: &[String],
+    ) -> Result<BootstrapKeys> {
+        for secret in secrets {
+            self.upgrade_legacy(secret).await?;
+        }
+        let hashes: Vec<Vec<u8>> = secrets.iter().map(|s| self.hash(s)).collect();
+        let mut tx = self.db.pool.begin().await?;
+        let now = now_ms();
+        for hash in &hashes {
+            sqlx::query(
+                "INSERT INTO api_keys (id, name, secret_hash, hash_kind, scopes, bootstrap, created_at) \
+                 VALUES (?, 'bootstrap (--api-key)', ?, ?, ?, 1, ?) \
+                 ON CONFLICT (secret_hash) DO UPDATE SET scopes = excluded.scopes, \
+                     revoked_at = NULL, bootstrap = 1, images_per_minute = NULL, quota_images = NULL",
+            )
+            .bind(bootstrap_id(hash))
+            .bind(hash)
+            .bind(HMAC_KIND)
+            .bind(scopes.join(","))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let live: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, secret_hash FROM api_keys WHERE bootstrap = 1 AND revoked_at IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut revoked = 0;
+        for (id, hash) in live {
+            if !hashes.contains(&hash) {
+                sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ?")
+                    .bind(now)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                revoked += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(BootstrapKeys {
+            active: hashes.len(),
+            revoked,
+        })
+    }
+
+    /// A row hashed the old way (plain SHA-256) is rewritten under the pepper once its secret
+    /// is seen; true if one was.
+    async fn upgrade_legacy(&self, secret: &str) -> Result<bool> {
+        let legacy = Sha256::digest(secret.as_bytes()).to_vec();
+        // Read first: a wrong key (the common case under attack) must not take the write lock.
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT id FROM api_keys WHERE secret_hash = ? AND hash_kind = ?")
+                .bind(&legacy)
+                .bind(LEGACY_KIND)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        let Some(id) = id else { return Ok(false) };
+        let done = sqlx::query(
+            "UPDATE api_keys SET secret_hash = ?, hash_kind = ? WHERE id = ? AND hash_kind = ?",
+        )
+        .bind(self.hash(secret))
+        .bind(HMAC_KIND)
+        .bind(&id)
+        .bind(LEGACY_KIND)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// The live key whose secret this is, if any.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<KeyRow>> {
-        let presented = hash(secret);
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {KEY_COLUMNS}, secret_hash FROM api_keys WHERE secret_hash = ? AND revoked_at IS NULL"
-        )))
-        .bind(&presented)
-        .fetch_optional(&self.pool)
-        .await?;
+        let presented = self.hash(secret);
+        let find = || {
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {KEY_COLUMNS}, secret_hash FROM api_keys \
+                 WHERE secret_hash = ? AND hash_kind = ? AND revoked_at IS NULL"
+            )))
+            .bind(&presented)
+            .bind(HMAC_KIND)
+        };
+        let mut row = find().fetch_optional(&self.db.pool).await?;
+        if row.is_none() && self.upgrade_legacy(secret).await? {
+            row = find().fetch_optional(&self.db.pool).await?;
+        }
         let Some(row) = row else { return Ok(None) };
         let stored: Vec<u8> = row.try_get("secret_hash")?;
         if !bool::from(stored.ct_eq(&presented)) {
@@ -115,38 +243,46 @@ impl Db {
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"
         )))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db.pool)
         .await?;
         row.as_ref().map(KeyRow::from_row).transpose()
     }
 
-    pub async fn list_keys(&self) -> Result<Vec<KeyRow>> {
+    pub async fn list(&self) -> Result<Vec<KeyRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
         )))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         rows.iter().map(KeyRow::from_row).collect()
     }
 
     /// Revoke a key; false if there was no such live key.
-    pub async fn revoke_key(&self, id: &str) -> Result<bool> {
+    pub async fn revoke(&self, id: &str) -> Result<bool> {
         let done =
             sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
                 .bind(now_ms())
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.db.pool)
                 .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Live keys; with none, the server runs without authentication (loopback only).
-    pub async fn live_key_count(&self) -> Result<u64> {
+    pub async fn live_count(&self) -> Result<u64> {
         let count: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.db.pool)
                 .await?;
         Ok(count as u64)
+    }
+
+    /// Whether any key, live or revoked, was ever stored: once one was, the server never
+    /// runs open again (revoking every key must not let anonymous callers in).
+    pub async fn any_ever(&self) -> Result<bool> {
+        let any: i64 = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)")
+            .fetch_one(&self.db.pool)
+            .await?;
+        Ok(any != 0)
     }
 }
 
@@ -155,36 +291,141 @@ mod tests {
     use super::*;
     use crate::db::test_db;
 
+    fn keys(db: &Db) -> Keys {
+        Keys::new(db.clone(), b"pepper".to_vec())
+    }
+
     #[tokio::test]
     async fn keys_are_found_by_secret_and_revoked() {
         let db = test_db().await;
+        let keys = keys(&db);
+        assert!(!keys.any_ever().await.unwrap());
         let scopes = ["generate".to_string()];
-        db.insert_key(&NewKey {
+        keys.insert(&NewKey {
             id: "key_1",
             name: "ci",
             secret: "sb-secret",
             scopes: &scopes,
             images_per_minute: Some(10),
             quota_images: None,
-            bootstrap: false,
         })
         .await
         .unwrap();
-        let key = db.authenticate("sb-secret").await.unwrap().unwrap();
+        let key = keys.authenticate("sb-secret").await.unwrap().unwrap();
         assert_eq!(key.id, "key_1");
         assert!(key.has_scope("generate") && !key.has_scope("admin"));
         assert_eq!(key.images_per_minute, Some(10));
-        assert_eq!(db.authenticate("sb-secreT").await.unwrap(), None);
-        assert_eq!(db.live_key_count().await.unwrap(), 1);
-        assert!(db.revoke_key("key_1").await.unwrap());
-        assert!(!db.revoke_key("key_1").await.unwrap());
-        assert_eq!(db.authenticate("sb-secret").await.unwrap(), None);
-        assert_eq!(db.list_keys().await.unwrap().len(), 1);
-        // The raw secret is nowhere in the database.
-        let raw: Vec<u8> = sqlx::query_scalar("SELECT secret_hash FROM api_keys")
+        assert_eq!(keys.authenticate("sb-secreT").await.unwrap(), None);
+        assert_eq!(keys.live_count().await.unwrap(), 1);
+        assert!(keys.revoke("key_1").await.unwrap());
+        assert!(!keys.revoke("key_1").await.unwrap());
+        assert_eq!(keys.authenticate("sb-secret").await.unwrap(), None);
+        assert_eq!(keys.list().await.unwrap().len(), 1);
+        assert_eq!(keys.live_count().await.unwrap(), 0);
+        assert!(keys.any_ever().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn hashes_are_keyed_so_the_database_alone_does_not_check_a_guess() {
+        let db = test_db().await;
+        let scopes = ["generate".to_string()];
+        keys(&db)
+            .insert(&NewKey {
+                id: "key_1",
+                name: "weak",
+                secret: "password1",
+                scopes: &scopes,
+                images_per_minute: None,
+                quota_images: None,
+            })
+            .await
+            .unwrap();
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT secret_hash FROM api_keys")
             .fetch_one(&db.pool)
             .await
             .unwrap();
-        assert_eq!(raw.len(), 32);
+        assert_eq!(stored.len(), 32);
+        assert_ne!(stored, Sha256::digest(b"password1").to_vec());
+        // Another pepper (a stolen database without the server's secret file) finds nothing.
+        let other = Keys::new(db.clone(), b"another".to_vec());
+        assert_eq!(other.authenticate("password1").await.unwrap(), None);
+        assert!(keys(&db).authenticate("password1").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn legacy_sha256_rows_still_work_and_are_rewritten() {
+        let db = test_db().await;
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, secret_hash, scopes, bootstrap, created_at) \
+             VALUES ('key_old', 'old', ?, 'generate', 0, 0)",
+        )
+        .bind(Sha256::digest(b"sb-old").to_vec())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let keys = keys(&db);
+        assert_eq!(keys.authenticate("sb-wrong").await.unwrap(), None);
+        let key = keys.authenticate("sb-old").await.unwrap().unwrap();
+        assert_eq!(key.id, "key_old");
+        let kind: String = sqlx::query_scalar("SELECT hash_kind FROM api_keys")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(kind, HMAC_KIND);
+        assert!(keys.authenticate("sb-old").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn bootstrap_keys_follow_the_command_line() {
+        let db = test_db().await;
+        let keys = keys(&db);
+        let all = ["generate".to_string(), "admin".to_string()];
+        let one = |s: &str| vec![s.to_string()];
+        let synced = keys.sync_bootstrap(&one("first"), &all).await.unwrap();
+        assert_eq!(
+            synced,
+            BootstrapKeys {
+                active: 1,
+                revoked: 0
+            }
+        );
+        // The same flag again changes nothing; a new value replaces the old one.
+        keys.sync_bootstrap(&one("first"), &all).await.unwrap();
+        assert_eq!(keys.live_count().await.unwrap(), 1);
+        let synced = keys.sync_bootstrap(&one("second"), &all).await.unwrap();
+        assert_eq!(
+            synced,
+            BootstrapKeys {
+                active: 1,
+                revoked: 1
+            }
+        );
+        assert_eq!(keys.authenticate("first").await.unwrap(), None);
+        let second = keys.authenticate("second").await.unwrap().unwrap();
+        assert!(second.bootstrap && second.has_scope("admin"));
+        // Keys made through the API survive; no flag at all revokes every bootstrap key.
+        keys.insert(&NewKey {
+            id: "key_api",
+            name: "api",
+            secret: "sb-api",
+            scopes: &one("generate"),
+            images_per_minute: None,
+            quota_images: None,
+        })
+        .await
+        .unwrap();
+        let synced = keys.sync_bootstrap(&[], &all).await.unwrap();
+        assert_eq!(
+            synced,
+            BootstrapKeys {
+                active: 0,
+                revoked: 1
+            }
+        );
+        assert_eq!(keys.authenticate("second").await.unwrap(), None);
+        assert!(keys.authenticate("sb-api").await.unwrap().is_some());
+        // Given again later, a revoked bootstrap key is live again.
+        keys.sync_bootstrap(&one("first"), &all).await.unwrap();
+        assert!(keys.authenticate("first").await.unwrap().is_some());
     }
 }

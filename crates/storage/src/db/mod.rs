@@ -12,8 +12,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 pub use images::ImageRow;
-pub use jobs::{JobRow, JobStatus, Lane, NewJob, RecoveredJobs};
-pub use keys::{KeyRow, NewKey};
+pub use jobs::{Admission, JobRow, JobStatus, Lane, NewJob, RecoveredJobs, Refusal};
+pub use keys::{BootstrapKeys, KeyRow, Keys, NewKey};
 pub use usage::{UsageRow, UsageTotals};
 
 use crate::error::{Result, StorageError};
