@@ -175,9 +175,11 @@ impl Client {
         Err(api_error(response, &request_id).await)
     }
 
-    /// Fetch an image link from a response (the key is sent only to the base's own host).
+    /// Fetch an image link from a response. The key goes along only when the link is on the
+    /// base's origin (scheme, host and port) and under the base's path; never to another host,
+    /// nor across a redirect to one.
     pub async fn download(&self, url: &str) -> Result<Bytes, ClientError> {
-        let answer = self.send(|| self.request(Method::GET, url)).await?;
+        let answer = self.send(|| self.request_link(Method::GET, url)).await?;
         let request_id = answer.request_id;
         answer
             .response

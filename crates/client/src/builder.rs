@@ -7,6 +7,10 @@ use reqwest::Url;
 
 use crate::ClientError;
 use crate::client::{Client, Inner};
+use crate::scope::{KeyScope, redirect_leaks_key};
+
+/// As many as reqwest's default policy follows.
+const MAX_REDIRECTS: usize = 10;
 
 pub struct ClientBuilder {
     base: String,
@@ -37,7 +41,9 @@ impl ClientBuilder {
         }
     }
 
-    /// Sent as `Authorization: Bearer KEY` to the base's origin (never to other hosts).
+    /// Sent as `Authorization: Bearer KEY` only to the base's origin (scheme, host and port,
+    /// compared parsed), and to links from responses only under the base's path; never to
+    /// other origins, nor along a redirect to one.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
         self
@@ -94,6 +100,7 @@ impl ClientBuilder {
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
             .user_agent(self.user_agent)
+            .redirect(redirect_policy(self.api_key.is_some()))
             .build()
             .map_err(|e| invalid(e.to_string()))?;
         Ok(Client {
@@ -101,12 +108,38 @@ impl ClientBuilder {
                 http,
                 api_base,
                 origin,
+                scope: KeyScope::new(&url),
                 api_key: self.api_key,
                 max_retries: self.max_retries,
                 backoff: self.backoff,
             }),
         })
     }
+}
+
+/// reqwest's default policy, except that with a key it refuses a redirect on which reqwest
+/// would keep `Authorization` although the origin changes (see [`redirect_leaks_key`]).
+fn redirect_policy(keyed: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error("too many redirects");
+        }
+        let leaks = keyed
+            && attempt
+                .previous()
+                .last()
+                .is_some_and(|previous| redirect_leaks_key(previous, attempt.url()));
+        if leaks {
+            let message = format!(
+                "refused a redirect from {} to {}: it changes the scheme only, and the API key \
+                 would go along",
+                attempt.previous().last().map_or("", |u| u.as_str()),
+                attempt.url()
+            );
+            return attempt.error(message);
+        }
+        attempt.follow()
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::ClientError;
+use crate::scope::KeyScope;
 use seedbed_types::new_request_id;
 
 pub const REQUEST_ID_HEADER: &str = "x-client-request-id";
@@ -28,6 +29,8 @@ pub(crate) struct Inner {
     pub api_base: String,
     /// `scheme://host:port`: seedbed's own routes hang off it.
     pub origin: String,
+    /// Where the key may be sent (compared parsed, never by text prefix).
+    pub scope: KeyScope,
     pub api_key: Option<String>,
     pub max_retries: u32,
     pub backoff: Duration,
@@ -84,10 +87,29 @@ impl Client {
         format!("{}{path}", self.inner.origin)
     }
 
+    /// A request to one of the client's own routes: with the key when `url` is on the base's
+    /// origin.
     pub(crate) fn request(&self, method: Method, url: &str) -> RequestBuilder {
+        self.keyed(method, url, KeyScope::same_origin)
+    }
+
+    /// A request to a link a server handed us (an image): with the key only when the link is
+    /// on the base's origin and under the base's path.
+    pub(crate) fn request_link(&self, method: Method, url: &str) -> RequestBuilder {
+        self.keyed(method, url, KeyScope::covers_link)
+    }
+
+    fn keyed(
+        &self,
+        method: Method,
+        url: &str,
+        allowed: fn(&KeyScope, &reqwest::Url) -> bool,
+    ) -> RequestBuilder {
         let mut request = self.inner.http.request(method, url);
         if let Some(key) = &self.inner.api_key
-            && url.starts_with(&self.inner.origin)
+            // Parsed, not `starts_with`: `https://host.evil.net` and `https://host@evil.net`
+            // start with `https://host` too. A URL that does not parse gets no key (and fails).
+            && reqwest::Url::parse(url).is_ok_and(|url| allowed(&self.inner.scope, &url))
         {
             request = request.bearer_auth(key);
         }
@@ -216,4 +238,74 @@ pub(crate) fn is_event_stream(response: &Response) -> bool {
     response.status() == StatusCode::OK
         && header(response.headers(), "content-type")
             .is_some_and(|t| t.starts_with("text/event-stream"))
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::Method;
+    use reqwest::header::AUTHORIZATION;
+
+    use crate::Client;
+
+    fn sends_key(client: &Client, url: &str, link: bool) -> bool {
+        let request = if link {
+            client.request_link(Method::GET, url)
+        } else {
+            client.request(Method::GET, url)
+        };
+        request
+            .build()
+            .unwrap()
+            .headers()
+            .get_all(AUTHORIZATION)
+            .iter()
+            .any(|v| v == "Bearer sk-test")
+    }
+
+    /// Both ways a request is built: the client's own routes and links from a response.
+    #[test]
+    fn the_key_never_goes_to_a_url_that_only_starts_like_the_base() {
+        let client = Client::builder("https://host.example")
+            .api_key("sk-test")
+            .build()
+            .unwrap();
+        for link in [false, true] {
+            assert!(sends_key(&client, "https://host.example/v1/jobs", link));
+            assert!(sends_key(&client, "https://HOST.example:443/x.png", link));
+            for url in [
+                "https://host.example.evil.net/x.png",
+                "https://host.example@evil.net/x.png",
+                "https://host.example:443@evil.net/x.png",
+                "https://host.exampleevil.net/x.png",
+                "https://host.example:444/x.png",
+                "http://host.example/x.png",
+                "https://host.example./x.png",
+                "https://user:pw@host.example/x.png",
+            ] {
+                assert!(!sends_key(&client, url, link), "{url} (link: {link})");
+            }
+        }
+    }
+
+    #[test]
+    fn links_get_the_key_only_under_the_base_path() {
+        let client = Client::builder("https://ark.example/api/v3")
+            .api_key("sk-test")
+            .build()
+            .unwrap();
+        // The client's own routes sit at the origin's root.
+        assert!(sends_key(&client, &client.url("/v1/jobs"), false));
+        assert!(sends_key(&client, &client.generations_url(), false));
+        assert!(sends_key(
+            &client,
+            "https://ark.example/api/v3/f/a.png",
+            true
+        ));
+        assert!(!sends_key(&client, "https://ark.example/other/a.png", true));
+        assert!(!sends_key(
+            &client,
+            "https://ark.example/api/v3x/a.png",
+            true
+        ));
+    }
 }

@@ -50,6 +50,18 @@ fn api_suffix(message: &str, request_id: &Option<String>) -> String {
     }
 }
 
+/// `error: cause: cause...`, since reqwest's own message leaves out why.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 fn suffix(request_id: &Option<String>) -> String {
     match request_id {
         Some(id) => format!(" (request id: {id})"),
@@ -98,6 +110,13 @@ impl ClientError {
         let request_id = Some(request_id.to_string());
         if error.is_timeout() {
             Self::Timeout { request_id }
+        } else if error.is_redirect() {
+            // A refused or endless redirect is the server's answer, not a network fault: not
+            // worth retrying. The source chain keeps the policy's reason, naming both URLs.
+            Self::Decode {
+                request_id,
+                message: with_sources(&error),
+            }
         } else if error.is_decode() || error.is_body() {
             Self::Stream {
                 request_id,

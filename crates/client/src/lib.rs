@@ -19,6 +19,7 @@ mod api;
 mod builder;
 mod client;
 mod error;
+mod scope;
 mod sse;
 mod stream;
 

@@ -333,3 +333,145 @@ async fn an_api_base_with_a_path_is_used_as_is() {
         .unwrap();
     client.generate(&request()).await.unwrap();
 }
+
+/// The `Authorization` values a mock server received, in order.
+async fn authorizations(server: &MockServer) -> Vec<String> {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.headers.get_all("authorization").iter())
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+async fn serve_png(server: &MockServer) {
+    Mock::given(method("GET"))
+        .and(path("/img.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(b"png".to_vec()))
+        .mount(server)
+        .await;
+}
+
+/// Two servers where the second's port begins with the first's digits (`:5000`, `:50001`), so
+/// the second's URLs start, as text, with the first's.
+async fn servers_with_prefixed_ports() -> (MockServer, MockServer) {
+    let seed = std::process::id() as usize;
+    for i in 0..500 {
+        let port = 2000 + (seed + i * 7919) % 4500;
+        let Ok(home) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) else {
+            continue;
+        };
+        let Ok(lookalike) = std::net::TcpListener::bind(("127.0.0.1", (port * 10 + 1) as u16))
+        else {
+            continue;
+        };
+        return (
+            MockServer::builder().listener(home).start().await,
+            MockServer::builder().listener(lookalike).start().await,
+        );
+    }
+    panic!("no free pair of ports like 5000 and 50001");
+}
+
+#[tokio::test]
+async fn downloads_send_the_key_only_to_the_configured_origin() {
+    let home = MockServer::start().await;
+    let other = MockServer::start().await;
+    serve_png(&home).await;
+    serve_png(&other).await;
+    let client = client(&home);
+    client
+        .download(&format!("{}/img.png", home.uri()))
+        .await
+        .unwrap();
+    // Same host, another port: another origin.
+    let bytes = client
+        .download(&format!("{}/img.png", other.uri()))
+        .await
+        .unwrap();
+    assert_eq!(&bytes[..], b"png");
+    assert_eq!(authorizations(&home).await, ["Bearer sk-test"]);
+    assert_eq!(authorizations(&other).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_link_that_merely_starts_with_the_base_gets_no_key() {
+    let (home, lookalike) = servers_with_prefixed_ports().await;
+    serve_png(&lookalike).await;
+    let client = client(&home);
+    let base = home.uri();
+    let port = lookalike.address().port();
+    // `http://127.0.0.1:5000` + `1/img.png`: the look-alike's port.
+    let longer_port = format!("{base}1/img.png");
+    assert_eq!(longer_port, format!("http://127.0.0.1:{port}/img.png"));
+    // `http://127.0.0.1:5000@127.0.0.1:50001/img.png`: the base as userinfo.
+    let userinfo = format!("{base}@127.0.0.1:{port}/img.png");
+    for url in [longer_port, userinfo] {
+        assert!(url.starts_with(&base));
+        client.download(&url).await.unwrap();
+    }
+    let received = authorizations(&lookalike).await;
+    assert!(
+        !received.iter().any(|v| v.contains("sk-test")),
+        "the key leaked: {received:?}"
+    );
+    assert!(home.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_origin_drops_the_key() {
+    let home = MockServer::start().await;
+    let other = MockServer::start().await;
+    serve_png(&home).await;
+    serve_png(&other).await;
+    Mock::given(method("GET"))
+        .and(path("/away.png"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("{}/img.png", other.uri()).as_str()),
+        )
+        .mount(&home)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/here.png"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "/img.png"))
+        .mount(&home)
+        .await;
+    let client = client(&home);
+    client
+        .download(&format!("{}/away.png", home.uri()))
+        .await
+        .unwrap();
+    // reqwest strips `Authorization` on a cross-origin redirect (checked for the locked version).
+    assert_eq!(authorizations(&other).await, Vec::<String>::new());
+    // Within the origin the key follows the redirect.
+    client
+        .download(&format!("{}/here.png", home.uri()))
+        .await
+        .unwrap();
+    assert_eq!(authorizations(&home).await, ["Bearer sk-test"; 3]);
+}
+
+#[tokio::test]
+async fn a_redirect_that_only_changes_the_scheme_is_refused() {
+    let home = MockServer::start().await;
+    let secure = home.uri().replace("http://", "https://");
+    Mock::given(method("GET"))
+        .and(path("/img.png"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("{secure}/img.png").as_str()),
+        )
+        .mount(&home)
+        .await;
+    let error = client(&home)
+        .download(&format!("{}/img.png", home.uri()))
+        .await
+        .unwrap_err();
+    // Same host and port: reqwest would keep the header, so the client refuses, at once.
+    assert!(matches!(error, ClientError::Decode { .. }), "{error:?}");
+    assert!(error.to_string().contains("refused a redirect"), "{error}");
+    assert_eq!(home.received_requests().await.unwrap().len(), 1);
+}
