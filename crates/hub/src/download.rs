@@ -83,14 +83,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether `path` already holds exactly this file.
-pub async fn is_complete(path: &Path, size: u64, expected: &Expected) -> bool {
-    match tokio::fs::metadata(path).await {
-        Ok(meta) if meta.len() == size => hash_file(path, expected, size)
-            .await
-            .is_ok_and(|h| h.check(expected, "").is_ok()),
-        _ => false,
+/// Whether `path` already holds exactly this file: the listing's size and hash. A file the
+/// listing gives neither for cannot be vouched for, so it is fetched again.
+pub async fn is_complete(path: &Path, size: Option<u64>, expected: &Expected) -> bool {
+    let Ok(meta) = tokio::fs::metadata(path).await else {
+        return false;
+    };
+    if size.is_some_and(|size| meta.len() != size)
+        || size.is_none() && matches!(expected, Expected::None)
+    {
+        return false;
     }
+    hash_file(path, expected, meta.len())
+        .await
+        .is_ok_and(|h| h.check(expected, "").is_ok())
 }
 
 async fn hash_file(path: &Path, expected: &Expected, size: u64) -> Result<Hasher> {
@@ -111,37 +117,76 @@ pub struct Fetch<'a> {
     pub url: String,
     pub token: Option<&'a str>,
     pub path: &'a str,
-    pub size: u64,
+    /// The listing's size; `None` when it gives none (then the hub's length is checked).
+    pub size: Option<u64>,
     pub expected: Expected,
     pub dest: PathBuf,
     pub progress: &'a dyn PullProgress,
 }
 
+/// Tries per file when the connection drops or the hub answers 5xx; each resumes.
 const ATTEMPTS: u32 = 4;
+/// Fresh downloads after a part turned out stale (a 416 or a range other than the one asked
+/// for, or a resumed file failing verification).
+const RESTARTS: u32 = 2;
+/// Requests per file, all reasons together: a hub that keeps answering oddly ends the pull with
+/// an error naming the file, never a loop.
+const MAX_REQUESTS: u32 = 8;
 
-/// Download with retries; each retry resumes from what the last attempt wrote.
-pub async fn fetch(job: &Fetch<'_>) -> Result<()> {
-    let mut attempt = 1;
-    loop {
-        match fetch_once(job).await {
-            Err(error) if error.is_transient() && attempt < ATTEMPTS => {
-                tracing::warn!(file = job.path, %error, attempt, "download interrupted; resuming");
-                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+/// What one request came to, short of an error.
+enum Step {
+    /// The file is verified and in place.
+    Done,
+    /// The part is stale (this is why): remove it and download the file from the start.
+    Restart(String),
 }
 
-async fn fetch_once(job: &Fetch<'_>) -> Result<()> {
+/// Download with retries; each retry resumes from what the last attempt wrote. Returns the
+/// bytes received over the network.
+pub async fn fetch(job: &Fetch<'_>) -> Result<u64> {
     let part = part_path(&job.dest);
+    let (mut failures, mut restarts, mut received) = (0, 0, 0);
+    for _ in 0..MAX_REQUESTS {
+        match fetch_once(job, &part, &mut received).await {
+            Ok(Step::Done) => return Ok(received),
+            Ok(Step::Restart(why)) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                if restarts == RESTARTS {
+                    return Err(PullError::Protocol(format!(
+                        "{}: {why}, again after downloading it afresh {RESTARTS} times ({})",
+                        job.path, job.url
+                    )));
+                }
+                tracing::warn!(
+                    file = job.path,
+                    why,
+                    "the partial file is stale; downloading it again"
+                );
+                restarts += 1;
+            }
+            Err(error) if error.is_transient() && failures + 1 < ATTEMPTS => {
+                failures += 1;
+                tracing::warn!(file = job.path, %error, attempt = failures, "download interrupted; resuming");
+                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(failures))).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(PullError::Protocol(format!(
+        "{}: not complete after {MAX_REQUESTS} requests to {}",
+        job.path, job.url
+    )))
+}
+
+/// One request: a fresh download, or a resume with `Range` when a part is there. Every byte
+/// of the body is counted in `received`, errors or not.
+async fn fetch_once(job: &Fetch<'_>, part: &Path, received: &mut u64) -> Result<Step> {
     if let Some(parent) = part.parent() {
         tokio::fs::create_dir_all(parent)
             .await
             .map_err(io(parent))?;
     }
-    let have = tokio::fs::metadata(&part).await.map_or(0, |m| m.len());
+    let have = tokio::fs::metadata(part).await.map_or(0, |m| m.len());
     let mut request = job.http.get(&job.url);
     if let Some(token) = job.token {
         request = request.bearer_auth(token);
@@ -155,22 +200,38 @@ async fn fetch_once(job: &Fetch<'_>) -> Result<()> {
     };
     let response = request.send().await.map_err(transport)?;
     let status = response.status().as_u16();
-    let (mut file, mut hasher, start) = match status {
-        206 if have > 0 && range_start(&response) == Some(have) => {
-            let hasher = hash_file(&part, &job.expected, job.size).await?;
-            let file = tokio::fs::OpenOptions::new()
-                .append(true)
-                .open(&part)
-                .await
-                .map_err(io(&part))?;
-            (file, hasher, have)
+    let content_range = content_range(&response);
+    let start = match status {
+        206 if have > 0 => match content_range {
+            Some(ContentRange::Bytes { start, .. }) if start == have => have,
+            _ => {
+                return Ok(Step::Restart(format!(
+                    "asked for bytes from {have}, the hub sent {}",
+                    describe(content_range)
+                )));
+            }
+        },
+        200 => 0,
+        // A range we did not ask for is not the file.
+        206 => match content_range {
+            Some(ContentRange::Bytes { start: 0, .. }) | None => 0,
+            _ => {
+                return Err(PullError::Protocol(format!(
+                    "{}: the hub sent part of the file ({}) to a plain request ({})",
+                    job.path,
+                    describe(content_range),
+                    job.url
+                )));
+            }
+        },
+        // 416 to a plain request: retrying cannot help, so say so instead of asking again.
+        416 if have == 0 => {
+            return Err(PullError::RangeNotSatisfiable {
+                path: job.path.into(),
+                url: job.url.clone(),
+            });
         }
-        // The part already holds everything.
-        416 if have == job.size => return finish(job, &part).await,
-        200 | 206 | 416 => {
-            let file = tokio::fs::File::create(&part).await.map_err(io(&part))?;
-            (file, Hasher::new(&job.expected, job.size), 0)
-        }
+        416 => return after_416(job, part, have, content_range).await,
         401 | 403 => {
             return Err(PullError::Unauthorized {
                 repo: job.path.into(),
@@ -184,12 +245,45 @@ async fn fetch_once(job: &Fetch<'_>) -> Result<()> {
             });
         }
     };
-    if status == 416 || start == 0 && have > 0 && status == 206 {
-        // A stale part longer than the file, or a range we did not ask for: start over.
-        drop(file);
-        return Box::pin(fetch_once(job)).await;
+    // How long the whole file is: the listing's size, which the hub's lengths must agree
+    // with, or (when the listing gives none) the hub's.
+    let from_hub = match content_range {
+        Some(ContentRange::Bytes {
+            total: Some(total), ..
+        }) if status == 206 => Some(total),
+        _ => response.content_length().map(|length| start + length),
+    };
+    let total = match (job.size, from_hub) {
+        (Some(size), Some(actual)) if size != actual => {
+            let _ = tokio::fs::remove_file(part).await;
+            return Err(job.size_error(size, actual, false));
+        }
+        (Some(size), _) => Some(size),
+        (None, hub) => hub,
+    };
+    if total.is_none() && matches!(job.expected, Expected::None) {
+        return Err(PullError::Protocol(format!(
+            "{}: neither the listing nor the hub gives its size or hash, so it cannot be \
+             verified ({})",
+            job.path, job.url
+        )));
     }
-    job.progress.file(job.path, job.size, start);
+    // Git's blob hash starts with the length: without one, the file is hashed at the end.
+    let mut hasher = match total {
+        Some(total) if start > 0 => Some(hash_file(part, &job.expected, total).await?),
+        Some(total) => Some(Hasher::new(&job.expected, total)),
+        None => None,
+    };
+    let mut file = if start > 0 {
+        tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(part)
+            .await
+            .map_err(io(part))?
+    } else {
+        tokio::fs::File::create(part).await.map_err(io(part))?
+    };
+    job.progress.file(job.path, total.unwrap_or(0), start);
     let mut body = response.bytes_stream();
     let mut written = start;
     while let Some(chunk) = body.next().await {
@@ -197,70 +291,150 @@ async fn fetch_once(job: &Fetch<'_>) -> Result<()> {
             Ok(chunk) => chunk,
             Err(error) => {
                 // Keep what arrived (tokio writes in the background) so the retry resumes.
-                file.flush().await.map_err(io(&part))?;
+                file.flush().await.map_err(io(part))?;
                 return Err(transport(error));
             }
         };
         written += chunk.len() as u64;
-        if written > job.size {
+        *received += chunk.len() as u64;
+        if let Some(total) = total
+            && written > total
+        {
+            // Stop reading: a hub that sends too much may never stop.
             drop(file);
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(PullError::Protocol(format!(
-                "{} is longer than the listing's {} bytes",
-                job.path, job.size
-            )));
+            let _ = tokio::fs::remove_file(part).await;
+            return Err(job.size_error(total, written, true));
         }
-        hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(io(&part))?;
+        if let Some(hasher) = &mut hasher {
+            hasher.update(&chunk);
+        }
+        file.write_all(&chunk).await.map_err(io(part))?;
         job.progress.advance(chunk.len() as u64);
     }
-    file.flush().await.map_err(io(&part))?;
-    file.sync_all().await.map_err(io(&part))?;
+    file.flush().await.map_err(io(part))?;
+    file.sync_all().await.map_err(io(part))?;
     drop(file);
-    if written < job.size {
+    if let Some(total) = total
+        && written < total
+    {
+        // The body ended early without a length to tell hyper it was cut: resume.
         return Err(PullError::Http {
-            url: format!("{} (ended at {written} of {} bytes)", job.url, job.size),
+            url: format!("{} (ended at {written} of {total} bytes)", job.url),
             status: 503,
         });
     }
+    let hasher = match hasher {
+        Some(hasher) => hasher,
+        None => hash_file(part, &job.expected, written).await?,
+    };
     if let Err(error) = hasher.check(&job.expected, job.path) {
-        let _ = tokio::fs::remove_file(&part).await;
         if start > 0 {
             // The part may have come from an older commit: one fresh download.
-            tracing::warn!(
-                file = job.path,
-                "resumed file failed verification; downloading again"
-            );
-            return Box::pin(fetch_once(job)).await;
+            return Ok(Step::Restart(format!(
+                "the resumed file failed verification ({error})"
+            )));
         }
-        return Err(error);
-    }
-    tokio::fs::rename(&part, &job.dest)
-        .await
-        .map_err(io(&job.dest))?;
-    job.progress.done(job.path);
-    Ok(())
-}
-
-/// The first byte of a 206 body, from `Content-Range: bytes START-END/TOTAL`.
-fn range_start(response: &reqwest::Response) -> Option<u64> {
-    let value = response.headers().get("content-range")?.to_str().ok()?;
-    value
-        .strip_prefix("bytes ")?
-        .split('-')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// A part already complete (after a 416): verify and move it into place.
-async fn finish(job: &Fetch<'_>, part: &Path) -> Result<()> {
-    let hasher = hash_file(part, &job.expected, job.size).await?;
-    if let Err(error) = hasher.check(&job.expected, job.path) {
         let _ = tokio::fs::remove_file(part).await;
         return Err(error);
     }
+    promote(job, part).await?;
+    Ok(Step::Done)
+}
+
+/// A 416 to `Range: bytes={have}-`: the hub has nothing from `have` on. When `have` is the
+/// whole file the part may be complete (an earlier run was stopped before the rename): verify
+/// it. Otherwise the part is longer than the file, or stale: start over.
+async fn after_416(
+    job: &Fetch<'_>,
+    part: &Path,
+    have: u64,
+    content_range: Option<ContentRange>,
+) -> Result<Step> {
+    // `Content-Range: bytes */LENGTH`, when the hub gives it, is the file's length.
+    let hub_total = match content_range {
+        Some(ContentRange::Unsatisfied { total }) => Some(total),
+        _ => None,
+    };
+    if let (Some(size), Some(total)) = (job.size, hub_total)
+        && size != total
+    {
+        let _ = tokio::fs::remove_file(part).await;
+        return Err(job.size_error(size, total, false));
+    }
+    let whole = job.size.or(hub_total) == Some(have);
+    if !whole {
+        return Ok(Step::Restart(format!(
+            "the hub has no bytes from {have} on (HTTP 416)"
+        )));
+    }
+    let hasher = hash_file(part, &job.expected, have).await?;
+    if let Err(error) = hasher.check(&job.expected, job.path) {
+        return Ok(Step::Restart(format!(
+            "the complete-looking part failed verification ({error})"
+        )));
+    }
+    promote(job, part).await?;
+    Ok(Step::Done)
+}
+
+impl Fetch<'_> {
+    /// `at_least`: the download stopped with the hub still sending.
+    fn size_error(&self, expected: u64, actual: u64, at_least: bool) -> PullError {
+        PullError::Size {
+            path: self.path.into(),
+            url: self.url.clone(),
+            expected,
+            actual,
+            at_least,
+        }
+    }
+}
+
+/// A `Content-Range` answer header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContentRange {
+    /// `bytes START-END/TOTAL` (TOTAL may be `*`).
+    Bytes { start: u64, total: Option<u64> },
+    /// `bytes */TOTAL`, with a 416.
+    Unsatisfied { total: u64 },
+}
+
+/// For messages: what range a response said it holds.
+fn describe(range: Option<ContentRange>) -> String {
+    match range {
+        None => "no Content-Range".into(),
+        Some(ContentRange::Bytes { start, total }) => match total {
+            Some(total) => format!("bytes from {start} of {total}"),
+            None => format!("bytes from {start}"),
+        },
+        Some(ContentRange::Unsatisfied { total }) => format!("no range of {total} bytes"),
+    }
+}
+
+fn content_range(response: &reqwest::Response) -> Option<ContentRange> {
+    let value = response.headers().get("content-range")?.to_str().ok()?;
+    parse_content_range(value)
+}
+
+fn parse_content_range(value: &str) -> Option<ContentRange> {
+    let (range, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let total = total.trim();
+    if range.trim() == "*" {
+        return Some(ContentRange::Unsatisfied {
+            total: total.parse().ok()?,
+        });
+    }
+    let start = range.split_once('-')?.0.trim().parse().ok()?;
+    let total = if total == "*" {
+        None
+    } else {
+        Some(total.parse().ok()?)
+    };
+    Some(ContentRange::Bytes { start, total })
+}
+
+/// Move a verified part into place.
+async fn promote(job: &Fetch<'_>, part: &Path) -> Result<()> {
     tokio::fs::rename(part, &job.dest)
         .await
         .map_err(io(&job.dest))?;
@@ -272,4 +446,34 @@ pub fn part_path(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
     name.push(".part");
     dest.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ContentRange, parse_content_range};
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some(ContentRange::Bytes {
+                start: 10,
+                total: Some(100)
+            })
+        );
+        assert_eq!(
+            parse_content_range("bytes 10-99/*"),
+            Some(ContentRange::Bytes {
+                start: 10,
+                total: None
+            })
+        );
+        assert_eq!(
+            parse_content_range("bytes */100"),
+            Some(ContentRange::Unsatisfied { total: 100 })
+        );
+        assert_eq!(parse_content_range("bytes */*"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+        assert_eq!(parse_content_range("bytes x-2/3"), None);
+    }
 }

@@ -33,6 +33,26 @@ pub enum PullError {
         actual: String,
     },
 
+    /// The file's size disagrees with the listing's (or, without one, with the hub's length).
+    #[error(
+        "{path}: expected {expected} bytes, got {}{actual} from {url}; the partial file was removed",
+        if *at_least { "at least " } else { "" }
+    )]
+    Size {
+        path: String,
+        url: String,
+        expected: u64,
+        actual: u64,
+        /// The hub was still sending when the download stopped.
+        at_least: bool,
+    },
+
+    /// A 416 to a request without `Range`: asking again would get the same answer.
+    #[error(
+        "{path}: the hub answered 416 (Range Not Satisfiable) to a plain request for {url}; giving up"
+    )]
+    RangeNotSatisfiable { path: String, url: String },
+
     #[error("{url}: HTTP {status}")]
     Http { url: String, status: u16 },
 

@@ -26,6 +26,14 @@ struct Hub {
     cut_after: HashMap<String, usize>,
     /// Paths served with one byte flipped.
     corrupt: Vec<String>,
+    /// Paths answered 416 (Range Not Satisfiable) whatever the request.
+    always_416: Vec<String>,
+    /// Paths listed with this size instead of their own (`None`: no size at all).
+    listed_size: HashMap<String, Option<u64>>,
+    /// Paths listed with neither an LFS SHA-256 nor a git blob id.
+    unhashed: Vec<String>,
+    /// Paths served without `Content-Length` (chunked), so only the listing bounds them.
+    chunked: Vec<String>,
     /// Every `resolve` request: (path, Range header).
     pub requests: Vec<(String, Option<String>)>,
 }
@@ -69,6 +77,26 @@ impl FakeHub {
 
     pub fn corrupt(&self, path: &str) {
         self.hub().corrupt.push(path.into());
+    }
+
+    /// Answer every request for `path` with 416, as a broken hub or proxy might.
+    pub fn always_416(&self, path: &str) {
+        self.hub().always_416.push(path.into());
+    }
+
+    /// List `path` with `size` (`None`: without a size) while serving its real bytes.
+    pub fn list_size(&self, path: &str, size: Option<u64>) {
+        self.hub().listed_size.insert(path.into(), size);
+    }
+
+    /// List `path` without a hash, as some mirrors do.
+    pub fn unhashed(&self, path: &str) {
+        self.hub().unhashed.push(path.into());
+    }
+
+    /// Serve `path` without `Content-Length`.
+    pub fn chunked(&self, path: &str) {
+        self.hub().chunked.push(path.into());
     }
 
     /// `(path, Range)` of every file request so far.
@@ -120,6 +148,25 @@ async fn listing(
             git.update(&bytes);
             serde_json::json!({"rfilename": path, "size": bytes.len(), "blobId": hex(&git.finalize())})
         };
+        let mut sibling = sibling;
+        if hub.unhashed.contains(&path) {
+            sibling.as_object_mut().unwrap().remove("blobId");
+            sibling.as_object_mut().unwrap().remove("lfs");
+        }
+        if let Some(size) = hub.listed_size.get(&path) {
+            let object = sibling.as_object_mut().unwrap();
+            match size {
+                Some(size) => {
+                    object.insert("size".into(), (*size).into());
+                    if let Some(lfs) = object.get_mut("lfs") {
+                        lfs["size"] = (*size).into();
+                    }
+                }
+                None => {
+                    object.remove("size");
+                }
+            }
+        }
         siblings.push(sibling);
     }
     axum::Json(serde_json::json!({"id": repo, "sha": COMMIT, "siblings": siblings})).into_response()
@@ -155,13 +202,24 @@ async fn resolve(
         *last ^= 0xFF;
     }
     let total = bytes.len();
+    // As RFC 9110 says a 416 should: the file's length, in `Content-Range: bytes */LENGTH`.
+    let unsatisfiable = || {
+        (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{total}"))],
+        )
+            .into_response()
+    };
+    if hub.always_416.contains(&path) {
+        return unsatisfiable();
+    }
     let start = range
         .as_deref()
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|r| r.parse::<usize>().ok());
     let (status, body) = match start {
-        Some(start) if start >= total => return StatusCode::RANGE_NOT_SATISFIABLE.into_response(),
+        Some(start) if start >= total => return unsatisfiable(),
         Some(start) => (StatusCode::PARTIAL_CONTENT, bytes[start..].to_vec()),
         None => (StatusCode::OK, bytes),
     };
@@ -180,6 +238,15 @@ async fn resolve(
                 Err(std::io::Error::other("connection reset by the fake hub"))
             }
         });
+        return (
+            status,
+            [(header::CONTENT_RANGE, content_range)],
+            Body::from_stream(stream),
+        )
+            .into_response();
+    }
+    if hub.chunked.contains(&path) {
+        let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(body) });
         return (
             status,
             [(header::CONTENT_RANGE, content_range)],

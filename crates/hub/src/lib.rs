@@ -104,7 +104,7 @@ pub async fn pull(options: &PullOptions, progress: &dyn PullProgress) -> Result<
         ),
         token,
         path: "",
-        size: sibling.size().unwrap_or(0),
+        size: sibling.size(),
         expected: Expected::of(sibling),
         dest: staging.join(&sibling.rfilename),
         progress,
@@ -117,7 +117,7 @@ pub async fn pull(options: &PullOptions, progress: &dyn PullProgress) -> Result<
         .ok_or_else(|| PullError::NotAPipeline { repo: repo.into() })?;
     let mut index_fetch = fetch_one(index);
     index_fetch.path = "model_index.json";
-    fetch(&index_fetch).await?;
+    let mut downloaded = fetch(&index_fetch).await?;
     let index_path = staging.join("model_index.json");
     let model_index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&index_path).map_err(io(&index_path))?)
@@ -134,28 +134,25 @@ pub async fn pull(options: &PullOptions, progress: &dyn PullProgress) -> Result<
     let mut have = 0;
     for sibling in &wanted {
         let target = staging.join(&sibling.rfilename);
-        let (size, expected) = (sibling.size().unwrap_or(0), Expected::of(sibling));
+        let (size, expected) = (sibling.size(), Expected::of(sibling));
         if is_complete(&target, size, &expected).await {
-            have += size;
+            have += size.unwrap_or(0);
             continue;
         }
         // A file unchanged since an earlier pull is copied, not downloaded again.
         let previous = dest.join(&sibling.rfilename);
         if is_complete(&previous, size, &expected).await {
             copy(&previous, &target)?;
-            have += size;
+            have += size.unwrap_or(0);
             continue;
         }
         todo.push(*sibling);
     }
     progress.start(wanted.len(), total, have);
-    let mut downloaded = 0;
     for sibling in todo {
         let mut job = fetch_one(sibling);
         job.path = &sibling.rfilename;
-        let before = std::fs::metadata(download::part_path(&job.dest)).map_or(0, |m| m.len());
-        fetch(&job).await?;
-        downloaded += job.size.saturating_sub(before);
+        downloaded += fetch(&job).await?;
     }
 
     let manifest = serde_json::json!({

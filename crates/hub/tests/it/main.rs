@@ -267,3 +267,236 @@ async fn a_stale_partial_file_is_downloaded_again() {
         std::fs::read(tiny_sd().join(vae)).unwrap()
     );
 }
+
+const SCHEDULER: &str = "scheduler/scheduler_config.json";
+const VAE: &str = "vae/diffusion_pytorch_model.safetensors";
+
+/// A pull that must end on its own: a loop shows up as this timeout, not a hung test.
+async fn pull_bounded(options: &PullOptions) -> Result<seedbed_hub::PullReport, PullError> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        pull(options, &NoProgress),
+    )
+    .await
+    .expect("the pull kept going: a download loop")
+}
+
+fn requests_for(hub: &FakeHub, file: &str) -> Vec<Option<String>> {
+    hub.requests()
+        .into_iter()
+        .filter(|(path, _)| path == file)
+        .map(|(_, range)| range)
+        .collect()
+}
+
+fn real_size(file: &str) -> u64 {
+    std::fs::metadata(tiny_sd().join(file)).unwrap().len()
+}
+
+/// Neither the model nor the file under its final name, in the folder or in staging.
+fn assert_nothing_promoted(models: &Path, file: &str) {
+    assert!(!models.join("tiny-sd").exists(), "no half model");
+    assert!(!models.join(".tiny-sd.partial").join(file).exists());
+}
+
+#[tokio::test]
+async fn a_416_to_a_plain_request_ends_the_pull() {
+    let (hub, _repo) = hub_with_repo().await;
+    hub.always_416(SCHEDULER);
+    let models = tempfile::tempdir().unwrap();
+    let error = pull_bounded(&options(&hub, models.path()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PullError::RangeNotSatisfiable { .. }),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(message.contains(SCHEDULER), "{message}");
+    assert!(
+        message.contains(&format!("{}/test/tiny-sd/resolve/", hub.url)),
+        "{message}"
+    );
+    assert_eq!(requests_for(&hub, SCHEDULER), [None], "asked once");
+    assert_nothing_promoted(models.path(), SCHEDULER);
+}
+
+#[tokio::test]
+async fn a_repeated_416_ends_the_pull() {
+    let (hub, _repo) = hub_with_repo().await;
+    hub.always_416(VAE);
+    let models = tempfile::tempdir().unwrap();
+    // A part from an earlier run: the resume gets 416, the fresh download too.
+    let part = models
+        .path()
+        .join(".tiny-sd.partial")
+        .join(format!("{VAE}.part"));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    let bytes = std::fs::read(tiny_sd().join(VAE)).unwrap();
+    std::fs::write(&part, &bytes[..5000]).unwrap();
+    let error = pull_bounded(&options(&hub, models.path()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PullError::RangeNotSatisfiable { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains(VAE), "{error}");
+    assert_eq!(requests_for(&hub, VAE), [Some("bytes=5000-".into()), None]);
+    assert_nothing_promoted(models.path(), VAE);
+}
+
+#[tokio::test]
+async fn a_complete_part_answered_416_is_verified_and_kept() {
+    let (hub, _repo) = hub_with_repo().await;
+    let models = tempfile::tempdir().unwrap();
+    // A run stopped between the last byte and the rename.
+    let part = models
+        .path()
+        .join(".tiny-sd.partial")
+        .join(format!("{VAE}.part"));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    let bytes = std::fs::read(tiny_sd().join(VAE)).unwrap();
+    std::fs::write(&part, &bytes).unwrap();
+    pull_bounded(&options(&hub, models.path())).await.unwrap();
+    assert_eq!(
+        requests_for(&hub, VAE),
+        [Some(format!("bytes={}-", bytes.len()))]
+    );
+    assert_eq!(
+        std::fs::read(models.path().join("tiny-sd").join(VAE)).unwrap(),
+        bytes
+    );
+}
+
+#[tokio::test]
+async fn a_full_length_stale_part_answered_416_is_downloaded_again() {
+    let (hub, _repo) = hub_with_repo().await;
+    let models = tempfile::tempdir().unwrap();
+    let part = models
+        .path()
+        .join(".tiny-sd.partial")
+        .join(format!("{VAE}.part"));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    let size = real_size(VAE) as usize;
+    std::fs::write(&part, vec![7u8; size]).unwrap();
+    pull_bounded(&options(&hub, models.path())).await.unwrap();
+    assert_eq!(
+        requests_for(&hub, VAE),
+        [Some(format!("bytes={size}-")), None]
+    );
+    assert_eq!(
+        std::fs::read(models.path().join("tiny-sd").join(VAE)).unwrap(),
+        std::fs::read(tiny_sd().join(VAE)).unwrap()
+    );
+}
+
+/// The size error for `file`: expected and actual sizes, and the file, in the message.
+fn assert_size_error(error: &PullError, file: &str, expected: u64, actual: u64) {
+    match error {
+        PullError::Size {
+            path,
+            expected: e,
+            actual: a,
+            ..
+        } => {
+            assert_eq!((path.as_str(), *e, *a), (file, expected, actual), "{error}");
+        }
+        other => panic!("expected a size error, got: {other}"),
+    }
+    let message = error.to_string();
+    for needle in [file.to_string(), expected.to_string(), actual.to_string()] {
+        assert!(message.contains(&needle), "{message} lacks {needle}");
+    }
+}
+
+#[tokio::test]
+async fn an_unhashed_file_shorter_than_listed_is_a_size_error() {
+    let (hub, _repo) = hub_with_repo().await;
+    let real = real_size(SCHEDULER);
+    hub.unhashed(SCHEDULER);
+    hub.list_size(SCHEDULER, Some(real + 10));
+    let models = tempfile::tempdir().unwrap();
+    let error = pull_bounded(&options(&hub, models.path()))
+        .await
+        .unwrap_err();
+    assert_size_error(&error, SCHEDULER, real + 10, real);
+    assert_eq!(requests_for(&hub, SCHEDULER), [None], "not retried");
+    assert_nothing_promoted(models.path(), SCHEDULER);
+    assert!(
+        !models
+            .path()
+            .join(format!(".tiny-sd.partial/{SCHEDULER}.part"))
+            .exists()
+    );
+}
+
+#[tokio::test]
+async fn an_unhashed_file_longer_than_listed_is_a_size_error() {
+    let (hub, _repo) = hub_with_repo().await;
+    let real = real_size(SCHEDULER);
+    hub.unhashed(SCHEDULER);
+    hub.list_size(SCHEDULER, Some(real - 10));
+    let models = tempfile::tempdir().unwrap();
+    let error = pull_bounded(&options(&hub, models.path()))
+        .await
+        .unwrap_err();
+    assert_size_error(&error, SCHEDULER, real - 10, real);
+    assert_nothing_promoted(models.path(), SCHEDULER);
+}
+
+/// Without `Content-Length` only the listing's size bounds the body.
+#[tokio::test]
+async fn an_unhashed_file_without_a_length_is_checked_against_the_listing() {
+    let real = real_size(SCHEDULER);
+
+    let (hub, _repo) = hub_with_repo().await;
+    hub.unhashed(SCHEDULER);
+    hub.chunked(SCHEDULER);
+    hub.list_size(SCHEDULER, Some(real - 10));
+    let models = tempfile::tempdir().unwrap();
+    let error = pull_bounded(&options(&hub, models.path()))
+        .await
+        .unwrap_err();
+    // The download stops at the first byte too many.
+    assert!(
+        matches!(error, PullError::Size { expected, actual, .. } if expected == real - 10 && actual > expected),
+        "{error}"
+    );
+    assert!(error.to_string().contains(SCHEDULER), "{error}");
+    assert_nothing_promoted(models.path(), SCHEDULER);
+
+    // Shorter: the body ends early, the resume finds nothing past it (416 `bytes */LENGTH`).
+    let (hub, _repo) = hub_with_repo().await;
+    hub.unhashed(SCHEDULER);
+    hub.chunked(SCHEDULER);
+    hub.list_size(SCHEDULER, Some(real + 10));
+    let models = tempfile::tempdir().unwrap();
+    let error = pull_bounded(&options(&hub, models.path()))
+        .await
+        .unwrap_err();
+    assert_size_error(&error, SCHEDULER, real + 10, real);
+    assert_eq!(
+        requests_for(&hub, SCHEDULER),
+        [None, Some(format!("bytes={real}-"))]
+    );
+    assert_nothing_promoted(models.path(), SCHEDULER);
+}
+
+#[tokio::test]
+async fn unhashed_files_of_the_right_size_are_pulled() {
+    let (hub, _repo) = hub_with_repo().await;
+    hub.unhashed(SCHEDULER);
+    hub.unhashed(VAE);
+    // No size in the listing either: the hub's Content-Length is checked instead.
+    hub.list_size(VAE, None);
+    let models = tempfile::tempdir().unwrap();
+    pull_bounded(&options(&hub, models.path())).await.unwrap();
+    for file in [SCHEDULER, VAE] {
+        assert_eq!(
+            std::fs::read(models.path().join("tiny-sd").join(file)).unwrap(),
+            std::fs::read(tiny_sd().join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
