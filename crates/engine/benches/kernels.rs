@@ -13,6 +13,7 @@ use seedbed_engine::nn::attention::scaled_dot_product;
 use seedbed_engine::nn::conv::Conv3x3;
 use seedbed_engine::nn::norm::GroupNormSilu;
 use seedbed_engine::nn::winograd;
+use seedbed_engine::tokenizer::ClipTokenizer;
 use seedbed_engine::unet::UNet;
 use seedbed_engine::weights::Variant;
 
@@ -99,5 +100,30 @@ fn unet_step(c: &mut Criterion) {
     });
 }
 
-criterion_group!(kernels, matmul, conv3x3, attention, group_norm, unet_step);
+/// One prompt that is a single word of 100,000 random letters: a pasted blob is one CLIP word,
+/// and its BPE merge must stay O(n log n) in the word's length (the first, rescanning merge
+/// took minutes on it). `encode` is what the pipeline runs; `encode_unpadded` tokenizes all of
+/// it, and a single word cannot be cut short, so both do the whole merge.
+fn tokenizer(c: &mut Criterion) {
+    use rand::{Rng, SeedableRng};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/clip-tokenizer");
+    let tok = ClipTokenizer::from_dir(&dir).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let word: String = (0..100_000)
+        .map(|_| rng.random_range(b'a'..=b'z') as char)
+        .collect();
+    let mut group = c.benchmark_group("tokenizer");
+    group.sample_size(10);
+    group.bench_function("encode 100000-letter word", |b| {
+        b.iter(|| tok.encode(&word))
+    });
+    group.bench_function("encode_unpadded 100000-letter word", |b| {
+        b.iter(|| tok.encode_unpadded(&word))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    kernels, matmul, conv3x3, attention, group_norm, unet_step, tokenizer
+);
 criterion_main!(kernels);

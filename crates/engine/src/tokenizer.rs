@@ -9,6 +9,10 @@
 //! 4. each word's UTF-8 bytes are mapped to printable characters and merged by BPE, the
 //!    last symbol carrying the `</w>` suffix;
 //! 5. bos/eos around, truncated to `model_max_length` keeping eos, padded with the pad id.
+//!
+//! A prompt's cost is bounded by what the model sees: `encode` stops tokenizing at the first
+//! word boundary past `model_max_length`, and one word (which may be a pasted blob of any
+//! length) is merged in O(n log n) (see `bpe`); only the normalisation reads all the text.
 
 mod bpe;
 mod files;
@@ -105,9 +109,10 @@ impl ClipTokenizer {
 
     /// Ids with bos/eos, truncated to max_length (eos kept) and padded with the pad id.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let mut content = self.content_ids(text);
         // `from_dir` guarantees room for bos and eos.
-        content.truncate(self.max_length.saturating_sub(2));
+        let room = self.max_length.saturating_sub(2);
+        let mut content = self.content_ids(text, room);
+        content.truncate(room);
         let mut ids = Vec::with_capacity(self.max_length);
         ids.push(self.bos);
         ids.extend_from_slice(&content);
@@ -116,9 +121,10 @@ impl ClipTokenizer {
         ids
     }
 
-    /// Ids with bos/eos, neither truncated nor padded (for warning about truncation).
+    /// Ids with bos/eos, neither truncated nor padded. Its cost grows with the whole prompt;
+    /// to know whether `encode` cuts a prompt short, [`Self::is_truncated`] stops early.
     pub fn encode_unpadded(&self, text: &str) -> Vec<u32> {
-        let content = self.content_ids(text);
+        let content = self.content_ids(text, usize::MAX);
         let mut ids = Vec::with_capacity(content.len() + 2);
         ids.push(self.bos);
         ids.extend_from_slice(&content);
@@ -126,9 +132,26 @@ impl ClipTokenizer {
         ids
     }
 
-    fn content_ids(&self, text: &str) -> Vec<u32> {
+    /// Whether `encode` drops ids of `text`: `encode_unpadded(text).len() > max_length()`,
+    /// but tokenizing only until one id past what fits, so a huge prompt costs no more
+    /// than its normalisation and the words that fit (plus the one that overflows).
+    pub fn is_truncated(&self, text: &str) -> bool {
+        let room = self.max_length.saturating_sub(2);
+        self.content_ids(text, room.saturating_add(1)).len() > room
+    }
+
+    /// The content ids (no bos/eos) in order, stopping at the first word boundary once there
+    /// are at least `limit`: the ids past the model's length are thrown away, and producing
+    /// them is what made a long prompt hold the device. Stopping between words keeps the ids
+    /// exact, since a word's ids never depend on the words after it (cutting a word short
+    /// would not be exact: BPE merges are not local, the end of a word can change its start).
+    /// The normalisation before still reads the whole text, in linear time.
+    fn content_ids(&self, text: &str, limit: usize) -> Vec<u32> {
         let mut ids = Vec::new();
         for piece in split_special(text, &self.raw_tokens) {
+            if ids.len() >= limit {
+                break;
+            }
             let raw = match piece {
                 Piece::Special(id) => {
                     ids.push(id);
@@ -138,18 +161,25 @@ impl ClipTokenizer {
             };
             let normalized = normalize(raw);
             for piece in split_special(&normalized, &self.normalized_tokens) {
+                if ids.len() >= limit {
+                    break;
+                }
                 match piece {
                     Piece::Special(id) => ids.push(id),
-                    Piece::Text(text) => self.encode_text(text, &mut ids),
+                    Piece::Text(text) => self.encode_text(text, limit, &mut ids),
                 }
             }
         }
         ids
     }
 
-    fn encode_text(&self, text: &str, ids: &mut Vec<u32>) {
+    /// BPE of every word of `text`, until there are `limit` ids (see `content_ids`).
+    fn encode_text(&self, text: &str, limit: usize, ids: &mut Vec<u32>) {
         for word in WORDS.find_iter(text) {
             for part in BYTE_LEVEL_WORDS.find_iter(word.as_str()) {
+                if ids.len() >= limit {
+                    return;
+                }
                 self.bpe.encode_word(part.as_str(), ids);
             }
         }

@@ -235,3 +235,107 @@ fn broken_files_are_named() {
         .to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
 }
+
+/// A word of `len` pseudo-random lowercase letters: one CLIP word (a letter run) that BPE
+/// cannot shortcut, like the pasted blobs the length limit guards against.
+fn random_letters(len: usize, seed: u64) -> String {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..len)
+        .map(|_| rng.random_range(b'a'..=b'z') as char)
+        .collect()
+}
+
+/// Not a check: prints how long long prompts take, for comparing implementations
+/// (`cargo test -p seedbed-engine --lib single_word_timing -- --ignored --nocapture`). The
+/// single words are what the merge's complexity shows on; the others are one word each of
+/// punctuation and of accented letters (2 bytes each, NFC to compose), and many short words.
+#[test]
+#[ignore = "timing report"]
+fn single_word_timing() {
+    let tok = ClipTokenizer::from_dir(&clip_dir()).unwrap();
+    for len in [1_000, 10_000, 30_000, 100_000, 1_000_000] {
+        for (kind, prompt) in [
+            ("random", random_letters(len, 7)),
+            ("aaaa", "a".repeat(len)),
+            ("!?", "!?".repeat(len / 2)),
+            ("e\u{301}", "e\u{301}".repeat(len / 3)),
+            ("a1 b", "a1 b".repeat(len / 4)),
+        ] {
+            let start = std::time::Instant::now();
+            let all = tok.encode_unpadded(&prompt).len();
+            let unpadded = start.elapsed();
+            let start = std::time::Instant::now();
+            tok.encode(&prompt);
+            let padded = start.elapsed();
+            let start = std::time::Instant::now();
+            super::normalize(&prompt);
+            let normalize = start.elapsed();
+            eprintln!(
+                "{:>7} bytes {kind:<8} encode_unpadded {unpadded:>10.3?} ({all:>6} ids)  \
+                 encode {padded:>10.3?}  of which normalize {normalize:.3?}",
+                prompt.len()
+            );
+        }
+    }
+}
+
+/// A prompt that is one word of a million letters is as cheap as any other: `encode` gives
+/// 77 ids, bos + 75 content ids + eos (no room left for padding), and they are the first ids
+/// of the word's first 1000 letters, which already make far more than 75 tokens. (The old
+/// quadratic merge would take hours on this word.)
+#[test]
+fn million_letter_word_fills_max_length() {
+    let tok = ClipTokenizer::from_dir(&clip_dir()).unwrap();
+    let word = random_letters(1_000_000, 8);
+    let ids = tok.encode(&word);
+    assert_eq!(ids.len(), 77);
+    assert_eq!(ids[0], 49406);
+    assert_eq!(ids[76], 49407);
+    assert!(ids[1..76].iter().all(|&id| id != 49407));
+    assert_eq!(ids, tok.encode(&word[..1000]));
+    assert!(tok.encode_unpadded(&word[..1000]).len() > 77);
+    assert!(tok.is_truncated(&word));
+}
+
+/// `encode` and `is_truncated` stop tokenizing once the model's length is reached: their
+/// ids must be exactly the full encoding's, cut and padded, at every length around the limit
+/// and with special tokens (raw and normalised) on either side of the cut.
+#[test]
+fn early_stop_gives_the_full_encodings_ids() {
+    let mut prompts: Vec<String> = UNPADDED.iter().map(|(_, p, _)| p.to_string()).collect();
+    for words in [1, 30, 37, 38, 39, 74, 75, 76, 77, 150] {
+        prompts.push("cat ".repeat(words));
+        prompts.push(format!("{}<|endoftext|> dog", "cat ".repeat(words)));
+        prompts.push(format!(
+            "{}!!! <|startoftext|>dog",
+            "cat, ".repeat(words / 2)
+        ));
+        prompts.push(format!("{} photographphotograph", "x".repeat(words)));
+    }
+    for (folder, tok, _tmp) in reference_folders() {
+        for prompt in &prompts {
+            let full = tok.encode_unpadded(prompt);
+            let mut expected: Vec<u32> = full[..full.len() - 1].iter().copied().take(76).collect();
+            expected.push(49407);
+            expected.resize(77, tok.pad_id());
+            assert_eq!(tok.encode(prompt), expected, "{folder} {prompt:?}");
+            assert_eq!(
+                tok.is_truncated(prompt),
+                full.len() > 77,
+                "{folder} {prompt:?}"
+            );
+        }
+    }
+}
+
+/// The words past the limit are never tokenized: with one id per word, a prompt of a million
+/// words yields exactly the limit (the old code produced all million ids, then cut).
+#[test]
+fn content_ids_stop_at_the_limit() {
+    let tok = ClipTokenizer::from_dir(&clip_dir()).unwrap();
+    let prompt = "a photo of a cat ".repeat(200_000);
+    assert_eq!(tok.content_ids(&prompt, 75).len(), 75);
+    assert_eq!(tok.content_ids(&prompt, 76).len(), 76);
+    assert_eq!(tok.encode(&prompt)[1..76], tok.content_ids(&prompt, 75)[..]);
+}
