@@ -93,9 +93,10 @@ impl TextEncoder {
         self.first.tokenizer.encode(prompt)
     }
 
-    /// Whether the prompt is longer than the encoder sees (the rest is cut off).
+    /// Whether the prompt is longer than the encoder sees (the rest is cut off); stops
+    /// tokenizing one id past the limit, so a long prompt costs no more than a short one.
     pub fn is_truncated(&self, prompt: &str) -> bool {
-        self.first.tokenizer.encode_unpadded(prompt).len() > self.first.tokenizer.max_length()
+        self.first.tokenizer.is_truncated(prompt)
     }
 
     pub fn encode(&self, prompt: &str) -> Result<PromptEmbedding> {
