@@ -1,12 +1,10 @@
 //! Reference images (`image`): data URIs decoded, URLs fetched within limits, every picture
 //! checked before a job is written.
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use futures::StreamExt;
 
 use crate::error::{CoreError, Result};
 
@@ -21,9 +19,11 @@ pub enum ReferenceSource {
 pub struct InputPolicy {
     pub max_bytes: usize,
     pub max_pixels: u64,
+    /// The whole download of a URL: DNS (itself at most 5 s), connecting and the body.
     pub fetch_timeout: Duration,
-    /// Fetch URLs that resolve to loopback, private or link-local addresses (off by default:
-    /// a public server must not be a proxy into its own network).
+    /// Fetch URLs that resolve to loopback, private, link-local or other non-public addresses
+    /// (off by default: a public server must not be a proxy into its own network; the rule is
+    /// [`seedbed_gateway::net::is_public`], shared with the gateway's image downloads).
     pub allow_private_urls: bool,
 }
 
@@ -93,14 +93,20 @@ pub async fn load(sources: Vec<ReferenceSource>, policy: &InputPolicy) -> Result
             ReferenceSource::Data(bytes) => bytes,
             ReferenceSource::Url(url) => fetch(&url, policy).await?,
         };
-        check_picture(&bytes, policy)?;
+        // A full decode of a large picture takes a while: off the async workers.
+        let (checked, rules) = (bytes.clone(), policy.clone());
+        tokio::task::spawn_blocking(move || check_picture(&checked, &rules))
+            .await
+            .map_err(|e| CoreError::Internal(format!("checking a reference image: {e}")))??;
         loaded.push(bytes);
     }
     Ok(loaded)
 }
 
-/// Decode just enough to check the picture: a format we read, sides > 14 px, total pixels
-/// and aspect ratio within upstream's bounds.
+/// Check the picture before a job is written: a format we read, sides > 14 px, total pixels
+/// and aspect ratio within upstream's bounds, and the whole picture decodes. Decoding it all
+/// (not just the header) is what catches a truncated or corrupt file here, as a 400 naming
+/// `image`, instead of as a failed job (a 500) once the worker opens it.
 pub fn check_picture(bytes: &[u8], policy: &InputPolicy) -> Result<()> {
     if bytes.len() > policy.max_bytes {
         return Err(bad(&format!(
@@ -109,17 +115,17 @@ pub fn check_picture(bytes: &[u8], policy: &InputPolicy) -> Result<()> {
             policy.max_bytes
         )));
     }
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| bad(&format!("the image cannot be read: {e}.")))?;
-    if reader.format().is_none() {
-        return Err(bad(
-            "the image is not a JPEG, PNG, WebP, BMP, TIFF or GIF file.",
-        ));
-    }
-    let (width, height) = reader
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| bad(&format!("the image cannot be read: {e}.")))
+    };
+    let format = reader()?
+        .format()
+        .ok_or_else(|| bad("the image is not a JPEG, PNG, WebP, BMP, TIFF or GIF file."))?;
+    let (width, height) = reader()?
         .into_dimensions()
-        .map_err(|e| bad(&format!("the image cannot be decoded: {e}.")))?;
+        .map_err(|e| bad(&format!("the image is truncated or corrupt: {e}.")))?;
     let pixels = u64::from(width) * u64::from(height);
     if width <= 14 || height <= 14 || pixels > policy.max_pixels {
         return Err(bad(&format!(
@@ -133,95 +139,86 @@ pub fn check_picture(bytes: &[u8], policy: &InputPolicy) -> Result<()> {
             "the image is {width}x{height}; its aspect ratio must be between 1:16 and 16:1."
         )));
     }
+    // The header's size passed the pixel bound, so the decode is bounded by it too; the limits
+    // hold the decoder to that size and to what such a picture needs (16 bytes a pixel covers
+    // 32-bit float RGBA), whatever the file claims further in.
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
+    limits.max_alloc = Some(pixels * 16 + (16 << 20));
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(bad(
+            "the image is truncated or corrupt (the JPEG data ends before its end marker).",
+        ));
+    }
+    let mut decoder = reader()?;
+    decoder.limits(limits);
+    decoder.decode().map_err(|e| {
+        bad(&format!(
+            "the image is truncated or corrupt ({} cannot be decoded: {e}).",
+            format.extensions_str().first().unwrap_or(&"file")
+        ))
+    })?;
     Ok(())
 }
 
-async fn fetch(url: &str, policy: &InputPolicy) -> Result<Bytes> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&format!("bad image URL: {e}.")))?;
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| bad("the image URL has no host."))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = parsed.port_or_known_default().unwrap_or(80);
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| bad(&format!("the image host {host} cannot be resolved: {e}.")))?
-        .collect();
-    let Some(first) = addrs.first().copied() else {
-        return Err(bad(&format!("the image host {host} has no address.")));
-    };
-    if !policy.allow_private_urls && addrs.iter().any(|a| !is_public(a.ip())) {
-        return Err(bad(&format!(
-            "the image URL points at a private or loopback address ({}); this server does not fetch those.",
-            first.ip()
-        )));
-    }
-    // Pin the checked address so a second DNS answer cannot redirect the fetch.
-    let client = reqwest::Client::builder()
-        .timeout(policy.fetch_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .resolve(&host, first)
-        .build()
-        .map_err(|e| CoreError::Internal(format!("http client: {e}")))?;
-    let response = client
-        .get(parsed)
-        .send()
-        .await
-        .map_err(|e| bad(&format!("the image could not be downloaded: {e}.")))?;
-    if !response.status().is_success() {
-        return Err(bad(&format!(
-            "the image could not be downloaded: HTTP {}.",
-            response.status()
-        )));
-    }
-    if response
-        .content_length()
-        .is_some_and(|n| n > policy.max_bytes as u64)
-    {
-        return Err(bad(&format!(
-            "the image is larger than {} bytes.",
-            policy.max_bytes
-        )));
-    }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| bad(&format!("the image download failed: {e}.")))?;
-        if body.len() + chunk.len() > policy.max_bytes {
-            return Err(bad(&format!(
-                "the image is larger than {} bytes.",
-                policy.max_bytes
-            )));
+/// Whether JPEG data runs on to its end-of-image marker. The JPEG decoder fills a scan that
+/// stops early with grey instead of failing, so a file cut short would decode "fine" and reach
+/// the model as a half-grey picture; walking the markers finds the missing end.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut i = 2; // after the start-of-image marker
+    loop {
+        let Some(&[0xFF, marker]) = bytes.get(i..i + 2) else {
+            return false;
+        };
+        match marker {
+            0xD9 => return true,
+            // Fill bytes before a marker, and markers without a length.
+            0xFF => i += 1,
+            0x01 | 0xD0..=0xD7 => i += 2,
+            _ => {
+                let Some(&[hi, lo]) = bytes.get(i + 2..i + 4) else {
+                    return false;
+                };
+                i += 2 + usize::from(u16::from_be_bytes([hi, lo]));
+                if marker == 0xDA {
+                    // Entropy-coded data runs to the next marker; FF00 is an escaped FF and
+                    // FFD0..FFD7 are restart markers inside the scan.
+                    loop {
+                        match bytes.get(i..i + 2) {
+                            None => return false,
+                            Some(&[0xFF, next]) if next != 0 && !(0xD0..=0xD7).contains(&next) => {
+                                break;
+                            }
+                            _ => i += 1,
+                        }
+                    }
+                }
+            }
         }
-        body.extend_from_slice(&chunk);
     }
-    Ok(body.into())
 }
 
-fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+/// Download a reference image with the gateway's shared SSRF rule ([`seedbed_gateway::net`]):
+/// public addresses only (unless `allow_private_urls`), pinned to the checked address, no proxy
+/// from the environment, no redirects (a redirect could point anywhere; clients can resolve
+/// their own links), DNS and the whole download bounded by `fetch_timeout`.
+async fn fetch(url: &str, policy: &InputPolicy) -> Result<Bytes> {
+    use seedbed_gateway::net::{self, FetchError, FetchPolicy};
+    let rules = FetchPolicy {
+        allow_private: policy.allow_private_urls,
+        ..FetchPolicy::new(policy.max_bytes, policy.fetch_timeout)
+    };
+    net::fetch(url, &rules).await.map_err(|error| match error {
+        FetchError::Status(status) => bad(&format!(
+            "the image could not be downloaded: HTTP {status}."
+        )),
+        FetchError::TooLarge(max) => bad(&format!("the image is larger than {max} bytes.")),
+        FetchError::Timeout { .. } | FetchError::Transport(_) => {
+            bad(&format!("the image could not be downloaded: {error}."))
         }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
-        }
-    }
+        other => bad(&format!("the image URL cannot be used: {other}.")),
+    })
 }
 
 #[cfg(test)]
@@ -282,6 +279,43 @@ mod tests {
         assert!(message.contains("limit is 10"), "{message}");
     }
 
+    fn jpeg(width: u32, height: u32) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        // Noise, so most of the file is the scan rather than its headers.
+        image::RgbImage::from_fn(width, height, |x, y| {
+            let n = (x * 7919 + y * 104_729).wrapping_mul(2_654_435_761) >> 7;
+            image::Rgb([n as u8, (n >> 8) as u8, (n >> 16) as u8])
+        })
+        .write_to(&mut out, image::ImageFormat::Jpeg)
+        .unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn truncated_or_corrupt_pictures_are_refused() {
+        let policy = InputPolicy::default();
+        let png = png(64, 64);
+        let jpeg = jpeg(256, 256);
+        check_picture(&jpeg, &policy).unwrap();
+        let mut garbage = png[..33].to_vec(); // the signature and a valid IHDR: 64x64
+        garbage.extend((0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+        for (name, bytes) in [
+            ("png cut in half", &png[..png.len() / 2]),
+            ("jpeg cut in half", &jpeg[..jpeg.len() / 2]),
+            ("random bytes after a png header", &garbage[..]),
+        ] {
+            let error = check_picture(bytes, &policy).unwrap_err();
+            assert!(
+                matches!(&error, CoreError::InvalidParameter { param, .. } if *param == "image"),
+                "{name}: {error:?}"
+            );
+            assert!(
+                error.to_string().contains("truncated or corrupt"),
+                "{name}: {error}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn private_addresses_are_refused() {
         let message = load(
@@ -292,10 +326,45 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(message.contains("private or loopback"), "{message}");
-        assert!(!is_public("10.1.2.3".parse().unwrap()));
-        assert!(!is_public("169.254.169.254".parse().unwrap()));
-        assert!(!is_public("::1".parse().unwrap()));
-        assert!(!is_public("::ffff:192.168.0.1".parse().unwrap()));
-        assert!(is_public("93.184.216.34".parse().unwrap()));
+        // Addresses that wrap a private IPv4 address, and the rest of the non-public ranges.
+        for url in [
+            "http://[::127.0.0.1]:9/x.png",
+            "http://[::ffff:10.0.0.1]:9/x.png",
+            "http://[64:ff9b::7f00:1]:9/x.png",
+            "http://[2002:c0a8:0001::1]:9/x.png",
+            "http://[fec0::1]:9/x.png",
+            "http://[ff02::1]:9/x.png",
+            "http://224.0.0.1:9/x.png",
+            "http://100.100.1.1:9/x.png",
+            "http://198.18.0.1:9/x.png",
+            "http://240.0.0.1:9/x.png",
+            "http://0.1.2.3:9/x.png",
+        ] {
+            let error = load(
+                vec![ReferenceSource::Url(url.into())],
+                &InputPolicy::default(),
+            )
+            .await
+            .unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains("private or loopback"), "{url}: {message}");
+            assert!(
+                matches!(&error, CoreError::InvalidParameter { param, .. } if *param == "image"),
+                "{url}: {error:?}"
+            );
+        }
+        // A name is refused by its name: what it resolved to is our DNS's business.
+        let message = load(
+            vec![ReferenceSource::Url("http://localhost:9/x.png".into())],
+            &InputPolicy::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("host localhost"), "{message}");
+        assert!(
+            !message.contains("127.0.0.1") && !message.contains("::1"),
+            "{message}"
+        );
     }
 }

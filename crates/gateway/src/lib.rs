@@ -5,6 +5,7 @@
 
 mod config;
 mod fetch;
+pub mod net;
 mod openai;
 mod seedream;
 
