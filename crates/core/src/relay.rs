@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use seedbed_gateway::UpstreamEvent;
 use seedbed_storage::{JobRow, JobStatus, Lane, now_ms};
+use seedbed_types::job_event::UpstreamStatus;
 use seedbed_types::{ErrorCode, RawRequest, Usage};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -136,13 +137,16 @@ impl Jobs {
                         self.append(&job.id, &event).await?;
                     }
                     Some(UpstreamEvent::Completed { usage, extra }) => break End::Completed { usage, extra },
-                    Some(UpstreamEvent::Failed { status, code, message, param }) => {
+                    Some(UpstreamEvent::Failed { status, code, message, param, retry_after }) => {
+                        // Whole seconds, rounded up: waiting less than asked is no use.
+                        let retry_after_s = retry_after.map(|d| d.as_secs_f64().ceil() as u64);
+                        let status = UpstreamStatus { status, retry_after_s };
                         break End::Failed(JobEvent::Failed { code, message, status: Some(status), param });
                     }
                     None => break End::Failed(JobEvent::Failed {
                         code: ErrorCode::InternalServiceError.as_str().into(),
                         message: "the upstream relay ended without an answer".into(),
-                        status: Some(502),
+                        status: Some(502.into()),
                         param: None,
                     }),
                 },

@@ -72,6 +72,36 @@ pub struct UpstreamConfig {
     /// Public model id -> the upstream's model id.
     #[serde(default)]
     pub models: BTreeMap<String, String>,
+    /// Download (re-host) image links that point at private, loopback or otherwise non-public
+    /// addresses. Off by default: the links come from the upstream's answer, not from the
+    /// operator, and must not make this server fetch from its own network. The upstream's own
+    /// host and port (`base_url`) are trusted either way, since the operator chose them (a
+    /// seedbed node on the LAN hands out links to itself).
+    #[serde(default)]
+    pub allow_private_image_urls: bool,
+    /// When this upstream is the last (or only) choice: retries after a 429, a 5xx or a failed
+    /// connection before any byte of an answer, instead of failing at once.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// The first retry's pause, doubled for each next one (a longer `Retry-After` wins).
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// The longest `Retry-After` waited out; a longer one ends the request with the upstream's
+    /// answer and its `Retry-After`, for the client to decide.
+    #[serde(default = "default_max_retry_after_secs")]
+    pub max_retry_after_secs: u64,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+fn default_retry_backoff_ms() -> u64 {
+    500
+}
+
+fn default_max_retry_after_secs() -> u64 {
+    10
 }
 
 fn default_timeout() -> u64 {
@@ -93,11 +123,23 @@ impl UpstreamConfig {
             timeout_secs: default_timeout(),
             rehost: true,
             models: BTreeMap::new(),
+            allow_private_image_urls: false,
+            retries: default_retries(),
+            retry_backoff_ms: default_retry_backoff_ms(),
+            max_retry_after_secs: default_max_retry_after_secs(),
         }
     }
 
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
+    }
+
+    pub fn retry_backoff(&self) -> Duration {
+        Duration::from_millis(self.retry_backoff_ms)
+    }
+
+    pub fn max_retry_after(&self) -> Duration {
+        Duration::from_secs(self.max_retry_after_secs)
     }
 
     /// The key from the config, else from `api_key_env`, else from

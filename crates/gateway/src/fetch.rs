@@ -1,18 +1,42 @@
 //! Re-hosting: an upstream's image (link or base64) as bytes, with its size and format.
 
+use std::time::Duration;
+
 use base64::Engine as _;
 use bytes::Bytes;
-use futures::StreamExt;
 
 use crate::Delivered;
+use crate::net::{self, FetchError, FetchPolicy};
 
 /// Pictures bigger than this from a provider are refused rather than stored.
-const MAX_IMAGE_BYTES: usize = 64 << 20;
+pub const MAX_IMAGE_BYTES: usize = 64 << 20;
+/// One download of an upstream's image, redirects included.
+pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// Redirects followed from an upstream's image link (storage services use them), each hop
+/// checked like the link itself.
+const MAX_REDIRECTS: usize = 3;
+
+/// How an upstream's image links are fetched: the shared address rule, with the upstream's own
+/// origin trusted (the operator configured it) and private addresses refused unless the
+/// upstream's config allows them.
+pub fn policy(config: &crate::UpstreamConfig) -> FetchPolicy {
+    FetchPolicy {
+        max_redirects: MAX_REDIRECTS,
+        allow_private: config.allow_private_image_urls,
+        ..FetchPolicy::new(MAX_IMAGE_BYTES, DOWNLOAD_TIMEOUT)
+    }
+    .trust_origin_of(&config.base_url)
+}
+
+/// The most base64 text that can decode to `bytes` bytes (padding included).
+fn base64_len(bytes: usize) -> usize {
+    bytes.div_ceil(3) * 4
+}
 
 /// The image of one upstream `data` entry or event. `rehost = false` keeps a link as a link
 /// (base64 has nowhere else to live, so it is always stored).
 pub async fn deliver(
-    http: &reqwest::Client,
+    policy: &FetchPolicy,
     url: Option<&str>,
     b64: Option<&str>,
     size: Option<&str>,
@@ -29,12 +53,19 @@ pub async fn deliver(
         });
     }
     let bytes = match (b64, url) {
+        // Measured before decoding, so an oversized picture costs no second copy.
+        (Some(b64), _) if b64.trim().len() > base64_len(policy.max_bytes) => {
+            return Err(format!(
+                "the upstream's image is larger than {} bytes",
+                policy.max_bytes
+            ));
+        }
         (Some(b64), _) => Bytes::from(
             base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .map_err(|e| format!("the upstream's base64 image is invalid: {e}"))?,
         ),
-        (None, Some(url)) => download(http, url).await?,
+        (None, Some(url)) => download(policy, url).await?,
         (None, None) => return Err("the upstream sent an image without url or b64_json".into()),
     };
     let format = image::guess_format(&bytes)
@@ -59,28 +90,11 @@ pub async fn deliver(
     })
 }
 
-async fn download(http: &reqwest::Client, url: &str) -> Result<Bytes, String> {
-    let response = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("fetching the upstream's image: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!(
-            "fetching the upstream's image: HTTP {}",
-            response.status()
-        ));
-    }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("fetching the upstream's image: {e}"))?;
-        if body.len() + chunk.len() > MAX_IMAGE_BYTES {
-            return Err("the upstream's image is larger than 64 MiB".into());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(body))
+async fn download(policy: &FetchPolicy, url: &str) -> Result<Bytes, String> {
+    net::fetch(url, policy).await.map_err(|error| match error {
+        FetchError::TooLarge(max) => format!("the upstream's image is larger than {max} bytes"),
+        error => format!("fetching the upstream's image: {error}"),
+    })
 }
 
 pub fn parse_size(text: &str) -> Option<(u32, u32)> {

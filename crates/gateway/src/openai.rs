@@ -21,11 +21,11 @@ use seedbed_client::ClientError;
 use seedbed_types::RawRequest;
 use serde_json::{Map, Value, json};
 
-use crate::{Upstream, UpstreamEvent, seedream::image_event};
+use crate::{Upstream, UpstreamEvent, answer, seedream::image_event};
 
 pub async fn start(
     upstream: &Upstream,
-    http: &reqwest::Client,
+    max_answer_bytes: usize,
     model: &str,
     request: &RawRequest,
 ) -> Result<BoxStream<'static, UpstreamEvent>, ClientError> {
@@ -43,28 +43,25 @@ pub async fn start(
         });
     }
     let body = translate(model, request);
-    let generated = upstream
-        .client
-        .generate_raw(Bytes::from(body.to_string()))
-        .await?;
+    let response =
+        answer::generate(upstream, Bytes::from(body.to_string()), max_answer_bytes).await?;
     let rehost = upstream.config.rehost;
-    let http = http.clone();
-    let images =
-        stream::iter(generated.response.data.into_iter().enumerate()).then(move |(index, data)| {
-            let http = http.clone();
-            async move {
-                image_event(
-                    &http,
-                    index as u32,
-                    data.url.as_deref(),
-                    data.b64_json.as_deref(),
-                    data.size.as_deref(),
-                    rehost,
-                    data.extra,
-                )
-                .await
-            }
-        });
+    let rules = upstream.images.clone();
+    let images = stream::iter(response.data.into_iter().enumerate()).then(move |(index, data)| {
+        let rules = rules.clone();
+        async move {
+            image_event(
+                &rules,
+                index as u32,
+                data.url.as_deref(),
+                data.b64_json.as_deref(),
+                data.size.as_deref(),
+                rehost,
+                data.extra,
+            )
+            .await
+        }
+    });
     let done = UpstreamEvent::Completed {
         usage: None,
         extra: Map::new(),

@@ -6,11 +6,12 @@ use futures::stream::{self, BoxStream, StreamExt};
 use seedbed_client::ClientError;
 use seedbed_types::{RawRequest, StreamEvent, StreamEventType};
 
-use crate::{Upstream, UpstreamEvent, fetch};
+use crate::net::FetchPolicy;
+use crate::{Upstream, UpstreamEvent, answer, fetch};
 
 pub async fn start(
     upstream: &Upstream,
-    http: &reqwest::Client,
+    max_answer_bytes: usize,
     model: &str,
     request: &RawRequest,
 ) -> Result<BoxStream<'static, UpstreamEvent>, ClientError> {
@@ -18,7 +19,7 @@ pub async fn start(
     body.set("model", &model);
     let body = Bytes::from(body.to_bytes());
     let rehost = upstream.config.rehost;
-    let http = http.clone();
+    let rules = upstream.images.clone();
     if request.value::<bool>("stream").unwrap_or(false) {
         let events = upstream.client.generate_stream_raw(body).await?;
         let mut next_index = 0;
@@ -29,27 +30,27 @@ pub async fn start(
                 (index, item)
             })
             .then(move |(position, item)| {
-                let http = http.clone();
+                let rules = rules.clone();
                 async move {
                     match item {
-                        Ok(event) => from_stream_event(&http, event, position, rehost).await,
+                        Ok(event) => from_stream_event(&rules, event, position, rehost).await,
                         Err(error) => UpstreamEvent::Failed {
                             status: 502,
                             code: "UpstreamStreamBroken".into(),
                             message: format!("the upstream's stream broke off: {error}"),
                             param: None,
+                            retry_after: None,
                         },
                     }
                 }
             });
         return Ok(until_final(relayed));
     }
-    let generated = upstream.client.generate_raw(body).await?;
-    let response = generated.response;
+    let response = answer::generate(upstream, body, max_answer_bytes).await?;
     let usage = response.usage;
     let extra = response.extra;
     let images = stream::iter(response.data.into_iter().enumerate()).then(move |(index, data)| {
-        let http = http.clone();
+        let rules = rules.clone();
         async move {
             let index = index as u32;
             if let Some(error) = data.error {
@@ -60,7 +61,7 @@ pub async fn start(
                 };
             }
             image_event(
-                &http,
+                &rules,
                 index,
                 data.url.as_deref(),
                 data.b64_json.as_deref(),
@@ -77,7 +78,7 @@ pub async fn start(
 }
 
 async fn from_stream_event(
-    http: &reqwest::Client,
+    rules: &FetchPolicy,
     event: StreamEvent,
     position: u32,
     rehost: bool,
@@ -86,7 +87,7 @@ async fn from_stream_event(
     match event.kind {
         StreamEventType::PartialSucceeded => {
             image_event(
-                http,
+                rules,
                 index,
                 event.url.as_deref(),
                 event.b64_json.as_deref(),
@@ -115,6 +116,7 @@ async fn from_stream_event(
                     code: error.code,
                     message: error.message,
                     param: None,
+                    retry_after: None,
                 }
             }
             _ => UpstreamEvent::Completed {
@@ -126,7 +128,7 @@ async fn from_stream_event(
 }
 
 pub(crate) async fn image_event(
-    http: &reqwest::Client,
+    rules: &FetchPolicy,
     index: u32,
     url: Option<&str>,
     b64: Option<&str>,
@@ -134,7 +136,7 @@ pub(crate) async fn image_event(
     rehost: bool,
     extra: serde_json::Map<String, serde_json::Value>,
 ) -> UpstreamEvent {
-    match fetch::deliver(http, url, b64, size, rehost).await {
+    match fetch::deliver(rules, url, b64, size, rehost).await {
         Ok(image) => UpstreamEvent::Image {
             index,
             image,

@@ -47,9 +47,10 @@ impl ApiFailure {
         );
         failure.param = param.clone().filter(|p| !p.is_empty());
         if status.is_some() || known.is_none() {
-            let status = status.unwrap_or(500);
-            failure.upstream = Some((status, code.clone()));
+            failure.upstream = Some((status.map_or(500, |s| s.status), code.clone()));
         }
+        // The upstream's Retry-After goes on to the client with its status.
+        failure.retry_after_s = status.and_then(|s| s.retry_after_s);
         Some(failure)
     }
 

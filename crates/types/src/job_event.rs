@@ -62,13 +62,34 @@ pub enum JobEvent {
     Failed {
         code: String,
         message: String,
-        /// The HTTP status an upstream provider answered with (else the code's own).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        status: Option<u16>,
+        /// The HTTP status an upstream provider answered with (else the code's own), and its
+        /// `Retry-After`; flattened, so old events' `"status": 503` still reads.
+        #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+        status: Option<UpstreamStatus>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         param: Option<String>,
     },
     Cancelled,
+}
+
+/// How an upstream provider answered a failed job. One field of `Failed` (rather than a second
+/// one for `Retry-After`) so that code building a `Failed` with `status: None` stays as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UpstreamStatus {
+    /// The HTTP status an upstream provider answered with (else the code's own).
+    pub status: u16,
+    /// Seconds the provider asked to wait before trying again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+}
+
+impl From<u16> for UpstreamStatus {
+    fn from(status: u16) -> Self {
+        Self {
+            status,
+            retry_after_s: None,
+        }
+    }
 }
 
 impl JobEvent {
@@ -117,5 +138,37 @@ mod tests {
         let back: JobEvent = serde_json::from_str(&JobEvent::Cancelled.to_json()).unwrap();
         assert!(back.is_final());
         assert_eq!(back.name(), "cancelled");
+    }
+
+    #[test]
+    fn failures_carry_an_upstream_status_and_retry_after() {
+        let failed = |status| JobEvent::Failed {
+            code: "RateLimitExceeded".into(),
+            message: "slow down".into(),
+            status,
+            param: None,
+        };
+        let event = failed(Some(UpstreamStatus {
+            status: 429,
+            retry_after_s: Some(7),
+        }));
+        let json = r#"{"type":"failed","code":"RateLimitExceeded","message":"slow down","status":429,"retry_after_s":7}"#;
+        assert_eq!(event.to_json(), json);
+        assert_eq!(serde_json::from_str::<JobEvent>(json).unwrap(), event);
+        // Events stored before `retry_after_s`, and those without an upstream status.
+        let old = r#"{"type":"failed","code":"X","message":"m","status":503,"param":"size"}"#;
+        let JobEvent::Failed { status, param, .. } = serde_json::from_str(old).unwrap() else {
+            panic!("not a failure");
+        };
+        assert_eq!((status, param.as_deref()), (Some(503.into()), Some("size")));
+        let own = failed(None);
+        assert_eq!(
+            own.to_json(),
+            r#"{"type":"failed","code":"RateLimitExceeded","message":"slow down"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<JobEvent>(&own.to_json()).unwrap(),
+            own
+        );
     }
 }

@@ -442,3 +442,138 @@ async fn a_rate_limited_upstream_falls_over_and_key_limits_apply() {
         "refused before any call"
     );
 }
+
+/// An Ark upstream at `server` for the public model `m`, retrying quickly.
+fn quick_ark(server: &MockServer) -> UpstreamConfig {
+    let mut ark = upstream(
+        "ark",
+        UpstreamKind::Ark,
+        &format!("{}/api/v3", server.uri()),
+    );
+    ark.retry_backoff_ms = 10;
+    ark
+}
+
+fn ark_images() -> serde_json::Value {
+    json!({
+        "model": "m", "created": 1,
+        "data": [{"b64_json": png_b64(16, 16), "size": "16x16"}],
+        "usage": {"generated_images": 1, "output_tokens": 1, "total_tokens": 1}
+    })
+}
+
+#[tokio::test]
+async fn a_single_upstream_is_retried_after_a_503() {
+    let ark = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503).set_body_json(
+            json!({"error": {"code": "ServiceUnavailable", "message": "busy", "param": ""}}),
+        ))
+        .up_to_n_times(1)
+        .mount(&ark)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(ark_images()))
+        .mount(&ark)
+        .await;
+    let config = quick_ark(&ark);
+    let server = TestServer::start_with(|c| {
+        c.upstreams = vec![config];
+        c.routes = vec![route("m", "ark", "x")];
+    })
+    .await;
+    let (status, body) = json_of(server.generate(json!({"model": "m", "prompt": "x"})).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["size"], "16x16");
+    assert_eq!(ark.received_requests().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_rate_limited_last_upstream_is_retried_and_its_retry_after_reaches_the_client() {
+    let limited = |retry_after: &str| {
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", retry_after)
+            .set_body_json(json!({"error": {"code": "ModelAccountIpmRateLimitExceeded",
+                "message": "slow down", "param": ""}}))
+    };
+    // Within the cap: waited out, tried again (twice), then the 429 goes to the client with
+    // the upstream's Retry-After.
+    let ark = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(limited("1"))
+        .mount(&ark)
+        .await;
+    let config = quick_ark(&ark);
+    let server = TestServer::start_with(|c| {
+        c.upstreams = vec![config];
+        c.routes = vec![route("m", "ark", "x")];
+    })
+    .await;
+    let response = server.generate(json!({"model": "m", "prompt": "x"})).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "ModelAccountIpmRateLimitExceeded");
+    assert_eq!(ark.received_requests().await.unwrap().len(), 3, "2 retries");
+
+    // Beyond the cap: not waited out here; the client gets it at once and decides.
+    let ark = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(limited("7"))
+        .mount(&ark)
+        .await;
+    let mut config = quick_ark(&ark);
+    config.max_retry_after_secs = 5;
+    let server = TestServer::start_with(|c| {
+        c.upstreams = vec![config];
+        c.routes = vec![route("m", "ark", "x")];
+    })
+    .await;
+    for stream in [false, true] {
+        let response = server
+            .generate(json!({"model": "m", "prompt": "x", "stream": stream}))
+            .await;
+        assert_eq!(response.headers()["retry-after"], "7", "stream: {stream}");
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, 429, "{body}");
+    }
+    assert_eq!(
+        ark.received_requests().await.unwrap().len(),
+        2,
+        "no retries"
+    );
+}
+
+#[tokio::test]
+async fn an_upstreams_links_to_private_addresses_are_not_fetched() {
+    // `localhost` is not the upstream's configured origin (127.0.0.1:port), so the link is
+    // held to the public-address rule, like a client's reference image.
+    let images = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![0u8; 10]))
+        .mount(&images)
+        .await;
+    let link = format!("http://localhost:{}/a.png", images.address().port());
+    let ark = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "model": "m", "created": 1, "data": [{"url": link, "size": "16x16"}],
+            "usage": {"generated_images": 1, "output_tokens": 1, "total_tokens": 1}
+        })))
+        .mount(&ark)
+        .await;
+    let config = quick_ark(&ark);
+    let server = TestServer::start_with(|c| {
+        c.upstreams = vec![config];
+        c.routes = vec![route("m", "ark", "x")];
+    })
+    .await;
+    let (status, body) = json_of(server.generate(json!({"model": "m", "prompt": "x"})).await).await;
+    let message = body.to_string();
+    assert!(message.contains("private or loopback"), "{status} {body}");
+    assert!(body["data"][0]["url"].is_null(), "{body}");
+    assert!(
+        images.received_requests().await.unwrap().is_empty(),
+        "never fetched"
+    );
+}
