@@ -4,7 +4,9 @@
 
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod links;
+pub mod listener;
 pub mod openapi;
 pub mod render;
 pub mod request_id;
@@ -14,6 +16,7 @@ pub mod state;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{delete, get, post};
 
 pub use error::ApiFailure;
@@ -55,6 +58,11 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(routes::ops::openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outermost last: the request id wraps everything, so the limits' refusals get the
+        // error envelope; a request holds its in-flight slot while its body arrives, and the
+        // body deadline bounds that.
+        .layer(from_fn_with_state(state.clone(), limits::body_deadline))
+        .layer(from_fn_with_state(state.clone(), limits::admit))
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{SCOPE_ADMIN, SCOPE_GENERATE};
+use crate::limits::defaults as limits;
 use crate::links::LinkSigner;
 use crate::state::{AppState, HttpLimits};
 
@@ -43,6 +44,19 @@ pub struct ServeConfig {
     pub upstreams: Vec<seedbed_gateway::UpstreamConfig>,
     /// Extra `(public model, upstream name, upstream model)` routes, after the upstreams' own.
     pub routes: Vec<(String, String, String)>,
+    /// Requests handled at once; more are answered 429 at once (see [`crate::limits`]).
+    pub max_in_flight: usize,
+    /// Time a client has to send its request headers; also how long an idle keep-alive
+    /// connection stays open.
+    pub header_timeout: Duration,
+    /// Time a request body has to arrive in full; a slower one is answered 408.
+    pub body_timeout: Duration,
+    /// Event streams one API key may have open.
+    pub streams_per_key: usize,
+    /// Event streams open at once, all keys together.
+    pub streams_total: usize,
+    /// Idle time after which an event stream gets a `: keep-alive` comment.
+    pub sse_keep_alive: Duration,
 }
 
 impl ServeConfig {
@@ -58,7 +72,7 @@ impl ServeConfig {
             api_keys: Vec::new(),
             public_url: None,
             queue_size: 64,
-            body_bytes: 64 * 1024 * 1024,
+            body_bytes: limits::BODY_BYTES,
             image_ttl: Duration::from_secs(24 * 3600),
             inputs: InputPolicy::default(),
             load: LoadOptions::default(),
@@ -67,6 +81,12 @@ impl ServeConfig {
             max_attempts: 3,
             upstreams: Vec::new(),
             routes: Vec::new(),
+            max_in_flight: limits::MAX_IN_FLIGHT,
+            header_timeout: limits::HEADER_TIMEOUT,
+            body_timeout: limits::BODY_TIMEOUT,
+            streams_per_key: limits::STREAMS_PER_KEY,
+            streams_total: limits::STREAMS_TOTAL,
+            sse_keep_alive: limits::SSE_KEEP_ALIVE,
         }
     }
 }
@@ -217,20 +237,23 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         LinkSigner::new(secret, &public_url),
         HttpLimits {
             body_bytes: config.body_bytes,
+            max_in_flight: config.max_in_flight,
+            body_timeout: config.body_timeout,
+            streams_per_key: config.streams_per_key,
+            streams_total: config.streams_total,
+            sse_keep_alive: config.sse_keep_alive,
         },
         metrics_handle(),
         shutdown.clone(),
     );
     let app = crate::app(state);
-    let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "the HTTP server stopped");
-        }
-    });
+    // Our own accept loop rather than `axum::serve`, for its header read timeout.
+    let http = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        config.header_timeout,
+        shutdown.clone(),
+    ));
     tracing::info!(%addr, %public_url, "seedbed is listening");
     Ok(RunningServer {
         addr,

@@ -1,18 +1,44 @@
 //! What every handler shares.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use seedbed_core::{Device, Jobs};
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::{Gates, defaults};
 use crate::links::LinkSigner;
 
+/// The per-request bounds of [`crate::limits`]; each default is documented in
+/// [`crate::limits::defaults`]. The header read timeout is the listener's, not here.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     /// Largest request body accepted (JSON with data URIs, multipart uploads).
     pub body_bytes: usize,
+    /// Requests handled at once; more are answered 429 `ServerOverloaded`. At least 1.
+    pub max_in_flight: usize,
+    /// Time a request body has to arrive in full; a slower one is answered 408.
+    pub body_timeout: Duration,
+    /// Event streams one API key may have open; more are answered 429.
+    pub streams_per_key: usize,
+    /// Event streams open at once, all keys together; more are answered 429.
+    pub streams_total: usize,
+    /// How long an event stream may be idle before a `: keep-alive` comment goes out.
+    pub sse_keep_alive: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            body_bytes: defaults::BODY_BYTES,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            body_timeout: defaults::BODY_TIMEOUT,
+            streams_per_key: defaults::STREAMS_PER_KEY,
+            streams_total: defaults::STREAMS_TOTAL,
+            sse_keep_alive: defaults::SSE_KEEP_ALIVE,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -25,6 +51,7 @@ struct Inner {
     device: Device,
     signer: LinkSigner,
     limits: HttpLimits,
+    gates: Gates,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
     started: Instant,
@@ -44,6 +71,7 @@ impl AppState {
                 jobs,
                 device,
                 signer,
+                gates: Gates::new(&limits),
                 limits,
                 metrics,
                 shutdown,
@@ -66,6 +94,11 @@ impl AppState {
 
     pub fn limits(&self) -> &HttpLimits {
         &self.inner.limits
+    }
+
+    /// The counters behind the limits: in-flight requests, open event streams.
+    pub fn gates(&self) -> &Gates {
+        &self.inner.gates
     }
 
     pub fn metrics(&self) -> Option<&PrometheusHandle> {

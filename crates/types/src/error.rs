@@ -25,10 +25,12 @@ pub enum ErrorCode {
     RetriesExhausted,
     /// The job was cancelled before it produced an image.
     Cancelled,
+    /// The request body did not finish arriving in time (a stalled or deliberately slow client).
+    RequestTimeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::MissingParameter,
         Self::InvalidParameter,
         Self::AuthenticationError,
@@ -43,6 +45,7 @@ impl ErrorCode {
         Self::ModelLoadFailed,
         Self::RetriesExhausted,
         Self::Cancelled,
+        Self::RequestTimeout,
     ];
 
     /// The code whose string this is.
@@ -71,6 +74,7 @@ impl ErrorCode {
                 "InternalServerError",
             ),
             Self::Cancelled => (409, "RequestCancelled", "Conflict"),
+            Self::RequestTimeout => (408, "RequestTimeout", "RequestTimeout"),
         }
     }
 
@@ -93,6 +97,7 @@ impl ErrorCode {
             401 => "Unauthorized",
             403 => "Forbidden",
             404 => "NotFound",
+            408 => "RequestTimeout",
             409 => "Conflict",
             429 => "TooManyRequests",
             503 => "ServiceUnavailable",

@@ -100,6 +100,35 @@ pub struct ServeArgs {
     #[arg(long, env = "SEEDBED_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
 
+    /// Requests handled at once; beyond it requests get 429 ServerOverloaded at once rather
+    /// than waiting (open event streams count separately) [default: 256].
+    #[arg(long, env = "SEEDBED_MAX_IN_FLIGHT")]
+    max_in_flight: Option<u64>,
+
+    /// Seconds a client has to send its request headers; idle keep-alive connections are
+    /// closed after as long [default: 30].
+    #[arg(long, env = "SEEDBED_HEADER_TIMEOUT_SECS")]
+    header_timeout_secs: Option<u64>,
+
+    /// Seconds a request body has to arrive in full; a slower one gets 408 RequestTimeout
+    /// [default: 60].
+    #[arg(long, env = "SEEDBED_BODY_TIMEOUT_SECS")]
+    body_timeout_secs: Option<u64>,
+
+    /// Event streams (`stream: true` generations, /v1/jobs/{id}/events) one API key may have
+    /// open; more get 429 [default: 16].
+    #[arg(long, env = "SEEDBED_MAX_STREAMS_PER_KEY")]
+    max_streams_per_key: Option<u64>,
+
+    /// Event streams open at once, all keys together; more get 429 [default: 256].
+    #[arg(long, env = "SEEDBED_MAX_STREAMS")]
+    max_streams: Option<u64>,
+
+    /// Seconds an event stream may be idle before a keep-alive comment goes out, so proxies
+    /// do not cut it [default: 15].
+    #[arg(long, env = "SEEDBED_SSE_KEEP_ALIVE_SECS")]
+    sse_keep_alive_secs: Option<u64>,
+
     /// An upstream provider, `NAME=KIND,URL` with KIND ark, openai or seedbed; its key comes
     /// from `SEEDBED_UPSTREAM_<NAME>_KEY`. Repeatable, in priority order. The config file's
     /// `[[upstream]]` tables take more (timeouts, `rehost`, model maps).
@@ -136,6 +165,12 @@ struct FileConfig {
     allow_private_urls: Option<bool>,
     model_memory_gb: Option<f64>,
     shutdown_grace_secs: Option<u64>,
+    max_in_flight: Option<u64>,
+    header_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
+    max_streams_per_key: Option<u64>,
+    max_streams: Option<u64>,
+    sse_keep_alive_secs: Option<u64>,
     /// `[[upstream]]` tables: name, kind, base_url, api_key or api_key_env, timeout_secs,
     /// rehost, and `[upstream.models]` mapping public ids to the upstream's.
     #[serde(default, rename = "upstream")]
@@ -217,6 +252,45 @@ impl ServeArgs {
         if let Some(secs) = self.shutdown_grace_secs.or(file.shutdown_grace_secs) {
             config.shutdown_grace = Duration::from_secs(secs);
         }
+        let limit = |name, flag: Option<u64>, file: Option<u64>| at_least_one(name, flag.or(file));
+        if let Some(n) = limit("max_in_flight", self.max_in_flight, file.max_in_flight)? {
+            config.max_in_flight = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        let secs = limit(
+            "header_timeout_secs",
+            self.header_timeout_secs,
+            file.header_timeout_secs,
+        )?;
+        if let Some(secs) = secs {
+            config.header_timeout = Duration::from_secs(secs);
+        }
+        let secs = limit(
+            "body_timeout_secs",
+            self.body_timeout_secs,
+            file.body_timeout_secs,
+        )?;
+        if let Some(secs) = secs {
+            config.body_timeout = Duration::from_secs(secs);
+        }
+        let streams = limit(
+            "max_streams_per_key",
+            self.max_streams_per_key,
+            file.max_streams_per_key,
+        )?;
+        if let Some(n) = streams {
+            config.streams_per_key = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = limit("max_streams", self.max_streams, file.max_streams)? {
+            config.streams_total = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        let secs = limit(
+            "sse_keep_alive_secs",
+            self.sse_keep_alive_secs,
+            file.sse_keep_alive_secs,
+        )?;
+        if let Some(secs) = secs {
+            config.sse_keep_alive = Duration::from_secs(secs);
+        }
         config.upstreams = file.upstreams;
         config.upstreams.extend(self.upstreams);
         for route in &file.routes {
@@ -227,6 +301,15 @@ impl ServeArgs {
         config.routes.extend(self.routes);
         config.load = self.device.load_options()?;
         Ok(config)
+    }
+}
+
+/// A request limit of 0 would refuse every request (or close every connection at once), which
+/// is never what was meant.
+fn at_least_one(name: &str, value: Option<u64>) -> Result<Option<u64>> {
+    match value {
+        Some(0) => anyhow::bail!("{name} must be at least 1"),
+        value => Ok(value),
     }
 }
 
@@ -278,6 +361,62 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         serve: ServeArgs,
+    }
+
+    #[test]
+    fn request_limits_come_from_the_file_and_flags_and_are_never_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("seedbed.toml");
+        std::fs::write(&file, "max_streams = 40\nbody_timeout_secs = 9\n").unwrap();
+        let cli = Cli::parse_from([
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--max-in-flight",
+            "7",
+            "--max-streams-per-key",
+            "3",
+            "--body-timeout-secs",
+            "5",
+        ]);
+        let config = cli.serve.into_config().unwrap();
+        assert_eq!(config.max_in_flight, 7);
+        assert_eq!(config.streams_per_key, 3);
+        assert_eq!(config.streams_total, 40, "from the file");
+        assert_eq!(config.body_timeout, Duration::from_secs(5), "the flag wins");
+        let defaults = seedbed_server::HttpLimits::default();
+        assert_eq!(config.sse_keep_alive, defaults.sse_keep_alive);
+
+        let zero = Cli::parse_from(["serve", "--header-timeout-secs", "0"]);
+        let error = zero.serve.into_config().unwrap_err();
+        assert!(error.to_string().contains("header_timeout_secs"), "{error}");
+    }
+
+    /// The help's defaults are written out by hand; the server's constants are the truth.
+    #[test]
+    fn the_help_states_the_servers_default_limits() {
+        use clap::CommandFactory;
+        use seedbed_server::limits::defaults;
+        let help = Cli::command().render_long_help().to_string();
+        let secs = |d: Duration| d.as_secs() as usize;
+        for (flag, default) in [
+            ("--max-in-flight", defaults::MAX_IN_FLIGHT),
+            ("--header-timeout-secs", secs(defaults::HEADER_TIMEOUT)),
+            ("--body-timeout-secs", secs(defaults::BODY_TIMEOUT)),
+            ("--max-streams-per-key", defaults::STREAMS_PER_KEY),
+            ("--max-streams", defaults::STREAMS_TOTAL),
+            ("--sse-keep-alive-secs", secs(defaults::SSE_KEEP_ALIVE)),
+        ] {
+            let entry = help
+                .split(&format!("{flag} <"))
+                .nth(1)
+                .and_then(|rest| rest.split("\n      --").next())
+                .unwrap_or_else(|| panic!("{flag} is not in the help"));
+            assert!(
+                entry.contains(&format!("[default: {default}]")),
+                "{flag}: {entry}"
+            );
+        }
     }
 
     #[test]

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use seedbed_core::{GenerationSpec, JobEvent, SequencedEvent};
@@ -15,6 +15,7 @@ use seedbed_types::{ErrorCode, GenerationRequest, RawRequest, SequentialMode, Se
 
 use crate::auth::Caller;
 use crate::error::ApiFailure;
+use crate::limits::{self, StreamSlot};
 use crate::render::{Renderer, ResponseBuilder};
 use crate::request_id::RequestId;
 use crate::routes::jobs::job_view;
@@ -117,11 +118,6 @@ pub async fn submit(
         let references = seedbed_core::inputs::load(sources, &jobs.config().inputs).await?;
         (spec, references)
     };
-    let job = jobs
-        .submit(spec, references, caller.key.as_ref(), &request_id.0)
-        .await?;
-    let spec: GenerationSpec =
-        serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
     let respond_async = headers
         .get_all("prefer")
         .iter()
@@ -130,11 +126,24 @@ pub async fn submit(
             v.split(',')
                 .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
         });
+    // The stream slot is taken before the job is written, so a refused stream leaves no job
+    // running for nobody.
+    let stream_slot = if spec.stream && !respond_async {
+        Some(state.gates().open_stream(caller.key_id())?)
+    } else {
+        None
+    };
+    let job = jobs
+        .submit(spec, references, caller.key.as_ref(), &request_id.0)
+        .await?;
+    let spec: GenerationSpec =
+        serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
     let mut response = if respond_async {
         let view = job_view(&state, &job).await?;
         (StatusCode::ACCEPTED, Json(view)).into_response()
-    } else if spec.stream {
-        stream(state.clone(), job.id.clone(), spec, job.created_at / 1000).await?
+    } else if let Some(slot) = stream_slot {
+        let created = job.created_at / 1000;
+        stream(state.clone(), job.id.clone(), spec, created, slot).await?
     } else {
         let events = state.jobs().events(&job.id, 0);
         let renderer = Renderer {
@@ -170,12 +179,14 @@ async fn body(
 }
 
 /// Seedream's SSE. Like upstream, headers go out with the first image, so a failure before
-/// any image (a model that cannot load) is still an ordinary JSON error.
+/// any image (a model that cannot load) is still an ordinary JSON error. `slot` is the
+/// caller's stream slot, held until the body is dropped.
 async fn stream(
     state: AppState,
     job_id: String,
     spec: GenerationSpec,
     created: i64,
+    slot: StreamSlot,
 ) -> Result<Response, ApiFailure> {
     let mut events = Box::pin(state.jobs().events(&job_id, 0));
     let first = loop {
@@ -230,16 +241,13 @@ async fn stream(
                 if event.is_final() {
                     text.push_str(DONE);
                 }
-                Ok::<_, std::convert::Infallible>(Bytes::from(text))
+                Bytes::from(text)
             }
         })
-        .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())));
-    let mut response = Response::new(Body::from_stream(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(response)
+        .filter(|chunk| std::future::ready(!chunk.is_empty()));
+    Ok(limits::sse_response(
+        body,
+        slot,
+        state.limits().sse_keep_alive,
+    ))
 }

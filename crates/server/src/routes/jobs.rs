@@ -1,24 +1,42 @@
 //! `/v1/jobs`: the job object, its list, cancel, and its event stream.
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::StreamExt;
 use seedbed_core::{GenerationSpec, JobEvent};
 use seedbed_storage::JobRow;
-use seedbed_types::{ImageError, JobList, JobView};
+use seedbed_types::{ImageError, JobList, JobView, ResponseFormat};
 use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiFailure;
+use crate::limits;
 use crate::render::{Renderer, ResponseBuilder};
 use crate::state::AppState;
 
 pub async fn job_view(state: &AppState, job: &JobRow) -> Result<JobView, ApiFailure> {
-    let spec: GenerationSpec =
+    view(state, job, Images::AsRequested).await
+}
+
+/// How a job object carries its images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Images {
+    /// As the job asked (`url` or `b64_json`): the single job's object.
+    AsRequested,
+    /// Always as signed links: a list of up to 100 jobs with every image inlined in base64
+    /// would be a response of hundreds of megabytes built in memory per request.
+    Links,
+}
+
+async fn view(state: &AppState, job: &JobRow, images: Images) -> Result<JobView, ApiFailure> {
+    let mut spec: GenerationSpec =
         serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
+    if images == Images::Links {
+        spec.response_format = ResponseFormat::Url;
+    }
     let renderer = Renderer {
         state,
         job_id: &job.id,
@@ -77,6 +95,8 @@ pub struct ListQuery {
     pub limit: Option<u32>,
 }
 
+/// The caller's latest jobs, newest first; images as links whatever the job asked for
+/// (`GET /v1/jobs/{id}` gives a `b64_json` job's images inline).
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -86,7 +106,7 @@ pub async fn list(
     let rows = state.jobs().list(caller.job_owner(), limit).await?;
     let mut data = Vec::with_capacity(rows.len());
     for row in &rows {
-        data.push(job_view(&state, row).await?);
+        data.push(view(&state, row, Images::Links).await?);
     }
     Ok(Json(JobList {
         object: "list".into(),
@@ -104,7 +124,8 @@ pub async fn cancel(
 }
 
 /// SSE of the job's events (`id:` = sequence number, `event:` = type), resumable with
-/// `Last-Event-ID`; image events carry their link.
+/// `Last-Event-ID`; image events carry their link. Holds one of the caller's stream slots
+/// while open.
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -119,6 +140,7 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok())
         .unwrap_or(0);
+    let slot = state.gates().open_stream(caller.key_id())?;
     let created = job.created_at / 1000;
     let owned = std::sync::Arc::new((state.clone(), spec, id.clone()));
     let body = state
@@ -154,16 +176,12 @@ pub async fn events(
                         serde_json::json!({"message": ApiFailure::from(error).message})
                     ),
                 };
-                Ok::<_, std::convert::Infallible>(Bytes::from(text))
+                Bytes::from(text)
             }
         });
-    let mut response = Response::new(Body::from_stream(body));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(response)
+    Ok(limits::sse_response(
+        body,
+        slot,
+        state.limits().sse_keep_alive,
+    ))
 }

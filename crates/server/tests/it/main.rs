@@ -8,5 +8,6 @@ mod gateway;
 mod generations;
 mod jobs;
 mod keys;
+mod limits;
 mod restart;
 mod snapshots;
