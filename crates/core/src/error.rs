@@ -30,8 +30,10 @@ pub enum CoreError {
     )]
     RateLimited { limit: u32, retry_after_s: u64 },
 
-    #[error("the image quota of this key ({quota} images) is used up.")]
-    QuotaExceeded { quota: u64 },
+    #[error(
+        "the image quota of this key ({quota} images) is used up: {used} are billed or in queued and running jobs."
+    )]
+    QuotaExceeded { quota: u64, used: u64 },
 
     /// A model folder that exists but cannot be loaded (broken config, truncated weights).
     #[error("model {model} could not be loaded: {message}")]

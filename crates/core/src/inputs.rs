@@ -85,6 +85,10 @@ fn bad(message: &str) -> CoreError {
     CoreError::invalid("image", message)
 }
 
+/// Reference pictures decoded at once, process-wide.
+const CONCURRENT_DECODES: usize = 2;
+static DECODES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_DECODES);
+
 /// Load and check every reference; returns the file bytes to store with the job.
 pub async fn load(sources: Vec<ReferenceSource>, policy: &InputPolicy) -> Result<Vec<Bytes>> {
     let mut loaded = Vec::with_capacity(sources.len());
@@ -93,7 +97,12 @@ pub async fn load(sources: Vec<ReferenceSource>, policy: &InputPolicy) -> Result
             ReferenceSource::Data(bytes) => bytes,
             ReferenceSource::Url(url) => fetch(&url, policy).await?,
         };
-        // A full decode of a large picture takes a while: off the async workers.
+        // A full decode of a large picture takes a while and up to ~0.5 GB: off the async
+        // workers, and a few at a time, so many concurrent requests cannot multiply that.
+        let _turn = DECODES
+            .acquire()
+            .await
+            .map_err(|e| CoreError::Internal(format!("checking a reference image: {e}")))?;
         let (checked, rules) = (bytes.clone(), policy.clone());
         tokio::task::spawn_blocking(move || check_picture(&checked, &rules))
             .await

@@ -10,13 +10,15 @@ use bytes::Bytes;
 use futures::Stream;
 use rand::Rng;
 use seedbed_gateway::Gateway;
-use seedbed_storage::{Blobs, Db, ImageRow, JobRow, JobStatus, KeyRow, Lane, NewJob};
+use seedbed_storage::{
+    Admission, Blobs, Db, ImageRow, JobRow, JobStatus, KeyRow, Lane, NewJob, Refusal,
+};
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::Catalog;
 use crate::error::{CoreError, Result};
 use crate::events::{JobEvent, SequencedEvent};
-use crate::inputs::InputPolicy;
+use crate::inputs::{self, InputPolicy, ReferenceSource};
 use crate::spec::GenerationSpec;
 
 #[derive(Debug, Clone)]
@@ -72,6 +74,30 @@ pub(crate) struct Inner {
     pub running: Mutex<HashMap<String, Arc<AtomicBool>>>,
 }
 
+/// Where a job's reference images are kept until it ends.
+const INPUTS: &str = "inputs";
+
+fn inputs_folder(job_id: &str) -> String {
+    format!("{INPUTS}/{job_id}")
+}
+
+fn refused(refusal: Refusal) -> CoreError {
+    match refusal {
+        Refusal::QueueFull { queued } => CoreError::QueueFull {
+            queued,
+            retry_after_s: 5,
+        },
+        Refusal::RateLimited {
+            limit,
+            retry_after_s,
+        } => CoreError::RateLimited {
+            limit,
+            retry_after_s,
+        },
+        Refusal::QuotaExceeded { quota, used } => CoreError::QuotaExceeded { quota, used },
+    }
+}
+
 /// Every id we hand out: a prefix and 24 random hex digits.
 pub fn new_id(prefix: &str) -> String {
     let mut rng = rand::rng();
@@ -125,34 +151,39 @@ impl Jobs {
         &self.inner.config
     }
 
-    /// Check the queue bound and the key's limits, store the references, write the job.
+    /// Admit a job: a cheap check of the queue bound and the key's limits first, then the
+    /// reference images loaded (URLs fetched only now, so a refused request costs nothing),
+    /// stored, and the job written in the same transaction as the final limit check.
     pub async fn submit(
         &self,
         mut spec: GenerationSpec,
-        references: Vec<Bytes>,
+        sources: Vec<ReferenceSource>,
         key: Option<&KeyRow>,
         request_id: &str,
     ) -> Result<JobRow> {
         let db = &self.inner.db;
-        let queued = db.queued_count().await?;
-        if queued >= self.inner.config.queue_size {
-            return Err(CoreError::QueueFull {
-                queued,
-                retry_after_s: 5,
-            });
-        }
-        if let Some(key) = key {
-            self.check_key_limits(key, spec.images).await?;
-        }
+        let admission = Admission {
+            queue_size: self.inner.config.queue_size,
+            images_per_minute: key.and_then(|k| k.images_per_minute),
+            quota_images: key.and_then(|k| k.quota_images),
+        };
+        let key_id = key.map(|k| k.id.clone());
+        db.check_admission(key_id.as_deref(), spec.images, &admission)
+            .await?
+            .map_err(refused)?;
+        let references = inputs::load(sources, &self.inner.config.inputs).await?;
         let id = new_id("job");
         for (index, bytes) in references.into_iter().enumerate() {
-            let blob_key = format!("inputs/{id}/{index}");
-            self.inner.blobs.put(&blob_key, bytes).await?;
+            let blob_key = format!("{}/{index}", inputs_folder(&id));
+            if let Err(error) = self.inner.blobs.put(&blob_key, bytes).await {
+                self.delete_inputs(&id).await;
+                return Err(error.into());
+            }
             spec.reference_images.push(blob_key);
         }
         let new = NewJob {
             id: id.clone(),
-            key_id: key.map(|k| k.id.clone()),
+            key_id,
             model: spec.model.clone(),
             images: spec.images,
             spec: serde_json::to_string(&spec)
@@ -164,8 +195,15 @@ impl Jobs {
                 Lane::Local
             },
         };
-        db.insert_job(&new, &JobEvent::Queued { position: queued }.to_json())
-            .await?;
+        let admitted = db
+            .admit_job(&new, &admission, |position| {
+                JobEvent::Queued { position }.to_json()
+            })
+            .await;
+        if !matches!(admitted, Ok(Ok(_))) {
+            self.delete_inputs(&id).await;
+        }
+        admitted?.map_err(refused)?;
         metrics::counter!("seedbed_jobs_total", "model" => spec.model.clone()).increment(1);
         self.tick();
         if new.lane == Lane::Gateway {
@@ -178,25 +216,26 @@ impl Jobs {
             .ok_or_else(|| CoreError::Internal(format!("job {id} vanished after insert")))
     }
 
-    async fn check_key_limits(&self, key: &KeyRow, images: u32) -> Result<()> {
-        let db = &self.inner.db;
-        if let Some(limit) = key.images_per_minute {
-            let since = seedbed_storage::now_ms() - 60_000;
-            let recent = db.images_requested_since(&key.id, since).await?;
-            if recent + u64::from(images) > u64::from(limit) {
-                return Err(CoreError::RateLimited {
-                    limit,
-                    retry_after_s: 60,
-                });
+    /// Delete a job's stored reference images. Failures are logged, not returned: the
+    /// start-up sweep takes whatever is left.
+    pub(crate) async fn delete_inputs(&self, id: &str) {
+        if let Err(error) = self.inner.blobs.delete_prefix(&inputs_folder(id)).await {
+            tracing::warn!(job = %id, %error, "deleting the job's reference images failed");
+        }
+    }
+
+    /// Delete the reference images of jobs that have ended or no longer exist (left by a
+    /// crash between a job's end and the deletion); returns how many jobs' inputs went.
+    pub async fn sweep_inputs(&self) -> Result<usize> {
+        let mut swept = 0;
+        for id in self.inner.blobs.folders(INPUTS).await? {
+            let open = matches!(self.inner.db.job(&id).await?, Some(job) if !job.status.is_final());
+            if !open {
+                self.inner.blobs.delete_prefix(&inputs_folder(&id)).await?;
+                swept += 1;
             }
         }
-        if let Some(quota) = key.quota_images {
-            let used = db.usage_totals(Some(&key.id), 0).await?.images;
-            if used + u64::from(images) > quota {
-                return Err(CoreError::QuotaExceeded { quota });
-            }
-        }
-        Ok(())
+        Ok(swept)
     }
 
     /// The job, if it exists and `key` may see it (`None` = admin or no auth).
@@ -223,16 +262,8 @@ impl Jobs {
         }
         let status = self.inner.db.request_cancel(id).await?;
         if status == Some(JobStatus::Queued) {
-            self.inner
-                .db
-                .finish_job(
-                    id,
-                    JobStatus::Cancelled,
-                    None,
-                    &JobEvent::Cancelled.to_json(),
-                )
+            self.end(id, JobStatus::Cancelled, &JobEvent::Cancelled)
                 .await?;
-            self.tick();
         }
         if let Some(flag) = self.running_flag(id) {
             flag.store(true, Ordering::SeqCst);

@@ -27,6 +27,11 @@ impl Jobs {
             if let Err(error) = jobs.recover().await {
                 tracing::error!(%error, "recovering interrupted jobs failed");
             }
+            match jobs.sweep_inputs().await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "deleted reference images of ended jobs"),
+                Err(error) => tracing::error!(%error, "sweeping reference images failed"),
+            }
             let relays = tokio::spawn({
                 let jobs = jobs.clone();
                 let shutdown = shutdown.clone();
@@ -340,9 +345,6 @@ impl Jobs {
                 .await?
             }
         }
-        for key in &spec.reference_images {
-            inner.blobs.delete(key).await?;
-        }
         Ok(())
     }
 
@@ -388,6 +390,8 @@ impl Jobs {
             .await?
         {
             self.tick();
+            // Every way a job ends comes through here: its reference images go with it.
+            self.delete_inputs(id).await;
         }
         Ok(())
     }

@@ -42,6 +42,9 @@ impl SizeRules {
 }
 
 const MAX_RATIO: f64 = 16.0;
+/// The longest side the engine computes; larger sizes are refused at admission rather than
+/// failing in the queue.
+pub const MAX_SIDE: u32 = seedbed_engine::pipeline::MAX_SIDE;
 /// Preset outputs have both sides divisible by 16, as upstream's do.
 const PRESET_ALIGN: u32 = 16;
 
@@ -65,8 +68,13 @@ pub fn resolve(size: Option<&str>, prompt: &str, rules: SizeRules) -> Result<Res
     if let Some(multiplier) = multiplier {
         let side = f64::from(rules.native) * multiplier;
         let ratio = prompt_ratio(prompt).unwrap_or(1.0);
-        let width = align(side * ratio.sqrt(), PRESET_ALIGN.max(rules.factor));
-        let height = align(side / ratio.sqrt(), PRESET_ALIGN.max(rules.factor));
+        // A wide ratio at a large preset would put one side past what the engine computes:
+        // keep the ratio and shrink the budget until the longer side fits.
+        let longer = side * ratio.sqrt().max(1.0 / ratio.sqrt());
+        let side = side * (f64::from(MAX_SIDE) / longer).min(1.0);
+        let step = PRESET_ALIGN.max(rules.factor);
+        let width = align_within(side * ratio.sqrt(), step, MAX_SIDE);
+        let height = align_within(side / ratio.sqrt(), step, MAX_SIDE);
         return Ok(ResolvedSize {
             width,
             height,
@@ -92,6 +100,16 @@ pub fn resolve(size: Option<&str>, prompt: &str, rules: SizeRules) -> Result<Res
             "size",
             format!(
                 "size {width}x{height} has {pixels} pixels; this model takes between {min} and {max} pixels (minimum {min})."
+            ),
+        ));
+    }
+    if width.max(height) > MAX_SIDE {
+        return Err(CoreError::invalid(
+            "size",
+            format!(
+                "size {width}x{height}: each side must be at most {MAX_SIDE} px (e.g. {MAX_SIDE}x{} or {}x{MAX_SIDE}).",
+                MAX_SIDE / 4,
+                MAX_SIDE / 4
             ),
         ));
     }
@@ -149,6 +167,11 @@ fn align(value: f64, step: u32) -> u32 {
     steps as u32 * step
 }
 
+/// Nearest positive multiple of `step`, at most `max` (itself a multiple of `step`).
+fn align_within(value: f64, step: u32, max: u32) -> u32 {
+    align(value, step).min(max - max % step)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +214,86 @@ mod tests {
         assert_eq!(wh(Some("1K"), "at 10:30, v1.5:2"), (1024, 1024));
     }
 
+    /// `slack`: presets may round a few rows past the `4K` budget; explicit sizes may not.
+    fn within_bounds(size: Option<&str>, prompt: &str, rules: SizeRules, slack: f64) {
+        match resolve(size, prompt, rules) {
+            Ok(r) => {
+                let pixels = u64::from(r.width) * u64::from(r.height);
+                assert!(r.width.max(r.height) <= MAX_SIDE, "{size:?}: {r:?}");
+                assert!(r.compute_width.max(r.compute_height) <= MAX_SIDE, "{r:?}");
+                assert!(
+                    pixels as f64 <= rules.max_pixels() as f64 * slack,
+                    "{size:?}: {r:?}"
+                );
+                assert!(r.width > 0 && r.height > 0, "{r:?}");
+                assert_eq!(
+                    (
+                        r.compute_width % rules.factor,
+                        r.compute_height % rules.factor
+                    ),
+                    (0, 0)
+                );
+            }
+            Err(error) => assert!(
+                matches!(error, CoreError::InvalidParameter { param: "size", .. }),
+                "{size:?}: {error}"
+            ),
+        }
+    }
+
+    proptest::proptest! {
+        // Whatever a client sends as `size` (and whatever ratio its prompt names), the answer
+        // is a size the engine computes or a 400 naming `size`: never a panic.
+        #[test]
+        fn any_size_text_is_a_computable_size_or_a_size_error(
+            size in "\\PC{0,24}",
+            prompt in "\\PC{0,40}",
+        ) {
+            within_bounds(Some(&size), &prompt, SDXL, 1.01);
+        }
+
+        #[test]
+        fn any_width_and_height_is_a_computable_size_or_a_size_error(
+            width in 0u64..2_000_000,
+            height in 0u64..2_000_000,
+            native in proptest::sample::select(vec![64u32, 512, 768, 1024]),
+        ) {
+            let rules = SizeRules { native, factor: 8 };
+            within_bounds(Some(&format!("{width}x{height}")), "", rules, 1.0);
+        }
+
+        #[test]
+        fn any_preset_with_any_ratio_fits(
+            preset in proptest::sample::select(vec!["1K", "1.5K", "2K", "3K", "4K", "adaptive"]),
+            w in 0u32..40,
+            h in 0u32..40,
+            native in proptest::sample::select(vec![64u32, 512, 768, 1024]),
+        ) {
+            let rules = SizeRules { native, factor: 8 };
+            within_bounds(Some(preset), &format!("a {w}:{h} picture"), rules, 1.01);
+        }
+    }
+
+    #[test]
+    fn wide_presets_never_exceed_the_engines_longest_side() {
+        for prompt in ["a 21:9 panorama", "a 9:21 banner", "3:1", "16:9"] {
+            for preset in ["1K", "2K", "3K", "4K"] {
+                let r = resolve(Some(preset), prompt, SDXL).unwrap();
+                assert!(
+                    r.width <= MAX_SIDE && r.height <= MAX_SIDE,
+                    "{preset} {prompt}: {r:?}"
+                );
+                assert_eq!((r.width % 16, r.height % 16), (0, 0), "{r:?}");
+            }
+        }
+        let (w, h) = wh(Some("4K"), "a 21:9 panorama");
+        assert_eq!(w, 4096);
+        assert!(
+            (f64::from(w) / f64::from(h) - 21.0 / 9.0).abs() < 0.02,
+            "{w}x{h}"
+        );
+    }
+
     #[test]
     fn explicit_sizes_are_checked_and_aligned() {
         let r = resolve(Some("1500x700"), "", SDXL).unwrap();
@@ -204,6 +307,11 @@ mod tests {
         assert!(message.contains("16777216"), "{message}");
         let message = resolve(Some("4096x200"), "", SDXL).unwrap_err().to_string();
         assert!(message.contains("1:16"), "{message}");
+        // Within the pixel budget and the ratio, but a side the engine cannot compute.
+        let message = resolve(Some("16384x1024"), "", SDXL)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("at most 4096 px"), "{message}");
         for bad in ["2k", "1024*1024", "1024X1024", "big", ""] {
             let error = resolve(Some(bad), "", SDXL).unwrap_err();
             assert!(

@@ -20,6 +20,10 @@ pub const MAX_STEPS: u32 = seedbed_engine::pipeline::MAX_STEPS as u32;
 pub const MAX_GUIDANCE: f64 = 30.0;
 /// Upstream's seed range.
 pub const MAX_SEED: i64 = 2_147_483_647;
+/// The longest `prompt` or `negative_prompt`, in characters. Seedream documents no maximum
+/// (only advice: about 600 words); this is OpenAI's limit for its image models, far above
+/// what any text encoder reads, and keeps one request's text work small.
+pub const MAX_PROMPT_CHARS: usize = 32_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,6 +92,10 @@ pub fn validate(
         .ok_or(CoreError::MissingParameter { param: "model" })?;
     let prompt = non_empty(request.prompt.as_deref())
         .ok_or(CoreError::MissingParameter { param: "prompt" })?;
+    check_length("prompt", prompt)?;
+    if let Some(negative) = &request.negative_prompt {
+        check_length("negative_prompt", negative)?;
+    }
     let model = catalog.resolve(public)?;
     let rules = SizeRules {
         native: model.native_size,
@@ -202,6 +210,7 @@ pub fn validate_gateway(request: &GenerationRequest, raw: &RawRequest) -> Result
     let public = non_empty(request.model.as_deref())
         .ok_or(CoreError::MissingParameter { param: "model" })?;
     let prompt = request.prompt.clone().unwrap_or_default();
+    check_length("prompt", &prompt)?;
     let images = image_count(request, &prompt, 0)?;
     Ok(GenerationSpec {
         model: public.to_string(),
@@ -225,6 +234,20 @@ pub fn validate_gateway(request: &GenerationRequest, raw: &RawRequest) -> Result
         stream: request.stream.unwrap_or(false),
         gateway: Some(String::from_utf8_lossy(&raw.to_bytes()).into_owned()),
     })
+}
+
+fn check_length(param: &'static str, text: &str) -> Result<()> {
+    // Bytes bound characters from above: most prompts need no count at all.
+    if text.len() > MAX_PROMPT_CHARS && text.chars().count() > MAX_PROMPT_CHARS {
+        return Err(CoreError::invalid(
+            param,
+            format!(
+                "{param} has {} characters; the limit is {MAX_PROMPT_CHARS}.",
+                text.chars().count()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn non_empty(text: Option<&str>) -> Option<&str> {

@@ -18,6 +18,17 @@ impl RawRequest {
         serde_json::from_slice(body).ok()
     }
 
+    /// The first top-level key that appears twice. Such a body must be refused: a parser that
+    /// keeps the first value and one that keeps the last would disagree about the request
+    /// (`"n":15,"n":1` checked as 1 but relayed as 15).
+    pub fn duplicate_key(&self) -> Option<&str> {
+        let mut seen = std::collections::HashSet::with_capacity(self.fields.len());
+        self.fields
+            .iter()
+            .map(|(key, _)| key.as_str())
+            .find(|key| !seen.insert(*key))
+    }
+
     pub fn get(&self, key: &str) -> Option<&RawValue> {
         self.fields
             .iter()
@@ -104,5 +115,8 @@ mod tests {
         );
         assert_eq!(raw.value::<u32>("n"), None);
         assert!(RawRequest::parse(b"[1]").is_none());
+        assert_eq!(raw.duplicate_key(), None);
+        let twice = RawRequest::parse(br#"{"n":15,"prompt":"x","n":1}"#).unwrap();
+        assert_eq!(twice.duplicate_key(), Some("n"));
     }
 }

@@ -144,3 +144,33 @@ fn sequential_generation_counts() {
         14
     );
 }
+
+#[test]
+fn prompts_have_a_length_limit() {
+    let long = "a".repeat(MAX_PROMPT_CHARS + 1);
+    assert_eq!(
+        param_of(serde_json::json!({"model": "tiny-sd", "prompt": long})),
+        "prompt"
+    );
+    assert_eq!(
+        param_of(serde_json::json!({"model": "tiny-sd", "prompt": "x", "negative_prompt": long})),
+        "negative_prompt"
+    );
+    // The limit counts characters, not bytes: 32,000 CJK characters are fine.
+    let wide = "狐".repeat(MAX_PROMPT_CHARS);
+    check(serde_json::json!({"model": "tiny-sd", "prompt": wide})).unwrap();
+    let message = check(serde_json::json!({"model": "tiny-sd", "prompt": long}))
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("limit is 32000"), "{message}");
+    // Relayed requests are bounded too.
+    let request = request(serde_json::json!({"model": "up", "prompt": long}));
+    let raw = RawRequest::parse(&serde_json::to_vec(&request).unwrap()).unwrap();
+    assert!(matches!(
+        validate_gateway(&request, &raw),
+        Err(CoreError::InvalidParameter {
+            param: "prompt",
+            ..
+        })
+    ));
+}
