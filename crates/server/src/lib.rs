@@ -8,6 +8,7 @@ pub mod limits;
 pub mod links;
 pub mod listener;
 pub mod openapi;
+mod private;
 pub mod render;
 pub mod request_id;
 pub mod routes;

@@ -9,11 +9,11 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use seedbed_core::{Catalog, CoreConfig, Device, DeviceOptions, InputPolicy, Jobs};
 use seedbed_engine::LoadOptions;
-use seedbed_storage::{Blobs, Db, NewKey};
+use seedbed_storage::{Blobs, Db, Keys};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{SCOPE_ADMIN, SCOPE_GENERATE};
+use crate::auth::{Access, SCOPE_ADMIN, SCOPE_GENERATE};
 use crate::limits::defaults as limits;
 use crate::links::LinkSigner;
 use crate::state::{AppState, HttpLimits};
@@ -28,8 +28,14 @@ pub struct ServeConfig {
     pub blob_url: Option<String>,
     pub models_dir: PathBuf,
     pub aliases: Vec<(String, String)>,
-    /// Bootstrap keys with every scope, stored hashed.
+    /// Bootstrap keys with every scope, stored hashed. Exactly these are the bootstrap keys:
+    /// one removed from the list is revoked at the next start.
     pub api_keys: Vec<String>,
+    /// The secret API-key hashes are keyed with, kept outside the database; default
+    /// `<data_dir>/key-hash.secret`, made on first start. Nodes sharing a database share it.
+    pub key_secret_file: Option<PathBuf>,
+    /// A bearer token good for `/metrics` and `/info` only (for a Prometheus scraper).
+    pub metrics_key: Option<String>,
     /// Base of image links; default `http://<listen address>`.
     pub public_url: Option<String>,
     pub queue_size: u32,
@@ -70,6 +76,8 @@ impl ServeConfig {
             models_dir,
             aliases: Vec::new(),
             api_keys: Vec::new(),
+            key_secret_file: None,
+            metrics_key: None,
             public_url: None,
             queue_size: 64,
             body_bytes: limits::BODY_BYTES,
@@ -155,44 +163,82 @@ fn node_id(data_dir: &std::path::Path) -> Result<String, ServeError> {
         return Ok(id.trim().to_string());
     }
     let id = seedbed_core::new_id("node");
-    std::fs::write(&path, &id).map_err(io(format!("writing {}", path.display())))?;
+    crate::private::write_file(&path, id.as_bytes())
+        .map_err(io(format!("writing {}", path.display())))?;
     Ok(id)
 }
 
-pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
-        "creating the data directory {}",
-        config.data_dir.display()
-    )))?;
-    let database_url = config
-        .database_url
+/// The key store under its hash secret, with the bootstrap keys made exactly those of the
+/// command line, and the decision whether this server runs open (no key ever stored), which
+/// start-up refuses beyond loopback.
+async fn open_key_store(config: &ServeConfig, db: &Db) -> Result<Access, ServeError> {
+    let secret_path = config
+        .key_secret_file
         .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("seedbed.db").display()));
-    let db = Db::open(&database_url).await?;
-    let blobs = match &config.blob_url {
-        Some(url) => Blobs::open(url)?,
-        None => Blobs::local(&config.data_dir.join("blobs"))?,
-    };
-    for (index, secret) in config.api_keys.iter().enumerate() {
-        let scopes = [SCOPE_GENERATE.to_string(), SCOPE_ADMIN.to_string()];
-        db.insert_key(&NewKey {
-            id: &format!("key_bootstrap_{index}"),
-            name: "bootstrap (--api-key)",
-            secret,
-            scopes: &scopes,
-            images_per_minute: None,
-            quota_images: None,
-            bootstrap: true,
-        })
-        .await?;
+        .unwrap_or_else(|| config.data_dir.join("key-hash.secret"));
+    let (pepper, made) = crate::private::secret_file(&secret_path).map_err(io(format!(
+        "reading the key-hash secret {}",
+        secret_path.display()
+    )))?;
+    let keys = Keys::new(db.clone(), pepper);
+    let had_keys = keys.any_ever().await?;
+    if made && had_keys {
+        tracing::warn!(
+            file = %secret_path.display(),
+            "made a new key-hash secret for a database that has keys: keys created before \
+             will not authenticate (restore the old file, or pass --api-key and create new keys)"
+        );
     }
-    if !config.listen.ip().is_loopback() && db.live_key_count().await? == 0 {
+    let scopes = [SCOPE_GENERATE.to_string(), SCOPE_ADMIN.to_string()];
+    let bootstrap = keys.sync_bootstrap(&config.api_keys, &scopes).await?;
+    if bootstrap.revoked > 0 {
+        tracing::info!(
+            revoked = bootstrap.revoked,
+            "revoked bootstrap keys no longer given with --api-key"
+        );
+    }
+    let open = !keys.any_ever().await?;
+    if open && !config.listen.ip().is_loopback() {
         return Err(ServeError::Refused(format!(
             "refusing to listen on {} without an API key: anyone who can reach it could use it. \
              Pass --api-key KEY (or SEEDBED_API_KEY), or listen on 127.0.0.1.",
             config.listen
         )));
     }
+    if !open && keys.live_count().await? == 0 {
+        tracing::warn!(
+            "every API key in the database is revoked: each request will be refused until \
+             the server is started with --api-key"
+        );
+    }
+    Ok(Access::new(keys, open, config.metrics_key.as_deref()))
+}
+
+pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
+    crate::private::create_dir(&config.data_dir).map_err(io(format!(
+        "creating the data directory {}",
+        config.data_dir.display()
+    )))?;
+    let database_path = config.data_dir.join("seedbed.db");
+    let database_url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", database_path.display()));
+    let db = Db::open(&database_url).await?;
+    if config.database_url.is_none() {
+        // SQLite gives its -wal and -shm files the database file's mode.
+        crate::private::restrict_file(&database_path)
+            .map_err(io(format!("restricting {}", database_path.display())))?;
+    }
+    let blobs = match &config.blob_url {
+        Some(url) => Blobs::open(url)?,
+        None => {
+            let dir = config.data_dir.join("blobs");
+            crate::private::create_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
+            Blobs::local(&dir)?
+        }
+    };
+    let access = open_key_store(&config, &db).await?;
     let catalog = Catalog::scan(&config.models_dir, &config.aliases)?;
     if catalog.models().next().is_none() {
         tracing::warn!(dir = %config.models_dir.display(), "no model folders found; every generation will be 404");
@@ -235,6 +281,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         jobs,
         device,
         LinkSigner::new(secret, &public_url),
+        access,
         HttpLimits {
             body_bytes: config.body_bytes,
             max_in_flight: config.max_in_flight,

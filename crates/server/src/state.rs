@@ -7,6 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use seedbed_core::{Device, Jobs};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Access;
 use crate::limits::{Gates, defaults};
 use crate::links::LinkSigner;
 
@@ -50,6 +51,7 @@ struct Inner {
     jobs: Jobs,
     device: Device,
     signer: LinkSigner,
+    access: Access,
     limits: HttpLimits,
     gates: Gates,
     metrics: Option<PrometheusHandle>,
@@ -62,6 +64,7 @@ impl AppState {
         jobs: Jobs,
         device: Device,
         signer: LinkSigner,
+        access: Access,
         limits: HttpLimits,
         metrics: Option<PrometheusHandle>,
         shutdown: CancellationToken,
@@ -71,6 +74,7 @@ impl AppState {
                 jobs,
                 device,
                 signer,
+                access,
                 gates: Gates::new(&limits),
                 limits,
                 metrics,
@@ -90,6 +94,10 @@ impl AppState {
 
     pub fn signer(&self) -> &LinkSigner {
         &self.inner.signer
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.inner.access
     }
 
     pub fn limits(&self) -> &HttpLimits {

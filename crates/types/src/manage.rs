@@ -78,7 +78,7 @@ pub struct JobList {
 pub struct CreateKey {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `generate` (default) and/or `admin`.
+    /// Any of `generate` (default), `ops` (read `/metrics` and `/info`) and `admin` (everything).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -29,7 +29,7 @@ enum KeysCommand {
         /// A label for people.
         #[arg(long)]
         name: Option<String>,
-        /// `generate` and/or `admin` [default: generate].
+        /// `generate`, `ops` (read /metrics and /info) and/or `admin` [default: generate].
         #[arg(long = "scope", value_name = "SCOPE")]
         scopes: Vec<String>,
         /// Most images per minute this key may request.

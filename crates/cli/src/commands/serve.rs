@@ -47,8 +47,10 @@ pub struct ServeArgs {
     )]
     aliases: Vec<String>,
 
-    /// A key with every scope (generate, admin), stored hashed. Repeatable. With no key at all
-    /// the server is open and listens on loopback only.
+    /// A key with every scope (generate, ops, admin), stored hashed. Repeatable. These are the
+    /// bootstrap keys: change the value to rotate one; one left out is revoked at start. A
+    /// server with no key ever stored is open and listens on loopback only; once any key has
+    /// existed, every request needs a live one.
     #[arg(
         long = "api-key",
         value_name = "KEY",
@@ -57,6 +59,21 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     api_keys: Vec<String>,
+
+    /// The secret API-key hashes are keyed with (made on first start; nodes sharing a
+    /// database need the same file) [default: <data-dir>/key-hash.secret].
+    #[arg(long, value_name = "FILE", env = "SEEDBED_KEY_SECRET_FILE")]
+    key_secret_file: Option<PathBuf>,
+
+    /// A bearer token that reads /metrics and /info only, for a Prometheus scraper (keys with
+    /// the `ops` or `admin` scope read them too).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SEEDBED_METRICS_KEY",
+        hide_env_values = true
+    )]
+    metrics_key: Option<String>,
 
     /// Base URL of image links, as clients reach this server [default: http://<listen>].
     #[arg(long, env = "SEEDBED_PUBLIC_URL")]
@@ -155,6 +172,8 @@ struct FileConfig {
     aliases: Vec<String>,
     #[serde(default)]
     api_keys: Vec<String>,
+    key_secret_file: Option<PathBuf>,
+    metrics_key: Option<String>,
     public_url: Option<String>,
     database_url: Option<String>,
     blob_url: Option<String>,
@@ -229,6 +248,8 @@ impl ServeArgs {
         } else {
             self.api_keys
         };
+        config.key_secret_file = self.key_secret_file.or(file.key_secret_file);
+        config.metrics_key = self.metrics_key.or(file.metrics_key);
         config.public_url = self.public_url.or(file.public_url);
         config.database_url = self.database_url.or(file.database_url);
         config.blob_url = self.blob_url.or(file.blob_url);

@@ -31,9 +31,15 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiFailure> {
     let body = body.map_err(body_failure)?;
-    let mut request: GenerationRequest = parse_json(&body)?;
     // The body as it came, for a model an upstream serves: relayed byte for byte.
     let raw = RawRequest::parse(&body);
+    if let Some(key) = raw.as_ref().and_then(RawRequest::duplicate_key) {
+        return Err(ApiFailure::invalid(
+            key,
+            format!("The request body gives the key `{key}` more than once; give each key once."),
+        ));
+    }
+    let mut request: GenerationRequest = parse_json(&body)?;
     openai_count(&mut request)?;
     submit(state, caller, request_id, &headers, request, raw).await
 }
@@ -103,7 +109,7 @@ pub async fn submit(
         .model
         .as_deref()
         .is_some_and(|model| jobs.gateway().serves(model));
-    let (spec, references) = if relayed {
+    let (spec, sources) = if relayed {
         let raw = match raw {
             Some(raw) => raw,
             None => RawRequest::parse(&serde_json::to_vec(&request).unwrap_or_default())
@@ -114,9 +120,7 @@ pub async fn submit(
             Vec::new(),
         )
     } else {
-        let (spec, sources) = seedbed_core::spec::validate(&request, jobs.catalog())?;
-        let references = seedbed_core::inputs::load(sources, &jobs.config().inputs).await?;
-        (spec, references)
+        seedbed_core::spec::validate(&request, jobs.catalog())?
     };
     let respond_async = headers
         .get_all("prefer")
@@ -134,7 +138,7 @@ pub async fn submit(
         None
     };
     let job = jobs
-        .submit(spec, references, caller.key.as_ref(), &request_id.0)
+        .submit(spec, sources, caller.key.as_ref(), &request_id.0)
         .await?;
     let spec: GenerationSpec =
         serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;

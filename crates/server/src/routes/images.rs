@@ -1,5 +1,6 @@
 //! `GET /v1/images/{job}/{index}.{ext}`: stored images behind signed, expiring links.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -20,13 +21,17 @@ pub struct Signature {
 pub async fn get(
     State(state): State<AppState>,
     Path((job_id, file)): Path<(String, String)>,
-    Query(query): Query<Signature>,
+    query: Result<Query<Signature>, QueryRejection>,
 ) -> Result<Response, ApiFailure> {
     let denied = || {
         ApiFailure::new(
             ErrorCode::AccessDenied,
             "The link is invalid or has expired.",
         )
+    };
+    // A mangled query (`expires=abc`) is a bad link like any other, answered in the envelope.
+    let Ok(Query(query)) = query else {
+        return Err(denied());
     };
     let (Some(expires), Some(signature)) = (query.expires, query.signature) else {
         return Err(denied());

@@ -9,7 +9,7 @@ use rand::Rng;
 use seedbed_storage::{KeyRow, NewKey};
 use seedbed_types::{CreateKey, ErrorCode, KeyList, KeyView};
 
-use crate::auth::{Admin, SCOPE_ADMIN, SCOPE_GENERATE};
+use crate::auth::{Admin, SCOPE_GENERATE, SCOPES};
 use crate::error::ApiFailure;
 use crate::routes::generations::{body_failure, parse_json};
 use crate::state::AppState;
@@ -52,32 +52,32 @@ pub async fn create(
     let scopes = request
         .scopes
         .unwrap_or_else(|| vec![SCOPE_GENERATE.to_string()]);
-    if scopes.is_empty()
-        || scopes
-            .iter()
-            .any(|s| s != SCOPE_GENERATE && s != SCOPE_ADMIN)
-    {
+    if scopes.is_empty() || scopes.iter().any(|s| !SCOPES.contains(&s.as_str())) {
         return Err(ApiFailure::invalid(
             "scopes",
-            "scopes must be a non-empty list of `generate` and `admin`.",
+            format!(
+                "scopes must be a non-empty list of {}.",
+                SCOPES.map(|s| format!("`{s}`")).join(", ")
+            ),
         ));
     }
     let id = seedbed_core::new_id("key");
     let secret = new_secret();
     let name = request.name.unwrap_or_default();
-    let db = state.jobs().db();
-    db.insert_key(&NewKey {
+    let keys = state.access().keys();
+    keys.insert(&NewKey {
         id: &id,
         name: &name,
         secret: &secret,
         scopes: &scopes,
         images_per_minute: request.images_per_minute,
         quota_images: request.quota_images,
-        bootstrap: false,
     })
     .await
     .map_err(seedbed_core::CoreError::from)?;
-    let row = db
+    // From now on this server needs a key, even if this one is revoked later.
+    state.access().close();
+    let row = keys
         .key(&id)
         .await
         .map_err(seedbed_core::CoreError::from)?
@@ -92,9 +92,9 @@ pub async fn list(
     _admin: Admin,
 ) -> Result<Json<KeyList>, ApiFailure> {
     let keys = state
-        .jobs()
-        .db()
-        .list_keys()
+        .access()
+        .keys()
+        .list()
         .await
         .map_err(seedbed_core::CoreError::from)?;
     Ok(Json(KeyList {
@@ -108,9 +108,9 @@ pub async fn revoke(
     _admin: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiFailure> {
-    let db = state.jobs().db();
-    if !db
-        .revoke_key(&id)
+    let keys = state.access().keys();
+    if !keys
+        .revoke(&id)
         .await
         .map_err(seedbed_core::CoreError::from)?
     {
@@ -119,7 +119,7 @@ pub async fn revoke(
             format!("There is no live key {id}."),
         ));
     }
-    let row = db
+    let row = keys
         .key(&id)
         .await
         .map_err(seedbed_core::CoreError::from)?

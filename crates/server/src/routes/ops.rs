@@ -1,4 +1,5 @@
-//! Operations: `/health`, `/info`, `/metrics`, `/v1/models`.
+//! Operations: `/health` (open to all, for load balancers), `/info` and `/metrics` (upstream
+//! names, limits and counters: an `ops` or `admin` key or the metrics key), `/v1/models`.
 
 use axum::Json;
 use axum::extract::State;
@@ -6,6 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use seedbed_types::{Health, ModelList, ModelView, ServerInfo, ServerLimits};
 
+use crate::auth::Operator;
 use crate::state::AppState;
 
 /// 200 once the server can take work: database reachable, device thread alive.
@@ -70,7 +72,7 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     })
 }
 
-pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
+pub async fn info(State(state): State<AppState>, _operator: Operator) -> Json<ServerInfo> {
     let config = state.jobs().config();
     Json(ServerInfo {
         name: "seedbed".into(),
@@ -89,7 +91,7 @@ pub async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
     })
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<AppState>, _operator: Operator) -> Response {
     if let Ok(depth) = state.jobs().db().queued_count().await {
         metrics::gauge!("seedbed_queue_depth").set(f64::from(depth));
     }

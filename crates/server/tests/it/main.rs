@@ -6,6 +6,7 @@ mod support;
 mod conformance;
 mod gateway;
 mod generations;
+mod hardening;
 mod jobs;
 mod keys;
 mod limits;
