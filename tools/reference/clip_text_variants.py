@@ -1,5 +1,5 @@
 """Generates crates/engine/src/clip/testdata/: two tiny random CLIP text encoders in the
-configurations the shared fixtures do not cover, with transformers' outputs for fixed ids.
+configurations the fixtures do not cover, with transformers' outputs for fixed ids.
 
   gelu-legacy-eos/  CLIPTextModelWithProjection, hidden_act "gelu" (exact erf), 3 layers,
                     eos_token_id 2 (the legacy argmax pooling), padded with id 0 like SD 2.x;
@@ -10,7 +10,7 @@ configurations the shared fixtures do not cover, with transformers' outputs for 
 Each folder holds config.json, model.safetensors and expected.safetensors (input_ids,
 last_hidden_state, penultimate_hidden_state, pooled).
 
-Run: /work/.venv-ref/bin/python tools/reference/clip_text_variants.py
+Run: .venv-ref/bin/python tools/reference/clip_text_variants.py
 """
 
 import json

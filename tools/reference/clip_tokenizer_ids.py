@@ -3,7 +3,7 @@ tokenizer (transformers' CLIPTokenizer, as diffusers loads it) produces for a ba
 prompts, so that seedbed's own CLIP BPE tokenizer can be tested against them without Python.
 
 Tokenizer folders used:
-  fixture      shared/fixtures/clip-tokenizer as it is (loaded from tokenizer.json)
+  fixture      fixtures/clip-tokenizer as it is (loaded from tokenizer.json)
   vocab_merges the same vocabulary as vocab.json + merges.txt + tokenizer_config.json only
   sd15         vocab + merges with an SD 1.5-style tokenizer_config.json (AddedToken dicts with
                normalized=true, pad as a plain string)
@@ -11,7 +11,7 @@ Tokenizer folders used:
                special_tokens_map.json, which makes "!" a special token matched in the raw text
   decoder      vocab + merges with an added_tokens_decoder section in tokenizer_config.json
 
-Run: /work/.venv-ref/bin/python tools/reference/clip_tokenizer_ids.py [path/to/shared/fixtures]
+Run: .venv-ref/bin/python tools/reference/clip_tokenizer_ids.py [path/to/fixtures]
 """
 
 import json
@@ -24,7 +24,7 @@ from transformers import CLIPTokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
-FIXTURES = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "..", "shared", "fixtures")
+FIXTURES = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "fixtures")
 OUT = os.path.join(REPO, "crates", "engine", "src", "tokenizer", "reference_ids.rs")
 CLIP = os.path.join(FIXTURES, "clip-tokenizer")
 

@@ -7,7 +7,7 @@ input so the Rust side can recompute it exactly.
 
 Run from the repository root with the reference environment:
 
-    /work/.venv-ref/bin/python tools/reference/scheduler_loops_reference.py \
+    .venv-ref/bin/python tools/reference/scheduler_loops_reference.py \
         > crates/engine/src/scheduler/reference_tests/reference_data.rs
 
 The tensor formulas below are mirrored in `crates/engine/src/scheduler/reference_tests/mod.rs`.
@@ -27,7 +27,7 @@ from diffusers import (
 )
 from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "models"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "models"
 SHAPE = (1, 2, 2, 2)
 N = 8
 

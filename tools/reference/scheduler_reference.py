@@ -1,7 +1,7 @@
 """Print reference numbers for seedbed's scheduler unit tests (crates/engine/src/scheduler/tests.rs).
 
 Run with the diffusers reference environment:
-    .venv-ref/bin/python tools/reference/scheduler_reference.py ../shared/fixtures/models \
+    .venv-ref/bin/python tools/reference/scheduler_reference.py fixtures/models \
         > crates/engine/tests/data/scheduler_reference.jsonl
 Prints, for each configuration, the timesteps, the sigmas (where the sampler has them), the
 init_noise_sigma and one or two steps on fixed small tensors, as JSON lines.
