@@ -56,7 +56,7 @@ out="$CARGO_TARGET_DIR/$([ "$profile" = dev ] && echo debug || echo "$profile")/
 # candle links the CUDA libraries dynamically, so the binary needs them to start; without a
 # GPU it must still run on CPU and refuse --device cuda with the driver's own reason.
 export LD_LIBRARY_PATH="$(realpath "$links")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fixtures=../shared/fixtures/models
+fixtures=fixtures/models
 "$out" generate "a fox" --models-dir "$fixtures" --model tiny-sd -o "$CARGO_TARGET_DIR/cpu.png"
 if "$out" generate "a fox" --models-dir "$fixtures" --model tiny-sd --device cuda \
   -o "$CARGO_TARGET_DIR/cuda.png" 2>"$CARGO_TARGET_DIR/cuda.err"; then

@@ -19,7 +19,7 @@ if [ ! -x "$python" ]; then
   python=.venv-bench/bin/python
 fi
 if [ ! -f "$model/model_index.json" ]; then
-  "$python" bench/make_sd_turbo_shaped.py ../shared/fixtures "$model"
+  "$python" bench/make_sd_turbo_shaped.py fixtures "$model"
 fi
 cargo build --release -q -p seedbed
 export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads

@@ -2,9 +2,9 @@
 
 Real layer sizes (SD 2.1 / SD-Turbo): UNet 866M parameters, OpenCLIP-H text encoder 340M
 (23 layers), VAE 84M; Euler scheduler with trailing spacing. The CLIP tokenizer comes from the
-shared fixtures. Weights are random: only the timing is meaningful.
+repository's fixtures. Weights are random: only the timing is meaningful.
 
-    python bench/make_sd_turbo_shaped.py ../shared/fixtures OUT_DIR
+    python bench/make_sd_turbo_shaped.py fixtures OUT_DIR
 """
 import json
 import os

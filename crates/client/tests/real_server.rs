@@ -13,7 +13,7 @@ const KEY: &str = "admin-secret";
 
 async fn server() -> (RunningServer, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/models");
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models");
     let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), data.path().into(), models);
     config.api_keys = vec![KEY.into()];
     config.aliases = vec![("seedream-4-5-251128".into(), "tiny-sd".into())];

@@ -187,7 +187,7 @@ mod tests {
     use super::*;
 
     fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/models")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models")
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! tiny fixture UNet for a whole step. Not part of CI's timing: speed lives here and in
 //! `seedbed bench`, never in tests.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -16,6 +16,11 @@ use seedbed_engine::nn::winograd;
 use seedbed_engine::tokenizer::ClipTokenizer;
 use seedbed_engine::unet::UNet;
 use seedbed_engine::weights::Variant;
+
+/// The repository's `fixtures/` folder (the tiny models and the CLIP tokenizer).
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
 
 fn random_vb(map: &VarMap) -> VarBuilder<'static> {
     VarBuilder::from_varmap(map, DType::F32, &Device::Cpu)
@@ -90,8 +95,7 @@ fn group_norm(c: &mut Criterion) {
 }
 
 fn unet_step(c: &mut Criterion) {
-    let dir =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/models/tiny-sd/unet");
+    let dir = fixtures().join("models/tiny-sd/unet");
     let unet = UNet::load(&dir, Variant::Auto, DType::F32, &Device::Cpu).unwrap();
     let sample = Tensor::randn(0f32, 1., (2, 4, 32, 32), &Device::Cpu).unwrap();
     let text = Tensor::randn(0f32, 1., (2, 77, 32), &Device::Cpu).unwrap();
@@ -106,7 +110,7 @@ fn unet_step(c: &mut Criterion) {
 /// it, and a single word cannot be cut short, so both do the whole merge.
 fn tokenizer(c: &mut Criterion) {
     use rand::{Rng, SeedableRng};
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/clip-tokenizer");
+    let dir = fixtures().join("clip-tokenizer");
     let tok = ClipTokenizer::from_dir(&dir).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let word: String = (0..100_000)

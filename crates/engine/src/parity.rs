@@ -1,5 +1,5 @@
 //! Reference parity: run the engine on the diffusers reference cases (format in
-//! `shared/fixtures/README.md`) and compare every stage the case carries.
+//! `fixtures/README.md`) and compare every stage the case carries.
 //!
 //! The intermediate stages are what make this meaningful: with random weights a tiny VAE is
 //! almost blind to latent errors, so the image alone would let a wrong UNet pass. Each stage

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
-/// `../shared/fixtures`, next to the repository root.
+/// The repository's `fixtures/` folder (tiny models, reference cases, CLIP tokenizer).
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
 pub fn model_dir(name: &str) -> PathBuf {

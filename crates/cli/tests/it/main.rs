@@ -9,9 +9,11 @@ mod kill;
 mod remote;
 mod server_process;
 mod snapshots;
+mod standalone;
 
+/// The repository's `fixtures/` folder: the tiny models and the diffusers reference cases.
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
 /// The binary with no `SEEDBED_*` setting from the environment the tests run in.

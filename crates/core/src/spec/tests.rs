@@ -5,7 +5,7 @@ use seedbed_types::GenerationRequest;
 use super::*;
 
 fn catalog() -> Catalog {
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/models");
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models");
     let aliases = [("seedream-4-5-251128".to_string(), "tiny-sd".to_string())];
     Catalog::scan(&models, &aliases).unwrap()
 }

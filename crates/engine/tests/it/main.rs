@@ -8,7 +8,7 @@ mod shared_components;
 use std::path::{Path, PathBuf};
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
 pub fn models() -> PathBuf {

@@ -6,7 +6,7 @@ use seedbed_hub::fake::FakeHub;
 use seedbed_hub::{NoProgress, PullError, PullOptions, pull};
 
 fn tiny_sd() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/models/tiny-sd")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-sd")
 }
 
 /// The tiny SD fixture as a hub repository looks: plus fp16 variants, pickle duplicates, ONNX,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use seedbed_server::serve::{RunningServer, ServeConfig, start};
 
 pub fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/models")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models")
 }
 
 pub struct TestServer {
