@@ -56,7 +56,7 @@ fn text_files(path: &Path, out: &mut Vec<PathBuf>) {
             .strip_prefix(repo())
             .is_ok_and(|p| p.starts_with("fixtures"));
         let wanted = match ext.as_deref() {
-            None => path.parent().is_some_and(|p| p.ends_with(".ci")),
+            None => path.parent().and_then(Path::file_name) == Some(".ci".as_ref()),
             Some("md") => true,
             Some(ext) => !in_fixtures && TEXT.contains(&ext),
         };
