@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use assert_cmd::Command;
 use predicates::prelude::*;
 
+mod architecture;
 mod kill;
+mod proxy;
 mod remote;
 mod server_process;
 mod snapshots;

@@ -26,7 +26,17 @@ impl ServerProcess {
 
     /// On a given address, e.g. the previous run's, so its image links stay valid.
     pub fn start_on(data_dir: &Path, listen: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seedbed"))
+        Self::start_configured(data_dir, listen, |_| {})
+    }
+
+    /// With extra flags or environment set by `configure`.
+    pub fn start_configured(
+        data_dir: &Path,
+        listen: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_seedbed"));
+        command
             .args([
                 "serve",
                 "--listen",
@@ -44,9 +54,9 @@ impl ServerProcess {
             .env_remove("SEEDBED_SERVER")
             .env_remove("SEEDBED_API_KEY")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning seedbed serve");
+            .stderr(Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().expect("spawning seedbed serve");
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let (sender, log) = mpsc::channel();
         std::thread::spawn(move || {
