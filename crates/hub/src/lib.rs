@@ -64,8 +64,38 @@ pub struct PullReport {
     pub up_to_date: bool,
 }
 
+/// reqwest drops the token on a redirect to another host or port, but keeps it when only the
+/// scheme changes (`https://hub` to `http://hub`), which would send it in clear text: with a
+/// token, such a redirect is refused.
+fn redirect_policy(with_token: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 10 {
+            return attempt.error("too many redirects");
+        }
+        let downgrade = attempt
+            .previous()
+            .last()
+            .is_some_and(|previous| scheme_only_change(previous, attempt.url()));
+        if with_token && downgrade {
+            let message = format!(
+                "refused a redirect to {}: it changes only the scheme, and the token would go along",
+                attempt.url()
+            );
+            return attempt.error(message);
+        }
+        attempt.follow()
+    })
+}
+
+fn scheme_only_change(previous: &reqwest::Url, next: &reqwest::Url) -> bool {
+    previous.host_str() == next.host_str()
+        && previous.port_or_known_default() == next.port_or_known_default()
+        && previous.scheme() != next.scheme()
+}
+
 pub async fn pull(options: &PullOptions, progress: &dyn PullProgress) -> Result<PullReport> {
     let http = reqwest::Client::builder()
+        .redirect(redirect_policy(options.token.is_some()))
         .connect_timeout(std::time::Duration::from_secs(15))
         .read_timeout(std::time::Duration::from_secs(60))
         .user_agent(concat!("seedbed/", env!("CARGO_PKG_VERSION")))
@@ -245,4 +275,25 @@ fn swap_into_place(staging: &Path, dest: &Path) -> Result<()> {
         std::fs::rename(staging, dest).map_err(io(dest))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scheme_only_change;
+
+    #[test]
+    fn only_a_scheme_change_on_the_same_host_and_port_keeps_the_token() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        let hub = url("https://hub.example:8443/a");
+        assert!(scheme_only_change(&hub, &url("http://hub.example:8443/b")));
+        assert!(!scheme_only_change(
+            &hub,
+            &url("https://hub.example:8443/b")
+        ));
+        assert!(!scheme_only_change(&hub, &url("http://cdn.example:8443/b")));
+        assert!(!scheme_only_change(
+            &url("https://hub.example/a"),
+            &url("http://hub.example/b")
+        ));
+    }
 }
