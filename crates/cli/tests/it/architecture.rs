@@ -91,3 +91,24 @@ fn the_documented_dependency_graph_is_the_declared_one() {
         );
     }
 }
+
+/// Every repository path the page names in backticks (`crates/...`, `fixtures/...`, ...) exists,
+/// so a file that moves takes its line on the map with it.
+#[test]
+fn every_path_the_page_names_exists() {
+    let page = std::fs::read_to_string(repo().join("docs/architecture.md")).unwrap();
+    let roots = ["crates/", "fixtures/", "tools/", "docs/", "bench/", ".ci/"];
+    let missing: Vec<&str> = page
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|quoted| {
+            roots.iter().any(|root| quoted.starts_with(root)) && !quoted.contains("...")
+        })
+        .filter(|path| !repo().join(path).exists())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md names paths that do not exist (update the page): {missing:?}"
+    );
+}
