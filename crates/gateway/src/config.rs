@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::error::GatewayError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamKind {
@@ -18,15 +20,13 @@ pub enum UpstreamKind {
 }
 
 impl std::str::FromStr for UpstreamKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = GatewayError;
+    fn from_str(s: &str) -> Result<Self, GatewayError> {
         match s {
             "ark" => Ok(Self::Ark),
             "openai" => Ok(Self::Openai),
             "seedbed" => Ok(Self::Seedbed),
-            other => Err(format!(
-                "upstream kind `{other}` is not ark, openai or seedbed"
-            )),
+            other => Err(GatewayError::UnknownKind(other.to_string())),
         }
     }
 }
@@ -162,8 +162,11 @@ impl UpstreamConfig {
 }
 
 /// `--upstream NAME=KIND,URL`, e.g. `ark=ark,https://ark.ap-southeast.bytepluses.com/api/v3`.
-pub fn parse_upstream(text: &str) -> Result<UpstreamConfig, String> {
-    let usage = || format!("`{text}` is not NAME=KIND,URL (KIND: ark, openai or seedbed)");
+pub fn parse_upstream(text: &str) -> Result<UpstreamConfig, GatewayError> {
+    let usage = || GatewayError::Syntax {
+        text: text.to_string(),
+        expected: "NAME=KIND,URL (KIND: ark, openai or seedbed)",
+    };
     let (name, rest) = text.split_once('=').ok_or_else(usage)?;
     let (kind, url) = rest.split_once(',').ok_or_else(usage)?;
     if name.is_empty() || url.is_empty() {
@@ -178,8 +181,11 @@ pub fn parse_upstream(text: &str) -> Result<UpstreamConfig, String> {
 
 /// `--route PUBLIC=UPSTREAM[:MODEL]`: serve `PUBLIC` from that upstream (as `MODEL`, default
 /// `PUBLIC`); repeat for fallbacks, in priority order.
-pub fn parse_route(text: &str) -> Result<(String, String, String), String> {
-    let usage = || format!("`{text}` is not PUBLIC=UPSTREAM[:MODEL]");
+pub fn parse_route(text: &str) -> Result<(String, String, String), GatewayError> {
+    let usage = || GatewayError::Syntax {
+        text: text.to_string(),
+        expected: "PUBLIC=UPSTREAM[:MODEL]",
+    };
     let (public, target) = text.split_once('=').ok_or_else(usage)?;
     let (upstream, model) = target.split_once(':').unwrap_or((target, public));
     if public.is_empty() || upstream.is_empty() || model.is_empty() {

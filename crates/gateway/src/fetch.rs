@@ -6,6 +6,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 
 use crate::Delivered;
+use crate::error::ImageError;
 use crate::net::{self, FetchError, FetchPolicy};
 
 /// Pictures bigger than this from a provider are refused rather than stored.
@@ -41,7 +42,7 @@ pub async fn deliver(
     b64: Option<&str>,
     size: Option<&str>,
     rehost: bool,
-) -> Result<Delivered, String> {
+) -> Result<Delivered, ImageError> {
     let (width, height) = size.and_then(parse_size).unwrap_or((0, 0));
     if let (Some(url), false) = (url, rehost) {
         return Ok(Delivered {
@@ -55,27 +56,23 @@ pub async fn deliver(
     let bytes = match (b64, url) {
         // Measured before decoding, so an oversized picture costs no second copy.
         (Some(b64), _) if b64.trim().len() > base64_len(policy.max_bytes) => {
-            return Err(format!(
-                "the upstream's image is larger than {} bytes",
-                policy.max_bytes
-            ));
+            return Err(ImageError::TooLarge(policy.max_bytes));
         }
         (Some(b64), _) => Bytes::from(
             base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
-                .map_err(|e| format!("the upstream's base64 image is invalid: {e}"))?,
+                .map_err(|e| ImageError::Base64(e.to_string()))?,
         ),
         (None, Some(url)) => download(policy, url).await?,
-        (None, None) => return Err("the upstream sent an image without url or b64_json".into()),
+        (None, None) => return Err(ImageError::Missing),
     };
-    let format = image::guess_format(&bytes)
-        .map_err(|_| "the upstream's image is not a picture".to_string())?;
+    let format = image::guess_format(&bytes).map_err(|_| ImageError::NotAPicture)?;
     let (width, height) = if width > 0 {
         (width, height)
     } else {
         image::ImageReader::with_format(std::io::Cursor::new(&bytes), format)
             .into_dimensions()
-            .map_err(|e| format!("the upstream's image cannot be read: {e}"))?
+            .map_err(|e| ImageError::Unreadable(e.to_string()))?
     };
     Ok(Delivered {
         bytes: Some(bytes),
@@ -90,10 +87,10 @@ pub async fn deliver(
     })
 }
 
-async fn download(policy: &FetchPolicy, url: &str) -> Result<Bytes, String> {
+async fn download(policy: &FetchPolicy, url: &str) -> Result<Bytes, ImageError> {
     net::fetch(url, policy).await.map_err(|error| match error {
-        FetchError::TooLarge(max) => format!("the upstream's image is larger than {max} bytes"),
-        error => format!("fetching the upstream's image: {error}"),
+        FetchError::TooLarge(max) => ImageError::TooLarge(max),
+        error => ImageError::Fetch(error.to_string()),
     })
 }
 

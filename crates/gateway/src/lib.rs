@@ -11,6 +11,7 @@
 
 mod answer;
 mod config;
+mod error;
 mod fetch;
 pub mod net;
 mod openai;
@@ -21,10 +22,11 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use seedbed_client::{Client, ClientError};
-use seedbed_types::{RawRequest, Usage};
+use seedbed_types::{ErrorCode, RawRequest, Usage};
 use serde_json::{Map, Value};
 
 pub use config::{Secret, UpstreamConfig, UpstreamKind, parse_route, parse_upstream};
+pub use error::{GatewayError, ImageError};
 
 /// What an upstream delivered, in the order it arrived.
 #[derive(Debug, Clone)]
@@ -118,7 +120,7 @@ impl Gateway {
     pub fn new(
         configs: Vec<UpstreamConfig>,
         extra_routes: &[(String, String, String)],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, GatewayError> {
         let mut inner = Inner {
             failover_backoff: Duration::from_millis(250),
             pauses: true,
@@ -133,15 +135,19 @@ impl Gateway {
             if let Some(key) = config.key() {
                 builder = builder.api_key(key.expose());
             }
-            let client = builder
-                .build()
-                .map_err(|e| format!("upstream {}: {e}", config.name))?;
+            let client = builder.build().map_err(|e| GatewayError::Client {
+                upstream: config.name.clone(),
+                message: e.to_string(),
+            })?;
             let http = reqwest::Client::builder()
                 .timeout(config.timeout())
                 .connect_timeout(Duration::from_secs(10))
                 .user_agent(concat!("seedbed-gateway/", env!("CARGO_PKG_VERSION")))
                 .build()
-                .map_err(|e| format!("upstream {}: {e}", config.name))?;
+                .map_err(|e| GatewayError::Client {
+                    upstream: config.name.clone(),
+                    message: e.to_string(),
+                })?;
             for (public, model) in &config.models {
                 inner.routes.entry(public.clone()).or_default().push(Route {
                     upstream: index,
@@ -161,7 +167,10 @@ impl Gateway {
                 .upstreams
                 .iter()
                 .position(|u| &u.config.name == name)
-                .ok_or_else(|| format!("route {public}: no upstream named `{name}`"))?;
+                .ok_or_else(|| GatewayError::UnknownUpstream {
+                    public: public.clone(),
+                    upstream: name.clone(),
+                })?;
             inner.routes.entry(public.clone()).or_default().push(Route {
                 upstream,
                 model: model.clone(),
@@ -277,7 +286,7 @@ impl Gateway {
             Some(error) => failed(&error),
             None => UpstreamEvent::Failed {
                 status: 404,
-                code: "InvalidEndpointOrModel.NotFound".into(),
+                code: ErrorCode::ModelNotFound.as_str().into(),
                 message: format!("no upstream serves the model {model}"),
                 param: Some("model".into()),
                 retry_after: None,
@@ -334,15 +343,15 @@ fn failed(error: &ClientError) -> UpstreamEvent {
             retry_after: *retry_after,
         },
         ClientError::Timeout { .. } => UpstreamEvent::Failed {
-            status: 504,
-            code: "UpstreamTimeout".into(),
+            status: ErrorCode::UpstreamTimeout.status(),
+            code: ErrorCode::UpstreamTimeout.as_str().into(),
             message: "the upstream provider did not answer in time".into(),
             param: None,
             retry_after: None,
         },
         other => UpstreamEvent::Failed {
-            status: 502,
-            code: "UpstreamUnavailable".into(),
+            status: ErrorCode::UpstreamUnavailable.status(),
+            code: ErrorCode::UpstreamUnavailable.as_str().into(),
             message: format!("the upstream provider could not be used: {other}"),
             param: None,
             retry_after: None,

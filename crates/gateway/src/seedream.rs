@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use seedbed_client::ClientError;
-use seedbed_types::{RawRequest, StreamEvent, StreamEventType};
+use seedbed_types::{ErrorCode, RawRequest, StreamEvent, StreamEventType};
 
 use crate::net::FetchPolicy;
 use crate::{Upstream, UpstreamEvent, answer, fetch};
@@ -35,8 +35,8 @@ pub async fn start(
                     match item {
                         Ok(event) => from_stream_event(&rules, event, position, rehost).await,
                         Err(error) => UpstreamEvent::Failed {
-                            status: 502,
-                            code: "UpstreamStreamBroken".into(),
+                            status: ErrorCode::UpstreamStreamBroken.status(),
+                            code: ErrorCode::UpstreamStreamBroken.as_str().into(),
                             message: format!("the upstream's stream broke off: {error}"),
                             param: None,
                             retry_after: None,
@@ -99,7 +99,7 @@ async fn from_stream_event(
         }
         StreamEventType::PartialFailed => {
             let error = event.error.unwrap_or_else(|| seedbed_types::ImageError {
-                code: "InternalServiceError".into(),
+                code: ErrorCode::InternalServiceError.as_str().into(),
                 message: "the upstream reported a failed image".into(),
             });
             UpstreamEvent::ImageFailed {
@@ -142,10 +142,10 @@ pub(crate) async fn image_event(
             image,
             extra,
         },
-        Err(message) => UpstreamEvent::ImageFailed {
+        Err(error) => UpstreamEvent::ImageFailed {
             index,
-            code: "InternalServiceError".into(),
-            message,
+            code: ErrorCode::InternalServiceError.as_str().into(),
+            message: error.to_string(),
         },
     }
 }

@@ -268,7 +268,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         shutdown_grace: config.shutdown_grace,
     };
     let gateway = seedbed_gateway::Gateway::new(config.upstreams.clone(), &config.routes)
-        .map_err(ServeError::Refused)?;
+        .map_err(|e| ServeError::Refused(e.to_string()))?;
     let jobs = Jobs::new(db, blobs, catalog, gateway, core_config);
     let device = Device::spawn(DeviceOptions {
         load: config.load.clone(),

@@ -27,10 +27,16 @@ pub enum ErrorCode {
     Cancelled,
     /// The request body did not finish arriving in time (a stalled or deliberately slow client).
     RequestTimeout,
+    /// An upstream provider did not answer in time.
+    UpstreamTimeout,
+    /// No upstream provider could be used (refused connections, broken answers).
+    UpstreamUnavailable,
+    /// An upstream provider's event stream broke off before its end.
+    UpstreamStreamBroken,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::MissingParameter,
         Self::InvalidParameter,
         Self::AuthenticationError,
@@ -46,6 +52,9 @@ impl ErrorCode {
         Self::RetriesExhausted,
         Self::Cancelled,
         Self::RequestTimeout,
+        Self::UpstreamTimeout,
+        Self::UpstreamUnavailable,
+        Self::UpstreamStreamBroken,
     ];
 
     /// The code whose string this is.
@@ -75,6 +84,9 @@ impl ErrorCode {
             ),
             Self::Cancelled => (409, "RequestCancelled", "Conflict"),
             Self::RequestTimeout => (408, "RequestTimeout", "RequestTimeout"),
+            Self::UpstreamTimeout => (504, "UpstreamTimeout", "GatewayTimeout"),
+            Self::UpstreamUnavailable => (502, "UpstreamUnavailable", "BadGateway"),
+            Self::UpstreamStreamBroken => (502, "UpstreamStreamBroken", "BadGateway"),
         }
     }
 
@@ -100,7 +112,9 @@ impl ErrorCode {
             408 => "RequestTimeout",
             409 => "Conflict",
             429 => "TooManyRequests",
+            502 => "BadGateway",
             503 => "ServiceUnavailable",
+            504 => "GatewayTimeout",
             _ => "InternalServerError",
         }
     }

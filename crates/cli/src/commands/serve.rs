@@ -315,9 +315,7 @@ impl ServeArgs {
         config.upstreams = file.upstreams;
         config.upstreams.extend(self.upstreams);
         for route in &file.routes {
-            config
-                .routes
-                .push(seedbed_gateway::parse_route(route).map_err(anyhow::Error::msg)?);
+            config.routes.push(seedbed_gateway::parse_route(route)?);
         }
         config.routes.extend(self.routes);
         config.load = self.device.load_options()?;
