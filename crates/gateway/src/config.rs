@@ -32,25 +32,7 @@ impl std::str::FromStr for UpstreamKind {
 }
 
 /// The key to an upstream: never logged, never returned.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use seedbed_types::Secret;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct UpstreamConfig {
@@ -157,7 +139,7 @@ impl UpstreamConfig {
         std::env::var(var)
             .ok()
             .filter(|k| !k.is_empty())
-            .map(Secret)
+            .map(Secret::new)
     }
 }
 

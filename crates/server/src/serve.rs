@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use seedbed_core::{Catalog, CoreConfig, Device, DeviceOptions, InputPolicy, Jobs};
 use seedbed_engine::LoadOptions;
 use seedbed_storage::{Blobs, Db, Keys};
+use seedbed_types::Secret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -30,12 +31,12 @@ pub struct ServeConfig {
     pub aliases: Vec<(String, String)>,
     /// Bootstrap keys with every scope, stored hashed. Exactly these are the bootstrap keys:
     /// one removed from the list is revoked at the next start.
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<Secret>,
     /// The secret API-key hashes are keyed with, kept outside the database; default
     /// `<data_dir>/key-hash.secret`, made on first start. Nodes sharing a database share it.
     pub key_secret_file: Option<PathBuf>,
     /// A bearer token good for `/metrics` and `/info` only (for a Prometheus scraper).
-    pub metrics_key: Option<String>,
+    pub metrics_key: Option<Secret>,
     /// Base of image links; default `http://<listen address>`.
     pub public_url: Option<String>,
     pub queue_size: u32,
@@ -190,7 +191,12 @@ async fn open_key_store(config: &ServeConfig, db: &Db) -> Result<Access, ServeEr
         );
     }
     let scopes = [SCOPE_GENERATE.to_string(), SCOPE_ADMIN.to_string()];
-    let bootstrap = keys.sync_bootstrap(&config.api_keys, &scopes).await?;
+    let secrets: Vec<String> = config
+        .api_keys
+        .iter()
+        .map(|key| key.expose().to_string())
+        .collect();
+    let bootstrap = keys.sync_bootstrap(&secrets, &scopes).await?;
     if bootstrap.revoked > 0 {
         tracing::info!(
             revoked = bootstrap.revoked,
@@ -211,7 +217,8 @@ async fn open_key_store(config: &ServeConfig, db: &Db) -> Result<Access, ServeEr
              the server is started with --api-key"
         );
     }
-    Ok(Access::new(keys, open, config.metrics_key.as_deref()))
+    let metrics_key = config.metrics_key.as_ref().map(Secret::expose);
+    Ok(Access::new(keys, open, metrics_key))
 }
 
 pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
@@ -308,4 +315,22 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         shutdown,
         tasks: vec![http, runner, janitor],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_key() {
+        let mut config = ServeConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            "data".into(),
+            "models".into(),
+        );
+        config.api_keys = vec!["sb-bootstrap-secret".into()];
+        config.metrics_key = Some("scraper-secret".into());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("bootstrap-secret") && !shown.contains("scraper-secret"));
+    }
 }

@@ -12,6 +12,7 @@ pub mod raw;
 pub mod request;
 pub mod request_id;
 pub mod response;
+pub mod secret;
 pub mod stream;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
@@ -27,4 +28,5 @@ pub use request::{
 };
 pub use request_id::{new_request_id, utc_parts};
 pub use response::{ImageData, ImageError, ImagesResponse, Usage};
+pub use secret::Secret;
 pub use stream::{StreamEvent, StreamEventType};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use seedbed_server::serve::{ServeConfig, start};
+use seedbed_types::Secret;
 use serde::Deserialize;
 
 use crate::device::DeviceArgs;
@@ -58,7 +59,7 @@ pub struct ServeArgs {
         value_delimiter = ',',
         hide_env_values = true
     )]
-    api_keys: Vec<String>,
+    api_keys: Vec<Secret>,
 
     /// The secret API-key hashes are keyed with (made on first start; nodes sharing a
     /// database need the same file) [default: <data-dir>/key-hash.secret].
@@ -73,7 +74,7 @@ pub struct ServeArgs {
         env = "SEEDBED_METRICS_KEY",
         hide_env_values = true
     )]
-    metrics_key: Option<String>,
+    metrics_key: Option<Secret>,
 
     /// Base URL of image links, as clients reach this server [default: http://<listen>].
     #[arg(long, env = "SEEDBED_PUBLIC_URL")]
@@ -171,9 +172,9 @@ struct FileConfig {
     #[serde(default)]
     aliases: Vec<String>,
     #[serde(default)]
-    api_keys: Vec<String>,
+    api_keys: Vec<Secret>,
     key_secret_file: Option<PathBuf>,
-    metrics_key: Option<String>,
+    metrics_key: Option<Secret>,
     public_url: Option<String>,
     database_url: Option<String>,
     blob_url: Option<String>,

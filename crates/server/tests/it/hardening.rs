@@ -87,7 +87,7 @@ async fn revoking_every_key_never_opens_the_server() {
 async fn bootstrap_keys_follow_the_command_line_across_restarts() {
     let start = |dir: tempfile::TempDir, keys: &[&str]| {
         let mut config = config(dir.path());
-        config.api_keys = keys.iter().map(|k| k.to_string()).collect();
+        config.api_keys = keys.iter().map(|k| (*k).into()).collect();
         TestServer::start_in(dir, config)
     };
     let keyed = |server: &TestServer, key: &str| server.get("/v1/keys").bearer_auth(key).send();
