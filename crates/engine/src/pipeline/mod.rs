@@ -15,7 +15,8 @@ use candle_core::{DType, Device, Tensor};
 pub use conditioning::{Conditioning, EncodedPrompts};
 pub use denoise::Denoise;
 pub use request::{
-    GenerateRequest, InitImage, MAX_IMAGES, MAX_SIDE, MAX_STEPS, Progress, img2img_start,
+    GenerateRequest, InitImage, MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, Progress,
+    image_seed, img2img_start,
 };
 
 use crate::error::{EngineError, Result};
@@ -363,7 +364,7 @@ impl Pipeline {
         ];
         let mut images = Vec::with_capacity(request.count);
         for index in 0..request.count {
-            let seed = request.seed.wrapping_add(index as u64);
+            let seed = image_seed(request.seed, index as u64);
             let mut noise = SeededNoise::new(seed);
             let initial = noise.randn(&latent_shape, device)?;
             let start = match (&init_picture, &request.init_image) {

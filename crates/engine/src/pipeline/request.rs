@@ -11,6 +11,14 @@ use crate::scheduler::SchedulerKind;
 pub const MAX_SIDE: u32 = 4096;
 pub const MAX_STEPS: usize = 500;
 pub const MAX_IMAGES: usize = 16;
+/// Classifier-free guidance above this only burns the picture.
+pub const MAX_GUIDANCE: f64 = 30.0;
+
+/// The seed of image `index` of a batch that starts at `seed`: each image can be made again
+/// alone, locally or on a server, from its own seed.
+pub fn image_seed(seed: u64, index: u64) -> u64 {
+    seed.wrapping_add(index)
+}
 
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
@@ -56,10 +64,14 @@ impl GenerateRequest {
                 format!("{} must be between 1 and {MAX_STEPS}", self.steps),
             ));
         }
-        if !self.guidance_scale.is_finite() || !(0.0..=30.0).contains(&self.guidance_scale) {
+        if !self.guidance_scale.is_finite() || !(0.0..=MAX_GUIDANCE).contains(&self.guidance_scale)
+        {
             return Err(EngineError::invalid(
                 "guidance_scale",
-                format!("{} must be between 0 and 30", self.guidance_scale),
+                format!(
+                    "{} must be between 0 and {MAX_GUIDANCE}",
+                    self.guidance_scale
+                ),
             ));
         }
         if self.count == 0 || self.count > MAX_IMAGES {
