@@ -182,7 +182,7 @@ fn run_job(cache: &mut ModelCache, job: &DeviceJob) -> std::result::Result<(), D
             steps: spec.steps as usize,
             guidance_scale: spec.guidance_scale,
             scheduler,
-            karras_sigmas: false,
+            karras_sigmas: spec.karras_sigmas,
             seed,
             count: 1,
             init_image: init.clone(),
@@ -276,7 +276,7 @@ fn finish_picture(
         model: spec.local_model.clone(),
         seed,
         software: format!("seedbed {}", env!("CARGO_PKG_VERSION")),
-        created_unix: seedbed_storage::now_ms() / 1000,
+        created_unix: provenance_time(),
     };
     let format = match spec.output_format {
         ImageFormat::Jpeg => OutputFormat::Jpeg,
@@ -284,6 +284,19 @@ fn finish_picture(
     };
     output::encode(&picture, format, &provenance)
         .map_err(|e| DeviceFailure::Internal(e.to_string()))
+}
+
+/// When a picture was made, in unix seconds: `SOURCE_DATE_EPOCH` when set (the
+/// reproducible-builds convention, so a run can be repeated byte for byte), else now.
+fn provenance_time() -> i64 {
+    let now = || seedbed_storage::now_ms() / 1000;
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Err(_) => now(),
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(%text, "SOURCE_DATE_EPOCH is not unix seconds; using the clock");
+            now()
+        }),
+    }
 }
 
 /// Loaded pipelines, least recently used first.

@@ -62,6 +62,9 @@ pub struct GenerationSpec {
     pub guidance_scale: f64,
     /// `None`: the model's own scheduler.
     pub scheduler: Option<String>,
+    /// Karras sigmas for the sampler (also on when the model's scheduler config asks).
+    #[serde(default)]
+    pub karras_sigmas: bool,
     /// Image-to-image strength; used only with a reference image.
     pub strength: f64,
     /// Blob keys of the reference images, stored when the job was created.
@@ -145,6 +148,13 @@ pub fn validate(
                 .to_string(),
         ),
     };
+    let karras_sigmas = request.karras_sigmas.unwrap_or(false);
+    if karras_sigmas && scheduler.as_deref() == Some(SchedulerKind::Ddim.name()) {
+        return Err(CoreError::invalid(
+            "karras_sigmas",
+            "Karras sigmas need euler, euler_a or dpmpp2m, not ddim.",
+        ));
+    }
     let strength = request.strength.unwrap_or(0.8);
     if !(strength > 0.0 && strength <= 1.0) {
         return Err(CoreError::invalid(
@@ -193,6 +203,7 @@ pub fn validate(
         steps,
         guidance_scale,
         scheduler,
+        karras_sigmas,
         strength,
         reference_images: Vec::new(),
         response_format: request.response_format.unwrap_or_default(),
@@ -226,6 +237,7 @@ pub fn validate_gateway(request: &GenerationRequest, raw: &RawRequest) -> Result
         steps: 0,
         guidance_scale: 0.0,
         scheduler: None,
+        karras_sigmas: false,
         strength: 0.0,
         reference_images: Vec::new(),
         response_format: request.response_format.unwrap_or_default(),

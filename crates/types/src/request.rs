@@ -57,6 +57,10 @@ pub struct GenerationRequest {
     /// seedbed extension (local models, with `image`): how much of the reference is repainted,
     /// (0, 1]; default 0.8.
     pub strength: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// seedbed extension (local models): space the sampler's steps with Karras sigmas (euler,
+    /// euler_a, dpmpp2m; not ddim); default false, or what the model's scheduler config says.
+    pub karras_sigmas: Option<bool>,
 
     /// Everything else, including fields seedbed does not know (`tools`, `optimize_prompt`,
     /// `layer_decomposition`, ...), with `null`s dropped.
@@ -141,7 +145,7 @@ mod tests {
         let body = r#"{"model":"m","prompt":"p","image":["https://a/x.png","data:image/png;base64,AAAA"],
             "sequential_image_generation":"auto","sequential_image_generation_options":{"max_images":3},
             "stream":true,"response_format":"b64_json","watermark":false,"tools":[{"type":"web_search"}],
-            "negative_prompt":"blurry","steps":4,"scheduler":"euler","strength":0.5}"#;
+            "negative_prompt":"blurry","steps":4,"scheduler":"euler","strength":0.5,"karras_sigmas":true}"#;
         let request: GenerationRequest = serde_json::from_str(body).unwrap();
         assert_eq!(request.image.as_ref().unwrap().as_slice().len(), 2);
         assert_eq!(
@@ -158,6 +162,7 @@ mod tests {
         );
         assert_eq!(request.response_format, Some(ResponseFormat::B64Json));
         assert_eq!(request.steps, Some(4));
+        assert_eq!(request.karras_sigmas, Some(true));
         assert_eq!(
             request.extra["tools"],
             serde_json::json!([{"type": "web_search"}])

@@ -81,6 +81,10 @@ fn every_bound_names_its_field() {
     assert_eq!(base(serde_json::json!({"scheduler": "lms"})), "scheduler");
     assert_eq!(base(serde_json::json!({"strength": 0})), "strength");
     assert_eq!(
+        base(serde_json::json!({"scheduler": "ddim", "karras_sigmas": true})),
+        "karras_sigmas"
+    );
+    assert_eq!(
         base(serde_json::json!({"output_format": "gif"})),
         "output_format"
     );
@@ -173,4 +177,17 @@ fn prompts_have_a_length_limit() {
             ..
         })
     ));
+}
+
+#[test]
+fn karras_sigmas_reach_the_spec_and_old_specs_still_parse() {
+    let spec = check(serde_json::json!({"model": "tiny-sd", "prompt": "x",
+        "scheduler": "dpmpp2m", "karras_sigmas": true}))
+    .unwrap();
+    assert!(spec.karras_sigmas);
+    // A job row written before the field existed.
+    let mut stored = serde_json::to_value(&spec).unwrap();
+    stored.as_object_mut().unwrap().remove("karras_sigmas");
+    let parsed: GenerationSpec = serde_json::from_value(stored).unwrap();
+    assert!(!parsed.karras_sigmas);
 }
