@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod inputs;
 pub mod jobs;
+pub mod local;
 mod relay;
 mod runner;
 pub mod sizes;
