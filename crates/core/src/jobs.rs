@@ -1,8 +1,7 @@
 //! Jobs without HTTP: admission (queue bound, per-key limits), the job record, its event
-//! stream, cancel. The runner (in `runner.rs`) does the work.
+//! stream, cancel. The runner (in `runner.rs`) does the work through a backend per lane.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use seedbed_storage::{
     Admission, Blobs, Db, ImageRow, JobRow, JobStatus, KeyRow, Lane, NewJob, Refusal,
 };
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::error::{CoreError, Result};
@@ -70,8 +70,8 @@ pub(crate) struct Inner {
     pub wake_gateway: Notify,
     /// Bumped after every appended event; watchers re-read the log.
     pub event_tick: watch::Sender<u64>,
-    /// Cancel flags of jobs running in this process.
-    pub running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Cancel tokens of jobs running in this process.
+    pub running: Mutex<HashMap<String, CancellationToken>>,
 }
 
 /// Where a job's reference images are kept until it ends.
@@ -265,14 +265,14 @@ impl Jobs {
             self.end(id, JobStatus::Cancelled, &JobEvent::Cancelled)
                 .await?;
         }
-        if let Some(flag) = self.running_flag(id) {
-            flag.store(true, Ordering::SeqCst);
+        if let Some(cancel) = self.running_token(id) {
+            cancel.cancel();
         }
         self.inner.wake.notify_one();
         self.job(id, key).await
     }
 
-    fn running_flag(&self, id: &str) -> Option<Arc<AtomicBool>> {
+    fn running_token(&self, id: &str) -> Option<CancellationToken> {
         self.inner.running.lock().ok()?.get(id).cloned()
     }
 

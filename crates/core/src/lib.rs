@@ -2,17 +2,18 @@
 //!
 //! A wire request is validated once into a [`GenerationSpec`] ([`spec::validate`]); a job row
 //! holding it is written before any work starts ([`Jobs::submit`]); the runner claims jobs
-//! from the store and hands them to the one thread that owns the device ([`Device`]); every
-//! image is stored before its event is written, and usage is recorded for what was delivered.
+//! from the store and hands them to its lane's backend (the one thread that owns the device,
+//! [`Device`], or an upstream provider); every image is stored before its event is written,
+//! and usage is recorded for what was delivered.
 
+mod backend;
 pub mod catalog;
 pub mod device;
 pub mod error;
 pub mod events;
 pub mod inputs;
+mod janitor;
 pub mod jobs;
-pub mod local;
-mod relay;
 mod runner;
 pub mod sizes;
 pub mod spec;
