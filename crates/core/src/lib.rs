@@ -14,6 +14,7 @@ pub mod events;
 pub mod inputs;
 mod janitor;
 pub mod jobs;
+pub mod local;
 mod runner;
 pub mod sizes;
 pub mod spec;
