@@ -23,14 +23,10 @@ use clap::{Parser, Subcommand};
     after_help = "Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 the server refused the request."
 )]
 pub struct Cli {
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `seedbed_engine=debug`.
-    #[arg(
-        long,
-        global = true,
-        env = "SEEDBED_LOG",
-        default_value = "warn,seedbed_server=info,seedbed_core=info"
-    )]
-    log: String,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `seedbed_engine=debug`
+    /// [default: `warn,seedbed_server=info,seedbed_core=info` for serve, `warn` otherwise].
+    #[arg(long, global = true, env = "SEEDBED_LOG")]
+    log: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -68,8 +64,14 @@ pub const EXIT_API: u8 = 3;
 fn main() -> ExitCode {
     memory::keep_freed_memory_for_reuse();
     let cli = Cli::parse();
+    // A server reports its jobs; a local `generate` runs the same core code but only its
+    // progress bar should show.
+    let filter = cli.log.as_deref().unwrap_or(match cli.command {
+        Command::Serve(_) => "warn,seedbed_server=info,seedbed_core=info",
+        _ => "warn",
+    });
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -116,9 +118,20 @@ fn report(error: &anyhow::Error) -> ExitCode {
         );
         return ExitCode::from(if refused { EXIT_API } else { EXIT_FAILURE });
     }
+    // Core's request errors are the same bad input, whichever path found them.
     let usage = error
         .downcast_ref::<seedbed_engine::EngineError>()
-        .is_some_and(|e| matches!(e, seedbed_engine::EngineError::InvalidInput { .. }));
+        .is_some_and(|e| matches!(e, seedbed_engine::EngineError::InvalidInput { .. }))
+        || error
+            .downcast_ref::<seedbed_core::CoreError>()
+            .is_some_and(|e| {
+                matches!(
+                    e,
+                    seedbed_core::CoreError::InvalidParameter { .. }
+                        | seedbed_core::CoreError::MissingParameter { .. }
+                        | seedbed_core::CoreError::ModelNotFound { .. }
+                )
+            });
     ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE })
 }
 

@@ -7,6 +7,7 @@ use predicates::prelude::*;
 
 mod architecture;
 mod kill;
+mod one_path;
 mod proxy;
 mod remote;
 mod server_process;
@@ -153,16 +154,23 @@ fn image_to_image_from_a_file() {
 fn bad_input_exits_2_and_names_the_field() {
     let models = fixtures().join("models");
     seedbed()
-        .args(["generate", "x", "--size", "100x64", "--models-dir"])
+        .args(["generate", "x", "--size", "16x16", "--models-dir"])
         .arg(&models)
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("width").and(predicate::str::contains("multiple of 8")));
+        .stderr(predicate::str::contains("size 16x16 has 256 pixels"));
     seedbed()
-        .args(["generate", "x", "--size", "big"])
+        .args(["generate", "x", "--size", "big", "--models-dir"])
+        .arg(&models)
         .assert()
         .code(2)
         .stderr(predicate::str::contains("WIDTHxHEIGHT"));
+    seedbed()
+        .args(["generate", "x", "--seed", "2147483648", "--models-dir"])
+        .arg(&models)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("between 0 and 2147483647"));
     seedbed()
         .args(["generate", "x", "--model", "nope", "--models-dir"])
         .arg(&models)
@@ -189,24 +197,19 @@ fn missing_models_dir_is_a_failure_with_a_hint() {
 }
 
 /// The tiny model at 1024x1024: attention over 16k latent tokens must not materialise the
-/// full score matrix (2 heads x 16k x 16k f32 = 2 GiB) and the VAE decodes in tiles.
+/// full score matrix (2 heads x 16k x 16k f32 = 2 GiB) and the VAE decodes in tiles. Sizes
+/// are bounded by the native size (4K = four times each side), so a `seedbed.json` declares
+/// 256 for that size to be allowed.
 #[test]
 fn large_image_runs_in_bounded_memory() {
     let tmp = tempfile::tempdir().unwrap();
+    let overrides = r#"{"steps": 1, "guidance_scale": 0, "native_size": 256}"#;
+    one_path::model_like_tiny_sd(tmp.path(), "tiny-256", Some(overrides));
     let assert = seedbed()
         .current_dir(tmp.path())
-        .args([
-            "generate",
-            "x",
-            "--size",
-            "1024x1024",
-            "--steps",
-            "1",
-            "--log",
-            "info",
-            "--models-dir",
-        ])
-        .arg(fixtures().join("models"))
+        .args(["generate", "x", "--size", "1024x1024", "--log", "info"])
+        .arg("--models-dir")
+        .arg(tmp.path())
         .assert()
         .success();
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();

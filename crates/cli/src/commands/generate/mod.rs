@@ -1,9 +1,11 @@
 //! `seedbed generate`: through a server when one is given (`--server` / `SEEDBED_SERVER`),
-//! otherwise in this process on a local model folder.
+//! otherwise in this process on a local model folder. Both send the same request through the
+//! same validation (core's), so a local run makes what a server would.
 
 mod local;
 mod output;
 mod remote;
+mod request;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,9 +18,10 @@ use crate::device::DeviceArgs;
 
 #[derive(Debug, Args)]
 #[command(after_long_help = "\
-Without --server the model runs in this process (a folder in --models-dir); with --server (or
-SEEDBED_SERVER) the request goes to that server and the command shows the queue position, then a
-progress bar per image.
+Without --server the model runs in this process (a folder in --models-dir) with the server's rules:
+the same sizes, defaults (from the model's name or its seedbed.json), checks and pictures for the
+same seed (byte for byte with SOURCE_DATE_EPOCH set). With --server (or SEEDBED_SERVER) the request
+goes to that server and the command shows the queue position, then a progress bar per image.
 
 Files: `-o out.png` writes out.png (out-0.png, out-1.png, ... for several images); `-o DIR/` writes
 DIR/<job id>-<i>.<ext> (remote) or DIR/seedbed-<seed>.<ext> (local). Paths written go to stdout, one
@@ -42,7 +45,8 @@ pub struct GenerateArgs {
     #[arg(long, short, env = "SEEDBED_MODEL")]
     model: Option<String>,
 
-    /// WIDTHxHEIGHT or a preset: 1K (the model's native size), 2K, 4K.
+    /// WIDTHxHEIGHT or a preset: 1K (the model's native size), 1.5K, 2K, 3K, 4K; a W:H ratio
+    /// in the prompt (e.g. "16:9") shapes a preset.
     #[arg(long)]
     size: Option<String>,
 
@@ -55,7 +59,7 @@ pub struct GenerateArgs {
     seed: Option<u64>,
 
     /// A reference picture, file or URL (image-to-image); repeatable on servers that take
-    /// several. Locally the first one is the starting picture.
+    /// several. Locally a file, and seedbed's own models take one.
     #[arg(long, visible_alias = "init-image", value_name = "PATH|URL")]
     image: Vec<String>,
 
@@ -79,7 +83,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     scheduler: Option<SchedulerKind>,
 
-    /// Use Karras sigmas (local only; euler, euler_a, dpmpp2m).
+    /// Use Karras sigmas (euler, euler_a, dpmpp2m; locally and on seedbed servers).
     #[arg(long)]
     karras: bool,
 

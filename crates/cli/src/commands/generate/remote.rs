@@ -8,10 +8,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use futures::StreamExt;
 use seedbed_client::Client;
-use seedbed_types::{
-    GenerationRequest, ImageInput, ImagesResponse, JobState, ResponseFormat, SequentialMode,
-    SequentialOptions,
-};
+use seedbed_types::{GenerationRequest, ImagesResponse, JobState, ResponseFormat};
 
 use super::GenerateArgs;
 use super::output::{Format, Target, write_atomically};
@@ -21,7 +18,11 @@ use crate::remote::connect;
 pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let server = args.server.clone().unwrap_or_default();
     let target = Target::parse(args.output.as_deref(), Format::Jpeg)?;
-    let mut request = build_request(&args, target.format())?;
+    let mut request = GenerationRequest {
+        stream: Some(false),
+        response_format: Some(ResponseFormat::Url),
+        ..super::request::build(&args, target.format())?
+    };
     crate::block_on(async move {
         let client = connect(&server, args.api_key.as_deref())?;
         let is_seedbed = client.info().await.is_ok_and(|info| info.name == "seedbed");
@@ -76,53 +77,6 @@ async fn run_job(
             bail!("job {} failed: {code}: {message}", job.id)
         }
     }
-}
-
-fn build_request(args: &GenerateArgs, format: Option<Format>) -> Result<GenerationRequest> {
-    let mut images = Vec::with_capacity(args.image.len());
-    for source in &args.image {
-        images.push(reference(source)?);
-    }
-    Ok(GenerationRequest {
-        model: args.model.clone(),
-        prompt: Some(args.prompt.clone()),
-        image: match images.len() {
-            0 => None,
-            1 => Some(ImageInput::One(images.remove(0))),
-            _ => Some(ImageInput::Many(images)),
-        },
-        size: args.size.clone(),
-        seed: args.seed.map(|s| s as i64),
-        sequential_image_generation: (args.count > 1).then_some(SequentialMode::Auto),
-        sequential_image_generation_options: (args.count > 1).then_some(SequentialOptions {
-            max_images: Some(args.count),
-        }),
-        stream: Some(false),
-        guidance_scale: args.guidance,
-        response_format: Some(ResponseFormat::Url),
-        watermark: args.watermark,
-        output_format: format.map(|f| if f == Format::Png { "png" } else { "jpeg" }.into()),
-        negative_prompt: args.negative_prompt.clone(),
-        steps: args.steps,
-        scheduler: args.scheduler.map(|s| s.name().to_string()),
-        strength: args.strength,
-        ..GenerationRequest::default()
-    })
-}
-
-/// A URL is passed on; a file becomes a `data:` URI.
-fn reference(source: &str) -> Result<String> {
-    if source.starts_with("http://") || source.starts_with("https://") {
-        return Ok(source.to_string());
-    }
-    let bytes = std::fs::read(source).with_context(|| format!("reading {source}"))?;
-    let format = image::guess_format(&bytes)
-        .with_context(|| format!("{source} is not a picture seedbed can read"))?;
-    let mime = format.to_mime_type();
-    Ok(format!(
-        "data:{mime};base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(&bytes)
-    ))
 }
 
 async fn save(
