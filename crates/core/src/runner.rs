@@ -218,7 +218,6 @@ impl Jobs {
             id: job.id.clone(),
             spec: spec.clone(),
         };
-        let mut events = backend.run(work, stop.clone());
         let mut stopped: Option<Stop> = None;
         let halt = |reason: Stop, stopped: &mut Option<Stop>| {
             // The first reason stands, except that a lost lease overrides any.
@@ -227,8 +226,15 @@ impl Jobs {
                 stop.cancel();
             }
         };
+        // Renewed once before the work starts: this reads a cancel that came between the claim
+        // and `track` (the claim itself set the lease).
+        if let Some(reason) = self.renew(&job.id).await?.stops() {
+            halt(reason, &mut stopped);
+        }
+        let mut events = backend.run(work, stop.clone());
         let mut tally = Tally::default();
-        let mut heartbeat = tokio::time::interval(config.lease / 3);
+        let beat = config.lease / 3;
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
         let mut grace: Option<tokio::time::Instant> = None;
         let done = loop {
             let lost = stopped == Some(Stop::LeaseLost);
@@ -247,14 +253,11 @@ impl Jobs {
                     },
                     Some(event) => self.record(job, spec, event, &mut tally).await?,
                 },
-                _ = heartbeat.tick(), if !lost => match self.renew(&job.id).await? {
-                    Lease::Lost => {
-                        tracing::warn!("lost the job's lease to another node: stopping it");
-                        halt(Stop::LeaseLost, &mut stopped);
+                _ = heartbeat.tick(), if !lost => {
+                    if let Some(reason) = self.renew(&job.id).await?.stops() {
+                        halt(reason, &mut stopped);
                     }
-                    Lease::Held { cancel: true } => halt(Stop::Cancel, &mut stopped),
-                    Lease::Held { cancel: false } => {}
-                },
+                }
                 _ = cancel.cancelled(), if stopped.is_none() => halt(Stop::Cancel, &mut stopped),
                 _ = shutdown.cancelled(), if grace.is_none() => {
                     tracing::info!("shutting down: letting the running job finish");
@@ -276,6 +279,20 @@ impl Jobs {
 pub(crate) enum Lease {
     Held { cancel: bool },
     Lost,
+}
+
+impl Lease {
+    /// Why the job must stop, if it must.
+    fn stops(self) -> Option<Stop> {
+        match self {
+            Self::Lost => {
+                tracing::warn!("lost the job's lease to another node: stopping it");
+                Some(Stop::LeaseLost)
+            }
+            Self::Held { cancel: true } => Some(Stop::Cancel),
+            Self::Held { cancel: false } => None,
+        }
+    }
 }
 
 /// Resolves at `deadline`, never without one (the shutdown grace period in a `select!`).
