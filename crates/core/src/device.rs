@@ -173,7 +173,7 @@ fn run_job(cache: &mut ModelCache, job: &DeviceJob) -> std::result::Result<(), D
         if job.cancel.load(Ordering::SeqCst) {
             return Err(DeviceFailure::Cancelled);
         }
-        let seed = spec.seed.wrapping_add(u64::from(index));
+        let seed = seedbed_engine::pipeline::image_seed(spec.seed, u64::from(index));
         let request = GenerateRequest {
             prompt: spec.prompt.clone(),
             negative_prompt: spec.negative_prompt.clone(),

@@ -17,7 +17,7 @@ use crate::sizes::{self, SizeRules};
 /// Seedream's cap on reference images plus generated images.
 pub const MAX_IMAGES_TOTAL: u32 = 15;
 pub const MAX_STEPS: u32 = seedbed_engine::pipeline::MAX_STEPS as u32;
-pub const MAX_GUIDANCE: f64 = 30.0;
+pub const MAX_GUIDANCE: f64 = seedbed_engine::pipeline::MAX_GUIDANCE;
 /// Upstream's seed range.
 pub const MAX_SEED: i64 = 2_147_483_647;
 /// The longest `prompt` or `negative_prompt`, in characters. Seedream documents no maximum
