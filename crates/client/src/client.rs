@@ -194,14 +194,26 @@ pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 pub(crate) async fn api_error(response: Response, request_id: &str) -> ClientError {
     let status = response.status();
     let headers = response.headers().clone();
-    let request_id = header(&headers, REQUEST_ID_HEADER).unwrap_or_else(|| request_id.into());
-    let retry_after = header(&headers, RETRY_AFTER.as_str())
+    let body = response.bytes().await.unwrap_or_default();
+    error_from_answer(status, &headers, &body, request_id)
+}
+
+/// An error answer as a [`ClientError::Api`]: the envelope read leniently (other servers send
+/// `param: null` or leave fields out), else the status and the start of the body; the
+/// server's request id when it sent one, and `Retry-After` in seconds. For callers that read
+/// the body themselves (the gateway bounds how much of it it reads).
+pub fn error_from_answer(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    request_id: &str,
+) -> ClientError {
+    let request_id = header(headers, REQUEST_ID_HEADER).unwrap_or_else(|| request_id.into());
+    let retry_after = header(headers, RETRY_AFTER.as_str())
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64);
-    let body = response.bytes().await.unwrap_or_default();
-    // Read leniently: other servers send `param: null` or leave fields out.
-    let envelope = serde_json::from_slice::<serde_json::Value>(&body)
+    let envelope = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("error").filter(|e| e.is_object()).cloned());
     let text =
@@ -213,7 +225,7 @@ pub(crate) async fn api_error(response: Response, request_id: &str) -> ClientErr
             text(&error, "param").filter(|p| !p.is_empty()),
         ),
         None => {
-            let text = String::from_utf8_lossy(&body);
+            let text = String::from_utf8_lossy(body);
             let text: String = text.chars().take(300).collect();
             let reason = status.canonical_reason().unwrap_or("error");
             let message = if text.trim().is_empty() {

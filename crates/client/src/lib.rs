@@ -24,7 +24,7 @@ mod sse;
 mod stream;
 
 pub use builder::ClientBuilder;
-pub use client::Client;
+pub use client::{Client, error_from_answer};
 pub use error::ClientError;
 pub use seedbed_types as types;
 pub use seedbed_types::{new_request_id, utc_parts};

@@ -7,7 +7,6 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use reqwest::header::RETRY_AFTER;
 use seedbed_client::ClientError;
 use seedbed_types::ImagesResponse;
 
@@ -106,49 +105,15 @@ fn transport(error: reqwest::Error, request_id: &str) -> ClientError {
     }
 }
 
-/// The error envelope `{"error": {"code", "message", "param"}}` (read leniently: providers send
-/// `param: null` or leave fields out), else the status and the start of the body; with
-/// `Retry-After` in seconds when the upstream sent one.
+/// The upstream's error answer, of which at most `MAX_ERROR_BYTES` are read, as the client
+/// crate reads any error answer.
 async fn api_error(response: reqwest::Response, request_id: String) -> ClientError {
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(std::time::Duration::from_secs_f64);
+    let headers = response.headers().clone();
     let body = read(response, MAX_ERROR_BYTES, &request_id)
         .await
         .ok()
         .flatten()
         .unwrap_or_default();
-    let envelope = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("error").filter(|e| e.is_object()).cloned());
-    let text =
-        |e: &serde_json::Value, key: &str| e.get(key).and_then(|v| v.as_str()).map(str::to_string);
-    let (code, message, param) = match envelope {
-        Some(error) => (
-            text(&error, "code").unwrap_or_else(|| "HttpError".into()),
-            text(&error, "message").unwrap_or_default(),
-            text(&error, "param").filter(|p| !p.is_empty()),
-        ),
-        None => {
-            let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
-            let message = match text.trim() {
-                "" => status.canonical_reason().unwrap_or("error").to_string(),
-                text => text.to_string(),
-            };
-            ("HttpError".to_string(), message, None)
-        }
-    };
-    ClientError::Api {
-        status: status.as_u16(),
-        code,
-        message,
-        param,
-        request_id: Some(request_id),
-        retry_after,
-    }
+    seedbed_client::error_from_answer(status, &headers, &body, &request_id)
 }
