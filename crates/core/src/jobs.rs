@@ -98,6 +98,30 @@ fn refused(refusal: Refusal) -> CoreError {
     }
 }
 
+/// A job as core hands it out: its row, and its spec parsed once, here, so no caller reads
+/// the stored JSON itself.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub row: JobRow,
+    pub spec: GenerationSpec,
+}
+
+impl Job {
+    pub(crate) fn from_row(row: JobRow) -> Result<Self> {
+        let spec = serde_json::from_str(&row.spec)
+            .map_err(|e| CoreError::Internal(format!("the stored spec of {}: {e}", row.id)))?;
+        Ok(Self { row, spec })
+    }
+}
+
+/// The row's fields (`job.id`, `job.status`, ...) read through the job.
+impl std::ops::Deref for Job {
+    type Target = JobRow;
+    fn deref(&self) -> &JobRow {
+        &self.row
+    }
+}
+
 /// Every id we hand out: a prefix and 24 random hex digits.
 pub fn new_id(prefix: &str) -> String {
     let mut rng = rand::rng();
@@ -160,7 +184,7 @@ impl Jobs {
         sources: Vec<ReferenceSource>,
         key: Option<&KeyRow>,
         request_id: &str,
-    ) -> Result<JobRow> {
+    ) -> Result<Job> {
         let db = &self.inner.db;
         let admission = Admission {
             queue_size: self.inner.config.queue_size,
@@ -211,9 +235,11 @@ impl Jobs {
         } else {
             self.inner.wake.notify_one();
         }
-        db.job(&id)
+        let row = db
+            .job(&id)
             .await?
-            .ok_or_else(|| CoreError::Internal(format!("job {id} vanished after insert")))
+            .ok_or_else(|| CoreError::Internal(format!("job {id} vanished after insert")))?;
+        Job::from_row(row)
     }
 
     /// Delete a job's stored reference images. Failures are logged, not returned: the
@@ -239,15 +265,21 @@ impl Jobs {
     }
 
     /// The job, if it exists and `key` may see it (`None` = admin or no auth).
-    pub async fn job(&self, id: &str, key: Option<&str>) -> Result<JobRow> {
+    pub async fn job(&self, id: &str, key: Option<&str>) -> Result<Job> {
         match self.inner.db.job(id).await? {
-            Some(job) if key.is_none() || job.key_id.as_deref() == key => Ok(job),
+            Some(row) if key.is_none() || row.key_id.as_deref() == key => Job::from_row(row),
             _ => Err(CoreError::JobNotFound { id: id.to_string() }),
         }
     }
 
-    pub async fn list(&self, key: Option<&str>, limit: u32) -> Result<Vec<JobRow>> {
-        Ok(self.inner.db.list_jobs(key, limit).await?)
+    pub async fn list(&self, key: Option<&str>, limit: u32) -> Result<Vec<Job>> {
+        self.inner
+            .db
+            .list_jobs(key, limit)
+            .await?
+            .into_iter()
+            .map(Job::from_row)
+            .collect()
     }
 
     pub async fn queue_position(&self, id: &str) -> Result<Option<u32>> {
@@ -255,7 +287,7 @@ impl Jobs {
     }
 
     /// Cancel a job: a queued one ends at once, a running one at its next step.
-    pub async fn cancel(&self, id: &str, key: Option<&str>) -> Result<JobRow> {
+    pub async fn cancel(&self, id: &str, key: Option<&str>) -> Result<Job> {
         let job = self.job(id, key).await?;
         if job.status.is_final() {
             return Ok(job);

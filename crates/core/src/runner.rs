@@ -30,9 +30,9 @@ use crate::backend::device::DeviceBackend;
 use crate::backend::gateway::GatewayBackend;
 use crate::backend::{Backend, Done, Failure, Work, WorkEvent};
 use crate::device::Device;
-use crate::error::{CoreError, Result};
+use crate::error::Result;
 use crate::events::JobEvent;
-use crate::jobs::Jobs;
+use crate::jobs::{Job, Jobs};
 use crate::spec::GenerationSpec;
 
 /// Relayed jobs in flight at once on one node: they wait on the network, not the device.
@@ -186,8 +186,7 @@ impl Jobs {
         backend: &dyn Backend,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let spec: GenerationSpec = serde_json::from_str(&job.spec)
-            .map_err(|e| CoreError::Internal(format!("stored spec: {e}")))?;
+        let Job { row: job, spec } = Job::from_row(job)?;
         let started = JobEvent::Started {
             attempt: job.attempts,
         };

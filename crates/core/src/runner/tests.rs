@@ -90,6 +90,7 @@ impl Harness {
             .submit(spec, Vec::new(), None, "req")
             .await
             .unwrap()
+            .row
             .id;
         // Jobs are claimed oldest first by their millisecond: keep the order they came in.
         tokio::time::sleep(Duration::from_millis(2)).await;

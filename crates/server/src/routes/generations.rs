@@ -140,8 +140,7 @@ pub async fn submit(
     let job = jobs
         .submit(spec, sources, caller.key.as_ref(), &request_id.0)
         .await?;
-    let spec: GenerationSpec =
-        serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
+    let spec = job.spec.clone();
     let mut response = if respond_async {
         let view = job_view(&state, &job).await?;
         (StatusCode::ACCEPTED, Json(view)).into_response()

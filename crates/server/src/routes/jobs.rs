@@ -6,8 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::StreamExt;
-use seedbed_core::{GenerationSpec, JobEvent};
-use seedbed_storage::JobRow;
+use seedbed_core::{Job, JobEvent};
 use seedbed_types::{ImageError, JobList, JobView, ResponseFormat};
 use serde::Deserialize;
 
@@ -17,7 +16,7 @@ use crate::limits;
 use crate::render::{Renderer, ResponseBuilder};
 use crate::state::AppState;
 
-pub async fn job_view(state: &AppState, job: &JobRow) -> Result<JobView, ApiFailure> {
+pub async fn job_view(state: &AppState, job: &Job) -> Result<JobView, ApiFailure> {
     view(state, job, Images::AsRequested).await
 }
 
@@ -31,9 +30,8 @@ enum Images {
     Links,
 }
 
-async fn view(state: &AppState, job: &JobRow, images: Images) -> Result<JobView, ApiFailure> {
-    let mut spec: GenerationSpec =
-        serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
+async fn view(state: &AppState, job: &Job, images: Images) -> Result<JobView, ApiFailure> {
+    let mut spec = job.spec.clone();
     if images == Images::Links {
         spec.response_format = ResponseFormat::Url;
     }
@@ -133,8 +131,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiFailure> {
     let job = state.jobs().job(&id, caller.job_owner()).await?;
-    let spec: GenerationSpec =
-        serde_json::from_str(&job.spec).map_err(|_| ApiFailure::internal())?;
+    let spec = job.spec.clone();
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
