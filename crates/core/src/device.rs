@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use seedbed_engine::output::{self, OutputFormat, Provenance};
+use seedbed_engine::output::{self, Provenance};
 use seedbed_engine::scheduler::SchedulerKind;
 use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline, StageTimes};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{CoreError, Result};
-use crate::spec::{GenerationSpec, ImageFormat};
+use crate::spec::GenerationSpec;
 
 /// One job for the device thread.
 pub struct DeviceJob {
@@ -278,11 +278,7 @@ fn finish_picture(
         software: format!("seedbed {}", env!("CARGO_PKG_VERSION")),
         created_unix: provenance_time(),
     };
-    let format = match spec.output_format {
-        ImageFormat::Jpeg => OutputFormat::Jpeg,
-        ImageFormat::Png => OutputFormat::Png,
-    };
-    output::encode(&picture, format, &provenance)
+    output::encode(&picture, spec.output_format, &provenance)
         .map_err(|e| DeviceFailure::Internal(e.to_string()))
 }
 

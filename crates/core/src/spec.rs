@@ -25,21 +25,8 @@ pub const MAX_SEED: i64 = 2_147_483_647;
 /// what any text encoder reads, and keeps one request's text work small.
 pub const MAX_PROMPT_CHARS: usize = 32_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageFormat {
-    Jpeg,
-    Png,
-}
-
-impl ImageFormat {
-    pub fn extension(self) -> &'static str {
-        match self {
-            Self::Jpeg => "jpeg",
-            Self::Png => "png",
-        }
-    }
-}
+/// The engine's output format, under the name the API uses (`output_format`).
+pub use seedbed_engine::output::OutputFormat as ImageFormat;
 
 /// A validated generation: what a job row stores and a worker runs, again after a restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

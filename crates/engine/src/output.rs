@@ -21,7 +21,10 @@ const JPEG_XMP_HEADER: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 const JPEG_QUALITY: u8 = 90;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The file formats seedbed writes; the one enum the job spec, the device and the CLI share
+/// (stored in job specs as `"jpeg"` / `"png"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
     Jpeg,
     Png,

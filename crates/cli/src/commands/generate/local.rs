@@ -14,9 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use seedbed_core::device::{DeviceEvent, DeviceFailure};
-use seedbed_core::{
-    Catalog, CoreError, Device, DeviceOptions, GenerationSpec, ImageFormat, InputPolicy, local,
-};
+use seedbed_core::{Catalog, CoreError, Device, DeviceOptions, GenerationSpec, InputPolicy, local};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::GenerateArgs;
@@ -89,10 +87,7 @@ fn follow(
     target: &Target,
     args: &GenerateArgs,
 ) -> Result<(Vec<serde_json::Value>, Option<String>)> {
-    let format = match spec.output_format {
-        ImageFormat::Png => Format::Png,
-        ImageFormat::Jpeg => Format::Jpeg,
-    };
+    let format = spec.output_format;
     let bar = progress_bar(args.quiet);
     let mut written = Vec::new();
     let mut last_failure = None;

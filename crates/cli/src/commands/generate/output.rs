@@ -6,42 +6,30 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use seedbed_engine::EngineError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Png,
-    Jpeg,
+/// The engine's one output format enum.
+pub use seedbed_engine::output::OutputFormat as Format;
+
+/// The format a file name's extension asks for; `None` for a name without one.
+pub fn format_of_path(path: &Path) -> Result<Option<Format>> {
+    let Some(ext) = path.extension() else {
+        return Ok(None);
+    };
+    match ext.to_string_lossy().to_lowercase().as_str() {
+        "png" => Ok(Some(Format::Png)),
+        "jpg" | "jpeg" => Ok(Some(Format::Jpeg)),
+        _ => bail!(EngineError::invalid(
+            "output",
+            format!("{} must end in .png, .jpg or .jpeg", path.display())
+        )),
+    }
 }
 
-impl Format {
-    pub fn extension(self) -> &'static str {
-        match self {
-            Self::Png => "png",
-            Self::Jpeg => "jpeg",
-        }
-    }
-
-    /// From a file name's extension; `None` for a name without one.
-    pub fn from_path(path: &Path) -> Result<Option<Self>> {
-        let Some(ext) = path.extension() else {
-            return Ok(None);
-        };
-        match ext.to_string_lossy().to_lowercase().as_str() {
-            "png" => Ok(Some(Self::Png)),
-            "jpg" | "jpeg" => Ok(Some(Self::Jpeg)),
-            _ => bail!(EngineError::invalid(
-                "output",
-                format!("{} must end in .png, .jpg or .jpeg", path.display())
-            )),
-        }
-    }
-
-    /// From a picture's first bytes (what a server sent).
-    pub fn sniff(bytes: &[u8]) -> Self {
-        if bytes.starts_with(b"\x89PNG") {
-            Self::Png
-        } else {
-            Self::Jpeg
-        }
+/// The format of a picture from its first bytes (what a server sent).
+pub fn sniff_format(bytes: &[u8]) -> Format {
+    if bytes.starts_with(b"\x89PNG") {
+        Format::Png
+    } else {
+        Format::Jpeg
     }
 }
 
@@ -67,7 +55,7 @@ impl Target {
         if path.is_dir() || text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) {
             return Ok(Self::Dir(path.to_path_buf()));
         }
-        match Format::from_path(path)? {
+        match format_of_path(path)? {
             Some(format) => Ok(Self::File {
                 path: path.to_path_buf(),
                 format,

@@ -11,7 +11,7 @@ use seedbed_client::Client;
 use seedbed_types::{GenerationRequest, ImagesResponse, JobState, ResponseFormat};
 
 use super::GenerateArgs;
-use super::output::{Format, Target, write_atomically};
+use super::output::{Format, Target, sniff_format, write_atomically};
 use crate::progress::JobProgress;
 use crate::remote::connect;
 
@@ -102,7 +102,7 @@ async fn save(
                 continue;
             }
         };
-        let format = target.format().unwrap_or(Format::sniff(&bytes));
+        let format = target.format().unwrap_or(sniff_format(&bytes));
         let path = target.path(index, count, &format!("{stem}-{index}"), format);
         write_atomically(&path, &bytes)?;
         if !args.json {
