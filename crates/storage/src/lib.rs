@@ -21,10 +21,5 @@ pub use db::{
 };
 pub use error::{Result, StorageError};
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+/// Milliseconds since the Unix epoch (the one clock, from seedbed-types).
+pub use seedbed_types::now_ms;

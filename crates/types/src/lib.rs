@@ -26,7 +26,7 @@ pub use request::{
     GenerationRequest, ImageInput, OptimizePromptOptions, ResponseFormat, SequentialMode,
     SequentialOptions,
 };
-pub use request_id::{new_request_id, utc_parts};
+pub use request_id::{new_request_id, now_ms, utc_parts};
 pub use response::{ImageData, ImageError, ImagesResponse, Usage};
 pub use secret::Secret;
 pub use stream::{StreamEvent, StreamEventType};

@@ -4,10 +4,16 @@
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-pub fn new_request_id() -> String {
-    let now = std::time::SystemTime::now()
+/// Milliseconds since the Unix epoch: the one clock every record and event of seedbed reads.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+pub fn new_request_id() -> String {
+    let now = now_ms() / 1000;
     let [year, month, day, hour, minute, second] = utc_parts(now);
     let suffix: String = rand::rng()
         .sample_iter(&Alphanumeric)
