@@ -110,13 +110,7 @@ async fn bootstrap_keys_follow_the_command_line_across_restarts() {
     let server = start(server.stop().await, &[]).await;
     assert_eq!(keyed(&server, "second-key").await.unwrap().status(), 401);
     assert_eq!(server.get("/v1/keys").send().await.unwrap().status(), 401);
-    let generated = server
-        .post("/api/v3/images/generations")
-        .bearer_auth(&app)
-        .json(&tiny(serde_json::json!({})))
-        .send()
-        .await
-        .unwrap();
+    let generated = server.generate_as(&app, tiny(serde_json::json!({}))).await;
     assert_eq!(generated.status(), 200);
 }
 
@@ -155,13 +149,10 @@ async fn operations_data_needs_an_ops_key_or_the_metrics_key() {
         .await;
     assert_eq!(jobs.unwrap().status(), 401);
     // An ops key cannot generate.
+    let ops_key = ops["secret"].as_str().unwrap();
     let generated = server
-        .post("/api/v3/images/generations")
-        .bearer_auth(ops["secret"].as_str().unwrap())
-        .json(&tiny(serde_json::json!({})))
-        .send()
-        .await
-        .unwrap();
+        .generate_as(ops_key, tiny(serde_json::json!({})))
+        .await;
     assert_eq!(generated.status(), 403);
 }
 
@@ -226,15 +217,7 @@ async fn concurrent_async_requests_cannot_beat_a_quota() {
         .collect();
     statuses.sort();
     assert_eq!(statuses, [202, 429, 429, 429]);
-    let jobs: serde_json::Value = server
-        .get("/v1/jobs")
-        .bearer_auth(ROOT)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jobs: serde_json::Value = server.get_json_as("/v1/jobs", ROOT).await;
     assert_eq!(jobs["data"].as_array().unwrap().len(), 1, "{jobs}");
 }
 
@@ -267,12 +250,8 @@ async fn submitting_and_cancelling_counts_against_the_per_minute_limit() {
         assert_eq!(cancelled.status(), 200);
     }
     let response = server
-        .post("/api/v3/images/generations")
-        .bearer_auth(&secret)
-        .json(&tiny(serde_json::json!({})))
-        .send()
-        .await
-        .unwrap();
+        .generate_as(&secret, tiny(serde_json::json!({})))
+        .await;
     assert_eq!(response.status(), 429);
     let retry_after: u64 = response.headers()["retry-after"]
         .to_str()

@@ -72,6 +72,22 @@ impl TestServer {
         self.get(path).send().await.unwrap().json().await.unwrap()
     }
 
+    /// `GET path` as JSON with a key.
+    pub async fn get_json_as(&self, path: &str, key: &str) -> serde_json::Value {
+        let response = self.get(path).bearer_auth(key).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
+    /// A generation request with a key.
+    pub async fn generate_as(&self, key: &str, body: serde_json::Value) -> reqwest::Response {
+        self.post("/api/v3/images/generations")
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn generate(&self, body: serde_json::Value) -> reqwest::Response {
         self.post("/api/v3/images/generations")
             .json(&body)
