@@ -13,17 +13,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use seedbed_engine::output::{self, Provenance};
-use seedbed_engine::scheduler::SchedulerKind;
 use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline, StageTimes};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{CoreError, Result};
-use crate::spec::GenerationSpec;
+use crate::spec::LocalSpec;
 
 /// One job for the device thread.
 pub struct DeviceJob {
     pub job_id: String,
-    pub spec: GenerationSpec,
+    pub images: u32,
+    pub spec: LocalSpec,
     pub model_path: PathBuf,
     pub weights_bytes: u64,
     pub references: Vec<Bytes>,
@@ -163,13 +163,10 @@ fn run_job(cache: &mut ModelCache, job: &DeviceJob) -> std::result::Result<(), D
         }),
         None => None,
     };
-    let scheduler = match &spec.scheduler {
-        Some(name) => name
-            .parse::<SchedulerKind>()
-            .map_err(|e| DeviceFailure::Internal(e.to_string()))?,
-        None => pipeline.default_scheduler(),
-    };
-    for index in 0..spec.images {
+    let scheduler = spec
+        .scheduler
+        .unwrap_or_else(|| pipeline.default_scheduler());
+    for index in 0..job.images {
         if job.cancel.load(Ordering::SeqCst) {
             return Err(DeviceFailure::Cancelled);
         }
@@ -190,7 +187,7 @@ fn run_job(cache: &mut ModelCache, job: &DeviceJob) -> std::result::Result<(), D
         let mut on_progress = |p: seedbed_engine::Progress| {
             let _ = job.events.send(DeviceEvent::Progress {
                 image: index,
-                images: spec.images,
+                images: job.images,
                 step: p.step as u32,
                 steps: p.steps as u32,
             });
@@ -258,7 +255,7 @@ fn record_stages(model: &str, times: &StageTimes, output: Duration) {
 /// Resize to the delivered size, watermark, encode with provenance metadata.
 fn finish_picture(
     mut picture: image::RgbImage,
-    spec: &GenerationSpec,
+    spec: &LocalSpec,
     seed: u64,
 ) -> std::result::Result<Vec<u8>, DeviceFailure> {
     if picture.dimensions() != (spec.width, spec.height) {

@@ -19,7 +19,7 @@ use crate::catalog::Catalog;
 use crate::error::{CoreError, Result};
 use crate::events::{JobEvent, SequencedEvent};
 use crate::inputs::{self, InputPolicy, ReferenceSource};
-use crate::spec::GenerationSpec;
+use crate::spec::{GenerationSpec, RunSpec};
 
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -203,7 +203,9 @@ impl Jobs {
                 self.delete_inputs(&id).await;
                 return Err(error.into());
             }
-            spec.reference_images.push(blob_key);
+            if let RunSpec::Local(local) = &mut spec.run {
+                local.reference_images.push(blob_key);
+            }
         }
         let new = NewJob {
             id: id.clone(),
@@ -213,7 +215,7 @@ impl Jobs {
             spec: serde_json::to_string(&spec)
                 .map_err(|e| CoreError::Internal(format!("spec: {e}")))?,
             request_id: request_id.to_string(),
-            lane: if spec.gateway.is_some() {
+            lane: if spec.is_relay() {
                 Lane::Gateway
             } else {
                 Lane::Local

@@ -20,14 +20,15 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::catalog::{Catalog, ModelEntry};
 use crate::device::{Device, DeviceEvent, DeviceJob};
-use crate::error::Result;
+use crate::error::{CoreError, Result};
 use crate::inputs::{self, InputPolicy};
-use crate::spec::{self, GenerationSpec};
+use crate::spec::{self, LocalSpec, RunSpec};
 
 /// A request made ready to run: its spec, the model it runs on and its reference pictures.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    pub spec: GenerationSpec,
+    pub images: u32,
+    pub spec: LocalSpec,
     pub model: ModelEntry,
     pub references: Vec<Bytes>,
 }
@@ -39,9 +40,15 @@ pub async fn prepare(
     policy: &InputPolicy,
 ) -> Result<Prepared> {
     let (spec, sources) = spec::validate(request, catalog)?;
+    let images = spec.images;
+    let spec = match spec.run {
+        RunSpec::Local(local) => local,
+        RunSpec::Relay(_) => return Err(CoreError::Internal("validation made a relay".into())),
+    };
     let model = catalog.resolve(&spec.local_model)?.clone();
     let references = inputs::load(sources, policy).await?;
     Ok(Prepared {
+        images,
         spec,
         model,
         references,
@@ -59,6 +66,7 @@ pub fn start(
     let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
     device.submit(DeviceJob {
         job_id: "local".into(),
+        images: prepared.images,
         spec: prepared.spec,
         model_path: prepared.model.path,
         weights_bytes: prepared.model.weights_bytes,

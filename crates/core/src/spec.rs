@@ -29,10 +29,44 @@ pub const MAX_PROMPT_CHARS: usize = 32_000;
 pub use seedbed_engine::output::OutputFormat as ImageFormat;
 
 /// A validated generation: what a job row stores and a worker runs, again after a restart.
+///
+/// Stored as one flat JSON object (the [`RunSpec`] fields sit beside the common ones), so
+/// rows written before the split still read: a row with a `gateway` body is a relay, any
+/// other a local run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationSpec {
     /// The model name as the client sent it, echoed in responses.
     pub model: String,
+    /// How many images to make.
+    pub images: u32,
+    pub response_format: ResponseFormat,
+    pub stream: bool,
+    /// Where and how the pictures are made.
+    #[serde(flatten)]
+    pub run: RunSpec,
+}
+
+/// The two ways a job is run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunSpec {
+    /// An upstream provider makes the pictures. Listed first: an old relayed row also
+    /// carries (empty) local fields.
+    Relay(RelaySpec),
+    /// This node's device makes the pictures.
+    Local(LocalSpec),
+}
+
+/// A model an upstream provider serves: the client's body as it came, relayed as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelaySpec {
+    #[serde(rename = "gateway")]
+    pub body: String,
+}
+
+/// Everything the device needs, every default resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalSpec {
     /// The model folder that runs it.
     pub local_model: String,
     pub prompt: String,
@@ -42,13 +76,12 @@ pub struct GenerationSpec {
     pub height: u32,
     pub compute_width: u32,
     pub compute_height: u32,
-    /// How many images to make; image `i` uses seed `seed + i`.
-    pub images: u32,
+    /// Image `i` uses seed `seed + i` ([`seedbed_engine::pipeline::image_seed`]).
     pub seed: u64,
     pub steps: u32,
     pub guidance_scale: f64,
     /// `None`: the model's own scheduler.
-    pub scheduler: Option<String>,
+    pub scheduler: Option<SchedulerKind>,
     /// Karras sigmas for the sampler (also on when the model's scheduler config asks).
     #[serde(default)]
     pub karras_sigmas: bool,
@@ -56,19 +89,21 @@ pub struct GenerationSpec {
     pub strength: f64,
     /// Blob keys of the reference images, stored when the job was created.
     pub reference_images: Vec<String>,
-    pub response_format: ResponseFormat,
     pub output_format: ImageFormat,
     pub watermark: bool,
-    pub stream: bool,
-    /// Set for a model an upstream provider serves: the client's body as it came, relayed
-    /// instead of run here (the local-generation fields above are then unused).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
 }
 
 impl GenerationSpec {
-    pub fn size_text(&self) -> String {
-        format!("{}x{}", self.width, self.height)
+    /// The local part, if this node's device runs the job.
+    pub fn local(&self) -> Option<&LocalSpec> {
+        match &self.run {
+            RunSpec::Local(local) => Some(local),
+            RunSpec::Relay(_) => None,
+        }
+    }
+
+    pub fn is_relay(&self) -> bool {
+        matches!(self.run, RunSpec::Relay(_))
     }
 }
 
@@ -122,21 +157,16 @@ pub fn validate(
     }
     let scheduler = match request.scheduler.as_deref() {
         None => None,
-        Some(name) => Some(
-            name.parse::<SchedulerKind>()
-                .map_err(|_| {
-                    let names: Vec<_> = SchedulerKind::ALL.iter().map(|k| k.name()).collect();
-                    CoreError::invalid(
-                        "scheduler",
-                        format!("scheduler `{name}` is not one of {}.", names.join(", ")),
-                    )
-                })?
-                .name()
-                .to_string(),
-        ),
+        Some(name) => Some(name.parse::<SchedulerKind>().map_err(|_| {
+            let names: Vec<_> = SchedulerKind::ALL.iter().map(|k| k.name()).collect();
+            CoreError::invalid(
+                "scheduler",
+                format!("scheduler `{name}` is not one of {}.", names.join(", ")),
+            )
+        })?),
     };
     let karras_sigmas = request.karras_sigmas.unwrap_or(false);
-    if karras_sigmas && scheduler.as_deref() == Some(SchedulerKind::Ddim.name()) {
+    if karras_sigmas && scheduler == Some(SchedulerKind::Ddim) {
         return Err(CoreError::invalid(
             "karras_sigmas",
             "Karras sigmas need euler, euler_a or dpmpp2m, not ddim.",
@@ -178,26 +208,27 @@ pub fn validate(
     }
     let spec = GenerationSpec {
         model: public.to_string(),
-        local_model: model.name.clone(),
-        prompt: prompt.to_string(),
-        negative_prompt: request.negative_prompt.clone().filter(|n| !n.is_empty()),
-        width: size.width,
-        height: size.height,
-        compute_width: size.compute_width,
-        compute_height: size.compute_height,
         images,
-        seed,
-        steps,
-        guidance_scale,
-        scheduler,
-        karras_sigmas,
-        strength,
-        reference_images: Vec::new(),
         response_format: request.response_format.unwrap_or_default(),
-        output_format,
-        watermark: request.watermark.unwrap_or(true),
         stream: request.stream.unwrap_or(false),
-        gateway: None,
+        run: RunSpec::Local(LocalSpec {
+            local_model: model.name.clone(),
+            prompt: prompt.to_string(),
+            negative_prompt: request.negative_prompt.clone().filter(|n| !n.is_empty()),
+            width: size.width,
+            height: size.height,
+            compute_width: size.compute_width,
+            compute_height: size.compute_height,
+            seed,
+            steps,
+            guidance_scale,
+            scheduler,
+            karras_sigmas,
+            strength,
+            reference_images: Vec::new(),
+            output_format,
+            watermark: request.watermark.unwrap_or(true),
+        }),
     };
     Ok((spec, references))
 }
@@ -212,26 +243,12 @@ pub fn validate_gateway(request: &GenerationRequest, raw: &RawRequest) -> Result
     let images = image_count(request, &prompt, 0)?;
     Ok(GenerationSpec {
         model: public.to_string(),
-        local_model: String::new(),
-        prompt,
-        negative_prompt: None,
-        width: 0,
-        height: 0,
-        compute_width: 0,
-        compute_height: 0,
         images,
-        seed: 0,
-        steps: 0,
-        guidance_scale: 0.0,
-        scheduler: None,
-        karras_sigmas: false,
-        strength: 0.0,
-        reference_images: Vec::new(),
         response_format: request.response_format.unwrap_or_default(),
-        output_format: ImageFormat::Jpeg,
-        watermark: request.watermark.unwrap_or(true),
         stream: request.stream.unwrap_or(false),
-        gateway: Some(String::from_utf8_lossy(&raw.to_bytes()).into_owned()),
+        run: RunSpec::Relay(RelaySpec {
+            body: String::from_utf8_lossy(&raw.to_bytes()).into_owned(),
+        }),
     })
 }
 

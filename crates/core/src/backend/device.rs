@@ -45,7 +45,12 @@ impl DeviceBackend {
         stop: CancellationToken,
         out: &UnboundedSender<WorkEvent>,
     ) -> Result<Done> {
-        let spec = work.spec;
+        let images = work.spec.images;
+        let Some(spec) = work.spec.local().cloned() else {
+            return Ok(Done::Failed(Failure::internal(
+                "a relayed job reached the device",
+            )));
+        };
         let model = match self.catalog.resolve(&spec.local_model) {
             Ok(model) => model.clone(),
             Err(error) => {
@@ -70,7 +75,8 @@ impl DeviceBackend {
         let format = spec.output_format.extension();
         self.device.submit(DeviceJob {
             job_id: work.id,
-            spec: spec.clone(),
+            images,
+            spec,
             model_path: model.path.clone(),
             weights_bytes: model.weights_bytes,
             references,

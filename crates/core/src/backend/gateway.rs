@@ -12,6 +12,7 @@ use seedbed_types::job_event::UpstreamStatus;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backend, Done, Failure, NewImage, Work, WorkEvent};
+use crate::spec::RunSpec;
 
 pub(crate) struct GatewayBackend {
     gateway: Gateway,
@@ -26,11 +27,10 @@ impl GatewayBackend {
 impl Backend for GatewayBackend {
     fn run(&self, work: Work, stop: CancellationToken) -> BoxStream<'static, WorkEvent> {
         let done = |failure| stream::iter([WorkEvent::Done(Done::Failed(failure))]);
-        let raw = work
-            .spec
-            .gateway
-            .as_deref()
-            .and_then(|body| RawRequest::parse(body.as_bytes()));
+        let raw = match &work.spec.run {
+            RunSpec::Relay(relay) => RawRequest::parse(relay.body.as_bytes()),
+            RunSpec::Local(_) => None,
+        };
         let Some(raw) = raw else {
             return done(Failure::internal("a relayed job without its request")).boxed();
         };

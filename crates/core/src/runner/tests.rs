@@ -18,7 +18,7 @@ use crate::backend::Backend;
 use crate::catalog::Catalog;
 use crate::events::JobEvent;
 use crate::jobs::{CoreConfig, Jobs};
-use crate::spec::GenerationSpec;
+use crate::spec::{GenerationSpec, RelaySpec, RunSpec};
 
 struct Harness {
     jobs: Jobs,
@@ -57,6 +57,14 @@ fn spec(images: u32) -> GenerationSpec {
         "output_format": "png", "watermark": false, "stream": false
     }))
     .unwrap()
+}
+
+/// A relayed job's spec carrying `body`.
+fn relay(body: &str) -> GenerationSpec {
+    GenerationSpec {
+        run: RunSpec::Relay(RelaySpec { body: body.into() }),
+        ..spec(1)
+    }
 }
 
 impl Harness {

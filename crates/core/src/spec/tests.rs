@@ -30,24 +30,27 @@ fn defaults_are_resolved_once() {
     let spec =
         check(serde_json::json!({"model": "seedream-4-5-251128", "prompt": "a fox"})).unwrap();
     assert_eq!(spec.model, "seedream-4-5-251128");
-    assert_eq!(spec.local_model, "tiny-sd");
-    assert_eq!((spec.width, spec.height), (64, 64));
     assert_eq!(spec.images, 1);
-    assert!(spec.seed <= MAX_SEED as u64);
-    assert_eq!((spec.steps, spec.guidance_scale), (30, 7.5));
-    assert!(spec.watermark);
     assert!(!spec.stream);
     assert_eq!(spec.response_format, ResponseFormat::Url);
-    assert_eq!(spec.output_format, ImageFormat::Jpeg);
+    let local = spec.local().unwrap();
+    assert_eq!(local.local_model, "tiny-sd");
+    assert_eq!((local.width, local.height), (64, 64));
+    assert!(local.seed <= MAX_SEED as u64);
+    assert_eq!((local.steps, local.guidance_scale), (30, 7.5));
+    assert!(local.watermark);
+    assert_eq!(local.output_format, ImageFormat::Jpeg);
     let spec = check(serde_json::json!({
         "model": "tiny-sd", "prompt": "a fox", "size": "2K", "seed": 7, "watermark": false,
         "steps": 2, "guidance_scale": 0, "scheduler": "euler_a", "output_format": "png",
         "response_format": "b64_json", "stream": true
     }))
     .unwrap();
-    assert_eq!((spec.width, spec.height, spec.seed), (128, 128, 7));
-    assert_eq!(spec.scheduler.as_deref(), Some("euler_a"));
-    assert!(!spec.watermark && spec.stream);
+    assert!(spec.stream);
+    let local = spec.local().unwrap();
+    assert_eq!((local.width, local.height, local.seed), (128, 128, 7));
+    assert_eq!(local.scheduler, Some(SchedulerKind::EulerAncestral));
+    assert!(!local.watermark);
 }
 
 #[test]
@@ -184,10 +187,43 @@ fn karras_sigmas_reach_the_spec_and_old_specs_still_parse() {
     let spec = check(serde_json::json!({"model": "tiny-sd", "prompt": "x",
         "scheduler": "dpmpp2m", "karras_sigmas": true}))
     .unwrap();
-    assert!(spec.karras_sigmas);
+    assert!(spec.local().unwrap().karras_sigmas);
     // A job row written before the field existed.
     let mut stored = serde_json::to_value(&spec).unwrap();
     stored.as_object_mut().unwrap().remove("karras_sigmas");
     let parsed: GenerationSpec = serde_json::from_value(stored).unwrap();
-    assert!(!parsed.karras_sigmas);
+    assert!(!parsed.local().unwrap().karras_sigmas);
+}
+
+#[test]
+fn a_spec_is_stored_flat_and_rows_from_before_the_split_still_read() {
+    let spec = check(serde_json::json!({"model": "tiny-sd", "prompt": "x",
+        "scheduler": "euler-ancestral"}))
+    .unwrap();
+    let stored = serde_json::to_value(&spec).unwrap();
+    assert_eq!(stored["local_model"], "tiny-sd");
+    assert_eq!(stored["scheduler"], "euler_a", "stored by its canonical name");
+    assert_eq!(serde_json::from_value::<GenerationSpec>(stored).unwrap(), spec);
+
+    // A relayed job as an older version wrote it: the local fields present but empty.
+    let old_relay = serde_json::json!({
+        "model": "up", "local_model": "", "prompt": "p", "negative_prompt": null,
+        "width": 0, "height": 0, "compute_width": 0, "compute_height": 0, "images": 2,
+        "seed": 0, "steps": 0, "guidance_scale": 0.0, "scheduler": null, "strength": 0.0,
+        "reference_images": [], "response_format": "b64_json", "output_format": "jpeg",
+        "watermark": true, "stream": true, "gateway": "{\"model\":\"up\"}"
+    });
+    let relay: GenerationSpec = serde_json::from_value(old_relay).unwrap();
+    assert_eq!(
+        relay.run,
+        RunSpec::Relay(RelaySpec {
+            body: r#"{"model":"up"}"#.into()
+        })
+    );
+    assert_eq!((relay.images, relay.stream), (2, true));
+
+    // A stored scheduler this version does not know is an error, not a silent default.
+    let mut stored = serde_json::to_value(&spec).unwrap();
+    stored["scheduler"] = "plms".into();
+    assert!(serde_json::from_value::<GenerationSpec>(stored).is_err());
 }

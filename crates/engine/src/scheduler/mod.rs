@@ -67,6 +67,20 @@ impl std::str::FromStr for SchedulerKind {
     }
 }
 
+/// Stored by name (`euler_a`), read back with the same aliases a request may use.
+impl serde::Serialize for SchedulerKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SchedulerKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Source of fresh Gaussian noise for ancestral samplers (the pipeline owns the seeded RNG).
 pub trait NoiseSource {
     fn randn_like(&mut self, like: &Tensor) -> candle_core::Result<Tensor>;

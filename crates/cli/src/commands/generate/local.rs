@@ -1,5 +1,5 @@
 //! `seedbed generate` without a server. The flags become the wire request a server would get;
-//! core validates it into a `GenerationSpec` against the same catalog and runs it on a device
+//! core validates it into a `LocalSpec` against the same catalog and runs it on a device
 //! thread in this process (`seedbed_core::local`), so sizes, per-model defaults (`seedbed.json`
 //! included), seeds, watermark, provenance and encoding are the server's, byte for byte. What
 //! is left here is the command line's own part: choosing the model, progress and files.
@@ -14,7 +14,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use seedbed_core::device::{DeviceEvent, DeviceFailure};
-use seedbed_core::{Catalog, CoreError, Device, DeviceOptions, GenerationSpec, InputPolicy, local};
+use seedbed_core::spec::LocalSpec;
+use seedbed_core::{Catalog, CoreError, Device, DeviceOptions, InputPolicy, local};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::GenerateArgs;
@@ -47,7 +48,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
             .await
             .map_err(|error| explain(error, &catalog, &args.models_dir))
     })?;
-    let spec = prepared.spec.clone();
+    let (spec, images) = (prepared.spec.clone(), prepared.images);
     let device = Device::spawn(DeviceOptions {
         load: args.device.load_options()?,
         memory_budget: u64::MAX,
@@ -55,7 +56,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let mut events = local::start(&device, prepared, Arc::new(AtomicBool::new(false)))?;
 
     let started = Instant::now();
-    let (written, last_failure) = follow(&mut events, &spec, &target, &args)?;
+    let (written, last_failure) = follow(&mut events, &spec, images, &target, &args)?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         peak_rss_bytes = crate::memory::peak_rss_bytes(),
@@ -83,7 +84,8 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
 /// (the model does not load) is an error.
 fn follow(
     events: &mut UnboundedReceiver<DeviceEvent>,
-    spec: &GenerationSpec,
+    spec: &LocalSpec,
+    count: u32,
     target: &Target,
     args: &GenerateArgs,
 ) -> Result<(Vec<serde_json::Value>, Option<String>)> {
@@ -113,7 +115,7 @@ fn follow(
                 seed,
             }) => {
                 let stem = format!("seedbed-{seed}");
-                let path = target.path(index as usize, spec.images as usize, &stem, format);
+                let path = target.path(index as usize, count as usize, &stem, format);
                 write_atomically(&path, &bytes)?;
                 if !args.json {
                     bar.suspend(|| println!("{} (seed {seed})", path.display()));

@@ -9,7 +9,7 @@ use seedbed_types::Usage;
 use seedbed_types::job_event::UpstreamStatus;
 
 use super::fake::{Fake, Script, Step, failed, image, image_failed, ok, ok_with, progress};
-use super::{Harness, spec};
+use super::{Harness, relay, spec};
 use crate::backend::gateway::GatewayBackend;
 use crate::events::JobEvent;
 
@@ -140,9 +140,7 @@ async fn a_lane_runs_at_most_its_concurrency_at_once() {
     let h = Harness::new().await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let mut relayed = spec(1);
-        relayed.gateway = Some(r#"{"model":"m","prompt":"p"}"#.into());
-        ids.push(h.submit(relayed).await);
+        ids.push(h.submit(relay(r#"{"model":"m","prompt":"p"}"#)).await);
     }
     let script = || Script::new([Step::Hold, image(0), ok()]);
     let (fake, mut reports) = Fake::new([script(), script(), script()]);
@@ -165,9 +163,9 @@ async fn a_lane_runs_at_most_its_concurrency_at_once() {
 #[tokio::test]
 async fn the_gateway_backend_passes_an_upstreams_failure_on() {
     let h = Harness::new().await;
-    let mut relayed = spec(1);
-    relayed.gateway = Some(r#"{"model":"nobody-serves-this","prompt":"p"}"#.into());
-    let id = h.submit(relayed).await;
+    let id = h
+        .submit(relay(r#"{"model":"nobody-serves-this","prompt":"p"}"#))
+        .await;
     let lane = h.run_lane(
         Lane::Gateway,
         32,
