@@ -9,8 +9,9 @@ use bytes::Bytes;
 use futures::Stream;
 use rand::Rng;
 use seedbed_gateway::Gateway;
+use seedbed_types::JobProgress;
 use seedbed_storage::{
-    Admission, Blobs, Db, ImageRow, JobRow, JobStatus, KeyRow, Lane, NewJob, Refusal,
+    Admission, Blobs, Db, ImageRow, JobRow, JobStatus, KeyRow, Lane, Ledger, NewJob, Refusal,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -104,13 +105,21 @@ fn refused(refusal: Refusal) -> CoreError {
 pub struct Job {
     pub row: JobRow,
     pub spec: GenerationSpec,
+    /// The latest progress report of a running job.
+    pub progress: Option<JobProgress>,
 }
 
 impl Job {
     pub(crate) fn from_row(row: JobRow) -> Result<Self> {
         let spec = serde_json::from_str(&row.spec)
             .map_err(|e| CoreError::Internal(format!("the stored spec of {}: {e}", row.id)))?;
-        Ok(Self { row, spec })
+        // Progress is a hint: one that does not read is left out, the job still shows.
+        let progress = row.progress.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        Ok(Self {
+            row,
+            spec,
+            progress,
+        })
     }
 }
 
@@ -155,8 +164,26 @@ impl Jobs {
         }
     }
 
-    pub fn db(&self) -> &Db {
+    /// The database itself, for the runner's tests; everything outside core goes through a
+    /// handle ([`Jobs::ledger`]) or a method here.
+    #[cfg(test)]
+    pub(crate) fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// What finished jobs were billed.
+    pub fn ledger(&self) -> Ledger {
+        self.inner.db.ledger()
+    }
+
+    /// Whether the database answers.
+    pub async fn database_ok(&self) -> bool {
+        self.inner.db.ping().await.is_ok()
+    }
+
+    /// Jobs waiting in the queue, every lane and node together.
+    pub async fn queued_count(&self) -> Result<u32> {
+        Ok(self.inner.db.queued_count().await?)
     }
 
     pub fn blobs(&self) -> &Blobs {
@@ -353,14 +380,22 @@ impl Jobs {
         })
     }
 
+    /// Every event the job has recorded so far, in order.
+    pub async fn recorded_events(&self, id: &str) -> Result<Vec<SequencedEvent>> {
+        read_events(&self.inner.db, id, 0).await
+    }
+
+    /// A stored image's record, unless it has expired.
+    pub async fn image_row(&self, job_id: &str, index: u32) -> Result<Option<ImageRow>> {
+        let row = self.inner.db.image(job_id, index).await?;
+        Ok(row.filter(|row| row.expires_at > seedbed_storage::now_ms()))
+    }
+
     /// A stored image and its bytes.
     pub async fn image(&self, job_id: &str, index: u32) -> Result<Option<(ImageRow, Bytes)>> {
-        let Some(row) = self.inner.db.image(job_id, index).await? else {
+        let Some(row) = self.image_row(job_id, index).await? else {
             return Ok(None);
         };
-        if row.expires_at <= seedbed_storage::now_ms() {
-            return Ok(None);
-        }
         Ok(self
             .inner
             .blobs

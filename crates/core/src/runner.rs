@@ -186,7 +186,7 @@ impl Jobs {
         backend: &dyn Backend,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let Job { row: job, spec } = Job::from_row(job)?;
+        let Job { row: job, spec, .. } = Job::from_row(job)?;
         let started = JobEvent::Started {
             attempt: job.attempts,
         };

@@ -29,8 +29,8 @@ impl Renderer<'_> {
     }
 
     async fn row(&self, index: u32) -> Result<seedbed_storage::ImageRow, ApiFailure> {
-        let row = self.state.jobs().db().image(self.job_id, index).await;
-        row.map_err(seedbed_core::CoreError::from)?.ok_or_else(|| {
+        let row = self.state.jobs().image_row(self.job_id, index).await?;
+        row.ok_or_else(|| {
             ApiFailure::new(
                 ErrorCode::NotFound,
                 "The image has expired or does not exist.",

@@ -16,8 +16,8 @@ mod error;
 
 pub use blobs::Blobs;
 pub use db::{
-    Admission, BootstrapKeys, Db, ImageRow, JobRow, JobStatus, KeyRow, Keys, Lane, NewJob, NewKey,
-    RecoveredJobs, Refusal, UsageRow, UsageTotals,
+    Admission, BootstrapKeys, Db, ImageRow, JobRow, JobStatus, KeyRow, Keys, Lane, Ledger, NewJob,
+    NewKey, RecoveredJobs, Refusal, UsageRow, UsageTotals,
 };
 pub use error::{Result, StorageError};
 

@@ -177,7 +177,8 @@ impl Jobs {
     async fn bill(&self, job: &JobRow, spec: &GenerationSpec, usage: Usage) -> Result<()> {
         self.inner
             .db
-            .record_usage(
+            .ledger()
+            .record(
                 &job.id,
                 job.key_id.as_deref(),
                 &spec.model,

@@ -164,7 +164,7 @@ impl Harness {
 
     /// `(images, tokens)` of the job's one usage record, if it has one.
     async fn billed(&self, id: &str) -> Option<(u64, u64)> {
-        let rows = self.db().usage(None, 0, 1000).await.unwrap();
+        let rows = self.db().ledger().entries(None, 0, 1000).await.unwrap();
         let mine: Vec<_> = rows.iter().filter(|row| row.job_id == id).collect();
         assert!(mine.len() <= 1, "billed more than once: {mine:?}");
         mine.first().map(|row| (row.images, row.tokens))

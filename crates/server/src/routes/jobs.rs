@@ -42,17 +42,9 @@ async fn view(state: &AppState, job: &Job, images: Images) -> Result<JobView, Ap
         created: job.created_at / 1000,
     };
     let mut builder = ResponseBuilder::default();
-    let events = state
-        .jobs()
-        .db()
-        .events_after(&job.id, 0)
-        .await
-        .map_err(seedbed_core::CoreError::from)?;
-    for (_, json) in events {
-        if let Ok(event) = serde_json::from_str::<JobEvent>(&json) {
-            // Expired images are simply left out.
-            let _ = builder.push(&renderer, &event).await;
-        }
+    for recorded in state.jobs().recorded_events(&job.id).await? {
+        // Expired images are simply left out.
+        let _ = builder.push(&renderer, &recorded.event).await;
     }
     builder.failure = None;
     let result =
@@ -66,10 +58,7 @@ async fn view(state: &AppState, job: &Job, images: Images) -> Result<JobView, Ap
         started_at: job.started_at.map(|t| t / 1000),
         finished_at: job.finished_at.map(|t| t / 1000),
         queue_position: state.jobs().queue_position(&job.id).await?,
-        progress: job
-            .progress
-            .as_deref()
-            .and_then(|p| serde_json::from_str(p).ok()),
+        progress: job.progress,
         attempts: job.attempts,
         result,
         error: job.error_code.clone().map(|code| ImageError {

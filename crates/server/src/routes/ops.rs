@@ -12,7 +12,7 @@ use crate::state::AppState;
 
 /// 200 once the server can take work: database reachable, device thread alive.
 pub async fn health(State(state): State<AppState>) -> Response {
-    let db_ok = state.jobs().db().ping().await.is_ok();
+    let db_ok = state.jobs().database_ok().await;
     let device_ok = state.device().is_alive();
     let status = if db_ok && device_ok {
         StatusCode::OK
@@ -92,7 +92,7 @@ pub async fn info(State(state): State<AppState>, _operator: Operator) -> Json<Se
 }
 
 pub async fn metrics(State(state): State<AppState>, _operator: Operator) -> Response {
-    if let Ok(depth) = state.jobs().db().queued_count().await {
+    if let Ok(depth) = state.jobs().queued_count().await {
         metrics::gauge!("seedbed_queue_depth").set(f64::from(depth));
     }
     let text = state.metrics().map(|m| m.render()).unwrap_or_default();

@@ -21,16 +21,16 @@ pub async fn get(
     caller: Caller,
     Query(query): Query<UsageQuery>,
 ) -> Result<Json<UsageView>, ApiFailure> {
-    let db = state.jobs().db();
+    let ledger = state.jobs().ledger();
     let since = query.since.unwrap_or(0) * 1000;
     let owner = caller.job_owner();
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let totals = db
-        .usage_totals(owner, since)
+    let totals = ledger
+        .totals(owner, since)
         .await
         .map_err(seedbed_core::CoreError::from)?;
-    let data = db
-        .usage(owner, since, limit)
+    let data = ledger
+        .entries(owner, since, limit)
         .await
         .map_err(seedbed_core::CoreError::from)?;
     Ok(Json(UsageView {

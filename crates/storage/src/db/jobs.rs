@@ -640,7 +640,8 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        db.record_usage("job_0", Some("key_a"), "m", 1, 0)
+        db.ledger()
+            .record("job_0", Some("key_a"), "m", 1, 0)
             .await
             .unwrap();
         let mut three = new_job("job_2");

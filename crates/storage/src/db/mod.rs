@@ -14,7 +14,7 @@ use sqlx::{Row, SqlitePool};
 pub use images::ImageRow;
 pub use jobs::{Admission, JobRow, JobStatus, Lane, NewJob, RecoveredJobs, Refusal};
 pub use keys::{BootstrapKeys, KeyRow, Keys, NewKey};
-pub use usage::{UsageRow, UsageTotals};
+pub use usage::{Ledger, UsageRow, UsageTotals};
 
 use crate::error::{Result, StorageError};
 

@@ -9,9 +9,22 @@ use crate::now_ms;
 /// Usage rows are served as they are stored.
 pub use seedbed_types::{UsageEntry as UsageRow, UsageTotals};
 
+/// The usage ledger: what each finished job was billed. A handle that reads and writes usage
+/// and nothing else, so the server can show a key its bill without holding the whole database.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    db: Db,
+}
+
 impl Db {
+    pub fn ledger(&self) -> Ledger {
+        Ledger { db: self.clone() }
+    }
+}
+
+impl Ledger {
     /// Record what a job delivered; a job is billed once even if recorded again.
-    pub async fn record_usage(
+    pub async fn record(
         &self,
         job_id: &str,
         key_id: Option<&str>,
@@ -29,13 +42,13 @@ impl Db {
         .bind(images as i64)
         .bind(tokens as i64)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.db.pool)
         .await?;
         Ok(())
     }
 
     /// Per-job usage, newest first; `key_id: None` for every key.
-    pub async fn usage(
+    pub async fn entries(
         &self,
         key_id: Option<&str>,
         since_ms: i64,
@@ -49,7 +62,7 @@ impl Db {
         .bind(key_id)
         .bind(since_ms)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.pool)
         .await?;
         rows.iter()
             .map(|row| {
@@ -65,7 +78,7 @@ impl Db {
             .collect()
     }
 
-    pub async fn usage_totals(&self, key_id: Option<&str>, since_ms: i64) -> Result<UsageTotals> {
+    pub async fn totals(&self, key_id: Option<&str>, since_ms: i64) -> Result<UsageTotals> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS jobs, COALESCE(SUM(images), 0) AS images, COALESCE(SUM(tokens), 0) AS tokens \
              FROM usage WHERE (? IS NULL OR key_id = ?) AND created_at >= ?",
@@ -73,7 +86,7 @@ impl Db {
         .bind(key_id)
         .bind(key_id)
         .bind(since_ms)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.db.pool)
         .await?;
         Ok(UsageTotals {
             jobs: row.try_get::<i64, _>("jobs")? as u64,
@@ -90,20 +103,23 @@ mod tests {
     #[tokio::test]
     async fn usage_is_recorded_once_per_job() {
         let db = test_db().await;
-        db.record_usage("job_1", Some("key_a"), "m", 2, 32)
+        db.ledger()
+            .record("job_1", Some("key_a"), "m", 2, 32)
             .await
             .unwrap();
-        db.record_usage("job_1", Some("key_a"), "m", 2, 32)
+        db.ledger()
+            .record("job_1", Some("key_a"), "m", 2, 32)
             .await
             .unwrap();
-        db.record_usage("job_2", Some("key_b"), "m", 1, 16)
+        db.ledger()
+            .record("job_2", Some("key_b"), "m", 1, 16)
             .await
             .unwrap();
-        let totals = db.usage_totals(Some("key_a"), 0).await.unwrap();
+        let totals = db.ledger().totals(Some("key_a"), 0).await.unwrap();
         assert_eq!((totals.jobs, totals.images, totals.tokens), (1, 2, 32));
-        assert_eq!(db.usage_totals(None, 0).await.unwrap().images, 3);
+        assert_eq!(db.ledger().totals(None, 0).await.unwrap().images, 3);
         assert_eq!(
-            db.usage(Some("key_b"), 0, 10).await.unwrap()[0].job_id,
+            db.ledger().entries(Some("key_b"), 0, 10).await.unwrap()[0].job_id,
             "job_2"
         );
     }
