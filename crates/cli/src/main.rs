@@ -63,7 +63,7 @@ pub const EXIT_API: u8 = 3;
 
 fn main() -> ExitCode {
     memory::keep_freed_memory_for_reuse();
-    let cli = Cli::parse();
+    let cli = parse();
     // A server reports its jobs; a local `generate` runs the same core code but only its
     // progress bar should show.
     let filter = cli.log.as_deref().unwrap_or(match cli.command {
@@ -90,6 +90,25 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => report(&error),
+    }
+}
+
+/// The command line, with `serve --config FILE`'s values as the defaults of its flags.
+fn parse() -> Cli {
+    let cli = Cli::parse();
+    let config = match &cli.command {
+        Command::Serve(args) => args.config.clone(),
+        _ => None,
+    };
+    let Some(config) = config else {
+        return cli;
+    };
+    match commands::serve::with_config_file(&config, std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(EXIT_USAGE.into());
+        }
     }
 }
 

@@ -122,7 +122,7 @@ impl Catalog {
         let summary = ModelSummary::read(path)?;
         let overrides = path.join("seedbed.json");
         let defaults = if overrides.is_file() {
-            seedbed_engine::model::read_json(&overrides)?
+            seedbed_engine::config_files::read_json(&overrides)?
         } else {
             ModelDefaults::guess(name, summary.family)
         };

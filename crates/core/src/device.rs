@@ -69,6 +69,20 @@ pub struct DeviceOptions {
     pub memory_budget: u64,
 }
 
+impl DeviceOptions {
+    /// 16 GiB: an SDXL pipeline in f32 and a smaller model beside it.
+    pub const DEFAULT_MEMORY_BUDGET: u64 = 16 << 30;
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        Self {
+            load: LoadOptions::default(),
+            memory_budget: Self::DEFAULT_MEMORY_BUDGET,
+        }
+    }
+}
+
 /// Handle to the device thread.
 #[derive(Clone)]
 pub struct Device {

@@ -9,10 +9,10 @@ use bytes::Bytes;
 use futures::Stream;
 use rand::Rng;
 use seedbed_gateway::Gateway;
-use seedbed_types::JobProgress;
 use seedbed_storage::{
     Admission, Blobs, Db, ImageRow, JobRow, JobStatus, KeyRow, Lane, Ledger, NewJob, Refusal,
 };
+use seedbed_types::JobProgress;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -114,7 +114,10 @@ impl Job {
         let spec = serde_json::from_str(&row.spec)
             .map_err(|e| CoreError::Internal(format!("the stored spec of {}: {e}", row.id)))?;
         // Progress is a hint: one that does not read is left out, the job still shows.
-        let progress = row.progress.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        let progress = row
+            .progress
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok());
         Ok(Self {
             row,
             spec,

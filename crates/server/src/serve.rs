@@ -4,21 +4,21 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use seedbed_core::{Catalog, CoreConfig, Device, DeviceOptions, InputPolicy, Jobs};
-use seedbed_engine::LoadOptions;
+use seedbed_core::{Catalog, CoreConfig, Device, DeviceOptions, Jobs};
 use seedbed_storage::{Blobs, Db, Keys};
 use seedbed_types::Secret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Access, SCOPE_ADMIN, SCOPE_GENERATE};
-use crate::limits::defaults as limits;
 use crate::links::LinkSigner;
 use crate::state::{AppState, HttpLimits};
 
+/// Everything a server is started with. Each default is written once, where the setting
+/// lives: [`CoreConfig::default`] for jobs, [`HttpLimits::default`] for requests and streams,
+/// [`DeviceOptions::default`] for the device; `seedbed serve`'s flags show them from there.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
@@ -39,31 +39,16 @@ pub struct ServeConfig {
     pub metrics_key: Option<Secret>,
     /// Base of image links; default `http://<listen address>`.
     pub public_url: Option<String>,
-    pub queue_size: u32,
-    pub body_bytes: usize,
-    pub image_ttl: Duration,
-    pub inputs: InputPolicy,
-    pub load: LoadOptions,
-    pub memory_budget: u64,
-    pub shutdown_grace: Duration,
-    pub max_attempts: u32,
+    /// The queue, retries, image lifetime, reference images, shutdown grace (its `node_id`
+    /// is replaced by the data dir's own).
+    pub jobs: CoreConfig,
+    /// Requests and event streams.
+    pub http: HttpLimits,
+    pub device: DeviceOptions,
     /// Upstream providers (in priority order) and the models they serve.
     pub upstreams: Vec<seedbed_gateway::UpstreamConfig>,
     /// Extra `(public model, upstream name, upstream model)` routes, after the upstreams' own.
     pub routes: Vec<(String, String, String)>,
-    /// Requests handled at once; more are answered 429 at once (see [`crate::limits`]).
-    pub max_in_flight: usize,
-    /// Time a client has to send its request headers; also how long an idle keep-alive
-    /// connection stays open.
-    pub header_timeout: Duration,
-    /// Time a request body has to arrive in full; a slower one is answered 408.
-    pub body_timeout: Duration,
-    /// Event streams one API key may have open.
-    pub streams_per_key: usize,
-    /// Event streams open at once, all keys together.
-    pub streams_total: usize,
-    /// Idle time after which an event stream gets a `: keep-alive` comment.
-    pub sse_keep_alive: Duration,
 }
 
 impl ServeConfig {
@@ -80,22 +65,11 @@ impl ServeConfig {
             key_secret_file: None,
             metrics_key: None,
             public_url: None,
-            queue_size: 64,
-            body_bytes: limits::BODY_BYTES,
-            image_ttl: Duration::from_secs(24 * 3600),
-            inputs: InputPolicy::default(),
-            load: LoadOptions::default(),
-            memory_budget: 16 << 30,
-            shutdown_grace: Duration::from_secs(30),
-            max_attempts: 3,
+            jobs: CoreConfig::default(),
+            http: HttpLimits::default(),
+            device: DeviceOptions::default(),
             upstreams: Vec::new(),
             routes: Vec::new(),
-            max_in_flight: limits::MAX_IN_FLIGHT,
-            header_timeout: limits::HEADER_TIMEOUT,
-            body_timeout: limits::BODY_TIMEOUT,
-            streams_per_key: limits::STREAMS_PER_KEY,
-            streams_total: limits::STREAMS_TOTAL,
-            sse_keep_alive: limits::SSE_KEEP_ALIVE,
         }
     }
 }
@@ -267,20 +241,12 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         .await?;
     let core_config = CoreConfig {
         node_id: node_id(&config.data_dir)?,
-        queue_size: config.queue_size,
-        image_ttl: config.image_ttl,
-        max_attempts: config.max_attempts,
-        lease: Duration::from_secs(30),
-        inputs: config.inputs.clone(),
-        shutdown_grace: config.shutdown_grace,
+        ..config.jobs.clone()
     };
     let gateway = seedbed_gateway::Gateway::new(config.upstreams.clone(), &config.routes)
         .map_err(|e| ServeError::Refused(e.to_string()))?;
     let jobs = Jobs::new(db, blobs, catalog, gateway, core_config);
-    let device = Device::spawn(DeviceOptions {
-        load: config.load.clone(),
-        memory_budget: config.memory_budget,
-    })?;
+    let device = Device::spawn(config.device.clone())?;
     let shutdown = CancellationToken::new();
     let runner = jobs.start(device.clone(), shutdown.clone());
     let janitor = jobs.start_janitor(shutdown.clone());
@@ -289,14 +255,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         device,
         LinkSigner::new(secret, &public_url),
         access,
-        HttpLimits {
-            body_bytes: config.body_bytes,
-            max_in_flight: config.max_in_flight,
-            body_timeout: config.body_timeout,
-            streams_per_key: config.streams_per_key,
-            streams_total: config.streams_total,
-            sse_keep_alive: config.sse_keep_alive,
-        },
+        config.http.clone(),
         metrics_handle(),
         shutdown.clone(),
     );
@@ -305,7 +264,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let http = tokio::spawn(crate::listener::serve(
         listener,
         app,
-        config.header_timeout,
+        config.http.header_timeout,
         shutdown.clone(),
     ));
     tracing::info!(%addr, %public_url, "seedbed is listening");

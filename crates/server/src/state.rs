@@ -12,13 +12,16 @@ use crate::limits::{Gates, defaults};
 use crate::links::LinkSigner;
 
 /// The per-request bounds of [`crate::limits`]; each default is documented in
-/// [`crate::limits::defaults`]. The header read timeout is the listener's, not here.
+/// [`crate::limits::defaults`].
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     /// Largest request body accepted (JSON with data URIs, multipart uploads).
     pub body_bytes: usize,
     /// Requests handled at once; more are answered 429 `ServerOverloaded`. At least 1.
     pub max_in_flight: usize,
+    /// Time a client has to send its request headers (the listener's), and how long an idle
+    /// keep-alive connection stays open.
+    pub header_timeout: Duration,
     /// Time a request body has to arrive in full; a slower one is answered 408.
     pub body_timeout: Duration,
     /// Event streams one API key may have open; more are answered 429.
@@ -34,6 +37,7 @@ impl Default for HttpLimits {
         Self {
             body_bytes: defaults::BODY_BYTES,
             max_in_flight: defaults::MAX_IN_FLIGHT,
+            header_timeout: defaults::HEADER_TIMEOUT,
             body_timeout: defaults::BODY_TIMEOUT,
             streams_per_key: defaults::STREAMS_PER_KEY,
             streams_total: defaults::STREAMS_TOTAL,

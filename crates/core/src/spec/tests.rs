@@ -202,8 +202,14 @@ fn a_spec_is_stored_flat_and_rows_from_before_the_split_still_read() {
     .unwrap();
     let stored = serde_json::to_value(&spec).unwrap();
     assert_eq!(stored["local_model"], "tiny-sd");
-    assert_eq!(stored["scheduler"], "euler_a", "stored by its canonical name");
-    assert_eq!(serde_json::from_value::<GenerationSpec>(stored).unwrap(), spec);
+    assert_eq!(
+        stored["scheduler"], "euler_a",
+        "stored by its canonical name"
+    );
+    assert_eq!(
+        serde_json::from_value::<GenerationSpec>(stored).unwrap(),
+        spec
+    );
 
     // A relayed job as an older version wrote it: the local fields present but empty.
     let old_relay = serde_json::json!({

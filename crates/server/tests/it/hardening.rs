@@ -498,7 +498,7 @@ async fn reference_urls_are_fetched_only_after_the_limits_pass() {
         .await;
     let server = TestServer::start_with(|config| {
         config.api_keys = vec![ROOT.into()];
-        config.inputs.allow_private_urls = true;
+        config.jobs.inputs.allow_private_urls = true;
     })
     .await;
     let created = server

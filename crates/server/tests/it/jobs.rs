@@ -99,7 +99,7 @@ async fn a_client_that_disconnects_does_not_lose_its_images() {
 
 #[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after() {
-    let server = TestServer::start_with(|config| config.queue_size = 1).await;
+    let server = TestServer::start_with(|config| config.jobs.queue_size = 1).await;
     let mut statuses = Vec::new();
     for _ in 0..3 {
         let response = server

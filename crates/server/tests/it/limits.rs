@@ -39,7 +39,7 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>
 #[tokio::test]
 async fn slowloris_connections_are_closed_after_the_header_timeout() {
     let server = TestServer::start_with(|config| {
-        config.header_timeout = Duration::from_millis(500);
+        config.http.header_timeout = Duration::from_millis(500);
     })
     .await;
     let addr = server.server.as_ref().unwrap().addr;
@@ -72,7 +72,7 @@ async fn slowloris_connections_are_closed_after_the_header_timeout() {
 #[tokio::test]
 async fn a_body_that_arrives_too_slowly_gets_408_in_the_error_envelope() {
     let server = TestServer::start_with(|config| {
-        config.body_timeout = Duration::from_millis(500);
+        config.http.body_timeout = Duration::from_millis(500);
     })
     .await;
     let addr = server.server.as_ref().unwrap().addr;
@@ -121,7 +121,7 @@ async fn a_body_that_arrives_too_slowly_gets_408_in_the_error_envelope() {
 
 #[tokio::test]
 async fn a_full_server_answers_429_at_once_and_open_streams_do_not_count() {
-    let server = TestServer::start_with(|config| config.max_in_flight = 1).await;
+    let server = TestServer::start_with(|config| config.http.max_in_flight = 1).await;
     // Slots come back: one at a time, any number of requests go through.
     for _ in 0..3 {
         assert_eq!(server.get("/v1/jobs").send().await.unwrap().status(), 200);
@@ -170,9 +170,9 @@ async fn a_full_server_answers_429_at_once_and_open_streams_do_not_count() {
 async fn event_streams_are_capped_per_key_and_overall_and_slots_come_back() {
     let server = TestServer::start_with(|config| {
         config.api_keys = vec![ROOT.into()];
-        config.streams_per_key = 2;
-        config.streams_total = 3;
-        config.sse_keep_alive = Duration::from_millis(100);
+        config.http.streams_per_key = 2;
+        config.http.streams_total = 3;
+        config.http.sse_keep_alive = Duration::from_millis(100);
     })
     .await;
     let a = server.create_key(ROOT, json!({"name": "a"})).await["secret"]
@@ -296,7 +296,7 @@ async fn event_streams_are_capped_per_key_and_overall_and_slots_come_back() {
 #[tokio::test]
 async fn event_streams_send_keep_alive_comments_and_turn_off_proxy_buffering() {
     let server = TestServer::start_with(|config| {
-        config.sse_keep_alive = Duration::from_millis(50);
+        config.http.sse_keep_alive = Duration::from_millis(50);
     })
     .await;
     // A job's event stream, idle while the job runs.
@@ -330,7 +330,7 @@ async fn event_streams_send_keep_alive_comments_and_turn_off_proxy_buffering() {
     // Seedream's generation stream: comments between the events (as often as can be, so
     // some fall between two images), the framing intact.
     let server = TestServer::start_with(|config| {
-        config.sse_keep_alive = Duration::from_millis(1);
+        config.http.sse_keep_alive = Duration::from_millis(1);
     })
     .await;
     let response = server

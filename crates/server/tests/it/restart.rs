@@ -75,7 +75,7 @@ async fn jobs_and_links_survive_a_restart() {
 
     // A graceful stop with no grace: the running job goes back to the queue.
     let mut second_config = config(&path);
-    second_config.shutdown_grace = Duration::ZERO;
+    second_config.jobs.shutdown_grace = Duration::ZERO;
     let second = TestServer::start_in(data_dir, second_config).await;
     let long = second
         .submit_async(tiny(serde_json::json!({"steps": 400})))

@@ -19,7 +19,7 @@ pub fn config(data_dir: &Path) -> ServeConfig {
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut config = ServeConfig::new(listen, data_dir.to_path_buf(), models_dir());
     config.aliases = vec![("seedream-4-5-251128".into(), "tiny-sd".into())];
-    config.shutdown_grace = Duration::from_secs(5);
+    config.jobs.shutdown_grace = Duration::from_secs(5);
     config
 }
 
