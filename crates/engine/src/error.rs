@@ -21,11 +21,14 @@ pub enum EngineError {
     Config { path: PathBuf, message: String },
 
     #[error(
-        "{}: unsupported pipeline class `{class}`; supported: {}",
-        path.display(),
-        crate::model::SUPPORTED_PIPELINES.join(", ")
+        "{}: unsupported pipeline class `{class}`; supported: {supported}",
+        path.display()
     )]
-    UnsupportedPipeline { path: PathBuf, class: String },
+    UnsupportedPipeline {
+        path: PathBuf,
+        class: String,
+        supported: String,
+    },
 
     /// A weights file that cannot be read, or a tensor in it that is missing or has the
     /// wrong shape. `message` names the tensor.

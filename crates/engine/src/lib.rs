@@ -3,21 +3,27 @@
 //! Synchronous and free of HTTP or async runtimes: the server drives it from one thread that
 //! owns the device.
 
-pub mod clip;
+// What callers use (core, the CLI, the engine's benches and tests) is `pub`; the rest is the
+// engine's own.
+pub(crate) mod clip;
+pub mod config_files;
 pub mod error;
-pub mod image_ops;
+pub(crate) mod image_ops;
 pub mod model;
+/// Kernels, public for `benches/kernels.rs`.
 pub mod nn;
 pub mod noise;
 pub mod output;
 pub mod parity;
 pub mod pipeline;
 pub mod scheduler;
-pub mod shared;
-pub mod text;
+pub(crate) mod shared;
+pub(crate) mod text;
+/// Public for `benches/kernels.rs`.
 pub mod tokenizer;
+/// Public for `benches/kernels.rs`.
 pub mod unet;
-pub mod vae;
+pub(crate) mod vae;
 pub mod weights;
 
 /// candle, re-exported so that callers never depend on a different version of it.

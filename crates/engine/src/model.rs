@@ -2,8 +2,7 @@
 
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
-
+use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
 
 pub const SUPPORTED_PIPELINES: [&str; 4] = [
@@ -45,42 +44,10 @@ impl ModelIndex {
             other => Err(EngineError::UnsupportedPipeline {
                 path: path.to_path_buf(),
                 class: other.to_string(),
+                supported: SUPPORTED_PIPELINES.join(", "),
             }),
         }
     }
-}
-
-/// Read a text file; a missing file is `MissingFile`, other failures `Io`, both naming it.
-pub fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => EngineError::MissingFile {
-            path: path.to_path_buf(),
-        },
-        _ => EngineError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-    })
-}
-
-/// Read and parse a JSON file, naming the file in every error.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = read_text(path)?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| EngineError::config(path, e))?;
-    parse_json(value, path)
-}
-
-/// Deserialize a parsed JSON value; errors name the offending key.
-pub fn parse_json<T: DeserializeOwned>(value: serde_json::Value, path: &Path) -> Result<T> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let key = e.path().to_string();
-        if key == "." {
-            EngineError::config(path, e.into_inner())
-        } else {
-            EngineError::config(path, format!("`{key}`: {}", e.into_inner()))
-        }
-    })
 }
 
 /// What a server needs to know about a model folder before loading it: read from the

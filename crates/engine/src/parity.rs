@@ -11,8 +11,8 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
-use crate::model::read_json;
 use crate::pipeline::{EncodedPrompts, LoadOptions, Pipeline, Run, Start};
 use crate::scheduler::{NoiseSource, SchedulerKind, unset_init_noise_sigma};
 use crate::unet::AddedConditioning;

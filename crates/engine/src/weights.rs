@@ -92,7 +92,7 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
     struct Index {
         weight_map: std::collections::BTreeMap<String, String>,
     }
-    let index_json: Index = crate::model::read_json(index)?;
+    let index_json: Index = crate::config_files::read_json(index)?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let shards: BTreeSet<&String> = index_json.weight_map.values().collect();
     shards

@@ -78,7 +78,7 @@ mod defaults {
 
 impl ClipConfig {
     pub fn read(path: &Path) -> crate::Result<Self> {
-        let config: Self = crate::model::read_json(path)?;
+        let config: Self = crate::config_files::read_json(path)?;
         config
             .validate()
             .map_err(|message| EngineError::config(path, message))?;

@@ -19,9 +19,10 @@ pub use request::{
     image_seed, img2img_start,
 };
 
+use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
 use crate::image_ops;
-use crate::model::{Family, ModelIndex, read_json};
+use crate::model::{Family, ModelIndex};
 use crate::nn::layers;
 use crate::noise::SeededNoise;
 use crate::scheduler::{self, NoiseSource, SchedulerConfig, SchedulerKind};

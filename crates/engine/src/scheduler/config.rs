@@ -169,7 +169,7 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// Read `scheduler_config.json`; errors name the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = crate::model::read_text(path)?;
+        let text = crate::config_files::read_text(path)?;
         // Python's json module writes non-finite floats (e.g. `lambda_min_clipped: -Infinity`)
         // that strict JSON parsers refuse; they mean "no limit", as an absent key does.
         let text = text
@@ -183,7 +183,7 @@ impl SchedulerConfig {
 
     fn from_map(raw: serde_json::Map<String, serde_json::Value>, source: &Path) -> Result<Self> {
         let mut config: Self =
-            crate::model::parse_json(serde_json::Value::Object(raw.clone()), source)?;
+            crate::config_files::parse_json(serde_json::Value::Object(raw.clone()), source)?;
         config.source = source.to_path_buf();
         config.raw = raw;
         Ok(config)

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
-use crate::model::read_json;
 
 /// A token matched as a whole in the prompt instead of going through BPE.
 #[derive(Debug, Clone, PartialEq, Eq)]

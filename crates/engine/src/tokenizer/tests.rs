@@ -46,7 +46,7 @@ struct Case {
 #[test]
 fn fixture_cases_match_prompt_token_ids() {
     let cases: Vec<Case> =
-        crate::model::read_json(&fixtures_dir().join("cases/cases.json")).unwrap();
+        crate::config_files::read_json(&fixtures_dir().join("cases/cases.json")).unwrap();
     assert_eq!(cases.len(), 5);
     for case in cases {
         let expected: Vec<u32> = case_tensors(&case.name)["prompt_token_ids"]

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
+use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
-use crate::model::read_json;
 
 /// A config value given either once for all blocks or per block.
 #[derive(Debug, Clone, serde::Deserialize)]
