@@ -7,6 +7,7 @@ mod docs;
 mod memory;
 mod progress;
 mod remote;
+mod since;
 mod table;
 
 use std::process::ExitCode;
@@ -38,7 +39,7 @@ enum Command {
     Serve(Box<commands::serve::ServeArgs>),
     /// Generate images, on a server (--server) or locally from a diffusers model folder.
     Generate(Box<commands::generate::GenerateArgs>),
-    /// A server's jobs: list, show, watch, cancel.
+    /// A server's jobs: list, show, watch, cancel, download.
     Jobs(commands::jobs::JobsArgs),
     /// API keys on a server (admin): create, list, revoke.
     Keys(commands::keys::KeysArgs),
@@ -64,6 +65,9 @@ pub const EXIT_API: u8 = 3;
 fn main() -> ExitCode {
     memory::keep_freed_memory_for_reuse();
     let cli = parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        end_quietly_on_a_closed_pipe();
+    }
     // A server reports its jobs; a local `generate` runs the same core code but only its
     // progress bar should show.
     let filter = cli.log.as_deref().unwrap_or(match cli.command {
@@ -112,11 +116,23 @@ fn parse() -> Cli {
     }
 }
 
+/// `seedbed jobs list --json | head` must not panic when `head` closes the pipe: take the
+/// default action on SIGPIPE (end, silently), as other command-line tools do. Rust ignores the
+/// signal, which turns every later `println!` into a panic. Not for `serve`, whose sockets
+/// report a closed peer as an error to handle.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: at start-up, before any thread exists, restoring a signal's default action.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Print the error with its causes and a hint, and choose the exit code.
 fn report(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error}");
-    for cause in error.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+    for line in error_lines(error) {
+        eprintln!("{line}");
     }
     if let Some(client_error) = error.downcast_ref::<seedbed_client::ClientError>() {
         if let Some(hint) = remote::hint(client_error) {
@@ -154,6 +170,21 @@ fn report(error: &anyhow::Error) -> ExitCode {
     ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE })
 }
 
+/// `error: ...` then one `caused by: ...` per cause, leaving out a cause whose text the line
+/// before already says (an I/O error wrapped by a context that quotes it).
+fn error_lines(error: &anyhow::Error) -> Vec<String> {
+    let mut lines = vec![format!("error: {error}")];
+    let mut said = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            lines.push(format!("  caused by: {text}"));
+        }
+        said = text;
+    }
+    lines
+}
+
 /// Run a command's async part on a small runtime of its own.
 pub fn block_on<T>(future: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
@@ -161,4 +192,23 @@ pub fn block_on<T>(future: impl Future<Output = anyhow::Result<T>>) -> anyhow::R
         .build()
         .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?
         .block_on(future)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_the_message_already_says_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let error =
+            anyhow::Error::new(io).context("listening on 127.0.0.1:8080: Address already in use");
+        assert_eq!(
+            super::error_lines(&error),
+            ["error: listening on 127.0.0.1:8080: Address already in use"]
+        );
+        let error = anyhow::anyhow!("disk full").context("writing out.png");
+        assert_eq!(
+            super::error_lines(&error),
+            ["error: writing out.png", "  caused by: disk full"]
+        );
+    }
 }

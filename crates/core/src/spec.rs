@@ -102,6 +102,17 @@ impl GenerationSpec {
         }
     }
 
+    /// The prompt: the local run's, or the relayed body's `prompt` if it has one.
+    pub fn prompt(&self) -> Option<String> {
+        match &self.run {
+            RunSpec::Local(local) => Some(local.prompt.clone()),
+            RunSpec::Relay(relay) => {
+                let body: serde_json::Value = serde_json::from_str(&relay.body).ok()?;
+                body.get("prompt")?.as_str().map(str::to_string)
+            }
+        }
+    }
+
     pub fn is_relay(&self) -> bool {
         matches!(self.run, RunSpec::Relay(_))
     }

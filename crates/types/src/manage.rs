@@ -13,6 +13,9 @@ pub struct JobView {
     /// Always `job`.
     pub object: String,
     pub model: String,
+    /// The prompt as the request gave it (null for a relayed request without one).
+    #[serde(default)]
+    pub prompt: Option<String>,
     pub status: JobState,
     /// Unix seconds.
     pub created_at: i64,

@@ -6,6 +6,7 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 
 mod architecture;
+mod jobs;
 mod kill;
 mod one_path;
 mod proxy;

@@ -53,6 +53,7 @@ async fn view(state: &AppState, job: &Job, images: Images) -> Result<JobView, Ap
         id: job.id.clone(),
         object: "job".into(),
         model: job.model.clone(),
+        prompt: job.spec.prompt(),
         status: job.status,
         created_at: job.created_at / 1000,
         started_at: job.started_at.map(|t| t / 1000),

@@ -3,7 +3,7 @@
 //! same validation (core's), so a local run makes what a server would.
 
 mod local;
-mod output;
+pub(crate) mod output;
 mod remote;
 mod request;
 
