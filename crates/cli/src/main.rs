@@ -21,7 +21,12 @@ use clap::{Parser, Subcommand};
     version,
     about,
     long_about = None,
-    after_help = "Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 the server refused the request."
+    after_help = "Examples:
+  seedbed generate \"a lighthouse at dusk\"          (locally, the first model in ./models)
+  seedbed serve --api-key KEY                      (the Seedream API on 127.0.0.1:8080)
+  seedbed generate --server http://127.0.0.1:8080 \"a fox\" -o fox.jpeg
+
+Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 the server refused the request."
 )]
 pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `seedbed_engine=debug`

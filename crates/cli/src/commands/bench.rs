@@ -15,6 +15,10 @@ use seedbed_engine::{GenerateRequest, Pipeline};
 use crate::device::DeviceArgs;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  seedbed bench models/sd-turbo
+  seedbed bench models/sdxl-turbo --width 1024 --height 1024 --steps 4 --runs 5 --json
+  seedbed bench models/sd-turbo --cold")]
 pub struct BenchArgs {
     /// The diffusers model folder to measure.
     model_dir: PathBuf,

@@ -10,6 +10,10 @@ use crate::remote::ServerArgs;
 use crate::table;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  seedbed keys create --name ci --images-per-minute 10 --quota-images 1000
+  seedbed keys create --name grafana --scope ops
+  seedbed keys revoke key_0123abcd")]
 pub struct KeysArgs {
     #[command(flatten)]
     server: ServerArgs,

@@ -11,6 +11,10 @@ use seedbed_types::ModelView;
 use crate::table;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  seedbed models list
+  seedbed models list --models-dir ~/models --json
+  seedbed models list --server http://gpu-box:8080")]
 pub struct ModelsArgs {
     #[command(subcommand)]
     command: ModelsCommand,

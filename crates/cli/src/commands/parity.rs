@@ -10,6 +10,9 @@ use seedbed_engine::parity::{DEFAULT_STAGE_TOLERANCE, ParityRunner, read_cases};
 use crate::device::DeviceArgs;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  seedbed parity --cases fixtures/cases --models fixtures/models
+  seedbed parity --cases fixtures/cases --models fixtures/models --only sdxl --dtype f16 --stage-tolerance 2e-2")]
 pub struct ParityArgs {
     /// Folder with `cases.json` and one `<name>.safetensors` per case.
     #[arg(long, env = "SEEDBED_PARITY_CASES")]
