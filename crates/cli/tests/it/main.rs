@@ -11,6 +11,7 @@ mod kill;
 mod one_path;
 mod proxy;
 mod remote;
+mod serve_config;
 mod server_process;
 mod snapshots;
 mod standalone;
