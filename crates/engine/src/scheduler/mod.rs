@@ -5,6 +5,7 @@ mod ddim;
 mod dpmpp_2m;
 mod euler;
 mod euler_ancestral;
+pub mod flow_match;
 mod schedule;
 
 use candle_core::Tensor;
