@@ -18,6 +18,7 @@ pub mod parity;
 pub mod pipeline;
 pub mod scheduler;
 pub(crate) mod shared;
+pub mod t5;
 pub(crate) mod text;
 /// Public for `benches/kernels.rs`.
 pub mod tokenizer;
