@@ -18,14 +18,11 @@ struct Case {
     max_sequence_length: Option<usize>,
 }
 
-/// `(case, its tensors, the T5 folder names)` for every case with a T5 encoder.
-fn t5_cases() -> Vec<(
-    Case,
-    HashMap<String, Tensor>,
-    &'static str,
-    &'static str,
-    &'static str,
-)> {
+/// A reference case with a T5 encoder: its tensors, and where its T5 parts are (tokenizer
+/// folder, encoder folder, name of the ids tensor).
+type T5Case = (Case, HashMap<String, Tensor>, &'static str, &'static str, &'static str);
+
+fn t5_cases() -> Vec<T5Case> {
     let cases: Vec<Case> =
         crate::config_files::read_json(&fixtures().join("cases-dit/cases.json")).unwrap();
     cases
