@@ -59,7 +59,7 @@ fn local_and_server_make_the_same_bytes() {
         let served = base64::engine::general_purpose::STANDARD
             .decode(image["b64_json"].as_str().unwrap())
             .unwrap();
-        let made = read(out.path().join(format!("fox-{index}.png")));
+        let made = read(out.path().join(format!("fox-{}.png", index + 1)));
         assert!(made.starts_with(b"\x89PNG"));
         assert!(served == made, "image {index} differs");
         let text = String::from_utf8_lossy(&made);
