@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -149,29 +149,59 @@ fn quiet_prints_nothing_but_the_paths() {
         .stderr("");
 }
 
-/// A fake Seedream API (not a seedbed: `/info` is 404) that answers the generation requests
-/// with `answers` in turn; returns its URL and the request lines it got.
-fn fake_api(answers: Vec<String>) -> (String, Arc<Mutex<Vec<String>>>) {
+/// What a fake server does with one request.
+enum Reply {
+    Answer(String),
+    /// Send this head and then nothing, holding the connection open (a stream with no events
+    /// yet, a cancel that never returns).
+    Hang(String),
+}
+
+/// A loopback HTTP server answering each request (by its request line) with `handler`, each
+/// connection on a thread of its own; returns its URL and the request lines as they come.
+fn fake_server(
+    handler: impl Fn(&str) -> Reply + Send + Sync + 'static,
+) -> (String, mpsc::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
+    let (sender, seen) = mpsc::channel();
+    let handler = Arc::new(handler);
     std::thread::spawn(move || {
-        let mut answers = answers.into_iter();
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { break };
-            let head = read_request(&mut stream);
-            let line = head.lines().next().unwrap_or_default().to_string();
-            log.lock().unwrap().push(line.clone());
-            let answer = if line.starts_with("POST") {
-                answers.next().unwrap_or_else(|| status(500, "{}", ""))
-            } else {
-                status(404, "{}", "")
-            };
-            let _ = stream.write_all(answer.as_bytes());
+            let (handler, sender) = (handler.clone(), sender.clone());
+            std::thread::spawn(move || {
+                let head = read_request(&mut stream);
+                let line = head.lines().next().unwrap_or_default().to_string();
+                let reply = handler(&line);
+                let _ = sender.send(line);
+                match reply {
+                    Reply::Answer(answer) => {
+                        let _ = stream.write_all(answer.as_bytes());
+                    }
+                    Reply::Hang(head) => {
+                        let _ = stream.write_all(head.as_bytes());
+                        std::thread::sleep(Duration::from_secs(120));
+                    }
+                }
+            });
         }
     });
     (url, seen)
+}
+
+/// A fake Seedream API (not a seedbed: `/info` is 404) that answers the generation requests
+/// with `answers` in turn; returns its URL and the request lines it got.
+fn fake_api(answers: Vec<String>) -> (String, mpsc::Receiver<String>) {
+    let answers = Mutex::new(answers.into_iter());
+    fake_server(move |line| {
+        Reply::Answer(if line.starts_with("POST") {
+            let next = answers.lock().unwrap().next();
+            next.unwrap_or_else(|| status(500, "{}", ""))
+        } else {
+            status(404, "{}", "")
+        })
+    })
 }
 
 /// The request's head, with its body read past (by Content-Length).
@@ -256,12 +286,7 @@ fn rate_limits_are_waited_out_and_quotas_are_final() {
     insta::with_settings!({filters => filters()}, {
         insta::assert_snapshot!("quota_exceeded", output);
     });
-    let posts = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.starts_with("POST"))
-        .count();
+    let posts = seen.try_iter().filter(|l| l.starts_with("POST")).count();
     assert_eq!(posts, 1, "a spent quota is never retried");
 }
 
@@ -272,19 +297,8 @@ fn ctrl_c_cancels_the_servers_job() {
     let server = ServerProcess::start(&data);
     let http = server.http();
     let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_seedbed"));
-    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SEEDBED_")) {
-        command.env_remove(name);
-    }
-    let mut child = command
-        .current_dir(dir.path())
-        .env("SEEDBED_SERVER", &server.url)
-        .env("SEEDBED_API_KEY", KEY)
-        .args(["generate", "a long one", "-m", "tiny-sd", "--steps", "500"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let args = ["a long one", "-m", "tiny-sd", "--steps", "500"];
+    let mut child = spawn_generate(dir.path(), &server.url, &args);
     let deadline = Instant::now() + Duration::from_secs(60);
     let id = loop {
         let jobs = http.get("/v1/jobs");
@@ -295,14 +309,89 @@ fn ctrl_c_cancels_the_servers_job() {
         assert!(Instant::now() < deadline, "the job never ran: {jobs}");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let pid = child.id().to_string();
+    interrupt(&child);
+    let (code, stdout, stderr) = wait_out(&mut child);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert_eq!(stdout, "");
     assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
+        stderr.contains(&format!("interrupted: cancelling job {id}"))
+            && stderr.contains(&format!("job {id} cancelled")),
+        "{stderr}"
     );
+    http.poll_job(&id, |job| job["status"] == "cancelled");
+}
+
+/// A second Ctrl-C while the cancel is under way leaves the job running and says how to stop
+/// it. A fake seedbed whose cancel never returns holds the command in that state.
+#[test]
+fn a_second_ctrl_c_leaves_the_job_running() {
+    let info = serde_json::json!({"name": "seedbed", "version": "0", "uptime_s": 1,
+        "device": "cpu", "loaded_models": [], "models": [],
+        "limits": {"queue_size": 1, "body_bytes": 1, "image_ttl_s": 1,
+            "input_image_bytes": 1, "max_attempts": 1}});
+    let job = serde_json::json!({"id": "job_slow", "object": "job", "model": "m",
+        "status": "queued", "created_at": 1, "started_at": null, "finished_at": null,
+        "queue_position": 0, "progress": null, "attempts": 0, "result": null, "error": null});
+    let (url, seen) = fake_server(move |line| {
+        let path = line.split_whitespace().nth(1).unwrap_or_default();
+        match path {
+            "/info" => Reply::Answer(status(200, &info.to_string(), "")),
+            "/api/v3/images/generations" => Reply::Answer(status(202, &job.to_string(), "")),
+            "/v1/jobs/job_slow/events" => {
+                Reply::Hang("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n".into())
+            }
+            _ => Reply::Hang(String::new()),
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_generate(dir.path(), &url, &["a fox", "-m", "m"]);
+    let wait_for = |wanted: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match seen.recv_timeout(left) {
+                Ok(line) if line.contains(wanted) => break,
+                Ok(_) => {}
+                Err(_) => panic!("no request for {wanted}"),
+            }
+        }
+    };
+    wait_for("/events");
+    interrupt(&child);
+    wait_for("/cancel");
+    interrupt(&child);
+    let (code, stdout, stderr) = wait_out(&mut child);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert_eq!(stdout, "");
+    insta::assert_snapshot!(stderr);
+}
+
+fn spawn_generate(dir: &Path, server: &str, args: &[&str]) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_seedbed"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SEEDBED_")) {
+        command.env_remove(name);
+    }
+    command
+        .current_dir(dir)
+        .env("SEEDBED_SERVER", server)
+        .env("SEEDBED_API_KEY", KEY)
+        .arg("generate")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Ctrl-C, as a terminal sends it.
+fn interrupt(child: &std::process::Child) {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(sent.success());
+}
+
+/// The exit code, stdout and stderr once the child ends (within 30 s).
+fn wait_out(child: &mut std::process::Child) -> (Option<i32>, String, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let code = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -314,28 +403,12 @@ fn ctrl_c_cancels_the_servers_job() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    assert_eq!(code, Some(130), "{stderr}");
-    assert_eq!(stdout, "");
-    assert!(
-        stderr.contains(&format!("interrupted: cancelling job {id}"))
-            && stderr.contains(&format!("job {id} cancelled")),
-        "{stderr}"
-    );
-    http.poll_job(&id, |job| job["status"] == "cancelled");
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let mut pipe = child.stdout.take().unwrap();
+    pipe.read_to_string(&mut stdout).unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    pipe.read_to_string(&mut stderr).unwrap();
+    (code, stdout, stderr)
 }
 
 /// `--detach` hands back the job id at once and leaves the job to the server.
