@@ -212,9 +212,11 @@ fn write_partial(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     Ok(tmp)
 }
 
-pub fn partial_path(path: &Path) -> PathBuf {
+/// `seedbed.jpeg.<pid>.partial`: the process id keeps two runs in one directory (a script
+/// starting several) from writing into each other's temporary file.
+fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
+    name.push(format!(".{}.partial", std::process::id()));
     path.with_file_name(name)
 }
 
@@ -276,6 +278,7 @@ mod tests {
             write(&mut forced, 0, Format::Jpeg),
             out.join("seedbed-1.jpeg")
         );
-        assert!(!out.join("seedbed-1.jpeg.partial").exists());
+        let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().collect();
+        assert_eq!(left.len(), 5, "no temporary file left: {left:?}");
     }
 }
