@@ -25,6 +25,7 @@ impl Progress {
         let bar = if drawn {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             bar.set_style(spinner_style());
+            bar.set_message("starting");
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         } else {
@@ -52,6 +53,9 @@ impl Progress {
 
     /// `step` steps of `steps` done for image `image` (0-based, as engines count) of `images`.
     pub fn step(&self, image: u32, images: u32, step: u32, steps: u32) {
+        // The message first, so a fresh bar never shows the spinner's or the last image's.
+        self.bar
+            .set_message(step_message(image, images, step, steps));
         if self.bar.length() != Some(u64::from(steps)) || u64::from(step) < self.bar.position() {
             // A new image (or the first): a fresh bar, its own elapsed time and estimate.
             self.bar.set_style(bar_style());
@@ -59,8 +63,6 @@ impl Progress {
             self.bar.reset();
         }
         self.bar.set_position(u64::from(step));
-        self.bar
-            .set_message(step_message(image, images, step, steps));
     }
 
     /// Wait `seconds` and say why, counting down on a terminal (one line otherwise).
