@@ -366,19 +366,53 @@ fn a_second_ctrl_c_leaves_the_job_running() {
     insta::assert_snapshot!(stderr);
 }
 
-fn spawn_generate(dir: &Path, server: &str, args: &[&str]) -> std::process::Child {
+/// Ctrl-C stops a local run as well, before its next step: exit 130, no file half-written.
+#[test]
+fn ctrl_c_stops_a_local_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = generate_command(dir.path());
+    let mut child = command
+        .arg("--models-dir")
+        .arg(fixtures().join("models"))
+        .args(["a long one", "--steps", "500", "-n", "3"])
+        .spawn()
+        .unwrap();
+    // The handler is in place before the model loads; a second is plenty.
+    std::thread::sleep(Duration::from_secs(1));
+    interrupt(&child);
+    let (code, _, stderr) = wait_out(&mut child);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: stopping before the next step"),
+        "{stderr}"
+    );
+    let partial = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .count();
+    assert_eq!(partial, 0);
+}
+
+/// `seedbed generate` as a child to signal, with no `SEEDBED_*` from the test's environment.
+fn generate_command(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_seedbed"));
     for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SEEDBED_")) {
         command.env_remove(name);
     }
     command
         .current_dir(dir)
+        .arg("generate")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn spawn_generate(dir: &Path, server: &str, args: &[&str]) -> std::process::Child {
+    generate_command(dir)
         .env("SEEDBED_SERVER", server)
         .env("SEEDBED_API_KEY", KEY)
-        .arg("generate")
         .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }

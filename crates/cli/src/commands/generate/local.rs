@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -16,10 +16,9 @@ use seedbed_core::local::Prepared;
 use seedbed_core::{Catalog, CoreError, Device, DeviceOptions, InputPolicy, local};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::GenerateArgs;
 use super::output::{Files, Target};
 use super::report::{Report, Written};
-use super::request;
+use super::{EXIT_INTERRUPTED, GenerateArgs, request};
 use crate::progress::Progress;
 
 pub fn run(args: GenerateArgs) -> Result<ExitCode> {
@@ -60,10 +59,12 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         memory_budget: u64::MAX,
     })?;
     progress.status("loading the model");
-    let mut events = local::start(&device, prepared, Arc::new(AtomicBool::new(false)))?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    stop_on_ctrl_c(cancel.clone());
+    let mut events = local::start(&device, prepared, cancel)?;
 
     let started = Instant::now();
-    follow(
+    let stopped = follow(
         &mut events,
         &model,
         &mut files,
@@ -76,7 +77,35 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         peak_rss_bytes = crate::memory::peak_rss_bytes(),
         "generated"
     );
+    if stopped {
+        // Said even under --quiet, as for a server's job: it is the command's outcome.
+        eprintln!("generation stopped; {} image(s) written", report.data.len());
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     report.finish(args.json, args.open, &progress)
+}
+
+/// Ctrl-C stops a local run before its next step, as it cancels a server's job; a second
+/// one ends the process at once.
+fn stop_on_ctrl_c(cancel: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            eprintln!("interrupted: stopping before the next step (Ctrl-C again to quit now)");
+            cancel.store(true, Ordering::SeqCst);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(EXIT_INTERRUPTED.into());
+            }
+        });
+    });
 }
 
 /// Say how each reference of another size becomes the size the model draws at.
@@ -91,8 +120,9 @@ fn note_resized(args: &GenerateArgs, prepared: &Prepared, progress: &Progress) {
     }
 }
 
-/// Show the run's progress and write each picture as it comes. A run that fails as a whole
-/// (the model does not load) is an error; a failed image is counted in the report.
+/// Show the run's progress and write each picture as it comes; `true` when Ctrl-C stopped
+/// it. A run that fails as a whole (the model does not load) is an error; a failed image is
+/// counted in the report.
 fn follow(
     events: &mut UnboundedReceiver<DeviceEvent>,
     model: &str,
@@ -100,7 +130,7 @@ fn follow(
     report: &mut Report,
     args: &GenerateArgs,
     progress: &Progress,
-) -> Result<()> {
+) -> Result<bool> {
     let outcome = loop {
         match events.blocking_recv() {
             None => break Err(DeviceFailure::Internal("the device thread stopped".into())),
@@ -134,11 +164,11 @@ fn follow(
     };
     progress.finish();
     match outcome {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(false),
         Err(DeviceFailure::ModelLoad(message)) => {
             bail!("model {model} could not be loaded: {message}")
         }
-        Err(DeviceFailure::Cancelled) => bail!("generation was cancelled"),
+        Err(DeviceFailure::Cancelled) => Ok(true),
         Err(DeviceFailure::Internal(message)) => bail!(message),
     }
 }

@@ -55,8 +55,8 @@ stderr (-q: errors only). --json prints instead one object, the same locally and
 (seed is null when a server does not say). --detach (with --server) prints only the job id
 ({{\"id\": ...}} with --json) and leaves the job running; `seedbed jobs watch ID` follows it.
 
-Ctrl-C while a server runs the job cancels it (the first press prints the job id; a second
-press while cancelling leaves the job running).
+Ctrl-C stops a local run before its next step and cancels a server's job (the first press
+prints the job id; a second press while cancelling leaves the job running).
 
 Exit codes: 0 done, 1 failed (some or all images), 2 bad usage or input, 3 the server refused the
 request (4xx, e.g. QuotaExceeded), {EXIT_INTERRUPTED} interrupted by Ctrl-C."
