@@ -26,7 +26,8 @@ use clap::{Parser, Subcommand};
   seedbed serve --api-key KEY                      (the Seedream API on 127.0.0.1:8080)
   seedbed generate --server http://127.0.0.1:8080 \"a fox\" -o fox.jpeg
 
-Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 the server refused the request."
+Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 the server refused the request,
+130 interrupted (Ctrl-C)."
 )]
 pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `seedbed_engine=debug`

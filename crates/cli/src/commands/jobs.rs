@@ -11,7 +11,8 @@ use futures::StreamExt;
 use seedbed_client::Client;
 use seedbed_types::{JobState, JobView};
 
-use crate::progress::JobProgress;
+use crate::commands::generate::output;
+use crate::progress::Progress;
 use crate::remote::ServerArgs;
 use crate::table;
 
@@ -94,7 +95,7 @@ pub fn run(args: JobsArgs) -> Result<ExitCode> {
                 return download(&client, &id, &output, force).await;
             }
             JobsCommand::Watch { id, quiet } => {
-                let progress = JobProgress::new(quiet);
+                let progress = Progress::new(quiet);
                 let mut events = Box::pin(client.follow_job(&id));
                 while let Some(item) = events.next().await {
                     progress.on_event(&item?.event);
@@ -168,12 +169,13 @@ async fn download(
     }
     for (index, url) in urls {
         let bytes = client.download(url).await?;
-        let format = crate::commands::generate::output::sniff_format(&bytes);
+        let format = output::sniff_format(&bytes);
         let path = dir.join(format!("{id}-{index}.{}", format.extension()));
-        if path.exists() && !force {
+        if force {
+            output::write_atomically(&path, &bytes)?;
+        } else if !output::write_new(&path, &bytes)? {
             bail!("{} exists; pass --force to replace it", path.display());
         }
-        crate::commands::generate::output::write_atomically(&path, &bytes)?;
         println!("{}", path.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 
 mod architecture;
+mod generate;
 mod jobs;
 mod kill;
 mod one_path;
@@ -96,11 +97,13 @@ fn generate_writes_png_and_jpeg() {
         .arg(fixtures().join("models"))
         .assert()
         .success()
-        .stdout(
-            predicate::str::contains("fox-0.png (seed 1)")
-                .and(predicate::str::contains("fox-1.png (seed 2)")),
+        // Only the paths on stdout; seeds on stderr.
+        .stdout("fox-1.png\nfox-2.png\n")
+        .stderr(
+            predicate::str::contains("fox-1.png: seed 1, 64x64")
+                .and(predicate::str::contains("fox-2.png: seed 2, 64x64")),
         );
-    let png = image::open(tmp.path().join("fox-1.png")).unwrap();
+    let png = image::open(tmp.path().join("fox-2.png")).unwrap();
     assert_eq!((png.width(), png.height()), (64, 64));
 
     seedbed()
@@ -148,8 +151,14 @@ fn image_to_image_from_a_file() {
         .arg("--models-dir")
         .arg(fixtures().join("models"))
         .assert()
-        .success();
-    assert!(tmp.path().join("seedbed.png").is_file());
+        .success()
+        // What the engine does with a reference of another shape, said exactly.
+        .stderr(predicate::str::contains(format!(
+            "note: {} is 40x30; resized to 64x64 (stretched, not cropped)",
+            input.display()
+        )));
+    // JPEG by default, as from a server.
+    assert!(tmp.path().join("seedbed.jpeg").is_file());
 }
 
 #[test]

@@ -59,7 +59,7 @@ fn local_and_server_make_the_same_bytes() {
         let served = base64::engine::general_purpose::STANDARD
             .decode(image["b64_json"].as_str().unwrap())
             .unwrap();
-        let made = read(out.path().join(format!("fox-{index}.png")));
+        let made = read(out.path().join(format!("fox-{}.png", index + 1)));
         assert!(made.starts_with(b"\x89PNG"));
         assert!(served == made, "image {index} differs");
         let text = String::from_utf8_lossy(&made);
@@ -74,6 +74,8 @@ fn local_and_server_make_the_same_bytes() {
     let flags = "--model tiny-sd --size 2K --seed 11 --steps 4 --strength 0.5 --scheduler euler \
         --karras --guidance 3 --negative-prompt blurry";
     let flags: Vec<&str> = flags.split_whitespace().collect();
+    // Both paths say what becomes of a reference of another shape.
+    let resized = "note: in.png is 40x30; resized to 128x128 (stretched, not cropped)";
     seedbed()
         .current_dir(out.path())
         .env("SEEDBED_SERVER", &server.url)
@@ -88,12 +90,14 @@ fn local_and_server_make_the_same_bytes() {
         ])
         .args(&flags)
         .assert()
-        .success();
+        .success()
+        .stderr(predicates::str::contains(resized));
     local(out.path(), &models)
         .args(["a barn", "-o", "made.jpg", "--image", "in.png"])
         .args(&flags)
         .assert()
-        .success();
+        .success()
+        .stderr(predicates::str::contains(resized));
     let (served, made) = (
         read(out.path().join("served.jpg")),
         read(out.path().join("made.jpg")),

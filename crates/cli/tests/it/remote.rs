@@ -47,13 +47,12 @@ fn generate_through_the_server_then_manage_jobs_keys_and_usage() {
         .assert()
         .success();
     let paths: Vec<String> = stdout(&assert).lines().map(str::to_string).collect();
-    assert_eq!(paths.len(), 2, "{paths:?}");
-    let job_id = paths[0]
-        .strip_prefix("shots/")
-        .and_then(|name| name.strip_suffix("-0.jpeg"))
-        .unwrap_or_else(|| panic!("{paths:?}"))
+    // The names a local run gives them too.
+    assert_eq!(paths, ["shots/seedbed-1.jpeg", "shots/seedbed-2.jpeg"]);
+    let job_id = server.http().get("/v1/jobs")["data"][0]["id"]
+        .as_str()
+        .unwrap()
         .to_string();
-    assert_eq!(paths[1], format!("shots/{job_id}-1.jpeg"));
     for path in &paths {
         assert!(is_jpeg(&out.path().join(path)), "{path}");
     }
@@ -93,6 +92,9 @@ fn generate_through_the_server_then_manage_jobs_keys_and_usage() {
         .success();
     let response: serde_json::Value = serde_json::from_str(stdout(&assert).trim()).unwrap();
     assert_eq!(response["data"].as_array().unwrap().len(), 1, "{response}");
+    assert_eq!(response["data"][0]["path"], "barn.png", "{response}");
+    assert_eq!(response["data"][0]["size"], "64x64", "{response}");
+    assert!(response["data"][0]["seed"].is_u64(), "{response}");
     let png = std::fs::read(out.path().join("barn.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"));
 
@@ -276,7 +278,7 @@ fn pull_from_a_hub_then_generate_with_it() {
         .arg(models.path())
         .assert()
         .success();
-    assert!(out.path().join("seedbed.png").is_file());
+    assert!(out.path().join("seedbed.jpeg").is_file());
     seedbed()
         .env("HF_ENDPOINT", &hub.url)
         .args(["pull", "test/missing", "--models-dir"])

@@ -4,7 +4,7 @@
 use super::server_process::{KEY, ServerProcess, data_dir};
 use super::{fixtures, seedbed};
 
-fn run(cmd: &mut assert_cmd::Command) -> String {
+pub fn run(cmd: &mut assert_cmd::Command) -> String {
     let output = cmd.output().unwrap();
     format!(
         "exit: {}\n--- stdout\n{}--- stderr\n{}",

@@ -4,26 +4,25 @@
 //! included), seeds, watermark, provenance and encoding are the server's, byte for byte. What
 //! is left here is the command line's own part: choosing the model, progress and files.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use seedbed_core::device::{DeviceEvent, DeviceFailure};
-use seedbed_core::spec::LocalSpec;
+use seedbed_core::local::Prepared;
 use seedbed_core::{Catalog, CoreError, Device, DeviceOptions, InputPolicy, local};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::GenerateArgs;
-use super::output::{Format, Target, write_atomically};
-use super::request;
+use super::output::{Files, Target};
+use super::report::{Report, Written};
+use super::{EXIT_INTERRUPTED, GenerateArgs, request};
+use crate::progress::Progress;
 
 pub fn run(args: GenerateArgs) -> Result<ExitCode> {
-    let target = Target::parse(args.output.as_deref(), Format::Png)?;
+    let target = Target::parse(args.output.as_deref())?;
     if let Some(url) = args.image.iter().find(|source| request::is_url(source)) {
         bail!(CoreError::invalid(
             "image",
@@ -38,61 +37,100 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
             args.models_dir.display()
         )
     })?;
-    let mut wire = request::build(&args, Some(target.format().unwrap_or(Format::Png)))?;
+    let progress = Progress::new(args.quiet);
+    let mut wire = request::build(&args, target.format())?;
     wire.model = Some(match &args.model {
         Some(name) => name.clone(),
-        None => first_model(&catalog, &args.models_dir)?,
+        None => first_model(&catalog, &args.models_dir, &progress)?,
     });
+    // Every check (core's, as a server makes them) before the model loads.
     let prepared = crate::block_on(async {
         local::prepare(&wire, &catalog, &InputPolicy::default())
             .await
             .map_err(|error| explain(error, &catalog, &args.models_dir))
     })?;
-    let (spec, images) = (prepared.spec.clone(), prepared.images);
+    let mut files = Files::new(target, prepared.images as usize, args.force);
+    files.check()?;
+    note_resized(&args, &prepared, &progress);
+    let mut report = Report::new(prepared.spec.local_model.clone());
+    let model = prepared.spec.local_model.clone();
     let device = Device::spawn(DeviceOptions {
         load: args.device.load_options()?,
         memory_budget: u64::MAX,
     })?;
-    let mut events = local::start(&device, prepared, Arc::new(AtomicBool::new(false)))?;
+    progress.status("loading the model");
+    let cancel = Arc::new(AtomicBool::new(false));
+    stop_on_ctrl_c(cancel.clone());
+    let mut events = local::start(&device, prepared, cancel)?;
 
     let started = Instant::now();
-    let (written, last_failure) = follow(&mut events, &spec, images, &target, &args)?;
+    let stopped = follow(
+        &mut events,
+        &model,
+        &mut files,
+        &mut report,
+        &args,
+        &progress,
+    )?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         peak_rss_bytes = crate::memory::peak_rss_bytes(),
         "generated"
     );
-    if written.is_empty() {
-        return Err(anyhow!(
-            last_failure.unwrap_or_else(|| "no image was produced".into())
-        ));
+    if stopped {
+        // Said even under --quiet, as for a server's job: it is the command's outcome.
+        eprintln!("generation stopped; {} image(s) written", report.data.len());
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"model": spec.local_model, "data": written})
-        );
-    }
-    Ok(match last_failure {
-        Some(_) => ExitCode::from(crate::EXIT_FAILURE),
-        None => ExitCode::SUCCESS,
-    })
+    report.finish(args.json, args.open, &progress)
 }
 
-/// Show the run's progress and write each picture as it comes; returns what was written (as
-/// `--json` reports it) and the last failed image's message. A run that fails as a whole
-/// (the model does not load) is an error.
+/// Ctrl-C stops a local run before its next step, as it cancels a server's job; a second
+/// one ends the process at once.
+fn stop_on_ctrl_c(cancel: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            eprintln!("interrupted: stopping before the next step (Ctrl-C again to quit now)");
+            cancel.store(true, Ordering::SeqCst);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(EXIT_INTERRUPTED.into());
+            }
+        });
+    });
+}
+
+/// Say how each reference of another size becomes the size the model draws at.
+fn note_resized(args: &GenerateArgs, prepared: &Prepared, progress: &Progress) {
+    let to = (prepared.spec.width, prepared.spec.height);
+    for source in &args.image {
+        if let Ok(from) = request::picture_size(source)
+            && let Some(note) = request::resize_note(source, from, to)
+        {
+            progress.note(note);
+        }
+    }
+}
+
+/// Show the run's progress and write each picture as it comes; `true` when Ctrl-C stopped
+/// it. A run that fails as a whole (the model does not load) is an error; a failed image is
+/// counted in the report.
 fn follow(
     events: &mut UnboundedReceiver<DeviceEvent>,
-    spec: &LocalSpec,
-    count: u32,
-    target: &Target,
+    model: &str,
+    files: &mut Files,
+    report: &mut Report,
     args: &GenerateArgs,
-) -> Result<(Vec<serde_json::Value>, Option<String>)> {
-    let format = spec.output_format;
-    let bar = progress_bar(args.quiet);
-    let mut written = Vec::new();
-    let mut last_failure = None;
+    progress: &Progress,
+) -> Result<bool> {
     let outcome = loop {
         match events.blocking_recv() {
             None => break Err(DeviceFailure::Internal("the device thread stopped".into())),
@@ -102,11 +140,7 @@ fn follow(
                 images,
                 step,
                 steps,
-            }) => {
-                bar.set_length(u64::from(images * steps));
-                bar.set_position(u64::from(image * steps + step));
-                bar.set_message(format!("image {}/{images}", image + 1));
-            }
+            }) => progress.step(image, images, step, steps),
             Some(DeviceEvent::Image {
                 index,
                 bytes,
@@ -114,44 +148,40 @@ fn follow(
                 height,
                 seed,
             }) => {
-                let stem = format!("seedbed-{seed}");
-                let path = target.path(index as usize, count as usize, &stem, format);
-                write_atomically(&path, &bytes)?;
-                if !args.json {
-                    bar.suspend(|| println!("{} (seed {seed})", path.display()));
-                }
-                written.push(serde_json::json!({
-                    "path": path,
-                    "seed": seed,
-                    "size": format!("{width}x{height}"),
-                }));
+                let format = super::output::sniff_format(&bytes);
+                let path = files.write(index as usize, &bytes, format)?;
+                let written = Written {
+                    path,
+                    seed: Some(seed),
+                    size: Some(format!("{width}x{height}")),
+                };
+                report.wrote(written, args.json, progress);
             }
             Some(DeviceEvent::ImageFailed { index, message }) => {
-                bar.suspend(|| eprintln!("image {index} failed: {message}"));
-                last_failure = Some(message);
+                report.image_failed(index as usize, &message, progress)
             }
         }
     };
-    bar.finish_and_clear();
+    progress.finish();
     match outcome {
-        Ok(()) => Ok((written, last_failure)),
+        Ok(()) => Ok(false),
         Err(DeviceFailure::ModelLoad(message)) => {
-            bail!("model {} could not be loaded: {message}", spec.local_model)
+            bail!("model {model} could not be loaded: {message}")
         }
-        Err(DeviceFailure::Cancelled) => bail!("generation was cancelled"),
+        Err(DeviceFailure::Cancelled) => Ok(true),
         Err(DeviceFailure::Internal(message)) => bail!(message),
     }
 }
 
 /// The convenience of naming no model: the first folder, alphabetically, that can be served.
-fn first_model(catalog: &Catalog, models_dir: &Path) -> Result<String> {
+fn first_model(catalog: &Catalog, models_dir: &Path, progress: &Progress) -> Result<String> {
     let first = catalog.models().next().with_context(|| {
         format!(
             "no model folder (with a model_index.json) in {}",
             models_dir.display()
         )
     })?;
-    eprintln!("using model {}", first.path.display());
+    progress.note(format!("using model {}", first.path.display()));
     Ok(first.name.clone())
 }
 
@@ -175,18 +205,4 @@ fn explain(error: CoreError, catalog: &Catalog, models_dir: &Path) -> anyhow::Er
         }
         other => anyhow!(other),
     }
-}
-
-fn progress_bar(quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] step {pos}/{len} {elapsed} (eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message("loading the model");
-    bar
 }

@@ -1,10 +1,12 @@
 //! `seedbed generate`: through a server when one is given (`--server` / `SEEDBED_SERVER`),
 //! otherwise in this process on a local model folder. Both send the same request through the
-//! same validation (core's), so a local run makes what a server would.
+//! same validation (core's), so a local run makes what a server would, and both name, report
+//! and show what they make the same way (`output`, `report`, `crate::progress`).
 
 mod local;
 pub(crate) mod output;
 mod remote;
+mod report;
 mod request;
 
 use std::path::PathBuf;
@@ -12,22 +14,57 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use seedbed_core::spec::{MAX_GUIDANCE, MAX_IMAGES_TOTAL, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS};
 use seedbed_engine::scheduler::SchedulerKind;
 
 use crate::device::DeviceArgs;
 
-#[derive(Debug, Args)]
-#[command(after_long_help = "\
+/// Exit status after Ctrl-C: 128 + SIGINT, what shells report for an interrupted command.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// The long help's closing part; the limits come from core's constants, so they stay true.
+fn after_help() -> String {
+    format!(
+        "\
+Examples:
+  seedbed generate \"a lighthouse at dusk, oil painting\"              # seedbed.jpeg, a local model
+  seedbed generate \"four views of a harbour\" -n 4 -o shots/ --server http://127.0.0.1:8080
+  seedbed generate \"the same, in winter\" --image shots/seedbed-1.jpeg --strength 0.6 -o winter.png
+
 Without --server the model runs in this process (a folder in --models-dir) with the server's rules:
 the same sizes, defaults (from the model's name or its seedbed.json), checks and pictures for the
 same seed (byte for byte with SOURCE_DATE_EPOCH set). With --server (or SEEDBED_SERVER) the request
-goes to that server and the command shows the queue position, then a progress bar per image.
+goes to that server and the command shows the queue position, then the steps of each image.
 
-Files: `-o out.png` writes out.png (out-0.png, out-1.png, ... for several images); `-o DIR/` writes
-DIR/<job id>-<i>.<ext> (remote) or DIR/seedbed-<seed>.<ext> (local). Paths written go to stdout, one
-per line; `--json` prints the response instead.
+Limits: -n 1..={MAX_IMAGES_TOTAL} (reference images count against the same {MAX_IMAGES_TOTAL}), --steps 1..={MAX_STEPS},
+--guidance 0..={MAX_GUIDANCE}, --strength in (0, 1], --seed 0..={MAX_SEED}, a prompt of at most {MAX_PROMPT_CHARS}
+characters. Sizes depend on the model: (native side / 2)^2 to (4 x native side)^2 pixels.
+These are checked before a model loads or a request is sent. --strength without --image is
+ignored. A reference picture of another size is resized to the output size (stretched if its
+aspect ratio differs; never cropped).
 
-Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 the server refused the request (4xx).")]
+Files: JPEG unless -o names a .png. Without -o: seedbed.jpeg, or for -n N seedbed-1.jpeg ...
+seedbed-N.jpeg, in the current directory; a name already taken is skipped for the next free
+number (seedbed-1.jpeg, seedbed-2.jpeg, ...). `-o DIR/` names them the same way inside DIR.
+`-o out.png` writes out.png (out-1.png ... out-N.png for several) and refuses to replace an
+existing file. --force replaces files instead of skipping or refusing.
+
+Output: stdout carries only the paths written, one per line; seeds, notes and progress go to
+stderr (-q: errors only). --json prints instead one object, the same locally and from a server:
+  {{\"model\": \"tiny-sd\", \"data\": [{{\"path\": \"seedbed.jpeg\", \"seed\": 42, \"size\": \"512x512\"}}]}}
+(seed is null when a server does not say). --detach (with --server) prints only the job id
+({{\"id\": ...}} with --json) and leaves the job running; `seedbed jobs watch ID` follows it.
+
+Ctrl-C stops a local run before its next step and cancels a server's job (the first press
+prints the job id; a second press while cancelling leaves the job running).
+
+Exit codes: 0 done, 1 failed (some or all images), 2 bad usage or input, 3 the server refused the
+request (4xx, e.g. QuotaExceeded), {EXIT_INTERRUPTED} interrupted by Ctrl-C."
+    )
+}
+
+#[derive(Debug, Args)]
+#[command(after_long_help = after_help())]
 pub struct GenerateArgs {
     /// What to draw.
     prompt: String,
@@ -51,7 +88,8 @@ pub struct GenerateArgs {
     size: Option<String>,
 
     /// Number of images.
-    #[arg(short = 'n', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=15))]
+    #[arg(short = 'n', long, default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_IMAGES_TOTAL)))]
     count: u32,
 
     /// Seed of the first image; image i uses seed + i. Random when not given.
@@ -92,17 +130,30 @@ pub struct GenerateArgs {
     negative_prompt: Option<String>,
 
     /// Output file (.png, .jpg) or directory (ending in / or existing)
-    /// [default: seedbed.png locally, seedbed.jpeg from a server].
+    /// [default: seedbed.jpeg, or the next free seedbed-N.jpeg].
     #[arg(short, long)]
     output: Option<PathBuf>,
 
-    /// Print the response as JSON on stdout (files are still written).
+    /// Replace existing files rather than choosing a free name or refusing.
+    #[arg(long)]
+    force: bool,
+
+    /// Print one JSON object on stdout instead of the paths (files are still written).
     #[arg(long)]
     json: bool,
 
-    /// No progress bars or notes on stderr.
+    /// Nothing on stderr but errors: no progress, seeds or notes.
     #[arg(long, short)]
     quiet: bool,
+
+    /// Submit to --server and print the job id at once, without waiting or writing files.
+    #[arg(long, conflicts_with_all = ["output", "force", "open"])]
+    detach: bool,
+
+    /// Open the written files with the desktop's viewer (xdg-open; `open` on macOS; the program
+    /// in SEEDBED_OPEN when set).
+    #[arg(long)]
+    open: bool,
 
     /// Folder of diffusers model folders (local only).
     #[arg(long, env = "SEEDBED_MODELS_DIR", default_value = "models")]
@@ -113,6 +164,17 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<ExitCode> {
+    request::check(&args)?;
+    if args.strength.is_some() && args.image.is_empty() && !args.quiet {
+        eprintln!("note: --strength is ignored without --image");
+    }
+    if args.detach && args.server.is_none() {
+        return Err(seedbed_core::CoreError::invalid(
+            "detach",
+            "--detach needs --server (or SEEDBED_SERVER): a local run ends with the command",
+        )
+        .into());
+    }
     if args.server.is_some() {
         remote::run(args)
     } else {
