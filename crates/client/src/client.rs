@@ -137,9 +137,11 @@ impl Client {
                 Ok(response) => {
                     let hint = header(response.headers(), "x-should-retry");
                     let error = api_error(response, &request_id).await;
+                    // The server's hint decides, except that a used-up quota is final whatever
+                    // an older server says.
                     let retry = match hint.as_deref() {
                         Some("false") => false,
-                        Some("true") => true,
+                        Some("true") => error.code() != Some("QuotaExceeded"),
                         _ => error.is_retryable(),
                     };
                     (error, retry)

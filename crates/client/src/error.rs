@@ -97,9 +97,11 @@ impl ClientError {
         }
     }
 
-    /// Whether trying again later may succeed (the client already did, up to its limit).
+    /// Whether trying again later may succeed (the client already did, up to its limit). A
+    /// 429 for a used-up quota is final: waiting does not refill it.
     pub fn is_retryable(&self) -> bool {
         match self {
+            Self::Api { code, .. } if code == "QuotaExceeded" => false,
             Self::Api { status, .. } => *status == 408 || *status == 429 || *status >= 500,
             Self::Timeout { .. } | Self::Connect { .. } => true,
             _ => false,

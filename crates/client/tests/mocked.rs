@@ -239,6 +239,26 @@ async fn does_not_retry_when_the_server_says_so() {
     assert_eq!(error.status(), Some(500));
 }
 
+/// A used-up quota does not refill by waiting: one request, even if an older server's hint
+/// says to retry.
+#[tokio::test]
+async fn a_used_up_quota_is_never_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("x-should-retry", "true")
+                .insert_header("retry-after", "0")
+                .set_body_json(envelope("QuotaExceeded", "")),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let error = client(&server).generate(&request()).await.unwrap_err();
+    assert_eq!(error.code(), Some("QuotaExceeded"));
+    assert!(!error.is_retryable());
+}
+
 #[tokio::test]
 async fn gives_up_after_max_retries_with_the_last_error() {
     let server = MockServer::start().await;
