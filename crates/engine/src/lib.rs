@@ -8,6 +8,7 @@
 pub(crate) mod clip;
 pub mod config_files;
 pub mod error;
+pub mod flux;
 pub(crate) mod image_ops;
 pub mod model;
 /// Kernels, public for `benches/kernels.rs`.

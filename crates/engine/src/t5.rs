@@ -20,7 +20,7 @@ use candle_nn::{Embedding, VarBuilder};
 pub use config::T5Config;
 pub use tokenizer::T5Tokenizer;
 
-use crate::nn::layers::{self, Linear};
+use crate::nn::layers::{self, Linear, RmsNorm};
 use crate::weights::{NameScheme, Variant, build_component};
 
 pub struct T5Encoder {
@@ -65,7 +65,7 @@ impl T5Encoder {
         let layers = (0..config.num_layers)
             .map(|i| Layer::new(&config, encoder.pp(format!("block.{i}"))))
             .collect::<Result<Vec<_>>>()?;
-        let final_norm = RmsNorm::new(
+        let final_norm = layers::rms_norm(
             width,
             config.layer_norm_epsilon,
             encoder.pp("final_layer_norm"),
@@ -143,30 +143,6 @@ fn bucket(relative: i64, buckets: usize, max_distance: usize) -> u32 {
     bucket as u32
 }
 
-/// T5's layer norm: scale by the root mean square (in f32), no mean, no bias.
-struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(size, "weight")?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let wide = x.to_dtype(DType::F32)?;
-        let variance = wide.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
-        let normed = wide
-            .broadcast_div(&(variance + self.eps)?.sqrt()?)?
-            .to_dtype(x.dtype())?;
-        normed.broadcast_mul(&layers::like(&self.weight, x)?)
-    }
-}
-
 struct Layer {
     attention_norm: RmsNorm,
     q: Linear,
@@ -190,14 +166,14 @@ impl Layer {
         let feed_forward = vb.pp("layer.1");
         let dense = feed_forward.pp("DenseReluDense");
         Ok(Self {
-            attention_norm: RmsNorm::new(width, eps, attention.pp("layer_norm"))?,
+            attention_norm: layers::rms_norm(width, eps, attention.pp("layer_norm"))?,
             q: layers::linear_no_bias(width, inner, sa.pp("q"))?,
             k: layers::linear_no_bias(width, inner, sa.pp("k"))?,
             v: layers::linear_no_bias(width, inner, sa.pp("v"))?,
             o: layers::linear_no_bias(inner, width, sa.pp("o"))?,
             heads: config.num_heads,
             head_dim: config.d_kv,
-            ff_norm: RmsNorm::new(width, eps, feed_forward.pp("layer_norm"))?,
+            ff_norm: layers::rms_norm(width, eps, feed_forward.pp("layer_norm"))?,
             wi_0: layers::linear_no_bias(width, ff, dense.pp("wi_0"))?,
             wi_1: layers::linear_no_bias(width, ff, dense.pp("wi_1"))?,
             wo: layers::linear_no_bias(ff, width, dense.pp("wo"))?,

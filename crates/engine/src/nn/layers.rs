@@ -104,6 +104,32 @@ impl Module for Linear {
     }
 }
 
+/// RMS norm over the last dimension with a learned scale, no mean and no bias (T5's layer norm,
+/// diffusers' `RMSNorm`): computed in f32, then back in the input's dtype.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+pub fn rms_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
+    Ok(RmsNorm {
+        weight: vb.get(size, "weight")?,
+        eps,
+    })
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let wide = x.to_dtype(DType::F32)?;
+        let variance = wide.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        let normed = wide
+            .broadcast_div(&(variance + self.eps)?.sqrt()?)?
+            .to_dtype(x.dtype())?;
+        normed.broadcast_mul(&like(&self.weight, x)?)
+    }
+}
+
 /// LayerNorm over the last dimension, with a learned scale and shift.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {

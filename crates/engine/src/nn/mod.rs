@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod embeddings;
 pub mod gemm;
 pub mod im2col;
 pub mod layers;

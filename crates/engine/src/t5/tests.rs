@@ -20,7 +20,13 @@ struct Case {
 
 /// A reference case with a T5 encoder: its tensors, and where its T5 parts are (tokenizer
 /// folder, encoder folder, name of the ids tensor).
-type T5Case = (Case, HashMap<String, Tensor>, &'static str, &'static str, &'static str);
+type T5Case = (
+    Case,
+    HashMap<String, Tensor>,
+    &'static str,
+    &'static str,
+    &'static str,
+);
 
 fn t5_cases() -> Vec<T5Case> {
     let cases: Vec<Case> =

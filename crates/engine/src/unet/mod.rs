@@ -2,7 +2,6 @@
 
 mod blocks;
 mod config;
-mod embeddings;
 mod transformer;
 
 use std::path::Path;
@@ -15,10 +14,10 @@ use crate::nn::norm::GroupNormSilu;
 
 pub use config::{BlockPlan, UNetConfig};
 
+use crate::nn::embeddings::{TimestepEmbedding, sinusoidal};
 use blocks::{
     Common, CrossAttention, DownBlock, DownBlockConfig, MidBlock, UpBlock, UpBlockConfig,
 };
-use embeddings::{TimestepEmbedding, sinusoidal};
 
 use crate::error::Result;
 use crate::weights::{NameScheme, Variant, build_component};

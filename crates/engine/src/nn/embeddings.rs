@@ -1,4 +1,5 @@
-//! Sinusoidal timestep embeddings and the MLP that widens them (`TimestepEmbedding`).
+//! Sinusoidal timestep embeddings and the MLP that widens them (`TimestepEmbedding`), shared
+//! by the UNet and the transformer families.
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
