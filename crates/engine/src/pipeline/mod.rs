@@ -29,18 +29,10 @@ use crate::scheduler::{self, NoiseSource, SchedulerConfig, SchedulerKind};
 use crate::shared::load_shared;
 use crate::text::{PromptEmbedding, TextEncoder};
 use crate::unet::UNet;
-use crate::vae::{Tiling, Vae};
+use crate::vae::Vae;
 use crate::weights::Variant;
 
-/// When to decode the VAE in tiles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VaeTiling {
-    /// Tile only images larger than 1024x1024, where a full decode's activations get large.
-    #[default]
-    Auto,
-    Always,
-    Never,
-}
+pub use crate::vae::VaeTiling;
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -297,32 +289,12 @@ impl Pipeline {
 
     /// Picture `(1, 3, H, W)` in [-1, 1] to scaled latents (posterior mean, as the reference).
     pub fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
-        let config = self.vae.config();
-        let mean = self
-            .vae
-            .encode_mean(&image.to_dtype(self.vae.dtype())?)?
-            .to_dtype(DType::F32)?;
-        let shifted = (mean - config.shift_factor.unwrap_or(0.0))?;
-        Ok((shifted * config.scaling_factor)?)
+        Ok(self.vae.encode_scaled(image)?)
     }
 
     /// Scaled latents to `(B, H, W, 3)` f32 pixels in [0, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        let config = self.vae.config();
-        let latents = ((latents / config.scaling_factor)? + config.shift_factor.unwrap_or(0.0))?
-            .to_dtype(self.vae.dtype())?;
-        let (_, _, h, w) = latents.dims4()?;
-        let tile = match self.options.vae_tiling {
-            VaeTiling::Always => true,
-            VaeTiling::Never => false,
-            VaeTiling::Auto => h * w > 128 * 128,
-        };
-        let decoded = if tile {
-            self.vae.decode_tiled(&latents, Tiling::default())?
-        } else {
-            self.vae.decode(&latents)?
-        };
-        Ok(image_ops::to_unit_range(&decoded.to_dtype(DType::F32)?)?)
+        Ok(self.vae.decode_scaled(latents, self.options.vae_tiling)?)
     }
 
     /// The dtype the text encoders and UNet compute in.

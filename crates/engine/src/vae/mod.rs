@@ -15,6 +15,16 @@ use crate::nn::norm::GroupNormSilu;
 pub use config::VaeConfig;
 pub use tiled::Tiling;
 
+/// When to decode the VAE in tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VaeTiling {
+    /// Tile only images larger than 1024x1024, where a full decode's activations get large.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
 use crate::error::Result;
 use crate::nn::conv::{Conv1x1, Conv3x3};
 use crate::nn::layers;
@@ -192,6 +202,40 @@ impl Vae {
             None => moments,
         };
         moments.narrow(1, 0, self.config.latent_channels)
+    }
+
+    /// Picture `(1, 3, H, W)` in [-1, 1] to the latents a denoiser works on: the posterior
+    /// mean (as the reference), shifted by `shift_factor` and times `scaling_factor`, in f32.
+    pub fn encode_scaled(&self, image: &Tensor) -> candle_core::Result<Tensor> {
+        let config = self.config();
+        let mean = self
+            .encode_mean(&image.to_dtype(self.dtype())?)?
+            .to_dtype(DType::F32)?;
+        (mean - config.shift_factor.unwrap_or(0.0))? * config.scaling_factor
+    }
+
+    /// A denoiser's latents to `(B, H, W, 3)` f32 pixels in [0, 1]: divided by
+    /// `scaling_factor`, shifted back, decoded (in tiles as `tiling` says).
+    pub fn decode_scaled(
+        &self,
+        latents: &Tensor,
+        tiling: VaeTiling,
+    ) -> candle_core::Result<Tensor> {
+        let config = self.config();
+        let latents = ((latents / config.scaling_factor)? + config.shift_factor.unwrap_or(0.0))?
+            .to_dtype(self.dtype())?;
+        let (_, _, h, w) = latents.dims4()?;
+        let tile = match tiling {
+            VaeTiling::Always => true,
+            VaeTiling::Never => false,
+            VaeTiling::Auto => h * w > 128 * 128,
+        };
+        let decoded = if tile {
+            self.decode_tiled(&latents, Tiling::default())?
+        } else {
+            self.decode(&latents)?
+        };
+        crate::image_ops::to_unit_range(&decoded.to_dtype(DType::F32)?)
     }
 
     /// Decode latents already divided by `scaling_factor` (and shifted) to `(B, 3, H, W)`.

@@ -1,0 +1,191 @@
+//! A FLUX.1 model folder as diffusers' `FluxPipeline` runs it: CLIP-L for the pooled vector, T5
+//! for the token states, flow-match Euler on 2x2-packed latents, the 16-channel VAE with its
+//! scaling and shift. The denoising loop is ours, step by step with progress and cancel.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::transformer::{FluxInputs, FluxTransformer};
+use crate::clip::ClipTextModel;
+use crate::error::{EngineError, Result};
+use crate::pipeline::LoadOptions;
+use crate::scheduler::flow_match::{FlowMatchConfig, FlowMatchEuler, Spacing};
+use crate::t5::{T5Encoder, T5Tokenizer};
+use crate::tokenizer::ClipTokenizer;
+use crate::vae::Vae;
+
+pub struct FluxPipeline {
+    clip_tokenizer: ClipTokenizer,
+    clip: ClipTextModel,
+    t5_tokenizer: T5Tokenizer,
+    t5: T5Encoder,
+    transformer: FluxTransformer,
+    vae: Vae,
+    scheduler: FlowMatchConfig,
+    options: LoadOptions,
+}
+
+/// An encoded prompt: T5 states `(1, L, D)` and the CLIP pooled vector `(1, D_clip)`.
+#[derive(Debug, Clone)]
+pub struct FluxPrompt {
+    pub text: Tensor,
+    pub pooled: Tensor,
+}
+
+/// One denoising run on explicit inputs.
+pub struct FluxRun<'a> {
+    pub prompt: &'a FluxPrompt,
+    /// True CFG: a negative prompt and `true_cfg_scale > 1` (two calls a step).
+    pub negative: Option<(&'a FluxPrompt, f64)>,
+    /// Unit noise `(1, 16, h, w)`, unpacked.
+    pub noise: &'a Tensor,
+    pub steps: usize,
+    /// [dev]'s distilled guidance; [schnell] ignores it.
+    pub guidance: f64,
+    /// Image-to-image: the picture's scaled latents `(1, 16, h, w)` and the strength.
+    pub image: Option<(&'a Tensor, f64)>,
+}
+
+impl FluxPipeline {
+    pub fn load(dir: &Path, options: LoadOptions) -> Result<Self> {
+        let (variant, dtype, device) = (options.variant, options.dtype, &options.device);
+        Ok(Self {
+            clip_tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
+            clip: ClipTextModel::load(&dir.join("text_encoder"), variant, dtype, device)?,
+            t5_tokenizer: T5Tokenizer::load(&dir.join("tokenizer_2"))?,
+            t5: T5Encoder::load(&dir.join("text_encoder_2"), variant, dtype, device)?,
+            transformer: FluxTransformer::load(&dir.join("transformer"), variant, dtype, device)?,
+            vae: Vae::load(&dir.join("vae"), variant, dtype, device)?,
+            scheduler: FlowMatchConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?,
+            options,
+        })
+    }
+
+    fn device(&self) -> &Device {
+        &self.options.device
+    }
+
+    /// [dev] has a guidance embedding; [schnell] does not.
+    pub fn is_guidance_distilled(&self) -> bool {
+        self.transformer.config().guidance_embeds
+    }
+
+    /// diffusers' default T5 length: 512 tokens for [dev], 256 for [schnell].
+    pub fn default_max_sequence_length(&self) -> usize {
+        if self.is_guidance_distilled() {
+            512
+        } else {
+            256
+        }
+    }
+
+    /// CLIP ids (77, padded with end-of-text) and T5 ids (`length`, `</s>` then pads).
+    pub fn token_ids(&self, prompt: &str, length: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+        Ok((
+            self.clip_tokenizer.encode(prompt),
+            self.t5_tokenizer.encode(prompt, length)?,
+        ))
+    }
+
+    pub fn encode(&self, prompt: &str, length: usize) -> Result<FluxPrompt> {
+        let (clip_ids, t5_ids) = self.token_ids(prompt, length)?;
+        let row = |ids: Vec<u32>| {
+            let n = ids.len();
+            Tensor::from_vec(ids, (1, n), self.device())
+        };
+        let pooled = self
+            .clip
+            .forward(&row(clip_ids)?)?
+            .pooled
+            .to_dtype(DType::F32)?;
+        let text = self.t5.forward(&row(t5_ids)?)?.to_dtype(DType::F32)?;
+        Ok(FluxPrompt { text, pooled })
+    }
+
+    /// Denoise to the final latents `(1, 16, h, w)` (unpacked, still scaled), calling
+    /// `on_step(step, steps)` after each step; `cancel` stops it between steps.
+    pub fn denoise(
+        &self,
+        run: &FluxRun,
+        on_step: &mut dyn FnMut(usize, usize),
+        cancel: &AtomicBool,
+    ) -> Result<Tensor> {
+        let (_, channels, h, w) = run.noise.dims4()?;
+        if h % 2 == 1 || w % 2 == 1 {
+            return Err(EngineError::invalid(
+                "size",
+                "FLUX latents must have even sides (images a multiple of 16)",
+            ));
+        }
+        let (rows, cols) = (h / 2, w / 2);
+        let sampler =
+            FlowMatchEuler::new(&self.scheduler, run.steps, Spacing::Pipeline, rows * cols)?;
+        let noise = pack(run.noise)?;
+        let (start, mut latents) = match run.image {
+            None => (0, noise),
+            Some((image, strength)) => {
+                let start = sampler.start_index(strength);
+                if start >= sampler.steps() {
+                    return Err(EngineError::invalid("strength", "leaves no step to run"));
+                }
+                (start, sampler.scale_noise(&pack(image)?, &noise, start)?)
+            }
+        };
+        let guidance = self.is_guidance_distilled().then_some(run.guidance as f32);
+        let call = |prompt: &FluxPrompt, latents: &Tensor, sigma: f32| {
+            let inputs = FluxInputs {
+                text: &prompt.text,
+                pooled: &prompt.pooled,
+                timestep: sigma,
+                guidance,
+                rows,
+                cols,
+            };
+            self.transformer.forward(latents, &inputs)
+        };
+        let steps = sampler.steps();
+        for index in start..steps {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(EngineError::Cancelled);
+            }
+            // The model's time input is t / 1000 with t = sigma * 1000 in f32, as diffusers.
+            let sigma = sampler.timesteps()[index] / 1000.0;
+            let mut velocity = call(run.prompt, &latents, sigma)?;
+            if let Some((negative, scale)) = run.negative {
+                let unconditional = call(negative, &latents, sigma)?;
+                velocity = (&unconditional + ((velocity - &unconditional)? * scale)?)?;
+            }
+            latents = sampler.step(&velocity.to_dtype(DType::F32)?, index, &latents)?;
+            on_step(index + 1 - start, steps - start);
+        }
+        unpack(&latents, channels, rows, cols)
+    }
+
+    /// Scaled latents to `(1, H, W, 3)` pixels in [0, 1].
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        Ok(self.vae.decode_scaled(latents, self.options.vae_tiling)?)
+    }
+
+    /// A picture `(1, 3, H, W)` in [-1, 1] to scaled latents, for image-to-image.
+    pub fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
+        Ok(self.vae.encode_scaled(image)?)
+    }
+}
+
+/// `(B, C, h, w)` to `(B, h/2 * w/2, C * 4)`, a token's features ordered (channel, dy, dx).
+pub fn pack(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    x.reshape((b, c, h / 2, 2, w / 2, 2))?
+        .permute((0, 2, 4, 1, 3, 5))?
+        .reshape((b, (h / 2) * (w / 2), c * 4))
+}
+
+/// The inverse of [`pack`] for a `rows x cols` grid.
+pub fn unpack(x: &Tensor, channels: usize, rows: usize, cols: usize) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    Ok(x.reshape((b, rows, cols, channels, 2, 2))?
+        .permute((0, 3, 1, 4, 2, 5))?
+        .reshape((b, channels, rows * 2, cols * 2))?)
+}
