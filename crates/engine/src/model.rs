@@ -33,6 +33,11 @@ pub struct ModelIndex {
 }
 
 impl ModelIndex {
+    /// Whether `class` is one of [`SUPPORTED_PIPELINES`] (the UNet families).
+    pub fn is_supported_class(class: &str) -> bool {
+        SUPPORTED_PIPELINES.contains(&class)
+    }
+
     pub fn family(&self, path: &Path) -> Result<Family> {
         match self.class_name.as_str() {
             "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" => {

@@ -13,6 +13,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
+use crate::flux::pipeline::{FluxPipeline, FluxRun};
+use crate::model::ModelIndex;
 use crate::pipeline::{EncodedPrompts, LoadOptions, Pipeline, Run, Start};
 use crate::scheduler::{NoiseSource, SchedulerKind, unset_init_noise_sigma};
 use crate::unet::AddedConditioning;
@@ -37,6 +39,12 @@ pub struct Case {
     pub strength: Option<f64>,
     #[serde(default)]
     pub init_image: Option<bool>,
+    /// The DiT families: the T5 (or Qwen3) token count.
+    #[serde(default)]
+    pub max_sequence_length: Option<usize>,
+    /// FLUX: true CFG with the negative prompt when above 1.
+    #[serde(default)]
+    pub true_cfg_scale: Option<f64>,
 }
 
 /// One compared tensor.
@@ -61,16 +69,24 @@ pub struct CaseReport {
     pub comparisons: Vec<Comparison>,
     /// Set when the case could not be run to the end, or its token ids differ.
     pub error: Option<String>,
+    /// Set for a case of a model family this engine does not run yet: neither passed nor
+    /// failed.
+    pub skipped: Option<String>,
 }
 
 impl CaseReport {
     pub fn passed(&self) -> bool {
-        self.error.is_none() && self.comparisons.iter().all(Comparison::passed)
+        self.skipped.is_none()
+            && self.error.is_none()
+            && self.comparisons.iter().all(Comparison::passed)
     }
 
     /// `NAME max_abs=... mean_abs=... PASS|FAIL`, the numbers being the final image's; a
     /// failure names its first failing stage.
     pub fn line(&self) -> String {
+        if let Some(reason) = &self.skipped {
+            return format!("{} SKIP ({reason})", self.name);
+        }
         let image = self.comparisons.iter().find(|c| c.stage == "image");
         let numbers = match image {
             Some(c) => format!("max_abs={:.3e} mean_abs={:.3e}", c.max_abs, c.mean_abs),
@@ -103,6 +119,7 @@ pub struct ParityRunner {
     stage_tolerance: f64,
     options: LoadOptions,
     pipelines: HashMap<String, Pipeline>,
+    flux: HashMap<String, FluxPipeline>,
 }
 
 /// Intermediate stages (text embeddings, the UNet probe, final latents) may differ by this
@@ -123,6 +140,7 @@ impl ParityRunner {
             stage_tolerance: DEFAULT_STAGE_TOLERANCE,
             options,
             pipelines: HashMap::new(),
+            flux: HashMap::new(),
         }
     }
 
@@ -135,15 +153,139 @@ impl ParityRunner {
 
     pub fn run(&mut self, case: &Case) -> CaseReport {
         let mut comparisons = Vec::new();
-        let error = self
-            .check(case, &mut comparisons)
-            .err()
-            .map(|e| e.to_string());
+        let mut skipped = None;
+        let outcome = match self.class_of(&case.model) {
+            Ok(class) if class == "FluxPipeline" => self.check_flux(case, &mut comparisons),
+            Ok(class) if ModelIndex::is_supported_class(&class) => {
+                self.check(case, &mut comparisons)
+            }
+            Ok(class) => {
+                skipped = Some(format!("{class} is not supported yet"));
+                Ok(())
+            }
+            Err(error) => Err(error),
+        };
         CaseReport {
             name: case.name.clone(),
             comparisons,
-            error,
+            error: outcome.err().map(|e| e.to_string()),
+            skipped,
         }
+    }
+
+    /// The pipeline class a model folder names in its `model_index.json`.
+    fn class_of(&self, model: &str) -> Result<String> {
+        let index: ModelIndex = read_json(&self.models_dir.join(model).join("model_index.json"))?;
+        Ok(index.class_name)
+    }
+
+    fn flux(&mut self, model: &str) -> Result<&FluxPipeline> {
+        if !self.flux.contains_key(model) {
+            let pipeline = FluxPipeline::load(&self.models_dir.join(model), self.options.clone())?;
+            self.flux.insert(model.to_string(), pipeline);
+        }
+        Ok(&self.flux[model])
+    }
+
+    /// A FLUX case: token ids, both prompt encodings, one transformer call, the final latents
+    /// from the reference's own noise, the image from the reference's final latents.
+    fn check_flux(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
+        let case_tensors = self.tensors(case)?;
+        let (tensors, get) = (&case_tensors.map, |name: &str| case_tensors.get(name));
+        let (image_bound, stage) = (
+            Bound::Absolute(self.image_tolerance),
+            Bound::Relative(self.stage_tolerance),
+        );
+        let device = self.options.device.clone();
+        let pipeline = self.flux(&case.model)?;
+        let length = case
+            .max_sequence_length
+            .unwrap_or_else(|| pipeline.default_max_sequence_length());
+        let (clip_ids, t5_ids) = pipeline.token_ids(&case.prompt, length)?;
+        check_tokens(&clip_ids, &get("prompt_token_ids")?)?;
+        check_tokens(&t5_ids, &get("prompt_token_ids_2")?)?;
+        let prompt = pipeline.encode(&case.prompt, length)?;
+        out.push(compare(
+            "text",
+            "prompt_embeds",
+            &prompt.text,
+            &get("prompt_embeds")?,
+            stage,
+        )?);
+        out.push(compare(
+            "text",
+            "pooled_prompt_embeds",
+            &prompt.pooled,
+            &get("pooled_prompt_embeds")?,
+            stage,
+        )?);
+        let negative = match (&case.negative_prompt, case.true_cfg_scale) {
+            (Some(negative), Some(scale)) if scale > 1.0 => {
+                Some((pipeline.encode(negative, length)?, scale))
+            }
+            _ => None,
+        };
+        if let (Some(latents), Some(timestep)) =
+            (tensors.get("probe_latents"), tensors.get("probe_timestep"))
+        {
+            let sigma = timestep.flatten_all()?.to_vec1::<f32>()?[0];
+            let guidance = match tensors.get("probe_guidance") {
+                Some(g) => Some(g.flatten_all()?.to_vec1::<f32>()?[0]),
+                None => None,
+            };
+            let probe = pipeline.probe(
+                &prompt,
+                &latents.to_device(&device)?,
+                sigma,
+                guidance,
+                case.height,
+                case.width,
+            )?;
+            out.push(compare(
+                "transformer probe",
+                "probe_out",
+                &probe,
+                &get("probe_out")?,
+                stage,
+            )?);
+        }
+        let noise = get("initial_latents")?.to_device(&device)?;
+        let run = FluxRun {
+            prompt: &prompt,
+            negative: negative.as_ref().map(|(prompt, scale)| (prompt, *scale)),
+            noise: &noise,
+            steps: case.steps,
+            guidance: case.guidance_scale,
+            image: None,
+        };
+        let latents = pipeline.denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))?;
+        out.push(compare(
+            "latents",
+            "final_latents",
+            &latents,
+            &get("final_latents")?,
+            stage,
+        )?);
+        let decoded = pipeline.decode(&get("final_latents")?.to_device(&device)?)?;
+        out.push(compare(
+            "image",
+            "image",
+            &decoded.squeeze(0)?,
+            &get("image")?,
+            image_bound,
+        )?);
+        Ok(())
+    }
+
+    fn tensors(&self, case: &Case) -> Result<CaseTensors> {
+        let path = self.cases_dir.join(format!("{}.safetensors", case.name));
+        let map = candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| {
+            EngineError::Weights {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(CaseTensors { path, map })
     }
 
     fn pipeline(&mut self, model: &str) -> Result<&Pipeline> {
@@ -155,22 +297,8 @@ impl ParityRunner {
     }
 
     fn check(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
-        let path = self.cases_dir.join(format!("{}.safetensors", case.name));
-        let tensors = candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| {
-            EngineError::Weights {
-                path: path.clone(),
-                message: e.to_string(),
-            }
-        })?;
-        let get = |name: &str| {
-            tensors
-                .get(name)
-                .cloned()
-                .ok_or_else(|| EngineError::Weights {
-                    path: path.clone(),
-                    message: format!("missing tensor `{name}`"),
-                })
-        };
+        let case_tensors = self.tensors(case)?;
+        let (tensors, get) = (&case_tensors.map, |name: &str| case_tensors.get(name));
         let image_bound = Bound::Absolute(self.image_tolerance);
         let stage = Bound::Relative(self.stage_tolerance);
         let device = self.options.device.clone();
@@ -253,6 +381,24 @@ impl ParityRunner {
             image_bound,
         )?);
         Ok(())
+    }
+}
+
+/// A case's tensors, and the file they came from for error messages.
+struct CaseTensors {
+    path: PathBuf,
+    map: HashMap<String, Tensor>,
+}
+
+impl CaseTensors {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        self.map
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::Weights {
+                path: self.path.clone(),
+                message: format!("missing tensor `{name}`"),
+            })
     }
 }
 

@@ -49,20 +49,26 @@ pub fn run(args: ParityArgs) -> Result<ExitCode> {
         args.device.load_options()?,
     )
     .with_stage_tolerance(args.stage_tolerance);
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for case in cases
         .iter()
         .filter(|c| args.only.as_ref().is_none_or(|only| c.name.contains(only)))
     {
         let report = runner.run(case);
         println!("{}", report.line());
-        if report.passed() {
+        if report.skipped.is_some() {
+            skipped += 1;
+        } else if report.passed() {
             passed += 1;
         } else {
             failed += 1;
         }
     }
-    println!("{passed} passed, {failed} failed");
+    if skipped > 0 {
+        println!("{passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("{passed} passed, {failed} failed");
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

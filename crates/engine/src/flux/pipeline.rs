@@ -104,6 +104,27 @@ impl FluxPipeline {
         Ok(FluxPrompt { text, pooled })
     }
 
+    /// One transformer call on packed `latents` at flow time `sigma` (parity's probe).
+    pub fn probe(
+        &self,
+        prompt: &FluxPrompt,
+        latents: &Tensor,
+        sigma: f32,
+        guidance: Option<f32>,
+        height: u32,
+        width: u32,
+    ) -> Result<Tensor> {
+        let inputs = FluxInputs {
+            text: &prompt.text,
+            pooled: &prompt.pooled,
+            timestep: sigma,
+            guidance: guidance.filter(|_| self.is_guidance_distilled()),
+            rows: height as usize / 16,
+            cols: width as usize / 16,
+        };
+        Ok(self.transformer.forward(latents, &inputs)?)
+    }
+
     /// Denoise to the final latents `(1, 16, h, w)` (unpacked, still scaled), calling
     /// `on_step(step, steps)` after each step; `cancel` stops it between steps.
     pub fn denoise(

@@ -1,5 +1,5 @@
-//! The whole FLUX pipeline against every FLUX reference case, stage by stage: token ids,
-//! prompt encodings, the final latents from the reference's own noise, the decoded image.
+//! FLUX's packing. The pipeline itself is checked stage by stage against every FLUX reference
+//! case by `parity` (crates/engine/tests/it/parity.rs).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,79 +55,6 @@ fn ids(t: &HashMap<String, Tensor>, name: &str) -> Vec<u32> {
         .unwrap()
         .to_vec1()
         .unwrap()
-}
-
-#[test]
-fn every_flux_case_matches_stage_by_stage() {
-    let cases: Vec<Case> =
-        crate::config_files::read_json(&fixtures().join("cases-dit/cases.json")).unwrap();
-    let mut checked = 0;
-    for case in cases.iter().filter(|c| c.model.contains("flux")) {
-        let dir = fixtures().join("models-dit").join(&case.model);
-        let pipeline = FluxPipeline::load(&dir, LoadOptions::default()).unwrap();
-        let t = candle_core::safetensors::load(
-            fixtures().join(format!("cases-dit/{}.safetensors", case.name)),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let name = &case.name;
-        let length = case.max_sequence_length;
-        assert_eq!(length, pipeline.default_max_sequence_length(), "{name}");
-
-        let (clip_ids, t5_ids) = pipeline.token_ids(&case.prompt, length).unwrap();
-        assert_eq!(clip_ids, ids(&t, "prompt_token_ids"), "{name}: CLIP ids");
-        assert_eq!(t5_ids, ids(&t, "prompt_token_ids_2"), "{name}: T5 ids");
-
-        let prompt = pipeline.encode(&case.prompt, length).unwrap();
-        for (ours, reference) in [
-            (&prompt.pooled, "pooled_prompt_embeds"),
-            (&prompt.text, "prompt_embeds"),
-        ] {
-            let (diff, scale) = max_diff(ours, &t[reference]);
-            assert!(
-                diff <= 1e-3 * scale,
-                "{name}: {reference} max |diff| {diff}"
-            );
-        }
-        let negative = case
-            .negative_prompt
-            .as_deref()
-            .map(|n| pipeline.encode(n, length).unwrap());
-        let run = FluxRun {
-            prompt: &prompt,
-            negative: negative
-                .as_ref()
-                .zip(case.true_cfg_scale.filter(|s| *s > 1.0)),
-            noise: &t["initial_latents"],
-            steps: case.steps,
-            guidance: case.guidance_scale,
-            image: None,
-        };
-        let mut calls = Vec::new();
-        let latents = pipeline
-            .denoise(
-                &run,
-                &mut |step, steps| calls.push((step, steps)),
-                &AtomicBool::new(false),
-            )
-            .unwrap();
-        assert_eq!(
-            calls.last(),
-            Some(&(case.steps, case.steps)),
-            "{name}: progress"
-        );
-        let (diff, scale) = max_diff(&latents, &t["final_latents"]);
-        assert!(
-            diff <= 1e-3 * scale,
-            "{name}: final latents max |diff| {diff}"
-        );
-
-        let image = pipeline.decode(&t["final_latents"]).unwrap().i(0).unwrap();
-        let (diff, _) = max_diff(&image, &t["image"]);
-        assert!(diff <= 4e-3, "{name}: image max |diff| {diff}");
-        checked += 1;
-    }
-    assert_eq!(checked, 4);
 }
 
 #[test]
