@@ -314,14 +314,14 @@ impl ParityRunner {
             case.negative_prompt.as_deref(),
             case.guidance_scale,
         )?;
-        compare_text(&prompts, &tensors, stage, out)?;
+        compare_text(&prompts, tensors, stage, out)?;
 
         if let (Some(latents), Some(timestep), Some(eps)) = (
             tensors.get("probe_latents"),
             tensors.get("probe_timestep"),
             tensors.get("probe_eps"),
         ) {
-            let probe = probe_unet(pipeline, case, &tensors, latents, timestep, &device)?;
+            let probe = probe_unet(pipeline, case, tensors, latents, timestep, &device)?;
             out.push(compare("unet probe", "probe_eps", &probe, eps, stage)?);
         }
 
