@@ -152,6 +152,8 @@ impl Jobs {
         config: CoreConfig,
     ) -> Self {
         let (event_tick, _) = watch::channel(0);
+        let relayed = gateway.models().into_iter().map(|(public, ..)| public);
+        let catalog = catalog.with_relayed(relayed);
         Self {
             inner: Arc::new(Inner {
                 db,

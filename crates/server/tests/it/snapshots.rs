@@ -70,6 +70,7 @@ async fn error_envelopes() {
     let cases = [
         ("bad_size", tiny(json!({"size": "3x3"}))),
         ("unknown_model", tiny(json!({"model": "nope"}))),
+        ("misspelt_model", tiny(json!({"model": "tiny-sdd"}))),
         ("missing_prompt", json!({"model": "tiny-sd"})),
         ("bad_type", tiny(json!({"seed": "one"}))),
         (
