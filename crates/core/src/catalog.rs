@@ -1,6 +1,8 @@
 //! The models a server offers: every diffusers folder inside `--models-dir`, under its folder
 //! name, plus public aliases (`seedream-4-5-251128=sdxl-turbo`).
 
+mod unknown;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -8,6 +10,8 @@ use seedbed_engine::model::{Family, ModelSummary};
 use serde::Deserialize;
 
 use crate::error::{CoreError, Result};
+
+pub use unknown::UnknownModel;
 
 /// Generation defaults of one model, from its optional `seedbed.json` or from its name.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -76,6 +80,8 @@ pub struct Catalog {
     /// with the reason instead of "not found".
     broken: BTreeMap<String, String>,
     aliases: BTreeMap<String, String>,
+    /// Public names an upstream serves: not run here, but named when a model is not found.
+    relayed: Vec<String>,
 }
 
 impl Catalog {
@@ -150,9 +156,24 @@ impl Catalog {
                 message: reason.clone(),
             }),
             None => Err(CoreError::ModelNotFound {
-                model: public.to_string(),
+                model: UnknownModel {
+                    name: public.to_string(),
+                    available: self.names(),
+                },
             }),
         }
+    }
+
+    /// Also name `relayed` (the models an upstream serves) when a model is not found.
+    pub fn with_relayed(mut self, relayed: impl IntoIterator<Item = String>) -> Self {
+        self.relayed = relayed.into_iter().collect();
+        self
+    }
+
+    /// Every name a request may use: folders, aliases, then models an upstream serves.
+    pub fn names(&self) -> Vec<String> {
+        let local = self.models.keys().chain(self.aliases.keys());
+        local.chain(&self.relayed).cloned().collect()
     }
 
     pub fn models(&self) -> impl Iterator<Item = &ModelEntry> {
@@ -203,6 +224,12 @@ mod tests {
             catalog.resolve("nope"),
             Err(CoreError::ModelNotFound { .. })
         ));
+        let relaying = catalog.with_relayed(["seedream-4-0".to_string()]);
+        assert_eq!(
+            relaying.resolve("tiny-sdd").unwrap_err().to_string(),
+            "model `tiny-sdd` not found; available: tiny-sd, tiny-sdxl, seedream-4-5-251128, \
+             seedream-4-0; did you mean `tiny-sd`?"
+        );
         let error = Catalog::scan(&fixtures(), &[("a".into(), "missing".into())]).unwrap_err();
         assert!(error.to_string().contains("missing"), "{error}");
     }

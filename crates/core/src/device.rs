@@ -280,8 +280,13 @@ fn finish_picture(
             image::imageops::FilterType::Lanczos3,
         );
     }
-    if spec.watermark {
-        output::apply_watermark(&mut picture);
+    if spec.watermark && output::apply_watermark(&mut picture) == output::Watermark::Omitted {
+        tracing::debug!(
+            width = spec.width,
+            height = spec.height,
+            "no visible watermark: the shorter side is under {} px (the XMP still marks the image)",
+            output::WATERMARK_MIN_SIDE
+        );
     }
     let provenance = Provenance {
         model: spec.local_model.clone(),

@@ -3,6 +3,8 @@
 
 use seedbed_storage::StorageError;
 
+use crate::catalog::UnknownModel;
+
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,8 +18,9 @@ pub enum CoreError {
         message: String,
     },
 
-    #[error("the model or endpoint {model} does not exist or you do not have access to it.")]
-    ModelNotFound { model: String },
+    /// `model` shows as the name alone; the message adds what is served and the nearest name.
+    #[error("model `{model}` not found; {}", .model.hint())]
+    ModelNotFound { model: UnknownModel },
 
     #[error("the job {id} does not exist or belongs to another key.")]
     JobNotFound { id: String },

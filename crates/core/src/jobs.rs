@@ -152,6 +152,8 @@ impl Jobs {
         config: CoreConfig,
     ) -> Self {
         let (event_tick, _) = watch::channel(0);
+        let relayed = gateway.models().into_iter().map(|(public, ..)| public);
+        let catalog = catalog.with_relayed(relayed);
         Self {
             inner: Arc::new(Inner {
                 db,
@@ -245,11 +247,7 @@ impl Jobs {
             spec: serde_json::to_string(&spec)
                 .map_err(|e| CoreError::Internal(format!("spec: {e}")))?,
             request_id: request_id.to_string(),
-            lane: if spec.is_relay() {
-                Lane::Gateway
-            } else {
-                Lane::Local
-            },
+            lane: lane_of(&spec),
         };
         let admitted = db
             .admit_job(&new, &admission, |position| {
@@ -328,6 +326,7 @@ impl Jobs {
         if status == Some(JobStatus::Queued) {
             self.end(id, JobStatus::Cancelled, &JobEvent::Cancelled)
                 .await?;
+            self.tell_positions(lane_of(&job.spec)).await;
         }
         if let Some(cancel) = self.running_token(id) {
             cancel.cancel();
@@ -407,8 +406,35 @@ impl Jobs {
             .map(|bytes| (row, bytes)))
     }
 
+    /// Give each queued job of `lane` whose place changed (a job ahead of it left the queue
+    /// or came back to it) a `queued` event with its new position. A failure is only logged:
+    /// positions are a hint, and the next change tells every job again.
+    pub(crate) async fn tell_positions(&self, lane: Lane) {
+        let told = self
+            .inner
+            .db
+            .tell_positions(lane, |position| JobEvent::Queued { position }.to_json())
+            .await;
+        match told {
+            Ok(0) => {}
+            Ok(_) => self.tick(),
+            Err(error) => {
+                tracing::warn!(%error, lane = lane.as_str(), "telling queued jobs their position failed")
+            }
+        }
+    }
+
     pub(crate) fn tick(&self) {
         self.inner.event_tick.send_modify(|n| *n += 1);
+    }
+}
+
+/// The lane whose runner takes a job: the gateway's for a relay, else the device's.
+pub(crate) fn lane_of(spec: &GenerationSpec) -> Lane {
+    if spec.is_relay() {
+        Lane::Gateway
+    } else {
+        Lane::Local
     }
 }
 

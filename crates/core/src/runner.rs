@@ -97,6 +97,11 @@ impl Jobs {
         for id in &recovered.requeued {
             tracing::warn!(job = %id, "requeued a job interrupted by a restart");
         }
+        if !recovered.requeued.is_empty() {
+            for lane in [Lane::Local, Lane::Gateway] {
+                self.tell_positions(lane).await;
+            }
+        }
         for id in &recovered.failed {
             let message = format!(
                 "the job was interrupted {} times and will not run again.",
@@ -140,6 +145,8 @@ impl Jobs {
                 .await
             {
                 Ok(Some(job)) => {
+                    // Every job behind it moved up one.
+                    self.tell_positions(lane).await;
                     let jobs = self.clone();
                     let backend = backend.clone();
                     let shutdown = shutdown.clone();

@@ -22,12 +22,14 @@ pub struct ResolvedSize {
 
 /// What bounds one model's sizes.
 #[derive(Debug, Clone, Copy)]
-pub struct SizeRules {
+pub struct SizeRules<'a> {
+    /// The model's name as the client asked for it, for error messages.
+    pub model: &'a str,
     pub native: u32,
     pub factor: u32,
 }
 
-impl SizeRules {
+impl SizeRules<'_> {
     /// Half the native side squared: below it SD models produce noise.
     pub fn min_pixels(self) -> u64 {
         let side = u64::from(self.native / 2);
@@ -38,6 +40,37 @@ impl SizeRules {
     pub fn max_pixels(self) -> u64 {
         let side = u64::from(self.native) * 4;
         side * side
+    }
+
+    /// The sizes this model takes, in words and examples, for the error about one it does
+    /// not: its smallest and largest squares, then its native square, a 3:5 portrait of the
+    /// same pixels and the largest square as sizes to send.
+    fn takes(self) -> String {
+        let smallest = self.native / 2;
+        let largest = (self.native * 4).min(MAX_SIDE);
+        let portrait = |w: f64, h: f64| {
+            let side = f64::from(self.native);
+            let scale = (w / h).sqrt();
+            (
+                align(side * scale, self.factor),
+                align(side / scale, self.factor),
+            )
+        };
+        let (pw, ph) = portrait(3.0, 5.0);
+        format!(
+            "{model} takes {smallest}x{smallest} to {largest}x{largest} pixels' worth in any shape \
+             from 1:16 to 16:1 with sides up to {MAX_SIDE} px, e.g. {n}x{n}, {pw}x{ph} or \
+             {largest}x{largest}",
+            model = self.model,
+            n = self.native,
+        )
+    }
+
+    fn refuse(self, width: u32, height: u32, what: &str) -> CoreError {
+        CoreError::invalid(
+            "size",
+            format!("size {width}x{height} is {what}: {}.", self.takes()),
+        )
     }
 }
 
@@ -94,31 +127,18 @@ pub fn resolve(size: Option<&str>, prompt: &str, rules: SizeRules) -> Result<Res
     let width: u32 = captures[1].parse().unwrap_or(0);
     let height: u32 = captures[2].parse().unwrap_or(0);
     let pixels = u64::from(width) * u64::from(height);
-    let (min, max) = (rules.min_pixels(), rules.max_pixels());
-    if pixels < min || pixels > max {
-        return Err(CoreError::invalid(
-            "size",
-            format!(
-                "size {width}x{height} has {pixels} pixels; this model takes between {min} and {max} pixels (minimum {min})."
-            ),
-        ));
+    if pixels < rules.min_pixels() {
+        return Err(rules.refuse(width, height, "too small"));
+    }
+    if pixels > rules.max_pixels() {
+        return Err(rules.refuse(width, height, "too large"));
     }
     if width.max(height) > MAX_SIDE {
-        return Err(CoreError::invalid(
-            "size",
-            format!(
-                "size {width}x{height}: each side must be at most {MAX_SIDE} px (e.g. {MAX_SIDE}x{} or {}x{MAX_SIDE}).",
-                MAX_SIDE / 4,
-                MAX_SIDE / 4
-            ),
-        ));
+        return Err(rules.refuse(width, height, "too long on one side"));
     }
     let ratio = f64::from(width) / f64::from(height);
     if !(1.0 / MAX_RATIO..=MAX_RATIO).contains(&ratio) {
-        return Err(CoreError::invalid(
-            "size",
-            format!("size {width}x{height}: the aspect ratio must be between 1:16 and 16:1."),
-        ));
+        return Err(rules.refuse(width, height, "too narrow"));
     }
     Ok(ResolvedSize {
         width,
@@ -177,6 +197,7 @@ mod tests {
     use super::*;
 
     const SDXL: SizeRules = SizeRules {
+        model: "sdxl",
         native: 1024,
         factor: 8,
     };
@@ -193,6 +214,7 @@ mod tests {
         assert_eq!(wh(Some("2K"), "a fox"), (2048, 2048));
         assert_eq!(wh(Some("4K"), "a fox"), (4096, 4096));
         let sd15 = SizeRules {
+            model: "sd15",
             native: 512,
             factor: 8,
         };
@@ -258,7 +280,7 @@ mod tests {
             height in 0u64..2_000_000,
             native in proptest::sample::select(vec![64u32, 512, 768, 1024]),
         ) {
-            let rules = SizeRules { native, factor: 8 };
+            let rules = SizeRules { model: "m", native, factor: 8 };
             within_bounds(Some(&format!("{width}x{height}")), "", rules, 1.0);
         }
 
@@ -269,7 +291,7 @@ mod tests {
             h in 0u32..40,
             native in proptest::sample::select(vec![64u32, 512, 768, 1024]),
         ) {
-            let rules = SizeRules { native, factor: 8 };
+            let rules = SizeRules { model: "m", native, factor: 8 };
             within_bounds(Some(preset), &format!("a {w}:{h} picture"), rules, 1.01);
         }
     }
@@ -299,19 +321,38 @@ mod tests {
         let r = resolve(Some("1500x700"), "", SDXL).unwrap();
         assert_eq!((r.width, r.height), (1500, 700));
         assert_eq!((r.compute_width, r.compute_height), (1504, 704));
-        let message = resolve(Some("100x100"), "", SDXL).unwrap_err().to_string();
-        assert!(message.contains("minimum 262144"), "{message}");
-        let message = resolve(Some("5000x5000"), "", SDXL)
-            .unwrap_err()
-            .to_string();
-        assert!(message.contains("16777216"), "{message}");
-        let message = resolve(Some("4096x200"), "", SDXL).unwrap_err().to_string();
-        assert!(message.contains("1:16"), "{message}");
+        let message = |size| resolve(Some(size), "", SDXL).unwrap_err().to_string();
+        let takes = "sdxl takes 512x512 to 4096x4096 pixels' worth in any shape from 1:16 to \
+            16:1 with sides up to 4096 px, e.g. 1024x1024, 792x1320 or 4096x4096.";
+        assert_eq!(
+            message("100x100"),
+            format!("size 100x100 is too small: {takes}")
+        );
+        assert_eq!(
+            message("5000x5000"),
+            format!("size 5000x5000 is too large: {takes}")
+        );
+        assert_eq!(
+            message("4096x200"),
+            format!("size 4096x200 is too narrow: {takes}")
+        );
         // Within the pixel budget and the ratio, but a side the engine cannot compute.
-        let message = resolve(Some("16384x1024"), "", SDXL)
-            .unwrap_err()
-            .to_string();
-        assert!(message.contains("at most 4096 px"), "{message}");
+        assert_eq!(
+            message("16384x1024"),
+            format!("size 16384x1024 is too long on one side: {takes}")
+        );
+        // A small model's examples are its own.
+        let tiny = SizeRules {
+            model: "tiny-sd",
+            native: 64,
+            factor: 8,
+        };
+        let error = resolve(Some("16x16"), "", tiny).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "size 16x16 is too small: tiny-sd takes 32x32 to 256x256 pixels' worth in any \
+             shape from 1:16 to 16:1 with sides up to 4096 px, e.g. 64x64, 48x80 or 256x256."
+        );
         for bad in ["2k", "1024*1024", "1024X1024", "big", ""] {
             let error = resolve(Some(bad), "", SDXL).unwrap_err();
             assert!(

@@ -134,6 +134,7 @@ pub fn validate(
     }
     let model = catalog.resolve(public)?;
     let rules = SizeRules {
+        model: public,
         native: model.native_size,
         factor: model.latent_factor,
     };

@@ -66,33 +66,60 @@ pub enum OutputError {
     Malformed(&'static str),
 }
 
+/// Images whose shorter side is below this get no visible mark: the smallest legible mark
+/// (8 px letters) would cover more of them than [`WATERMARK_MAX_AREA`] allows, and a cut
+/// one says nothing. Their XMP metadata still marks them as AI-generated.
+pub const WATERMARK_MIN_SIDE: u32 = 128;
+/// The most of an image the mark's box may cover.
+pub const WATERMARK_MAX_AREA: f64 = 0.05;
+
+/// What [`apply_watermark`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watermark {
+    /// The whole mark is on the image, inside a box of `width` x `height` pixels.
+    Drawn { width: u32, height: u32 },
+    /// The image is too small for a legible mark; it was left as it was.
+    Omitted,
+}
+
 /// Draws a visible "AI generated" mark at the bottom-right corner, in place.
 ///
-/// White text on a box that darkens what is under it to 40%, so the mark reads
-/// on light and dark images alike. Text height is ~3% of the shorter side; if
-/// the image is too narrow the scale drops to 1 and the mark is clipped.
-pub fn apply_watermark(image: &mut RgbImage) {
-    let (w, h) = (i64::from(image.width()), i64::from(image.height()));
-    let text_w = i64::from(font::text_width(WATERMARK_TEXT));
-    let text_h = i64::from(font::GLYPH_H);
+/// White text on a box that darkens what is under it to 40%, so the mark reads on light and
+/// dark images alike. Letters are about 3% of the shorter side high, in whole font pixels,
+/// and the mark is always whole: on an image where it would not fit within
+/// [`WATERMARK_MAX_AREA`] (any shorter side under [`WATERMARK_MIN_SIDE`]) it is left out.
+pub fn apply_watermark(image: &mut RgbImage) -> Watermark {
+    let (w, h) = (u64::from(image.width()), u64::from(image.height()));
+    if w.min(h) < u64::from(WATERMARK_MIN_SIDE) {
+        return Watermark::Omitted;
+    }
+    let text_w = u64::from(font::text_width(WATERMARK_TEXT));
+    let text_h = u64::from(font::GLYPH_H);
+    let box_size = |s: u64| (text_w * s + 2 * s, text_h * s + 2 * s); // 1-font-px padding
+    let margin = |s: u64| 2 * s;
+    let fits = |s: u64| {
+        let (box_w, box_h) = box_size(s);
+        box_w + 2 * margin(s) <= w
+            && box_h + 2 * margin(s) <= h
+            && (box_w * box_h) as f64 <= WATERMARK_MAX_AREA * (w * h) as f64
+    };
     // round(shorter * 3% / glyph height), at least one pixel per font pixel.
     let mut scale = ((w.min(h) * 3 + 400) / 800).max(1);
-    let box_size = |s: i64| (text_w * s + 2 * s, text_h * s + 2 * s); // 1-font-px padding
-    let margin = |s: i64| 2 * s;
-    while scale > 1 && box_size(scale).0 + 2 * margin(scale) > w {
+    while scale > 1 && !fits(scale) {
         scale -= 1;
     }
+    if !fits(scale) {
+        return Watermark::Omitted;
+    }
     let (box_w, box_h) = box_size(scale);
-    // Anchor bottom-right; when it cannot fit, pin to the left/top edge so the
-    // start of the text ("AI ...") is what stays visible.
-    let x0 = (w - margin(scale) - box_w).max(0);
-    let y0 = (h - margin(scale) - box_h).max(0);
-    for y in y0..(y0 + box_h).min(h) {
-        for x in x0..(x0 + box_w).min(w) {
+    let (x0, y0) = (w - margin(scale) - box_w, h - margin(scale) - box_h);
+    for y in y0..y0 + box_h {
+        for x in x0..x0 + box_w {
             // Coordinates inside the text, in font pixels (padding is one font pixel).
-            let (fx, fy) = ((x - x0) / scale - 1, (y - y0) / scale - 1);
-            let is_ink = fx >= 0 && fy >= 0 && font::ink(WATERMARK_TEXT, fx as u32, fy as u32);
-            // In bounds by construction: 0 <= x < w and 0 <= y < h.
+            let (fx, fy) = ((x - x0) / scale, (y - y0) / scale);
+            let is_ink =
+                fx >= 1 && fy >= 1 && font::ink(WATERMARK_TEXT, (fx - 1) as u32, (fy - 1) as u32);
+            // In bounds: `fits` keeps the box and its margin inside the image.
             let px = image.get_pixel_mut(x as u32, y as u32);
             if is_ink {
                 px.0 = [255, 255, 255];
@@ -100,6 +127,10 @@ pub fn apply_watermark(image: &mut RgbImage) {
                 px.0 = px.0.map(|c| (u16::from(c) * 2 / 5) as u8);
             }
         }
+    }
+    Watermark::Drawn {
+        width: box_w as u32,
+        height: box_h as u32,
     }
 }
 
@@ -450,6 +481,54 @@ mod tests {
         apply_watermark(&mut white);
         let dark = white.pixels().filter(|p| p.0 == [102; 3]).count();
         assert_eq!(dark, 73 * 10 - ink);
+    }
+
+    #[test]
+    fn the_mark_is_whole_and_small_or_absent() {
+        let glyph_ink: usize = WATERMARK_TEXT
+            .chars()
+            .flat_map(font::glyph)
+            .map(|row| row.count_ones() as usize)
+            .sum();
+        for (w, h) in [
+            (32, 32),
+            (127, 127),
+            (127, 1024),
+            (128, 128),
+            (512, 512),
+            (1024, 256),
+        ] {
+            let mut image = RgbImage::new(w, h);
+            let outcome = apply_watermark(&mut image);
+            let ink = image.pixels().filter(|p| p.0 == [255; 3]).count();
+            if w.min(h) < WATERMARK_MIN_SIDE {
+                assert_eq!(outcome, Watermark::Omitted, "{w}x{h}");
+                assert_eq!(ink, 0, "{w}x{h}: nothing drawn");
+                continue;
+            }
+            let Watermark::Drawn { width, height } = outcome else {
+                panic!("{w}x{h}: no mark");
+            };
+            let share = f64::from(width * height) / f64::from(w * h);
+            assert!(share <= WATERMARK_MAX_AREA, "{w}x{h}: covers {share:.3}");
+            // Whole: every font pixel drawn at the mark's scale, inside the image.
+            let scale = (height / (font::GLYPH_H + 2)) as usize;
+            assert_eq!(ink, glyph_ink * scale * scale, "{w}x{h}");
+            let ink_at = |x: u32, y: u32| image.get_pixel(x, y).0 == [255; 3];
+            let inked: Vec<(u32, u32)> = (0..h)
+                .flat_map(|y| (0..w).map(move |x| (x, y)))
+                .filter(|&(x, y)| ink_at(x, y))
+                .collect();
+            // "A" starts one font pixel into the box, which sits two font pixels from the
+            // corner; nothing is drawn in that margin.
+            let s = scale as u32;
+            let left = inked.iter().map(|p| p.0).min().unwrap();
+            assert_eq!(left, w - 2 * s - width + s, "{w}x{h}");
+            assert!(
+                inked.iter().all(|&(x, y)| x < w - 2 * s && y < h - 2 * s),
+                "{w}x{h}: ink in the margin"
+            );
+        }
     }
 
     #[test]

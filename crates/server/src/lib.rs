@@ -57,6 +57,9 @@ pub fn app(state: AppState) -> Router {
         .route("/info", get(routes::ops::info))
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
+        .route("/", get(routes::home::page))
+        // After every route: it applies to those registered before it.
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         // Outermost last: the request id wraps everything, so the limits' refusals get the
@@ -72,5 +75,15 @@ async fn not_found() -> ApiFailure {
     ApiFailure::new(
         seedbed_types::ErrorCode::NotFound,
         "There is no such endpoint.",
+    )
+}
+
+/// A known path asked with a method it does not take; axum adds the `Allow` header.
+async fn method_not_allowed(method: axum::http::Method) -> ApiFailure {
+    ApiFailure::new(
+        seedbed_types::ErrorCode::MethodNotAllowed,
+        format!(
+            "This endpoint does not answer {method}; the Allow header lists the methods it takes."
+        ),
     )
 }

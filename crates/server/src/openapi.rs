@@ -31,6 +31,7 @@ enum Body {
     Multipart,
     Image,
     Text,
+    Html,
 }
 
 struct Operation {
@@ -167,6 +168,7 @@ fn content(body: Body) -> Value {
         }}}),
         Body::Image => json!({"image/jpeg": {}, "image/png": {}}),
         Body::Text => json!({"text/plain": {"schema": {"type": "string"}}}),
+        Body::Html => json!({"text/html": {"schema": {"type": "string"}}}),
     }
 }
 
@@ -192,7 +194,9 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Operation> {
                 then `data: [DONE]`; errors before the first image come back as JSON. \
                 `Prefer: respond-async` answers 202 with the job at once. Every response carries \
                 `X-Client-Request-Id` and `X-Seedbed-Job-Id`. `negative_prompt`, `steps`, \
-                `scheduler` and `strength` are seedbed extensions for local models. The same \
+                `scheduler` and `strength` are seedbed extensions for local models. For a local \
+                model, a field neither Seedream, OpenAI nor seedbed defines is ignored and named \
+                in an `X-Seedbed-Warning` header (one per field). The same \
                 operation is served under /api/v3, /api/plan/v3, /v3, /byteplus/v3 and /v1; on \
                 /v1 OpenAI's `n` is accepted too.",
             access: Access::Key,
@@ -370,6 +374,17 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Operation> {
             params: &[],
             request: None,
             ok: (200, Body::Json(Schema::default())),
+        },
+        Operation {
+            method: "get",
+            path: "/".into(),
+            id: "home".into(),
+            summary: "A short page for a browser: version and where to go",
+            description: "",
+            access: Access::Public,
+            params: &[],
+            request: None,
+            ok: (200, Body::Html),
         },
     ]);
     ops

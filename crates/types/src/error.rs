@@ -33,10 +33,12 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     /// An upstream provider's event stream broke off before its end.
     UpstreamStreamBroken,
+    /// The path exists but not with this method (the `Allow` header lists those it takes).
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::MissingParameter,
         Self::InvalidParameter,
         Self::AuthenticationError,
@@ -55,6 +57,7 @@ impl ErrorCode {
         Self::UpstreamTimeout,
         Self::UpstreamUnavailable,
         Self::UpstreamStreamBroken,
+        Self::MethodNotAllowed,
     ];
 
     /// The code whose string this is.
@@ -87,6 +90,7 @@ impl ErrorCode {
             Self::UpstreamTimeout => (504, "UpstreamTimeout", "GatewayTimeout"),
             Self::UpstreamUnavailable => (502, "UpstreamUnavailable", "BadGateway"),
             Self::UpstreamStreamBroken => (502, "UpstreamStreamBroken", "BadGateway"),
+            Self::MethodNotAllowed => (405, "MethodNotAllowed", "MethodNotAllowed"),
         }
     }
 
@@ -109,6 +113,7 @@ impl ErrorCode {
             401 => "Unauthorized",
             403 => "Forbidden",
             404 => "NotFound",
+            405 => "MethodNotAllowed",
             408 => "RequestTimeout",
             409 => "Conflict",
             429 => "TooManyRequests",

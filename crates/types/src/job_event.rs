@@ -10,7 +10,9 @@ use crate::response::Usage;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobEvent {
-    /// Written with the job; `position` is 0 for the next job to run.
+    /// Written with the job, and again each time its place in its lane's queue changes (a
+    /// job ahead of it started or was cancelled; it was put back in the queue); `position`
+    /// is 0 for the next job to run.
     Queued {
         position: u32,
     },

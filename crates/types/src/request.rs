@@ -68,6 +68,43 @@ pub struct GenerationRequest {
     pub extra: Map<String, Value>,
 }
 
+/// Fields that Seedream or OpenAI define and seedbed's local models do not use (an upstream
+/// gets them relayed): SDKs send them, so they are no mistake and get no warning. Any other
+/// field in `extra` is unknown to every API seedbed speaks, most often a misspelling.
+pub const KNOWN_UNUSED_FIELDS: [&str; 14] = [
+    // Seedream (Ark)
+    "optimize_prompt",
+    "tools",
+    "layer_decomposition",
+    // OpenAI images (`n` is read, on /v1, before this list is consulted)
+    "n",
+    "user",
+    "quality",
+    "style",
+    "background",
+    "moderation",
+    "output_compression",
+    "partial_images",
+    "input_fidelity",
+    "mask",
+    // The OpenAI SDK's way to pass extra fields, when a client nests instead of merging.
+    "extra_body",
+];
+
+impl GenerationRequest {
+    /// Fields no API seedbed speaks defines (`stepz`), sorted.
+    pub fn unknown_fields(&self) -> Vec<&str> {
+        let mut unknown: Vec<&str> = self
+            .extra
+            .keys()
+            .map(String::as_str)
+            .filter(|field| !KNOWN_UNUSED_FIELDS.contains(field))
+            .collect();
+        unknown.sort_unstable();
+        unknown
+    }
+}
+
 fn non_null_map<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Map<String, Value>, D::Error> {
@@ -138,6 +175,14 @@ mod tests {
         assert_eq!(request.size.as_deref(), Some("2K"));
         assert_eq!(request.image, None);
         assert!(request.extra.is_empty(), "{:?}", request.extra);
+    }
+
+    #[test]
+    fn only_fields_no_api_defines_are_unknown() {
+        let body = r#"{"model":"m","prompt":"p","stepz":4,"user":"u","n":2,"quality":"high",
+            "optimize_prompt_options":{"mode":"fast"},"tools":[],"Steps":3,"seed":null}"#;
+        let request: GenerationRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(request.unknown_fields(), ["Steps", "stepz"]);
     }
 
     #[test]

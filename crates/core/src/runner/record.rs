@@ -120,6 +120,7 @@ impl Jobs {
         }
         if matches!(done, Done::Cancelled) && stopped == Some(Stop::Shutdown) {
             self.inner.db.requeue(&job.id).await?;
+            self.tell_positions(crate::jobs::lane_of(spec)).await;
             return Ok(());
         }
         let counted = Usage::for_images(tally.delivered.iter().copied());

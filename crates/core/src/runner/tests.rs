@@ -4,6 +4,7 @@
 
 mod ends;
 mod fake;
+mod queue;
 mod stops;
 
 use std::sync::Arc;

@@ -22,6 +22,11 @@ use crate::routes::jobs::job_view;
 use crate::state::AppState;
 
 pub const JOB_HEADER: &str = "x-seedbed-job-id";
+/// One per field of a local model's request that no API defines (a misspelling, most often).
+pub const WARNING_HEADER: &str = "x-seedbed-warning";
+/// Warnings past this many are summed up in one more header, so a body of many odd keys
+/// cannot make the response headers large.
+const MAX_WARNINGS: usize = 8;
 
 pub async fn create(
     State(state): State<AppState>,
@@ -62,7 +67,10 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiF
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        if path == "." {
+        // Broken JSON has no field to blame (its path is wherever the parser stopped).
+        if inner.is_syntax() || inner.is_eof() {
+            ApiFailure::invalid("", format!("The request body is not valid JSON: {inner}."))
+        } else if path == "." {
             ApiFailure::invalid(
                 "",
                 format!("The request body is not a valid JSON object: {inner}."),
@@ -122,6 +130,13 @@ pub async fn submit(
     } else {
         seedbed_core::spec::validate(&request, jobs.catalog())?
     };
+    // Relayed models are the upstream's to judge; a local model ignores what it does not
+    // know, and says so.
+    let warnings = if relayed {
+        Vec::new()
+    } else {
+        unknown_field_warnings(&request)
+    };
     let respond_async = headers
         .get_all("prefer")
         .iter()
@@ -160,7 +175,47 @@ pub async fn submit(
     if let Ok(value) = HeaderValue::from_str(&job.id) {
         response.headers_mut().insert(JOB_HEADER, value);
     }
+    for warning in warnings {
+        response.headers_mut().append(WARNING_HEADER, warning);
+    }
     Ok(response)
+}
+
+/// ``unknown field `stepz` ignored`` for each unknown field, logged at debug too. Names are
+/// shown up to 64 printable ASCII characters (anything else becomes `?`).
+fn unknown_field_warnings(request: &GenerationRequest) -> Vec<HeaderValue> {
+    let unknown = request.unknown_fields();
+    let mut warnings: Vec<String> = unknown
+        .iter()
+        .take(MAX_WARNINGS)
+        .map(|field| {
+            let shown: String = field
+                .chars()
+                .take(64)
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            format!("unknown field `{shown}` ignored")
+        })
+        .collect();
+    if unknown.len() > MAX_WARNINGS {
+        warnings.push(format!(
+            "{} more unknown fields ignored",
+            unknown.len() - MAX_WARNINGS
+        ));
+    }
+    for warning in &warnings {
+        tracing::debug!("{warning}");
+    }
+    warnings
+        .iter()
+        .filter_map(|warning| HeaderValue::from_str(warning).ok())
+        .collect()
 }
 
 /// Wait for the job to end and answer with the whole response.

@@ -1,4 +1,5 @@
 pub mod generations;
+pub mod home;
 pub mod images;
 pub mod jobs;
 pub mod keys;

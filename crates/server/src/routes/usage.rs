@@ -29,10 +29,14 @@ pub async fn get(
         .totals(owner, since)
         .await
         .map_err(seedbed_core::CoreError::from)?;
-    let data = ledger
+    let mut data = ledger
         .entries(owner, since, limit)
         .await
         .map_err(seedbed_core::CoreError::from)?;
+    // The ledger keeps milliseconds; every time in the API is in seconds.
+    for entry in &mut data {
+        entry.created_at /= 1000;
+    }
     Ok(Json(UsageView {
         object: "usage".into(),
         key_id: owner.map(str::to_string),

@@ -4,6 +4,7 @@
 mod support;
 
 mod conformance;
+mod first_contact;
 mod gateway;
 mod generations;
 mod hardening;

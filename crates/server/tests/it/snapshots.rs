@@ -70,6 +70,7 @@ async fn error_envelopes() {
     let cases = [
         ("bad_size", tiny(json!({"size": "3x3"}))),
         ("unknown_model", tiny(json!({"model": "nope"}))),
+        ("misspelt_model", tiny(json!({"model": "tiny-sdd"}))),
         ("missing_prompt", json!({"model": "tiny-sd"})),
         ("bad_type", tiny(json!({"seed": "one"}))),
         (
@@ -87,4 +88,16 @@ async fn error_envelopes() {
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().await.unwrap();
     redacted!("missing_job", json!({"status": status, "body": body}));
+    let response = server
+        .get("/api/v3/images/generations")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let allow = response.headers()["allow"].to_str().unwrap().to_string();
+    let body: serde_json::Value = response.json().await.unwrap();
+    redacted!(
+        "wrong_method",
+        json!({"status": status, "allow": allow, "body": body})
+    );
 }

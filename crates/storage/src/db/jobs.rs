@@ -212,9 +212,9 @@ impl Db {
         admission_in(&mut conn, key_id, images, admission).await
     }
 
-    /// Insert a queued job and its first event (made from its queue position) if it fits
-    /// `admission`; the check and the insert are one write transaction, so concurrent
-    /// requests are admitted one after the other. Returns the queue position.
+    /// Insert a queued job and its first event (made from its position in its lane's queue)
+    /// if it fits `admission`; the check and the insert are one write transaction, so
+    /// concurrent requests are admitted one after the other. Returns the queue position.
     pub async fn admit_job(
         &self,
         job: &NewJob,
@@ -224,14 +224,21 @@ impl Db {
         // IMMEDIATE takes the write lock before reading, so two admissions cannot both read
         // the old counts.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let queued =
-            match admission_in(&mut tx, job.key_id.as_deref(), job.images, admission).await? {
-                Ok(queued) => queued,
-                Err(refusal) => return Ok(Err(refusal)),
-            };
-        insert_job_in(&mut tx, job, &first_event(queued)).await?;
+        if let Err(refusal) =
+            admission_in(&mut tx, job.key_id.as_deref(), job.images, admission).await?
+        {
+            return Ok(Err(refusal));
+        }
+        // Its place in its own lane's queue (the limit above counts every lane): last.
+        let position = lane_queued_in(&mut tx, job.lane).await?;
+        insert_job_in(&mut tx, job, &first_event(position)).await?;
+        sqlx::query("UPDATE jobs SET told_position = ? WHERE id = ?")
+            .bind(i64::from(position))
+            .bind(&job.id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(Ok(queued))
+        Ok(Ok(position))
     }
 
     /// Insert a queued job and its first event with no admission limits (tests, tools);
@@ -358,8 +365,8 @@ impl Db {
                 recovered.failed.push(id);
             } else {
                 sqlx::query(
-                    "UPDATE jobs SET status = 'queued', node = NULL, lease_until = NULL, progress = NULL \
-                     WHERE id = ? AND status = 'running'",
+                    "UPDATE jobs SET status = 'queued', node = NULL, lease_until = NULL, progress = NULL, \
+                         told_position = NULL WHERE id = ? AND status = 'running'",
                 )
                 .bind(&id)
                 .execute(&self.pool)
@@ -375,12 +382,46 @@ impl Db {
     pub async fn requeue(&self, id: &str) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET status = 'queued', node = NULL, lease_until = NULL, progress = NULL, \
-                 attempts = MAX(attempts - 1, 0) WHERE id = ? AND status = 'running'",
+                 told_position = NULL, attempts = MAX(attempts - 1, 0) \
+             WHERE id = ? AND status = 'running'",
         )
         .bind(id)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Tell each queued job of `lane` whose position changed since it was last told: one
+    /// event (made by `event` from the new position) each, in one write transaction. Called
+    /// when jobs leave the queue or come back to it, not on a timer; returns how many were
+    /// told.
+    pub async fn tell_positions(&self, lane: Lane, event: impl Fn(u32) -> String) -> Result<usize> {
+        // IMMEDIATE: two nodes telling at once take turns instead of both reading old values.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let queued: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT id, told_position FROM jobs WHERE status = 'queued' AND lane = ? \
+             ORDER BY created_at, id",
+        )
+        .bind(lane.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let now = now_ms();
+        let mut told = 0;
+        for (position, (id, before)) in queued.iter().enumerate() {
+            let position = position as u32;
+            if *before == Some(i64::from(position)) {
+                continue;
+            }
+            sqlx::query("UPDATE jobs SET told_position = ? WHERE id = ?")
+                .bind(i64::from(position))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            append_event_in(&mut tx, id, &event(position), now).await?;
+            told += 1;
+        }
+        tx.commit().await?;
+        Ok(told)
     }
 
     pub async fn set_progress(&self, id: &str, progress: &str) -> Result<()> {
@@ -464,6 +505,16 @@ impl Db {
             .map(|row| Ok((row.try_get("seq")?, row.try_get("event")?)))
             .collect()
     }
+}
+
+/// Jobs waiting in `lane`'s queue.
+async fn lane_queued_in(conn: &mut SqliteConnection, lane: Lane) -> Result<u32> {
+    let queued: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND lane = ?")
+            .bind(lane.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(queued as u32)
 }
 
 async fn insert_job_in(
@@ -560,6 +611,45 @@ mod tests {
         let listed = db.list_jobs(Some("key_a"), 10).await.unwrap();
         assert_eq!(listed.len(), 3);
         assert!(db.list_jobs(Some("key_b"), 10).await.unwrap().is_empty());
+    }
+
+    async fn log(db: &Db, id: &str) -> Vec<String> {
+        let events = db.events_after(id, 0).await.unwrap();
+        events.into_iter().map(|(_, event)| event).collect()
+    }
+
+    #[tokio::test]
+    async fn only_jobs_whose_position_changed_are_told() {
+        let db = test_db().await;
+        let admission = Admission {
+            queue_size: 10,
+            ..Admission::default()
+        };
+        let told = |p: u32| format!("at {p}");
+        for id in ["job_1", "job_2", "job_3"] {
+            db.admit_job(&new_job(id), &admission, told)
+                .await
+                .unwrap()
+                .unwrap();
+            // Queued in the order they came (their creation millisecond decides).
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        // Admission told each its position; nothing has moved since.
+        assert_eq!(db.tell_positions(Lane::Local, told).await.unwrap(), 0);
+        db.claim_next("node-a", i64::MAX, Lane::Local)
+            .await
+            .unwrap();
+        assert_eq!(db.tell_positions(Lane::Local, told).await.unwrap(), 2);
+        assert_eq!(db.tell_positions(Lane::Local, told).await.unwrap(), 0);
+        assert_eq!(log(&db, "job_3").await, ["at 2", "at 1"]);
+        assert_eq!(log(&db, "job_2").await, ["at 1", "at 0"]);
+        // A job put back in the queue is told its place again, and those behind it move.
+        assert!(db.requeue("job_1").await.unwrap());
+        assert_eq!(db.tell_positions(Lane::Local, told).await.unwrap(), 3);
+        assert_eq!(log(&db, "job_1").await, ["at 0", "at 0"]);
+        assert_eq!(log(&db, "job_3").await, ["at 2", "at 1", "at 2"]);
+        // Another lane's queue is its own.
+        assert_eq!(db.tell_positions(Lane::Gateway, told).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -126,9 +126,11 @@ async fn an_image_or_an_end_after_the_lease_was_lost_is_not_written() {
     lane.stop().await;
     for id in [&with_image, &without] {
         assert_eq!(h.job(id).await.status, JobStatus::Running);
-        assert_eq!(h.names(id).await, ["queued", "started"]);
         assert_eq!(h.billed(id).await, None);
     }
+    assert_eq!(h.names(&with_image).await, ["queued", "started"]);
+    // The second was told it moved up when the first was claimed.
+    assert_eq!(h.names(&without).await, ["queued", "queued", "started"]);
     assert!(h.jobs.image(&with_image, 0).await.unwrap().is_none());
 }
 
@@ -170,7 +172,8 @@ async fn a_job_running_past_the_grace_period_is_requeued_and_billed_once_when_it
     let job = h.job(&id).await;
     assert_eq!(job.status, JobStatus::Queued);
     assert_eq!(job.attempts, 0, "an interrupted attempt is not counted");
-    assert_eq!(h.names(&id).await, ["queued", "started", "image"]);
+    // Back in the queue, and told so.
+    assert_eq!(h.names(&id).await, ["queued", "started", "image", "queued"]);
     assert_eq!(h.billed(&id).await, None, "not billed until it ends");
 
     let lane = h.run(fake);
@@ -202,7 +205,11 @@ async fn a_job_interrupted_too_often_fails_and_one_interrupted_once_runs_again()
         job.error_code.as_deref(),
         Some("InternalServiceError.RetriesExhausted")
     );
-    assert_eq!(h.names(&doomed).await, ["queued", "failed"]);
+    // Each recovery put it back in the queue and told it its place again.
+    assert_eq!(
+        h.names(&doomed).await,
+        ["queued", "queued", "queued", "failed"]
+    );
 
     let survivor = h.submit(spec(1)).await;
     crash(&h).await;
