@@ -137,9 +137,13 @@ impl IntoResponse for ApiFailure {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        // Upstream clients read this to decide on retries.
-        // A model that cannot load will not load on a retry either.
-        let retry = matches!(self.status(), 429 | 500..) && self.code != ErrorCode::ModelLoadFailed;
+        // Upstream clients read this to decide on retries. A model that cannot load will not
+        // load on a retry either, and a used-up quota does not refill by waiting.
+        let final_refusal = matches!(
+            self.code,
+            ErrorCode::ModelLoadFailed | ErrorCode::QuotaExceeded
+        );
+        let retry = matches!(self.status(), 429 | 500..) && !final_refusal;
         response.headers_mut().insert(
             "x-should-retry",
             HeaderValue::from_static(if retry { "true" } else { "false" }),

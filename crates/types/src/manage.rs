@@ -140,7 +140,7 @@ pub struct UsageEntry {
     pub model: String,
     pub images: u64,
     pub tokens: u64,
-    /// Unix milliseconds.
+    /// Unix seconds.
     pub created_at: i64,
 }
 

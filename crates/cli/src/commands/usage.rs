@@ -55,7 +55,7 @@ pub fn run(args: UsageArgs) -> Result<ExitCode> {
                         row.model.clone(),
                         row.images.to_string(),
                         row.tokens.to_string(),
-                        table::time(Some(row.created_at / 1000)),
+                        table::time(Some(row.created_at)),
                     ]
                 })
                 .collect();

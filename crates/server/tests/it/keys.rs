@@ -133,6 +133,8 @@ async fn a_quota_is_enforced() {
     assert_eq!(send().await.unwrap().status(), 200);
     let over = send().await.unwrap();
     assert_eq!(over.status(), 429);
+    // Waiting does not refill a quota: SDKs must not retry it.
+    assert_eq!(over.headers()["x-should-retry"], "false");
     let body: serde_json::Value = over.json().await.unwrap();
     assert_eq!(body["error"]["code"], "QuotaExceeded");
 }

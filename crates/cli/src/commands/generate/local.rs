@@ -47,7 +47,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     let prepared = crate::block_on(async {
         local::prepare(&wire, &catalog, &InputPolicy::default())
             .await
-            .map_err(|error| explain(error, &catalog, &args.models_dir))
+            .map_err(|error| explain(error, &args.models_dir))
     })?;
     let mut files = Files::new(target, prepared.images as usize, args.force);
     files.check()?;
@@ -186,23 +186,17 @@ fn first_model(catalog: &Catalog, models_dir: &Path, progress: &Progress) -> Res
 }
 
 /// A model that is not there is bad input here too; the message says where we looked.
-fn explain(error: CoreError, catalog: &Catalog, models_dir: &Path) -> anyhow::Error {
+fn explain(error: CoreError, models_dir: &Path) -> anyhow::Error {
     match error {
-        CoreError::ModelNotFound { model } => {
-            let names: Vec<&str> = catalog.models().map(|m| m.name.as_str()).collect();
-            anyhow!(CoreError::invalid(
-                "model",
-                format!(
-                    "no model folder `{model}` with a model_index.json in {} (there: {})",
-                    models_dir.display(),
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                )
-            ))
-        }
+        // Core's list of what is served and its suggestion, with the folder they came from.
+        CoreError::ModelNotFound { model } => anyhow!(CoreError::invalid(
+            "model",
+            format!(
+                "no model folder `{model}` with a model_index.json in {}; {}",
+                models_dir.display(),
+                model.hint()
+            )
+        )),
         other => anyhow!(other),
     }
 }
