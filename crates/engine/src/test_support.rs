@@ -23,6 +23,25 @@ pub fn case_tensors(name: &str) -> HashMap<String, Tensor> {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The tensors of one reference case of the transformer families, e.g. `flux-dev-guidance`.
+pub fn dit_case_tensors(name: &str) -> HashMap<String, Tensor> {
+    let path = fixtures_dir()
+        .join("cases-dit")
+        .join(format!("{name}.safetensors"));
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The transformer families' `cases.json`, read into the fields a test needs.
+pub fn dit_cases<T: serde::de::DeserializeOwned>() -> Vec<T> {
+    crate::config_files::read_json(&fixtures_dir().join("cases-dit/cases.json")).unwrap()
+}
+
+/// A transformer-family model folder, e.g. `tiny-flux-dev`.
+pub fn dit_model_dir(name: &str) -> PathBuf {
+    fixtures_dir().join("models-dit").join(name)
+}
+
 /// The fixtures' tolerance for intermediate tensors: `1e-3 * max(1, max|reference|)`.
 pub fn assert_close(name: &str, got: &Tensor, reference: &Tensor) {
     assert_eq!(got.dims(), reference.dims(), "{name}: shape");

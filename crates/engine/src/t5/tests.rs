@@ -1,14 +1,10 @@
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Deserialize;
 
 use super::*;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use crate::test_support::{assert_close, dit_case_tensors, dit_cases, dit_model_dir};
 
 #[derive(Deserialize)]
 struct Case {
@@ -29,8 +25,7 @@ type T5Case = (
 );
 
 fn t5_cases() -> Vec<T5Case> {
-    let cases: Vec<Case> =
-        crate::config_files::read_json(&fixtures().join("cases-dit/cases.json")).unwrap();
+    let cases: Vec<Case> = dit_cases();
     cases
         .into_iter()
         .filter_map(|case| {
@@ -42,11 +37,7 @@ fn t5_cases() -> Vec<T5Case> {
             } else {
                 return None;
             };
-            let tensors = candle_core::safetensors::load(
-                fixtures().join(format!("cases-dit/{}.safetensors", case.name)),
-                &Device::Cpu,
-            )
-            .unwrap();
+            let tensors = dit_case_tensors(&case.name);
             Some((case, tensors, tokenizer, encoder, ids))
         })
         .collect()
@@ -57,10 +48,7 @@ fn token_ids_are_transformers_ids() {
     let cases = t5_cases();
     assert!(cases.len() >= 6, "{} cases", cases.len());
     for (case, tensors, tokenizer, _, ids) in cases {
-        let dir = fixtures()
-            .join("models-dit")
-            .join(&case.model)
-            .join(tokenizer);
+        let dir = dit_model_dir(&case.model).join(tokenizer);
         let reference: Vec<u32> = tensors[ids]
             .to_dtype(DType::U32)
             .unwrap()
@@ -80,7 +68,7 @@ fn token_ids_are_transformers_ids() {
 /// Long prompts are cut to the length with `</s>` kept last, short ones padded.
 #[test]
 fn truncation_keeps_the_end_token() {
-    let dir = fixtures().join("models-dit/tiny-flux-schnell/tokenizer_2");
+    let dir = dit_model_dir("tiny-flux-schnell").join("tokenizer_2");
     let tokenizer = T5Tokenizer::load(&dir).unwrap();
     let ids = tokenizer
         .encode(&"a very long prompt ".repeat(100), 16)
@@ -96,10 +84,7 @@ fn truncation_keeps_the_end_token() {
 #[test]
 fn hidden_states_match_every_reference_case() {
     for (case, tensors, _, encoder, ids) in t5_cases() {
-        let dir = fixtures()
-            .join("models-dit")
-            .join(&case.model)
-            .join(encoder);
+        let dir = dit_model_dir(&case.model).join(encoder);
         let model = T5Encoder::load(&dir, Variant::Auto, DType::F32, &Device::Cpu).unwrap();
         let input = tensors[ids].to_dtype(DType::U32).unwrap();
         let ours = model.forward(&input).unwrap();
@@ -107,23 +92,7 @@ fn hidden_states_match_every_reference_case() {
         let tokens = input.dim(1).unwrap();
         let rows = embeds.dim(1).unwrap();
         let reference = embeds.narrow(1, rows - tokens, tokens).unwrap();
-        let scale = reference
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1.0);
-        let diff = (ours - &reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(diff <= 1e-3 * scale, "{}: max |diff| {diff}", case.name);
+        assert_close(&case.name, &ours, &reference);
     }
 }
 

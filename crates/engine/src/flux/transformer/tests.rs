@@ -1,13 +1,8 @@
-use std::path::{Path, PathBuf};
-
 use candle_core::{DType, Device};
 use serde::Deserialize;
 
 use super::*;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use crate::test_support::{assert_close, dit_case_tensors, dit_cases, dit_model_dir};
 
 #[derive(Deserialize)]
 struct Case {
@@ -21,20 +16,12 @@ struct Case {
 /// pooled vector, sigma 0.625 and, for dev, the guidance) gives the reference's output.
 #[test]
 fn the_probe_matches_every_flux_case() {
-    let cases: Vec<Case> =
-        crate::config_files::read_json(&fixtures().join("cases-dit/cases.json")).unwrap();
+    let cases: Vec<Case> = dit_cases();
     let mut checked = 0;
     for case in cases.iter().filter(|c| c.model.contains("flux")) {
-        let dir = fixtures()
-            .join("models-dit")
-            .join(&case.model)
-            .join("transformer");
+        let dir = dit_model_dir(&case.model).join("transformer");
         let model = FluxTransformer::load(&dir, Variant::Auto, DType::F32, &Device::Cpu).unwrap();
-        let t = candle_core::safetensors::load(
-            fixtures().join(format!("cases-dit/{}.safetensors", case.name)),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let t = dit_case_tensors(&case.name);
         let scalar = |name: &str| t[name].to_vec1::<f32>().unwrap()[0];
         let guidance = t
             .contains_key("probe_guidance")
@@ -54,29 +41,7 @@ fn the_probe_matches_every_flux_case() {
             cols: case.width / 16,
         };
         let ours = model.forward(&t["probe_latents"], &inputs).unwrap();
-        let reference = &t["probe_out"];
-        assert_eq!(ours.dims(), reference.dims(), "{}", case.name);
-        let scale = reference
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1.0);
-        let diff = (ours - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            diff <= 1e-3 * scale,
-            "{}: max |diff| {diff} (scale {scale})",
-            case.name
-        );
+        assert_close(&case.name, &ours, &t["probe_out"]);
         checked += 1;
     }
     assert_eq!(checked, 4);

@@ -1,12 +1,7 @@
-use std::path::{Path, PathBuf};
-
 use candle_core::{Device, Tensor};
 
 use super::*;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use crate::test_support::{dit_case_tensors, dit_cases, dit_model_dir};
 
 #[derive(Deserialize)]
 struct Case {
@@ -22,11 +17,10 @@ struct Case {
 /// SD3's scheduler-spaced, twice-shifted range.
 #[test]
 fn sigmas_match_every_reference_case() {
-    let cases: Vec<Case> =
-        crate::config_files::read_json(&fixtures().join("cases-dit/cases.json")).unwrap();
+    let cases: Vec<Case> = dit_cases();
     assert!(cases.len() >= 8, "{} cases", cases.len());
     for case in cases {
-        let model = fixtures().join("models-dit").join(&case.model);
+        let model = dit_model_dir(&case.model);
         let config =
             FlowMatchConfig::from_file(&model.join("scheduler/scheduler_config.json")).unwrap();
         let spacing = if case.model.contains("sd3") {
@@ -36,11 +30,7 @@ fn sigmas_match_every_reference_case() {
         };
         let tokens = (case.height / 16) * (case.width / 16);
         let ours = FlowMatchEuler::new(&config, case.steps, spacing, tokens).unwrap();
-        let tensors = candle_core::safetensors::load(
-            fixtures().join(format!("cases-dit/{}.safetensors", case.name)),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let tensors = dit_case_tensors(&case.name);
         let reference: Vec<f32> = tensors["sigmas"].to_vec1().unwrap();
         assert_eq!(ours.sigmas().len(), reference.len(), "{}", case.name);
         for (a, b) in ours.sigmas().iter().zip(&reference) {
@@ -102,16 +92,7 @@ fn options_it_does_not_implement_are_refused_by_name() {
     std::fs::write(&path, r#"{"shift": 3.0, "use_karras_sigmas": true}"#).unwrap();
     let error = FlowMatchConfig::from_file(&path).unwrap_err().to_string();
     assert!(error.contains("use_karras_sigmas"), "{error}");
-    assert!(
-        FlowMatchEuler::new(
-            &FlowMatchConfig::from_file(
-                &fixtures().join("models-dit/tiny-flux-schnell/scheduler/scheduler_config.json")
-            )
-            .unwrap(),
-            0,
-            Spacing::Pipeline,
-            16
-        )
-        .is_err()
-    );
+    let schnell = dit_model_dir("tiny-flux-schnell").join("scheduler/scheduler_config.json");
+    let config = FlowMatchConfig::from_file(&schnell).unwrap();
+    assert!(FlowMatchEuler::new(&config, 0, Spacing::Pipeline, 16).is_err());
 }
