@@ -169,7 +169,10 @@ fn bad_input_exits_2_and_names_the_field() {
         .arg(&models)
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("size 16x16 has 256 pixels"));
+        .stderr(predicate::str::contains(
+            "size 16x16 is too small: tiny-sd takes 32x32 to 256x256",
+        ))
+        .stderr(predicate::str::contains("e.g. 64x64"));
     seedbed()
         .args(["generate", "x", "--size", "big", "--models-dir"])
         .arg(&models)
