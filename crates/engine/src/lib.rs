@@ -10,6 +10,7 @@ pub mod config_files;
 pub mod error;
 pub mod flux;
 pub(crate) mod image_ops;
+pub(crate) mod lru;
 pub mod model;
 /// Kernels, public for `benches/kernels.rs`.
 pub mod nn;
