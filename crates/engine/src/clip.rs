@@ -16,6 +16,7 @@ use candle_nn::{Embedding, VarBuilder};
 
 pub use config::{Activation, ClipConfig};
 
+use crate::nn::attention;
 use crate::nn::layers::{self, LayerNorm, Linear};
 use crate::weights::{NameScheme, Variant, build_component};
 
@@ -246,10 +247,9 @@ impl SelfAttention {
         })
     }
 
-    /// Masked attention written out here rather than through `nn::attention`, which has no
-    /// mask: with at most 77 tokens the full score matrix is small.
+    /// Causal attention over at most 77 tokens.
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (batch, tokens, hidden) = x.dims3()?;
+        let (batch, tokens, _) = x.dims3()?;
         let split = |t: Tensor| {
             t.reshape((batch, tokens, self.heads, self.head_dim))?
                 .transpose(1, 2)?
@@ -259,14 +259,7 @@ impl SelfAttention {
         let k = split(self.k_proj.forward(x)?)?;
         let v = split(self.v_proj.forward(x)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        // Scores and softmax in f32 whatever the weights' dtype, as the reference does
-        // (softmax with dtype=float32), so f16 stays stable.
-        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(mask)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(x.dtype())?;
-        let out = weights
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((batch, tokens, hidden))?;
+        let out = attention::with_bias(&q, &k, &v, scale, mask)?;
         self.out_proj.forward(&out)
     }
 }

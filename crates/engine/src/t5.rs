@@ -20,6 +20,7 @@ use candle_nn::{Embedding, VarBuilder};
 pub use config::T5Config;
 pub use tokenizer::T5Tokenizer;
 
+use crate::nn::attention;
 use crate::nn::layers::{self, Linear, RmsNorm};
 use crate::weights::{NameScheme, Variant, build_component};
 
@@ -188,7 +189,7 @@ impl Layer {
         x + self.wo.forward(&gated)?
     }
 
-    /// Unscaled scores plus the position bias, softmax in f32 (as transformers does).
+    /// Unscaled scores plus the position bias.
     fn attend(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let (batch, tokens, _) = x.dims3()?;
         let split = |t: Tensor| {
@@ -199,16 +200,8 @@ impl Layer {
         let q = split(self.q.forward(x)?)?;
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
-        let scores = q
-            .matmul(&k.t()?)?
-            .to_dtype(DType::F32)?
-            .broadcast_add(bias)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(x.dtype())?;
-        let out = weights.matmul(&v)?.transpose(1, 2)?.reshape((
-            batch,
-            tokens,
-            self.heads * self.head_dim,
-        ))?;
+        // T5 does not scale its scores.
+        let out = attention::with_bias(&q, &k, &v, 1.0, bias)?;
         self.o.forward(&out)
     }
 }

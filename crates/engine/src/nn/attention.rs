@@ -17,6 +17,21 @@ use rayon::prelude::*;
 use super::gemm;
 use super::math::exp;
 
+/// Attention for the short sequences of text encoders, with an additive `bias` on the scores
+/// (a causal mask, T5's position bias): `softmax(q k^T * scale + bias) v` for `(B, H, T, D)`
+/// inputs, the scores and the softmax in f32 whatever the inputs' dtype (as transformers
+/// computes them, so f16 stays stable), the result `(B, T, H * D)` in the inputs' dtype. The
+/// whole score matrix is formed: with at most a few hundred tokens it is small.
+pub fn with_bias(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: &Tensor) -> Result<Tensor> {
+    let (batch, heads, tokens, head_dim) = q.dims4()?;
+    let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(bias)?;
+    let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(q.dtype())?;
+    weights
+        .matmul(v)?
+        .transpose(1, 2)?
+        .reshape((batch, tokens, heads * head_dim))
+}
+
 /// Upper bound on the elements of one score block (batch x heads x chunk x keys): 64 Mi f32
 /// values = 256 MiB.
 const SCORE_BLOCK_ELEMENTS: usize = 64 * 1024 * 1024;
