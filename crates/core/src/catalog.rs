@@ -25,14 +25,18 @@ pub struct ModelDefaults {
 }
 
 impl ModelDefaults {
-    /// Turbo (adversarially distilled) models run in one step without guidance; the others
-    /// at the step counts and guidance their model cards recommend.
-    fn guess(name: &str, family: Family) -> Self {
+    /// What the model's family recommends (the engine reads it from the configs), except
+    /// that SD and SDXL Turbo (adversarially distilled, told apart only by name) run in one
+    /// step without guidance.
+    fn guess(name: &str, summary: &ModelSummary) -> Self {
         let turbo = name.to_ascii_lowercase().contains("turbo");
-        let (steps, guidance_scale) = match (turbo, family) {
-            (true, _) => (1, 0.0),
-            (false, Family::StableDiffusionXl) => (30, 5.0),
-            (false, Family::StableDiffusion) => (30, 7.5),
+        let (steps, guidance_scale) = if turbo && summary.family.is_unet() {
+            (1, 0.0)
+        } else {
+            (
+                summary.shape.default_steps,
+                summary.shape.default_guidance_scale,
+            )
         };
         Self {
             steps,
@@ -130,14 +134,14 @@ impl Catalog {
         let defaults = if overrides.is_file() {
             seedbed_engine::config_files::read_json(&overrides)?
         } else {
-            ModelDefaults::guess(name, summary.family)
+            ModelDefaults::guess(name, &summary)
         };
         Ok(ModelEntry {
             name: name.to_string(),
             path: path.to_path_buf(),
             family: summary.family,
-            native_size: defaults.native_size.unwrap_or(summary.native_size),
-            latent_factor: summary.latent_factor,
+            native_size: defaults.native_size.unwrap_or(summary.shape.native_size),
+            latent_factor: summary.shape.latent_factor,
             weights_bytes: summary.weights_bytes,
             defaults,
             max_reference_images: 1,

@@ -177,9 +177,6 @@ fn run_job(cache: &mut ModelCache, job: &DeviceJob) -> std::result::Result<(), D
         }),
         None => None,
     };
-    let scheduler = spec
-        .scheduler
-        .unwrap_or_else(|| pipeline.default_scheduler());
     for index in 0..job.images {
         if job.cancel.load(Ordering::SeqCst) {
             return Err(DeviceFailure::Cancelled);
@@ -192,8 +189,9 @@ fn run_job(cache: &mut ModelCache, job: &DeviceJob) -> std::result::Result<(), D
             height: spec.compute_height,
             steps: spec.steps as usize,
             guidance_scale: spec.guidance_scale,
-            scheduler,
+            scheduler: spec.scheduler,
             karras_sigmas: spec.karras_sigmas,
+            true_cfg_scale: spec.true_cfg_scale,
             seed,
             count: 1,
             init_image: init.clone(),

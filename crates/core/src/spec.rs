@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 
 use rand::Rng;
 use regex::Regex;
+use seedbed_engine::model::Family;
 use seedbed_engine::scheduler::SchedulerKind;
 use seedbed_types::{GenerationRequest, RawRequest, ResponseFormat, SequentialMode};
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,9 @@ pub struct LocalSpec {
     /// Karras sigmas for the sampler (also on when the model's scheduler config asks).
     #[serde(default)]
     pub karras_sigmas: bool,
+    /// FLUX's true classifier-free guidance (with a negative prompt); `None` is off.
+    #[serde(default)]
+    pub true_cfg_scale: Option<f64>,
     /// Image-to-image strength; used only with a reference image.
     pub strength: f64,
     /// Blob keys of the reference images, stored when the job was created.
@@ -184,6 +188,8 @@ pub fn validate(
             "Karras sigmas need euler, euler_a or dpmpp2m, not ddim.",
         ));
     }
+    let true_cfg_scale = request.true_cfg_scale;
+    family_options(model, scheduler, karras_sigmas, true_cfg_scale)?;
     let strength = request.strength.unwrap_or(0.8);
     if !(strength > 0.0 && strength <= 1.0) {
         return Err(CoreError::invalid(
@@ -191,7 +197,9 @@ pub fn validate(
             format!("strength {strength} must be in (0, 1]."),
         ));
     }
-    if !references.is_empty() && (f64::from(steps) * strength) < 1.0 {
+    // SD's img2img runs int(steps * strength) steps, which can be none; FLUX's runs
+    // steps - int(steps - steps * strength), at least one.
+    if !references.is_empty() && model.family.is_unet() && (f64::from(steps) * strength) < 1.0 {
         return Err(CoreError::invalid(
             "strength",
             format!("steps {steps} x strength {strength} leaves no step to run; raise either."),
@@ -236,6 +244,7 @@ pub fn validate(
             guidance_scale,
             scheduler,
             karras_sigmas,
+            true_cfg_scale,
             strength,
             reference_images: Vec::new(),
             output_format,
@@ -243,6 +252,47 @@ pub fn validate(
         }),
     };
     Ok((spec, references))
+}
+
+/// The options only some families take: the UNet samplers for SD and SDXL, true CFG for FLUX.
+fn family_options(
+    model: &ModelEntry,
+    scheduler: Option<SchedulerKind>,
+    karras_sigmas: bool,
+    true_cfg_scale: Option<f64>,
+) -> Result<()> {
+    let name = &model.name;
+    if !model.family.is_unet() {
+        if let Some(kind) = scheduler {
+            return Err(CoreError::invalid(
+                "scheduler",
+                format!(
+                    "scheduler `{}`: {name} samples with its own flow-match Euler schedule; \
+                     leave scheduler out.",
+                    kind.name()
+                ),
+            ));
+        }
+        if karras_sigmas {
+            return Err(CoreError::invalid(
+                "karras_sigmas",
+                format!("{name} samples with a flow-match schedule, which takes no Karras sigmas."),
+            ));
+        }
+    }
+    match true_cfg_scale {
+        Some(_) if model.family != Family::Flux => Err(CoreError::invalid(
+            "true_cfg_scale",
+            format!("{name} guides with guidance_scale; true_cfg_scale is for FLUX models."),
+        )),
+        Some(scale) if !(scale.is_finite() && (1.0..=MAX_GUIDANCE).contains(&scale)) => {
+            Err(CoreError::invalid(
+                "true_cfg_scale",
+                format!("true_cfg_scale {scale} must be between 1 and {MAX_GUIDANCE}."),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A request for a model an upstream serves: the upstream validates it; seedbed reads only what

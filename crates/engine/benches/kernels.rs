@@ -13,8 +13,8 @@ use seedbed_engine::nn::attention::scaled_dot_product;
 use seedbed_engine::nn::conv::Conv3x3;
 use seedbed_engine::nn::norm::GroupNormSilu;
 use seedbed_engine::nn::winograd;
-use seedbed_engine::tokenizer::ClipTokenizer;
-use seedbed_engine::unet::UNet;
+use seedbed_engine::sd::unet::UNet;
+use seedbed_engine::text::clip::tokenizer::ClipTokenizer;
 use seedbed_engine::weights::Variant;
 
 /// The repository's `fixtures/` folder (the tiny models and the CLIP tokenizer).

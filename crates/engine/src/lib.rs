@@ -5,7 +5,6 @@
 
 // What callers use (core, the CLI, the engine's benches and tests) is `pub`; the rest is the
 // engine's own.
-pub(crate) mod clip;
 pub mod config_files;
 pub mod error;
 pub mod flux;
@@ -19,13 +18,10 @@ pub mod output;
 pub mod parity;
 pub mod pipeline;
 pub mod scheduler;
+pub mod sd;
 pub(crate) mod shared;
-pub mod t5;
-pub(crate) mod text;
-/// Public for `benches/kernels.rs`.
-pub mod tokenizer;
-/// Public for `benches/kernels.rs`.
-pub mod unet;
+/// The text encoders (CLIP, T5) and their tokenizers; public for `benches/kernels.rs`.
+pub mod text;
 pub(crate) mod vae;
 pub mod weights;
 

@@ -1,25 +1,66 @@
-//! A diffusers model folder: `model_index.json` names the pipeline class and its components.
+//! A diffusers model folder: `model_index.json` names the pipeline class, and the class names
+//! the family that runs it. [`FAMILIES`] is the one table from class to family; a new family is
+//! a module of its own plus one row here.
 
 use std::path::Path;
 
 use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
+use crate::pipeline::{Generator, LoadOptions};
 
-pub const SUPPORTED_PIPELINES: [&str; 4] = [
-    "StableDiffusionPipeline",
-    "StableDiffusionImg2ImgPipeline",
-    "StableDiffusionXLPipeline",
-    "StableDiffusionXLImg2ImgPipeline",
-];
-
-/// The pipeline family, which decides how text is encoded and what the UNet is fed.
+/// The model families the engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    /// Stable Diffusion 1.x / 2.x (and SD-Turbo): one CLIP text encoder, last hidden state.
+    /// Stable Diffusion 1.x / 2.x (and SD-Turbo).
     StableDiffusion,
-    /// SDXL (and SDXL-Turbo): two text encoders, penultimate hidden states, pooled embeddings
-    /// and size/crop time ids.
+    /// SDXL (and SDXL-Turbo).
     StableDiffusionXl,
+    /// FLUX.1 [schnell] and [dev].
+    Flux,
+}
+
+impl Family {
+    /// Whether it denoises with a UNet and takes the UNet samplers (`scheduler`, Karras sigmas).
+    pub fn is_unet(self) -> bool {
+        matches!(self, Self::StableDiffusion | Self::StableDiffusionXl)
+    }
+
+    fn entry(self) -> &'static FamilyEntry {
+        FAMILIES
+            .iter()
+            .find(|entry| entry.family == self)
+            .expect("every family has a row in FAMILIES")
+    }
+}
+
+/// What a family module provides: the pipeline classes it runs, how to read a folder's shape
+/// from its configs alone, and how to load it.
+pub(crate) struct FamilyEntry {
+    pub family: Family,
+    pub classes: &'static [&'static str],
+    pub shape: fn(&Path) -> Result<ModelShape>,
+    pub load: fn(&Path, &ModelIndex, LoadOptions) -> Result<Box<dyn Generator>>,
+}
+
+const FAMILIES: [&FamilyEntry; 3] = [&crate::sd::SD, &crate::sd::SDXL, &crate::flux::FLUX];
+
+/// Every `_class_name` the engine runs.
+pub fn supported_classes() -> impl Iterator<Item = &'static str> {
+    FAMILIES
+        .iter()
+        .flat_map(|entry| entry.classes.iter().copied())
+}
+
+/// A family's reading of a folder's configs: sizes and the defaults its model cards recommend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelShape {
+    /// Training resolution (512 for SD 1.5, 1024 for SDXL and FLUX).
+    pub native_size: u32,
+    /// Pixels per latent token per side (8 for SD and SDXL, 16 for FLUX's 2x2 packing);
+    /// sizes must be multiples of it.
+    pub latent_factor: u32,
+    pub default_steps: u32,
+    pub default_guidance_scale: f64,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -33,37 +74,38 @@ pub struct ModelIndex {
 }
 
 impl ModelIndex {
-    /// Whether `class` is one of [`SUPPORTED_PIPELINES`] (the UNet families).
-    pub fn is_supported_class(class: &str) -> bool {
-        SUPPORTED_PIPELINES.contains(&class)
+    /// `dir/model_index.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        read_json(&dir.join("model_index.json"))
     }
 
-    pub fn family(&self, path: &Path) -> Result<Family> {
-        match self.class_name.as_str() {
-            "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" => {
-                Ok(Family::StableDiffusion)
-            }
-            "StableDiffusionXLPipeline" | "StableDiffusionXLImg2ImgPipeline" => {
-                Ok(Family::StableDiffusionXl)
-            }
-            other => Err(EngineError::UnsupportedPipeline {
-                path: path.to_path_buf(),
-                class: other.to_string(),
-                supported: SUPPORTED_PIPELINES.join(", "),
-            }),
-        }
+    /// The family that runs this class, or an error naming the classes that are supported.
+    pub fn family(&self, dir: &Path) -> Result<Family> {
+        FAMILIES
+            .iter()
+            .find(|entry| entry.classes.contains(&self.class_name.as_str()))
+            .map(|entry| entry.family)
+            .ok_or_else(|| EngineError::UnsupportedPipeline {
+                path: dir.join("model_index.json"),
+                class: self.class_name.clone(),
+                supported: supported_classes().collect::<Vec<_>>().join(", "),
+            })
     }
+}
+
+/// Load a folder with its family's pipeline.
+pub(crate) fn load(dir: &Path, options: LoadOptions) -> Result<(Family, Box<dyn Generator>)> {
+    let index = ModelIndex::read(dir)?;
+    let family = index.family(dir)?;
+    Ok((family, (family.entry().load)(dir, &index, options)?))
 }
 
 /// What a server needs to know about a model folder before loading it: read from the
 /// configs alone, no weights touched.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelSummary {
     pub family: Family,
-    /// Training resolution: UNet sample size x VAE factor (512 for SD 1.5, 1024 for SDXL).
-    pub native_size: u32,
-    /// Pixels per latent per side (8 for SD and SDXL); sizes must be multiples of it.
-    pub latent_factor: u32,
+    pub shape: ModelShape,
     /// Bytes of every `.safetensors` file under the folder: a bound on the memory the
     /// model takes once loaded.
     pub weights_bytes: u64,
@@ -71,16 +113,10 @@ pub struct ModelSummary {
 
 impl ModelSummary {
     pub fn read(dir: &Path) -> Result<Self> {
-        let index_path = dir.join("model_index.json");
-        let index: ModelIndex = read_json(&index_path)?;
-        let family = index.family(&index_path)?;
-        let unet = crate::unet::UNetConfig::load(&dir.join("unet").join("config.json"))?;
-        let vae = crate::vae::VaeConfig::load(&dir.join("vae").join("config.json"))?;
-        let latent_factor = 1u32 << vae.block_out_channels.len().saturating_sub(1);
+        let family = ModelIndex::read(dir)?.family(dir)?;
         Ok(Self {
             family,
-            native_size: unet.sample_size as u32 * latent_factor,
-            latent_factor,
+            shape: (family.entry().shape)(dir)?,
             weights_bytes: safetensors_bytes(dir),
         })
     }

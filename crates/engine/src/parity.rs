@@ -14,10 +14,11 @@ use candle_core::{DType, Device, Tensor};
 use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
 use crate::flux::pipeline::{FluxPipeline, FluxRun};
-use crate::model::ModelIndex;
-use crate::pipeline::{EncodedPrompts, LoadOptions, Pipeline, Run, Start};
+use crate::model::{Family, ModelIndex};
+use crate::pipeline::LoadOptions;
 use crate::scheduler::{NoiseSource, SchedulerKind, unset_init_noise_sigma};
-use crate::unet::AddedConditioning;
+use crate::sd::unet::AddedConditioning;
+use crate::sd::{EncodedPrompts, Run, SdPipeline, Start};
 
 /// One entry of `cases.json`.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -118,7 +119,7 @@ pub struct ParityRunner {
     image_tolerance: f64,
     stage_tolerance: f64,
     options: LoadOptions,
-    pipelines: HashMap<String, Pipeline>,
+    pipelines: HashMap<String, SdPipeline>,
     flux: HashMap<String, FluxPipeline>,
 }
 
@@ -154,12 +155,12 @@ impl ParityRunner {
     pub fn run(&mut self, case: &Case) -> CaseReport {
         let mut comparisons = Vec::new();
         let mut skipped = None;
-        let outcome = match self.class_of(&case.model) {
-            Ok(class) if class == "FluxPipeline" => self.check_flux(case, &mut comparisons),
-            Ok(class) if ModelIndex::is_supported_class(&class) => {
+        let outcome = match self.family_of(&case.model) {
+            Ok(Ok(Family::Flux)) => self.check_flux(case, &mut comparisons),
+            Ok(Ok(Family::StableDiffusion | Family::StableDiffusionXl)) => {
                 self.check(case, &mut comparisons)
             }
-            Ok(class) => {
+            Ok(Err(class)) => {
                 skipped = Some(format!("{class} is not supported yet"));
                 Ok(())
             }
@@ -173,10 +174,11 @@ impl ParityRunner {
         }
     }
 
-    /// The pipeline class a model folder names in its `model_index.json`.
-    fn class_of(&self, model: &str) -> Result<String> {
-        let index: ModelIndex = read_json(&self.models_dir.join(model).join("model_index.json"))?;
-        Ok(index.class_name)
+    /// The family of a model folder, or the class it names when no family runs it.
+    fn family_of(&self, model: &str) -> Result<std::result::Result<Family, String>> {
+        let dir = self.models_dir.join(model);
+        let index = ModelIndex::read(&dir)?;
+        Ok(index.family(&dir).map_err(|_| index.class_name))
     }
 
     fn flux(&mut self, model: &str) -> Result<&FluxPipeline> {
@@ -288,9 +290,9 @@ impl ParityRunner {
         Ok(CaseTensors { path, map })
     }
 
-    fn pipeline(&mut self, model: &str) -> Result<&Pipeline> {
+    fn pipeline(&mut self, model: &str) -> Result<&SdPipeline> {
         if !self.pipelines.contains_key(model) {
-            let pipeline = Pipeline::load(&self.models_dir.join(model), self.options.clone())?;
+            let pipeline = SdPipeline::load(&self.models_dir.join(model), self.options.clone())?;
             self.pipelines.insert(model.to_string(), pipeline);
         }
         Ok(&self.pipelines[model])
@@ -467,7 +469,7 @@ fn compare_text(
 
 /// One UNet call on the reference's own inputs, so a UNet error is told apart from a text one.
 fn probe_unet(
-    pipeline: &Pipeline,
+    pipeline: &SdPipeline,
     case: &Case,
     tensors: &HashMap<String, Tensor>,
     latents: &Tensor,

@@ -61,6 +61,10 @@ pub struct GenerationRequest {
     /// seedbed extension (local models): space the sampler's steps with Karras sigmas (euler,
     /// euler_a, dpmpp2m; not ddim); default false, or what the model's scheduler config says.
     pub karras_sigmas: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// seedbed extension (FLUX models): true classifier-free guidance, 1..=30. Above 1, with a
+    /// `negative_prompt`, each step runs the model on both prompts (twice the time); default off.
+    pub true_cfg_scale: Option<f64>,
 
     /// Everything else, including fields seedbed does not know (`tools`, `optimize_prompt`,
     /// `layer_decomposition`, ...), with `null`s dropped.

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use clap::Args;
-use seedbed_engine::noise::SeededNoise;
-use seedbed_engine::pipeline::{Run, Start};
 use seedbed_engine::scheduler::SchedulerKind;
 use seedbed_engine::{GenerateRequest, Pipeline};
 
@@ -72,20 +70,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let native = pipeline.native_size();
     let (width, height) = (args.width.unwrap_or(native), args.height.unwrap_or(native));
     // Validate the sizes and steps the same way generation does.
-    GenerateRequest {
-        prompt: String::new(),
-        negative_prompt: None,
-        width,
-        height,
-        steps: args.steps,
-        guidance_scale: 0.0,
-        scheduler: SchedulerKind::Euler,
-        karras_sigmas: false,
-        seed: 0,
-        count: 1,
-        init_image: None,
-    }
-    .validate(pipeline.latent_factor())?;
+    bench_request(&pipeline, width, height, args.steps).validate(pipeline.latent_factor())?;
 
     let mut samples = Vec::with_capacity(args.runs);
     for run in 0..=args.runs {
@@ -155,7 +140,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One text-to-image call (guidance 0, Euler) timed by stage.
+/// One text-to-image call at guidance 0 (Euler for the UNet families, whose diffusers
+/// counterpart is timed with it), timed by stage. Each run's prompt differs, so that no run
+/// reads another's encoding from a prompt cache.
 fn time_one(
     pipeline: &Pipeline,
     width: u32,
@@ -163,39 +150,38 @@ fn time_one(
     steps: usize,
     seed: u64,
 ) -> Result<Sample> {
+    let request = GenerateRequest {
+        prompt: format!("a photograph of an astronaut riding a horse, take {seed}"),
+        ..bench_request(pipeline, width, height, steps)
+    };
     let started = Instant::now();
-    let prompts =
-        pipeline.encode_prompts("a photograph of an astronaut riding a horse", None, 0.0)?;
-    let text_encode = started.elapsed();
-    let factor = pipeline.latent_factor();
-    let shape = [
-        1,
-        pipeline.unet().config().in_channels,
-        (height / factor) as usize,
-        (width / factor) as usize,
-    ];
-    let mut noise = SeededNoise::new(seed);
-    let initial = noise.randn(&shape, pipeline.device())?;
-    let output = pipeline.run(
-        Run {
-            prompts: &prompts,
-            guidance_scale: 0.0,
-            width,
-            height,
-            steps,
-            scheduler: SchedulerKind::Euler,
-            scheduler_config: pipeline.scheduler_config(),
-            karras_sigmas: false,
-            start: Start::Noise(initial),
-        },
-        &mut noise,
-        &mut |_, _| {},
-        &AtomicBool::new(false),
-    )?;
+    let mut images = pipeline.generate(&request, &mut |_| {}, &AtomicBool::new(false))?;
+    let total = started.elapsed();
+    let times = images
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("the engine returned no image"))?
+        .times;
     Ok(Sample {
-        text_encode,
-        denoise: output.denoise_time,
-        vae_decode: output.decode_time,
-        total: started.elapsed(),
+        text_encode: times.text_encode,
+        denoise: times.denoise,
+        vae_decode: times.decode,
+        total,
     })
+}
+
+fn bench_request(pipeline: &Pipeline, width: u32, height: u32, steps: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt: String::new(),
+        negative_prompt: None,
+        width,
+        height,
+        steps,
+        guidance_scale: 0.0,
+        scheduler: pipeline.family().is_unet().then_some(SchedulerKind::Euler),
+        karras_sigmas: false,
+        true_cfg_scale: None,
+        seed: 0,
+        count: 1,
+        init_image: None,
+    }
 }

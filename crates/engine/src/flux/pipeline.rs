@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{DType, Device, Tensor};
 
 use super::transformer::{FluxInputs, FluxTransformer};
-use crate::clip::ClipTextModel;
 use crate::error::{EngineError, Result};
 use crate::lru::Lru;
 use crate::pipeline::LoadOptions;
 use crate::scheduler::flow_match::{FlowMatchConfig, FlowMatchEuler, Spacing};
-use crate::t5::{T5Encoder, T5Tokenizer};
-use crate::tokenizer::ClipTokenizer;
+use crate::text::clip::ClipTextModel;
+use crate::text::clip::tokenizer::ClipTokenizer;
+use crate::text::t5::{T5Encoder, T5Tokenizer};
 use crate::vae::Vae;
 
 pub struct FluxPipeline {
@@ -72,8 +72,18 @@ impl FluxPipeline {
         })
     }
 
-    fn device(&self) -> &Device {
+    pub(super) fn device(&self) -> &Device {
         &self.options.device
+    }
+
+    /// Channels of the unpacked latents (16).
+    pub fn latent_channels(&self) -> usize {
+        self.vae.config().latent_channels
+    }
+
+    /// Pixels per unpacked latent per side (8).
+    pub fn vae_factor(&self) -> u32 {
+        self.vae.downscale_factor() as u32
     }
 
     /// [dev] has a guidance embedding; [schnell] does not.

@@ -29,8 +29,12 @@ pub struct GenerateRequest {
     pub steps: usize,
     /// Classifier-free guidance; values <= 1 run the conditional branch alone.
     pub guidance_scale: f64,
-    pub scheduler: SchedulerKind,
+    /// `None`: the model's own sampler. Only the UNet families offer a choice.
+    pub scheduler: Option<SchedulerKind>,
     pub karras_sigmas: bool,
+    /// FLUX's true classifier-free guidance: with a negative prompt and a value above 1, each
+    /// step runs the transformer on both prompts. `None` is off; the UNet families refuse it.
+    pub true_cfg_scale: Option<f64>,
     /// Image `i` uses seed `seed + i`, so each image can be reproduced alone.
     pub seed: u64,
     pub count: usize,
@@ -72,6 +76,14 @@ impl GenerateRequest {
                     "{} must be between 0 and {MAX_GUIDANCE}",
                     self.guidance_scale
                 ),
+            ));
+        }
+        if let Some(scale) = self.true_cfg_scale
+            && !(scale.is_finite() && (1.0..=MAX_GUIDANCE).contains(&scale))
+        {
+            return Err(EngineError::invalid(
+                "true_cfg_scale",
+                format!("{scale} must be between 1 and {MAX_GUIDANCE}"),
             ));
         }
         if self.count == 0 || self.count > MAX_IMAGES {
@@ -131,7 +143,8 @@ mod tests {
             height: 512,
             steps: 4,
             guidance_scale: 7.5,
-            scheduler: SchedulerKind::Euler,
+            scheduler: Some(SchedulerKind::Euler),
+            true_cfg_scale: None,
             karras_sigmas: false,
             seed: 1,
             count: 1,

@@ -28,14 +28,33 @@ fn unknown_pipeline_class() {
     let index = dir.join("model_index.json");
     let text = fs::read_to_string(&index)
         .unwrap()
-        .replace("StableDiffusionPipeline", "FluxPipeline");
+        .replace("StableDiffusionPipeline", "WanPipeline");
     fs::write(&index, text).unwrap();
     let err = load_error(&dir);
     assert!(
         matches!(err, EngineError::UnsupportedPipeline { .. }),
         "{err}"
     );
-    assert!(err.to_string().contains("FluxPipeline"), "{err}");
+    // The error names the class and what is supported instead.
+    let message = err.to_string();
+    for class in ["WanPipeline", "StableDiffusionXLPipeline", "FluxPipeline"] {
+        assert!(message.contains(class), "{message}");
+    }
+}
+
+/// A class the engine runs, over components of another family: the missing file is named.
+#[test]
+fn class_and_components_that_disagree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = copy_model("tiny-sd", tmp.path());
+    let index = dir.join("model_index.json");
+    let text = fs::read_to_string(&index)
+        .unwrap()
+        .replace("StableDiffusionPipeline", "FluxPipeline");
+    fs::write(&index, text).unwrap();
+    let err = load_error(&dir);
+    assert!(matches!(err, EngineError::MissingFile { .. }), "{err}");
+    assert!(err.to_string().contains("transformer"), "{err}");
 }
 
 #[test]
@@ -129,7 +148,7 @@ fn fp16_variant_and_bf16_files_load() {
         "model.fp16.safetensors",
         DType::F16,
     );
-    let pipeline = Pipeline::load(&dir, LoadOptions::default()).unwrap();
+    let pipeline = seedbed_engine::sd::SdPipeline::load(&dir, LoadOptions::default()).unwrap();
     let prompts = pipeline.encode_prompts("a fox", None, 0.0).unwrap();
     assert_eq!(prompts.cond.embeds.dims(), &[1, 77, 32]);
 }

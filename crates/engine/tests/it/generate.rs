@@ -1,6 +1,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use seedbed_engine::model::Family;
 use seedbed_engine::scheduler::SchedulerKind;
+use seedbed_engine::sd::SdPipeline;
 use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline};
 
 use crate::models;
@@ -17,8 +19,9 @@ fn request(scheduler: SchedulerKind) -> GenerateRequest {
         height: 48,
         steps: 3,
         guidance_scale: 5.0,
-        scheduler,
+        scheduler: Some(scheduler),
         karras_sigmas: false,
+        true_cfg_scale: None,
         seed: 42,
         count: 1,
         init_image: None,
@@ -39,8 +42,10 @@ fn model_facts_come_from_its_configs() {
     let sd = tiny_sd();
     assert_eq!(sd.native_size(), 64);
     assert_eq!(sd.latent_factor(), 8);
+    assert_eq!(sd.family(), Family::StableDiffusion);
+    let sd = SdPipeline::load(&models().join("tiny-sd"), LoadOptions::default()).unwrap();
     assert_eq!(sd.default_scheduler(), SchedulerKind::Ddim);
-    let xl = Pipeline::load(&models().join("tiny-sdxl"), LoadOptions::default()).unwrap();
+    let xl = SdPipeline::load(&models().join("tiny-sdxl"), LoadOptions::default()).unwrap();
     assert_eq!(xl.default_scheduler(), SchedulerKind::Euler);
 }
 
@@ -158,6 +163,7 @@ fn guidance_at_or_below_one_runs_one_branch() {
         ..a.clone()
     };
     assert_eq!(run(&pipeline, &a), run(&pipeline, &b));
+    let pipeline = SdPipeline::load(&models().join("tiny-sd"), LoadOptions::default()).unwrap();
     let prompts = pipeline.encode_prompts("x", None, 1.0).unwrap();
     assert!(prompts.uncond.is_none());
     let prompts = pipeline.encode_prompts("x", None, 1.5).unwrap();
@@ -177,6 +183,7 @@ fn sdxl_generates_with_and_without_guidance() {
         assert_eq!(images[0].dimensions(), (64, 48));
     }
     // SDXL asks for zeros, not the encoded empty string, when no negative prompt is given.
+    let pipeline = SdPipeline::load(&models().join("tiny-sdxl"), LoadOptions::default()).unwrap();
     let prompts = pipeline.encode_prompts("x", None, 5.0).unwrap();
     let uncond = prompts.uncond.unwrap();
     let max = uncond
@@ -214,6 +221,13 @@ fn invalid_requests_name_the_field() {
                 ..request(SchedulerKind::Euler)
             },
             "count",
+        ),
+        (
+            GenerateRequest {
+                true_cfg_scale: Some(4.0),
+                ..request(SchedulerKind::Euler)
+            },
+            "true_cfg_scale",
         ),
     ];
     for (req, field) in cases {

@@ -2,6 +2,7 @@
 
 mod broken_models;
 mod generate;
+mod generate_flux;
 mod parity;
 mod shared_components;
 
@@ -13,6 +14,11 @@ pub fn fixtures() -> PathBuf {
 
 pub fn models() -> PathBuf {
     fixtures().join("models")
+}
+
+/// The tiny FLUX, Z-Image and SD3 pipelines.
+pub fn dit_models() -> PathBuf {
+    fixtures().join("models-dit")
 }
 
 /// Copy a model folder into `dest` so a test can break it.

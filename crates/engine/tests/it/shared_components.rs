@@ -6,7 +6,8 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::DType;
 use seedbed_engine::scheduler::SchedulerKind;
-use seedbed_engine::{GenerateRequest, LoadOptions, Pipeline};
+use seedbed_engine::sd::SdPipeline;
+use seedbed_engine::{GenerateRequest, LoadOptions};
 
 use crate::{copy_model, models};
 
@@ -24,8 +25,8 @@ fn identical_files_are_loaded_once_and_copies_are_not_confused() {
         )
         .unwrap();
     }
-    let original = Pipeline::load(&models().join("tiny-sd"), LoadOptions::default()).unwrap();
-    let second = Pipeline::load(&copy, LoadOptions::default()).unwrap();
+    let original = SdPipeline::load(&models().join("tiny-sd"), LoadOptions::default()).unwrap();
+    let second = SdPipeline::load(&copy, LoadOptions::default()).unwrap();
     assert!(ptr::eq(original.unet(), second.unet()));
     assert!(ptr::eq(original.vae(), second.vae()));
     // A copied file is a different file: keys are files, not contents.
@@ -39,7 +40,7 @@ fn identical_files_are_loaded_once_and_copies_are_not_confused() {
         dtype: DType::BF16,
         ..LoadOptions::default()
     };
-    let bf16 = Pipeline::load(&copy, options).unwrap();
+    let bf16 = SdPipeline::load(&copy, options).unwrap();
     assert!(!ptr::eq(original.unet(), bf16.unet()));
 
     // The second pipeline keeps working after the first one is dropped.
@@ -51,7 +52,8 @@ fn identical_files_are_loaded_once_and_copies_are_not_confused() {
         height: 64,
         steps: 2,
         guidance_scale: 1.0,
-        scheduler: SchedulerKind::Euler,
+        scheduler: Some(SchedulerKind::Euler),
+        true_cfg_scale: None,
         karras_sigmas: false,
         seed: 1,
         count: 1,

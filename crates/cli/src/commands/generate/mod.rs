@@ -113,11 +113,18 @@ pub struct GenerateArgs {
     #[arg(long)]
     steps: Option<u32>,
 
-    /// Classifier-free guidance scale; <= 1 disables guidance [default: from the model].
+    /// Classifier-free guidance scale; <= 1 disables guidance [default: from the model]. For
+    /// FLUX.1 [dev] the distilled guidance the model is fed (3.5); [schnell] ignores it.
     #[arg(long)]
     guidance: Option<f64>,
 
-    /// Sampler: ddim, euler, euler_a or dpmpp2m [default: the model's scheduler config].
+    /// FLUX only: true classifier-free guidance with --negative-prompt, 1..=30; above 1 each
+    /// step runs the model twice [default: off].
+    #[arg(long, value_name = "SCALE")]
+    true_cfg_scale: Option<f64>,
+
+    /// SD/SDXL sampler: ddim, euler, euler_a or dpmpp2m [default: the model's scheduler
+    /// config]. FLUX always uses flow-match Euler.
     #[arg(long)]
     scheduler: Option<SchedulerKind>,
 
@@ -125,7 +132,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     karras: bool,
 
-    /// What to steer away from (used when guidance > 1).
+    /// What to steer away from (used when guidance > 1; for FLUX, with --true-cfg-scale).
     #[arg(long)]
     negative_prompt: Option<String>,
 

@@ -154,6 +154,7 @@ pub fn build(args: &GenerateArgs, format: Option<Format>) -> Result<GenerationRe
         scheduler: args.scheduler.map(|s| s.name().to_string()),
         strength: args.strength,
         karras_sigmas: args.karras.then_some(true),
+        true_cfg_scale: args.true_cfg_scale,
         ..GenerationRequest::default()
     })
 }

@@ -8,6 +8,7 @@
 mod config;
 #[cfg(test)]
 mod tests;
+pub mod tokenizer;
 
 use std::path::Path;
 

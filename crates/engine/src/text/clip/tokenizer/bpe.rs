@@ -309,7 +309,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use crate::test_support::fixtures_dir;
-    use crate::tokenizer::ClipTokenizer;
+    use crate::text::clip::tokenizer::ClipTokenizer;
 
     fn clip_bpe() -> Bpe {
         ClipTokenizer::from_dir(&fixtures_dir().join("clip-tokenizer"))

@@ -15,7 +15,7 @@ use crate::weights::Variant;
 
 fn testdata(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("src/clip/testdata")
+        .join("src/text/clip/testdata")
         .join(name)
 }
 

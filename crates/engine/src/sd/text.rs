@@ -1,4 +1,4 @@
-//! Prompt encoding per pipeline family.
+//! Prompt encoding for SD and SDXL.
 //!
 //! SD 1.x / 2.x condition on the last hidden state of their one CLIP encoder. SDXL conditions
 //! on the penultimate hidden states of both encoders, concatenated, plus the projected pooled
@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::clip::ClipTextModel;
+use super::SdKind;
 use crate::error::Result;
-use crate::model::Family;
 use crate::shared::load_shared;
-use crate::tokenizer::ClipTokenizer;
+use crate::text::clip::ClipTextModel;
+use crate::text::clip::tokenizer::ClipTokenizer;
 use crate::weights::Variant;
 
 pub struct PromptEmbedding {
@@ -45,7 +45,7 @@ impl Encoder {
         })
     }
 
-    fn run(&self, prompt: &str, device: &Device) -> Result<crate::clip::ClipOutput> {
+    fn run(&self, prompt: &str, device: &Device) -> Result<crate::text::clip::ClipOutput> {
         let ids = self.tokenizer.encode(prompt);
         let ids = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
         Ok(self.model.forward(&ids)?)
@@ -53,7 +53,7 @@ impl Encoder {
 }
 
 pub struct TextEncoder {
-    family: Family,
+    kind: SdKind,
     first: Encoder,
     second: Option<Encoder>,
     device: Device,
@@ -63,20 +63,18 @@ impl TextEncoder {
     /// Loads `tokenizer/` + `text_encoder/` (and `_2` for SDXL) from the model folder.
     pub fn load(
         model_dir: &Path,
-        family: Family,
+        kind: SdKind,
         variant: Variant,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
         let first = Encoder::load(model_dir, "", variant, dtype, device)?;
-        let second = match family {
-            Family::StableDiffusion => None,
-            Family::StableDiffusionXl => {
-                Some(Encoder::load(model_dir, "_2", variant, dtype, device)?)
-            }
+        let second = match kind {
+            SdKind::Sd => None,
+            SdKind::Xl => Some(Encoder::load(model_dir, "_2", variant, dtype, device)?),
         };
         Ok(Self {
-            family,
+            kind,
             first,
             second,
             device: device.clone(),
@@ -101,8 +99,8 @@ impl TextEncoder {
 
     pub fn encode(&self, prompt: &str) -> Result<PromptEmbedding> {
         let first = self.first.run(prompt, &self.device)?;
-        match (&self.family, &self.second) {
-            (Family::StableDiffusionXl, Some(second_encoder)) => {
+        match (&self.kind, &self.second) {
+            (SdKind::Xl, Some(second_encoder)) => {
                 let second = second_encoder.run(prompt, &self.device)?;
                 let embeds = Tensor::cat(
                     &[
@@ -129,10 +127,10 @@ mod tests {
     use super::*;
     use crate::test_support::{assert_close, case_tensors, model_dir};
 
-    fn encoder(model: &str, family: Family) -> TextEncoder {
+    fn encoder(model: &str, kind: SdKind) -> TextEncoder {
         TextEncoder::load(
             &model_dir(model),
-            family,
+            kind,
             Variant::Auto,
             DType::F32,
             &Device::Cpu,
@@ -142,7 +140,7 @@ mod tests {
 
     #[test]
     fn sd_prompt_embeddings_match_reference() {
-        let text = encoder("tiny-sd", Family::StableDiffusion);
+        let text = encoder("tiny-sd", SdKind::Sd);
         let case = case_tensors("sd-ddim-cfg");
         let ours = text
             .encode("a photograph of an astronaut riding a horse")
@@ -159,7 +157,7 @@ mod tests {
 
     #[test]
     fn sdxl_prompt_embeddings_match_reference() {
-        let text = encoder("tiny-sdxl", Family::StableDiffusionXl);
+        let text = encoder("tiny-sdxl", SdKind::Xl);
         let case = case_tensors("sdxl-euler-turbo");
         let ours = text.encode("a cinematic photo of a lighthouse").unwrap();
         assert_close("prompt_embeds", &ours.embeds, &case["prompt_embeds"]);

@@ -3,8 +3,8 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::text::PromptEmbedding;
-use crate::unet::AddedConditioning;
+use crate::sd::text::PromptEmbedding;
+use crate::sd::unet::AddedConditioning;
 
 /// The encoded prompt and, under guidance, the encoded negative prompt.
 pub struct EncodedPrompts {

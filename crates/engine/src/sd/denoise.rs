@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 use super::conditioning::Conditioning;
 use crate::error::{EngineError, Result};
 use crate::scheduler::{NoiseSource, Scheduler};
-use crate::unet::UNet;
+use crate::sd::unet::UNet;
 
 pub struct Denoise<'a> {
     pub unet: &'a UNet,

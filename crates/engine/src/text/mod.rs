@@ -1,0 +1,4 @@
+//! Text encoders and their tokenizers, shared by the families that condition on them.
+
+pub mod clip;
+pub mod t5;
