@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# Time diffusers and seedbed on the same SD-Turbo-shaped model (random weights, real layer
-# sizes), same threads, 512x512, 1 step, and print the ratios. Results go in bench/RESULTS.md.
+# Time diffusers and seedbed on the same model with random weights at real layer sizes, same threads,
+# and print the ratios. Results go in bench/RESULTS.md.
 #
-#   bash bench/compare_diffusers.sh [MODEL_DIR]   (default: target/sd-turbo-shaped, built if missing)
-# Environment: THREADS (default: all cores), RUNS (3), SIZE (512), STEPS (1),
-#              PYTHON (a python with torch + diffusers; default .venv-bench, created if missing).
+#   bash bench/compare_diffusers.sh [MODEL_DIR]
+#     default target/sd-turbo-shaped (SD-Turbo-shaped, 512x512, 1 step);
+#     target/flux-shaped, or any folder whose name contains "flux", is a FLUX.1-schnell-shaped one
+#     (bench/make_flux_shaped.py: real widths, 2 double + 4 single blocks, T5 with 4 layers), 4 steps.
+#     A missing folder is built first. (As of this script's FLUX support, `seedbed bench` itself loads only
+#     the UNet pipelines: for a FLUX folder the diffusers half runs, the seedbed half needs the CLI to follow.)
+# Environment: MODEL (instead of the argument), THREADS (default: all cores), RUNS (3), SIZE (512),
+#              STEPS (1 for SD, 4 for FLUX), PYTHON (a python with torch + diffusers; default .venv-bench,
+#              created if missing). FLUX runs with guidance 0 and T5 padded to 256 tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=${1:-target/sd-turbo-shaped}
+model=${1:-${MODEL:-target/sd-turbo-shaped}}
 threads=${THREADS:-$(nproc)}
 runs=${RUNS:-3}
 size=${SIZE:-512}
-steps=${STEPS:-1}
 python=${PYTHON:-.venv-bench/bin/python}
 if [ ! -x "$python" ]; then
   python3 -m venv .venv-bench
-  .venv-bench/bin/pip install -q torch diffusers transformers safetensors numpy
+  .venv-bench/bin/pip install -q torch diffusers transformers safetensors numpy sentencepiece protobuf
   python=.venv-bench/bin/python
 fi
 if [ ! -f "$model/model_index.json" ]; then
-  "$python" bench/make_sd_turbo_shaped.py fixtures "$model"
+  case "$(basename "$model")" in
+    *flux*) "$python" bench/make_flux_shaped.py "$model" ;;
+    *) "$python" bench/make_sd_turbo_shaped.py fixtures "$model" ;;
+  esac
+fi
+if grep -q '"FluxPipeline"' "$model/model_index.json"; then
+  steps=${STEPS:-4}
+else
+  steps=${STEPS:-1}
 fi
 cargo build --release -q -p seedbed
 export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads

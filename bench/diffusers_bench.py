@@ -1,16 +1,21 @@
-"""Time diffusers' StableDiffusionPipeline stage by stage, the way `seedbed bench` does:
-one warm-up and R timed text-to-image runs (guidance 0, Euler), medians per stage, fp32, CPU.
+"""Time diffusers stage by stage, the way `seedbed bench` does: one warm-up and R timed text-to-image runs,
+medians per stage, fp32, CPU. The pipeline is the one the folder's model_index.json names:
+- StableDiffusionPipeline: guidance 0, Euler (the folder's scheduler config);
+- FluxPipeline: guidance 0 (used only by a model with a guidance embedding), the folder's flow-match Euler
+  scheduler with the pipeline's own sigmas and shift, T5 padded to --max-sequence-length (256, as schnell).
 
     python bench/diffusers_bench.py MODEL_DIR --width 512 --height 512 --steps 1 --runs 3 --threads 2
-Prints one JSON line with text_encode_s, denoise_s, vae_decode_s, total_s.
+Prints one JSON line with text_encode_s, denoise_s, vae_decode_s, total_s (medians), load_s.
 """
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
+import numpy as np
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
 parser = argparse.ArgumentParser()
 parser.add_argument("model_dir")
@@ -19,18 +24,27 @@ parser.add_argument("--height", type=int, default=512)
 parser.add_argument("--steps", type=int, default=1)
 parser.add_argument("--runs", type=int, default=3)
 parser.add_argument("--threads", type=int, default=2)
+parser.add_argument("--max-sequence-length", type=int, default=256, help="FLUX: T5 token count")
 args = parser.parse_args()
 
+with open(os.path.join(args.model_dir, "model_index.json")) as f:
+    pipeline_class = json.load(f)["_class_name"]
 torch.set_num_threads(args.threads)
-started = time.perf_counter()
-pipe = StableDiffusionPipeline.from_pretrained(args.model_dir, torch_dtype=torch.float32, safety_checker=None)
-pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-load_s = time.perf_counter() - started
 prompt = "a photograph of an astronaut riding a horse"
+started = time.perf_counter()
+if pipeline_class == "FluxPipeline":
+    from diffusers import FluxPipeline
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+    pipe = FluxPipeline.from_pretrained(args.model_dir, torch_dtype=torch.float32)
+else:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(args.model_dir, torch_dtype=torch.float32, safety_checker=None)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+load_s = time.perf_counter() - started
 
 
 @torch.no_grad()
-def run(seed):
+def run_sd(seed):
     t0 = time.perf_counter()
     embeds, _ = pipe.encode_prompt(prompt, "cpu", 1, False)
     t1 = time.perf_counter()
@@ -47,6 +61,40 @@ def run(seed):
     return {"text_encode_s": t1 - t0, "denoise_s": t2 - t1, "vae_decode_s": t3 - t2, "total_s": t3 - t0}
 
 
+@torch.no_grad()
+def run_flux(seed):
+    """What FluxPipeline.__call__ does (guidance 0, no true CFG), split at the stage boundaries."""
+    t0 = time.perf_counter()
+    embeds, pooled, text_ids = pipe.encode_prompt(prompt, None, device="cpu",
+                                                  max_sequence_length=args.max_sequence_length)
+    t1 = time.perf_counter()
+    h, w = 2 * (args.height // 16), 2 * (args.width // 16)  # latent size, even
+    g = torch.Generator().manual_seed(seed)
+    latents = pipe._pack_latents(torch.randn(1, 16, h, w, generator=g), 1, 16, h, w)
+    img_ids = pipe._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
+    config = pipe.scheduler.config
+    mu = calculate_shift(latents.shape[1], config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                         config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+    sigmas = np.linspace(1.0, 1 / args.steps, args.steps)
+    timesteps, _ = retrieve_timesteps(pipe.scheduler, args.steps, "cpu", sigmas=sigmas, mu=mu)
+    guidance = torch.full([1], 0.0) if pipe.transformer.config.guidance_embeds else None
+    for t in timesteps:
+        velocity = pipe.transformer(hidden_states=latents, timestep=t.expand(1).to(latents.dtype) / 1000,
+                                    guidance=guidance, pooled_projections=pooled, encoder_hidden_states=embeds,
+                                    txt_ids=text_ids, img_ids=img_ids, return_dict=False)[0]
+        latents = pipe.scheduler.step(velocity, t, latents, return_dict=False)[0]
+    t2 = time.perf_counter()
+    latents = pipe._unpack_latents(latents, args.height, args.width, pipe.vae_scale_factor)
+    latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+    image = pipe.vae.decode(latents, return_dict=False)[0]
+    pixels = pipe.image_processor.postprocess(image, output_type="np")
+    t3 = time.perf_counter()
+    if not np.isfinite(pixels).all() or not torch.isfinite(latents).all():
+        print("warning: non-finite latents or pixels", file=sys.stderr)
+    return {"text_encode_s": t1 - t0, "denoise_s": t2 - t1, "vae_decode_s": t3 - t2, "total_s": t3 - t0}
+
+
+run = run_flux if pipeline_class == "FluxPipeline" else run_sd
 run(0)
 samples = [run(i + 1) for i in range(args.runs)]
 report = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
