@@ -11,9 +11,11 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 
+mod flux;
+
 use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
-use crate::flux::pipeline::{FluxPipeline, FluxRun};
+use crate::flux::pipeline::FluxPipeline;
 use crate::model::{Family, ModelIndex};
 use crate::pipeline::LoadOptions;
 use crate::scheduler::{NoiseSource, SchedulerKind, unset_init_noise_sigma};
@@ -187,96 +189,6 @@ impl ParityRunner {
             self.flux.insert(model.to_string(), pipeline);
         }
         Ok(&self.flux[model])
-    }
-
-    /// A FLUX case: token ids, both prompt encodings, one transformer call, the final latents
-    /// from the reference's own noise, the image from the reference's final latents.
-    fn check_flux(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
-        let case_tensors = self.tensors(case)?;
-        let (tensors, get) = (&case_tensors.map, |name: &str| case_tensors.get(name));
-        let (image_bound, stage) = (
-            Bound::Absolute(self.image_tolerance),
-            Bound::Relative(self.stage_tolerance),
-        );
-        let device = self.options.device.clone();
-        let pipeline = self.flux(&case.model)?;
-        let length = case
-            .max_sequence_length
-            .unwrap_or_else(|| pipeline.default_max_sequence_length());
-        let (clip_ids, t5_ids) = pipeline.token_ids(&case.prompt, length)?;
-        check_tokens(&clip_ids, &get("prompt_token_ids")?)?;
-        check_tokens(&t5_ids, &get("prompt_token_ids_2")?)?;
-        let prompt = pipeline.encode(&case.prompt, length)?;
-        out.push(compare(
-            "text",
-            "prompt_embeds",
-            &prompt.text,
-            &get("prompt_embeds")?,
-            stage,
-        )?);
-        out.push(compare(
-            "text",
-            "pooled_prompt_embeds",
-            &prompt.pooled,
-            &get("pooled_prompt_embeds")?,
-            stage,
-        )?);
-        let negative = match (&case.negative_prompt, case.true_cfg_scale) {
-            (Some(negative), Some(scale)) if scale > 1.0 => {
-                Some((pipeline.encode(negative, length)?, scale))
-            }
-            _ => None,
-        };
-        if let (Some(latents), Some(timestep)) =
-            (tensors.get("probe_latents"), tensors.get("probe_timestep"))
-        {
-            let sigma = timestep.flatten_all()?.to_vec1::<f32>()?[0];
-            let guidance = match tensors.get("probe_guidance") {
-                Some(g) => Some(g.flatten_all()?.to_vec1::<f32>()?[0]),
-                None => None,
-            };
-            let probe = pipeline.probe(
-                &prompt,
-                &latents.to_device(&device)?,
-                sigma,
-                guidance,
-                case.height,
-                case.width,
-            )?;
-            out.push(compare(
-                "transformer probe",
-                "probe_out",
-                &probe,
-                &get("probe_out")?,
-                stage,
-            )?);
-        }
-        let noise = get("initial_latents")?.to_device(&device)?;
-        let run = FluxRun {
-            prompt: &prompt,
-            negative: negative.as_ref().map(|(prompt, scale)| (prompt, *scale)),
-            noise: &noise,
-            steps: case.steps,
-            guidance: case.guidance_scale,
-            image: None,
-        };
-        let latents = pipeline.denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))?;
-        out.push(compare(
-            "latents",
-            "final_latents",
-            &latents,
-            &get("final_latents")?,
-            stage,
-        )?);
-        let decoded = pipeline.decode(&get("final_latents")?.to_device(&device)?)?;
-        out.push(compare(
-            "image",
-            "image",
-            &decoded.squeeze(0)?,
-            &get("image")?,
-            image_bound,
-        )?);
-        Ok(())
     }
 
     fn tensors(&self, case: &Case) -> Result<CaseTensors> {

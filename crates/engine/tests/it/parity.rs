@@ -52,6 +52,38 @@ fn dit_reference_cases_pass_or_are_skipped() {
     assert_eq!(passed.len(), 4, "{passed:?}");
 }
 
+/// Our own FLUX cases (`tools/dit/cases_own.json`): image-to-image, a prompt past both
+/// tokenizers' lengths, other sizes and T5 lengths.
+#[test]
+fn own_flux_cases_pass_every_stage() {
+    let cases_dir = fixtures().join("cases-dit-own");
+    let cases = read_cases(&cases_dir).unwrap();
+    assert_eq!(cases.len(), 4);
+    let mut runner = ParityRunner::new(
+        &cases_dir,
+        &fixtures().join("models-dit"),
+        4e-3,
+        LoadOptions::default(),
+    );
+    for case in &cases {
+        let report = runner.run(case);
+        println!("{}", report.line());
+        assert!(report.passed(), "{}", report.line());
+        let stages: Vec<_> = report.comparisons.iter().map(|c| c.stage).collect();
+        let mut expected = vec!["text", "transformer probe", "latents", "image"];
+        if case.init_image == Some(true) {
+            expected.extend(["init image", "image latents"]);
+        }
+        for stage in expected {
+            assert!(
+                stages.contains(&stage),
+                "{}: {stage} not compared",
+                case.name
+            );
+        }
+    }
+}
+
 fn assert_cases_pass(cases_dir: &std::path::Path, expected: usize) {
     let cases = read_cases(cases_dir).unwrap();
     assert_eq!(cases.len(), expected);
