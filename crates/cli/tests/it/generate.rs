@@ -507,3 +507,74 @@ fn open_hands_the_files_to_the_opener() {
         "seedbed-1.jpeg\nseedbed-2.jpeg\n"
     );
 }
+
+/// FLUX locally: `models list` shows the family and its defaults, `generate` makes the file,
+/// and the DiT folders no family runs yet are named, not hidden.
+#[test]
+fn flux_models_list_and_generate_locally() {
+    let models = fixtures().join("models-dit");
+    let listed = seedbed()
+        .args(["models", "list", "--models-dir"])
+        .arg(&models)
+        .assert()
+        .success();
+    let output = listed.get_output();
+    let table = String::from_utf8_lossy(&output.stdout);
+    let row = |name: &str| {
+        let line = table.lines().find(|l| l.starts_with(name)).unwrap_or("");
+        line.split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(row("tiny-flux-schnell "), "- Flux 1024x1024 4 0", "{table}");
+    assert_eq!(row("tiny-flux-dev "), "- Flux 1024x1024 28 3.5", "{table}");
+    let warnings = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        warnings.contains("tiny-zimage cannot be served") && warnings.contains("ZImagePipeline"),
+        "{warnings}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    seedbed()
+        .current_dir(dir.path())
+        .args([
+            "generate",
+            "a red fox",
+            "-m",
+            "tiny-flux-schnell",
+            "--size",
+            "512x512",
+        ])
+        .args([
+            "--seed",
+            "1",
+            "--steps",
+            "2",
+            "-o",
+            "fox.png",
+            "--models-dir",
+        ])
+        .arg(&models)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("seed 1, 512x512"));
+    let picture = image::open(dir.path().join("fox.png")).unwrap();
+    assert_eq!((picture.width(), picture.height()), (512, 512));
+    // A UNet sampler is refused by name before anything loads.
+    seedbed()
+        .current_dir(dir.path())
+        .args([
+            "generate",
+            "x",
+            "-m",
+            "tiny-flux-schnell",
+            "--scheduler",
+            "ddim",
+        ])
+        .arg("--models-dir")
+        .arg(&models)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("flow-match Euler"));
+}

@@ -1,6 +1,8 @@
 """Drive a running seedbed with the official Python SDKs and the brief's examples.
 
-Usage: conformance.py BASE_URL API_KEY MODEL
+Usage: conformance.py BASE_URL API_KEY MODEL [FLUX_MODEL]
+
+With FLUX_MODEL, the SDKs also drive a FLUX.1 model through the same calls.
 
 Each check prints one line; the last line is "N passed, N failed"; the exit status is 0
 only when every check passed.
@@ -16,6 +18,7 @@ import traceback
 import requests
 
 BASE, KEY, MODEL = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]
+FLUX = sys.argv[4] if len(sys.argv) > 4 else None
 RESULTS = []
 
 
@@ -225,6 +228,31 @@ def _():
     assert document["openapi"].startswith("3.1"), document["openapi"]
     operation = document["paths"]["/api/v3/images/generations"]["post"]
     assert "text/event-stream" in operation["responses"]["200"]["content"]
+
+
+if FLUX:
+    for sdk, client, _options in ark_clients():
+
+        @check(f"{sdk}: a FLUX model through the same call, at its own 1K scale")
+        def _(client=client):
+            response = client.images.generate(
+                model=FLUX, prompt="a lighthouse at dusk", size="512x512", seed=3,
+                response_format="b64_json",
+            )
+            assert response.model == FLUX, response.model
+            assert response.data[0].size == "512x512", response.data[0].size
+            assert base64.b64decode(response.data[0].b64_json)[:2] == b"\xff\xd8"
+
+    @check("openai: FLUX with true CFG and a negative prompt via extra_body")
+    def _():
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{BASE}/v1", api_key=KEY)
+        response = client.images.generate(
+            model=FLUX, prompt="a cat", size="512x512", response_format="b64_json",
+            extra_body={"negative_prompt": "fog", "true_cfg_scale": 2.0, "steps": 2},
+        )
+        assert base64.b64decode(response.data[0].b64_json)[:2] == b"\xff\xd8"
 
 
 failed = sum(1 for _, error in RESULTS if error)

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::support::TestServer;
+use crate::support::{TestServer, models_with_flux};
 
 const KEY: &str = "conformance-key";
 
@@ -25,11 +25,18 @@ async fn official_sdks_and_the_brief_examples_work_unchanged() {
          -r crates/server/tests/conformance/requirements.txt` (the README's set-up does)",
         python.display()
     );
-    let server = TestServer::start_with(|config| config.api_keys = vec![KEY.into()]).await;
+    let models = models_with_flux();
+    let models_dir = models.path().to_path_buf();
+    let server = TestServer::start_with(|config| {
+        config.api_keys = vec![KEY.into()];
+        config.models_dir = models_dir;
+        config.aliases.push(("flux-schnell".into(), "tiny-flux-schnell".into()));
+    })
+    .await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/conformance.py");
     let output = tokio::process::Command::new(&python)
         .arg(&script)
-        .args([server.url.as_str(), KEY, "seedream-4-5-251128"])
+        .args([server.url.as_str(), KEY, "seedream-4-5-251128", "flux-schnell"])
         .output()
         .await
         .unwrap();
@@ -37,4 +44,5 @@ async fn official_sdks_and_the_brief_examples_work_unchanged() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("ok   openai: FLUX"), "{stdout}");
 }

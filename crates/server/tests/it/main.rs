@@ -5,6 +5,7 @@ mod support;
 
 mod conformance;
 mod first_contact;
+mod flux;
 mod gateway;
 mod generations;
 mod hardening;

@@ -8,6 +8,21 @@ pub fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models")
 }
 
+/// A models folder with the SD fixtures and the tiny FLUX pipelines side by side (linked,
+/// not copied), as a user's folder of downloaded models would be.
+pub fn models_with_flux() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    for (group, name) in [
+        ("models", "tiny-sd"),
+        ("models-dit", "tiny-flux-schnell"),
+        ("models-dit", "tiny-flux-dev"),
+    ] {
+        std::os::unix::fs::symlink(fixtures.join(group).join(name), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
 pub struct TestServer {
     pub server: Option<RunningServer>,
     pub url: String,
