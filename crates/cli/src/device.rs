@@ -5,6 +5,7 @@ use clap::{Args, ValueEnum};
 use seedbed_engine::LoadOptions;
 use seedbed_engine::candle::{DType, Device};
 use seedbed_engine::pipeline::VaeTiling;
+use seedbed_engine::residency::MemoryPlan;
 use seedbed_engine::weights::Variant;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -28,6 +29,13 @@ pub enum Tiling {
     Never,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Plan {
+    Auto,
+    Resident,
+    Sequential,
+}
+
 #[derive(Debug, Args)]
 pub struct DeviceArgs {
     /// Where to run the models. `cuda` and `metal` need a build with that cargo feature.
@@ -49,9 +57,26 @@ pub struct DeviceArgs {
     /// Decode the VAE in tiles: `auto` does so above 1024x1024 to bound memory.
     #[arg(long, env = "SEEDBED_VAE_TILING", value_enum, default_value = "auto")]
     pub vae_tiling: Tiling,
+
+    /// Keep a transformer model's components (text encoders, transformer, VAE) loaded, or
+    /// load each for its stage and release it, so that memory holds the largest one, not
+    /// their sum (FLUX.1 in bf16: a 24 GB transformer beside a 9.5 GB T5), at the cost of
+    /// reading each again for every image. `auto` is sequential when the weight files exceed
+    /// the memory available (for `serve`, --model-memory-gb).
+    #[arg(long, env = "SEEDBED_MEMORY_PLAN", value_enum, default_value = "auto")]
+    pub memory_plan: Plan,
 }
 
 impl DeviceArgs {
+    /// The plan, `auto` deciding against `budget` bytes of weights.
+    pub fn memory_plan(&self, budget: u64) -> MemoryPlan {
+        match self.memory_plan {
+            Plan::Auto => MemoryPlan::Auto { budget },
+            Plan::Resident => MemoryPlan::Resident,
+            Plan::Sequential => MemoryPlan::Sequential,
+        }
+    }
+
     pub fn load_options(&self) -> Result<LoadOptions> {
         let device = match self.device {
             DeviceKind::Cpu => Device::Cpu,
@@ -83,6 +108,7 @@ impl DeviceArgs {
                 Tiling::Always => VaeTiling::Always,
                 Tiling::Never => VaeTiling::Never,
             },
+            memory_plan: self.memory_plan(crate::memory::available_bytes().unwrap_or(u64::MAX)),
         })
     }
 }

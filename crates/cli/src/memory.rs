@@ -30,6 +30,14 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Memory the OS could give this process now without swapping (`MemAvailable`, Linux).
+pub fn available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Ask the OS to drop `dir`'s `*.safetensors` files (recursively) from its page cache, so the
 /// next read comes from disk. Clean pages only, no privileges needed; best effort by nature.
 pub fn evict_from_page_cache(dir: &Path) -> Result<()> {

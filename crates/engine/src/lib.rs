@@ -17,6 +17,7 @@ pub mod noise;
 pub mod output;
 pub mod parity;
 pub mod pipeline;
+pub mod residency;
 pub mod scheduler;
 pub mod sd;
 pub(crate) mod shared;

@@ -122,7 +122,7 @@ impl ModelSummary {
     }
 }
 
-fn safetensors_bytes(dir: &Path) -> u64 {
+pub(crate) fn safetensors_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

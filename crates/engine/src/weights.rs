@@ -182,6 +182,16 @@ fn candle_dtype(dtype: safetensors::Dtype) -> candle_core::Result<DType> {
 }
 
 /// The tensors of one component, memory-mapped.
+/// Open every weight file of a component and read its header, without loading a tensor: a
+/// missing, truncated or corrupt file is found at load time even when the component itself is
+/// loaded only later, for its stage.
+pub fn check_weight_files(dir: &Path, variant: Variant) -> Result<()> {
+    for path in find_weight_files(dir, variant)? {
+        MappedFile::open(&path)?;
+    }
+    Ok(())
+}
+
 pub struct WeightFiles {
     files: Vec<PathBuf>,
     mapped: Vec<MappedFile>,

@@ -8,23 +8,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::transformer::{FluxInputs, FluxTransformer};
+use super::transformer::{FluxConfig, FluxInputs, FluxTransformer};
 use crate::error::{EngineError, Result};
 use crate::lru::Lru;
 use crate::pipeline::LoadOptions;
+use crate::residency::Component;
 use crate::scheduler::flow_match::{FlowMatchConfig, FlowMatchEuler, Spacing};
 use crate::text::clip::ClipTextModel;
 use crate::text::clip::tokenizer::ClipTokenizer;
 use crate::text::t5::{T5Encoder, T5Tokenizer};
-use crate::vae::Vae;
+use crate::vae::{Vae, VaeConfig};
 
 pub struct FluxPipeline {
     clip_tokenizer: ClipTokenizer,
-    clip: ClipTextModel,
+    clip: Component<ClipTextModel>,
     t5_tokenizer: T5Tokenizer,
-    t5: T5Encoder,
-    transformer: FluxTransformer,
-    vae: Vae,
+    t5: Component<T5Encoder>,
+    transformer: Component<FluxTransformer>,
+    transformer_config: FluxConfig,
+    vae: Component<Vae>,
+    vae_config: VaeConfig,
     scheduler: FlowMatchConfig,
     options: LoadOptions,
     /// Encoded prompts by (prompt, T5 length): a batch, a retry or a user iterating on
@@ -57,19 +60,54 @@ pub struct FluxRun<'a> {
 }
 
 impl FluxPipeline {
+    /// Load a FLUX folder; under a sequential [`crate::residency::MemoryPlan`] the weights
+    /// are only checked now and each component is loaded for its stage.
     pub fn load(dir: &Path, options: LoadOptions) -> Result<Self> {
-        let (variant, dtype, device) = (options.variant, options.dtype, &options.device);
+        let sequential = options
+            .memory_plan
+            .is_sequential(crate::model::safetensors_bytes(dir));
+        if sequential {
+            tracing::info!(model = %dir.display(), "components load per stage (sequential memory plan)");
+        }
+        let at = |sub: &str| dir.join(sub);
         Ok(Self {
-            clip_tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
-            clip: ClipTextModel::load(&dir.join("text_encoder"), variant, dtype, device)?,
-            t5_tokenizer: T5Tokenizer::load(&dir.join("tokenizer_2"))?,
-            t5: T5Encoder::load(&dir.join("text_encoder_2"), variant, dtype, device)?,
-            transformer: FluxTransformer::load(&dir.join("transformer"), variant, dtype, device)?,
-            vae: Vae::load(&dir.join("vae"), variant, dtype, device)?,
+            clip_tokenizer: ClipTokenizer::from_dir(&at("tokenizer"))?,
+            clip: Component::new(
+                "clip",
+                sequential,
+                &at("text_encoder"),
+                &options,
+                |dir, o| ClipTextModel::load(dir, o.variant, o.dtype, &o.device),
+            )?,
+            t5_tokenizer: T5Tokenizer::load(&at("tokenizer_2"))?,
+            t5: Component::new(
+                "t5",
+                sequential,
+                &at("text_encoder_2"),
+                &options,
+                |dir, o| T5Encoder::load(dir, o.variant, o.dtype, &o.device),
+            )?,
+            transformer: Component::new(
+                "transformer",
+                sequential,
+                &at("transformer"),
+                &options,
+                |dir, o| FluxTransformer::load(dir, o.variant, o.dtype, &o.device),
+            )?,
+            transformer_config: FluxConfig::read(&at("transformer/config.json"))?,
+            vae: Component::new("vae", sequential, &at("vae"), &options, |dir, o| {
+                Vae::load(dir, o.variant, o.dtype, &o.device)
+            })?,
+            vae_config: VaeConfig::load(&dir.join("vae/config.json"))?,
             scheduler: FlowMatchConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?,
             options,
             prompts: Mutex::new(Lru::new(PROMPT_CACHE)),
         })
+    }
+
+    /// Whether every component stays loaded between stages.
+    pub fn is_resident(&self) -> bool {
+        self.transformer.is_resident()
     }
 
     pub(super) fn device(&self) -> &Device {
@@ -78,17 +116,17 @@ impl FluxPipeline {
 
     /// Channels of the unpacked latents (16).
     pub fn latent_channels(&self) -> usize {
-        self.vae.config().latent_channels
+        self.vae_config.latent_channels
     }
 
     /// Pixels per unpacked latent per side (8).
     pub fn vae_factor(&self) -> u32 {
-        self.vae.downscale_factor() as u32
+        1 << self.vae_config.block_out_channels.len().saturating_sub(1)
     }
 
     /// [dev] has a guidance embedding; [schnell] does not.
     pub fn is_guidance_distilled(&self) -> bool {
-        self.transformer.config().guidance_embeds
+        self.transformer_config.guidance_embeds
     }
 
     /// diffusers' default T5 length: 512 tokens for [dev], 256 for [schnell].
@@ -132,12 +170,18 @@ impl FluxPipeline {
             let n = ids.len();
             Tensor::from_vec(ids, (1, n), self.device())
         };
+        // One encoder in memory at a time under the sequential plan.
         let pooled = self
             .clip
+            .get()?
             .forward(&row(clip_ids)?)?
             .pooled
             .to_dtype(DType::F32)?;
-        let text = self.t5.forward(&row(t5_ids)?)?.to_dtype(DType::F32)?;
+        let text = self
+            .t5
+            .get()?
+            .forward(&row(t5_ids)?)?
+            .to_dtype(DType::F32)?;
         Ok(FluxPrompt { text, pooled })
     }
 
@@ -159,7 +203,7 @@ impl FluxPipeline {
             rows: height as usize / 16,
             cols: width as usize / 16,
         };
-        Ok(self.transformer.forward(latents, &inputs)?)
+        Ok(self.transformer.get()?.forward(latents, &inputs)?)
     }
 
     /// Denoise to the final latents `(1, 16, h, w)` (unpacked, still scaled), calling
@@ -192,6 +236,7 @@ impl FluxPipeline {
             }
         };
         let guidance = self.is_guidance_distilled().then_some(run.guidance as f32);
+        let transformer = self.transformer.get()?;
         let call = |prompt: &FluxPrompt, latents: &Tensor, sigma: f32| {
             let inputs = FluxInputs {
                 text: &prompt.text,
@@ -201,7 +246,7 @@ impl FluxPipeline {
                 rows,
                 cols,
             };
-            self.transformer.forward(latents, &inputs)
+            transformer.forward(latents, &inputs)
         };
         let steps = sampler.steps();
         for index in start..steps {
@@ -223,12 +268,15 @@ impl FluxPipeline {
 
     /// Scaled latents to `(1, H, W, 3)` pixels in [0, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        Ok(self.vae.decode_scaled(latents, self.options.vae_tiling)?)
+        Ok(self
+            .vae
+            .get()?
+            .decode_scaled(latents, self.options.vae_tiling)?)
     }
 
     /// A picture `(1, 3, H, W)` in [-1, 1] to scaled latents, for image-to-image.
     pub fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
-        Ok(self.vae.encode_scaled(image)?)
+        Ok(self.vae.get()?.encode_scaled(image)?)
     }
 }
 

@@ -17,6 +17,7 @@ pub use request::{
 
 use crate::error::Result;
 use crate::model::{Family, ModelSummary};
+use crate::residency::MemoryPlan;
 use crate::weights::Variant;
 
 pub use crate::vae::VaeTiling;
@@ -30,6 +31,8 @@ pub struct LoadOptions {
     pub dtype: DType,
     pub variant: Variant,
     pub vae_tiling: VaeTiling,
+    /// Whether components stay loaded between stages (the transformer families follow it).
+    pub memory_plan: MemoryPlan,
 }
 
 impl Default for LoadOptions {
@@ -39,6 +42,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             variant: Variant::Auto,
             vae_tiling: VaeTiling::Auto,
+            memory_plan: MemoryPlan::default(),
         }
     }
 }

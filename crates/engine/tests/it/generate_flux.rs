@@ -197,3 +197,53 @@ fn cancel_stops_between_steps() {
         .unwrap_err();
     assert!(matches!(err, EngineError::Cancelled), "{err}");
 }
+
+/// Loading each component for its stage changes where the weights live, not the picture;
+/// a broken weight file is still found when the model loads.
+#[test]
+fn the_sequential_memory_plan_makes_the_same_pictures() {
+    use seedbed_engine::residency::MemoryPlan;
+    let dir = dit_models().join("tiny-flux-schnell");
+    let with = |memory_plan| LoadOptions {
+        memory_plan,
+        ..LoadOptions::default()
+    };
+    let resident = Pipeline::load(&dir, with(MemoryPlan::Resident)).unwrap();
+    let sequential = Pipeline::load(&dir, with(MemoryPlan::Sequential)).unwrap();
+    let picture = image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([x as u8, y as u8, 9]));
+    let img2img = GenerateRequest {
+        init_image: Some(InitImage {
+            image: image::DynamicImage::ImageRgb8(picture),
+            strength: 0.6,
+        }),
+        ..request()
+    };
+    for request in [request(), img2img] {
+        assert_eq!(run(&sequential, &request), run(&resident, &request));
+    }
+    // Auto: sequential only above the budget; the tiny model is far below 1 GB.
+    let auto = seedbed_engine::flux::pipeline::FluxPipeline::load(
+        &dir,
+        with(MemoryPlan::Auto { budget: 1 << 30 }),
+    )
+    .unwrap();
+    assert!(auto.is_resident());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("flux");
+    crate::copy_dir(&dir, &copy);
+    let weights = copy.join("transformer/diffusion_pytorch_model.safetensors");
+    let length = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+    let err = match Pipeline::load(&copy, with(MemoryPlan::Sequential)) {
+        Ok(_) => panic!("a truncated transformer loaded"),
+        Err(err) => err,
+    };
+    assert!(matches!(err, EngineError::Weights { .. }), "{err}");
+    assert!(err.to_string().contains("diffusion_pytorch_model"), "{err}");
+}

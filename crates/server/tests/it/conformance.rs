@@ -30,13 +30,20 @@ async fn official_sdks_and_the_brief_examples_work_unchanged() {
     let server = TestServer::start_with(|config| {
         config.api_keys = vec![KEY.into()];
         config.models_dir = models_dir;
-        config.aliases.push(("flux-schnell".into(), "tiny-flux-schnell".into()));
+        config
+            .aliases
+            .push(("flux-schnell".into(), "tiny-flux-schnell".into()));
     })
     .await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/conformance.py");
     let output = tokio::process::Command::new(&python)
         .arg(&script)
-        .args([server.url.as_str(), KEY, "seedream-4-5-251128", "flux-schnell"])
+        .args([
+            server.url.as_str(),
+            KEY,
+            "seedream-4-5-251128",
+            "flux-schnell",
+        ])
         .output()
         .await
         .unwrap();

@@ -291,9 +291,12 @@ impl ServeArgs {
                 self.model_memory_gb
             );
         }
+        let memory_budget = (self.model_memory_gb * GIB) as u64;
+        let mut load = self.device.load_options()?;
+        load.memory_plan = self.device.memory_plan(memory_budget);
         config.device = DeviceOptions {
-            load: self.device.load_options()?,
-            memory_budget: (self.model_memory_gb * GIB) as u64,
+            load,
+            memory_budget,
         };
         config.upstreams = self.file_upstreams;
         config.upstreams.extend(self.upstreams);

@@ -17,7 +17,8 @@ Config file (--config): TOML with the options above under their flag names, `_` 
   database_url, blob_url, queue_size, max_body_bytes, max_input_image_bytes, image_ttl_secs,
   allow_private_urls, model_memory_gb, shutdown_grace_secs, max_in_flight,
   header_timeout_secs, body_timeout_secs, max_streams_per_key, max_streams,
-  sse_keep_alive_secs, upstream, route, device, dtype, prefer_fp16, vae_tiling.
+  sse_keep_alive_secs, upstream, route, device, dtype, prefer_fp16, vae_tiling,
+  memory_plan.
 A repeatable option takes a list (api_key = [\"sk-1\", \"sk-2\"]); `upstream` also takes
 [[upstream]] tables (name, kind, base_url, api_key or api_key_env, timeout_secs, rehost,
 [upstream.models]).
