@@ -238,6 +238,51 @@ mod tests {
         assert!(error.to_string().contains("missing"), "{error}");
     }
 
+    /// FLUX's defaults and 1K come from its configs ([dev] has a guidance embedding); a
+    /// `seedbed.json` beside them wins; the DiT classes no family runs yet are named as broken.
+    #[test]
+    fn flux_defaults_come_from_the_family_and_seedbed_json_overrides_them() {
+        let dit = fixtures().join("../models-dit");
+        let catalog = Catalog::scan(&dit, &[]).unwrap();
+        let schnell = catalog.resolve("tiny-flux-schnell").unwrap();
+        assert_eq!(schnell.family, Family::Flux);
+        assert_eq!((schnell.native_size, schnell.latent_factor), (1024, 16));
+        assert_eq!(
+            (schnell.defaults.steps, schnell.defaults.guidance_scale),
+            (4, 0.0)
+        );
+        let dev = catalog.resolve("tiny-flux-dev").unwrap();
+        assert_eq!((dev.defaults.steps, dev.defaults.guidance_scale), (28, 3.5));
+        let broken: Vec<_> = catalog.broken().map(|(name, _)| name).collect();
+        assert_eq!(broken, ["tiny-sd3", "tiny-zimage"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("flux-turbo-lora");
+        std::fs::create_dir(&model).unwrap();
+        for entry in std::fs::read_dir(dit.join("tiny-flux-schnell")).unwrap() {
+            let entry = entry.unwrap();
+            std::os::unix::fs::symlink(entry.path(), model.join(entry.file_name())).unwrap();
+        }
+        // "turbo" in a FLUX name does not make it a one-step SD Turbo.
+        let catalog = Catalog::scan(dir.path(), &[]).unwrap();
+        assert_eq!(
+            catalog.resolve("flux-turbo-lora").unwrap().defaults.steps,
+            4
+        );
+        std::fs::write(
+            model.join("seedbed.json"),
+            r#"{"steps": 8, "guidance_scale": 1.5, "native_size": 768}"#,
+        )
+        .unwrap();
+        let catalog = Catalog::scan(dir.path(), &[]).unwrap();
+        let entry = catalog.resolve("flux-turbo-lora").unwrap();
+        assert_eq!(
+            (entry.defaults.steps, entry.defaults.guidance_scale),
+            (8, 1.5)
+        );
+        assert_eq!(entry.native_size, 768);
+    }
+
     #[test]
     fn broken_folders_are_reported_not_hidden() {
         let dir = tempfile::tempdir().unwrap();
