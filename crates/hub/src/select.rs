@@ -227,6 +227,64 @@ mod tests {
         );
     }
 
+    /// FLUX.1-schnell's layout: T5's sentencepiece model comes along; the single-file
+    /// checkpoints beside the diffusers folders (`flux1-schnell.safetensors`, `ae.safetensors`)
+    /// stay on the hub.
+    #[test]
+    fn a_flux_repository() {
+        let siblings = listing(&[
+            "model_index.json",
+            "flux1-schnell.safetensors",
+            "ae.safetensors",
+            "schnell_grid.jpeg",
+            "scheduler/scheduler_config.json",
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "text_encoder_2/config.json",
+            "text_encoder_2/model-00001-of-00002.safetensors",
+            "text_encoder_2/model-00002-of-00002.safetensors",
+            "text_encoder_2/model.safetensors.index.json",
+            "tokenizer_2/special_tokens_map.json",
+            "tokenizer_2/spiece.model",
+            "tokenizer_2/tokenizer.json",
+            "tokenizer_2/tokenizer_config.json",
+            "transformer/config.json",
+            "transformer/diffusion_pytorch_model-00001-of-00003.safetensors",
+            "transformer/diffusion_pytorch_model-00002-of-00003.safetensors",
+            "transformer/diffusion_pytorch_model-00003-of-00003.safetensors",
+            "transformer/diffusion_pytorch_model.safetensors.index.json",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+        ]);
+        let components: Vec<String> = [
+            "scheduler",
+            "text_encoder",
+            "text_encoder_2",
+            "tokenizer_2",
+            "transformer",
+            "vae",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+        let chosen = names(&select("r", &siblings, &components, None).unwrap());
+        assert_eq!(chosen.len(), 19, "{chosen:?}");
+        for wanted in [
+            "tokenizer_2/spiece.model",
+            "text_encoder_2/model.safetensors.index.json",
+            "transformer/diffusion_pytorch_model-00003-of-00003.safetensors",
+        ] {
+            assert!(chosen.contains(&wanted.to_string()), "{wanted}: {chosen:?}");
+        }
+        for unwanted in [
+            "flux1-schnell.safetensors",
+            "ae.safetensors",
+            "schnell_grid.jpeg",
+        ] {
+            assert!(!chosen.contains(&unwanted.to_string()), "{chosen:?}");
+        }
+    }
+
     #[test]
     fn fp16_variant_when_asked() {
         let siblings = listing(REPO);
