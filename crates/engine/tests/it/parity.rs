@@ -136,30 +136,42 @@ fn impossible_tolerance_fails() {
 #[test]
 fn half_precision_weights_stay_close_on_cpu() {
     use seedbed_engine::candle::DType;
-    let cases_dir = fixtures().join("cases");
-    let cases = read_cases(&cases_dir).unwrap();
-    for (dtype, stage_tolerance, image_tolerance) in
-        [(DType::F16, 2e-3, 4e-3), (DType::BF16, 2e-2, 8e-3)]
-    {
-        let options = LoadOptions {
-            dtype,
-            ..LoadOptions::default()
-        };
-        let mut runner = ParityRunner::new(&cases_dir, &models(), image_tolerance, options)
-            .with_stage_tolerance(stage_tolerance);
-        for case in &cases {
-            let report = runner.run(case);
-            println!("{dtype:?} {}", report.line());
-            for c in &report.comparisons {
-                println!(
-                    "  {} {}: {:.2e} of the budget",
-                    c.stage,
-                    c.tensor,
-                    c.max_abs / c.bound
-                );
+    let sets = [
+        (fixtures().join("cases"), models()),
+        (fixtures().join("cases-dit"), fixtures().join("models-dit")),
+        (
+            fixtures().join("cases-dit-own"),
+            fixtures().join("models-dit"),
+        ),
+    ];
+    for (cases_dir, models_dir) in sets {
+        let cases = read_cases(&cases_dir).unwrap();
+        for (dtype, stage_tolerance, image_tolerance) in
+            [(DType::F16, 2e-3, 4e-3), (DType::BF16, 2e-2, 8e-3)]
+        {
+            let options = LoadOptions {
+                dtype,
+                ..LoadOptions::default()
+            };
+            let mut runner = ParityRunner::new(&cases_dir, &models_dir, image_tolerance, options)
+                .with_stage_tolerance(stage_tolerance);
+            for case in &cases {
+                let report = runner.run(case);
+                println!("{dtype:?} {}", report.line());
+                if report.skipped.is_some() {
+                    continue;
+                }
+                for c in &report.comparisons {
+                    println!(
+                        "  {} {}: {:.2e} of the budget",
+                        c.stage,
+                        c.tensor,
+                        c.max_abs / c.bound
+                    );
+                }
+                assert!(report.passed(), "{dtype:?}: {}", report.line());
+                assert!(report.comparisons.len() >= 4, "{}", report.line());
             }
-            assert!(report.passed(), "{dtype:?}: {}", report.line());
-            assert!(report.comparisons.len() >= 4, "{}", report.line());
         }
     }
 }
