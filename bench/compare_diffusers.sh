@@ -6,8 +6,7 @@
 #     default target/sd-turbo-shaped (SD-Turbo-shaped, 512x512, 1 step);
 #     target/flux-shaped, or any folder whose name contains "flux", is a FLUX.1-schnell-shaped one
 #     (bench/make_flux_shaped.py: real widths, 2 double + 4 single blocks, T5 with 4 layers), 4 steps.
-#     A missing folder is built first. (As of this script's FLUX support, `seedbed bench` itself loads only
-#     the UNet pipelines: for a FLUX folder the diffusers half runs, the seedbed half needs the CLI to follow.)
+#     A missing folder is built first.
 # Environment: MODEL (instead of the argument), THREADS (default: all cores), RUNS (3), SIZE (512),
 #              STEPS (1 for SD, 4 for FLUX), PYTHON (a python with torch + diffusers; default .venv-bench,
 #              created if missing). FLUX runs with guidance 0 and T5 padded to 256 tokens.

@@ -33,9 +33,14 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     steps: usize,
 
-    /// Timed runs after one warm-up run.
+    /// Timed runs after the warm-up runs.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+
+    /// Untimed runs first (allocator and caches warm). 0 for a long run measured only for its
+    /// peak memory.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
 
     /// End with one JSON line: text_encode_s, denoise_s, vae_decode_s, total_s (medians, seconds),
     /// peak_rss_bytes, load_s (the first load), load_warm_s (a second load, files in the page
@@ -73,9 +78,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     bench_request(&pipeline, width, height, args.steps).validate(pipeline.latent_factor())?;
 
     let mut samples = Vec::with_capacity(args.runs);
-    for run in 0..=args.runs {
-        let sample = time_one(&pipeline, width, height, args.steps, run as u64)?;
-        if run > 0 {
+    for index in 0..args.warmup + args.runs {
+        let sample = time_one(&pipeline, width, height, args.steps, index as u64)?;
+        if let Some(run) = (index + 1).checked_sub(args.warmup).filter(|r| *r > 0) {
             eprintln!(
                 "run {run}: text {:.3}s denoise {:.3}s decode {:.3}s total {:.3}s",
                 sample.text_encode.as_secs_f64(),

@@ -4,15 +4,10 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::DType;
-
 use super::pipeline::{FluxPipeline, FluxRun};
 use crate::error::{EngineError, Result};
-use crate::image_ops;
 use crate::noise::SeededNoise;
-use crate::pipeline::{
-    GenerateRequest, GeneratedImage, Generator, Progress, StageTimes, image_seed,
-};
+use crate::pipeline::{Decoded, GenerateRequest, GeneratedImage, Generator, Progress, each_image};
 
 impl Generator for FluxPipeline {
     fn generate(
@@ -48,7 +43,7 @@ impl Generator for FluxPipeline {
             }
             (None, _) => None,
         };
-        let mut text_encode = encoding.elapsed();
+        let text_encode = encoding.elapsed();
         let device = self.device();
         let factor = self.vae_factor();
         let shape = [
@@ -57,64 +52,37 @@ impl Generator for FluxPipeline {
             (request.height / factor) as usize,
             (request.width / factor) as usize,
         ];
-        let picture = match &request.init_image {
-            Some(init) => {
-                let pixels = image_ops::from_picture(
-                    &init.image,
-                    request.width,
-                    request.height,
-                    device,
-                    DType::F32,
-                )?;
-                Some((pixels, init.strength))
-            }
-            None => None,
-        };
-        let mut images = Vec::with_capacity(request.count);
-        for index in 0..request.count {
-            let seed = image_seed(request.seed, index as u64);
+        let picture = request.init_pixels(device)?;
+        let strength = request
+            .init_image
+            .as_ref()
+            .map_or(1.0, |init| init.strength);
+        each_image(request, text_encode, on_progress, |seed, on_step| {
             let noise = SeededNoise::new(seed).randn(&shape, device)?;
             let started = Instant::now();
-            let latents = match &picture {
-                Some((pixels, strength)) => Some((self.encode_image(pixels)?, *strength)),
-                None => None,
-            };
+            let latents = picture
+                .as_ref()
+                .map(|pixels| self.encode_image(pixels))
+                .transpose()?;
             let run = FluxRun {
                 prompt: &prompt,
                 negative: negative.as_ref().map(|(n, scale)| (n, *scale)),
                 noise: &noise,
                 steps: request.steps,
                 guidance: request.guidance_scale,
-                image: latents.as_ref().map(|(l, strength)| (l, *strength)),
+                image: latents.as_ref().map(|latents| (latents, strength)),
             };
-            let mut on_step = |step, steps| {
-                on_progress(Progress {
-                    image: index,
-                    images: request.count,
-                    step,
-                    steps,
-                    elapsed: started.elapsed(),
-                })
-            };
-            let final_latents = self.denoise(&run, &mut on_step, cancel)?;
+            let final_latents = self.denoise(&run, on_step, cancel)?;
             device.synchronize()?;
             let denoise = started.elapsed();
             let decoding = Instant::now();
             let pixels = self.decode(&final_latents)?;
-            let picture = image_ops::to_rgb8(&pixels)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| candle_core::Error::msg("decoder returned no image"))?;
-            images.push(GeneratedImage {
-                seed,
-                image: picture,
-                times: StageTimes {
-                    text_encode: std::mem::take(&mut text_encode),
-                    denoise,
-                    decode: decoding.elapsed(),
-                },
-            });
-        }
-        Ok(images)
+            device.synchronize()?;
+            Ok(Decoded {
+                pixels,
+                denoise,
+                decode: decoding.elapsed(),
+            })
+        })
     }
 }

@@ -2,6 +2,7 @@
 //! `model_index.json`, hands the folder to the family that runs its class
 //! ([`crate::model`]), and checks every request the same way before the family sees it.
 
+mod batch;
 mod request;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device};
 
+pub(crate) use batch::{Decoded, each_image};
 pub use request::{
     GenerateRequest, InitImage, MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, Progress,
     image_seed, img2img_start,

@@ -12,12 +12,11 @@ use super::SdKind;
 use super::conditioning::{Conditioning, EncodedPrompts};
 use super::denoise::Denoise;
 use crate::error::{EngineError, Result};
-use crate::image_ops;
 use crate::model::ModelIndex;
 use crate::nn::layers;
 use crate::noise::SeededNoise;
 use crate::pipeline::{
-    GenerateRequest, GeneratedImage, Generator, LoadOptions, Progress, StageTimes, image_seed,
+    Decoded, GenerateRequest, GeneratedImage, Generator, LoadOptions, Progress, each_image,
     img2img_start,
 };
 use crate::scheduler::{self, NoiseSource, SchedulerConfig, SchedulerKind};
@@ -288,18 +287,9 @@ impl SdPipeline {
             request.negative_prompt.as_deref(),
             request.guidance_scale,
         )?;
-        let mut text_encode = encoding.elapsed();
+        let text_encode = encoding.elapsed();
         let device = &self.options.device;
-        let init_picture = match &request.init_image {
-            Some(init) => Some(image_ops::from_picture(
-                &init.image,
-                request.width,
-                request.height,
-                device,
-                DType::F32,
-            )?),
-            None => None,
-        };
+        let init_picture = request.init_pixels(device)?;
         let factor = self.latent_factor();
         let latent_shape = [
             1,
@@ -307,9 +297,7 @@ impl SdPipeline {
             (request.height / factor) as usize,
             (request.width / factor) as usize,
         ];
-        let mut images = Vec::with_capacity(request.count);
-        for index in 0..request.count {
-            let seed = image_seed(request.seed, index as u64);
+        each_image(request, text_encode, on_progress, |seed, on_step| {
             let mut noise = SeededNoise::new(seed);
             let initial = noise.randn(&latent_shape, device)?;
             let start = match (&init_picture, &request.init_image) {
@@ -319,16 +307,6 @@ impl SdPipeline {
                     strength: init.strength,
                 },
                 _ => Start::Noise(initial),
-            };
-            let started = Instant::now();
-            let mut on_step = |step, steps| {
-                on_progress(Progress {
-                    image: index,
-                    images: request.count,
-                    step,
-                    steps,
-                    elapsed: started.elapsed(),
-                })
             };
             let run = Run {
                 prompts: &prompts,
@@ -341,22 +319,13 @@ impl SdPipeline {
                 karras_sigmas: request.karras_sigmas,
                 start,
             };
-            let output = self.run(run, &mut noise, &mut on_step, cancel)?;
-            let picture = image_ops::to_rgb8(&output.image)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| candle_core::Error::msg("decoder returned no image"))?;
-            images.push(GeneratedImage {
-                seed,
-                image: picture,
-                times: StageTimes {
-                    text_encode: std::mem::take(&mut text_encode),
-                    denoise: output.denoise_time,
-                    decode: output.decode_time,
-                },
-            });
-        }
-        Ok(images)
+            let output = self.run(run, &mut noise, on_step, cancel)?;
+            Ok(Decoded {
+                pixels: output.image,
+                denoise: output.denoise_time,
+                decode: output.decode_time,
+            })
+        })
     }
 }
 
