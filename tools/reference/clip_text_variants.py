@@ -1,4 +1,4 @@
-"""Generates crates/engine/src/clip/testdata/: two tiny random CLIP text encoders in the
+"""Generates crates/engine/src/text/clip/testdata/: two tiny random CLIP text encoders in the
 configurations the fixtures do not cover, with transformers' outputs for fixed ids.
 
   gelu-legacy-eos/  CLIPTextModelWithProjection, hidden_act "gelu" (exact erf), 3 layers,
@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "..", "..", "crates", "engine", "src", "clip", "testdata")
+OUT = os.path.join(HERE, "..", "..", "crates", "engine", "src", "text", "clip", "testdata")
 VOCAB, BOS, EOS = 64, 62, 63
 
 

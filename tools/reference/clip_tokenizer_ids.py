@@ -1,4 +1,4 @@
-"""Generates crates/engine/src/tokenizer/reference_ids.rs: the token ids that the reference
+"""Generates crates/engine/src/text/clip/tokenizer/reference_ids.rs: the token ids that the reference
 tokenizer (transformers' CLIPTokenizer, as diffusers loads it) produces for a batch of tricky
 prompts, so that seedbed's own CLIP BPE tokenizer can be tested against them without Python.
 
@@ -25,7 +25,7 @@ from transformers import CLIPTokenizer
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
 FIXTURES = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "fixtures")
-OUT = os.path.join(REPO, "crates", "engine", "src", "tokenizer", "reference_ids.rs")
+OUT = os.path.join(REPO, "crates", "engine", "src", "text", "clip", "tokenizer", "reference_ids.rs")
 CLIP = os.path.join(FIXTURES, "clip-tokenizer")
 
 SD15_CONFIG = {
