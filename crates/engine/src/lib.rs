@@ -17,8 +17,10 @@ pub mod noise;
 pub mod output;
 pub mod parity;
 pub mod pipeline;
+/// Whether a pipeline keeps its components loaded (`LoadOptions::memory_plan`).
 pub mod residency;
 pub mod scheduler;
+/// SD 1.x/2.x and SDXL; public for the tests and `benches/kernels.rs` (the UNet).
 pub mod sd;
 pub(crate) mod shared;
 /// The text encoders (CLIP, T5) and their tokenizers; public for `benches/kernels.rs`.
