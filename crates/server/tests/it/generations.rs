@@ -233,7 +233,9 @@ async fn image_to_image_takes_a_data_uri_and_an_upload() {
             serde_json::json!({"image": uri, "strength": 0.5, "steps": 4}),
         ))
         .await;
-    assert_eq!(response.status(), 200);
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
     let form = reqwest::multipart::Form::new()
         .text("model", "tiny-sd")
         .text("prompt", "a red square")
