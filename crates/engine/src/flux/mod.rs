@@ -25,7 +25,7 @@ pub(crate) const FLUX: FamilyEntry = FamilyEntry {
 fn shape(dir: &Path) -> Result<ModelShape> {
     let transformer = transformer::FluxConfig::read(&dir.join("transformer").join("config.json"))?;
     let vae = crate::vae::VaeConfig::load(&dir.join("vae").join("config.json"))?;
-    let vae_factor = 1u32 << vae.block_out_channels.len().saturating_sub(1);
+    let vae_factor = vae.downscale_factor() as u32;
     let (default_steps, default_guidance_scale) = if transformer.guidance_embeds {
         (28, 3.5)
     } else {

@@ -121,7 +121,7 @@ impl FluxPipeline {
 
     /// Pixels per unpacked latent per side (8).
     pub fn vae_factor(&self) -> u32 {
-        1 << self.vae_config.block_out_channels.len().saturating_sub(1)
+        self.vae_config.downscale_factor() as u32
     }
 
     /// [dev] has a guidance embedding; [schnell] does not.

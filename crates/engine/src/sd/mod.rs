@@ -59,7 +59,7 @@ fn load(
 fn shape(dir: &Path, guidance_scale: f64) -> Result<ModelShape> {
     let unet = unet::UNetConfig::load(&dir.join("unet").join("config.json"))?;
     let vae = crate::vae::VaeConfig::load(&dir.join("vae").join("config.json"))?;
-    let latent_factor = 1u32 << vae.block_out_channels.len().saturating_sub(1);
+    let latent_factor = vae.downscale_factor() as u32;
     Ok(ModelShape {
         native_size: unet.sample_size as u32 * latent_factor,
         latent_factor,

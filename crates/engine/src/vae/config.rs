@@ -67,6 +67,11 @@ fn silu() -> String {
 }
 
 impl VaeConfig {
+    /// Pixels per latent per side: halved at each down block but the last (8 for SD's VAE).
+    pub fn downscale_factor(&self) -> usize {
+        1 << self.block_out_channels.len().saturating_sub(1)
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let config: Self = read_json(path)?;
         let n = config.block_out_channels.len();

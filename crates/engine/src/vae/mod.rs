@@ -191,7 +191,7 @@ impl Vae {
 
     /// Pixels per latent per side: 2 to the number of downsampling steps (8 for SD).
     pub fn downscale_factor(&self) -> usize {
-        1 << (self.config.block_out_channels.len() - 1)
+        self.config.downscale_factor()
     }
 
     /// Posterior mean of `image: (B, 3, H, W)` in [-1, 1], not yet scaled.
