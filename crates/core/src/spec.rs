@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use rand::Rng;
 use regex::Regex;
-use seedbed_engine::model::Family;
+use seedbed_engine::EngineError;
 use seedbed_engine::scheduler::SchedulerKind;
 use seedbed_types::{GenerationRequest, RawRequest, ResponseFormat, SequentialMode};
 use serde::{Deserialize, Serialize};
@@ -261,30 +261,16 @@ fn family_options(
     karras_sigmas: bool,
     true_cfg_scale: Option<f64>,
 ) -> Result<()> {
-    let name = &model.name;
-    if !model.family.is_unet() {
-        if let Some(kind) = scheduler {
-            return Err(CoreError::invalid(
-                "scheduler",
-                format!(
-                    "scheduler `{}`: {name} samples with its own flow-match Euler schedule; \
-                     leave scheduler out.",
-                    kind.name()
-                ),
-            ));
-        }
-        if karras_sigmas {
-            return Err(CoreError::invalid(
-                "karras_sigmas",
-                format!("{name} samples with a flow-match schedule, which takes no Karras sigmas."),
-            ));
-        }
-    }
+    model
+        .family
+        .check_options(&model.name, scheduler, karras_sigmas, true_cfg_scale)
+        .map_err(|error| match error {
+            EngineError::InvalidInput { field, message } => {
+                CoreError::invalid(field, format!("{message}."))
+            }
+            other => CoreError::Internal(other.to_string()),
+        })?;
     match true_cfg_scale {
-        Some(_) if model.family != Family::Flux => Err(CoreError::invalid(
-            "true_cfg_scale",
-            format!("{name} guides with guidance_scale; true_cfg_scale is for FLUX models."),
-        )),
         Some(scale) if !(scale.is_finite() && (1.0..=MAX_GUIDANCE).contains(&scale)) => {
             Err(CoreError::invalid(
                 "true_cfg_scale",

@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
 use crate::pipeline::{Generator, LoadOptions};
+use crate::scheduler::SchedulerKind;
 
 /// The model families the engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,44 @@ impl Family {
     /// Whether it denoises with a UNet and takes the UNet samplers (`scheduler`, Karras sigmas).
     pub fn is_unet(self) -> bool {
         matches!(self, Self::StableDiffusion | Self::StableDiffusionXl)
+    }
+
+    /// Refuse, by field, the options this family does not take: the UNet samplers (`scheduler`,
+    /// Karras sigmas) outside SD/SDXL, true CFG outside FLUX. `model` names it in the message.
+    pub fn check_options(
+        self,
+        model: &str,
+        scheduler: Option<SchedulerKind>,
+        karras_sigmas: bool,
+        true_cfg_scale: Option<f64>,
+    ) -> Result<()> {
+        if !self.is_unet() {
+            if let Some(kind) = scheduler {
+                return Err(EngineError::invalid(
+                    "scheduler",
+                    format!(
+                        "scheduler `{}`: {model} samples with its own flow-match Euler schedule; \
+                         leave scheduler out",
+                        kind.name()
+                    ),
+                ));
+            }
+            if karras_sigmas {
+                return Err(EngineError::invalid(
+                    "karras_sigmas",
+                    format!(
+                        "{model} samples with a flow-match schedule, which takes no Karras sigmas"
+                    ),
+                ));
+            }
+        }
+        if true_cfg_scale.is_some() && self != Self::Flux {
+            return Err(EngineError::invalid(
+                "true_cfg_scale",
+                format!("{model} guides with guidance_scale; true_cfg_scale is for FLUX models"),
+            ));
+        }
+        Ok(())
     }
 
     fn entry(self) -> &'static FamilyEntry {

@@ -1,11 +1,11 @@
 //! FLUX behind the engine's one [`Generator`] interface: a request's fields mapped onto
-//! [`FluxRun`], the options FLUX does not take refused by name.
+//! [`FluxRun`].
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use super::pipeline::{FluxPipeline, FluxRun};
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::noise::SeededNoise;
 use crate::pipeline::{Decoded, GenerateRequest, GeneratedImage, Generator, Progress, each_image};
 
@@ -16,21 +16,6 @@ impl Generator for FluxPipeline {
         on_progress: &mut dyn FnMut(Progress),
         cancel: &AtomicBool,
     ) -> Result<Vec<GeneratedImage>> {
-        if let Some(kind) = request.scheduler {
-            return Err(EngineError::invalid(
-                "scheduler",
-                format!(
-                    "FLUX samples with flow-match Euler only, not {}",
-                    kind.name()
-                ),
-            ));
-        }
-        if request.karras_sigmas {
-            return Err(EngineError::invalid(
-                "karras_sigmas",
-                "FLUX's flow-match schedule takes no Karras sigmas",
-            ));
-        }
         let length = self.default_max_sequence_length();
         let encoding = Instant::now();
         let prompt = self.encode(&request.prompt, length)?;

@@ -67,7 +67,7 @@ pub struct StageTimes {
 }
 
 /// What every family's pipeline does. The request reaching it has passed
-/// [`GenerateRequest::validate`]; the family checks what only it knows (which options it takes).
+/// [`GenerateRequest::validate`] and [`Family::check_options`].
 pub trait Generator: Send + Sync {
     fn generate(
         &self,
@@ -122,6 +122,13 @@ impl Pipeline {
         cancel: &AtomicBool,
     ) -> Result<Vec<GeneratedImage>> {
         request.validate(self.latent_factor())?;
+        let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        self.family().check_options(
+            &name,
+            request.scheduler,
+            request.karras_sigmas,
+            request.true_cfg_scale,
+        )?;
         self.generator.generate(request, on_progress, cancel)
     }
 }

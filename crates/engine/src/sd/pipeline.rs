@@ -274,12 +274,6 @@ impl SdPipeline {
         cancel: &AtomicBool,
     ) -> Result<Vec<GeneratedImage>> {
         request.validate(self.latent_factor())?;
-        if request.true_cfg_scale.is_some() {
-            return Err(EngineError::invalid(
-                "true_cfg_scale",
-                "is for FLUX models; Stable Diffusion guides with guidance_scale",
-            ));
-        }
         let scheduler = request.scheduler.unwrap_or(self.default_scheduler);
         let encoding = Instant::now();
         let prompts = self.encode_prompts(
