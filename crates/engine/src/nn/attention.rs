@@ -18,17 +18,36 @@ use super::gemm;
 use super::math::exp;
 
 /// Attention for the short sequences of text encoders, with an additive `bias` on the scores
-/// (a causal mask, T5's position bias): `softmax(q k^T * scale + bias) v` for `(B, H, T, D)`
-/// inputs, the scores and the softmax in f32 whatever the inputs' dtype (as transformers
-/// computes them, so f16 stays stable), the result `(B, T, H * D)` in the inputs' dtype. The
-/// whole score matrix is formed: with at most a few hundred tokens it is small.
+/// (a causal mask, T5's position bias) that broadcasts to `(B, H, T, T)`, the heads in any
+/// layout (e.g. transposed views of the projections):
+/// `softmax(q k^T * scale + bias) v` for `(B, H, T, D)` inputs, the scores and the softmax in
+/// f32 whatever the inputs' dtype (as transformers computes them, so f16 stays stable), the
+/// result `(B, T, H * D)` in the inputs' dtype. On CPU in f32 this is the fused kernel with the
+/// bias added to each block of scores; elsewhere the whole score matrix is formed (with at
+/// most a few hundred tokens it is small).
 pub fn with_bias(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: &Tensor) -> Result<Tensor> {
     let (batch, heads, tokens, head_dim) = q.dims4()?;
-    let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(bias)?;
-    let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(q.dtype())?;
-    weights
-        .matmul(v)?
-        .transpose(1, 2)?
+    let keys = k.dim(2)?;
+    let on_cpu_f32 = [q, k, v, bias]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    let out = if on_cpu_f32 {
+        let bias = bias.broadcast_as((batch, heads, tokens, keys))?;
+        q.apply_op3_no_bwd(
+            k,
+            v,
+            &FusedCpu {
+                scale: scale as f32,
+                bias: Some(bias),
+            },
+        )?
+    } else {
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(bias)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(q.dtype())?;
+        weights.matmul(&v)?
+    };
+    out.transpose(1, 2)?
         .reshape((batch, tokens, heads * head_dim))
 }
 
@@ -51,6 +70,7 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Res
             v,
             &FusedCpu {
                 scale: scale as f32,
+                bias: None,
             },
         );
     }
@@ -96,6 +116,8 @@ const QUERY_BLOCK: usize = 64;
 
 struct FusedCpu {
     scale: f32,
+    /// Added to the scores before the softmax: `(B, H, Nq, Nk)`, any strides (broadcast).
+    bias: Option<Tensor>,
 }
 
 /// A strided 4-D f32 view: (batch, heads, tokens, dim).
@@ -139,6 +161,14 @@ impl<'a> View<'a> {
     }
 }
 
+/// The kernel's inputs, checked to agree in shape.
+struct Operands<'a> {
+    q: View<'a>,
+    k: View<'a>,
+    v: View<'a>,
+    bias: Option<View<'a>>,
+}
+
 impl CustomOp3 for FusedCpu {
     fn name(&self) -> &'static str {
         "attention"
@@ -169,6 +199,21 @@ impl CustomOp3 for FusedCpu {
         if out.is_empty() {
             return Ok((CpuStorage::F32(out), Shape::from(&q.dims)));
         }
+        let bias_storage = self.bias.as_ref().map(|b| b.storage_and_layout());
+        let bias = match &bias_storage {
+            Some((storage, layout)) => {
+                let candle_core::Storage::Cpu(storage) = &**storage else {
+                    candle_core::bail!("attention: the bias is not on the CPU");
+                };
+                let bias = View::new(storage, layout)?;
+                if bias.dims != [batch, heads, queries, keys] {
+                    candle_core::bail!("attention bias {:?}", bias.dims);
+                }
+                Some(bias)
+            }
+            None => None,
+        };
+        let operands = Operands { q, k, v, bias };
         let head_len = queries * dim_v;
         out.par_chunks_mut(head_len)
             .enumerate()
@@ -182,7 +227,7 @@ impl CustomOp3 for FusedCpu {
                 let first = block * QUERY_BLOCK;
                 let count = rows.len() / dim_v;
                 scores.resize(count * keys, 0.0);
-                self.block(&q, &k, &v, (b, h, first, count), scores, rows);
+                self.block(&operands, (b, h, first, count), scores, rows);
             });
         Ok((
             CpuStorage::F32(out),
@@ -195,9 +240,7 @@ impl FusedCpu {
     /// Attention for `count` queries from `first` of head (b, h), into `rows` (count x dim_v).
     fn block(
         &self,
-        q: &View,
-        k: &View,
-        v: &View,
+        Operands { q, k, v, bias }: &Operands,
         (b, h, first, count): (usize, usize, usize, usize),
         scores: &mut [f32],
         rows: &mut [f32],
@@ -206,7 +249,14 @@ impl FusedCpu {
         // scores = scale * Q[first..first+count] K^T, softmax row by row, then scores V.
         let queries = q.tokens(b, h, first, count);
         gemm::matmul(queries, k.tokens(b, h, 0, keys).t(), scores, self.scale);
-        for row in scores.chunks_mut(keys.max(1)) {
+        let bias = bias.as_ref().map(|bias| bias.tokens(b, h, first, count));
+        for (r, row) in scores.chunks_mut(keys.max(1)).enumerate() {
+            if let Some(bias) = &bias {
+                let start = r * bias.row_stride;
+                for (c, score) in row.iter_mut().enumerate() {
+                    *score += bias.data[start + c * bias.col_stride];
+                }
+            }
             softmax_in_place(row);
         }
         let weights = gemm::View::row_major(scores, count, keys, keys);
@@ -289,6 +339,37 @@ mod tests {
         assert_eq!(got.dims(), &[2, 3, 150, 5]);
         let diff = max_diff(&expected, &got)?;
         assert!(diff < 1e-5, "diff {diff}");
+        Ok(())
+    }
+
+    /// The fused kernel with a bias of either shape the text encoders pass (a causal `(T, T)`
+    /// mask with -inf, a per-head `(1, H, T, T)` table) on transposed-view heads, against the
+    /// whole-matrix computation on contiguous copies.
+    #[test]
+    fn with_bias_on_cpu_matches_the_whole_matrix() -> Result<()> {
+        let dev = Device::Cpu;
+        let heads = |t: Tensor| -> Result<Tensor> { t.reshape((2, 70, 3, 8))?.transpose(1, 2) };
+        let (q, k, v) = (
+            heads(Tensor::randn(0f32, 1., (2, 70, 24), &dev)?)?,
+            heads(Tensor::randn(0f32, 1., (2, 70, 24), &dev)?)?,
+            heads(Tensor::randn(0f32, 1., (2, 70, 24), &dev)?)?,
+        );
+        let causal: Vec<f32> = (0..70)
+            .flat_map(|i| (0..70).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let causal = Tensor::from_vec(causal, (70, 70), &dev)?;
+        let table = Tensor::randn(0f32, 1., (1, 3, 70, 70), &dev)?;
+        for bias in [causal, table] {
+            let scores = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * 0.3)?;
+            let weights = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&bias)?)?;
+            let expected = weights
+                .matmul(&v.contiguous()?)?
+                .transpose(1, 2)?
+                .reshape((2, 70, 24))?;
+            let got = with_bias(&q, &k, &v, 0.3, &bias)?;
+            let diff = max_diff(&expected, &got)?;
+            assert!(diff < 1e-5, "diff {diff}");
+        }
         Ok(())
     }
 

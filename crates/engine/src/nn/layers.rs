@@ -76,31 +76,61 @@ fn like_opt(weight: Option<&Tensor>, x: &Tensor) -> Result<Option<Tensor>> {
 }
 
 /// `y = x W^T + b`.
+///
+/// On CPU the weight is kept transposed, `(in, out)` row-major, so that the GEMM reads its
+/// right-hand side the way it runs fastest (see [`super::transpose`]); it is transposed once,
+/// when the layer is built. Elsewhere it stays `(out, in)` as stored.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    transposed: bool,
+}
+
+impl Linear {
+    fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        let transposed = weight.device().is_cpu();
+        Ok(Self {
+            weight: if transposed {
+                super::transpose::transposed(weight)?
+            } else {
+                weight.clone()
+            },
+            bias: bias.cloned(),
+            transposed,
+        })
+    }
 }
 
 pub fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
     let layer = candle_nn::linear(cin, cout, vb)?;
-    Ok(Linear {
-        weight: layer.weight().clone(),
-        bias: layer.bias().cloned(),
-    })
+    Linear::new(layer.weight(), layer.bias())
 }
 
 pub fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
     let layer = candle_nn::linear_no_bias(cin, cout, vb)?;
-    Ok(Linear {
-        weight: layer.weight().clone(),
-        bias: None,
-    })
+    Linear::new(layer.weight(), None)
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::Linear::new(like(&self.weight, x)?, like_opt(self.bias.as_ref(), x)?).forward(x)
+        let bias = like_opt(self.bias.as_ref(), x)?;
+        if !self.transposed {
+            return candle_nn::Linear::new(like(&self.weight, x)?, bias).forward(x);
+        }
+        // All leading dimensions as rows of one 2-D product.
+        let weight = like(&self.weight, x)?;
+        let (inner, out) = weight.dims2()?;
+        let mut dims = x.dims().to_vec();
+        dims.pop();
+        let rows = dims.iter().product::<usize>();
+        let y = x.reshape((rows, inner))?.matmul(&weight)?;
+        dims.push(out);
+        let y = y.reshape(dims)?;
+        match bias {
+            Some(bias) => y.broadcast_add(&bias),
+            None => Ok(y),
+        }
     }
 }
 
@@ -271,6 +301,25 @@ mod tests {
             group_norm(2, 6, 1e-6, vb.pp("gn"))?,
             conv2d(6, 4, 3, config, vb.pp("conv"))?,
         ))
+    }
+
+    /// The transposed CPU weight computes what candle's layer computes, for any number of
+    /// leading dimensions, with and without a bias.
+    #[test]
+    fn linear_matches_candles_layer() -> Result<()> {
+        let weight = Tensor::randn(0f32, 1., (5, 6), &Device::Cpu)?;
+        let bias = Tensor::randn(0f32, 1., 5, &Device::Cpu)?;
+        for bias in [None, Some(&bias)] {
+            let ours = Linear::new(&weight, bias)?;
+            let theirs = candle_nn::Linear::new(weight.clone(), bias.cloned());
+            for dims in [&[4, 6][..], &[2, 3, 6], &[2, 1, 3, 6]] {
+                let x = Tensor::randn(0f32, 1., dims, &Device::Cpu)?;
+                let (a, b) = (ours.forward(&x)?, theirs.forward(&x)?);
+                assert_eq!(a.dims(), b.dims());
+                assert!(max_diff(&a, &b) < 1e-5, "{dims:?}");
+            }
+        }
+        Ok(())
     }
 
     #[test]

@@ -8,6 +8,16 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
+/// GELU with the tanh approximation (PyTorch's `approximate="tanh"`, transformers'
+/// `gelu_new`): `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, the tanh as
+/// `1 - 2 / (e^(2z) + 1)` through [`exp`], whose clamp gives tanh's limits of -1 and 1.
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    let z = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+    let tanh = 1.0 - 2.0 / (exp(2.0 * z) + 1.0);
+    0.5 * x * (1.0 + tanh)
+}
+
 /// e^x to about 2 ulp for |x| < 87 (clamped outside: SiLU only needs the limits there).
 /// x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial, 2^n from the exponent bits.
 #[inline]
@@ -32,6 +42,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn gelu_tanh_matches_its_definition() {
+        for i in -2000..=2000 {
+            let x = i as f64 * 0.005;
+            let want = 0.5
+                * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+            let got = gelu_tanh(x as f32) as f64;
+            assert!(
+                (got - want).abs() < 1e-6 * (1.0 + want.abs()),
+                "gelu({x}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
     fn exp_is_accurate_across_the_range() {
         for i in -2000..=2000 {
             let x = i as f32 * 0.04;
@@ -42,6 +67,8 @@ mod tests {
             );
         }
         // Saturated ends: the clamp keeps them finite and at their limits.
+        assert_eq!(gelu_tanh(-200.0), 0.0);
+        assert_eq!(gelu_tanh(200.0), 200.0);
         assert!(silu(-200.0).abs() < 1e-30);
         assert_eq!(silu(200.0), 200.0);
     }

@@ -1,5 +1,6 @@
 //! Building blocks shared by the text encoder, the UNet and the VAE.
 
+pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod embeddings;
@@ -9,4 +10,5 @@ pub mod layers;
 pub mod math;
 pub mod norm;
 pub mod resnet;
+pub mod transpose;
 pub mod winograd;

@@ -253,8 +253,7 @@ impl SelfAttention {
         let (batch, tokens, _) = x.dims3()?;
         let split = |t: Tensor| {
             t.reshape((batch, tokens, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+                .transpose(1, 2)
         };
         let q = split(self.q_proj.forward(x)?)?;
         let k = split(self.k_proj.forward(x)?)?;

@@ -20,8 +20,8 @@ use candle_nn::{Embedding, VarBuilder};
 pub use config::T5Config;
 pub use tokenizer::T5Tokenizer;
 
-use crate::nn::attention;
 use crate::nn::layers::{self, Linear, RmsNorm};
+use crate::nn::{activation, attention};
 use crate::weights::{NameScheme, Variant, build_component};
 
 pub struct T5Encoder {
@@ -185,7 +185,7 @@ impl Layer {
         let x = (x + self.attend(&self.attention_norm.forward(x)?, bias)?)?;
         let h = self.ff_norm.forward(&x)?;
         // Gated GELU, the tanh approximation (transformers' `gelu_new`).
-        let gated = (self.wi_0.forward(&h)?.gelu()? * self.wi_1.forward(&h)?)?;
+        let gated = activation::gelu_tanh_mul(&self.wi_0.forward(&h)?, &self.wi_1.forward(&h)?)?;
         x + self.wo.forward(&gated)?
     }
 
@@ -194,8 +194,7 @@ impl Layer {
         let (batch, tokens, _) = x.dims3()?;
         let split = |t: Tensor| {
             t.reshape((batch, tokens, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+                .transpose(1, 2)
         };
         let q = split(self.q.forward(x)?)?;
         let k = split(self.k.forward(x)?)?;

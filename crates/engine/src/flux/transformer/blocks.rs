@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 
 use super::config::FluxConfig;
 use super::rope;
+use crate::nn::activation::gelu_tanh;
 use crate::nn::attention::scaled_dot_product;
 use crate::nn::layers::{self, Linear, RmsNorm};
 
@@ -103,7 +104,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&self.up.forward(x)?.gelu()?)
+        self.down.forward(&gelu_tanh(&self.up.forward(x)?)?)
     }
 }
 
@@ -222,7 +223,7 @@ impl SingleBlock {
         // shift, scale, gate
         let m = self.norm.forward(conditioning)?;
         let normed = modulate(&plain_norm(x)?, &m[0], &m[1])?;
-        let mlp = self.proj_mlp.forward(&normed)?.gelu()?;
+        let mlp = gelu_tanh(&self.proj_mlp.forward(&normed)?)?;
         let (q, k, v) = self.projections.forward(&normed, self.heads)?;
         let attended = attend(&q, &k, &v, cos, sin)?;
         let out = self.proj_out.forward(&Tensor::cat(&[attended, mlp], 2)?)?;
