@@ -4,6 +4,9 @@
 //! tiny fixture UNet for a whole step. Not part of CI's timing: speed lives here and in
 //! `seedbed bench`, never in tests.
 
+// The `gemm` crate is called directly to compare operand layouts.
+#![allow(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -127,7 +130,123 @@ fn tokenizer(c: &mut Criterion) {
     group.finish();
 }
 
+/// T5-XXL at FLUX's 256 tokens, the text stage's cost: one encoder layer at the real widths
+/// (d_model 4096, d_ff 10240, 64 heads of 64) and its parts.
+fn t5(c: &mut Criterion) {
+    use seedbed_engine::nn::{activation::gelu_tanh_mul, attention::with_bias, layers};
+    use seedbed_engine::text::t5::{T5Config, T5Encoder};
+    let config: T5Config = serde_json::from_value(serde_json::json!({
+        "vocab_size": 1000, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 1,
+        "num_heads": 64, "feed_forward_proj": "gated-gelu"
+    }))
+    .unwrap();
+    // Built once to name the variables, which are then randomised, and built again from them
+    // (the layers keep their own transposed copies).
+    let map = VarMap::new();
+    T5Encoder::new(config.clone(), random_vb(&map)).unwrap();
+    for var in map.all_vars() {
+        var.set(&Tensor::randn(0f32, 0.02, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let encoder = T5Encoder::new(config, random_vb(&map)).unwrap();
+    let ids = Tensor::arange(0u32, 256, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let x = Tensor::randn(0f32, 1., (1, 256, 4096), &Device::Cpu).unwrap();
+    let wide = Tensor::randn(0f32, 1., (1, 256, 10240), &Device::Cpu).unwrap();
+    let map = VarMap::new();
+    let vb = random_vb(&map);
+    let up = layers::linear_no_bias(4096, 10240, vb.pp("up")).unwrap();
+    let square = layers::linear_no_bias(4096, 4096, vb.pp("square")).unwrap();
+    let down = layers::linear_no_bias(10240, 4096, vb.pp("down")).unwrap();
+    let heads = Tensor::randn(0f32, 1., (1, 64, 256, 64), &Device::Cpu).unwrap();
+    let bias = Tensor::randn(0f32, 1., (1, 64, 256, 256), &Device::Cpu).unwrap();
+    let mut group = c.benchmark_group("t5");
+    group.sample_size(10);
+    group.bench_function("xxl layer 256 tokens", |b| {
+        b.iter(|| encoder.forward(&ids).unwrap())
+    });
+    group.bench_function("linear 256x4096->10240", |b| {
+        b.iter(|| up.forward(&x).unwrap())
+    });
+    group.bench_function("linear 256x4096->4096", |b| {
+        b.iter(|| square.forward(&x).unwrap())
+    });
+    let up_t = Tensor::randn(0f32, 0.02, (4096, 10240), &Device::Cpu).unwrap();
+    let x2 = x.squeeze(0).unwrap();
+    group.bench_function("matmul pre-transposed 256x4096->10240", |b| {
+        b.iter(|| x2.matmul(&up_t).unwrap())
+    });
+    // The weight as stored (10240 rows of 4096) and the product computed transposed:
+    // C^T = W X^T, written through C's strides.
+    let w_rows = Tensor::randn(0f32, 0.02, (10240, 4096), &Device::Cpu).unwrap();
+    let w_data = w_rows.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let x_data = x2.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut out = vec![0f32; 256 * 10240];
+    group.bench_function("gemm swapped 256x4096->10240", |b| {
+        b.iter(|| unsafe {
+            gemm::gemm(
+                10240,
+                256,
+                4096,
+                out.as_mut_ptr(),
+                10240,
+                1,
+                false,
+                w_data.as_ptr(),
+                1,
+                4096,
+                x_data.as_ptr(),
+                4096,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(2),
+            )
+        })
+    });
+    group.bench_function("gemm as candle 256x4096->10240", |b| {
+        b.iter(|| unsafe {
+            gemm::gemm(
+                256,
+                10240,
+                4096,
+                out.as_mut_ptr(),
+                1,
+                10240,
+                false,
+                x_data.as_ptr(),
+                1,
+                4096,
+                w_data.as_ptr(),
+                4096,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(2),
+            )
+        })
+    });
+    group.bench_function("linear 256x10240->4096", |b| {
+        b.iter(|| down.forward(&wide).unwrap())
+    });
+    group.bench_function("attention with bias h64 256x256", |b| {
+        b.iter(|| with_bias(&heads, &heads, &heads, 1.0, &bias).unwrap())
+    });
+    group.bench_function("gated gelu 256x10240", |b| {
+        b.iter(|| gelu_tanh_mul(&wide, &wide).unwrap())
+    });
+    group.finish();
+}
+
 criterion_group!(
-    kernels, matmul, conv3x3, attention, group_norm, unet_step, tokenizer
+    kernels, matmul, conv3x3, attention, group_norm, unet_step, tokenizer, t5
 );
 criterion_main!(kernels);
