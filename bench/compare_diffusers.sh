@@ -4,11 +4,12 @@
 #
 #   bash bench/compare_diffusers.sh [MODEL_DIR]
 #     default target/sd-turbo-shaped (SD-Turbo-shaped, 512x512, 1 step);
-#     target/flux-shaped, or any folder whose name contains "flux", is a FLUX.1-schnell-shaped one
-#     (bench/make_flux_shaped.py: real widths, 2 double + 4 single blocks, T5 with 4 layers), 4 steps.
-#     A missing folder is built first.
+#     target/flux-shaped, target/zimage-shaped, target/sd3-shaped (or any folder whose name contains
+#     flux, zimage or sd3): FLUX.1-schnell, Z-Image-Turbo or SD3.5-Large-Turbo shaped models at real
+#     widths with fewer layers (bench/make_dit_shaped.py), run with their default steps (4, 9, 4) at
+#     guidance 0. A missing folder is built first.
 # Environment: MODEL (instead of the argument), THREADS (default: all cores), RUNS (3), SIZE (512),
-#              STEPS (1 for SD, 4 for FLUX), PYTHON (a python with torch + diffusers; default .venv-bench,
+#              STEPS (1 for SD, 4 for FLUX and SD3, 9 for Z-Image), PYTHON (a python with torch + diffusers; default .venv-bench,
 #              created if missing). FLUX runs with guidance 0 and T5 padded to 256 tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,15 +25,17 @@ if [ ! -x "$python" ]; then
 fi
 if [ ! -f "$model/model_index.json" ]; then
   case "$(basename "$model")" in
-    *flux*) "$python" bench/make_flux_shaped.py "$model" ;;
+    *flux*) "$python" bench/make_dit_shaped.py flux "$model" ;;
+    *zimage*) "$python" bench/make_dit_shaped.py zimage "$model" ;;
+    *sd3*) "$python" bench/make_dit_shaped.py sd3 "$model" ;;
     *) "$python" bench/make_sd_turbo_shaped.py fixtures "$model" ;;
   esac
 fi
-if grep -q '"FluxPipeline"' "$model/model_index.json"; then
-  steps=${STEPS:-4}
-else
-  steps=${STEPS:-1}
-fi
+case "$(grep -o '"_class_name": *"[A-Za-z0-9]*"' "$model/model_index.json")" in
+  *'"FluxPipeline"'|*'"StableDiffusion3Pipeline"') steps=${STEPS:-4} ;;
+  *'"ZImagePipeline"') steps=${STEPS:-9} ;;
+  *) steps=${STEPS:-1} ;;
+esac
 cargo build --release -q -p seedbed
 export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
 echo "diffusers ($threads threads)..." >&2

@@ -2,7 +2,11 @@
 medians per stage, fp32, CPU. The pipeline is the one the folder's model_index.json names:
 - StableDiffusionPipeline: guidance 0, Euler (the folder's scheduler config);
 - FluxPipeline: guidance 0 (used only by a model with a guidance embedding), the folder's flow-match Euler
-  scheduler with the pipeline's own sigmas and shift, T5 padded to --max-sequence-length (256, as schnell).
+  scheduler with the pipeline's own sigmas and shift, T5 padded to --max-sequence-length (256, as schnell);
+- ZImagePipeline: guidance 0 (Turbo), the pipeline's own sigmas and the folder's shift, Qwen3 on the
+  chat-templated prompt (padded to 512, as the pipeline does);
+- StableDiffusion3Pipeline: guidance 0 (Large Turbo), the scheduler's own shifted sigmas, T5 on
+  --max-sequence-length tokens.
 
     python bench/diffusers_bench.py MODEL_DIR --width 512 --height 512 --steps 1 --runs 3 --threads 2
 Prints one JSON line with text_encode_s, denoise_s, vae_decode_s, total_s (medians), load_s.
@@ -36,6 +40,15 @@ if pipeline_class == "FluxPipeline":
     from diffusers import FluxPipeline
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
     pipe = FluxPipeline.from_pretrained(args.model_dir, torch_dtype=torch.float32)
+elif pipeline_class == "ZImagePipeline":
+    from diffusers import ZImagePipeline
+    from diffusers.pipelines.z_image.pipeline_z_image import (calculate_shift, get_default_z_image_sigmas,
+                                                               retrieve_timesteps)
+    pipe = ZImagePipeline.from_pretrained(args.model_dir, torch_dtype=torch.float32)
+elif pipeline_class == "StableDiffusion3Pipeline":
+    from diffusers import StableDiffusion3Pipeline
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
+    pipe = StableDiffusion3Pipeline.from_pretrained(args.model_dir, torch_dtype=torch.float32)
 else:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_pretrained(args.model_dir, torch_dtype=torch.float32, safety_checker=None)
@@ -94,7 +107,63 @@ def run_flux(seed):
     return {"text_encode_s": t1 - t0, "denoise_s": t2 - t1, "vae_decode_s": t3 - t2, "total_s": t3 - t0}
 
 
-run = run_flux if pipeline_class == "FluxPipeline" else run_sd
+def decode(latents):
+    latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+    image = pipe.vae.decode(latents, return_dict=False)[0]
+    pixels = pipe.image_processor.postprocess(image, output_type="np")
+    if not np.isfinite(pixels).all() or not torch.isfinite(latents).all():
+        print("warning: non-finite latents or pixels", file=sys.stderr)
+
+
+@torch.no_grad()
+def run_zimage(seed):
+    """What ZImagePipeline.__call__ does at guidance 0, split at the stage boundaries."""
+    t0 = time.perf_counter()
+    embeds, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
+    t1 = time.perf_counter()
+    h, w = 2 * (args.height // 16), 2 * (args.width // 16)
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(1, 16, h, w, generator=g)
+    config = pipe.scheduler.config
+    mu = calculate_shift((h // 2) * (w // 2), config.get("base_image_seq_len", 256),
+                         config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                         config.get("max_shift", 1.15))
+    timesteps, _ = retrieve_timesteps(pipe.scheduler, args.steps, "cpu",
+                                      sigmas=get_default_z_image_sigmas(args.steps), mu=mu)
+    pipe.scheduler.set_begin_index(0)
+    for t in timesteps:
+        out = pipe.transformer(list(latents.unsqueeze(2).unbind(dim=0)), (1000 - t.expand(1)) / 1000, embeds,
+                               return_dict=False)[0]
+        velocity = -torch.stack([o.float() for o in out], dim=0).squeeze(2)
+        latents = pipe.scheduler.step(velocity, t, latents, return_dict=False)[0]
+    t2 = time.perf_counter()
+    decode(latents)
+    t3 = time.perf_counter()
+    return {"text_encode_s": t1 - t0, "denoise_s": t2 - t1, "vae_decode_s": t3 - t2, "total_s": t3 - t0}
+
+
+@torch.no_grad()
+def run_sd3(seed):
+    """What StableDiffusion3Pipeline.__call__ does at guidance 0, split at the stage boundaries."""
+    t0 = time.perf_counter()
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt, None, None, device="cpu", do_classifier_free_guidance=False,
+                                              max_sequence_length=args.max_sequence_length)
+    t1 = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(1, 16, args.height // 8, args.width // 8, generator=g)
+    timesteps, _ = retrieve_timesteps(pipe.scheduler, args.steps, "cpu")
+    for t in timesteps:
+        velocity = pipe.transformer(hidden_states=latents, timestep=t.expand(1), encoder_hidden_states=embeds,
+                                    pooled_projections=pooled, return_dict=False)[0]
+        latents = pipe.scheduler.step(velocity, t, latents, return_dict=False)[0]
+    t2 = time.perf_counter()
+    decode(latents)
+    t3 = time.perf_counter()
+    return {"text_encode_s": t1 - t0, "denoise_s": t2 - t1, "vae_decode_s": t3 - t2, "total_s": t3 - t0}
+
+
+run = {"FluxPipeline": run_flux, "ZImagePipeline": run_zimage, "StableDiffusion3Pipeline": run_sd3}.get(
+    pipeline_class, run_sd)
 run(0)
 samples = [run(i + 1) for i in range(args.runs)]
 report = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
