@@ -2,6 +2,7 @@
 //! linear scan is cheaper than any bookkeeping.
 
 use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
 
 pub struct Lru<K, V> {
     entries: VecDeque<(K, V)>,
@@ -34,6 +35,55 @@ impl<K: PartialEq, V: Clone> Lru<K, V> {
             self.entries.pop_front();
         }
         self.entries.push_back((key, value));
+    }
+}
+
+/// Encoded prompts by (prompt, token length), shared by a pipeline's jobs: a batch, a retry or
+/// a user iterating on settings sends the same prompt again, and a T5-XXL or Qwen3 encoder is
+/// seconds of work per prompt.
+pub struct PromptCache<P> {
+    entries: Mutex<Lru<(String, usize), P>>,
+}
+
+/// Encoded prompts kept per pipeline.
+const PROMPTS: usize = 8;
+
+impl<P: Clone> PromptCache<P> {
+    pub fn new() -> Self {
+        Self {
+            entries: Mutex::new(Lru::new(PROMPTS)),
+        }
+    }
+
+    /// The cached encoding of `prompt` at `length` tokens, or `encode`'s, then kept.
+    pub fn get_or_encode<E>(
+        &self,
+        prompt: &str,
+        length: usize,
+        encode: impl FnOnce() -> Result<P, E>,
+    ) -> Result<P, E> {
+        let key = (prompt.to_string(), length);
+        if let Some(cached) = self.lock().get(&key) {
+            return Ok(cached);
+        }
+        // Not locked while encoding: another job may encode the same prompt meanwhile, which
+        // costs time once, where holding the lock would stall every other prompt.
+        let encoded = encode()?;
+        self.lock().insert(key, encoded.clone());
+        Ok(encoded)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lru<(String, usize), P>> {
+        // A panic while holding it cannot leave the map inconsistent: take it back.
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<P: Clone> Default for PromptCache<P> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

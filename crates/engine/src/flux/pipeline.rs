@@ -3,14 +3,13 @@
 //! scaling and shift. The denoising loop is ours, step by step with progress and cancel.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 
 use super::transformer::{FluxConfig, FluxInputs, FluxTransformer};
 use crate::error::{EngineError, Result};
-use crate::lru::Lru;
+use crate::lru::PromptCache;
 use crate::pipeline::LoadOptions;
 use crate::residency::Component;
 use crate::scheduler::flow_match::{FlowMatchConfig, FlowMatchEuler, Spacing};
@@ -30,13 +29,8 @@ pub struct FluxPipeline {
     vae_config: VaeConfig,
     scheduler: FlowMatchConfig,
     options: LoadOptions,
-    /// Encoded prompts by (prompt, T5 length): a batch, a retry or a user iterating on
-    /// settings sends the same prompt again, and T5-XXL is seconds of work per prompt.
-    prompts: Mutex<Lru<(String, usize), FluxPrompt>>,
+    prompts: PromptCache<FluxPrompt>,
 }
-
-/// Encoded prompts kept per pipeline.
-const PROMPT_CACHE: usize = 8;
 
 /// An encoded prompt: T5 states `(1, L, D)` and the CLIP pooled vector `(1, D_clip)`.
 #[derive(Debug, Clone)]
@@ -101,7 +95,7 @@ impl FluxPipeline {
             vae_config: VaeConfig::load(&dir.join("vae/config.json"))?,
             scheduler: FlowMatchConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?,
             options,
-            prompts: Mutex::new(Lru::new(PROMPT_CACHE)),
+            prompts: PromptCache::new(),
         })
     }
 
@@ -148,20 +142,8 @@ impl FluxPipeline {
 
     /// The prompt's T5 states and CLIP pooled vector, from the cache when it was encoded lately.
     pub fn encode(&self, prompt: &str, length: usize) -> Result<FluxPrompt> {
-        let key = (prompt.to_string(), length);
-        if let Some(cached) = self.cache().get(&key) {
-            return Ok(cached);
-        }
-        let encoded = self.encode_uncached(prompt, length)?;
-        self.cache().insert(key, encoded.clone());
-        Ok(encoded)
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, Lru<(String, usize), FluxPrompt>> {
-        // A panic while holding it cannot leave the cache inconsistent: take it back.
         self.prompts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_or_encode(prompt, length, || self.encode_uncached(prompt, length))
     }
 
     fn encode_uncached(&self, prompt: &str, length: usize) -> Result<FluxPrompt> {
