@@ -110,12 +110,26 @@ pub struct ModelIndex {
     /// negative prompt is given.
     #[serde(default)]
     pub force_zeros_for_empty_prompt: Option<bool>,
+    /// Every other key, among them the components: `[library, class]`, or `[null, null]`
+    /// for one the folder leaves out (SD3.5 without T5).
+    #[serde(flatten)]
+    others: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl ModelIndex {
     /// `dir/model_index.json`.
     pub fn read(dir: &Path) -> Result<Self> {
         read_json(&dir.join("model_index.json"))
+    }
+
+    /// Whether the folder has the component `name` (listed, and not as `[null, null]`).
+    pub fn has_component(&self, name: &str) -> bool {
+        match self.others.get(name) {
+            Some(serde_json::Value::Array(pair)) => {
+                !pair.is_empty() && pair.iter().all(|part| !part.is_null())
+            }
+            _ => false,
+        }
     }
 
     /// The family that runs this class, or an error naming the classes that are supported.
@@ -178,4 +192,23 @@ pub(crate) fn safetensors_bytes(dir: &Path) -> u64 {
             }
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_left_out_as_null_pairs_are_absent() {
+        let index: ModelIndex = serde_json::from_str(
+            r#"{"_class_name": "StableDiffusion3Pipeline", "_diffusers_version": "0.42.1",
+                "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+                "text_encoder_3": [null, null], "image_encoder": [null, null]}"#,
+        )
+        .unwrap();
+        assert!(index.has_component("text_encoder"));
+        assert!(!index.has_component("text_encoder_3"));
+        assert!(!index.has_component("tokenizer_3"));
+        assert!(!index.has_component("_diffusers_version"));
+    }
 }
