@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::transformer::{FluxConfig, FluxInputs, FluxTransformer};
 use crate::error::{EngineError, Result};
 use crate::lru::PromptCache;
-use crate::pipeline::LoadOptions;
+use crate::pipeline::{LatentPipeline, LoadOptions};
 use crate::residency::Component;
 use crate::scheduler::flow_match::{FlowMatchConfig, FlowMatchEuler, Spacing};
 use crate::text::clip::ClipTextModel;
@@ -102,20 +102,6 @@ impl FluxPipeline {
     /// Whether every component stays loaded between stages.
     pub fn is_resident(&self) -> bool {
         self.transformer.is_resident()
-    }
-
-    pub(super) fn device(&self) -> &Device {
-        &self.options.device
-    }
-
-    /// Channels of the unpacked latents (16).
-    pub fn latent_channels(&self) -> usize {
-        self.vae_config.latent_channels
-    }
-
-    /// Pixels per unpacked latent per side (8).
-    pub fn vae_factor(&self) -> u32 {
-        self.vae_config.downscale_factor() as u32
     }
 
     /// [dev] has a guidance embedding; [schnell] does not.
@@ -247,9 +233,25 @@ impl FluxPipeline {
         }
         unpack(&latents, channels, rows, cols)
     }
+}
+
+impl LatentPipeline for FluxPipeline {
+    fn device(&self) -> &Device {
+        &self.options.device
+    }
+
+    /// Channels of the unpacked latents (16).
+    fn latent_channels(&self) -> usize {
+        self.vae_config.latent_channels
+    }
+
+    /// Pixels per unpacked latent per side (8).
+    fn vae_factor(&self) -> u32 {
+        self.vae_config.downscale_factor() as u32
+    }
 
     /// Scaled latents to `(1, H, W, 3)` pixels in [0, 1].
-    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+    fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         Ok(self
             .vae
             .get()?
@@ -257,7 +259,7 @@ impl FluxPipeline {
     }
 
     /// A picture `(1, 3, H, W)` in [-1, 1] to scaled latents, for image-to-image.
-    pub fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
+    fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
         Ok(self.vae.get()?.encode_scaled(image)?)
     }
 }

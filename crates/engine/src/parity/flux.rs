@@ -9,6 +9,7 @@ use super::{Bound, Case, Comparison, ParityRunner, check_tokens, compare};
 use crate::error::{EngineError, Result};
 use crate::flux::pipeline::FluxRun;
 use crate::image_ops;
+use crate::pipeline::LatentPipeline;
 
 impl ParityRunner {
     /// A FLUX case: token ids, both prompt encodings, one transformer call, the final latents
