@@ -22,6 +22,7 @@ pub mod residency;
 pub mod scheduler;
 /// SD 1.x/2.x and SDXL; public for the tests and `benches/kernels.rs` (the UNet).
 pub mod sd;
+pub mod sd3;
 pub(crate) mod shared;
 /// The text encoders (CLIP, T5) and their tokenizers; public for `benches/kernels.rs`.
 pub mod text;
