@@ -44,7 +44,7 @@ impl HeadProjection {
     }
 }
 
-/// Query, key and value projections of one token stream.
+/// The image stream's query, key and value projections (the same names in `attn` and `attn2`).
 struct Projections {
     q: HeadProjection,
     k: HeadProjection,
@@ -52,17 +52,14 @@ struct Projections {
 }
 
 impl Projections {
-    /// `names`: the q, k, v linears and the q, k norms, under `vb`.
-    fn new(config: &Sd3Config, vb: &VarBuilder, names: [&str; 5]) -> Result<Self> {
+    fn new(config: &Sd3Config, vb: &VarBuilder) -> Result<Self> {
         Ok(Self {
-            q: HeadProjection::new(config, vb, names[0], Some(names[3]))?,
-            k: HeadProjection::new(config, vb, names[1], Some(names[4]))?,
-            v: HeadProjection::new(config, vb, names[2], None)?,
+            q: HeadProjection::new(config, vb, "to_q", Some("norm_q"))?,
+            k: HeadProjection::new(config, vb, "to_k", Some("norm_k"))?,
+            v: HeadProjection::new(config, vb, "to_v", None)?,
         })
     }
 }
-
-const IMAGE_NAMES: [&str; 5] = ["to_q", "to_k", "to_v", "norm_q", "norm_k"];
 
 /// `softmax(q k^T / sqrt(d)) v` over `(B, N, heads, head)` inputs (read as transposed views,
 /// not copied), back to `(B, Nq, width)`.
@@ -102,7 +99,7 @@ impl JointAttention {
             ))
         };
         Ok(Self {
-            image: Projections::new(config, &vb, IMAGE_NAMES)?,
+            image: Projections::new(config, &vb)?,
             text_k: HeadProjection::new(config, &vb, "add_k_proj", Some("norm_added_k"))?,
             text_v: HeadProjection::new(config, &vb, "add_v_proj", None)?,
             text_out,
@@ -138,7 +135,7 @@ impl ImageAttention {
     pub fn new(config: &Sd3Config, vb: VarBuilder) -> Result<Self> {
         let width = config.inner_dim();
         Ok(Self {
-            projections: Projections::new(config, &vb, IMAGE_NAMES)?,
+            projections: Projections::new(config, &vb)?,
             to_out: layers::linear(width, width, vb.pp("to_out.0"))?,
         })
     }
