@@ -3,3 +3,4 @@
 //! `fixtures/DIT.md`.
 
 pub mod text;
+pub mod transformer;
