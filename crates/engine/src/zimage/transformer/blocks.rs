@@ -59,9 +59,10 @@ impl Attention {
         let q = normed(heads(self.to_q.forward(x)?)?, &self.norm_q)?;
         let k = normed(heads(self.to_k.forward(x)?)?, &self.norm_k)?;
         let v = heads(self.to_v.forward(x)?)?;
-        // (B, tokens, heads, D) viewed as (B, heads, tokens, D): the kernel reads any strides.
-        let q = rope::apply(&q, cos, sin)?.transpose(1, 2)?;
-        let k = rope::apply(&k, cos, sin)?.transpose(1, 2)?;
+        // Heads first, (B, heads, tokens, D): q and k as RoPE leaves them, v a transposed view
+        // (the attention kernel reads any strides).
+        let q = rope::apply(&q, cos, sin)?;
+        let k = rope::apply(&k, cos, sin)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let out = scaled_dot_product(&q, &k, &v.transpose(1, 2)?, scale)?;
         self.to_out
