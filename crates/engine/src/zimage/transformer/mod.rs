@@ -112,8 +112,9 @@ impl ZImageTransformer {
 
     /// Latents `(1, in_channels, h, w)`, caption states `(1, L, cap_feat_dim)` (the real tokens
     /// only) and the timestep argument `1 - sigma` to the raw prediction `(1, in_channels, h, w)`
-    /// (the pipeline negates it before its Euler step). One image per call: classifier-free
-    /// guidance runs its two branches as two calls.
+    /// (the pipeline negates it before its Euler step), in the compute dtype (f32 on CPU, the
+    /// weights' dtype elsewhere). One image per call: classifier-free guidance runs its two
+    /// branches as two calls, which diffusers' masked batch matches to within 1e-6.
     pub fn forward(&self, latents: &Tensor, caption: &Tensor, timestep: f32) -> Result<Tensor> {
         let (batch, channels, height, width) = latents.dims4()?;
         let (caption_batch, caption_tokens, _) = caption.dims3()?;
@@ -228,10 +229,14 @@ fn with_pad_slots(tokens: &Tensor, pad_token: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[tokens, &pad_token.broadcast_as((pads, dim))?], 0)
 }
 
-/// LayerNorm without a learned scale or shift, eps 1e-6 (the final layer's `norm_final`).
+/// LayerNorm without a learned scale or shift, eps 1e-6 (the final layer's `norm_final`),
+/// computed in f32 as PyTorch's half-precision LayerNorm is, returned in `x`'s dtype.
 fn plain_norm(x: &Tensor) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
+    let wide = x.to_dtype(DType::F32)?;
+    let mean = wide.mean_keepdim(D::Minus1)?;
+    let centred = wide.broadcast_sub(&mean)?;
     let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    centred.broadcast_div(&(variance + 1e-6)?.sqrt()?)
+    centred
+        .broadcast_div(&(variance + 1e-6)?.sqrt()?)?
+        .to_dtype(x.dtype())
 }

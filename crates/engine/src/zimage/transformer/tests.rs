@@ -44,19 +44,21 @@ fn the_probe_matches_every_zimage_case() {
     assert_eq!(probes.len(), 2);
 }
 
-/// bf16 weights (computed in f32 on CPU) stay within 2e-2 of the f32 reference.
+/// bf16 and f16 weights (computed in f32 on CPU) stay within 2e-2 of the f32 reference.
 #[test]
-fn bf16_weights_stay_close_to_the_reference() {
-    for (name, ours, reference) in probes(&load(DType::BF16)) {
-        let diff = (ours.to_dtype(DType::F32).unwrap() - &reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(diff <= 2e-2, "{name}: bf16 max_abs {diff}");
+fn half_precision_weights_stay_close_to_the_reference() {
+    for dtype in [DType::BF16, DType::F16] {
+        for (name, ours, reference) in probes(&load(dtype)) {
+            let diff = (ours.to_dtype(DType::F32).unwrap() - &reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff <= 2e-2, "{name} {dtype:?}: max_abs {diff}");
+        }
     }
 }
 
