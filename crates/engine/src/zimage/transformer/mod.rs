@@ -116,6 +116,54 @@ impl ZImageTransformer {
     /// weights' dtype elsewhere). One image per call: classifier-free guidance runs its two
     /// branches as two calls, which diffusers' masked batch matches to within 1e-6.
     pub fn forward(&self, latents: &Tensor, caption: &Tensor, timestep: f32) -> Result<Tensor> {
+        let (rows, cols, caption_tokens) = self.check_inputs(latents, caption)?;
+        let device = latents.device();
+        let adaln = self.time_embedding(timestep, device)?;
+        let image = self
+            .x_embedder
+            .forward(&patchify(&latents.to_dtype(self.dtype)?)?)?;
+        let image = with_pad_slots(&image, &self.x_pad_token)?.unsqueeze(0)?;
+        let caption = self
+            .cap_norm
+            .forward(&caption.to_dtype(self.dtype)?.squeeze(0)?)?;
+        let caption = self.cap_linear.forward(&caption)?;
+        let caption = with_pad_slots(&caption, &self.cap_pad_token)?.unsqueeze(0)?;
+
+        // One table for the joint sequence [image, caption]; each refiner reads its part.
+        let mut ids = rope::image_ids(caption_tokens, rows, cols);
+        let image_slots = ids.len();
+        ids.extend(rope::caption_ids(caption_tokens));
+        let config = &self.config;
+        let (cos, sin) = rope::tables(
+            &ids,
+            &config.axes_dims,
+            &config.axes_lens,
+            config.rope_theta,
+            device,
+        )?;
+        let part = |start: usize, len: usize| -> Result<(Tensor, Tensor)> {
+            Ok((cos.narrow(0, start, len)?, sin.narrow(0, start, len)?))
+        };
+        let (image_cos, image_sin) = part(0, image_slots)?;
+        let (caption_cos, caption_sin) = part(image_slots, ids.len() - image_slots)?;
+
+        let mut image = image;
+        for block in &self.noise_refiner {
+            image = block.forward(&image, (&image_cos, &image_sin), Some(&adaln))?;
+        }
+        let mut caption = caption;
+        for block in &self.context_refiner {
+            caption = block.forward(&caption, (&caption_cos, &caption_sin), None)?;
+        }
+        let mut joint = Tensor::cat(&[image, caption], 1)?;
+        for block in &self.layers {
+            joint = block.forward(&joint, (&cos, &sin), Some(&adaln))?;
+        }
+        self.final_layer(&joint.narrow(1, 0, rows * cols)?, &adaln, rows, cols)
+    }
+
+    /// `(patch rows, patch cols, caption tokens)` of inputs this transformer can run.
+    fn check_inputs(&self, latents: &Tensor, caption: &Tensor) -> Result<(usize, usize, usize)> {
         let (batch, channels, height, width) = latents.dims4()?;
         let (caption_batch, caption_tokens, _) = caption.dims3()?;
         if batch != 1 || caption_batch != 1 {
@@ -134,56 +182,20 @@ impl ZImageTransformer {
         if caption_tokens == 0 {
             candle_core::bail!("Z-Image transformer: the caption has no tokens");
         }
-        let device = latents.device();
-        let (rows, cols) = (height / PATCH, width / PATCH);
-        let adaln = self.time_embedding(timestep, device)?;
+        Ok((height / PATCH, width / PATCH, caption_tokens))
+    }
 
-        let image = self
-            .x_embedder
-            .forward(&patchify(&latents.to_dtype(self.dtype)?)?)?;
-        let image = with_pad_slots(&image, &self.x_pad_token)?.unsqueeze(0)?;
-        let caption = self
-            .cap_norm
-            .forward(&caption.to_dtype(self.dtype)?.squeeze(0)?)?;
-        let caption = self.cap_linear.forward(&caption)?;
-        let caption = with_pad_slots(&caption, &self.cap_pad_token)?.unsqueeze(0)?;
-
-        let mut ids = rope::image_ids(caption_tokens, rows, cols);
-        let image_slots = ids.len();
-        ids.extend(rope::caption_ids(caption_tokens));
-        let (cos, sin) = rope::tables(
-            &ids,
-            &self.config.axes_dims,
-            &self.config.axes_lens,
-            self.config.rope_theta,
-            device,
-        )?;
-        let caption_slots = ids.len() - image_slots;
-        let image_rope = (
-            &cos.narrow(0, 0, image_slots)?,
-            &sin.narrow(0, 0, image_slots)?,
-        );
-        let caption_rope = (
-            &cos.narrow(0, image_slots, caption_slots)?,
-            &sin.narrow(0, image_slots, caption_slots)?,
-        );
-
-        let mut image = image;
-        for block in &self.noise_refiner {
-            image = block.forward(&image, image_rope, Some(&adaln))?;
-        }
-        let mut caption = caption;
-        for block in &self.context_refiner {
-            caption = block.forward(&caption, caption_rope, None)?;
-        }
-        let mut joint = Tensor::cat(&[image, caption], 1)?;
-        for block in &self.layers {
-            joint = block.forward(&joint, (&cos, &sin), Some(&adaln))?;
-        }
-
-        let image = joint.narrow(1, 0, rows * cols)?;
+    /// The image tokens `(1, rows * cols, dim)` to latents: LayerNorm scaled by
+    /// `1 + linear(silu(t))` (no shift), projected to patches and put back on the grid.
+    fn final_layer(
+        &self,
+        image: &Tensor,
+        adaln: &Tensor,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor> {
         let scale = (self.final_modulation.forward(&adaln.silu()?)? + 1.0)?;
-        let normed = plain_norm(&image)?.broadcast_mul(&scale.unsqueeze(1)?)?;
+        let normed = plain_norm(image)?.broadcast_mul(&scale.unsqueeze(1)?)?;
         let patches = self.final_linear.forward(&normed)?.squeeze(0)?;
         unpatchify(&patches, self.config.in_channels, rows, cols)
     }

@@ -138,6 +138,7 @@ fn other_patch_sizes_and_batches_are_refused() {
     let path = std::env::temp_dir().join(format!("zimage-patch4-{}.json", std::process::id()));
     std::fs::write(&path, config.to_string()).unwrap();
     let err = ZImageConfig::read(&path).unwrap_err().to_string();
+    std::fs::remove_file(&path).unwrap();
     assert!(err.contains("only patch 2"), "{err}");
 
     let model = load(DType::F32);
