@@ -27,7 +27,6 @@ pub(crate) mod shared;
 pub mod text;
 pub(crate) mod vae;
 pub mod weights;
-/// Z-Image: its transformer (the pipeline comes later).
 pub mod zimage;
 
 /// candle, re-exported so that callers never depend on a different version of it.
