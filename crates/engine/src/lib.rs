@@ -28,6 +28,7 @@ pub(crate) mod shared;
 pub mod text;
 pub(crate) mod vae;
 pub mod weights;
+pub mod zimage;
 
 /// candle, re-exported so that callers never depend on a different version of it.
 pub use candle_core as candle;
