@@ -6,8 +6,11 @@
 //! The template is rendered rather than its result hard-coded so that a model folder with a
 //! different template gets its own. transformers renders with jinja2's `trim_blocks` and
 //! `lstrip_blocks` and gives templates Python's string methods (`startswith`, `split`, ...)
-//! and a `raise_exception` function; minijinja is set up the same way.
+//! and a `raise_exception` function; minijinja is set up the same way. Like transformers, the
+//! template also sees the tokenizer's special tokens (`bos_token`, `eos_token`, ...), which
+//! some templates write out.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use minijinja::syntax::SyntaxConfig;
@@ -17,7 +20,11 @@ use crate::error::{EngineError, Result};
 
 pub struct ChatTemplate {
     source: String,
+    /// `bos_token`, `eos_token`, `unk_token`, `pad_token`: those the config names.
+    special_tokens: BTreeMap<&'static str, String>,
 }
+
+const SPECIAL_TOKENS: [&str; 4] = ["bos_token", "eos_token", "unk_token", "pad_token"];
 
 impl ChatTemplate {
     /// The template of a tokenizer folder whose parsed `tokenizer_config.json` is `config`.
@@ -44,7 +51,14 @@ impl ChatTemplate {
                 ));
             }
         };
-        let template = Self { source };
+        let special_tokens = SPECIAL_TOKENS
+            .into_iter()
+            .filter_map(|key| Some((key, token_name(config.get(key))?.to_string())))
+            .collect();
+        let template = Self {
+            source,
+            special_tokens,
+        };
         template.render("").map_err(|e| {
             EngineError::config(dir, format!("the chat template cannot be rendered: {e}"))
         })?;
@@ -67,7 +81,18 @@ impl ChatTemplate {
             messages => vec![context! { role => "user", content => prompt }],
             add_generation_prompt => true,
             enable_thinking => true,
+            ..Value::from(self.special_tokens.clone())
         })
+    }
+}
+
+/// A special token in `tokenizer_config.json`: a plain string, or an `AddedToken` object
+/// with its `content`.
+pub fn token_name(value: Option<&serde_json::Value>) -> Option<&str> {
+    match value? {
+        serde_json::Value::String(name) => Some(name),
+        serde_json::Value::Object(token) => token.get("content")?.as_str(),
+        _ => None,
     }
 }
 

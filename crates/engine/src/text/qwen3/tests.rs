@@ -78,6 +78,26 @@ fn chat_template_renders_the_user_turn_and_generation_prompt() {
     );
 }
 
+/// The reference's real (unmasked) ids of a prompt.
+fn real_ids(prompt: &Prompt) -> Vec<u32> {
+    let ids = row(&prompt.tensors[&format!("{}prompt_token_ids", prompt.prefix)]);
+    let mask = row(&prompt.tensors[&format!("{}prompt_attention_mask", prompt.prefix)]);
+    assert!(mask.windows(2).all(|w| w[0] >= w[1]), "right padding");
+    let real = mask.iter().sum::<u32>() as usize;
+    ids[..real].to_vec()
+}
+
+/// Special tokens are in the template's context, as transformers puts them there.
+#[test]
+fn chat_template_sees_the_special_tokens() {
+    let config = serde_json::json!({
+        "eos_token": {"content": "<|im_end|>"},
+        "chat_template": "{{ messages[0].content }}{{ eos_token }}",
+    });
+    let template = chat_template::ChatTemplate::load(Path::new("."), &config).unwrap();
+    assert_eq!(template.render("hi").unwrap(), "hi<|im_end|>");
+}
+
 #[test]
 fn token_ids_and_masks_are_transformers_ones() {
     let tokenizer = Qwen3Tokenizer::load(&tiny_zimage().join("tokenizer")).unwrap();
@@ -120,11 +140,7 @@ fn embeddings_match_every_reference_prompt() {
     let model = Qwen3Encoder::load(&dir, Variant::Auto, DType::F32, &Device::Cpu).unwrap();
     for prompt in zimage_prompts() {
         let name = format!("{} {}prompt_embeds", prompt.case, prompt.prefix);
-        let ids = row(&prompt.tensors[&format!("{}prompt_token_ids", prompt.prefix)]);
-        let real = row(&prompt.tensors[&format!("{}prompt_attention_mask", prompt.prefix)])
-            .iter()
-            .sum::<u32>() as usize;
-        let ours = model.embed(&ids[..real]).unwrap();
+        let ours = model.embed(&real_ids(&prompt)).unwrap();
         assert_close(
             &name,
             &ours,
@@ -133,15 +149,14 @@ fn embeddings_match_every_reference_prompt() {
     }
 }
 
-/// bf16 weights (the real model's) compute in f32 on CPU and stay close to the reference.
+/// bf16 weights (the real model's) compute in f32 on CPU and stay within 2e-2 of the
+/// reference (measured: 1.2e-2, on values up to 2.5).
 #[test]
 fn bf16_weights_stay_within_2e_2() {
     let dir = tiny_zimage().join("text_encoder");
     let model = Qwen3Encoder::load(&dir, Variant::Auto, DType::BF16, &Device::Cpu).unwrap();
     for prompt in zimage_prompts() {
-        let ids = row(&prompt.tensors[&format!("{}prompt_token_ids", prompt.prefix)]);
-        let real = ids.iter().take_while(|&&id| id != 151643).count();
-        let ours = model.embed(&ids[..real]).unwrap();
+        let ours = model.embed(&real_ids(&prompt)).unwrap();
         let reference = &prompt.tensors[&format!("{}prompt_embeds", prompt.prefix)];
         let diff = (ours.to_dtype(DType::F32).unwrap() - reference)
             .unwrap()
@@ -151,15 +166,7 @@ fn bf16_weights_stay_within_2e_2() {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        let scale = reference
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1.0);
-        assert!(diff <= 2e-2 * scale, "{}: bf16 max_abs {diff}", prompt.case);
+        assert!(diff <= 2e-2, "{}: bf16 max_abs {diff}", prompt.case);
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tokenizers::Tokenizer;
 
-use super::chat_template::ChatTemplate;
+use super::chat_template::{ChatTemplate, token_name};
 use crate::error::{EngineError, Result};
 
 pub struct Qwen3Tokenizer {
@@ -91,15 +91,5 @@ impl Qwen3Tokenizer {
         let real = ids.len();
         ids.resize(max_len, self.pad_id);
         Ok(TokenizedPrompt { ids, real })
-    }
-}
-
-/// A special token in `tokenizer_config.json`: a plain string, or an `AddedToken` object
-/// with its `content`.
-fn token_name(value: Option<&serde_json::Value>) -> Option<&str> {
-    match value? {
-        serde_json::Value::String(name) => Some(name),
-        serde_json::Value::Object(token) => token.get("content")?.as_str(),
-        _ => None,
     }
 }
