@@ -68,13 +68,20 @@ impl Qwen3Encoder {
             "embed_tokens.weight",
         )?;
         // Only the tensors asked for are read from the file: the last layer's never are.
-        let layers = (0..config.num_hidden_layers - 1)
+        let layers = (0..config.num_hidden_layers.saturating_sub(1))
             .map(|i| DecoderLayer::new(&config, vb.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
+        // LLM residual streams carry a few very large activations, and Qwen's are known to
+        // overflow f16 (its models are published and run in bf16): f16 weights compute in
+        // f32; bf16 has f32's range and computes in bf16 on a GPU.
+        let dtype = match layers::compute_dtype(vb.dtype(), vb.device()) {
+            DType::F16 => DType::F32,
+            other => other,
+        };
         Ok(Self {
             embedding: Embedding::new(table, config.hidden_size),
             layers,
-            dtype: layers::compute_dtype(vb.dtype(), vb.device()),
+            dtype,
             config,
         })
     }

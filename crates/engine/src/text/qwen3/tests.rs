@@ -149,24 +149,26 @@ fn embeddings_match_every_reference_prompt() {
     }
 }
 
-/// bf16 weights (the real model's) compute in f32 on CPU and stay within 2e-2 of the
-/// reference (measured: 1.2e-2, on values up to 2.5).
+/// Half-precision weights (the real model is published in bf16) compute in f32 on CPU and
+/// stay within 2e-2 of the reference (measured: bf16 1.2e-2, f16 1.6e-3, on values up to 2.5).
 #[test]
-fn bf16_weights_stay_within_2e_2() {
+fn bf16_and_f16_weights_stay_within_2e_2() {
     let dir = tiny_zimage().join("text_encoder");
-    let model = Qwen3Encoder::load(&dir, Variant::Auto, DType::BF16, &Device::Cpu).unwrap();
-    for prompt in zimage_prompts() {
-        let ours = model.embed(&real_ids(&prompt)).unwrap();
-        let reference = &prompt.tensors[&format!("{}prompt_embeds", prompt.prefix)];
-        let diff = (ours.to_dtype(DType::F32).unwrap() - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(diff <= 2e-2, "{}: bf16 max_abs {diff}", prompt.case);
+    for dtype in [DType::BF16, DType::F16] {
+        let model = Qwen3Encoder::load(&dir, Variant::Auto, dtype, &Device::Cpu).unwrap();
+        for prompt in zimage_prompts() {
+            let ours = model.embed(&real_ids(&prompt)).unwrap();
+            let reference = &prompt.tensors[&format!("{}prompt_embeds", prompt.prefix)];
+            let diff = (ours.to_dtype(DType::F32).unwrap() - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff <= 2e-2, "{} {dtype:?}: max_abs {diff}", prompt.case);
+        }
     }
 }
 
