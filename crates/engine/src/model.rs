@@ -18,6 +18,10 @@ pub enum Family {
     StableDiffusionXl,
     /// FLUX.1 [schnell] and [dev].
     Flux,
+    /// Z-Image (Turbo).
+    ZImage,
+    /// Stable Diffusion 3.5 (Large, Large Turbo, Medium).
+    StableDiffusion3,
 }
 
 impl Family {
@@ -81,7 +85,13 @@ pub(crate) struct FamilyEntry {
     pub load: fn(&Path, &ModelIndex, LoadOptions) -> Result<Box<dyn Generator>>,
 }
 
-const FAMILIES: [&FamilyEntry; 3] = [&crate::sd::SD, &crate::sd::SDXL, &crate::flux::FLUX];
+const FAMILIES: [&FamilyEntry; 5] = [
+    &crate::sd::SD,
+    &crate::sd::SDXL,
+    &crate::flux::FLUX,
+    &crate::zimage::ZIMAGE,
+    &crate::sd3::SD3,
+];
 
 /// Every `_class_name` the engine runs.
 pub fn supported_classes() -> impl Iterator<Item = &'static str> {

@@ -11,7 +11,10 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 
+mod flow;
 mod flux;
+mod sd3;
+mod zimage;
 
 use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
@@ -21,6 +24,8 @@ use crate::pipeline::LoadOptions;
 use crate::scheduler::{NoiseSource, SchedulerKind, unset_init_noise_sigma};
 use crate::sd::unet::AddedConditioning;
 use crate::sd::{EncodedPrompts, Run, SdPipeline, Start};
+use crate::sd3::pipeline::Sd3Pipeline;
+use crate::zimage::pipeline::ZImagePipeline;
 
 /// One entry of `cases.json`.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -123,6 +128,8 @@ pub struct ParityRunner {
     options: LoadOptions,
     pipelines: HashMap<String, SdPipeline>,
     flux: HashMap<String, FluxPipeline>,
+    sd3: HashMap<String, Sd3Pipeline>,
+    zimage: HashMap<String, ZImagePipeline>,
 }
 
 /// Intermediate stages (text embeddings, the UNet probe, final latents) may differ by this
@@ -144,6 +151,8 @@ impl ParityRunner {
             options,
             pipelines: HashMap::new(),
             flux: HashMap::new(),
+            sd3: HashMap::new(),
+            zimage: HashMap::new(),
         }
     }
 
@@ -159,6 +168,8 @@ impl ParityRunner {
         let mut skipped = None;
         let outcome = match self.family_of(&case.model) {
             Ok(Ok(Family::Flux)) => self.check_flux(case, &mut comparisons),
+            Ok(Ok(Family::StableDiffusion3)) => self.check_sd3(case, &mut comparisons),
+            Ok(Ok(Family::ZImage)) => self.check_zimage(case, &mut comparisons),
             Ok(Ok(Family::StableDiffusion | Family::StableDiffusionXl)) => {
                 self.check(case, &mut comparisons)
             }
@@ -189,6 +200,25 @@ impl ParityRunner {
             self.flux.insert(model.to_string(), pipeline);
         }
         Ok(&self.flux[model])
+    }
+
+    fn sd3(&mut self, model: &str) -> Result<&Sd3Pipeline> {
+        if !self.sd3.contains_key(model) {
+            let dir = self.models_dir.join(model);
+            let index = ModelIndex::read(&dir)?;
+            let pipeline = Sd3Pipeline::load(&dir, &index, self.options.clone())?;
+            self.sd3.insert(model.to_string(), pipeline);
+        }
+        Ok(&self.sd3[model])
+    }
+
+    fn zimage(&mut self, model: &str) -> Result<&ZImagePipeline> {
+        if !self.zimage.contains_key(model) {
+            let pipeline =
+                ZImagePipeline::load(&self.models_dir.join(model), self.options.clone())?;
+            self.zimage.insert(model.to_string(), pipeline);
+        }
+        Ok(&self.zimage[model])
     }
 
     fn tensors(&self, case: &Case) -> Result<CaseTensors> {

@@ -1,14 +1,11 @@
 //! The FLUX cases, stage by stage.
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{DType, Tensor};
-
+use super::flow::{final_stages, start_noise};
 use super::{Bound, Case, Comparison, ParityRunner, check_tokens, compare};
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::flux::pipeline::FluxRun;
-use crate::image_ops;
 use crate::pipeline::LatentPipeline;
 
 impl ParityRunner {
@@ -18,13 +15,10 @@ impl ParityRunner {
     pub(super) fn check_flux(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
         let case_tensors = self.tensors(case)?;
         let (tensors, get) = (&case_tensors.map, |name: &str| case_tensors.get(name));
-        let (image_bound, stage) = (
-            Bound::Absolute(self.image_tolerance),
-            Bound::Relative(self.stage_tolerance),
-        );
+        let stage = Bound::Relative(self.stage_tolerance);
         let device = self.options.device.clone();
-        let picture = self.cases_dir.join(format!("{}.init.png", case.name));
-        let pipeline = self.flux(&case.model)?;
+        self.flux(&case.model)?;
+        let pipeline = &self.flux[case.model.as_str()];
         let length = case
             .max_sequence_length
             .unwrap_or_else(|| pipeline.default_max_sequence_length());
@@ -76,31 +70,10 @@ impl ParityRunner {
                 stage,
             )?);
         }
-        // Image-to-image: our preprocessing and encoding of the picture against the
-        // reference's; the loop then starts from the reference's latents, so that a VAE
-        // encoder error is not reported as a denoising one.
-        let image_latents = match case.init_image.unwrap_or(false) {
-            true => {
-                let reference = get("init_image")?.to_device(&device)?;
-                if picture.is_file() {
-                    out.push(init_image_stage(&picture, &reference, case)?);
-                }
-                out.push(compare(
-                    "image latents",
-                    "image_latents",
-                    &pipeline.encode_image(&reference)?,
-                    &get("image_latents")?,
-                    stage,
-                )?);
-                Some(get("image_latents")?.to_device(&device)?)
-            }
-            false => None,
-        };
-        let noise = match image_latents {
-            Some(_) => get("noise")?,
-            None => get("initial_latents")?,
-        }
-        .to_device(&device)?;
+        let image_latents = self.reference_latents(case, &case_tensors, out, |picture| {
+            pipeline.encode_image(picture)
+        })?;
+        let noise = start_noise(&case_tensors, image_latents.is_some(), &device)?;
         let run = FluxRun {
             prompt: &prompt,
             negative: negative.as_ref().map(|(prompt, scale)| (prompt, *scale)),
@@ -112,44 +85,13 @@ impl ParityRunner {
                 .map(|latents| (latents, case.strength.unwrap_or(1.0))),
         };
         let latents = pipeline.denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))?;
-        out.push(compare(
-            "latents",
-            "final_latents",
+        final_stages(
+            pipeline,
             &latents,
-            &get("final_latents")?,
+            &case_tensors,
+            self.image_tolerance,
             stage,
-        )?);
-        let decoded = pipeline.decode(&get("final_latents")?.to_device(&device)?)?;
-        out.push(compare(
-            "image",
-            "image",
-            &decoded.squeeze(0)?,
-            &get("image")?,
-            image_bound,
-        )?);
-        Ok(())
+            out,
+        )
     }
-}
-
-/// The case's picture file, read and scaled to [-1, 1] as a request's would be, against the
-/// picture the reference pipeline received.
-fn init_image_stage(picture: &Path, reference: &Tensor, case: &Case) -> Result<Comparison> {
-    let image = image::open(picture).map_err(|e| EngineError::Io {
-        path: picture.to_path_buf(),
-        source: std::io::Error::other(e),
-    })?;
-    let ours = image_ops::from_picture(
-        &image,
-        case.width,
-        case.height,
-        reference.device(),
-        DType::F32,
-    )?;
-    compare(
-        "init image",
-        "init_image",
-        &ours,
-        reference,
-        Bound::Absolute(1e-6),
-    )
 }

@@ -17,10 +17,11 @@ fn extra_reference_cases_pass() {
     assert_cases_pass(&dir, 15);
 }
 
-/// The transformer families' cases: every FLUX case passes at every stage; the families not
-/// supported yet (Z-Image, SD3.5) are reported as skipped, not failed.
+/// The transformer families' cases (FLUX.1, Z-Image, SD3.5): every one passes at every stage
+/// it carries, the text, the one-call transformer probe, the loop's final latents and the image
+/// among them.
 #[test]
-fn dit_reference_cases_pass_or_are_skipped() {
+fn dit_reference_cases_pass() {
     let cases_dir = fixtures().join("cases-dit");
     let cases = read_cases(&cases_dir).unwrap();
     let mut runner = ParityRunner::new(
@@ -33,23 +34,18 @@ fn dit_reference_cases_pass_or_are_skipped() {
     for case in &cases {
         let report = runner.run(case);
         println!("{}", report.line());
-        if case.model.contains("flux") {
-            assert!(report.passed(), "{}", report.line());
-            let stages: Vec<_> = report.comparisons.iter().map(|c| c.stage).collect();
-            for stage in ["text", "transformer probe", "latents", "image"] {
-                assert!(
-                    stages.contains(&stage),
-                    "{}: {stage} not compared",
-                    case.name
-                );
-            }
-            passed.push(case.name.as_str());
-        } else {
-            assert!(report.skipped.is_some(), "{}", report.line());
-            assert!(!report.passed());
+        assert!(report.passed(), "{}", report.line());
+        let stages: Vec<_> = report.comparisons.iter().map(|c| c.stage).collect();
+        for stage in ["text", "transformer probe", "latents", "image"] {
+            assert!(
+                stages.contains(&stage),
+                "{}: {stage} not compared",
+                case.name
+            );
         }
+        passed.push(case.name.as_str());
     }
-    assert_eq!(passed.len(), 4, "{passed:?}");
+    assert_eq!(passed.len(), 8, "{passed:?}");
 }
 
 /// Our own FLUX cases (`tools/dit/cases_own.json`): image-to-image, a prompt past both

@@ -40,6 +40,9 @@ pub struct Sd3Config {
     /// The blocks with MMDiT-X's second, image-only attention.
     #[serde(default)]
     pub dual_attention_layers: Vec<usize>,
+    /// Training size in latents a side (128: 1024 pixels); only the default size reads it.
+    #[serde(default = "one_twenty_eight")]
+    pub sample_size: usize,
 }
 
 fn two() -> usize {
@@ -65,6 +68,9 @@ fn pooled_width() -> usize {
 }
 fn ninety_six() -> usize {
     96
+}
+fn one_twenty_eight() -> usize {
+    128
 }
 
 impl Sd3Config {

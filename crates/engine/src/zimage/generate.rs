@@ -1,0 +1,49 @@
+//! Z-Image behind the engine's one [`Generator`] interface: a request's fields mapped onto
+//! [`ZImageRun`].
+
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use super::pipeline::{MAX_SEQUENCE_LENGTH, ZImagePipeline, ZImageRun};
+use crate::error::Result;
+use crate::pipeline::{GenerateRequest, GeneratedImage, Generator, Progress, each_latent_image};
+
+impl Generator for ZImagePipeline {
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        on_progress: &mut dyn FnMut(Progress),
+        cancel: &AtomicBool,
+    ) -> Result<Vec<GeneratedImage>> {
+        let encoding = Instant::now();
+        let prompt = self.encode(&request.prompt, MAX_SEQUENCE_LENGTH)?;
+        // As diffusers: any guidance above 0 runs the negative prompt (or "") too.
+        let negative = if request.guidance_scale > 0.0 {
+            let text = request.negative_prompt.as_deref().unwrap_or("");
+            Some(self.encode(text, MAX_SEQUENCE_LENGTH)?)
+        } else {
+            if request.negative_prompt.is_some() {
+                tracing::warn!("Z-Image ignores a negative prompt unless guidance_scale > 0");
+            }
+            None
+        };
+        let text_encode = encoding.elapsed();
+        each_latent_image(
+            self,
+            request,
+            text_encode,
+            on_progress,
+            |noise, image, on_step| {
+                let run = ZImageRun {
+                    prompt: &prompt,
+                    negative: negative.as_ref(),
+                    noise,
+                    steps: request.steps,
+                    guidance: request.guidance_scale,
+                    image,
+                };
+                self.denoise(&run, on_step, cancel)
+            },
+        )
+    }
+}
