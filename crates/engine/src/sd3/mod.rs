@@ -22,7 +22,8 @@ pub(crate) const SD3: FamilyEntry = FamilyEntry {
     load: |dir, index, options| Ok(Box::new(pipeline::Sd3Pipeline::load(dir, index, options)?)),
 };
 
-/// The transformer's `sample_size` latents a side (128) x the VAE's 8 = 1024. The defaults of
+/// The default size as diffusers' pipeline computes it: the transformer's `sample_size` latents a
+/// side x the VAE's 8 (SD3.5: 128 x 8 = 1024). The defaults of
 /// the model cards: Large Turbo 4 steps without guidance (told apart by its name, as the
 /// configs are Large's), Medium (the MMDiT-X, with dual-attention layers) 40 steps at 4.5,
 /// Large 28 steps at 3.5.

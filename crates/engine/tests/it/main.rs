@@ -2,6 +2,7 @@
 
 mod broken_models;
 mod generate;
+mod generate_dit;
 mod generate_flux;
 mod parity;
 mod shared_components;
