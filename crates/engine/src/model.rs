@@ -1,6 +1,7 @@
 //! A diffusers model folder: `model_index.json` names the pipeline class, and the class names
-//! the family that runs it. [`FAMILIES`] is the one table from class to family; a new family is
-//! a module of its own plus one row here.
+//! the family that runs it. [`FAMILIES`] is the one table from class to family (its classes,
+//! shape, loader and parity check); a new family is a module of its own, its parity file, and
+//! one row here.
 
 use std::path::Path;
 
@@ -68,7 +69,7 @@ impl Family {
         Ok(())
     }
 
-    fn entry(self) -> &'static FamilyEntry {
+    pub(crate) fn entry(self) -> &'static FamilyEntry {
         FAMILIES
             .iter()
             .find(|entry| entry.family == self)
@@ -77,12 +78,13 @@ impl Family {
 }
 
 /// What a family module provides: the pipeline classes it runs, how to read a folder's shape
-/// from its configs alone, and how to load it.
+/// from its configs alone, how to load it, and how to check it against diffusers' cases.
 pub(crate) struct FamilyEntry {
     pub family: Family,
     pub classes: &'static [&'static str],
     pub shape: fn(&Path) -> Result<ModelShape>,
     pub load: fn(&Path, &ModelIndex, LoadOptions) -> Result<Box<dyn Generator>>,
+    pub parity: crate::parity::ParityCheck,
 }
 
 const FAMILIES: [&FamilyEntry; 5] = [

@@ -5,6 +5,7 @@
 //! almost blind to latent errors, so the image alone would let a wrong UNet pass. Each stage
 //! is checked where it happens and the first failing one is named.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -18,14 +19,11 @@ mod zimage;
 
 use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
-use crate::flux::pipeline::FluxPipeline;
 use crate::model::{Family, ModelIndex};
 use crate::pipeline::LoadOptions;
 use crate::scheduler::{NoiseSource, SchedulerKind, unset_init_noise_sigma};
 use crate::sd::unet::AddedConditioning;
 use crate::sd::{EncodedPrompts, Run, SdPipeline, Start};
-use crate::sd3::pipeline::Sd3Pipeline;
-use crate::zimage::pipeline::ZImagePipeline;
 
 /// One entry of `cases.json`.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -126,11 +124,12 @@ pub struct ParityRunner {
     image_tolerance: f64,
     stage_tolerance: f64,
     options: LoadOptions,
-    pipelines: HashMap<String, SdPipeline>,
-    flux: HashMap<String, FluxPipeline>,
-    sd3: HashMap<String, Sd3Pipeline>,
-    zimage: HashMap<String, ZImagePipeline>,
+    /// Each model's pipeline, of its family's type, loaded by its first case.
+    pipelines: HashMap<String, Box<dyn Any>>,
 }
+
+/// A family's stage-by-stage check of one case (its row in `crate::model`'s table).
+pub(crate) type ParityCheck = fn(&mut ParityRunner, &Case, &mut Vec<Comparison>) -> Result<()>;
 
 /// Intermediate stages (text embeddings, the UNet probe, final latents) may differ by this
 /// fraction of the reference tensor's largest magnitude (at least 1) unless told otherwise.
@@ -150,9 +149,6 @@ impl ParityRunner {
             stage_tolerance: DEFAULT_STAGE_TOLERANCE,
             options,
             pipelines: HashMap::new(),
-            flux: HashMap::new(),
-            sd3: HashMap::new(),
-            zimage: HashMap::new(),
         }
     }
 
@@ -167,12 +163,7 @@ impl ParityRunner {
         let mut comparisons = Vec::new();
         let mut skipped = None;
         let outcome = match self.family_of(&case.model) {
-            Ok(Ok(Family::Flux)) => self.check_flux(case, &mut comparisons),
-            Ok(Ok(Family::StableDiffusion3)) => self.check_sd3(case, &mut comparisons),
-            Ok(Ok(Family::ZImage)) => self.check_zimage(case, &mut comparisons),
-            Ok(Ok(Family::StableDiffusion | Family::StableDiffusionXl)) => {
-                self.check(case, &mut comparisons)
-            }
+            Ok(Ok(family)) => (family.entry().parity)(self, case, &mut comparisons),
             Ok(Err(class)) => {
                 skipped = Some(format!("{class} is not supported yet"));
                 Ok(())
@@ -194,31 +185,29 @@ impl ParityRunner {
         Ok(index.family(&dir).map_err(|_| index.class_name))
     }
 
-    fn flux(&mut self, model: &str) -> Result<&FluxPipeline> {
-        if !self.flux.contains_key(model) {
-            let pipeline = FluxPipeline::load(&self.models_dir.join(model), self.options.clone())?;
-            self.flux.insert(model.to_string(), pipeline);
-        }
-        Ok(&self.flux[model])
-    }
-
-    fn sd3(&mut self, model: &str) -> Result<&Sd3Pipeline> {
-        if !self.sd3.contains_key(model) {
+    /// Load `model` with `load` unless an earlier case did.
+    fn load<P: 'static>(
+        &mut self,
+        model: &str,
+        load: impl FnOnce(&Path, &ModelIndex, LoadOptions) -> Result<P>,
+    ) -> Result<()> {
+        if !self.pipelines.contains_key(model) {
             let dir = self.models_dir.join(model);
             let index = ModelIndex::read(&dir)?;
-            let pipeline = Sd3Pipeline::load(&dir, &index, self.options.clone())?;
-            self.sd3.insert(model.to_string(), pipeline);
+            let pipeline = load(&dir, &index, self.options.clone())?;
+            self.pipelines.insert(model.to_string(), Box::new(pipeline));
         }
-        Ok(&self.sd3[model])
+        Ok(())
     }
 
-    fn zimage(&mut self, model: &str) -> Result<&ZImagePipeline> {
-        if !self.zimage.contains_key(model) {
-            let pipeline =
-                ZImagePipeline::load(&self.models_dir.join(model), self.options.clone())?;
-            self.zimage.insert(model.to_string(), pipeline);
-        }
-        Ok(&self.zimage[model])
+    /// The pipeline [`Self::load`] loaded for `model`.
+    fn loaded<P: 'static>(&self, model: &str) -> Result<&P> {
+        self.pipelines
+            .get(model)
+            .and_then(|pipeline| pipeline.downcast_ref::<P>())
+            .ok_or_else(|| {
+                EngineError::invalid("model", format!("{model} is not loaded as this family"))
+            })
     }
 
     fn tensors(&self, case: &Case) -> Result<CaseTensors> {
@@ -232,21 +221,17 @@ impl ParityRunner {
         Ok(CaseTensors { path, map })
     }
 
-    fn pipeline(&mut self, model: &str) -> Result<&SdPipeline> {
-        if !self.pipelines.contains_key(model) {
-            let pipeline = SdPipeline::load(&self.models_dir.join(model), self.options.clone())?;
-            self.pipelines.insert(model.to_string(), pipeline);
-        }
-        Ok(&self.pipelines[model])
-    }
-
-    fn check(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
+    /// An SD or SDXL case.
+    pub(crate) fn check_sd(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
         let case_tensors = self.tensors(case)?;
         let (tensors, get) = (&case_tensors.map, |name: &str| case_tensors.get(name));
         let image_bound = Bound::Absolute(self.image_tolerance);
         let stage = Bound::Relative(self.stage_tolerance);
         let device = self.options.device.clone();
-        let pipeline = self.pipeline(&case.model)?;
+        self.load(&case.model, |dir, _, options| {
+            SdPipeline::load(dir, options)
+        })?;
+        let pipeline: &SdPipeline = self.loaded(&case.model)?;
 
         check_tokens(
             &pipeline.text().token_ids(&case.prompt),

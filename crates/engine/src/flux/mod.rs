@@ -18,6 +18,7 @@ pub(crate) const FLUX: FamilyEntry = FamilyEntry {
     classes: &["FluxPipeline", "FluxImg2ImgPipeline"],
     shape,
     load: |dir, _, options| Ok(Box::new(pipeline::FluxPipeline::load(dir, options)?)),
+    parity: crate::parity::ParityRunner::check_flux,
 };
 
 /// diffusers' default size: 128 latents a side x the VAE's 8 = 1024. [dev] (guidance-distilled)

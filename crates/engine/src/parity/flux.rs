@@ -5,20 +5,22 @@ use std::sync::atomic::AtomicBool;
 use super::flow::{final_stages, start_noise};
 use super::{Bound, Case, Comparison, ParityRunner, check_tokens, compare};
 use crate::error::Result;
-use crate::flux::pipeline::FluxRun;
+use crate::flux::pipeline::{FluxPipeline, FluxRun};
 use crate::pipeline::LatentPipeline;
 
 impl ParityRunner {
     /// A FLUX case: token ids, both prompt encodings, one transformer call, the final latents
     /// from the reference's own noise (and, for image-to-image, its picture's latents), the
     /// image from the reference's final latents.
-    pub(super) fn check_flux(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
+    pub(crate) fn check_flux(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
         let case_tensors = self.tensors(case)?;
         let (tensors, get) = (&case_tensors.map, |name: &str| case_tensors.get(name));
         let stage = Bound::Relative(self.stage_tolerance);
         let device = self.options.device.clone();
-        self.flux(&case.model)?;
-        let pipeline = &self.flux[case.model.as_str()];
+        self.load(&case.model, |dir, _, options| {
+            FluxPipeline::load(dir, options)
+        })?;
+        let pipeline: &FluxPipeline = self.loaded(&case.model)?;
         let length = case
             .max_sequence_length
             .unwrap_or_else(|| pipeline.default_max_sequence_length());

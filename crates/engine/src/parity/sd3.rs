@@ -6,18 +6,18 @@ use super::flow::{final_stages, start_noise};
 use super::{Bound, Case, Comparison, ParityRunner, check_tokens, compare};
 use crate::error::Result;
 use crate::pipeline::LatentPipeline;
-use crate::sd3::pipeline::{MAX_SEQUENCE_LENGTH, Sd3Run};
+use crate::sd3::pipeline::{MAX_SEQUENCE_LENGTH, Sd3Pipeline, Sd3Run};
 
 impl ParityRunner {
     /// An SD3.5 case: the three token id sets and the conditioning of the prompt (and, under
     /// CFG, of the negative prompt or ""), one transformer call, the final latents from the
     /// reference's noise, the image from the reference's final latents.
-    pub(super) fn check_sd3(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
+    pub(crate) fn check_sd3(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
         let tensors = self.tensors(case)?;
         let stage = Bound::Relative(self.stage_tolerance);
         let device = self.options.device.clone();
-        self.sd3(&case.model)?;
-        let pipeline = &self.sd3[case.model.as_str()];
+        self.load(&case.model, Sd3Pipeline::load)?;
+        let pipeline: &Sd3Pipeline = self.loaded(&case.model)?;
         let length = case.max_sequence_length.unwrap_or(MAX_SEQUENCE_LENGTH);
         let cfg = case.guidance_scale > 1.0;
         let negative_text = case.negative_prompt.clone().unwrap_or_default();

@@ -8,18 +8,20 @@ use super::flow::{final_stages, start_noise};
 use super::{Bound, Case, Comparison, ParityRunner, check_tokens, compare};
 use crate::error::Result;
 use crate::pipeline::LatentPipeline;
-use crate::zimage::pipeline::{MAX_SEQUENCE_LENGTH, ZImageRun};
+use crate::zimage::pipeline::{MAX_SEQUENCE_LENGTH, ZImagePipeline, ZImageRun};
 
 impl ParityRunner {
     /// A Z-Image case: the chat-templated token ids and attention mask and the caption states
     /// of the prompt (and, under CFG, of the negative prompt or ""), one transformer call, the
     /// final latents from the reference's noise, the image from the reference's final latents.
-    pub(super) fn check_zimage(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
+    pub(crate) fn check_zimage(&mut self, case: &Case, out: &mut Vec<Comparison>) -> Result<()> {
         let tensors = self.tensors(case)?;
         let stage = Bound::Relative(self.stage_tolerance);
         let device = self.options.device.clone();
-        self.zimage(&case.model)?;
-        let pipeline = &self.zimage[case.model.as_str()];
+        self.load(&case.model, |dir, _, options| {
+            ZImagePipeline::load(dir, options)
+        })?;
+        let pipeline: &ZImagePipeline = self.loaded(&case.model)?;
         let length = case.max_sequence_length.unwrap_or(MAX_SEQUENCE_LENGTH);
         let negative_text = case.negative_prompt.clone().unwrap_or_default();
         let mut prompts = vec![("", case.prompt.as_str())];

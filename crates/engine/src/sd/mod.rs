@@ -33,6 +33,7 @@ pub(crate) const SD: FamilyEntry = FamilyEntry {
     classes: &["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"],
     shape: |dir| shape(dir, 7.5),
     load: |dir, index, options| load(dir, index, options, SdKind::Sd),
+    parity: crate::parity::ParityRunner::check_sd,
 };
 
 pub(crate) const SDXL: FamilyEntry = FamilyEntry {
@@ -43,6 +44,7 @@ pub(crate) const SDXL: FamilyEntry = FamilyEntry {
     ],
     shape: |dir| shape(dir, 5.0),
     load: |dir, index, options| load(dir, index, options, SdKind::Xl),
+    parity: crate::parity::ParityRunner::check_sd,
 };
 
 fn load(

@@ -20,6 +20,7 @@ pub(crate) const SD3: FamilyEntry = FamilyEntry {
     ],
     shape,
     load: |dir, index, options| Ok(Box::new(pipeline::Sd3Pipeline::load(dir, index, options)?)),
+    parity: crate::parity::ParityRunner::check_sd3,
 };
 
 /// The default size as diffusers' pipeline computes it: the transformer's `sample_size` latents a

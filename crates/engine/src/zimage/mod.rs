@@ -16,6 +16,7 @@ pub(crate) const ZIMAGE: FamilyEntry = FamilyEntry {
     classes: &["ZImagePipeline", "ZImageImg2ImgPipeline"],
     shape,
     load: |dir, _, options| Ok(Box::new(pipeline::ZImagePipeline::load(dir, options)?)),
+    parity: crate::parity::ParityRunner::check_zimage,
 };
 
 /// 1024 a side (128 latents x the VAE's 8), as the model card generates. Turbo (told apart by
