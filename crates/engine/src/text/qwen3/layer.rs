@@ -10,8 +10,8 @@ use candle_nn::VarBuilder;
 
 use super::config::Qwen3Config;
 use super::rope;
-use crate::nn::attention;
 use crate::nn::layers::{self, Linear, RmsNorm};
+use crate::nn::{activation, attention};
 
 pub struct DecoderLayer {
     input_norm: RmsNorm,
@@ -48,7 +48,7 @@ impl DecoderLayer {
             .forward(&self.input_norm.forward(x)?, mask, cos, sin)?;
         let x = (x + attended)?;
         let h = self.post_attention_norm.forward(&x)?;
-        let gated = (candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?;
+        let gated = activation::silu_mul(&self.gate.forward(&h)?, &self.up.forward(&h)?)?;
         x + self.down.forward(&gated)?
     }
 }

@@ -12,6 +12,7 @@ use candle_nn::VarBuilder;
 
 use super::config::ZImageConfig;
 use super::rope;
+use crate::nn::activation;
 use crate::nn::attention::scaled_dot_product;
 use crate::nn::layers::{self, Linear, RmsNorm};
 
@@ -88,7 +89,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gated = (self.w1.forward(x)?.silu()? * self.w3.forward(x)?)?;
+        let gated = activation::silu_mul(&self.w1.forward(x)?, &self.w3.forward(x)?)?;
         self.w2.forward(&gated)
     }
 }
