@@ -192,17 +192,12 @@ impl FluxPipeline {
         let (rows, cols) = (h / 2, w / 2);
         let sampler =
             FlowMatchEuler::new(&self.scheduler, run.steps, Spacing::Pipeline, rows * cols)?;
-        let noise = pack(run.noise)?;
-        let (start, mut latents) = match run.image {
-            None => (0, noise),
-            Some((image, strength)) => {
-                let start = sampler.start_index(strength);
-                if start >= sampler.steps() {
-                    return Err(EngineError::invalid("strength", "leaves no step to run"));
-                }
-                (start, sampler.scale_noise(&pack(image)?, &noise, start)?)
-            }
-        };
+        let image = run
+            .image
+            .map(|(image, strength)| Ok::<_, candle_core::Error>((pack(image)?, strength)))
+            .transpose()?;
+        let image = image.as_ref().map(|(packed, strength)| (packed, *strength));
+        let (start, mut latents) = sampler.start(&pack(run.noise)?, image)?;
         let guidance = self.is_guidance_distilled().then_some(run.guidance as f32);
         let transformer = self.transformer.get()?;
         let call = |prompt: &FluxPrompt, latents: &Tensor, sigma: f32| {

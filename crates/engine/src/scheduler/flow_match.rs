@@ -230,6 +230,24 @@ impl FlowMatchEuler {
         (steps - (steps * strength).min(steps)).max(0.0) as usize
     }
 
+    /// Where the loop starts: step 0 from `noise`, or for image-to-image (`image`'s clean
+    /// latents and the strength) the [`Self::start_index`] step from the latents noised to its
+    /// level; a strength that leaves no step is an error naming `strength`.
+    pub fn start(
+        &self,
+        noise: &Tensor,
+        image: Option<(&Tensor, f64)>,
+    ) -> crate::error::Result<(usize, Tensor)> {
+        let Some((clean, strength)) = image else {
+            return Ok((0, noise.clone()));
+        };
+        let start = self.start_index(strength);
+        if start >= self.steps() {
+            return Err(EngineError::invalid("strength", "leaves no step to run"));
+        }
+        Ok((start, self.scale_noise(clean, noise, start)?))
+    }
+
     /// Image-to-image: clean latents noised to the level of step `index`:
     /// `sigma * noise + (1 - sigma) * clean`.
     pub fn scale_noise(

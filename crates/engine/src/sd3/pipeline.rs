@@ -120,16 +120,7 @@ impl Sd3Pipeline {
             ));
         }
         let sampler = FlowMatchEuler::new(&self.scheduler, run.steps, Spacing::Scheduler, 0)?;
-        let (start, mut latents) = match run.image {
-            None => (0, run.noise.clone()),
-            Some((image, strength)) => {
-                let start = sampler.start_index(strength);
-                if start >= sampler.steps() {
-                    return Err(EngineError::invalid("strength", "leaves no step to run"));
-                }
-                (start, sampler.scale_noise(image, run.noise, start)?)
-            }
-        };
+        let (start, mut latents) = sampler.start(run.noise, run.image)?;
         // CFG runs the batch [negative, positive] in one call, as diffusers does.
         let conditioning = match run.negative {
             Some(negative) => Some(Sd3Prompt {

@@ -124,16 +124,7 @@ impl ZImagePipeline {
             Spacing::Pipeline,
             (h / 2) * (w / 2),
         )?;
-        let (start, mut latents) = match run.image {
-            None => (0, run.noise.clone()),
-            Some((image, strength)) => {
-                let start = sampler.start_index(strength);
-                if start >= sampler.steps() {
-                    return Err(EngineError::invalid("strength", "leaves no step to run"));
-                }
-                (start, sampler.scale_noise(image, run.noise, start)?)
-            }
-        };
+        let (start, mut latents) = sampler.start(run.noise, run.image)?;
         let transformer = self.transformer.get()?;
         let steps = sampler.steps();
         for index in start..steps {
