@@ -508,8 +508,7 @@ fn open_hands_the_files_to_the_opener() {
     );
 }
 
-/// FLUX locally: `models list` shows the family and its defaults, `generate` makes the file,
-/// and the DiT folders no family runs yet are named, not hidden.
+/// FLUX locally: `models list` shows the family and its defaults, and `generate` makes the file.
 #[test]
 fn flux_models_list_and_generate_locally() {
     let models = fixtures().join("models-dit");
@@ -529,11 +528,6 @@ fn flux_models_list_and_generate_locally() {
     };
     assert_eq!(row("tiny-flux-schnell "), "- Flux 1024x1024 4 0", "{table}");
     assert_eq!(row("tiny-flux-dev "), "- Flux 1024x1024 28 3.5", "{table}");
-    let warnings = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        warnings.contains("tiny-zimage cannot be served") && warnings.contains("ZImagePipeline"),
-        "{warnings}"
-    );
 
     let dir = tempfile::tempdir().unwrap();
     seedbed()

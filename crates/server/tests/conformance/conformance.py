@@ -1,8 +1,12 @@
 """Drive a running seedbed with the official Python SDKs and the brief's examples.
 
-Usage: conformance.py BASE_URL API_KEY MODEL [FLUX_MODEL]
+Usage: conformance.py BASE_URL API_KEY MODEL [FLUX_MODEL [DIT_MODEL@SIZE ...]]
 
-With FLUX_MODEL, the SDKs also drive a FLUX.1 model through the same calls.
+With FLUX_MODEL, the SDKs also drive a FLUX.1 model through the same calls. Each
+DIT_MODEL@SIZE (a Z-Image or SD3.5 model and a size it takes) gets two more requests: an Ark
+generation with guidance and a negative prompt, and an OpenAI image edit. The edit form has no
+`steps` field, so it runs the model's default steps times its low `strength`: give a Turbo
+(few-step) model to keep it quick.
 
 Each check prints one line; the last line is "N passed, N failed"; the exit status is 0
 only when every check passed.
@@ -19,6 +23,7 @@ import requests
 
 BASE, KEY, MODEL = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]
 FLUX = sys.argv[4] if len(sys.argv) > 4 else None
+DIT = [arg.rsplit("@", 1) for arg in sys.argv[5:]]
 RESULTS = []
 
 
@@ -148,12 +153,8 @@ def _():
     fetch_jpeg(response.data[0].url)
 
 
-@check("openai: images.edit uploads a reference image")
-def _():
-    from openai import OpenAI
-
-    png = io.BytesIO()
-    # A 32x32 grey PNG written by hand so the check needs no imaging library.
+def grey_png():
+    """A 32x32 grey PNG written by hand so the checks need no imaging library."""
     import struct
     import zlib
 
@@ -162,14 +163,23 @@ def _():
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
+    png = io.BytesIO()
     png.write(b"\x89PNG\r\n\x1a\n")
     png.write(chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 32, 8, 2, 0, 0, 0)))
     png.write(chunk(b"IDAT", zlib.compress(raw)))
     png.write(chunk(b"IEND", b""))
     png.seek(0)
+    return png
+
+
+@check("openai: images.edit uploads a reference image")
+def _():
+    from openai import OpenAI
+
     client = OpenAI(base_url=f"{BASE}/v1", api_key=KEY)
     response = client.images.edit(
-        model=MODEL, image=("in.png", png, "image/png"), prompt="make it red", response_format="b64_json"
+        model=MODEL, image=("in.png", grey_png(), "image/png"), prompt="make it red",
+        response_format="b64_json",
     )
     assert base64.b64decode(response.data[0].b64_json)[:2] == b"\xff\xd8"
 
@@ -252,6 +262,34 @@ if FLUX:
             model=FLUX, prompt="a cat", size="512x512", response_format="b64_json",
             extra_body={"negative_prompt": "fog", "true_cfg_scale": 2.0, "steps": 2},
         )
+        assert base64.b64decode(response.data[0].b64_json)[:2] == b"\xff\xd8"
+
+
+for dit, dit_size in DIT:
+
+    @check(f"volcengine-ark-runtime: {dit} with guidance_scale and a negative prompt")
+    def _(dit=dit, dit_size=dit_size):
+        from volcenginesdkarkruntime import Ark
+
+        client = Ark(base_url=f"{BASE}/api/v3", api_key=KEY)
+        response = client.images.generate(
+            model=dit, prompt="a lighthouse at dusk", size=dit_size, seed=3, guidance_scale=2.0,
+            response_format="b64_json", extra_body={"negative_prompt": "fog", "steps": 2},
+        )
+        assert response.model == dit, response.model
+        assert response.data[0].size == dit_size, response.data[0].size
+        assert base64.b64decode(response.data[0].b64_json)[:2] == b"\xff\xd8"
+
+    @check(f"openai: {dit} images.edit")
+    def _(dit=dit, dit_size=dit_size):
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{BASE}/v1", api_key=KEY)
+        response = client.images.edit(
+            model=dit, image=("in.png", grey_png(), "image/png"), prompt="make it red",
+            size=dit_size, response_format="b64_json", extra_body={"strength": 0.3},
+        )
+        assert response.data[0].size == dit_size, response.data[0].size
         assert base64.b64decode(response.data[0].b64_json)[:2] == b"\xff\xd8"
 
 

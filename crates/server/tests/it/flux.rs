@@ -2,7 +2,7 @@
 
 use base64::Engine;
 
-use crate::support::{TestServer, models_with_flux, sse_events};
+use crate::support::{TestServer, models_with_flux, png_data_uri, sse_events};
 
 async fn flux_server(models: &tempfile::TempDir) -> TestServer {
     let path = models.path().to_path_buf();
@@ -11,23 +11,6 @@ async fn flux_server(models: &tempfile::TempDir) -> TestServer {
         config.aliases = vec![("flux-schnell".into(), "tiny-flux-schnell".into())];
     })
     .await
-}
-
-fn png(width: u32, height: u32) -> String {
-    let picture = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
-    });
-    let mut bytes = Vec::new();
-    picture
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
-    format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
 }
 
 #[tokio::test]
@@ -107,7 +90,7 @@ async fn flux_image_to_image_takes_a_reference() {
     let server = flux_server(&models).await;
     let response = server
         .generate(serde_json::json!({
-            "model": "tiny-flux-schnell", "prompt": "make it red", "image": png(600, 500),
+            "model": "tiny-flux-schnell", "prompt": "make it red", "image": png_data_uri(600, 500),
             "size": "512x512", "strength": 0.5, "response_format": "b64_json"
         }))
         .await;

@@ -4,6 +4,7 @@
 mod support;
 
 mod conformance;
+mod dit;
 mod first_contact;
 mod flux;
 mod gateway;

@@ -8,19 +8,63 @@ pub fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models")
 }
 
-/// A models folder with the SD fixtures and the tiny FLUX pipelines side by side (linked,
-/// not copied), as a user's folder of downloaded models would be.
-pub fn models_with_flux() -> tempfile::TempDir {
+/// A models folder of `(fixture group, fixture, folder name)` links (not copies), as a user's
+/// folder of downloaded models would be.
+pub fn linked_models(links: &[(&str, &str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-    for (group, name) in [
-        ("models", "tiny-sd"),
-        ("models-dit", "tiny-flux-schnell"),
-        ("models-dit", "tiny-flux-dev"),
-    ] {
-        std::os::unix::fs::symlink(fixtures.join(group).join(name), dir.path().join(name)).unwrap();
+    for (group, fixture, name) in links {
+        std::os::unix::fs::symlink(fixtures.join(group).join(fixture), dir.path().join(name))
+            .unwrap();
     }
     dir
+}
+
+/// Tiny SD beside the tiny FLUX pipelines.
+pub const FLUX_LINKS: [(&str, &str, &str); 3] = [
+    ("models", "tiny-sd", "tiny-sd"),
+    ("models-dit", "tiny-flux-schnell", "tiny-flux-schnell"),
+    ("models-dit", "tiny-flux-dev", "tiny-flux-dev"),
+];
+
+/// Tiny Z-Image and SD3.5 under their own names and under "-turbo" names: the Turbo defaults
+/// are told apart by the folder name alone.
+pub const DIT_LINKS: [(&str, &str, &str); 4] = [
+    ("models-dit", "tiny-zimage", "tiny-zimage"),
+    ("models-dit", "tiny-zimage", "tiny-zimage-turbo"),
+    ("models-dit", "tiny-sd3", "tiny-sd3"),
+    ("models-dit", "tiny-sd3", "tiny-sd3-turbo"),
+];
+
+/// A models folder with the SD fixtures and the tiny FLUX pipelines side by side.
+pub fn models_with_flux() -> tempfile::TempDir {
+    linked_models(&FLUX_LINKS)
+}
+
+/// A models folder with tiny SD, Z-Image and SD3.5 (and their "-turbo" links).
+pub fn models_with_dit() -> tempfile::TempDir {
+    let mut links = vec![FLUX_LINKS[0]];
+    links.extend(DIT_LINKS);
+    linked_models(&links)
+}
+
+/// A `width x height` gradient PNG as a `data:` URI, for image-to-image requests.
+pub fn png_data_uri(width: u32, height: u32) -> String {
+    use base64::Engine;
+    let picture = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    let mut bytes = Vec::new();
+    picture
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
 
 pub struct TestServer {
