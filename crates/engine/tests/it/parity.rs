@@ -48,13 +48,17 @@ fn dit_reference_cases_pass() {
     assert_eq!(passed.len(), 8, "{passed:?}");
 }
 
-/// Our own FLUX cases (`tools/dit/cases_own.json`): image-to-image, a prompt past both
-/// tokenizers' lengths, other sizes and T5 lengths.
+/// Our own FLUX, Z-Image and SD3.5 cases (`tools/dit/cases_own.json`): image-to-image for
+/// each family (odd sizes, each pipeline's own start step and noising), CFG with an explicit
+/// negative prompt on non-square sizes, prompts past the tokenizers' lengths (Qwen3 cut at 512
+/// after the chat template), shorter T5 lengths. Image-to-image cases must also compare our
+/// reading of the picture file and our VAE encoding of the picture, so that a wrong start is
+/// caught where it happens.
 #[test]
-fn own_flux_cases_pass_every_stage() {
+fn own_dit_cases_pass_every_stage() {
     let cases_dir = fixtures().join("cases-dit-own");
     let cases = read_cases(&cases_dir).unwrap();
-    assert_eq!(cases.len(), 4);
+    assert_eq!(cases.len(), 10);
     let mut runner = ParityRunner::new(
         &cases_dir,
         &fixtures().join("models-dit"),
@@ -64,6 +68,9 @@ fn own_flux_cases_pass_every_stage() {
     for case in &cases {
         let report = runner.run(case);
         println!("{}", report.line());
+        for c in &report.comparisons {
+            println!("  {} {}: max |diff| {:.2e}", c.stage, c.tensor, c.max_abs);
+        }
         assert!(report.passed(), "{}", report.line());
         let stages: Vec<_> = report.comparisons.iter().map(|c| c.stage).collect();
         let mut expected = vec!["text", "transformer probe", "latents", "image"];
