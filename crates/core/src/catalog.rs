@@ -57,6 +57,9 @@ pub struct ModelEntry {
     /// Presets are relative to this: `1K` = native, `2K` = twice each side, `4K` four times.
     pub native_size: u32,
     pub latent_factor: u32,
+    /// The longest side the model computes (SD3.5's position table ends before the engine's
+    /// limit).
+    pub max_side: u32,
     pub weights_bytes: u64,
     pub defaults: ModelDefaults,
     /// Image-to-image takes exactly one reference picture.
@@ -144,6 +147,7 @@ impl Catalog {
             family: summary.family,
             native_size: defaults.native_size.unwrap_or(summary.shape.native_size),
             latent_factor: summary.shape.latent_factor,
+            max_side: summary.shape.max_side,
             weights_bytes: summary.weights_bytes,
             defaults,
             max_reference_images: 1,

@@ -27,6 +27,8 @@ pub struct SizeRules<'a> {
     pub model: &'a str,
     pub native: u32,
     pub factor: u32,
+    /// The longest side the model computes, at most [`MAX_SIDE`].
+    pub max_side: u32,
 }
 
 impl SizeRules<'_> {
@@ -36,10 +38,14 @@ impl SizeRules<'_> {
         side * side
     }
 
-    /// The `4K` preset's budget.
+    /// The `4K` preset's budget, or the largest square the model computes when smaller.
     pub fn max_pixels(self) -> u64 {
-        let side = u64::from(self.native) * 4;
+        let side = u64::from((self.native * 4).min(self.longest()));
         side * side
+    }
+
+    fn longest(self) -> u32 {
+        self.max_side.min(MAX_SIDE)
     }
 
     /// The sizes this model takes, in words and examples, for the error about one it does
@@ -47,7 +53,7 @@ impl SizeRules<'_> {
     /// same pixels and the largest square as sizes to send.
     fn takes(self) -> String {
         let smallest = self.native / 2;
-        let largest = (self.native * 4).min(MAX_SIDE);
+        let largest = (self.native * 4).min(self.longest());
         let portrait = |w: f64, h: f64| {
             let side = f64::from(self.native);
             let scale = (w / h).sqrt();
@@ -59,10 +65,11 @@ impl SizeRules<'_> {
         let (pw, ph) = portrait(3.0, 5.0);
         format!(
             "{model} takes {smallest}x{smallest} to {largest}x{largest} pixels' worth in any shape \
-             from 1:16 to 16:1 with sides up to {MAX_SIDE} px, e.g. {n}x{n}, {pw}x{ph} or \
+             from 1:16 to 16:1 with sides up to {longest} px, e.g. {n}x{n}, {pw}x{ph} or \
              {largest}x{largest}",
             model = self.model,
             n = self.native,
+            longest = self.longest(),
         )
     }
 
@@ -104,10 +111,11 @@ pub fn resolve(size: Option<&str>, prompt: &str, rules: SizeRules) -> Result<Res
         // A wide ratio at a large preset would put one side past what the engine computes:
         // keep the ratio and shrink the budget until the longer side fits.
         let longer = side * ratio.sqrt().max(1.0 / ratio.sqrt());
-        let side = side * (f64::from(MAX_SIDE) / longer).min(1.0);
+        let longest = rules.longest();
+        let side = side * (f64::from(longest) / longer).min(1.0);
         let step = PRESET_ALIGN.max(rules.factor);
-        let width = align_within(side * ratio.sqrt(), step, MAX_SIDE);
-        let height = align_within(side / ratio.sqrt(), step, MAX_SIDE);
+        let width = align_within(side * ratio.sqrt(), step, longest);
+        let height = align_within(side / ratio.sqrt(), step, longest);
         return Ok(ResolvedSize {
             width,
             height,
@@ -133,7 +141,7 @@ pub fn resolve(size: Option<&str>, prompt: &str, rules: SizeRules) -> Result<Res
     if pixels > rules.max_pixels() {
         return Err(rules.refuse(width, height, "too large"));
     }
-    if width.max(height) > MAX_SIDE {
+    if width.max(height) > rules.longest() {
         return Err(rules.refuse(width, height, "too long on one side"));
     }
     let ratio = f64::from(width) / f64::from(height);
@@ -200,6 +208,7 @@ mod tests {
         model: "sdxl",
         native: 1024,
         factor: 8,
+        max_side: MAX_SIDE,
     };
 
     fn wh(size: Option<&str>, prompt: &str) -> (u32, u32) {
@@ -217,6 +226,7 @@ mod tests {
             model: "sd15",
             native: 512,
             factor: 8,
+            max_side: MAX_SIDE,
         };
         assert_eq!(resolve(Some("1K"), "x", sd15).unwrap().width, 512);
     }
@@ -280,7 +290,7 @@ mod tests {
             height in 0u64..2_000_000,
             native in proptest::sample::select(vec![64u32, 512, 768, 1024]),
         ) {
-            let rules = SizeRules { model: "m", native, factor: 8 };
+            let rules = SizeRules { model: "m", native, factor: 8, max_side: MAX_SIDE };
             within_bounds(Some(&format!("{width}x{height}")), "", rules, 1.0);
         }
 
@@ -291,7 +301,7 @@ mod tests {
             h in 0u32..40,
             native in proptest::sample::select(vec![64u32, 512, 768, 1024]),
         ) {
-            let rules = SizeRules { model: "m", native, factor: 8 };
+            let rules = SizeRules { model: "m", native, factor: 8, max_side: MAX_SIDE };
             within_bounds(Some(preset), &format!("a {w}:{h} picture"), rules, 1.01);
         }
     }
@@ -346,6 +356,7 @@ mod tests {
             model: "tiny-sd",
             native: 64,
             factor: 8,
+            max_side: MAX_SIDE,
         };
         let error = resolve(Some("16x16"), "", tiny).unwrap_err().to_string();
         assert_eq!(
@@ -360,5 +371,26 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A model whose positions end early (SD3.5's position table): presets shrink to fit,
+    /// larger explicit sizes are refused with the model's own longest side.
+    #[test]
+    fn a_model_shorter_than_the_engine_caps_presets_and_refuses_beyond() {
+        let sd3 = SizeRules {
+            model: "tiny-sd3",
+            native: 256,
+            factor: 16,
+            max_side: 256,
+        };
+        let four_k = resolve(Some("4K"), "", sd3).unwrap();
+        assert_eq!((four_k.width, four_k.height), (256, 256));
+        let wide = resolve(Some("2K"), "a 16:9 banner", sd3).unwrap();
+        assert!(wide.width <= 256 && wide.height < wide.width, "{wide:?}");
+        let error = resolve(Some("320x192"), "", sd3).unwrap_err().to_string();
+        assert!(
+            error.contains("too l") && error.contains("up to 256 px"),
+            "{error}"
+        );
     }
 }

@@ -141,6 +141,7 @@ pub fn validate(
         model: public,
         native: model.native_size,
         factor: model.latent_factor,
+        max_side: model.max_side,
     };
     let size = sizes::resolve(request.size.as_deref(), prompt, rules)?;
     let references = references(request, model)?;

@@ -112,6 +112,10 @@ pub struct ModelShape {
     pub latent_factor: u32,
     pub default_steps: u32,
     pub default_guidance_scale: f64,
+    /// The longest side in pixels the model computes: the engine's
+    /// [`crate::pipeline::MAX_SIDE`], or less where the model's positions end (SD3's stored
+    /// position table).
+    pub max_side: u32,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]

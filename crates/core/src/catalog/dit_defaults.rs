@@ -44,11 +44,15 @@ fn zimage_and_sd3_read_family_size_and_defaults_from_their_configs() {
     let zimage = catalog.resolve("tiny-zimage").unwrap();
     assert_eq!(zimage.family, Family::ZImage);
     assert_eq!((zimage.native_size, zimage.latent_factor), (1024, 16));
+    // Its RoPE rows and columns reach 512 patches (8192 px): the engine's own limit holds.
+    assert_eq!(zimage.max_side, seedbed_engine::pipeline::MAX_SIDE);
     assert_eq!(defaults(&catalog, "tiny-zimage"), (50, 4.0));
 
     let sd3 = catalog.resolve("tiny-sd3").unwrap();
     assert_eq!(sd3.family, Family::StableDiffusion3);
     assert_eq!((sd3.native_size, sd3.latent_factor), (256, 16));
+    // 16 stored positions a side x patch 2 x the VAE's 8.
+    assert_eq!(sd3.max_side, 256);
     // The tiny transformer has dual-attention layers: it is shaped like SD3.5 Medium.
     assert_eq!(defaults(&catalog, "tiny-sd3"), (40, 4.5));
 }

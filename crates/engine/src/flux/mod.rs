@@ -37,5 +37,6 @@ fn shape(dir: &Path) -> Result<ModelShape> {
         latent_factor: vae_factor * 2,
         default_steps,
         default_guidance_scale,
+        max_side: crate::pipeline::MAX_SIDE,
     })
 }

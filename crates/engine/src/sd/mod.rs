@@ -67,5 +67,6 @@ fn shape(dir: &Path, guidance_scale: f64) -> Result<ModelShape> {
         latent_factor,
         default_steps: 30,
         default_guidance_scale: guidance_scale,
+        max_side: crate::pipeline::MAX_SIDE,
     })
 }

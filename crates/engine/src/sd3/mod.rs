@@ -48,5 +48,8 @@ fn shape(dir: &Path) -> Result<ModelShape> {
         latent_factor: vae_factor * transformer.patch_size as u32,
         default_steps,
         default_guidance_scale,
+        // The stored position table covers `pos_embed_max_size` patches a side.
+        max_side: ((transformer.pos_embed_max_size * transformer.patch_size) as u32 * vae_factor)
+            .min(crate::pipeline::MAX_SIDE),
     })
 }

@@ -23,8 +23,8 @@ pub(crate) const ZIMAGE: FamilyEntry = FamilyEntry {
 /// its name: the configs are the base model's) runs the card's 9 steps without guidance; the
 /// base model 50 steps at guidance 4, as its card recommends.
 fn shape(dir: &Path) -> Result<ModelShape> {
-    // Read to refuse a transformer this engine does not run before any weight is touched.
-    transformer::ZImageConfig::read(&dir.join("transformer").join("config.json"))?;
+    let transformer =
+        transformer::ZImageConfig::read(&dir.join("transformer").join("config.json"))?;
     let vae = crate::vae::VaeConfig::load(&dir.join("vae").join("config.json"))?;
     let vae_factor = vae.downscale_factor() as u32;
     let name = dir
@@ -41,5 +41,17 @@ fn shape(dir: &Path) -> Result<ModelShape> {
         latent_factor: vae_factor * transformer::PATCH as u32,
         default_steps,
         default_guidance_scale,
+        max_side: max_side(&transformer, vae_factor),
     })
+}
+
+/// Image positions (rows, columns) index RoPE axes 1 and 2, which end at `axes_lens`.
+fn max_side(transformer: &transformer::ZImageConfig, vae_factor: u32) -> u32 {
+    let positions = transformer.axes_lens[1..]
+        .iter()
+        .copied()
+        .min()
+        .unwrap_or(0);
+    let side = positions.saturating_mul(transformer::PATCH) as u32 * vae_factor;
+    side.min(crate::pipeline::MAX_SIDE)
 }

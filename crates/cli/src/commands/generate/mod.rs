@@ -113,8 +113,9 @@ pub struct GenerateArgs {
     #[arg(long)]
     steps: Option<u32>,
 
-    /// Classifier-free guidance scale; <= 1 disables guidance [default: from the model]. For
-    /// FLUX.1 [dev] the distilled guidance the model is fed (3.5); [schnell] ignores it.
+    /// Classifier-free guidance scale [default: from the model]. SD, SDXL and SD3.5 guide
+    /// above 1, Z-Image above 0 (each step then runs the model for the negative prompt too);
+    /// FLUX.1 [dev] is fed it as its distilled guidance (3.5), [schnell] ignores it.
     #[arg(long)]
     guidance: Option<f64>,
 
