@@ -29,7 +29,7 @@ impl Generator for FluxPipeline {
         };
         let text_encode = encoding.elapsed();
         each_latent_image(
-            self,
+            self.vae(),
             request,
             text_encode,
             on_progress,

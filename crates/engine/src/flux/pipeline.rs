@@ -5,18 +5,18 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::transformer::{FluxConfig, FluxInputs, FluxTransformer};
 use crate::error::{EngineError, Result};
 use crate::lru::PromptCache;
-use crate::pipeline::{LatentPipeline, LoadOptions};
+use crate::pipeline::LoadOptions;
 use crate::residency::Component;
 use crate::scheduler::flow_match::{FlowMatchConfig, FlowMatchEuler, Spacing};
 use crate::text::clip::ClipTextModel;
 use crate::text::clip::tokenizer::ClipTokenizer;
 use crate::text::t5::{T5Encoder, T5Tokenizer};
-use crate::vae::{Vae, VaeConfig};
+use crate::vae::VaeStage;
 
 pub struct FluxPipeline {
     clip_tokenizer: ClipTokenizer,
@@ -25,8 +25,7 @@ pub struct FluxPipeline {
     t5: Component<T5Encoder>,
     transformer: Component<FluxTransformer>,
     transformer_config: FluxConfig,
-    vae: Component<Vae>,
-    vae_config: VaeConfig,
+    vae: VaeStage,
     scheduler: FlowMatchConfig,
     options: LoadOptions,
     prompts: PromptCache<FluxPrompt>,
@@ -54,6 +53,11 @@ pub struct FluxRun<'a> {
 }
 
 impl FluxPipeline {
+    /// The VAE stage: latent shape, decoding, encoding a reference picture.
+    pub fn vae(&self) -> &VaeStage {
+        &self.vae
+    }
+
     /// Load a FLUX folder; under a sequential [`crate::residency::MemoryPlan`] the weights
     /// are only checked now and each component is loaded for its stage.
     pub fn load(dir: &Path, options: LoadOptions) -> Result<Self> {
@@ -89,10 +93,7 @@ impl FluxPipeline {
                 |dir, o| FluxTransformer::load(dir, o.variant, o.dtype, &o.device),
             )?,
             transformer_config: FluxConfig::read(&at("transformer/config.json"))?,
-            vae: Component::new("vae", sequential, &at("vae"), &options, |dir, o| {
-                Vae::load(dir, o.variant, o.dtype, &o.device)
-            })?,
-            vae_config: VaeConfig::load(&dir.join("vae/config.json"))?,
+            vae: VaeStage::load(&at("vae"), sequential, &options)?,
             scheduler: FlowMatchConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?,
             options,
             prompts: PromptCache::new(),
@@ -136,7 +137,7 @@ impl FluxPipeline {
         let (clip_ids, t5_ids) = self.token_ids(prompt, length)?;
         let row = |ids: Vec<u32>| {
             let n = ids.len();
-            Tensor::from_vec(ids, (1, n), self.device())
+            Tensor::from_vec(ids, (1, n), &self.options.device)
         };
         // One encoder in memory at a time under the sequential plan.
         let pooled = self
@@ -227,35 +228,6 @@ impl FluxPipeline {
             on_step(index + 1 - start, steps - start);
         }
         unpack(&latents, channels, rows, cols)
-    }
-}
-
-impl LatentPipeline for FluxPipeline {
-    fn device(&self) -> &Device {
-        &self.options.device
-    }
-
-    /// Channels of the unpacked latents (16).
-    fn latent_channels(&self) -> usize {
-        self.vae_config.latent_channels
-    }
-
-    /// Pixels per unpacked latent per side (8).
-    fn vae_factor(&self) -> u32 {
-        self.vae_config.downscale_factor() as u32
-    }
-
-    /// Scaled latents to `(1, H, W, 3)` pixels in [0, 1].
-    fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .vae
-            .get()?
-            .decode_scaled(latents, self.options.vae_tiling)?)
-    }
-
-    /// A picture `(1, 3, H, W)` in [-1, 1] to scaled latents, for image-to-image.
-    fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
-        Ok(self.vae.get()?.encode_scaled(image)?)
     }
 }
 

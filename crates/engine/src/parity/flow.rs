@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use super::{Bound, Case, CaseTensors, Comparison, ParityRunner, compare};
 use crate::error::{EngineError, Result};
 use crate::image_ops;
-use crate::pipeline::LatentPipeline;
+use crate::vae::VaeStage;
 
 impl ParityRunner {
     /// Image-to-image cases: our reading of the case's picture file (when present) and our
@@ -52,7 +52,7 @@ pub(super) fn start_noise(tensors: &CaseTensors, image: bool, device: &Device) -
 /// Our final latents against the reference's, and our decoding of the reference's final
 /// latents against its image.
 pub(super) fn final_stages(
-    pipeline: &dyn LatentPipeline,
+    vae: &VaeStage,
     latents: &Tensor,
     tensors: &CaseTensors,
     image_tolerance: f64,
@@ -67,7 +67,7 @@ pub(super) fn final_stages(
         &reference,
         stage,
     )?);
-    let decoded = pipeline.decode(&reference.to_device(pipeline.device())?)?;
+    let decoded = vae.decode(&reference.to_device(vae.device())?)?;
     out.push(compare(
         "image",
         "image",

@@ -6,7 +6,6 @@ use super::flow::{final_stages, start_noise};
 use super::{Bound, Case, Comparison, ParityRunner, check_tokens, compare};
 use crate::error::Result;
 use crate::flux::pipeline::{FluxPipeline, FluxRun};
-use crate::pipeline::LatentPipeline;
 
 impl ParityRunner {
     /// A FLUX case: token ids, both prompt encodings, one transformer call, the final latents
@@ -73,7 +72,7 @@ impl ParityRunner {
             )?);
         }
         let image_latents = self.reference_latents(case, &case_tensors, out, |picture| {
-            pipeline.encode_image(picture)
+            pipeline.vae().encode_image(picture)
         })?;
         let noise = start_noise(&case_tensors, image_latents.is_some(), &device)?;
         let run = FluxRun {
@@ -88,7 +87,7 @@ impl ParityRunner {
         };
         let latents = pipeline.denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))?;
         final_stages(
-            pipeline,
+            pipeline.vae(),
             &latents,
             &case_tensors,
             self.image_tolerance,

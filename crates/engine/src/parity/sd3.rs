@@ -5,7 +5,6 @@ use std::sync::atomic::AtomicBool;
 use super::flow::{final_stages, start_noise};
 use super::{Bound, Case, Comparison, ParityRunner, check_tokens, compare};
 use crate::error::Result;
-use crate::pipeline::LatentPipeline;
 use crate::sd3::pipeline::{MAX_SEQUENCE_LENGTH, Sd3Pipeline, Sd3Run};
 
 impl ParityRunner {
@@ -64,7 +63,7 @@ impl ParityRunner {
             )?);
         }
         let image_latents = self.reference_latents(case, &tensors, out, |picture| {
-            pipeline.encode_image(picture)
+            pipeline.vae().encode_image(picture)
         })?;
         let noise = start_noise(&tensors, image_latents.is_some(), &device)?;
         let run = Sd3Run {
@@ -79,7 +78,7 @@ impl ParityRunner {
         };
         let latents = pipeline.denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))?;
         final_stages(
-            pipeline,
+            pipeline.vae(),
             &latents,
             &tensors,
             self.image_tolerance,

@@ -7,7 +7,6 @@ use candle_core::{DType, Tensor};
 use super::flow::{final_stages, start_noise};
 use super::{Bound, Case, Comparison, ParityRunner, check_tokens, compare};
 use crate::error::Result;
-use crate::pipeline::LatentPipeline;
 use crate::zimage::pipeline::{MAX_SEQUENCE_LENGTH, ZImagePipeline, ZImageRun};
 
 impl ParityRunner {
@@ -67,7 +66,7 @@ impl ParityRunner {
             )?);
         }
         let image_latents = self.reference_latents(case, &tensors, out, |picture| {
-            pipeline.encode_image(picture)
+            pipeline.vae().encode_image(picture)
         })?;
         let noise = start_noise(&tensors, image_latents.is_some(), &device)?;
         let run = ZImageRun {
@@ -82,7 +81,7 @@ impl ParityRunner {
         };
         let latents = pipeline.denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))?;
         final_stages(
-            pipeline,
+            pipeline.vae(),
             &latents,
             &tensors,
             self.image_tolerance,

@@ -9,6 +9,7 @@ use super::{GenerateRequest, GeneratedImage, Progress, StageTimes, image_seed};
 use crate::error::Result;
 use crate::image_ops;
 use crate::noise::SeededNoise;
+use crate::vae::VaeStage;
 
 /// One image of a batch, decoded.
 pub(crate) struct Decoded {
@@ -73,25 +74,31 @@ pub(crate) fn each_image(
     Ok(images)
 }
 
-/// What the transformer families (FLUX, Z-Image, SD3.5) share around their denoising loops:
-/// 16-channel latents at the VAE's factor, a VAE to encode a reference picture and to decode.
-pub(crate) trait LatentPipeline {
-    fn device(&self) -> &Device;
-    fn latent_channels(&self) -> usize;
-    /// Pixels per latent per side.
-    fn vae_factor(&self) -> u32;
-    /// A picture `(1, 3, H, W)` in [-1, 1] to scaled latents.
-    fn encode_image(&self, image: &Tensor) -> Result<Tensor>;
-    /// Scaled latents to `(1, H, W, 3)` pixels in [0, 1].
-    fn decode(&self, latents: &Tensor) -> Result<Tensor>;
+/// Classifier-free guidance's negative branch as diffusers' pipelines decide it: above the
+/// family's `threshold` the negative prompt (or "", when none is given) is encoded; at or below
+/// it a negative prompt is ignored, with a warning naming `family`.
+pub(crate) fn guidance_negative<P>(
+    request: &GenerateRequest,
+    family: &str,
+    threshold: f64,
+    encode: impl FnOnce(&str) -> Result<P>,
+) -> Result<Option<P>> {
+    if request.guidance_scale > threshold {
+        return encode(request.negative_prompt.as_deref().unwrap_or("")).map(Some);
+    }
+    if request.negative_prompt.is_some() {
+        tracing::warn!("{family} ignores a negative prompt unless guidance_scale > {threshold}");
+    }
+    Ok(None)
 }
 
-/// [`each_image`] for a [`LatentPipeline`]: per image, seeded unit noise of the latent shape,
+/// [`each_image`] for the transformer families: per image, seeded unit noise of `vae`'s latent
+/// shape,
 /// `denoise(noise, reference, on_step)` to final latents, then the decode, each timed. The
 /// reference picture (image-to-image) is encoded once, its time counted in the first image's
 /// denoise, and passed with the request's strength.
-pub(crate) fn each_latent_image<P: LatentPipeline + ?Sized>(
-    pipeline: &P,
+pub(crate) fn each_latent_image(
+    vae: &VaeStage,
     request: &GenerateRequest,
     text_encode: Duration,
     on_progress: &mut dyn FnMut(Progress),
@@ -101,17 +108,17 @@ pub(crate) fn each_latent_image<P: LatentPipeline + ?Sized>(
         &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor>,
 ) -> Result<Vec<GeneratedImage>> {
-    let device = pipeline.device();
-    let factor = pipeline.vae_factor();
+    let device = vae.device();
+    let factor = vae.factor();
     let shape = [
         1,
-        pipeline.latent_channels(),
+        vae.latent_channels(),
         (request.height / factor) as usize,
         (request.width / factor) as usize,
     ];
     let encoding = Instant::now();
     let reference = match (request.init_pixels(device)?, &request.init_image) {
-        (Some(pixels), Some(init)) => Some((pipeline.encode_image(&pixels)?, init.strength)),
+        (Some(pixels), Some(init)) => Some((vae.encode_image(&pixels)?, init.strength)),
         _ => None,
     };
     let mut reference_time = encoding.elapsed();
@@ -125,7 +132,7 @@ pub(crate) fn each_latent_image<P: LatentPipeline + ?Sized>(
         device.synchronize()?;
         let denoise = started.elapsed() + std::mem::take(&mut reference_time);
         let decoding = Instant::now();
-        let pixels = pipeline.decode(&latents)?;
+        let pixels = vae.decode(&latents)?;
         device.synchronize()?;
         Ok(Decoded {
             pixels,

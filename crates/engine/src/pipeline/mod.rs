@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device};
 
-pub(crate) use batch::{Decoded, LatentPipeline, each_image, each_latent_image};
+pub(crate) use batch::{Decoded, each_image, each_latent_image, guidance_negative};
 pub use request::{
     GenerateRequest, InitImage, MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, Progress,
     image_seed, img2img_start,

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use super::pipeline::{MAX_SEQUENCE_LENGTH, Sd3Pipeline, Sd3Run};
 use crate::error::Result;
-use crate::pipeline::{GenerateRequest, GeneratedImage, Generator, Progress, each_latent_image};
+use crate::pipeline::{
+    GenerateRequest, GeneratedImage, Generator, Progress, each_latent_image, guidance_negative,
+};
 
 impl Generator for Sd3Pipeline {
     fn generate(
@@ -18,18 +20,12 @@ impl Generator for Sd3Pipeline {
         let encoding = Instant::now();
         let prompt = self.encode(&request.prompt, MAX_SEQUENCE_LENGTH)?;
         // As diffusers: guidance above 1 runs the negative prompt (or "") beside the prompt.
-        let negative = if request.guidance_scale > 1.0 {
-            let text = request.negative_prompt.as_deref().unwrap_or("");
-            Some(self.encode(text, MAX_SEQUENCE_LENGTH)?)
-        } else {
-            if request.negative_prompt.is_some() {
-                tracing::warn!("SD3 ignores a negative prompt unless guidance_scale > 1");
-            }
-            None
-        };
+        let negative = guidance_negative(request, "SD3.5", 1.0, |text| {
+            self.encode(text, MAX_SEQUENCE_LENGTH)
+        })?;
         let text_encode = encoding.elapsed();
         each_latent_image(
-            self,
+            self.vae(),
             request,
             text_encode,
             on_progress,

@@ -7,17 +7,17 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::text::{Sd3Prompt, Sd3TextEncoders};
 use super::transformer::{Sd3Config, Sd3Transformer};
 use crate::error::{EngineError, Result};
 use crate::lru::PromptCache;
 use crate::model::ModelIndex;
-use crate::pipeline::{LatentPipeline, LoadOptions};
+use crate::pipeline::LoadOptions;
 use crate::residency::Component;
 use crate::scheduler::flow_match::{FlowMatchConfig, FlowMatchEuler, Spacing};
-use crate::vae::{Vae, VaeConfig};
+use crate::vae::VaeStage;
 
 /// T5's token count in diffusers' pipeline unless the caller says otherwise.
 pub const MAX_SEQUENCE_LENGTH: usize = 256;
@@ -26,10 +26,8 @@ pub struct Sd3Pipeline {
     text: Sd3TextEncoders,
     transformer: Component<Sd3Transformer>,
     transformer_config: Sd3Config,
-    vae: Component<Vae>,
-    vae_config: VaeConfig,
+    vae: VaeStage,
     scheduler: FlowMatchConfig,
-    options: LoadOptions,
     prompts: PromptCache<Sd3Prompt>,
 }
 
@@ -47,6 +45,11 @@ pub struct Sd3Run<'a> {
 }
 
 impl Sd3Pipeline {
+    /// The VAE stage: latent shape, decoding, encoding a reference picture.
+    pub fn vae(&self) -> &VaeStage {
+        &self.vae
+    }
+
     /// Load an SD3 folder; under a sequential [`crate::residency::MemoryPlan`] the weights are
     /// only checked now and each component is loaded for its stage.
     pub fn load(dir: &Path, index: &ModelIndex, options: LoadOptions) -> Result<Self> {
@@ -71,12 +74,8 @@ impl Sd3Pipeline {
                 |dir, o| Sd3Transformer::load(dir, o.variant, o.dtype, &o.device),
             )?,
             transformer_config,
-            vae: Component::new("vae", sequential, &at("vae"), &options, |dir, o| {
-                Vae::load(dir, o.variant, o.dtype, &o.device)
-            })?,
-            vae_config: VaeConfig::load(&at("vae/config.json"))?,
+            vae: VaeStage::load(&at("vae"), sequential, &options)?,
             scheduler: FlowMatchConfig::from_file(&at("scheduler/scheduler_config.json"))?,
-            options,
             prompts: PromptCache::new(),
         })
     }
@@ -115,7 +114,7 @@ impl Sd3Pipeline {
                 format!(
                     "SD3 latents must be a multiple of the patch size {patch} a side (images a \
                      multiple of {})",
-                    patch * self.vae_factor() as usize
+                    patch * self.vae.factor() as usize
                 ),
             ));
         }
@@ -155,32 +154,5 @@ impl Sd3Pipeline {
             on_step(index + 1 - start, steps - start);
         }
         Ok(latents)
-    }
-}
-
-impl LatentPipeline for Sd3Pipeline {
-    fn device(&self) -> &Device {
-        &self.options.device
-    }
-
-    fn latent_channels(&self) -> usize {
-        self.vae_config.latent_channels
-    }
-
-    fn vae_factor(&self) -> u32 {
-        self.vae_config.downscale_factor() as u32
-    }
-
-    /// Scaled latents to `(1, H, W, 3)` pixels in [0, 1].
-    fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .vae
-            .get()?
-            .decode_scaled(latents, self.options.vae_tiling)?)
-    }
-
-    /// A picture `(1, 3, H, W)` in [-1, 1] to scaled latents, for image-to-image.
-    fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
-        Ok(self.vae.get()?.encode_scaled(image)?)
     }
 }

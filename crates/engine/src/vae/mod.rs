@@ -3,6 +3,7 @@
 
 mod blocks;
 mod config;
+mod stage;
 mod tiled;
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use candle_nn::VarBuilder;
 use crate::nn::norm::GroupNormSilu;
 
 pub use config::VaeConfig;
+pub use stage::VaeStage;
 pub use tiled::Tiling;
 
 /// When to decode the VAE in tiles.

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use super::pipeline::{MAX_SEQUENCE_LENGTH, ZImagePipeline, ZImageRun};
 use crate::error::Result;
-use crate::pipeline::{GenerateRequest, GeneratedImage, Generator, Progress, each_latent_image};
+use crate::pipeline::{
+    GenerateRequest, GeneratedImage, Generator, Progress, each_latent_image, guidance_negative,
+};
 
 impl Generator for ZImagePipeline {
     fn generate(
@@ -18,18 +20,12 @@ impl Generator for ZImagePipeline {
         let encoding = Instant::now();
         let prompt = self.encode(&request.prompt, MAX_SEQUENCE_LENGTH)?;
         // As diffusers: any guidance above 0 runs the negative prompt (or "") too.
-        let negative = if request.guidance_scale > 0.0 {
-            let text = request.negative_prompt.as_deref().unwrap_or("");
-            Some(self.encode(text, MAX_SEQUENCE_LENGTH)?)
-        } else {
-            if request.negative_prompt.is_some() {
-                tracing::warn!("Z-Image ignores a negative prompt unless guidance_scale > 0");
-            }
-            None
-        };
+        let negative = guidance_negative(request, "Z-Image", 0.0, |text| {
+            self.encode(text, MAX_SEQUENCE_LENGTH)
+        })?;
         let text_encode = encoding.elapsed();
         each_latent_image(
-            self,
+            self.vae(),
             request,
             text_encode,
             on_progress,

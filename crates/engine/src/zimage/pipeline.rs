@@ -8,16 +8,16 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::transformer::ZImageTransformer;
 use crate::error::{EngineError, Result};
 use crate::lru::PromptCache;
-use crate::pipeline::{LatentPipeline, LoadOptions};
+use crate::pipeline::LoadOptions;
 use crate::residency::Component;
 use crate::scheduler::flow_match::{FlowMatchConfig, FlowMatchEuler, Spacing};
 use crate::text::qwen3::{Qwen3Encoder, Qwen3Tokenizer};
-use crate::vae::{Vae, VaeConfig};
+use crate::vae::VaeStage;
 
 /// The Qwen3 token count the pipeline pads and cuts prompts to.
 pub const MAX_SEQUENCE_LENGTH: usize = 512;
@@ -26,10 +26,8 @@ pub struct ZImagePipeline {
     tokenizer: Qwen3Tokenizer,
     text_encoder: Component<Qwen3Encoder>,
     transformer: Component<ZImageTransformer>,
-    vae: Component<Vae>,
-    vae_config: VaeConfig,
+    vae: VaeStage,
     scheduler: FlowMatchConfig,
-    options: LoadOptions,
     prompts: PromptCache<Tensor>,
 }
 
@@ -48,6 +46,11 @@ pub struct ZImageRun<'a> {
 }
 
 impl ZImagePipeline {
+    /// The VAE stage: latent shape, decoding, encoding a reference picture.
+    pub fn vae(&self) -> &VaeStage {
+        &self.vae
+    }
+
     /// Load a Z-Image folder; under a sequential [`crate::residency::MemoryPlan`] the weights
     /// are only checked now and each component is loaded for its stage.
     pub fn load(dir: &Path, options: LoadOptions) -> Result<Self> {
@@ -71,12 +74,8 @@ impl ZImagePipeline {
                 &options,
                 |dir, o| ZImageTransformer::load(dir, o.variant, o.dtype, &o.device),
             )?,
-            vae: Component::new("vae", sequential, &at("vae"), &options, |dir, o| {
-                Vae::load(dir, o.variant, o.dtype, &o.device)
-            })?,
-            vae_config: VaeConfig::load(&at("vae/config.json"))?,
+            vae: VaeStage::load(&at("vae"), sequential, &options)?,
             scheduler: FlowMatchConfig::from_file(&at("scheduler/scheduler_config.json"))?,
-            options,
             prompts: PromptCache::new(),
         })
     }
@@ -148,32 +147,5 @@ impl ZImagePipeline {
             on_step(index + 1 - start, steps - start);
         }
         Ok(latents)
-    }
-}
-
-impl LatentPipeline for ZImagePipeline {
-    fn device(&self) -> &Device {
-        &self.options.device
-    }
-
-    fn latent_channels(&self) -> usize {
-        self.vae_config.latent_channels
-    }
-
-    fn vae_factor(&self) -> u32 {
-        self.vae_config.downscale_factor() as u32
-    }
-
-    /// Scaled latents to `(1, H, W, 3)` pixels in [0, 1].
-    fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .vae
-            .get()?
-            .decode_scaled(latents, self.options.vae_tiling)?)
-    }
-
-    /// A picture `(1, 3, H, W)` in [-1, 1] to scaled latents, for image-to-image.
-    fn encode_image(&self, image: &Tensor) -> Result<Tensor> {
-        Ok(self.vae.get()?.encode_scaled(image)?)
     }
 }
