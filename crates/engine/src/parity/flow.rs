@@ -43,15 +43,39 @@ impl ParityRunner {
     }
 }
 
+impl ParityRunner {
+    /// The stages from the starting point on: the reference picture's latents (image to
+    /// image), `denoise(noise, reference)` from the reference's own noise against its final
+    /// latents, and the decode of its final latents against its image.
+    pub(super) fn denoise_stages(
+        &self,
+        case: &Case,
+        tensors: &CaseTensors,
+        vae: &VaeStage,
+        out: &mut Vec<Comparison>,
+        denoise: impl FnOnce(&Tensor, Option<(&Tensor, f64)>) -> Result<Tensor>,
+    ) -> Result<()> {
+        let image_latents =
+            self.reference_latents(case, tensors, out, |picture| vae.encode_image(picture))?;
+        let noise = start_noise(tensors, image_latents.is_some(), vae.device())?;
+        let image = image_latents
+            .as_ref()
+            .map(|latents| (latents, case.strength.unwrap_or(1.0)));
+        let latents = denoise(&noise, image)?;
+        let stage = Bound::Relative(self.stage_tolerance);
+        final_stages(vae, &latents, tensors, self.image_tolerance, stage, out)
+    }
+}
+
 /// The reference's unit noise: `noise` beside a reference picture, else `initial_latents`.
-pub(super) fn start_noise(tensors: &CaseTensors, image: bool, device: &Device) -> Result<Tensor> {
+fn start_noise(tensors: &CaseTensors, image: bool, device: &Device) -> Result<Tensor> {
     let name = if image { "noise" } else { "initial_latents" };
     Ok(tensors.get(name)?.to_device(device)?)
 }
 
 /// Our final latents against the reference's, and our decoding of the reference's final
 /// latents against its image.
-pub(super) fn final_stages(
+fn final_stages(
     vae: &VaeStage,
     latents: &Tensor,
     tensors: &CaseTensors,

@@ -2,7 +2,6 @@
 
 use std::sync::atomic::AtomicBool;
 
-use super::flow::{final_stages, start_noise};
 use super::{Bound, Case, Comparison, ParityRunner, check_tokens, compare};
 use crate::error::Result;
 use crate::flux::pipeline::{FluxPipeline, FluxRun};
@@ -71,28 +70,16 @@ impl ParityRunner {
                 stage,
             )?);
         }
-        let image_latents = self.reference_latents(case, &case_tensors, out, |picture| {
-            pipeline.vae().encode_image(picture)
-        })?;
-        let noise = start_noise(&case_tensors, image_latents.is_some(), &device)?;
-        let run = FluxRun {
-            prompt: &prompt,
-            negative: negative.as_ref().map(|(prompt, scale)| (prompt, *scale)),
-            noise: &noise,
-            steps: case.steps,
-            guidance: case.guidance_scale,
-            image: image_latents
-                .as_ref()
-                .map(|latents| (latents, case.strength.unwrap_or(1.0))),
-        };
-        let latents = pipeline.denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))?;
-        final_stages(
-            pipeline.vae(),
-            &latents,
-            &case_tensors,
-            self.image_tolerance,
-            stage,
-            out,
-        )
+        self.denoise_stages(case, &case_tensors, pipeline.vae(), out, |noise, image| {
+            let run = FluxRun {
+                prompt: &prompt,
+                negative: negative.as_ref().map(|(prompt, scale)| (prompt, *scale)),
+                noise,
+                steps: case.steps,
+                guidance: case.guidance_scale,
+                image,
+            };
+            pipeline.denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))
+        })
     }
 }

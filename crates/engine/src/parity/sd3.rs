@@ -2,7 +2,6 @@
 
 use std::sync::atomic::AtomicBool;
 
-use super::flow::{final_stages, start_noise};
 use super::{Bound, Case, Comparison, ParityRunner, check_tokens, compare};
 use crate::error::Result;
 use crate::sd3::pipeline::{MAX_SEQUENCE_LENGTH, Sd3Pipeline, Sd3Run};
@@ -62,28 +61,16 @@ impl ParityRunner {
                 stage,
             )?);
         }
-        let image_latents = self.reference_latents(case, &tensors, out, |picture| {
-            pipeline.vae().encode_image(picture)
-        })?;
-        let noise = start_noise(&tensors, image_latents.is_some(), &device)?;
-        let run = Sd3Run {
-            prompt: &encoded[0],
-            negative: encoded.get(1),
-            noise: &noise,
-            steps: case.steps,
-            guidance: case.guidance_scale,
-            image: image_latents
-                .as_ref()
-                .map(|latents| (latents, case.strength.unwrap_or(1.0))),
-        };
-        let latents = pipeline.denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))?;
-        final_stages(
-            pipeline.vae(),
-            &latents,
-            &tensors,
-            self.image_tolerance,
-            stage,
-            out,
-        )
+        self.denoise_stages(case, &tensors, pipeline.vae(), out, |noise, image| {
+            let run = Sd3Run {
+                prompt: &encoded[0],
+                negative: encoded.get(1),
+                noise,
+                steps: case.steps,
+                guidance: case.guidance_scale,
+                image,
+            };
+            pipeline.denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))
+        })
     }
 }
