@@ -134,6 +134,30 @@ impl Module for Linear {
     }
 }
 
+/// The diffusion transformers' 4x-wide tanh-GELU MLP (diffusers' `FeedForward` with
+/// `gelu-approximate`: `net.0.proj`, then `net.2`), as FLUX.1 and SD3.5 use it.
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    up: Linear,
+    down: Linear,
+}
+
+impl FeedForward {
+    pub fn new(width: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            up: linear(width, 4 * width, vb.pp("net.0.proj"))?,
+            down: linear(4 * width, width, vb.pp("net.2"))?,
+        })
+    }
+}
+
+impl Module for FeedForward {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down
+            .forward(&super::activation::gelu_tanh(&self.up.forward(x)?)?)
+    }
+}
+
 /// RMS norm over the last dimension with a learned scale, no mean and no bias (T5's layer norm,
 /// diffusers' `RMSNorm`): computed in f32, then back in the input's dtype.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use super::config::FluxConfig;
 use super::rope;
 use crate::nn::activation::gelu_tanh;
 use crate::nn::attention::scaled_dot_product;
-use crate::nn::layers::{self, Linear, RmsNorm};
+use crate::nn::layers::{self, FeedForward, Linear, RmsNorm};
 
 /// LayerNorm without a learned scale or shift (eps 1e-6), as every FLUX norm before modulation.
 pub(super) fn plain_norm(x: &Tensor) -> Result<Tensor> {
@@ -87,25 +87,6 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor) -> Res
     let out = scaled_dot_product(&q, &k, v, scale)?;
     let (b, h, n, d) = out.dims4()?;
     out.transpose(1, 2)?.reshape((b, n, h * d))
-}
-
-/// The 4x-wide tanh-GELU MLP (`FeedForward` with `gelu-approximate`).
-struct FeedForward {
-    up: Linear,
-    down: Linear,
-}
-
-impl FeedForward {
-    fn new(width: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            up: layers::linear(width, 4 * width, vb.pp("net.0.proj"))?,
-            down: layers::linear(4 * width, width, vb.pp("net.2"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&gelu_tanh(&self.up.forward(x)?)?)
-    }
 }
 
 pub(super) struct DoubleBlock {

@@ -9,8 +9,7 @@ use candle_nn::VarBuilder;
 
 use super::attention::{ImageAttention, JointAttention};
 use super::config::Sd3Config;
-use crate::nn::activation::gelu_tanh;
-use crate::nn::layers::{self, Linear};
+use crate::nn::layers::{self, FeedForward, Linear};
 
 /// LayerNorm without a learned scale or shift (eps 1e-6), as every norm before modulation.
 pub(super) fn plain_norm(x: &Tensor) -> Result<Tensor> {
@@ -48,25 +47,6 @@ impl Modulation {
 
     pub fn forward(&self, silu_conditioning: &Tensor) -> Result<Vec<Tensor>> {
         self.linear.forward(silu_conditioning)?.chunk(self.parts, 1)
-    }
-}
-
-/// The 4x-wide tanh-GELU MLP (`FeedForward` with `gelu-approximate`).
-struct FeedForward {
-    up: Linear,
-    down: Linear,
-}
-
-impl FeedForward {
-    fn new(width: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            up: layers::linear(width, 4 * width, vb.pp("net.0.proj"))?,
-            down: layers::linear(4 * width, width, vb.pp("net.2"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&gelu_tanh(&self.up.forward(x)?)?)
     }
 }
 
