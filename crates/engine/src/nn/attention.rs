@@ -51,6 +51,15 @@ pub fn with_bias(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: &Tensor) 
         .reshape((batch, tokens, heads * head_dim))
 }
 
+/// The causal mask of the text encoders' [`with_bias`]: `(T, T)` f32, 0 on and below the
+/// diagonal, -inf above it, so a token attends to itself and earlier tokens only.
+pub fn causal_mask(tokens: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let values: Vec<f32> = (0..tokens)
+        .flat_map(|i| (0..tokens).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (tokens, tokens), device)
+}
+
 /// Upper bound on the elements of one score block (batch x heads x chunk x keys): 64 Mi f32
 /// values = 256 MiB.
 const SCORE_BLOCK_ELEMENTS: usize = 64 * 1024 * 1024;

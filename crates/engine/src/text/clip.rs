@@ -134,7 +134,7 @@ impl ClipTextModel {
             .to_dtype(self.dtype)?;
         let mut hidden = tokens_embedded.broadcast_add(&positions_embedded)?;
 
-        let mask = causal_mask(tokens, input_ids.device())?;
+        let mask = attention::causal_mask(tokens, input_ids.device())?;
         // With one layer the reference's hidden_states[-2] is the embedding output.
         let mut penultimate = hidden.clone();
         for layer in &self.layers {
@@ -180,15 +180,6 @@ impl ClipTextModel {
             })
             .collect())
     }
-}
-
-/// `(T, T)` f32: 0 on and below the diagonal, -inf above, so a token only attends to itself
-/// and earlier tokens.
-fn causal_mask(tokens: usize, device: &Device) -> Result<Tensor> {
-    let values: Vec<f32> = (0..tokens)
-        .flat_map(|i| (0..tokens).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(values, (tokens, tokens), device)
 }
 
 struct EncoderLayer {

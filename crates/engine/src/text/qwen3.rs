@@ -28,7 +28,7 @@ use candle_nn::{Embedding, VarBuilder};
 pub use config::Qwen3Config;
 pub use tokenizer::{Qwen3Tokenizer, TokenizedPrompt};
 
-use crate::nn::layers;
+use crate::nn::{attention, layers};
 use crate::weights::{NameScheme, Variant, build_component};
 use layer::DecoderLayer;
 
@@ -101,7 +101,7 @@ impl Qwen3Encoder {
         let tokens = ids.len();
         let input = Tensor::from_slice(ids, (1, tokens), device)?;
         let mut hidden = self.embedding.forward(&input)?.to_dtype(self.dtype)?;
-        let mask = causal_mask(tokens, device)?;
+        let mask = attention::causal_mask(tokens, device)?;
         let (cos, sin) = rope::tables(
             tokens,
             self.config.head_dim(),
@@ -113,12 +113,4 @@ impl Qwen3Encoder {
         }
         Ok(hidden)
     }
-}
-
-/// `(T, T)` f32: 0 where a query may attend (keys at or before it), -inf after it.
-fn causal_mask(tokens: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..tokens)
-        .flat_map(|i| (0..tokens).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (tokens, tokens), device)
 }
