@@ -182,8 +182,18 @@ impl Catalog {
 
     /// Every name a request may use: folders, aliases, then models an upstream serves.
     pub fn names(&self) -> Vec<String> {
-        let local = self.models.keys().chain(self.aliases.keys());
-        local.chain(&self.relayed).cloned().collect()
+        let mut names = self.local_names();
+        names.extend(self.relayed.iter().cloned());
+        names
+    }
+
+    /// The names of the models this node runs itself: folders and their aliases.
+    pub fn local_names(&self) -> Vec<String> {
+        self.models
+            .keys()
+            .chain(self.aliases.keys())
+            .cloned()
+            .collect()
     }
 
     pub fn models(&self) -> impl Iterator<Item = &ModelEntry> {

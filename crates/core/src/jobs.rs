@@ -2,6 +2,7 @@
 //! stream, cancel. The runner (in `runner.rs`) does the work through a backend per lane.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use futures::Stream;
 use rand::Rng;
 use seedbed_gateway::Gateway;
 use seedbed_storage::{
-    Admission, Blobs, Db, ImageRow, JobRow, JobStatus, KeyRow, Lane, Ledger, NewJob, Refusal,
+    Admission, Blobs, Db, EndGuard, ImageRow, JobRow, JobStatus, KeyRow, Lane, Ledger, NewJob,
+    Refusal,
 };
 use seedbed_types::JobProgress;
 use tokio::sync::{Notify, watch};
@@ -73,6 +75,8 @@ pub(crate) struct Inner {
     pub event_tick: watch::Sender<u64>,
     /// Cancel tokens of jobs running in this process.
     pub running: Mutex<HashMap<String, CancellationToken>>,
+    /// Whether other nodes' notices reach this one (lanes then poll slowly).
+    pub listening: AtomicBool,
 }
 
 /// Where a job's reference images are kept until it ends.
@@ -165,6 +169,7 @@ impl Jobs {
                 wake_gateway: Notify::new(),
                 event_tick,
                 running: Mutex::new(HashMap::new()),
+                listening: AtomicBool::new(false),
             }),
         }
     }
@@ -324,8 +329,14 @@ impl Jobs {
         }
         let status = self.inner.db.request_cancel(id).await?;
         if status == Some(JobStatus::Queued) {
-            self.end(id, JobStatus::Cancelled, &JobEvent::Cancelled)
-                .await?;
+            self.end(
+                id,
+                JobStatus::Cancelled,
+                &JobEvent::Cancelled,
+                EndGuard::Queued,
+                None,
+            )
+            .await?;
             self.tell_positions(lane_of(&job.spec)).await;
         }
         if let Some(cancel) = self.running_token(id) {
@@ -335,7 +346,7 @@ impl Jobs {
         self.job(id, key).await
     }
 
-    fn running_token(&self, id: &str) -> Option<CancellationToken> {
+    pub(crate) fn running_token(&self, id: &str) -> Option<CancellationToken> {
         self.inner.running.lock().ok()?.get(id).cloned()
     }
 

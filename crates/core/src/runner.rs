@@ -2,11 +2,15 @@
 //! concurrency that hands claimed jobs to its [`Backend`]; everything around the work is
 //! written here once for every lane:
 //!
-//! - **heartbeat**: the lease is renewed every third of its length, and checked before an
-//!   image is stored and before the job ends. A job whose lease is lost (another node took
-//!   it) is stopped and nothing more is written for it: the job is that node's now.
-//! - **cancel**: a cancel in this process ([`Jobs::cancel`]) stops the backend at once, one
-//!   on another node is seen at the next heartbeat.
+//! - **claims**: a lane claims only the models this node serves; it wakes when a job is
+//!   queued here or, on Postgres, on any node (a notice), and polls slowly besides.
+//! - **heartbeat**: the lease is renewed every third of its length and by every write.
+//!   Every write is fenced on the claim (node, attempt): a job whose lease is lost (another
+//!   node took it) is stopped and nothing more is written for it: the job is that node's now.
+//! - **reaper**: every node puts back in the queue the jobs whose lease ran out (their node
+//!   died), so a node killed mid-job loses nothing.
+//! - **cancel**: a cancel in this process ([`Jobs::cancel`]) stops the backend at once; one
+//!   asked on another node arrives as a notice (Postgres) or is read within a second.
 //! - **shutdown**: the running jobs get the grace period to finish; a job still running then
 //!   is stopped and put back in the queue without counting the attempt.
 //! - **the end** (`record.rs`): billed once for what was delivered, then one final event.
@@ -19,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use seedbed_storage::{JobRow, JobStatus, Lane, now_ms};
+use seedbed_storage::{EndGuard, Fence, JobRow, JobStatus, Lane, Notice};
 use seedbed_types::ErrorCode;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -37,6 +41,14 @@ use crate::spec::GenerationSpec;
 
 /// Relayed jobs in flight at once on one node: they wait on the network, not the device.
 const GATEWAY_CONCURRENCY: usize = 32;
+
+/// How often an idle lane looks for work when nothing woke it: often where no notices come
+/// (SQLite), slowly where they do (Postgres; the poll only covers a lost notice).
+const POLL: Duration = Duration::from_secs(1);
+const POLL_WITH_NOTICES: Duration = Duration::from_secs(5);
+
+/// How often a running job's cancel flag is read (a cancel asked on another node).
+const CANCEL_POLL: Duration = Duration::from_secs(1);
 
 /// Why the runner stopped a backend before it ended by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +75,8 @@ impl Jobs {
     pub fn start(&self, device: Device, shutdown: CancellationToken) -> JoinHandle<()> {
         let jobs = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = jobs.recover().await {
+            let node = jobs.inner.config.node_id.clone();
+            if let Err(error) = jobs.reap(Some(&node)).await {
                 tracing::error!(%error, "recovering interrupted jobs failed");
             }
             match jobs.sweep_inputs().await {
@@ -74,53 +87,120 @@ impl Jobs {
             let inner = &jobs.inner;
             let local = DeviceBackend::new(device, inner.catalog.clone(), inner.blobs.clone());
             let gateway = GatewayBackend::new(inner.gateway.clone());
+            let local_models = inner.catalog.local_names();
+            let relayed: Vec<String> = inner.gateway.models().into_iter().map(|m| m.0).collect();
             tokio::join!(
-                jobs.run_lane(Lane::Local, 1, Arc::new(local), shutdown.clone()),
+                jobs.run_lane(
+                    Lane::Local,
+                    1,
+                    local_models,
+                    Arc::new(local),
+                    shutdown.clone()
+                ),
                 jobs.run_lane(
                     Lane::Gateway,
                     GATEWAY_CONCURRENCY,
+                    relayed,
                     Arc::new(gateway),
                     shutdown.clone()
                 ),
+                jobs.run_reaper(shutdown.clone()),
+                jobs.listen(shutdown.clone()),
             );
         })
     }
 
-    /// Requeue the jobs a dead process left running; those tried too often fail.
-    pub(crate) async fn recover(&self) -> Result<()> {
+    /// Put back the jobs of nodes that died, every half lease, until `shutdown`.
+    async fn run_reaper(&self, shutdown: CancellationToken) {
+        let every = self.inner.config.lease / 2;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if let Err(error) = self.reap(None).await {
+                tracing::warn!(%error, "reaping expired leases failed");
+            }
+        }
+    }
+
+    /// Act on other nodes' notices until `shutdown`; returns at once where there are none.
+    async fn listen(&self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let mut notices = match inner.db.listen().await {
+            Ok(Some(notices)) => notices,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen to other nodes: polling only");
+                return;
+            }
+        };
+        inner
+            .listening
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        loop {
+            let notice = tokio::select! {
+                notice = notices.next() => notice,
+                _ = shutdown.cancelled() => return,
+            };
+            match notice {
+                Ok(Notice::Queued(Lane::Local)) => inner.wake.notify_one(),
+                Ok(Notice::Queued(Lane::Gateway)) => inner.wake_gateway.notify_one(),
+                Ok(Notice::Events(_)) => self.tick(),
+                Ok(Notice::Cancel(id)) => {
+                    if let Some(cancel) = self.running_token(&id) {
+                        cancel.cancel();
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "lost the notice connection: reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // Whatever was missed meanwhile: look again.
+                    inner.wake.notify_one();
+                    inner.wake_gateway.notify_one();
+                    self.tick();
+                }
+            }
+        }
+    }
+
+    /// Requeue the jobs of dead nodes (their lease ran out) and, after a restart, this
+    /// node's own from before (`restarted`); those tried too often fail.
+    pub(crate) async fn reap(&self, restarted: Option<&str>) -> Result<()> {
         let config = &self.inner.config;
-        let recovered = self
-            .inner
-            .db
-            .recover(&config.node_id, config.max_attempts)
-            .await?;
+        let recovered = self.inner.db.reap(restarted, config.max_attempts).await?;
         for id in &recovered.requeued {
-            tracing::warn!(job = %id, "requeued a job interrupted by a restart");
+            tracing::warn!(job = %id, "requeued a job whose node stopped or restarted");
         }
         if !recovered.requeued.is_empty() {
             for lane in [Lane::Local, Lane::Gateway] {
                 self.tell_positions(lane).await;
             }
         }
-        for id in &recovered.failed {
+        for id in &recovered.exhausted {
             let message = format!(
                 "the job was interrupted {} times and will not run again.",
                 config.max_attempts
             );
-            tracing::error!(job = %id, "{message}");
-            let failure = Failure::new(ErrorCode::RetriesExhausted, message);
-            self.end(id, JobStatus::Failed, &failure.into_event())
-                .await?;
+            let failure = Failure::new(ErrorCode::RetriesExhausted, message.clone());
+            let guard = EndGuard::Abandoned { restarted };
+            if self
+                .end(id, JobStatus::Failed, &failure.into_event(), guard, None)
+                .await?
+            {
+                tracing::error!(job = %id, "{message}");
+            }
         }
         Ok(())
     }
 
-    /// Claim and run `lane`'s jobs, up to `concurrency` at once, until `shutdown`; returns
-    /// when the last running job has ended or gone back to the queue.
+    /// Claim and run `lane`'s jobs for `models`, up to `concurrency` at once, until
+    /// `shutdown`; returns when the last running job has ended or gone back to the queue.
     pub(crate) async fn run_lane(
         &self,
         lane: Lane,
         concurrency: usize,
+        models: Vec<String>,
         backend: Arc<dyn Backend>,
         shutdown: CancellationToken,
     ) {
@@ -138,12 +218,9 @@ impl Jobs {
                 },
                 _ = shutdown.cancelled() => break,
             };
-            let lease_until = now_ms() + inner.config.lease.as_millis() as i64;
-            match inner
-                .db
-                .claim_next(&inner.config.node_id, lease_until, lane)
-                .await
-            {
+            let lease_until = self.lease_until();
+            let node = &inner.config.node_id;
+            match inner.db.claim_next(node, lease_until, lane, &models).await {
                 Ok(Some(job)) => {
                     // Every job behind it moved up one.
                     self.tell_positions(lane).await;
@@ -157,9 +234,14 @@ impl Jobs {
                 }
                 Ok(None) => {
                     drop(permit);
+                    let poll = if inner.listening.load(std::sync::atomic::Ordering::Relaxed) {
+                        POLL_WITH_NOTICES
+                    } else {
+                        POLL
+                    };
                     tokio::select! {
                         _ = wake.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tokio::time::sleep(poll) => {}
                         _ = shutdown.cancelled() => {}
                     }
                 }
@@ -177,11 +259,17 @@ impl Jobs {
     async fn run_claimed(&self, job: JobRow, backend: &dyn Backend, shutdown: &CancellationToken) {
         let span = tracing::info_span!("job", job = %job.id, request_id = %job.request_id);
         let id = job.id.clone();
-        if let Err(error) = self.run_job(job, backend, shutdown).instrument(span).await {
+        let Some(fence) = job.fence() else {
+            tracing::error!(job = %id, "a claimed job without its claim's node");
+            return;
+        };
+        let run = self.run_job(job, &fence, backend, shutdown);
+        if let Err(error) = run.instrument(span).await {
             tracing::error!(job = %id, %error, "job bookkeeping failed");
             let failure = Failure::internal(error.to_string());
+            let guard = EndGuard::Held(&fence);
             let _ = self
-                .end(&id, JobStatus::Failed, &failure.into_event())
+                .end(&id, JobStatus::Failed, &failure.into_event(), guard, None)
                 .await;
         }
     }
@@ -190,6 +278,7 @@ impl Jobs {
     async fn run_job(
         &self,
         job: JobRow,
+        fence: &Fence,
         backend: &dyn Backend,
         shutdown: &CancellationToken,
     ) -> Result<()> {
@@ -197,13 +286,18 @@ impl Jobs {
         let started = JobEvent::Started {
             attempt: job.attempts,
         };
-        self.append(&job.id, &started).await?;
+        if !self.append(&job.id, fence, &started).await? {
+            return Ok(());
+        }
         let cancel = self.track(&job);
         let clock = std::time::Instant::now();
-        let driven = self.drive(&job, &spec, backend, &cancel, shutdown).await;
+        let driven = self
+            .drive(&job, fence, &spec, backend, &cancel, shutdown)
+            .await;
         self.untrack(&job.id, &spec, clock);
         let (done, tally, stopped) = driven?;
-        self.conclude(&job, &spec, done, tally, stopped).await
+        self.conclude(&job, fence, &spec, done, tally, stopped)
+            .await
     }
 
     /// Run the job on `backend` and write what it reports until it is done; how it ended,
@@ -211,6 +305,7 @@ impl Jobs {
     async fn drive(
         &self,
         job: &JobRow,
+        fence: &Fence,
         spec: &GenerationSpec,
         backend: &dyn Backend,
         cancel: &CancellationToken,
@@ -234,10 +329,11 @@ impl Jobs {
         };
         // Renewed once before the work starts: this reads a cancel that came between the claim
         // and `track` (the claim itself set the lease).
-        if let Some(reason) = self.renew(&job.id).await?.stops() {
+        if let Some(reason) = self.renew(&job.id, fence).await?.stops() {
             halt(reason, &mut stopped);
         }
         let mut events = backend.run(work, stop.clone());
+        let mut cancel_poll = tokio::time::interval(CANCEL_POLL);
         let mut tally = Tally::default();
         let beat = config.lease / 3;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
@@ -250,18 +346,19 @@ impl Jobs {
                     None => break Done::Failed(Failure::internal("the backend ended without an answer")),
                     // Not ours any more: the backend is only let finish.
                     Some(_) if lost => {}
-                    // Checked before every image: storing one is worth a round trip.
-                    Some(WorkEvent::Image(image)) => if self.holds(&job.id).await? {
-                        self.record(job, spec, WorkEvent::Image(image), &mut tally).await?;
-                    } else {
-                        tracing::warn!(index = image.index, "lost the job's lease: dropping its image");
+                    Some(event) => if !self.record(job, fence, spec, event, &mut tally).await? {
+                        tracing::warn!("lost the job's lease: dropping what it reported");
                         halt(Stop::LeaseLost, &mut stopped);
                     },
-                    Some(event) => self.record(job, spec, event, &mut tally).await?,
                 },
                 _ = heartbeat.tick(), if !lost => {
-                    if let Some(reason) = self.renew(&job.id).await?.stops() {
+                    if let Some(reason) = self.renew(&job.id, fence).await?.stops() {
                         halt(reason, &mut stopped);
+                    }
+                }
+                _ = cancel_poll.tick(), if stopped.is_none() => {
+                    if self.inner.db.cancel_requested(&job.id).await? {
+                        halt(Stop::Cancel, &mut stopped);
                     }
                 }
                 _ = cancel.cancelled(), if stopped.is_none() => halt(Stop::Cancel, &mut stopped),

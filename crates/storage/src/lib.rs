@@ -5,19 +5,22 @@
 //! default, through `object_store`). Everything a job needs to run again after a restart is
 //! in the database before any work starts.
 //!
-//! Several processes may share one database: jobs are claimed with a single conditional
-//! `UPDATE ... RETURNING` and held under a lease that the owner renews; a job whose lease ran
-//! out (its node died) is put back in the queue. The SQL is kept portable so a Postgres
-//! backend is another `Db` constructor, not a rewrite.
+//! Any number of processes may share one database (SQLite on one machine, Postgres across
+//! machines): a job is claimed with one conditional `UPDATE ... RETURNING` that writes the
+//! node and the attempt, every later write of the runner is fenced on that pair, and a job
+//! whose lease ran out (its node died) is put back in the queue by whichever node notices.
 
 mod blobs;
 mod db;
 mod error;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 pub use blobs::Blobs;
 pub use db::{
-    Admission, BootstrapKeys, Db, ImageRow, JobRow, JobStatus, KeyRow, Keys, Lane, Ledger, NewJob,
-    NewKey, RecoveredJobs, Refusal, UsageRow, UsageTotals,
+    Admission, Backend, Billing, BootstrapKeys, Db, EndGuard, Fence, ImageRow, JobRow, JobStatus,
+    KeyRow, Keys, Lane, Ledger, NewJob, NewKey, Notice, Notices, Recorded, RecoveredJobs, Refusal,
+    UsageRow, UsageTotals,
 };
 pub use error::{Result, StorageError};
 

@@ -1,11 +1,12 @@
 //! Everything the runner writes about a job, the same for every backend: progress, images
 //! (stored before they are announced, so a watcher never sees an image it cannot fetch), the
-//! lease, and the one way a job ends ([`Jobs::conclude`]): billed once for what was
+//! lease, and the one way a job ends. Every write is fenced on the job's claim (node and
+//! attempt): a node that lost the job writes nothing. The end ([`Jobs::conclude`]): billed once for what was
 //! delivered, then its final event ([`Jobs::end`]).
 
 use std::time::Instant;
 
-use seedbed_storage::{ImageRow, JobRow, JobStatus, now_ms};
+use seedbed_storage::{Billing, EndGuard, Fence, ImageRow, JobRow, JobStatus, Recorded, now_ms};
 use seedbed_types::Usage;
 use tokio_util::sync::CancellationToken;
 
@@ -17,14 +18,16 @@ use crate::jobs::Jobs;
 use crate::spec::GenerationSpec;
 
 impl Jobs {
-    /// Write what a backend reported (anything but its `Done`).
+    /// Write what a backend reported (anything but its `Done`); false, with nothing written,
+    /// when this node no longer holds the job.
     pub(super) async fn record(
         &self,
         job: &JobRow,
+        fence: &Fence,
         spec: &GenerationSpec,
         event: WorkEvent,
         tally: &mut Tally,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         match event {
             WorkEvent::Progress {
                 image,
@@ -37,16 +40,23 @@ impl Jobs {
                     images,
                     step,
                     steps,
-                };
-                self.inner
-                    .db
-                    .set_progress(&job.id, &event.to_json())
+                }
+                .to_json();
+                let until = self.lease_until();
+                let db = &self.inner.db;
+                let held = db
+                    .record_event(&job.id, fence, until, &event, Some(&event))
                     .await?;
-                self.append(&job.id, &event).await
+                self.tick();
+                Ok(held)
             }
             WorkEvent::Image(image) => {
-                tally.delivered.push((image.width, image.height));
-                self.store_image(job, spec, image).await
+                let size = (image.width, image.height);
+                let held = self.store_image(job, fence, spec, image).await?;
+                if held {
+                    tally.delivered.push(size);
+                }
+                Ok(held)
             }
             WorkEvent::ImageFailed {
                 index,
@@ -54,53 +64,80 @@ impl Jobs {
                 message,
             } => {
                 tally.failed += 1;
-                self.append(&job.id, &image_failed(index, code, message))
+                self.append(&job.id, fence, &image_failed(index, code, message))
                     .await
             }
-            WorkEvent::Done(_) => Ok(()),
+            WorkEvent::Done(_) => Ok(true),
         }
     }
 
-    /// Store an image (unless it is only an upstream's link), then announce it.
+    /// Store an image (unless it is only an upstream's link), then record and announce it in
+    /// one fenced write; false when this node no longer holds the job (the bytes go again).
     async fn store_image(
         &self,
         job: &JobRow,
+        fence: &Fence,
         spec: &GenerationSpec,
         image: NewImage,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let inner = &self.inner;
         let now = now_ms();
-        if let Some(bytes) = image.bytes {
-            let blob_key = format!("images/{}/{}.{}", job.id, image.index, image.format);
-            let size = bytes.len() as u64;
-            inner.blobs.put(&blob_key, bytes).await?;
-            inner
-                .db
-                .put_image(&ImageRow {
-                    job_id: job.id.clone(),
-                    index: image.index,
-                    blob_key,
-                    width: image.width,
-                    height: image.height,
-                    format: image.format.clone(),
-                    bytes: size,
-                    created_at: now,
-                    expires_at: now + inner.config.image_ttl.as_millis() as i64,
-                })
-                .await?;
-        }
-        metrics::counter!("seedbed_images_total", "model" => spec.model.clone()).increment(1);
         let event = JobEvent::Image {
             index: image.index,
             width: image.width,
             height: image.height,
-            format: image.format,
+            format: image.format.clone(),
             seed: image.seed,
             created: now / 1000,
             url: image.url,
             extra: image.extra,
+        }
+        .to_json();
+        let held = match image.bytes {
+            Some(bytes) => {
+                // Keyed by attempt: a stale node's late upload never replaces the owner's.
+                let blob_key = format!(
+                    "images/{}/{}-{}.{}",
+                    job.id, image.index, fence.attempt, image.format
+                );
+                let size = bytes.len() as u64;
+                inner.blobs.put(&blob_key, bytes).await?;
+                let row = ImageRow {
+                    job_id: job.id.clone(),
+                    index: image.index,
+                    blob_key: blob_key.clone(),
+                    width: image.width,
+                    height: image.height,
+                    format: image.format,
+                    bytes: size,
+                    created_at: now,
+                    expires_at: now + inner.config.image_ttl.as_millis() as i64,
+                };
+                let until = self.lease_until();
+                match inner.db.record_image(fence, until, &row, &event).await? {
+                    Recorded::Lost => {
+                        inner.blobs.delete(&blob_key).await?;
+                        false
+                    }
+                    Recorded::Stored { replaced } => {
+                        if let Some(old) = replaced {
+                            inner.blobs.delete(&old).await?;
+                        }
+                        true
+                    }
+                }
+            }
+            None => {
+                let until = self.lease_until();
+                let db = &inner.db;
+                db.record_event(&job.id, fence, until, &event, None).await?
+            }
         };
-        self.append(&job.id, &event).await
+        if held {
+            metrics::counter!("seedbed_images_total", "model" => spec.model.clone()).increment(1);
+            self.tick();
+        }
+        Ok(held)
     }
 
     /// End a job the way its backend ended, unless it is not ours any more. A failure after
@@ -109,18 +146,20 @@ impl Jobs {
     pub(super) async fn conclude(
         &self,
         job: &JobRow,
+        fence: &Fence,
         spec: &GenerationSpec,
         done: Done,
         tally: Tally,
         stopped: Option<Stop>,
     ) -> Result<()> {
-        if stopped == Some(Stop::LeaseLost) || !self.holds(&job.id).await? {
+        if stopped == Some(Stop::LeaseLost) {
             tracing::warn!("the job is another node's now: leaving it to that node");
             return Ok(());
         }
         if matches!(done, Done::Cancelled) && stopped == Some(Stop::Shutdown) {
-            self.inner.db.requeue(&job.id).await?;
-            self.tell_positions(crate::jobs::lane_of(spec)).await;
+            if self.inner.db.requeue(&job.id, fence).await? {
+                self.tell_positions(crate::jobs::lane_of(spec)).await;
+            }
             return Ok(());
         }
         let counted = Usage::for_images(tally.delivered.iter().copied());
@@ -141,19 +180,48 @@ impl Jobs {
             Done::Failed(failure) => {
                 let index = tally.delivered.len() as u32 + tally.failed;
                 let event = image_failed(index, failure.code, failure.message);
-                self.append(&job.id, &event).await?;
+                if !self.append(&job.id, fence, &event).await? {
+                    return Ok(());
+                }
                 let event = completed(counted, Default::default());
                 (JobStatus::Succeeded, event, counted)
             }
             Done::Cancelled => (JobStatus::Cancelled, JobEvent::Cancelled, counted),
         };
-        self.bill(job, spec, usage).await?;
-        self.end(&job.id, status, &event).await
+        let billing = Billing {
+            key_id: job.key_id.as_deref(),
+            model: &spec.model,
+            images: usage.generated_images,
+            tokens: usage.total_tokens,
+        };
+        let ended = self
+            .end(
+                &job.id,
+                status,
+                &event,
+                EndGuard::Held(fence),
+                Some(billing),
+            )
+            .await?;
+        if ended {
+            metrics::counter!("seedbed_tokens_total", "model" => spec.model.clone())
+                .increment(usage.total_tokens);
+        } else {
+            tracing::warn!("the job is another node's now: leaving it to that node");
+        }
+        Ok(())
     }
 
-    /// End a job with its final event; a `Failed` event's code and message become the job's
-    /// error and are counted.
-    pub(crate) async fn end(&self, id: &str, status: JobStatus, event: &JobEvent) -> Result<()> {
+    /// End a job with its final event (and its bill) if `guard` allows; a `Failed` event's
+    /// code and message become the job's error and are counted. True if this ended it.
+    pub(crate) async fn end(
+        &self,
+        id: &str,
+        status: JobStatus,
+        event: &JobEvent,
+        guard: EndGuard<'_>,
+        billing: Option<Billing<'_>>,
+    ) -> Result<bool> {
         let error = match event {
             JobEvent::Failed { code, message, .. } => {
                 metrics::counter!("seedbed_errors_total", "code" => code.clone()).increment(1);
@@ -161,54 +229,30 @@ impl Jobs {
             }
             _ => None,
         };
-        if self
-            .inner
-            .db
-            .finish_job(id, status, error, &event.to_json())
-            .await?
-        {
+        let db = &self.inner.db;
+        let ended = db
+            .finish_job(id, status, error, &event.to_json(), guard, billing)
+            .await?;
+        if ended {
             self.tick();
             // Every way a job ends comes through here: its reference images go with it.
             self.delete_inputs(id).await;
         }
-        Ok(())
-    }
-
-    /// Record what a job delivered, once, for its key.
-    async fn bill(&self, job: &JobRow, spec: &GenerationSpec, usage: Usage) -> Result<()> {
-        self.inner
-            .db
-            .ledger()
-            .record(
-                &job.id,
-                job.key_id.as_deref(),
-                &spec.model,
-                usage.generated_images,
-                usage.total_tokens,
-            )
-            .await?;
-        metrics::counter!("seedbed_tokens_total", "model" => spec.model.clone())
-            .increment(usage.total_tokens);
-        Ok(())
+        Ok(ended)
     }
 
     /// Extend a running job's lease and read its cancel request.
-    pub(super) async fn renew(&self, id: &str) -> Result<Lease> {
-        if !self.holds(id).await? {
-            return Ok(Lease::Lost);
-        }
-        let cancel = self.inner.db.cancel_requested(id).await?;
-        Ok(Lease::Held { cancel })
+    pub(super) async fn renew(&self, id: &str, fence: &Fence) -> Result<Lease> {
+        let until = self.lease_until();
+        Ok(match self.inner.db.renew(id, fence, until).await? {
+            Some(cancel) => Lease::Held { cancel },
+            None => Lease::Lost,
+        })
     }
 
-    /// Extend a running job's lease; false when this node no longer holds it.
-    pub(super) async fn holds(&self, id: &str) -> Result<bool> {
-        let inner = &self.inner;
-        let until = now_ms() + inner.config.lease.as_millis() as i64;
-        Ok(inner
-            .db
-            .renew_lease(id, &inner.config.node_id, until)
-            .await?)
+    /// When a lease taken or renewed now runs out.
+    pub(super) fn lease_until(&self) -> i64 {
+        now_ms() + self.inner.config.lease.as_millis() as i64
     }
 
     /// The cancel token of a job this process runs, where [`Jobs::cancel`] can reach it.
@@ -232,10 +276,15 @@ impl Jobs {
             .record(started.elapsed().as_secs_f64());
     }
 
-    pub(crate) async fn append(&self, id: &str, event: &JobEvent) -> Result<()> {
-        self.inner.db.append_event(id, &event.to_json()).await?;
+    /// Append an event to a job this node runs; false when it no longer holds it.
+    pub(crate) async fn append(&self, id: &str, fence: &Fence, event: &JobEvent) -> Result<bool> {
+        let until = self.lease_until();
+        let db = &self.inner.db;
+        let held = db
+            .record_event(id, fence, until, &event.to_json(), None)
+            .await?;
         self.tick();
-        Ok(())
+        Ok(held)
     }
 }
 

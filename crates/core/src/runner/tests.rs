@@ -60,6 +60,11 @@ fn spec(images: u32) -> GenerationSpec {
     .unwrap()
 }
 
+/// The models the test node serves: the one its specs name.
+fn served() -> Vec<String> {
+    vec!["seedream-test".to_string()]
+}
+
 /// A relayed job's spec carrying `body`.
 fn relay(body: &str) -> GenerationSpec {
     GenerationSpec {
@@ -115,8 +120,10 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let jobs = self.jobs.clone();
         let token = shutdown.clone();
-        let handle =
-            tokio::spawn(async move { jobs.run_lane(lane, concurrency, backend, token).await });
+        let handle = tokio::spawn(async move {
+            jobs.run_lane(lane, concurrency, served(), backend, token)
+                .await
+        });
         Running { handle, shutdown }
     }
 
@@ -171,12 +178,14 @@ impl Harness {
         mine.first().map(|row| (row.images, row.tokens))
     }
 
-    /// Another node takes the job: its lease ran out, it was requeued and claimed again.
+    /// Another node takes the job: its lease ran out, it was reaped and claimed again.
     async fn take_over(&self, id: &str) {
-        assert!(self.db().requeue(id).await.unwrap());
+        let fence = self.job(id).await.fence().unwrap();
+        assert!(self.db().renew(id, &fence, 0).await.unwrap().is_some());
+        assert_eq!(self.db().reap(None, 10).await.unwrap().requeued, [id]);
         let taken = self
             .db()
-            .claim_next("node-b", now_ms() + 60_000, Lane::Local)
+            .claim_next("node-b", now_ms() + 60_000, Lane::Local, &served())
             .await
             .unwrap()
             .unwrap();

@@ -1,7 +1,8 @@
 //! Records of stored output images and their expiry.
 
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::Db;
 use crate::error::Result;
@@ -21,7 +22,7 @@ pub struct ImageRow {
 }
 
 impl ImageRow {
-    fn from_row(row: &SqliteRow) -> Result<Self> {
+    fn from_row(row: &AnyRow) -> Result<Self> {
         Ok(Self {
             job_id: row.try_get("job_id")?,
             index: row.try_get::<i64, _>("idx")? as u32,
@@ -37,31 +38,14 @@ impl ImageRow {
 }
 
 impl Db {
-    /// Record a stored image (again, when a re-run job stores it anew).
+    /// Record an image whoever holds its job (tests, tools; the runner's are fenced).
     pub async fn put_image(&self, image: &ImageRow) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO images (job_id, idx, blob_key, width, height, format, bytes, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (job_id, idx) DO UPDATE SET blob_key = excluded.blob_key, width = excluded.width, \
-                 height = excluded.height, format = excluded.format, bytes = excluded.bytes, \
-                 created_at = excluded.created_at, expires_at = excluded.expires_at",
-        )
-        .bind(&image.job_id)
-        .bind(i64::from(image.index))
-        .bind(&image.blob_key)
-        .bind(i64::from(image.width))
-        .bind(i64::from(image.height))
-        .bind(&image.format)
-        .bind(image.bytes as i64)
-        .bind(image.created_at)
-        .bind(image.expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        put_image_in(&mut conn, image).await
     }
 
     pub async fn image(&self, job_id: &str, index: u32) -> Result<Option<ImageRow>> {
-        let row = sqlx::query("SELECT * FROM images WHERE job_id = ? AND idx = ?")
+        let row = sqlx::query("SELECT * FROM images WHERE job_id = $1 AND idx = $2")
             .bind(job_id)
             .bind(i64::from(index))
             .fetch_optional(&self.pool)
@@ -70,7 +54,7 @@ impl Db {
     }
 
     pub async fn job_images(&self, job_id: &str) -> Result<Vec<ImageRow>> {
-        let rows = sqlx::query("SELECT * FROM images WHERE job_id = ? ORDER BY idx")
+        let rows = sqlx::query("SELECT * FROM images WHERE job_id = $1 ORDER BY idx")
             .bind(job_id)
             .fetch_all(&self.pool)
             .await?;
@@ -80,7 +64,7 @@ impl Db {
     /// Up to `limit` images whose time ran out before `now`.
     pub async fn expired_images(&self, now: i64, limit: u32) -> Result<Vec<ImageRow>> {
         let rows =
-            sqlx::query("SELECT * FROM images WHERE expires_at <= ? ORDER BY expires_at LIMIT ?")
+            sqlx::query("SELECT * FROM images WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2")
                 .bind(now)
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
@@ -89,7 +73,7 @@ impl Db {
     }
 
     pub async fn delete_image(&self, job_id: &str, index: u32) -> Result<()> {
-        sqlx::query("DELETE FROM images WHERE job_id = ? AND idx = ?")
+        sqlx::query("DELETE FROM images WHERE job_id = $1 AND idx = $2")
             .bind(job_id)
             .bind(i64::from(index))
             .execute(&self.pool)
@@ -98,14 +82,40 @@ impl Db {
     }
 }
 
+/// Record a stored image (again, when a re-run job stores it anew).
+pub(crate) async fn put_image_in(conn: &mut AnyConnection, image: &ImageRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO images (job_id, idx, blob_key, width, height, format, bytes, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (job_id, idx) DO UPDATE SET blob_key = excluded.blob_key, width = excluded.width, \
+             height = excluded.height, format = excluded.format, bytes = excluded.bytes, \
+             created_at = excluded.created_at, expires_at = excluded.expires_at",
+    )
+    .bind(&image.job_id)
+    .bind(i64::from(image.index))
+    .bind(&image.blob_key)
+    .bind(i64::from(image.width))
+    .bind(i64::from(image.height))
+    .bind(&image.format)
+    .bind(image.bytes as i64)
+    .bind(image.created_at)
+    .bind(image.expires_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::test_db;
+    use crate::db::tests::on_both;
 
     #[tokio::test]
     async fn images_are_recorded_replaced_and_expire() {
-        let db = test_db().await;
+        on_both(images_are_recorded_replaced_and_expire_on).await;
+    }
+
+    async fn images_are_recorded_replaced_and_expire_on(db: Db) {
         let mut image = ImageRow {
             job_id: "job_1".into(),
             index: 0,

@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use sqlx::AssertSqlSafe;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use subtle::ConstantTimeEq;
 
 use super::Db;
@@ -35,7 +35,7 @@ pub struct KeyRow {
 }
 
 impl KeyRow {
-    fn from_row(row: &SqliteRow) -> Result<Self> {
+    fn from_row(row: &AnyRow) -> Result<Self> {
         let scopes: String = row.try_get("scopes")?;
         Ok(Self {
             id: row.try_get("id")?,
@@ -124,7 +124,7 @@ impl Keys {
     pub async fn insert(&self, key: &NewKey<'_>) -> Result<()> {
         sqlx::query(
             "INSERT INTO api_keys (id, name, secret_hash, hash_kind, scopes, images_per_minute, \
-                 quota_images, bootstrap, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                 quota_images, bootstrap, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)",
         )
         .bind(key.id)
         .bind(key.name)
@@ -156,7 +156,7 @@ impl Keys {
         for hash in &hashes {
             sqlx::query(
                 "INSERT INTO api_keys (id, name, secret_hash, hash_kind, scopes, bootstrap, created_at) \
-                 VALUES (?, 'bootstrap (--api-key)', ?, ?, ?, 1, ?) \
+                 VALUES ($1, 'bootstrap (--api-key)', $2, $3, $4, 1, $5) \
                  ON CONFLICT (secret_hash) DO UPDATE SET scopes = excluded.scopes, \
                      revoked_at = NULL, bootstrap = 1, images_per_minute = NULL, quota_images = NULL",
             )
@@ -176,7 +176,7 @@ impl Keys {
         let mut revoked = 0;
         for (id, hash) in live {
             if !hashes.contains(&hash) {
-                sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ?")
+                sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(&id)
                     .execute(&mut *tx)
@@ -197,14 +197,14 @@ impl Keys {
         let legacy = Sha256::digest(secret.as_bytes()).to_vec();
         // Read first: a wrong key (the common case under attack) must not take the write lock.
         let id: Option<String> =
-            sqlx::query_scalar("SELECT id FROM api_keys WHERE secret_hash = ? AND hash_kind = ?")
+            sqlx::query_scalar("SELECT id FROM api_keys WHERE secret_hash = $1 AND hash_kind = $2")
                 .bind(&legacy)
                 .bind(LEGACY_KIND)
                 .fetch_optional(&self.db.pool)
                 .await?;
         let Some(id) = id else { return Ok(false) };
         let done = sqlx::query(
-            "UPDATE api_keys SET secret_hash = ?, hash_kind = ? WHERE id = ? AND hash_kind = ?",
+            "UPDATE api_keys SET secret_hash = $1, hash_kind = $2 WHERE id = $3 AND hash_kind = $4",
         )
         .bind(self.hash(secret))
         .bind(HMAC_KIND)
@@ -221,7 +221,7 @@ impl Keys {
         let find = || {
             sqlx::query(AssertSqlSafe(format!(
                 "SELECT {KEY_COLUMNS}, secret_hash FROM api_keys \
-                 WHERE secret_hash = ? AND hash_kind = ? AND revoked_at IS NULL"
+                 WHERE secret_hash = $1 AND hash_kind = $2 AND revoked_at IS NULL"
             )))
             .bind(&presented)
             .bind(HMAC_KIND)
@@ -240,7 +240,7 @@ impl Keys {
 
     pub async fn key(&self, id: &str) -> Result<Option<KeyRow>> {
         let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"
         )))
         .bind(id)
         .fetch_optional(&self.db.pool)
@@ -260,7 +260,7 @@ impl Keys {
     /// Revoke a key; false if there was no such live key.
     pub async fn revoke(&self, id: &str) -> Result<bool> {
         let done =
-            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now_ms())
                 .bind(id)
                 .execute(&self.db.pool)
@@ -279,9 +279,10 @@ impl Keys {
     /// Whether any key, live or revoked, was ever stored: once one was, the server never
     /// runs open again (revoking every key must not let anonymous callers in).
     pub async fn any_ever(&self) -> Result<bool> {
-        let any: i64 = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)")
-            .fetch_one(&self.db.pool)
-            .await?;
+        let any: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM api_keys LIMIT 1) AS any_key")
+                .fetch_one(&self.db.pool)
+                .await?;
         Ok(any != 0)
     }
 }
@@ -289,7 +290,7 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::test_db;
+    use crate::db::tests::on_both;
 
     fn keys(db: &Db) -> Keys {
         Keys::new(db.clone(), b"pepper".to_vec())
@@ -297,7 +298,10 @@ mod tests {
 
     #[tokio::test]
     async fn keys_are_found_by_secret_and_revoked() {
-        let db = test_db().await;
+        on_both(keys_are_found_by_secret_and_revoked_on).await;
+    }
+
+    async fn keys_are_found_by_secret_and_revoked_on(db: Db) {
         let keys = keys(&db);
         assert!(!keys.any_ever().await.unwrap());
         let scopes = ["generate".to_string()];
@@ -327,7 +331,10 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_keyed_so_the_database_alone_does_not_check_a_guess() {
-        let db = test_db().await;
+        on_both(hashes_are_keyed_so_the_database_alone_does_not_check_a_guess_on).await;
+    }
+
+    async fn hashes_are_keyed_so_the_database_alone_does_not_check_a_guess_on(db: Db) {
         let scopes = ["generate".to_string()];
         keys(&db)
             .insert(&NewKey {
@@ -354,10 +361,13 @@ mod tests {
 
     #[tokio::test]
     async fn legacy_sha256_rows_still_work_and_are_rewritten() {
-        let db = test_db().await;
+        on_both(legacy_sha256_rows_still_work_and_are_rewritten_on).await;
+    }
+
+    async fn legacy_sha256_rows_still_work_and_are_rewritten_on(db: Db) {
         sqlx::query(
             "INSERT INTO api_keys (id, name, secret_hash, scopes, bootstrap, created_at) \
-             VALUES ('key_old', 'old', ?, 'generate', 0, 0)",
+             VALUES ('key_old', 'old', $1, 'generate', 0, 0)",
         )
         .bind(Sha256::digest(b"sb-old").to_vec())
         .execute(&db.pool)
@@ -377,7 +387,10 @@ mod tests {
 
     #[tokio::test]
     async fn bootstrap_keys_follow_the_command_line() {
-        let db = test_db().await;
+        on_both(bootstrap_keys_follow_the_command_line_on).await;
+    }
+
+    async fn bootstrap_keys_follow_the_command_line_on(db: Db) {
         let keys = keys(&db);
         let all = ["generate".to_string(), "admin".to_string()];
         let one = |s: &str| vec![s.to_string()];

@@ -1,8 +1,8 @@
 //! Usage: what each finished job delivered (successful images and Seedream tokens).
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
-use super::Db;
+use super::{Billing, Db};
 use crate::error::Result;
 use crate::now_ms;
 
@@ -24,6 +24,8 @@ impl Db {
 
 impl Ledger {
     /// Record what a job delivered; a job is billed once even if recorded again.
+    /// Record a job's bill whoever holds it (tests, tools; the runner bills in the
+    /// transaction that ends the job). A job is billed once: a second record replaces it.
     pub async fn record(
         &self,
         job_id: &str,
@@ -32,22 +34,16 @@ impl Ledger {
         images: u64,
         tokens: u64,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO usage (job_id, key_id, model, images, tokens, created_at) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (job_id) DO UPDATE SET images = excluded.images, tokens = excluded.tokens",
-        )
-        .bind(job_id)
-        .bind(key_id)
-        .bind(model)
-        .bind(images as i64)
-        .bind(tokens as i64)
-        .bind(now_ms())
-        .execute(&self.db.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.db.pool.acquire().await?;
+        let bill = Billing {
+            key_id,
+            model,
+            images,
+            tokens,
+        };
+        record_in(&mut conn, job_id, &bill, now_ms()).await
     }
 
-    /// Per-job usage, newest first; `key_id: None` for every key.
     pub async fn entries(
         &self,
         key_id: Option<&str>,
@@ -56,9 +52,8 @@ impl Ledger {
     ) -> Result<Vec<UsageRow>> {
         let rows = sqlx::query(
             "SELECT job_id, key_id, model, images, tokens, created_at FROM usage \
-             WHERE (? IS NULL OR key_id = ?) AND created_at >= ? ORDER BY created_at DESC LIMIT ?",
+             WHERE ($1 IS NULL OR key_id = $1) AND created_at >= $2 ORDER BY created_at DESC LIMIT $3",
         )
-        .bind(key_id)
         .bind(key_id)
         .bind(since_ms)
         .bind(i64::from(limit))
@@ -79,11 +74,12 @@ impl Ledger {
     }
 
     pub async fn totals(&self, key_id: Option<&str>, since_ms: i64) -> Result<UsageTotals> {
+        // Postgres sums integers as NUMERIC: cast back to the 64-bit integer both read.
         let row = sqlx::query(
-            "SELECT COUNT(*) AS jobs, COALESCE(SUM(images), 0) AS images, COALESCE(SUM(tokens), 0) AS tokens \
-             FROM usage WHERE (? IS NULL OR key_id = ?) AND created_at >= ?",
+            "SELECT COUNT(*) AS jobs, CAST(COALESCE(SUM(images), 0) AS BIGINT) AS images, \
+                 CAST(COALESCE(SUM(tokens), 0) AS BIGINT) AS tokens \
+             FROM usage WHERE ($1 IS NULL OR key_id = $1) AND created_at >= $2",
         )
-        .bind(key_id)
         .bind(key_id)
         .bind(since_ms)
         .fetch_one(&self.db.pool)
@@ -96,13 +92,39 @@ impl Ledger {
     }
 }
 
+pub(crate) async fn record_in(
+    conn: &mut AnyConnection,
+    job_id: &str,
+    bill: &Billing<'_>,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO usage (job_id, key_id, model, images, tokens, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (job_id) DO UPDATE SET images = excluded.images, tokens = excluded.tokens",
+    )
+    .bind(job_id)
+    .bind(bill.key_id)
+    .bind(bill.model)
+    .bind(bill.images as i64)
+    .bind(bill.tokens as i64)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use crate::db::test_db;
+    use crate::db::Db;
+    use crate::db::tests::on_both;
 
     #[tokio::test]
     async fn usage_is_recorded_once_per_job() {
-        let db = test_db().await;
+        on_both(usage_is_recorded_once_per_job_on).await;
+    }
+
+    async fn usage_is_recorded_once_per_job_on(db: Db) {
         db.ledger()
             .record("job_1", Some("key_a"), "m", 2, 32)
             .await

@@ -102,7 +102,9 @@ async fn a_job_another_node_took_is_stopped_and_left_alone() {
     );
     assert_eq!(h.billed(&id).await, None);
     let until = now_ms() + 60_000;
-    assert!(h.db().renew_lease(&id, "node-b", until).await.unwrap());
+    let node_b = h.job(&id).await.fence().unwrap();
+    assert_eq!(node_b.node, "node-b");
+    assert!(h.db().renew(&id, &node_b, until).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -228,7 +230,10 @@ async fn a_job_interrupted_too_often_fails_and_one_interrupted_once_runs_again()
 async fn crash(h: &Harness) {
     let node = &h.jobs.config().node_id;
     let until = now_ms() + 60_000;
-    let claimed = h.db().claim_next(node, until, Lane::Local).await.unwrap();
-    assert!(claimed.is_some());
-    h.jobs.recover().await.unwrap();
+    let claimed = h
+        .db()
+        .claim_next(node, until, Lane::Local, &super::served())
+        .await;
+    assert!(claimed.unwrap().is_some());
+    h.jobs.reap(Some(node)).await.unwrap();
 }
