@@ -27,6 +27,9 @@ pub struct ServeConfig {
     pub database_url: Option<String>,
     /// Default: the folder `<data_dir>/blobs`.
     pub blob_url: Option<String>,
+    /// This node's name in leases and job records; default: made once, kept in
+    /// `<data_dir>/node-id`.
+    pub node_id: Option<String>,
     pub models_dir: PathBuf,
     pub aliases: Vec<(String, String)>,
     /// Bootstrap keys with every scope, stored hashed. Exactly these are the bootstrap keys:
@@ -59,6 +62,7 @@ impl ServeConfig {
             data_dir,
             database_url: None,
             blob_url: None,
+            node_id: None,
             models_dir,
             aliases: Vec::new(),
             api_keys: Vec::new(),
@@ -240,7 +244,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         })
         .await?;
     let core_config = CoreConfig {
-        node_id: node_id(&config.data_dir)?,
+        node_id: match &config.node_id {
+            Some(id) => id.clone(),
+            None => node_id(&config.data_dir)?,
+        },
         ..config.jobs.clone()
     };
     let gateway = seedbed_gateway::Gateway::new(config.upstreams.clone(), &config.routes)

@@ -27,6 +27,9 @@ pub struct JobView {
     pub progress: Option<JobProgress>,
     /// How many times a worker took the job (more than 1 after a restart).
     pub attempts: u32,
+    /// The node (`seedbed serve` process) that runs or last ran the job; null before any did.
+    #[serde(default)]
+    pub node: Option<String>,
     /// The images so far, in the shape of the synchronous response.
     pub result: Option<ImagesResponse>,
     pub error: Option<ImageError>,

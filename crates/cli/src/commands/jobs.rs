@@ -250,6 +250,9 @@ fn show(job: &JobView, json: bool) -> Result<()> {
     if job.attempts > 1 {
         println!("attempts:  {}", job.attempts);
     }
+    if let Some(node) = &job.node {
+        println!("node:      {node}");
+    }
     if let Some(error) = &job.error {
         println!("error:     {}: {}", error.code, error.message);
     }

@@ -61,6 +61,7 @@ async fn view(state: &AppState, job: &Job, images: Images) -> Result<JobView, Ap
         queue_position: state.jobs().queue_position(&job.id).await?,
         progress: job.progress,
         attempts: job.attempts,
+        node: job.ran_on.clone(),
         result,
         error: job.error_code.clone().map(|code| ImageError {
             code,

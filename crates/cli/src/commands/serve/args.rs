@@ -88,9 +88,27 @@ pub struct ServeArgs {
     #[arg(long, env = "SEEDBED_PUBLIC_URL")]
     public_url: Option<String>,
 
-    /// Job, key and usage store [default: sqlite://<data-dir>/seedbed.db].
-    #[arg(long, env = "SEEDBED_DATABASE_URL")]
+    /// Job, key and usage store: sqlite:///path/seedbed.db, or postgres://USER:PASS@HOST/DB
+    /// for several nodes sharing one queue (see docs/cluster.md) [default:
+    /// sqlite://<data-dir>/seedbed.db].
+    #[arg(long, env = "SEEDBED_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+
+    /// This node's name in job leases and job records; must differ between nodes sharing a
+    /// database and stay the same across restarts [default: made once, kept in
+    /// <data-dir>/node-id].
+    #[arg(long, env = "SEEDBED_NODE_ID", value_parser = node_name)]
+    node_id: Option<String>,
+
+    /// Seconds a node holds a running job without renewing it (it renews every third of
+    /// this); a killed node's jobs run elsewhere once it has passed.
+    #[arg(
+        long,
+        env = "SEEDBED_LEASE_SECS",
+        default_value_t = CoreConfig::default().lease.as_secs(),
+        value_parser = RangedU64ValueParser::<u64>::new().range(2..)
+    )]
+    lease_secs: u64,
 
     /// Image store: a folder or file:///path [default: <data-dir>/blobs].
     #[arg(long, env = "SEEDBED_BLOB_URL")]
@@ -229,6 +247,23 @@ fn at_least_one_usize() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::new().range(1..)
 }
 
+/// A node name: letters, digits, `-`, `_` and `.`, at most 64 (it is written in every job it
+/// runs and shown in job views).
+fn node_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` is not a node name: 1-64 letters, digits, `-`, `_` or `.`"
+        ))
+    }
+}
+
 /// `127.0.0.1:8080`, `[::1]:8080` or a name such as `localhost:8080` (its first IPv4
 /// address, else its first address).
 fn listen_address(text: &str) -> Result<SocketAddr, String> {
@@ -268,11 +303,13 @@ impl ServeArgs {
         config.public_url = self.public_url;
         config.database_url = self.database_url;
         config.blob_url = self.blob_url;
+        config.node_id = self.node_id;
 
         let jobs = &mut config.jobs;
         jobs.queue_size = self.queue_size;
         jobs.image_ttl = Duration::from_secs(self.image_ttl_secs);
         jobs.shutdown_grace = Duration::from_secs(self.shutdown_grace_secs);
+        jobs.lease = Duration::from_secs(self.lease_secs);
         jobs.inputs.max_bytes = self.max_input_image_bytes;
         jobs.inputs.allow_private_urls = self.allow_private_urls;
 
