@@ -13,6 +13,8 @@
 mod blobs;
 mod db;
 mod error;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 pub use blobs::Blobs;
 pub use db::{
