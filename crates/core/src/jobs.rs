@@ -39,6 +39,26 @@ pub struct CoreConfig {
     /// On shutdown, how long the running job may take to finish before it is put back in
     /// the queue for the next start.
     pub shutdown_grace: Duration,
+    /// Which queues this node takes jobs from; the others' jobs wait for other nodes. Every
+    /// node accepts requests for every model it knows either way.
+    pub runs: Runs,
+}
+
+/// The lanes a node runs: the device (local models), the gateway (relayed models), both, or
+/// neither (a node that only takes requests and serves results).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Runs {
+    pub local: bool,
+    pub gateway: bool,
+}
+
+impl Default for Runs {
+    fn default() -> Self {
+        Self {
+            local: true,
+            gateway: true,
+        }
+    }
 }
 
 impl Default for CoreConfig {
@@ -51,6 +71,7 @@ impl Default for CoreConfig {
             lease: Duration::from_secs(30),
             inputs: InputPolicy::default(),
             shutdown_grace: Duration::from_secs(30),
+            runs: Runs::default(),
         }
     }
 }

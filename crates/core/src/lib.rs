@@ -24,5 +24,5 @@ pub use device::{Device, DeviceOptions};
 pub use error::{CoreError, Result};
 pub use events::{JobEvent, SequencedEvent};
 pub use inputs::InputPolicy;
-pub use jobs::{CoreConfig, Job, Jobs, new_id};
+pub use jobs::{CoreConfig, Job, Jobs, Runs, new_id};
 pub use spec::{GenerationSpec, ImageFormat};

@@ -87,8 +87,16 @@ impl Jobs {
             let inner = &jobs.inner;
             let local = DeviceBackend::new(device, inner.catalog.clone(), inner.blobs.clone());
             let gateway = GatewayBackend::new(inner.gateway.clone());
-            let local_models = inner.catalog.local_names();
-            let relayed: Vec<String> = inner.gateway.models().into_iter().map(|m| m.0).collect();
+            // A lane this node does not run claims nothing: its jobs wait for other nodes.
+            let runs = inner.config.runs;
+            let local_models = match runs.local {
+                true => inner.catalog.local_names(),
+                false => Vec::new(),
+            };
+            let relayed: Vec<String> = match runs.gateway {
+                true => inner.gateway.models().into_iter().map(|m| m.0).collect(),
+                false => Vec::new(),
+            };
             tokio::join!(
                 jobs.run_lane(
                     Lane::Local,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cluster;
 mod conformance;
 mod dit;
 mod first_contact;

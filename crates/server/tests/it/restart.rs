@@ -50,24 +50,25 @@ async fn jobs_and_links_survive_a_restart() {
         lane: seedbed_storage::Lane::Local,
     };
     let queued = r#"{"type":"queued","position":0}"#;
+    let served = ["seedream-4-5-251128".to_string()];
     db.insert_job(&new_job("job_crashes_always"), queued)
         .await
         .unwrap();
     for _ in 0..2 {
-        db.claim_next(&node, i64::MAX, seedbed_storage::Lane::Local)
+        db.claim_next(&node, i64::MAX, seedbed_storage::Lane::Local, &served)
             .await
             .unwrap()
             .unwrap();
-        db.recover(&node, 99).await.unwrap();
+        db.reap(Some(&node), 99).await.unwrap();
     }
-    db.claim_next(&node, i64::MAX, seedbed_storage::Lane::Local)
+    db.claim_next(&node, i64::MAX, seedbed_storage::Lane::Local, &served)
         .await
         .unwrap()
         .unwrap();
     db.insert_job(&new_job("job_crashed_once"), queued)
         .await
         .unwrap();
-    db.claim_next(&node, i64::MAX, seedbed_storage::Lane::Local)
+    db.claim_next(&node, i64::MAX, seedbed_storage::Lane::Local, &served)
         .await
         .unwrap()
         .unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use clap::builder::RangedU64ValueParser;
-use seedbed_core::{CoreConfig, DeviceOptions, InputPolicy};
+use seedbed_core::{CoreConfig, DeviceOptions, InputPolicy, Runs};
 use seedbed_gateway::UpstreamConfig;
 use seedbed_server::HttpLimits;
 use seedbed_server::serve::ServeConfig;
@@ -109,6 +109,12 @@ pub struct ServeArgs {
         value_parser = RangedU64ValueParser::<u64>::new().range(2..)
     )]
     lease_secs: u64,
+
+    /// Which queues this node takes jobs from: `local` (models it computes), `gateway`
+    /// (relayed models), both, or `none` (it only takes requests and serves results; other
+    /// nodes sharing the database run them).
+    #[arg(long, env = "SEEDBED_RUNS", default_value = "local,gateway", value_parser = runs)]
+    runs: Runs,
 
     /// Image store: a folder or file:///path [default: <data-dir>/blobs].
     #[arg(long, env = "SEEDBED_BLOB_URL")]
@@ -247,6 +253,29 @@ fn at_least_one_usize() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::new().range(1..)
 }
 
+/// `local`, `gateway`, `local,gateway` or `none`.
+fn runs(text: &str) -> Result<Runs, String> {
+    let mut runs = Runs {
+        local: false,
+        gateway: false,
+    };
+    if text.trim() == "none" {
+        return Ok(runs);
+    }
+    for lane in text.split(',').map(str::trim) {
+        match lane {
+            "local" => runs.local = true,
+            "gateway" => runs.gateway = true,
+            other => {
+                return Err(format!(
+                    "`{other}` is not a queue: use local, gateway, local,gateway or none"
+                ));
+            }
+        }
+    }
+    Ok(runs)
+}
+
 /// A node name: letters, digits, `-`, `_` and `.`, at most 64 (it is written in every job it
 /// runs and shown in job views).
 fn node_name(text: &str) -> Result<String, String> {
@@ -310,6 +339,7 @@ impl ServeArgs {
         jobs.image_ttl = Duration::from_secs(self.image_ttl_secs);
         jobs.shutdown_grace = Duration::from_secs(self.shutdown_grace_secs);
         jobs.lease = Duration::from_secs(self.lease_secs);
+        jobs.runs = self.runs;
         jobs.inputs.max_bytes = self.max_input_image_bytes;
         jobs.inputs.allow_private_urls = self.allow_private_urls;
 

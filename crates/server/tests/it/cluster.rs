@@ -1,0 +1,142 @@
+//! Several nodes on one Postgres database and one image store, as `docs/cluster.md` runs
+//! them: a node that only takes requests and a node that runs them. What a client sees on the
+//! first of a job running on the second: its progress, its result, its images, its cancel.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{TestServer, config, sse_events, tiny};
+
+/// Two nodes sharing a fresh Postgres database, one image folder and one key-hash secret:
+/// `front` takes requests only (`runs: none`), `worker` runs every job.
+async fn cluster(api_key: Option<&str>) -> (TestServer, TestServer, tempfile::TempDir) {
+    let database = seedbed_storage::testing::postgres_url().await;
+    let shared = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for (name, runs) in [("front", false), ("worker", true)] {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = config(data_dir.path());
+        config.database_url = Some(database.clone());
+        config.blob_url = Some(shared.path().join("blobs").display().to_string());
+        config.key_secret_file = Some(shared.path().join("key-hash.secret"));
+        config.node_id = Some(name.into());
+        config.jobs.runs.local = runs;
+        config.jobs.runs.gateway = runs;
+        config.api_keys = api_key.iter().map(|key| (*key).into()).collect();
+        nodes.push(TestServer::start_in(data_dir, config).await);
+    }
+    let worker = nodes.pop().unwrap();
+    let front = nodes.pop().unwrap();
+    (front, worker, shared)
+}
+
+#[tokio::test]
+async fn a_job_sent_to_one_node_runs_on_another_and_is_seen_from_both() {
+    let (front, worker, _shared) = cluster(None).await;
+    let id = front.submit_async(tiny(json!({"steps": 6}))).await;
+    let events = front
+        .get(&format!("/v1/jobs/{id}/events"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let names: Vec<_> = sse_events(&events)
+        .into_iter()
+        .filter_map(|e| e.0)
+        .collect();
+    let progress = names.iter().filter(|n| *n == "progress").count();
+    assert_eq!(
+        progress, 6,
+        "every step of the worker's run, seen on the front: {names:?}"
+    );
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("completed"),
+        "{names:?}"
+    );
+    let job = front.wait_job(&id, None).await;
+    assert_eq!(
+        (job["status"].as_str(), job["node"].as_str()),
+        (Some("succeeded"), Some("worker"))
+    );
+    // The link the worker signs opens on the front too: one signing secret in the database.
+    let url = worker.job(&id, None).await["result"]["data"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = url.strip_prefix(&worker.url).unwrap();
+    let image = front.get(path).send().await.unwrap();
+    assert_eq!(image.status(), 200, "{url}");
+    assert_eq!(
+        image.bytes().await.unwrap()[..4],
+        [0xff, 0xd8, 0xff, 0xe0][..4]
+    );
+    // Billed once, whichever node is asked.
+    for node in [&front, &worker] {
+        let usage = node.get_json("/v1/usage").await;
+        assert_eq!(usage["totals"]["images"], 1, "{usage}");
+        assert_eq!(usage["totals"]["jobs"], 1, "{usage}");
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_on_one_node_stops_the_job_on_another_within_a_second() {
+    let (front, worker, _shared) = cluster(None).await;
+    let id = front.submit_async(tiny(json!({"steps": 250}))).await;
+    let (job, running) = front
+        .poll_job(&id, None, 400, |job| {
+            job["progress"]["step"].as_u64() > Some(1)
+        })
+        .await;
+    assert!(running, "never ran: {job}");
+    let asked = Instant::now();
+    let cancel = front
+        .post(&format!("/v1/jobs/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 200);
+    let (job, cancelled) = worker
+        .poll_job(&id, None, 100, |job| job["status"] == "cancelled")
+        .await;
+    assert!(cancelled, "{job}");
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "cancelled after {took:?}"
+    );
+    let step = job["progress"]["step"].as_u64().unwrap_or(0);
+    assert!(step < 250, "stopped early, at step {step}");
+}
+
+#[tokio::test]
+async fn keys_and_quotas_hold_across_nodes() {
+    let admin = "sb-cluster-admin";
+    let (front, worker, _shared) = cluster(Some(admin)).await;
+    // A key made on one node works on the other, and its quota counts jobs on both.
+    let key = front
+        .create_key(admin, json!({"name": "team", "quota_images": 1}))
+        .await;
+    let secret = key["secret"].as_str().unwrap().to_string();
+    let first = worker.generate_as(&secret, tiny(json!({}))).await;
+    assert_eq!(first.status(), 200);
+    let second = front.generate_as(&secret, tiny(json!({}))).await;
+    assert_eq!(second.status(), 429);
+    let body: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "QuotaExceeded", "{body}");
+    // Revoked on one node, refused on the other at once.
+    let id = key["id"].as_str().unwrap();
+    let revoked = worker
+        .client
+        .delete(format!("{}/v1/keys/{id}", worker.url))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success());
+    let after = front.generate_as(&secret, tiny(json!({}))).await;
+    assert_eq!(after.status(), 401);
+}
