@@ -178,7 +178,7 @@ impl Jobs {
         let config = &self.inner.config;
         let recovered = self.inner.db.reap(restarted, config.max_attempts).await?;
         for id in &recovered.requeued {
-            tracing::warn!(job = %id, "requeued a job whose node stopped or restarted");
+            tracing::warn!(job = %id, "requeued a job interrupted by a restart or a dead node");
         }
         if !recovered.requeued.is_empty() {
             for lane in [Lane::Local, Lane::Gateway] {
