@@ -17,6 +17,7 @@ macro_rules! redacted {
                 ".created_at" => "[time]",
                 ".started_at" => "[time]",
                 ".finished_at" => "[time]",
+                ".node" => "[node]",
                 ".secret" => "[secret]",
                 ".**.url" => "[signed link]",
                 ".**.b64_json" => "[base64]",
