@@ -5,18 +5,18 @@
 mod dit_defaults;
 mod unknown;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use seedbed_engine::model::{Family, ModelSummary};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
 
 pub use unknown::UnknownModel;
 
 /// Generation defaults of one model, from its optional `seedbed.json` or from its name.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelDefaults {
     pub steps: u32,
@@ -48,7 +48,7 @@ impl ModelDefaults {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelEntry {
     /// The folder name, which is also its id.
     pub name: String,
@@ -91,6 +91,17 @@ pub struct Catalog {
     aliases: BTreeMap<String, String>,
     /// Public names an upstream serves: not run here, but named when a model is not found.
     relayed: Vec<String>,
+    /// What other nodes sharing the database run (see [`Announcement`]): requests for them
+    /// are accepted here and wait for those nodes.
+    peers: Announcement,
+}
+
+/// What a node tells the others it runs: its models under every public name (folders and
+/// aliases), and the public names its upstreams serve.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub models: BTreeMap<String, ModelEntry>,
+    pub relayed: BTreeSet<String>,
 }
 
 impl Catalog {
@@ -154,10 +165,15 @@ impl Catalog {
         })
     }
 
-    /// The model a public name (folder name or alias) stands for.
+    /// The model a public name (folder name or alias) stands for, here or on another node.
     pub fn resolve(&self, public: &str) -> Result<&ModelEntry> {
         let local = self.aliases.get(public).map_or(public, String::as_str);
         if let Some(model) = self.models.get(local) {
+            return Ok(model);
+        }
+        if let Some(model) = self.peers.models.get(public)
+            && !self.broken.contains_key(local)
+        {
             return Ok(model);
         }
         match self.broken.get(local) {
@@ -180,11 +196,58 @@ impl Catalog {
         self
     }
 
-    /// Every name a request may use: folders, aliases, then models an upstream serves.
+    /// Every name a request may use: folders, aliases, models an upstream serves, then what
+    /// other nodes run.
     pub fn names(&self) -> Vec<String> {
         let mut names = self.local_names();
         names.extend(self.relayed.iter().cloned());
+        let peers = self.peers.models.keys().chain(&self.peers.relayed);
+        for name in peers {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
         names
+    }
+
+    /// What this node runs, to tell the others: its models if it runs the local queue, its
+    /// upstreams' models if it runs the gateway's.
+    pub fn announcement(&self, local: bool, gateway: bool) -> Announcement {
+        let mut out = Announcement::default();
+        if local {
+            for name in self.local_names() {
+                if let Ok(model) = self.resolve(&name) {
+                    out.models.insert(name, model.clone());
+                }
+            }
+        }
+        if gateway {
+            out.relayed = self.relayed.iter().cloned().collect();
+        }
+        out
+    }
+
+    /// This catalog with what other nodes announced (replacing what they announced before).
+    pub fn with_peers(&self, peers: Announcement) -> Self {
+        Self {
+            peers,
+            ..self.clone()
+        }
+    }
+
+    /// Whether another node's upstream serves `public` (and this node's does not).
+    pub fn relayed_elsewhere(&self, public: &str) -> bool {
+        self.peers.relayed.contains(public)
+    }
+
+    /// `(public name, model)` of what only other nodes run.
+    pub fn peer_models(&self) -> impl Iterator<Item = (&str, &ModelEntry)> {
+        let own = |name: &str| self.models.contains_key(name) || self.aliases.contains_key(name);
+        self.peers
+            .models
+            .iter()
+            .filter(move |(name, _)| !own(name))
+            .map(|(name, model)| (name.as_str(), model))
     }
 
     /// The names of the models this node runs itself: folders and their aliases.
@@ -252,6 +315,40 @@ mod tests {
         );
         let error = Catalog::scan(&fixtures(), &[("a".into(), "missing".into())]).unwrap_err();
         assert!(error.to_string().contains("missing"), "{error}");
+    }
+
+    #[test]
+    fn other_nodes_models_are_offered_after_our_own() {
+        let aliases = [("seedream-4-5-251128".to_string(), "tiny-sd".to_string())];
+        let worker = Catalog::scan(&fixtures(), &aliases)
+            .unwrap()
+            .with_relayed(["ark-model".to_string()]);
+        let announced = worker.announcement(true, true);
+        let names: Vec<_> = announced.models.keys().map(String::as_str).collect();
+        assert_eq!(names, ["seedream-4-5-251128", "tiny-sd", "tiny-sdxl"]);
+        assert_eq!(announced.relayed.iter().collect::<Vec<_>>(), ["ark-model"]);
+        // What travels between nodes reads back the same.
+        let json = serde_json::to_string(&announced).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Announcement>(&json).unwrap(),
+            announced
+        );
+        assert!(worker.announcement(false, false).models.is_empty());
+
+        let front = Catalog::default().with_peers(announced);
+        let model = front.resolve("seedream-4-5-251128").unwrap();
+        assert_eq!((model.name.as_str(), model.native_size), ("tiny-sd", 64));
+        assert!(front.relayed_elsewhere("ark-model") && !front.relayed_elsewhere("tiny-sd"));
+        assert_eq!(front.peer_models().count(), 3);
+        assert!(front.names().contains(&"ark-model".to_string()));
+        // A node's own model of the same name is never shadowed by a peer's.
+        let own = Catalog::scan(&fixtures(), &[])
+            .unwrap()
+            .with_peers(worker.announcement(true, false));
+        assert_eq!(
+            own.peer_models().map(|m| m.0).collect::<Vec<_>>(),
+            ["seedream-4-5-251128"]
+        );
     }
 
     /// FLUX's defaults and 1K come from its configs ([dev] has a guidance embedding); a

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -84,7 +84,10 @@ pub struct Jobs {
 pub(crate) struct Inner {
     pub db: Db,
     pub blobs: Blobs,
+    /// The models of this node's own folders (and its upstreams' names).
     pub catalog: Catalog,
+    /// The same with what other nodes announced: what requests here may name.
+    pub cluster_catalog: RwLock<Arc<Catalog>>,
     /// Models served by upstream providers.
     pub gateway: Gateway,
     pub config: CoreConfig,
@@ -183,6 +186,7 @@ impl Jobs {
             inner: Arc::new(Inner {
                 db,
                 blobs,
+                cluster_catalog: RwLock::new(Arc::new(catalog.clone())),
                 catalog,
                 gateway,
                 config,
@@ -221,8 +225,18 @@ impl Jobs {
         &self.inner.blobs
     }
 
-    pub fn catalog(&self) -> &Catalog {
-        &self.inner.catalog
+    /// What requests may name: this node's models and upstreams, and what the other nodes
+    /// sharing the database announced (refreshed every half lease).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        match self.inner.cluster_catalog.read() {
+            Ok(catalog) => catalog.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Whether a request for `model` is relayed to an upstream (this node's or another's).
+    pub fn relays(&self, model: &str) -> bool {
+        self.inner.gateway.serves(model) || self.catalog().relayed_elsewhere(model)
     }
 
     pub fn gateway(&self) -> &Gateway {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use seedbed_storage::{EndGuard, Fence, JobRow, JobStatus, Lane, Notice};
+use seedbed_storage::{EndGuard, Fence, JobRow, JobStatus, Lane, Notice, now_ms};
 use seedbed_types::ErrorCode;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -33,6 +33,7 @@ use tracing::Instrument;
 use crate::backend::device::DeviceBackend;
 use crate::backend::gateway::GatewayBackend;
 use crate::backend::{Backend, Done, Failure, Work, WorkEvent};
+use crate::catalog::Announcement;
 use crate::device::Device;
 use crate::error::Result;
 use crate::events::JobEvent;
@@ -118,18 +119,65 @@ impl Jobs {
         })
     }
 
-    /// Put back the jobs of nodes that died, every half lease, until `shutdown`.
+    /// Every half lease until `shutdown`: put back the jobs of nodes that died, tell the
+    /// other nodes what this one runs and learn what they run. On the way out, this node
+    /// stops announcing itself.
     async fn run_reaper(&self, shutdown: CancellationToken) {
         let every = self.inner.config.lease / 2;
         loop {
+            if let Err(error) = self.refresh_peers().await {
+                tracing::warn!(%error, "exchanging model lists with other nodes failed");
+            }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
             }
             if let Err(error) = self.reap(None).await {
                 tracing::warn!(%error, "reaping expired leases failed");
             }
         }
+        let inner = &self.inner;
+        if let Err(error) = inner.db.retire_node(&inner.config.node_id).await {
+            tracing::warn!(%error, "removing this node's announcement failed");
+        }
+    }
+
+    /// Announce what this node runs; take in what the others announced, where they were seen
+    /// within three leases (a node gone longer is dead, and its models with it). The runner
+    /// does this every half lease; a server does it once before it listens, so its first
+    /// request already sees the other nodes' models.
+    pub async fn refresh_peers(&self) -> Result<()> {
+        let inner = &self.inner;
+        let runs = inner.config.runs;
+        let mine = inner.catalog.announcement(runs.local, runs.gateway);
+        let json = serde_json::to_string(&mine)
+            .map_err(|e| crate::error::CoreError::Internal(format!("announcement: {e}")))?;
+        let node = &inner.config.node_id;
+        inner.db.announce_node(node, &json).await?;
+        let since = now_ms() - 3 * inner.config.lease.as_millis() as i64;
+        let mut peers = Announcement::default();
+        for other in inner.db.nodes_seen_since(since).await? {
+            if other.id == *node {
+                continue;
+            }
+            match serde_json::from_str::<Announcement>(&other.catalog) {
+                Ok(announced) => {
+                    for (name, model) in announced.models {
+                        peers.models.entry(name).or_insert(model);
+                    }
+                    peers.relayed.extend(announced.relayed);
+                }
+                Err(error) => {
+                    tracing::warn!(node = %other.id, %error, "ignoring another node's model list")
+                }
+            }
+        }
+        let merged = Arc::new(inner.catalog.with_peers(peers));
+        match inner.cluster_catalog.write() {
+            Ok(mut current) => *current = merged,
+            Err(poisoned) => *poisoned.into_inner() = merged,
+        }
+        Ok(())
     }
 
     /// Act on other nodes' notices until `shutdown`; returns at once where there are none.

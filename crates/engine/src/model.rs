@@ -11,7 +11,7 @@ use crate::pipeline::{Generator, LoadOptions};
 use crate::scheduler::SchedulerKind;
 
 /// The model families the engine runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Family {
     /// Stable Diffusion 1.x / 2.x (and SD-Turbo).
     StableDiffusion,

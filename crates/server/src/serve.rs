@@ -253,6 +253,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let gateway = seedbed_gateway::Gateway::new(config.upstreams.clone(), &config.routes)
         .map_err(|e| ServeError::Refused(e.to_string()))?;
     let jobs = Jobs::new(db, blobs, catalog, gateway, core_config);
+    jobs.refresh_peers().await?;
     let device = Device::spawn(config.device.clone())?;
     let shutdown = CancellationToken::new();
     let runner = jobs.start(device.clone(), shutdown.clone());

@@ -19,8 +19,8 @@ pub mod testing;
 pub use blobs::Blobs;
 pub use db::{
     Admission, Backend, Billing, BootstrapKeys, Db, EndGuard, Fence, ImageRow, JobRow, JobStatus,
-    KeyRow, Keys, Lane, Ledger, NewJob, NewKey, Notice, Notices, Recorded, RecoveredJobs, Refusal,
-    UsageRow, UsageTotals,
+    KeyRow, Keys, Lane, Ledger, NewJob, NewKey, NodeRow, Notice, Notices, Recorded, RecoveredJobs,
+    Refusal, UsageRow, UsageTotals,
 };
 pub use error::{Result, StorageError};
 

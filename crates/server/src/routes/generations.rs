@@ -116,7 +116,7 @@ pub async fn submit(
     let relayed = request
         .model
         .as_deref()
-        .is_some_and(|model| jobs.gateway().serves(model));
+        .is_some_and(|model| jobs.relays(model));
     let (spec, sources) = if relayed {
         let raw = match raw {
             Some(raw) => raw,
@@ -128,7 +128,7 @@ pub async fn submit(
             Vec::new(),
         )
     } else {
-        seedbed_core::spec::validate(&request, jobs.catalog())?
+        seedbed_core::spec::validate(&request, &jobs.catalog())?
     };
     // Relayed models are the upstream's to judge; a local model ignores what it does not
     // know, and says so.

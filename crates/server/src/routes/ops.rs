@@ -62,6 +62,10 @@ fn models(state: &AppState) -> Vec<ModelView> {
             loaded: true,
         });
     }
+    // What only other nodes sharing the database run: accepted here, run there.
+    for (public, model) in catalog.peer_models() {
+        out.push(model.view(public, false));
+    }
     out
 }
 

@@ -9,14 +9,22 @@ use serde_json::json;
 use crate::support::{TestServer, config, sse_events, tiny};
 
 /// Two nodes sharing a fresh Postgres database, one image folder and one key-hash secret:
-/// `front` takes requests only (`runs: none`), `worker` runs every job.
+/// `worker` runs every job; `front` has no model of its own and runs nothing (`runs: none`),
+/// so it knows the worker's models only from the worker's announcement.
 async fn cluster(api_key: Option<&str>) -> (TestServer, TestServer, tempfile::TempDir) {
     let database = seedbed_storage::testing::postgres_url().await;
     let shared = tempfile::tempdir().unwrap();
+    let no_models = shared.path().join("no-models");
+    std::fs::create_dir(&no_models).unwrap();
     let mut nodes = Vec::new();
-    for (name, runs) in [("front", false), ("worker", true)] {
+    // The worker first: the front reads the announcements when it starts.
+    for (name, runs) in [("worker", true), ("front", false)] {
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = config(data_dir.path());
+        if !runs {
+            config.models_dir = no_models.clone();
+            config.aliases.clear();
+        }
         config.database_url = Some(database.clone());
         config.blob_url = Some(shared.path().join("blobs").display().to_string());
         config.key_secret_file = Some(shared.path().join("key-hash.secret"));
@@ -26,14 +34,30 @@ async fn cluster(api_key: Option<&str>) -> (TestServer, TestServer, tempfile::Te
         config.api_keys = api_key.iter().map(|key| (*key).into()).collect();
         nodes.push(TestServer::start_in(data_dir, config).await);
     }
-    let worker = nodes.pop().unwrap();
     let front = nodes.pop().unwrap();
+    let worker = nodes.pop().unwrap();
     (front, worker, shared)
 }
 
 #[tokio::test]
 async fn a_job_sent_to_one_node_runs_on_another_and_is_seen_from_both() {
     let (front, worker, _shared) = cluster(None).await;
+    // The front offers the worker's models (under the worker's alias too) as its own.
+    let models = front.get_json("/v1/models").await;
+    let ids: Vec<_> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"seedream-4-5-251128") && ids.contains(&"tiny-sd"),
+        "{models}"
+    );
+    let unknown = front
+        .generate(json!({"model": "nowhere", "prompt": "x"}))
+        .await;
+    assert_eq!(unknown.status(), 404);
     let id = front.submit_async(tiny(json!({"steps": 6}))).await;
     let events = front
         .get(&format!("/v1/jobs/{id}/events"))

@@ -6,6 +6,7 @@
 mod images;
 mod jobs;
 mod keys;
+mod nodes;
 mod notices;
 mod queue;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 pub use images::ImageRow;
 pub use jobs::{Admission, JobRow, JobStatus, Lane, NewJob, Refusal};
 pub use keys::{BootstrapKeys, KeyRow, Keys, NewKey};
+pub use nodes::NodeRow;
 pub use notices::{Notice, Notices};
 pub use queue::RecoveredJobs;
 pub use usage::{Ledger, UsageRow, UsageTotals};
