@@ -2,8 +2,8 @@
 //!
 //! Two stores, each chosen by URL: [`Db`] keeps jobs, their events, image records, API keys
 //! and usage in SQL (SQLite by default); [`Blobs`] keeps image bytes (a local folder by
-//! default, through `object_store`). Everything a job needs to run again after a restart is
-//! in the database before any work starts.
+//! default, or an S3 bucket, through `object_store`). Everything a job needs to run again
+//! after a restart is in the database before any work starts.
 //!
 //! Several processes may share one database: jobs are claimed with a single conditional
 //! `UPDATE ... RETURNING` and held under a lease that the owner renews; a job whose lease ran
@@ -14,7 +14,7 @@ mod blobs;
 mod db;
 mod error;
 
-pub use blobs::Blobs;
+pub use blobs::{Blobs, S3Settings};
 pub use db::{
     Admission, BootstrapKeys, Db, ImageRow, JobRow, JobStatus, KeyRow, Keys, Lane, Ledger, NewJob,
     NewKey, RecoveredJobs, Refusal, UsageRow, UsageTotals,
