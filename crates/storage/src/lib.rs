@@ -13,6 +13,8 @@
 mod blobs;
 mod db;
 mod error;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use blobs::{Blobs, S3Settings};
 pub use db::{
