@@ -223,6 +223,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             Blobs::local(&dir)?
         }
     };
+    // A missing bucket or refused credentials stop the start, not the first image.
+    blobs.check().await?;
     let access = open_key_store(&config, &db).await?;
     let catalog = Catalog::scan(&config.models_dir, &config.aliases)?;
     if catalog.models().next().is_none() {

@@ -1,4 +1,6 @@
-//! Image bytes, by key, in an `object_store`.
+//! Image bytes, by key, in an `object_store`: a local folder or an S3-compatible bucket.
+
+mod s3;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,33 +13,48 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::error::{Result, StorageError};
 
+pub use s3::S3Settings;
+
 #[derive(Clone)]
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
+    /// The folder or URL it was opened with, for logs and error messages.
+    name: Arc<str>,
 }
 
 impl std::fmt::Debug for Blobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Blobs({})", self.store)
+        write!(f, "Blobs({})", self.name)
     }
 }
 
 impl Blobs {
-    /// `file:///abs/dir` or a plain path: a local folder (created if missing). Other schemes
-    /// (`s3://`) need a build with that object_store backend.
+    /// `file:///abs/dir` or a plain path: a local folder (created if missing).
+    /// `s3://BUCKET/PREFIX` (prefix optional): keys under PREFIX/ in an S3 bucket, reached
+    /// through the standard AWS_* variables (AWS_ENDPOINT_URL and AWS_ALLOW_HTTP=true for a
+    /// local S3-compatible server).
     pub fn open(url: &str) -> Result<Self> {
+        if url.starts_with(s3::SCHEME) {
+            return s3::from_env(url);
+        }
         let path = match url.strip_prefix("file://") {
             Some(path) => path,
             None if url.contains("://") => {
                 return Err(StorageError::UnsupportedUrl {
                     what: "blob store",
                     url: url.to_string(),
-                    hint: "this build stores blobs in a local folder (file:///path)",
+                    hint: "expected a folder, file:///path or s3://BUCKET/PREFIX",
                 });
             }
             None => url,
         };
         Self::local(Path::new(path))
+    }
+
+    /// `s3://BUCKET/PREFIX` reached with explicit settings rather than the process's AWS_*
+    /// variables (tests, or a caller that reads its own configuration).
+    pub fn s3(url: &str, settings: &S3Settings) -> Result<Self> {
+        s3::from_settings(url, settings)
     }
 
     pub fn local(dir: &Path) -> Result<Self> {
@@ -47,6 +64,25 @@ impl Blobs {
         let store = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
         Ok(Self {
             store: Arc::new(store),
+            name: dir.display().to_string().into(),
+        })
+    }
+
+    /// One cheap request (a delimited listing of the top level) so a server fails at start,
+    /// with the URL and a likely cause, rather than on its first image: a missing bucket,
+    /// refused credentials, an endpoint that does not answer. Listing is also what
+    /// `folders` and `delete_prefix` need the credentials to allow.
+    pub async fn check(&self) -> Result<()> {
+        let Err(source) = self.store.list_with_delimiter(None).await else {
+            return Ok(());
+        };
+        // object_store returns S3 listing failures untyped (no status to match on); reading
+        // a key that need not exist fails the same way, typed by status, to name the cause.
+        let probe = self.store.head(&StorePath::from(".seedbed-check")).await;
+        Err(StorageError::BlobStoreUnusable {
+            hint: unusable_hint(probe.err()),
+            name: self.name.to_string(),
+            source,
         })
     }
 
@@ -101,34 +137,18 @@ impl Blobs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn put_get_delete_in_a_local_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = Blobs::open(&format!("file://{}", dir.path().display())).unwrap();
-        blobs
-            .put("images/job_1/0.jpeg", Bytes::from_static(b"abc"))
-            .await
-            .unwrap();
-        assert!(dir.path().join("images/job_1/0.jpeg").is_file());
-        let got = blobs.get("images/job_1/0.jpeg").await.unwrap();
-        assert_eq!(got.as_deref(), Some(&b"abc"[..]));
-        blobs.delete("images/job_1/0.jpeg").await.unwrap();
-        assert_eq!(blobs.get("images/job_1/0.jpeg").await.unwrap(), None);
-        blobs.delete("images/job_1/0.jpeg").await.unwrap();
-        for key in ["inputs/job_a/0", "inputs/job_a/1", "inputs/job_b/0"] {
-            blobs.put(key, Bytes::from_static(b"x")).await.unwrap();
+/// The likely cause of a failed [`Blobs::check`], in the operator's terms, from the probe
+/// read: not found while listing failed means no bucket (a missing key alone is fine).
+fn unusable_hint(probe: Option<object_store::Error>) -> &'static str {
+    match probe {
+        Some(object_store::Error::NotFound { .. }) => "no such bucket or folder",
+        Some(
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. },
+        ) => {
+            "access refused: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, \
+             and that the key may list, read and write the bucket"
         }
-        let mut folders = blobs.folders("inputs").await.unwrap();
-        folders.sort();
-        assert_eq!(folders, ["job_a", "job_b"]);
-        assert_eq!(blobs.delete_prefix("inputs/job_a").await.unwrap(), 2);
-        assert_eq!(blobs.folders("inputs").await.unwrap(), ["job_b"]);
-        assert_eq!(blobs.delete_prefix("inputs/job_none").await.unwrap(), 0);
-        let error = Blobs::open("s3://bucket/x").unwrap_err().to_string();
-        assert!(error.contains("s3://bucket/x"), "{error}");
+        _ => "unreachable or failing: check AWS_ENDPOINT_URL (and AWS_ALLOW_HTTP for http://)",
     }
 }

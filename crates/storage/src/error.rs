@@ -18,6 +18,20 @@ pub enum StorageError {
         hint: &'static str,
     },
 
+    #[error("invalid {what} URL `{url}`: expected {expected}")]
+    InvalidUrl {
+        what: &'static str,
+        url: String,
+        expected: &'static str,
+    },
+
+    #[error("blob store `{name}` is not usable ({hint}): {source}")]
+    BlobStoreUnusable {
+        name: String,
+        hint: &'static str,
+        source: object_store::Error,
+    },
+
     #[error("{0}")]
     Io(#[from] std::io::Error),
 

@@ -2,8 +2,8 @@
 //!
 //! Two stores, each chosen by URL: [`Db`] keeps jobs, their events, image records, API keys
 //! and usage in SQL (SQLite by default); [`Blobs`] keeps image bytes (a local folder by
-//! default, through `object_store`). Everything a job needs to run again after a restart is
-//! in the database before any work starts.
+//! default, or an S3 bucket, through `object_store`). Everything a job needs to run again
+//! after a restart is in the database before any work starts.
 //!
 //! Any number of processes may share one database (SQLite on one machine, Postgres across
 //! machines): a job is claimed with one conditional `UPDATE ... RETURNING` that writes the
@@ -13,10 +13,10 @@
 mod blobs;
 mod db;
 mod error;
-#[cfg(any(test, feature = "test-support"))]
+#[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use blobs::Blobs;
+pub use blobs::{Blobs, S3Settings};
 pub use db::{
     Admission, Backend, Billing, BootstrapKeys, Db, EndGuard, Fence, ImageRow, JobRow, JobStatus,
     KeyRow, Keys, Lane, Ledger, NewJob, NewKey, NodeRow, Notice, Notices, Recorded, RecoveredJobs,

@@ -116,7 +116,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SEEDBED_RUNS", default_value = "local,gateway", value_parser = runs)]
     runs: Runs,
 
-    /// Image store: a folder or file:///path [default: <data-dir>/blobs].
+    /// Image store: a folder, file:///path, or s3://BUCKET/PREFIX (prefix optional) reached
+    /// through AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and
+    /// AWS_ALLOW_HTTP=true for an http:// endpoint [default: <data-dir>/blobs].
     #[arg(long, env = "SEEDBED_BLOB_URL")]
     blob_url: Option<String>,
 
