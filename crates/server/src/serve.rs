@@ -27,6 +27,9 @@ pub struct ServeConfig {
     pub database_url: Option<String>,
     /// Default: the folder `<data_dir>/blobs`.
     pub blob_url: Option<String>,
+    /// Settings for an `s3://` blob URL given here rather than by the `AWS_*` variables (a
+    /// program embedding the server, tests).
+    pub s3: Option<seedbed_storage::S3Settings>,
     /// This node's name in leases and job records; default: made once, kept in
     /// `<data_dir>/node-id`.
     pub node_id: Option<String>,
@@ -62,6 +65,7 @@ impl ServeConfig {
             data_dir,
             database_url: None,
             blob_url: None,
+            s3: None,
             node_id: None,
             models_dir,
             aliases: Vec::new(),
@@ -215,9 +219,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         crate::private::restrict_file(&database_path)
             .map_err(io(format!("restricting {}", database_path.display())))?;
     }
-    let blobs = match &config.blob_url {
-        Some(url) => Blobs::open(url)?,
-        None => {
+    let blobs = match (&config.blob_url, &config.s3) {
+        (Some(url), Some(settings)) if url.starts_with("s3://") => Blobs::s3(url, settings)?,
+        (Some(url), _) => Blobs::open(url)?,
+        (None, _) => {
             let dir = config.data_dir.join("blobs");
             crate::private::create_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
             Blobs::local(&dir)?

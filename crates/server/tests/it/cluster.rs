@@ -6,13 +6,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use seedbed_storage::testing::S3Server;
+
 use crate::support::{TestServer, config, sse_events, tiny};
 
-/// Two nodes sharing a fresh Postgres database, one image folder and one key-hash secret:
+/// What the nodes share besides the database; lives as long as the test.
+struct Shared {
+    _dir: tempfile::TempDir,
+    s3: S3Server,
+}
+
+/// Two nodes sharing a fresh Postgres database, one S3 bucket (a real S3 server in this
+/// process) and one key-hash secret:
 /// `worker` runs every job; `front` has no model of its own and runs nothing (`runs: none`),
 /// so it knows the worker's models only from the worker's announcement.
-async fn cluster(api_key: Option<&str>) -> (TestServer, TestServer, tempfile::TempDir) {
+async fn cluster(api_key: Option<&str>) -> (TestServer, TestServer, Shared) {
     let database = seedbed_storage::testing::postgres_url().await;
+    let s3 = S3Server::start(&["images"]).await;
     let shared = tempfile::tempdir().unwrap();
     let no_models = shared.path().join("no-models");
     std::fs::create_dir(&no_models).unwrap();
@@ -26,7 +36,8 @@ async fn cluster(api_key: Option<&str>) -> (TestServer, TestServer, tempfile::Te
             config.aliases.clear();
         }
         config.database_url = Some(database.clone());
-        config.blob_url = Some(shared.path().join("blobs").display().to_string());
+        config.blob_url = Some("s3://images/cluster".into());
+        config.s3 = Some(s3.settings());
         config.key_secret_file = Some(shared.path().join("key-hash.secret"));
         config.node_id = Some(name.into());
         config.jobs.runs.local = runs;
@@ -36,12 +47,12 @@ async fn cluster(api_key: Option<&str>) -> (TestServer, TestServer, tempfile::Te
     }
     let front = nodes.pop().unwrap();
     let worker = nodes.pop().unwrap();
-    (front, worker, shared)
+    (front, worker, Shared { _dir: shared, s3 })
 }
 
 #[tokio::test]
 async fn a_job_sent_to_one_node_runs_on_another_and_is_seen_from_both() {
-    let (front, worker, _shared) = cluster(None).await;
+    let (front, worker, shared) = cluster(None).await;
     // The front offers the worker's models (under the worker's alias too) as its own.
     let models = front.get_json("/v1/models").await;
     let ids: Vec<_> = models["data"]
@@ -94,10 +105,11 @@ async fn a_job_sent_to_one_node_runs_on_another_and_is_seen_from_both() {
     let path = url.strip_prefix(&worker.url).unwrap();
     let image = front.get(path).send().await.unwrap();
     assert_eq!(image.status(), 200, "{url}");
-    assert_eq!(
-        image.bytes().await.unwrap()[..4],
-        [0xff, 0xd8, 0xff, 0xe0][..4]
-    );
+    assert_eq!(image.bytes().await.unwrap()[..3], [0xff, 0xd8, 0xff]);
+    // Stored in the bucket, under the prefix the nodes were given.
+    let stored = shared.s3.root().join("images/cluster/images").join(&id);
+    let files = std::fs::read_dir(&stored).map(|d| d.count());
+    assert_eq!(files.ok(), Some(1), "{}", stored.display());
     // Billed once, whichever node is asked.
     for node in [&front, &worker] {
         let usage = node.get_json("/v1/usage").await;
