@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Jobs per second through the shared Postgres queue with 1, 2 and 3 `seedbed serve` nodes (issue 20).
 #
-# What it measures is the queue, not the engine: each job is the tiny fixture model at 64x64 and one
-# step, so the time goes to admission, claiming, leases, events, storing and billing. Every node runs
-# on this one machine, so nodes share its cores: on a small machine more nodes cannot mean more
-# compute, only more claimers contending for the same rows.
+# Each job is the tiny fixture model at 64x64 and one step, the smallest job there is, so the queue's
+# share (admission, claiming, leases, events, storing, billing) of each job's time is as large as it
+# gets. Every node runs on this one machine, so nodes share its cores: on a small machine more nodes
+# cannot mean more compute, only more claimers contending for the same rows.
 #
 #   bash bench/queue_throughput.sh                       # a throwaway Postgres, 200 jobs, N = 1 2 3
 #   DATABASE_URL=postgres://u:p@host/postgres bash bench/queue_throughput.sh   # your server
