@@ -157,6 +157,18 @@ impl Http {
         request.send().unwrap().json().unwrap()
     }
 
+    /// The whole event stream of a job that has ended (the stream closes after its final
+    /// event), as the server sent it.
+    pub fn events(&self, id: &str) -> String {
+        self.client
+            .get(format!("{}/v1/jobs/{id}/events", self.base))
+            .bearer_auth(KEY)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     /// Poll a job until `reached` or about a minute passes.
     pub fn poll_job(
         &self,
