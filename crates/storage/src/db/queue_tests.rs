@@ -343,7 +343,7 @@ async fn concurrent_claims_never_run_one_job_twice() {
         for worker in 0..4 {
             let db = db.clone();
             nodes.push(tokio::spawn(async move {
-                let name = format!("{node}");
+                let name = node.to_string();
                 let mut ran = Vec::new();
                 while let Some(job) = claim(&db, &name).await {
                     let fence = job.fence().unwrap();
