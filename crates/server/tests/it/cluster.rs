@@ -6,8 +6,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use seedbed_server::serve::ServeConfig;
 use seedbed_storage::testing::S3Server;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::gateway::{ark_images, quick_ark, route};
 use crate::support::{TestServer, config, sse_events, tiny};
 
 /// What the nodes share besides the database; lives as long as the test.
@@ -21,6 +25,15 @@ struct Shared {
 /// `worker` runs every job; `front` has no model of its own and runs nothing (`runs: none`),
 /// so it knows the worker's models only from the worker's announcement.
 async fn cluster(api_key: Option<&str>) -> (TestServer, TestServer, Shared) {
+    cluster_with(api_key, |_| {}).await
+}
+
+/// [`cluster`] with the worker's configuration adjusted.
+async fn cluster_with(
+    api_key: Option<&str>,
+    worker: impl FnOnce(&mut ServeConfig),
+) -> (TestServer, TestServer, Shared) {
+    let mut worker = Some(worker);
     let database = seedbed_storage::testing::postgres_url().await;
     let s3 = S3Server::start(&["images"]).await;
     let shared = tempfile::tempdir().unwrap();
@@ -34,6 +47,8 @@ async fn cluster(api_key: Option<&str>) -> (TestServer, TestServer, Shared) {
         if !runs {
             config.models_dir = no_models.clone();
             config.aliases.clear();
+        } else if let Some(adjust) = worker.take() {
+            adjust(&mut config);
         }
         config.database_url = Some(database.clone());
         config.blob_url = Some("s3://images/cluster".into());
@@ -175,4 +190,37 @@ async fn keys_and_quotas_hold_across_nodes() {
     assert!(revoked.status().is_success());
     let after = front.generate_as(&secret, tiny(json!({}))).await;
     assert_eq!(after.status(), 401);
+}
+
+#[tokio::test]
+async fn a_relayed_model_only_one_node_knows_is_taken_by_any_and_relayed_there() {
+    let ark = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(ark_images()))
+        .mount(&ark)
+        .await;
+    let upstream = quick_ark(&ark);
+    let (front, _worker, shared) = cluster_with(None, |config| {
+        config.upstreams = vec![upstream];
+        config.routes = vec![route("m", "ark", "x")];
+    })
+    .await;
+    // The front has no upstream: it queues the request, the worker relays it.
+    let response = front.generate(json!({"model": "m", "prompt": "x"})).await;
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-seedbed-job-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let url = body["data"][0]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&front.url),
+        "re-hosted, linked through the front: {url}"
+    );
+    let job = front.job(&id, None).await;
+    assert_eq!(job["node"], "worker", "{job}");
+    assert_eq!(ark.received_requests().await.unwrap().len(), 1);
+    let stored = shared.s3.root().join("images/cluster/images").join(&id);
+    assert!(stored.is_dir(), "the re-hosted image is in the bucket");
 }

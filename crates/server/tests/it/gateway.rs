@@ -13,7 +13,7 @@ fn upstream(name: &str, kind: UpstreamKind, url: &str) -> UpstreamConfig {
     UpstreamConfig::new(name, kind, url)
 }
 
-fn route(public: &str, upstream: &str, model: &str) -> (String, String, String) {
+pub(crate) fn route(public: &str, upstream: &str, model: &str) -> (String, String, String) {
     (public.into(), upstream.into(), model.into())
 }
 
@@ -444,7 +444,7 @@ async fn a_rate_limited_upstream_falls_over_and_key_limits_apply() {
 }
 
 /// An Ark upstream at `server` for the public model `m`, retrying quickly.
-fn quick_ark(server: &MockServer) -> UpstreamConfig {
+pub(crate) fn quick_ark(server: &MockServer) -> UpstreamConfig {
     let mut ark = upstream(
         "ark",
         UpstreamKind::Ark,
@@ -454,7 +454,7 @@ fn quick_ark(server: &MockServer) -> UpstreamConfig {
     ark
 }
 
-fn ark_images() -> serde_json::Value {
+pub(crate) fn ark_images() -> serde_json::Value {
     json!({
         "model": "m", "created": 1,
         "data": [{"b64_json": png_b64(16, 16), "size": "16x16"}],
