@@ -12,7 +12,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::gateway::{ark_images, quick_ark, route};
-use crate::support::{TestServer, config, sse_events, tiny};
+use crate::support::{TestServer, config, tiny};
 
 /// What the nodes share besides the database; lives as long as the test.
 struct Shared {
@@ -85,18 +85,7 @@ async fn a_job_sent_to_one_node_runs_on_another_and_is_seen_from_both() {
         .await;
     assert_eq!(unknown.status(), 404);
     let id = front.submit_async(tiny(json!({"steps": 6}))).await;
-    let events = front
-        .get(&format!("/v1/jobs/{id}/events"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let names: Vec<_> = sse_events(&events)
-        .into_iter()
-        .filter_map(|e| e.0)
-        .collect();
+    let names = front.event_names(&id, 0).await;
     let progress = names.iter().filter(|n| *n == "progress").count();
     assert_eq!(
         progress, 6,
