@@ -55,6 +55,13 @@ impl Lane {
             Self::Gateway => "gateway",
         }
     }
+
+    /// The lane `as_str` wrote, as the database and notices carry it.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Local, Self::Gateway]
+            .into_iter()
+            .find(|lane| lane.as_str() == text)
+    }
 }
 
 #[derive(Debug, Clone)]

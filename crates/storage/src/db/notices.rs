@@ -35,8 +35,7 @@ impl Notice {
     fn parse(payload: &str) -> Option<Self> {
         let (kind, arg) = payload.split_once(' ')?;
         Some(match kind {
-            "queued" if arg == Lane::Local.as_str() => Self::Queued(Lane::Local),
-            "queued" if arg == Lane::Gateway.as_str() => Self::Queued(Lane::Gateway),
+            "queued" => Self::Queued(Lane::parse(arg)?),
             "events" => Self::Events(arg.to_string()),
             "cancel" => Self::Cancel(arg.to_string()),
             _ => return None,

@@ -83,15 +83,13 @@ impl Db {
         let mut lanes = Vec::new();
         for row in rows {
             recovered.requeued.push(row.try_get("id")?);
-            let lane: String = row.try_get("lane")?;
-            if !lanes.contains(&lane) {
+            let lane = Lane::parse(&row.try_get::<String, _>("lane")?);
+            if let Some(lane) = lane.filter(|lane| !lanes.contains(lane)) {
                 lanes.push(lane);
             }
         }
-        for lane in [Lane::Local, Lane::Gateway] {
-            if lanes.iter().any(|l| l == lane.as_str()) {
-                self.notify_in(&mut tx, &Notice::Queued(lane)).await?;
-            }
+        for lane in lanes {
+            self.notify_in(&mut tx, &Notice::Queued(lane)).await?;
         }
         tx.commit().await?;
         recovered.exhausted = sqlx::query_scalar(
@@ -122,12 +120,8 @@ impl Db {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = done else { return Ok(false) };
-        let lane: String = row.try_get("lane")?;
-        let lane = if lane == Lane::Gateway.as_str() {
-            Lane::Gateway
-        } else {
-            Lane::Local
-        };
+        // The column's default is the local lane.
+        let lane = Lane::parse(&row.try_get::<String, _>("lane")?).unwrap_or(Lane::Local);
         self.notify_in(&mut tx, &Notice::Queued(lane)).await?;
         tx.commit().await?;
         Ok(true)
