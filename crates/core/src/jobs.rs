@@ -321,7 +321,8 @@ impl Jobs {
     }
 
     /// Delete the reference images of jobs that have ended or no longer exist (left by a
-    /// crash between a job's end and the deletion); returns how many jobs' inputs went.
+    /// crash between a job's end and the deletion); returns how many jobs' inputs went. Call
+    /// it before taking requests: a job being admitted has its inputs stored before its row.
     pub async fn sweep_inputs(&self) -> Result<usize> {
         let mut swept = 0;
         for id in self.inner.blobs.folders(INPUTS).await? {

@@ -79,11 +79,6 @@ impl Jobs {
             if let Err(error) = jobs.reap(Some(&node)).await {
                 tracing::error!(%error, "recovering interrupted jobs failed");
             }
-            match jobs.sweep_inputs().await {
-                Ok(0) => {}
-                Ok(count) => tracing::info!(count, "deleted reference images of ended jobs"),
-                Err(error) => tracing::error!(%error, "sweeping reference images failed"),
-            }
             let inner = &jobs.inner;
             let local = DeviceBackend::new(device, inner.catalog.clone(), inner.blobs.clone());
             let gateway = GatewayBackend::new(inner.gateway.clone());

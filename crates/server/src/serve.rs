@@ -261,6 +261,13 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         .map_err(|e| ServeError::Refused(e.to_string()))?;
     let jobs = Jobs::new(db, blobs, catalog, gateway, core_config);
     jobs.refresh_peers().await?;
+    // Before the listener takes requests: a job being admitted stores its reference images
+    // before its row exists, and the sweep would take them for an orphan's.
+    match jobs.sweep_inputs().await {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(count, "deleted reference images of ended jobs"),
+        Err(error) => tracing::error!(%error, "sweeping reference images failed"),
+    }
     let device = Device::spawn(config.device.clone())?;
     let shutdown = CancellationToken::new();
     let runner = jobs.start(device.clone(), shutdown.clone());
