@@ -105,6 +105,9 @@ pub(crate) struct Inner {
 
 /// Where a job's reference images are kept until it ends.
 const INPUTS: &str = "inputs";
+/// How long a job's inputs may exist without its row before a sweep takes them for an
+/// orphan's: far longer than any admission takes, clock skew between nodes included.
+const ADMISSION_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 fn inputs_folder(job_id: &str) -> String {
     format!("{INPUTS}/{job_id}")
@@ -322,13 +325,23 @@ impl Jobs {
 
     /// Delete the reference images of jobs that have ended or no longer exist (left by a
     /// crash between a job's end and the deletion); returns how many jobs' inputs went. Call
-    /// it before taking requests: a job being admitted has its inputs stored before its row.
+    /// it before taking requests; job-less folders written recently stay, since a job being
+    /// admitted on another node has its inputs stored before its row.
     pub async fn sweep_inputs(&self) -> Result<usize> {
         let mut swept = 0;
         for id in self.inner.blobs.folders(INPUTS).await? {
-            let open = matches!(self.inner.db.job(&id).await?, Some(job) if !job.status.is_final());
-            if !open {
-                self.inner.blobs.delete_prefix(&inputs_folder(&id)).await?;
+            let folder = inputs_folder(&id);
+            let orphaned = match self.inner.db.job(&id).await? {
+                Some(job) => job.status.is_final(),
+                // A job being admitted (here or on another node) stores its inputs before
+                // its row: only a folder nobody wrote to for a while is an orphan.
+                None => match self.inner.blobs.last_written(&folder).await? {
+                    Some(written) => written.elapsed().is_ok_and(|age| age > ADMISSION_GRACE),
+                    None => true,
+                },
+            };
+            if orphaned {
+                self.inner.blobs.delete_prefix(&folder).await?;
                 swept += 1;
             }
         }

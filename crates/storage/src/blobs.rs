@@ -129,6 +129,18 @@ impl Blobs {
             .collect())
     }
 
+    /// When a blob under `prefix/` was last written: the newest, or `None` for an empty folder.
+    pub async fn last_written(&self, prefix: &str) -> Result<Option<std::time::SystemTime>> {
+        let prefix = StorePath::from(prefix);
+        let mut listed = self.store.list(Some(&prefix));
+        let mut newest = None;
+        while let Some(meta) = listed.next().await {
+            let written = std::time::SystemTime::from(meta?.last_modified);
+            newest = newest.max(Some(written));
+        }
+        Ok(newest)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<()> {
         match self.store.delete(&StorePath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

@@ -365,7 +365,15 @@ async fn reference_images_go_when_a_job_ends_in_any_way() {
     let dir = server.stop().await;
     let orphan = dir.path().join("blobs/inputs/job_gone");
     std::fs::create_dir_all(&orphan).unwrap();
-    std::fs::write(orphan.join("0"), b"bytes").unwrap();
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::create(orphan.join("0"))
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    // Job-less but just written: a job another node is admitting, whose row is not in yet.
+    let admitting = dir.path().join("blobs/inputs/job_admitting");
+    std::fs::create_dir_all(&admitting).unwrap();
+    std::fs::write(admitting.join("0"), b"bytes").unwrap();
     let ended = dir.path().join(format!("blobs/inputs/{done}"));
     std::fs::create_dir_all(&ended).unwrap();
     std::fs::write(ended.join("0"), b"bytes").unwrap();
@@ -373,7 +381,7 @@ async fn reference_images_go_when_a_job_ends_in_any_way() {
     let again = TestServer::start_in(dir, config(&path)).await;
     let mut swept = false;
     for _ in 0..100 {
-        if inputs_left(&again).is_empty() {
+        if inputs_left(&again) == ["job_admitting"] {
             swept = true;
             break;
         }
