@@ -114,8 +114,12 @@ pub fn resolve(size: Option<&str>, prompt: &str, rules: SizeRules) -> Result<Res
         let longest = rules.longest();
         let side = side * (f64::from(longest) / longer).min(1.0);
         let step = PRESET_ALIGN.max(rules.factor);
-        let width = align_within(side * ratio.sqrt(), step, longest);
-        let height = align_within(side / ratio.sqrt(), step, longest);
+        let (width, height) = fit_budget(
+            (side * ratio.sqrt(), side / ratio.sqrt()),
+            step,
+            longest,
+            rules.max_pixels(),
+        );
         return Ok(ResolvedSize {
             width,
             height,
@@ -195,6 +199,30 @@ fn align(value: f64, step: u32) -> u32 {
     steps as u32 * step
 }
 
+/// The ideal `(width, height)` aligned to `step`, each at most `longest`, to the nearest
+/// multiples unless that puts the area over `budget` (the `4K` preset of a small model
+/// rounds 313x209 up to 320x208): then the side rounded up the most is rounded down
+/// instead, then the other. A preset's answer is always a size the client may send back.
+fn fit_budget(ideal: (f64, f64), step: u32, longest: u32, budget: u64) -> (u32, u32) {
+    let near = |v: f64| align_within(v, step, longest);
+    let down = |v: f64| (((v / f64::from(step)).floor().max(1.0)) as u32 * step).min(near(v));
+    let area = |(w, h): (u32, u32)| u64::from(w) * u64::from(h);
+    let mut size = (near(ideal.0), near(ideal.1));
+    let up = |aligned: u32, v: f64| f64::from(aligned) - v;
+    let width_first = up(size.0, ideal.0) >= up(size.1, ideal.1);
+    for width_turn in [width_first, !width_first] {
+        if area(size) <= budget {
+            break;
+        }
+        if width_turn {
+            size.0 = down(ideal.0);
+        } else {
+            size.1 = down(ideal.1);
+        }
+    }
+    size
+}
+
 /// Nearest positive multiple of `step`, at most `max` (itself a multiple of `step`).
 fn align_within(value: f64, step: u32, max: u32) -> u32 {
     align(value, step).min(max - max % step)
@@ -246,17 +274,13 @@ mod tests {
         assert_eq!(wh(Some("1K"), "at 10:30, v1.5:2"), (1024, 1024));
     }
 
-    /// `slack`: presets may round a few rows past the `4K` budget; explicit sizes may not.
-    fn within_bounds(size: Option<&str>, prompt: &str, rules: SizeRules, slack: f64) {
+    fn within_bounds(size: Option<&str>, prompt: &str, rules: SizeRules) {
         match resolve(size, prompt, rules) {
             Ok(r) => {
                 let pixels = u64::from(r.width) * u64::from(r.height);
                 assert!(r.width.max(r.height) <= MAX_SIDE, "{size:?}: {r:?}");
                 assert!(r.compute_width.max(r.compute_height) <= MAX_SIDE, "{r:?}");
-                assert!(
-                    pixels as f64 <= rules.max_pixels() as f64 * slack,
-                    "{size:?}: {r:?}"
-                );
+                assert!(pixels <= rules.max_pixels(), "{size:?}: {r:?}");
                 assert!(r.width > 0 && r.height > 0, "{r:?}");
                 assert_eq!(
                     (
@@ -281,7 +305,7 @@ mod tests {
             size in "\\PC{0,24}",
             prompt in "\\PC{0,40}",
         ) {
-            within_bounds(Some(&size), &prompt, SDXL, 1.01);
+            within_bounds(Some(&size), &prompt, SDXL);
         }
 
         #[test]
@@ -291,7 +315,7 @@ mod tests {
             native in proptest::sample::select(vec![64u32, 512, 768, 1024]),
         ) {
             let rules = SizeRules { model: "m", native, factor: 8, max_side: MAX_SIDE };
-            within_bounds(Some(&format!("{width}x{height}")), "", rules, 1.0);
+            within_bounds(Some(&format!("{width}x{height}")), "", rules);
         }
 
         #[test]
@@ -300,10 +324,32 @@ mod tests {
             w in 0u32..40,
             h in 0u32..40,
             native in proptest::sample::select(vec![64u32, 512, 768, 1024]),
+            max_side in proptest::sample::select(vec![256u32, 1024, MAX_SIDE]),
         ) {
-            let rules = SizeRules { model: "m", native, factor: 8, max_side: MAX_SIDE };
-            within_bounds(Some(preset), &format!("a {w}:{h} picture"), rules, 1.01);
+            // A model computes at least its native square.
+            proptest::prop_assume!(max_side >= native);
+            let rules = SizeRules { model: "m", native, factor: 8, max_side };
+            let prompt = format!("a {w}:{h} picture");
+            within_bounds(Some(preset), &prompt, rules);
+            // What a preset answers, a client may send back as an explicit size.
+            let answer = resolve(Some(preset), &prompt, rules).unwrap();
+            let explicit = format!("{}x{}", answer.width, answer.height);
+            proptest::prop_assert!(resolve(Some(&explicit), "", rules).is_ok(), "{explicit}");
         }
+    }
+
+    #[test]
+    fn a_small_models_4k_rounds_down_rather_than_past_its_budget() {
+        let tiny = SizeRules {
+            model: "tiny",
+            native: 64,
+            factor: 8,
+            max_side: MAX_SIDE,
+        };
+        // 313.5x209.0 rounds to 320x208, 66560 pixels over the 256x256 budget.
+        let r = resolve(Some("4K"), "a 3:2 picture", tiny).unwrap();
+        assert_eq!((r.width, r.height), (304, 208));
+        assert!(resolve(Some("304x208"), "", tiny).is_ok());
     }
 
     #[test]
