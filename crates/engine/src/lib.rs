@@ -5,6 +5,8 @@
 
 // What callers use (core, the CLI, the engine's benches and tests) is `pub`; the rest is the
 // engine's own.
+/// Single-file checkpoints, read as diffusers folders.
+pub mod checkpoint;
 pub mod config_files;
 pub mod error;
 pub mod flux;

@@ -20,6 +20,7 @@ use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::SafeTensors;
 use safetensors::tensor::TensorInfo;
 
+use crate::checkpoint::{Pointer, Remap, Shapes};
 use crate::error::{EngineError, Result};
 
 /// Which weight file to prefer when a component folder has several variants.
@@ -48,6 +49,9 @@ pub fn find_weight_files(dir: &Path, variant: Variant) -> Result<Vec<PathBuf>> {
         return Err(EngineError::MissingFile {
             path: dir.to_path_buf(),
         });
+    }
+    if let Some(pointer) = Pointer::read(dir)? {
+        return Ok(vec![pointer.file]);
     }
     let infixes: &[&str] = match variant {
         Variant::Auto => &["", ".fp16"],
@@ -198,6 +202,8 @@ pub struct WeightFiles {
     /// Tensor name to the index of the file holding it.
     index: HashMap<String, usize>,
     names: NameScheme,
+    /// For a component inside a checkpoint: each diffusers name to its tensor there.
+    remap: Option<Remap>,
 }
 
 impl WeightFiles {
@@ -212,11 +218,23 @@ impl WeightFiles {
             .enumerate()
             .flat_map(|(i, file)| file.tensors.keys().map(move |name| (name.clone(), i)))
             .collect();
+        let remap = match Pointer::read(dir)? {
+            Some(pointer) => {
+                let shapes: Shapes = mapped
+                    .iter()
+                    .flat_map(|file| &file.tensors)
+                    .map(|(name, info)| (name.clone(), info.shape.clone()))
+                    .collect();
+                Some(pointer.layout.remap(&shapes)?)
+            }
+            None => None,
+        };
         Ok(Self {
             files,
             mapped,
             index,
             names,
+            remap,
         })
     }
 
@@ -231,6 +249,9 @@ impl WeightFiles {
     }
 
     fn resolve(&self, name: &str) -> Option<String> {
+        if let Some(remap) = &self.remap {
+            return remap.contains_key(name).then(|| name.to_string());
+        }
         if self.index.contains_key(name) {
             return Some(name.to_string());
         }
@@ -248,10 +269,22 @@ impl WeightFiles {
         let resolved = self
             .resolve(name)
             .ok_or_else(|| candle_core::Error::msg(format!("missing tensor `{name}`")))?;
-        let file = &self.mapped[self.index[&resolved]];
-        file.load(&file.tensors[&resolved], device)
-            .and_then(|t| t.to_dtype(dtype))
-            .map_err(|e| candle_core::Error::msg(format!("tensor `{name}`: {e}")))
+        let read = |stored: &str| {
+            let file = self
+                .index
+                .get(stored)
+                .map(|&i| &self.mapped[i])
+                .ok_or_else(|| {
+                    candle_core::Error::msg(format!("missing checkpoint tensor `{stored}`"))
+                })?;
+            file.load(&file.tensors[stored], device)
+        };
+        match &self.remap {
+            Some(remap) => remap[&resolved].produce(read),
+            None => read(&resolved),
+        }
+        .and_then(|t| t.to_dtype(dtype))
+        .map_err(|e| candle_core::Error::msg(format!("tensor `{name}`: {e}")))
     }
 }
 
@@ -264,7 +297,14 @@ impl SimpleBackend for WeightFiles {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.load(name, dtype, device)?;
+        let mut tensor = self.load(name, dtype, device)?;
+        // A checkpoint may store a linear layer's weight as a 1x1 convolution's, or back.
+        if self.remap.is_some()
+            && tensor.shape() != &shape
+            && tensor.elem_count() == shape.elem_count()
+        {
+            tensor = tensor.reshape(shape.clone())?;
+        }
         if tensor.shape() != &shape {
             return Err(candle_core::Error::msg(format!(
                 "tensor `{name}` has shape {:?}, the config implies {:?}",

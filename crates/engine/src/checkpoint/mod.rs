@@ -1,0 +1,156 @@
+//! The files people download, read as if they were diffusers folders.
+//!
+//! A single-file checkpoint (SD's `model.diffusion_model.*`, BFL's FLUX layout, ...) holds the
+//! same weights as a diffusers folder under other names, some fused or transposed. Rather than
+//! teach every model builder a second naming, a checkpoint is *described* as a diffusers
+//! folder: a small folder of configs (written at load time) whose component folders hold a
+//! [`POINTER`] file naming the checkpoint and its [`Layout`]. [`crate::weights`] reads the
+//! pointer and serves each tensor the builder asks for from the checkpoint through a
+//! [`Remap`]: where it lives there, and how to cut or turn it into the diffusers tensor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Result as CandleResult, Tensor};
+
+use crate::error::{EngineError, Result};
+
+/// The file in a component folder that says its weights live in a checkpoint elsewhere.
+pub const POINTER: &str = "seedbed-weights.json";
+
+/// How the tensors of one component are named and shaped inside a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "layout")]
+pub enum Layout {
+    /// diffusers' own names, under `prefix` (empty for a file of one component).
+    Diffusers { prefix: String },
+}
+
+/// What a component folder's [`POINTER`] file holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pointer {
+    /// The checkpoint, absolute.
+    pub file: PathBuf,
+    #[serde(flatten)]
+    pub layout: Layout,
+}
+
+impl Pointer {
+    /// `dir/seedbed-weights.json`, if the component folder has one.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(POINTER);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        crate::config_files::read_json(&path).map(Some)
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| EngineError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(POINTER);
+        let json = serde_json::to_vec_pretty(self).expect("a pointer serializes");
+        std::fs::write(&path, json).map_err(|source| EngineError::Io { path, source })
+    }
+}
+
+/// Where a diffusers tensor comes from in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// One tensor as it is; reshaped when only its shape differs (a 1x1 convolution's weight
+    /// serving a linear layer, or back).
+    Tensor(String),
+    /// Rows `start..start + len` of a fused tensor (a fused q/k/v projection).
+    Rows {
+        name: String,
+        start: usize,
+        len: usize,
+    },
+    /// The two halves of dim 0 swapped: BFL's final norm stores (shift, scale) where
+    /// diffusers has (scale, shift).
+    SwappedHalves(String),
+    /// A 2-D tensor transposed (OpenCLIP's `text_projection` multiplies from the right).
+    Transposed(String),
+}
+
+impl Source {
+    /// The checkpoint tensor it reads.
+    pub fn tensor(&self) -> &str {
+        match self {
+            Self::Tensor(name)
+            | Self::Rows { name, .. }
+            | Self::SwappedHalves(name)
+            | Self::Transposed(name) => name,
+        }
+    }
+
+    /// Make the diffusers tensor from the checkpoint's, fetched by `fetch`.
+    pub fn produce(
+        &self,
+        fetch: impl FnOnce(&str) -> CandleResult<Tensor>,
+    ) -> CandleResult<Tensor> {
+        let tensor = fetch(self.tensor())?;
+        match self {
+            Self::Tensor(_) => Ok(tensor),
+            Self::Rows { start, len, .. } => tensor.narrow(0, *start, *len),
+            Self::SwappedHalves(_) => {
+                let half = tensor.dim(0)? / 2;
+                Tensor::cat(
+                    &[tensor.narrow(0, half, half)?, tensor.narrow(0, 0, half)?],
+                    0,
+                )
+            }
+            Self::Transposed(_) => tensor.t()?.contiguous(),
+        }
+    }
+}
+
+/// Every diffusers tensor of a component, by name, and where it comes from.
+pub type Remap = HashMap<String, Source>;
+
+/// The names and shapes in a checkpoint's header: what a layout reads to map it.
+pub type Shapes = BTreeMap<String, Vec<usize>>;
+
+impl Layout {
+    /// The diffusers names of the component's tensors, mapped onto the checkpoint's.
+    pub fn remap(&self, shapes: &Shapes) -> Result<Remap> {
+        match self {
+            Self::Diffusers { prefix } => Ok(shapes
+                .keys()
+                .filter_map(|name| {
+                    let bare = name.strip_prefix(prefix.as_str())?;
+                    Some((bare.to_string(), Source::Tensor(name.clone())))
+                })
+                .collect()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn sources_cut_swap_and_turn_the_checkpoint_tensor() {
+        let t = Tensor::arange(0f32, 8., &Device::Cpu)
+            .unwrap()
+            .reshape((4, 2))
+            .unwrap();
+        let get = |_: &str| Ok(t.clone());
+        let rows = Source::Rows {
+            name: "x".into(),
+            start: 1,
+            len: 2,
+        };
+        let v = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v(rows.produce(get).unwrap()), [2., 3., 4., 5.]);
+        let swapped = Source::SwappedHalves("x".into()).produce(get).unwrap();
+        assert_eq!(v(swapped), [4., 5., 6., 7., 0., 1., 2., 3.]);
+        let turned = Source::Transposed("x".into()).produce(get).unwrap();
+        assert_eq!(turned.dims(), [2, 4]);
+        assert_eq!(v(turned), [0., 2., 4., 6., 1., 3., 5., 7.]);
+    }
+}
