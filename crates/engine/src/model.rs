@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use crate::checkpoint::{Described, ModelFormat};
 use crate::config_files::read_json;
 use crate::error::{EngineError, Result};
 use crate::pipeline::{Generator, LoadOptions};
@@ -175,18 +176,37 @@ pub(crate) fn load(dir: &Path, options: LoadOptions) -> Result<(Family, Box<dyn 
 pub struct ModelSummary {
     pub family: Family,
     pub shape: ModelShape,
-    /// Bytes of every `.safetensors` file under the folder: a bound on the memory the
-    /// model takes once loaded.
+    /// Bytes of every `.safetensors` file under the folder (or of the checkpoint): a bound on
+    /// the memory the model takes once loaded.
     pub weights_bytes: u64,
+    pub format: ModelFormat,
 }
 
 impl ModelSummary {
-    pub fn read(dir: &Path) -> Result<Self> {
+    /// Read a diffusers folder's configs, or describe a checkpoint file (its header only).
+    pub fn read(path: &Path) -> Result<Self> {
+        if path.is_file() {
+            return Self::described(&crate::checkpoint::describe(path)?);
+        }
+        Self::read_folder(path)
+    }
+
+    /// What a checkpoint described as a folder amounts to.
+    pub fn described(described: &Described) -> Result<Self> {
+        Ok(Self {
+            weights_bytes: described.weights_bytes,
+            format: described.format.clone(),
+            ..Self::read_folder(described.dir())?
+        })
+    }
+
+    fn read_folder(dir: &Path) -> Result<Self> {
         let family = ModelIndex::read(dir)?.family(dir)?;
         Ok(Self {
             family,
             shape: (family.entry().shape)(dir)?,
             weights_bytes: safetensors_bytes(dir),
+            format: ModelFormat::Folder,
         })
     }
 }

@@ -225,7 +225,11 @@ impl WeightFiles {
                     .flat_map(|file| &file.tensors)
                     .map(|(name, info)| (name.clone(), info.shape.clone()))
                     .collect();
-                Some(pointer.layout.remap(&shapes)?)
+                let remap = pointer.layout.remap(&shapes);
+                Some(remap.map_err(|message| EngineError::Weights {
+                    path: files[0].clone(),
+                    message,
+                })?)
             }
             None => None,
         };
@@ -246,6 +250,21 @@ impl WeightFiles {
     /// A `VarBuilder` reading these tensors, converted to `dtype` on `device`.
     pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+
+    /// Every tensor name it serves: the file's, or a checkpoint's diffusers names.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = match &self.remap {
+            Some(remap) => remap.keys().cloned().collect(),
+            None => self.index.keys().cloned().collect(),
+        };
+        names.sort();
+        names
+    }
+
+    /// One tensor by the name a model asks for, in `dtype`.
+    pub fn tensor(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dtype, device)
     }
 
     fn resolve(&self, name: &str) -> Option<String> {

@@ -15,6 +15,13 @@ use candle_core::{Result as CandleResult, Tensor};
 
 use crate::error::{EngineError, Result};
 
+pub mod clip_text;
+pub mod ldm_vae;
+pub mod sd_unet;
+mod single_file;
+
+pub use single_file::{Described, ModelFormat, describe};
+
 /// The file in a component folder that says its weights live in a checkpoint elsewhere.
 pub const POINTER: &str = "seedbed-weights.json";
 
@@ -24,6 +31,14 @@ pub const POINTER: &str = "seedbed-weights.json";
 pub enum Layout {
     /// diffusers' own names, under `prefix` (empty for a file of one component).
     Diffusers { prefix: String },
+    /// SD 1.x/2.x and SDXL's UNet in the LDM/SGM layout.
+    SdUnet { prefix: String },
+    /// The LDM autoencoder.
+    LdmVae { prefix: String },
+    /// Hugging Face's CLIP text model under a prefix.
+    Clip { prefix: String },
+    /// OpenCLIP's text tower, its first `layers` blocks (SD 2.x drops the last).
+    OpenClip { prefix: String, layers: usize },
 }
 
 /// What a component folder's [`POINTER`] file holds.
@@ -115,7 +130,7 @@ pub type Shapes = BTreeMap<String, Vec<usize>>;
 
 impl Layout {
     /// The diffusers names of the component's tensors, mapped onto the checkpoint's.
-    pub fn remap(&self, shapes: &Shapes) -> Result<Remap> {
+    pub fn remap(&self, shapes: &Shapes) -> Found<Remap> {
         match self {
             Self::Diffusers { prefix } => Ok(shapes
                 .keys()
@@ -124,8 +139,44 @@ impl Layout {
                     Some((bare.to_string(), Source::Tensor(name.clone())))
                 })
                 .collect()),
+            Self::SdUnet { prefix } => sd_unet::remap(shapes, prefix),
+            Self::LdmVae { prefix } => ldm_vae::remap(shapes, prefix),
+            Self::Clip { prefix } => Ok(clip_text::remap_clip(shapes, prefix)),
+            Self::OpenClip { prefix, layers } => {
+                clip_text::remap_open_clip(shapes, prefix, *layers)
+            }
         }
     }
+}
+
+/// The shape of the checkpoint tensor `name`, or an error naming it.
+pub(crate) fn shape_of<'a>(shapes: &'a Shapes, name: &str) -> Found<&'a Vec<usize>> {
+    shapes.get(name).ok_or_else(|| missing(name))
+}
+
+pub(crate) fn missing(name: &str) -> String {
+    format!("the checkpoint has no tensor `{name}`")
+}
+
+/// What reading a checkpoint's layout finds wrong, said about its tensors; the caller names
+/// the file.
+pub(crate) type Found<T> = std::result::Result<T, String>;
+
+/// How many numbered children `prefix` has (`input_blocks.` -> 1 + the highest N in
+/// `input_blocks.N.*`), 0 when none.
+pub(crate) fn count_indices(shapes: &Shapes, prefix: &str) -> usize {
+    shapes
+        .range(prefix.to_string()..)
+        .take_while(|(name, _)| name.starts_with(prefix))
+        .filter_map(|(name, _)| {
+            name[prefix.len()..]
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |highest| highest + 1)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub use request::{
     image_seed, img2img_start,
 };
 
+use crate::checkpoint::Described;
 use crate::error::Result;
 use crate::model::{Family, ModelSummary};
 use crate::residency::MemoryPlan;
@@ -82,17 +83,29 @@ pub struct Pipeline {
     dir: PathBuf,
     summary: ModelSummary,
     generator: Box<dyn Generator>,
+    /// For a checkpoint file: the folder it is read through, kept while the model is loaded
+    /// (components loaded per stage read it again).
+    described: Option<Described>,
 }
 
 impl Pipeline {
-    /// Load a diffusers model folder (the one holding `model_index.json`).
-    pub fn load(dir: &Path, options: LoadOptions) -> Result<Self> {
-        let summary = ModelSummary::read(dir)?;
-        let (_, generator) = crate::model::load(dir, options)?;
+    /// Load a diffusers model folder (the one holding `model_index.json`) or a single-file
+    /// checkpoint.
+    pub fn load(path: &Path, options: LoadOptions) -> Result<Self> {
+        let described = match path.is_file() {
+            true => Some(crate::checkpoint::describe(path)?),
+            false => None,
+        };
+        let (summary, folder) = match &described {
+            Some(described) => (ModelSummary::described(described)?, described.dir()),
+            None => (ModelSummary::read(path)?, path),
+        };
+        let (_, generator) = crate::model::load(folder, options)?;
         Ok(Self {
-            dir: dir.to_path_buf(),
+            dir: path.to_path_buf(),
             summary,
             generator,
+            described,
         })
     }
 
@@ -122,7 +135,12 @@ impl Pipeline {
         cancel: &AtomicBool,
     ) -> Result<Vec<GeneratedImage>> {
         request.validate(self.latent_factor())?;
-        let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        // A folder's name, or a checkpoint's without its extension.
+        let name = match self.described {
+            Some(_) => self.dir.file_stem(),
+            None => self.dir.file_name(),
+        };
+        let name = name.unwrap_or_default().to_string_lossy();
         self.family().check_options(
             &name,
             request.scheduler,

@@ -6,6 +6,7 @@ mod generate_dit;
 mod generate_flux;
 mod parity;
 mod shared_components;
+mod single_file;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,528 @@
+//! Describe a single-file checkpoint as a diffusers folder: read its header, tell what it is
+//! from the tensors it holds, and write the folder's configs (inferred, or a base folder's),
+//! tokenizers (built in, or the base's) and one [`super::POINTER`] per component.
+//!
+//! Beside `NAME.safetensors`, an optional `NAME.json` (`{"base": "some/diffusers-folder"}`,
+//! relative to the file) names a diffusers folder whose configs, tokenizers and scheduler are
+//! used instead of inferred ones, and whose components fill in those the file lacks (a VAE-less
+//! checkpoint). An optional `NAME.yaml` (the original LDM config A1111 reads) marks a
+//! v-prediction model with `parameterization: "v"`; SDXL files say so with a `v_pred` tensor.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::clip_text::{self, ClipShape};
+use super::{Layout, Pointer, Shapes, ldm_vae, sd_unet};
+use crate::error::{EngineError, Result};
+
+/// How a model is stored on disk, for listings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFormat {
+    /// A diffusers folder (`model_index.json` and one folder per component).
+    Folder,
+    /// One `.safetensors` file in the original layout.
+    SingleFile,
+}
+
+impl std::fmt::Display for ModelFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Folder => "diffusers folder",
+            Self::SingleFile => "single file",
+        })
+    }
+}
+
+/// A checkpoint described as a diffusers folder, which lives as long as this does.
+#[derive(Debug)]
+pub struct Described {
+    folder: tempfile::TempDir,
+    pub format: ModelFormat,
+    /// The bytes of weights it reads: the checkpoint, and the base's components it uses.
+    pub weights_bytes: u64,
+}
+
+impl Described {
+    pub fn dir(&self) -> &Path {
+        self.folder.path()
+    }
+}
+
+const VOCAB: &[u8] = include_bytes!("../../../../fixtures/clip-tokenizer/vocab.json");
+const MERGES: &[u8] = include_bytes!("../../../../fixtures/clip-tokenizer/merges.txt");
+
+const UNET: &str = "model.diffusion_model.";
+const VAE: &str = "first_stage_model.";
+const SD1_CLIP: &str = "cond_stage_model.transformer.";
+const SD2_CLIP: &str = "cond_stage_model.model.";
+const SDXL_CLIP_L: &str = "conditioner.embedders.0.transformer.";
+const SDXL_CLIP_G: &str = "conditioner.embedders.1.model.";
+
+/// The kinds of checkpoint recognised, by the tensors that give them away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sd1,
+    Sd2,
+    Sdxl,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sidecar {
+    base: Option<PathBuf>,
+}
+
+/// Describe `file` (see the module docs).
+pub fn describe(file: &Path) -> Result<Described> {
+    let invalid = |message: String| EngineError::Weights {
+        path: file.to_path_buf(),
+        message,
+    };
+    let shapes = read_header(file)?;
+    let kind = recognise(&shapes).map_err(invalid)?;
+    let sidecar = read_sidecar(file)?;
+    let base = sidecar.base.map(|base| match file.parent() {
+        Some(dir) => dir.join(base),
+        None => base,
+    });
+    if let Some(base) = &base
+        && !base.join("model_index.json").is_file()
+    {
+        return Err(EngineError::MissingFile {
+            path: base.join("model_index.json"),
+        });
+    }
+    let folder = tempfile::Builder::new()
+        .prefix("seedbed-checkpoint-")
+        .tempdir()
+        .map_err(|source| EngineError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let writer = Writer {
+        file,
+        shapes: &shapes,
+        base: base.as_deref(),
+        out: folder.path(),
+        v_prediction: v_prediction(file, &shapes),
+    };
+    let base_bytes = writer.write(kind).map_err(|error| match error {
+        Problem::Layout(message) => invalid(message),
+        Problem::Engine(error) => error,
+    })?;
+    let own = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    Ok(Described {
+        folder,
+        format: ModelFormat::SingleFile,
+        weights_bytes: own + base_bytes,
+    })
+}
+
+/// The names and shapes in a safetensors header; a file shorter than its header says is
+/// refused as truncated.
+fn read_header(file: &Path) -> Result<Shapes> {
+    let io = |source| EngineError::Io {
+        path: file.to_path_buf(),
+        source,
+    };
+    let invalid = |message: String| EngineError::Weights {
+        path: file.to_path_buf(),
+        message,
+    };
+    use std::io::Read;
+    let mut handle = std::fs::File::open(file).map_err(io)?;
+    let length = handle.metadata().map_err(io)?.len();
+    let mut size = [0u8; 8];
+    handle
+        .read_exact(&mut size)
+        .map_err(|_| invalid("not a safetensors file: shorter than its header".into()))?;
+    let header_len = u64::from_le_bytes(size);
+    if header_len > 100_000_000 || 8 + header_len > length {
+        return Err(invalid(format!(
+            "not a safetensors file (truncated or corrupt?): a {header_len}-byte header in a \
+             {length}-byte file"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    handle.read_exact(&mut header).map_err(io)?;
+    let entries: serde_json::Map<String, Value> = serde_json::from_slice(&header).map_err(|e| {
+        invalid(format!(
+            "not a safetensors file: its header is not JSON ({e})"
+        ))
+    })?;
+    let mut shapes = Shapes::new();
+    let mut data_end = 0u64;
+    for (name, entry) in entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape = entry["shape"].as_array().map(|dims| {
+            dims.iter()
+                .filter_map(|d| d.as_u64().map(|d| d as usize))
+                .collect::<Vec<_>>()
+        });
+        let end = entry["data_offsets"][1].as_u64();
+        let (Some(shape), Some(end)) = (shape, end) else {
+            return Err(invalid(format!("tensor `{name}` has no shape or offsets")));
+        };
+        data_end = data_end.max(end);
+        shapes.insert(name, shape);
+    }
+    if 8 + header_len + data_end > length {
+        return Err(invalid(format!(
+            "truncated: its tensors end at byte {} but the file has {length}",
+            8 + header_len + data_end
+        )));
+    }
+    Ok(shapes)
+}
+
+fn recognise(shapes: &Shapes) -> Result<Kind, String> {
+    let has = |prefix: &str| {
+        shapes
+            .range(prefix.to_string()..)
+            .next()
+            .is_some_and(|(name, _)| name.starts_with(prefix))
+    };
+    if has(&format!("{UNET}input_blocks.")) {
+        if has(SDXL_CLIP_G) || has(&format!("{UNET}label_emb.")) {
+            return Ok(Kind::Sdxl);
+        }
+        if has(SD2_CLIP) {
+            return Ok(Kind::Sd2);
+        }
+        if has(SD1_CLIP) {
+            return Ok(Kind::Sd1);
+        }
+        // A UNet alone: its cross-attention width tells SD 1.x (CLIP-L) from SD 2.x.
+        let cross = sd_unet::read_shape(shapes, UNET)?.cross_attention_dim;
+        return Ok(if cross == 768 { Kind::Sd1 } else { Kind::Sd2 });
+    }
+    let sample: Vec<&str> = shapes.keys().take(3).map(String::as_str).collect();
+    let lora = shapes.keys().any(|name| {
+        name.contains("lora_down") || name.contains("lora_A") || name.contains(".lora.")
+    });
+    Err(if lora {
+        "this is a LoRA, not a model: put it in the --loras-dir folder".into()
+    } else {
+        format!(
+            "not a checkpoint seedbed knows: expected an SD 1.x/2.x or SDXL checkpoint in the \
+             original layout (tensors `{UNET}input_blocks.*`, `{VAE}*`, `cond_stage_model.*` or \
+             `conditioner.embedders.*`); it holds {} tensors such as {}",
+            shapes.len(),
+            sample.join(", ")
+        )
+    })
+}
+
+fn read_sidecar(file: &Path) -> Result<Sidecar> {
+    let path = file.with_extension("json");
+    if path.is_file() {
+        crate::config_files::read_json(&path)
+    } else {
+        Ok(Sidecar::default())
+    }
+}
+
+/// An SDXL `v_pred` marker tensor, or `parameterization: "v"` in the LDM yaml beside the file.
+fn v_prediction(file: &Path, shapes: &Shapes) -> bool {
+    if shapes.contains_key("v_pred") {
+        return true;
+    }
+    let yaml = std::fs::read_to_string(file.with_extension("yaml")).unwrap_or_default();
+    yaml.lines().any(|line| {
+        let line = line.trim();
+        line.strip_prefix("parameterization:")
+            .is_some_and(|value| value.trim().trim_matches(['"', '\'']) == "v")
+    })
+}
+
+enum Problem {
+    /// The tensors are not what the layout needs.
+    Layout(String),
+    Engine(EngineError),
+}
+
+impl From<String> for Problem {
+    fn from(message: String) -> Self {
+        Self::Layout(message)
+    }
+}
+
+impl From<EngineError> for Problem {
+    fn from(error: EngineError) -> Self {
+        Self::Engine(error)
+    }
+}
+
+struct Writer<'a> {
+    file: &'a Path,
+    shapes: &'a Shapes,
+    base: Option<&'a Path>,
+    out: &'a Path,
+    v_prediction: bool,
+}
+
+/// One text encoder slot of a pipeline: where its tensors live in the file and how its
+/// tokenizer pads.
+struct TextSlot {
+    component: &'static str,
+    tokenizer: &'static str,
+    layout: Option<Layout>,
+    act: &'static str,
+    pad: &'static str,
+}
+
+impl Writer<'_> {
+    /// Write the described folder; returns the bytes of the base's components it uses.
+    fn write(&self, kind: Kind) -> Result<u64, Problem> {
+        let unet = sd_unet::read_shape(self.shapes, UNET)?;
+        let sdxl = kind == Kind::Sdxl;
+        let texts = self.text_slots(kind);
+        let mut pooled = 0;
+        for slot in &texts {
+            let config = match &slot.layout {
+                Some(layout) => {
+                    let remap = layout.remap(self.shapes)?;
+                    let shape = ClipShape::read(self.shapes, &remap)?;
+                    if slot.component == "text_encoder_2" {
+                        pooled = shape.projection.unwrap_or(shape.hidden);
+                    }
+                    Some(shape.config(slot.act))
+                }
+                None => None,
+            };
+            self.component(slot.component, slot.layout.clone(), config)?;
+            self.tokenizer(slot.tokenizer, slot.pad)?;
+        }
+        let sample_size = match kind {
+            Kind::Sd1 => 64,
+            Kind::Sd2 if self.v_prediction => 96,
+            Kind::Sd2 => 64,
+            Kind::Sdxl => 128,
+        };
+        let unet_layout = Layout::SdUnet {
+            prefix: UNET.into(),
+        };
+        self.component(
+            "unet",
+            Some(unet_layout),
+            Some(unet.config(pooled, sample_size)),
+        )?;
+        let has_vae = self
+            .shapes
+            .contains_key(&format!("{VAE}decoder.conv_in.weight"));
+        let vae_config = if has_vae {
+            let scale = if sdxl { 0.13025 } else { 0.18215 };
+            let mut config = ldm_vae::config(self.shapes, VAE, scale, None)?;
+            config["sample_size"] = json!(sample_size * 8);
+            Some(config)
+        } else {
+            None
+        };
+        let vae_layout = has_vae.then(|| Layout::LdmVae { prefix: VAE.into() });
+        self.component("vae", vae_layout, vae_config)?;
+        self.scheduler()?;
+        self.model_index(kind)?;
+        Ok(texts
+            .iter()
+            .filter(|slot| slot.layout.is_none())
+            .map(|slot| slot.component)
+            .chain((!has_vae).then_some("vae"))
+            .filter_map(|component| {
+                Some(crate::model::safetensors_bytes(&self.base?.join(component)))
+            })
+            .sum())
+    }
+
+    fn text_slots(&self, kind: Kind) -> Vec<TextSlot> {
+        let present = |prefix: &str| {
+            self.shapes
+                .range(prefix.to_string()..)
+                .next()
+                .is_some_and(|(name, _)| name.starts_with(prefix))
+        };
+        let clip = |prefix: &str| {
+            present(prefix).then(|| Layout::Clip {
+                prefix: prefix.into(),
+            })
+        };
+        let open_clip = |prefix: &str, drop_last: bool| {
+            present(prefix).then(|| Layout::OpenClip {
+                prefix: prefix.into(),
+                layers: clip_text::open_clip_layers(self.shapes, prefix) - usize::from(drop_last),
+            })
+        };
+        match kind {
+            Kind::Sd1 => vec![TextSlot {
+                component: "text_encoder",
+                tokenizer: "tokenizer",
+                layout: clip(SD1_CLIP),
+                act: "quick_gelu",
+                pad: "<|endoftext|>",
+            }],
+            // SD 2 reads OpenCLIP's penultimate layer: diffusers keeps the layers before it.
+            Kind::Sd2 => vec![TextSlot {
+                component: "text_encoder",
+                tokenizer: "tokenizer",
+                layout: open_clip(SD2_CLIP, true),
+                act: "gelu",
+                pad: "!",
+            }],
+            Kind::Sdxl => vec![
+                TextSlot {
+                    component: "text_encoder",
+                    tokenizer: "tokenizer",
+                    layout: clip(SDXL_CLIP_L),
+                    act: "quick_gelu",
+                    pad: "<|endoftext|>",
+                },
+                TextSlot {
+                    component: "text_encoder_2",
+                    tokenizer: "tokenizer_2",
+                    layout: open_clip(SDXL_CLIP_G, false),
+                    act: "gelu",
+                    pad: "!",
+                },
+            ],
+        }
+    }
+
+    fn base_dir(&self, component: &str) -> Option<PathBuf> {
+        self.base
+            .map(|base| base.join(component))
+            .filter(|dir| dir.is_dir())
+    }
+
+    /// A component read from the file (its config the base's, else `inferred`), or the base's
+    /// own when the file lacks it.
+    fn component(
+        &self,
+        name: &str,
+        layout: Option<Layout>,
+        inferred: Option<Value>,
+    ) -> Result<(), Problem> {
+        let dir = self.out.join(name);
+        let Some(layout) = layout else {
+            let Some(base) = self.base_dir(name) else {
+                return Err(Problem::Layout(format!(
+                    "it has no {name}; name a diffusers folder to take it from in {} \
+                     ({{\"base\": \"FOLDER\"}})",
+                    self.file.with_extension("json").display()
+                )));
+            };
+            return Ok(link(&base, &dir)?);
+        };
+        let pointer = Pointer {
+            file: std::path::absolute(self.file).unwrap_or_else(|_| self.file.to_path_buf()),
+            layout,
+        };
+        pointer.write(&dir)?;
+        match self.base_dir(name) {
+            Some(base) => copy(&base.join("config.json"), &dir.join("config.json"))?,
+            None => write_json(&dir.join("config.json"), &inferred.unwrap_or_default())?,
+        }
+        Ok(())
+    }
+
+    fn tokenizer(&self, name: &str, pad: &str) -> Result<()> {
+        if let Some(base) = self.base_dir(name) {
+            return link(&base, &self.out.join(name));
+        }
+        let dir = self.out.join(name);
+        create(&dir)?;
+        write(&dir.join("vocab.json"), VOCAB)?;
+        write(&dir.join("merges.txt"), MERGES)?;
+        let config = json!({
+            "tokenizer_class": "CLIPTokenizer",
+            "model_max_length": 77,
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+            "pad_token": pad,
+        });
+        write_json(&dir.join("tokenizer_config.json"), &config)
+    }
+
+    fn scheduler(&self) -> Result<()> {
+        if let Some(base) = self.base_dir("scheduler") {
+            return link(&base, &self.out.join("scheduler"));
+        }
+        let prediction = if self.v_prediction {
+            "v_prediction"
+        } else {
+            "epsilon"
+        };
+        // What SD's and SDXL's original training used.
+        let config = json!({
+            "_class_name": "EulerDiscreteScheduler",
+            "num_train_timesteps": 1000,
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "prediction_type": prediction,
+            "timestep_spacing": "leading",
+            "steps_offset": 1,
+        });
+        let dir = self.out.join("scheduler");
+        create(&dir)?;
+        write_json(&dir.join("scheduler_config.json"), &config)
+    }
+
+    fn model_index(&self, kind: Kind) -> Result<()> {
+        let path = self.out.join("model_index.json");
+        if let Some(base) = self.base {
+            return copy(&base.join("model_index.json"), &path);
+        }
+        let pair = |library: &str, class: &str| json!([library, class]);
+        let mut index = json!({
+            "_class_name": "StableDiffusionPipeline",
+            "scheduler": pair("diffusers", "EulerDiscreteScheduler"),
+            "text_encoder": pair("transformers", "CLIPTextModel"),
+            "tokenizer": pair("transformers", "CLIPTokenizer"),
+            "unet": pair("diffusers", "UNet2DConditionModel"),
+            "vae": pair("diffusers", "AutoencoderKL"),
+        });
+        if kind == Kind::Sdxl {
+            index["_class_name"] = json!("StableDiffusionXLPipeline");
+            index["text_encoder_2"] = pair("transformers", "CLIPTextModelWithProjection");
+            index["tokenizer_2"] = pair("transformers", "CLIPTokenizer");
+            index["force_zeros_for_empty_prompt"] = json!(true);
+        }
+        write_json(&path, &index)
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn create(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io(dir))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(io(path))
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    write(
+        path,
+        &serde_json::to_vec_pretty(value).expect("JSON values serialize"),
+    )
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to).map(|_| ()).map_err(io(from))
+}
+
+/// The base's folder, in place (a symbolic link: nothing is copied).
+fn link(from: &Path, to: &Path) -> Result<()> {
+    let from = std::path::absolute(from).map_err(io(from))?;
+    std::os::unix::fs::symlink(&from, to).map_err(io(to))
+}

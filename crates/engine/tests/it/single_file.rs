@@ -1,0 +1,330 @@
+//! Single-file checkpoints: the tiny fixtures written in the original layout by
+//! tools/checkpoints/sd_to_single_file.py (an independent reading of the layout) must give the
+//! engine the very tensors, and so the very images, of their diffusers folders.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use seedbed_engine::candle::{DType, Device};
+use seedbed_engine::checkpoint::{ModelFormat, describe};
+use seedbed_engine::model::ModelSummary;
+use seedbed_engine::weights::{NameScheme, Variant, WeightFiles};
+use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline};
+
+use crate::{fixtures, models};
+
+fn checkpoint(name: &str) -> PathBuf {
+    fixtures()
+        .join("single-file")
+        .join(format!("{name}.safetensors"))
+}
+
+fn request(init: bool) -> GenerateRequest {
+    GenerateRequest {
+        prompt: "a lighthouse at dusk".into(),
+        negative_prompt: Some("fog".into()),
+        width: 64,
+        height: 48,
+        steps: 3,
+        guidance_scale: 5.0,
+        scheduler: None,
+        karras_sigmas: false,
+        true_cfg_scale: None,
+        seed: 5,
+        count: 1,
+        init_image: init.then(|| InitImage {
+            image: image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 48, |x, y| {
+                image::Rgb([x as u8 * 4, y as u8 * 5, 90])
+            })),
+            strength: 0.6,
+        }),
+    }
+}
+
+fn generate(path: &Path, request: &GenerateRequest) -> Vec<u8> {
+    let pipeline = Pipeline::load(path, LoadOptions::default()).unwrap();
+    let images = pipeline
+        .generate(request, &mut |_| {}, &AtomicBool::new(false))
+        .unwrap();
+    images
+        .into_iter()
+        .flat_map(|g| g.image.into_raw())
+        .collect()
+}
+
+#[test]
+fn checkpoints_give_the_images_of_their_folders() {
+    for model in ["tiny-sd", "tiny-sdxl"] {
+        for init in [false, true] {
+            let folder = generate(&models().join(model), &request(init));
+            let file = generate(&checkpoint(model), &request(init));
+            assert!(folder == file, "{model} (image-to-image: {init}) differs");
+        }
+    }
+}
+
+/// Every tensor each component reads from the folder, read from the checkpoint instead:
+/// the same names, bit for bit.
+#[test]
+fn checkpoints_hold_every_tensor_of_their_folders() {
+    for model in ["tiny-sd", "tiny-sdxl"] {
+        let described = describe(&checkpoint(model)).unwrap();
+        let components: &[&str] = match model {
+            "tiny-sd" => &["unet", "vae", "text_encoder"],
+            _ => &["unet", "vae", "text_encoder", "text_encoder_2"],
+        };
+        for component in components {
+            let folder = models().join(model).join(component);
+            let names = NameScheme::OptionalTextModelPrefix;
+            let theirs = WeightFiles::open(&folder, Variant::Auto, names).unwrap();
+            let ours =
+                WeightFiles::open(&described.dir().join(component), Variant::Auto, names).unwrap();
+            let mut checked = 0;
+            for name in theirs.names() {
+                let a = theirs.tensor(&name, DType::F32, &Device::Cpu).unwrap();
+                let b = ours
+                    .tensor(&name, DType::F32, &Device::Cpu)
+                    .unwrap_or_else(|e| panic!("{model}/{component}: {e}"));
+                let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(a == b, "{model}/{component}: {name} differs");
+                checked += 1;
+            }
+            assert!(checked > 10, "{model}/{component}: {checked} tensors");
+        }
+    }
+}
+
+/// Without its `.json` naming the folder, a checkpoint is read from its tensors alone, with
+/// the built-in CLIP tokenizer: no folder needed.
+#[test]
+fn a_checkpoint_alone_loads_with_inferred_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["tiny-sd", "tiny-sdxl"] {
+        let alone = dir.path().join(format!("{model}.safetensors"));
+        std::fs::copy(checkpoint(model), &alone).unwrap();
+        let summary = ModelSummary::read(&alone).unwrap();
+        assert_eq!(summary.format, ModelFormat::SingleFile);
+        assert_eq!(
+            summary.weights_bytes,
+            std::fs::metadata(&alone).unwrap().len()
+        );
+        let pixels = generate(&alone, &request(false));
+        assert_eq!(pixels.len(), 64 * 48 * 3, "{model}");
+    }
+}
+
+fn load_error(path: &Path) -> String {
+    match Pipeline::load(path, LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(error) => {
+            assert!(
+                matches!(
+                    error,
+                    EngineError::Weights { .. } | EngineError::MissingFile { .. }
+                ),
+                "{error:?}"
+            );
+            error.to_string()
+        }
+    }
+}
+
+#[test]
+fn wrong_files_are_refused_with_what_was_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(checkpoint("tiny-sd")).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 1000]).unwrap();
+    let message = load_error(&truncated);
+    assert!(
+        message.contains("truncated.safetensors") && message.contains("truncated"),
+        "{message}"
+    );
+
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(
+        &garbage,
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a checkpoint",
+    )
+    .unwrap();
+    assert!(load_error(&garbage).contains("not a safetensors file"));
+
+    let vae_only = dir.path().join("vae.safetensors");
+    write_header_only(&vae_only, &[("encoder.conv_in.weight", vec![128, 3, 3, 3])]);
+    let message = load_error(&vae_only);
+    assert!(
+        message.contains("model.diffusion_model.input_blocks"),
+        "{message}"
+    );
+
+    let lora = dir.path().join("style.safetensors");
+    write_header_only(
+        &lora,
+        &[(
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
+            vec![4, 32],
+        )],
+    );
+    assert!(load_error(&lora).contains("--loras-dir"));
+
+    // A checkpoint whose `.json` names a folder that is not there.
+    let orphan = dir.path().join("orphan.safetensors");
+    std::fs::copy(checkpoint("tiny-sd"), &orphan).unwrap();
+    std::fs::write(
+        dir.path().join("orphan.json"),
+        r#"{"base": "no-such-folder"}"#,
+    )
+    .unwrap();
+    assert!(load_error(&orphan).contains("no-such-folder"));
+}
+
+/// A safetensors file with the header of `tensors` (f16) and no data: sparse, so even
+/// SDXL's 5 GB take no disk.
+fn write_header_only(path: &Path, tensors: &[(&str, Vec<usize>)]) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in tensors {
+        let bytes = shape.iter().product::<usize>() * 2;
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut file = std::fs::File::create(path).unwrap();
+    file.write_all(&(header.len() as u64).to_le_bytes())
+        .unwrap();
+    file.write_all(&header).unwrap();
+    file.set_len((8 + header.len() + offset) as u64).unwrap();
+}
+
+/// Real SD 1.5, SD 2.1 (768-v) and SDXL checkpoints' names and shapes (made on the meta device
+/// by the converter script), with the diffusers configs they came from: the configs inferred
+/// from the tensors must be those.
+#[test]
+fn configs_inferred_from_real_checkpoint_layouts_are_the_real_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["sd15", "sd21-v", "sdxl"] {
+        let path = fixtures().join(format!("single-file/real-shapes/{model}.json"));
+        let real: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let shapes: BTreeMap<String, Vec<usize>> =
+            serde_json::from_value(real["shapes"].clone()).unwrap();
+        let tensors: Vec<(&str, Vec<usize>)> = shapes
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.clone()))
+            .collect();
+        let file = dir.path().join(format!("{model}.safetensors"));
+        write_header_only(&file, &tensors);
+        if model == "sd21-v" {
+            std::fs::write(
+                file.with_extension("yaml"),
+                "model:\n  params:\n    parameterization: \"v\"\n",
+            )
+            .unwrap();
+        }
+        let described = describe(&file).unwrap();
+        for (component, keys) in [
+            (
+                "unet",
+                &[
+                    "block_out_channels",
+                    "layers_per_block",
+                    "attention_head_dim",
+                    "cross_attention_dim",
+                    "use_linear_projection",
+                    "in_channels",
+                    "out_channels",
+                    "down_block_types",
+                    "up_block_types",
+                    "sample_size",
+                    "addition_embed_type",
+                    "addition_time_embed_dim",
+                    "projection_class_embeddings_input_dim",
+                ][..],
+            ),
+            (
+                "vae",
+                &[
+                    "block_out_channels",
+                    "layers_per_block",
+                    "latent_channels",
+                    "scaling_factor",
+                    "sample_size",
+                    "in_channels",
+                    "out_channels",
+                ][..],
+            ),
+            (
+                "text_encoder",
+                &[
+                    "hidden_size",
+                    "intermediate_size",
+                    "num_attention_heads",
+                    "num_hidden_layers",
+                    "hidden_act",
+                    "max_position_embeddings",
+                    "vocab_size",
+                ][..],
+            ),
+            (
+                "text_encoder_2",
+                &[
+                    "hidden_size",
+                    "intermediate_size",
+                    "num_attention_heads",
+                    "num_hidden_layers",
+                    "hidden_act",
+                    "projection_dim",
+                ][..],
+            ),
+        ] {
+            let Some(expected) = real["configs"].get(component) else {
+                continue;
+            };
+            let config: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(described.dir().join(component).join("config.json")).unwrap(),
+            )
+            .unwrap();
+            for key in keys {
+                let want = &expected[*key];
+                let per_block = |v: &serde_json::Value| match v {
+                    serde_json::Value::Number(_) if key.ends_with("head_dim") => {
+                        serde_json::json!(vec![
+                            v.clone();
+                            expected["block_out_channels"]
+                                .as_array()
+                                .unwrap()
+                                .len()
+                        ])
+                    }
+                    other => other.clone(),
+                };
+                assert_eq!(
+                    per_block(&config[*key]),
+                    per_block(want),
+                    "{model} {component}.{key}"
+                );
+            }
+            if component == "unet" && expected["transformer_layers_per_block"].is_array() {
+                assert_eq!(
+                    config["transformer_layers_per_block"],
+                    expected["transformer_layers_per_block"]
+                );
+            }
+        }
+        let scheduler =
+            std::fs::read_to_string(described.dir().join("scheduler/scheduler_config.json"))
+                .unwrap();
+        let v = model == "sd21-v";
+        assert_eq!(
+            scheduler.contains("v_prediction"),
+            v,
+            "{model}: {scheduler}"
+        );
+    }
+}
