@@ -8,6 +8,7 @@ mod unknown;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use seedbed_engine::checkpoint::ModelFormat;
 use seedbed_engine::model::{Family, ModelSummary};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,9 @@ pub struct ModelEntry {
     /// limit).
     pub max_side: u32,
     pub weights_bytes: u64,
+    /// How it is stored: a folder, a checkpoint file.
+    #[serde(default)]
+    pub format: ModelFormat,
     pub defaults: ModelDefaults,
     /// Image-to-image takes exactly one reference picture.
     pub max_reference_images: usize,
@@ -77,6 +81,7 @@ impl ModelEntry {
             native_size: self.native_size,
             default_steps: self.defaults.steps,
             default_guidance_scale: self.defaults.guidance_scale,
+            format: self.format.to_string(),
             loaded,
         }
     }
@@ -104,30 +109,46 @@ pub struct Announcement {
     pub relayed: BTreeSet<String>,
 }
 
+/// A file in the models directory that may be a model: a `.safetensors` checkpoint.
+fn is_checkpoint(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|e| e == "safetensors")
+}
+
 impl Catalog {
-    /// Scan `dir` for model folders (those holding `model_index.json`).
+    /// Scan `dir` for model folders (those holding `model_index.json`) and checkpoint files
+    /// (`*.safetensors`).
     pub fn scan(dir: &Path, aliases: &[(String, String)]) -> Result<Self> {
         let entries = std::fs::read_dir(dir)
             .map_err(|e| CoreError::Internal(format!("models directory {}: {e}", dir.display())))?;
+        let mut folders = BTreeMap::new();
+        let mut checkpoints = BTreeMap::new();
+        for path in entries.flatten().map(|entry| entry.path()) {
+            if path.join("model_index.json").is_file()
+                && let Some(name) = path.file_name().and_then(|n| n.to_str())
+            {
+                folders.insert(name.to_string(), path);
+            } else if is_checkpoint(&path)
+                && let Some(stem) = path.file_stem().and_then(|n| n.to_str())
+            {
+                // A checkpoint is served under its file name without the extension.
+                checkpoints.insert(stem.to_string(), path);
+            }
+        }
         let mut catalog = Self::default();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(name) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .map(str::to_string)
-            else {
-                continue;
-            };
-            if !path.join("model_index.json").is_file() {
+        for (name, path) in checkpoints {
+            if folders.contains_key(&name) {
+                tracing::warn!(model = %name, file = %path.display(), "a folder has the checkpoint's name; serving the folder");
                 continue;
             }
+            folders.insert(name, path);
+        }
+        for (name, path) in folders {
             match Self::describe(&name, &path) {
                 Ok(model) => {
                     catalog.models.insert(name, model);
                 }
                 Err(error) => {
-                    tracing::warn!(model = %name, %error, "model folder cannot be served");
+                    tracing::warn!(model = %name, %error, "model cannot be served");
                     catalog.broken.insert(name, error.to_string());
                 }
             }
@@ -146,7 +167,11 @@ impl Catalog {
 
     fn describe(name: &str, path: &Path) -> Result<ModelEntry, seedbed_engine::EngineError> {
         let summary = ModelSummary::read(path)?;
-        let overrides = path.join("seedbed.json");
+        // A folder's own `seedbed.json`, or `NAME.seedbed.json` beside a checkpoint.
+        let overrides = match summary.format {
+            ModelFormat::Folder => path.join("seedbed.json"),
+            _ => path.with_file_name(format!("{name}.seedbed.json")),
+        };
         let defaults = if overrides.is_file() {
             seedbed_engine::config_files::read_json(&overrides)?
         } else {
@@ -160,6 +185,7 @@ impl Catalog {
             latent_factor: summary.shape.latent_factor,
             max_side: summary.shape.max_side,
             weights_bytes: summary.weights_bytes,
+            format: summary.format,
             defaults,
             max_reference_images: 1,
         })
@@ -292,6 +318,50 @@ mod tests {
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models")
+    }
+
+    #[test]
+    fn checkpoint_files_are_served_under_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let single = fixtures().join("../single-file");
+        std::fs::copy(
+            single.join("tiny-sd.safetensors"),
+            dir.path().join("my-sd.safetensors"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("my-sd.seedbed.json"),
+            r#"{"steps": 7, "guidance_scale": 3.5}"#,
+        )
+        .unwrap();
+        // A folder and a checkpoint of one name: the folder is served.
+        std::os::unix::fs::symlink(fixtures().join("tiny-sd"), dir.path().join("tiny-sd")).unwrap();
+        std::fs::copy(
+            single.join("tiny-sdxl.safetensors"),
+            dir.path().join("tiny-sd.safetensors"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.safetensors"), b"not weights").unwrap();
+        let aliases = [("sd".to_string(), "my-sd".to_string())];
+        let catalog = Catalog::scan(dir.path(), &aliases).unwrap();
+        let names: Vec<_> = catalog.models().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["my-sd", "tiny-sd"]);
+        let model = catalog.resolve("sd").unwrap();
+        assert_eq!(model.format, ModelFormat::SingleFile);
+        assert_eq!(
+            (model.family, model.defaults.steps),
+            (Family::StableDiffusion, 7)
+        );
+        assert_eq!(model.view("sd", false).format, "single file");
+        assert_eq!(
+            catalog.resolve("tiny-sd").unwrap().format,
+            ModelFormat::Folder
+        );
+        let error = catalog.resolve("notes").unwrap_err().to_string();
+        assert!(
+            error.contains("notes.safetensors") && error.contains("safetensors"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub struct ModelView {
     pub id: String,
     /// Always `model`.
     pub object: String,
-    /// The model folder serving this id (itself, or an alias's target).
+    /// The model folder or checkpoint (by its name without extension) serving this id
+    /// (itself, or an alias's target).
     pub local_model: String,
     /// `StableDiffusion` or `StableDiffusionXl`.
     pub family: String,
@@ -161,6 +162,10 @@ pub struct ModelView {
     pub native_size: u32,
     pub default_steps: u32,
     pub default_guidance_scale: f64,
+    /// How the weights are stored: `diffusers folder`, `single file`, or `upstream` for a
+    /// model another service runs.
+    #[serde(default)]
+    pub format: String,
     /// Whether the weights are in memory now.
     pub loaded: bool,
 }

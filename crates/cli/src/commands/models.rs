@@ -1,4 +1,4 @@
-//! `seedbed models list`: the models a server serves, or the folders in a local models directory.
+//! `seedbed models list`: the models a server serves, or those in a local models directory.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,7 +30,7 @@ enum ModelsCommand {
         /// API key for --server.
         #[arg(long, env = "SEEDBED_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
-        /// Folder of diffusers model folders.
+        /// Folder of models: diffusers folders and checkpoint files.
         #[arg(long, env = "SEEDBED_MODELS_DIR", default_value = "models")]
         models_dir: PathBuf,
         /// Print JSON instead of a table.
@@ -69,6 +69,7 @@ pub fn run(args: ModelsArgs) -> Result<ExitCode> {
                     m.local_model.clone()
                 },
                 m.family.clone(),
+                m.format.clone(),
                 format!("{0}x{0}", m.native_size),
                 m.default_steps.to_string(),
                 m.default_guidance_scale.to_string(),
@@ -76,7 +77,9 @@ pub fn run(args: ModelsArgs) -> Result<ExitCode> {
         })
         .collect();
     table::print(
-        &["ID", "ALIAS OF", "FAMILY", "1K", "STEPS", "GUIDANCE"],
+        &[
+            "ID", "ALIAS OF", "FAMILY", "FORMAT", "1K", "STEPS", "GUIDANCE",
+        ],
         &rows,
     );
     for (name, why) in &broken {

@@ -17,10 +17,11 @@ use super::{Layout, Pointer, Shapes, ldm_vae, sd_unet};
 use crate::error::{EngineError, Result};
 
 /// How a model is stored on disk, for listings.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelFormat {
     /// A diffusers folder (`model_index.json` and one folder per component).
+    #[default]
     Folder,
     /// One `.safetensors` file in the original layout.
     SingleFile,

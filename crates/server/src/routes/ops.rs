@@ -59,6 +59,7 @@ fn models(state: &AppState) -> Vec<ModelView> {
             native_size: 0,
             default_steps: 0,
             default_guidance_scale: 0.0,
+            format: "upstream".into(),
             loaded: true,
         });
     }

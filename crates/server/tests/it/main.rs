@@ -3,6 +3,7 @@
 
 mod support;
 
+mod checkpoints;
 mod cluster;
 mod conformance;
 mod dit;

@@ -177,7 +177,7 @@ fn follow(
 fn first_model(catalog: &Catalog, models_dir: &Path, progress: &Progress) -> Result<String> {
     let first = catalog.models().next().with_context(|| {
         format!(
-            "no model folder (with a model_index.json) in {}",
+            "no model (a folder with a model_index.json, or a .safetensors checkpoint) in {}",
             models_dir.display()
         )
     })?;
@@ -192,7 +192,7 @@ fn explain(error: CoreError, models_dir: &Path) -> anyhow::Error {
         CoreError::ModelNotFound { model } => anyhow!(CoreError::invalid(
             "model",
             format!(
-                "no model folder `{model}` with a model_index.json in {}; {}",
+                "no model `{model}` (a folder with a model_index.json, or {model}.safetensors) in {}; {}",
                 models_dir.display(),
                 model.hint()
             )

@@ -163,7 +163,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     open: bool,
 
-    /// Folder of diffusers model folders (local only).
+    /// Folder of models: diffusers folders and `.safetensors` checkpoints (local only).
     #[arg(long, env = "SEEDBED_MODELS_DIR", default_value = "models")]
     models_dir: PathBuf,
 

@@ -41,7 +41,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SEEDBED_DATA_DIR")]
     data_dir: Option<PathBuf>,
 
-    /// Folder of model folders; each is served under its folder name.
+    /// Folder of models: diffusers folders, served under their folder names, and single-file
+    /// checkpoints (`NAME.safetensors`), served as NAME.
     #[arg(long, env = "SEEDBED_MODELS_DIR", default_value = "models")]
     models_dir: PathBuf,
 
