@@ -16,11 +16,12 @@ use candle_core::{Result as CandleResult, Tensor};
 use crate::error::{EngineError, Result};
 
 pub mod clip_text;
+pub mod component_file;
 pub mod ldm_vae;
 pub mod sd_unet;
 mod single_file;
 
-pub use single_file::{Described, ModelFormat, describe};
+pub use single_file::{Described, ModelFormat, describe, read_shapes};
 
 /// The file in a component folder that says its weights live in a checkpoint elsewhere.
 pub const POINTER: &str = "seedbed-weights.json";

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::clip_text::{self, ClipShape};
+use super::component_file::{self, Role};
 use super::{Layout, Pointer, Shapes, ldm_vae, sd_unet};
 use crate::error::{EngineError, Result};
 
@@ -69,10 +70,37 @@ enum Kind {
     Sdxl,
 }
 
+/// `NAME.json` beside a checkpoint; paths in it are relative to the checkpoint's folder.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Sidecar {
+    /// A diffusers folder for configs, tokenizers, scheduler and missing components.
     base: Option<PathBuf>,
+    /// Component files used instead of the checkpoint's own or the base's.
+    text_encoder: Option<PathBuf>,
+    text_encoder_2: Option<PathBuf>,
+    vae: Option<PathBuf>,
+}
+
+impl Sidecar {
+    fn resolve(self, dir: &Path) -> Self {
+        let at = |path: Option<PathBuf>| path.map(|path| dir.join(path));
+        Self {
+            base: at(self.base),
+            text_encoder: at(self.text_encoder),
+            text_encoder_2: at(self.text_encoder_2),
+            vae: at(self.vae),
+        }
+    }
+
+    fn file(&self, component: &str) -> Option<&Path> {
+        match component {
+            "text_encoder" => self.text_encoder.as_deref(),
+            "text_encoder_2" => self.text_encoder_2.as_deref(),
+            "vae" => self.vae.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Describe `file` (see the module docs).
@@ -81,14 +109,10 @@ pub fn describe(file: &Path) -> Result<Described> {
         path: file.to_path_buf(),
         message,
     };
-    let shapes = read_header(file)?;
+    let shapes = read_shapes(file)?;
     let kind = recognise(&shapes).map_err(invalid)?;
-    let sidecar = read_sidecar(file)?;
-    let base = sidecar.base.map(|base| match file.parent() {
-        Some(dir) => dir.join(base),
-        None => base,
-    });
-    if let Some(base) = &base
+    let sidecar = read_sidecar(file)?.resolve(file.parent().unwrap_or(Path::new(".")));
+    if let Some(base) = &sidecar.base
         && !base.join("model_index.json").is_file()
     {
         return Err(EngineError::MissingFile {
@@ -105,25 +129,25 @@ pub fn describe(file: &Path) -> Result<Described> {
     let writer = Writer {
         file,
         shapes: &shapes,
-        base: base.as_deref(),
+        base: sidecar.base.as_deref(),
+        sidecar: &sidecar,
         out: folder.path(),
         v_prediction: v_prediction(file, &shapes),
     };
-    let base_bytes = writer.write(kind).map_err(|error| match error {
+    let weights_bytes = writer.write(kind).map_err(|error| match error {
         Problem::Layout(message) => invalid(message),
         Problem::Engine(error) => error,
     })?;
-    let own = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     Ok(Described {
         folder,
         format: ModelFormat::SingleFile,
-        weights_bytes: own + base_bytes,
+        weights_bytes,
     })
 }
 
 /// The names and shapes in a safetensors header; a file shorter than its header says is
 /// refused as truncated.
-fn read_header(file: &Path) -> Result<Shapes> {
+pub fn read_shapes(file: &Path) -> Result<Shapes> {
     let io = |source| EngineError::Io {
         path: file.to_path_buf(),
         source,
@@ -262,6 +286,7 @@ struct Writer<'a> {
     file: &'a Path,
     shapes: &'a Shapes,
     base: Option<&'a Path>,
+    sidecar: &'a Sidecar,
     out: &'a Path,
     v_prediction: bool,
 }
@@ -277,25 +302,21 @@ struct TextSlot {
 }
 
 impl Writer<'_> {
-    /// Write the described folder; returns the bytes of the base's components it uses.
+    /// Write the described folder; returns the bytes of the weights it reads.
     fn write(&self, kind: Kind) -> Result<u64, Problem> {
         let unet = sd_unet::read_shape(self.shapes, UNET)?;
         let sdxl = kind == Kind::Sdxl;
-        let texts = self.text_slots(kind);
-        let mut pooled = 0;
-        for slot in &texts {
-            let config = match &slot.layout {
+        let mut supplies = Vec::new();
+        for slot in self.text_slots(kind) {
+            let own = match slot.layout {
                 Some(layout) => {
-                    let remap = layout.remap(self.shapes)?;
-                    let shape = ClipShape::read(self.shapes, &remap)?;
-                    if slot.component == "text_encoder_2" {
-                        pooled = shape.projection.unwrap_or(shape.hidden);
-                    }
-                    Some(shape.config(slot.act))
+                    let shape = ClipShape::read(self.shapes, &layout.remap(self.shapes)?)?;
+                    Some((layout, shape.config(slot.act)))
                 }
                 None => None,
             };
-            self.component(slot.component, slot.layout.clone(), config)?;
+            let role = Role::TextEncoder { clip_act: slot.act };
+            supplies.push(self.component(slot.component, own, Some(role))?);
             self.tokenizer(slot.tokenizer, slot.pad)?;
         }
         let sample_size = match kind {
@@ -304,38 +325,43 @@ impl Writer<'_> {
             Kind::Sd2 => 64,
             Kind::Sdxl => 128,
         };
+        // SDXL's pooled text embedding (the second encoder's projection) shares the UNet's
+        // addition input with the size-and-crop embeddings.
+        let pooled = match sdxl {
+            true => self.written_config("text_encoder_2")?["projection_dim"]
+                .as_u64()
+                .unwrap_or(0) as usize,
+            false => 0,
+        };
         let unet_layout = Layout::SdUnet {
             prefix: UNET.into(),
         };
-        self.component(
-            "unet",
-            Some(unet_layout),
-            Some(unet.config(pooled, sample_size)),
-        )?;
-        let has_vae = self
+        let own_unet = Some((unet_layout, unet.config(pooled, sample_size)));
+        supplies.push(self.component("unet", own_unet, None)?);
+        let scale = if sdxl { 0.13025 } else { 0.18215 };
+        let own_vae = match self
             .shapes
-            .contains_key(&format!("{VAE}decoder.conv_in.weight"));
-        let vae_config = if has_vae {
-            let scale = if sdxl { 0.13025 } else { 0.18215 };
-            let mut config = ldm_vae::config(self.shapes, VAE, scale, None)?;
-            config["sample_size"] = json!(sample_size * 8);
-            Some(config)
-        } else {
-            None
+            .contains_key(&format!("{VAE}decoder.conv_in.weight"))
+        {
+            true => {
+                let mut config = ldm_vae::config(self.shapes, VAE, scale, None)?;
+                config["sample_size"] = json!(sample_size * 8);
+                Some((Layout::LdmVae { prefix: VAE.into() }, config))
+            }
+            false => None,
         };
-        let vae_layout = has_vae.then(|| Layout::LdmVae { prefix: VAE.into() });
-        self.component("vae", vae_layout, vae_config)?;
+        let role = Role::Vae { scale, shift: None };
+        supplies.push(self.component("vae", own_vae, Some(role))?);
         self.scheduler()?;
         self.model_index(kind)?;
-        Ok(texts
-            .iter()
-            .filter(|slot| slot.layout.is_none())
-            .map(|slot| slot.component)
-            .chain((!has_vae).then_some("vae"))
-            .filter_map(|component| {
-                Some(crate::model::safetensors_bytes(&self.base?.join(component)))
-            })
-            .sum())
+        // Each file once: a checkpoint serves several components.
+        let files: std::collections::BTreeSet<PathBuf> = supplies.into_iter().collect();
+        Ok(files.iter().map(|path| bytes_under(path)).sum())
+    }
+
+    /// The config a component got in the described folder.
+    fn written_config(&self, component: &str) -> Result<Value> {
+        crate::config_files::read_json(&self.out.join(component).join("config.json"))
     }
 
     fn text_slots(&self, kind: Kind) -> Vec<TextSlot> {
@@ -397,35 +423,54 @@ impl Writer<'_> {
             .filter(|dir| dir.is_dir())
     }
 
-    /// A component read from the file (its config the base's, else `inferred`), or the base's
-    /// own when the file lacks it.
+    /// Give the folder its component `name`: from the file `NAME.json` names for it, else
+    /// from the checkpoint (`own`: its layout there and inferred config), else the base's
+    /// folder as it is. A config from the base wins over an inferred one. `role` says what a
+    /// separate file must be (`None`: the component never comes as one). Returns the file or
+    /// folder its weights are read from.
     fn component(
         &self,
         name: &str,
-        layout: Option<Layout>,
-        inferred: Option<Value>,
-    ) -> Result<(), Problem> {
+        own: Option<(Layout, Value)>,
+        role: Option<Role>,
+    ) -> Result<PathBuf, Problem> {
         let dir = self.out.join(name);
-        let Some(layout) = layout else {
-            let Some(base) = self.base_dir(name) else {
-                return Err(Problem::Layout(format!(
-                    "it has no {name}; name a diffusers folder to take it from in {} \
-                     ({{\"base\": \"FOLDER\"}})",
-                    self.file.with_extension("json").display()
-                )));
-            };
-            return Ok(link(&base, &dir)?);
+        // Only text encoders and VAEs come as files of their own.
+        let separate = role.and_then(|role| Some((self.sidecar.file(name)?, role)));
+        let (file, layout, inferred) = match (separate, own) {
+            (Some((file, role)), _) => {
+                let shapes = read_shapes(file)?;
+                let (layout, config) = component_file::read(&shapes, role).map_err(|message| {
+                    EngineError::Weights {
+                        path: file.to_path_buf(),
+                        message,
+                    }
+                })?;
+                (file.to_path_buf(), layout, config)
+            }
+            (None, Some((layout, config))) => (self.file.to_path_buf(), layout, config),
+            (None, None) => {
+                let Some(base) = self.base_dir(name) else {
+                    return Err(Problem::Layout(format!(
+                        "it has no {name}; name a file for it, or a diffusers folder to take it \
+                         from, in {} ({{\"{name}\": \"FILE\"}} or {{\"base\": \"FOLDER\"}})",
+                        self.file.with_extension("json").display()
+                    )));
+                };
+                link(&base, &dir)?;
+                return Ok(base);
+            }
         };
         let pointer = Pointer {
-            file: std::path::absolute(self.file).unwrap_or_else(|_| self.file.to_path_buf()),
+            file: std::path::absolute(&file).unwrap_or_else(|_| file.clone()),
             layout,
         };
         pointer.write(&dir)?;
         match self.base_dir(name) {
             Some(base) => copy(&base.join("config.json"), &dir.join("config.json"))?,
-            None => write_json(&dir.join("config.json"), &inferred.unwrap_or_default())?,
+            None => write_json(&dir.join("config.json"), &inferred)?,
         }
-        Ok(())
+        Ok(file)
     }
 
     fn tokenizer(&self, name: &str, pad: &str) -> Result<()> {
@@ -520,6 +565,14 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 
 fn copy(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, to).map(|_| ()).map_err(io(from))
+}
+
+/// The bytes of a weights file, or of the `.safetensors` files under a folder.
+fn bytes_under(path: &Path) -> u64 {
+    match path.is_dir() {
+        true => crate::model::safetensors_bytes(path),
+        false => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+    }
 }
 
 /// The base's folder, in place (a symbolic link: nothing is copied).

@@ -328,3 +328,131 @@ fn configs_inferred_from_real_checkpoint_layouts_are_the_real_ones() {
         );
     }
 }
+
+/// The tensors of `checkpoint` under `prefix`, without it, saved as a file of their own (as
+/// `vae-ft-mse-840000-ema-pruned.safetensors` is SD's VAE alone).
+fn extract(checkpoint: &Path, prefix: &str, to: &Path) {
+    let tensors = seedbed_engine::candle::safetensors::load(checkpoint, &Device::Cpu).unwrap();
+    let part: std::collections::HashMap<String, _> = tensors
+        .into_iter()
+        .filter_map(|(name, t)| Some((name.strip_prefix(prefix)?.to_string(), t)))
+        .collect();
+    seedbed_engine::candle::safetensors::save(&part, to).unwrap();
+}
+
+/// Components named as files of their own in `NAME.json`: a VAE in the original layout and
+/// in diffusers', a CLIP text encoder in Hugging Face's.
+#[test]
+fn components_from_files_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = models().join("tiny-sd");
+    let ldm_vae = dir.path().join("vae-ldm.safetensors");
+    extract(&checkpoint("tiny-sd"), "first_stage_model.", &ldm_vae);
+    let file = dir.path().join("model.safetensors");
+    std::fs::copy(checkpoint("tiny-sd"), &file).unwrap();
+    let expected = generate(&folder, &request(true));
+    for vae in [
+        ldm_vae.clone(),
+        folder.join("vae/diffusion_pytorch_model.safetensors"),
+    ] {
+        let sidecar = serde_json::json!({
+            "base": folder,
+            "vae": vae,
+            "text_encoder": folder.join("text_encoder/model.safetensors"),
+        });
+        std::fs::write(dir.path().join("model.json"), sidecar.to_string()).unwrap();
+        assert!(
+            generate(&file, &request(true)) == expected,
+            "{}",
+            vae.display()
+        );
+    }
+
+    // Without a base, their configs come from their tensors: all of a VAE's, and all of a
+    // text encoder's but the head count.
+    let sidecar = serde_json::json!({
+        "vae": ldm_vae,
+        "text_encoder": folder.join("text_encoder/model.safetensors"),
+    });
+    std::fs::write(dir.path().join("model.json"), sidecar.to_string()).unwrap();
+    let described = describe(&file).unwrap();
+    let read = |dir: &Path, component: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(component).join("config.json")).unwrap())
+            .unwrap()
+    };
+    for (component, keys) in [
+        (
+            "vae",
+            &[
+                "block_out_channels",
+                "layers_per_block",
+                "latent_channels",
+                "in_channels",
+                "out_channels",
+                "use_quant_conv",
+                "use_post_quant_conv",
+                "scaling_factor",
+            ][..],
+        ),
+        (
+            "text_encoder",
+            &[
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "vocab_size",
+                "max_position_embeddings",
+                "hidden_act",
+            ][..],
+        ),
+    ] {
+        let (ours, theirs) = (read(described.dir(), component), read(&folder, component));
+        for key in keys {
+            assert_eq!(ours[*key], theirs[*key], "{component}.{key}");
+        }
+    }
+    let bytes = |path: &Path| std::fs::metadata(path).unwrap().len();
+    let text = folder.join("text_encoder/model.safetensors");
+    assert_eq!(
+        described.weights_bytes,
+        bytes(&file) + bytes(&ldm_vae) + bytes(&text)
+    );
+
+    // A file that is no VAE, named as one.
+    let wrong = serde_json::json!({"vae": folder.join("text_encoder/model.safetensors")});
+    std::fs::write(dir.path().join("model.json"), wrong.to_string()).unwrap();
+    let message = load_error(&file);
+    assert!(
+        message.contains("model.safetensors") && message.contains("autoencoder"),
+        "{message}"
+    );
+}
+
+/// T5 as ComfyUI users keep it (`t5xxl_fp16.safetensors`): every size, the head count
+/// included, comes from the tensors.
+#[test]
+fn a_t5_files_config_is_read_from_its_tensors() {
+    use seedbed_engine::checkpoint::{component_file, read_shapes};
+    let folder = crate::dit_models().join("tiny-flux-dev/text_encoder_2");
+    let shapes = read_shapes(&folder.join("model.safetensors")).unwrap();
+    let (_, ours) = component_file::read(
+        &shapes,
+        component_file::Role::TextEncoder { clip_act: "gelu" },
+    )
+    .unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap();
+    for key in [
+        "vocab_size",
+        "d_model",
+        "d_kv",
+        "d_ff",
+        "num_layers",
+        "num_heads",
+        "relative_attention_num_buckets",
+        "feed_forward_proj",
+        "is_gated_act",
+    ] {
+        assert_eq!(ours[key], theirs[key], "{key}");
+    }
+}
