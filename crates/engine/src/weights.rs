@@ -225,7 +225,14 @@ impl WeightFiles {
                     .flat_map(|file| &file.tensors)
                     .map(|(name, info)| (name.clone(), info.shape.clone()))
                     .collect();
-                Some(pointer.layout.remap(&shapes)?)
+                let remap = pointer.layout.remap(&shapes).map_err(|e| match e {
+                    EngineError::Weights { message, .. } => EngineError::Weights {
+                        path: pointer.file.clone(),
+                        message,
+                    },
+                    e => e,
+                })?;
+                Some(remap)
             }
             None => None,
         };

@@ -15,6 +15,8 @@ use candle_core::{Result as CandleResult, Tensor};
 
 use crate::error::{EngineError, Result};
 
+pub mod flux_bfl;
+
 /// The file in a component folder that says its weights live in a checkpoint elsewhere.
 pub const POINTER: &str = "seedbed-weights.json";
 
@@ -24,6 +26,9 @@ pub const POINTER: &str = "seedbed-weights.json";
 pub enum Layout {
     /// diffusers' own names, under `prefix` (empty for a file of one component).
     Diffusers { prefix: String },
+    /// A FLUX.1 transformer in Black Forest Labs' own names ([`flux_bfl`]), with or without
+    /// ComfyUI's `model.diffusion_model.` prefix.
+    FluxBfl,
 }
 
 /// What a component folder's [`POINTER`] file holds.
@@ -113,6 +118,39 @@ pub type Remap = HashMap<String, Source>;
 /// The names and shapes in a checkpoint's header: what a layout reads to map it.
 pub type Shapes = BTreeMap<String, Vec<usize>>;
 
+/// The names and shapes in a safetensors checkpoint's header: what [`flux_bfl::config`] reads to describe a file that comes without a config.
+pub fn read_shapes(path: &Path) -> Result<Shapes> {
+    let invalid = |message: String| EngineError::Weights {
+        path: path.to_path_buf(),
+        message,
+    };
+    let io = |source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    use std::io::Read;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(io)?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(invalid(format!("a safetensors header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| invalid(format!("not a valid safetensors header: {e}")))?;
+    header
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, info)| {
+            let shape = serde_json::from_value(info["shape"].clone())
+                .map_err(|e| invalid(format!("tensor `{name}`: {e}")))?;
+            Ok((name, shape))
+        })
+        .collect()
+}
+
 impl Layout {
     /// The diffusers names of the component's tensors, mapped onto the checkpoint's.
     pub fn remap(&self, shapes: &Shapes) -> Result<Remap> {
@@ -124,6 +162,10 @@ impl Layout {
                     Some((bare.to_string(), Source::Tensor(name.clone())))
                 })
                 .collect()),
+            Self::FluxBfl => flux_bfl::remap(shapes).map_err(|message| EngineError::Weights {
+                path: PathBuf::from("(flux-bfl layout)"),
+                message,
+            }),
         }
     }
 }
