@@ -7,6 +7,15 @@
 //! [`POINTER`] file naming the checkpoint and its [`Layout`]. [`crate::weights`] reads the
 //! pointer and serves each tensor the builder asks for from the checkpoint through a
 //! [`Remap`]: where it lives there, and how to cut or turn it into the diffusers tensor.
+//!
+//! A FLUX.1 transformer file (`flux1-dev.safetensors`, a fine-tune, ComfyUI's full checkpoint)
+//! becomes a `transformer/` folder of two files: `config.json`, the base model's when there is
+//! one, else [`flux_bfl::config`] of the file's [`read_shapes`] written out; and the pointer
+//! `{"file": "/abs/flux1-dev.safetensors", "layout": "flux-bfl"}` ([`Pointer::write`] with
+//! [`Layout::FluxBfl`]). A GGUF file (city96's `flux1-dev-Q4_K_S.gguf`) is pointed at the same
+//! way: it is told apart by its magic and read by [`gguf::GgufFile`], whose quantized linears
+//! stay quantized for models built through [`crate::weights::build_quantizable`] (FLUX's
+//! transformer) and are dequantized for the others.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,6 +25,7 @@ use candle_core::{Result as CandleResult, Tensor};
 use crate::error::{EngineError, Result};
 
 pub mod flux_bfl;
+pub mod gguf;
 
 /// The file in a component folder that says its weights live in a checkpoint elsewhere.
 pub const POINTER: &str = "seedbed-weights.json";
@@ -27,7 +37,7 @@ pub enum Layout {
     /// diffusers' own names, under `prefix` (empty for a file of one component).
     Diffusers { prefix: String },
     /// A FLUX.1 transformer in Black Forest Labs' own names ([`flux_bfl`]), with or without
-    /// ComfyUI's `model.diffusion_model.` prefix.
+    /// ComfyUI's `model.diffusion_model.` prefix; a `.safetensors` file or a GGUF one.
     FluxBfl,
 }
 
@@ -118,7 +128,8 @@ pub type Remap = HashMap<String, Source>;
 /// The names and shapes in a checkpoint's header: what a layout reads to map it.
 pub type Shapes = BTreeMap<String, Vec<usize>>;
 
-/// The names and shapes in a safetensors checkpoint's header: what [`flux_bfl::config`] reads to describe a file that comes without a config.
+/// The names and shapes in a checkpoint's header, safetensors or GGUF (in PyTorch's dimension
+/// order): what [`flux_bfl::config`] reads to describe a file that comes without a config.
 pub fn read_shapes(path: &Path) -> Result<Shapes> {
     let invalid = |message: String| EngineError::Weights {
         path: path.to_path_buf(),
@@ -129,6 +140,15 @@ pub fn read_shapes(path: &Path) -> Result<Shapes> {
         source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
+    if gguf::is_gguf(path) {
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+            .map_err(|e| invalid(format!("not a valid GGUF file: {e}")))?;
+        return Ok(content
+            .tensor_infos
+            .into_iter()
+            .map(|(name, info)| (name, info.shape.dims().to_vec()))
+            .collect());
+    }
     use std::io::Read;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).map_err(io)?;

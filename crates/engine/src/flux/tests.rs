@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, IndexOp, Tensor};
 
 use super::pipeline::{FluxPipeline, FluxRun, pack, unpack};
@@ -157,4 +158,57 @@ fn a_bfl_single_file_generates_what_the_folder_does() {
         },
         config
     );
+}
+
+/// A GGUF transformer behind a pointer loads in the pipeline under either memory plan (the
+/// sequential one only checks the file at load and reads it at the denoising stage), and
+/// both give the same picture.
+#[test]
+fn a_gguf_transformer_runs_in_the_pipeline_under_either_memory_plan() {
+    use crate::residency::MemoryPlan;
+    let base = dit_model_dir("tiny-flux-dev");
+    let bfl = fixtures_dir().join("single-file/tiny-flux-dev-bfl.safetensors");
+    let tensors: Vec<(String, Tensor)> = candle_core::safetensors::load(&bfl, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("tiny-flux-dev-q8_0.gguf");
+    crate::checkpoint::gguf::write(&file, &tensors, GgmlDType::Q8_0).unwrap();
+    let pointer = Pointer {
+        file,
+        layout: Layout::FluxBfl,
+    };
+    let config = transformer::FluxConfig::read(&base.join("transformer/config.json")).unwrap();
+    let single = with_single_file_transformer(&base, &pointer, &config);
+    let request = GenerateRequest {
+        prompt: "a lighthouse at dusk".into(),
+        negative_prompt: None,
+        width: 32,
+        height: 32,
+        steps: 2,
+        guidance_scale: 3.5,
+        scheduler: None,
+        karras_sigmas: false,
+        true_cfg_scale: None,
+        seed: 3,
+        count: 1,
+        init_image: None,
+    };
+    let images: Vec<image::RgbImage> = [MemoryPlan::Resident, MemoryPlan::Sequential]
+        .into_iter()
+        .map(|memory_plan| {
+            let options = LoadOptions {
+                memory_plan,
+                ..LoadOptions::default()
+            };
+            crate::Pipeline::load(single.path(), options)
+                .unwrap()
+                .generate(&request, &mut |_| {}, &AtomicBool::new(false))
+                .unwrap()
+                .remove(0)
+                .image
+        })
+        .collect();
+    assert_eq!(images[0], images[1]);
 }
