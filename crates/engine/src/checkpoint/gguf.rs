@@ -353,3 +353,106 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], dtype: GgmlDType) -> Res
         message: format!("cannot write the GGUF file: {e}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::fixtures_dir;
+
+    /// tiny-flux-dev's BFL tensors with every matrix in q8_0, the final layer's too (which
+    /// [`write`] would keep f16), written with candle's writer directly.
+    fn all_q8_0(dir: &Path) -> PathBuf {
+        let bfl = fixtures_dir().join("single-file/tiny-flux-dev-bfl.safetensors");
+        let tensors = candle_core::safetensors::load(&bfl, &Device::Cpu).unwrap();
+        let quantized: Vec<(String, QTensor)> = tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let dtype = if t.rank() == 2 {
+                    GgmlDType::Q8_0
+                } else {
+                    GgmlDType::F32
+                };
+                (name, QTensor::quantize(&t, dtype).unwrap())
+            })
+            .collect();
+        let refs: Vec<(&str, &QTensor)> = quantized.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let path = dir.join("q8_0.gguf");
+        let mut file = std::fs::File::create(&path).unwrap();
+        gguf_file::write(&mut file, &[], &refs).unwrap();
+        path
+    }
+
+    /// Cut and swapped quantized tensors are, block for block, what the dense path makes of
+    /// the same stored tensor: rows for a fused q/k/v or linear1, halves for the final
+    /// modulation.
+    #[test]
+    fn quantized_cuts_and_swaps_match_the_dense_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = all_q8_0(dir.path());
+        let quantized = GgufFile::open(&path, &Layout::FluxBfl).unwrap();
+        assert!(quantized.shapes().contains_key("single_blocks.2.linear1.weight"));
+        let weights = GgufFile::open(&path, &Layout::FluxBfl)
+            .unwrap()
+            .weights(DType::F32, &Device::Cpu);
+        for (name, shape) in [
+            ("norm_out.linear.weight", (192, 96)),
+            ("single_transformer_blocks.2.proj_mlp.weight", (384, 96)),
+            ("transformer_blocks.0.attn.to_v.weight", (96, 96)),
+            ("x_embedder.weight", (96, 64)),
+        ] {
+            let q = quantized.quantized(name).unwrap().expect(name);
+            assert_eq!(q.dtype(), GgmlDType::Q8_0);
+            let dense = weights.vb().get(shape, name).unwrap();
+            let diff = (q.dequantize(&Device::Cpu).unwrap() - dense).unwrap();
+            let diff: f32 = diff.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert_eq!(diff, 0.0, "{name}");
+        }
+        // Vectors are stored f32 and read dense only.
+        assert!(
+            quantized
+                .quantized("norm_out.linear.bias")
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn storage_types_follow_the_community_converter() {
+        let q4k = GgmlDType::Q4K;
+        assert_eq!(
+            storage_type("double_blocks.0.img_mlp.0.bias", &[12288], q4k),
+            GgmlDType::F32
+        );
+        assert_eq!(
+            storage_type("double_blocks.0.img_mlp.0.weight", &[12288, 3072], q4k),
+            q4k
+        );
+        assert_eq!(
+            storage_type("model.diffusion_model.img_in.weight", &[3072, 64], q4k),
+            GgmlDType::F16
+        );
+        assert_eq!(
+            storage_type("x.weight", &[96, 96], q4k),
+            GgmlDType::F16,
+            "rows of 96"
+        );
+        assert_eq!(
+            storage_type("x.weight", &[96, 96], GgmlDType::Q8_0),
+            GgmlDType::Q8_0
+        );
+        assert_eq!(
+            storage_type("x.weight", &[16, 16], GgmlDType::Q8_0),
+            GgmlDType::F32,
+            "tiny"
+        );
+    }
+
+    #[test]
+    fn a_gguf_file_is_known_by_its_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(is_gguf(&all_q8_0(dir.path())));
+        let bfl = fixtures_dir().join("single-file/tiny-flux-dev-bfl.safetensors");
+        assert!(!is_gguf(&bfl));
+        assert!(!is_gguf(&dir.path().join("absent.gguf")));
+    }
+}
