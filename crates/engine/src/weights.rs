@@ -20,8 +20,10 @@ use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::SafeTensors;
 use safetensors::tensor::TensorInfo;
 
+use crate::checkpoint::gguf::{GgufFile, is_gguf};
 use crate::checkpoint::{Pointer, Remap, Shapes};
 use crate::error::{EngineError, Result};
+use crate::nn::layers::Weights;
 
 /// Which weight file to prefer when a component folder has several variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -190,6 +192,9 @@ fn candle_dtype(dtype: safetensors::Dtype) -> candle_core::Result<DType> {
 /// missing, truncated or corrupt file is found at load time even when the component itself is
 /// loaded only later, for its stage.
 pub fn check_weight_files(dir: &Path, variant: Variant) -> Result<()> {
+    if gguf_pointer(dir)?.is_some() {
+        return Ok(());
+    }
     for path in find_weight_files(dir, variant)? {
         MappedFile::open(&path)?;
     }
@@ -227,7 +232,7 @@ impl WeightFiles {
                     .collect();
                 let remap = pointer.layout.remap(&shapes);
                 Some(remap.map_err(|message| EngineError::Weights {
-                    path: files[0].clone(),
+                    path: pointer.file.clone(),
                     message,
                 })?)
             }
@@ -348,8 +353,19 @@ impl SimpleBackend for WeightFiles {
     }
 }
 
+/// The GGUF checkpoint a component folder's pointer names, opened; `None` for any other folder.
+fn gguf_pointer(dir: &Path) -> Result<Option<GgufFile>> {
+    match Pointer::read(dir)? {
+        Some(pointer) if is_gguf(&pointer.file) => {
+            GgufFile::open(&pointer.file, &pointer.layout).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Load a component's weights and build a model from them; any tensor error while building
-/// is reported against the component's weight file.
+/// is reported against the component's weight file. A GGUF checkpoint is read dense here
+/// (dequantized); models whose linears can stay quantized load through [`build_quantizable`].
 pub fn build_component<M>(
     dir: &Path,
     variant: Variant,
@@ -358,9 +374,30 @@ pub fn build_component<M>(
     device: &Device,
     build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<M>,
 ) -> Result<M> {
-    let files = WeightFiles::open(dir, variant, names)?;
-    let path = files.path().to_path_buf();
-    build(files.var_builder(dtype, device)).map_err(|e| EngineError::Weights {
+    build_quantizable(dir, variant, names, dtype, device, |weights| {
+        build(weights.vb().clone())
+    })
+}
+
+/// [`build_component`] for a builder that takes [`Weights`]: from a GGUF checkpoint, its
+/// quantized linear weights come quantized; from safetensors, everything dense as before.
+pub fn build_quantizable<M>(
+    dir: &Path,
+    variant: Variant,
+    names: NameScheme,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(Weights<'static>) -> candle_core::Result<M>,
+) -> Result<M> {
+    let (path, weights) = match gguf_pointer(dir)? {
+        Some(file) => (file.path().to_path_buf(), file.weights(dtype, device)),
+        None => {
+            let files = WeightFiles::open(dir, variant, names)?;
+            let path = files.path().to_path_buf();
+            (path, files.var_builder(dtype, device).into())
+        }
+    };
+    build(weights).map_err(|e| EngineError::Weights {
         path,
         message: e.to_string(),
     })

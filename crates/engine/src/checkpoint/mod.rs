@@ -7,6 +7,15 @@
 //! [`POINTER`] file naming the checkpoint and its [`Layout`]. [`crate::weights`] reads the
 //! pointer and serves each tensor the builder asks for from the checkpoint through a
 //! [`Remap`]: where it lives there, and how to cut or turn it into the diffusers tensor.
+//!
+//! A FLUX.1 transformer file (`flux1-dev.safetensors`, a fine-tune, ComfyUI's full checkpoint)
+//! becomes a `transformer/` folder of two files: `config.json`, the base model's when there is
+//! one, else [`flux_bfl::config`] of the file's [`read_shapes`] written out; and the pointer
+//! `{"file": "/abs/flux1-dev.safetensors", "layout": "flux-bfl"}` ([`Pointer::write`] with
+//! [`Layout::FluxBfl`]). A GGUF file (city96's `flux1-dev-Q4_K_S.gguf`) is pointed at the same
+//! way: it is told apart by its magic and read by [`gguf::GgufFile`], whose quantized linears
+//! stay quantized for models built through [`crate::weights::build_quantizable`] (FLUX's
+//! transformer) and are dequantized for the others.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,11 +26,13 @@ use crate::error::{EngineError, Result};
 
 pub mod clip_text;
 pub mod component_file;
+pub mod flux_bfl;
+pub mod gguf;
 pub mod ldm_vae;
 pub mod sd_unet;
 mod single_file;
 
-pub use single_file::{Described, ModelFormat, describe, read_shapes};
+pub use single_file::{Described, ModelFormat, describe};
 
 /// The file in a component folder that says its weights live in a checkpoint elsewhere.
 pub const POINTER: &str = "seedbed-weights.json";
@@ -40,6 +51,9 @@ pub enum Layout {
     Clip { prefix: String },
     /// OpenCLIP's text tower, its first `layers` blocks (SD 2.x drops the last).
     OpenClip { prefix: String, layers: usize },
+    /// A FLUX.1 transformer in Black Forest Labs' own names ([`flux_bfl`]), with or without
+    /// ComfyUI's `model.diffusion_model.` prefix; a `.safetensors` file or a GGUF one.
+    FluxBfl,
 }
 
 /// What a component folder's [`POINTER`] file holds.
@@ -129,6 +143,30 @@ pub type Remap = HashMap<String, Source>;
 /// The names and shapes in a checkpoint's header: what a layout reads to map it.
 pub type Shapes = BTreeMap<String, Vec<usize>>;
 
+/// The names and shapes in a checkpoint's header, safetensors or GGUF (in PyTorch's dimension
+/// order), without reading a tensor; a safetensors file shorter than its header says is refused
+/// as truncated.
+pub fn read_shapes(path: &Path) -> Result<Shapes> {
+    if !gguf::is_gguf(path) {
+        return single_file::read_safetensors_shapes(path);
+    }
+    let invalid = |message: String| EngineError::Weights {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+        .map_err(|e| invalid(format!("not a valid GGUF file: {e}")))?;
+    Ok(content
+        .tensor_infos
+        .into_iter()
+        .map(|(name, info)| (name, info.shape.dims().to_vec()))
+        .collect())
+}
+
 impl Layout {
     /// The diffusers names of the component's tensors, mapped onto the checkpoint's.
     pub fn remap(&self, shapes: &Shapes) -> Found<Remap> {
@@ -146,6 +184,7 @@ impl Layout {
             Self::OpenClip { prefix, layers } => {
                 clip_text::remap_open_clip(shapes, prefix, *layers)
             }
+            Self::FluxBfl => flux_bfl::remap(shapes),
         }
     }
 }

@@ -109,7 +109,7 @@ pub fn describe(file: &Path) -> Result<Described> {
         path: file.to_path_buf(),
         message,
     };
-    let shapes = read_shapes(file)?;
+    let shapes = super::read_shapes(file)?;
     let kind = recognise(&shapes).map_err(invalid)?;
     let sidecar = read_sidecar(file)?.resolve(file.parent().unwrap_or(Path::new(".")));
     if let Some(base) = &sidecar.base
@@ -147,7 +147,7 @@ pub fn describe(file: &Path) -> Result<Described> {
 
 /// The names and shapes in a safetensors header; a file shorter than its header says is
 /// refused as truncated.
-pub fn read_shapes(file: &Path) -> Result<Shapes> {
+pub(super) fn read_safetensors_shapes(file: &Path) -> Result<Shapes> {
     let io = |source| EngineError::Io {
         path: file.to_path_buf(),
         source,
@@ -439,7 +439,7 @@ impl Writer<'_> {
         let separate = role.and_then(|role| Some((self.sidecar.file(name)?, role)));
         let (file, layout, inferred) = match (separate, own) {
             (Some((file, role)), _) => {
-                let shapes = read_shapes(file)?;
+                let shapes = super::read_shapes(file)?;
                 let (layout, config) = component_file::read(&shapes, role).map_err(|message| {
                     EngineError::Weights {
                         path: file.to_path_buf(),

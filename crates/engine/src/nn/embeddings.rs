@@ -2,9 +2,8 @@
 //! by the UNet and the transformer families.
 
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
-use crate::nn::layers::{self, Linear};
+use crate::nn::layers::{self, Linear, Weights};
 
 /// diffusers' `get_timestep_embedding` for one value per batch row, computed in f32 like
 /// the reference so that large timesteps give the same angles.
@@ -42,7 +41,8 @@ pub struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
-    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new<'a>(in_dim: usize, out_dim: usize, vb: impl Into<Weights<'a>>) -> Result<Self> {
+        let vb = vb.into();
         Ok(Self {
             linear_1: layers::linear(in_dim, out_dim, vb.pp("linear_1"))?,
             linear_2: layers::linear(out_dim, out_dim, vb.pp("linear_2"))?,

@@ -5,7 +5,13 @@
 //! (half the memory) and computes in f32 ([`compute_dtype`]): each layer here widens its
 //! weights to the input's dtype when the two differ. Where they match (f32 everywhere, or
 //! half precision on a GPU) nothing is converted and candle's layer runs as before.
+//!
+//! A linear layer's weight may also come quantized, from a GGUF checkpoint ([`Weights`]): it
+//! stays in its blocks (q8_0, q4_K, ...) and multiplies through candle's quantized matmul.
 
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 use half::slice::HalfFloatSliceExt;
@@ -75,51 +81,161 @@ fn like_opt(weight: Option<&Tensor>, x: &Tensor) -> Result<Option<Tensor>> {
     weight.map(|w| like(w, x)).transpose()
 }
 
+/// Quantized weights by tensor name, beside a model's dense ones: a GGUF checkpoint's.
+pub trait QuantizedWeights: Send + Sync {
+    /// The weight stored under `name`, when it is stored quantized; `None` when it is stored
+    /// as floats (the dense path reads it then) or not at all.
+    fn quantized(&self, name: &str) -> Result<Option<QTensor>>;
+}
+
+/// What a model builder reads its weights from: a `VarBuilder` for every tensor, and, for a
+/// quantized checkpoint, the linear layers' quantized weights. A `VarBuilder` converts into
+/// one without them, so builders that take `impl Into<Weights>` accept either.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    vb: VarBuilder<'a>,
+    quantized: Option<Arc<dyn QuantizedWeights>>,
+}
+
+impl<'a> Weights<'a> {
+    pub fn new(vb: VarBuilder<'a>, quantized: Option<Arc<dyn QuantizedWeights>>) -> Self {
+        Self { vb, quantized }
+    }
+
+    /// The same weights under `prefix.`.
+    pub fn pp(&self, prefix: impl ToString) -> Self {
+        Self {
+            vb: self.vb.pp(prefix),
+            quantized: self.quantized.clone(),
+        }
+    }
+
+    /// The dense tensors.
+    pub fn vb(&self) -> &VarBuilder<'a> {
+        &self.vb
+    }
+
+    /// The quantized `(out, in)` weight of the linear layer here, if it is stored quantized.
+    fn quantized_linear(&self, cin: usize, cout: usize) -> Result<Option<QTensor>> {
+        let Some(quantized) = &self.quantized else {
+            return Ok(None);
+        };
+        let name = format!("{}.weight", self.vb.prefix());
+        let Some(weight) = quantized.quantized(&name)? else {
+            return Ok(None);
+        };
+        if weight.shape().dims() != [cout, cin] {
+            candle_core::bail!(
+                "tensor `{name}` has shape {:?}, the config implies {:?}",
+                weight.shape().dims(),
+                [cout, cin]
+            );
+        }
+        Ok(Some(weight))
+    }
+}
+
+impl<'a> From<VarBuilder<'a>> for Weights<'a> {
+    fn from(vb: VarBuilder<'a>) -> Self {
+        Self::new(vb, None)
+    }
+}
+
 /// `y = x W^T + b`.
 ///
-/// On CPU the weight is kept transposed, `(in, out)` row-major, so that the GEMM reads its
+/// On CPU a dense weight is kept transposed, `(in, out)` row-major, so that the GEMM reads its
 /// right-hand side the way it runs fastest (see [`super::transpose`]); it is transposed once,
 /// when the layer is built. Elsewhere it stays `(out, in)` as stored.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
-    transposed: bool,
+}
+
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    Dense {
+        weight: Tensor,
+        transposed: bool,
+    },
+    /// `(out, in)` in GGUF blocks. On CPU candle's quantized matmul quantizes the activations
+    /// to 8 bits per block (q8_0 / q8_K, as ggml does) and multiplies block by block.
+    Quantized(QMatMul),
 }
 
 impl Linear {
     fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         let transposed = weight.device().is_cpu();
         Ok(Self {
-            weight: if transposed {
-                super::transpose::transposed(weight)?
-            } else {
-                weight.clone()
+            weight: LinearWeight::Dense {
+                weight: if transposed {
+                    super::transpose::transposed(weight)?
+                } else {
+                    weight.clone()
+                },
+                transposed,
             },
             bias: bias.cloned(),
-            transposed,
         })
+    }
+
+    fn quantized(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            weight: LinearWeight::Quantized(QMatMul::from_arc(Arc::new(weight))?),
+            bias,
+        })
+    }
+
+    /// Whether the weight is kept quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, LinearWeight::Quantized(_))
     }
 }
 
-pub fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
-    let layer = candle_nn::linear(cin, cout, vb)?;
+pub fn linear<'a>(cin: usize, cout: usize, weights: impl Into<Weights<'a>>) -> Result<Linear> {
+    let weights = weights.into();
+    if let Some(weight) = weights.quantized_linear(cin, cout)? {
+        let bias = weights.vb.get(cout, "bias")?;
+        return Linear::quantized(weight, Some(bias));
+    }
+    let layer = candle_nn::linear(cin, cout, weights.vb)?;
     Linear::new(layer.weight(), layer.bias())
 }
 
-pub fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
-    let layer = candle_nn::linear_no_bias(cin, cout, vb)?;
+pub fn linear_no_bias<'a>(
+    cin: usize,
+    cout: usize,
+    weights: impl Into<Weights<'a>>,
+) -> Result<Linear> {
+    let weights = weights.into();
+    if let Some(weight) = weights.quantized_linear(cin, cout)? {
+        return Linear::quantized(weight, None);
+    }
+    let layer = candle_nn::linear_no_bias(cin, cout, weights.vb)?;
     Linear::new(layer.weight(), None)
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let bias = like_opt(self.bias.as_ref(), x)?;
-        if !self.transposed {
-            return candle_nn::Linear::new(like(&self.weight, x)?, bias).forward(x);
+        let (weight, transposed) = match &self.weight {
+            LinearWeight::Dense { weight, transposed } => (weight, *transposed),
+            LinearWeight::Quantized(weight) => {
+                // The quantized matmul takes f32 rows, contiguous.
+                let y = weight
+                    .forward(&x.to_dtype(DType::F32)?.contiguous()?)?
+                    .to_dtype(x.dtype())?;
+                return match bias {
+                    Some(bias) => y.broadcast_add(&bias),
+                    None => Ok(y),
+                };
+            }
+        };
+        if !transposed {
+            return candle_nn::Linear::new(like(weight, x)?, bias).forward(x);
         }
         // All leading dimensions as rows of one 2-D product.
-        let weight = like(&self.weight, x)?;
+        let weight = like(weight, x)?;
         let (inner, out) = weight.dims2()?;
         let mut dims = x.dims().to_vec();
         dims.pop();
@@ -143,7 +259,8 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    pub fn new(width: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new<'a>(width: usize, vb: impl Into<Weights<'a>>) -> Result<Self> {
+        let vb = vb.into();
         Ok(Self {
             up: linear(width, 4 * width, vb.pp("net.0.proj"))?,
             down: linear(4 * width, width, vb.pp("net.2"))?,
@@ -355,6 +472,49 @@ mod tests {
         Ok(())
     }
 
+    /// A weight stored quantized stays so and computes what its dequantized values do, up to
+    /// the quantized matmul's own 8-bit rounding of the activations; one of the wrong shape is
+    /// refused by name.
+    #[test]
+    fn a_quantized_linear_matches_its_dequantized_weight() -> Result<()> {
+        use candle_core::quantized::GgmlDType;
+        struct Stored(Tensor);
+        impl QuantizedWeights for Stored {
+            fn quantized(&self, name: &str) -> Result<Option<QTensor>> {
+                match name {
+                    "lin.weight" => QTensor::quantize(&self.0, GgmlDType::Q8_0).map(Some),
+                    _ => Ok(None),
+                }
+            }
+        }
+        let weight = Tensor::randn(0f32, 1., (64, 128), &Device::Cpu)?;
+        let bias = Tensor::randn(0f32, 1., 64, &Device::Cpu)?;
+        let dense: HashMap<String, Tensor> = [
+            ("lin.weight".to_string(), weight.clone()),
+            ("lin.bias".to_string(), bias.clone()),
+        ]
+        .into();
+        let vb = VarBuilder::from_tensors(dense, DType::F32, &Device::Cpu);
+        let weights = Weights::new(vb, Some(Arc::new(Stored(weight.clone()))));
+        let quantized = linear(128, 64, weights.pp("lin"))?;
+        assert!(quantized.is_quantized());
+        let rounded = QTensor::quantize(&weight, GgmlDType::Q8_0)?.dequantize(&Device::Cpu)?;
+        let reference = Linear::new(&rounded, Some(&bias))?;
+        assert!(!reference.is_quantized());
+        let x = Tensor::randn(0f32, 1., (2, 3, 128), &Device::Cpu)?;
+        let (a, b) = (quantized.forward(&x)?, reference.forward(&x)?);
+        assert_eq!(a.dims(), [2, 3, 64]);
+        // Outputs are ~N(0, 128); 8-bit activations move them by a few hundredths.
+        let diff = max_diff(&a, &b);
+        assert!(diff < 0.5, "{diff}");
+        let err = linear(64, 128, weights.pp("lin")).unwrap_err().to_string();
+        assert!(
+            err.contains("lin.weight") && err.contains("[128, 64]"),
+            "{err}"
+        );
+        Ok(())
+    }
+
     /// The fused CPU path is the definition: `x / sqrt(mean(x^2) + eps) * weight`, per row,
     /// also for a non-contiguous view.
     #[test]
@@ -421,7 +581,10 @@ mod tests {
             .collect::<Result<HashMap<_, _>>>()?;
         let f32_layers = layers(&VarBuilder::from_tensors(full, DType::F32, &Device::Cpu))?;
         let bf16_layers = layers(&VarBuilder::from_tensors(narrow, DType::BF16, &Device::Cpu))?;
-        assert_eq!(bf16_layers.0.weight.dtype(), DType::BF16);
+        let LinearWeight::Dense { weight, .. } = &bf16_layers.0.weight else {
+            panic!("a dense linear")
+        };
+        assert_eq!(weight.dtype(), DType::BF16);
 
         let tokens = Tensor::randn(0f32, 1., (2, 3, 6), &Device::Cpu)?;
         let image = Tensor::randn(0f32, 1., (1, 6, 8, 8), &Device::Cpu)?;

@@ -5,13 +5,12 @@
 //! scale and gate vectors.
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 use super::config::FluxConfig;
 use super::rope;
 use crate::nn::activation::gelu_tanh;
 use crate::nn::attention::scaled_dot_product;
-use crate::nn::layers::{self, FeedForward, Linear, RmsNorm};
+use crate::nn::layers::{self, FeedForward, Linear, RmsNorm, Weights};
 
 /// LayerNorm without a learned scale or shift (eps 1e-6), as every FLUX norm before modulation.
 pub(super) fn plain_norm(x: &Tensor) -> Result<Tensor> {
@@ -34,7 +33,7 @@ pub(super) struct Modulation {
 }
 
 impl Modulation {
-    pub fn new(width: usize, parts: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(width: usize, parts: usize, vb: Weights) -> Result<Self> {
         Ok(Self {
             linear: layers::linear(width, parts * width, vb.pp("linear"))?,
             parts,
@@ -58,14 +57,14 @@ struct Projections {
 }
 
 impl Projections {
-    fn new(config: &FluxConfig, vb: &VarBuilder, names: [&str; 5]) -> Result<Self> {
+    fn new(config: &FluxConfig, vb: &Weights, names: [&str; 5]) -> Result<Self> {
         let (width, head) = (config.inner_dim(), config.attention_head_dim);
         Ok(Self {
             q: layers::linear(width, width, vb.pp(names[0]))?,
             k: layers::linear(width, width, vb.pp(names[1]))?,
             v: layers::linear(width, width, vb.pp(names[2]))?,
-            norm_q: layers::rms_norm(head, 1e-6, vb.pp(names[3]))?,
-            norm_k: layers::rms_norm(head, 1e-6, vb.pp(names[4]))?,
+            norm_q: layers::rms_norm(head, 1e-6, vb.vb().pp(names[3]))?,
+            norm_k: layers::rms_norm(head, 1e-6, vb.vb().pp(names[4]))?,
         })
     }
 
@@ -102,7 +101,7 @@ pub(super) struct DoubleBlock {
 }
 
 impl DoubleBlock {
-    pub fn new(config: &FluxConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: &FluxConfig, vb: Weights) -> Result<Self> {
         let width = config.inner_dim();
         let attn = vb.pp("attn");
         Ok(Self {
@@ -178,7 +177,7 @@ pub(super) struct SingleBlock {
 }
 
 impl SingleBlock {
-    pub fn new(config: &FluxConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: &FluxConfig, vb: Weights) -> Result<Self> {
         let width = config.inner_dim();
         let attn = vb.pp("attn");
         Ok(Self {

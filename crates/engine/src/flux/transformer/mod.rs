@@ -13,13 +13,12 @@ mod tests;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 pub use config::FluxConfig;
 
 use crate::nn::embeddings::{TimestepEmbedding, sinusoidal};
-use crate::nn::layers::{self, Linear};
-use crate::weights::{NameScheme, Variant, build_component};
+use crate::nn::layers::{self, Linear, Weights};
+use crate::weights::{NameScheme, Variant, build_quantizable};
 use blocks::{DoubleBlock, Modulation, SingleBlock};
 
 /// Sinusoidal width of the timestep and guidance embeddings.
@@ -57,7 +56,9 @@ pub struct FluxInputs<'a> {
 }
 
 impl FluxTransformer {
-    /// Load a `transformer/` folder.
+    /// Load a `transformer/` folder: diffusers' weights, or a [`crate::checkpoint::POINTER`] to
+    /// a single file in BFL's layout, `.safetensors` or GGUF (whose quantized linears stay
+    /// quantized).
     pub fn load(
         dir: &Path,
         variant: Variant,
@@ -65,12 +66,13 @@ impl FluxTransformer {
         device: &Device,
     ) -> crate::Result<Self> {
         let config = FluxConfig::read(&dir.join("config.json"))?;
-        build_component(dir, variant, NameScheme::Exact, dtype, device, |vb| {
-            Self::new(config, vb)
+        build_quantizable(dir, variant, NameScheme::Exact, dtype, device, |weights| {
+            Self::new(config, weights)
         })
     }
 
-    pub fn new(config: FluxConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new<'a>(config: FluxConfig, vb: impl Into<Weights<'a>>) -> Result<Self> {
+        let vb = vb.into();
         let width = config.inner_dim();
         let time = vb.pp("time_text_embed");
         let guidance_embedder = if config.guidance_embeds {
@@ -108,7 +110,7 @@ impl FluxTransformer {
                 .collect::<Result<_>>()?,
             norm_out: Modulation::new(width, 2, vb.pp("norm_out"))?,
             proj_out: layers::linear(width, config.out_channels(), vb.pp("proj_out"))?,
-            dtype: layers::compute_dtype(vb.dtype(), vb.device()),
+            dtype: layers::compute_dtype(vb.vb().dtype(), vb.vb().device()),
             config,
         })
     }
