@@ -109,14 +109,14 @@ pub struct Announcement {
     pub relayed: BTreeSet<String>,
 }
 
-/// A file in the models directory that may be a model: a `.safetensors` checkpoint.
+/// A file in the models directory that may be a model: a `.safetensors` or `.gguf` checkpoint.
 fn is_checkpoint(path: &Path) -> bool {
-    path.is_file() && path.extension().is_some_and(|e| e == "safetensors")
+    path.is_file() && path.extension().is_some_and(|e| e == "safetensors" || e == "gguf")
 }
 
 impl Catalog {
     /// Scan `dir` for model folders (those holding `model_index.json`) and checkpoint files
-    /// (`*.safetensors`).
+    /// (`*.safetensors`, `*.gguf`).
     pub fn scan(dir: &Path, aliases: &[(String, String)]) -> Result<Self> {
         let entries = std::fs::read_dir(dir)
             .map_err(|e| CoreError::Internal(format!("models directory {}: {e}", dir.display())))?;

@@ -456,3 +456,82 @@ fn a_t5_files_config_is_read_from_its_tensors() {
         assert_eq!(ours[key], theirs[key], "{key}");
     }
 }
+
+fn flux_request() -> GenerateRequest {
+    GenerateRequest {
+        steps: 2,
+        guidance_scale: 3.5,
+        width: 64,
+        height: 64,
+        negative_prompt: None,
+        ..request(false)
+    }
+}
+
+/// FLUX.1 [dev]'s transformer in BFL's layout (tools/checkpoints/flux_to_bfl.py), beside its
+/// components as files of their own or a base folder, safetensors or GGUF.
+#[test]
+fn a_flux_transformer_file_with_its_components() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = crate::dit_models().join("tiny-flux-dev");
+    let file = dir.path().join("flux1-dev.safetensors");
+    std::fs::copy(
+        fixtures().join("single-file/tiny-flux-dev-bfl.safetensors"),
+        &file,
+    )
+    .unwrap();
+    let expected = generate(&folder, &flux_request());
+
+    // Without `NAME.json` the file alone is not a pipeline: the error says what to add.
+    let message = load_error(&file);
+    assert!(
+        message.contains("text_encoder") && message.contains("flux1-dev.json"),
+        "{message}"
+    );
+
+    let components = serde_json::json!({
+        "text_encoder": folder.join("text_encoder/model.safetensors"),
+        "text_encoder_2": folder.join("text_encoder_2/model.safetensors"),
+        "vae": folder.join("vae/diffusion_pytorch_model.safetensors"),
+    });
+    let mut with_base = components.clone();
+    with_base["base"] = serde_json::json!(folder);
+    for sidecar in [serde_json::json!({"base": folder}), with_base] {
+        std::fs::write(dir.path().join("flux1-dev.json"), sidecar.to_string()).unwrap();
+        assert!(generate(&file, &flux_request()) == expected, "{sidecar}");
+    }
+
+    // The component files alone: configs from their tensors, tokenizers built in.
+    std::fs::write(dir.path().join("flux1-dev.json"), components.to_string()).unwrap();
+    let summary = ModelSummary::read(&file).unwrap();
+    assert_eq!(summary.family, seedbed_engine::model::Family::Flux);
+    assert_eq!(generate(&file, &flux_request()).len(), 64 * 64 * 3);
+
+    // The same transformer as a community-style GGUF file at q8_0.
+    use seedbed_engine::candle::quantized::GgmlDType;
+    let tensors = seedbed_engine::candle::safetensors::load(&file, &Device::Cpu).unwrap();
+    let tensors: Vec<(String, _)> = tensors.into_iter().collect();
+    let quantized = dir.path().join("flux1-dev-Q8_0.gguf");
+    seedbed_engine::checkpoint::gguf::write(&quantized, &tensors, GgmlDType::Q8_0).unwrap();
+    std::fs::write(
+        dir.path().join("flux1-dev-Q8_0.json"),
+        serde_json::json!({"base": folder}).to_string(),
+    )
+    .unwrap();
+    let summary = ModelSummary::read(&quantized).unwrap();
+    assert_eq!(
+        summary.format,
+        ModelFormat::Gguf {
+            quant: "q8_0".into()
+        }
+    );
+    assert_eq!(summary.format.to_string(), "gguf q8_0");
+    let pixels = generate(&quantized, &flux_request());
+    let worst = pixels
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 16, "q8_0 is {worst}/255 off the f32 image");
+}

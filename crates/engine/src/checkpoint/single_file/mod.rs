@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::clip_text::{self, ClipShape};
 use super::component_file::{self, Role};
-use super::{Layout, Pointer, Shapes, ldm_vae, sd_unet};
+use super::{Layout, Pointer, Shapes, flux_bfl, gguf, ldm_vae, sd_unet};
 use crate::error::{EngineError, Result};
 
 /// How a model is stored on disk, for listings.
@@ -26,14 +26,18 @@ pub enum ModelFormat {
     Folder,
     /// One `.safetensors` file in the original layout.
     SingleFile,
+    /// A GGUF file (a FLUX.1 transformer), `quant` its most common quantized type (`q8_0`,
+    /// `q4_k`, ...; `f16` when none is quantized).
+    Gguf { quant: String },
 }
 
 impl std::fmt::Display for ModelFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Folder => "diffusers folder",
-            Self::SingleFile => "single file",
-        })
+        match self {
+            Self::Folder => f.write_str("diffusers folder"),
+            Self::SingleFile => f.write_str("single file"),
+            Self::Gguf { quant } => write!(f, "gguf {quant}"),
+        }
     }
 }
 
@@ -52,8 +56,10 @@ impl Described {
     }
 }
 
-const VOCAB: &[u8] = include_bytes!("../../../../fixtures/clip-tokenizer/vocab.json");
-const MERGES: &[u8] = include_bytes!("../../../../fixtures/clip-tokenizer/merges.txt");
+mod flux;
+
+const VOCAB: &[u8] = include_bytes!("../../../../../fixtures/clip-tokenizer/vocab.json");
+const MERGES: &[u8] = include_bytes!("../../../../../fixtures/clip-tokenizer/merges.txt");
 
 const UNET: &str = "model.diffusion_model.";
 const VAE: &str = "first_stage_model.";
@@ -68,6 +74,9 @@ enum Kind {
     Sd1,
     Sd2,
     Sdxl,
+    /// A FLUX.1 transformer in BFL's layout (safetensors or GGUF); the rest comes from
+    /// component files or a base folder.
+    Flux,
 }
 
 /// `NAME.json` beside a checkpoint; paths in it are relative to the checkpoint's folder.
@@ -140,9 +149,42 @@ pub fn describe(file: &Path) -> Result<Described> {
     })?;
     Ok(Described {
         folder,
-        format: ModelFormat::SingleFile,
+        format: format_of(file)?,
         weights_bytes,
     })
+}
+
+/// A safetensors checkpoint, or a GGUF one by its most common quantized type.
+fn format_of(file: &Path) -> Result<ModelFormat> {
+    if !gguf::is_gguf(file) {
+        return Ok(ModelFormat::SingleFile);
+    }
+    let content = gguf::GgufFile::open(file, &Layout::FluxBfl)?;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for (_, dtype) in content.types() {
+        *counts.entry(ggml_type_name(dtype)).or_default() += 1;
+    }
+    let dense = ["f32", "f16", "bf16"];
+    let quantized = counts
+        .iter()
+        .filter(|(name, _)| !dense.contains(&name.as_str()));
+    let most = quantized
+        .max_by_key(|(_, count)| **count)
+        .map(|(name, _)| name.clone());
+    let quant = most.unwrap_or_else(|| match counts.contains_key("f16") {
+        true => "f16".into(),
+        false => "f32".into(),
+    });
+    Ok(ModelFormat::Gguf { quant })
+}
+
+/// A GGUF type as the community names it: `q8_0`, `q4_k`, `f16`.
+fn ggml_type_name(dtype: candle_core::quantized::GgmlDType) -> String {
+    let name = format!("{dtype:?}").to_ascii_lowercase();
+    match name.strip_suffix('k') {
+        Some(stem) if !stem.ends_with('_') => format!("{stem}_k"),
+        _ => name,
+    }
 }
 
 /// The names and shapes in a safetensors header; a file shorter than its header says is
@@ -225,6 +267,9 @@ fn recognise(shapes: &Shapes) -> Result<Kind, String> {
         let cross = sd_unet::read_shape(shapes, UNET)?.cross_attention_dim;
         return Ok(if cross == 768 { Kind::Sd1 } else { Kind::Sd2 });
     }
+    if flux_bfl::config(shapes).is_ok() {
+        return Ok(Kind::Flux);
+    }
     let sample: Vec<&str> = shapes.keys().take(3).map(String::as_str).collect();
     let lora = shapes.keys().any(|name| {
         name.contains("lora_down") || name.contains("lora_A") || name.contains(".lora.")
@@ -235,7 +280,8 @@ fn recognise(shapes: &Shapes) -> Result<Kind, String> {
         format!(
             "not a checkpoint seedbed knows: expected an SD 1.x/2.x or SDXL checkpoint in the \
              original layout (tensors `{UNET}input_blocks.*`, `{VAE}*`, `cond_stage_model.*` or \
-             `conditioner.embedders.*`); it holds {} tensors such as {}",
+             `conditioner.embedders.*`) or a FLUX.1 transformer in BFL's (`double_blocks.*`, \
+             `img_in.*`); it holds {} tensors such as {}",
             shapes.len(),
             sample.join(", ")
         )
@@ -304,6 +350,19 @@ struct TextSlot {
 impl Writer<'_> {
     /// Write the described folder; returns the bytes of the weights it reads.
     fn write(&self, kind: Kind) -> Result<u64, Problem> {
+        let supplies = match kind {
+            Kind::Flux => self.write_flux()?,
+            _ => self.write_sd(kind)?,
+        };
+        self.scheduler(kind)?;
+        self.model_index(kind)?;
+        // Each file once: a checkpoint serves several components.
+        let files: std::collections::BTreeSet<PathBuf> = supplies.into_iter().collect();
+        Ok(files.iter().map(|path| bytes_under(path)).sum())
+    }
+
+    /// SD and SDXL's components; returns the files and folders their weights come from.
+    fn write_sd(&self, kind: Kind) -> Result<Vec<PathBuf>, Problem> {
         let unet = sd_unet::read_shape(self.shapes, UNET)?;
         let sdxl = kind == Kind::Sdxl;
         let mut supplies = Vec::new();
@@ -323,7 +382,7 @@ impl Writer<'_> {
             Kind::Sd1 => 64,
             Kind::Sd2 if self.v_prediction => 96,
             Kind::Sd2 => 64,
-            Kind::Sdxl => 128,
+            Kind::Sdxl | Kind::Flux => 128,
         };
         // SDXL's pooled text embedding (the second encoder's projection) shares the UNet's
         // addition input with the size-and-crop embeddings.
@@ -352,11 +411,7 @@ impl Writer<'_> {
         };
         let role = Role::Vae { scale, shift: None };
         supplies.push(self.component("vae", own_vae, Some(role))?);
-        self.scheduler()?;
-        self.model_index(kind)?;
-        // Each file once: a checkpoint serves several components.
-        let files: std::collections::BTreeSet<PathBuf> = supplies.into_iter().collect();
-        Ok(files.iter().map(|path| bytes_under(path)).sum())
+        Ok(supplies)
     }
 
     /// The config a component got in the described folder.
@@ -398,6 +453,7 @@ impl Writer<'_> {
                 act: "gelu",
                 pad: "!",
             }],
+            Kind::Flux => Vec::new(),
             Kind::Sdxl => vec![
                 TextSlot {
                     component: "text_encoder",
@@ -492,9 +548,12 @@ impl Writer<'_> {
         write_json(&dir.join("tokenizer_config.json"), &config)
     }
 
-    fn scheduler(&self) -> Result<()> {
+    fn scheduler(&self, kind: Kind) -> Result<()> {
         if let Some(base) = self.base_dir("scheduler") {
             return link(&base, &self.out.join("scheduler"));
+        }
+        if kind == Kind::Flux {
+            return self.flux_scheduler();
         }
         let prediction = if self.v_prediction {
             "v_prediction"
@@ -531,6 +590,18 @@ impl Writer<'_> {
             "unet": pair("diffusers", "UNet2DConditionModel"),
             "vae": pair("diffusers", "AutoencoderKL"),
         });
+        if kind == Kind::Flux {
+            index = json!({
+                "_class_name": "FluxPipeline",
+                "scheduler": pair("diffusers", "FlowMatchEulerDiscreteScheduler"),
+                "text_encoder": pair("transformers", "CLIPTextModel"),
+                "text_encoder_2": pair("transformers", "T5EncoderModel"),
+                "tokenizer": pair("transformers", "CLIPTokenizer"),
+                "tokenizer_2": pair("transformers", "T5TokenizerFast"),
+                "transformer": pair("diffusers", "FluxTransformer2DModel"),
+                "vae": pair("diffusers", "AutoencoderKL"),
+            });
+        }
         if kind == Kind::Sdxl {
             index["_class_name"] = json!("StableDiffusionXLPipeline");
             index["text_encoder_2"] = pair("transformers", "CLIPTextModelWithProjection");
