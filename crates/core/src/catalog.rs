@@ -111,7 +111,10 @@ pub struct Announcement {
 
 /// A file in the models directory that may be a model: a `.safetensors` or `.gguf` checkpoint.
 fn is_checkpoint(path: &Path) -> bool {
-    path.is_file() && path.extension().is_some_and(|e| e == "safetensors" || e == "gguf")
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e == "safetensors" || e == "gguf")
 }
 
 impl Catalog {

@@ -26,7 +26,8 @@ pub enum ModelFormat {
     Folder,
     /// One `.safetensors` file in the original layout.
     SingleFile,
-    /// A GGUF file (a FLUX.1 transformer), `quant` its most common quantized type (`q8_0`,
+    /// A GGUF file (a FLUX.1 transformer or an SD/SDXL UNet), `quant` its most common
+    /// quantized type (`q8_0`,
     /// `q4_k`, ...; `f16` when none is quantized).
     Gguf { quant: String },
 }
@@ -62,6 +63,14 @@ const VOCAB: &[u8] = include_bytes!("../../../../../fixtures/clip-tokenizer/voca
 const MERGES: &[u8] = include_bytes!("../../../../../fixtures/clip-tokenizer/merges.txt");
 
 const UNET: &str = "model.diffusion_model.";
+
+/// Where the UNet's names start: under [`UNET`] in a full checkpoint, at the top in a file of
+/// the UNet alone.
+fn unet_prefix(shapes: &Shapes) -> Option<&'static str> {
+    [UNET, ""]
+        .into_iter()
+        .find(|prefix| shapes.contains_key(&format!("{prefix}input_blocks.0.0.weight")))
+}
 const VAE: &str = "first_stage_model.";
 const SD1_CLIP: &str = "cond_stage_model.transformer.";
 const SD2_CLIP: &str = "cond_stage_model.model.";
@@ -159,10 +168,19 @@ fn format_of(file: &Path) -> Result<ModelFormat> {
     if !gguf::is_gguf(file) {
         return Ok(ModelFormat::SingleFile);
     }
-    let content = gguf::GgufFile::open(file, &Layout::FluxBfl)?;
+    let mut handle = std::fs::File::open(file).map_err(|source| EngineError::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut handle).map_err(|e| {
+        EngineError::Weights {
+            path: file.to_path_buf(),
+            message: format!("not a valid GGUF file: {e}"),
+        }
+    })?;
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    for (_, dtype) in content.types() {
-        *counts.entry(ggml_type_name(dtype)).or_default() += 1;
+    for info in content.tensor_infos.values() {
+        *counts.entry(ggml_type_name(info.ggml_dtype)).or_default() += 1;
     }
     let dense = ["f32", "f16", "bf16"];
     let quantized = counts
@@ -253,8 +271,8 @@ fn recognise(shapes: &Shapes) -> Result<Kind, String> {
             .next()
             .is_some_and(|(name, _)| name.starts_with(prefix))
     };
-    if has(&format!("{UNET}input_blocks.")) {
-        if has(SDXL_CLIP_G) || has(&format!("{UNET}label_emb.")) {
+    if let Some(unet) = unet_prefix(shapes) {
+        if has(SDXL_CLIP_G) || has(&format!("{unet}label_emb.")) {
             return Ok(Kind::Sdxl);
         }
         if has(SD2_CLIP) {
@@ -263,8 +281,9 @@ fn recognise(shapes: &Shapes) -> Result<Kind, String> {
         if has(SD1_CLIP) {
             return Ok(Kind::Sd1);
         }
-        // A UNet alone: its cross-attention width tells SD 1.x (CLIP-L) from SD 2.x.
-        let cross = sd_unet::read_shape(shapes, UNET)?.cross_attention_dim;
+        // A UNet alone (city96's GGUF UNets, UNet-only files): its cross-attention width
+        // tells SD 1.x (CLIP-L) from SD 2.x (OpenCLIP-H).
+        let cross = sd_unet::read_shape(shapes, unet)?.cross_attention_dim;
         return Ok(if cross == 768 { Kind::Sd1 } else { Kind::Sd2 });
     }
     if flux_bfl::config(shapes).is_ok() {
@@ -363,7 +382,8 @@ impl Writer<'_> {
 
     /// SD and SDXL's components; returns the files and folders their weights come from.
     fn write_sd(&self, kind: Kind) -> Result<Vec<PathBuf>, Problem> {
-        let unet = sd_unet::read_shape(self.shapes, UNET)?;
+        let prefix = unet_prefix(self.shapes).unwrap_or(UNET);
+        let unet = sd_unet::read_shape(self.shapes, prefix)?;
         let sdxl = kind == Kind::Sdxl;
         let mut supplies = Vec::new();
         for slot in self.text_slots(kind) {
@@ -393,7 +413,7 @@ impl Writer<'_> {
             false => 0,
         };
         let unet_layout = Layout::SdUnet {
-            prefix: UNET.into(),
+            prefix: prefix.into(),
         };
         let own_unet = Some((unet_layout, unet.config(pooled, sample_size)));
         supplies.push(self.component("unet", own_unet, None)?);
