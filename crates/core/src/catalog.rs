@@ -137,6 +137,13 @@ impl Catalog {
                 checkpoints.insert(stem.to_string(), path);
             }
         }
+        // Files a checkpoint's NAME.json names as its components are not models themselves.
+        let parts: BTreeSet<PathBuf> = checkpoints
+            .values()
+            .flat_map(|path| seedbed_engine::checkpoint::component_files(path))
+            .filter_map(|part| part.canonicalize().ok())
+            .collect();
+        checkpoints.retain(|_, path| !path.canonicalize().is_ok_and(|path| parts.contains(&path)));
         let mut catalog = Self::default();
         for (name, path) in checkpoints {
             if folders.contains_key(&name) {
@@ -345,10 +352,34 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("notes.safetensors"), b"not weights").unwrap();
+        // A FLUX transformer with its components beside it: they are its parts, not models.
+        let flux = fixtures().join("../models-dit/tiny-flux-dev");
+        std::fs::copy(
+            single.join("tiny-flux-dev-bfl.safetensors"),
+            dir.path().join("flux.safetensors"),
+        )
+        .unwrap();
+        for (part, from) in [
+            ("clip.safetensors", "text_encoder/model.safetensors"),
+            ("t5.safetensors", "text_encoder_2/model.safetensors"),
+            ("ae.safetensors", "vae/diffusion_pytorch_model.safetensors"),
+        ] {
+            std::fs::copy(flux.join(from), dir.path().join(part)).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("flux.json"),
+            r#"{"text_encoder": "clip.safetensors", "text_encoder_2": "t5.safetensors", "vae": "ae.safetensors"}"#,
+        )
+        .unwrap();
         let aliases = [("sd".to_string(), "my-sd".to_string())];
         let catalog = Catalog::scan(dir.path(), &aliases).unwrap();
         let names: Vec<_> = catalog.models().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["my-sd", "tiny-sd"]);
+        assert_eq!(names, ["flux", "my-sd", "tiny-sd"]);
+        assert_eq!(
+            catalog.broken().map(|(name, _)| name).collect::<Vec<_>>(),
+            ["notes"]
+        );
+        assert_eq!(catalog.resolve("flux").unwrap().family, Family::Flux);
         let model = catalog.resolve("sd").unwrap();
         assert_eq!(model.format, ModelFormat::SingleFile);
         assert_eq!(

@@ -32,7 +32,7 @@ pub mod ldm_vae;
 pub mod sd_unet;
 mod single_file;
 
-pub use single_file::{Described, ModelFormat, describe};
+pub use single_file::{Described, ModelFormat, component_files, describe};
 
 /// The file in a component folder that says its weights live in a checkpoint elsewhere.
 pub const POINTER: &str = "seedbed-weights.json";

@@ -307,6 +307,19 @@ fn recognise(shapes: &Shapes) -> Result<Kind, String> {
     })
 }
 
+/// The component files `file`'s `NAME.json` names (absolute when the file's path is): parts
+/// of that model, not models of their own.
+pub fn component_files(file: &Path) -> Vec<PathBuf> {
+    let Ok(sidecar) = read_sidecar(file) else {
+        return Vec::new();
+    };
+    let sidecar = sidecar.resolve(file.parent().unwrap_or(Path::new(".")));
+    [sidecar.text_encoder, sidecar.text_encoder_2, sidecar.vae]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 fn read_sidecar(file: &Path) -> Result<Sidecar> {
     let path = file.with_extension("json");
     if path.is_file() {
