@@ -390,7 +390,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = all_q8_0(dir.path());
         let quantized = GgufFile::open(&path, &Layout::FluxBfl).unwrap();
-        assert!(quantized.shapes().contains_key("single_blocks.2.linear1.weight"));
+        assert!(
+            quantized
+                .shapes()
+                .contains_key("single_blocks.2.linear1.weight")
+        );
         let weights = GgufFile::open(&path, &Layout::FluxBfl)
             .unwrap()
             .weights(DType::F32, &Device::Cpu);
