@@ -162,8 +162,17 @@ impl GgufFile {
             .byte_range(name, info)
             .map_err(candle_core::Error::msg)?;
         let dims = info.shape.dims();
-        let row_bytes = len / dims.first().copied().unwrap_or(1).max(1);
-        let (from, to) = (start + rows.start * row_bytes, start + rows.end * row_bytes);
+        let count = dims.first().copied().unwrap_or(1);
+        let (from, to) = if rows == (0..count) {
+            (start, start + len)
+        } else {
+            // A cut is whole rows: a vector's elements only when its type's blocks are of 1.
+            if rows.start > rows.end || rows.end > count || len % count != 0 {
+                candle_core::bail!("tensor `{name}` {dims:?}: no rows {rows:?} to cut");
+            }
+            let row_bytes = len / count;
+            (start + rows.start * row_bytes, start + rows.end * row_bytes)
+        };
         // A u32 buffer: the block types need at most 4-byte alignment, the mapping gives none.
         let mut words = vec![0u32; (to - from).div_ceil(4)];
         let bytes = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..to - from];
@@ -418,6 +427,11 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // A cut past the tensor's rows is refused, not read from its neighbour's bytes.
+        let err = quantized
+            .rows("img_in.bias", 90..100, &Device::Cpu)
+            .unwrap_err();
+        assert!(err.to_string().contains("no rows 90..100"), "{err}");
     }
 
     #[test]

@@ -224,6 +224,19 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// The pointer a caller writes by hand (or the server for a downloaded file) for a FLUX
+    /// single file, `.safetensors` or GGUF alike.
+    #[test]
+    fn a_flux_bfl_pointer_is_written_as_its_kebab_name() {
+        let json = r#"{"file": "/models/flux1-dev-Q4_K_S.gguf", "layout": "flux-bfl"}"#;
+        let pointer: Pointer = serde_json::from_str(json).unwrap();
+        assert_eq!(pointer.layout, Layout::FluxBfl);
+        assert_eq!(
+            serde_json::to_value(&pointer).unwrap(),
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
+    }
+
     #[test]
     fn sources_cut_swap_and_turn_the_checkpoint_tensor() {
         let t = Tensor::arange(0f32, 8., &Device::Cpu)
