@@ -211,23 +211,32 @@ impl ModelSummary {
     }
 }
 
+/// The bytes of the weights a folder reads: its `.safetensors` files, and for a checkpoint
+/// described as a folder the files its pointers name, each file once (one checkpoint serves
+/// several components).
 pub(crate) fn safetensors_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| {
-            let path = entry.path();
-            if path.is_dir() {
-                safetensors_bytes(&path)
-            } else if path.extension().is_some_and(|e| e == "safetensors") {
-                entry.metadata().map(|m| m.len()).unwrap_or(0)
-            } else {
-                0
-            }
-        })
+    let mut files = std::collections::BTreeSet::new();
+    weight_files(dir, &mut files);
+    files
+        .iter()
+        .map(|path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
         .sum()
+}
+
+fn weight_files(dir: &Path, files: &mut std::collections::BTreeSet<std::path::PathBuf>) {
+    if let Ok(Some(pointer)) = crate::checkpoint::Pointer::read(dir) {
+        files.insert(pointer.file.canonicalize().unwrap_or(pointer.file));
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for path in entries.flatten().map(|entry| entry.path()) {
+        if path.is_dir() {
+            weight_files(&path, files);
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            files.insert(path.canonicalize().unwrap_or(path));
+        }
+    }
 }
 
 #[cfg(test)]

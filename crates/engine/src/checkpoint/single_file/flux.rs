@@ -3,8 +3,6 @@
 //! files named in `NAME.json` (`clip_l.safetensors`, `t5xxl_fp16.safetensors`, `ae.safetensors`,
 //! as ComfyUI users keep them) or from a base folder, tokenizers built in.
 
-use std::path::PathBuf;
-
 use serde_json::json;
 
 use super::{Problem, Writer, write_json};
@@ -23,27 +21,21 @@ const FLUX_VAE: Role = Role::Vae {
 };
 
 impl Writer<'_> {
-    pub(super) fn write_flux(&self) -> Result<Vec<PathBuf>, Problem> {
+    pub(super) fn write_flux(&self) -> Result<(), Problem> {
         let config = flux_bfl::config(self.shapes)?;
         let mut config = serde_json::to_value(&config).expect("a config serializes");
         config["_class_name"] = json!("FluxTransformer2DModel");
-        let transformer = self.component("transformer", Some((Layout::FluxBfl, config)), None)?;
+        self.component("transformer", Some((Layout::FluxBfl, config)), None)?;
         let clip = Role::TextEncoder {
             clip_act: "quick_gelu",
         };
-        let supplies = vec![
-            transformer,
-            self.component("text_encoder", None, Some(clip))?,
-            self.component(
-                "text_encoder_2",
-                None,
-                Some(Role::TextEncoder { clip_act: "gelu" }),
-            )?,
-            self.component("vae", None, Some(FLUX_VAE))?,
-        ];
+        self.component("text_encoder", None, Some(clip))?;
+        // The T5 in this place; a CLIP activation does not apply.
+        let t5 = Role::TextEncoder { clip_act: "gelu" };
+        self.component("text_encoder_2", None, Some(t5))?;
+        self.component("vae", None, Some(FLUX_VAE))?;
         self.tokenizer("tokenizer", "<|endoftext|>")?;
-        self.t5_tokenizer()?;
-        Ok(supplies)
+        Ok(self.t5_tokenizer()?)
     }
 
     fn t5_tokenizer(&self) -> Result<()> {

@@ -152,14 +152,14 @@ pub fn describe(file: &Path) -> Result<Described> {
         out: folder.path(),
         v_prediction: v_prediction(file, &shapes),
     };
-    let weights_bytes = writer.write(kind).map_err(|error| match error {
+    writer.write(kind).map_err(|error| match error {
         Problem::Layout(message) => invalid(message),
         Problem::Engine(error) => error,
     })?;
     Ok(Described {
-        folder,
         format: format_of(file)?,
-        weights_bytes,
+        weights_bytes: crate::model::safetensors_bytes(folder.path()),
+        folder,
     })
 }
 
@@ -380,25 +380,22 @@ struct TextSlot {
 }
 
 impl Writer<'_> {
-    /// Write the described folder; returns the bytes of the weights it reads.
-    fn write(&self, kind: Kind) -> Result<u64, Problem> {
-        let supplies = match kind {
+    /// Write the described folder.
+    fn write(&self, kind: Kind) -> Result<(), Problem> {
+        match kind {
             Kind::Flux => self.write_flux()?,
             _ => self.write_sd(kind)?,
-        };
+        }
         self.scheduler(kind)?;
         self.model_index(kind)?;
-        // Each file once: a checkpoint serves several components.
-        let files: std::collections::BTreeSet<PathBuf> = supplies.into_iter().collect();
-        Ok(files.iter().map(|path| bytes_under(path)).sum())
+        Ok(())
     }
 
-    /// SD and SDXL's components; returns the files and folders their weights come from.
-    fn write_sd(&self, kind: Kind) -> Result<Vec<PathBuf>, Problem> {
+    /// SD and SDXL's components.
+    fn write_sd(&self, kind: Kind) -> Result<(), Problem> {
         let prefix = unet_prefix(self.shapes).unwrap_or(UNET);
         let unet = sd_unet::read_shape(self.shapes, prefix)?;
         let sdxl = kind == Kind::Sdxl;
-        let mut supplies = Vec::new();
         for slot in self.text_slots(kind) {
             let own = match slot.layout {
                 Some(layout) => {
@@ -408,7 +405,7 @@ impl Writer<'_> {
                 None => None,
             };
             let role = Role::TextEncoder { clip_act: slot.act };
-            supplies.push(self.component(slot.component, own, Some(role))?);
+            self.component(slot.component, own, Some(role))?;
             self.tokenizer(slot.tokenizer, slot.pad)?;
         }
         let sample_size = match kind {
@@ -429,7 +426,7 @@ impl Writer<'_> {
             prefix: prefix.into(),
         };
         let own_unet = Some((unet_layout, unet.config(pooled, sample_size)));
-        supplies.push(self.component("unet", own_unet, None)?);
+        self.component("unet", own_unet, None)?;
         let scale = if sdxl { 0.13025 } else { 0.18215 };
         let own_vae = match self
             .shapes
@@ -443,8 +440,8 @@ impl Writer<'_> {
             false => None,
         };
         let role = Role::Vae { scale, shift: None };
-        supplies.push(self.component("vae", own_vae, Some(role))?);
-        Ok(supplies)
+        self.component("vae", own_vae, Some(role))?;
+        Ok(())
     }
 
     /// The config a component got in the described folder.
@@ -515,14 +512,13 @@ impl Writer<'_> {
     /// Give the folder its component `name`: from the file `NAME.json` names for it, else
     /// from the checkpoint (`own`: its layout there and inferred config), else the base's
     /// folder as it is. A config from the base wins over an inferred one. `role` says what a
-    /// separate file must be (`None`: the component never comes as one). Returns the file or
-    /// folder its weights are read from.
+    /// separate file must be (`None`: the component never comes as one).
     fn component(
         &self,
         name: &str,
         own: Option<(Layout, Value)>,
         role: Option<Role>,
-    ) -> Result<PathBuf, Problem> {
+    ) -> Result<(), Problem> {
         let dir = self.out.join(name);
         // Only text encoders and VAEs come as files of their own.
         let separate = role.and_then(|role| Some((self.sidecar.file(name)?, role)));
@@ -546,8 +542,7 @@ impl Writer<'_> {
                         self.file.with_extension("json").display()
                     )));
                 };
-                link(&base, &dir)?;
-                return Ok(base);
+                return Ok(link(&base, &dir)?);
             }
         };
         let pointer = Pointer {
@@ -559,7 +554,7 @@ impl Writer<'_> {
             Some(base) => copy(&base.join("config.json"), &dir.join("config.json"))?,
             None => write_json(&dir.join("config.json"), &inferred)?,
         }
-        Ok(file)
+        Ok(())
     }
 
     fn tokenizer(&self, name: &str, pad: &str) -> Result<()> {
@@ -669,14 +664,6 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 
 fn copy(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, to).map(|_| ()).map_err(io(from))
-}
-
-/// The bytes of a weights file, or of the `.safetensors` files under a folder.
-fn bytes_under(path: &Path) -> u64 {
-    match path.is_dir() {
-        true => crate::model::safetensors_bytes(path),
-        false => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
-    }
 }
 
 /// The base's folder, in place (a symbolic link: nothing is copied).
