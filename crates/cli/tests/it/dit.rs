@@ -23,10 +23,14 @@ fn zimage_and_sd3_models_list_and_generate_locally() {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    assert_eq!(row("tiny-zimage "), "- ZImage 1024x1024 50 4", "{table}");
+    assert_eq!(
+        row("tiny-zimage "),
+        "- ZImage diffusers folder 1024x1024 50 4",
+        "{table}"
+    );
     assert_eq!(
         row("tiny-sd3 "),
-        "- StableDiffusion3 256x256 40 4.5",
+        "- StableDiffusion3 diffusers folder 256x256 40 4.5",
         "{table}"
     );
     let warnings = String::from_utf8_lossy(&output.stderr);

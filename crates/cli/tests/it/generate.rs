@@ -526,8 +526,16 @@ fn flux_models_list_and_generate_locally() {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    assert_eq!(row("tiny-flux-schnell "), "- Flux 1024x1024 4 0", "{table}");
-    assert_eq!(row("tiny-flux-dev "), "- Flux 1024x1024 28 3.5", "{table}");
+    assert_eq!(
+        row("tiny-flux-schnell "),
+        "- Flux diffusers folder 1024x1024 4 0",
+        "{table}"
+    );
+    assert_eq!(
+        row("tiny-flux-dev "),
+        "- Flux diffusers folder 1024x1024 28 3.5",
+        "{table}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     seedbed()

@@ -6,6 +6,7 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 
 mod architecture;
+mod checkpoints;
 mod cluster;
 mod dit;
 mod generate;
