@@ -312,6 +312,28 @@ impl WeightFiles {
     }
 }
 
+/// `tensor` (the one called `name`) checked against the `shape` the model's config implies.
+/// A tensor from a checkpoint (`remapped`) may differ in shape alone: a linear layer's weight
+/// stored as a 1x1 convolution's, or back. Anything else is an error naming the tensor.
+pub(crate) fn shaped_as(
+    name: &str,
+    tensor: Tensor,
+    shape: Shape,
+    remapped: bool,
+) -> candle_core::Result<Tensor> {
+    if tensor.shape() == &shape {
+        return Ok(tensor);
+    }
+    if remapped && tensor.elem_count() == shape.elem_count() {
+        return tensor.reshape(shape);
+    }
+    Err(candle_core::Error::msg(format!(
+        "tensor `{name}` has shape {:?}, the config implies {:?}",
+        tensor.dims(),
+        shape.dims()
+    )))
+}
+
 impl SimpleBackend for WeightFiles {
     fn get(
         &self,
@@ -321,22 +343,8 @@ impl SimpleBackend for WeightFiles {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let mut tensor = self.load(name, dtype, device)?;
-        // A checkpoint may store a linear layer's weight as a 1x1 convolution's, or back.
-        if self.remap.is_some()
-            && tensor.shape() != &shape
-            && tensor.elem_count() == shape.elem_count()
-        {
-            tensor = tensor.reshape(shape.clone())?;
-        }
-        if tensor.shape() != &shape {
-            return Err(candle_core::Error::msg(format!(
-                "tensor `{name}` has shape {:?}, the config implies {:?}",
-                tensor.dims(),
-                shape.dims()
-            )));
-        }
-        Ok(tensor)
+        let tensor = self.load(name, dtype, device)?;
+        shaped_as(name, tensor, shape, self.remap.is_some())
     }
 
     fn get_unchecked(

@@ -38,13 +38,7 @@ fn checkpoint_files_are_listed_and_generate() {
         .success()
         .stderr(predicate::str::contains("broken cannot be served"));
     let table = String::from_utf8_lossy(&listed.get_output().stdout).to_string();
-    let row = |name: &str| {
-        let line = table.lines().find(|l| l.starts_with(name)).unwrap_or("");
-        line.split_whitespace()
-            .skip(1)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let row = |name: &str| crate::table_row(&table, name);
     assert_eq!(
         row("tiny-sd "),
         "- StableDiffusion diffusers folder 64x64 30 7.5",

@@ -16,13 +16,7 @@ fn zimage_and_sd3_models_list_and_generate_locally() {
         .success();
     let output = listed.get_output();
     let table = String::from_utf8_lossy(&output.stdout);
-    let row = |name: &str| {
-        let line = table.lines().find(|l| l.starts_with(name)).unwrap_or("");
-        line.split_whitespace()
-            .skip(1)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let row = |name: &str| crate::table_row(&table, name);
     assert_eq!(
         row("tiny-zimage "),
         "- ZImage diffusers folder 1024x1024 50 4",

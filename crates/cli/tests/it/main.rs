@@ -25,6 +25,16 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
+/// The row of `seedbed models list`'s table that starts with `name`, its cells after the first
+/// joined by single spaces ("" when there is none).
+fn table_row(table: &str, name: &str) -> String {
+    let line = table.lines().find(|l| l.starts_with(name)).unwrap_or("");
+    line.split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The binary with no `SEEDBED_*` setting from the environment the tests run in.
 fn seedbed() -> Command {
     let mut cmd = Command::cargo_bin("seedbed").unwrap();

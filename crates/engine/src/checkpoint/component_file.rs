@@ -113,35 +113,14 @@ fn vae(shapes: &Shapes, scale: f64, shift: Option<f64>) -> Found<(Layout, Value)
         }
     }
     if has(shapes, "decoder.up_blocks.") {
-        // diffusers' own names: its config is the LDM one read through the same shapes.
-        let levels = count_indices(shapes, "encoder.down_blocks.");
-        let channels = (0..levels)
-            .map(|i| {
-                Ok(shape_of(
-                    shapes,
-                    &format!("encoder.down_blocks.{i}.resnets.0.conv1.weight"),
-                )?[0])
-            })
-            .collect::<Found<Vec<usize>>>()?;
-        let at = |name: &str| shape_of(shapes, name);
-        let config = json!({
-            "_class_name": "AutoencoderKL",
-            "in_channels": at("encoder.conv_in.weight")?[1],
-            "out_channels": at("decoder.conv_out.weight")?[0],
-            "block_out_channels": channels,
-            "down_block_types": vec!["DownEncoderBlock2D"; levels],
-            "up_block_types": vec!["UpDecoderBlock2D"; levels],
-            "layers_per_block": count_indices(shapes, "encoder.down_blocks.0.resnets."),
-            "latent_channels": at("decoder.conv_in.weight")?[1],
-            "norm_num_groups": 32,
-            "act_fn": "silu",
-            "scaling_factor": scale,
-            "shift_factor": shift,
-            "use_quant_conv": shapes.contains_key("quant_conv.weight"),
-            "use_post_quant_conv": shapes.contains_key("post_quant_conv.weight"),
-            "mid_block_add_attention": has(shapes, "decoder.mid_block.attentions."),
-            "force_upcast": true,
-        });
+        let names = ldm_vae::VaeNames {
+            prefix: "",
+            levels: "encoder.down_blocks.",
+            first_conv: |i| format!("encoder.down_blocks.{i}.resnets.0.conv1.weight"),
+            first_level_blocks: "encoder.down_blocks.0.resnets.",
+            mid_attention: "decoder.mid_block.attentions.",
+        };
+        let config = names.config(shapes, scale, shift)?;
         return Ok((
             Layout::Diffusers {
                 prefix: String::new(),

@@ -278,14 +278,7 @@ impl SimpleBackend for Dense {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         let tensor = self.0.load(name, dtype, device)?;
-        if tensor.shape() != &shape {
-            return Err(candle_core::Error::msg(format!(
-                "tensor `{name}` has shape {:?}, the config implies {:?}",
-                tensor.dims(),
-                shape.dims()
-            )));
-        }
-        Ok(tensor)
+        crate::weights::shaped_as(name, tensor, shape, true)
     }
 
     fn get_unchecked(

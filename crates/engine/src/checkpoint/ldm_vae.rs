@@ -72,31 +72,68 @@ pub fn config(
     scaling_factor: f64,
     shift_factor: Option<f64>,
 ) -> Found<Value> {
-    let at = |name: &str| shape_of(shapes, &format!("{prefix}{name}"));
-    let levels = count_indices(shapes, &format!("{prefix}encoder.down."));
-    let channels = (0..levels)
-        .map(|i| Ok(at(&format!("encoder.down.{i}.block.0.conv1.weight"))?[0]))
-        .collect::<Found<Vec<usize>>>()?;
-    let latent = at("decoder.conv_in.weight")?[1];
-    let quant = shapes.contains_key(&format!("{prefix}quant_conv.weight"));
-    Ok(json!({
-        "_class_name": "AutoencoderKL",
-        "in_channels": at("encoder.conv_in.weight")?[1],
-        "out_channels": at("decoder.conv_out.weight")?[0],
-        "block_out_channels": channels,
-        "down_block_types": vec!["DownEncoderBlock2D"; levels],
-        "up_block_types": vec!["UpDecoderBlock2D"; levels],
-        "layers_per_block": count_indices(shapes, &format!("{prefix}encoder.down.0.block.")),
-        "latent_channels": latent,
-        "norm_num_groups": 32,
-        "act_fn": "silu",
-        "scaling_factor": scaling_factor,
-        "shift_factor": shift_factor,
-        "use_quant_conv": quant,
-        "use_post_quant_conv": shapes.contains_key(&format!("{prefix}post_quant_conv.weight")),
-        "mid_block_add_attention": shapes.contains_key(&format!("{prefix}decoder.mid.attn_1.q.weight")),
-        "force_upcast": true,
-    }))
+    let names = VaeNames {
+        prefix,
+        levels: "encoder.down.",
+        first_conv: |i| format!("encoder.down.{i}.block.0.conv1.weight"),
+        first_level_blocks: "encoder.down.0.block.",
+        mid_attention: "decoder.mid.attn_1.",
+    };
+    names.config(shapes, scaling_factor, shift_factor)
+}
+
+/// Where a VAE's config shows in its tensor names: the original layout's or diffusers'.
+pub(super) struct VaeNames<'a> {
+    pub prefix: &'a str,
+    /// The numbered levels of the encoder.
+    pub levels: &'a str,
+    /// A level's first convolution, whose output width is the level's.
+    pub first_conv: fn(usize) -> String,
+    /// The numbered blocks of the first level.
+    pub first_level_blocks: &'a str,
+    /// The decoder's middle attention, when there is one.
+    pub mid_attention: &'a str,
+}
+
+impl VaeNames<'_> {
+    pub(super) fn config(
+        &self,
+        shapes: &Shapes,
+        scaling_factor: f64,
+        shift_factor: Option<f64>,
+    ) -> Found<Value> {
+        let prefix = self.prefix;
+        let at = |name: &str| shape_of(shapes, &format!("{prefix}{name}"));
+        let has = |name: &str| {
+            let name = format!("{prefix}{name}");
+            shapes
+                .range(name.clone()..)
+                .next()
+                .is_some_and(|(found, _)| found.starts_with(&name))
+        };
+        let levels = count_indices(shapes, &format!("{prefix}{}", self.levels));
+        let channels = (0..levels)
+            .map(|i| Ok(at(&(self.first_conv)(i))?[0]))
+            .collect::<Found<Vec<usize>>>()?;
+        Ok(json!({
+            "_class_name": "AutoencoderKL",
+            "in_channels": at("encoder.conv_in.weight")?[1],
+            "out_channels": at("decoder.conv_out.weight")?[0],
+            "block_out_channels": channels,
+            "down_block_types": vec!["DownEncoderBlock2D"; levels],
+            "up_block_types": vec!["UpDecoderBlock2D"; levels],
+            "layers_per_block": count_indices(shapes, &format!("{prefix}{}", self.first_level_blocks)),
+            "latent_channels": at("decoder.conv_in.weight")?[1],
+            "norm_num_groups": 32,
+            "act_fn": "silu",
+            "scaling_factor": scaling_factor,
+            "shift_factor": shift_factor,
+            "use_quant_conv": has("quant_conv.weight"),
+            "use_post_quant_conv": has("post_quant_conv.weight"),
+            "mid_block_add_attention": has(self.mid_attention),
+            "force_upcast": true,
+        }))
+    }
 }
 
 #[cfg(test)]
