@@ -122,21 +122,28 @@ struct MappedFile {
     tensors: HashMap<String, TensorInfo>,
 }
 
+/// Map a weights file read-only (safetensors or GGUF).
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
+    let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: the file is mapped read-only; like every inference server we require that
+    // model files are not rewritten in place while they are loaded.
+    #[allow(unsafe_code)]
+    unsafe { Mmap::map(&file) }.map_err(|e| EngineError::Weights {
+        path: path.to_path_buf(),
+        message: format!("cannot memory-map the file: {e}"),
+    })
+}
+
 impl MappedFile {
     fn open(path: &Path) -> Result<Self> {
         let invalid = |message: String| EngineError::Weights {
             path: path.to_path_buf(),
             message,
         };
-        let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // SAFETY: the file is mapped read-only; like every inference server we require
-        // that model folders are not rewritten in place while they are loaded.
-        #[allow(unsafe_code)]
-        let map = unsafe { Mmap::map(&file) }
-            .map_err(|e| invalid(format!("cannot memory-map the file: {e}")))?;
+        let map = map_file(path)?;
         let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| {
             invalid(format!(
                 "not a valid safetensors file (truncated or corrupt?): {e:?}"

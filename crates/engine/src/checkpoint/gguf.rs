@@ -58,15 +58,7 @@ impl GgufFile {
             path: path.to_path_buf(),
             message,
         };
-        let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // SAFETY: the file is mapped read-only; as for safetensors (crate::weights), model
-        // files must not be rewritten in place while they are loaded.
-        #[allow(unsafe_code)]
-        let map = unsafe { Mmap::map(&file) }
-            .map_err(|e| invalid(format!("cannot memory-map the file: {e}")))?;
+        let map = crate::weights::map_file(path)?;
         let content =
             gguf_file::Content::read(&mut std::io::Cursor::new(&map[..])).map_err(|e| {
                 invalid(format!(
