@@ -238,6 +238,20 @@ impl WeightFiles {
         })
     }
 
+    /// Every tensor's name and shape, as the model asks for them; a tensor served from a
+    /// checkpoint through a remap has no shape here (the remap may cut or reshape it).
+    pub(crate) fn tensor_shapes(&self) -> std::collections::BTreeMap<String, Option<Vec<usize>>> {
+        match &self.remap {
+            Some(remap) => remap.keys().map(|name| (name.clone(), None)).collect(),
+            None => self
+                .mapped
+                .iter()
+                .flat_map(|file| &file.tensors)
+                .map(|(name, info)| (name.clone(), Some(info.shape.clone())))
+                .collect(),
+        }
+    }
+
     /// The file that errors are reported against (the first shard when sharded).
     pub fn path(&self) -> &Path {
         &self.files[0]
@@ -341,8 +355,12 @@ pub fn build_component<M>(
 ) -> Result<M> {
     let files = WeightFiles::open(dir, variant, names)?;
     let path = files.path().to_path_buf();
-    build(files.var_builder(dtype, device)).map_err(|e| EngineError::Weights {
-        path,
-        message: e.to_string(),
-    })
+    // The folder's name is the component a LoRA addresses (`unet`, `text_encoder_2`, ...).
+    let component = dir.file_name().unwrap_or_default().to_string_lossy();
+    crate::lora::hook::building(&component, || build(files.var_builder(dtype, device))).map_err(
+        |e| EngineError::Weights {
+            path,
+            message: e.to_string(),
+        },
+    )
 }

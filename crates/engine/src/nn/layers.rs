@@ -11,6 +11,8 @@ use candle_nn::{Conv2dConfig, Init, VarBuilder};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use crate::lora::hook::{self, Tag};
+
 /// The dtype activations are computed in for weights stored in `weights` on `device`.
 pub fn compute_dtype(weights: DType, device: &Device) -> DType {
     match (device, weights) {
@@ -85,12 +87,15 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     transposed: bool,
+    /// Where a LoRA finds this layer (`crate::lora::hook`); `None` when built by hand.
+    tag: Option<Tag>,
 }
 
 impl Linear {
     fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         let transposed = weight.device().is_cpu();
         Ok(Self {
+            tag: None,
             weight: if transposed {
                 super::transpose::transposed(weight)?
             } else {
@@ -103,23 +108,45 @@ impl Linear {
 }
 
 pub fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
-    let layer = candle_nn::linear(cin, cout, vb)?;
-    Linear::new(layer.weight(), layer.bias())
+    let layer = candle_nn::linear(cin, cout, vb.clone())?;
+    Ok(Linear::new(layer.weight(), layer.bias())?.tagged(&vb))
 }
 
 pub fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> Result<Linear> {
-    let layer = candle_nn::linear_no_bias(cin, cout, vb)?;
-    Linear::new(layer.weight(), None)
+    let layer = candle_nn::linear_no_bias(cin, cout, vb.clone())?;
+    Ok(Linear::new(layer.weight(), None)?.tagged(&vb))
+}
+
+impl Linear {
+    fn tagged(mut self, vb: &VarBuilder) -> Self {
+        self.tag = hook::tag_for(&vb.prefix());
+        self
+    }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let layout = if self.transposed {
+            hook::Stored::InOut
+        } else {
+            hook::Stored::OutIn
+        };
+        match hook::merged_weight(self.tag.as_ref(), &self.weight, layout)? {
+            Some(merged) => self.forward_with(x, &merged),
+            None => self.forward_with(x, &self.weight),
+        }
+    }
+}
+
+impl Linear {
+    /// The product with `weight`: the layer's own, or one merged with LoRAs.
+    fn forward_with(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         let bias = like_opt(self.bias.as_ref(), x)?;
         if !self.transposed {
-            return candle_nn::Linear::new(like(&self.weight, x)?, bias).forward(x);
+            return candle_nn::Linear::new(like(weight, x)?, bias).forward(x);
         }
         // All leading dimensions as rows of one 2-D product.
-        let weight = like(&self.weight, x)?;
+        let weight = like(weight, x)?;
         let (inner, out) = weight.dims2()?;
         let mut dims = x.dims().to_vec();
         dims.pop();
@@ -288,6 +315,12 @@ pub fn conv2d(
 }
 
 impl Conv2d {
+    /// The convolution with another weight of the same shape (one merged with LoRAs).
+    pub fn forward_with(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let (weight, bias) = (like(weight, x)?, like_opt(self.bias.as_ref(), x)?);
+        candle_nn::Conv2d::new(weight, bias, self.config).forward(x)
+    }
+
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }

@@ -18,6 +18,7 @@ pub use request::{
 };
 
 use crate::error::Result;
+use crate::lora::{LoraChoice, Loras};
 use crate::model::{Family, ModelSummary};
 use crate::residency::MemoryPlan;
 use crate::weights::Variant;
@@ -82,17 +83,21 @@ pub struct Pipeline {
     dir: PathBuf,
     summary: ModelSummary,
     generator: Box<dyn Generator>,
+    /// The LoRA sets of recent requests, applied on top of the loaded weights.
+    loras: Loras,
 }
 
 impl Pipeline {
     /// Load a diffusers model folder (the one holding `model_index.json`).
     pub fn load(dir: &Path, options: LoadOptions) -> Result<Self> {
         let summary = ModelSummary::read(dir)?;
+        let loras = Loras::new(dir, options.device.clone());
         let (_, generator) = crate::model::load(dir, options)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             summary,
             generator,
+            loras,
         })
     }
 
@@ -121,6 +126,17 @@ impl Pipeline {
         on_progress: &mut dyn FnMut(Progress),
         cancel: &AtomicBool,
     ) -> Result<Vec<GeneratedImage>> {
+        self.generate_with_loras(request, &[], on_progress, cancel)
+    }
+
+    /// [`Self::generate`] with `loras` applied to the loaded weights for this call only.
+    pub fn generate_with_loras(
+        &self,
+        request: &GenerateRequest,
+        loras: &[LoraChoice],
+        on_progress: &mut dyn FnMut(Progress),
+        cancel: &AtomicBool,
+    ) -> Result<Vec<GeneratedImage>> {
         request.validate(self.latent_factor())?;
         let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
         self.family().check_options(
@@ -129,6 +145,9 @@ impl Pipeline {
             request.karras_sigmas,
             request.true_cfg_scale,
         )?;
-        self.generator.generate(request, on_progress, cancel)
+        let set = self.loras.set(loras)?;
+        crate::lora::with_active(set, || {
+            self.generator.generate(request, on_progress, cancel)
+        })
     }
 }
