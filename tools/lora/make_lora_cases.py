@@ -1,12 +1,15 @@
 # Tiny LoRA files for the tiny SD/SDXL fixtures, made with the reference tooling (peft + diffusers), and
 # reference outputs of diffusers' own `load_lora_weights` + `fuse_lora(lora_scale=...)` at two scales.
 #
-#   python tools/lora/make_lora_cases.py fixtures
+#   python tools/lora/make_lora_cases.py fixtures [sd|flux|all]
 #
 # writes fixtures/loras/*.safetensors and fixtures/cases-lora/{cases.json,<case>.safetensors}. A case has the
 # fields of fixtures/cases (fixtures/README.md) plus `loras`: [{"file": NAME, "scale": S}], and the same
 # tensors: initial latents, token ids, prompt embeddings (with the LoRA's text encoder layers), the lone UNet
 # probe, final latents and the image, so each stage the LoRA changes is compared where it happens.
+# `flux` adds a PEFT LoRA on tiny-flux-dev's transformer (fixtures/loras/tiny-flux-dev-peft.safetensors) and its
+# cases in fixtures/cases-lora-dit, in the DiT case format, made by tools/dit/make_dit_cases.py's own run_case
+# with the LoRA loaded and fused into the pipeline first.
 import json, os, sys, torch, numpy as np
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, DDIMScheduler, EulerDiscreteScheduler
 from peft import LoraConfig, inject_adapter_in_model
@@ -131,7 +134,39 @@ CASE_LIST = [
     dict(name="sdxl-lora-peft-0.6", loras=[{"file": "tiny-sdxl-peft.safetensors", "scale": 0.6}], **SDXL),
 ]
 
+FLUX_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                "proj_mlp", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
+FLUX_CASE = dict(model="tiny-flux-dev", prompt="a cinematic photo of a lighthouse at dusk", seed=3, height=64,
+                 width=64, steps=4, guidance_scale=3.5, max_sequence_length=512, scheduler="flow_euler",
+                 tolerance={"tensors_rel": 0.001, "image_abs": 0.004})
+
+def flux_cases():
+    from diffusers import FluxPipeline
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "dit"))
+    import make_dit_cases
+    models = os.path.join(FIX, "models-dit")
+    pipe = FluxPipeline.from_pretrained(os.path.join(models, "tiny-flux-dev"))
+    cfg = LoraConfig(r=4, lora_alpha=4, target_modules=FLUX_TARGETS, init_lora_weights=False)
+    pipe.transformer.add_adapter(cfg); randomize(pipe.transformer, 41, 0.1)
+    FluxPipeline.save_lora_weights(LORAS, weight_name="tiny-flux-dev-peft.safetensors",
+                                   transformer_lora_layers=get_peft_model_state_dict(pipe.transformer),
+                                   transformer_lora_adapter_metadata=cfg.to_dict())
+    out_dir = os.path.join(FIX, "cases-lora-dit"); os.makedirs(out_dir, exist_ok=True)
+    cases = [dict(name="flux-dev-lora-peft-1", loras=[{"file": "tiny-flux-dev-peft.safetensors", "scale": 1.0}], **FLUX_CASE),
+             dict(name="flux-dev-lora-peft-0.5", loras=[{"file": "tiny-flux-dev-peft.safetensors", "scale": 0.5}], **FLUX_CASE)]
+    for c in cases:
+        def tweak(pipe, c, kw):
+            pipe.load_lora_weights(LORAS, weight_name=c["loras"][0]["file"], adapter_name="a")
+            pipe.fuse_lora(lora_scale=c["loras"][0]["scale"], adapter_names=["a"])
+        t = make_dit_cases.run_case(c, models, tweak=tweak)
+        base = make_dit_cases.run_case(c, models)
+        save_file(t, os.path.join(out_dir, c["name"] + ".safetensors"))
+        print(c["name"], "final latents moved by", (t["final_latents"] - base["final_latents"]).abs().max().item())
+    json.dump(cases, open(os.path.join(out_dir, "cases.json"), "w"), indent=1)
+
 if __name__ == "__main__":
+    if (sys.argv[2] if len(sys.argv) > 2 else "all") == "flux":
+        flux_cases(); sys.exit(0)
     make_peft("tiny-sd", "tiny-sd-peft.safetensors", seed=21)
     kohya_from_peft("tiny-sd-peft.safetensors", "tiny-sd-kohya.safetensors", alpha=2.0)
     make_peft("tiny-sdxl", "tiny-sdxl-peft.safetensors", seed=31)
@@ -146,4 +181,6 @@ if __name__ == "__main__":
     kohya = load_file(os.path.join(CASES, "sd-lora-kohya-0.8.safetensors"))["prompt_embeds"]
     assert (kohya - pe).abs().max() > 1e-3, "diffusers ignored the Kohya file's text encoder LoRA"
     print("kohya text encoder moved prompt embeddings by", (kohya - pe).abs().max().item())
+    if (sys.argv[2] if len(sys.argv) > 2 else "all") == "all":
+        flux_cases()
     json.dump(CASE_LIST, open(os.path.join(CASES, "cases.json"), "w"), indent=1)

@@ -200,3 +200,29 @@ fn lora_cases_fail_without_their_loras() {
         assert!(!report.passed(), "{} passes without its LoRAs", case.name);
     }
 }
+
+/// A PEFT LoRA on tiny FLUX.1 [dev]'s transformer (`transformer.<module>.lora_A/B`) at two
+/// scales, against diffusers' fused pipeline in the DiT case format: the transformer probe, the
+/// latents and the image within the DiT cases' tolerances.
+#[test]
+fn flux_lora_reference_cases_pass() {
+    let cases_dir = fixtures().join("cases-lora-dit");
+    let cases = read_cases(&cases_dir).unwrap();
+    assert_eq!(cases.len(), 2);
+    let mut runner = ParityRunner::new(
+        &cases_dir,
+        &fixtures().join("models-dit"),
+        4e-3,
+        LoadOptions::default(),
+    );
+    for case in &cases {
+        let report = runner.run(case);
+        println!("{}", report.line());
+        assert!(report.passed(), "{}", report.line());
+        let stages: Vec<_> = report.comparisons.iter().map(|c| c.stage).collect();
+        assert!(stages.contains(&"transformer probe"), "{stages:?}");
+        let mut without = case.clone();
+        without.loras.clear();
+        assert!(!runner.run(&without).passed(), "{} passes without its LoRA", case.name);
+    }
+}
