@@ -53,7 +53,7 @@ pub(crate) fn tag_for(prefix: &str) -> Option<Tag> {
     })
 }
 
-/// One LoRA's term for one layer: `y += (x down^T) (scale up)^T`.
+/// One LoRA's change to one layer's weight, `scale * B A` (`(out, in)`), as its two factors.
 #[derive(Debug, Clone)]
 pub struct LowRank {
     /// `(in, rank)`: the file's `lora_down`/`lora_A` transposed, so that `x` multiplies it as is.
