@@ -223,6 +223,10 @@ fn flux_lora_reference_cases_pass() {
         assert!(stages.contains(&"transformer probe"), "{stages:?}");
         let mut without = case.clone();
         without.loras.clear();
-        assert!(!runner.run(&without).passed(), "{} passes without its LoRA", case.name);
+        assert!(
+            !runner.run(&without).passed(),
+            "{} passes without its LoRA",
+            case.name
+        );
     }
 }
