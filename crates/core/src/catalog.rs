@@ -13,6 +13,7 @@ use seedbed_engine::model::{Family, ModelSummary};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
+use crate::loras::LoraFolder;
 
 pub use unknown::UnknownModel;
 
@@ -99,6 +100,8 @@ pub struct Catalog {
     /// What other nodes sharing the database run (see [`Announcement`]): requests for them
     /// are accepted here and wait for those nodes.
     peers: Announcement,
+    /// `--loras-dir`: the LoRAs requests may name; none without it.
+    loras: Option<LoraFolder>,
 }
 
 /// What a node tells the others it runs: its models under every public name (folders and
@@ -227,6 +230,16 @@ impl Catalog {
     }
 
     /// Also name `relayed` (the models an upstream serves) when a model is not found.
+    /// Offer the LoRAs of `folder`.
+    pub fn with_loras(mut self, folder: Option<LoraFolder>) -> Self {
+        self.loras = folder;
+        self
+    }
+
+    pub fn loras(&self) -> Option<&LoraFolder> {
+        self.loras.as_ref()
+    }
+
     pub fn with_relayed(mut self, relayed: impl IntoIterator<Item = String>) -> Self {
         self.relayed = relayed.into_iter().collect();
         self

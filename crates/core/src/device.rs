@@ -27,6 +27,8 @@ pub struct DeviceJob {
     pub model_path: PathBuf,
     pub weights_bytes: u64,
     pub references: Vec<Bytes>,
+    /// The spec's LoRAs, resolved in this node's LoRA folder.
+    pub loras: Vec<seedbed_engine::lora::LoraChoice>,
     pub cancel: Arc<AtomicBool>,
     pub events: UnboundedSender<DeviceEvent>,
 }
@@ -205,7 +207,7 @@ fn run_job(cache: &mut ModelCache, job: &DeviceJob) -> std::result::Result<(), D
             });
         };
         let started = Instant::now();
-        match pipeline.generate(&request, &mut on_progress, &job.cancel) {
+        match pipeline.generate_with_loras(&request, &job.loras, &mut on_progress, &job.cancel) {
             Ok(mut images) => {
                 let Some(picture) = images.pop() else {
                     return Err(DeviceFailure::Internal(

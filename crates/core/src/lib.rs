@@ -15,6 +15,7 @@ pub mod inputs;
 mod janitor;
 pub mod jobs;
 pub mod local;
+pub mod loras;
 mod runner;
 pub mod sizes;
 pub mod spec;

@@ -31,6 +31,8 @@ pub struct Prepared {
     pub spec: LocalSpec,
     pub model: ModelEntry,
     pub references: Vec<Bytes>,
+    /// The spec's LoRAs, resolved in the catalog's LoRA folder.
+    pub loras: Vec<seedbed_engine::lora::LoraChoice>,
 }
 
 /// Validate `request` as the server does and load its reference images within `policy`.
@@ -46,12 +48,14 @@ pub async fn prepare(
         RunSpec::Relay(_) => return Err(CoreError::Internal("validation made a relay".into())),
     };
     let model = catalog.resolve(&spec.local_model)?.clone();
+    let loras = crate::loras::choices(&spec.loras, catalog.loras())?;
     let references = inputs::load(sources, policy).await?;
     Ok(Prepared {
         images,
         spec,
         model,
         references,
+        loras,
     })
 }
 
@@ -71,6 +75,7 @@ pub fn start(
         model_path: prepared.model.path,
         weights_bytes: prepared.model.weights_bytes,
         references: prepared.references,
+        loras: prepared.loras,
         cancel,
         events,
     })?;

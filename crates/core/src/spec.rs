@@ -7,7 +7,7 @@ use rand::Rng;
 use regex::Regex;
 use seedbed_engine::EngineError;
 use seedbed_engine::scheduler::SchedulerKind;
-use seedbed_types::{GenerationRequest, RawRequest, ResponseFormat, SequentialMode};
+use seedbed_types::{GenerationRequest, LoraUse, RawRequest, ResponseFormat, SequentialMode};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, ModelEntry};
@@ -95,6 +95,10 @@ pub struct LocalSpec {
     pub reference_images: Vec<String>,
     pub output_format: ImageFormat,
     pub watermark: bool,
+    /// The LoRAs applied, by their names in the LoRA folder (resolved again on the node that
+    /// runs the job), with their scales.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraUse>,
 }
 
 impl GenerationSpec {
@@ -191,6 +195,7 @@ pub fn validate(
     }
     let true_cfg_scale = request.true_cfg_scale;
     family_options(model, scheduler, karras_sigmas, true_cfg_scale)?;
+    let loras = loras(request, model, catalog)?;
     let strength = request.strength.unwrap_or(0.8);
     if !(strength > 0.0 && strength <= 1.0) {
         return Err(CoreError::invalid(
@@ -250,6 +255,7 @@ pub fn validate(
             reference_images: Vec::new(),
             output_format,
             watermark: request.watermark.unwrap_or(true),
+            loras,
         }),
     };
     Ok((spec, references))
@@ -282,6 +288,51 @@ fn family_options(
     }
 }
 
+/// The request's LoRAs, each found in the LoRA folder and checked against the model's layers
+/// from file headers alone (a LoRA for another model, a file in no known layout, a family that
+/// takes none: all 400s naming `loras`, before a job is written).
+fn loras(
+    request: &GenerationRequest,
+    model: &ModelEntry,
+    catalog: &Catalog,
+) -> Result<Vec<LoraUse>> {
+    let wanted = request.loras.as_deref().unwrap_or_default();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    if seedbed_engine::lora::targets::components(model.family).is_none() {
+        return Err(CoreError::invalid(
+            "loras",
+            format!(
+                "loras: model {} ({:?}) takes no LoRAs; {} models do.",
+                model.name,
+                model.family,
+                seedbed_engine::lora::FAMILIES_TAKING_LORAS
+            ),
+        ));
+    }
+    let parsed = crate::loras::parse_request(wanted, catalog.loras())?;
+    // A model another node runs has its folder there, not here: that node checks it.
+    if model.path.is_dir() {
+        for (lora, path) in &parsed {
+            seedbed_engine::lora::check(&model.path, path).map_err(|error| {
+                let message = match error {
+                    EngineError::InvalidInput { message, .. } => message,
+                    other => other.to_string(),
+                };
+                CoreError::invalid(
+                    "loras",
+                    format!(
+                        "loras: `{}` does not fit model {}: {message}.",
+                        lora.name, model.name
+                    ),
+                )
+            })?;
+        }
+    }
+    Ok(parsed.into_iter().map(|(lora, _)| lora).collect())
+}
+
 /// A request for a model an upstream serves: the upstream validates it; seedbed reads only what
 /// it needs to answer (`stream`, `response_format`) and to count images against key limits.
 pub fn validate_gateway(request: &GenerationRequest, raw: &RawRequest) -> Result<GenerationSpec> {
@@ -289,6 +340,14 @@ pub fn validate_gateway(request: &GenerationRequest, raw: &RawRequest) -> Result
         .ok_or(CoreError::MissingParameter { param: "model" })?;
     let prompt = request.prompt.clone().unwrap_or_default();
     check_length("prompt", &prompt)?;
+    if request.loras.as_ref().is_some_and(|l| !l.is_empty()) {
+        return Err(CoreError::invalid(
+            "loras",
+            format!(
+                "loras: model {public} is served by an upstream; LoRAs apply to local models only."
+            ),
+        ));
+    }
     let images = image_count(request, &prompt, 0)?;
     Ok(GenerationSpec {
         model: public.to_string(),

@@ -11,6 +11,8 @@ pub mod config_files;
 pub mod error;
 pub mod flux;
 pub(crate) mod image_ops;
+/// LoRA adapters per request (Kohya and diffusers/PEFT files).
+pub mod lora;
 pub(crate) mod lru;
 pub mod model;
 /// Kernels, public for `benches/kernels.rs`.

@@ -51,6 +51,16 @@ pub struct Case {
     /// FLUX: true CFG with the negative prompt when above 1.
     #[serde(default)]
     pub true_cfg_scale: Option<f64>,
+    /// LoRAs applied for this case (`fixtures/cases-lora`), files in the runner's LoRA folder.
+    #[serde(default)]
+    pub loras: Vec<CaseLora>,
+}
+
+/// One LoRA of a case: a file name in the LoRA folder and its scale.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct CaseLora {
+    pub file: String,
+    pub scale: f64,
 }
 
 /// One compared tensor.
@@ -126,6 +136,8 @@ pub struct ParityRunner {
     options: LoadOptions,
     /// Each model's pipeline, of its family's type, loaded by its first case.
     pipelines: HashMap<String, Box<dyn Any>>,
+    /// Where a case's `loras` files are: `loras/` beside the cases folder unless told.
+    loras_dir: PathBuf,
 }
 
 /// A family's stage-by-stage check of one case (its row in `crate::model`'s table).
@@ -149,7 +161,26 @@ impl ParityRunner {
             stage_tolerance: DEFAULT_STAGE_TOLERANCE,
             options,
             pipelines: HashMap::new(),
+            loras_dir: cases_dir.parent().unwrap_or(Path::new(".")).join("loras"),
         }
+    }
+
+    /// The LoRA set a case asks for, bound to its model (none without `loras`).
+    fn lora_set(&self, case: &Case) -> Result<Option<std::sync::Arc<crate::lora::ActiveSet>>> {
+        let choices: Vec<_> = case
+            .loras
+            .iter()
+            .map(|lora| crate::lora::LoraChoice {
+                name: lora.file.clone(),
+                path: self.loras_dir.join(&lora.file),
+                scale: lora.scale,
+            })
+            .collect();
+        crate::lora::Loras::new(
+            &self.models_dir.join(&case.model),
+            self.options.device.clone(),
+        )
+        .set(&choices)
     }
 
     /// Allow intermediate stages to differ by `fraction` of the reference's largest magnitude
@@ -163,7 +194,13 @@ impl ParityRunner {
         let mut comparisons = Vec::new();
         let mut skipped = None;
         let outcome = match self.family_of(&case.model) {
-            Ok(Ok(family)) => (family.entry().parity)(self, case, &mut comparisons),
+            // A case's LoRAs are active for every stage its family's check runs.
+            Ok(Ok(family)) => match self.lora_set(case) {
+                Ok(set) => crate::lora::with_active(set, || {
+                    (family.entry().parity)(self, case, &mut comparisons)
+                }),
+                Err(error) => Err(error),
+            },
             Ok(Err(class)) => {
                 skipped = Some(format!("{class} is not supported yet"));
                 Ok(())

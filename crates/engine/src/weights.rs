@@ -254,6 +254,28 @@ impl WeightFiles {
         })
     }
 
+    /// Every tensor's name and shape, as the model asks for them; a tensor served from a
+    /// checkpoint through a remap has no shape here (the remap may cut or reshape it).
+    pub(crate) fn tensor_shapes(&self) -> std::collections::BTreeMap<String, Option<Vec<usize>>> {
+        match &self.remap {
+            Some(remap) => {
+                let shapes: Shapes = self
+                    .mapped
+                    .iter()
+                    .flat_map(|file| &file.tensors)
+                    .map(|(name, info)| (name.clone(), info.shape.clone()))
+                    .collect();
+                remapped_shapes(remap, &shapes)
+            }
+            None => self
+                .mapped
+                .iter()
+                .flat_map(|file| &file.tensors)
+                .map(|(name, info)| (name.clone(), Some(info.shape.clone())))
+                .collect(),
+        }
+    }
+
     /// The file that errors are reported against (the first shard when sharded).
     pub fn path(&self) -> &Path {
         &self.files[0]
@@ -369,6 +391,40 @@ impl SimpleBackend for WeightFiles {
 }
 
 /// The GGUF checkpoint a component folder's pointer names, opened; `None` for any other folder.
+/// Every diffusers name of `remap` with its shape in the checkpoint's `shapes`.
+fn remapped_shapes(
+    remap: &Remap,
+    shapes: &Shapes,
+) -> std::collections::BTreeMap<String, Option<Vec<usize>>> {
+    remap
+        .iter()
+        .map(|(name, source)| (name.clone(), source.shape(shapes)))
+        .collect()
+}
+
+/// The tensors a component folder serves, by the names its model asks for, with their shapes
+/// (`None` where a file does not say): from its safetensors files or the checkpoint, GGUF
+/// included, that its pointer names. Headers only.
+pub(crate) fn component_shapes(
+    dir: &Path,
+    names: NameScheme,
+) -> Result<std::collections::BTreeMap<String, Option<Vec<usize>>>> {
+    if let Some(pointer) = Pointer::read(dir)?
+        && is_gguf(&pointer.file)
+    {
+        let shapes = crate::checkpoint::read_shapes(&pointer.file)?;
+        let remap = pointer
+            .layout
+            .remap(&shapes)
+            .map_err(|message| EngineError::Weights {
+                path: pointer.file.clone(),
+                message,
+            })?;
+        return Ok(remapped_shapes(&remap, &shapes));
+    }
+    Ok(WeightFiles::open(dir, Variant::Auto, names)?.tensor_shapes())
+}
+
 fn gguf_pointer(dir: &Path) -> Result<Option<GgufFile>> {
     match Pointer::read(dir)? {
         Some(pointer) if is_gguf(&pointer.file) => {
@@ -412,7 +468,9 @@ pub fn build_quantizable<M>(
             (path, files.var_builder(dtype, device).into())
         }
     };
-    build(weights).map_err(|e| EngineError::Weights {
+    // The folder's name is the component a LoRA addresses (`unet`, `text_encoder_2`, ...).
+    let component = dir.file_name().unwrap_or_default().to_string_lossy();
+    crate::lora::hook::building(&component, || build(weights)).map_err(|e| EngineError::Weights {
         path,
         message: e.to_string(),
     })

@@ -53,6 +53,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys/{id}", delete(routes::keys::revoke))
         .route("/v1/usage", get(routes::usage::get))
         .route("/v1/models", get(routes::ops::list_models))
+        .route("/v1/loras", get(routes::ops::list_loras))
         .route("/health", get(routes::ops::health))
         .route("/info", get(routes::ops::info))
         .route("/metrics", get(routes::ops::metrics))

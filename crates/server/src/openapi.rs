@@ -6,7 +6,7 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
 use seedbed_types::{
     ApiError, CreateKey, GenerationRequest, Health, ImagesResponse, JobEvent, JobList, JobView,
-    KeyList, KeyView, ModelList, ServerInfo, StreamEvent, UsageView,
+    KeyList, KeyView, LoraList, ModelList, ServerInfo, StreamEvent, UsageView,
 };
 use serde_json::{Map, Value, json};
 
@@ -75,7 +75,7 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "A self-hosted, Seedream-compatible image generation service. \
                 `images/generations` follows the BytePlus ModelArk / Volcengine Ark API; \
-                `/v1/jobs`, `/v1/keys`, `/v1/usage` and `/v1/models` are seedbed's own.",
+                `/v1/jobs`, `/v1/keys`, `/v1/usage`, `/v1/models` and `/v1/loras` are seedbed's own.",
         },
         "paths": paths,
         "components": {
@@ -330,6 +330,22 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Operation> {
             params: &[],
             request: None,
             ok: (200, Body::Json(schema::<ModelList>(g))),
+        },
+        Operation {
+            method: "get",
+            path: "/v1/loras".into(),
+            id: "listLoras".into(),
+            summary: "LoRAs a generation request may apply by name (`loras`)",
+            description: "The `*.safetensors` files of the server's `--loras-dir`, each under its file name \
+                without the extension; an empty list when the server has none. A request's `loras` \
+                names them (never a path) with a `scale`; SD 1.x/2.x, SDXL and FLUX.1 models take them. \
+                Kohya (`lora_unet_`/`lora_te_`) and diffusers/PEFT (`unet.`/`text_encoder.`/`transformer.` \
+                with `lora_A`/`lora_B`) files are read; a name not listed, a model that takes no LoRAs, or \
+                a file in no known layout or for another model's layers is a 400 naming `loras`.",
+            access: Access::Public,
+            params: &[],
+            request: None,
+            ok: (200, Body::Json(schema::<LoraList>(g))),
         },
         Operation {
             method: "get",

@@ -34,6 +34,8 @@ pub struct ServeConfig {
     /// `<data_dir>/node-id`.
     pub node_id: Option<String>,
     pub models_dir: PathBuf,
+    /// Folder of LoRA files (`*.safetensors`) requests may name in `loras`; none without it.
+    pub loras_dir: Option<PathBuf>,
     pub aliases: Vec<(String, String)>,
     /// Bootstrap keys with every scope, stored hashed. Exactly these are the bootstrap keys:
     /// one removed from the list is revoked at the next start.
@@ -68,6 +70,7 @@ impl ServeConfig {
             s3: None,
             node_id: None,
             models_dir,
+            loras_dir: None,
             aliases: Vec::new(),
             api_keys: Vec::new(),
             key_secret_file: None,
@@ -231,7 +234,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     // A missing bucket or refused credentials stop the start, not the first image.
     blobs.check().await?;
     let access = open_key_store(&config, &db).await?;
-    let catalog = Catalog::scan(&config.models_dir, &config.aliases)?;
+    let loras = match &config.loras_dir {
+        Some(dir) => Some(seedbed_core::loras::LoraFolder::open(dir)?),
+        None => None,
+    };
+    let catalog = Catalog::scan(&config.models_dir, &config.aliases)?.with_loras(loras);
     if catalog.models().next().is_none() {
         tracing::warn!(dir = %config.models_dir.display(), "no model folders found; every generation will be 404");
     }

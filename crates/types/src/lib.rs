@@ -18,12 +18,13 @@ pub mod stream;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use job_event::JobEvent;
 pub use manage::{
-    CreateKey, Health, JobList, JobProgress, JobState, JobView, KeyList, KeyView, ModelList,
-    ModelView, ServerInfo, ServerLimits, UsageEntry, UsageTotals, UsageView,
+    CreateKey, Health, JobList, JobProgress, JobState, JobView, KeyList, KeyView, LoraList,
+    LoraUse, LoraView, ModelList, ModelView, ServerInfo, ServerLimits, UsageEntry, UsageTotals,
+    UsageView,
 };
 pub use raw::RawRequest;
 pub use request::{
-    GenerationRequest, ImageInput, OptimizePromptOptions, ResponseFormat, SequentialMode,
+    GenerationRequest, ImageInput, LoraRef, OptimizePromptOptions, ResponseFormat, SequentialMode,
     SequentialOptions,
 };
 pub use request_id::{new_request_id, now_ms, utc_parts};

@@ -30,9 +30,38 @@ pub struct JobView {
     /// The node (`seedbed serve` process) that runs or last ran the job; null before any did.
     #[serde(default)]
     pub node: Option<String>,
+    /// The LoRAs the job applies (local models; left out when none), with the scale used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraUse>,
     /// The images so far, in the shape of the synchronous response.
     pub result: Option<ImagesResponse>,
     pub error: Option<ImageError>,
+}
+
+/// A LoRA a job applied, and at which scale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoraUse {
+    pub name: String,
+    pub scale: f64,
+}
+
+/// One LoRA of the server's LoRA folder, as `GET /v1/loras` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoraView {
+    /// The name to send in a request's `loras`.
+    pub name: String,
+    /// Always `lora`.
+    pub object: String,
+    /// The file's size.
+    pub bytes: u64,
+}
+
+/// `GET /v1/loras`: every LoRA a request may name, sorted by name (empty without a LoRA folder).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoraList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<LoraView>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -65,6 +65,10 @@ pub struct GenerationRequest {
     /// seedbed extension (FLUX models): true classifier-free guidance, 1..=30. Above 1, with a
     /// `negative_prompt`, each step runs the model on both prompts (twice the time); default off.
     pub true_cfg_scale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// seedbed extension (local SD, SDXL and FLUX models): LoRAs from the server's LoRA folder
+    /// (`GET /v1/loras`), applied in order for this request only; at most 8.
+    pub loras: Option<Vec<LoraRef>>,
 
     /// Everything else, including fields seedbed does not know (`tools`, `optimize_prompt`,
     /// `layer_decomposition`, ...), with `null`s dropped.
@@ -115,6 +119,17 @@ fn non_null_map<'de, D: Deserializer<'de>>(
     let mut map = Map::<String, Value>::deserialize(deserializer)?;
     map.retain(|_, value| !value.is_null());
     Ok(map)
+}
+
+/// One LoRA a request asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoraRef {
+    /// A name `GET /v1/loras` lists: a file of the server's LoRA folder without its
+    /// `.safetensors`; never a path.
+    pub name: String,
+    /// The factor on the LoRA's change, -4..=4; default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
 }
 
 /// `image`: one URL / data URI, or a list of them.

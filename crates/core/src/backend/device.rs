@@ -61,6 +61,15 @@ impl DeviceBackend {
                 return Ok(Done::Failed(Failure::new(code, error.to_string())));
             }
         };
+        let loras = match crate::loras::choices(&spec.loras, self.catalog.loras()) {
+            Ok(loras) => loras,
+            Err(error) => {
+                return Ok(Done::Failed(Failure::new(
+                    ErrorCode::InvalidParameter,
+                    error.to_string(),
+                )));
+            }
+        };
         let mut references = Vec::new();
         for key in &spec.reference_images {
             let bytes = self.blobs.get(key).await?.ok_or_else(|| {
@@ -80,6 +89,7 @@ impl DeviceBackend {
             model_path: model.path.clone(),
             weights_bytes: model.weights_bytes,
             references,
+            loras,
             cancel: cancel.clone(),
             events,
         })?;

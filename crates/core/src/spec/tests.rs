@@ -233,3 +233,77 @@ fn a_spec_is_stored_flat_and_rows_from_before_the_split_still_read() {
     stored["scheduler"] = "plms".into();
     assert!(serde_json::from_value::<GenerationSpec>(stored).is_err());
 }
+
+fn with_loras(catalog: Catalog) -> Catalog {
+    let loras = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/loras");
+    catalog.with_loras(Some(crate::loras::LoraFolder::open(&loras).unwrap()))
+}
+
+fn lora_message(catalog: &Catalog, json: serde_json::Value) -> String {
+    match validate(&request(json), catalog).unwrap_err() {
+        CoreError::InvalidParameter { param, message } => {
+            assert_eq!(param, "loras");
+            message
+        }
+        other => panic!("not a loras error: {other}"),
+    }
+}
+
+#[test]
+fn loras_are_found_checked_against_the_model_and_recorded() {
+    let catalog = with_loras(catalog());
+    let (spec, _) = validate(
+        &request(serde_json::json!({"model": "tiny-sdxl", "prompt": "a fox",
+            "loras": [{"name": "tiny-sdxl-peft", "scale": 0.6}]})),
+        &catalog,
+    )
+    .unwrap();
+    let local = spec.local().unwrap();
+    assert_eq!(
+        local.loras,
+        [LoraUse {
+            name: "tiny-sdxl-peft".into(),
+            scale: 0.6
+        }]
+    );
+    // Stored and read back with the job.
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(
+        json["loras"],
+        serde_json::json!([{"name": "tiny-sdxl-peft", "scale": 0.6}])
+    );
+    assert_eq!(
+        serde_json::from_value::<GenerationSpec>(json).unwrap(),
+        spec
+    );
+    // No LoRAs: nothing stored, so older rows and new ones read the same.
+    let plain = check(serde_json::json!({"model": "tiny-sd", "prompt": "a fox"})).unwrap();
+    assert!(serde_json::to_value(&plain).unwrap().get("loras").is_none());
+
+    let message = lora_message(
+        &catalog,
+        serde_json::json!({"model": "tiny-sd", "prompt": "a fox", "loras": [{"name": "tiny-sdxl-peft"}]}),
+    );
+    assert!(message.contains("does not fit model tiny-sd"), "{message}");
+}
+
+#[test]
+fn loras_for_a_model_that_takes_none_or_an_upstream_are_refused() {
+    let dit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models-dit");
+    let catalog = with_loras(Catalog::scan(&dit, &[]).unwrap());
+    let message = lora_message(
+        &catalog,
+        serde_json::json!({"model": "tiny-zimage", "prompt": "a fox", "loras": [{"name": "tiny-sd-peft"}]}),
+    );
+    assert!(message.contains("takes no LoRAs"), "{message}");
+    let body =
+        serde_json::json!({"model": "up", "prompt": "a fox", "loras": [{"name": "tiny-sd-peft"}]});
+    let raw = RawRequest::parse(&serde_json::to_vec(&body).unwrap()).unwrap();
+    match validate_gateway(&request(body), &raw).unwrap_err() {
+        CoreError::InvalidParameter { param, message } => {
+            assert_eq!(param, "loras");
+            assert!(message.contains("served by an upstream"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+}

@@ -116,6 +116,17 @@ impl Source {
         }
     }
 
+    /// The shape of the diffusers tensor, from the checkpoint's `shapes`.
+    pub fn shape(&self, shapes: &Shapes) -> Option<Vec<usize>> {
+        let mut shape = shapes.get(self.tensor())?.clone();
+        match self {
+            Self::Rows { len, .. } => *shape.first_mut()? = *len,
+            Self::Transposed(_) => shape.reverse(),
+            Self::Tensor(_) | Self::SwappedHalves(_) => {}
+        }
+        Some(shape)
+    }
+
     /// Make the diffusers tensor from the checkpoint's, fetched by `fetch`.
     pub fn produce(
         &self,

@@ -129,6 +129,12 @@ impl FluxPipeline {
 
     /// The prompt's T5 states and CLIP pooled vector, from the cache when it was encoded lately.
     pub fn encode(&self, prompt: &str, length: usize) -> Result<FluxPrompt> {
+        // The cache holds prompts encoded by the plain encoders; a LoRA on either changes them.
+        let lora_on_text = crate::lora::hook::active()
+            .is_some_and(|set| set.touches("text_encoder") || set.touches("text_encoder_2"));
+        if lora_on_text {
+            return self.encode_uncached(prompt, length);
+        }
         self.prompts
             .get_or_encode(prompt, length, || self.encode_uncached(prompt, length))
     }

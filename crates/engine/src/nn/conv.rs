@@ -12,6 +12,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::layers::{self, Conv2d};
 use super::{im2col, winograd};
+use crate::lora::hook::{self, Tag};
 
 /// From this many output tiles on, Winograd beats one im2col GEMM (the weight transform and
 /// narrow GEMMs cost more on the UNet's 16x16 and 8x8 levels); measured with
@@ -25,6 +26,9 @@ pub struct SameConv {
     kernel: usize,
     in_channels: usize,
     out_channels: usize,
+    /// Where a LoRA finds a 1x1 convolution (`crate::lora::hook`); LoRAs on 3x3 ones
+    /// (LoCon) are refused when the file is read, so those carry none.
+    tag: Option<Tag>,
 }
 
 pub type Conv3x3 = SameConv;
@@ -40,7 +44,13 @@ impl SameConv {
             padding: kernel / 2,
             ..Default::default()
         };
+        let tag = if kernel == 1 {
+            hook::tag_for(&vb.prefix())
+        } else {
+            None
+        };
         Ok(Self {
+            tag,
             conv: layers::conv2d(cin, cout, kernel, config, vb)?,
             kernel,
             in_channels: cin,
@@ -60,8 +70,20 @@ impl SameConv {
 
 impl Module for SameConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let merged = hook::merged_weight(
+            self.tag.as_ref(),
+            || Ok(self.conv.weight().clone()),
+            hook::Stored::Conv1x1,
+        )?;
+        self.forward_with(x, merged.as_ref().unwrap_or(self.conv.weight()))
+    }
+}
+
+impl SameConv {
+    /// The convolution with `weight`: its own, or one merged with LoRAs.
+    fn forward_with(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         if !self.runs_on_cpu_kernels(x) {
-            return self.forward_candle(x);
+            return self.conv.forward_with(x, weight);
         }
         let (batch, _, height, width) = x.dims4()?;
         let op = CpuConv {
@@ -79,7 +101,7 @@ impl Module for SameConv {
             },
         };
         // Half-precision weights (see `layers`) are widened here, once per call.
-        let weight = layers::like(self.conv.weight(), x)?.contiguous()?;
+        let weight = layers::like(weight, x)?.contiguous()?;
         x.contiguous()?.apply_op2_no_bwd(&weight, &op)
     }
 }

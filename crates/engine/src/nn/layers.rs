@@ -17,6 +17,8 @@ use candle_nn::{Conv2dConfig, Init, VarBuilder};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use crate::lora::hook::{self, Tag};
+
 /// The dtype activations are computed in for weights stored in `weights` on `device`.
 pub fn compute_dtype(weights: DType, device: &Device) -> DType {
     match (device, weights) {
@@ -150,6 +152,8 @@ impl<'a> From<VarBuilder<'a>> for Weights<'a> {
 pub struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
+    /// Where a LoRA finds this layer (`crate::lora::hook`); `None` when built by hand.
+    tag: Option<Tag>,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +180,7 @@ impl Linear {
                 transposed,
             },
             bias: bias.cloned(),
+            tag: None,
         })
     }
 
@@ -183,6 +188,7 @@ impl Linear {
         Ok(Self {
             weight: LinearWeight::Quantized(QMatMul::from_arc(Arc::new(weight))?),
             bias,
+            tag: None,
         })
     }
 
@@ -190,16 +196,21 @@ impl Linear {
     pub fn is_quantized(&self) -> bool {
         matches!(self.weight, LinearWeight::Quantized(_))
     }
+
+    fn tagged(mut self, vb: &VarBuilder) -> Self {
+        self.tag = hook::tag_for(&vb.prefix());
+        self
+    }
 }
 
 pub fn linear<'a>(cin: usize, cout: usize, weights: impl Into<Weights<'a>>) -> Result<Linear> {
     let weights = weights.into();
     if let Some(weight) = weights.quantized_linear(cin, cout)? {
         let bias = weights.vb.get(cout, "bias")?;
-        return Linear::quantized(weight, Some(bias));
+        return Ok(Linear::quantized(weight, Some(bias))?.tagged(&weights.vb));
     }
-    let layer = candle_nn::linear(cin, cout, weights.vb)?;
-    Linear::new(layer.weight(), layer.bias())
+    let layer = candle_nn::linear(cin, cout, weights.vb.clone())?;
+    Ok(Linear::new(layer.weight(), layer.bias())?.tagged(&weights.vb))
 }
 
 pub fn linear_no_bias<'a>(
@@ -209,28 +220,52 @@ pub fn linear_no_bias<'a>(
 ) -> Result<Linear> {
     let weights = weights.into();
     if let Some(weight) = weights.quantized_linear(cin, cout)? {
-        return Linear::quantized(weight, None);
+        return Ok(Linear::quantized(weight, None)?.tagged(&weights.vb));
     }
-    let layer = candle_nn::linear_no_bias(cin, cout, weights.vb)?;
-    Linear::new(layer.weight(), None)
+    let layer = candle_nn::linear_no_bias(cin, cout, weights.vb.clone())?;
+    Ok(Linear::new(layer.weight(), None)?.tagged(&weights.vb))
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let bias = like_opt(self.bias.as_ref(), x)?;
-        let (weight, transposed) = match &self.weight {
-            LinearWeight::Dense { weight, transposed } => (weight, *transposed),
-            LinearWeight::Quantized(weight) => {
+        match &self.weight {
+            LinearWeight::Dense { weight, transposed } => {
+                let layout = match transposed {
+                    true => hook::Stored::InOut,
+                    false => hook::Stored::OutIn,
+                };
+                let merged = hook::merged_weight(self.tag.as_ref(), || Ok(weight.clone()), layout)?;
+                self.dense(x, merged.as_ref().unwrap_or(weight), *transposed)
+            }
+            LinearWeight::Quantized(quantized) => {
+                // A LoRA on a quantized layer merges into its dequantized weight, once per
+                // LoRA set; the layer itself stays quantized.
+                let dequantized = || match quantized {
+                    QMatMul::QTensor(q) => q.dequantize(&q.device()),
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.clone()),
+                };
+                let layout = hook::Stored::OutIn;
+                if let Some(merged) = hook::merged_weight(self.tag.as_ref(), dequantized, layout)? {
+                    return self.dense(x, &merged, false);
+                }
                 // The quantized matmul takes f32 rows, contiguous.
-                let y = weight
+                let y = quantized
                     .forward(&x.to_dtype(DType::F32)?.contiguous()?)?
                     .to_dtype(x.dtype())?;
-                return match bias {
+                match like_opt(self.bias.as_ref(), x)? {
                     Some(bias) => y.broadcast_add(&bias),
                     None => Ok(y),
-                };
+                }
             }
-        };
+        }
+    }
+}
+
+impl Linear {
+    /// The product with a dense `weight`: the layer's own, or one merged with LoRAs;
+    /// `transposed` when it is stored `(in, out)`.
+    fn dense(&self, x: &Tensor, weight: &Tensor, transposed: bool) -> Result<Tensor> {
+        let bias = like_opt(self.bias.as_ref(), x)?;
         if !transposed {
             return candle_nn::Linear::new(like(weight, x)?, bias).forward(x);
         }
@@ -405,6 +440,12 @@ pub fn conv2d(
 }
 
 impl Conv2d {
+    /// The convolution with another weight of the same shape (one merged with LoRAs).
+    pub fn forward_with(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let (weight, bias) = (like(weight, x)?, like_opt(self.bias.as_ref(), x)?);
+        candle_nn::Conv2d::new(weight, bias, self.config).forward(x)
+    }
+
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }

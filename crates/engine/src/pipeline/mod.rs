@@ -19,6 +19,7 @@ pub use request::{
 
 use crate::checkpoint::Described;
 use crate::error::Result;
+use crate::lora::{LoraChoice, Loras};
 use crate::model::{Family, ModelSummary};
 use crate::residency::MemoryPlan;
 use crate::weights::Variant;
@@ -86,6 +87,8 @@ pub struct Pipeline {
     /// For a checkpoint file: the folder it is read through, kept while the model is loaded
     /// (components loaded per stage read it again).
     described: Option<Described>,
+    /// The LoRA sets of recent requests, applied on top of the loaded weights.
+    loras: Loras,
 }
 
 impl Pipeline {
@@ -100,12 +103,14 @@ impl Pipeline {
             Some(described) => (ModelSummary::described(described)?, described.dir()),
             None => (ModelSummary::read(path)?, path),
         };
+        let loras = Loras::new(folder, options.device.clone());
         let (_, generator) = crate::model::load(folder, options)?;
         Ok(Self {
             dir: path.to_path_buf(),
             summary,
             generator,
             described,
+            loras,
         })
     }
 
@@ -134,6 +139,17 @@ impl Pipeline {
         on_progress: &mut dyn FnMut(Progress),
         cancel: &AtomicBool,
     ) -> Result<Vec<GeneratedImage>> {
+        self.generate_with_loras(request, &[], on_progress, cancel)
+    }
+
+    /// [`Self::generate`] with `loras` applied to the loaded weights for this call only.
+    pub fn generate_with_loras(
+        &self,
+        request: &GenerateRequest,
+        loras: &[LoraChoice],
+        on_progress: &mut dyn FnMut(Progress),
+        cancel: &AtomicBool,
+    ) -> Result<Vec<GeneratedImage>> {
         request.validate(self.latent_factor())?;
         // A folder's name, or a checkpoint's without its extension.
         let name = match self.described {
@@ -147,6 +163,9 @@ impl Pipeline {
             request.karras_sigmas,
             request.true_cfg_scale,
         )?;
-        self.generator.generate(request, on_progress, cancel)
+        let set = self.loras.set(loras)?;
+        crate::lora::with_active(set, || {
+            self.generator.generate(request, on_progress, cancel)
+        })
     }
 }

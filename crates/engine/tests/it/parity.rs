@@ -178,3 +178,55 @@ fn half_precision_weights_stay_close_on_cpu() {
         }
     }
 }
+
+/// LoRAs against diffusers' `load_lora_weights` + `fuse_lora` (`tools/lora/make_lora_cases.py`):
+/// PEFT files for SD and SDXL at two scales each, and a Kohya-named one with its own alpha; every
+/// stage within the base cases' tolerances, so the text encoders' and the UNet's adapters are
+/// each checked where they act.
+#[test]
+fn lora_reference_cases_pass() {
+    assert_cases_pass(&fixtures().join("cases-lora"), 5);
+}
+
+/// The LoRA cases are not passed by the base model: without their LoRAs every one fails, so
+/// the check above sees the adapters' effect.
+#[test]
+fn lora_cases_fail_without_their_loras() {
+    let cases_dir = fixtures().join("cases-lora");
+    let mut runner = ParityRunner::new(&cases_dir, &models(), 4e-3, LoadOptions::default());
+    for mut case in read_cases(&cases_dir).unwrap() {
+        case.loras.clear();
+        let report = runner.run(&case);
+        assert!(!report.passed(), "{} passes without its LoRAs", case.name);
+    }
+}
+
+/// A PEFT LoRA on tiny FLUX.1 [dev]'s transformer (`transformer.<module>.lora_A/B`) at two
+/// scales, against diffusers' fused pipeline in the DiT case format: the transformer probe, the
+/// latents and the image within the DiT cases' tolerances.
+#[test]
+fn flux_lora_reference_cases_pass() {
+    let cases_dir = fixtures().join("cases-lora-dit");
+    let cases = read_cases(&cases_dir).unwrap();
+    assert_eq!(cases.len(), 2);
+    let mut runner = ParityRunner::new(
+        &cases_dir,
+        &fixtures().join("models-dit"),
+        4e-3,
+        LoadOptions::default(),
+    );
+    for case in &cases {
+        let report = runner.run(case);
+        println!("{}", report.line());
+        assert!(report.passed(), "{}", report.line());
+        let stages: Vec<_> = report.comparisons.iter().map(|c| c.stage).collect();
+        assert!(stages.contains(&"transformer probe"), "{stages:?}");
+        let mut without = case.clone();
+        without.loras.clear();
+        assert!(
+            !runner.run(&without).passed(),
+            "{} passes without its LoRA",
+            case.name
+        );
+    }
+}

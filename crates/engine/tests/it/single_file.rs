@@ -580,3 +580,55 @@ fn an_sd_unet_alone_as_safetensors_and_gguf() {
         );
     }
 }
+
+fn generate_with(path: &Path, request: &GenerateRequest, lora: &str) -> Vec<u8> {
+    let pipeline = Pipeline::load(path, LoadOptions::default()).unwrap();
+    let choice = seedbed_engine::lora::LoraChoice {
+        name: lora.into(),
+        path: fixtures().join("loras").join(format!("{lora}.safetensors")),
+        scale: 0.8,
+    };
+    let images = pipeline
+        .generate_with_loras(request, &[choice], &mut |_| {}, &AtomicBool::new(false))
+        .unwrap();
+    images
+        .into_iter()
+        .flat_map(|g| g.image.into_raw())
+        .collect()
+}
+
+/// A LoRA changes a checkpoint as it changes its folder, and a GGUF transformer's quantized
+/// layers as it changes their dense weights (merged into the dequantized ones).
+#[test]
+fn loras_apply_to_checkpoints_and_quantized_layers() {
+    let plain = generate(&checkpoint("tiny-sd"), &request(false));
+    let folder = generate_with(&models().join("tiny-sd"), &request(false), "tiny-sd-peft");
+    let file = generate_with(&checkpoint("tiny-sd"), &request(false), "tiny-sd-peft");
+    assert!(folder == file);
+    assert!(file != plain, "the LoRA changed nothing");
+    let lora = fixtures().join("loras/tiny-sd-kohya.safetensors");
+    seedbed_engine::lora::check(&checkpoint("tiny-sd"), &lora).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let flux = crate::dit_models().join("tiny-flux-dev");
+    let quantized = dir.path().join("flux.gguf");
+    std::fs::copy(
+        fixtures().join("single-file/tiny-flux-dev-q8_0.gguf"),
+        &quantized,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("flux.json"),
+        serde_json::json!({"base": flux}).to_string(),
+    )
+    .unwrap();
+    let dense = generate_with(&flux, &flux_request(), "tiny-flux-dev-peft");
+    let with_lora = generate_with(&quantized, &flux_request(), "tiny-flux-dev-peft");
+    let without = generate(&quantized, &flux_request());
+    let off = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    assert!(
+        with_lora != without,
+        "the LoRA changed nothing on quantized layers"
+    );
+    assert!(off(&with_lora, &dense) <= 3, "{}", off(&with_lora, &dense));
+}

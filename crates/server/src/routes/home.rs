@@ -17,6 +17,7 @@ const PAGE: &str = concat!(
     "generate images (also under <code>/v3</code>, <code>/byteplus/v3</code> and <code>/v1</code>)</li>\n",
     "<li><a href=\"/openapi.json\">/openapi.json</a>: the whole API</li>\n",
     "<li><a href=\"/v1/models\">/v1/models</a>: the models served (with a key)</li>\n",
+    "<li><a href=\"/v1/loras\">/v1/loras</a>: the LoRAs a request may apply (<code>loras</code>)</li>\n",
     "<li><a href=\"/health\">/health</a>: whether the server can take work</li>\n",
     "</ul>\n",
     "</body></html>\n",

@@ -62,6 +62,11 @@ async fn view(state: &AppState, job: &Job, images: Images) -> Result<JobView, Ap
         progress: job.progress,
         attempts: job.attempts,
         node: job.ran_on.clone(),
+        loras: job
+            .spec
+            .local()
+            .map(|local| local.loras.clone())
+            .unwrap_or_default(),
         result,
         error: job.error_code.clone().map(|code| ImageError {
             code,

@@ -1,11 +1,12 @@
 //! Operations: `/health` (open to all, for load balancers), `/info` and `/metrics` (upstream
-//! names, limits and counters: an `ops` or `admin` key or the metrics key), `/v1/models`.
+//! names, limits and counters: an `ops` or `admin` key or the metrics key), `/v1/models`,
+//! `/v1/loras`.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use seedbed_types::{Health, ModelList, ModelView, ServerInfo, ServerLimits};
+use seedbed_types::{Health, LoraList, ModelList, ModelView, ServerInfo, ServerLimits};
 
 use crate::auth::Operator;
 use crate::state::AppState;
@@ -74,6 +75,18 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         object: "list".into(),
         data: models(&state),
+    })
+}
+
+/// The LoRAs requests may name (the LoRA folder, read now), like `/v1/models` open to all.
+pub async fn list_loras(State(state): State<AppState>) -> Json<LoraList> {
+    let catalog = state.jobs().catalog();
+    Json(LoraList {
+        object: "list".into(),
+        data: catalog
+            .loras()
+            .map(|folder| folder.list())
+            .unwrap_or_default(),
     })
 }
 

@@ -15,5 +15,6 @@ mod hardening;
 mod jobs;
 mod keys;
 mod limits;
+mod loras;
 mod restart;
 mod snapshots;

@@ -46,6 +46,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SEEDBED_MODELS_DIR", default_value = "models")]
     models_dir: PathBuf,
 
+    /// Folder of LoRA files (`*.safetensors`, Kohya or diffusers/PEFT) that requests may
+    /// apply by name in `loras`; listed at GET /v1/loras. Without it, no LoRAs.
+    #[arg(long, env = "SEEDBED_LORAS_DIR")]
+    loras_dir: Option<PathBuf>,
+
     /// Serve a model under another name too, e.g. `seedream-4-5-251128=sdxl-turbo`.
     /// Repeatable; the variable takes a comma-separated list.
     #[arg(
@@ -328,6 +333,7 @@ impl ServeArgs {
     pub fn into_config(self) -> Result<ServeConfig> {
         let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
         let mut config = ServeConfig::new(self.listen, data_dir, self.models_dir);
+        config.loras_dir = self.loras_dir;
         config.aliases = self.aliases;
         config.api_keys = self.api_keys;
         config.key_secret_file = self.key_secret_file;

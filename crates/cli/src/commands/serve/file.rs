@@ -13,8 +13,8 @@ use toml::Value;
 /// Shown below `seedbed serve --help`; a test checks it names every option.
 pub const HELP: &str = "\
 Config file (--config): TOML with the options above under their flag names, `_` for `-`:
-  listen, data_dir, models_dir, alias, api_key, key_secret_file, metrics_key, public_url,
-  database_url, node_id, lease_secs, runs, blob_url, queue_size, max_body_bytes,
+  listen, data_dir, models_dir, loras_dir, alias, api_key, key_secret_file, metrics_key,
+  public_url, database_url, node_id, lease_secs, runs, blob_url, queue_size, max_body_bytes,
   max_input_image_bytes, image_ttl_secs, allow_private_urls, model_memory_gb,
   shutdown_grace_secs, max_in_flight,
   header_timeout_secs, body_timeout_secs, max_streams_per_key, max_streams,

@@ -85,6 +85,7 @@ fn every_option_can_be_set_in_the_file_under_its_flag_name() {
         r#"
 listen = "127.0.0.1:9999"
 models_dir = "my-models"
+loras_dir = "my-loras"
 alias = ["seedream=tiny-sd"]
 api_key = ["sk-one", "sk-two"]
 metrics_key = "scrape"
@@ -106,6 +107,10 @@ vae_tiling = "never"
     let config = config_from(&["--config", &path, "--data-dir", data.to_str().unwrap()]).unwrap();
     assert_eq!(config.listen.port(), 9999);
     assert_eq!(config.models_dir, std::path::Path::new("my-models"));
+    assert_eq!(
+        config.loras_dir.as_deref(),
+        Some(std::path::Path::new("my-loras"))
+    );
     assert_eq!(config.data_dir, data);
     assert_eq!(config.aliases, [("seedream".into(), "tiny-sd".into())]);
     let keys: Vec<_> = config.api_keys.iter().map(|k| k.expose()).collect();

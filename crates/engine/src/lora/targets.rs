@@ -1,0 +1,124 @@
+//! The layers of a model folder that a LoRA may change, read from its weight files' headers
+//! (no tensor is loaded): every linear weight and 1x1 convolution of the components a LoRA
+//! addresses, by the same [`Tag`] the built layers carry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::hook::Tag;
+use crate::error::{EngineError, Result};
+use crate::model::{Family, ModelIndex};
+use crate::weights::NameScheme;
+
+/// What a module is, as far as a LoRA is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// A linear layer or 1x1 convolution with these `(in, out)` features; `None` when the
+    /// component is served from a checkpoint through a remap whose shapes are not read here.
+    Dense(Option<(usize, usize)>),
+    /// A 3x3 (or larger) convolution: LoCon's, which the engine does not apply.
+    Conv,
+}
+
+/// A model's LoRA targets.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    pub(crate) modules: BTreeMap<Tag, ModuleKind>,
+    /// Per component, Kohya's spelling of each module (dots as `_`) to its tag.
+    pub(crate) kohya: HashMap<Arc<str>, HashMap<String, Tag>>,
+}
+
+/// The component folders a LoRA may address, per family; `None` for a family that takes none.
+pub fn components(family: Family) -> Option<&'static [&'static str]> {
+    match family {
+        Family::StableDiffusion => Some(&["unet", "text_encoder"]),
+        Family::StableDiffusionXl => Some(&["unet", "text_encoder", "text_encoder_2"]),
+        Family::Flux => Some(&["transformer", "text_encoder", "text_encoder_2"]),
+        Family::ZImage | Family::StableDiffusion3 => None,
+    }
+}
+
+/// The families that take LoRAs, for messages.
+pub const FAMILIES_TAKING_LORAS: &str = "SD 1.x/2.x, SDXL and FLUX.1";
+
+impl Targets {
+    /// Read the targets of the model folder `dir`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let index = ModelIndex::read(dir)?;
+        let family = index
+            .family(dir)
+            .map_err(|_| refuse_family(&index.class_name))?;
+        let components = components(family).ok_or_else(|| refuse_family(&index.class_name))?;
+        let mut targets = Self::default();
+        for component in components {
+            let folder = dir.join(component);
+            if !folder.is_dir() {
+                continue;
+            }
+            targets.add_component(
+                component,
+                crate::weights::component_shapes(&folder, NameScheme::Exact)?,
+            );
+        }
+        Ok(targets)
+    }
+
+    fn add_component(
+        &mut self,
+        component: &str,
+        shapes: std::collections::BTreeMap<String, Option<Vec<usize>>>,
+    ) {
+        let component: Arc<str> = Arc::from(component);
+        // CLIP weights may be stored without the `text_model.` prefix its layers are built with.
+        let clip_without_prefix = shapes
+            .keys()
+            .any(|name| name.starts_with("embeddings.token_embedding"));
+        let kohya = self.kohya.entry(component.clone()).or_default();
+        for (name, shape) in &shapes {
+            let Some(module) = name.strip_suffix(".weight") else {
+                continue;
+            };
+            // Embedding tables are 2-D too, but no layer of ours applies a LoRA to them.
+            if module.ends_with("embedding") {
+                continue;
+            }
+            let kind = match shape.as_deref() {
+                Some([out, inner]) => ModuleKind::Dense(Some((*inner, *out))),
+                Some([out, inner, 1, 1]) => ModuleKind::Dense(Some((*inner, *out))),
+                Some([_, _, _, _]) => ModuleKind::Conv,
+                Some(_) => continue,
+                None => ModuleKind::Dense(None),
+            };
+            let module = if clip_without_prefix && !module.starts_with("text_projection") {
+                format!("text_model.{module}")
+            } else {
+                module.to_string()
+            };
+            let tag = Tag {
+                component: component.clone(),
+                module: Arc::from(module.as_str()),
+            };
+            kohya.insert(module.replace('.', "_"), tag.clone());
+            self.modules.insert(tag, kind);
+        }
+    }
+
+    /// A few module names of `component`, for messages that say what was expected.
+    pub(crate) fn examples(&self, component: &str) -> Vec<String> {
+        self.modules
+            .iter()
+            .filter(|(tag, kind)| &*tag.component == component && **kind != ModuleKind::Conv)
+            .filter(|(tag, _)| tag.module.contains("attn") || tag.module.contains("attention"))
+            .take(2)
+            .map(|(tag, _)| format!("{}.{}", tag.component, tag.module))
+            .collect()
+    }
+}
+
+fn refuse_family(class: &str) -> EngineError {
+    EngineError::invalid(
+        "loras",
+        format!("a {class} model takes no LoRAs; {FAMILIES_TAKING_LORAS} models do"),
+    )
+}
