@@ -111,6 +111,61 @@ fn diffusers_name(name: &str, layers: usize) -> Option<String> {
     None
 }
 
+static DIFFUSERS_BLOCK: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)$").unwrap()
+});
+static DIFFUSERS_MID: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^mid_block\.(resnets|attentions)\.(\d+)\.(.*)$").unwrap());
+
+/// A resnet's part, diffusers' name to LDM's: `rest` is the part's name, alone or followed by
+/// `.` and a tensor or sub-module.
+fn ldm_resnet(rest: &str) -> Option<String> {
+    RESNET.iter().find_map(|(ldm, ours)| {
+        let part = ours.trim_end_matches('.');
+        let tail = rest.strip_prefix(part)?;
+        (tail.is_empty() || tail.starts_with('.'))
+            .then(|| format!("{}{tail}", ldm.trim_end_matches('.')))
+    })
+}
+
+/// The LDM/SGM name of a module of diffusers' UNet (the inverse of [`diffusers_name`] for
+/// what lives in resnets, attentions and the embeddings): how Kohya's SDXL LoRAs address
+/// layers (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`). `layers` is the
+/// UNet's `layers_per_block`.
+pub fn original_module(module: &str, layers: usize) -> Option<String> {
+    const SIMPLE: [(&str, &str); 6] = [
+        ("conv_in", "input_blocks.0.0"),
+        ("time_embedding.linear_1", "time_embed.0"),
+        ("time_embedding.linear_2", "time_embed.2"),
+        ("add_embedding.linear_1", "label_emb.0.0"),
+        ("add_embedding.linear_2", "label_emb.0.2"),
+        ("conv_out", "out.2"),
+    ];
+    if let Some((_, ldm)) = SIMPLE.iter().find(|(ours, _)| *ours == module) {
+        return Some(ldm.to_string());
+    }
+    if let Some(c) = DIFFUSERS_BLOCK.captures(module) {
+        let (block, i): (usize, usize) = (c[2].parse().ok()?, c[4].parse().ok()?);
+        let (blocks, index) = match &c[1] {
+            "down" => ("input_blocks", 1 + block * (layers + 1) + i),
+            _ => ("output_blocks", block * (layers + 1) + i),
+        };
+        return match &c[3] {
+            "resnets" => Some(format!("{blocks}.{index}.0.{}", ldm_resnet(&c[5])?)),
+            _ => Some(format!("{blocks}.{index}.1.{}", &c[5])),
+        };
+    }
+    let c = DIFFUSERS_MID.captures(module)?;
+    match (&c[1], &c[2]) {
+        ("attentions", "0") => Some(format!("middle_block.1.{}", &c[3])),
+        ("resnets", i) => {
+            let index = 2 * i.parse::<usize>().ok()?;
+            Some(format!("middle_block.{index}.{}", ldm_resnet(&c[3])?))
+        }
+        _ => None,
+    }
+}
+
 /// Every UNet tensor under `prefix`, by its diffusers name.
 pub fn remap(shapes: &Shapes, prefix: &str) -> Found<Remap> {
     let layers = read_shape(shapes, prefix)?.layers_per_block;
@@ -290,5 +345,38 @@ mod tests {
             assert_eq!(diffusers_name(ldm, 2).as_deref(), Some(ours), "{ldm}");
         }
         assert_eq!(diffusers_name("input_blocks.3.1.norm.weight", 2), None);
+    }
+
+    /// Every module a LoRA may address maps to its LDM name and back.
+    #[test]
+    fn diffusers_modules_have_their_original_names() {
+        let modules = [
+            "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+            "down_blocks.0.resnets.1.time_emb_proj",
+            "down_blocks.2.resnets.0.conv_shortcut",
+            "mid_block.attentions.0.proj_in",
+            "mid_block.resnets.1.conv2",
+            "up_blocks.0.attentions.2.transformer_blocks.1.ff.net.0.proj",
+            "up_blocks.1.resnets.2.conv1",
+            "time_embedding.linear_1",
+            "add_embedding.linear_2",
+        ];
+        for module in modules {
+            let ldm = original_module(module, 2).unwrap_or_else(|| panic!("{module}"));
+            let back = diffusers_name(&format!("{ldm}.weight"), 2);
+            assert_eq!(back, Some(format!("{module}.weight")), "{module} -> {ldm}");
+        }
+        assert_eq!(
+            original_module(
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+                2
+            )
+            .as_deref(),
+            Some("input_blocks.4.1.transformer_blocks.0.attn1.to_q")
+        );
+        assert_eq!(
+            original_module("up_blocks.0.resnets.0.time_emb_proj", 2).as_deref(),
+            Some("output_blocks.0.0.emb_layers.1")
+        );
     }
 }

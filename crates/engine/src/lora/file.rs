@@ -12,9 +12,11 @@
 //!   the `lora_adapter_metadata` diffusers writes into the header (`<component>.lora_alpha`
 //!   over `<component>.r`), and is the rank (a factor of 1) without it, as diffusers reads it.
 //!
-//! Kohya files for SDXL and FLUX name the UNet's or transformer's modules as the original
-//! (SGM, BFL) checkpoints do, not as diffusers does; those are refused by name until the
-//! original-to-diffusers maps exist.
+//! Kohya files for SDXL name the UNet's modules as the original SGM checkpoints do
+//! (`lora_unet_input_blocks_4_1_...`); the targets know that spelling too
+//! ([`crate::checkpoint::sd_unet::original_module`]). Kohya files for FLUX name BFL's fused
+//! layers (`double_blocks_0_img_attn_qkv`), which diffusers splits; those are refused by name
+//! for now.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -306,25 +308,15 @@ impl LoraFile {
                     return Ok(None);
                 };
                 let rest = &module[prefix.len()..];
-                if *component == "unet" {
-                    if ["input_blocks_", "middle_block_", "output_blocks_"]
+                if *component == "unet"
+                    && ["double_blocks_", "single_blocks_"]
                         .iter()
                         .any(|p| rest.starts_with(p))
-                    {
-                        return Err(bad(
-                            &self.path,
-                            "a Kohya SDXL LoRA (original SGM module names such as `lora_unet_input_blocks_...`) is not yet supported; use its diffusers/PEFT form (`unet.down_blocks...lora_A.weight`)",
-                        ));
-                    }
-                    if ["double_blocks_", "single_blocks_"]
-                        .iter()
-                        .any(|p| rest.starts_with(p))
-                    {
-                        return Err(bad(
-                            &self.path,
-                            "a Kohya FLUX LoRA (original BFL module names such as `lora_unet_double_blocks_...`) is not yet supported; use its diffusers/PEFT form (`transformer.transformer_blocks...lora_A.weight`)",
-                        ));
-                    }
+                {
+                    return Err(bad(
+                        &self.path,
+                        "a Kohya FLUX LoRA (original BFL module names such as `lora_unet_double_blocks_...`) is not yet supported; use its diffusers/PEFT form (`transformer.transformer_blocks...lora_A.weight`)",
+                    ));
                 }
                 Ok(targets
                     .kohya

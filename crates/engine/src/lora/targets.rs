@@ -14,8 +14,8 @@ use crate::weights::NameScheme;
 /// What a module is, as far as a LoRA is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModuleKind {
-    /// A linear layer or 1x1 convolution with these `(in, out)` features; `None` when the
-    /// component is served from a checkpoint through a remap whose shapes are not read here.
+    /// A linear layer or 1x1 convolution with these `(in, out)` features; `None` when its
+    /// file does not say.
     Dense(Option<(usize, usize)>),
     /// A 3x3 (or larger) convolution: LoCon's, which the engine does not apply.
     Conv,
@@ -61,7 +61,37 @@ impl Targets {
                 crate::weights::component_shapes(&folder, NameScheme::Exact)?,
             );
         }
+        if family.is_unet() {
+            targets.add_original_unet_names(&dir.join("unet/config.json"))?;
+        }
         Ok(targets)
+    }
+
+    /// Kohya's SDXL LoRAs name the UNet's layers as the original (SGM) checkpoints do
+    /// (`input_blocks_4_1_transformer_blocks_0_attn1_to_q`): their spelling of each UNet module
+    /// too.
+    fn add_original_unet_names(&mut self, config: &Path) -> Result<()> {
+        let config: serde_json::Value = crate::config_files::read_json(config)?;
+        // One count for every block in the UNets Kohya trains (2 in SD and SDXL).
+        let layers = match &config["layers_per_block"] {
+            serde_json::Value::Array(counts) => counts.first().and_then(|n| n.as_u64()),
+            count => count.as_u64(),
+        }
+        .unwrap_or(2) as usize;
+        let unet: Vec<Tag> = self
+            .modules
+            .keys()
+            .filter(|tag| &*tag.component == "unet")
+            .cloned()
+            .collect();
+        let kohya = self.kohya.entry(Arc::from("unet")).or_default();
+        for tag in unet {
+            if let Some(original) = crate::checkpoint::sd_unet::original_module(&tag.module, layers)
+            {
+                kohya.insert(original.replace('.', "_"), tag);
+            }
+        }
+        Ok(())
     }
 
     fn add_component(

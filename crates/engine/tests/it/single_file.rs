@@ -581,6 +581,23 @@ fn an_sd_unet_alone_as_safetensors_and_gguf() {
     }
 }
 
+/// Kohya's SDXL LoRAs name the UNet's layers as the original SGM checkpoints do
+/// (tools/lora/kohya_sdxl_from_peft.py renamed tiny-sdxl's PEFT LoRA, and diffusers paints the
+/// same picture from both): the engine reads them as the same LoRA.
+#[test]
+fn a_kohya_sdxl_lora_in_original_names_is_its_peft_twin() {
+    let folder = models().join("tiny-sdxl");
+    let peft = generate_with(&folder, &request(false), "tiny-sdxl-peft");
+    let kohya = generate_with(&folder, &request(false), "tiny-sdxl-kohya");
+    assert!(peft == kohya);
+    assert!(
+        peft != generate(&folder, &request(false)),
+        "the LoRA changed nothing"
+    );
+    // And on the SDXL checkpoint, whose UNet is stored under those very names.
+    assert!(generate_with(&checkpoint("tiny-sdxl"), &request(false), "tiny-sdxl-kohya") == peft);
+}
+
 fn generate_with(path: &Path, request: &GenerateRequest, lora: &str) -> Vec<u8> {
     let pipeline = Pipeline::load(path, LoadOptions::default()).unwrap();
     let choice = seedbed_engine::lora::LoraChoice {

@@ -2,11 +2,13 @@
 //! from the tensors it holds, and write the folder's configs (inferred, or a base folder's),
 //! tokenizers (built in, or the base's) and one [`super::POINTER`] per component.
 //!
-//! Beside `NAME.safetensors`, an optional `NAME.json` (`{"base": "some/diffusers-folder"}`,
-//! relative to the file) names a diffusers folder whose configs, tokenizers and scheduler are
-//! used instead of inferred ones, and whose components fill in those the file lacks (a VAE-less
-//! checkpoint). An optional `NAME.yaml` (the original LDM config A1111 reads) marks a
-//! v-prediction model with `parameterization: "v"`; SDXL files say so with a `v_pred` tensor.
+//! Beside `NAME.safetensors` (or `NAME.gguf`), an optional `NAME.json`, with paths relative to
+//! the file, names a diffusers folder as `base`, whose configs, tokenizers and scheduler are
+//! used instead of inferred ones and whose components fill in those the file lacks (a VAE-less
+//! checkpoint, a FLUX transformer alone), and files for single components (`vae`,
+//! `text_encoder`, `text_encoder_2`: see [`super::component_file`]). An optional `NAME.yaml`
+//! (the original LDM config A1111 reads) marks a v-prediction model with
+//! `parameterization: "v"`; SDXL files say so with a `v_pred` tensor.
 
 use std::path::{Path, PathBuf};
 
@@ -27,8 +29,7 @@ pub enum ModelFormat {
     /// One `.safetensors` file in the original layout.
     SingleFile,
     /// A GGUF file (a FLUX.1 transformer or an SD/SDXL UNet), `quant` its most common
-    /// quantized type (`q8_0`,
-    /// `q4_k`, ...; `f16` when none is quantized).
+    /// quantized type (`q8_0`, `q4_k`, ...; `f16` when none is quantized).
     Gguf { quant: String },
 }
 
@@ -47,7 +48,8 @@ impl std::fmt::Display for ModelFormat {
 pub struct Described {
     folder: tempfile::TempDir,
     pub format: ModelFormat,
-    /// The bytes of weights it reads: the checkpoint, and the base's components it uses.
+    /// The bytes of the weight files it reads (the checkpoint, component files, the base's
+    /// components), each once.
     pub weights_bytes: u64,
 }
 
@@ -59,10 +61,18 @@ impl Described {
 
 mod flux;
 
+/// The CLIP tokenizer every SD checkpoint's text encoders use, built in so that a checkpoint
+/// needs no folder.
 const VOCAB: &[u8] = include_bytes!("../../../../../fixtures/clip-tokenizer/vocab.json");
 const MERGES: &[u8] = include_bytes!("../../../../../fixtures/clip-tokenizer/merges.txt");
 
+/// Where each component of an SD/SDXL checkpoint lives in the original layout.
 const UNET: &str = "model.diffusion_model.";
+const VAE: &str = "first_stage_model.";
+const SD1_CLIP: &str = "cond_stage_model.transformer.";
+const SD2_CLIP: &str = "cond_stage_model.model.";
+const SDXL_CLIP_L: &str = "conditioner.embedders.0.transformer.";
+const SDXL_CLIP_G: &str = "conditioner.embedders.1.model.";
 
 /// Where the UNet's names start: under [`UNET`] in a full checkpoint, at the top in a file of
 /// the UNet alone.
@@ -71,11 +81,6 @@ fn unet_prefix(shapes: &Shapes) -> Option<&'static str> {
         .into_iter()
         .find(|prefix| shapes.contains_key(&format!("{prefix}input_blocks.0.0.weight")))
 }
-const VAE: &str = "first_stage_model.";
-const SD1_CLIP: &str = "cond_stage_model.transformer.";
-const SD2_CLIP: &str = "cond_stage_model.model.";
-const SDXL_CLIP_L: &str = "conditioner.embedders.0.transformer.";
-const SDXL_CLIP_G: &str = "conditioner.embedders.1.model.";
 
 /// The kinds of checkpoint recognised, by the tensors that give them away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +152,6 @@ pub fn describe(file: &Path) -> Result<Described> {
     let writer = Writer {
         file,
         shapes: &shapes,
-        base: sidecar.base.as_deref(),
         sidecar: &sidecar,
         out: folder.path(),
         v_prediction: v_prediction(file, &shapes),
@@ -255,10 +259,11 @@ pub(super) fn read_safetensors_shapes(file: &Path) -> Result<Shapes> {
         data_end = data_end.max(end);
         shapes.insert(name, shape);
     }
-    if 8 + header_len + data_end > length {
+    // Offsets come from the file: no arithmetic on them may overflow.
+    let end = (8 + header_len).saturating_add(data_end);
+    if end > length {
         return Err(invalid(format!(
-            "truncated: its tensors end at byte {} but the file has {length}",
-            8 + header_len + data_end
+            "truncated: its tensors end at byte {end} but the file has {length}"
         )));
     }
     Ok(shapes)
@@ -363,7 +368,6 @@ impl From<EngineError> for Problem {
 struct Writer<'a> {
     file: &'a Path,
     shapes: &'a Shapes,
-    base: Option<&'a Path>,
     sidecar: &'a Sidecar,
     out: &'a Path,
     v_prediction: bool,
@@ -503,8 +507,11 @@ impl Writer<'_> {
         }
     }
 
+    /// The base folder's `component`, when there is a base and it has one.
     fn base_dir(&self, component: &str) -> Option<PathBuf> {
-        self.base
+        self.sidecar
+            .base
+            .as_ref()
             .map(|base| base.join(component))
             .filter(|dir| dir.is_dir())
     }
@@ -606,7 +613,7 @@ impl Writer<'_> {
 
     fn model_index(&self, kind: Kind) -> Result<()> {
         let path = self.out.join("model_index.json");
-        if let Some(base) = self.base {
+        if let Some(base) = &self.sidecar.base {
             return copy(&base.join("model_index.json"), &path);
         }
         let pair = |library: &str, class: &str| json!([library, class]);
