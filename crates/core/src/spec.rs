@@ -312,8 +312,8 @@ fn loras(
         ));
     }
     let parsed = crate::loras::parse_request(wanted, catalog.loras())?;
-    // A model another node runs has its folder there, not here: that node checks it.
-    if model.path.is_dir() {
+    // A model another node runs has its folder or file there, not here: that node checks it.
+    if model.path.exists() {
         for (lora, path) in &parsed {
             seedbed_engine::lora::check(&model.path, path).map_err(|error| {
                 let message = match error {

@@ -287,6 +287,26 @@ fn loras_are_found_checked_against_the_model_and_recorded() {
     assert!(message.contains("does not fit model tiny-sd"), "{message}");
 }
 
+/// A checkpoint file is checked as a folder is: its layers are read through its header.
+#[test]
+fn loras_for_a_checkpoint_file_are_checked_against_its_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/single-file");
+    std::fs::copy(
+        single.join("tiny-sdxl.safetensors"),
+        dir.path().join("xl.safetensors"),
+    )
+    .unwrap();
+    let catalog = with_loras(Catalog::scan(dir.path(), &[]).unwrap());
+    let ok = serde_json::json!({"model": "xl", "prompt": "a fox", "loras": [{"name": "tiny-sdxl-kohya"}]});
+    assert!(validate(&request(ok), &catalog).is_ok());
+    let message = lora_message(
+        &catalog,
+        serde_json::json!({"model": "xl", "prompt": "a fox", "loras": [{"name": "tiny-sd-peft"}]}),
+    );
+    assert!(message.contains("does not fit model xl"), "{message}");
+}
+
 #[test]
 fn loras_for_a_model_that_takes_none_or_an_upstream_are_refused() {
     let dit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models-dit");
