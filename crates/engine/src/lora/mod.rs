@@ -21,7 +21,8 @@
 //! are an LRU of [`SETS`] per pipeline keyed by file, size, modification time and scale: a
 //! client iterating on a prompt with the same LoRAs pays the merge once, a third set drops the
 //! oldest one's copies. The base weights are never modified, so requests without LoRAs, or
-//! with another set, run the model as loaded.
+//! with another set, run the model as loaded. A quantized layer (a GGUF FLUX transformer's)
+//! merges into its dequantized weight, so its copy is dense: f32 on the CPU.
 
 pub mod file;
 pub mod hook;
