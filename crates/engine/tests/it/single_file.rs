@@ -44,9 +44,22 @@ fn request(init: bool) -> GenerateRequest {
 }
 
 fn generate(path: &Path, request: &GenerateRequest) -> Vec<u8> {
+    paint(path, request, &[])
+}
+
+/// The pixels of the model at `path` for `request`, with `loras` (fixtures/loras, scale 0.8).
+fn paint(path: &Path, request: &GenerateRequest, loras: &[&str]) -> Vec<u8> {
     let pipeline = Pipeline::load(path, LoadOptions::default()).unwrap();
+    let choices: Vec<_> = loras
+        .iter()
+        .map(|lora| seedbed_engine::lora::LoraChoice {
+            name: lora.to_string(),
+            path: fixtures().join("loras").join(format!("{lora}.safetensors")),
+            scale: 0.8,
+        })
+        .collect();
     let images = pipeline
-        .generate(request, &mut |_| {}, &AtomicBool::new(false))
+        .generate_with_loras(request, &choices, &mut |_| {}, &AtomicBool::new(false))
         .unwrap();
     images
         .into_iter()
@@ -599,19 +612,7 @@ fn a_kohya_sdxl_lora_in_original_names_is_its_peft_twin() {
 }
 
 fn generate_with(path: &Path, request: &GenerateRequest, lora: &str) -> Vec<u8> {
-    let pipeline = Pipeline::load(path, LoadOptions::default()).unwrap();
-    let choice = seedbed_engine::lora::LoraChoice {
-        name: lora.into(),
-        path: fixtures().join("loras").join(format!("{lora}.safetensors")),
-        scale: 0.8,
-    };
-    let images = pipeline
-        .generate_with_loras(request, &[choice], &mut |_| {}, &AtomicBool::new(false))
-        .unwrap();
-    images
-        .into_iter()
-        .flat_map(|g| g.image.into_raw())
-        .collect()
+    paint(path, request, &[lora])
 }
 
 /// A LoRA changes a checkpoint as it changes its folder, and a GGUF transformer's quantized
