@@ -21,6 +21,16 @@ fn checkpoint(name: &str) -> PathBuf {
         .join(format!("{name}.safetensors"))
 }
 
+/// `NAME.json` beside the model file `model`.
+fn write_sidecar(model: &Path, json: &serde_json::Value) {
+    std::fs::write(model.with_extension("json"), json.to_string()).unwrap();
+}
+
+/// The largest difference between two images' pixels, out of 255.
+fn most_off(a: &[u8], b: &[u8]) -> u8 {
+    a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
+}
+
 fn request(init: bool) -> GenerateRequest {
     GenerateRequest {
         prompt: "a lighthouse at dusk".into(),
@@ -373,7 +383,7 @@ fn components_from_files_of_their_own() {
             "vae": vae,
             "text_encoder": folder.join("text_encoder/model.safetensors"),
         });
-        std::fs::write(dir.path().join("model.json"), sidecar.to_string()).unwrap();
+        write_sidecar(&file, &sidecar);
         assert!(
             generate(&file, &request(true)) == expected,
             "{}",
@@ -387,7 +397,7 @@ fn components_from_files_of_their_own() {
         "vae": ldm_vae,
         "text_encoder": folder.join("text_encoder/model.safetensors"),
     });
-    std::fs::write(dir.path().join("model.json"), sidecar.to_string()).unwrap();
+    write_sidecar(&file, &sidecar);
     let described = describe(&file).unwrap();
     let read = |dir: &Path, component: &str| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(dir.join(component).join("config.json")).unwrap())
@@ -433,7 +443,7 @@ fn components_from_files_of_their_own() {
 
     // A file that is no VAE, named as one.
     let wrong = serde_json::json!({"vae": folder.join("text_encoder/model.safetensors")});
-    std::fs::write(dir.path().join("model.json"), wrong.to_string()).unwrap();
+    write_sidecar(&file, &wrong);
     let message = load_error(&file);
     assert!(
         message.contains("model.safetensors") && message.contains("autoencoder"),
@@ -510,12 +520,12 @@ fn a_flux_transformer_file_with_its_components() {
     let mut with_base = components.clone();
     with_base["base"] = serde_json::json!(folder);
     for sidecar in [serde_json::json!({"base": folder}), with_base] {
-        std::fs::write(dir.path().join("flux1-dev.json"), sidecar.to_string()).unwrap();
+        write_sidecar(&file, &sidecar);
         assert!(generate(&file, &flux_request()) == expected, "{sidecar}");
     }
 
     // The component files alone: configs from their tensors, tokenizers built in.
-    std::fs::write(dir.path().join("flux1-dev.json"), components.to_string()).unwrap();
+    write_sidecar(&file, &components);
     let summary = ModelSummary::read(&file).unwrap();
     assert_eq!(summary.family, seedbed_engine::model::Family::Flux);
     assert_eq!(generate(&file, &flux_request()).len(), 64 * 64 * 3);
@@ -526,11 +536,7 @@ fn a_flux_transformer_file_with_its_components() {
     let tensors: Vec<(String, _)> = tensors.into_iter().collect();
     let quantized = dir.path().join("flux1-dev-Q8_0.gguf");
     seedbed_engine::checkpoint::gguf::write(&quantized, &tensors, GgmlDType::Q8_0).unwrap();
-    std::fs::write(
-        dir.path().join("flux1-dev-Q8_0.json"),
-        serde_json::json!({"base": folder}).to_string(),
-    )
-    .unwrap();
+    write_sidecar(&quantized, &serde_json::json!({"base": folder}));
     let summary = ModelSummary::read(&quantized).unwrap();
     assert_eq!(
         summary.format,
@@ -540,12 +546,7 @@ fn a_flux_transformer_file_with_its_components() {
     );
     assert_eq!(summary.format.to_string(), "gguf q8_0");
     let pixels = generate(&quantized, &flux_request());
-    let worst = pixels
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let worst = most_off(&pixels, &expected);
     eprintln!("tiny FLUX transformer as gguf q8_0: at most {worst}/255 off the f32 image");
     // Measured: 1.
     assert!(worst <= 3, "q8_0 is {worst}/255 off the f32 image");
@@ -562,8 +563,8 @@ fn an_sd_unet_alone_as_safetensors_and_gguf() {
     let expected = generate(&folder, &request(false));
     let unet = dir.path().join("unet.safetensors");
     extract(&checkpoint("tiny-sd"), "model.diffusion_model.", &unet);
-    let base = serde_json::json!({"base": folder}).to_string();
-    std::fs::write(dir.path().join("unet.json"), &base).unwrap();
+    let base = serde_json::json!({"base": folder});
+    write_sidecar(&unet, &base);
     assert!(generate(&unet, &request(false)) == expected);
 
     let tensors = seedbed_engine::candle::safetensors::load(&unet, &Device::Cpu).unwrap();
@@ -576,16 +577,11 @@ fn an_sd_unet_alone_as_safetensors_and_gguf() {
     ] {
         let path = dir.path().join(format!("unet-{name}.gguf"));
         seedbed_engine::checkpoint::gguf::write(&path, &tensors, dtype).unwrap();
-        std::fs::write(path.with_extension("json"), &base).unwrap();
+        write_sidecar(&path, &base);
         let summary = ModelSummary::read(&path).unwrap();
         assert_eq!(summary.format.to_string(), format!("gguf {name}"));
         let pixels = generate(&path, &request(false));
-        let worst = pixels
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
+        let worst = most_off(&pixels, &expected);
         eprintln!("tiny-sd UNet as gguf {name}: at most {worst}/255 off the f32 image");
         assert!(
             worst <= worst_allowed,
@@ -635,18 +631,17 @@ fn loras_apply_to_checkpoints_and_quantized_layers() {
         &quantized,
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("flux.json"),
-        serde_json::json!({"base": flux}).to_string(),
-    )
-    .unwrap();
+    write_sidecar(&quantized, &serde_json::json!({"base": flux}));
     let dense = generate_with(&flux, &flux_request(), "tiny-flux-dev-peft");
     let with_lora = generate_with(&quantized, &flux_request(), "tiny-flux-dev-peft");
     let without = generate(&quantized, &flux_request());
-    let off = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
     assert!(
         with_lora != without,
         "the LoRA changed nothing on quantized layers"
     );
-    assert!(off(&with_lora, &dense) <= 3, "{}", off(&with_lora, &dense));
+    assert!(
+        most_off(&with_lora, &dense) <= 3,
+        "{}",
+        most_off(&with_lora, &dense)
+    );
 }
