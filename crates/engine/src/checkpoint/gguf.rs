@@ -12,7 +12,8 @@
 //! - as [`QuantizedWeights`], each linear weight stored in a quantized type as a [`QTensor`]
 //!   still in its blocks, cut from a fused tensor by whole rows (a row of a quantized tensor is
 //!   a run of whole blocks, so the cut needs no requantization). Linear layers built through
-//!   [`crate::nn::layers::Weights`] keep those and multiply with candle's quantized matmul.
+//!   [`crate::nn::layers::Weights`] (FLUX's transformer, the UNet's attention and feed-forward)
+//!   keep those and multiply through [`crate::nn::quantized::BlockMatrix`] on the CPU.
 //!
 //! Tensors are copied out of the memory-mapped file one at a time and the mapped pages handed
 //! back right after, as [`crate::weights`] does for safetensors.

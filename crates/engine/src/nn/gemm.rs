@@ -1,5 +1,5 @@
-//! The one place the engine calls the `gemm` crate directly: a bounds-checked, single-threaded
-//! f32 matrix product on strided views, for kernels that already run in parallel.
+//! The one place the engine calls the `gemm` crate directly: a bounds-checked f32 matrix product
+//! on strided views, single-threaded for kernels that already run in parallel.
 
 /// A `rows x cols` matrix read from `data` at `row * row_stride + col * col_stride`.
 #[derive(Clone, Copy)]
@@ -44,19 +44,46 @@ impl<'a> View<'a> {
 
 /// `dst = scale * lhs * rhs`, `dst` row-major `lhs.rows x rhs.cols`.
 pub fn matmul(lhs: View, rhs: View, dst: &mut [f32], scale: f32) {
+    let row_stride = rhs.cols;
+    assert_eq!(dst.len(), lhs.rows * rhs.cols, "destination size");
+    matmul_into(lhs, rhs, dst, row_stride, scale, 1);
+}
+
+/// `dst = scale * lhs * rhs` into the `lhs.rows x rhs.cols` block that starts at `dst[0]` with
+/// rows `dst_row_stride` apart (a band of columns of a wider matrix), on up to `threads`
+/// threads of the rayon pool (1 for kernels that already run in parallel).
+pub fn matmul_into(
+    lhs: View,
+    rhs: View,
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    scale: f32,
+    threads: usize,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions differ");
     assert!(lhs.fits() && rhs.fits(), "a view reaches past its slice");
-    assert_eq!(dst.len(), m * n, "destination size");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(n <= dst_row_stride, "destination rows overlap");
+    assert!(
+        (m - 1) * dst_row_stride + n <= dst.len(),
+        "the destination block reaches past its slice"
+    );
     if k == 0 {
-        dst.fill(0.0);
+        for row in dst.chunks_mut(dst_row_stride).take(m) {
+            row[..n].fill(0.0);
+        }
         return;
     }
-    // SAFETY: `fits` keeps every element either view can address inside its slice, `dst` is
-    // exactly m x n row-major and exclusively borrowed, so it overlaps neither input.
+    let parallelism = match threads {
+        0 | 1 => gemm::Parallelism::None,
+        threads => gemm::Parallelism::Rayon(threads),
+    };
+    // SAFETY: `fits` keeps every element either view can address inside its slice; the
+    // destination block's last element is inside `dst`, which is exclusively borrowed, so it
+    // overlaps neither input, and `n <= dst_row_stride` keeps its rows apart.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
@@ -65,7 +92,7 @@ pub fn matmul(lhs: View, rhs: View, dst: &mut [f32], scale: f32) {
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             false,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
@@ -78,7 +105,7 @@ pub fn matmul(lhs: View, rhs: View, dst: &mut [f32], scale: f32) {
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
@@ -112,5 +139,20 @@ mod tests {
             &mut dst,
             1.0,
         );
+    }
+
+    #[test]
+    fn a_band_of_columns_is_written_in_place() {
+        // 2x2 identity times [[1, 2], [3, 4]] into columns 1..3 of a 2x4 matrix of -1s.
+        let mut dst = [-1f32; 8];
+        matmul_into(
+            View::row_major(&[1., 0., 0., 1.], 2, 2, 2),
+            View::row_major(&[1., 2., 3., 4.], 2, 2, 2),
+            &mut dst[1..],
+            4,
+            1.0,
+            2,
+        );
+        assert_eq!(dst, [-1., 1., 2., -1., -1., 3., 4., -1.]);
     }
 }

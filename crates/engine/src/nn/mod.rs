@@ -9,6 +9,7 @@ pub mod im2col;
 pub mod layers;
 pub mod math;
 pub mod norm;
+pub mod quantized;
 pub mod resnet;
 pub mod transpose;
 pub mod winograd;
