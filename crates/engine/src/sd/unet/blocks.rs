@@ -5,7 +5,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::transformer::{Transformer2D, Transformer2DConfig};
 use crate::nn::conv::Conv3x3;
-use crate::nn::layers::{self, Conv2d};
+use crate::nn::layers::{self, Conv2d, Weights};
 use crate::nn::resnet::{ResnetBlock, ResnetConfig, conv3x3};
 
 /// Settings every block shares.
@@ -48,7 +48,7 @@ fn transformer(
     common: &Common,
     channels: usize,
     cross: CrossAttention,
-    vb: VarBuilder,
+    vb: Weights,
 ) -> Result<Transformer2D> {
     let config = Transformer2DConfig {
         channels,
@@ -76,7 +76,7 @@ pub struct DownBlockConfig {
 }
 
 impl DownBlock {
-    pub fn new(common: &Common, config: &DownBlockConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(common: &Common, config: &DownBlockConfig, vb: Weights) -> Result<Self> {
         let cout = config.out_channels;
         let mut resnets = Vec::with_capacity(config.layers);
         let mut attentions = Vec::new();
@@ -88,7 +88,7 @@ impl DownBlock {
                 cin,
                 cout,
                 scale,
-                vb.pp(format!("resnets.{i}")),
+                vb.dense(format!("resnets.{i}")),
             )?);
             if let Some(cross) = config.cross {
                 attentions.push(transformer(
@@ -111,7 +111,7 @@ impl DownBlock {
                     cout,
                     3,
                     conv,
-                    vb.pp("downsamplers.0.conv"),
+                    vb.dense("downsamplers.0.conv"),
                 )?)
             }
             None => None,
@@ -158,14 +158,14 @@ impl MidBlock {
         channels: usize,
         scale: f64,
         cross: CrossAttention,
-        vb: VarBuilder,
+        vb: Weights,
     ) -> Result<Self> {
         // UNetMidBlock2DCrossAttn has one transformer (with `cross.layers` layers) between two resnets.
         Ok(Self {
-            first: resnet(common, channels, channels, scale, vb.pp("resnets.0"))?,
+            first: resnet(common, channels, channels, scale, vb.dense("resnets.0"))?,
             layers: vec![(
                 transformer(common, channels, cross, vb.pp("attentions.0"))?,
-                resnet(common, channels, channels, scale, vb.pp("resnets.1"))?,
+                resnet(common, channels, channels, scale, vb.dense("resnets.1"))?,
             )],
         })
     }
@@ -197,7 +197,7 @@ pub struct UpBlockConfig {
 }
 
 impl UpBlock {
-    pub fn new(common: &Common, config: &UpBlockConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(common: &Common, config: &UpBlockConfig, vb: Weights) -> Result<Self> {
         let cout = config.out_channels;
         let mut resnets = Vec::with_capacity(config.layers);
         let mut attentions = Vec::new();
@@ -214,7 +214,7 @@ impl UpBlock {
                 cin + skip,
                 cout,
                 scale,
-                vb.pp(format!("resnets.{i}")),
+                vb.dense(format!("resnets.{i}")),
             )?);
             if let Some(cross) = config.cross {
                 attentions.push(transformer(
@@ -226,7 +226,7 @@ impl UpBlock {
             }
         }
         let upsampler = if config.upsample {
-            Some(conv3x3(cout, cout, vb.pp("upsamplers.0.conv"))?)
+            Some(conv3x3(cout, cout, vb.dense("upsamplers.0.conv"))?)
         } else {
             None
         };

@@ -7,9 +7,9 @@ mod transformer;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2dConfig, VarBuilder};
+use candle_nn::Conv2dConfig;
 
-use crate::nn::layers::{self, Conv2d};
+use crate::nn::layers::{self, Conv2d, Weights};
 use crate::nn::norm::GroupNormSilu;
 
 pub use config::{BlockPlan, UNetConfig};
@@ -20,7 +20,7 @@ use blocks::{
 };
 
 use crate::error::Result;
-use crate::weights::{NameScheme, Variant, build_component};
+use crate::weights::{NameScheme, Variant, build_quantizable};
 
 /// SDXL's extra conditioning: pooled text embeddings and the size/crop "time ids".
 pub struct AddedConditioning {
@@ -54,12 +54,13 @@ impl UNet {
         let config_path = dir.join("config.json");
         let config = UNetConfig::load(&config_path)?;
         let plan = config.down_plan(&config_path)?;
-        build_component(dir, variant, NameScheme::Exact, dtype, device, |vb| {
-            Self::build(config, &plan, vb)
+        // A GGUF UNet keeps its quantized attention and feed-forward weights in their blocks.
+        build_quantizable(dir, variant, NameScheme::Exact, dtype, device, |weights| {
+            Self::build(config, &plan, weights)
         })
     }
 
-    fn build(config: UNetConfig, plan: &[BlockPlan], vb: VarBuilder) -> candle_core::Result<Self> {
+    fn build(config: UNetConfig, plan: &[BlockPlan], vb: Weights) -> candle_core::Result<Self> {
         let channels = &config.block_out_channels;
         let c0 = channels[0];
         let temb = config.time_embed_dim();
@@ -79,9 +80,9 @@ impl UNet {
             c0,
             config.conv_in_kernel,
             same_padding(config.conv_in_kernel),
-            vb.pp("conv_in"),
+            vb.dense("conv_in"),
         )?;
-        let time_embedding = TimestepEmbedding::new(c0, temb, vb.pp("time_embedding"))?;
+        let time_embedding = TimestepEmbedding::new(c0, temb, vb.dense("time_embedding"))?;
         let add_embedding = match config.addition_embed_type.as_deref() {
             Some(_) => {
                 let (Some(time_dim), Some(input_dim)) = (
@@ -95,7 +96,7 @@ impl UNet {
                 };
                 Some(TextTimeEmbedding {
                     time_dim,
-                    embedding: TimestepEmbedding::new(input_dim, temb, vb.pp("add_embedding"))?,
+                    embedding: TimestepEmbedding::new(input_dim, temb, vb.dense("add_embedding"))?,
                 })
             }
             None => None,
@@ -181,14 +182,14 @@ impl UNet {
                 config.norm_num_groups,
                 c0,
                 config.norm_eps,
-                vb.pp("conv_norm_out"),
+                vb.dense("conv_norm_out"),
             )?,
             conv_out: layers::conv2d(
                 c0,
                 config.out_channels,
                 config.conv_out_kernel,
                 same_padding(config.conv_out_kernel),
-                vb.pp("conv_out"),
+                vb.dense("conv_out"),
             )?,
             config,
         })
@@ -328,6 +329,73 @@ mod tests {
     #[test]
     fn sdxl_probe_matches_reference() {
         probe("sdxl-euler-turbo", "tiny-sdxl", (64.0, 64.0));
+    }
+
+    /// Linear weights a GGUF file holds quantized reach the UNet's attention and feed-forward
+    /// in their blocks, and the UNet computes with them what it computes with their dense
+    /// values, to q8_0's rounding.
+    #[test]
+    fn quantized_attention_and_feed_forward_weights_stay_in_their_blocks() {
+        use crate::nn::layers::QuantizedWeights;
+        use crate::weights::WeightFiles;
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_nn::VarBuilder;
+        use std::sync::{Arc, Mutex};
+
+        struct AsQ8(VarBuilder<'static>, Mutex<Vec<String>>);
+        impl QuantizedWeights for AsQ8 {
+            fn quantized(&self, name: &str) -> candle_core::Result<Option<QTensor>> {
+                let weight = self.0.get_unchecked(name)?;
+                if weight.rank() != 2 || weight.dim(1)? % 32 != 0 {
+                    return Ok(None);
+                }
+                self.1.lock().unwrap().push(name.to_string());
+                QTensor::quantize(&weight, GgmlDType::Q8_0).map(Some)
+            }
+        }
+        let dir = model_dir("tiny-sd").join("unet");
+        let config = UNetConfig::load(&dir.join("config.json")).unwrap();
+        let plan = config.down_plan(&dir.join("config.json")).unwrap();
+        let vb = WeightFiles::open(&dir, Variant::Auto, NameScheme::Exact)
+            .unwrap()
+            .var_builder(DType::F32, &Device::Cpu);
+        let asked = Arc::new(AsQ8(vb.clone(), Mutex::default()));
+        let quantized = UNet::build(
+            config.clone(),
+            &plan,
+            Weights::new(vb.clone(), Some(asked.clone())),
+        )
+        .unwrap();
+        let dense = UNet::build(config, &plan, vb.into()).unwrap();
+        let asked = asked.1.lock().unwrap().clone();
+        for layer in [
+            "attn1.to_q",
+            "attn2.to_k",
+            "attn2.to_out.0",
+            "ff.net.0.proj",
+            "ff.net.2",
+        ] {
+            let name = format!("mid_block.attentions.0.transformer_blocks.0.{layer}.weight");
+            assert!(asked.contains(&name), "{name} not among {asked:?}");
+        }
+        let t = case_tensors("sd-ddim-cfg");
+        let eps = |unet: &UNet| {
+            unet.forward(&t["probe_latents"], 500.0, &t["prompt_embeds"], None)
+                .unwrap()
+        };
+        let (a, b) = (eps(&quantized), eps(&dense));
+        let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
+        let size = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            diff.to_scalar::<f32>().unwrap() < 0.02 * size,
+            "{diff} of {size}"
+        );
     }
 
     #[test]

@@ -3,11 +3,10 @@
 //! projection out, residual.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 use crate::nn::attention::scaled_dot_product;
 use crate::nn::conv::Conv1x1;
-use crate::nn::layers::{self, GroupNorm, LayerNorm, Linear};
+use crate::nn::layers::{self, GroupNorm, LayerNorm, Linear, Weights};
 use crate::nn::resnet::conv1x1;
 
 struct Attention {
@@ -25,7 +24,7 @@ impl Attention {
         context_dim: usize,
         heads: usize,
         head_dim: usize,
-        vb: VarBuilder,
+        vb: Weights,
     ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
@@ -62,7 +61,7 @@ struct GegluFeedForward {
 }
 
 impl GegluFeedForward {
-    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, vb: Weights) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
             proj: layers::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
@@ -89,14 +88,14 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(dim: usize, heads: usize, context_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, heads: usize, context_dim: usize, vb: Weights) -> Result<Self> {
         let head_dim = dim / heads;
         Ok(Self {
-            norm1: layers::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            norm1: layers::layer_norm(dim, 1e-5, vb.dense("norm1"))?,
             attn1: Attention::new(dim, dim, heads, head_dim, vb.pp("attn1"))?,
-            norm2: layers::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            norm2: layers::layer_norm(dim, 1e-5, vb.dense("norm2"))?,
             attn2: Attention::new(dim, context_dim, heads, head_dim, vb.pp("attn2"))?,
-            norm3: layers::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            norm3: layers::layer_norm(dim, 1e-5, vb.dense("norm3"))?,
             ff: GegluFeedForward::new(dim, vb.pp("ff"))?,
         })
     }
@@ -131,13 +130,13 @@ pub struct Transformer2DConfig {
 }
 
 impl Transformer2D {
-    pub fn new(config: &Transformer2DConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: &Transformer2DConfig, vb: Weights) -> Result<Self> {
         let c = config.channels;
         let projection = |name: &str| -> Result<Projection> {
             Ok(if config.use_linear_projection {
                 Projection::Linear(layers::linear(c, c, vb.pp(name))?)
             } else {
-                Projection::Conv(conv1x1(c, c, vb.pp(name))?)
+                Projection::Conv(conv1x1(c, c, vb.dense(name))?)
             })
         };
         let blocks = (0..config.layers)
@@ -152,7 +151,7 @@ impl Transformer2D {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             // The transformer's own GroupNorm uses eps 1e-6 whatever the UNet's norm_eps.
-            norm: layers::group_norm(config.groups, c, 1e-6, vb.pp("norm"))?,
+            norm: layers::group_norm(config.groups, c, 1e-6, vb.dense("norm"))?,
             proj_in: projection("proj_in")?,
             blocks,
             proj_out: projection("proj_out")?,
