@@ -67,7 +67,8 @@ pub enum DeviceFailure {
 #[derive(Debug, Clone)]
 pub struct DeviceOptions {
     pub load: LoadOptions,
-    /// Bytes of weights kept loaded at once; least-recently-used models are dropped first.
+    /// Bytes of weights kept loaded at once (each model's weight files and its weights merged
+    /// with LoRAs); least-recently-used models are dropped first.
     pub memory_budget: u64,
 }
 
@@ -337,12 +338,7 @@ impl ModelCache {
             let entry = self.entries.remove(position);
             self.entries.push(entry);
         } else {
-            let mut used: u64 = self.entries.iter().map(|(_, b, _)| b).sum();
-            while !self.entries.is_empty() && used + bytes > self.options.memory_budget {
-                let (evicted, freed, _) = self.entries.remove(0);
-                tracing::info!(model = %evicted, bytes = freed, "evicting model to stay within the memory budget");
-                used -= freed;
-            }
+            self.make_room(bytes, 0);
             let started = Instant::now();
             let pipeline = Pipeline::load(path, self.options.load.clone())?;
             let seconds = started.elapsed().as_secs_f64();
@@ -351,10 +347,118 @@ impl ModelCache {
             tracing::info!(model = %name, seconds, "model loaded");
             self.entries.push((name.to_string(), bytes, pipeline));
         }
+        // Weights merged with LoRAs grow with the requests a model serves: the other models
+        // make room for them too.
+        self.make_room(0, 1);
         if let Ok(mut names) = self.names.lock() {
             *names = self.entries.iter().map(|(n, _, _)| n.clone()).collect();
         }
         let (_, _, pipeline) = self.entries.last().expect("an entry was just pushed");
         Ok(pipeline)
+    }
+
+    /// Evicts the least recently used models, keeping the `keep` most recent, until `extra`
+    /// more bytes fit in the budget beside each model's weight files and LoRA-merged weights.
+    fn make_room(&mut self, extra: u64, keep: usize) {
+        let footprint = |(_, bytes, pipeline): &(String, u64, Pipeline)| {
+            bytes.saturating_add(pipeline.lora_bytes())
+        };
+        let mut used: u64 = self.entries.iter().map(footprint).sum();
+        while self.entries.len() > keep && used.saturating_add(extra) > self.options.memory_budget {
+            let entry = self.entries.remove(0);
+            let freed = footprint(&entry);
+            tracing::info!(model = %entry.0, bytes = freed, "evicting model to stay within the memory budget");
+            used -= freed;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seedbed_engine::lora::LoraChoice;
+    use std::path::Path;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    }
+
+    fn cache(memory_budget: u64) -> ModelCache {
+        let options = DeviceOptions {
+            memory_budget,
+            ..DeviceOptions::default()
+        };
+        ModelCache::new(options, Arc::default())
+    }
+
+    fn loaded(cache: &ModelCache) -> Vec<&str> {
+        cache
+            .entries
+            .iter()
+            .map(|(name, _, _)| name.as_str())
+            .collect()
+    }
+
+    /// Each entry's weight files are counted as 100 bytes against the budget.
+    fn get(cache: &mut ModelCache, name: &str, model: &str) {
+        let path = fixtures().join("models").join(model);
+        cache.get(name, &path, 100).unwrap();
+    }
+
+    #[test]
+    fn the_least_recently_used_model_makes_room_for_a_new_one() {
+        let mut cache = cache(250);
+        get(&mut cache, "a", "tiny-sd");
+        get(&mut cache, "b", "tiny-sd");
+        get(&mut cache, "a", "tiny-sd");
+        assert_eq!(loaded(&cache), ["b", "a"]);
+        get(&mut cache, "c", "tiny-sd");
+        assert_eq!(loaded(&cache), ["a", "c"], "b was the least recently used");
+        assert_eq!(*cache.names.lock().unwrap(), ["a", "c"]);
+    }
+
+    /// Weights merged with a request's LoRAs count against the budget: once they no longer
+    /// fit beside the other models, the least recently used one goes, never the model in use.
+    #[test]
+    fn weights_merged_with_loras_count_against_the_budget() {
+        let mut cache = cache(201);
+        get(&mut cache, "plain", "tiny-sd");
+        get(&mut cache, "styled", "tiny-sd");
+        let pipeline = &cache.entries.last().unwrap().2;
+        let request = GenerateRequest {
+            prompt: "a red cube".into(),
+            negative_prompt: None,
+            width: 64,
+            height: 64,
+            steps: 1,
+            guidance_scale: 1.0,
+            scheduler: None,
+            karras_sigmas: false,
+            true_cfg_scale: None,
+            seed: 1,
+            count: 1,
+            init_image: None,
+        };
+        let lora = LoraChoice {
+            name: "tiny-sd-peft".into(),
+            path: fixtures().join("loras/tiny-sd-peft.safetensors"),
+            scale: 1.0,
+        };
+        let cancel = AtomicBool::new(false);
+        pipeline
+            .generate_with_loras(&request, &[lora], &mut |_| {}, &cancel)
+            .unwrap();
+        assert!(pipeline.lora_bytes() > 0, "the LoRA's layers were merged");
+        assert_eq!(
+            loaded(&cache),
+            ["plain", "styled"],
+            "nothing evicted mid-job"
+        );
+        get(&mut cache, "styled", "tiny-sd");
+        assert_eq!(loaded(&cache), ["styled"]);
+        // Alone over the budget, the model in use stays.
+        let mut alone = self::cache(1);
+        get(&mut alone, "only", "tiny-sd");
+        assert_eq!(loaded(&alone), ["only"]);
     }
 }

@@ -36,6 +36,11 @@ impl<K: PartialEq, V: Clone> Lru<K, V> {
         }
         self.entries.push_back((key, value));
     }
+
+    /// The values kept, least recently used first.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.iter().map(|(_, v)| v)
+    }
 }
 
 /// Encoded prompts by (prompt, token length), shared by a pipeline's jobs: a batch, a retry or

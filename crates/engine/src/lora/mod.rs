@@ -140,6 +140,15 @@ impl Loras {
         Ok(Some(set))
     }
 
+    /// How many bytes the kept sets' merged weights hold: memory this pipeline uses beyond its
+    /// weight files, which a model cache with a budget counts.
+    pub fn merged_bytes(&self) -> u64 {
+        lock(&self.sets)
+            .values()
+            .map(|set| set.merged_bytes() as u64)
+            .sum()
+    }
+
     fn targets(&self) -> Result<Arc<Targets>> {
         let mut slot = lock(&self.targets);
         if let Some(targets) = slot.as_ref() {

@@ -118,6 +118,11 @@ impl Pipeline {
         &self.dir
     }
 
+    /// Bytes held by the weights merged with recent requests' LoRAs, beyond the model's own.
+    pub fn lora_bytes(&self) -> u64 {
+        self.loras.merged_bytes()
+    }
+
     pub fn family(&self) -> Family {
         self.summary.family
     }

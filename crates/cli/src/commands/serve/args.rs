@@ -157,7 +157,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SEEDBED_ALLOW_PRIVATE_URLS")]
     allow_private_urls: bool,
 
-    /// Gigabytes of model weights kept loaded; least-recently-used models are unloaded first.
+    /// Gigabytes of model weights kept loaded (weight files, plus the copies of weights merged
+    /// with recent requests' LoRAs); least-recently-used models are unloaded first.
     #[arg(
         long,
         env = "SEEDBED_MODEL_MEMORY_GB",
