@@ -62,12 +62,7 @@ pub struct LoraSummary {
 /// Check that the LoRA at `lora` fits the model (a folder or a checkpoint file), from headers
 /// alone: the layout is known, every module names a layer of the model, every shape fits.
 pub fn check(model: &Path, lora: &Path) -> Result<LoraSummary> {
-    // A checkpoint file is read through the folder it is described as.
-    let described = match model.is_file() {
-        true => Some(crate::checkpoint::describe(model)?),
-        false => None,
-    };
-    let targets = Targets::read(described.as_ref().map_or(model, |d| d.dir()))?;
+    let targets = checked_targets(model)?;
     let file = LoraFile::open(lora)?;
     let bindings = file.bind(&targets)?;
     Ok(LoraSummary {
@@ -75,6 +70,38 @@ pub fn check(model: &Path, lora: &Path) -> Result<LoraSummary> {
         layers: bindings.len(),
     })
 }
+
+/// Models whose targets [`check`] keeps: it runs for every request that names LoRAs, and a
+/// checkpoint file is described anew (a folder of configs) to read them.
+const CHECKED_MODELS: usize = 8;
+
+/// The targets of the model at `path`, kept per path, size and modification time (a file
+/// replaced under the same name is read again).
+fn checked_targets(model: &Path) -> Result<Arc<Targets>> {
+    static KEPT: Mutex<Option<Lru<ModelKey, Arc<Targets>>>> = Mutex::new(None);
+    let meta = std::fs::metadata(model).map_err(|source| EngineError::Io {
+        path: model.to_path_buf(),
+        source,
+    })?;
+    let key = (model.to_path_buf(), meta.len(), meta.modified().ok());
+    if let Some(targets) = lock(&KEPT).as_mut().and_then(|kept| kept.get(&key)) {
+        return Ok(targets);
+    }
+    // A checkpoint file is read through the folder it is described as.
+    let described = match model.is_file() {
+        true => Some(crate::checkpoint::describe(model)?),
+        false => None,
+    };
+    let targets = Arc::new(Targets::read(
+        described.as_ref().map_or(model, |d| d.dir()),
+    )?);
+    lock(&KEPT)
+        .get_or_insert_with(|| Lru::new(CHECKED_MODELS))
+        .insert(key, targets.clone());
+    Ok(targets)
+}
+
+type ModelKey = (PathBuf, u64, Option<SystemTime>);
 
 /// LoRA sets kept per pipeline, each with its merged weights: a client iterating on a prompt
 /// sends the same set again, and each set may hold a copy of most of a UNet's attention and

@@ -185,3 +185,26 @@ fn cost_of_runtime_adds_and_merging() {
         );
     }
 }
+
+/// A model's targets are read once for every request that checks LoRAs against it, and again
+/// when its file is replaced.
+#[test]
+fn checks_keep_a_models_targets_until_its_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.safetensors");
+    let place = |name: &str| {
+        let single = fixtures_dir().join("single-file");
+        std::fs::copy(single.join(format!("{name}.safetensors")), &model).unwrap();
+        let base = model_dir(name);
+        let sidecar = serde_json::json!({ "base": base });
+        std::fs::write(dir.path().join("model.json"), sidecar.to_string()).unwrap();
+    };
+    place("tiny-sd");
+    let first = checked_targets(&model).unwrap();
+    assert!(Arc::ptr_eq(&first, &checked_targets(&model).unwrap()));
+    check(&model, &lora("tiny-sd-peft.safetensors")).unwrap();
+    place("tiny-sdxl");
+    assert!(!Arc::ptr_eq(&first, &checked_targets(&model).unwrap()));
+    check(&model, &lora("tiny-sd-peft.safetensors")).unwrap_err();
+    check(&model, &lora("tiny-sdxl-peft.safetensors")).unwrap();
+}
