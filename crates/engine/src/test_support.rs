@@ -42,25 +42,19 @@ pub fn dit_model_dir(name: &str) -> PathBuf {
     fixtures_dir().join("models-dit").join(name)
 }
 
+/// The largest magnitude in `t`, as f32.
+pub fn max_abs(t: &Tensor) -> f32 {
+    let t = t.to_dtype(DType::F32).unwrap();
+    t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
 /// The fixtures' tolerance for intermediate tensors: `1e-3 * max(1, max|reference|)`.
 pub fn assert_close(name: &str, got: &Tensor, reference: &Tensor) {
     assert_eq!(got.dims(), reference.dims(), "{name}: shape");
     let got = got.to_dtype(DType::F32).unwrap();
     let reference = reference.to_dtype(DType::F32).unwrap();
-    let scale = reference
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let diff = (got - &reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap();
-    let diff = diff.to_scalar::<f32>().unwrap();
+    let scale = max_abs(&reference);
+    let diff = max_abs(&(got - &reference).unwrap());
     let bound = 1e-3 * scale.max(1.0);
     assert!(diff <= bound, "{name}: max_abs {diff} > {bound}");
 }

@@ -286,7 +286,7 @@ impl UNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{assert_close, case_tensors, model_dir};
+    use crate::test_support::{assert_close, case_tensors, max_abs, model_dir};
 
     fn probe(case: &str, model: &str, size: (f32, f32)) {
         let unet = UNet::load(
@@ -384,18 +384,8 @@ mod tests {
                 .unwrap()
         };
         let (a, b) = (eps(&quantized), eps(&dense));
-        let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
-        let size = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            diff.to_scalar::<f32>().unwrap() < 0.02 * size,
-            "{diff} of {size}"
-        );
+        let (diff, size) = (max_abs(&(&a - &b).unwrap()), max_abs(&b));
+        assert!(diff < 0.02 * size, "{diff} of {size}");
     }
 
     #[test]
