@@ -45,7 +45,12 @@ pub fn dit_model_dir(name: &str) -> PathBuf {
 /// The largest magnitude in `t`, as f32.
 pub fn max_abs(t: &Tensor) -> f32 {
     let t = t.to_dtype(DType::F32).unwrap();
-    t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// The fixtures' tolerance for intermediate tensors: `1e-3 * max(1, max|reference|)`.

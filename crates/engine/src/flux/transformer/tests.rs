@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::*;
 use crate::checkpoint::{Layout, Pointer, gguf};
 use crate::nn::layers::QuantizedWeights;
-use crate::test_support::{assert_close, dit_case_tensors, dit_cases, dit_model_dir};
+use crate::test_support::{assert_close, dit_case_tensors, dit_cases, dit_model_dir, max_abs};
 
 #[derive(Deserialize)]
 struct Case {
@@ -108,18 +108,6 @@ fn gguf_files_of_the_tiny_model_keep_what_fits_quantized() {
         .into_iter()
         .collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let folder = FluxTransformer::load(&base, Variant::Auto, DType::F32, &Device::Cpu).unwrap();
-    let t = dit_case_tensors("flux-dev-guidance");
-    let scalar = |name: &str| t[name].to_vec1::<f32>().unwrap()[0];
-    let inputs = FluxInputs {
-        text: &t["prompt_embeds"],
-        pooled: &t["pooled_prompt_embeds"],
-        timestep: scalar("probe_timestep"),
-        guidance: Some(scalar("probe_guidance")),
-        rows: 4,
-        cols: 4,
-    };
-    let reference = folder.forward(&t["probe_latents"], &inputs).unwrap();
 
     let scratch = tempfile::tempdir().unwrap();
     // Measured: q8_0 8.6e-4, q4_K (all f16) 2.8e-4.
@@ -176,13 +164,33 @@ fn gguf_files_of_the_tiny_model_keep_what_fits_quantized() {
             assert!(q.is_none(), "an f16 weight is read dense");
         }
         let dir = pointer_folder(&file, &config);
-        let model =
-            FluxTransformer::load(dir.path(), Variant::Auto, DType::F32, &Device::Cpu).unwrap();
-        let out = model.forward(&t["probe_latents"], &inputs).unwrap();
-        let error = relative_error(&out, &reference);
+        let error = probe_error_against_the_folder(dir.path());
         eprintln!("tiny-flux-dev as {dtype:?}: relative error {error:.2e}");
         assert!(error < bound, "{dtype:?}: relative error {error}");
     }
+}
+
+/// tiny-flux-dev's probe (the inputs of case `flux-dev-guidance`) through the transformer in
+/// `dir`: its relative error against the diffusers folder's.
+fn probe_error_against_the_folder(dir: &Path) -> f32 {
+    let t = dit_case_tensors("flux-dev-guidance");
+    let scalar = |name: &str| t[name].to_vec1::<f32>().unwrap()[0];
+    let inputs = FluxInputs {
+        text: &t["prompt_embeds"],
+        pooled: &t["pooled_prompt_embeds"],
+        timestep: scalar("probe_timestep"),
+        guidance: Some(scalar("probe_guidance")),
+        rows: 4,
+        cols: 4,
+    };
+    let probe = |dir: &Path| {
+        FluxTransformer::load(dir, Variant::Auto, DType::F32, &Device::Cpu)
+            .unwrap()
+            .forward(&t["probe_latents"], &inputs)
+            .unwrap()
+    };
+    let folder = dit_model_dir("tiny-flux-dev").join("transformer");
+    relative_error(&probe(dir), &probe(&folder))
 }
 
 /// The BFL-layout tensors of a random FLUX-shaped transformer whose widths split into K-quant
@@ -380,41 +388,15 @@ fn a_gguf_file_from_ggmls_python_writer_reads_like_ours() {
         let read = gguf.quantized(name).unwrap().expect(name);
         assert_eq!(read.shape().dims(), original.dims(), "{name}");
         let read = read.dequantize(&Device::Cpu).unwrap();
-        let max = |t: &Tensor| {
-            t.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let step = max(original) / 127.0;
+        let step = max_abs(original) / 127.0;
         let bound = step / 2.0 + step * 127.0 / 2048.0;
-        let diff = max(&(read - original).unwrap());
+        let diff = max_abs(&(read - original).unwrap());
         assert!(diff <= bound, "{name}: {diff} > {bound}");
     }
 
     let config = FluxConfig::read(&base.join("config.json")).unwrap();
-    let t = dit_case_tensors("flux-dev-guidance");
-    let scalar = |name: &str| t[name].to_vec1::<f32>().unwrap()[0];
-    let inputs = FluxInputs {
-        text: &t["prompt_embeds"],
-        pooled: &t["pooled_prompt_embeds"],
-        timestep: scalar("probe_timestep"),
-        guidance: Some(scalar("probe_guidance")),
-        rows: 4,
-        cols: 4,
-    };
-    let reference = FluxTransformer::load(&base, Variant::Auto, DType::F32, &Device::Cpu)
-        .unwrap()
-        .forward(&t["probe_latents"], &inputs)
-        .unwrap();
     let dir = pointer_folder(&file.canonicalize().unwrap(), &config);
-    let model = FluxTransformer::load(dir.path(), Variant::Auto, DType::F32, &Device::Cpu).unwrap();
-    let error = relative_error(
-        &model.forward(&t["probe_latents"], &inputs).unwrap(),
-        &reference,
-    );
+    let error = probe_error_against_the_folder(dir.path());
     eprintln!("tiny-flux-dev as q8_0 from gguf-py: relative error {error:.2e}");
     assert!(error < 1e-2, "relative error {error}");
 }
