@@ -537,9 +537,9 @@ mod tests {
         Ok(())
     }
 
-    /// A weight stored quantized stays so and computes what its dequantized values do (to f32
-    /// rounding: the activations are not rounded to 8 bits); one of the wrong shape is refused
-    /// by name.
+    /// A weight stored quantized stays so and computes what its dequantized values do, up to
+    /// the 8-bit rounding of the activations where the CPU multiplies q8_0 in integers; one of
+    /// the wrong shape is refused by name.
     #[test]
     fn a_quantized_linear_matches_its_dequantized_weight() -> Result<()> {
         use candle_core::quantized::GgmlDType;
@@ -569,9 +569,9 @@ mod tests {
         let x = Tensor::randn(0f32, 1., (2, 3, 128), &Device::Cpu)?;
         let (a, b) = (quantized.forward(&x)?, reference.forward(&x)?);
         assert_eq!(a.dims(), [2, 3, 64]);
-        // Outputs are ~N(0, 128): f32 rounding of sums of 128 products.
+        // Outputs are ~N(0, 128); 8-bit activations move them by a few hundredths.
         let diff = max_diff(&a, &b);
-        assert!(diff < 1e-3, "{diff}");
+        assert!(diff < 0.5, "{diff}");
         let err = linear(64, 128, weights.pp("lin")).unwrap_err().to_string();
         assert!(
             err.contains("lin.weight") && err.contains("[128, 64]"),
