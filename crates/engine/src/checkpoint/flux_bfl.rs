@@ -5,8 +5,10 @@
 //!
 //! BFL fuses what diffusers keeps apart: a double block's `img_attn.qkv` / `txt_attn.qkv` are
 //! q, k and v stacked by rows, and a single block's `linear1` is q, k, v and the MLP's input.
-//! Those become [`Source::Rows`]. The final layer's modulation stores (shift, scale) where
-//! diffusers has (scale, shift): [`Source::SwappedHalves`]. Some files carry every name under
+//! Those are [`Cut::Rows`]. The final layer's modulation stores (shift, scale) where
+//! diffusers has (scale, shift): [`Cut::SwappedHalves`]. [`linears`] is the one table of every
+//! linear layer's two names and cut; checkpoints are read through it ([`remap`]), and so are
+//! Kohya's FLUX LoRAs, which name BFL's modules (`crate::lora::targets`). Some files carry every name under
 //! `model.diffusion_model.` (ComfyUI's full checkpoints); the prefix is found, not configured.
 
 use super::{Remap, Shapes, Source};
