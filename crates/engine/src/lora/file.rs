@@ -292,8 +292,8 @@ impl LoraFile {
                         ),
                     ));
                 }
-                // A fused module's rows are its layers' stacked ([`crate::checkpoint::flux_bfl::linears`] cuts
-                // them by the model's own widths).
+                // A fused module's rows are its layers' rows stacked (the table cuts them by
+                // the model's own widths).
                 ModuleKind::Dense(Some((inner, out))) => {
                     expected = expected.map(|(_, rows)| (inner, rows + out));
                 }
