@@ -96,7 +96,7 @@ fn bad_input_is_refused_before_anything_runs() {
         .unwrap()
         .port();
     let nowhere = format!("http://127.0.0.1:{port}");
-    let cases: [&[&str]; 8] = [
+    let cases: [&[&str]; 9] = [
         &["  "],
         &["x", "--image", "missing.png"],
         &["x", "--image", "notes.txt"],
@@ -105,6 +105,7 @@ fn bad_input_is_refused_before_anything_runs() {
         &["x", "--size", "big"],
         &["x", "--steps", "0"],
         &["x", "--detach"],
+        &["x", "--lora", "watercolor:9"],
     ];
     let mut seen = String::new();
     for args in cases {
@@ -124,6 +125,61 @@ fn bad_input_is_refused_before_anything_runs() {
         assert_eq!(output.status.code(), Some(2), "{args:?} remote: {stderr}");
     }
     insta::assert_snapshot!(seen);
+}
+
+/// `--lora NAME:SCALE` becomes the request's `loras` on both paths: locally from `--loras-dir`,
+/// on a server from its own folder. Both paint the same picture, and not the one without it.
+#[test]
+fn a_lora_changes_the_picture_locally_and_on_a_server() {
+    let loras = fixtures().join("loras");
+    let (_data, data) = data_dir();
+    let server = ServerProcess::start_configured(&data, "127.0.0.1:0", |command| {
+        command.arg("--loras-dir").arg(&loras);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "a red fox",
+        "-m",
+        "tiny-sd",
+        "--seed",
+        "5",
+        "--steps",
+        "1",
+        "-q",
+    ];
+    let lora = ["--lora", "tiny-sd-kohya:0.8"];
+    local(dir.path())
+        .args(flags)
+        .args(["-o", "plain.png"])
+        .assert()
+        .success();
+    local(dir.path())
+        .args(flags)
+        .args(lora)
+        .arg("--loras-dir")
+        .arg(&loras)
+        .args(["-o", "local.png"])
+        .assert()
+        .success();
+    remote(dir.path(), &server.url)
+        .args(flags)
+        .args(lora)
+        .args(["-o", "served.png"])
+        .assert()
+        .success();
+    let pixels = |name: &str| image::open(dir.path().join(name)).unwrap().into_rgb8();
+    assert!(pixels("local.png") == pixels("served.png"));
+    assert!(
+        pixels("local.png") != pixels("plain.png"),
+        "the LoRA changed nothing"
+    );
+    // Without a LoRA folder the name is refused before the model loads.
+    local(dir.path())
+        .args(flags)
+        .args(lora)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--loras-dir"));
 }
 
 /// `-q` leaves stderr to errors: no "using model", no note about an ignored flag, no seeds.

@@ -5,8 +5,10 @@
 //!
 //! BFL fuses what diffusers keeps apart: a double block's `img_attn.qkv` / `txt_attn.qkv` are
 //! q, k and v stacked by rows, and a single block's `linear1` is q, k, v and the MLP's input.
-//! Those become [`Source::Rows`]. The final layer's modulation stores (shift, scale) where
-//! diffusers has (scale, shift): [`Source::SwappedHalves`]. Some files carry every name under
+//! Those are [`Cut::Rows`]. The final layer's modulation stores (shift, scale) where
+//! diffusers has (scale, shift): [`Cut::SwappedHalves`]. [`linears`] is the one table of every
+//! linear layer's two names and cut; checkpoints are read through it ([`remap`]), and so are
+//! Kohya's FLUX LoRAs, which name BFL's modules (`crate::lora::targets`). Some files carry every name under
 //! `model.diffusion_model.` (ComfyUI's full checkpoints); the prefix is found, not configured.
 
 use super::{Remap, Shapes, Source};
@@ -50,147 +52,226 @@ fn blocks(shapes: &Shapes, prefix: &str, kind: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Every diffusers tensor of the transformer and where it lives in the checkpoint.
-pub(super) fn remap(shapes: &Shapes) -> Result<Remap, String> {
-    let prefix = prefix(shapes)?;
-    let width = shape(shapes, prefix, "img_in.weight")?[0];
-    let mut remap = Remap::new();
-    let mut put = |diffusers: String, source: Source| {
-        remap.insert(diffusers, source);
-    };
-    let bfl = |name: &str| format!("{prefix}{name}");
-    // A linear layer: weight and bias under the same stem.
-    let mut linear = |diffusers: &str, stem: &str| {
-        for kind in ["weight", "bias"] {
-            put(
-                format!("{diffusers}.{kind}"),
-                Source::Tensor(bfl(&format!("{stem}.{kind}"))),
-            );
+/// Which rows of a BFL tensor a diffusers layer takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// All of them, as they are.
+    Whole,
+    /// Rows `start..start + len`: one of q, k, v (or the MLP's input) of a fused projection.
+    Rows { start: usize, len: usize },
+    /// All of them with the two halves of dim 0 swapped: the final norm's (shift, scale).
+    SwappedHalves,
+}
+
+impl Cut {
+    /// Where the diffusers tensor comes from, when BFL's is `name`.
+    pub fn source(self, name: String) -> Source {
+        match self {
+            Self::Whole => Source::Tensor(name),
+            Self::Rows { start, len } => Source::Rows { name, start, len },
+            Self::SwappedHalves => Source::SwappedHalves(name),
         }
+    }
+}
+
+/// One linear layer of diffusers' transformer and where BFL keeps it: the weight and bias
+/// under `bfl` (`double_blocks.0.img_attn.qkv`), cut by `cut`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linear {
+    /// diffusers' module path, `transformer_blocks.0.attn.to_q`.
+    pub diffusers: String,
+    /// BFL's module path, without any file prefix.
+    pub bfl: String,
+    pub cut: Cut,
+}
+
+/// The sizes BFL's names and cuts depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    /// The model width: each of q, k and v.
+    pub width: usize,
+    pub double_blocks: usize,
+    pub single_blocks: usize,
+    /// The width of a single block's MLP input, the rows of `linear1` after q, k and v.
+    pub single_mlp: usize,
+    /// Whether there is a guidance embedder ([dev]; [schnell] has none).
+    pub guidance: bool,
+}
+
+/// Every linear layer of a transformer of these `dims`, diffusers' name to BFL's: the one
+/// table that both checkpoints ([`remap`]) and Kohya's LoRAs in BFL's names
+/// (`crate::lora::targets`) are read through.
+pub fn linears(dims: &Dims) -> Vec<Linear> {
+    let mut out = Vec::new();
+    let mut put = |diffusers: String, bfl: String, cut: Cut| {
+        out.push(Linear {
+            diffusers,
+            bfl,
+            cut,
+        });
     };
     for (bfl_stem, embedder) in [
         ("time_in", "timestep_embedder"),
         ("vector_in", "text_embedder"),
         ("guidance_in", "guidance_embedder"),
     ] {
-        if bfl_stem == "guidance_in" && !shapes.contains_key(&bfl("guidance_in.in_layer.weight")) {
+        if bfl_stem == "guidance_in" && !dims.guidance {
             continue; // [schnell]
         }
         let d = format!("time_text_embed.{embedder}");
-        linear(&format!("{d}.linear_1"), &format!("{bfl_stem}.in_layer"));
-        linear(&format!("{d}.linear_2"), &format!("{bfl_stem}.out_layer"));
+        put(
+            format!("{d}.linear_1"),
+            format!("{bfl_stem}.in_layer"),
+            Cut::Whole,
+        );
+        put(
+            format!("{d}.linear_2"),
+            format!("{bfl_stem}.out_layer"),
+            Cut::Whole,
+        );
     }
-    linear("context_embedder", "txt_in");
-    linear("x_embedder", "img_in");
-    for i in 0..blocks(shapes, prefix, "double_blocks") {
+    put("context_embedder".into(), "txt_in".into(), Cut::Whole);
+    put("x_embedder".into(), "img_in".into(), Cut::Whole);
+    let width = dims.width;
+    for i in 0..dims.double_blocks {
         let (d, b) = (
             format!("transformer_blocks.{i}"),
             format!("double_blocks.{i}"),
         );
-        linear(&format!("{d}.norm1.linear"), &format!("{b}.img_mod.lin"));
-        linear(
-            &format!("{d}.norm1_context.linear"),
-            &format!("{b}.txt_mod.lin"),
-        );
-        linear(&format!("{d}.ff.net.0.proj"), &format!("{b}.img_mlp.0"));
-        linear(&format!("{d}.ff.net.2"), &format!("{b}.img_mlp.2"));
-        linear(
-            &format!("{d}.ff_context.net.0.proj"),
-            &format!("{b}.txt_mlp.0"),
-        );
-        linear(&format!("{d}.ff_context.net.2"), &format!("{b}.txt_mlp.2"));
-        linear(&format!("{d}.attn.to_out.0"), &format!("{b}.img_attn.proj"));
-        linear(
-            &format!("{d}.attn.to_add_out"),
-            &format!("{b}.txt_attn.proj"),
-        );
+        for (diffusers, bfl) in [
+            ("norm1.linear", "img_mod.lin"),
+            ("norm1_context.linear", "txt_mod.lin"),
+            ("ff.net.0.proj", "img_mlp.0"),
+            ("ff.net.2", "img_mlp.2"),
+            ("ff_context.net.0.proj", "txt_mlp.0"),
+            ("ff_context.net.2", "txt_mlp.2"),
+            ("attn.to_out.0", "img_attn.proj"),
+            ("attn.to_add_out", "txt_attn.proj"),
+        ] {
+            put(format!("{d}.{diffusers}"), format!("{b}.{bfl}"), Cut::Whole);
+        }
+        // q, k and v stacked by rows in one projection per stream.
+        for (stream, names) in [
+            ("img", ["to_q", "to_k", "to_v"]),
+            ("txt", ["add_q_proj", "add_k_proj", "add_v_proj"]),
+        ] {
+            for (part, name) in names.iter().enumerate() {
+                put(
+                    format!("{d}.attn.{name}"),
+                    format!("{b}.{stream}_attn.qkv"),
+                    Cut::Rows {
+                        start: part * width,
+                        len: width,
+                    },
+                );
+            }
+        }
     }
-    for i in 0..blocks(shapes, prefix, "single_blocks") {
+    for i in 0..dims.single_blocks {
         let (d, b) = (
             format!("single_transformer_blocks.{i}"),
             format!("single_blocks.{i}"),
         );
-        linear(&format!("{d}.norm.linear"), &format!("{b}.modulation.lin"));
-        linear(&format!("{d}.proj_out"), &format!("{b}.linear2"));
+        put(
+            format!("{d}.norm.linear"),
+            format!("{b}.modulation.lin"),
+            Cut::Whole,
+        );
+        put(format!("{d}.proj_out"), format!("{b}.linear2"), Cut::Whole);
+        // q, k, v and the MLP's input stacked by rows.
+        for (name, start, len) in [
+            ("attn.to_q", 0, width),
+            ("attn.to_k", width, width),
+            ("attn.to_v", 2 * width, width),
+            ("proj_mlp", 3 * width, dims.single_mlp),
+        ] {
+            put(
+                format!("{d}.{name}"),
+                format!("{b}.linear1"),
+                Cut::Rows { start, len },
+            );
+        }
     }
-    linear("proj_out", "final_layer.linear");
+    put("proj_out".into(), "final_layer.linear".into(), Cut::Whole);
+    // BFL's final modulation gives (shift, scale), diffusers' `AdaLayerNormContinuous` (scale, shift).
+    put(
+        "norm_out.linear".into(),
+        "final_layer.adaLN_modulation.1".into(),
+        Cut::SwappedHalves,
+    );
+    out
+}
 
-    // The fused projections, cut by rows, and the per-head norms' scales.
-    for i in 0..blocks(shapes, prefix, "double_blocks") {
+/// The sizes of the BFL checkpoint with these `shapes` (under `prefix`); every single block's
+/// `linear1` must hold q, k, v and an MLP of the same width.
+fn dims(shapes: &Shapes, prefix: &str) -> Result<Dims, String> {
+    let width = shape(shapes, prefix, "img_in.weight")?[0];
+    let single_blocks = blocks(shapes, prefix, "single_blocks");
+    let mut single_mlp = 0;
+    for i in 0..single_blocks {
+        let b = format!("single_blocks.{i}");
+        let fused = shape(shapes, prefix, &format!("{b}.linear1.weight"))?[0];
+        match fused.checked_sub(3 * width).filter(|&mlp| mlp > 0) {
+            Some(mlp) if i == 0 || mlp == single_mlp => single_mlp = mlp,
+            _ => {
+                return Err(format!(
+                    "`{b}.linear1.weight` has {fused} rows, not q, k, v of {width} and an MLP"
+                ));
+            }
+        }
+    }
+    Ok(Dims {
+        width,
+        double_blocks: blocks(shapes, prefix, "double_blocks"),
+        single_blocks,
+        single_mlp,
+        guidance: shapes.contains_key(&format!("{prefix}guidance_in.in_layer.weight")),
+    })
+}
+
+/// Every diffusers tensor of the transformer and where it lives in the checkpoint.
+pub(super) fn remap(shapes: &Shapes) -> Result<Remap, String> {
+    let prefix = prefix(shapes)?;
+    let dims = dims(shapes, prefix)?;
+    let bfl = |name: &str| format!("{prefix}{name}");
+    let mut remap = Remap::new();
+    for linear in linears(&dims) {
+        for kind in ["weight", "bias"] {
+            remap.insert(
+                format!("{}.{kind}", linear.diffusers),
+                linear.cut.source(bfl(&format!("{}.{kind}", linear.bfl))),
+            );
+        }
+    }
+    // The per-head norms' scales.
+    for i in 0..dims.double_blocks {
         let (d, b) = (
             format!("transformer_blocks.{i}.attn"),
             format!("double_blocks.{i}"),
         );
-        for (stream, names, norms) in [
-            ("img", ["to_q", "to_k", "to_v"], ["norm_q", "norm_k"]),
-            (
-                "txt",
-                ["add_q_proj", "add_k_proj", "add_v_proj"],
-                ["norm_added_q", "norm_added_k"],
-            ),
+        for (stream, norms) in [
+            ("img", ["norm_q", "norm_k"]),
+            ("txt", ["norm_added_q", "norm_added_k"]),
         ] {
-            for (part, name) in names.iter().enumerate() {
-                for kind in ["weight", "bias"] {
-                    put(
-                        format!("{d}.{name}.{kind}"),
-                        Source::Rows {
-                            name: bfl(&format!("{b}.{stream}_attn.qkv.{kind}")),
-                            start: part * width,
-                            len: width,
-                        },
-                    );
-                }
-            }
             for (norm, bfl_norm) in norms.iter().zip(["query_norm", "key_norm"]) {
-                put(
+                remap.insert(
                     format!("{d}.{norm}.weight"),
                     Source::Tensor(bfl(&format!("{b}.{stream}_attn.norm.{bfl_norm}.scale"))),
                 );
             }
         }
     }
-    for i in 0..blocks(shapes, prefix, "single_blocks") {
+    for i in 0..dims.single_blocks {
         let (d, b) = (
-            format!("single_transformer_blocks.{i}"),
+            format!("single_transformer_blocks.{i}.attn"),
             format!("single_blocks.{i}"),
         );
-        let fused = shape(shapes, prefix, &format!("{b}.linear1.weight"))?[0];
-        let Some(mlp) = fused.checked_sub(3 * width).filter(|&mlp| mlp > 0) else {
-            return Err(format!(
-                "`{b}.linear1.weight` has {fused} rows, not q, k, v of {width} and an MLP"
-            ));
-        };
-        let parts = [
-            ("attn.to_q", 0, width),
-            ("attn.to_k", width, width),
-            ("attn.to_v", 2 * width, width),
-            ("proj_mlp", 3 * width, mlp),
-        ];
-        for (name, start, len) in parts {
-            for kind in ["weight", "bias"] {
-                put(
-                    format!("{d}.{name}.{kind}"),
-                    Source::Rows {
-                        name: bfl(&format!("{b}.linear1.{kind}")),
-                        start,
-                        len,
-                    },
-                );
-            }
-        }
         for (norm, bfl_norm) in [("norm_q", "query_norm"), ("norm_k", "key_norm")] {
-            put(
-                format!("{d}.attn.{norm}.weight"),
+            remap.insert(
+                format!("{d}.{norm}.weight"),
                 Source::Tensor(bfl(&format!("{b}.norm.{bfl_norm}.scale"))),
             );
         }
-    }
-    // BFL's final modulation gives (shift, scale), diffusers' `AdaLayerNormContinuous` (scale, shift).
-    for kind in ["weight", "bias"] {
-        put(
-            format!("norm_out.linear.{kind}"),
-            Source::SwappedHalves(bfl(&format!("final_layer.adaLN_modulation.1.{kind}"))),
-        );
     }
     Ok(remap)
 }

@@ -14,9 +14,16 @@
 //!
 //! Kohya files for SDXL name the UNet's modules as the original SGM checkpoints do
 //! (`lora_unet_input_blocks_4_1_...`); the targets know that spelling too
-//! ([`crate::checkpoint::sd_unet::original_module`]). Kohya files for FLUX name BFL's fused
-//! layers (`double_blocks_0_img_attn_qkv`), which diffusers splits; those are refused by name
-//! for now.
+//! ([`crate::checkpoint::sd_unet::original_module`]). Kohya files for FLUX name the
+//! transformer's modules as BFL's checkpoints do (`lora_unet_double_blocks_0_img_attn_qkv`,
+//! `lora_unet_single_blocks_3_linear1`), where q, k and v (and a single block's MLP input) are
+//! one fused layer that diffusers keeps as several. Such a module binds to each of those
+//! layers with the rows of its change that layer takes ([`Cut`], from the same table that reads
+//! BFL checkpoints, [`crate::checkpoint::flux_bfl::linears`]): the change `up @ down` is
+//! `(out, in)` and the fused layer's rows are the split layers' rows stacked, so each layer's
+//! share is `up[rows] @ down`, whether `up` is dense (one LoRA trained on the fused layer) or
+//! block-diagonal (q, k and v trained apart and saved rank-concatenated). The final norm's
+//! modulation swaps its halves, the change's rows too.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +33,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::hook::{LowRank, Tag};
 use super::targets::{ModuleKind, Targets};
+use crate::checkpoint::flux_bfl::Cut;
 use crate::error::{EngineError, Result};
 
 /// How a file names its modules.
@@ -64,10 +72,13 @@ pub struct LoraFile {
     alphas: BTreeMap<String, f64>,
 }
 
-/// One module of a file bound to a layer of the model.
+/// One module of a file bound to a layer of the model (a module on a fused BFL layer binds
+/// to each of the layers it is cut into).
 #[derive(Debug, Clone)]
 pub struct Binding {
     pub tag: Tag,
+    /// The rows of the module's change that this layer takes.
+    rows: Cut,
     keys_down: String,
     keys_up: String,
     keys_alpha: Option<String>,
@@ -205,10 +216,11 @@ impl LoraFile {
                 keys.down.clone().unwrap_or_default(),
                 keys.up.clone().unwrap_or_default(),
             );
-            let Some(tag) = self.tag_of(module, targets)? else {
+            let layers = self.layers_of(module, targets);
+            if layers.is_empty() {
                 unknown.push(module.clone());
                 continue;
-            };
+            }
             let (down_shape, up_shape) = (&self.shapes[&down], &self.shapes[&up]);
             let (rank, inner) = matrix(down_shape).ok_or_else(|| bad(&self.path, format!("`{down}` has shape {down_shape:?}; a LoRA's down matrix is (rank, in) or (rank, in, 1, 1)")))?;
             let (out, up_rank) = matrix(up_shape).ok_or_else(|| bad(&self.path, format!("`{up}` has shape {up_shape:?}; a LoRA's up matrix is (out, rank) or (out, rank, 1, 1)")))?;
@@ -218,36 +230,19 @@ impl LoraFile {
                     format!("`{down}` has rank {rank} but `{up}` rank {up_rank}"),
                 ));
             }
-            match targets.modules[&tag] {
-                ModuleKind::Conv => {
-                    return Err(bad(
-                        &self.path,
-                        format!(
-                            "`{module}` changes the convolution {}.{}; LoRAs on 3x3 convolutions (LoCon) are not applied",
-                            tag.component, tag.module
-                        ),
-                    ));
-                }
-                ModuleKind::Dense(Some(expected)) if expected != (inner, out) => {
-                    return Err(bad(
-                        &self.path,
-                        format!(
-                            "`{module}` maps {inner} to {out} features, but the model's {}.{} maps {} to {}: a LoRA for another model",
-                            tag.component, tag.module, expected.0, expected.1
-                        ),
-                    ));
-                }
-                ModuleKind::Dense(_) => {}
+            self.check_shapes(module, (inner, out), &layers, targets)?;
+            let alpha = self.alphas.get(&*layers[0].0.component).copied();
+            for (tag, rows) in layers {
+                bindings.push(Binding {
+                    tag,
+                    rows,
+                    keys_down: down.clone(),
+                    keys_up: up.clone(),
+                    keys_alpha: keys.alpha.clone(),
+                    rank,
+                    alpha,
+                });
             }
-            let alpha = self.alphas.get(&*tag.component).copied();
-            bindings.push(Binding {
-                tag,
-                keys_down: down,
-                keys_up: up,
-                keys_alpha: keys.alpha.clone(),
-                rank,
-                alpha,
-            });
         }
         if !unknown.is_empty() {
             let component = bindings
@@ -276,8 +271,61 @@ impl LoraFile {
         Ok(bindings)
     }
 
-    /// The layer a module of the file names, `None` when the model has no such layer.
-    fn tag_of(&self, module: &str, targets: &Targets) -> Result<Option<Tag>> {
+    /// That `module`, mapping `features` `(in, out)`, fits the model's `layers` it binds to:
+    /// none is a 3x3 convolution, each takes `in` features, and their rows add up to `out`.
+    fn check_shapes(
+        &self,
+        module: &str,
+        features: (usize, usize),
+        layers: &[(Tag, Cut)],
+        targets: &Targets,
+    ) -> Result<()> {
+        let mut expected = Some((0, 0));
+        for (tag, _) in layers {
+            match targets.modules[tag] {
+                ModuleKind::Conv => {
+                    return Err(bad(
+                        &self.path,
+                        format!(
+                            "`{module}` changes the convolution {}.{}; LoRAs on 3x3 convolutions (LoCon) are not applied",
+                            tag.component, tag.module
+                        ),
+                    ));
+                }
+                // A fused module's rows are its layers' rows stacked (the table cuts them by
+                // the model's own widths).
+                ModuleKind::Dense(Some((inner, out))) => {
+                    expected = expected.map(|(_, rows)| (inner, rows + out));
+                }
+                ModuleKind::Dense(None) => expected = None,
+            }
+        }
+        match expected {
+            Some(expected) if expected != features => {
+                let names: Vec<String> = layers
+                    .iter()
+                    .map(|(tag, _)| format!("{}.{}", tag.component, tag.module))
+                    .collect();
+                let layer = match names.as_slice() {
+                    [one] => format!("model's {one}"),
+                    many => format!("model's {} (fused)", many.join(" + ")),
+                };
+                Err(bad(
+                    &self.path,
+                    format!(
+                        "`{module}` maps {} to {} features, but the {layer} maps {} to {}: a LoRA for another model",
+                        features.0, features.1, expected.0, expected.1
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The layers a module of the file names and the rows of its change each takes; none when
+    /// the model has no such layer.
+    fn layers_of(&self, module: &str, targets: &Targets) -> Vec<(Tag, Cut)> {
+        let whole = |tag: Option<Tag>| tag.map(|tag| vec![(tag, Cut::Whole)]).unwrap_or_default();
         match self.layout {
             Layout::Peft => {
                 let Some((component, path)) = PEFT_PREFIXES.iter().find_map(|p| {
@@ -285,44 +333,42 @@ impl LoraFile {
                         .strip_prefix(p)
                         .map(|rest| (p.trim_end_matches('.'), rest))
                 }) else {
-                    return Ok(None);
+                    return Vec::new();
                 };
                 let tag = Tag {
                     component: Arc::from(component),
                     module: Arc::from(path),
                 };
                 if targets.modules.contains_key(&tag) {
-                    return Ok(Some(tag));
+                    return whole(Some(tag));
                 }
                 // CLIP saved by a newer `transformers` has no `text_model.` prefix.
                 let prefixed = Tag {
                     component: tag.component.clone(),
                     module: Arc::from(format!("text_model.{path}").as_str()),
                 };
-                Ok(targets.modules.contains_key(&prefixed).then_some(prefixed))
+                whole(targets.modules.contains_key(&prefixed).then_some(prefixed))
             }
             Layout::Kohya => {
                 let Some((prefix, component)) =
                     KOHYA_PREFIXES.iter().find(|(p, _)| module.starts_with(p))
                 else {
-                    return Ok(None);
+                    return Vec::new();
                 };
                 let rest = &module[prefix.len()..];
-                if *component == "unet"
-                    && ["double_blocks_", "single_blocks_"]
-                        .iter()
-                        .any(|p| rest.starts_with(p))
+                // FLUX's transformer in BFL's names (sd-scripts calls it the UNet too).
+                if matches!(*component, "unet" | "transformer")
+                    && let Some(layers) = targets.bfl.get(rest)
                 {
-                    return Err(bad(
-                        &self.path,
-                        "a Kohya FLUX LoRA (original BFL module names such as `lora_unet_double_blocks_...`) is not yet supported; use its diffusers/PEFT form (`transformer.transformer_blocks...lora_A.weight`)",
-                    ));
+                    return layers.clone();
                 }
-                Ok(targets
-                    .kohya
-                    .get(*component)
-                    .and_then(|names| names.get(rest))
-                    .cloned())
+                whole(
+                    targets
+                        .kohya
+                        .get(*component)
+                        .and_then(|names| names.get(rest))
+                        .cloned(),
+                )
             }
         }
     }
@@ -360,20 +406,51 @@ impl LoraFile {
                 }
                 .unwrap_or(binding.rank as f64);
                 let factor = scale * alpha / rank as f64;
+                let (down, up) = share(
+                    down.reshape((rank, inner))?,
+                    up.reshape((out, rank))?,
+                    binding.rows,
+                )?;
                 let term = LowRank {
-                    down_t: down
-                        .reshape((rank, inner))?
-                        .t()?
-                        .contiguous()?
-                        .to_device(device)?,
-                    up_t: (up.reshape((out, rank))?.t()? * factor)?
-                        .contiguous()?
-                        .to_device(device)?,
+                    down_t: down.t()?.contiguous()?.to_device(device)?,
+                    up_t: (up.t()? * factor)?.contiguous()?.to_device(device)?,
                 };
                 Ok((binding.tag.clone(), term))
             })
             .collect()
     }
+}
+
+/// A layer's share of a module's `down` `(rank, in)` and `up` `(out, rank)`: `up`'s rows
+/// that the layer takes. When those rows leave some ranks unused (a block-diagonal `up`: q, k
+/// and v trained apart and saved as one fused module), those ranks are dropped from both, so
+/// the merge costs the layer's own rank and adds exactly what a file of the split layers would.
+fn share(down: Tensor, up: Tensor, rows: Cut) -> candle_core::Result<(Tensor, Tensor)> {
+    let up = match rows {
+        Cut::Whole => return Ok((down, up)),
+        Cut::SwappedHalves => {
+            let half = up.dim(0)? / 2;
+            return Ok((
+                down,
+                Tensor::cat(&[up.narrow(0, half, half)?, up.narrow(0, 0, half)?], 0)?,
+            ));
+        }
+        Cut::Rows { start, len } => up.narrow(0, start, len)?,
+    };
+    let used: Vec<u32> = up
+        .abs()?
+        .max(0)?
+        .to_vec1::<f32>()?
+        .iter()
+        .enumerate()
+        .filter(|(_, largest)| **largest != 0.0)
+        .map(|(rank, _)| rank as u32)
+        .collect();
+    if used.len() == up.dim(1)? {
+        return Ok((down, up));
+    }
+    let used = Tensor::new(used.as_slice(), up.device())?;
+    Ok((down.index_select(&used, 0)?, up.index_select(&used, 1)?))
 }
 
 /// `(rows, cols)` of a LoRA matrix stored 2-D or as a 1x1 convolution's weight.

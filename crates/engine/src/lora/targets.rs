@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::hook::Tag;
+use crate::checkpoint::flux_bfl::{self, Cut};
 use crate::error::{EngineError, Result};
 use crate::model::{Family, ModelIndex};
 use crate::weights::NameScheme;
@@ -27,6 +28,10 @@ pub struct Targets {
     pub(crate) modules: BTreeMap<Tag, ModuleKind>,
     /// Per component, Kohya's spelling of each module (dots as `_`) to its tag.
     pub(crate) kohya: HashMap<Arc<str>, HashMap<String, Tag>>,
+    /// FLUX's transformer: each module in BFL's names as Kohya spells them
+    /// (`double_blocks_0_img_attn_qkv`) to the layers it is in diffusers and the rows of the
+    /// module each takes ([`flux_bfl::linears`]).
+    pub(crate) bfl: HashMap<String, Vec<(Tag, Cut)>>,
 }
 
 /// The component folders a LoRA may address, per family; `None` for a family that takes none.
@@ -64,7 +69,69 @@ impl Targets {
         if family.is_unet() {
             targets.add_original_unet_names(&dir.join("unet/config.json"))?;
         }
+        if family == Family::Flux {
+            targets.add_bfl_names();
+        }
         Ok(targets)
+    }
+
+    /// Kohya's FLUX LoRAs name the transformer's layers as BFL's checkpoints do, where q, k
+    /// and v (and a single block's MLP input) are one fused layer: each BFL module and the
+    /// diffusers layers it is cut into, from the sizes of the model's own layers.
+    fn add_bfl_names(&mut self) {
+        let Some(dims) = self.flux_dims() else {
+            return;
+        };
+        for linear in flux_bfl::linears(&dims) {
+            let tag = Tag {
+                component: Arc::from("transformer"),
+                module: Arc::from(linear.diffusers.as_str()),
+            };
+            if self.modules.contains_key(&tag) {
+                self.bfl
+                    .entry(linear.bfl.replace('.', "_"))
+                    .or_default()
+                    .push((tag, linear.cut));
+            }
+        }
+    }
+
+    /// The sizes of the FLUX transformer among the targets, `None` when its files do not say.
+    fn flux_dims(&self) -> Option<flux_bfl::Dims> {
+        let features = |module: &str| match self.modules.get(&Tag {
+            component: Arc::from("transformer"),
+            module: Arc::from(module),
+        }) {
+            Some(ModuleKind::Dense(Some((_, out)))) => Some(*out),
+            _ => None,
+        };
+        let blocks = |kind: &str| {
+            self.modules
+                .keys()
+                .filter(|tag| &*tag.component == "transformer")
+                .filter_map(|tag| {
+                    tag.module
+                        .strip_prefix(kind)?
+                        .split('.')
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .map(|i: usize| i + 1)
+                .max()
+                .unwrap_or(0)
+        };
+        let single_blocks = blocks("single_transformer_blocks.");
+        Some(flux_bfl::Dims {
+            width: features("x_embedder")?,
+            double_blocks: blocks("transformer_blocks."),
+            single_blocks,
+            single_mlp: match single_blocks {
+                0 => 0,
+                _ => features("single_transformer_blocks.0.proj_mlp")?,
+            },
+            guidance: features("time_text_embed.guidance_embedder.linear_1").is_some(),
+        })
     }
 
     /// Kohya's SDXL LoRAs name the UNet's layers as the original (SGM) checkpoints do

@@ -48,6 +48,12 @@ fn peft_and_kohya_files_bind_to_every_module_they_name() {
     assert!(peft.layers > 20, "{peft:?}");
     let sdxl = check(&model_dir("tiny-sdxl"), &lora("tiny-sdxl-peft.safetensors")).unwrap();
     assert_eq!(sdxl.layout, Layout::Peft);
+    // FLUX's in BFL's names, q, k and v fused: each fused module binds to its split layers.
+    let flux = dit_model_dir("tiny-flux-dev");
+    let peft = check(&flux, &lora("tiny-flux-dev-peft.safetensors")).unwrap();
+    let kohya = check(&flux, &lora("tiny-flux-dev-kohya.safetensors")).unwrap();
+    assert_eq!(kohya.layout, Layout::Kohya);
+    assert_eq!(peft.layers, kohya.layers);
 }
 
 #[test]
@@ -72,8 +78,8 @@ fn a_file_in_no_layout_is_refused_naming_the_layouts() {
     );
 }
 
-/// Kohya's SDXL files name the UNet's layers as the original SGM checkpoints do; FLUX's, with
-/// BFL's fused layers, are not read yet.
+/// Kohya's SDXL files name the UNet's layers as the original SGM checkpoints do, and FLUX's
+/// name the transformer's as BFL's checkpoints do, q, k and v fused.
 #[test]
 fn kohya_files_with_original_module_names() {
     let sgm = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q";
@@ -89,15 +95,160 @@ fn kohya_files_with_original_module_names() {
     let error = message(check(&model_dir("tiny-sdxl"), &path).unwrap_err());
     assert!(error.contains("attn1.to_q"), "{error}");
 
+    // tiny-flux-dev is 96 wide: its fused qkv maps 96 to 3 x 96 and binds to three layers.
     let bfl = "lora_unet_double_blocks_0_img_attn_qkv";
     let (down, up) = (
         format!("{bfl}.lora_down.weight"),
         format!("{bfl}.lora_up.weight"),
     );
-    let (_dir, path) = file_with(&[(&down, &[4, 32]), (&up, &[32, 4])]);
+    let (_dir, path) = file_with(&[(&down, &[4, 96]), (&up, &[288, 4])]);
+    let summary = check(&dit_model_dir("tiny-flux-dev"), &path).unwrap();
+    assert_eq!((summary.layout, summary.layers), (Layout::Kohya, 3));
+    let (_dir, path) = file_with(&[(&down, &[4, 96]), (&up, &[96, 4])]);
+    let error = message(check(&dit_model_dir("tiny-flux-dev"), &path).unwrap_err());
+    assert!(
+        error.contains("maps 96 to 96 features")
+            && error.contains("attn.to_q + transformer.transformer_blocks.0.attn.to_k")
+            && error.contains("(fused) maps 96 to 288"),
+        "{error}"
+    );
+    // Kohya's FLUX files name CLIP-L as SD's first text encoder (tiny-flux-dev's is 32 wide).
+    let clip = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj";
+    let (_dir, path) = file_with(&[
+        (&format!("{clip}.lora_down.weight"), &[4, 32]),
+        (&format!("{clip}.lora_up.weight"), &[32, 4]),
+        (&down, &[4, 96]),
+        (&up, &[288, 4]),
+    ]);
+    assert_eq!(
+        check(&dit_model_dir("tiny-flux-dev"), &path)
+            .unwrap()
+            .layers,
+        4
+    );
+    // Not a layer of an SDXL UNet.
+    let (_dir, path) = file_with(&[(&down, &[4, 96]), (&up, &[288, 4])]);
     let error = message(check(&model_dir("tiny-sdxl"), &path).unwrap_err());
-    assert!(error.contains("Kohya FLUX LoRA"), "{error}");
-    assert!(error.contains("not yet supported"), "{error}");
+    assert!(error.contains("fit no layer of this model"), "{error}");
+}
+
+/// A safetensors file of these tensors, in a temporary folder.
+fn file_of(tensors: &[(&str, Tensor)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("made.safetensors");
+    let tensors: std::collections::HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(name, t)| (name.to_string(), t.clone()))
+        .collect();
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    (dir, path)
+}
+
+/// Each layer's change `scale * up @ down` that the file at `path` makes to tiny-flux-dev, by
+/// layer.
+fn changes(path: &Path) -> std::collections::BTreeMap<String, Tensor> {
+    let targets = Targets::read(&dit_model_dir("tiny-flux-dev")).unwrap();
+    let file = LoraFile::open(path).unwrap();
+    let bindings = file.bind(&targets).unwrap();
+    file.load(&bindings, 0.7, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(tag, term)| {
+            let change = term.down_t.matmul(&term.up_t).unwrap().t().unwrap();
+            (tag.module.to_string(), change)
+        })
+        .collect()
+}
+
+/// A Kohya module on a fused BFL layer changes diffusers' split layers by its rows: one LoRA
+/// trained on the fused `qkv` (a dense `up`, one `down`) is the PEFT file whose q, k and v
+/// share that `down` and take a third of `up` each; the final norm's modulation, stored
+/// (shift, scale) by BFL, takes `up`'s halves swapped. Kohya's `alpha` over its rank applies.
+#[test]
+fn a_kohya_flux_module_on_a_fused_layer_changes_the_split_layers_by_rows() {
+    let random = |shape: (usize, usize)| Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
+    let (qkv_down, qkv_up) = (random((4, 96)), random((288, 4)));
+    let (norm_down, norm_up) = (random((2, 96)), random((192, 2)));
+    let alpha = |a: f32| Tensor::new(a, &Device::Cpu).unwrap();
+    let (_kohya_dir, kohya) = file_of(&[
+        (
+            "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
+            qkv_down.clone(),
+        ),
+        (
+            "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight",
+            qkv_up.clone(),
+        ),
+        ("lora_unet_double_blocks_0_img_attn_qkv.alpha", alpha(2.0)),
+        (
+            "lora_unet_final_layer_adaLN_modulation_1.lora_down.weight",
+            norm_down.clone(),
+        ),
+        (
+            "lora_unet_final_layer_adaLN_modulation_1.lora_up.weight",
+            norm_up.clone(),
+        ),
+        ("lora_unet_final_layer_adaLN_modulation_1.alpha", alpha(2.0)),
+    ]);
+    // PEFT without metadata: alpha is the rank. Kohya's qkv has alpha 2 over rank 4.
+    let half = |t: &Tensor| (t * 0.5).unwrap();
+    let rows = |t: &Tensor, start, len| t.narrow(0, start, len).unwrap();
+    let (_peft_dir, peft) = file_of(&[
+        (
+            "transformer.transformer_blocks.0.attn.to_q.lora_A.weight",
+            qkv_down.clone(),
+        ),
+        (
+            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight",
+            half(&rows(&qkv_up, 0, 96)),
+        ),
+        (
+            "transformer.transformer_blocks.0.attn.to_k.lora_A.weight",
+            qkv_down.clone(),
+        ),
+        (
+            "transformer.transformer_blocks.0.attn.to_k.lora_B.weight",
+            half(&rows(&qkv_up, 96, 96)),
+        ),
+        (
+            "transformer.transformer_blocks.0.attn.to_v.lora_A.weight",
+            qkv_down,
+        ),
+        (
+            "transformer.transformer_blocks.0.attn.to_v.lora_B.weight",
+            half(&rows(&qkv_up, 192, 96)),
+        ),
+        ("transformer.norm_out.linear.lora_A.weight", norm_down),
+        (
+            "transformer.norm_out.linear.lora_B.weight",
+            Tensor::cat(&[rows(&norm_up, 96, 96), rows(&norm_up, 0, 96)], 0).unwrap(),
+        ),
+    ]);
+    let (from_kohya, from_peft) = (changes(&kohya), changes(&peft));
+    assert_eq!(
+        from_kohya.keys().collect::<Vec<_>>(),
+        [
+            "norm_out.linear",
+            "transformer_blocks.0.attn.to_k",
+            "transformer_blocks.0.attn.to_q",
+            "transformer_blocks.0.attn.to_v"
+        ]
+    );
+    assert_eq!(
+        from_kohya.keys().collect::<Vec<_>>(),
+        from_peft.keys().collect::<Vec<_>>()
+    );
+    for (layer, change) in &from_kohya {
+        let off = (change - &from_peft[layer])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(off < 1e-5, "{layer}: {off}");
+    }
 }
 
 #[test]

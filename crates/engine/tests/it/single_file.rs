@@ -607,6 +607,44 @@ fn a_kohya_sdxl_lora_in_original_names_is_its_peft_twin() {
     assert!(generate_with(&checkpoint("tiny-sdxl"), &request(false), "tiny-sdxl-kohya") == peft);
 }
 
+/// Kohya's FLUX LoRAs name the transformer's layers as BFL's checkpoints do, with q, k and v
+/// (and a single block's MLP input) fused (tools/lora/kohya_flux_from_peft.py fused tiny-flux-dev's
+/// PEFT LoRA as sd-scripts saves split q/k/v, and diffusers paints the same picture from both):
+/// the engine reads them as the same LoRA, on the diffusers folder, the BFL checkpoint and GGUF.
+#[test]
+fn a_kohya_flux_lora_in_bfl_names_is_its_peft_twin() {
+    let folder = crate::dit_models().join("tiny-flux-dev");
+    let peft = generate_with(&folder, &flux_request(), "tiny-flux-dev-peft");
+    let kohya = generate_with(&folder, &flux_request(), "tiny-flux-dev-kohya");
+    assert!(peft == kohya, "{}/255 off", most_off(&peft, &kohya));
+    assert!(
+        peft != generate(&folder, &flux_request()),
+        "the LoRA changed nothing"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flux1-dev.safetensors");
+    std::fs::copy(
+        fixtures().join("single-file/tiny-flux-dev-bfl.safetensors"),
+        &file,
+    )
+    .unwrap();
+    write_sidecar(&file, &serde_json::json!({"base": folder}));
+    assert!(generate_with(&file, &flux_request(), "tiny-flux-dev-kohya") == peft);
+    // And on a GGUF transformer, whose quantized layers take the change merged into their
+    // dequantized weights: the same picture as its PEFT twin there.
+    let quantized = dir.path().join("flux.gguf");
+    std::fs::copy(
+        fixtures().join("single-file/tiny-flux-dev-q8_0.gguf"),
+        &quantized,
+    )
+    .unwrap();
+    write_sidecar(&quantized, &serde_json::json!({"base": folder}));
+    assert!(
+        generate_with(&quantized, &flux_request(), "tiny-flux-dev-kohya")
+            == generate_with(&quantized, &flux_request(), "tiny-flux-dev-peft")
+    );
+}
+
 fn generate_with(path: &Path, request: &GenerateRequest, lora: &str) -> Vec<u8> {
     paint(path, request, &[lora])
 }

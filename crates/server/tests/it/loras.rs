@@ -82,7 +82,7 @@ async fn wrong_loras_are_400s_naming_the_field() {
     let cases = [
         (
             json!([{"name": "nope"}]),
-            "available: `tiny-flux-dev-peft`, `tiny-sd-kohya`, `tiny-sd-peft`, `tiny-sdxl-kohya`, `tiny-sdxl-peft`",
+            "available: `tiny-flux-dev-kohya`, `tiny-flux-dev-peft`, `tiny-sd-kohya`, `tiny-sd-peft`, `tiny-sdxl-kohya`, `tiny-sdxl-peft`",
         ),
         (
             json!([{"name": "../loras/tiny-sd-peft"}]),

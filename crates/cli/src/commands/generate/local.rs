@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use seedbed_core::device::{DeviceEvent, DeviceFailure};
 use seedbed_core::local::Prepared;
+use seedbed_core::loras::LoraFolder;
 use seedbed_core::{Catalog, CoreError, Device, DeviceOptions, InputPolicy, local};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -31,12 +32,23 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
             )
         ));
     }
-    let catalog = Catalog::scan(&args.models_dir, &[]).with_context(|| {
-        format!(
-            "reading the models directory {} (set --models-dir or SEEDBED_MODELS_DIR)",
-            args.models_dir.display()
-        )
-    })?;
+    let loras = match &args.loras_dir {
+        Some(dir) => Some(LoraFolder::open(dir).with_context(|| {
+            format!(
+                "reading the LoRA folder {} (--loras-dir or SEEDBED_LORAS_DIR)",
+                dir.display()
+            )
+        })?),
+        None => None,
+    };
+    let catalog = Catalog::scan(&args.models_dir, &[])
+        .with_context(|| {
+            format!(
+                "reading the models directory {} (set --models-dir or SEEDBED_MODELS_DIR)",
+                args.models_dir.display()
+            )
+        })?
+        .with_loras(loras);
     let progress = Progress::new(args.quiet);
     let mut wire = request::build(&args, target.format())?;
     wire.model = Some(match &args.model {

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use seedbed_core::loras::{MAX_LORA_SCALE, MAX_LORAS};
 use seedbed_core::spec::{MAX_GUIDANCE, MAX_IMAGES_TOTAL, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS};
 use seedbed_engine::scheduler::SchedulerKind;
 
@@ -30,6 +31,7 @@ Examples:
   seedbed generate \"a lighthouse at dusk, oil painting\"              # seedbed.jpeg, a local model
   seedbed generate \"four views of a harbour\" -n 4 -o shots/ --server http://127.0.0.1:8080
   seedbed generate \"the same, in winter\" --image shots/seedbed-1.jpeg --strength 0.6 -o winter.png
+  seedbed generate \"a fox\" --lora watercolor:0.8 --loras-dir loras   # a LoRA, at 0.8
 
 Without --server the model runs in this process (a folder in --models-dir) with the server's rules:
 the same sizes, defaults (from the model's name or its seedbed.json), checks and pictures for the
@@ -38,7 +40,8 @@ goes to that server and the command shows the queue position, then the steps of 
 
 Limits: -n 1..={MAX_IMAGES_TOTAL} (reference images count against the same {MAX_IMAGES_TOTAL}), --steps 1..={MAX_STEPS},
 --guidance 0..={MAX_GUIDANCE}, --strength in (0, 1], --seed 0..={MAX_SEED}, a prompt of at most {MAX_PROMPT_CHARS}
-characters. Sizes depend on the model: (native side / 2)^2 to (4 x native side)^2 pixels.
+characters, --lora at most {MAX_LORAS} times at -{MAX_LORA_SCALE}..={MAX_LORA_SCALE}. Sizes depend on the model: (native side / 2)^2
+to (4 x native side)^2 pixels.
 These are checked before a model loads or a request is sent. --strength without --image is
 ignored. A reference picture of another size is resized to the output size (stretched if its
 aspect ratio differs; never cropped).
@@ -136,6 +139,16 @@ pub struct GenerateArgs {
     /// What to steer away from (used when guidance > 1; for FLUX, with --true-cfg-scale).
     #[arg(long)]
     negative_prompt: Option<String>,
+
+    /// Apply a LoRA by its name in the LoRA folder (--loras-dir locally; `GET /v1/loras` on a
+    /// server), at SCALE (-4..=4, default 1); repeatable, at most 8. SD, SDXL and FLUX.1.
+    #[arg(long = "lora", value_name = "NAME[:SCALE]", value_parser = request::parse_lora)]
+    loras: Vec<seedbed_types::LoraRef>,
+
+    /// Folder of LoRA files (`*.safetensors`, Kohya or diffusers/PEFT) that --lora names
+    /// (local only; a server has its own).
+    #[arg(long, env = "SEEDBED_LORAS_DIR")]
+    loras_dir: Option<PathBuf>,
 
     /// Output file (.png, .jpg) or directory (ending in / or existing)
     /// [default: seedbed.jpeg, or the next free seedbed-N.jpeg].

@@ -6,8 +6,9 @@
 use anyhow::Result;
 use base64::Engine as _;
 use seedbed_core::CoreError;
+use seedbed_core::loras::{MAX_LORA_SCALE, MAX_LORAS};
 use seedbed_core::spec::{MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS};
-use seedbed_types::{GenerationRequest, ImageInput, SequentialMode, SequentialOptions};
+use seedbed_types::{GenerationRequest, ImageInput, LoraRef, SequentialMode, SequentialOptions};
 
 use super::GenerateArgs;
 use super::output::Format;
@@ -78,7 +79,48 @@ pub fn check(args: &GenerateArgs) -> Result<()> {
     for source in args.image.iter().filter(|s| !is_url(s)) {
         picture_size(source)?;
     }
+    if args.loras.len() > MAX_LORAS {
+        return Err(CoreError::invalid(
+            "loras",
+            format!(
+                "--lora is given {} times; a request applies at most {MAX_LORAS}",
+                args.loras.len()
+            ),
+        )
+        .into());
+    }
     Ok(())
+}
+
+/// `--lora NAME[:SCALE]`: a name of the LoRA folder and its factor (1 when not given). The
+/// scale's bound is checked here so that a typo exits 2 before a model loads or a request is
+/// sent; whether the name exists is the LoRA folder's answer (core's or the server's).
+pub fn parse_lora(value: &str) -> std::result::Result<LoraRef, String> {
+    let form = format!(
+        "expected NAME or NAME:SCALE, SCALE a number from -{MAX_LORA_SCALE} to {MAX_LORA_SCALE} \
+         (e.g. watercolor or watercolor:0.8)"
+    );
+    let (name, scale) = match value.rsplit_once(':') {
+        Some((name, scale)) => {
+            let scale: f64 = scale
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{scale}` is not a scale; {form}"))?;
+            if !(scale.is_finite() && scale.abs() <= MAX_LORA_SCALE) {
+                return Err(format!("scale {scale} is out of range; {form}"));
+            }
+            (name, Some(scale))
+        }
+        None => (value, None),
+    };
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("no LoRA name; {form}"));
+    }
+    Ok(LoraRef {
+        name: name.to_string(),
+        scale,
+    })
 }
 
 fn is_width_x_height(size: &str) -> bool {
@@ -155,6 +197,7 @@ pub fn build(args: &GenerateArgs, format: Option<Format>) -> Result<GenerationRe
         strength: args.strength,
         karras_sigmas: args.karras.then_some(true),
         true_cfg_scale: args.true_cfg_scale,
+        loras: (!args.loras.is_empty()).then(|| args.loras.clone()),
         ..GenerationRequest::default()
     })
 }
@@ -192,6 +235,32 @@ mod tests {
         assert!(is_width_x_height("1024x768"));
         for bad in ["big", "x768", "1024x", "1024*768", "10x10x10", "-1x5"] {
             assert!(!is_width_x_height(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loras_are_a_name_and_an_optional_scale() {
+        let lora = |name: &str, scale| LoraRef {
+            name: name.into(),
+            scale,
+        };
+        assert_eq!(parse_lora("watercolor").unwrap(), lora("watercolor", None));
+        assert_eq!(
+            parse_lora("watercolor:0.8").unwrap(),
+            lora("watercolor", Some(0.8))
+        );
+        assert_eq!(parse_lora("slider:-4").unwrap(), lora("slider", Some(-4.0)));
+        for (bad, why) in [
+            ("watercolor:", "`` is not a scale"),
+            ("watercolor:lots", "`lots` is not a scale"),
+            ("watercolor:4.5", "scale 4.5 is out of range"),
+            ("watercolor:NaN", "scale NaN is out of range"),
+            (":0.5", "no LoRA name"),
+            ("", "no LoRA name"),
+        ] {
+            let error = parse_lora(bad).unwrap_err();
+            assert!(error.starts_with(why), "{bad}: {error}");
+            assert!(error.contains("expected NAME or NAME:SCALE"), "{error}");
         }
     }
 
