@@ -310,7 +310,7 @@ pub fn storage_type(name: &str, shape: &[usize], dtype: GgmlDType) -> GgmlDType 
     let row = shape[shape.len() - 1];
     if is_float(dtype)
         || KEPT.iter().any(|kept| bare.starts_with(kept))
-        || row % dtype.block_size() != 0
+        || !row.is_multiple_of(dtype.block_size())
     {
         return GgmlDType::F16;
     }

@@ -70,7 +70,7 @@ impl CustomOp1 for FusedOp {
         let input = &data[start..end];
         let dims = layout.dims();
         let channels = dims[1];
-        if channels % self.groups != 0 || self.weight.len() != channels {
+        if !channels.is_multiple_of(self.groups) || self.weight.len() != channels {
             candle_core::bail!(
                 "group-norm-silu: {channels} channels, {} groups",
                 self.groups

@@ -253,13 +253,13 @@ impl SchedulerConfig {
         {
             return unsupported("timestep_type", &self.timestep_type);
         }
-        if let Some(betas) = &self.trained_betas {
-            if betas.len() != self.num_train_timesteps {
-                return Err(EngineError::config(
-                    &self.source,
-                    "trained_betas must have num_train_timesteps entries",
-                ));
-            }
+        if let Some(betas) = &self.trained_betas
+            && betas.len() != self.num_train_timesteps
+        {
+            return Err(EngineError::config(
+                &self.source,
+                "trained_betas must have num_train_timesteps entries",
+            ));
         }
         if kind == SchedulerKind::DpmPlusPlus2M {
             if !matches!(self.solver_order, 1 | 2) {

@@ -264,10 +264,10 @@ pub fn log_f32(values: &[f32]) -> Vec<f32> {
 /// kept finite as the reference does (`alphas_cumprod[-1] = 2^-24`).
 pub fn sampler_training_sigmas(config: &SchedulerConfig) -> Vec<f32> {
     let mut cumprod = alphas_cumprod(config);
-    if config.rescale_betas_zero_snr {
-        if let Some(last) = cumprod.last_mut() {
-            *last = 2f32.powi(-24);
-        }
+    if config.rescale_betas_zero_snr
+        && let Some(last) = cumprod.last_mut()
+    {
+        *last = 2f32.powi(-24);
     }
     training_sigmas(&cumprod)
 }

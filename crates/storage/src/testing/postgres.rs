@@ -320,10 +320,10 @@ fn free_port() -> u16 {
 /// binaries off `$PATH`).
 fn find_binaries() -> Option<PathBuf> {
     let complete = |dir: &Path| BINARIES.iter().all(|name| dir.join(name).is_file());
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(dir) = std::env::split_paths(&path).find(|dir| complete(dir)) {
-            return Some(dir);
-        }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(dir) = std::env::split_paths(&path).find(|dir| complete(dir))
+    {
+        return Some(dir);
     }
     fs::read_dir("/usr/lib/postgresql")
         .ok()?

@@ -200,7 +200,7 @@ fn blocks_to_f32<T: GgmlType>(bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let count = bytes.len() / size_of::<T>();
     if count * size_of::<T>() != bytes.len()
         || count * T::BLCK_SIZE != out.len()
-        || (bytes.as_ptr() as usize) % align_of::<T>() != 0
+        || !(bytes.as_ptr() as usize).is_multiple_of(align_of::<T>())
     {
         candle_core::bail!(
             "{:?} blocks: {} bytes for {} values",

@@ -87,7 +87,10 @@ impl PackedQ8 {
     /// the rows do not make whole groups.
     pub fn pack(bytes: &[u8], rows: usize, cols: usize, kernel: Kernel) -> Option<Self> {
         let blocks = cols / BLOCK;
-        if rows % ROWS != 0 || cols % BLOCK != 0 || bytes.len() != rows * blocks * FILE_BLOCK {
+        if !rows.is_multiple_of(ROWS)
+            || !cols.is_multiple_of(BLOCK)
+            || bytes.len() != rows * blocks * FILE_BLOCK
+        {
             return None;
         }
         let mut quants = vec![0i8; rows * cols];

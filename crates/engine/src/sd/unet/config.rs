@@ -262,7 +262,7 @@ impl UNetConfig {
                 return unsupported("up_block_types", kind);
             }
         }
-        if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
+        if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return Err(EngineError::config(
                 path,
                 "conv_in_kernel and conv_out_kernel must be odd",
@@ -293,7 +293,7 @@ impl UNetConfig {
         (0..n)
             .map(|i| {
                 let out_channels = self.block_out_channels[i];
-                if heads[i] == 0 || out_channels % heads[i] != 0 {
+                if heads[i] == 0 || !out_channels.is_multiple_of(heads[i]) {
                     return Err(EngineError::config(
                         path,
                         format!(

@@ -43,7 +43,7 @@ impl PatchEmbed {
     /// no positions for it.
     pub fn grid(&self, height: usize, width: usize) -> Result<(usize, usize)> {
         let p = self.patch;
-        if height % p != 0 || width % p != 0 {
+        if !height.is_multiple_of(p) || !width.is_multiple_of(p) {
             candle_core::bail!(
                 "SD3: a {height}x{width} latent does not split into {p}x{p} patches"
             );

@@ -97,7 +97,7 @@ impl ClipConfig {
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -109,10 +109,10 @@ impl ClipConfig {
                 self.layer_norm_eps
             ));
         }
-        if let EosTokenId::Many(ids) = &self.eos_token_id {
-            if ids.len() != 1 {
-                return Err(format!("eos_token_id {ids:?}: expected one id"));
-            }
+        if let EosTokenId::Many(ids) = &self.eos_token_id
+            && ids.len() != 1
+        {
+            return Err(format!("eos_token_id {ids:?}: expected one id"));
         }
         Activation::parse(&self.hidden_act).map(|_| ())
     }

@@ -96,13 +96,16 @@ impl Qwen3Config {
         if sizes.contains(&0) {
             return Err("a size is zero".into());
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(format!(
                 "{} attention heads do not share {} key/value heads evenly",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(format!(
                 "`head_dim` {} is odd: RoPE rotates pairs",
                 self.head_dim()

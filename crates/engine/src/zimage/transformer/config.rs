@@ -118,7 +118,7 @@ impl ZImageConfig {
                 self.all_patch_size, self.all_f_patch_size
             ));
         }
-        if self.n_heads == 0 || self.dim % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.dim.is_multiple_of(self.n_heads) {
             return Err(format!(
                 "`dim` {} is not a multiple of `n_heads` {}",
                 self.dim, self.n_heads
