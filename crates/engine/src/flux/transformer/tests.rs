@@ -110,7 +110,7 @@ fn gguf_files_of_the_tiny_model_keep_what_fits_quantized() {
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
 
     let scratch = tempfile::tempdir().unwrap();
-    // Measured: q8_0 8.6e-4, q4_K (all f16) 2.8e-4.
+    // Measured: q8_0 1.8e-3, q4_K (all f16) 2.8e-4.
     for (dtype, bound) in [(GgmlDType::Q8_0, 1e-2), (GgmlDType::Q4K, 1e-3)] {
         let file = scratch.path().join(format!("tiny-{dtype:?}.gguf"));
         gguf::write(&file, &tensors, dtype).unwrap();
@@ -266,16 +266,17 @@ fn flux_shaped_random(config: &FluxConfig) -> Vec<(String, Tensor)> {
 /// Each GGUF type's error on the transformer's output, against the same random weights in
 /// f32 (a GGUF of f32 tensors, read dense), for a FLUX-shaped model whose rows split into
 /// every type's blocks (widths 256, 1024). f16 is read dense, so its error is the weights'
-/// rounding alone; the quantized types multiply in their blocks (`nn::quantized`), with the
-/// activations in f32, so theirs is the weights' rounding alone too.
+/// rounding alone; the quantized types multiply in their blocks (`nn::quantized`): q8_0 in
+/// 8-bit integers where the CPU has them, the activations rounded to q8_0 too, as ggml does;
+/// the others through f32 bands, so theirs is the weights' rounding alone.
 ///
 /// Measured relative errors `||out - f32|| / ||f32||` on this seeded model (in brackets:
-/// through candle 0.11's quantized matmul, which also rounds the activations to 8 bits per
-/// block as ggml does, as seedbed multiplied before):
+/// through candle 0.11's quantized matmul, which rounds the activations to 8 bits for every
+/// type; q8_0's weights' rounding alone is 7.3e-3):
 ///
 /// | f16 | q8_0 | q6_K | q5_K | q5_1 | q5_0 | q4_K | q4_1 | q4_0 |
 /// | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-/// | 5.0e-4 | 7.3e-3 (1.36e-2) | 2.7e-2 (2.9e-2) | 5.0e-2 (5.2e-2) | 5.2e-2 (5.2e-2) | 5.7e-2 (5.8e-2) | 1.08e-1 (1.08e-1) | 1.02e-1 (1.04e-1) | 1.24e-1 (1.25e-1) |
+/// | 5.0e-4 | 1.14e-2 (1.36e-2) | 2.7e-2 (2.9e-2) | 5.0e-2 (5.2e-2) | 5.2e-2 (5.2e-2) | 5.7e-2 (5.8e-2) | 1.08e-1 (1.08e-1) | 1.02e-1 (1.04e-1) | 1.24e-1 (1.25e-1) |
 ///
 /// Random weights are a harsh case (a block's largest weight sets its step, and nothing is
 /// smooth): per matrix the expected rounding is about step / sqrt(12), 0.5 % of the weights'
@@ -323,7 +324,7 @@ fn every_gguf_type_stays_near_f32_on_a_flux_shaped_model() {
     let reference = run(GgmlDType::F32);
     let bounds = [
         (GgmlDType::F16, 1e-3),
-        (GgmlDType::Q8_0, 1.1e-2),
+        (GgmlDType::Q8_0, 1.7e-2),
         (GgmlDType::Q6K, 4e-2),
         (GgmlDType::Q5K, 8e-2),
         (GgmlDType::Q5_1, 8e-2),
@@ -363,7 +364,7 @@ fn every_gguf_type_stays_near_f32_on_a_flux_shaped_model() {
 /// codes, q/k/v and the MLP cut from fused rows. Every weight is within half a q8_0 step
 /// (a block's largest magnitude / 127 / 2) of the folder's, give or take the f16 rounding of
 /// the block's scale (up to 127 x 2^-11 of a step at the block's extremes), and the probe is
-/// as close to the folder's as from our file (measured 8.6e-4 both).
+/// as close to the folder's as from our file (measured 1.8e-3 both).
 #[test]
 fn a_gguf_file_from_ggmls_python_writer_reads_like_ours() {
     let fixtures = crate::test_support::fixtures_dir();
