@@ -239,14 +239,7 @@ fn a_kohya_flux_module_on_a_fused_layer_changes_the_split_layers_by_rows() {
         from_peft.keys().collect::<Vec<_>>()
     );
     for (layer, change) in &from_kohya {
-        let off = (change - &from_peft[layer])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let off = crate::test_support::max_abs(&(change - &from_peft[layer]).unwrap());
         assert!(off < 1e-5, "{layer}: {off}");
     }
 }

@@ -1,5 +1,7 @@
+use std::path::Path;
+
 use seedbed_engine::LoadOptions;
-use seedbed_engine::parity::{ParityRunner, read_cases};
+use seedbed_engine::parity::{Case, ParityRunner, read_cases};
 
 use crate::{fixtures, models};
 
@@ -22,30 +24,8 @@ fn extra_reference_cases_pass() {
 /// among them.
 #[test]
 fn dit_reference_cases_pass() {
-    let cases_dir = fixtures().join("cases-dit");
-    let cases = read_cases(&cases_dir).unwrap();
-    let mut runner = ParityRunner::new(
-        &cases_dir,
-        &fixtures().join("models-dit"),
-        4e-3,
-        LoadOptions::default(),
-    );
-    let mut passed = Vec::new();
-    for case in &cases {
-        let report = runner.run(case);
-        println!("{}", report.line());
-        assert!(report.passed(), "{}", report.line());
-        let stages: Vec<_> = report.comparisons.iter().map(|c| c.stage).collect();
-        for stage in ["text", "transformer probe", "latents", "image"] {
-            assert!(
-                stages.contains(&stage),
-                "{}: {stage} not compared",
-                case.name
-            );
-        }
-        passed.push(case.name.as_str());
-    }
-    assert_eq!(passed.len(), 8, "{passed:?}");
+    let stages = ["text", "transformer probe", "latents", "image"];
+    assert_dit_cases_pass(&fixtures().join("cases-dit"), 8, &stages, |_, _| {});
 }
 
 /// Our own FLUX, Z-Image and SD3.5 cases (`tools/dit/cases_own.json`): image-to-image for
@@ -56,15 +36,23 @@ fn dit_reference_cases_pass() {
 /// caught where it happens.
 #[test]
 fn own_dit_cases_pass_every_stage() {
-    let cases_dir = fixtures().join("cases-dit-own");
-    let cases = read_cases(&cases_dir).unwrap();
-    assert_eq!(cases.len(), 10);
-    let mut runner = ParityRunner::new(
-        &cases_dir,
-        &fixtures().join("models-dit"),
-        4e-3,
-        LoadOptions::default(),
-    );
+    let stages = ["text", "transformer probe", "latents", "image"];
+    assert_dit_cases_pass(&fixtures().join("cases-dit-own"), 10, &stages, |_, _| {});
+}
+
+/// Runs the `count` DiT cases of `cases_dir` on fixtures/models-dit: each passes, with each of
+/// `stages` compared (and, for image-to-image, our reading of the picture and its encoding);
+/// `then` checks more of a case with the same runner.
+fn assert_dit_cases_pass(
+    cases_dir: &Path,
+    count: usize,
+    stages: &[&'static str],
+    mut then: impl FnMut(&mut ParityRunner, &Case),
+) {
+    let cases = read_cases(cases_dir).unwrap();
+    assert_eq!(cases.len(), count);
+    let models = fixtures().join("models-dit");
+    let mut runner = ParityRunner::new(cases_dir, &models, 4e-3, LoadOptions::default());
     for case in &cases {
         let report = runner.run(case);
         println!("{}", report.line());
@@ -72,22 +60,23 @@ fn own_dit_cases_pass_every_stage() {
             println!("  {} {}: max |diff| {:.2e}", c.stage, c.tensor, c.max_abs);
         }
         assert!(report.passed(), "{}", report.line());
-        let stages: Vec<_> = report.comparisons.iter().map(|c| c.stage).collect();
-        let mut expected = vec!["text", "transformer probe", "latents", "image"];
+        let compared: Vec<_> = report.comparisons.iter().map(|c| c.stage).collect();
+        let mut expected = stages.to_vec();
         if case.init_image == Some(true) {
             expected.extend(["init image", "image latents"]);
         }
         for stage in expected {
             assert!(
-                stages.contains(&stage),
+                compared.contains(&stage),
                 "{}: {stage} not compared",
                 case.name
             );
         }
+        then(&mut runner, case);
     }
 }
 
-fn assert_cases_pass(cases_dir: &std::path::Path, expected: usize) {
+fn assert_cases_pass(cases_dir: &Path, expected: usize) {
     let cases = read_cases(cases_dir).unwrap();
     assert_eq!(cases.len(), expected);
     let mut runner = ParityRunner::new(cases_dir, &models(), 4e-3, LoadOptions::default());
@@ -207,20 +196,7 @@ fn lora_cases_fail_without_their_loras() {
 #[test]
 fn flux_lora_reference_cases_pass() {
     let cases_dir = fixtures().join("cases-lora-dit");
-    let cases = read_cases(&cases_dir).unwrap();
-    assert_eq!(cases.len(), 2);
-    let mut runner = ParityRunner::new(
-        &cases_dir,
-        &fixtures().join("models-dit"),
-        4e-3,
-        LoadOptions::default(),
-    );
-    for case in &cases {
-        let report = runner.run(case);
-        println!("{}", report.line());
-        assert!(report.passed(), "{}", report.line());
-        let stages: Vec<_> = report.comparisons.iter().map(|c| c.stage).collect();
-        assert!(stages.contains(&"transformer probe"), "{stages:?}");
+    assert_dit_cases_pass(&cases_dir, 2, &["transformer probe"], |runner, case| {
         let mut without = case.clone();
         without.loras.clear();
         assert!(
@@ -228,5 +204,5 @@ fn flux_lora_reference_cases_pass() {
             "{} passes without its LoRA",
             case.name
         );
-    }
+    });
 }

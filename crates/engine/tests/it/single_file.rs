@@ -26,6 +26,16 @@ fn write_sidecar(model: &Path, json: &serde_json::Value) {
     std::fs::write(model.with_extension("json"), json.to_string()).unwrap();
 }
 
+/// `fixtures/single-file/FIXTURE` copied into `dir` as `name`, with tiny-flux-dev's folder as
+/// its base.
+fn flux_file_in(dir: &Path, fixture: &str, name: &str) -> PathBuf {
+    let file = dir.join(name);
+    std::fs::copy(fixtures().join("single-file").join(fixture), &file).unwrap();
+    let base = crate::dit_models().join("tiny-flux-dev");
+    write_sidecar(&file, &serde_json::json!({ "base": base }));
+    file
+}
+
 /// The largest difference between two images' pixels, out of 255.
 fn most_off(a: &[u8], b: &[u8]) -> u8 {
     a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
@@ -622,23 +632,15 @@ fn a_kohya_flux_lora_in_bfl_names_is_its_peft_twin() {
         "the LoRA changed nothing"
     );
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("flux1-dev.safetensors");
-    std::fs::copy(
-        fixtures().join("single-file/tiny-flux-dev-bfl.safetensors"),
-        &file,
-    )
-    .unwrap();
-    write_sidecar(&file, &serde_json::json!({"base": folder}));
+    let file = flux_file_in(
+        dir.path(),
+        "tiny-flux-dev-bfl.safetensors",
+        "flux1-dev.safetensors",
+    );
     assert!(generate_with(&file, &flux_request(), "tiny-flux-dev-kohya") == peft);
     // And on a GGUF transformer, whose quantized layers take the change merged into their
     // dequantized weights: the same picture as its PEFT twin there.
-    let quantized = dir.path().join("flux.gguf");
-    std::fs::copy(
-        fixtures().join("single-file/tiny-flux-dev-q8_0.gguf"),
-        &quantized,
-    )
-    .unwrap();
-    write_sidecar(&quantized, &serde_json::json!({"base": folder}));
+    let quantized = flux_file_in(dir.path(), "tiny-flux-dev-q8_0.gguf", "flux.gguf");
     assert!(
         generate_with(&quantized, &flux_request(), "tiny-flux-dev-kohya")
             == generate_with(&quantized, &flux_request(), "tiny-flux-dev-peft")
@@ -663,13 +665,7 @@ fn loras_apply_to_checkpoints_and_quantized_layers() {
 
     let dir = tempfile::tempdir().unwrap();
     let flux = crate::dit_models().join("tiny-flux-dev");
-    let quantized = dir.path().join("flux.gguf");
-    std::fs::copy(
-        fixtures().join("single-file/tiny-flux-dev-q8_0.gguf"),
-        &quantized,
-    )
-    .unwrap();
-    write_sidecar(&quantized, &serde_json::json!({"base": flux}));
+    let quantized = flux_file_in(dir.path(), "tiny-flux-dev-q8_0.gguf", "flux.gguf");
     let dense = generate_with(&flux, &flux_request(), "tiny-flux-dev-peft");
     let with_lora = generate_with(&quantized, &flux_request(), "tiny-flux-dev-peft");
     let without = generate(&quantized, &flux_request());
