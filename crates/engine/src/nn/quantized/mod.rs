@@ -3,13 +3,17 @@
 //! candle 0.11's x86 quantized matmul repacks q8_0, q4_K and q6_K weights into tiles on their
 //! first use and keeps the tiles beside the original blocks, so from the first call on such a
 //! weight is in memory twice: a q8_0 FLUX transformer peaked above its bf16 form
-//! (bench/RESULTS.md). Here the weight stays in its file's blocks and nothing else: a product
-//! dequantizes one band of the weight's rows at a time into a small f32 buffer and multiplies
-//! the activations with it through the f32 GEMM. What that costs is dequantizing the weight
-//! once per call, `out x in` values, against the `tokens x out x in` multiply-adds of the
-//! product itself: under 1 % for the hundreds to thousands of image tokens of a diffusion
-//! model. The activations stay f32 (ggml's kernels round them to 8 bits per block), so the
-//! result is the dequantized weight's product to f32 rounding.
+//! (bench/RESULTS.md). Here each weight is held once, in one of two ways:
+//!
+//! - q8_0 and q4_K, the types people run, on a CPU with AVX2 or AVX-512 VNNI: repacked at load
+//!   for integer kernels ([`q8`], [`q4k`], sharing [`int8`]) and the file's blocks dropped. The
+//!   activations are rounded to q8_0 per call, as ggml does; the products run in integers, about
+//!   twice the f32 GEMM's speed.
+//! - Every other type (and every type elsewhere): the file's blocks, and a product dequantizes
+//!   one band of the weight's rows at a time into a small f32 buffer and multiplies through the
+//!   f32 GEMM. That costs dequantizing the weight once per call, `out x in` values, against
+//!   the `tokens x out x in` multiply-adds of the product itself: under 1 % for the hundreds to
+//!   thousands of image tokens of a diffusion model; the activations stay f32.
 
 use std::mem::{align_of, size_of};
 use std::sync::Arc;
@@ -29,9 +33,12 @@ use super::gemm::{self, View};
 /// full speed on it, small beside any weight worth quantizing.
 const BAND_VALUES: usize = 4 * 1024 * 1024;
 
+mod int8;
+mod q4k;
 mod q8;
 
-pub use q8::Kernel;
+pub use int8::Kernel;
+use q4k::PackedQ4K;
 use q8::PackedQ8;
 
 /// An `(out, in)` weight held in GGUF blocks on the CPU.
@@ -48,6 +55,8 @@ enum Storage {
     Blocks(Arc<QTensor>),
     /// q8_0 repacked for the CPU's integer dot products ([`q8`]).
     Q8(Arc<PackedQ8>),
+    /// q4_K likewise ([`q4k`]).
+    Q4K(Arc<PackedQ4K>),
 }
 
 impl BlockMatrix {
@@ -72,13 +81,13 @@ impl BlockMatrix {
             );
         }
         let packed = match (dtype, Kernel::detect()) {
-            (GgmlDType::Q8_0, Some(kernel)) => PackedQ8::pack(&weight.data()?, rows, cols, kernel),
+            (GgmlDType::Q8_0, Some(kernel)) => PackedQ8::pack(&weight.data()?, rows, cols, kernel)
+                .map(|packed| Storage::Q8(Arc::new(packed))),
+            (GgmlDType::Q4K, Some(kernel)) => PackedQ4K::pack(&weight.data()?, rows, cols, kernel)
+                .map(|packed| Storage::Q4K(Arc::new(packed))),
             _ => None,
         };
-        let storage = match packed {
-            Some(packed) => Storage::Q8(Arc::new(packed)),
-            None => Storage::Blocks(weight),
-        };
+        let storage = packed.unwrap_or(Storage::Blocks(weight));
         Ok(Some(Self {
             storage,
             rows,
@@ -90,20 +99,19 @@ impl BlockMatrix {
     pub fn kernel(&self) -> Option<Kernel> {
         match &self.storage {
             Storage::Q8(packed) => Some(packed.kernel()),
+            Storage::Q4K(packed) => Some(packed.kernel()),
             Storage::Blocks(_) => None,
         }
     }
 
     /// The whole weight as f32 `(out, in)`.
     pub fn dequantize(&self) -> Result<Tensor> {
-        match &self.storage {
-            Storage::Blocks(weight) => weight.dequantize(&weight.device()),
-            Storage::Q8(packed) => Tensor::from_vec(
-                packed.dequantize(),
-                (self.rows, self.cols),
-                &candle_core::Device::Cpu,
-            ),
-        }
+        let values = match &self.storage {
+            Storage::Blocks(weight) => return weight.dequantize(&weight.device()),
+            Storage::Q8(packed) => packed.dequantize(),
+            Storage::Q4K(packed) => packed.dequantize(),
+        };
+        Tensor::from_vec(values, (self.rows, self.cols), &candle_core::Device::Cpu)
     }
 
     /// `x W^T` for `x` of shape `(..., in)`, in `x`'s dtype (computed in f32).
@@ -154,6 +162,10 @@ impl CustomOp1 for BlockMatrix {
         *dims.last_mut().expect("checked above") = self.rows;
         let weight = match &self.storage {
             Storage::Q8(packed) => {
+                packed.matmul(x, tokens, &mut out);
+                return Ok((CpuStorage::F32(out), Shape::from(dims)));
+            }
+            Storage::Q4K(packed) => {
                 packed.matmul(x, tokens, &mut out);
                 return Ok((CpuStorage::F32(out), Shape::from(dims)));
             }

@@ -1,15 +1,10 @@
 //! q8_0 weights multiplied in 8-bit integers, as ggml does, without a second copy.
 //!
-//! The f32 GEMM on dequantized bands runs at the dense product's speed; a q8_0 weight holds
-//! the same information in 8-bit integers, and the CPU's integer dot products (AVX-512 VNNI:
-//! 64 multiply-adds an instruction, 4x the f32 FMA's) do better. The activations are rounded to
-//! q8_0 too (per token, per block of 32: a scale and 32 integers), as ggml and candle do.
-//!
-//! At load the blocks are repacked once for the kernel and the file's blocks dropped, so the
-//! weight is in memory once: per 32 values of a row, 32 integers, the f16 scale and the
-//! integers' sum, for the VNNI path (9 bits a value against the file's 8.5). The layout groups 16
-//! rows: for each block of 32 columns, 8 runs of 4 columns, each run the 16 rows' 4 bytes side
-//! by side, so one 64-byte load feeds one `vpdpbusd` for 16 outputs.
+//! A q8_0 block is 32 integers and an f16 scale; against activations rounded the same way
+//! (scale `s`, integers `x`), a block's share of a dot product is `s d sum(w x)`, one integer
+//! dot product. At load the integers are repacked in [`super::int8`]'s groups of 16 rows, with
+//! the scales and each block's integer sum beside them (9 bits a value against the file's
+//! 8.5), and the file's blocks dropped.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, so the VNNI path offsets the activations by
 //! 128 and takes `128 x sum(w)` back off, exactly, in integers. AVX2 without VNNI multiplies
@@ -19,54 +14,10 @@
 use half::f16;
 use rayon::prelude::*;
 
-/// Rows per group: one AVX-512 register of 32-bit lanes.
-const ROWS: usize = 16;
-/// Values per q8_0 block.
-const BLOCK: usize = 32;
-/// Runs of 4 columns per block.
-const QUADS: usize = BLOCK / 4;
+use super::int8::{Activations, BLOCK, Kernel, QUADS, ROWS, drive};
+
 /// Bytes of a q8_0 block in a GGUF file: the f16 scale, then 32 integers.
 const FILE_BLOCK: usize = 2 + BLOCK;
-/// Tokens a worker takes at once: their quantized rows stay in its L2 cache while it walks
-/// every group of the weight.
-const TOKEN_CHUNK: usize = 64;
-
-/// The integer kernel this CPU runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    /// AVX-512 with VNNI: 16 rows a register.
-    Vnni512,
-    /// AVX2 with FMA and F16C: 8 rows a register.
-    Avx2,
-}
-
-impl Kernel {
-    /// The best kernel this CPU has, if any.
-    pub fn detect() -> Option<Self> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let has = |f: &str| match f {
-                "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
-                "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
-                "avx512vnni" => std::arch::is_x86_feature_detected!("avx512vnni"),
-                "avx2" => std::arch::is_x86_feature_detected!("avx2"),
-                "fma" => std::arch::is_x86_feature_detected!("fma"),
-                "f16c" => std::arch::is_x86_feature_detected!("f16c"),
-                _ => false,
-            };
-            if ["avx512f", "avx512bw", "avx512vnni", "f16c"]
-                .iter()
-                .all(|f| has(f))
-            {
-                return Some(Self::Vnni512);
-            }
-            if ["avx2", "fma", "f16c"].iter().all(|f| has(f)) {
-                return Some(Self::Avx2);
-            }
-        }
-        None
-    }
-}
 
 /// An `(out, in)` q8_0 weight repacked for [`Kernel`].
 #[derive(Debug)]
@@ -148,23 +99,10 @@ impl PackedQ8 {
     /// `out = x W^T` for `tokens` rows of `x` (`tokens x cols`), `out` `tokens x rows`.
     pub fn matmul(&self, x: &[f32], tokens: usize, out: &mut [f32]) {
         assert_eq!(x.len(), tokens * self.cols, "input size");
-        assert_eq!(out.len(), tokens * self.rows, "output size");
-        let activations = Activations::quantize(x, self.cols, self.kernel);
-        out.par_chunks_mut(TOKEN_CHUNK * self.rows)
-            .enumerate()
-            .for_each(|(chunk, out)| {
-                let first = chunk * TOKEN_CHUNK;
-                let count = out.len() / self.rows;
-                for group in 0..self.rows / ROWS {
-                    let mut tile = 0;
-                    while tile < count {
-                        let take = (count - tile).min(4);
-                        let out = &mut out[tile * self.rows..];
-                        self.tile(&activations, first + tile, take, group, out);
-                        tile += take;
-                    }
-                }
-            });
+        let activations = Activations::quantize(x, self.cols, self.kernel == Kernel::Vnni512);
+        drive(self.rows, &activations, out, |first, count, group, out| {
+            self.tile(&activations, first, count, group, out)
+        });
     }
 
     /// Outputs `group * 16..` of `tokens` tokens from `first`, into `out` (rows `self.rows`
@@ -195,51 +133,13 @@ impl PackedQ8 {
     }
 }
 
-/// Activations rounded to q8_0: per token and block of 32, a scale and 32 integers (offset by
-/// 128 for the VNNI kernel, which takes unsigned bytes).
-#[derive(Debug)]
-struct Activations {
-    tokens: usize,
-    cols: usize,
-    quants: Vec<u8>,
-    scales: Vec<f32>,
-}
-
-impl Activations {
-    fn quantize(x: &[f32], cols: usize, kernel: Kernel) -> Self {
-        let tokens = x.len() / cols;
-        let blocks = cols / BLOCK;
-        let mut quants = vec![0u8; x.len()];
-        let mut scales = vec![0f32; tokens * blocks];
-        let offset = if kernel == Kernel::Vnni512 { 128 } else { 0 };
-        quants
-            .par_chunks_mut(BLOCK)
-            .zip(scales.par_iter_mut())
-            .zip(x.par_chunks(BLOCK))
-            .for_each(|((quants, scale), x)| {
-                let largest = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                *scale = largest / 127.0;
-                let inverse = if largest > 0.0 { 127.0 / largest } else { 0.0 };
-                for (q, v) in quants.iter_mut().zip(x) {
-                    let rounded = (v * inverse).round().clamp(-127.0, 127.0) as i32;
-                    *q = (rounded + offset) as u8;
-                }
-            });
-        Self {
-            tokens,
-            cols,
-            quants,
-            scales,
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Activations, BLOCK, PackedQ8, QUADS, ROWS};
+    use super::PackedQ8;
+    use crate::nn::quantized::int8::{Activations, BLOCK, QUADS, ROWS};
 
     /// `T` tokens x 16 outputs of one group with AVX-512 VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
@@ -259,9 +159,8 @@ mod x86 {
             for quad in 0..QUADS {
                 let wv = unsafe { _mm512_loadu_si512(weights.add(quad * ROWS * 4).cast()) };
                 for (t, dot) in dots.iter_mut().enumerate() {
-                    let xs = unsafe { x.quants.as_ptr().add((first + t) * x.cols + b * BLOCK) };
-                    let four = unsafe { xs.add(quad * 4).cast::<i32>().read_unaligned() };
-                    *dot = _mm512_dpbusd_epi32(*dot, _mm512_set1_epi32(four), wv);
+                    let four = _mm512_set1_epi32(x.four(first + t, b, quad));
+                    *dot = _mm512_dpbusd_epi32(*dot, four, wv);
                 }
             }
             let sums = unsafe { _mm256_loadu_si256(w.sums.as_ptr().add(at).cast()) };
@@ -299,9 +198,7 @@ mod x86 {
                 for quad in 0..QUADS {
                     let wv = unsafe { _mm256_loadu_si256(weights.add(quad * ROWS * 4).cast()) };
                     for (t, dot) in dots.iter_mut().enumerate() {
-                        let xs = unsafe { x.quants.as_ptr().add((first + t) * x.cols + b * BLOCK) };
-                        let four = unsafe { xs.add(quad * 4).cast::<i32>().read_unaligned() };
-                        let xv = _mm256_set1_epi32(four);
+                        let xv = _mm256_set1_epi32(x.four(first + t, b, quad));
                         let magnitudes = _mm256_sign_epi8(xv, xv);
                         let signed = _mm256_sign_epi8(wv, xv);
                         let pairs = _mm256_maddubs_epi16(magnitudes, signed);
