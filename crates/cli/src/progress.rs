@@ -95,6 +95,7 @@ impl Progress {
                 images,
                 step,
                 steps,
+                ..
             } => self.step(*image, *images, *step, *steps),
             JobEvent::Completed { .. } | JobEvent::Failed { .. } | JobEvent::Cancelled => {
                 self.finish()

@@ -12,7 +12,7 @@ pub(crate) mod gateway;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use seedbed_types::job_event::UpstreamStatus;
+use seedbed_types::job_event::{Preview, UpstreamStatus};
 use seedbed_types::{ErrorCode, Usage};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,8 @@ pub(crate) enum WorkEvent {
         images: u32,
         step: u32,
         steps: u32,
+        /// The image as it forms, when the request asked for previews.
+        preview: Option<Preview>,
     },
     /// An image ready to store and announce.
     Image(NewImage),

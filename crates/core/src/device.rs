@@ -11,9 +11,11 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use seedbed_engine::output::{self, Provenance};
 use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline, StageTimes};
+use seedbed_types::job_event::Preview;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{CoreError, Result};
@@ -40,6 +42,7 @@ pub enum DeviceEvent {
         images: u32,
         step: u32,
         steps: u32,
+        preview: Option<Preview>,
     },
     /// An encoded, watermarked picture ready to store.
     Image {
@@ -200,11 +203,16 @@ fn run_job(cache: &mut ModelCache, job: &DeviceJob) -> std::result::Result<(), D
             init_image: init.clone(),
         };
         let mut on_progress = |p: seedbed_engine::Progress| {
+            let preview = match spec.preview && previews_at(p.step, p.steps) {
+                true => preview(pipeline, &p.latents),
+                false => None,
+            };
             let _ = job.events.send(DeviceEvent::Progress {
                 image: index,
                 images: job.images,
                 step: p.step as u32,
                 steps: p.steps as u32,
+                preview,
             });
         };
         let started = Instant::now();
@@ -310,6 +318,36 @@ fn provenance_time() -> i64 {
             now()
         }),
     }
+}
+
+/// Previews per image, about: every `steps / PREVIEWS` steps and at the last one.
+const PREVIEWS: usize = 8;
+
+/// Whether step `step` (1-based) of `steps` carries a preview.
+fn previews_at(step: usize, steps: usize) -> bool {
+    step == steps || step % steps.div_ceil(PREVIEWS).max(1) == 0
+}
+
+/// The latents as a small JPEG; none (with a warning) if that fails: a preview is never worth
+/// failing the job for.
+fn preview(pipeline: &Pipeline, latents: &seedbed_engine::candle::Tensor) -> Option<Preview> {
+    let made = pipeline
+        .preview(latents)
+        .map_err(|e| e.to_string())
+        .and_then(|picture| {
+            let mut jpeg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+                .encode_image(&picture)
+                .map_err(|e| e.to_string())?;
+            Ok(Preview {
+                format: "jpeg".into(),
+                width: picture.width(),
+                height: picture.height(),
+                b64_json: base64::engine::general_purpose::STANDARD.encode(jpeg),
+            })
+        });
+    made.map_err(|error| tracing::warn!(%error, "no preview"))
+        .ok()
 }
 
 /// Loaded pipelines, least recently used first.

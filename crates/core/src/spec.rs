@@ -99,6 +99,9 @@ pub struct LocalSpec {
     /// runs the job), with their scales.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraUse>,
+    /// Whether progress events carry a preview of the image as it forms.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preview: bool,
 }
 
 impl GenerationSpec {
@@ -256,6 +259,7 @@ pub fn validate(
             output_format,
             watermark: request.watermark.unwrap_or(true),
             loras,
+            preview: request.preview.unwrap_or(false),
         }),
     };
     Ok((spec, references))
@@ -349,6 +353,9 @@ pub fn validate_gateway(request: &GenerationRequest, raw: &RawRequest) -> Result
         ));
     }
     let images = image_count(request, &prompt, 0)?;
+    // Previews come from a local denoise; an upstream gets none of seedbed's asking for them.
+    let mut raw = raw.clone();
+    raw.remove("preview");
     Ok(GenerationSpec {
         model: public.to_string(),
         images,

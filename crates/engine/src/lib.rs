@@ -21,6 +21,8 @@ pub mod noise;
 pub mod output;
 pub mod parity;
 pub mod pipeline;
+/// Live previews of the latents while an image forms.
+pub mod preview;
 /// Whether a pipeline keeps its components loaded (`LoadOptions::memory_plan`).
 pub mod residency;
 pub mod scheduler;

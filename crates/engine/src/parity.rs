@@ -326,7 +326,7 @@ impl ParityRunner {
         let output = pipeline.run(
             run,
             &mut NoFreshNoise,
-            &mut |_, _| {},
+            &mut |_, _, _| {},
             &AtomicBool::new(false),
         )?;
         if let Some(reference) = tensors.get("final_latents") {

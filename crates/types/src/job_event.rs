@@ -26,6 +26,10 @@ pub enum JobEvent {
         images: u32,
         step: u32,
         steps: u32,
+        /// With `"preview": true` in the request: the image as it forms, every few steps and
+        /// at the last one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preview: Option<Preview>,
     },
     /// Image `index` is stored and can be fetched.
     Image {
@@ -72,6 +76,18 @@ pub enum JobEvent {
         param: Option<String>,
     },
     Cancelled,
+}
+
+/// A small picture of an image as it forms: the latents projected to colours, one pixel per
+/// latent pixel (1/8 of the image's sides for most models).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Preview {
+    /// Always `jpeg`.
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
+    /// The picture's bytes, base64 (standard alphabet, padded).
+    pub b64_json: String,
 }
 
 /// How an upstream provider answered a failed job. One field of `Failed` (rather than a second
@@ -132,6 +148,7 @@ mod tests {
             images: 2,
             step: 3,
             steps: 4,
+            preview: None,
         };
         assert_eq!(
             event.to_json(),

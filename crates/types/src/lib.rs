@@ -18,9 +18,9 @@ pub mod stream;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use job_event::JobEvent;
 pub use manage::{
-    CreateKey, Health, JobList, JobProgress, JobState, JobView, KeyList, KeyView, LoraList,
-    LoraUse, LoraView, ModelList, ModelView, ServerInfo, ServerLimits, UsageEntry, UsageTotals,
-    UsageView,
+    CreateKey, Health, JobList, JobProgress, JobSettings, JobState, JobView, KeyList, KeyView,
+    LoraList, LoraUse, LoraView, ModelList, ModelView, ServerInfo, ServerLimits, UsageEntry,
+    UsageTotals, UsageView,
 };
 pub use raw::RawRequest;
 pub use request::{

@@ -33,9 +33,31 @@ pub struct JobView {
     /// The LoRAs the job applies (local models; left out when none), with the scale used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraUse>,
+    /// What a local model's job computes, every default resolved: enough to run it again
+    /// (left out for a model an upstream serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<JobSettings>,
     /// The images so far, in the shape of the synchronous response.
     pub result: Option<ImagesResponse>,
     pub error: Option<ImageError>,
+}
+
+/// A local job's request with the server's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobSettings {
+    /// `"<W>x<H>"`, as delivered.
+    pub size: String,
+    /// Image `i` of the job used seed `seed + i`.
+    pub seed: u64,
+    pub steps: u32,
+    pub guidance_scale: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    /// Images asked for.
+    pub images: u32,
+    /// Image-to-image strength; left out when the job had no reference image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
 }
 
 /// A LoRA a job applied, and at which scale.

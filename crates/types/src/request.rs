@@ -69,6 +69,11 @@ pub struct GenerationRequest {
     /// seedbed extension (local SD, SDXL and FLUX models): LoRAs from the server's LoRA folder
     /// (`GET /v1/loras`), applied in order for this request only; at most 8.
     pub loras: Option<Vec<LoraRef>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// seedbed extension (local models): job events carry a small JPEG of the image as it
+    /// forms (`preview` on `progress` events, every few steps and at the last); default false.
+    /// Models of an upstream provider send none.
+    pub preview: Option<bool>,
 
     /// Everything else, including fields seedbed does not know (`tools`, `optimize_prompt`,
     /// `layer_decomposition`, ...), with `null`s dropped.

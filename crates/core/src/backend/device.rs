@@ -111,11 +111,13 @@ impl DeviceBackend {
                     images,
                     step,
                     steps,
+                    preview,
                 }) => WorkEvent::Progress {
                     image,
                     images,
                     step,
                     steps,
+                    preview,
                 },
                 Some(DeviceEvent::Image {
                     index,

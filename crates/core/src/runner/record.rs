@@ -34,12 +34,14 @@ impl Jobs {
                 images,
                 step,
                 steps,
+                preview,
             } => {
                 let event = JobEvent::Progress {
                     image,
                     images,
                     step,
                     steps,
+                    preview,
                 }
                 .to_json();
                 let until = self.lease_until();

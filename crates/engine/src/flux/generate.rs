@@ -46,4 +46,8 @@ impl Generator for FluxPipeline {
             },
         )
     }
+
+    fn preview(&self, latents: &candle_core::Tensor) -> Result<image::RgbImage> {
+        self.vae().preview(latents)
+    }
 }

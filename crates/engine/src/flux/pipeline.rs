@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use super::transformer::{FluxConfig, FluxInputs, FluxTransformer};
 use crate::error::{EngineError, Result};
 use crate::lru::PromptCache;
-use crate::pipeline::LoadOptions;
+use crate::pipeline::{LoadOptions, OnStep};
 use crate::residency::Component;
 use crate::scheduler::flow_match::{FlowMatchConfig, FlowMatchEuler, Spacing};
 use crate::text::clip::ClipTextModel;
@@ -186,7 +186,7 @@ impl FluxPipeline {
     pub fn denoise(
         &self,
         run: &FluxRun,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_step: &mut OnStep,
         cancel: &AtomicBool,
     ) -> Result<Tensor> {
         let (_, channels, h, w) = run.noise.dims4()?;
@@ -231,7 +231,11 @@ impl FluxPipeline {
                 velocity = (&unconditional + ((velocity - &unconditional)? * scale)?)?;
             }
             latents = sampler.step(&velocity.to_dtype(DType::F32)?, index, &latents)?;
-            on_step(index + 1 - start, steps - start);
+            on_step(
+                index + 1 - start,
+                steps - start,
+                &unpack(&latents, channels, rows, cols)?,
+            );
         }
         unpack(&latents, channels, rows, cols)
     }

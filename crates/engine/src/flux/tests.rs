@@ -101,7 +101,7 @@ fn dev_run(dir: &Path) -> (Tensor, image::RgbImage) {
         image: None,
     };
     let latents = pipeline
-        .denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))
+        .denoise(&run, &mut |_, _, _| {}, &AtomicBool::new(false))
         .unwrap();
     let request = GenerateRequest {
         prompt: "a lighthouse at dusk".into(),

@@ -70,7 +70,7 @@ impl ParityRunner {
                 guidance: case.guidance_scale,
                 image,
             };
-            pipeline.denoise(&run, &mut |_, _| {}, &AtomicBool::new(false))
+            pipeline.denoise(&run, &mut |_, _, _| {}, &AtomicBool::new(false))
         })
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{GenerateRequest, GeneratedImage, Progress, StageTimes, image_seed};
+use super::{GenerateRequest, GeneratedImage, OnStep, Progress, StageTimes, image_seed};
 use crate::error::Result;
 use crate::image_ops;
 use crate::noise::SeededNoise;
@@ -41,19 +41,20 @@ pub(crate) fn each_image(
     request: &GenerateRequest,
     mut text_encode: Duration,
     on_progress: &mut dyn FnMut(Progress),
-    mut make: impl FnMut(u64, &mut dyn FnMut(usize, usize)) -> Result<Decoded>,
+    mut make: impl FnMut(u64, &mut OnStep) -> Result<Decoded>,
 ) -> Result<Vec<GeneratedImage>> {
     let mut images = Vec::with_capacity(request.count);
     for index in 0..request.count {
         let seed = image_seed(request.seed, index as u64);
         let started = Instant::now();
-        let mut on_step = |step, steps| {
+        let mut on_step = |step, steps, latents: &Tensor| {
             on_progress(Progress {
                 image: index,
                 images: request.count,
                 step,
                 steps,
                 elapsed: started.elapsed(),
+                latents: latents.clone(),
             })
         };
         let decoded = make(seed, &mut on_step)?;
@@ -102,11 +103,7 @@ pub(crate) fn each_latent_image(
     request: &GenerateRequest,
     text_encode: Duration,
     on_progress: &mut dyn FnMut(Progress),
-    mut denoise: impl FnMut(
-        &Tensor,
-        Option<(&Tensor, f64)>,
-        &mut dyn FnMut(usize, usize),
-    ) -> Result<Tensor>,
+    mut denoise: impl FnMut(&Tensor, Option<(&Tensor, f64)>, &mut OnStep) -> Result<Tensor>,
 ) -> Result<Vec<GeneratedImage>> {
     let device = vae.device();
     let factor = vae.factor();

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
 pub(crate) use batch::{Decoded, each_image, each_latent_image, guidance_negative};
 pub use request::{
-    GenerateRequest, InitImage, MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, Progress,
+    GenerateRequest, InitImage, MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, OnStep, Progress,
     image_seed, img2img_start,
 };
 
@@ -77,6 +77,9 @@ pub trait Generator: Send + Sync {
         on_progress: &mut dyn FnMut(Progress),
         cancel: &AtomicBool,
     ) -> Result<Vec<GeneratedImage>>;
+
+    /// The latents a [`Progress`] carries as a small picture ([`crate::preview`]).
+    fn preview(&self, latents: &Tensor) -> Result<image::RgbImage>;
 }
 
 /// A loaded model folder of any supported family.
@@ -116,6 +119,13 @@ impl Pipeline {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The latents of a [`Progress`] as a picture of their size: a preview of the image
+    /// forming, for the progress callback to send on. The first call fits the model's
+    /// projection (one small decode).
+    pub fn preview(&self, latents: &Tensor) -> Result<image::RgbImage> {
+        self.generator.preview(latents)
     }
 
     /// Bytes held by the weights merged with recent requests' LoRAs, beyond the model's own.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use candle_core::Tensor;
 use image::DynamicImage;
 
 use crate::error::{EngineError, Result};
@@ -119,7 +120,7 @@ pub fn img2img_start(steps: usize, strength: f64) -> Result<usize> {
 }
 
 /// Reported after every denoising step.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Progress {
     /// Which image of the call (0-based) and how many there are.
     pub image: usize,
@@ -129,7 +130,14 @@ pub struct Progress {
     pub steps: usize,
     /// Since this image started.
     pub elapsed: Duration,
+    /// The latents after this step, `(1, C, h, w)` in the VAE's scaled space, for a preview
+    /// ([`crate::Pipeline::preview`]); a handle, not a copy.
+    pub latents: Tensor,
 }
+
+/// Called after each denoising step with (steps done, steps, the latents as [`Progress`]
+/// carries them).
+pub type OnStep<'a> = dyn FnMut(usize, usize, &Tensor) + 'a;
 
 #[cfg(test)]
 mod tests {

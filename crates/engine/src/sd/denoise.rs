@@ -7,6 +7,7 @@ use candle_core::{DType, Tensor};
 
 use super::conditioning::Conditioning;
 use crate::error::{EngineError, Result};
+use crate::pipeline::OnStep;
 use crate::scheduler::{NoiseSource, Scheduler};
 use crate::sd::unet::UNet;
 
@@ -25,7 +26,7 @@ impl Denoise<'_> {
         scheduler: &mut dyn Scheduler,
         mut latents: Tensor,
         noise: &mut dyn NoiseSource,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_step: &mut OnStep,
     ) -> Result<Tensor> {
         let timesteps = scheduler.timesteps().to_vec();
         let total = timesteps.len().saturating_sub(self.first_step);
@@ -55,7 +56,13 @@ impl Denoise<'_> {
             )?;
             let prediction = self.conditioning.guide(prediction.to_dtype(DType::F32)?)?;
             latents = scheduler.step(&prediction, index, &latents, noise)?;
-            on_step(index + 1 - self.first_step, total);
+            // Seen at the next step's input scale, where a schedule that carries sigma in the
+            // latents (Euler: x + sigma n) has divided it out again.
+            let seen = match index + 1 < timesteps.len() {
+                true => scheduler.scale_model_input(&latents, index + 1)?,
+                false => latents.clone(),
+            };
+            on_step(index + 1 - self.first_step, total, &seen);
         }
         Ok(latents)
     }

@@ -16,9 +16,10 @@ use crate::model::ModelIndex;
 use crate::nn::layers;
 use crate::noise::SeededNoise;
 use crate::pipeline::{
-    Decoded, GenerateRequest, GeneratedImage, Generator, LoadOptions, Progress, each_image,
+    Decoded, GenerateRequest, GeneratedImage, Generator, LoadOptions, OnStep, Progress, each_image,
     img2img_start,
 };
+use crate::preview::LatentPreview;
 use crate::scheduler::{self, NoiseSource, SchedulerConfig, SchedulerKind};
 use crate::sd::text::{PromptEmbedding, TextEncoder};
 use crate::sd::unet::UNet;
@@ -67,6 +68,7 @@ pub struct SdPipeline {
     text: TextEncoder,
     unet: Arc<UNet>,
     vae: Arc<Vae>,
+    preview: LatentPreview,
     scheduler_config: SchedulerConfig,
     default_scheduler: SchedulerKind,
     options: LoadOptions,
@@ -119,6 +121,7 @@ impl SdPipeline {
             text,
             unet,
             vae,
+            preview: LatentPreview::default(),
             scheduler_config,
             default_scheduler,
             options,
@@ -196,7 +199,7 @@ impl SdPipeline {
         &self,
         run: Run<'_>,
         noise: &mut dyn NoiseSource,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_step: &mut OnStep,
         cancel: &AtomicBool,
     ) -> Result<RunOutput> {
         let mut scheduler = scheduler::build(
@@ -331,6 +334,10 @@ impl Generator for SdPipeline {
         cancel: &AtomicBool,
     ) -> Result<Vec<GeneratedImage>> {
         SdPipeline::generate(self, request, on_progress, cancel)
+    }
+
+    fn preview(&self, latents: &Tensor) -> Result<image::RgbImage> {
+        self.preview.render(&self.vae, latents)
     }
 }
 

@@ -42,4 +42,8 @@ impl Generator for Sd3Pipeline {
             },
         )
     }
+
+    fn preview(&self, latents: &candle_core::Tensor) -> Result<image::RgbImage> {
+        self.vae().preview(latents)
+    }
 }

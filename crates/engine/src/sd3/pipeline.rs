@@ -14,7 +14,7 @@ use super::transformer::{Sd3Config, Sd3Transformer};
 use crate::error::{EngineError, Result};
 use crate::lru::PromptCache;
 use crate::model::ModelIndex;
-use crate::pipeline::LoadOptions;
+use crate::pipeline::{LoadOptions, OnStep};
 use crate::residency::Component;
 use crate::scheduler::flow_match::{FlowMatchConfig, FlowMatchEuler, Spacing};
 use crate::vae::VaeStage;
@@ -103,7 +103,7 @@ impl Sd3Pipeline {
     pub fn denoise(
         &self,
         run: &Sd3Run,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_step: &mut OnStep,
         cancel: &AtomicBool,
     ) -> Result<Tensor> {
         let (_, _, h, w) = run.noise.dims4()?;
@@ -151,7 +151,7 @@ impl Sd3Pipeline {
                 None => output,
             };
             latents = sampler.step(&velocity, index, &latents)?;
-            on_step(index + 1 - start, steps - start);
+            on_step(index + 1 - start, steps - start, &latents);
         }
         Ok(latents)
     }

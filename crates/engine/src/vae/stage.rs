@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use super::{Vae, VaeConfig, VaeTiling};
 use crate::error::Result;
 use crate::pipeline::LoadOptions;
+use crate::preview::LatentPreview;
 use crate::residency::Component;
 
 pub struct VaeStage {
@@ -15,6 +16,7 @@ pub struct VaeStage {
     config: VaeConfig,
     tiling: VaeTiling,
     device: Device,
+    preview: LatentPreview,
 }
 
 impl VaeStage {
@@ -27,6 +29,7 @@ impl VaeStage {
             config: VaeConfig::load(&dir.join("config.json"))?,
             tiling: options.vae_tiling,
             device: options.device.clone(),
+            preview: LatentPreview::default(),
         })
     }
 
@@ -47,6 +50,11 @@ impl VaeStage {
     /// Scaled latents to `(1, H, W, 3)` pixels in [0, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         Ok(self.model.get()?.decode_scaled(latents, self.tiling)?)
+    }
+
+    /// Scaled latents as a small picture ([`crate::preview`]).
+    pub fn preview(&self, latents: &Tensor) -> Result<image::RgbImage> {
+        self.preview.render(&*self.model.get()?, latents)
     }
 
     /// A picture `(1, 3, H, W)` in [-1, 1] to scaled latents, for image-to-image.

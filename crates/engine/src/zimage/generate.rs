@@ -42,4 +42,8 @@ impl Generator for ZImagePipeline {
             },
         )
     }
+
+    fn preview(&self, latents: &candle_core::Tensor) -> Result<image::RgbImage> {
+        self.vae().preview(latents)
+    }
 }

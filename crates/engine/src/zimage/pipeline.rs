@@ -13,7 +13,7 @@ use candle_core::{DType, Tensor};
 use super::transformer::ZImageTransformer;
 use crate::error::{EngineError, Result};
 use crate::lru::PromptCache;
-use crate::pipeline::LoadOptions;
+use crate::pipeline::{LoadOptions, OnStep};
 use crate::residency::Component;
 use crate::scheduler::flow_match::{FlowMatchConfig, FlowMatchEuler, Spacing};
 use crate::text::qwen3::{Qwen3Encoder, Qwen3Tokenizer};
@@ -107,7 +107,7 @@ impl ZImagePipeline {
     pub fn denoise(
         &self,
         run: &ZImageRun,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_step: &mut OnStep,
         cancel: &AtomicBool,
     ) -> Result<Tensor> {
         let (_, _, h, w) = run.noise.dims4()?;
@@ -144,7 +144,7 @@ impl ZImagePipeline {
                 prediction = (&prediction + ((&prediction - unconditional)? * run.guidance)?)?;
             }
             latents = sampler.step(&prediction.neg()?, index, &latents)?;
-            on_step(index + 1 - start, steps - start);
+            on_step(index + 1 - start, steps - start, &latents);
         }
         Ok(latents)
     }

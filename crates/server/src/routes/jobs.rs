@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::StreamExt;
 use seedbed_core::{Job, JobEvent};
-use seedbed_types::{ImageError, JobList, JobView, ResponseFormat};
+use seedbed_types::{ImageError, JobList, JobSettings, JobView, ResponseFormat};
 use serde::Deserialize;
 
 use crate::auth::Caller;
@@ -67,6 +67,15 @@ async fn view(state: &AppState, job: &Job, images: Images) -> Result<JobView, Ap
             .local()
             .map(|local| local.loras.clone())
             .unwrap_or_default(),
+        settings: job.spec.local().map(|local| JobSettings {
+            size: format!("{}x{}", local.width, local.height),
+            seed: local.seed,
+            steps: local.steps,
+            guidance_scale: local.guidance_scale,
+            negative_prompt: local.negative_prompt.clone(),
+            images: job.spec.images,
+            strength: (!local.reference_images.is_empty()).then_some(local.strength),
+        }),
         result,
         error: job.error_code.clone().map(|code| ImageError {
             code,

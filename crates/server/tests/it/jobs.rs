@@ -167,3 +167,67 @@ async fn operations_endpoints() {
     assert_eq!(unknown.status(), 404);
     assert!(unknown.headers().contains_key("x-client-request-id"));
 }
+
+/// `"preview": true` puts a small JPEG of the latents on progress events (here every step of
+/// two); without it the events are as before. The job view keeps the resolved settings.
+#[tokio::test]
+async fn progress_events_carry_previews_only_when_asked() {
+    use base64::Engine as _;
+    let server = TestServer::start().await;
+    let progress = |id: String| {
+        let server = &server;
+        async move {
+            server.wait_job(&id, None).await;
+            let text = server
+                .get(&format!("/v1/jobs/{id}/events"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            crate::support::sse_events(&text)
+                .into_iter()
+                .filter(|(name, _)| name.as_deref() == Some("progress"))
+                .map(|(_, data)| serde_json::from_str::<serde_json::Value>(&data).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+
+    let asked = server
+        .submit_async(tiny(serde_json::json!({"seed": 5, "preview": true})))
+        .await;
+    let events = progress(asked.clone()).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    for event in &events {
+        let preview = &event["preview"];
+        assert_eq!(preview["format"], "jpeg", "{event}");
+        // The tiny model's 64x64 image has 8x8 latents: one preview pixel each.
+        assert_eq!(
+            (preview["width"].as_u64(), preview["height"].as_u64()),
+            (Some(8), Some(8))
+        );
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(preview["b64_json"].as_str().unwrap())
+            .unwrap();
+        let picture =
+            image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg).unwrap();
+        assert_eq!((picture.width(), picture.height()), (8, 8));
+    }
+    let job = server.job(&asked, None).await;
+    assert_eq!(
+        job["settings"],
+        serde_json::json!({"size": "64x64", "seed": 5, "steps": 2, "guidance_scale": 7.5, "images": 1}),
+        "{job}"
+    );
+
+    let plain = server
+        .submit_async(tiny(serde_json::json!({"seed": 5})))
+        .await;
+    let events = progress(plain).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        events.iter().all(|event| event.get("preview").is_none()),
+        "{events:?}"
+    );
+}

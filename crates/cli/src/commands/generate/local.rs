@@ -152,6 +152,7 @@ fn follow(
                 images,
                 step,
                 steps,
+                ..
             }) => progress.step(image, images, step, steps),
             Some(DeviceEvent::Image {
                 index,

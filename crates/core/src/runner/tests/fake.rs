@@ -158,6 +158,7 @@ pub fn progress(step: u32) -> Step {
         images: 1,
         step,
         steps: 4,
+        preview: None,
     })
 }
 
