@@ -59,6 +59,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
         .route("/", get(routes::home::page))
+        .route("/assets/{name}", get(routes::home::asset))
         // After every route: it applies to those registered before it.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

@@ -22,6 +22,42 @@ async fn the_root_is_a_page_that_says_where_to_go() {
     for link in ["/openapi.json", "/health", "/api/v3/images/generations"] {
         assert!(page.contains(&format!("href=\"{link}\"")), "{link}: {page}");
     }
+    // The playground's own files come from the binary, with a policy that keeps the page
+    // to its own origin.
+    assert!(
+        response_csp(&server, "/")
+            .await
+            .contains("default-src 'self'"),
+        "the page has a content security policy"
+    );
+    for (asset, media_type) in [("app.js", "text/javascript"), ("style.css", "text/css")] {
+        assert!(
+            page.contains(&format!("/assets/{asset}")),
+            "{asset}: {page}"
+        );
+        let response = server
+            .get(&format!("/assets/{asset}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{asset}");
+        let served = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(served.starts_with(media_type), "{asset}: {served}");
+        assert!(!response.text().await.unwrap().is_empty(), "{asset}");
+    }
+    let missing = server.get("/assets/app.js.map").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+async fn response_csp(server: &TestServer, path: &str) -> String {
+    let response = server.get(path).send().await.unwrap();
+    response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]

@@ -49,7 +49,9 @@ async fn responses_jobs_and_keys() {
         .collect();
     redacted!("stream", events);
 
-    let id = server.submit_async(tiny(json!({"size": "64x64"}))).await;
+    let id = server
+        .submit_async(tiny(json!({"size": "64x64", "seed": 11})))
+        .await;
     let job = server.wait_job(&id, None).await;
     redacted!("job", job);
 
