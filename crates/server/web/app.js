@@ -64,7 +64,8 @@ async function useKey(event) {
   }
   state.key = key;
   try {
-    await loadModels();
+    // Listing models is public; the job list is what a key opens.
+    await api("/v1/jobs?limit=1");
   } catch (error) {
     state.key = "";
     $("key-message").textContent = error.status === 401
@@ -76,6 +77,7 @@ async function useKey(event) {
   $("api-key").value = "";
   $("key-panel").hidden = true;
   $("change-key").hidden = false;
+  loadModels().catch(reportError);
   loadHistory();
 }
 

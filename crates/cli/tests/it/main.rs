@@ -13,6 +13,7 @@ mod generate;
 mod jobs;
 mod kill;
 mod one_path;
+mod playground;
 mod proxy;
 mod remote;
 mod serve_config;
