@@ -325,7 +325,7 @@ const PREVIEWS: usize = 8;
 
 /// Whether step `step` (1-based) of `steps` carries a preview.
 fn previews_at(step: usize, steps: usize) -> bool {
-    step == steps || step % steps.div_ceil(PREVIEWS).max(1) == 0
+    step == steps || step.is_multiple_of(steps.div_ceil(PREVIEWS).max(1))
 }
 
 /// The latents as a small JPEG; none (with a warning) if that fails: a preview is never worth
@@ -419,6 +419,21 @@ mod tests {
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    }
+
+    /// About eight previews an image whatever its steps, always one at the last step.
+    #[test]
+    fn previews_come_every_few_steps_and_at_the_last() {
+        let at = |steps: usize| {
+            (1..=steps)
+                .filter(|&s| previews_at(s, steps))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(1), [1]);
+        assert_eq!(at(4), [1, 2, 3, 4]);
+        assert_eq!(at(30), [4, 8, 12, 16, 20, 24, 28, 30]);
+        assert_eq!(at(500).len(), 8);
+        assert_eq!(at(500).last(), Some(&500));
     }
 
     fn cache(memory_budget: u64) -> ModelCache {

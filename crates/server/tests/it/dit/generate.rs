@@ -101,3 +101,55 @@ async fn zimage_and_sd3_image_to_image_take_a_reference() {
         assert_eq!(picture.width().to_string(), size.split('x').next().unwrap());
     }
 }
+
+/// `"preview": true` works for every transformer family: FLUX's packed latents come unpacked,
+/// one preview pixel per latent pixel (1/8 of each side), a JPEG on each of two steps.
+#[tokio::test]
+async fn previews_of_the_transformer_families() {
+    let links = [
+        crate::support::FLUX_LINKS.as_slice(),
+        crate::support::DIT_LINKS.as_slice(),
+    ]
+    .concat();
+    let models = crate::support::linked_models(&links);
+    let server = dit_server(&models).await;
+    // Within each tiny model's sizes; not square, so a transposed preview would show.
+    for (model, width, height) in [
+        ("tiny-flux-schnell", 640, 512),
+        ("tiny-zimage", 512, 576),
+        ("tiny-sd3", 256, 192),
+    ] {
+        let id = server
+            .submit_async(serde_json::json!({
+                "model": model, "prompt": "a lighthouse at dusk", "size": format!("{width}x{height}"), "seed": 1,
+                "steps": 2, "preview": true
+            }))
+            .await;
+        let job = server.wait_job(&id, None).await;
+        assert_eq!(job["status"], "succeeded", "{model}: {job}");
+        let text = server
+            .get(&format!("/v1/jobs/{id}/events"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let previews: Vec<_> = sse_events(&text)
+            .into_iter()
+            .filter(|(name, _)| name.as_deref() == Some("progress"))
+            .map(|(_, data)| {
+                serde_json::from_str::<serde_json::Value>(&data).unwrap()["preview"].clone()
+            })
+            .collect();
+        assert_eq!(previews.len(), 2, "{model}: {text}");
+        for preview in previews {
+            let picture = decode(&preview["b64_json"]);
+            assert_eq!(
+                (picture.width(), picture.height()),
+                (width / 8, height / 8),
+                "{model}"
+            );
+        }
+    }
+}
