@@ -112,6 +112,27 @@ try {
     if (screenshot) await page.screenshot({ path: screenshot, fullPage: false });
   });
 
+  await step("a picture dropped on the Image field runs image-to-image", async () => {
+    // Any PNG will do: a corner of the page itself.
+    const png = await page.screenshot({ clip: { x: 0, y: 0, width: 96, height: 80 } });
+    const dataTransfer = await page.evaluateHandle((b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([bytes], "reference.png", { type: "image/png" }));
+      return transfer;
+    }, png.toString("base64"));
+    await page.dispatchEvent("#drop", "drop", { dataTransfer });
+    await page.getByAltText("The reference image").waitFor();
+    await prompt.fill("the same scene, repainted");
+    await page.getByLabel("Strength").fill("0.5");
+    await page.getByLabel("Images").fill("1");
+    await page.getByRole("button", { name: "Generate" }).click();
+    await page.getByText("Done: 1 image").waitFor({ timeout: 60_000 });
+    assert.equal(await page.locator("#results figure img").count(), 1);
+    await page.getByRole("button", { name: "Remove image" }).click();
+    await page.getByAltText("The reference image").waitFor({ state: "hidden" });
+  });
+
   await step("Cancel stops a long job", async () => {
     await prompt.fill("a very long job");
     await page.getByLabel("Images").fill("1");

@@ -186,16 +186,8 @@ async fn every_time_in_every_answer_is_in_unix_seconds() {
     }
     let id = server.submit_async(tiny(json!({"size": "64x64"}))).await;
     answers.push(("job", server.wait_job(&id, None).await));
-    let events = server
-        .get(&format!("/v1/jobs/{id}/events"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for (_, data) in sse_events(&events) {
-        answers.push(("job event", serde_json::from_str(&data).unwrap()));
+    for (_, data) in server.job_events(&id).await {
+        answers.push(("job event", data));
     }
     answers.push(("jobs", server.get_json("/v1/jobs").await));
     answers.push(("usage", server.get_json("/v1/usage").await));

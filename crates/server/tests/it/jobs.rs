@@ -178,18 +178,10 @@ async fn progress_events_carry_previews_only_when_asked() {
         let server = &server;
         async move {
             server.wait_job(&id, None).await;
-            let text = server
-                .get(&format!("/v1/jobs/{id}/events"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            crate::support::sse_events(&text)
-                .into_iter()
-                .filter(|(name, _)| name.as_deref() == Some("progress"))
-                .map(|(_, data)| serde_json::from_str::<serde_json::Value>(&data).unwrap())
+            let events = server.job_events(&id).await.into_iter();
+            events
+                .filter(|(name, _)| name == "progress")
+                .map(|(_, data)| data)
                 .collect::<Vec<_>>()
         }
     };

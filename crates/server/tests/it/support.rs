@@ -172,6 +172,16 @@ impl TestServer {
 
     /// The event names of a job's event stream, from after `last_event_id`.
     pub async fn event_names(&self, id: &str, last_event_id: u32) -> Vec<String> {
+        let events = self.events_after(id, last_event_id).await;
+        events.into_iter().map(|(name, _)| name).collect()
+    }
+
+    /// A job's events from its first, `(event, data)` (the stream ends with the job).
+    pub async fn job_events(&self, id: &str) -> Vec<(String, serde_json::Value)> {
+        self.events_after(id, 0).await
+    }
+
+    async fn events_after(&self, id: &str, last_event_id: u32) -> Vec<(String, serde_json::Value)> {
         let text = self
             .get(&format!("/v1/jobs/{id}/events"))
             .header("Last-Event-ID", last_event_id.to_string())
@@ -183,7 +193,7 @@ impl TestServer {
             .unwrap();
         sse_events(&text)
             .into_iter()
-            .filter_map(|(name, _)| name)
+            .filter_map(|(name, data)| Some((name?, serde_json::from_str(&data).unwrap())))
             .collect()
     }
 

@@ -127,22 +127,14 @@ async fn previews_of_the_transformer_families() {
             .await;
         let job = server.wait_job(&id, None).await;
         assert_eq!(job["status"], "succeeded", "{model}: {job}");
-        let text = server
-            .get(&format!("/v1/jobs/{id}/events"))
-            .send()
+        let previews: Vec<_> = server
+            .job_events(&id)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let previews: Vec<_> = sse_events(&text)
             .into_iter()
-            .filter(|(name, _)| name.as_deref() == Some("progress"))
-            .map(|(_, data)| {
-                serde_json::from_str::<serde_json::Value>(&data).unwrap()["preview"].clone()
-            })
+            .filter(|(name, _)| name == "progress")
+            .map(|(_, data)| data["preview"].clone())
             .collect();
-        assert_eq!(previews.len(), 2, "{model}: {text}");
+        assert_eq!(previews.len(), 2, "{model}: {previews:?}");
         for preview in previews {
             let picture = decode(&preview["b64_json"]);
             assert_eq!(
