@@ -133,6 +133,21 @@ try {
     await page.getByAltText("The reference image").waitFor({ state: "hidden" });
   });
 
+  await step("a job behind another shows its place in the queue", async () => {
+    const headers = { Authorization: `Bearer ${key}`, Prefer: "respond-async" };
+    const ahead = await (await page.request.post(`${url}/api/v3/images/generations`, {
+      headers,
+      data: { model: "tiny-sd", prompt: "a job ahead", size: "4K", steps: 500 },
+    })).json();
+    await prompt.fill("waiting its turn");
+    await page.getByLabel("Size").selectOption("1K");
+    await page.getByLabel("Steps").fill("2");
+    await page.getByRole("button", { name: "Generate" }).click();
+    await status.filter({ hasText: "Queued: next to run" }).waitFor({ timeout: 30_000 });
+    await page.request.post(`${url}/v1/jobs/${ahead.id}/cancel`, { headers });
+    await page.getByText("Done: 1 image").waitFor({ timeout: 60_000 });
+  });
+
   await step("Cancel stops a long job", async () => {
     await prompt.fill("a very long job");
     await page.getByLabel("Images").fill("1");
