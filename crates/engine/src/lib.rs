@@ -8,6 +8,7 @@
 /// Single-file checkpoints, read as diffusers folders.
 pub mod checkpoint;
 pub mod config_files;
+pub mod cpu;
 pub mod error;
 pub mod flux;
 pub(crate) mod image_ops;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use clap::Args;
+use seedbed_engine::cpu::CpuReport;
 use seedbed_engine::scheduler::SchedulerKind;
 use seedbed_engine::{GenerateRequest, Pipeline};
 
@@ -44,7 +45,9 @@ pub struct BenchArgs {
 
     /// End with one JSON line: text_encode_s, denoise_s, vae_decode_s, total_s (medians, seconds),
     /// peak_rss_bytes, load_s (the first load), load_warm_s (a second load, files in the page
-    /// cache) and load_cold (whether the first load started with the files evicted).
+    /// cache), load_cold (whether the first load started with the files evicted) and cpu (the
+    /// CPU's model, the features detected and the path each kernel takes, also printed first on
+    /// stderr).
     #[arg(long)]
     json: bool,
 
@@ -68,6 +71,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     ensure!(args.runs > 0, "--runs must be at least 1");
     if args.cold {
         crate::memory::evict_from_page_cache(&args.model_dir)?;
+    }
+    // Where the numbers come from: the CPU and the path each kernel takes on it (the CPU
+    // still tokenizes and schedules when the model runs on a GPU).
+    let cpu = CpuReport::detect();
+    for line in cpu.lines() {
+        eprintln!("{line}");
     }
     let loading = Instant::now();
     let pipeline = Pipeline::load(&args.model_dir, args.device.load_options()?)?;
@@ -124,6 +133,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         "vae_decode_s": median(|s| s.vae_decode),
         "total_s": median(|s| s.total),
         "peak_rss_bytes": peak_rss_bytes,
+        "cpu": {
+            "model": cpu.model,
+            "features": cpu.features,
+            "kernels": cpu.kernels.iter().map(|(k, p)| (k.to_string(), (*p).into())).collect::<serde_json::Map<_, _>>(),
+        },
     });
     println!(
         "{}x{} {} step(s), median of {}: text {:.3}s, denoise {:.3}s, decode {:.3}s, total {:.3}s (load {:.2}s{}, warm {:.2}s)",

@@ -269,4 +269,11 @@ fn bench_reports_stage_medians_as_json() {
     }
     assert!(report["total_s"].as_f64() >= report["denoise_s"].as_f64());
     assert!(report["peak_rss_bytes"].as_u64().unwrap() > 0);
+    // Which machine and kernel paths the numbers come from, in the JSON and first on stderr.
+    let kernels = report["cpu"]["kernels"].as_object().unwrap();
+    assert!(kernels.contains_key("f32 matmul and convolution"), "{last}");
+    assert!(kernels.contains_key("GGUF q8_0 and q4_K linears"), "{last}");
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    assert!(stderr.starts_with("cpu: "), "{stderr}");
+    assert!(stderr.contains("kernel: f32 matmul and convolution: "), "{stderr}");
 }
