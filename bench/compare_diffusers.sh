@@ -14,30 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-${MODEL:-target/sd-turbo-shaped}}
-threads=${THREADS:-$(nproc)}
 runs=${RUNS:-3}
 size=${SIZE:-512}
-python=${PYTHON:-.venv-bench/bin/python}
-if [ ! -x "$python" ]; then
-  python3 -m venv .venv-bench
-  .venv-bench/bin/pip install -q torch diffusers transformers safetensors numpy sentencepiece protobuf
-  python=.venv-bench/bin/python
-fi
-if [ ! -f "$model/model_index.json" ]; then
-  case "$(basename "$model")" in
-    *flux*) "$python" bench/make_dit_shaped.py flux "$model" ;;
-    *zimage*) "$python" bench/make_dit_shaped.py zimage "$model" ;;
-    *sd3*) "$python" bench/make_dit_shaped.py sd3 "$model" ;;
-    *) "$python" bench/make_sd_turbo_shaped.py fixtures "$model" ;;
-  esac
-fi
-case "$(grep -o '"_class_name": *"[A-Za-z0-9]*"' "$model/model_index.json")" in
-  *'"FluxPipeline"'|*'"StableDiffusion3Pipeline"') steps=${STEPS:-4} ;;
-  *'"ZImagePipeline"') steps=${STEPS:-9} ;;
-  *) steps=${STEPS:-1} ;;
-esac
-cargo build --release -q -p seedbed
-export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
+. bench/setup.sh
 echo "diffusers ($threads threads)..." >&2
 theirs=$("$python" bench/diffusers_bench.py "$model" --width "$size" --height "$size" --steps "$steps" \
   --runs "$runs" --threads "$threads" 2>/dev/null | tail -n 1)
