@@ -275,5 +275,8 @@ fn bench_reports_stage_medians_as_json() {
     assert!(kernels.contains_key("GGUF q8_0 and q4_K linears"), "{last}");
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
     assert!(stderr.starts_with("cpu: "), "{stderr}");
-    assert!(stderr.contains("kernel: f32 matmul and convolution: "), "{stderr}");
+    assert!(
+        stderr.contains("kernel: f32 matmul and convolution: "),
+        "{stderr}"
+    );
 }
