@@ -327,3 +327,26 @@ fn loras_for_a_model_that_takes_none_or_an_upstream_are_refused() {
         other => panic!("{other}"),
     }
 }
+
+/// `preview` asks this server for previews of a local denoise: a local spec keeps it, and a
+/// relayed body goes upstream without it (everything else byte for byte as sent).
+#[test]
+fn preview_stays_local_and_is_not_relayed() {
+    let spec =
+        check(serde_json::json!({"model": "tiny-sd", "prompt": "x", "preview": true})).unwrap();
+    assert!(spec.local().unwrap().preview);
+    let plain = check(serde_json::json!({"model": "tiny-sd", "prompt": "x"})).unwrap();
+    assert!(!plain.local().unwrap().preview);
+
+    let body = br#"{"model": "up", "prompt": "x", "preview": true, "size": "2K"}"#;
+    let raw = RawRequest::parse(body).unwrap();
+    let request: GenerationRequest = serde_json::from_slice(body).unwrap();
+    let RunSpec::Relay(relay) = validate_gateway(&request, &raw).unwrap().run else {
+        panic!("a relayed request");
+    };
+    let relayed: serde_json::Value = serde_json::from_str(&relay.body).unwrap();
+    assert_eq!(
+        relayed,
+        serde_json::json!({"model": "up", "prompt": "x", "size": "2K"})
+    );
+}
