@@ -195,9 +195,10 @@ function clearErrors() {
 
 /** An API error, in plain words, next to the field it names (or under the button). */
 function reportError(error) {
-  const field = FIELDS[error.param] || (error.param || "").split(/[.[]/)[0];
-  const target = FIELDS[field] || field;
-  if (target && $(`${target}-error`)) {
+  // A nested param (`image[1]`) concerns the field of its first name.
+  const param = error.param || "";
+  const target = FIELDS[param] || FIELDS[param.split(/[.[]/)[0]];
+  if (target) {
     showError(target, error.message);
     $(target).focus();
   } else if (error.status === 401) {
