@@ -4,6 +4,7 @@ mod commands;
 mod device;
 #[cfg(test)]
 mod docs;
+mod huge_pages;
 mod memory;
 mod progress;
 mod remote;
@@ -13,6 +14,9 @@ mod table;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: huge_pages::HugePageAllocator = huge_pages::HugePageAllocator;
 
 /// A self-hosted, Seedream-compatible image generation service.
 #[derive(Debug, Parser)]

@@ -1,9 +1,9 @@
-//! Memory-mapped safetensors weights for one model component.
+//! Safetensors weights for one model component.
 //!
-//! candle's CPU tensors own their memory, so each tensor is copied out of the mapping once,
-//! and the mapped pages it came from are handed back right after (`MADV_DONTNEED`). Without
-//! that, a component's whole file stays resident in the page tables until the component is
-//! built, and peak memory while loading a 3.4 GB UNet is its size twice.
+//! candle's CPU tensors own their memory, so each tensor is read once into memory of its own:
+//! with `pread` straight from the file into the tensor's buffer, one copy out of the page
+//! cache and no page tables for the file (mapping it and copying out of the mapping faulted
+//! every 64 KiB of a 5 GB model in and out again). Only the header is read through a mapping.
 //!
 //! Real checkpoints come as `diffusion_pytorch_model.safetensors`, `model.safetensors`, their
 //! `.fp16` variants, or sharded behind an `*.safetensors.index.json`, in f32, f16 or bf16.
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
-use memmap2::{Mmap, UncheckedAdvice};
+use memmap2::Mmap;
 use safetensors::SafeTensors;
 use safetensors::tensor::TensorInfo;
 
@@ -114,9 +114,9 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// One mapped safetensors file and its parsed header.
-struct MappedFile {
-    map: Mmap,
+/// One safetensors file and its parsed header.
+struct WeightFile {
+    file: std::fs::File,
     /// Where the tensor data starts: after the 8-byte length and the JSON header.
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
@@ -124,26 +124,36 @@ struct MappedFile {
 
 /// Map a weights file read-only (safetensors or GGUF).
 pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
-    let file = std::fs::File::open(path).map_err(|source| EngineError::Io {
+    map_open_file(path, &open_file(path)?)
+}
+
+fn open_file(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|source| EngineError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+fn map_open_file(path: &Path, file: &std::fs::File) -> Result<Mmap> {
     // SAFETY: the file is mapped read-only; like every inference server we require that
     // model files are not rewritten in place while they are loaded.
     #[allow(unsafe_code)]
-    unsafe { Mmap::map(&file) }.map_err(|e| EngineError::Weights {
+    unsafe { Mmap::map(file) }.map_err(|e| EngineError::Weights {
         path: path.to_path_buf(),
         message: format!("cannot memory-map the file: {e}"),
     })
 }
 
-impl MappedFile {
+impl WeightFile {
     fn open(path: &Path) -> Result<Self> {
         let invalid = |message: String| EngineError::Weights {
             path: path.to_path_buf(),
             message,
         };
-        let map = map_file(path)?;
+        let file = open_file(path)?;
+        // The header is parsed (and every tensor's range checked against the file's length)
+        // through a mapping that lives only for this.
+        let map = map_open_file(path, &file)?;
         let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| {
             invalid(format!(
                 "not a valid safetensors file (truncated or corrupt?): {e:?}"
@@ -155,28 +165,58 @@ impl MappedFile {
             .map(|(name, info)| (name, info.clone()))
             .collect();
         Ok(Self {
-            map,
+            file,
             data_start: 8 + header_len,
             tensors,
         })
     }
 
-    /// Copy one tensor out of the mapping, then release the pages it occupied.
+    /// Read one tensor from the file into a buffer of its own.
     fn load(&self, info: &TensorInfo, device: &Device) -> candle_core::Result<Tensor> {
         let (start, end) = info.data_offsets;
-        let (start, len) = (self.data_start + start, end - start);
-        let dtype = candle_dtype(info.dtype)?;
-        let tensor =
-            Tensor::from_raw_buffer(&self.map[start..start + len], dtype, &info.shape, device)?;
-        // SAFETY: DONTNEED on a read-only shared file mapping only drops this process's
-        // page-table entries; a later read faults the same bytes back in from the file. No
-        // reference into the range outlives the copy above.
-        #[allow(unsafe_code)]
-        let _ = unsafe {
-            self.map
-                .unchecked_advise_range(UncheckedAdvice::DontNeed, start, len)
-        };
-        Ok(tensor)
+        let offset = (self.data_start + start) as u64;
+        let shape = info.shape.as_slice();
+        let elements: usize = shape.iter().product();
+        if end - start != elements * candle_dtype(info.dtype)?.size_in_bytes() {
+            candle_core::bail!(
+                "the data of a {:?} tensor of shape {shape:?} is {} bytes",
+                info.dtype,
+                end - start
+            );
+        }
+        use safetensors::Dtype as S;
+        match info.dtype {
+            S::F32 => Tensor::from_vec(self.read::<f32>(offset, elements)?, shape, device),
+            S::F16 => Tensor::from_vec(self.read::<half::f16>(offset, elements)?, shape, device),
+            S::BF16 => Tensor::from_vec(self.read::<half::bf16>(offset, elements)?, shape, device),
+            _ => {
+                let mut bytes = vec![0u8; end - start];
+                self.read_bytes(offset, &mut bytes)?;
+                Tensor::from_raw_buffer(&bytes, candle_dtype(info.dtype)?, shape, device)
+            }
+        }
+    }
+
+    /// `elements` values of `T` stored little-endian at `offset`.
+    fn read<T: bytemuck::Pod + Default>(
+        &self,
+        offset: u64,
+        elements: usize,
+    ) -> candle_core::Result<Vec<T>> {
+        if cfg!(target_endian = "big") {
+            candle_core::bail!("safetensors files are little-endian; this machine is not");
+        }
+        // Zeroed rather than uninitialised: one pass, small against the read.
+        let mut values = vec![T::default(); elements];
+        self.read_bytes(offset, bytemuck::cast_slice_mut(&mut values))?;
+        Ok(values)
+    }
+
+    fn read_bytes(&self, offset: u64, bytes: &mut [u8]) -> candle_core::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .read_exact_at(bytes, offset)
+            .map_err(|e| candle_core::Error::msg(format!("reading the weights file: {e}")))
     }
 }
 
@@ -194,7 +234,6 @@ fn candle_dtype(dtype: safetensors::Dtype) -> candle_core::Result<DType> {
     })
 }
 
-/// The tensors of one component, memory-mapped.
 /// Open every weight file of a component and read its header, without loading a tensor: a
 /// missing, truncated or corrupt file is found at load time even when the component itself is
 /// loaded only later, for its stage.
@@ -203,14 +242,15 @@ pub fn check_weight_files(dir: &Path, variant: Variant) -> Result<()> {
         return Ok(());
     }
     for path in find_weight_files(dir, variant)? {
-        MappedFile::open(&path)?;
+        WeightFile::open(&path)?;
     }
     Ok(())
 }
 
+/// The tensors of one component, read from its files on demand.
 pub struct WeightFiles {
     files: Vec<PathBuf>,
-    mapped: Vec<MappedFile>,
+    opened: Vec<WeightFile>,
     /// Tensor name to the index of the file holding it.
     index: HashMap<String, usize>,
     names: NameScheme,
@@ -221,18 +261,18 @@ pub struct WeightFiles {
 impl WeightFiles {
     pub fn open(dir: &Path, variant: Variant, names: NameScheme) -> Result<Self> {
         let files = find_weight_files(dir, variant)?;
-        let mapped = files
+        let opened = files
             .iter()
-            .map(|path| MappedFile::open(path))
+            .map(|path| WeightFile::open(path))
             .collect::<Result<Vec<_>>>()?;
-        let index = mapped
+        let index = opened
             .iter()
             .enumerate()
             .flat_map(|(i, file)| file.tensors.keys().map(move |name| (name.clone(), i)))
             .collect();
         let remap = match Pointer::read(dir)? {
             Some(pointer) => {
-                let shapes: Shapes = mapped
+                let shapes: Shapes = opened
                     .iter()
                     .flat_map(|file| &file.tensors)
                     .map(|(name, info)| (name.clone(), info.shape.clone()))
@@ -247,7 +287,7 @@ impl WeightFiles {
         };
         Ok(Self {
             files,
-            mapped,
+            opened,
             index,
             names,
             remap,
@@ -260,7 +300,7 @@ impl WeightFiles {
         match &self.remap {
             Some(remap) => {
                 let shapes: Shapes = self
-                    .mapped
+                    .opened
                     .iter()
                     .flat_map(|file| &file.tensors)
                     .map(|(name, info)| (name.clone(), info.shape.clone()))
@@ -268,7 +308,7 @@ impl WeightFiles {
                 remapped_shapes(remap, &shapes)
             }
             None => self
-                .mapped
+                .opened
                 .iter()
                 .flat_map(|file| &file.tensors)
                 .map(|(name, info)| (name.clone(), Some(info.shape.clone())))
@@ -326,7 +366,7 @@ impl WeightFiles {
             let file = self
                 .index
                 .get(stored)
-                .map(|&i| &self.mapped[i])
+                .map(|&i| &self.opened[i])
                 .ok_or_else(|| {
                     candle_core::Error::msg(format!("missing checkpoint tensor `{stored}`"))
                 })?;
