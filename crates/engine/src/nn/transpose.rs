@@ -5,7 +5,8 @@
 //! `(out, in)` one (measured on T5-XXL's 4096 -> 10240 at 256 tokens: 134 ms against 209 ms,
 //! `cargo bench -p seedbed-engine --bench kernels -- t5`). Every weight goes through here once
 //! at load, so it must run near memory speed: candle's strided copy moves one element at a
-//! time, this moves square tiles that stay in the L1 cache.
+//! time, this moves square tiles that stay in the L1 cache, 8x8 blocks at a time in vector
+//! registers (1280x5120 f32: 12.7 ms element by element, copying it takes 2.5 ms).
 
 use candle_core::{CpuStorage, Result, Storage, Tensor};
 use rayon::prelude::*;
@@ -38,7 +39,8 @@ pub fn transposed(t: &Tensor) -> Result<Tensor> {
 }
 
 /// `src`, `rows x cols` row-major, as `cols x rows` row-major. Each task writes a band of
-/// `TILE` output rows (input columns), walking down the input one tile at a time.
+/// `TILE` output rows (input columns), walking down the input one tile at a time; inside a
+/// tile, 8x8 blocks move through vector registers where the CPU allows.
 fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
     assert_eq!(
         src.len(),
@@ -50,6 +52,7 @@ fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: usiz
     if dst.is_empty() {
         return dst;
     }
+    let block = block_kernel::<T>();
     dst.par_chunks_mut(TILE * rows)
         .enumerate()
         .for_each(|(band, out)| {
@@ -57,15 +60,136 @@ fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: usiz
             let band_cols = out.len() / rows;
             for first_row in (0..rows).step_by(TILE) {
                 let band_rows = TILE.min(rows - first_row);
-                for c in 0..band_cols {
-                    let out_row = &mut out[c * rows + first_row..][..band_rows];
-                    for (r, value) in out_row.iter_mut().enumerate() {
-                        *value = src[(first_row + r) * cols + first_col + c];
+                for c in (0..band_cols).step_by(8) {
+                    for r in (0..band_rows).step_by(8) {
+                        let from = (first_row + r) * cols + first_col + c;
+                        let to = c * rows + first_row + r;
+                        match block {
+                            Some(kernel) if c + 8 <= band_cols && r + 8 <= band_rows => {
+                                assert!(from + 7 * cols + 8 <= src.len());
+                                assert!(to + 7 * rows + 8 <= out.len());
+                                // SAFETY: the asserts keep the 8 rows of 8 read from `src`
+                                // and written to `out` inside their slices; `block_kernel`
+                                // returned this kernel only for `T`'s size on a CPU with its
+                                // instructions.
+                                #[allow(unsafe_code)]
+                                unsafe {
+                                    kernel(
+                                        src.as_ptr().add(from).cast(),
+                                        cols,
+                                        out.as_mut_ptr().add(to).cast(),
+                                        rows,
+                                    )
+                                };
+                            }
+                            _ => {
+                                for cc in c..(c + 8).min(band_cols) {
+                                    for rr in r..(r + 8).min(band_rows) {
+                                        out[cc * rows + first_row + rr] =
+                                            src[(first_row + rr) * cols + first_col + cc];
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }
         });
     dst
+}
+
+/// Transposes the 8x8 block at `src` (rows `src_stride` elements apart) into `dst` (rows
+/// `dst_stride` apart); elements of the size it was chosen for.
+type BlockKernel = unsafe fn(*const u8, usize, *mut u8, usize);
+
+/// The vector kernel for 8x8 blocks of `T`, if this CPU has one: AVX2 for 4-byte values,
+/// SSE2 for 2-byte ones. Shuffles move bits, so f32 NaN payloads survive.
+fn block_kernel<T>() -> Option<BlockKernel> {
+    #[cfg(target_arch = "x86_64")]
+    match std::mem::size_of::<T>() {
+        4 if std::arch::is_x86_feature_detected!("avx2") => return Some(x86::block_32_avx2),
+        2 => return Some(x86::block_16_sse2),
+        _ => {}
+    }
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// 8x8 4-byte values. Safety: AVX2 is present; both blocks are in bounds.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn block_32_avx2(
+        src: *const u8,
+        src_stride: usize,
+        dst: *mut u8,
+        dst_stride: usize,
+    ) {
+        let (src, dst) = (src.cast::<f32>(), dst.cast::<f32>());
+        // SAFETY: the caller keeps the 8 rows of 8 values at both ends in bounds.
+        unsafe {
+            let row = |i: usize| _mm256_loadu_ps(src.add(i * src_stride));
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let (r4, r5, r6, r7) = (row(4), row(5), row(6), row(7));
+            // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves.
+            let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+            let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+            let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+            let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let store = |i: usize, v: __m256| _mm256_storeu_ps(dst.add(i * dst_stride), v);
+            store(0, _mm256_permute2f128_ps::<0x20>(u0, u4));
+            store(1, _mm256_permute2f128_ps::<0x20>(u1, u5));
+            store(2, _mm256_permute2f128_ps::<0x20>(u2, u6));
+            store(3, _mm256_permute2f128_ps::<0x20>(u3, u7));
+            store(4, _mm256_permute2f128_ps::<0x31>(u0, u4));
+            store(5, _mm256_permute2f128_ps::<0x31>(u1, u5));
+            store(6, _mm256_permute2f128_ps::<0x31>(u2, u6));
+            store(7, _mm256_permute2f128_ps::<0x31>(u3, u7));
+        }
+    }
+
+    /// 8x8 2-byte values. Safety: both blocks are in bounds (SSE2 is part of x86-64).
+    pub unsafe fn block_16_sse2(
+        src: *const u8,
+        src_stride: usize,
+        dst: *mut u8,
+        dst_stride: usize,
+    ) {
+        let (src, dst) = (src.cast::<u16>(), dst.cast::<u16>());
+        // SAFETY: the caller keeps the 8 rows of 8 values at both ends in bounds.
+        unsafe {
+            let row = |i: usize| _mm_loadu_si128(src.add(i * src_stride).cast());
+            let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
+            let (a4, a5, a6, a7) = (row(4), row(5), row(6), row(7));
+            let (b0, b1) = (_mm_unpacklo_epi16(a0, a1), _mm_unpackhi_epi16(a0, a1));
+            let (b2, b3) = (_mm_unpacklo_epi16(a2, a3), _mm_unpackhi_epi16(a2, a3));
+            let (b4, b5) = (_mm_unpacklo_epi16(a4, a5), _mm_unpackhi_epi16(a4, a5));
+            let (b6, b7) = (_mm_unpacklo_epi16(a6, a7), _mm_unpackhi_epi16(a6, a7));
+            let (c0, c1) = (_mm_unpacklo_epi32(b0, b2), _mm_unpackhi_epi32(b0, b2));
+            let (c2, c3) = (_mm_unpacklo_epi32(b1, b3), _mm_unpackhi_epi32(b1, b3));
+            let (c4, c5) = (_mm_unpacklo_epi32(b4, b6), _mm_unpackhi_epi32(b4, b6));
+            let (c6, c7) = (_mm_unpacklo_epi32(b5, b7), _mm_unpackhi_epi32(b5, b7));
+            let store = |i: usize, v: __m128i| _mm_storeu_si128(dst.add(i * dst_stride).cast(), v);
+            store(0, _mm_unpacklo_epi64(c0, c4));
+            store(1, _mm_unpackhi_epi64(c0, c4));
+            store(2, _mm_unpacklo_epi64(c1, c5));
+            store(3, _mm_unpackhi_epi64(c1, c5));
+            store(4, _mm_unpacklo_epi64(c2, c6));
+            store(5, _mm_unpackhi_epi64(c2, c6));
+            store(6, _mm_unpacklo_epi64(c3, c7));
+            store(7, _mm_unpackhi_epi64(c3, c7));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -76,7 +200,7 @@ mod tests {
     #[test]
     fn matches_candles_transpose_for_ragged_tiles_and_every_dtype() -> Result<()> {
         // Neither side a multiple of the tile; one a single row.
-        for (rows, cols) in [(70, 45), (1, 33), (33, 1), (64, 64)] {
+        for (rows, cols) in [(70, 45), (1, 33), (33, 1), (64, 64), (100, 77)] {
             let t = Tensor::randn(0f32, 1., (rows, cols), &Device::Cpu)?;
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let t = t.to_dtype(dtype)?;
