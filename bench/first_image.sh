@@ -6,7 +6,8 @@
 # alternately. Results go in bench/RESULTS.md.
 #
 #   bash bench/first_image.sh [--cold] [MODEL_DIR]
-#     default target/sd-turbo-shaped (512x512, 1 step; other folders as compare_diffusers.sh).
+#     default target/sd-turbo-shaped (512x512, 1 step); target/sdxl-shaped (SDXL-Turbo-shaped, 1 step,
+#     e.g. SIZE=1024) and other folders as compare_diffusers.sh.
 #     Warm (default): one untimed run of each first, so the weights, the binary and Python's
 #     imports are in the page cache. --cold: the model's files are evicted from the page cache
 #     before every run (the binary and Python's imports stay cached).

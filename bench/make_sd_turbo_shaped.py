@@ -44,7 +44,8 @@ for name, model in [("unet", unet), ("text_encoder", text), ("vae", vae)]:
     print(f"{name}: {count / 1e6:.1f}M parameters", flush=True)
     model.save_pretrained(os.path.join(out, name))
 scheduler.save_pretrained(os.path.join(out, "scheduler"))
-# SD 2.x's OpenCLIP tokenizer pads with "!"; the fixture's second SDXL tokenizer is that one.
+# The fixture's CLIP tokenizer. (SD 2.x's own pads with "!" where this one pads with <|endoftext|>:
+# the token ids differ, the work does not.)
 shutil.copytree(os.path.join(fixtures, "models", "tiny-sdxl", "tokenizer_2"), os.path.join(out, "tokenizer"),
                 dirs_exist_ok=True)
 with open(os.path.join(out, "model_index.json"), "w") as f:

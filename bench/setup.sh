@@ -14,13 +14,14 @@ if [ ! -f "$model/model_index.json" ]; then
     *flux*) "$python" bench/make_dit_shaped.py flux "$model" ;;
     *zimage*) "$python" bench/make_dit_shaped.py zimage "$model" ;;
     *sd3*) "$python" bench/make_dit_shaped.py sd3 "$model" ;;
+    *sdxl*) "$python" bench/make_sdxl_shaped.py fixtures "$model" ;;
     *) "$python" bench/make_sd_turbo_shaped.py fixtures "$model" ;;
   esac
 fi
 case "$(grep -o '"_class_name": *"[A-Za-z0-9]*"' "$model/model_index.json")" in
   *'"FluxPipeline"'|*'"StableDiffusion3Pipeline"') steps=${STEPS:-4} ;;
   *'"ZImagePipeline"') steps=${STEPS:-9} ;;
-  *) steps=${STEPS:-1} ;;
+  *) steps=${STEPS:-1} ;;  # StableDiffusionPipeline, StableDiffusionXLPipeline (SD-Turbo, SDXL-Turbo)
 esac
 cargo build --release -q -p seedbed
 export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads

@@ -38,13 +38,19 @@ impl CpuReport {
         } else {
             "widened to f32 as each layer runs (software)"
         };
+        let bf16 = if crate::nn::bf16::available() {
+            "linear layers in bf16 dot products (AVX512-BF16), the rest widened to f32"
+        } else {
+            half
+        };
         Self {
             model: model_name(),
             features,
             kernels: vec![
                 ("f32 matmul and convolution", gemm),
                 ("GGUF q8_0 and q4_K linears", integer),
-                ("f16 and bf16 weights", half),
+                ("f16 weights", half),
+                ("bf16 weights", bf16),
             ],
         }
     }

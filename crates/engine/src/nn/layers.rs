@@ -298,15 +298,43 @@ impl Linear {
             return candle_nn::Linear::new(like(weight, x)?, bias).forward(x);
         }
         // All leading dimensions as rows of one 2-D product.
-        let weight = like(weight, x)?;
         let (inner, out) = weight.dims2()?;
         let mut dims = x.dims().to_vec();
         dims.pop();
         let rows = dims.iter().product::<usize>();
-        let y = x.reshape((rows, inner))?.matmul(&weight)?;
+        let x2 = x.reshape((rows, inner))?;
+        let y = match bf16_product(&x2, weight)? {
+            Some(y) => y,
+            None => x2.matmul(&like(weight, x)?)?,
+        };
         dims.push(out);
         self.add_bias(y.reshape(dims)?, x)
     }
+}
+
+/// `x` (`rows x inner`, f32) times a bf16 CPU `weight` (`inner x out`), computed in bf16 where
+/// the CPU has the instructions ([`super::bf16`]); `None` to widen the weight instead.
+fn bf16_product(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+    if weight.dtype() != DType::BF16 || x.dtype() != DType::F32 || !super::bf16::available() {
+        return Ok(None);
+    }
+    let ((rows, inner), (_, out)) = (x.dims2()?, weight.dims2()?);
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    let (x_storage, x_layout) = x.storage_and_layout();
+    let (w_storage, w_layout) = weight.storage_and_layout();
+    let (Some((xa, xb)), Some((wa, wb))) =
+        (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    let (Storage::Cpu(CpuStorage::F32(xs)), Storage::Cpu(CpuStorage::BF16(ws))) =
+        (&*x_storage, &*w_storage)
+    else {
+        return Ok(None);
+    };
+    let y = super::bf16::matmul(&xs[xa..xb], &ws[wa..wb], rows, inner, out);
+    y.map(|y| Tensor::from_vec(y, (rows, out), x.device()))
+        .transpose()
 }
 
 /// The diffusion transformers' 4x-wide tanh-GELU MLP (diffusers' `FeedForward` with

@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod bf16;
 pub mod conv;
 pub mod embeddings;
 pub mod gemm;

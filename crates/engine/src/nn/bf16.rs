@@ -1,0 +1,358 @@
+//! Products with bf16 weights computed in bf16, on CPUs with AVX512-BF16.
+//!
+//! `vdpbf16ps` multiplies pairs of bf16 values and adds both products to f32 lanes: 32
+//! multiply-adds an instruction against 16 for an f32 FMA, so a model loaded with
+//! `--dtype bf16` computes its linear layers at up to twice the f32 rate, as PyTorch does in
+//! bf16 through oneDNN. The activations are rounded to bf16 (nearest even) for the product and
+//! the sums stay f32. Without those instructions the weights are widened to f32 instead
+//! ([`super::layers`]).
+//!
+//! The weight is stored `(in, out)` row-major ([`super::layers::Linear`]). Each task takes a
+//! panel of 32 output columns, interleaves its rows in pairs (`(k, k+1)` side by side, the
+//! order `vdpbf16ps` reads), keeps that panel in L2 and walks every row of the activations
+//! through it 12 at a time: 24 accumulators, two panel registers and a broadcast.
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Output columns a task takes: two registers of 16 f32 lanes.
+const PANEL: usize = 32;
+/// Activation rows per register tile.
+const TILE_ROWS: usize = 12;
+
+/// Whether this CPU runs the bf16 kernel (AVX-512F, AVX-512BW and AVX512-BF16), unless the
+/// environment says `SEEDBED_BF16_KERNEL=off` (to measure the widening path on such a CPU).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            std::env::var("SEEDBED_BF16_KERNEL").map_or(true, |v| v != "off")
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `x` (`rows x inner`, f32) times `weight` (`inner x out`, bf16), both row-major, as f32
+/// `rows x out`; `None` when this CPU has no bf16 kernel.
+pub fn matmul(
+    x: &[f32],
+    weight: &[bf16],
+    rows: usize,
+    inner: usize,
+    out: usize,
+) -> Option<Vec<f32>> {
+    assert_eq!(x.len(), rows * inner, "activations size");
+    assert_eq!(weight.len(), inner * out, "weight size");
+    if !available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let pairs = inner.div_ceil(2);
+        let lhs = pack_rows(x, rows, inner);
+        let mut dst = vec![0f32; rows * out];
+        let dst_ptr = SharedOut(dst.as_mut_ptr());
+        (0..out.div_ceil(PANEL)).into_par_iter().for_each(|panel| {
+            let first_col = panel * PANEL;
+            let cols = PANEL.min(out - first_col);
+            let packed = pack_panel(weight, inner, out, first_col, cols);
+            for first_row in (0..rows).step_by(TILE_ROWS) {
+                let tile_rows = TILE_ROWS.min(rows - first_row);
+                // SAFETY: `available` checked the instructions; `lhs` holds this tile's
+                // `pairs x TILE_ROWS` values at `first_row * pairs`, `packed` `pairs` panel rows; this task alone writes columns
+                // `first_col..first_col + cols` of rows `first_row..first_row + tile_rows`,
+                // inside `dst` (`rows x out`), which outlives the parallel loop.
+                #[allow(unsafe_code)]
+                unsafe {
+                    x86::tile(
+                        tile_rows,
+                        lhs[first_row * pairs..].as_ptr(),
+                        pairs,
+                        packed.as_ptr(),
+                        dst_ptr.at(first_row * out + first_col),
+                        out,
+                        cols,
+                    )
+                };
+            }
+        });
+        Some(dst)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// The destination, written by several tasks at disjoint columns.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: tasks write disjoint elements (see `matmul`); the buffer outlives them.
+#[allow(unsafe_code)]
+unsafe impl Send for SharedOut {}
+#[allow(unsafe_code)]
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `x` rounded to bf16, in tiles of [`TILE_ROWS`] rows: for each `(k, k+1)` pair, the tile's
+/// rows' pairs side by side, one `u32` each (the high half the odd element), so that the kernel
+/// reads one stream. An odd `inner` is padded with a zero, the last tile with zero rows.
+fn pack_rows(x: &[f32], rows: usize, inner: usize) -> Vec<u32> {
+    let pairs = inner.div_ceil(2);
+    let mut out = vec![0u32; rows.div_ceil(TILE_ROWS) * pairs * TILE_ROWS];
+    if pairs == 0 {
+        return out;
+    }
+    out.par_chunks_mut(pairs * TILE_ROWS)
+        .zip(x.par_chunks(inner * TILE_ROWS))
+        .for_each(|(tile, x)| {
+            for (r, row) in x.chunks(inner).enumerate() {
+                for (pair, values) in row.chunks(2).enumerate() {
+                    let low = bf16::from_f32(values[0]).to_bits() as u32;
+                    let high = values.get(1).map_or(0, |&v| bf16::from_f32(v).to_bits()) as u32;
+                    tile[pair * TILE_ROWS + r] = low | (high << 16);
+                }
+            }
+        });
+    out
+}
+
+/// Columns `first_col..first_col + cols` of `weight` (`inner x out`), as `inner / 2` rows of
+/// [`PANEL`] pairs: for each pair of rows, each column's two values side by side. Columns
+/// past `cols` and the row past an odd `inner` are zero.
+fn pack_panel(
+    weight: &[bf16],
+    inner: usize,
+    out: usize,
+    first_col: usize,
+    cols: usize,
+) -> Vec<u16> {
+    let pairs = inner.div_ceil(2);
+    let mut packed = vec![0u16; pairs * PANEL * 2];
+    for (pair, dst) in packed.chunks_exact_mut(PANEL * 2).enumerate() {
+        let even = &weight[2 * pair * out + first_col..][..cols];
+        let odd =
+            (2 * pair + 1 < inner).then(|| &weight[(2 * pair + 1) * out + first_col..][..cols]);
+        #[cfg(target_arch = "x86_64")]
+        if cols == PANEL
+            && let Some(odd) = odd
+            && available()
+        {
+            // SAFETY: both source rows hold PANEL values and `dst` 2 * PANEL; AVX-512 (which
+            // `available` checked) implies AVX2.
+            #[allow(unsafe_code)]
+            unsafe {
+                x86::interleave_panel(even.as_ptr().cast(), odd.as_ptr().cast(), dst.as_mut_ptr())
+            };
+            continue;
+        }
+        for c in 0..cols {
+            dst[2 * c] = even[c].to_bits();
+            dst[2 * c + 1] = odd.map_or(0, |odd| odd[c].to_bits());
+        }
+    }
+    packed
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{PANEL, TILE_ROWS};
+
+    /// The first `rows` (1..=12) rows of a tile of packed activations at `lhs` times the packed
+    /// panel, into `cols` (1..=32) columns at `dst` (rows `dst_stride` apart).
+    ///
+    /// Safety: AVX-512F/BW and AVX512-BF16 are present; `lhs` holds `pairs x TILE_ROWS` values,
+    /// `panel` `pairs x 2 * PANEL`, and `dst` the block written.
+    pub unsafe fn tile(
+        rows: usize,
+        lhs: *const u32,
+        pairs: usize,
+        panel: *const u16,
+        dst: *mut f32,
+        dst_stride: usize,
+        cols: usize,
+    ) {
+        macro_rules! dispatch {
+            ($($n:literal)*) => {
+                match rows {
+                    $($n => unsafe { tile_rows::<$n>(lhs, pairs, panel, dst, dst_stride, cols) },)*
+                    _ => unreachable!("a tile has 1 to {TILE_ROWS} rows"),
+                }
+            };
+        }
+        dispatch!(1 2 3 4 5 6 7 8 9 10 11 12)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn tile_rows<const R: usize>(
+        lhs: *const u32,
+        pairs: usize,
+        panel: *const u16,
+        dst: *mut f32,
+        dst_stride: usize,
+        cols: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        // SAFETY: the caller keeps every read and write below in bounds.
+        unsafe {
+            for pair in 0..pairs {
+                let b = panel.add(pair * PANEL * 2);
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(32).cast()));
+                let a_pair = lhs.add(pair * TILE_ROWS);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = *a_pair.add(r) as i32;
+                    let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(a));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
+                }
+            }
+            let mask = |from: usize| -> __mmask16 {
+                let n = cols.saturating_sub(from).min(16);
+                ((1u32 << n) - 1) as __mmask16
+            };
+            let (mask0, mask1) = (mask(0), mask(16));
+            for (r, acc) in acc.iter().enumerate() {
+                let row = dst.add(r * dst_stride);
+                _mm512_mask_storeu_ps(row, mask0, acc[0]);
+                _mm512_mask_storeu_ps(row.add(16), mask1, acc[1]);
+            }
+        }
+    }
+
+    /// 32 values of two rows interleaved: `even[0], odd[0], even[1], odd[1], ...`.
+    ///
+    /// Safety: AVX2 is present; `even` and `odd` hold 32 values, `dst` 64.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn interleave_panel(even: *const u16, odd: *const u16, dst: *mut u16) {
+        // SAFETY: the caller keeps the reads and writes in bounds.
+        unsafe {
+            for half in 0..2 {
+                let e = _mm256_loadu_si256(even.add(16 * half).cast());
+                let o = _mm256_loadu_si256(odd.add(16 * half).cast());
+                // Unpacking works within 128-bit lanes: `low` holds columns 0-3 and 8-11,
+                // `high` 4-7 and 12-15; the lane swaps put them back in order.
+                let low = _mm256_unpacklo_epi16(e, o);
+                let high = _mm256_unpackhi_epi16(e, o);
+                let out = dst.add(32 * half);
+                _mm256_storeu_si256(out.cast(), _mm256_permute2x128_si256::<0x20>(low, high));
+                _mm256_storeu_si256(
+                    out.add(16).cast(),
+                    _mm256_permute2x128_si256::<0x31>(low, high),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The product of the bf16-rounded operands, summed in f64.
+    fn reference(x: &[f32], w: &[bf16], rows: usize, inner: usize, out: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * out];
+        for r in 0..rows {
+            for c in 0..out {
+                let sum: f64 = (0..inner)
+                    .map(|k| {
+                        let a = bf16::from_f32(x[r * inner + k]).to_f32() as f64;
+                        a * w[k * out + c].to_f32() as f64
+                    })
+                    .sum();
+                y[r * out + c] = sum as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn products_equal_the_rounded_operands_product_for_ragged_shapes() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        // Odd inner sizes, partial tiles of rows, partial panels of columns, several panels.
+        for (rows, inner, out) in [
+            (1, 1, 1),
+            (13, 37, 17),
+            (29, 64, 70),
+            (12, 320, 32),
+            (5, 3, 100),
+        ] {
+            let x = random(rows * inner, 1);
+            let w: Vec<bf16> = random(inner * out, 2)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
+            let ours = matmul(&x, &w, rows, inner, out).unwrap();
+            let want = reference(&x, &w, rows, inner, out);
+            for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
+                // Only the order of the f32 sums differs.
+                assert!(
+                    (a - b).abs() <= 1e-5 * (inner as f32).sqrt() + 1e-6,
+                    "{rows}x{inner}x{out} [{i}]: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pairs_and_panels_put_each_value_where_the_kernel_reads_it() {
+        // Two rows of 3: a tile of 12 rows, two pairs, the odd column and 10 rows padded.
+        let x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let paired = pack_rows(&x, 2, 3);
+        let bits = |v: f32| bf16::from_f32(v).to_bits() as u32;
+        let mut want = vec![0; 2 * TILE_ROWS];
+        want[..2].copy_from_slice(&[bits(1.) | bits(2.) << 16, bits(4.) | bits(5.) << 16]);
+        want[TILE_ROWS..TILE_ROWS + 2].copy_from_slice(&[bits(3.), bits(6.)]);
+        assert_eq!(paired, want);
+        // 3 x 40 weight: the second panel holds 8 columns, the second pair one row.
+        let w: Vec<bf16> = (0..120).map(|v| bf16::from_f32(v as f32)).collect();
+        for first_col in [0, 32] {
+            let cols = PANEL.min(40 - first_col);
+            let packed = pack_panel(&w, 3, 40, first_col, cols);
+            for pair in 0..2 {
+                for c in 0..PANEL {
+                    let value = |row: usize| {
+                        if c < cols && row < 3 {
+                            (row * 40 + first_col + c) as u16
+                        } else {
+                            0
+                        }
+                    };
+                    let at = pair * PANEL * 2 + 2 * c;
+                    assert_eq!(bf16::from_bits(packed[at]).to_f32() as u16, value(2 * pair));
+                    assert_eq!(
+                        bf16::from_bits(packed[at + 1]).to_f32() as u16,
+                        value(2 * pair + 1)
+                    );
+                }
+            }
+        }
+    }
+}
