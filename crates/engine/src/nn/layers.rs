@@ -4,7 +4,8 @@
 //! inside every call anyway. So on CPU a half-precision model keeps its weights in that dtype
 //! (half the memory) and computes in f32 ([`compute_dtype`]): each layer here widens its
 //! weights to the input's dtype when the two differ. Where they match (f32 everywhere, or
-//! half precision on a GPU) nothing is converted and candle's layer runs as before.
+//! half precision on a GPU) nothing is converted and candle's layer runs as before. The one
+//! exception: bf16 linear layers on a CPU with AVX512-BF16 multiply in bf16 ([`super::bf16`]).
 //!
 //! A linear layer's weight may also come quantized, from a GGUF checkpoint ([`Weights`]): it
 //! stays in its blocks (q8_0, q4_K, ...) and multiplies through candle's quantized matmul.
