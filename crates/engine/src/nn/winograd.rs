@@ -87,29 +87,23 @@ pub fn transform_weights(weight: &[f32], out_channels: usize, in_channels: usize
             || (vec![0f32; 9 * c_count], vec![0f32; ALPHA * 3 * c_count]),
             |(taps, rows), (dst, g)| {
                 // taps[tap][c], contiguous in c so the loops below vectorise.
-                for c in 0..c_count {
-                    for tap in 0..9 {
-                        taps[tap * c_count + c] = g[c * 9 + tap];
+                for (c, filter) in g.chunks_exact(9).enumerate() {
+                    for (tap, &value) in filter.iter().enumerate() {
+                        taps[tap * c_count + c] = value;
                     }
                 }
                 // rows[a][col][c] = sum_r G[a][r] g[r][col]
-                rows.fill(0.0);
                 for a in 0..ALPHA {
                     for col in 0..3 {
-                        let out = &mut rows[(a * 3 + col) * c_count..][..c_count];
-                        for r in 0..3 {
-                            axpy(out, G[a][r], &taps[(r * 3 + col) * c_count..][..c_count]);
-                        }
+                        let taps = [0, 1, 2].map(|r| &taps[(r * 3 + col) * c_count..][..c_count]);
+                        combine(&mut rows[(a * 3 + col) * c_count..][..c_count], G[a], taps);
                     }
                 }
                 // U[a][b][c] = sum_col rows[a][col][c] G[b][col]
-                dst.fill(0.0);
                 for a in 0..ALPHA {
                     for b in 0..ALPHA {
-                        let out = &mut dst[(a * ALPHA + b) * c_count..][..c_count];
-                        for col in 0..3 {
-                            axpy(out, G[b][col], &rows[(a * 3 + col) * c_count..][..c_count]);
-                        }
+                        let rows = [0, 1, 2].map(|col| &rows[(a * 3 + col) * c_count..][..c_count]);
+                        combine(&mut dst[(a * ALPHA + b) * c_count..][..c_count], G[b], rows);
                     }
                 }
             },
@@ -117,14 +111,12 @@ pub fn transform_weights(weight: &[f32], out_channels: usize, in_channels: usize
     u
 }
 
-/// `out += a * x`, skipping zero coefficients (the transforms are sparse).
+/// `out = w[0] x[0] + w[1] x[1] + w[2] x[2]`, each output written once (one pass over memory
+/// where accumulating term by term made four).
 #[inline]
-fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
-    if a == 0.0 {
-        return;
-    }
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o += a * v;
+fn combine(out: &mut [f32], w: [f32; 3], x: [&[f32]; 3]) {
+    for (((o, &a), &b), &c) in out.iter_mut().zip(x[0]).zip(x[1]).zip(x[2]) {
+        *o = w[0] * a + w[1] * b + w[2] * c;
     }
 }
 
