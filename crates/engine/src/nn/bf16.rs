@@ -64,9 +64,10 @@ pub fn matmul(
             for first_row in (0..rows).step_by(TILE_ROWS) {
                 let tile_rows = TILE_ROWS.min(rows - first_row);
                 // SAFETY: `available` checked the instructions; `lhs` holds this tile's
-                // `pairs x TILE_ROWS` values at `first_row * pairs`, `packed` `pairs` panel rows; this task alone writes columns
-                // `first_col..first_col + cols` of rows `first_row..first_row + tile_rows`,
-                // inside `dst` (`rows x out`), which outlives the parallel loop.
+                // `pairs x TILE_ROWS` values at `first_row * pairs`, `packed` `pairs` panel
+                // rows; this task alone writes columns `first_col..first_col + cols` of rows
+                // `first_row..first_row + tile_rows`, inside `dst` (`rows x out`), which
+                // outlives the parallel loop.
                 #[allow(unsafe_code)]
                 unsafe {
                     x86::tile(
