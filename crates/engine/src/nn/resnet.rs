@@ -62,12 +62,17 @@ impl ResnetBlock {
 
     /// `temb` is the (already computed) time embedding `(B, T)`, before its SiLU.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let mut h = self.conv1.forward(&self.norm1.forward(x)?)?;
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-            h = h.broadcast_add(&t)?;
-        }
-        let h = self.conv2.forward(&self.norm2.forward(&h)?)?;
+        // A block, so that conv1's output is freed before the shortcut and the sum are made:
+        // a shadowed binding would live to the end of the function, and at the VAE's
+        // full-resolution blocks each of these tensors is hundreds of megabytes.
+        let h = {
+            let mut h = self.conv1.forward(&self.norm1.forward(x)?)?;
+            if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+                let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+                h = h.broadcast_add(&t)?;
+            }
+            self.conv2.forward(&self.norm2.forward(&h)?)?
+        };
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
