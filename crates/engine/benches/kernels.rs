@@ -282,7 +282,48 @@ fn bf16(c: &mut Criterion) {
     group.finish();
 }
 
+/// A linear layer's product with its weight as stored, `(out, in)` (read in place from the
+/// file), against the transposed copy the layers make for few rows: where the threshold
+/// between the two comes from (`nn::layers`).
+fn stored(c: &mut Criterion) {
+    use seedbed_engine::nn::gemm::{View, times_transposed};
+    let mut group = c.benchmark_group("stored");
+    group.sample_size(10);
+    for (rows, inner, out) in [
+        (77, 1024, 4096),
+        (256, 1280, 10240),
+        (256, 5120, 1280),
+        (1024, 640, 5120),
+        (1024, 2560, 640),
+        (4096, 320, 2560),
+    ] {
+        let x = Tensor::randn(0f32, 1., (rows, inner), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 0.02, (out, inner), &Device::Cpu).unwrap();
+        let w_t = w.t().unwrap().contiguous().unwrap();
+        let (xs, ws) = (
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let mut y = vec![0f32; rows * out];
+        let threads = rayon::current_num_threads();
+        let name = format!("{rows}x{inner}->{out}");
+        group.bench_function(format!("as stored {name}"), |b| {
+            b.iter(|| {
+                let (x, w) = (
+                    View::row_major(&xs, rows, inner, inner),
+                    View::row_major(&ws, out, inner, inner),
+                );
+                times_transposed(x, w, &mut y, threads)
+            })
+        });
+        group.bench_function(format!("transposed {name}"), |b| {
+            b.iter(|| x.matmul(&w_t).unwrap())
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
-    kernels, matmul, conv3x3, attention, group_norm, unet_step, tokenizer, t5, bf16
+    kernels, matmul, conv3x3, attention, group_norm, unet_step, tokenizer, t5, bf16, stored
 );
 criterion_main!(kernels);

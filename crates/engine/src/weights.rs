@@ -1,9 +1,11 @@
 //! Safetensors weights for one model component.
 //!
-//! candle's CPU tensors own their memory, so each tensor is read once into memory of its own:
-//! with `pread` straight from the file into the tensor's buffer, one copy out of the page
-//! cache and no page tables for the file (mapping it and copying out of the mapping faulted
-//! every 64 KiB of a 5 GB model in and out again). Only the header is read through a mapping.
+//! Each file stays memory-mapped while its model is built and, through the layers that read
+//! their weights in place ([`crate::nn::mapped`]: f32 weights computed on in f32 on the CPU),
+//! for as long as the model lives. candle's CPU tensors own their memory, so every other
+//! tensor is read once into memory of its own: with `pread` straight from the file into the
+//! tensor's buffer, one copy out of the page cache (copying out of the mapping instead faulted
+//! every 64 KiB of a 5 GB model in and out again).
 //!
 //! Real checkpoints come as `diffusion_pytorch_model.safetensors`, `model.safetensors`, their
 //! `.fp16` variants, or sharded behind an `*.safetensors.index.json`, in f32, f16 or bf16.
@@ -12,6 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
@@ -24,6 +27,7 @@ use crate::checkpoint::gguf::{GgufFile, is_gguf};
 use crate::checkpoint::{Pointer, Remap, Shapes};
 use crate::error::{EngineError, Result};
 use crate::nn::layers::Weights;
+use crate::nn::mapped::{MappedSource, MappedTensor};
 
 /// Which weight file to prefer when a component folder has several variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -117,6 +121,7 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
 /// One safetensors file and its parsed header.
 struct WeightFile {
     file: std::fs::File,
+    map: Arc<Mmap>,
     /// Where the tensor data starts: after the 8-byte length and the JSON header.
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
@@ -151,9 +156,11 @@ impl WeightFile {
             message,
         };
         let file = open_file(path)?;
-        // The header is parsed (and every tensor's range checked against the file's length)
-        // through a mapping that lives only for this.
+        // The header parse also checks every tensor's range against the file's length.
         let map = map_open_file(path, &file)?;
+        // Start reading the file in the background: the layers that compute on it in place
+        // fault it in as they first run (a no-op when it is in the page cache already).
+        let _ = map.advise(memmap2::Advice::WillNeed);
         let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| {
             invalid(format!(
                 "not a valid safetensors file (truncated or corrupt?): {e:?}"
@@ -166,9 +173,18 @@ impl WeightFile {
             .collect();
         Ok(Self {
             file,
+            map: Arc::new(map),
             data_start: 8 + header_len,
             tensors,
         })
+    }
+
+    /// The tensor `info` read in place, when it is stored as f32.
+    fn mapped(&self, info: &TensorInfo) -> Option<MappedTensor> {
+        let start = self.data_start + info.data_offsets.0;
+        (info.dtype == safetensors::Dtype::F32)
+            .then(|| MappedTensor::new(self.map.clone(), start, info.shape.clone()))
+            .flatten()
     }
 
     /// Read one tensor from the file into a buffer of its own.
@@ -317,7 +333,7 @@ impl WeightFiles {
 
     /// A `VarBuilder` reading these tensors, converted to `dtype` on `device`.
     pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+        Shared(Arc::new(self)).var_builder(dtype, device)
     }
 
     /// Every tensor name it serves: the file's, or a checkpoint's diffusers names.
@@ -397,7 +413,29 @@ pub(crate) fn shaped_as(
     )))
 }
 
-impl SimpleBackend for WeightFiles {
+impl MappedSource for WeightFiles {
+    fn mapped(&self, name: &str) -> Option<MappedTensor> {
+        // A checkpoint's remap may cut, join or rename tensors: those are read as usual.
+        if self.remap.is_some() {
+            return None;
+        }
+        let stored = self.resolve(name)?;
+        let file = &self.opened[*self.index.get(&stored)?];
+        file.mapped(&file.tensors[&stored])
+    }
+}
+
+/// The files shared between the `VarBuilder` that reads tensors from them and the layers that
+/// compute on them in place.
+struct Shared(Arc<WeightFiles>);
+
+impl Shared {
+    fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+}
+
+impl SimpleBackend for Shared {
     fn get(
         &self,
         shape: Shape,
@@ -406,8 +444,8 @@ impl SimpleBackend for WeightFiles {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.load(name, dtype, device)?;
-        shaped_as(name, tensor, shape, self.remap.is_some())
+        let tensor = self.0.load(name, dtype, device)?;
+        shaped_as(name, tensor, shape, self.0.remap.is_some())
     }
 
     fn get_unchecked(
@@ -416,11 +454,11 @@ impl SimpleBackend for WeightFiles {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.load(name, dtype, device)
+        self.0.load(name, dtype, device)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.resolve(name).is_some()
+        self.0.resolve(name).is_some()
     }
 }
 
@@ -494,17 +532,20 @@ pub fn build_quantizable<M>(
     device: &Device,
     build: impl FnOnce(Weights<'static>) -> candle_core::Result<M>,
 ) -> Result<M> {
-    let (path, weights) = match gguf_pointer(dir)? {
-        Some(file) => (file.path().to_path_buf(), file.weights(dtype, device)),
+    let (path, weights, mapped) = match gguf_pointer(dir)? {
+        Some(file) => (file.path().to_path_buf(), file.weights(dtype, device), None),
         None => {
-            let files = WeightFiles::open(dir, variant, names)?;
+            let files = Arc::new(WeightFiles::open(dir, variant, names)?);
             let path = files.path().to_path_buf();
-            (path, files.var_builder(dtype, device).into())
+            let mapped: Arc<dyn MappedSource> = files.clone();
+            let vb = Shared(files).var_builder(dtype, device);
+            (path, vb.into(), Some(mapped))
         }
     };
     // The folder's name is the component a LoRA addresses (`unet`, `text_encoder_2`, ...).
     let component = dir.file_name().unwrap_or_default().to_string_lossy();
-    crate::lora::hook::building(&component, || build(weights)).map_err(|e| EngineError::Weights {
+    let build = || crate::lora::hook::building(&component, || build(weights));
+    crate::nn::mapped::building(mapped, build).map_err(|e| EngineError::Weights {
         path,
         message: e.to_string(),
     })

@@ -7,10 +7,11 @@
 //! output element by element. Everything else (GPU, half-precision activations) goes to candle.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::layers::{self, Conv2d};
+use super::mapped::{self, MappedTensor};
 use super::{im2col, winograd};
 use crate::lora::hook::{self, Tag};
 
@@ -22,13 +23,23 @@ const MIN_WINOGRAD_TILES: usize = 64;
 /// A stride-1 convolution that keeps the image size: 3x3 with padding 1 ([`Conv3x3`]), or
 /// 1x1 ([`Conv1x1`]).
 pub struct SameConv {
-    conv: Conv2d,
+    weight: ConvWeight,
     kernel: usize,
     in_channels: usize,
     out_channels: usize,
     /// Where a LoRA finds a 1x1 convolution (`crate::lora::hook`); LoRAs on 3x3 ones
     /// (LoCon) are refused when the file is read, so those carry none.
     tag: Option<Tag>,
+}
+
+enum ConvWeight {
+    /// Read into memory: any dtype, any device.
+    Loaded(Conv2d),
+    /// f32 on the CPU, read in place from the weights file ([`mapped`]); our kernels only.
+    Mapped {
+        weight: MappedTensor,
+        bias: Option<Tensor>,
+    },
 }
 
 pub type Conv3x3 = SameConv;
@@ -40,18 +51,21 @@ impl SameConv {
         if kernel != 1 && kernel != 3 {
             candle_core::bail!("SameConv supports 1x1 and 3x3 kernels, not {kernel}x{kernel}");
         }
-        let config = Conv2dConfig {
-            padding: kernel / 2,
-            ..Default::default()
-        };
         let tag = if kernel == 1 {
             hook::tag_for(&vb.prefix())
         } else {
             None
         };
+        let weight = match mapped::lookup(&vb, "weight", &[cout, cin, kernel, kernel]) {
+            Some(weight) => ConvWeight::Mapped {
+                weight,
+                bias: Some(vb.get(cout, "bias")?),
+            },
+            None => ConvWeight::Loaded(layers::conv2d(cin, cout, kernel, config(kernel), vb)?),
+        };
         Ok(Self {
             tag,
-            conv: layers::conv2d(cin, cout, kernel, config, vb)?,
+            weight,
             kernel,
             in_channels: cin,
             out_channels: cout,
@@ -60,7 +74,28 @@ impl SameConv {
 
     /// candle's own convolution, for comparison.
     pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(x)
+        self.candle(x, &self.weight_tensor()?)
+    }
+
+    /// The weight as a tensor: the layer's own, or a copy of the mapped one.
+    fn weight_tensor(&self) -> Result<Tensor> {
+        match &self.weight {
+            ConvWeight::Loaded(conv) => Ok(conv.weight().clone()),
+            ConvWeight::Mapped { weight, .. } => weight.to_tensor(),
+        }
+    }
+
+    fn bias(&self) -> Option<&Tensor> {
+        match &self.weight {
+            ConvWeight::Loaded(conv) => conv.bias(),
+            ConvWeight::Mapped { bias, .. } => bias.as_ref(),
+        }
+    }
+
+    fn candle(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let (weight, bias) = (layers::like(weight, x)?, self.bias().cloned());
+        let bias = bias.map(|b| layers::like(&b, x)).transpose()?;
+        candle_nn::Conv2d::new(weight, bias, config(self.kernel)).forward(x)
     }
 
     fn runs_on_cpu_kernels(&self, x: &Tensor) -> bool {
@@ -68,14 +103,25 @@ impl SameConv {
     }
 }
 
+fn config(kernel: usize) -> Conv2dConfig {
+    Conv2dConfig {
+        padding: kernel / 2,
+        ..Default::default()
+    }
+}
+
 impl Module for SameConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let merged = hook::merged_weight(
-            self.tag.as_ref(),
-            || Ok(self.conv.weight().clone()),
-            hook::Stored::Conv1x1,
-        )?;
-        self.forward_with(x, merged.as_ref().unwrap_or(self.conv.weight()))
+        let stored = || self.weight_tensor();
+        let merged = hook::merged_weight(self.tag.as_ref(), stored, hook::Stored::Conv1x1)?;
+        match (merged, &self.weight) {
+            (Some(merged), _) => self.forward_with(x, &merged),
+            (None, ConvWeight::Loaded(conv)) => self.forward_with(x, conv.weight()),
+            (None, ConvWeight::Mapped { weight, .. }) if self.runs_on_cpu_kernels(x) => {
+                self.cpu(x, weight.values())
+            }
+            (None, ConvWeight::Mapped { weight, .. }) => self.candle(x, &weight.to_tensor()?),
+        }
     }
 }
 
@@ -83,8 +129,19 @@ impl SameConv {
     /// The convolution with `weight`: its own, or one merged with LoRAs.
     fn forward_with(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         if !self.runs_on_cpu_kernels(x) {
-            return self.conv.forward_with(x, weight);
+            return self.candle(x, weight);
         }
+        // Half-precision weights (see `layers`) are widened here, once per call.
+        let weight = layers::like(weight, x)?.contiguous()?;
+        let (storage, layout) = weight.storage_and_layout();
+        let Storage::Cpu(storage) = &*storage else {
+            candle_core::bail!("conv: the weight is not on the CPU");
+        };
+        self.cpu(x, contiguous_f32(storage, layout)?)
+    }
+
+    /// The convolution on our CPU kernels, `x` f32 and 4-D, `weight` `(out, in, k, k)`.
+    fn cpu(&self, x: &Tensor, weight: &[f32]) -> Result<Tensor> {
         let (batch, _, height, width) = x.dims4()?;
         let op = CpuConv {
             kernel: self.kernel,
@@ -95,24 +152,24 @@ impl SameConv {
                 height,
                 width,
             },
-            bias: match self.conv.bias() {
+            weight,
+            bias: match self.bias() {
                 Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
                 None => None,
             },
         };
-        // Half-precision weights (see `layers`) are widened here, once per call.
-        let weight = layers::like(weight, x)?.contiguous()?;
-        x.contiguous()?.apply_op2_no_bwd(&weight, &op)
+        x.contiguous()?.apply_op1_no_bwd(&op)
     }
 }
 
-struct CpuConv {
+struct CpuConv<'a> {
     kernel: usize,
     shape: winograd::Shape,
+    weight: &'a [f32],
     bias: Option<Vec<f32>>,
 }
 
-impl CpuConv {
+impl CpuConv<'_> {
     fn uses_winograd(&self) -> bool {
         self.shape.tiles() >= MIN_WINOGRAD_TILES
     }
@@ -129,22 +186,19 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f
     }
 }
 
-impl CustomOp2 for CpuConv {
+impl CustomOp1 for CpuConv<'_> {
     fn name(&self) -> &'static str {
         "same-conv"
     }
 
-    fn cpu_fwd(
-        &self,
-        input: &CpuStorage,
-        input_layout: &Layout,
-        weight: &CpuStorage,
-        weight_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, input: &CpuStorage, input_layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let s = self.shape;
         let input = contiguous_f32(input, input_layout)?;
-        let weight = contiguous_f32(weight, weight_layout)?;
-        let bias = self.bias.as_deref();
+        let (weight, bias) = (self.weight, self.bias.as_deref());
+        let expected = s.out_channels * s.in_channels * self.kernel * self.kernel;
+        if weight.len() != expected {
+            candle_core::bail!("conv: {} weight values, expected {expected}", weight.len());
+        }
         let out = if self.kernel == 1 {
             im2col::conv1x1(input, s, weight, bias)
         } else if self.uses_winograd() {
@@ -172,6 +226,68 @@ mod tests {
             check_against_candle(3, side_h, side_w)?;
         }
         check_against_candle(1, 9, 11)
+    }
+
+    /// Convolutions built from an f32 safetensors file read their weights in place and compute
+    /// what ones holding the same weights in memory do, on both 3x3 paths and the 1x1 one.
+    #[test]
+    fn mapped_weights_compute_what_loaded_ones_do() -> Result<()> {
+        use crate::nn::mapped::testing::{Stored, f32_bytes, write};
+        use crate::weights::{NameScheme, Variant, build_component};
+        let dir = tempfile::tempdir()?;
+        let values = |n: usize| -> Vec<f32> { (0..n).map(|i| (i as f32 * 0.37).sin()).collect() };
+        let stored = [
+            Stored(
+                "c3.weight",
+                "F32",
+                vec![10, 6, 3, 3],
+                f32_bytes(&values(540)),
+            ),
+            Stored("c3.bias", "F32", vec![10], f32_bytes(&values(10))),
+            Stored(
+                "c1.weight",
+                "F32",
+                vec![10, 6, 1, 1],
+                f32_bytes(&values(60)),
+            ),
+            Stored("c1.bias", "F32", vec![10], f32_bytes(&values(10))),
+        ];
+        write(&dir.path().join("model.safetensors"), &stored);
+        let build = |vb: VarBuilder| {
+            Ok((
+                SameConv::new(3, 6, 10, vb.pp("c3"))?,
+                SameConv::new(1, 6, 10, vb.pp("c1"))?,
+            ))
+        };
+        let device = Device::Cpu;
+        let (names, dtype) = (NameScheme::Exact, DType::F32);
+        let mapped = build_component(dir.path(), Variant::Auto, names, dtype, &device, build)
+            .map_err(candle_core::Error::wrap)?;
+        let tensors = stored
+            .iter()
+            .map(|Stored(name, _, shape, bytes)| {
+                let floats: Vec<f32> = bytemuck::pod_collect_to_vec(bytes);
+                Ok((
+                    name.to_string(),
+                    Tensor::from_vec(floats, shape.as_slice(), &device)?,
+                ))
+            })
+            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        let loaded = build(VarBuilder::from_tensors(tensors, dtype, &device))?;
+        for conv in [&mapped.0, &mapped.1] {
+            assert!(matches!(conv.weight, ConvWeight::Mapped { .. }));
+        }
+        assert!(matches!(loaded.0.weight, ConvWeight::Loaded(_)));
+        for (height, width) in [(40, 36), (12, 10)] {
+            let x = Tensor::randn(0f32, 1., (2, 6, height, width), &device)?;
+            for (ours, theirs) in [(&mapped.0, &loaded.0), (&mapped.1, &loaded.1)] {
+                let diff = (ours.forward(&x)? - theirs.forward(&x)?)?
+                    .abs()?
+                    .max_all()?;
+                assert_eq!(diff.to_scalar::<f32>()?, 0.0);
+            }
+        }
+        Ok(())
     }
 
     fn check_against_candle(kernel: usize, height: usize, width: usize) -> Result<()> {

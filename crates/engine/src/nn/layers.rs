@@ -7,10 +7,13 @@
 //! half precision on a GPU) nothing is converted and candle's layer runs as before. The one
 //! exception: bf16 linear layers on a CPU with AVX512-BF16 multiply in bf16 ([`super::bf16`]).
 //!
+//! An f32 weight on the CPU is read in place from the weights file's mapping where the layer
+//! can multiply it as stored ([`super::mapped`]).
+//!
 //! A linear layer's weight may also come quantized, from a GGUF checkpoint ([`Weights`]): it
 //! stays in its blocks (q8_0, q4_K, ...) and multiplies through candle's quantized matmul.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor};
@@ -18,6 +21,8 @@ use candle_nn::{Conv2dConfig, Init, VarBuilder};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use super::gemm::{self, View};
+use super::mapped::{self, MappedTensor};
 use super::quantized::BlockMatrix;
 use crate::lora::hook::{self, Tag};
 
@@ -170,6 +175,13 @@ enum LinearWeight {
         weight: Tensor,
         transposed: bool,
     },
+    /// f32 `(out, in)` on the CPU, read in place from the weights file ([`mapped`]) and
+    /// multiplied as stored; the first product with few rows makes a transposed copy, which
+    /// the layer uses from then on.
+    Mapped {
+        weight: MappedTensor,
+        transposed: Arc<OnceLock<Tensor>>,
+    },
     /// `(out, in)` in GGUF blocks on the CPU, multiplied band by band ([`BlockMatrix`]).
     Blocks(BlockMatrix),
     /// `(out, in)` in GGUF blocks on a GPU, through candle's quantized matmul.
@@ -191,6 +203,17 @@ impl Linear {
             bias: bias.cloned(),
             tag: None,
         })
+    }
+
+    fn mapped(weight: MappedTensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: LinearWeight::Mapped {
+                weight,
+                transposed: Arc::default(),
+            },
+            bias,
+            tag: None,
+        }
     }
 
     fn quantized(weight: QTensor, bias: Option<Tensor>) -> Result<Self> {
@@ -226,6 +249,10 @@ pub fn linear<'a>(cin: usize, cout: usize, weights: impl Into<Weights<'a>>) -> R
         let bias = weights.vb.get(cout, "bias")?;
         return Ok(Linear::quantized(weight, Some(bias))?.tagged(&weights.vb));
     }
+    if let Some(weight) = mapped::lookup(&weights.vb, "weight", &[cout, cin]) {
+        let bias = weights.vb.get(cout, "bias")?;
+        return Ok(Linear::mapped(weight, Some(bias)).tagged(&weights.vb));
+    }
     let layer = candle_nn::linear(cin, cout, weights.vb.clone())?;
     Ok(Linear::new(layer.weight(), layer.bias())?.tagged(&weights.vb))
 }
@@ -238,6 +265,9 @@ pub fn linear_no_bias<'a>(
     let weights = weights.into();
     if let Some(weight) = weights.quantized_linear(cin, cout)? {
         return Ok(Linear::quantized(weight, None)?.tagged(&weights.vb));
+    }
+    if let Some(weight) = mapped::lookup(&weights.vb, "weight", &[cout, cin]) {
+        return Ok(Linear::mapped(weight, None).tagged(&weights.vb));
     }
     let layer = candle_nn::linear_no_bias(cin, cout, weights.vb.clone())?;
     Ok(Linear::new(layer.weight(), None)?.tagged(&weights.vb))
@@ -253,6 +283,14 @@ impl Module for Linear {
                 };
                 let merged = hook::merged_weight(self.tag.as_ref(), || Ok(weight.clone()), layout)?;
                 self.dense(x, merged.as_ref().unwrap_or(weight), *transposed)
+            }
+            LinearWeight::Mapped { weight, transposed } => {
+                let stored = || weight.to_tensor();
+                let layout = hook::Stored::OutIn;
+                if let Some(merged) = hook::merged_weight(self.tag.as_ref(), stored, layout)? {
+                    return self.dense(x, &merged, false);
+                }
+                self.mapped_product(x, weight, transposed)
             }
             LinearWeight::Blocks(blocks) => {
                 // A LoRA on a quantized layer merges into its dequantized weight, once per
@@ -310,6 +348,65 @@ impl Linear {
         };
         dims.push(out);
         self.add_bias(y.reshape(dims)?, x)
+    }
+}
+
+/// Below this many rows, a mapped weight is multiplied through a transposed copy: the gemm
+/// crate packs a weight as stored on every call, which costs about as much as the product
+/// itself when there are few rows. `cargo bench -p seedbed-engine --bench kernels -- stored`,
+/// as stored against transposed: 77 rows of 1024 -> 4096 9.9 against 3.9 ms; 256 rows of
+/// 1280 -> 10240 37.2 against 34.9, of 5120 -> 1280 25.7 against 17.2; 1024 rows of 2560 ->
+/// 640 19.7 against 16.1, of 640 -> 5120 31.7 against 32.9; 4096 rows of 320 -> 2560 31.6
+/// against 47.6. From 256 rows on the UNet's 16x16 level (at 512x512) pays about 60 ms a
+/// call, where its copies would cost a one-shot `seedbed generate` about a second of fresh
+/// memory (its first UNet call: 5.8-6.4 s with this threshold, 7.0-7.5 s with 1024).
+const MIN_ROWS_AS_STORED: usize = 256;
+
+impl Linear {
+    /// The product with a mapped weight: as stored with many rows, else through the
+    /// transposed copy, made on first use. Which one depends on the rows alone, never on
+    /// what ran before: the two sum in different orders, and the same request must make the
+    /// same picture every time.
+    fn mapped_product(
+        &self,
+        x: &Tensor,
+        weight: &MappedTensor,
+        transposed: &OnceLock<Tensor>,
+    ) -> Result<Tensor> {
+        let (out, inner) = (weight.shape()[0], weight.shape()[1]);
+        let mut dims = x.dims().to_vec();
+        let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+        if !cpu_f32 || rows < MIN_ROWS_AS_STORED {
+            let copy = match transposed.get() {
+                Some(copy) => copy,
+                None => {
+                    let copy = super::transpose::transposed_values(weight.values(), out, inner)?;
+                    // Many rows may still read the stored layout, but its pages need not stay
+                    // in this process meanwhile: they are in the page cache.
+                    weight.release();
+                    transposed.get_or_init(|| copy)
+                }
+            };
+            return self.dense(x, copy, true);
+        }
+        let x2 = x.reshape((rows, inner))?.contiguous()?;
+        let mut y = vec![0f32; rows * out];
+        {
+            let (storage, layout) = x2.storage_and_layout();
+            let (Storage::Cpu(CpuStorage::F32(xs)), Some((a, b))) =
+                (&*storage, layout.contiguous_offsets())
+            else {
+                candle_core::bail!("linear: the input is not contiguous f32");
+            };
+            let x_view = View::row_major(&xs[a..b], rows, inner, inner);
+            let w_view = View::row_major(weight.values(), out, inner, inner);
+            gemm::times_transposed(x_view, w_view, &mut y, rayon::current_num_threads());
+        }
+        dims.pop();
+        dims.push(out);
+        let y = Tensor::from_vec(y, dims, x.device())?;
+        self.add_bias(y, x)
     }
 }
 
@@ -563,6 +660,69 @@ mod tests {
                 assert!(max_diff(&a, &b) < 1e-5, "{dims:?}");
             }
         }
+        Ok(())
+    }
+
+    /// Linear layers built from an f32 safetensors file read their weights in place and compute
+    /// what layers holding the same weights in memory do: many rows multiplied as stored, few
+    /// rows as stored once and through a transposed copy from the second product on. A weight
+    /// misaligned for f32 in the file is read into memory instead.
+    #[test]
+    fn mapped_weights_compute_what_loaded_ones_do() -> Result<()> {
+        use super::mapped::testing::{Stored, f32_bytes, write};
+        use crate::weights::{NameScheme, Variant, build_component};
+        let dir = tempfile::tempdir()?;
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect()
+        };
+        let (w, b, odd) = (values(30, 1.0), values(5, 2.0), values(30, 3.0));
+        // A 3-value f16 tensor first puts everything after it 2 bytes off f32 alignment.
+        let f16 = vec![0u8; 6];
+        let stored = [
+            Stored("lin.weight", "F32", vec![5, 6], f32_bytes(&w)),
+            Stored("lin.bias", "F32", vec![5], f32_bytes(&b)),
+            Stored("pad", "F16", vec![3], f16),
+            Stored("odd.weight", "F32", vec![5, 6], f32_bytes(&odd)),
+        ];
+        write(&dir.path().join("model.safetensors"), &stored);
+        let device = Device::Cpu;
+        let (lin, misaligned) = build_component(
+            dir.path(),
+            Variant::Auto,
+            NameScheme::Exact,
+            DType::F32,
+            &device,
+            |vb| {
+                Ok((
+                    linear(6, 5, vb.pp("lin"))?,
+                    linear_no_bias(6, 5, vb.pp("odd"))?,
+                ))
+            },
+        )
+        .map_err(candle_core::Error::wrap)?;
+        let LinearWeight::Mapped { transposed, .. } = &lin.weight else {
+            panic!("the aligned f32 weight is read in place");
+        };
+        assert!(matches!(misaligned.weight, LinearWeight::Dense { .. }));
+
+        let loaded = Linear::new(
+            &Tensor::from_vec(w, (5, 6), &device)?,
+            Some(&Tensor::new(b, &device)?),
+        )?;
+        let many = Tensor::randn(0f32, 1., (2, MIN_ROWS_AS_STORED / 2 + 3, 6), &device)?;
+        let few = Tensor::randn(0f32, 1., (3, 6), &device)?;
+        assert!(max_diff(&lin.forward(&many)?, &loaded.forward(&many)?) < 1e-5);
+        assert!(transposed.get().is_none(), "no copy for many rows");
+        let first = lin.forward(&few)?;
+        assert!(max_diff(&first, &loaded.forward(&few)?) < 1e-5);
+        assert!(transposed.get().is_some());
+        assert_eq!(max_diff(&first, &lin.forward(&few)?), 0.0);
+        assert!(max_diff(&lin.forward(&many)?, &loaded.forward(&many)?) < 1e-5);
+        let odd = Linear::new(&Tensor::from_vec(odd, (5, 6), &device)?, None)?;
+        assert_eq!(
+            max_diff(&misaligned.forward(&few)?, &odd.forward(&few)?),
+            0.0
+        );
         Ok(())
     }
 

@@ -8,6 +8,7 @@ pub mod embeddings;
 pub mod gemm;
 pub mod im2col;
 pub mod layers;
+pub mod mapped;
 pub mod math;
 pub mod norm;
 pub mod quantized;

@@ -38,6 +38,12 @@ pub fn transposed(t: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The transpose of the row-major `rows x cols` f32 matrix `values`, as a CPU tensor.
+pub fn transposed_values(values: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
+    let device = candle_core::Device::Cpu;
+    Tensor::from_vec(transpose(values, rows, cols), (cols, rows), &device)
+}
+
 /// `src`, `rows x cols` row-major, as `cols x rows` row-major. Each task writes a band of
 /// `TILE` output rows (input columns), walking down the input one tile at a time; inside a
 /// tile, 8x8 blocks move through vector registers where the CPU allows.
