@@ -158,9 +158,6 @@ impl WeightFile {
         let file = open_file(path)?;
         // The header parse also checks every tensor's range against the file's length.
         let map = map_open_file(path, &file)?;
-        // Start reading the file in the background: the layers that compute on it in place
-        // fault it in as they first run (a no-op when it is in the page cache already).
-        let _ = map.advise(memmap2::Advice::WillNeed);
         let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| {
             invalid(format!(
                 "not a valid safetensors file (truncated or corrupt?): {e:?}"
@@ -413,6 +410,17 @@ pub(crate) fn shaped_as(
     )))
 }
 
+impl WeightFiles {
+    /// Start reading the files into the page cache in the background, for a model that will
+    /// compute on them in place and fault them in as its layers first run (a no-op for files
+    /// in the page cache already).
+    fn read_ahead(&self) {
+        for file in &self.opened {
+            let _ = file.map.advise(memmap2::Advice::WillNeed);
+        }
+    }
+}
+
 impl MappedSource for WeightFiles {
     fn mapped(&self, name: &str) -> Option<MappedTensor> {
         // A checkpoint's remap may cut, join or rename tensors: those are read as usual.
@@ -536,6 +544,9 @@ pub fn build_quantizable<M>(
         Some(file) => (file.path().to_path_buf(), file.weights(dtype, device), None),
         None => {
             let files = Arc::new(WeightFiles::open(dir, variant, names)?);
+            if device.is_cpu() && dtype == DType::F32 {
+                files.read_ahead();
+            }
             let path = files.path().to_path_buf();
             let mapped: Arc<dyn MappedSource> = files.clone();
             let vb = Shared(files).var_builder(dtype, device);

@@ -590,12 +590,6 @@ pub fn conv2d(
 }
 
 impl Conv2d {
-    /// The convolution with another weight of the same shape (one merged with LoRAs).
-    pub fn forward_with(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        let (weight, bias) = (like(weight, x)?, like_opt(self.bias.as_ref(), x)?);
-        candle_nn::Conv2d::new(weight, bias, self.config).forward(x)
-    }
-
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
