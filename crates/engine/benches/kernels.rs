@@ -304,7 +304,6 @@ fn stored(c: &mut Criterion) {
             x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         );
-        let mut y = vec![0f32; rows * out];
         let threads = rayon::current_num_threads();
         let name = format!("{rows}x{inner}->{out}");
         group.bench_function(format!("as stored {name}"), |b| {
@@ -313,7 +312,7 @@ fn stored(c: &mut Criterion) {
                     View::row_major(&xs, rows, inner, inner),
                     View::row_major(&ws, out, inner, inner),
                 );
-                times_transposed(x, w, &mut y, threads)
+                times_transposed(x, w, threads)
             })
         });
         group.bench_function(format!("transposed {name}"), |b| {

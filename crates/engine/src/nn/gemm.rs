@@ -1,6 +1,8 @@
 //! The one place the engine calls the `gemm` crate directly: a bounds-checked f32 matrix product
 //! on strided views, single-threaded for kernels that already run in parallel.
 
+use std::mem::MaybeUninit;
+
 /// A `rows x cols` matrix read from `data` at `row * row_stride + col * col_stride`.
 #[derive(Clone, Copy)]
 pub struct View<'a> {
@@ -60,8 +62,12 @@ pub fn matmul_into(
     scale: f32,
     threads: usize,
 ) {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and `product` writes only
+    // initialised values through it, so `dst` stays initialised.
+    #[allow(unsafe_code)]
+    let data = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
     let dst = Dst {
-        data: dst,
+        data,
         row_stride: dst_row_stride,
         col_stride: 1,
     };
@@ -73,24 +79,35 @@ pub fn matmul_into(
 /// is asked for `dst^T = w x^T`, written through `dst`'s transposed strides: that form packs
 /// `w` once per call, and with a few hundred rows or more runs within a few tens of percent of
 /// the product with a pre-transposed weight, faster on some shapes (`cargo bench -p
-/// seedbed-engine --bench kernels -- stored`).
-pub fn times_transposed(x: View, w: View, dst: &mut [f32], threads: usize) {
-    assert_eq!(dst.len(), x.rows * w.rows, "destination size");
+/// seedbed-engine --bench kernels -- stored`). The result is written into fresh memory, never
+/// zeroed first.
+pub fn times_transposed(x: View, w: View, threads: usize) -> Vec<f32> {
+    let len = x.rows * w.rows;
+    let mut values = Vec::with_capacity(len);
     let dst = Dst {
-        data: dst,
+        data: &mut values.spare_capacity_mut()[..len],
         row_stride: 1,
         col_stride: w.rows,
     };
     product(w, x.t(), dst, 1.0, threads);
+    // SAFETY: with row stride 1 and column stride `w.rows`, the `w.rows x x.rows` block is
+    // all `len` elements, and `product` writes every element of its block.
+    #[allow(unsafe_code)]
+    unsafe {
+        values.set_len(len)
+    };
+    values
 }
 
-/// A destination matrix: element `(i, j)` at `i * row_stride + j * col_stride`.
+/// A destination matrix: element `(i, j)` at `i * row_stride + j * col_stride`, written
+/// without being read (it may start uninitialised).
 struct Dst<'a> {
-    data: &'a mut [f32],
+    data: &'a mut [MaybeUninit<f32>],
     row_stride: usize,
     col_stride: usize,
 }
 
+/// `dst = scale * lhs * rhs`, every element of the `lhs.rows x rhs.cols` block written.
 fn product(lhs: View, rhs: View, dst: Dst, scale: f32, threads: usize) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions differ");
@@ -110,7 +127,7 @@ fn product(lhs: View, rhs: View, dst: Dst, scale: f32, threads: usize) {
     if k == 0 {
         for i in 0..m {
             for j in 0..n {
-                dst.data[i * rs + j * cs] = 0.0;
+                dst.data[i * rs + j * cs] = MaybeUninit::new(0.0);
             }
         }
         return;
@@ -121,14 +138,15 @@ fn product(lhs: View, rhs: View, dst: Dst, scale: f32, threads: usize) {
     };
     // SAFETY: `fits` keeps every element either view can address inside its slice; the
     // destination block's last element is inside `dst`, which is exclusively borrowed, so it
-    // overlaps neither input, and the stride check keeps its elements apart.
+    // overlaps neither input, and the stride check keeps its elements apart. Without
+    // `read_dst` gemm writes every element of the block and reads none.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.data.as_mut_ptr(),
+            dst.data.as_mut_ptr().cast::<f32>(),
             cs as isize,
             rs as isize,
             false,
@@ -172,14 +190,19 @@ mod tests {
         // x is 3x2, w (2 outputs of 2 inputs) as a linear layer stores it: dst = x w^T.
         let x = [1., 2., 3., 4., 5., 6.];
         let w = [1., 0., 1., -1.];
-        let mut dst = [0f32; 6];
-        times_transposed(
+        let dst = times_transposed(
             View::row_major(&x, 3, 2, 2),
             View::row_major(&w, 2, 2, 2),
-            &mut dst,
             2,
         );
         assert_eq!(dst, [1., -1., 3., -1., 5., -1.]);
+        // No inner dimension: zeros, every one written.
+        let empty = times_transposed(
+            View::row_major(&[], 3, 0, 0),
+            View::row_major(&[], 2, 0, 0),
+            1,
+        );
+        assert_eq!(empty, [0.; 6]);
     }
 
     #[test]

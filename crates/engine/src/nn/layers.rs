@@ -391,8 +391,7 @@ impl Linear {
             return self.dense(x, copy, true);
         }
         let x2 = x.reshape((rows, inner))?.contiguous()?;
-        let mut y = vec![0f32; rows * out];
-        {
+        let y = {
             let (storage, layout) = x2.storage_and_layout();
             let (Storage::Cpu(CpuStorage::F32(xs)), Some((a, b))) =
                 (&*storage, layout.contiguous_offsets())
@@ -401,8 +400,8 @@ impl Linear {
             };
             let x_view = View::row_major(&xs[a..b], rows, inner, inner);
             let w_view = View::row_major(weight.values(), out, inner, inner);
-            gemm::times_transposed(x_view, w_view, &mut y, rayon::current_num_threads());
-        }
+            gemm::times_transposed(x_view, w_view, rayon::current_num_threads())
+        };
         dims.pop();
         dims.push(out);
         let y = Tensor::from_vec(y, dims, x.device())?;
