@@ -354,12 +354,13 @@ impl Linear {
 /// Below this many rows, a mapped weight is multiplied through a transposed copy: the gemm
 /// crate packs a weight as stored on every call, which costs about as much as the product
 /// itself when there are few rows. `cargo bench -p seedbed-engine --bench kernels -- stored`,
-/// as stored against transposed: 77 rows of 1024 -> 4096 9.9 against 3.9 ms; 256 rows of
-/// 1280 -> 10240 37.2 against 34.9, of 5120 -> 1280 25.7 against 17.2; 1024 rows of 2560 ->
-/// 640 19.7 against 16.1, of 640 -> 5120 31.7 against 32.9; 4096 rows of 320 -> 2560 31.6
-/// against 47.6. From 256 rows on the UNet's 16x16 level (at 512x512) pays about 60 ms a
-/// call, where its copies would cost a one-shot `seedbed generate` about a second of fresh
-/// memory (its first UNet call: 5.8-6.4 s with this threshold, 7.0-7.5 s with 1024).
+/// as stored against transposed (each writing a fresh output): 77 rows of 1024 -> 4096 9.7
+/// against 3.4 ms; 256 rows of 1280 -> 10240 36.4 against 33.7, of 5120 -> 1280 24.6 against
+/// 16.4; 1024 rows of 2560 -> 640 19.6 against 15.7, of 640 -> 5120 31.6 against 32.9; 4096
+/// rows of 320 -> 2560 46.3 against 48.8. From 256 rows on, the UNet's 16x16 level (at
+/// 512x512) pays about 60 ms a call, where its copies would cost a one-shot `seedbed generate`
+/// about a second of fresh memory (its first UNet call: 5.8-6.4 s with this threshold, 7.0-7.5
+/// s with 1024).
 const MIN_ROWS_AS_STORED: usize = 256;
 
 impl Linear {
