@@ -36,10 +36,7 @@ enum ConvWeight {
     /// Read into memory: any dtype, any device.
     Loaded(Conv2d),
     /// f32 on the CPU, read in place from the weights file ([`mapped`]); our kernels only.
-    Mapped {
-        weight: MappedTensor,
-        bias: Option<Tensor>,
-    },
+    Mapped { weight: MappedTensor, bias: Tensor },
 }
 
 pub type Conv3x3 = SameConv;
@@ -59,7 +56,7 @@ impl SameConv {
         let weight = match mapped::lookup(&vb, "weight", &[cout, cin, kernel, kernel]) {
             Some(weight) => ConvWeight::Mapped {
                 weight,
-                bias: Some(vb.get(cout, "bias")?),
+                bias: vb.get(cout, "bias")?,
             },
             None => ConvWeight::Loaded(layers::conv2d(cin, cout, kernel, config(kernel), vb)?),
         };
@@ -88,7 +85,7 @@ impl SameConv {
     fn bias(&self) -> Option<&Tensor> {
         match &self.weight {
             ConvWeight::Loaded(conv) => conv.bias(),
-            ConvWeight::Mapped { bias, .. } => bias.as_ref(),
+            ConvWeight::Mapped { bias, .. } => Some(bias),
         }
     }
 

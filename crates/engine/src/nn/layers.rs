@@ -659,8 +659,8 @@ mod tests {
 
     /// Linear layers built from an f32 safetensors file read their weights in place and compute
     /// what layers holding the same weights in memory do: many rows multiplied as stored, few
-    /// rows as stored once and through a transposed copy from the second product on. A weight
-    /// misaligned for f32 in the file is read into memory instead.
+    /// rows through a transposed copy made on first use. A weight misaligned for f32 in the
+    /// file is read into memory instead.
     #[test]
     fn mapped_weights_compute_what_loaded_ones_do() -> Result<()> {
         use super::mapped::testing::{Stored, f32_bytes, write};

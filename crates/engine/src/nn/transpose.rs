@@ -25,9 +25,7 @@ pub fn transposed(t: &Tensor) -> Result<Tensor> {
     };
     let shape = (cols, rows);
     match &*storage {
-        Storage::Cpu(CpuStorage::F32(data)) => {
-            Tensor::from_vec(transpose(&data[start..end], rows, cols), shape, t.device())
-        }
+        Storage::Cpu(CpuStorage::F32(data)) => transposed_values(&data[start..end], rows, cols),
         Storage::Cpu(CpuStorage::F16(data)) => {
             Tensor::from_vec(transpose(&data[start..end], rows, cols), shape, t.device())
         }
