@@ -290,7 +290,11 @@ fn stored(c: &mut Criterion) {
     let mut group = c.benchmark_group("stored");
     group.sample_size(10);
     for (rows, inner, out) in [
+        (1, 320, 1280),
+        (77, 768, 3072),
         (77, 1024, 4096),
+        (77, 5120, 1280),
+        (154, 2048, 640),
         (256, 1280, 10240),
         (256, 5120, 1280),
         (1024, 640, 5120),
@@ -315,6 +319,13 @@ fn stored(c: &mut Criterion) {
                 times_transposed(x, w, threads)
             })
         });
+        for kernel in seedbed_engine::nn::stored::Kernel::supported() {
+            group.bench_function(format!("tiles {kernel:?} {name}"), |b| {
+                b.iter(|| {
+                    seedbed_engine::nn::stored::times_transposed(kernel, &xs, &ws, rows, inner, out)
+                })
+            });
+        }
         group.bench_function(format!("transposed {name}"), |b| {
             b.iter(|| x.matmul(&w_t).unwrap())
         });

@@ -43,11 +43,17 @@ impl CpuReport {
         } else {
             half
         };
+        let stored = match crate::nn::stored::Kernel::detect() {
+            Some(crate::nn::stored::Kernel::Avx512) => "8x48 register tiles, AVX-512F",
+            Some(crate::nn::stored::Kernel::Avx2) => "6x16 register tiles, AVX2+FMA",
+            None => "a transposed copy below 256 rows, gemm as stored above",
+        };
         Self {
             model: model_name(),
             features,
             kernels: vec![
                 ("f32 matmul and convolution", gemm),
+                ("f32 linear weights read in place", stored),
                 ("GGUF q8_0 and q4_K linears", integer),
                 ("f16 weights", half),
                 ("bf16 weights", bf16),

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use super::gemm::{self, View};
 use super::mapped::{self, MappedTensor};
 use super::quantized::BlockMatrix;
+use super::stored;
 use crate::lora::hook::{self, Tag};
 
 /// The dtype activations are computed in for weights stored in `weights` on `device`.
@@ -176,8 +177,9 @@ enum LinearWeight {
         transposed: bool,
     },
     /// f32 `(out, in)` on the CPU, read in place from the weights file ([`mapped`]) and
-    /// multiplied as stored; the first product with few rows makes a transposed copy, which
-    /// the layer uses from then on.
+    /// multiplied as stored ([`Linear::mapped_product`]); on a CPU without [`stored`]'s tiles,
+    /// the first product with few rows makes a transposed copy, which such products use from
+    /// then on.
     Mapped {
         weight: MappedTensor,
         transposed: Arc<OnceLock<Tensor>>,
@@ -351,34 +353,50 @@ impl Linear {
     }
 }
 
-/// Below this many rows, a mapped weight is multiplied through a transposed copy: the gemm
-/// crate packs a weight as stored on every call, which costs about as much as the product
-/// itself when there are few rows. `cargo bench -p seedbed-engine --bench kernels -- stored`,
-/// as stored against transposed (each writing a fresh output): 77 rows of 1024 -> 4096 9.7
-/// against 3.4 ms; 256 rows of 1280 -> 10240 36.4 against 33.7, of 5120 -> 1280 24.6 against
-/// 16.4; 1024 rows of 2560 -> 640 19.6 against 15.7, of 640 -> 5120 31.6 against 32.9; 4096
-/// rows of 320 -> 2560 46.3 against 48.8. From 256 rows on, the UNet's 16x16 level (at
-/// 512x512) pays about 60 ms a call, where its copies would cost a one-shot `seedbed generate`
-/// about a second of fresh memory (its first UNet call: 5.8-6.4 s with this threshold, 7.0-7.5
-/// s with 1024).
+/// Up to this many rows, a mapped weight is multiplied through [`stored`]'s register tiles,
+/// which transpose a panel of it at a time into the cache; from there on the gemm crate packs
+/// it as stored, which wins on the UNet's largest levels. `cargo bench -p seedbed-engine
+/// --bench kernels -- stored` (AMD EPYC family 25, AVX-512), tiles against a transposed copy:
+/// 77 rows of 768 -> 3072 1.87 against 1.79 ms, of 1024 -> 4096 3.27 against 3.34, of 5120 ->
+/// 1280 5.9 against 5.9; 256 rows of 1280 -> 10240 32.0 against 34.0; gemm as stored needs
+/// 9.6 ms for 77 rows of 1024 -> 4096. At 4096 rows of 320 -> 2560 gemm takes 47 ms, the tiles
+/// 49-50.
+const MAX_ROWS_IN_TILES: usize = 1024;
+
+/// Without [`stored`]'s tiles (a CPU with neither AVX2 nor AVX-512), below this many rows a
+/// mapped weight is multiplied through a transposed copy: the gemm crate packs a weight as
+/// stored on every call, which costs about as much as the product itself when there are few
+/// rows (77 rows of 1024 -> 4096: 9.7 against 3.4 ms on the machine above).
 const MIN_ROWS_AS_STORED: usize = 256;
 
 impl Linear {
-    /// The product with a mapped weight: as stored with many rows, else through the
-    /// transposed copy, made on first use. Which one depends on the rows alone, never on
-    /// what ran before: the two sum in different orders, and the same request must make the
-    /// same picture every time.
+    /// The product with a mapped weight: through the register tiles or the gemm crate as
+    /// stored, else through the transposed copy, made on first use. Which one depends on the
+    /// rows and the CPU alone, never on what ran before: they sum in different orders, and the
+    /// same request must make the same picture every time.
     fn mapped_product(
         &self,
         x: &Tensor,
         weight: &MappedTensor,
         transposed: &OnceLock<Tensor>,
     ) -> Result<Tensor> {
+        self.mapped_product_with(x, weight, transposed, stored::Kernel::detect())
+    }
+
+    /// [`Self::mapped_product`] with the CPU's tiles, or none.
+    fn mapped_product_with(
+        &self,
+        x: &Tensor,
+        weight: &MappedTensor,
+        transposed: &OnceLock<Tensor>,
+        kernel: Option<stored::Kernel>,
+    ) -> Result<Tensor> {
         let (out, inner) = (weight.shape()[0], weight.shape()[1]);
         let mut dims = x.dims().to_vec();
         let rows = dims[..dims.len() - 1].iter().product::<usize>();
         let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
-        if !cpu_f32 || rows < MIN_ROWS_AS_STORED {
+        let tiles = kernel.filter(|_| cpu_f32 && rows <= MAX_ROWS_IN_TILES);
+        if !cpu_f32 || (rows < MIN_ROWS_AS_STORED && tiles.is_none()) {
             let copy = match transposed.get() {
                 Some(copy) => copy,
                 None => {
@@ -399,9 +417,17 @@ impl Linear {
             else {
                 candle_core::bail!("linear: the input is not contiguous f32");
             };
-            let x_view = View::row_major(&xs[a..b], rows, inner, inner);
-            let w_view = View::row_major(weight.values(), out, inner, inner);
-            gemm::times_transposed(x_view, w_view, rayon::current_num_threads())
+            let xs = &xs[a..b];
+            match tiles {
+                Some(kernel) => {
+                    stored::times_transposed(kernel, xs, weight.values(), rows, inner, out)
+                }
+                None => {
+                    let x_view = View::row_major(xs, rows, inner, inner);
+                    let w_view = View::row_major(weight.values(), out, inner, inner);
+                    gemm::times_transposed(x_view, w_view, rayon::current_num_threads())
+                }
+            }
         };
         dims.pop();
         dims.push(out);
@@ -658,9 +684,9 @@ mod tests {
     }
 
     /// Linear layers built from an f32 safetensors file read their weights in place and compute
-    /// what layers holding the same weights in memory do: many rows multiplied as stored, few
-    /// rows through a transposed copy made on first use. A weight misaligned for f32 in the
-    /// file is read into memory instead.
+    /// what layers holding the same weights in memory do: through each register tile this CPU
+    /// has, through gemm as stored, and, without tiles, few rows through a transposed copy
+    /// made on first use. A weight misaligned for f32 in the file is read into memory instead.
     #[test]
     fn mapped_weights_compute_what_loaded_ones_do() -> Result<()> {
         use super::mapped::testing::{Stored, f32_bytes, write};
@@ -694,7 +720,7 @@ mod tests {
             },
         )
         .map_err(candle_core::Error::wrap)?;
-        let LinearWeight::Mapped { transposed, .. } = &lin.weight else {
+        let LinearWeight::Mapped { weight, transposed } = &lin.weight else {
             panic!("the aligned f32 weight is read in place");
         };
         assert!(matches!(misaligned.weight, LinearWeight::Dense { .. }));
@@ -703,14 +729,30 @@ mod tests {
             &Tensor::from_vec(w, (5, 6), &device)?,
             Some(&Tensor::new(b, &device)?),
         )?;
-        let many = Tensor::randn(0f32, 1., (2, MIN_ROWS_AS_STORED / 2 + 3, 6), &device)?;
+        let product = |x: &Tensor, kernel| lin.mapped_product_with(x, weight, transposed, kernel);
+        // Past the tiles' rows: gemm reads the weight as stored.
+        let many = Tensor::randn(0f32, 1., (2, MAX_ROWS_IN_TILES / 2 + 3, 6), &device)?;
+        let some = Tensor::randn(0f32, 1., (2, MIN_ROWS_AS_STORED / 2 + 3, 6), &device)?;
         let few = Tensor::randn(0f32, 1., (3, 6), &device)?;
-        assert!(max_diff(&lin.forward(&many)?, &loaded.forward(&many)?) < 1e-5);
+        for kernel in stored::Kernel::supported() {
+            for x in [&many, &some, &few] {
+                assert!(max_diff(&product(x, Some(kernel))?, &loaded.forward(x)?) < 1e-5);
+            }
+        }
+        assert!(
+            transposed.get().is_none(),
+            "no copy where the CPU has tiles"
+        );
+        // Without tiles, gemm as stored from `MIN_ROWS_AS_STORED` rows, a copy below.
+        assert!(max_diff(&product(&some, None)?, &loaded.forward(&some)?) < 1e-5);
         assert!(transposed.get().is_none(), "no copy for many rows");
-        let first = lin.forward(&few)?;
+        let first = product(&few, None)?;
         assert!(max_diff(&first, &loaded.forward(&few)?) < 1e-5);
         assert!(transposed.get().is_some());
-        assert_eq!(max_diff(&first, &lin.forward(&few)?), 0.0);
+        assert_eq!(max_diff(&first, &product(&few, None)?), 0.0);
+        assert!(max_diff(&product(&some, None)?, &loaded.forward(&some)?) < 1e-5);
+        // The layer itself takes this CPU's path.
+        assert_eq!(max_diff(&lin.forward(&few)?, &lin.forward(&few)?), 0.0);
         assert!(max_diff(&lin.forward(&many)?, &loaded.forward(&many)?) < 1e-5);
         let odd = Linear::new(&Tensor::from_vec(odd, (5, 6), &device)?, None)?;
         assert_eq!(

@@ -13,5 +13,6 @@ pub mod math;
 pub mod norm;
 pub mod quantized;
 pub mod resnet;
+pub mod stored;
 pub mod transpose;
 pub mod winograd;

@@ -64,42 +64,87 @@ fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: usiz
             let band_cols = out.len() / rows;
             for first_row in (0..rows).step_by(TILE) {
                 let band_rows = TILE.min(rows - first_row);
-                for c in (0..band_cols).step_by(8) {
-                    for r in (0..band_rows).step_by(8) {
-                        let from = (first_row + r) * cols + first_col + c;
-                        let to = c * rows + first_row + r;
-                        match block {
-                            Some(kernel) if c + 8 <= band_cols && r + 8 <= band_rows => {
-                                assert!(from + 7 * cols + 8 <= src.len());
-                                assert!(to + 7 * rows + 8 <= out.len());
-                                // SAFETY: the asserts keep the 8 rows of 8 read from `src`
-                                // and written to `out` inside their slices; `block_kernel`
-                                // returned this kernel only for `T`'s size on a CPU with its
-                                // instructions.
-                                #[allow(unsafe_code)]
-                                unsafe {
-                                    kernel(
-                                        src.as_ptr().add(from).cast(),
-                                        cols,
-                                        out.as_mut_ptr().add(to).cast(),
-                                        rows,
-                                    )
-                                };
-                            }
-                            _ => {
-                                for cc in c..(c + 8).min(band_cols) {
-                                    for rr in r..(r + 8).min(band_rows) {
-                                        out[cc * rows + first_row + rr] =
-                                            src[(first_row + rr) * cols + first_col + cc];
-                                    }
-                                }
+                let tile = Block {
+                    rows: band_rows,
+                    cols: band_cols,
+                    src_stride: cols,
+                    dst_stride: rows,
+                };
+                tile.transpose(
+                    &src[first_row * cols + first_col..],
+                    &mut out[first_row..],
+                    block,
+                );
+            }
+        });
+    dst
+}
+
+/// `rows x cols` f32 values of `src` (rows `src_stride` apart) into `dst` as `cols` rows of
+/// `rows` (rows `dst_stride` apart): a transpose within wider matrices, 8x8 blocks in vector
+/// registers where the CPU allows.
+pub fn transpose_into(
+    src: &[f32],
+    src_stride: usize,
+    rows: usize,
+    cols: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    let block = Block {
+        rows,
+        cols,
+        src_stride,
+        dst_stride,
+    };
+    block.transpose(src, dst, block_kernel::<f32>());
+}
+
+/// A block of a strided matrix to transpose into another.
+struct Block {
+    rows: usize,
+    cols: usize,
+    src_stride: usize,
+    dst_stride: usize,
+}
+
+impl Block {
+    fn transpose<T: Copy>(&self, src: &[T], out: &mut [T], kernel: Option<BlockKernel>) {
+        let (cols, rows) = (self.src_stride, self.dst_stride);
+        // Eight source rows at a time, each read start to end: eight streams the hardware
+        // prefetcher follows, where a column of blocks at a time would be one per row.
+        for r in (0..self.rows).step_by(8) {
+            for c in (0..self.cols).step_by(8) {
+                let from = r * cols + c;
+                let to = c * rows + r;
+                match kernel {
+                    Some(kernel) if c + 8 <= self.cols && r + 8 <= self.rows => {
+                        assert!(from + 7 * cols + 8 <= src.len());
+                        assert!(to + 7 * rows + 8 <= out.len());
+                        // SAFETY: the asserts keep the 8 rows of 8 read from `src` and
+                        // written to `out` inside their slices; `block_kernel` returned this
+                        // kernel only for `T`'s size on a CPU with its instructions.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            kernel(
+                                src.as_ptr().add(from).cast(),
+                                cols,
+                                out.as_mut_ptr().add(to).cast(),
+                                rows,
+                            )
+                        };
+                    }
+                    _ => {
+                        for cc in c..(c + 8).min(self.cols) {
+                            for rr in r..(r + 8).min(self.rows) {
+                                out[cc * rows + rr] = src[rr * cols + cc];
                             }
                         }
                     }
                 }
             }
-        });
-    dst
+        }
+    }
 }
 
 /// Transposes the 8x8 block at `src` (rows `src_stride` elements apart) into `dst` (rows
