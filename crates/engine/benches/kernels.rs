@@ -253,7 +253,12 @@ fn bf16(c: &mut Criterion) {
     use seedbed_engine::nn::{bf16, layers, transpose::transposed};
     let mut group = c.benchmark_group("bf16");
     group.sample_size(10);
-    for (rows, inner, out) in [(4096, 320, 2560), (4096, 1280, 320), (77, 1024, 4096)] {
+    for (rows, inner, out) in [
+        (4096, 320, 2560),
+        (4096, 1280, 320),
+        (1024, 640, 5120),
+        (77, 1024, 4096),
+    ] {
         let x = Tensor::randn(0f32, 1., (rows, inner), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 0.02, (inner, out), &Device::Cpu).unwrap();
         let w16 = w.to_dtype(DType::BF16).unwrap();
@@ -265,6 +270,16 @@ fn bf16(c: &mut Criterion) {
         if bf16::available() {
             group.bench_function(format!("kernel {name}"), |b| {
                 b.iter(|| bf16::matmul(&xs, &ws, rows, inner, out).unwrap())
+            });
+            // The same weight as a file stores it, `(out, in)`.
+            let stored = w16.t().unwrap().contiguous().unwrap();
+            let stored = stored
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<half::bf16>()
+                .unwrap();
+            group.bench_function(format!("kernel as stored {name}"), |b| {
+                b.iter(|| bf16::matmul_stored(&xs, &stored, rows, inner, out).unwrap())
             });
         }
         group.bench_function(format!("widened f32 {name}"), |b| {

@@ -176,12 +176,15 @@ impl WeightFile {
         })
     }
 
-    /// The tensor `info` read in place, when it is stored as f32.
+    /// The tensor `info` read in place, when it is stored as f32 or bf16.
     fn mapped(&self, info: &TensorInfo) -> Option<MappedTensor> {
         let start = self.data_start + info.data_offsets.0;
-        (info.dtype == safetensors::Dtype::F32)
-            .then(|| MappedTensor::new(self.map.clone(), start, info.shape.clone()))
-            .flatten()
+        let dtype = match info.dtype {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::BF16 => DType::BF16,
+            _ => return None,
+        };
+        MappedTensor::new(self.map.clone(), start, info.shape.clone(), dtype)
     }
 
     /// Read one tensor from the file into a buffer of its own.
@@ -544,7 +547,9 @@ pub fn build_quantizable<M>(
         Some(file) => (file.path().to_path_buf(), file.weights(dtype, device), None),
         None => {
             let files = Arc::new(WeightFiles::open(dir, variant, names)?);
-            if device.is_cpu() && dtype == DType::F32 {
+            let in_place =
+                dtype == DType::F32 || (dtype == DType::BF16 && crate::nn::bf16::available());
+            if device.is_cpu() && in_place {
                 files.read_ahead();
             }
             let path = files.path().to_path_buf();

@@ -46,8 +46,43 @@ pub fn matmul(
     inner: usize,
     out: usize,
 ) -> Option<Vec<f32>> {
-    assert_eq!(x.len(), rows * inner, "activations size");
     assert_eq!(weight.len(), inner * out, "weight size");
+    product(x, rows, inner, out, |first_col, cols| {
+        pack_panel(weight, inner, out, first_col, cols)
+    })
+}
+
+/// `x w^T` with `x` `rows x inner` (f32) and `weight` `out x inner` (bf16), a linear layer's
+/// weight as stored (read in place from the file, [`super::mapped`]), as f32 `rows x out`;
+/// `None` when this CPU has no bf16 kernel. The same panels as [`matmul`] on the transposed
+/// weight, so the same sums: each panel's pairs of a row are one 32-bit word in the stored
+/// layout, and packing them is a 32-bit transpose.
+pub fn matmul_stored(
+    x: &[f32],
+    weight: &[bf16],
+    rows: usize,
+    inner: usize,
+    out: usize,
+) -> Option<Vec<f32>> {
+    assert_eq!(weight.len(), out * inner, "weight size");
+    product(x, rows, inner, out, |first_col, cols| {
+        pack_stored_panel(
+            &weight[first_col * inner..(first_col + cols) * inner],
+            inner,
+        )
+    })
+}
+
+/// `x` times the weight whose panel of `cols` columns from `first_col` `pack` returns (as
+/// [`pack_panel`] lays it out).
+fn product<P: AsRef<[u16]>>(
+    x: &[f32],
+    rows: usize,
+    inner: usize,
+    out: usize,
+    pack: impl Fn(usize, usize) -> P + Sync,
+) -> Option<Vec<f32>> {
+    assert_eq!(x.len(), rows * inner, "activations size");
     if !available() {
         return None;
     }
@@ -60,7 +95,9 @@ pub fn matmul(
         (0..out.div_ceil(PANEL)).into_par_iter().for_each(|panel| {
             let first_col = panel * PANEL;
             let cols = PANEL.min(out - first_col);
-            let packed = pack_panel(weight, inner, out, first_col, cols);
+            let packed = pack(first_col, cols);
+            let packed = packed.as_ref();
+            assert_eq!(packed.len(), pairs * PANEL * 2, "packed panel size");
             for first_row in (0..rows).step_by(TILE_ROWS) {
                 let tile_rows = TILE_ROWS.min(rows - first_row);
                 // SAFETY: `available` checked the instructions; `lhs` holds this tile's
@@ -162,6 +199,42 @@ fn pack_panel(
         }
     }
     packed
+}
+
+/// A panel packed as 32-bit words, each a pair of bf16 values (the even row's in the low half),
+/// read by the kernel as the `u16` values [`pack_panel`] writes.
+struct Words(Vec<u32>);
+
+impl AsRef<[u16]> for Words {
+    fn as_ref(&self) -> &[u16] {
+        bytemuck::cast_slice(&self.0)
+    }
+}
+
+/// The panel of [`PANEL`] output columns whose weight rows (`cols x inner`, as stored) are
+/// `rows`, laid out as [`pack_panel`] does for the transposed weight. Columns past `cols`
+/// and the value past an odd `inner` are zero.
+fn pack_stored_panel(rows: &[bf16], inner: usize) -> Words {
+    let pairs = inner.div_ceil(2);
+    let cols = rows.len().checked_div(inner).unwrap_or(0);
+    let mut packed = vec![0u32; pairs * PANEL];
+    // With an even `inner` and the rows 4-byte aligned (as a file's tensors usually are),
+    // each row is `pairs` words: transpose them as 32-bit values (bits moved, never changed).
+    if inner.is_multiple_of(2)
+        && let Ok(words) = bytemuck::try_cast_slice::<bf16, f32>(rows)
+    {
+        let dst: &mut [f32] = bytemuck::cast_slice_mut(&mut packed);
+        super::transpose::transpose_into(words, pairs, cols, pairs, dst, PANEL);
+        return Words(packed);
+    }
+    for (c, row) in rows.chunks_exact(inner.max(1)).take(cols).enumerate() {
+        for (pair, values) in row.chunks(2).enumerate() {
+            let even = values[0].to_bits() as u32;
+            let odd = values.get(1).map_or(0, |v| v.to_bits()) as u32;
+            packed[pair * PANEL + c] = even | (odd << 16);
+        }
+    }
+    Words(packed)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -319,6 +392,36 @@ mod tests {
                     "{rows}x{inner}x{out} [{i}]: {a} vs {b}"
                 );
             }
+        }
+    }
+
+    /// The stored layout packs into the panels the transposed one does, so the products are
+    /// the same to the bit, for even and odd inner sizes and rows misaligned for 32-bit words.
+    #[test]
+    fn a_stored_weight_multiplies_as_its_transpose_does() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        for (rows, inner, out) in [(1, 2, 1), (13, 37, 17), (29, 64, 70), (5, 320, 33)] {
+            let x = random(rows * inner, 3);
+            let stored: Vec<bf16> = random(out * inner, 4)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
+            let mut transposed = vec![bf16::ZERO; inner * out];
+            for o in 0..out {
+                for k in 0..inner {
+                    transposed[k * out + o] = stored[o * inner + k];
+                }
+            }
+            let want = matmul(&x, &transposed, rows, inner, out).unwrap();
+            assert_eq!(matmul_stored(&x, &stored, rows, inner, out).unwrap(), want);
+            // One value in: the rows start 2 bytes off a word.
+            let mut shifted = vec![bf16::ZERO];
+            shifted.extend(&stored);
+            let got = matmul_stored(&x, &shifted[1..], rows, inner, out).unwrap();
+            assert_eq!(got, want, "{rows}x{inner}->{out} misaligned");
         }
     }
 

@@ -176,10 +176,10 @@ enum LinearWeight {
         weight: Tensor,
         transposed: bool,
     },
-    /// f32 `(out, in)` on the CPU, read in place from the weights file ([`mapped`]) and
-    /// multiplied as stored ([`Linear::mapped_product`]); on a CPU without [`stored`]'s tiles,
-    /// the first product with few rows makes a transposed copy, which such products use from
-    /// then on.
+    /// `(out, in)` on the CPU, read in place from the weights file ([`mapped`]) and multiplied
+    /// as stored ([`Linear::mapped_product`]): f32, or bf16 on a CPU with the bf16 kernel. For
+    /// f32 on a CPU without [`stored`]'s tiles, the first product with few rows makes a
+    /// transposed copy, which such products use from then on.
     Mapped {
         weight: MappedTensor,
         transposed: Arc<OnceLock<Tensor>>,
@@ -251,7 +251,7 @@ pub fn linear<'a>(cin: usize, cout: usize, weights: impl Into<Weights<'a>>) -> R
         let bias = weights.vb.get(cout, "bias")?;
         return Ok(Linear::quantized(weight, Some(bias))?.tagged(&weights.vb));
     }
-    if let Some(weight) = mapped::lookup(&weights.vb, "weight", &[cout, cin]) {
+    if let Some(weight) = mapped::lookup_linear(&weights.vb, "weight", &[cout, cin]) {
         let bias = weights.vb.get(cout, "bias")?;
         return Ok(Linear::mapped(weight, Some(bias)).tagged(&weights.vb));
     }
@@ -268,7 +268,7 @@ pub fn linear_no_bias<'a>(
     if let Some(weight) = weights.quantized_linear(cin, cout)? {
         return Ok(Linear::quantized(weight, None)?.tagged(&weights.vb));
     }
-    if let Some(weight) = mapped::lookup(&weights.vb, "weight", &[cout, cin]) {
+    if let Some(weight) = mapped::lookup_linear(&weights.vb, "weight", &[cout, cin]) {
         return Ok(Linear::mapped(weight, None).tagged(&weights.vb));
     }
     let layer = candle_nn::linear_no_bias(cin, cout, weights.vb.clone())?;
@@ -395,6 +395,9 @@ impl Linear {
         let mut dims = x.dims().to_vec();
         let rows = dims[..dims.len() - 1].iter().product::<usize>();
         let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+        if weight.dtype() == DType::BF16 {
+            return self.mapped_bf16_product(x, weight);
+        }
         let tiles = kernel.filter(|_| cpu_f32 && rows <= MAX_ROWS_IN_TILES);
         if !cpu_f32 || (rows < MIN_ROWS_AS_STORED && tiles.is_none()) {
             let copy = match transposed.get() {
@@ -433,6 +436,37 @@ impl Linear {
         dims.push(out);
         let y = Tensor::from_vec(y, dims, x.device())?;
         self.add_bias(y, x)
+    }
+}
+
+impl Linear {
+    /// The product with a mapped bf16 weight, through the bf16 kernel on the weight as stored.
+    fn mapped_bf16_product(&self, x: &Tensor, weight: &MappedTensor) -> Result<Tensor> {
+        let (out, inner) = (weight.shape()[0], weight.shape()[1]);
+        let mut dims = x.dims().to_vec();
+        let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        let y = match x.device().is_cpu() && x.dtype() == DType::F32 {
+            true => {
+                let x2 = x.reshape((rows, inner))?.contiguous()?;
+                let (storage, layout) = x2.storage_and_layout();
+                match (&*storage, layout.contiguous_offsets()) {
+                    (Storage::Cpu(CpuStorage::F32(xs)), Some((a, b))) => {
+                        let w = weight.bf16_values();
+                        super::bf16::matmul_stored(&xs[a..b], w, rows, inner, out)
+                    }
+                    _ => None,
+                }
+            }
+            false => None,
+        };
+        // Only a CPU with the bf16 kernel maps bf16 weights ([`mapped::lookup_linear`]);
+        // activations in another dtype widen the weight for candle's product.
+        let Some(y) = y else {
+            return self.dense(x, &weight.to_tensor()?, false);
+        };
+        dims.pop();
+        dims.push(out);
+        self.add_bias(Tensor::from_vec(y, dims, x.device())?, x)
     }
 }
 
@@ -759,6 +793,54 @@ mod tests {
             max_diff(&misaligned.forward(&few)?, &odd.forward(&few)?),
             0.0
         );
+        Ok(())
+    }
+
+    /// With `--dtype bf16` on a CPU with the bf16 kernel, a bf16 weight in the file is read in
+    /// place and multiplied as stored, to the bit what the loaded (transposed) layer computes;
+    /// an f32 weight in the same file is converted as before. Elsewhere both are loaded.
+    #[test]
+    fn bf16_weights_are_read_in_place_where_the_cpu_multiplies_bf16() -> Result<()> {
+        use super::mapped::testing::{Stored, bf16_bytes, f32_bytes, write};
+        use crate::weights::{NameScheme, Variant, build_component};
+        let dir = tempfile::tempdir()?;
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect()
+        };
+        let (w, b, other) = (values(40 * 64, 1.0), values(40, 2.0), values(40 * 64, 3.0));
+        let stored = [
+            Stored("lin.weight", "BF16", vec![40, 64], bf16_bytes(&w)),
+            Stored("lin.bias", "BF16", vec![40], bf16_bytes(&b)),
+            Stored("f32.weight", "F32", vec![40, 64], f32_bytes(&other)),
+        ];
+        write(&dir.path().join("model.safetensors"), &stored);
+        let device = Device::Cpu;
+        let (lin, converted) = build_component(
+            dir.path(),
+            Variant::Auto,
+            NameScheme::Exact,
+            DType::BF16,
+            &device,
+            |vb| {
+                Ok((
+                    linear(64, 40, vb.pp("lin"))?,
+                    linear_no_bias(64, 40, vb.pp("f32"))?,
+                ))
+            },
+        )
+        .map_err(candle_core::Error::wrap)?;
+        assert!(matches!(converted.weight, LinearWeight::Dense { .. }));
+        let in_place = matches!(&lin.weight, LinearWeight::Mapped { weight, .. }
+            if weight.dtype() == DType::BF16);
+        assert_eq!(in_place, super::super::bf16::available());
+        let to_bf16 = |v: Vec<f32>, shape: &[usize]| {
+            Tensor::from_vec(v, shape, &device).and_then(|t| t.to_dtype(DType::BF16))
+        };
+        let loaded = Linear::new(&to_bf16(w, &[40, 64])?, Some(&to_bf16(b, &[40])?))?;
+        for rows in [1, 77, 300] {
+            let x = Tensor::randn(0f32, 1., (rows, 64), &device)?;
+            assert_eq!(max_diff(&lin.forward(&x)?, &loaded.forward(&x)?), 0.0);
+        }
         Ok(())
     }
 

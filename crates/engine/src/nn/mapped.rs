@@ -10,55 +10,101 @@
 //! While a component is built from safetensors files ([`crate::weights::build_quantizable`]),
 //! [`building`] makes them available here; a layer asks [`lookup`] for its weight before
 //! reading it through the `VarBuilder`, and gets it only when it can be used as stored: f32 in
-//! the file and in the computation, on the CPU, aligned, of the shape the layer expects.
+//! the file and in the computation (bf16 for linear layers on a CPU with the bf16 kernel,
+//! [`super::bf16`]), on the CPU, aligned, of the shape the layer expects.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use half::bf16;
 use memmap2::Mmap;
 
-/// An f32 tensor inside a mapped file.
+/// An f32 or bf16 tensor inside a mapped file.
 #[derive(Clone)]
 pub struct MappedTensor {
     map: Arc<Mmap>,
-    /// Byte offset of the first value in the mapping; a multiple of 4.
+    /// Byte offset of the first value in the mapping, aligned for `dtype`.
     start: usize,
     shape: Vec<usize>,
+    dtype: DType,
 }
 
 impl std::fmt::Debug for MappedTensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MappedTensor({:?} at byte {})", self.shape, self.start)
+        write!(
+            f,
+            "MappedTensor({:?} {:?} at byte {})",
+            self.dtype, self.shape, self.start
+        )
     }
 }
 
 impl MappedTensor {
-    /// The f32 values `shape` needs at byte `start` of `map`; `None` when they are not
-    /// aligned for f32 or run past the end (the loader then reads the tensor the usual way).
-    pub(crate) fn new(map: Arc<Mmap>, start: usize, shape: Vec<usize>) -> Option<Self> {
-        let bytes = shape.iter().product::<usize>().checked_mul(4)?;
+    /// The f32 or bf16 values `shape` needs at byte `start` of `map`; `None` for another
+    /// dtype, or when they are not aligned for it or run past the end (the loader then reads
+    /// the tensor the usual way).
+    pub(crate) fn new(
+        map: Arc<Mmap>,
+        start: usize,
+        shape: Vec<usize>,
+        dtype: DType,
+    ) -> Option<Self> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            return None;
+        }
+        let size = dtype.size_in_bytes();
+        let bytes = shape.iter().product::<usize>().checked_mul(size)?;
         let in_file = start.checked_add(bytes).is_some_and(|end| end <= map.len());
-        let aligned = (map.as_ptr() as usize + start).is_multiple_of(std::mem::align_of::<f32>());
-        (in_file && aligned && cfg!(target_endian = "little")).then_some(Self { map, start, shape })
+        let aligned = (map.as_ptr() as usize + start).is_multiple_of(size);
+        (in_file && aligned && cfg!(target_endian = "little")).then_some(Self {
+            map,
+            start,
+            shape,
+            dtype,
+        })
     }
 
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
-    /// The values, row-major.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn bytes(&self) -> &[u8] {
+        let len = self.dtype.size_in_bytes() * self.shape.iter().product::<usize>();
+        &self.map[self.start..self.start + len]
+    }
+
+    /// The values of an f32 tensor, row-major.
     pub fn values(&self) -> &[f32] {
-        let bytes = 4 * self.shape.iter().product::<usize>();
+        assert_eq!(
+            self.dtype,
+            DType::F32,
+            "the mapped tensor's values are not f32"
+        );
         // `new` checked the range and the alignment.
-        bytemuck::cast_slice(&self.map[self.start..self.start + bytes])
+        bytemuck::cast_slice(self.bytes())
+    }
+
+    /// The values of a bf16 tensor, row-major.
+    pub fn bf16_values(&self) -> &[bf16] {
+        assert_eq!(
+            self.dtype,
+            DType::BF16,
+            "the mapped tensor's values are not bf16"
+        );
+        // `new` checked the range and the alignment.
+        bytemuck::cast_slice(self.bytes())
     }
 
     /// Drop the pages of these values from this process's memory (not from the page cache)
     /// once nothing will read them again: a later read faults them back in.
     pub fn release(&self) {
-        let bytes = 4 * self.shape.iter().product::<usize>();
+        let bytes = self.bytes().len();
         let page = page_size();
         // Whole pages only: a page at either end may hold a neighbour's values.
         let from = self.start.next_multiple_of(page);
@@ -77,7 +123,11 @@ impl MappedTensor {
     /// A copy as an ordinary tensor, for the paths that need one (a LoRA merge, candle's
     /// kernels).
     pub fn to_tensor(&self) -> Result<Tensor> {
-        Tensor::from_slice(self.values(), self.shape.as_slice(), &Device::Cpu)
+        let shape = self.shape.as_slice();
+        match self.dtype {
+            DType::BF16 => Tensor::from_slice(self.bf16_values(), shape, &Device::Cpu),
+            _ => Tensor::from_slice(self.values(), shape, &Device::Cpu),
+        }
     }
 }
 
@@ -90,7 +140,8 @@ fn page_size() -> usize {
 
 /// Where [`lookup`] finds tensors while a component is built.
 pub trait MappedSource {
-    /// The tensor the model calls `name`, when it is stored as f32 and can be read in place.
+    /// The tensor the model calls `name`, when it is stored as f32 or bf16 and can be read in
+    /// place.
     fn mapped(&self, name: &str) -> Option<MappedTensor>;
 }
 
@@ -121,7 +172,20 @@ fn enabled() -> bool {
 /// in f32 on the CPU and the file stores it as f32 in `shape`; otherwise `None`, and the
 /// layer reads it through `vb` (which also reports a wrong shape by name).
 pub fn lookup(vb: &VarBuilder, name: &str, shape: &[usize]) -> Option<MappedTensor> {
-    if vb.dtype() != DType::F32 || !vb.device().is_cpu() || !enabled() {
+    lookup_as(vb, name, shape, DType::F32)
+}
+
+/// [`lookup`] for a linear layer's weight, which may also be bf16 in the file and in the
+/// layer's dtype where the CPU multiplies bf16 as stored ([`super::bf16::available`]).
+pub fn lookup_linear(vb: &VarBuilder, name: &str, shape: &[usize]) -> Option<MappedTensor> {
+    match vb.dtype() {
+        DType::BF16 if super::bf16::available() => lookup_as(vb, name, shape, DType::BF16),
+        _ => lookup(vb, name, shape),
+    }
+}
+
+fn lookup_as(vb: &VarBuilder, name: &str, shape: &[usize], dtype: DType) -> Option<MappedTensor> {
+    if vb.dtype() != dtype || !vb.device().is_cpu() || !enabled() {
         return None;
     }
     let full = match vb.prefix() {
@@ -129,7 +193,7 @@ pub fn lookup(vb: &VarBuilder, name: &str, shape: &[usize]) -> Option<MappedTens
         prefix => format!("{prefix}.{name}"),
     };
     let found = SOURCE.with(|s| s.borrow().as_ref().and_then(|s| s.mapped(&full)))?;
-    (found.shape() == shape).then_some(found)
+    (found.shape() == shape && found.dtype() == dtype).then_some(found)
 }
 
 /// Safetensors files written byte by byte, for tests that need a layout the `safetensors`
@@ -143,6 +207,13 @@ pub(crate) mod testing {
 
     pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    pub fn bf16_bytes(values: &[f32]) -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect()
     }
 
     /// `tensors` in this order, with no padding between them, at `path`.
