@@ -44,9 +44,10 @@ pub struct DeviceArgs {
 
     /// Precision of the text encoders' and UNet's weights (the VAE stays in f32 when its
     /// config asks to). f32 matches the reference most closely; f16/bf16 halve the weights'
-    /// memory. A GPU also computes in that precision; the CPU computes in f32, so there the
-    /// only cost is the weights' rounding (f16 is within the f32 parity budget, bf16 about
-    /// 10x it).
+    /// memory. A GPU also computes in that precision; the CPU computes in f32, except bf16
+    /// linear layers on a CPU with AVX512-BF16, which multiply in bf16 as PyTorch does, so
+    /// there the cost is mostly the weights' rounding (f16 is within the f32 parity budget,
+    /// bf16 about 10x it).
     #[arg(long, env = "SEEDBED_DTYPE", value_enum, default_value = "f32")]
     pub dtype: Precision,
 
