@@ -334,18 +334,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(n: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2654435761).max(1);
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::nn::testing::random;
 
     /// The product of the bf16-rounded operands, summed in f64.
     fn reference(x: &[f32], w: &[bf16], rows: usize, inner: usize, out: usize) -> Vec<f32> {

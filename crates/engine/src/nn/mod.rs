@@ -16,3 +16,21 @@ pub mod resnet;
 pub mod stored;
 pub mod transpose;
 pub mod winograd;
+
+/// What the kernels' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// `n` values in [-1, 1) from a xorshift generator seeded with `seed`: the same on every
+    /// machine, with no dependency.
+    pub fn random(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+}

@@ -331,18 +331,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(n: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2654435761).max(1);
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::nn::testing::random;
 
     #[test]
     fn every_tile_this_cpu_has_computes_the_product_for_ragged_shapes() {
