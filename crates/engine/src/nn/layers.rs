@@ -391,13 +391,13 @@ impl Linear {
         transposed: &OnceLock<Tensor>,
         kernel: Option<stored::Kernel>,
     ) -> Result<Tensor> {
+        if weight.dtype() == DType::BF16 {
+            return self.mapped_bf16_product(x, weight);
+        }
         let (out, inner) = (weight.shape()[0], weight.shape()[1]);
         let mut dims = x.dims().to_vec();
         let rows = dims[..dims.len() - 1].iter().product::<usize>();
         let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
-        if weight.dtype() == DType::BF16 {
-            return self.mapped_bf16_product(x, weight);
-        }
         let tiles = kernel.filter(|_| cpu_f32 && rows <= MAX_ROWS_IN_TILES);
         if !cpu_f32 || (rows < MIN_ROWS_AS_STORED && tiles.is_none()) {
             let copy = match transposed.get() {
