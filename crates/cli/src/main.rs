@@ -1,5 +1,6 @@
 //! `seedbed`: the command line of the seedbed image generation service.
 
+mod candle_threads;
 mod commands;
 mod device;
 #[cfg(test)]
@@ -74,6 +75,7 @@ pub const EXIT_API: u8 = 3;
 
 fn main() -> ExitCode {
     memory::keep_freed_memory_for_reuse();
+    candle_threads::park_idle_workers_at_once();
     let cli = parse();
     if !matches!(cli.command, Command::Serve(_)) {
         end_quietly_on_a_closed_pipe();
