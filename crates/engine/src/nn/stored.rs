@@ -148,8 +148,8 @@ pub fn times_transposed(
             }
         });
     });
-    // SAFETY: the tiles cover every row and the panels every column, so each of the
-    // `rows x out` elements was written exactly once.
+    // SAFETY: the tiles cover every row and the panels every column, so the first block of
+    // inner products stored each of the `rows x out` elements (later blocks add to them).
     #[allow(unsafe_code)]
     unsafe {
         dst.set_len(rows * out)
