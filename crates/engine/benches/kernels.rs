@@ -246,7 +246,8 @@ fn t5(c: &mut Criterion) {
     group.finish();
 }
 
-/// Linear layers with bf16 weights: in bf16 dot products (AVX512-BF16, where the CPU has it)
+/// Linear layers with bf16 weights: in bf16 dot products (AVX512-BF16, where the CPU has it;
+/// as stored also on AMX tiles where it has those)
 /// against the weight widened to f32 as the layer runs; and the transpose every linear weight
 /// takes at load. Shapes: SD-Turbo's feed-forward at 64x64 latents, CLIP-H's MLP at 77 tokens.
 fn bf16(c: &mut Criterion) {
@@ -278,9 +279,14 @@ fn bf16(c: &mut Criterion) {
                 .unwrap()
                 .to_vec1::<half::bf16>()
                 .unwrap();
-            group.bench_function(format!("kernel as stored {name}"), |b| {
-                b.iter(|| bf16::matmul_stored(&xs, &stored, rows, inner, out).unwrap())
-            });
+            for path in [bf16::Path::Dots, bf16::Path::Tiles] {
+                if bf16::matmul_stored_on(path, &xs[..inner], &stored, 1, inner, out).is_none() {
+                    continue;
+                }
+                group.bench_function(format!("{path:?} as stored {name}"), |b| {
+                    b.iter(|| bf16::matmul_stored_on(path, &xs, &stored, rows, inner, out).unwrap())
+                });
+            }
         }
         group.bench_function(format!("widened f32 {name}"), |b| {
             b.iter(|| x.matmul(&layers::like(&w16, &x).unwrap()).unwrap())

@@ -7,6 +7,9 @@
 //! the sums stay f32. Without those instructions the weights are widened to f32 instead
 //! ([`super::layers`]).
 //!
+//! On CPUs with AMX ([`super::amx`]) the same panels feed the tiles instead, 32 activation rows
+//! at a time.
+//!
 //! The weight is stored `(in, out)` row-major ([`super::layers::Linear`]). Each task takes a
 //! panel of 32 output columns, interleaves its rows in pairs (`(k, k+1)` side by side, the
 //! order `vdpbf16ps` reads), keeps that panel in L2 and walks every row of the activations
@@ -37,6 +40,26 @@ pub fn available() -> bool {
     false
 }
 
+/// The instructions a product runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// AMX tiles ([`super::amx`]).
+    Tiles,
+    /// AVX512-BF16 dot products in AVX-512 registers.
+    Dots,
+}
+
+impl Path {
+    /// The fastest this CPU has, `None` without AVX512-BF16.
+    pub fn detect() -> Option<Self> {
+        if super::amx::available() {
+            Some(Self::Tiles)
+        } else {
+            available().then_some(Self::Dots)
+        }
+    }
+}
+
 /// `x` (`rows x inner`, f32) times `weight` (`inner x out`, bf16), both row-major, as f32
 /// `rows x out`; `None` when this CPU has no bf16 kernel.
 pub fn matmul(
@@ -47,7 +70,7 @@ pub fn matmul(
     out: usize,
 ) -> Option<Vec<f32>> {
     assert_eq!(weight.len(), inner * out, "weight size");
-    product(x, rows, inner, out, |first_col, cols| {
+    product(Path::detect()?, x, rows, inner, out, |first_col, cols| {
         pack_panel(weight, inner, out, first_col, cols)
     })
 }
@@ -64,8 +87,27 @@ pub fn matmul_stored(
     inner: usize,
     out: usize,
 ) -> Option<Vec<f32>> {
+    matmul_stored_on(Path::detect()?, x, weight, rows, inner, out)
+}
+
+/// [`matmul_stored`] on the given path (to compare them); `None` where this CPU lacks it.
+pub fn matmul_stored_on(
+    path: Path,
+    x: &[f32],
+    weight: &[bf16],
+    rows: usize,
+    inner: usize,
+    out: usize,
+) -> Option<Vec<f32>> {
     assert_eq!(weight.len(), out * inner, "weight size");
-    product(x, rows, inner, out, |first_col, cols| {
+    let runs = match path {
+        Path::Tiles => super::amx::available(),
+        Path::Dots => available(),
+    };
+    if !runs {
+        return None;
+    }
+    product(path, x, rows, inner, out, |first_col, cols| {
         pack_stored_panel(
             &weight[first_col * inner..(first_col + cols) * inner],
             inner,
@@ -76,6 +118,7 @@ pub fn matmul_stored(
 /// `x` times the weight whose panel of `cols` columns from `first_col` `pack` returns (as
 /// [`pack_panel`] lays it out).
 fn product<P: AsRef<[u16]>>(
+    path: Path,
     x: &[f32],
     rows: usize,
     inner: usize,
@@ -85,6 +128,9 @@ fn product<P: AsRef<[u16]>>(
     assert_eq!(x.len(), rows * inner, "activations size");
     if !available() {
         return None;
+    }
+    if path == Path::Tiles {
+        return Some(tiles_product(x, rows, inner, out, pack));
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -97,7 +143,11 @@ fn product<P: AsRef<[u16]>>(
             let cols = PANEL.min(out - first_col);
             let packed = pack(first_col, cols);
             let packed = packed.as_ref();
-            assert_eq!(packed.len(), pairs * PANEL * 2, "packed panel size");
+            assert_eq!(
+                packed.len(),
+                panel_pairs(inner) * PANEL * 2,
+                "packed panel size"
+            );
             for first_row in (0..rows).step_by(TILE_ROWS) {
                 let tile_rows = TILE_ROWS.min(rows - first_row);
                 // SAFETY: `available` checked the instructions; `lhs` holds this tile's
@@ -123,6 +173,93 @@ fn product<P: AsRef<[u16]>>(
     }
     #[cfg(not(target_arch = "x86_64"))]
     None
+}
+
+/// The product on AMX tiles: the activations rounded to bf16 rows once, then per panel every
+/// 32 rows as one block of tiles.
+fn tiles_product<P: AsRef<[u16]>>(
+    x: &[f32],
+    rows: usize,
+    inner: usize,
+    out: usize,
+    pack: impl Fn(usize, usize) -> P + Sync,
+) -> Vec<f32> {
+    use super::amx::{BLOCK, STEP, Tiles};
+    const _: () = assert!(PANEL == BLOCK, "a panel is one block of tiles wide");
+    let depth = inner.div_ceil(STEP) * STEP;
+    let lhs = bf16_rows(x, rows, inner, depth);
+    let mut dst = vec![0f32; rows * out];
+    let dst_ptr = SharedOut(dst.as_mut_ptr());
+    (0..out.div_ceil(PANEL)).into_par_iter().for_each(|panel| {
+        let first_col = panel * PANEL;
+        let cols = PANEL.min(out - first_col);
+        let packed = pack(first_col, cols);
+        let packed = packed.as_ref();
+        assert_eq!(packed.len(), depth * PANEL, "packed panel size");
+        let mut tiles = Tiles::configure().expect("the path was chosen where AMX runs");
+        for first_row in (0..rows).step_by(BLOCK) {
+            tiles.zero();
+            // SAFETY: `lhs` holds whole blocks of `BLOCK` rows of `depth` values and the
+            // panel `depth / 2` rows of `PANEL` words, which the steps read; this task alone
+            // writes columns `first_col..first_col + cols` of rows from `first_row`, inside
+            // `dst` (`rows x out`), which outlives the parallel loop.
+            #[allow(unsafe_code)]
+            unsafe {
+                tiles.accumulate(
+                    lhs[first_row * depth..].as_ptr().cast(),
+                    depth * 2,
+                    packed.as_ptr().cast(),
+                    PANEL * 4,
+                    STEP / 2 * PANEL * 4,
+                    depth / STEP,
+                );
+                tiles.store_part(
+                    dst_ptr.at(first_row * out + first_col),
+                    out,
+                    BLOCK.min(rows - first_row),
+                    cols,
+                );
+            }
+        }
+    });
+    dst
+}
+
+/// `x` (`rows x inner`) rounded to bf16 (nearest even), as rows of `depth` values padded with
+/// zeros, and zero rows up to a whole block of tiles.
+fn bf16_rows(x: &[f32], rows: usize, inner: usize, depth: usize) -> Vec<u16> {
+    let blocks = rows.div_ceil(super::amx::BLOCK);
+    let mut out = vec![0u16; blocks * super::amx::BLOCK * depth];
+    if inner == 0 {
+        return out;
+    }
+    out.par_chunks_mut(depth)
+        .zip(x.par_chunks(inner))
+        .for_each(|(dst, src)| round_into(src, &mut dst[..inner]));
+    out
+}
+
+/// `src` rounded to bf16 bits (nearest even) into `dst`, 16 at a time where AVX512-BF16 runs.
+pub(super) fn round_into(src: &[f32], dst: &mut [u16]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        done = src.len() / 16 * 16;
+        // SAFETY: `available` checked the instructions; both slices hold `done` values.
+        #[allow(unsafe_code)]
+        unsafe {
+            x86::round_16s(src.as_ptr(), dst.as_mut_ptr(), done / 16)
+        };
+    }
+    for (d, &s) in dst[done..].iter_mut().zip(&src[done..]) {
+        *d = bf16::from_f32(s).to_bits();
+    }
+}
+
+/// Pair rows a packed panel has: `inner / 2` rounded up to whole AMX steps, so that the tiles
+/// read zeros past the end (the dot products stop at `inner / 2`).
+fn panel_pairs(inner: usize) -> usize {
+    inner.div_ceil(super::amx::STEP) * (super::amx::STEP / 2)
 }
 
 /// The destination, written by several tasks at disjoint columns.
@@ -175,8 +312,8 @@ fn pack_panel(
     cols: usize,
 ) -> Vec<u16> {
     let pairs = inner.div_ceil(2);
-    let mut packed = vec![0u16; pairs * PANEL * 2];
-    for (pair, dst) in packed.chunks_exact_mut(PANEL * 2).enumerate() {
+    let mut packed = vec![0u16; panel_pairs(inner) * PANEL * 2];
+    for (pair, dst) in packed.chunks_exact_mut(PANEL * 2).enumerate().take(pairs) {
         let even = &weight[2 * pair * out + first_col..][..cols];
         let odd =
             (2 * pair + 1 < inner).then(|| &weight[(2 * pair + 1) * out + first_col..][..cols]);
@@ -217,7 +354,7 @@ impl AsRef<[u16]> for Words {
 fn pack_stored_panel(rows: &[bf16], inner: usize) -> Words {
     let pairs = inner.div_ceil(2);
     let cols = rows.len().checked_div(inner).unwrap_or(0);
-    let mut packed = vec![0u32; pairs * PANEL];
+    let mut packed = vec![0u32; panel_pairs(inner) * PANEL];
     // With an even `inner` and the rows 4-byte aligned (as a file's tensors usually are),
     // each row is `pairs` words: transpose them as 32-bit values (bits moved, never changed).
     if inner.is_multiple_of(2)
@@ -302,6 +439,23 @@ mod x86 {
                 let row = dst.add(r * dst_stride);
                 _mm512_mask_storeu_ps(row, mask0, acc[0]);
                 _mm512_mask_storeu_ps(row.add(16), mask1, acc[1]);
+            }
+        }
+    }
+
+    /// `blocks` blocks of 16 values at `src` rounded to bf16 (nearest even) at `dst`.
+    ///
+    /// Safety: AVX-512F/BW and AVX512-BF16 are present; both hold `16 blocks` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn round_16s(src: *const f32, dst: *mut u16, blocks: usize) {
+        // SAFETY: the caller keeps the reads and writes in bounds.
+        unsafe {
+            for b in 0..blocks {
+                let rounded = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.add(16 * b)));
+                _mm256_storeu_si256(
+                    dst.add(16 * b).cast(),
+                    std::mem::transmute::<__m256bh, __m256i>(rounded),
+                );
             }
         }
     }
@@ -411,6 +565,63 @@ mod tests {
             shifted.extend(&stored);
             let got = matmul_stored(&x, &shifted[1..], rows, inner, out).unwrap();
             assert_eq!(got, want, "{rows}x{inner}->{out} misaligned");
+        }
+    }
+
+    /// AMX tiles and dot products both sum the products of the bf16-rounded operands in f32:
+    /// whole and partial blocks of rows and columns, inner sizes off a step and odd.
+    #[test]
+    fn tiles_compute_what_dot_products_do() {
+        if !crate::nn::amx::available() {
+            eprintln!("skipped: this CPU or OS has no AMX");
+            return;
+        }
+        for (rows, inner, out) in [
+            (1, 1, 1),
+            (13, 37, 17),
+            (32, 64, 32),
+            (33, 64, 70),
+            (100, 1000, 40),
+            (5, 3, 100),
+        ] {
+            let x = random(rows * inner, 5);
+            let stored: Vec<bf16> = random(out * inner, 6)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
+            let mut transposed = vec![bf16::ZERO; inner * out];
+            for o in 0..out {
+                for k in 0..inner {
+                    transposed[k * out + o] = stored[o * inner + k];
+                }
+            }
+            let want = reference(&x, &transposed, rows, inner, out);
+            for path in [Path::Tiles, Path::Dots] {
+                let got = matmul_stored_on(path, &x, &stored, rows, inner, out).unwrap();
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (inner as f32).sqrt() + 1e-6,
+                        "{path:?} {rows}x{inner}x{out} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_to_bf16_rows_rounds_each_value_to_nearest_even() {
+        let x: Vec<f32> = random(3 * 37, 7).into_iter().map(|v| v * 1e3).collect();
+        let rows = bf16_rows(&x, 3, 37, 64);
+        assert_eq!(rows.len(), crate::nn::amx::BLOCK * 64);
+        for (r, row) in rows.chunks(64).enumerate() {
+            for (k, &bits) in row.iter().enumerate() {
+                let want = if r < 3 && k < 37 {
+                    bf16::from_f32(x[r * 37 + k]).to_bits()
+                } else {
+                    0
+                };
+                assert_eq!(bits, want, "row {r} value {k}");
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Building blocks shared by the text encoder, the UNet and the VAE.
 
 pub mod activation;
+pub mod amx;
 pub mod attention;
 pub mod bf16;
 pub mod conv;
@@ -14,6 +15,8 @@ pub mod norm;
 pub mod quantized;
 pub mod resnet;
 pub mod stored;
+pub mod tiled_attention;
+pub mod tiled_conv;
 pub mod transpose;
 pub mod winograd;
 
