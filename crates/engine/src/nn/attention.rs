@@ -39,6 +39,7 @@ pub fn with_bias(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: &Tensor) 
             &FusedCpu {
                 scale: scale as f32,
                 bias: Some(bias),
+                tiles: false,
             },
         )?
     } else {
@@ -80,10 +81,32 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Res
             &FusedCpu {
                 scale: scale as f32,
                 bias: None,
+                tiles: false,
             },
         );
     }
     chunked(q, k, v, scale)
+}
+
+/// [`scaled_dot_product`] for a bf16 model: on a CPU with AMX, f32 q, k and v are rounded to
+/// bf16 for the two products, which run on its tiles ([`super::tiled_attention`]), as PyTorch
+/// computes a bf16 model's attention there; elsewhere as [`scaled_dot_product`].
+pub fn scaled_dot_product_bf16(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let on_cpu_f32 = [q, k, v]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if on_cpu_f32 && super::amx::available() {
+        return q.apply_op3_no_bwd(
+            k,
+            v,
+            &FusedCpu {
+                scale: scale as f32,
+                bias: None,
+                tiles: true,
+            },
+        );
+    }
+    scaled_dot_product(q, k, v, scale)
 }
 
 /// The portable version: candle ops on query chunks.
@@ -127,6 +150,8 @@ struct FusedCpu {
     scale: f32,
     /// Added to the scores before the softmax: `(B, H, Nq, Nk)`, any strides (broadcast).
     bias: Option<Tensor>,
+    /// Products in bf16 on AMX tiles (no bias).
+    tiles: bool,
 }
 
 /// A strided 4-D f32 view: (batch, heads, tokens, dim).
@@ -222,6 +247,19 @@ impl CustomOp3 for FusedCpu {
             }
             None => None,
         };
+        if self.tiles && bias.is_none() {
+            let head = |i: usize| super::tiled_attention::Head {
+                q: q.tokens(i / heads, i % heads, 0, queries),
+                k: k.tokens(i / heads, i % heads, 0, keys),
+                v: v.tokens(i / heads, i % heads, 0, keys),
+            };
+            if super::tiled_attention::attend(batch * heads, head, self.scale, &mut out).is_some() {
+                return Ok((
+                    CpuStorage::F32(out),
+                    Shape::from((batch, heads, queries, dim_v)),
+                ));
+            }
+        }
         let operands = Operands { q, k, v, bias };
         let head_len = queries * dim_v;
         out.par_chunks_mut(head_len)
@@ -266,14 +304,48 @@ impl FusedCpu {
                     *score += bias.data[start + c * bias.col_stride];
                 }
             }
-            softmax_in_place(row);
+            softmax_in_place(row, 1.0);
         }
         let weights = gemm::View::row_major(scores, count, keys, keys);
         gemm::matmul(weights, v.tokens(b, h, 0, keys), rows, 1.0);
     }
 }
 
-fn softmax_in_place(row: &mut [f32]) {
+/// `row` replaced by `softmax(scale * row)` (`scale` > 0), compiled for the widest vectors
+/// this CPU has: built for the x86-64 baseline the loops run four lanes at a time, and the
+/// exps of a large image's attention (420M of them in an SD UNet call at 512x512) cost as
+/// much as the products around them.
+pub(super) fn softmax_in_place(row: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::math::has_avx512() {
+            // SAFETY: the CPU has the features the copy is built for.
+            #[allow(unsafe_code)]
+            return unsafe { softmax_avx512(row, scale) };
+        }
+        if super::math::has_avx2_fma() {
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            return unsafe { softmax_avx2(row, scale) };
+        }
+    }
+    softmax(row, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+fn softmax_avx512(row: &mut [f32], scale: f32) {
+    softmax(row, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_avx2(row: &mut [f32], scale: f32) {
+    softmax(row, scale)
+}
+
+#[inline(always)]
+fn softmax(row: &mut [f32], scale: f32) {
     const LANES: usize = 16;
     let mut maxes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
@@ -289,7 +361,7 @@ fn softmax_in_place(row: &mut [f32]) {
         .copied()
         .fold(f32::NEG_INFINITY, f32::max);
     for x in row.iter_mut() {
-        *x = exp(*x - max);
+        *x = exp((*x - max) * scale);
     }
     let mut sums = [0f32; LANES];
     let mut chunks = row.chunks_exact(LANES);

@@ -4,7 +4,8 @@
 //! Winograd F(4x4, 3x3) ([`super::winograd`], four times fewer multiplies), below that as a
 //! single im2col GEMM on the weight as stored ([`super::im2col`]). 1x1 convolutions (the
 //! ResNet shortcuts) are one GEMM on the NCHW data, where candle copies the input and the
-//! output element by element. Everything else (GPU, half-precision activations) goes to candle.
+//! output element by element. bf16 weights on a CPU with AMX run on its tiles
+//! ([`super::tiled_conv`]). Everything else (GPU, half-precision activations) goes to candle.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor};
@@ -12,7 +13,8 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::layers::{self, Conv2d};
 use super::mapped::{self, MappedTensor};
-use super::{im2col, winograd};
+use super::tiled_conv::PackedConv;
+use super::{amx, im2col, winograd};
 use crate::lora::hook::{self, Tag};
 
 /// From this many output tiles on, Winograd beats one im2col GEMM (the weight transform and
@@ -30,6 +32,8 @@ pub struct SameConv {
     /// Where a LoRA finds a 1x1 convolution (`crate::lora::hook`); LoRAs on 3x3 ones
     /// (LoCon) are refused when the file is read, so those carry none.
     tag: Option<Tag>,
+    /// A bf16 weight packed for AMX tiles on the first call that runs on them.
+    tiled: std::sync::OnceLock<PackedConv>,
 }
 
 enum ConvWeight {
@@ -62,6 +66,7 @@ impl SameConv {
         };
         Ok(Self {
             tag,
+            tiled: std::sync::OnceLock::new(),
             weight,
             kernel,
             in_channels: cin,
@@ -113,6 +118,13 @@ impl Module for SameConv {
         let merged = hook::merged_weight(self.tag.as_ref(), stored, hook::Stored::Conv1x1)?;
         match (merged, &self.weight) {
             (Some(merged), _) => self.forward_with(x, &merged),
+            (None, ConvWeight::Loaded(conv))
+                if conv.weight().dtype() == DType::BF16
+                    && self.runs_on_cpu_kernels(x)
+                    && amx::available() =>
+            {
+                self.tiles(x, conv.weight())
+            }
             (None, ConvWeight::Loaded(conv)) => self.forward_with(x, conv.weight()),
             (None, ConvWeight::Mapped { weight, .. }) if self.runs_on_cpu_kernels(x) => {
                 self.cpu(x, weight.values())
@@ -137,8 +149,28 @@ impl SameConv {
         self.cpu(x, contiguous_f32(storage, layout)?)
     }
 
+    /// The convolution on AMX tiles, `x` f32 and 4-D, `weight` bf16 (packed on the first call).
+    fn tiles(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let packed = match self.tiled.get() {
+            Some(packed) => packed,
+            None => {
+                let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
+                let (cout, cin) = (self.out_channels, self.in_channels);
+                let _ = self
+                    .tiled
+                    .set(PackedConv::new(&values, cout, cin, self.kernel));
+                self.tiled.get().expect("set just now")
+            }
+        };
+        self.run(x, Operand::Tiles(packed))
+    }
+
     /// The convolution on our CPU kernels, `x` f32 and 4-D, `weight` `(out, in, k, k)`.
     fn cpu(&self, x: &Tensor, weight: &[f32]) -> Result<Tensor> {
+        self.run(x, Operand::F32(weight))
+    }
+
+    fn run(&self, x: &Tensor, weight: Operand) -> Result<Tensor> {
         let (batch, _, height, width) = x.dims4()?;
         let op = CpuConv {
             kernel: self.kernel,
@@ -162,8 +194,17 @@ impl SameConv {
 struct CpuConv<'a> {
     kernel: usize,
     shape: winograd::Shape,
-    weight: &'a [f32],
+    weight: Operand<'a>,
     bias: Option<Vec<f32>>,
+}
+
+/// The weight as the kernels take it.
+#[derive(Clone, Copy)]
+enum Operand<'a> {
+    /// `(out, in, k, k)` f32.
+    F32(&'a [f32]),
+    /// bf16, packed for the tiles.
+    Tiles(&'a PackedConv),
 }
 
 impl CpuConv<'_> {
@@ -191,7 +232,16 @@ impl CustomOp1 for CpuConv<'_> {
     fn cpu_fwd(&self, input: &CpuStorage, input_layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let s = self.shape;
         let input = contiguous_f32(input, input_layout)?;
-        let (weight, bias) = (self.weight, self.bias.as_deref());
+        let bias = self.bias.as_deref();
+        let weight = match self.weight {
+            Operand::F32(weight) => weight,
+            Operand::Tiles(packed) => {
+                let out = super::tiled_conv::conv(input, s, packed, bias);
+                let out = out.ok_or_else(|| candle_core::Error::Msg("AMX went away".into()))?;
+                let shape = Shape::from((s.batch, s.out_channels, s.height, s.width));
+                return Ok((CpuStorage::F32(out), shape));
+            }
+        };
         let expected = s.out_channels * s.in_channels * self.kernel * self.kernel;
         if weight.len() != expected {
             candle_core::bail!("conv: {} weight values, expected {expected}", weight.len());

@@ -207,6 +207,15 @@ impl Linear {
         })
     }
 
+    /// The weight's dtype as loaded; `None` for quantized blocks.
+    pub fn weight_dtype(&self) -> Option<DType> {
+        match &self.weight {
+            LinearWeight::Dense { weight, .. } => Some(weight.dtype()),
+            LinearWeight::Mapped { weight, .. } => Some(weight.dtype()),
+            LinearWeight::Blocks(_) | LinearWeight::Quantized(_) => None,
+        }
+    }
+
     fn mapped(weight: MappedTensor, bias: Option<Tensor>) -> Self {
         Self {
             weight: LinearWeight::Mapped {

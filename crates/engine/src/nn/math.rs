@@ -18,9 +18,32 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh)
 }
 
+/// Whether this CPU runs code built for AVX-512 (F, DQ, VL) with AVX2 and FMA: where a loop
+/// over a slice is worth a copy built with `#[target_feature]`.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        has_avx2_fma()
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    })
+}
+
+/// Whether this CPU runs code built for AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2_fma() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    })
+}
+
 /// e^x to about 2 ulp for |x| < 87 (clamped outside: SiLU only needs the limits there).
 /// x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial, 2^n from the exponent bits.
-#[inline]
+/// Always inlined, so that a loop built for wider vectors computes it in them.
+#[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 87.0);
     // Round to nearest by the 1.5 * 2^23 trick: `round()` does not vectorise everywhere.

@@ -125,9 +125,20 @@ fn impossible_tolerance_fails() {
 /// worst cases on these fixtures (bench/RESULTS.md): f16 stages 9.0e-4 of the reference's
 /// magnitude, image 4.1e-4; bf16 (8 significant bits to f16's 11) stages 9.4e-3, image 3.9e-3.
 /// The budgets below leave about 2x headroom.
+///
+/// On a CPU with AMX a bf16 model's convolutions and attention also round their activations
+/// to bf16, as PyTorch's bf16 does: the images then differ by up to 1.37e-2 (sd-img2img;
+/// sd-ddim-cfg 1.09e-2), where diffusers' own bf16 (text encoder and UNet in bf16) differs from its f32 reference
+/// by 2.30e-2 on that case and 1.01e-2 on sd-dpmpp2m. There the image's budget is PyTorch's
+/// worst: no further from the reference than PyTorch's bf16 itself.
 #[test]
 fn half_precision_weights_stay_close_on_cpu() {
     use seedbed_engine::candle::DType;
+    let bf16_image = if seedbed_engine::nn::amx::available() {
+        2.3e-2
+    } else {
+        8e-3
+    };
     let sets = [
         (fixtures().join("cases"), models()),
         (fixtures().join("cases-dit"), fixtures().join("models-dit")),
@@ -139,7 +150,7 @@ fn half_precision_weights_stay_close_on_cpu() {
     for (cases_dir, models_dir) in sets {
         let cases = read_cases(&cases_dir).unwrap();
         for (dtype, stage_tolerance, image_tolerance) in
-            [(DType::F16, 2e-3, 4e-3), (DType::BF16, 2e-2, 8e-3)]
+            [(DType::F16, 2e-3, 4e-3), (DType::BF16, 2e-2, bf16_image)]
         {
             let options = LoadOptions {
                 dtype,

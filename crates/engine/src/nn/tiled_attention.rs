@@ -1,0 +1,281 @@
+//! Attention of a bf16 model on AMX tiles ([`super::amx`]): `softmax(scale q k^T) v` with q, k
+//! and v rounded to bf16 and the scores, the softmax and the sums in f32, as PyTorch's bf16
+//! attention computes on such CPUs.
+//!
+//! Per head, k and v are packed once into the word-pair panels the tiles read (`k` is laid out
+//! as a linear layer's stored weight, `(keys, dim)`; `v` as a transposed one, `(keys, dim_v)`).
+//! Then each task takes 32 queries: their scores against every key (one block of tiles per
+//! panel of 32 keys), the softmax of each row in f32, the weights rounded to bf16, and their
+//! product with v.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::amx::{BLOCK, STEP, Tiles};
+use super::gemm::View;
+
+/// One head's operands: `q` (`queries x dim`), `k` (`keys x dim`), `v` (`keys x dim_v`).
+pub struct Head<'a> {
+    pub q: View<'a>,
+    pub k: View<'a>,
+    pub v: View<'a>,
+}
+
+/// Attention for `count` heads, the head `head(i)` returns writing `queries x dim_v` values
+/// at `out[i * queries * dim_v..]`. `None` (nothing written) where this CPU has no AMX.
+pub fn attend<'a>(
+    count: usize,
+    head: impl Fn(usize) -> Head<'a> + Sync,
+    scale: f32,
+    out: &mut [f32],
+) -> Option<()> {
+    Tiles::configure()?;
+    let first = head(0);
+    let (queries, dim, keys, dim_v) = (first.q.rows, first.q.cols, first.k.rows, first.v.cols);
+    assert_eq!(out.len(), count * queries * dim_v, "output size");
+    let depth = dim.div_ceil(STEP) * STEP;
+    let key_depth = keys.div_ceil(STEP) * STEP;
+    let packed: Vec<(Vec<u32>, Vec<u32>)> = (0..count)
+        .into_par_iter()
+        .map(|i| {
+            let Head { k, v, .. } = head(i);
+            (pack(&k, depth), pack(&v.t(), key_depth))
+        })
+        .collect();
+    out.par_chunks_mut(queries * dim_v)
+        .enumerate()
+        .flat_map(|(i, head_out)| {
+            head_out
+                .par_chunks_mut(BLOCK * dim_v)
+                .enumerate()
+                .map(move |(block, rows)| (i, block, rows))
+        })
+        .for_each_init(
+            || Buffers::new(depth, key_depth),
+            |buffers, (i, block, rows)| {
+                let (k_panels, v_panels) = &packed[i];
+                let q = head(i).q;
+                let first = block * BLOCK;
+                let count = rows.len() / dim_v.max(1);
+                let mut tiles = Tiles::configure().expect("AMX was available a moment ago");
+                buffers.queries(&q, first, count);
+                buffers.scores(&mut tiles, k_panels);
+                buffers.softmax(keys, scale);
+                buffers.weighted_sum(&mut tiles, v_panels, rows, count, dim_v);
+            },
+        );
+    Some(())
+}
+
+/// A task's operands and scores: 32 queries' bf16 rows, their f32 scores against the keys
+/// (rows `key_depth` apart) and the softmax weights rounded to bf16.
+struct Buffers {
+    depth: usize,
+    key_depth: usize,
+    queries: Vec<u16>,
+    scores: Vec<f32>,
+    weights: Vec<u16>,
+}
+
+impl Buffers {
+    fn new(depth: usize, key_depth: usize) -> Self {
+        Self {
+            depth,
+            key_depth,
+            queries: vec![0; BLOCK * depth],
+            scores: vec![0.0; BLOCK * key_depth],
+            // The padding past the last key stays zero: it multiplies v's zero rows.
+            weights: vec![0; BLOCK * key_depth],
+        }
+    }
+
+    /// Queries `first..first + count` rounded to bf16; the rows past `count` zero.
+    fn queries(&mut self, q: &View, first: usize, count: usize) {
+        self.queries.fill(0);
+        for (r, row) in self
+            .queries
+            .chunks_exact_mut(self.depth)
+            .take(count)
+            .enumerate()
+        {
+            let start = (first + r) * q.row_stride;
+            for (c, value) in row[..q.cols].iter_mut().enumerate() {
+                *value = bf16::from_f32(q.data[start + c * q.col_stride]).to_bits();
+            }
+        }
+    }
+
+    /// Every query's scores against every key, one block of tiles per panel of 32 keys.
+    fn scores(&mut self, tiles: &mut Tiles, k_panels: &[u32]) {
+        let panel_words = self.depth / 2 * BLOCK;
+        for (p, panel) in k_panels.chunks_exact(panel_words).enumerate() {
+            tiles.zero();
+            // SAFETY: the queries are `BLOCK` rows of `depth` values and the panel `depth / 2`
+            // rows of `BLOCK` words; the scores have `BLOCK` rows of `key_depth` values, which
+            // holds this panel's 32 columns.
+            #[allow(unsafe_code)]
+            unsafe {
+                tiles.accumulate(
+                    self.queries.as_ptr().cast(),
+                    self.depth * 2,
+                    panel.as_ptr().cast(),
+                    BLOCK * 4,
+                    STEP / 2 * BLOCK * 4,
+                    self.depth / STEP,
+                );
+                tiles.store(self.scores.as_mut_ptr().add(p * BLOCK), self.key_depth);
+            }
+        }
+    }
+
+    /// Each row's softmax over the first `keys` scores, scaled, rounded to bf16 weights.
+    fn softmax(&mut self, keys: usize, scale: f32) {
+        for (scores, weights) in self
+            .scores
+            .chunks_exact_mut(self.key_depth)
+            .zip(self.weights.chunks_exact_mut(self.key_depth))
+        {
+            let scores = &mut scores[..keys];
+            super::attention::softmax_in_place(scores, scale);
+            super::bf16::round_into(scores, &mut weights[..keys]);
+        }
+    }
+
+    /// The weights times v into the first `count` rows of `rows` (`dim_v` apart).
+    fn weighted_sum(
+        &self,
+        tiles: &mut Tiles,
+        v_panels: &[u32],
+        rows: &mut [f32],
+        count: usize,
+        dim_v: usize,
+    ) {
+        let panel_words = self.key_depth / 2 * BLOCK;
+        for (p, panel) in v_panels.chunks_exact(panel_words).enumerate() {
+            tiles.zero();
+            // SAFETY: the weights are `BLOCK` rows of `key_depth` values and the panel
+            // `key_depth / 2` rows of `BLOCK` words; `rows` holds `count` rows of `dim_v`,
+            // this panel's columns among them.
+            #[allow(unsafe_code)]
+            unsafe {
+                tiles.accumulate(
+                    self.weights.as_ptr().cast(),
+                    self.key_depth * 2,
+                    panel.as_ptr().cast(),
+                    BLOCK * 4,
+                    STEP / 2 * BLOCK * 4,
+                    self.key_depth / STEP,
+                );
+                let cols = BLOCK.min(dim_v - p * BLOCK);
+                tiles.store_part(rows.as_mut_ptr().add(p * BLOCK), dim_v, count, cols);
+            }
+        }
+    }
+}
+
+/// `m` (`n x inner`) as the right operand of its transpose's product: per panel of 32 of its
+/// rows, `depth / 2` rows of 32 words, each the pair `(m[r][2p], m[r][2p + 1])` in bf16. Past
+/// `n` and `inner` zero.
+fn pack(m: &View, depth: usize) -> Vec<u32> {
+    let panel_words = depth / 2 * BLOCK;
+    let mut words = vec![0u32; m.rows.div_ceil(BLOCK) * panel_words];
+    let at = |r: usize, c: usize| -> u32 {
+        if c < m.cols {
+            bf16::from_f32(m.data[r * m.row_stride + c * m.col_stride]).to_bits() as u32
+        } else {
+            0
+        }
+    };
+    for r in 0..m.rows {
+        let panel = &mut words[r / BLOCK * panel_words..][..panel_words];
+        for pair in 0..m.cols.div_ceil(2) {
+            panel[pair * BLOCK + r % BLOCK] = at(r, 2 * pair) | at(r, 2 * pair + 1) << 16;
+        }
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::testing::random;
+
+    fn round(v: f32) -> f64 {
+        bf16::from_f32(v).to_f32() as f64
+    }
+
+    /// The attention of the bf16-rounded operands in f64, the softmax weights rounded too.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], dims: (usize, usize, usize, usize)) -> Vec<f32> {
+        let (queries, keys, dim, dim_v) = dims;
+        let scale = (dim as f64).powf(-0.5);
+        let mut out = vec![0f32; queries * dim_v];
+        for i in 0..queries {
+            let scores: Vec<f64> = (0..keys)
+                .map(|j| {
+                    (0..dim)
+                        .map(|d| round(q[i * dim + d]) * round(k[j * dim + d]))
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            for c in 0..dim_v {
+                let value: f64 = (0..keys)
+                    .map(|j| round((exps[j] / sum) as f32) * round(v[j * dim_v + c]))
+                    .sum();
+                out[i * dim_v + c] = value as f32;
+            }
+        }
+        out
+    }
+
+    /// Query and key counts off a block, head sizes off a step and a panel, two heads, keys
+    /// read through a transposed layout.
+    #[test]
+    fn tiles_compute_the_rounded_operands_attention() {
+        if !crate::nn::amx::available() {
+            eprintln!("skipped: this CPU or OS has no AMX");
+            return;
+        }
+        for (queries, keys, dim, dim_v) in [(1, 1, 1, 1), (37, 77, 40, 24), (64, 100, 64, 70)] {
+            let heads = 2;
+            let q = random(heads * queries * dim, 21);
+            let k = random(heads * keys * dim, 22);
+            let v = random(heads * keys * dim_v, 23);
+            // k stored transposed, (dim, keys) per head, and read through its strides.
+            let mut k_t = vec![0f32; k.len()];
+            for h in 0..heads {
+                for j in 0..keys {
+                    for d in 0..dim {
+                        k_t[h * keys * dim + d * keys + j] = k[h * keys * dim + j * dim + d];
+                    }
+                }
+            }
+            let head = |h: usize| Head {
+                q: View::row_major(&q[h * queries * dim..], queries, dim, dim),
+                k: View::row_major(&k_t[h * keys * dim..], dim, keys, keys).t(),
+                v: View::row_major(&v[h * keys * dim_v..], keys, dim_v, dim_v),
+            };
+            let mut out = vec![0f32; heads * queries * dim_v];
+            let scale = (dim as f32).powf(-0.5);
+            attend(heads, head, scale, &mut out).unwrap();
+            for h in 0..heads {
+                let want = reference(
+                    &q[h * queries * dim..][..queries * dim],
+                    &k[h * keys * dim..][..keys * dim],
+                    &v[h * keys * dim_v..][..keys * dim_v],
+                    (queries, keys, dim, dim_v),
+                );
+                let got = &out[h * queries * dim_v..][..queries * dim_v];
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 2e-3,
+                        "{queries}x{keys} dim {dim}->{dim_v} head {h} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! 3x3 and 1x1 "same" convolutions with bf16 weights on AMX tiles ([`super::amx`]), where
+//! `--dtype bf16` runs on a CPU that has them: what oneDNN gives PyTorch's bf16 convolutions.
+//!
+//! No im2col: the image is rounded to bf16 once per call into channels-last rows with a zero
+//! border (`width + 2` pixels a row, channels padded to a whole tile step). Output pixel
+//! `(y, x)` is then position `q = y (width + 2) + x` of that padded grid, and its 3x3
+//! neighbourhood's tap `(ky, kx)` is the padded pixel `q + ky (width + 2) + kx`: for each tap,
+//! 32 consecutive outputs read 32 consecutive padded pixels, one tile of rows in place. The
+//! two padding columns of each grid row compute values nobody reads (3% of the work at width
+//! 64). The weight is packed once per layer into the word-pair panels the tiles read
+//! ([`PackedConv`]); the sums of each 32x32 block are written back channels-first with the
+//! bias.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::amx::{BLOCK, STEP, Tiles};
+use super::winograd::Shape;
+
+/// Blocks of [`BLOCK`] output positions a task computes for its panel of output channels.
+const BLOCKS_PER_TASK: usize = 4;
+
+/// A convolution's bf16 weight laid out for the tiles: per panel of 32 output channels, per
+/// tap, per pair of input channels, 32 words (one per output channel) each holding the pair.
+pub struct PackedConv {
+    words: Vec<u32>,
+    kernel: usize,
+    in_channels: usize,
+    out_channels: usize,
+    /// Input channels rounded up to a whole tile step.
+    depth: usize,
+}
+
+impl PackedConv {
+    /// Packs `weight` (`out, in, kernel, kernel`), each panel in parallel.
+    pub fn new(weight: &[bf16], out_channels: usize, in_channels: usize, kernel: usize) -> Self {
+        let taps = kernel * kernel;
+        assert_eq!(
+            weight.len(),
+            out_channels * in_channels * taps,
+            "weight size"
+        );
+        let depth = in_channels.div_ceil(STEP) * STEP;
+        let panel_words = taps * depth / 2 * BLOCK;
+        let mut words = vec![0u32; out_channels.div_ceil(BLOCK) * panel_words];
+        words
+            .par_chunks_mut(panel_words)
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                let first = panel * BLOCK;
+                for col in 0..BLOCK.min(out_channels - first) {
+                    let filter =
+                        &weight[(first + col) * in_channels * taps..][..in_channels * taps];
+                    for (channel, taps_of) in filter.chunks_exact(taps).enumerate() {
+                        let shift = 16 * (channel % 2);
+                        for (tap, value) in taps_of.iter().enumerate() {
+                            let at = (tap * depth / 2 + channel / 2) * BLOCK + col;
+                            dst[at] |= (value.to_bits() as u32) << shift;
+                        }
+                    }
+                }
+            });
+        Self {
+            words,
+            kernel,
+            in_channels,
+            out_channels,
+            depth,
+        }
+    }
+
+    fn panel(&self, panel: usize) -> &[u32] {
+        let len = self.kernel * self.kernel * self.depth / 2 * BLOCK;
+        &self.words[panel * len..][..len]
+    }
+}
+
+/// `input` (`batch, in, height, width`, f32) convolved with `weight` ("same" padding), plus
+/// `bias`: (`batch, out, height, width`) f32. `None` where this CPU has no AMX.
+pub fn conv(
+    input: &[f32],
+    shape: Shape,
+    weight: &PackedConv,
+    bias: Option<&[f32]>,
+) -> Option<Vec<f32>> {
+    let Shape {
+        batch,
+        in_channels,
+        out_channels,
+        height,
+        width,
+    } = shape;
+    assert_eq!(
+        (in_channels, out_channels),
+        (weight.in_channels, weight.out_channels),
+        "the packed weight's channels"
+    );
+    let plane = height * width;
+    assert_eq!(input.len(), batch * in_channels * plane, "input size");
+    Tiles::configure()?;
+    let (kernel, depth) = (weight.kernel, weight.depth);
+    let grid = Grid {
+        width,
+        height,
+        pad: kernel / 2,
+    };
+    let blocks = (height * grid.row()).div_ceil(BLOCK);
+    // The last block's last tap reads this far into the padded image.
+    let pixels = blocks * BLOCK + (kernel - 1) * (grid.row() + 1);
+    let panels = out_channels.div_ceil(BLOCK);
+    let chunks = blocks.div_ceil(BLOCKS_PER_TASK);
+    let mut padded = vec![0u16; pixels * depth];
+    let mut output = vec![0f32; batch * out_channels * plane];
+    for (image, out) in input
+        .chunks(in_channels * plane)
+        .zip(output.chunks_mut(out_channels * plane))
+    {
+        // The border and the padding channels are never written: they stay zero.
+        grid.fill(image, in_channels, depth, &mut padded);
+        let out = SharedOut(out.as_mut_ptr());
+        (0..chunks * panels).into_par_iter().for_each(|task| {
+            let (chunk, panel) = (task / panels, task % panels);
+            let words = weight.panel(panel);
+            let first_channel = panel * BLOCK;
+            let channels = BLOCK.min(out_channels - first_channel);
+            let mut tiles = Tiles::configure().expect("AMX was available a moment ago");
+            let mut sums = [0f32; BLOCK * BLOCK];
+            let last = ((chunk + 1) * BLOCKS_PER_TASK).min(blocks);
+            for block in chunk * BLOCKS_PER_TASK..last {
+                tiles.zero();
+                for tap in 0..kernel * kernel {
+                    let first = block * BLOCK + (tap / kernel) * grid.row() + tap % kernel;
+                    // SAFETY: the tap's 32 rows of `depth` values lie inside `padded`
+                    // (`pixels` covers the last block's last tap) and the panel holds each
+                    // tap's `depth / 2` rows of 32 words.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        tiles.accumulate(
+                            padded[first * depth..].as_ptr().cast(),
+                            depth * 2,
+                            words[tap * depth / 2 * BLOCK..].as_ptr().cast(),
+                            BLOCK * 4,
+                            STEP / 2 * BLOCK * 4,
+                            depth / STEP,
+                        )
+                    };
+                }
+                // SAFETY: `sums` holds a block.
+                #[allow(unsafe_code)]
+                unsafe {
+                    tiles.store(sums.as_mut_ptr(), BLOCK)
+                };
+                let positions = block * BLOCK..(block + 1) * BLOCK;
+                for (c, channel) in (first_channel..first_channel + channels).enumerate() {
+                    let add = bias.map_or(0.0, |b| b[channel]);
+                    for (i, q) in positions.clone().enumerate() {
+                        if let Some(pixel) = grid.pixel(q) {
+                            // SAFETY: this task alone writes its channels' pixels of the
+                            // block's positions, inside `out` (`out_channels x plane`).
+                            #[allow(unsafe_code)]
+                            unsafe {
+                                *out.at(channel * plane + pixel) = sums[i * BLOCK + c] + add
+                            };
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Some(output)
+}
+
+/// The padded image: `height + 2 pad` rows of `width + 2 pad` pixels, channels last.
+#[derive(Clone, Copy)]
+struct Grid {
+    width: usize,
+    height: usize,
+    pad: usize,
+}
+
+impl Grid {
+    /// Pixels a padded row holds.
+    fn row(self) -> usize {
+        self.width + 2 * self.pad
+    }
+
+    /// The image pixel (`y width + x`) output position `q` computes; `None` for the padding
+    /// columns and the positions past the last row.
+    fn pixel(self, q: usize) -> Option<usize> {
+        let (y, x) = (q / self.row(), q % self.row());
+        (y < self.height && x < self.width).then_some(y * self.width + x)
+    }
+
+    /// `image` (`channels, height, width`, f32) rounded to bf16 into the padded grid, each
+    /// pixel's `channels` values `depth` apart; rows in parallel.
+    fn fill(self, image: &[f32], channels: usize, depth: usize, padded: &mut [u16]) {
+        let plane = self.height * self.width;
+        let row_values = self.row() * depth;
+        let first = self.pad * row_values;
+        padded[first..first + self.height * row_values]
+            .par_chunks_mut(row_values)
+            .enumerate()
+            .for_each_init(
+                || vec![0u16; channels * self.width],
+                |rounded, (y, dst)| {
+                    for c in 0..channels {
+                        let src = &image[c * plane + y * self.width..][..self.width];
+                        super::bf16::round_into(src, &mut rounded[c * self.width..][..self.width]);
+                    }
+                    for x in 0..self.width {
+                        let pixel = &mut dst[(x + self.pad) * depth..][..channels];
+                        for (c, value) in pixel.iter_mut().enumerate() {
+                            *value = rounded[c * self.width + x];
+                        }
+                    }
+                },
+            );
+    }
+}
+
+/// The output, written by several tasks at disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: tasks write disjoint elements (see `conv`); the buffer outlives them.
+#[allow(unsafe_code)]
+unsafe impl Send for SharedOut {}
+#[allow(unsafe_code)]
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::testing::random;
+
+    /// The convolution of the bf16-rounded image with the bf16 weight, summed in f64.
+    fn reference(
+        input: &[f32],
+        s: Shape,
+        kernel: usize,
+        weight: &[bf16],
+        bias: &[f32],
+    ) -> Vec<f32> {
+        let pad = kernel as isize / 2;
+        let mut out = vec![0f32; s.batch * s.out_channels * s.height * s.width];
+        let at = |n: usize, c: usize, y: isize, x: isize| -> f64 {
+            if y < 0 || x < 0 || y >= s.height as isize || x >= s.width as isize {
+                return 0.0;
+            }
+            let i = ((n * s.in_channels + c) * s.height + y as usize) * s.width + x as usize;
+            bf16::from_f32(input[i]).to_f32() as f64
+        };
+        for n in 0..s.batch {
+            for o in 0..s.out_channels {
+                for y in 0..s.height {
+                    for x in 0..s.width {
+                        let mut sum = bias[o] as f64;
+                        for c in 0..s.in_channels {
+                            for ky in 0..kernel {
+                                for kx in 0..kernel {
+                                    let w = weight
+                                        [((o * s.in_channels + c) * kernel + ky) * kernel + kx]
+                                        .to_f32()
+                                        as f64;
+                                    let (yy, xx) = (
+                                        y as isize + ky as isize - pad,
+                                        x as isize + kx as isize - pad,
+                                    );
+                                    sum += w * at(n, c, yy, xx);
+                                }
+                            }
+                        }
+                        out[((n * s.out_channels + o) * s.height + y) * s.width + x] = sum as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Both kernel sizes, channel counts off a tile step and a panel, images narrower and
+    /// wider than a block, two images in a batch.
+    #[test]
+    fn tiles_compute_the_rounded_operands_convolution() {
+        if !crate::nn::amx::available() {
+            eprintln!("skipped: this CPU or OS has no AMX");
+            return;
+        }
+        for (kernel, batch, in_channels, out_channels, height, width) in [
+            (3, 1, 4, 8, 5, 7),
+            (3, 2, 37, 40, 9, 13),
+            (3, 1, 64, 33, 3, 40),
+            (1, 2, 35, 70, 6, 11),
+            (1, 1, 64, 32, 8, 8),
+        ] {
+            let s = Shape {
+                batch,
+                in_channels,
+                out_channels,
+                height,
+                width,
+            };
+            let input = random(batch * in_channels * height * width, 11);
+            let weight: Vec<bf16> = random(out_channels * in_channels * kernel * kernel, 12)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
+            let bias = random(out_channels, 13);
+            let packed = PackedConv::new(&weight, out_channels, in_channels, kernel);
+            let got = conv(&input, s, &packed, Some(&bias)).unwrap();
+            let want = reference(&input, s, kernel, &weight, &bias);
+            let taps = (in_channels * kernel * kernel) as f32;
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * taps.sqrt() + 1e-6,
+                    "{kernel}x{kernel} {in_channels}->{out_channels} {height}x{width} [{i}]: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
