@@ -38,10 +38,14 @@ impl CpuReport {
         } else {
             "widened to f32 as each layer runs (software)"
         };
-        let bf16 = if crate::nn::bf16::available() {
-            "linear layers in bf16 dot products (AVX512-BF16), the rest widened to f32"
-        } else {
-            half
+        let bf16 = match crate::nn::bf16::Path::detect() {
+            Some(crate::nn::bf16::Path::Tiles) => {
+                "linear layers, convolutions and attention on AMX tiles in bf16"
+            }
+            Some(crate::nn::bf16::Path::Dots) => {
+                "linear layers in bf16 dot products (AVX512-BF16), the rest widened to f32"
+            }
+            None => half,
         };
         let stored = match crate::nn::stored::Kernel::detect() {
             Some(crate::nn::stored::Kernel::Avx512) => "8x48 register tiles, AVX-512F",
