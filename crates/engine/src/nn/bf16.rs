@@ -115,6 +115,71 @@ pub fn matmul_stored_on(
     })
 }
 
+/// A bf16 linear weight packed once, at load, into the panels both kernels read: a layer
+/// holding it in memory skips the packing every product of [`matmul`] and [`matmul_stored`]
+/// does (for a text encoder at 77 tokens, as long as the products themselves).
+pub struct Packed {
+    words: Vec<u32>,
+    inner: usize,
+    out: usize,
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({}x{} bf16)", self.out, self.inner)
+    }
+}
+
+impl Packed {
+    /// `weight` (`out x inner`, as a file stores a linear layer's), each panel in parallel.
+    pub fn from_stored(weight: &[bf16], out: usize, inner: usize) -> Self {
+        assert_eq!(weight.len(), out * inner, "weight size");
+        let len = panel_pairs(inner) * PANEL;
+        let mut words = vec![0u32; out.div_ceil(PANEL) * len];
+        words
+            .par_chunks_mut(len.max(1))
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                let first = panel * PANEL;
+                let rows = &weight[first * inner..(first + PANEL).min(out) * inner];
+                pack_stored_panel_into(rows, inner, dst);
+            });
+        Self { words, inner, out }
+    }
+
+    /// `(out, inner)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.out, self.inner)
+    }
+
+    /// The weight as stored, `out x inner`, unpacked (for a LoRA merge or another device).
+    pub fn stored(&self) -> Vec<bf16> {
+        let mut weight = vec![bf16::ZERO; self.out * self.inner];
+        for (o, row) in weight.chunks_exact_mut(self.inner.max(1)).enumerate() {
+            let panel = self.panel_words(o / PANEL);
+            for (k, value) in row.iter_mut().enumerate() {
+                let word = panel[(k / 2) * PANEL + o % PANEL];
+                *value = bf16::from_bits((word >> (16 * (k % 2))) as u16);
+            }
+        }
+        weight
+    }
+
+    fn panel_words(&self, panel: usize) -> &[u32] {
+        let len = panel_pairs(self.inner) * PANEL;
+        &self.words[panel * len..][..len]
+    }
+}
+
+/// `x` (`rows x inner`, f32) times the packed weight's transpose, as f32 `rows x out`; `None`
+/// when this CPU has no bf16 kernel.
+pub fn matmul_packed(x: &[f32], weight: &Packed, rows: usize) -> Option<Vec<f32>> {
+    let (out, inner) = weight.dims();
+    product(Path::detect()?, x, rows, inner, out, |first_col, _| {
+        bytemuck::cast_slice::<u32, u16>(weight.panel_words(first_col / PANEL))
+    })
+}
+
 /// `x` times the weight whose panel of `cols` columns from `first_col` `pack` returns (as
 /// [`pack_panel`] lays it out).
 fn product<P: AsRef<[u16]>>(
@@ -352,17 +417,23 @@ impl AsRef<[u16]> for Words {
 /// `rows`, laid out as [`pack_panel`] does for the transposed weight. Columns past `cols`
 /// and the value past an odd `inner` are zero.
 fn pack_stored_panel(rows: &[bf16], inner: usize) -> Words {
+    let mut packed = vec![0u32; panel_pairs(inner) * PANEL];
+    pack_stored_panel_into(rows, inner, &mut packed);
+    Words(packed)
+}
+
+/// [`pack_stored_panel`] into `packed` (zeros, `panel_pairs(inner) * PANEL` words).
+fn pack_stored_panel_into(rows: &[bf16], inner: usize, packed: &mut [u32]) {
     let pairs = inner.div_ceil(2);
     let cols = rows.len().checked_div(inner).unwrap_or(0);
-    let mut packed = vec![0u32; panel_pairs(inner) * PANEL];
     // With an even `inner` and the rows 4-byte aligned (as a file's tensors usually are),
     // each row is `pairs` words: transpose them as 32-bit values (bits moved, never changed).
     if inner.is_multiple_of(2)
         && let Ok(words) = bytemuck::try_cast_slice::<bf16, f32>(rows)
     {
-        let dst: &mut [f32] = bytemuck::cast_slice_mut(&mut packed);
+        let dst: &mut [f32] = bytemuck::cast_slice_mut(packed);
         super::transpose::transpose_into(words, pairs, cols, pairs, dst, PANEL);
-        return Words(packed);
+        return;
     }
     for (c, row) in rows.chunks_exact(inner.max(1)).take(cols).enumerate() {
         for (pair, values) in row.chunks(2).enumerate() {
@@ -371,7 +442,6 @@ fn pack_stored_panel(rows: &[bf16], inner: usize) -> Words {
             packed[pair * PANEL + c] = even | (odd << 16);
         }
     }
-    Words(packed)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -604,6 +674,26 @@ mod tests {
                         "{path:?} {rows}x{inner}x{out} [{i}]: {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+
+    /// A weight packed once multiplies as the same weight packed per call, and unpacks to
+    /// itself, for even, odd and ragged sizes.
+    #[test]
+    fn a_packed_weight_multiplies_and_unpacks_as_stored() {
+        for (rows, inner, out) in [(1, 2, 1), (13, 37, 17), (77, 64, 70), (5, 320, 33)] {
+            let x = random(rows * inner, 8);
+            let stored: Vec<bf16> = random(out * inner, 9)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
+            let packed = Packed::from_stored(&stored, out, inner);
+            assert_eq!(packed.dims(), (out, inner));
+            assert_eq!(packed.stored(), stored, "{out}x{inner} unpacked");
+            if available() {
+                let want = matmul_stored(&x, &stored, rows, inner, out).unwrap();
+                assert_eq!(matmul_packed(&x, &packed, rows).unwrap(), want);
             }
         }
     }

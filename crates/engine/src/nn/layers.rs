@@ -186,13 +186,26 @@ enum LinearWeight {
     },
     /// `(out, in)` in GGUF blocks on the CPU, multiplied band by band ([`BlockMatrix`]).
     Blocks(BlockMatrix),
+    /// bf16 on a CPU with a bf16 kernel, packed once into its panels ([`super::bf16::Packed`]).
+    Packed(Arc<super::bf16::Packed>),
     /// `(out, in)` in GGUF blocks on a GPU, through candle's quantized matmul.
     Quantized(QMatMul),
 }
 
 impl Linear {
     fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
-        let transposed = weight.device().is_cpu();
+        let cpu = weight.device().is_cpu();
+        if cpu && weight.dtype() == DType::BF16 && super::bf16::Path::detect().is_some() {
+            let (out, inner) = weight.dims2()?;
+            let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
+            let packed = super::bf16::Packed::from_stored(&values, out, inner);
+            return Ok(Self {
+                weight: LinearWeight::Packed(Arc::new(packed)),
+                bias: bias.cloned(),
+                tag: None,
+            });
+        }
+        let transposed = cpu;
         Ok(Self {
             weight: LinearWeight::Dense {
                 weight: if transposed {
@@ -212,6 +225,7 @@ impl Linear {
         match &self.weight {
             LinearWeight::Dense { weight, .. } => Some(weight.dtype()),
             LinearWeight::Mapped { weight, .. } => Some(weight.dtype()),
+            LinearWeight::Packed(_) => Some(DType::BF16),
             LinearWeight::Blocks(_) | LinearWeight::Quantized(_) => None,
         }
     }
@@ -302,6 +316,14 @@ impl Module for Linear {
                     return self.dense(x, &merged, false);
                 }
                 self.mapped_product(x, weight, transposed)
+            }
+            LinearWeight::Packed(packed) => {
+                let stored = || packed_tensor(packed);
+                let layout = hook::Stored::OutIn;
+                if let Some(merged) = hook::merged_weight(self.tag.as_ref(), stored, layout)? {
+                    return self.dense(x, &merged, false);
+                }
+                self.packed_product(x, packed)
             }
             LinearWeight::Blocks(blocks) => {
                 // A LoRA on a quantized layer merges into its dequantized weight, once per
@@ -448,7 +470,36 @@ impl Linear {
     }
 }
 
+/// A packed bf16 weight as the `(out, in)` tensor it was packed from.
+fn packed_tensor(packed: &super::bf16::Packed) -> Result<Tensor> {
+    Tensor::from_vec(packed.stored(), packed.dims(), &Device::Cpu)
+}
+
 impl Linear {
+    /// The product with a packed bf16 weight; activations not f32 take the unpacked weight.
+    fn packed_product(&self, x: &Tensor, packed: &super::bf16::Packed) -> Result<Tensor> {
+        let (out, inner) = packed.dims();
+        let mut dims = x.dims().to_vec();
+        let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+            return self.dense(x, &packed_tensor(packed)?, false);
+        }
+        let x2 = x.reshape((rows, inner))?.contiguous()?;
+        let (storage, layout) = x2.storage_and_layout();
+        let y = match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(xs)), Some((a, b))) => {
+                super::bf16::matmul_packed(&xs[a..b], packed, rows)
+            }
+            _ => None,
+        };
+        let Some(y) = y else {
+            candle_core::bail!("linear: the packed bf16 product did not run");
+        };
+        dims.pop();
+        dims.push(out);
+        self.add_bias(Tensor::from_vec(y, dims, x.device())?, x)
+    }
+
     /// The product with a mapped bf16 weight, through the bf16 kernel on the weight as stored.
     fn mapped_bf16_product(&self, x: &Tensor, weight: &MappedTensor) -> Result<Tensor> {
         let (out, inner) = (weight.shape()[0], weight.shape()[1]);
@@ -838,7 +889,8 @@ mod tests {
             },
         )
         .map_err(candle_core::Error::wrap)?;
-        assert!(matches!(converted.weight, LinearWeight::Dense { .. }));
+        assert!(!matches!(converted.weight, LinearWeight::Mapped { .. }));
+        assert_eq!(converted.weight_dtype(), Some(DType::BF16));
         let in_place = matches!(&lin.weight, LinearWeight::Mapped { weight, .. }
             if weight.dtype() == DType::BF16);
         assert_eq!(in_place, super::super::bf16::available());
@@ -962,10 +1014,12 @@ mod tests {
             .collect::<Result<HashMap<_, _>>>()?;
         let f32_layers = layers(&VarBuilder::from_tensors(full, DType::F32, &Device::Cpu))?;
         let bf16_layers = layers(&VarBuilder::from_tensors(narrow, DType::BF16, &Device::Cpu))?;
-        let LinearWeight::Dense { weight, .. } = &bf16_layers.0.weight else {
-            panic!("a dense linear")
-        };
-        assert_eq!(weight.dtype(), DType::BF16);
+        // Kept in bf16: as is, or packed for the bf16 kernel where the CPU has one.
+        match &bf16_layers.0.weight {
+            LinearWeight::Dense { weight, .. } => assert_eq!(weight.dtype(), DType::BF16),
+            LinearWeight::Packed(_) => assert!(super::super::bf16::available()),
+            _ => panic!("a dense linear"),
+        }
 
         let tokens = Tensor::randn(0f32, 1., (2, 3, 6), &Device::Cpu)?;
         let image = Tensor::randn(0f32, 1., (1, 6, 8, 8), &Device::Cpu)?;
