@@ -32,8 +32,6 @@ pub struct SameConv {
     /// Where a LoRA finds a 1x1 convolution (`crate::lora::hook`); LoRAs on 3x3 ones
     /// (LoCon) are refused when the file is read, so those carry none.
     tag: Option<Tag>,
-    /// A bf16 weight packed for AMX tiles on the first call that runs on them.
-    tiled: std::sync::OnceLock<PackedConv>,
 }
 
 enum ConvWeight {
@@ -41,6 +39,12 @@ enum ConvWeight {
     Loaded(Conv2d),
     /// f32 on the CPU, read in place from the weights file ([`mapped`]); our kernels only.
     Mapped { weight: MappedTensor, bias: Tensor },
+    /// bf16 on a CPU with AMX, packed at load for its tiles ([`super::tiled_conv`]), in place
+    /// of the loaded weight.
+    Tiles {
+        weight: PackedConv,
+        bias: Option<Tensor>,
+    },
 }
 
 pub type Conv3x3 = SameConv;
@@ -62,11 +66,22 @@ impl SameConv {
                 weight,
                 bias: vb.get(cout, "bias")?,
             },
-            None => ConvWeight::Loaded(layers::conv2d(cin, cout, kernel, config(kernel), vb)?),
+            None => {
+                let conv = layers::conv2d(cin, cout, kernel, config(kernel), vb)?;
+                let weight = conv.weight();
+                if weight.dtype() == DType::BF16 && weight.device().is_cpu() && amx::available() {
+                    let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
+                    ConvWeight::Tiles {
+                        weight: PackedConv::new(&values, cout, cin, kernel),
+                        bias: conv.bias().cloned(),
+                    }
+                } else {
+                    ConvWeight::Loaded(conv)
+                }
+            }
         };
         Ok(Self {
             tag,
-            tiled: std::sync::OnceLock::new(),
             weight,
             kernel,
             in_channels: cin,
@@ -84,6 +99,9 @@ impl SameConv {
         match &self.weight {
             ConvWeight::Loaded(conv) => Ok(conv.weight().clone()),
             ConvWeight::Mapped { weight, .. } => weight.to_tensor(),
+            ConvWeight::Tiles { weight, .. } => {
+                Tensor::from_vec(weight.stored(), weight.dims(), &candle_core::Device::Cpu)
+            }
         }
     }
 
@@ -91,6 +109,7 @@ impl SameConv {
         match &self.weight {
             ConvWeight::Loaded(conv) => conv.bias(),
             ConvWeight::Mapped { bias, .. } => Some(bias),
+            ConvWeight::Tiles { bias, .. } => bias.as_ref(),
         }
     }
 
@@ -118,13 +137,10 @@ impl Module for SameConv {
         let merged = hook::merged_weight(self.tag.as_ref(), stored, hook::Stored::Conv1x1)?;
         match (merged, &self.weight) {
             (Some(merged), _) => self.forward_with(x, &merged),
-            (None, ConvWeight::Loaded(conv))
-                if conv.weight().dtype() == DType::BF16
-                    && self.runs_on_cpu_kernels(x)
-                    && amx::available() =>
-            {
-                self.tiles(x, conv.weight())
+            (None, ConvWeight::Tiles { weight, .. }) if self.runs_on_cpu_kernels(x) => {
+                self.run(x, Operand::Tiles(weight))
             }
+            (None, ConvWeight::Tiles { .. }) => self.candle(x, &self.weight_tensor()?),
             (None, ConvWeight::Loaded(conv)) => self.forward_with(x, conv.weight()),
             (None, ConvWeight::Mapped { weight, .. }) if self.runs_on_cpu_kernels(x) => {
                 self.cpu(x, weight.values())
@@ -147,22 +163,6 @@ impl SameConv {
             candle_core::bail!("conv: the weight is not on the CPU");
         };
         self.cpu(x, contiguous_f32(storage, layout)?)
-    }
-
-    /// The convolution on AMX tiles, `x` f32 and 4-D, `weight` bf16 (packed on the first call).
-    fn tiles(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        let packed = match self.tiled.get() {
-            Some(packed) => packed,
-            None => {
-                let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
-                let (cout, cin) = (self.out_channels, self.in_channels);
-                let _ = self
-                    .tiled
-                    .set(PackedConv::new(&values, cout, cin, self.kernel));
-                self.tiled.get().expect("set just now")
-            }
-        };
-        self.run(x, Operand::Tiles(packed))
     }
 
     /// The convolution on our CPU kernels, `x` f32 and 4-D, `weight` `(out, in, k, k)`.

@@ -69,6 +69,28 @@ impl PackedConv {
         }
     }
 
+    /// `(out, in, kernel, kernel)`.
+    pub fn dims(&self) -> (usize, usize, usize, usize) {
+        let (k, cin, cout) = (self.kernel, self.in_channels, self.out_channels);
+        (cout, cin, k, k)
+    }
+
+    /// The weight it was packed from, `(out, in, kernel, kernel)` (for candle's convolution).
+    pub fn stored(&self) -> Vec<bf16> {
+        let taps = self.kernel * self.kernel;
+        let mut weight = vec![bf16::ZERO; self.out_channels * self.in_channels * taps];
+        for (o, filter) in weight.chunks_exact_mut(self.in_channels * taps).enumerate() {
+            let words = self.panel(o / BLOCK);
+            for (channel, taps_of) in filter.chunks_exact_mut(taps).enumerate() {
+                for (tap, value) in taps_of.iter_mut().enumerate() {
+                    let word = words[(tap * self.depth / 2 + channel / 2) * BLOCK + o % BLOCK];
+                    *value = bf16::from_bits((word >> (16 * (channel % 2))) as u16);
+                }
+            }
+        }
+        weight
+    }
+
     fn panel(&self, panel: usize) -> &[u32] {
         let len = self.kernel * self.kernel * self.depth / 2 * BLOCK;
         &self.words[panel * len..][..len]
@@ -313,6 +335,7 @@ mod tests {
                 .collect();
             let bias = random(out_channels, 13);
             let packed = PackedConv::new(&weight, out_channels, in_channels, kernel);
+            assert_eq!(packed.stored(), weight, "the weight unpacks to itself");
             let got = conv(&input, s, &packed, Some(&bias)).unwrap();
             let want = reference(&input, s, kernel, &weight, &bias);
             let taps = (in_channels * kernel * kernel) as f32;
