@@ -14,20 +14,19 @@ const CHUNK: usize = 1 << 14;
 
 /// GELU, tanh approximation (PyTorch's `approximate="tanh"`).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    match cpu_f32(x, |x| {
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(out, x)| {
-                for (o, &x) in out.iter_mut().zip(x) {
-                    *o = math::gelu_tanh(x);
-                }
-            });
-        out
-    }) {
-        Some(out) => Tensor::from_vec(out?, x.shape(), x.device()),
-        None => x.gelu(),
-    }
+    mapped(x, math::gelu_tanh, |x| x.gelu())
+}
+
+/// Exact GELU (PyTorch's default; CLIP's `gelu`).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    mapped(x, math::gelu_erf, |x| x.gelu_erf())
+}
+
+/// CLIP's `quick_gelu`, `x sigmoid(1.702 x)`.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    mapped(x, math::quick_gelu, |x| {
+        x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+    })
 }
 
 /// `gelu_tanh(gate) * value` in one pass (T5's gated feed-forward), for same-shaped inputs.
@@ -35,17 +34,96 @@ pub fn gelu_tanh_mul(gate: &Tensor, value: &Tensor) -> Result<Tensor> {
     gated(gate, value, math::gelu_tanh, |gate| gate.gelu())
 }
 
+/// `gelu_erf(gate) * value` in one pass (SD's GEGLU feed-forward).
+pub fn gelu_erf_mul(gate: &Tensor, value: &Tensor) -> Result<Tensor> {
+    gated(gate, value, math::gelu_erf, |gate| gate.gelu_erf())
+}
+
 /// `silu(gate) * value` in one pass (SwiGLU: Qwen3's and Z-Image's feed-forward).
 pub fn silu_mul(gate: &Tensor, value: &Tensor) -> Result<Tensor> {
     gated(gate, value, math::silu, |gate| gate.silu())
 }
 
+/// `activation` of every value on CPU f32, in parallel chunks built for the widest vectors;
+/// elsewhere candle's `fallback`.
+fn mapped<F: Fn(f32) -> f32 + Copy + Sync>(
+    x: &Tensor,
+    activation: F,
+    fallback: fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    match cpu_f32(x, |x| {
+        let mut out = x.to_vec();
+        out.par_chunks_mut(CHUNK)
+            .for_each(|out| widest(out, |o: &mut f32, _: f32| *o = activation(*o)));
+        out
+    }) {
+        Some(out) => Tensor::from_vec(out?, x.shape(), x.device()),
+        None => fallback(x),
+    }
+}
+
+/// `update(o, o)` for every value, compiled for AVX-512 or AVX2+FMA where the CPU has them:
+/// the activations inline into the loop, which the x86-64 baseline would run four lanes at a
+/// time.
+#[inline(always)]
+fn widest<F: Fn(&mut f32, f32) + Copy>(out: &mut [f32], update: F) {
+    widest_with(out, None, update)
+}
+
+/// `update(o, other[i])` for every value `o` of `out` (`other` as long), or `update(o, o)`
+/// without `other`, built as [`widest`] is.
+#[inline(always)]
+fn widest_with<F: Fn(&mut f32, f32) + Copy>(out: &mut [f32], other: Option<&[f32]>, update: F) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if math::has_avx512() {
+            // SAFETY: the CPU has the features the copy is built for.
+            #[allow(unsafe_code)]
+            return unsafe { each_avx512(out, other, update) };
+        }
+        if math::has_avx2_fma() {
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            return unsafe { each_avx2(out, other, update) };
+        }
+    }
+    each(out, other, update)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+fn each_avx512<F: Fn(&mut f32, f32) + Copy>(out: &mut [f32], other: Option<&[f32]>, update: F) {
+    each(out, other, update)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn each_avx2<F: Fn(&mut f32, f32) + Copy>(out: &mut [f32], other: Option<&[f32]>, update: F) {
+    each(out, other, update)
+}
+
+#[inline(always)]
+fn each<F: Fn(&mut f32, f32) + Copy>(out: &mut [f32], other: Option<&[f32]>, update: F) {
+    match other {
+        Some(other) => {
+            for (o, &x) in out.iter_mut().zip(other) {
+                update(o, x);
+            }
+        }
+        None => {
+            for o in out.iter_mut() {
+                update(o, *o);
+            }
+        }
+    }
+}
+
 /// `activation(gate) * value` on CPU f32 through the vectorisable `activation`; elsewhere
 /// through candle's `fallback`.
-fn gated(
+fn gated<F: Fn(f32) -> f32 + Copy + Sync>(
     gate: &Tensor,
     value: &Tensor,
-    activation: fn(f32) -> f32,
+    activation: F,
     fallback: fn(&Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     if gate.shape() != value.shape() {
@@ -64,9 +142,7 @@ fn gated(
         out.par_chunks_mut(CHUNK)
             .zip(gate.par_chunks(CHUNK))
             .for_each(|(out, gate)| {
-                for (o, &g) in out.iter_mut().zip(gate) {
-                    *o *= activation(g);
-                }
+                widest_with(out, Some(gate), |o: &mut f32, g: f32| *o *= activation(g))
             });
         out
     }) {
@@ -108,6 +184,10 @@ mod tests {
         assert!(max_diff(&gelu_tanh(&x)?, &x.gelu()?)? < 1e-5);
         assert!(max_diff(&gelu_tanh_mul(&x, &y)?, &(x.gelu()? * &y)?)? < 1e-5);
         assert!(max_diff(&silu_mul(&x, &y)?, &(x.silu()? * &y)?)? < 1e-5);
+        assert!(max_diff(&gelu_erf(&x)?, &x.gelu_erf()?)? < 1e-5);
+        assert!(max_diff(&gelu_erf_mul(&x, &y)?, &(x.gelu_erf()? * &y)?)? < 1e-5);
+        let quick = (&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?;
+        assert!(max_diff(&quick_gelu(&x)?, &quick)? < 1e-5);
         let half = x.to_dtype(DType::BF16)?;
         assert_eq!(gelu_tanh(&half)?.dtype(), DType::BF16);
         assert!(gelu_tanh_mul(&x, &y.t()?).is_err());

@@ -79,7 +79,8 @@ impl GegluFeedForward {
         let inner = projected.dim(2)? / 2;
         let value = projected.narrow(2, 0, inner)?;
         let gate = projected.narrow(2, inner, inner)?;
-        self.out.forward(&(value * gate.gelu_erf()?)?)
+        self.out
+            .forward(&crate::nn::activation::gelu_erf_mul(&gate, &value)?)
     }
 }
 

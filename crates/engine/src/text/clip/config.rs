@@ -176,9 +176,9 @@ impl Activation {
 
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
-            Self::GeluErf => x.gelu_erf(),
-            Self::GeluTanh => x.gelu(),
+            Self::QuickGelu => crate::nn::activation::quick_gelu(x),
+            Self::GeluErf => crate::nn::activation::gelu_erf(x),
+            Self::GeluTanh => crate::nn::activation::gelu_tanh(x),
             Self::Relu => x.relu(),
             Self::Silu => x.silu(),
         }
