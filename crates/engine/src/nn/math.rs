@@ -75,7 +75,8 @@ pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 87.0);
     // Round to nearest by the 1.5 * 2^23 trick: `round()` does not vectorise everywhere.
     const SHIFTER: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFTER;
+    let n = shifted - SHIFTER;
     // ln2 in two parts (Cody-Waite): the first has few bits, so n * part is exact.
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = 1.0
@@ -83,7 +84,13 @@ pub fn exp(x: f32) -> f32 {
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n's bits sit in the low mantissa bits of `shifted` (its ulp is 1): integer arithmetic
+    // on them vectorises, where `n as i32` (saturating, NaN to 0) runs lane by lane.
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(SHIFTER.to_bits())
+        .wrapping_add(127);
+    let scale = f32::from_bits(biased << 23);
     p * scale
 }
 
