@@ -327,9 +327,10 @@ fn panel_pairs(inner: usize) -> usize {
     inner.div_ceil(super::amx::STEP) * (super::amx::STEP / 2)
 }
 
-/// The destination, written by several tasks at disjoint columns.
+/// The destination, written by several tasks at disjoint elements (also
+/// [`super::tiled_conv`]'s).
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(pub(super) *mut f32);
 
 // SAFETY: tasks write disjoint elements (see `matmul`); the buffer outlives them.
 #[allow(unsafe_code)]
@@ -338,7 +339,7 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }
@@ -560,6 +561,22 @@ mod tests {
     use super::*;
     use crate::nn::testing::random;
 
+    /// `n` random bf16 values.
+    fn random_bf16(n: usize, seed: u32) -> Vec<bf16> {
+        random(n, seed).into_iter().map(bf16::from_f32).collect()
+    }
+
+    /// `stored` (`out x inner`) transposed, `inner x out`.
+    fn transposed(stored: &[bf16], out: usize, inner: usize) -> Vec<bf16> {
+        let mut transposed = vec![bf16::ZERO; inner * out];
+        for o in 0..out {
+            for k in 0..inner {
+                transposed[k * out + o] = stored[o * inner + k];
+            }
+        }
+        transposed
+    }
+
     /// The product of the bf16-rounded operands, summed in f64.
     fn reference(x: &[f32], w: &[bf16], rows: usize, inner: usize, out: usize) -> Vec<f32> {
         let mut y = vec![0f32; rows * out];
@@ -592,10 +609,7 @@ mod tests {
             (5, 3, 100),
         ] {
             let x = random(rows * inner, 1);
-            let w: Vec<bf16> = random(inner * out, 2)
-                .into_iter()
-                .map(bf16::from_f32)
-                .collect();
+            let w = random_bf16(inner * out, 2);
             let ours = matmul(&x, &w, rows, inner, out).unwrap();
             let want = reference(&x, &w, rows, inner, out);
             for (i, (a, b)) in ours.iter().zip(&want).enumerate() {
@@ -618,16 +632,8 @@ mod tests {
         }
         for (rows, inner, out) in [(1, 2, 1), (13, 37, 17), (29, 64, 70), (5, 320, 33)] {
             let x = random(rows * inner, 3);
-            let stored: Vec<bf16> = random(out * inner, 4)
-                .into_iter()
-                .map(bf16::from_f32)
-                .collect();
-            let mut transposed = vec![bf16::ZERO; inner * out];
-            for o in 0..out {
-                for k in 0..inner {
-                    transposed[k * out + o] = stored[o * inner + k];
-                }
-            }
+            let stored = random_bf16(out * inner, 4);
+            let transposed = transposed(&stored, out, inner);
             let want = matmul(&x, &transposed, rows, inner, out).unwrap();
             assert_eq!(matmul_stored(&x, &stored, rows, inner, out).unwrap(), want);
             // One value in: the rows start 2 bytes off a word.
@@ -655,16 +661,8 @@ mod tests {
             (5, 3, 100),
         ] {
             let x = random(rows * inner, 5);
-            let stored: Vec<bf16> = random(out * inner, 6)
-                .into_iter()
-                .map(bf16::from_f32)
-                .collect();
-            let mut transposed = vec![bf16::ZERO; inner * out];
-            for o in 0..out {
-                for k in 0..inner {
-                    transposed[k * out + o] = stored[o * inner + k];
-                }
-            }
+            let stored = random_bf16(out * inner, 6);
+            let transposed = transposed(&stored, out, inner);
             let want = reference(&x, &transposed, rows, inner, out);
             for path in [Path::Tiles, Path::Dots] {
                 let got = matmul_stored_on(path, &x, &stored, rows, inner, out).unwrap();
@@ -684,10 +682,7 @@ mod tests {
     fn a_packed_weight_multiplies_and_unpacks_as_stored() {
         for (rows, inner, out) in [(1, 2, 1), (13, 37, 17), (77, 64, 70), (5, 320, 33)] {
             let x = random(rows * inner, 8);
-            let stored: Vec<bf16> = random(out * inner, 9)
-                .into_iter()
-                .map(bf16::from_f32)
-                .collect();
+            let stored = random_bf16(out * inner, 9);
             let packed = Packed::from_stored(&stored, out, inner);
             assert_eq!(packed.dims(), (out, inner));
             assert_eq!(packed.stored(), stored, "{out}x{inner} unpacked");

@@ -15,6 +15,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::amx::{BLOCK, STEP, Tiles};
+use super::bf16::SharedOut;
 use super::winograd::Shape;
 
 /// Blocks of [`BLOCK`] output positions a task computes for its panel of output channels.
@@ -237,22 +238,6 @@ impl Grid {
                     }
                 },
             );
-    }
-}
-
-/// The output, written by several tasks at disjoint elements.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-
-// SAFETY: tasks write disjoint elements (see `conv`); the buffer outlives them.
-#[allow(unsafe_code)]
-unsafe impl Send for SharedOut {}
-#[allow(unsafe_code)]
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 
