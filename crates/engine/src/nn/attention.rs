@@ -71,42 +71,31 @@ const SCORE_BLOCK_ELEMENTS: usize = 64 * 1024 * 1024;
 /// (as diffusers' `upcast_attention`): f16 overflows on large scores (SD 2.x's black images),
 /// while bf16 has f32's range. The result has `q`'s dtype.
 pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let on_cpu_f32 = [q, k, v]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-    if on_cpu_f32 {
-        return q.apply_op3_no_bwd(
-            k,
-            v,
-            &FusedCpu {
-                scale: scale as f32,
-                bias: None,
-                tiles: false,
-            },
-        );
-    }
-    chunked(q, k, v, scale)
+    attention(q, k, v, scale, false)
 }
 
 /// [`scaled_dot_product`] for a bf16 model: on a CPU with AMX, f32 q, k and v are rounded to
 /// bf16 for the two products, which run on its tiles ([`super::tiled_attention`]), as PyTorch
 /// computes a bf16 model's attention there; elsewhere as [`scaled_dot_product`].
 pub fn scaled_dot_product_bf16(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    attention(q, k, v, scale, super::amx::available())
+}
+
+/// The fused CPU kernel for f32 operands on the CPU (its products on AMX tiles with `tiles`),
+/// the chunked candle version elsewhere.
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, tiles: bool) -> Result<Tensor> {
     let on_cpu_f32 = [q, k, v]
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-    if on_cpu_f32 && super::amx::available() {
-        return q.apply_op3_no_bwd(
-            k,
-            v,
-            &FusedCpu {
-                scale: scale as f32,
-                bias: None,
-                tiles: true,
-            },
-        );
+    if on_cpu_f32 {
+        let op = FusedCpu {
+            scale: scale as f32,
+            bias: None,
+            tiles,
+        };
+        return q.apply_op3_no_bwd(k, v, &op);
     }
-    scaled_dot_product(q, k, v, scale)
+    chunked(q, k, v, scale)
 }
 
 /// The portable version: candle ops on query chunks.

@@ -50,6 +50,14 @@ pub enum Path {
 }
 
 impl Path {
+    /// Whether this CPU runs it.
+    fn runs(self) -> bool {
+        match self {
+            Self::Tiles => super::amx::available(),
+            Self::Dots => available(),
+        }
+    }
+
     /// The fastest this CPU has, `None` without AVX512-BF16.
     pub fn detect() -> Option<Self> {
         if super::amx::available() {
@@ -100,13 +108,6 @@ pub fn matmul_stored_on(
     out: usize,
 ) -> Option<Vec<f32>> {
     assert_eq!(weight.len(), out * inner, "weight size");
-    let runs = match path {
-        Path::Tiles => super::amx::available(),
-        Path::Dots => available(),
-    };
-    if !runs {
-        return None;
-    }
     product(path, x, rows, inner, out, |first_col, cols| {
         pack_stored_panel(
             &weight[first_col * inner..(first_col + cols) * inner],
@@ -191,7 +192,7 @@ fn product<P: AsRef<[u16]>>(
     pack: impl Fn(usize, usize) -> P + Sync,
 ) -> Option<Vec<f32>> {
     assert_eq!(x.len(), rows * inner, "activations size");
-    if !available() {
+    if !path.runs() {
         return None;
     }
     if path == Path::Tiles {

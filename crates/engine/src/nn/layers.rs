@@ -478,55 +478,54 @@ fn packed_tensor(packed: &super::bf16::Packed) -> Result<Tensor> {
 impl Linear {
     /// The product with a packed bf16 weight; activations not f32 take the unpacked weight.
     fn packed_product(&self, x: &Tensor, packed: &super::bf16::Packed) -> Result<Tensor> {
-        let (out, inner) = packed.dims();
+        let product = |xs: &[f32], rows| super::bf16::matmul_packed(xs, packed, rows);
+        match self.bf16_kernel_product(x, packed.dims(), product)? {
+            Some(y) => Ok(y),
+            None => self.dense(x, &packed_tensor(packed)?, false),
+        }
+    }
+
+    /// `x` times an `(out, inner)` bf16 weight through `product` (the activations' rows, their
+    /// count), plus the bias, for f32 activations on the CPU; `None` for other activations or
+    /// where the CPU has no bf16 kernel.
+    fn bf16_kernel_product(
+        &self,
+        x: &Tensor,
+        (out, inner): (usize, usize),
+        product: impl FnOnce(&[f32], usize) -> Option<Vec<f32>>,
+    ) -> Result<Option<Tensor>> {
+        if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+            return Ok(None);
+        }
         let mut dims = x.dims().to_vec();
         let rows = dims[..dims.len() - 1].iter().product::<usize>();
-        if !(x.device().is_cpu() && x.dtype() == DType::F32) {
-            return self.dense(x, &packed_tensor(packed)?, false);
-        }
         let x2 = x.reshape((rows, inner))?.contiguous()?;
         let (storage, layout) = x2.storage_and_layout();
         let y = match (&*storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(xs)), Some((a, b))) => {
-                super::bf16::matmul_packed(&xs[a..b], packed, rows)
-            }
+            (Storage::Cpu(CpuStorage::F32(xs)), Some((a, b))) => product(&xs[a..b], rows),
             _ => None,
         };
         let Some(y) = y else {
-            candle_core::bail!("linear: the packed bf16 product did not run");
+            return Ok(None);
         };
         dims.pop();
         dims.push(out);
-        self.add_bias(Tensor::from_vec(y, dims, x.device())?, x)
+        Ok(Some(
+            self.add_bias(Tensor::from_vec(y, dims, x.device())?, x)?,
+        ))
     }
 
     /// The product with a mapped bf16 weight, through the bf16 kernel on the weight as stored.
     fn mapped_bf16_product(&self, x: &Tensor, weight: &MappedTensor) -> Result<Tensor> {
         let (out, inner) = (weight.shape()[0], weight.shape()[1]);
-        let mut dims = x.dims().to_vec();
-        let rows = dims[..dims.len() - 1].iter().product::<usize>();
-        let y = match x.device().is_cpu() && x.dtype() == DType::F32 {
-            true => {
-                let x2 = x.reshape((rows, inner))?.contiguous()?;
-                let (storage, layout) = x2.storage_and_layout();
-                match (&*storage, layout.contiguous_offsets()) {
-                    (Storage::Cpu(CpuStorage::F32(xs)), Some((a, b))) => {
-                        let w = weight.bf16_values();
-                        super::bf16::matmul_stored(&xs[a..b], w, rows, inner, out)
-                    }
-                    _ => None,
-                }
-            }
-            false => None,
-        };
+        let w = weight.bf16_values();
+        let product = |xs: &[f32], rows| super::bf16::matmul_stored(xs, w, rows, inner, out);
         // Only a CPU with the bf16 kernel maps bf16 weights ([`mapped::lookup_linear`]);
         // activations in another dtype widen the weight for candle's product.
-        let Some(y) = y else {
-            return self.dense(x, &weight.to_tensor()?, false);
-        };
-        dims.pop();
-        dims.push(out);
-        self.add_bias(Tensor::from_vec(y, dims, x.device())?, x)
+        match self.bf16_kernel_product(x, (out, inner), product)? {
+            Some(y) => Ok(y),
+            None => self.dense(x, &weight.to_tensor()?, false),
+        }
     }
 }
 
