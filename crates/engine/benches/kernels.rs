@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{Criterion, criterion_group, criterion_main};
-use seedbed_engine::nn::attention::scaled_dot_product;
+use seedbed_engine::nn::attention::{scaled_dot_product, scaled_dot_product_bf16};
 use seedbed_engine::nn::conv::Conv3x3;
 use seedbed_engine::nn::norm::GroupNormSilu;
 use seedbed_engine::nn::winograd;
@@ -44,6 +44,15 @@ fn conv3x3(c: &mut Criterion) {
         group.bench_function(format!("candle c{channels} {side}x{side}"), |b| {
             b.iter(|| conv.forward_candle(&x).unwrap())
         });
+        // The same layer with a bf16 weight: AMX tiles where the CPU has them.
+        if seedbed_engine::nn::amx::available() {
+            let map = VarMap::new();
+            let vb = VarBuilder::from_varmap(&map, DType::BF16, &Device::Cpu);
+            let conv = Conv3x3::new(3, channels, channels, vb).unwrap();
+            group.bench_function(format!("bf16 tiles c{channels} {side}x{side}"), |b| {
+                b.iter(|| conv.forward(&x).unwrap())
+            });
+        }
     }
     // The per-call weight transform of the largest Winograd layer (the VAE's 512 channels).
     let weight: Vec<f32> = (0..512 * 512 * 9).map(|i| (i as f32).sin()).collect();
@@ -75,6 +84,11 @@ fn attention(c: &mut Criterion) {
     group.bench_function("cross 4096x77 h5 d64", |b| {
         b.iter(|| scaled_dot_product(&q, &text, &text, 0.125).unwrap())
     });
+    if seedbed_engine::nn::amx::available() {
+        group.bench_function("bf16 tiles self 4096x4096 h5 d64", |b| {
+            b.iter(|| scaled_dot_product_bf16(&q, &q, &q, 0.125).unwrap())
+        });
+    }
     group.finish();
 }
 
@@ -287,6 +301,11 @@ fn bf16(c: &mut Criterion) {
                     b.iter(|| bf16::matmul_stored_on(path, &xs, &stored, rows, inner, out).unwrap())
                 });
             }
+            // Packed once, as a layer holding its weight in memory does.
+            let packed = bf16::Packed::from_stored(&stored, out, inner);
+            group.bench_function(format!("packed {name}"), |b| {
+                b.iter(|| bf16::matmul_packed(&xs, &packed, rows).unwrap())
+            });
         }
         group.bench_function(format!("widened f32 {name}"), |b| {
             b.iter(|| x.matmul(&layers::like(&w16, &x).unwrap()).unwrap())
