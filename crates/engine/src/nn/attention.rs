@@ -321,6 +321,25 @@ pub(super) fn softmax_in_place(row: &mut [f32], scale: f32) {
     softmax(row, scale)
 }
 
+/// `exp(scale (x - max))` of each value of `row` in place, `max` the row's largest; returns
+/// their sum. The softmax without its division, for kernels that divide later.
+pub(super) fn exponentials_in_place(row: &mut [f32], scale: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::math::has_avx512() {
+            // SAFETY: the CPU has the features the copy is built for.
+            #[allow(unsafe_code)]
+            return unsafe { exponentials_avx512(row, scale) };
+        }
+        if super::math::has_avx2_fma() {
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            return unsafe { exponentials_avx2(row, scale) };
+        }
+    }
+    exponentials(row, scale)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
 fn softmax_avx512(row: &mut [f32], scale: f32) {
@@ -333,14 +352,38 @@ fn softmax_avx2(row: &mut [f32], scale: f32) {
     softmax(row, scale)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+fn exponentials_avx512(row: &mut [f32], scale: f32) -> f32 {
+    exponentials(row, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exponentials_avx2(row: &mut [f32], scale: f32) -> f32 {
+    exponentials(row, scale)
+}
+
 #[inline(always)]
 fn softmax(row: &mut [f32], scale: f32) {
-    const LANES: usize = 16;
+    let inverse = 1.0 / exponentials(row, scale);
+    for x in row.iter_mut() {
+        *x *= inverse;
+    }
+}
+
+/// Lanes the loops below keep apart, so that they vectorise: one AVX-512 register.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn exponentials(row: &mut [f32], scale: f32) -> f32 {
     let mut maxes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
         for (m, &x) in maxes.iter_mut().zip(chunk) {
-            *m = m.max(x);
+            // One `vmaxps` a vector, where `f32::max`'s NaN rule adds a compare and a blend
+            // (a NaN score makes the row NaN either way, through its exponential).
+            *m = if x > *m { x } else { *m };
         }
     }
     let max = chunks
@@ -349,21 +392,21 @@ fn softmax(row: &mut [f32], scale: f32) {
         .chain(&maxes)
         .copied()
         .fold(f32::NEG_INFINITY, f32::max);
-    for x in row.iter_mut() {
-        *x = exp((*x - max) * scale);
-    }
+    // One pass computes and sums them.
     let mut sums = [0f32; LANES];
-    let mut chunks = row.chunks_exact(LANES);
+    let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
-        for (s, &x) in sums.iter_mut().zip(chunk) {
-            *s += x;
+        for (s, x) in sums.iter_mut().zip(chunk) {
+            *x = exp((*x - max) * scale);
+            *s += *x;
         }
     }
-    let sum: f32 = chunks.remainder().iter().sum::<f32>() + sums.iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x *= inv;
+    let mut sum = 0.0;
+    for x in chunks.into_remainder() {
+        *x = exp((*x - max) * scale);
+        sum += *x;
     }
+    sum + sums.iter().sum::<f32>()
 }
 
 #[cfg(test)]

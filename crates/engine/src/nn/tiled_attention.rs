@@ -2,11 +2,13 @@
 //! and v rounded to bf16 and the scores, the softmax and the sums in f32, as PyTorch's bf16
 //! attention computes on such CPUs.
 //!
-//! Per head, k and v are packed once into the word-pair panels the tiles read (`k` is laid out
-//! as a linear layer's stored weight, `(keys, dim)`; `v` as a transposed one, `(keys, dim_v)`).
-//! Then each task takes 32 queries: their scores against every key (one block of tiles per
-//! panel of 32 keys), the softmax of each row in f32, the weights rounded to bf16, and their
-//! product with v.
+//! Per head, k and v are rounded to bf16 rows and packed once into the word-pair panels the
+//! tiles read (`k` is laid out as a linear layer's stored weight, `(keys, dim)`; `v` as a
+//! transposed one, `(keys, dim_v)`). Then each task takes 32 queries: their scores against
+//! every key (one block of tiles per panel of 32 keys), then per row `exp(scale (s - max))`
+//! in f32, summed and rounded to bf16 in the same pass, their product with v, and that divided
+//! by the sum: PyTorch's CPU flash attention rounds these unnormalised weights too, and the
+//! division touches `dim_v` values a row where normalising touched every key.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -39,7 +41,7 @@ pub fn attend<'a>(
         .into_par_iter()
         .map(|i| {
             let Head { k, v, .. } = head(i);
-            (pack(&k, depth), pack(&v.t(), key_depth))
+            (pack_keys(&k, depth), pack_values(&v, key_depth))
         })
         .collect();
     out.par_chunks_mut(queries * dim_v)
@@ -50,42 +52,59 @@ pub fn attend<'a>(
                 .enumerate()
                 .map(move |(block, rows)| (i, block, rows))
         })
-        .for_each_init(
-            || Buffers::new(depth, key_depth),
-            |buffers, (i, block, rows)| {
-                let (k_panels, v_panels) = &packed[i];
-                let q = head(i).q;
-                let first = block * BLOCK;
-                let count = rows.len() / dim_v.max(1);
-                let mut tiles = Tiles::configure().expect("AMX was available a moment ago");
+        .for_each(|(i, block, rows)| {
+            let (k_panels, v_panels) = &packed[i];
+            let q = head(i).q;
+            let first = block * BLOCK;
+            let count = rows.len() / dim_v.max(1);
+            let mut tiles = Tiles::configure().expect("AMX was available a moment ago");
+            BUFFERS.with_borrow_mut(|buffers| {
+                buffers.reset(depth, key_depth);
                 buffers.queries(&q, first, count);
                 buffers.scores(&mut tiles, k_panels);
-                buffers.softmax(keys, scale);
+                buffers.exponentials(keys, scale);
                 buffers.weighted_sum(&mut tiles, v_panels, rows, count, dim_v);
-            },
-        );
+                buffers.divide(rows, count, dim_v);
+            });
+        });
     Some(())
 }
 
+thread_local! {
+    /// Each worker's buffers, kept between tasks and calls: fresh ones for every task cost a
+    /// page fault every 4 KiB (a sixth of a 4096-token attention's time).
+    static BUFFERS: std::cell::RefCell<Buffers> = const {
+        std::cell::RefCell::new(Buffers {
+            depth: 0,
+            key_depth: 0,
+            queries: Vec::new(),
+            scores: Vec::new(),
+            weights: Vec::new(),
+            sums: [1.0; BLOCK],
+        })
+    };
+}
+
 /// A task's operands and scores: 32 queries' bf16 rows, their f32 scores against the keys
-/// (rows `key_depth` apart) and the softmax weights rounded to bf16.
+/// (rows `key_depth` apart), the exponentials rounded to bf16 and each row's sum of them.
 struct Buffers {
     depth: usize,
     key_depth: usize,
     queries: Vec<u16>,
     scores: Vec<f32>,
     weights: Vec<u16>,
+    sums: [f32; BLOCK],
 }
 
 impl Buffers {
-    fn new(depth: usize, key_depth: usize) -> Self {
-        Self {
-            depth,
-            key_depth,
-            queries: vec![0; BLOCK * depth],
-            scores: vec![0.0; BLOCK * key_depth],
-            // The padding past the last key stays zero: it multiplies v's zero rows.
-            weights: vec![0; BLOCK * key_depth],
+    /// Sized for `depth` and `key_depth`.
+    fn reset(&mut self, depth: usize, key_depth: usize) {
+        if (self.depth, self.key_depth) != (depth, key_depth) {
+            self.depth = depth;
+            self.key_depth = key_depth;
+            self.queries = vec![0; BLOCK * depth];
+            self.scores = vec![0.0; BLOCK * key_depth];
+            self.weights = vec![0; BLOCK * key_depth];
         }
     }
 
@@ -98,10 +117,7 @@ impl Buffers {
             .take(count)
             .enumerate()
         {
-            let start = (first + r) * q.row_stride;
-            for (c, value) in row[..q.cols].iter_mut().enumerate() {
-                *value = bf16::from_f32(q.data[start + c * q.col_stride]).to_bits();
-            }
+            round_row(q, first + r, &mut row[..q.cols]);
         }
     }
 
@@ -128,16 +144,28 @@ impl Buffers {
         }
     }
 
-    /// Each row's softmax over the first `keys` scores, scaled, rounded to bf16 weights.
-    fn softmax(&mut self, keys: usize, scale: f32) {
-        for (scores, weights) in self
+    /// Each row's `exp(scale (s - max))` over its first `keys` scores, rounded to bf16
+    /// weights, and their sum (of the unrounded values, as PyTorch sums them).
+    fn exponentials(&mut self, keys: usize, scale: f32) {
+        for ((scores, weights), sum) in self
             .scores
             .chunks_exact_mut(self.key_depth)
             .zip(self.weights.chunks_exact_mut(self.key_depth))
+            .zip(&mut self.sums)
         {
             let scores = &mut scores[..keys];
-            super::attention::softmax_in_place(scores, scale);
+            *sum = super::attention::exponentials_in_place(scores, scale);
             super::bf16::round_into(scores, &mut weights[..keys]);
+            // An earlier call's weights past the keys meet v's zero rows; zero them anyway.
+            weights[keys..].fill(0);
+        }
+    }
+
+    /// The first `count` rows of `rows` (`dim_v` apart) divided by their sums.
+    fn divide(&self, rows: &mut [f32], count: usize, dim_v: usize) {
+        for (row, sum) in rows.chunks_exact_mut(dim_v).take(count).zip(self.sums) {
+            let inverse = 1.0 / sum;
+            row.iter_mut().for_each(|value| *value *= inverse);
         }
     }
 
@@ -173,23 +201,66 @@ impl Buffers {
     }
 }
 
-/// `m` (`n x inner`) as the right operand of its transpose's product: per panel of 32 of its
-/// rows, `depth / 2` rows of 32 words, each the pair `(m[r][2p], m[r][2p + 1])` in bf16. Past
-/// `n` and `inner` zero.
-fn pack(m: &View, depth: usize) -> Vec<u32> {
-    let panel_words = depth / 2 * BLOCK;
-    let mut words = vec![0u32; m.rows.div_ceil(BLOCK) * panel_words];
-    let at = |r: usize, c: usize| -> u32 {
-        if c < m.cols {
-            bf16::from_f32(m.data[r * m.row_stride + c * m.col_stride]).to_bits() as u32
-        } else {
-            0
+/// Row `r` of `m` rounded to bf16 bits into `dst` (`m.cols` values): 16 at a time where the
+/// row is contiguous.
+fn round_row(m: &View, r: usize, dst: &mut [u16]) {
+    let start = r * m.row_stride;
+    if m.col_stride == 1 {
+        super::bf16::round_into(&m.data[start..][..m.cols], dst);
+    } else {
+        for (c, value) in dst.iter_mut().enumerate() {
+            *value = bf16::from_f32(m.data[start + c * m.col_stride]).to_bits();
         }
-    };
-    for r in 0..m.rows {
-        let panel = &mut words[r / BLOCK * panel_words..][..panel_words];
-        for pair in 0..m.cols.div_ceil(2) {
-            panel[pair * BLOCK + r % BLOCK] = at(r, 2 * pair) | at(r, 2 * pair + 1) << 16;
+    }
+}
+
+/// `k` (`keys x dim`) as the right operand of its transpose's product: per panel of 32 keys,
+/// `depth / 2` rows of 32 words, each the pair `(k[r][2p], k[r][2p + 1])` in bf16. Past the
+/// keys and `dim` zero. A key's bf16 row is already its words, so a panel is the 32-bit
+/// transpose of its 32 rows.
+fn pack_keys(k: &View, depth: usize) -> Vec<u32> {
+    let panel_words = depth / 2 * BLOCK;
+    let mut words = vec![0u32; k.rows.div_ceil(BLOCK) * panel_words];
+    let mut rows = vec![0u16; BLOCK * depth];
+    for (panel, dst) in words.chunks_exact_mut(panel_words).enumerate() {
+        let first = panel * BLOCK;
+        let count = BLOCK.min(k.rows - first);
+        for (r, row) in rows.chunks_exact_mut(depth).take(count).enumerate() {
+            round_row(k, first + r, &mut row[..k.cols]);
+        }
+        // The last panel's missing keys: zero, not the previous panel's.
+        rows[count * depth..].fill(0);
+        let rows: &[u32] = bytemuck::cast_slice(&rows);
+        super::transpose::transpose_into(rows, depth / 2, BLOCK, depth / 2, dst, BLOCK);
+    }
+    words
+}
+
+/// `v` (`keys x dim_v`) as the right operand of a product with the weights (`x keys`): per
+/// panel of 32 of its columns, `key_depth / 2` rows of 32 words, row `p` pairing keys `2p` and
+/// `2p + 1` in bf16. Past the keys and `dim_v` zero.
+fn pack_values(v: &View, key_depth: usize) -> Vec<u32> {
+    let panels = v.cols.div_ceil(BLOCK);
+    let width = panels * BLOCK;
+    let panel_words = key_depth / 2 * BLOCK;
+    let mut words = vec![0u32; panels * panel_words];
+    let (mut even, mut odd) = (vec![0u16; width], vec![0u16; width]);
+    for pair in 0..v.rows.div_ceil(2) {
+        round_row(v, 2 * pair, &mut even[..v.cols]);
+        if 2 * pair + 1 < v.rows {
+            round_row(v, 2 * pair + 1, &mut odd[..v.cols]);
+        } else {
+            odd.fill(0);
+        }
+        for (panel, (even, odd)) in even
+            .chunks_exact(BLOCK)
+            .zip(odd.chunks_exact(BLOCK))
+            .enumerate()
+        {
+            let dst = &mut words[panel * panel_words + pair * BLOCK..][..BLOCK];
+            for ((word, &e), &o) in dst.iter_mut().zip(even).zip(odd) {
+                *word = e as u32 | (o as u32) << 16;
+            }
         }
     }
     words
@@ -204,7 +275,8 @@ mod tests {
         bf16::from_f32(v).to_f32() as f64
     }
 
-    /// The attention of the bf16-rounded operands in f64, the softmax weights rounded too.
+    /// The attention of the bf16-rounded operands in f64, the exponentials rounded too and
+    /// divided by their sum after the product with v.
     fn reference(q: &[f32], k: &[f32], v: &[f32], dims: (usize, usize, usize, usize)) -> Vec<f32> {
         let (queries, keys, dim, dim_v) = dims;
         let scale = (dim as f64).powf(-0.5);
@@ -223,9 +295,9 @@ mod tests {
             let sum: f64 = exps.iter().sum();
             for c in 0..dim_v {
                 let value: f64 = (0..keys)
-                    .map(|j| round((exps[j] / sum) as f32) * round(v[j * dim_v + c]))
+                    .map(|j| round(exps[j] as f32) * round(v[j * dim_v + c]))
                     .sum();
-                out[i * dim_v + c] = value as f32;
+                out[i * dim_v + c] = (value / sum) as f32;
             }
         }
         out
@@ -239,7 +311,15 @@ mod tests {
             eprintln!("skipped: this CPU or OS has no AMX");
             return;
         }
-        for (queries, keys, dim, dim_v) in [(1, 1, 1, 1), (37, 77, 40, 24), (64, 100, 64, 70)] {
+        // 77 then 70 keys: the same padded width, so a worker's buffers are reused with
+        // fewer keys.
+        let cases = [
+            (1, 1, 1, 1),
+            (37, 77, 40, 24),
+            (37, 70, 40, 24),
+            (64, 100, 64, 70),
+        ];
+        for (queries, keys, dim, dim_v) in cases {
             let heads = 2;
             let q = random(heads * queries * dim, 21);
             let k = random(heads * keys * dim, 22);

@@ -80,15 +80,15 @@ fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: usiz
     dst
 }
 
-/// `rows x cols` f32 values of `src` (rows `src_stride` apart) into `dst` as `cols` rows of
+/// `rows x cols` values of `src` (rows `src_stride` apart) into `dst` as `cols` rows of
 /// `rows` (rows `dst_stride` apart): a transpose within wider matrices, 8x8 blocks in vector
-/// registers where the CPU allows.
-pub fn transpose_into(
-    src: &[f32],
+/// registers where the CPU allows (for 4- and 2-byte values).
+pub fn transpose_into<T: Copy>(
+    src: &[T],
     src_stride: usize,
     rows: usize,
     cols: usize,
-    dst: &mut [f32],
+    dst: &mut [T],
     dst_stride: usize,
 ) {
     let block = Block {
@@ -97,7 +97,7 @@ pub fn transpose_into(
         src_stride,
         dst_stride,
     };
-    block.transpose(src, dst, block_kernel::<f32>());
+    block.transpose(src, dst, block_kernel::<T>());
 }
 
 /// A block of a strided matrix to transpose into another.
