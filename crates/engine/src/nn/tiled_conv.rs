@@ -133,14 +133,13 @@ pub fn conv(
     let panels = out_channels.div_ceil(BLOCK);
     let chunks = blocks.div_ceil(BLOCKS_PER_TASK);
     let mut padded = vec![0u16; pixels * depth];
-    let mut output = vec![0f32; batch * out_channels * plane];
-    for (image, out) in input
-        .chunks(in_channels * plane)
-        .zip(output.chunks_mut(out_channels * plane))
-    {
+    // Every element is stored once below: no zeros written first.
+    let mut output = Vec::with_capacity(batch * out_channels * plane);
+    let first_out = output.spare_capacity_mut().as_mut_ptr().cast::<f32>();
+    for (n, image) in input.chunks(in_channels * plane).enumerate() {
         // The border and the padding channels are never written: they stay zero.
         grid.fill(image, in_channels, depth, &mut padded);
-        let out = SharedOut(out.as_mut_ptr());
+        let out = SharedOut(first_out.wrapping_add(n * out_channels * plane));
         (0..chunks * panels).into_par_iter().for_each(|task| {
             let (chunk, panel) = (task / panels, task % panels);
             let words = weight.panel(panel);
@@ -148,6 +147,8 @@ pub fn conv(
             let channels = BLOCK.min(out_channels - first_channel);
             let mut tiles = Tiles::configure().expect("AMX was available a moment ago");
             let mut sums = [0f32; BLOCK * BLOCK];
+            let mut by_channel = [0f32; BLOCK * BLOCK];
+            let mut runs = Vec::new();
             let last = ((chunk + 1) * BLOCKS_PER_TASK).min(blocks);
             for block in chunk * BLOCKS_PER_TASK..last {
                 tiles.zero();
@@ -173,16 +174,27 @@ pub fn conv(
                 unsafe {
                     tiles.store(sums.as_mut_ptr(), BLOCK)
                 };
-                let positions = block * BLOCK..(block + 1) * BLOCK;
+                // Channels first, then each channel's runs of image pixels copied whole.
+                super::transpose::transpose_into(
+                    &sums,
+                    BLOCK,
+                    BLOCK,
+                    BLOCK,
+                    &mut by_channel,
+                    BLOCK,
+                );
+                runs.clear();
+                runs.extend(grid.runs(block * BLOCK, BLOCK));
                 for (c, channel) in (first_channel..first_channel + channels).enumerate() {
                     let add = bias.map_or(0.0, |b| b[channel]);
-                    for (i, q) in positions.clone().enumerate() {
-                        if let Some(pixel) = grid.pixel(q) {
+                    let sums = &by_channel[c * BLOCK..][..BLOCK];
+                    for &(from, pixel, len) in &runs {
+                        for (i, &sum) in sums[from..from + len].iter().enumerate() {
                             // SAFETY: this task alone writes its channels' pixels of the
                             // block's positions, inside `out` (`out_channels x plane`).
                             #[allow(unsafe_code)]
                             unsafe {
-                                *out.at(channel * plane + pixel) = sums[i * BLOCK + c] + add
+                                *out.at(channel * plane + pixel + i) = sum + add
                             };
                         }
                     }
@@ -190,6 +202,12 @@ pub fn conv(
             }
         });
     }
+    // SAFETY: for each image the tasks covered every panel of channels and every block of
+    // positions, whose runs cover every pixel: each element was stored.
+    #[allow(unsafe_code)]
+    unsafe {
+        output.set_len(batch * out_channels * plane)
+    };
     Some(output)
 }
 
@@ -207,11 +225,24 @@ impl Grid {
         self.width + 2 * self.pad
     }
 
-    /// The image pixel (`y width + x`) output position `q` computes; `None` for the padding
-    /// columns and the positions past the last row.
-    fn pixel(self, q: usize) -> Option<usize> {
-        let (y, x) = (q / self.row(), q % self.row());
-        (y < self.height && x < self.width).then_some(y * self.width + x)
+    /// The image pixels output positions `first..first + count` compute, as runs along image
+    /// rows: `(offset from first, pixel y width + x, length)`. The padding columns and the
+    /// positions past the last row compute none.
+    fn runs(self, first: usize, count: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        let end = (first + count).min(self.height * self.row());
+        let mut q = first;
+        std::iter::from_fn(move || {
+            while q < end {
+                let (y, x) = (q / self.row(), q % self.row());
+                let start = q;
+                q = (q + self.row() - x).min(end);
+                if x < self.width {
+                    let len = (self.width - x).min(q - start);
+                    return Some((start - first, y * self.width + x, len));
+                }
+            }
+            None
+        })
     }
 
     /// `image` (`channels, height, width`, f32) rounded to bf16 into the padded grid, each
@@ -230,12 +261,10 @@ impl Grid {
                         let src = &image[c * plane + y * self.width..][..self.width];
                         super::bf16::round_into(src, &mut rounded[c * self.width..][..self.width]);
                     }
-                    for x in 0..self.width {
-                        let pixel = &mut dst[(x + self.pad) * depth..][..channels];
-                        for (c, value) in pixel.iter_mut().enumerate() {
-                            *value = rounded[c * self.width + x];
-                        }
-                    }
+                    let pixels = &mut dst[self.pad * depth..];
+                    super::transpose::transpose_into(
+                        rounded, self.width, channels, self.width, pixels, depth,
+                    );
                 },
             );
     }
@@ -293,6 +322,19 @@ mod tests {
 
     /// Both kernel sizes, channel counts off a tile step and a panel, images narrower and
     /// wider than a block, two images in a batch.
+    #[test]
+    fn runs_skip_the_padding_columns_and_the_positions_past_the_image() {
+        // Rows of 5 positions: 3 pixels, 2 padding columns; 2 image rows.
+        let grid = Grid {
+            width: 3,
+            height: 2,
+            pad: 1,
+        };
+        let runs: Vec<_> = grid.runs(2, 12).collect();
+        assert_eq!(runs, vec![(0, 2, 1), (3, 3, 3)]);
+        assert_eq!(grid.runs(10, 4).count(), 0);
+    }
+
     #[test]
     fn tiles_compute_the_rounded_operands_convolution() {
         if !crate::nn::amx::available() {
