@@ -244,9 +244,10 @@ fn product<P: AsRef<[u16]> + Send + Sync>(
 /// The product on AMX tiles: the activations rounded to bf16 rows once and every panel packed
 /// (or borrowed) once, then each task takes a chunk of rows and a group of panels, walking its
 /// row blocks outside and its panels inside. A group's panels fit in half an L2 cache, so the
-/// group stays there while a block of rows (in L1) meets each panel in turn: where one panel
-/// at a time against every row read the rows from L3 once per panel (4096x320 -> 2560: 12.5
-/// ms before, `cargo bench -p seedbed-engine --bench kernels -- bf16/packed`).
+/// group stays there while a block of rows (in L1) meets each panel in turn, where one panel
+/// at a time against every row read the rows from L3 once per panel (4096x320 -> 2560 on the
+/// Xeon of bench/RESULTS.md: 10.0 ms before, 4.5 ms after). A weight packed per call (read in
+/// place from its file) is packed whole first: a transient copy of its size in bf16.
 fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
     x: &[f32],
     rows: usize,

@@ -221,17 +221,18 @@ fn round_row(m: &View, r: usize, dst: &mut [u16]) {
 fn pack_keys(k: &View, depth: usize) -> Vec<u32> {
     let panel_words = depth / 2 * BLOCK;
     let mut words = vec![0u32; k.rows.div_ceil(BLOCK) * panel_words];
-    let mut rows = vec![0u16; BLOCK * depth];
+    // Words, so that the 32-bit view of the rounded values is aligned.
+    let mut rows = vec![0u32; BLOCK * depth / 2];
     for (panel, dst) in words.chunks_exact_mut(panel_words).enumerate() {
         let first = panel * BLOCK;
         let count = BLOCK.min(k.rows - first);
-        for (r, row) in rows.chunks_exact_mut(depth).take(count).enumerate() {
+        let values: &mut [u16] = bytemuck::cast_slice_mut(&mut rows);
+        for (r, row) in values.chunks_exact_mut(depth).take(count).enumerate() {
             round_row(k, first + r, &mut row[..k.cols]);
         }
         // The last panel's missing keys: zero, not the previous panel's.
-        rows[count * depth..].fill(0);
-        let rows: &[u32] = bytemuck::cast_slice(&rows);
-        super::transpose::transpose_into(rows, depth / 2, BLOCK, depth / 2, dst, BLOCK);
+        values[count * depth..].fill(0);
+        super::transpose::transpose_into(&rows, depth / 2, BLOCK, depth / 2, dst, BLOCK);
     }
     words
 }
