@@ -133,6 +133,34 @@ fn gated<F: Fn(f32) -> f32 + Copy + Sync>(
             value.shape()
         );
     }
+    // The two halves of one projection (GEGLU's, SwiGLU's) are views with rows of their last
+    // dimension apart: read them in place, where copying each contiguous first cost three
+    // passes over them.
+    if let Some(out) = with_rows(value, |value, value_rows| {
+        with_rows(gate, |gate, gate_rows| {
+            (value_rows.cols == gate_rows.cols).then(|| {
+                let (cols, rows) = (value_rows.cols, value_rows.count);
+                let mut out = vec![0f32; rows * cols];
+                let rows_per_task = (CHUNK / cols.max(1)).max(1);
+                out.par_chunks_mut((rows_per_task * cols).max(1))
+                    .enumerate()
+                    .for_each(|(task, out)| {
+                        for (i, out) in out.chunks_exact_mut(cols).enumerate() {
+                            let r = task * rows_per_task + i;
+                            out.copy_from_slice(&value[r * value_rows.stride..][..cols]);
+                            let gate = &gate[r * gate_rows.stride..][..cols];
+                            widest_with(out, Some(gate), |o: &mut f32, g: f32| *o *= activation(g));
+                        }
+                    });
+                out
+            })
+        })
+        .flatten()
+    })
+    .flatten()
+    {
+        return Tensor::from_vec(out, gate.shape(), gate.device());
+    }
     let value_data = match cpu_f32(value, <[f32]>::to_vec) {
         Some(data) => data?,
         None => return fallback(gate)? * value,
@@ -149,6 +177,50 @@ fn gated<F: Fn(f32) -> f32 + Copy + Sync>(
         Some(out) => Tensor::from_vec(out?, gate.shape(), gate.device()),
         None => fallback(gate)? * value,
     }
+}
+
+/// Evenly spaced rows of a tensor's last dimension, each contiguous.
+struct Rows {
+    count: usize,
+    cols: usize,
+    /// Values from one row's start to the next's.
+    stride: usize,
+}
+
+/// `f` of a CPU f32 tensor's values from its first element, and its rows, where the tensor is
+/// evenly spaced contiguous rows of its last dimension (a narrow of that dimension, say);
+/// `None` otherwise, and for an empty tensor.
+fn with_rows<R>(x: &Tensor, f: impl FnOnce(&[f32], Rows) -> R) -> Option<R> {
+    let dims = x.dims();
+    let cols = *dims.last()?;
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.elem_count() == 0 {
+        return None;
+    }
+    let (storage, layout) = x.storage_and_layout();
+    let strides = layout.stride();
+    let rank = dims.len();
+    let stride = if rank >= 2 { strides[rank - 2] } else { cols };
+    // The leading dimensions must merge into one run of rows `stride` apart.
+    let merges = (0..rank.saturating_sub(2)).all(|i| strides[i] == strides[i + 1] * dims[i + 1]);
+    if strides[rank - 1] != 1 || stride < cols || !merges {
+        return None;
+    }
+    let count = x.elem_count() / cols;
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        return None;
+    };
+    let values = data.get(layout.start_offset()..)?;
+    if values.len() < (count - 1) * stride + cols {
+        return None;
+    }
+    Some(f(
+        values,
+        Rows {
+            count,
+            cols,
+            stride,
+        },
+    ))
 }
 
 /// `f` of the values of a CPU f32 tensor (made contiguous first); `None` for other tensors.
@@ -174,6 +246,28 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn halves_of_one_projection_are_read_in_place_and_match_candle() -> Result<()> {
+        // (batch, tokens, 2 x inner) split on the last dimension, as GEGLU does; rows longer
+        // than one task's share, and a 1-D pair.
+        for dims in [vec![2, 3, 2 * 7], vec![1, 5, 2 * 20000], vec![2 * 9]] {
+            let projected = Tensor::randn(0f32, 2., dims.as_slice(), &Device::Cpu)?;
+            let last = dims.len() - 1;
+            let inner = dims[last] / 2;
+            let value = projected.narrow(last, 0, inner)?;
+            let gate = projected.narrow(last, inner, inner)?;
+            assert!(with_rows(&gate, |_, rows| rows.stride).is_some());
+            let want = (gate.gelu_erf()? * &value)?;
+            assert!(max_diff(&gelu_erf_mul(&gate, &value)?, &want)? < 1e-5);
+            let want = (gate.silu()? * &value)?;
+            assert!(max_diff(&silu_mul(&gate, &value)?, &want)? < 1e-5);
+        }
+        // A narrow of a middle dimension is not evenly spaced rows.
+        let x = Tensor::randn(0f32, 1., (2, 6, 4), &Device::Cpu)?.narrow(1, 1, 3)?;
+        assert!(with_rows(&x, |_, rows| rows.stride).is_none());
+        Ok(())
     }
 
     #[test]
