@@ -84,6 +84,17 @@ impl Tiles {
         unsafe { x86::accumulate(a, a_stride, b, b_stride, b_step, steps) }
     }
 
+    /// Sets the 32x32 sums to the ones at `src`, rows `src_stride` values apart: a block
+    /// [`Tiles::store`]d before goes on summing.
+    ///
+    /// # Safety
+    /// `src` holds 32 rows of 32 values `src_stride` apart.
+    #[allow(unsafe_code)]
+    pub unsafe fn load(&mut self, src: *const f32, src_stride: usize) {
+        // SAFETY: the session configured the tiles; the caller keeps the reads in bounds.
+        unsafe { x86::load(src, src_stride * 4) }
+    }
+
     /// Writes the 32x32 sums to `dst`, rows `dst_stride` values apart.
     ///
     /// # Safety
@@ -105,11 +116,11 @@ impl Tiles {
             // SAFETY: as the caller promises.
             return unsafe { self.store(dst, dst_stride) };
         }
-        let mut sums = [0f32; BLOCK * BLOCK];
+        let mut sums = super::aligned::Block::ZERO;
         // SAFETY: `sums` holds the block; the caller keeps the copies in bounds.
         unsafe {
-            self.store(sums.as_mut_ptr(), BLOCK);
-            for (r, row) in sums.chunks_exact(BLOCK).take(rows).enumerate() {
+            self.store(sums.0.as_mut_ptr(), BLOCK);
+            for (r, row) in sums.0.chunks_exact(BLOCK).take(rows).enumerate() {
                 std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add(r * dst_stride), cols);
             }
         }
@@ -250,6 +261,26 @@ mod x86 {
         };
     }
 
+    /// Safety: tiles configured; `src` holds 32 rows of 128 bytes `stride` bytes apart.
+    pub unsafe fn load(src: *const f32, stride: usize) {
+        let low = src.cast::<u8>().wrapping_add(16 * stride);
+        // SAFETY: as the caller promises.
+        unsafe {
+            asm!(
+                "tileloadd tmm0, [{s0} + {stride}*1]",
+                "tileloadd tmm1, [{s1} + {stride}*1]",
+                "tileloadd tmm2, [{s2} + {stride}*1]",
+                "tileloadd tmm3, [{s3} + {stride}*1]",
+                s0 = in(reg) src,
+                s1 = in(reg) src.add(16),
+                s2 = in(reg) low,
+                s3 = in(reg) low.add(64),
+                stride = in(reg) stride,
+                options(nostack, readonly)
+            )
+        };
+    }
+
     /// Safety: tiles configured on this thread.
     pub unsafe fn release() {
         // SAFETY: as the caller promises.
@@ -266,6 +297,9 @@ mod x86 {
     pub unsafe fn configure() {}
     pub unsafe fn zero() {}
     pub unsafe fn accumulate(_: *const u8, _: usize, _: *const u8, _: usize, _: usize, _: usize) {
+        unreachable!("AMX is never available here")
+    }
+    pub unsafe fn load(_: *const f32, _: usize) {
         unreachable!("AMX is never available here")
     }
     pub unsafe fn store(_: *mut f32, _: usize) {

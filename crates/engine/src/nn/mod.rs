@@ -1,6 +1,7 @@
 //! Building blocks shared by the text encoder, the UNet and the VAE.
 
 pub mod activation;
+pub mod aligned;
 pub mod amx;
 pub mod attention;
 pub mod bf16;

@@ -1,0 +1,107 @@
+//! Buffers whose first element starts a 64-byte cache line, for the operands AMX tiles read.
+//!
+//! A tile load reads 16 rows of 64 bytes; a row that straddles two cache lines costs two. The
+//! allocator hands large blocks out 16 bytes past a page boundary, so a weight packed into a
+//! plain `Vec` had every row of every tile split: a 960 -> 320 channel 3x3 convolution at 64x64
+//! took 26 ms with its packed weight 16 or 32 bytes off a line and 15 ms on one (the Xeon of
+//! bench/RESULTS.md).
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+
+use bytemuck::Pod;
+
+/// One cache line of bytes, aligned as one.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+// SAFETY: 64 bytes with no padding, any bit pattern valid, zero included.
+#[allow(unsafe_code)]
+unsafe impl bytemuck::Zeroable for Line {}
+// SAFETY: as above; `Copy` and `'static`.
+#[allow(unsafe_code)]
+unsafe impl bytemuck::Pod for Line {}
+
+/// `len` values of `T`, zeroed at creation, starting on a cache line.
+pub struct Lines<T> {
+    lines: Vec<Line>,
+    len: usize,
+    _values: PhantomData<T>,
+}
+
+impl<T> Lines<T> {
+    /// No values (nothing allocated).
+    pub const fn empty() -> Self {
+        Self {
+            lines: Vec::new(),
+            len: 0,
+            _values: PhantomData,
+        }
+    }
+}
+
+impl<T: Pod> Lines<T> {
+    /// `len` zeros.
+    pub fn zeroed(len: usize) -> Self {
+        const { assert!(64 % std::mem::size_of::<T>() == 0, "values tile a line") };
+        let lines = (len * std::mem::size_of::<T>()).div_ceil(64);
+        Self {
+            lines: vec![Line([0; 64]); lines],
+            len,
+            _values: PhantomData,
+        }
+    }
+}
+
+impl<T: Pod> Deref for Lines<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &bytemuck::cast_slice(&self.lines)[..self.len]
+    }
+}
+
+impl<T: Pod> DerefMut for Lines<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
+    }
+}
+
+impl<T: Pod> AsRef<[T]> for Lines<T> {
+    fn as_ref(&self) -> &[T] {
+        self
+    }
+}
+
+/// A 32x32 block of f32 sums (what [`super::amx::Tiles::store`] writes), on cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct Block(pub [f32; 1024]);
+
+impl Block {
+    pub const ZERO: Self = Self([0.0; 1024]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_start_on_a_line_hold_their_length_and_start_zeroed() {
+        for len in [0, 1, 31, 32, 33, 1000, 100_003] {
+            let mut words = Lines::<u32>::zeroed(len);
+            assert_eq!(words.len(), len);
+            assert_eq!(words.as_ptr() as usize % 64, 0);
+            assert!(words.iter().all(|&w| w == 0));
+            words
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, w)| *w = i as u32);
+            assert!(words.iter().enumerate().all(|(i, &w)| w == i as u32));
+            let halves = Lines::<u16>::zeroed(len);
+            assert_eq!((halves.len(), halves.as_ptr() as usize % 64), (len, 0));
+        }
+        assert_eq!(std::mem::align_of::<Block>(), 64);
+    }
+}
