@@ -18,6 +18,8 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::aligned::Lines;
+
 /// Output columns a task takes: two registers of 16 f32 lanes.
 const PANEL: usize = 32;
 /// Activation rows per register tile.
@@ -120,7 +122,7 @@ pub fn matmul_stored_on(
 /// holding it in memory skips the packing every product of [`matmul`] and [`matmul_stored`]
 /// does (for a text encoder at 77 tokens, as long as the products themselves).
 pub struct Packed {
-    words: Vec<u32>,
+    words: Lines<u32>,
     inner: usize,
     out: usize,
 }
@@ -136,7 +138,7 @@ impl Packed {
     pub fn from_stored(weight: &[bf16], out: usize, inner: usize) -> Self {
         assert_eq!(weight.len(), out * inner, "weight size");
         let len = panel_pairs(inner) * PANEL;
-        let mut words = vec![0u32; out.div_ceil(PANEL) * len];
+        let mut words = Lines::zeroed(out.div_ceil(PANEL) * len);
         words
             .par_chunks_mut(len.max(1))
             .enumerate()
@@ -363,9 +365,9 @@ impl TilePlan {
 
 /// `x` (`rows x inner`) rounded to bf16 (nearest even), as rows of `depth` values padded with
 /// zeros, and zero rows up to a whole block of tiles.
-fn bf16_rows(x: &[f32], rows: usize, inner: usize, depth: usize) -> Vec<u16> {
+fn bf16_rows(x: &[f32], rows: usize, inner: usize, depth: usize) -> Lines<u16> {
     let blocks = rows.div_ceil(super::amx::BLOCK);
-    let mut out = vec![0u16; blocks * super::amx::BLOCK * depth];
+    let mut out = Lines::zeroed(blocks * super::amx::BLOCK * depth);
     if inner == 0 {
         return out;
     }
@@ -447,9 +449,9 @@ fn pack_panel(
     out: usize,
     first_col: usize,
     cols: usize,
-) -> Vec<u16> {
+) -> Lines<u16> {
     let pairs = inner.div_ceil(2);
-    let mut packed = vec![0u16; panel_pairs(inner) * PANEL * 2];
+    let mut packed = Lines::zeroed(panel_pairs(inner) * PANEL * 2);
     for (pair, dst) in packed.chunks_exact_mut(PANEL * 2).enumerate().take(pairs) {
         let even = &weight[2 * pair * out + first_col..][..cols];
         let odd =
@@ -477,7 +479,7 @@ fn pack_panel(
 
 /// A panel packed as 32-bit words, each a pair of bf16 values (the even row's in the low half),
 /// read by the kernel as the `u16` values [`pack_panel`] writes.
-struct Words(Vec<u32>);
+struct Words(Lines<u32>);
 
 impl AsRef<[u16]> for Words {
     fn as_ref(&self) -> &[u16] {
@@ -489,7 +491,7 @@ impl AsRef<[u16]> for Words {
 /// `rows`, laid out as [`pack_panel`] does for the transposed weight. Columns past `cols`
 /// and the value past an odd `inner` are zero.
 fn pack_stored_panel(rows: &[bf16], inner: usize) -> Words {
-    let mut packed = vec![0u32; panel_pairs(inner) * PANEL];
+    let mut packed = Lines::zeroed(panel_pairs(inner) * PANEL);
     pack_stored_panel_into(rows, inner, &mut packed);
     Words(packed)
 }

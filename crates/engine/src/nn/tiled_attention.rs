@@ -13,6 +13,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::aligned::Lines;
 use super::amx::{BLOCK, STEP, Tiles};
 use super::gemm::View;
 
@@ -37,7 +38,7 @@ pub fn attend<'a>(
     assert_eq!(out.len(), count * queries * dim_v, "output size");
     let depth = dim.div_ceil(STEP) * STEP;
     let key_depth = keys.div_ceil(STEP) * STEP;
-    let packed: Vec<(Vec<u32>, Vec<u32>)> = (0..count)
+    let packed: Vec<(Lines<u32>, Lines<u32>)> = (0..count)
         .into_par_iter()
         .map(|i| {
             let Head { k, v, .. } = head(i);
@@ -77,9 +78,9 @@ thread_local! {
         std::cell::RefCell::new(Buffers {
             depth: 0,
             key_depth: 0,
-            queries: Vec::new(),
-            scores: Vec::new(),
-            weights: Vec::new(),
+            queries: Lines::empty(),
+            scores: Lines::empty(),
+            weights: Lines::empty(),
             sums: [1.0; BLOCK],
         })
     };
@@ -90,9 +91,9 @@ thread_local! {
 struct Buffers {
     depth: usize,
     key_depth: usize,
-    queries: Vec<u16>,
-    scores: Vec<f32>,
-    weights: Vec<u16>,
+    queries: Lines<u16>,
+    scores: Lines<f32>,
+    weights: Lines<u16>,
     sums: [f32; BLOCK],
 }
 
@@ -102,9 +103,9 @@ impl Buffers {
         if (self.depth, self.key_depth) != (depth, key_depth) {
             self.depth = depth;
             self.key_depth = key_depth;
-            self.queries = vec![0; BLOCK * depth];
-            self.scores = vec![0.0; BLOCK * key_depth];
-            self.weights = vec![0; BLOCK * key_depth];
+            self.queries = Lines::zeroed(BLOCK * depth);
+            self.scores = Lines::zeroed(BLOCK * key_depth);
+            self.weights = Lines::zeroed(BLOCK * key_depth);
         }
     }
 
@@ -218,9 +219,9 @@ fn round_row(m: &View, r: usize, dst: &mut [u16]) {
 /// `depth / 2` rows of 32 words, each the pair `(k[r][2p], k[r][2p + 1])` in bf16. Past the
 /// keys and `dim` zero. A key's bf16 row is already its words, so a panel is the 32-bit
 /// transpose of its 32 rows.
-fn pack_keys(k: &View, depth: usize) -> Vec<u32> {
+fn pack_keys(k: &View, depth: usize) -> Lines<u32> {
     let panel_words = depth / 2 * BLOCK;
-    let mut words = vec![0u32; k.rows.div_ceil(BLOCK) * panel_words];
+    let mut words = Lines::zeroed(k.rows.div_ceil(BLOCK) * panel_words);
     // Words, so that the 32-bit view of the rounded values is aligned.
     let mut rows = vec![0u32; BLOCK * depth / 2];
     for (panel, dst) in words.chunks_exact_mut(panel_words).enumerate() {
@@ -240,11 +241,11 @@ fn pack_keys(k: &View, depth: usize) -> Vec<u32> {
 /// `v` (`keys x dim_v`) as the right operand of a product with the weights (`x keys`): per
 /// panel of 32 of its columns, `key_depth / 2` rows of 32 words, row `p` pairing keys `2p` and
 /// `2p + 1` in bf16. Past the keys and `dim_v` zero.
-fn pack_values(v: &View, key_depth: usize) -> Vec<u32> {
+fn pack_values(v: &View, key_depth: usize) -> Lines<u32> {
     let panels = v.cols.div_ceil(BLOCK);
     let width = panels * BLOCK;
     let panel_words = key_depth / 2 * BLOCK;
-    let mut words = vec![0u32; panels * panel_words];
+    let mut words = Lines::zeroed(panels * panel_words);
     let (mut even, mut odd) = (vec![0u16; width], vec![0u16; width]);
     for pair in 0..v.rows.div_ceil(2) {
         round_row(v, 2 * pair, &mut even[..v.cols]);
