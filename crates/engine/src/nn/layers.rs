@@ -362,6 +362,28 @@ impl Linear {
         }
     }
 
+    /// The f32 product `y` (rows of `dims`' last size) on the CPU as a tensor, the bias added
+    /// in place, rows in parallel: what [`Self::add_bias`] computes, without the serial pass
+    /// and the second output (measured: a sixth of the serial time of a bf16 UNet step).
+    fn with_bias(&self, mut y: Vec<f32>, dims: Vec<usize>, x: &Tensor) -> Result<Tensor> {
+        let Some(bias) = like_opt(self.bias.as_ref(), x)? else {
+            return Tensor::from_vec(y, dims, &Device::Cpu);
+        };
+        let bias = bias.to_vec1::<f32>()?;
+        if bias.is_empty() {
+            return Tensor::from_vec(y, dims, &Device::Cpu);
+        }
+        // Chunks of whole rows, about 64 KiB each.
+        let rows_per_chunk = (16 * 1024 / bias.len()).max(1);
+        y.par_chunks_mut(bias.len() * rows_per_chunk)
+            .for_each(|rows| {
+                for row in rows.chunks_exact_mut(bias.len()) {
+                    row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
+                }
+            });
+        Tensor::from_vec(y, dims, &Device::Cpu)
+    }
+
     /// The product with a dense `weight`: the layer's own, or one merged with LoRAs;
     /// `transposed` when it is stored `(in, out)`.
     fn dense(&self, x: &Tensor, weight: &Tensor, transposed: bool) -> Result<Tensor> {
@@ -465,8 +487,7 @@ impl Linear {
         };
         dims.pop();
         dims.push(out);
-        let y = Tensor::from_vec(y, dims, x.device())?;
-        self.add_bias(y, x)
+        self.with_bias(y, dims, x)
     }
 }
 
@@ -510,9 +531,7 @@ impl Linear {
         };
         dims.pop();
         dims.push(out);
-        Ok(Some(
-            self.add_bias(Tensor::from_vec(y, dims, x.device())?, x)?,
-        ))
+        Ok(Some(self.with_bias(y, dims, x)?))
     }
 
     /// The product with a mapped bf16 weight, through the bf16 kernel on the weight as stored.

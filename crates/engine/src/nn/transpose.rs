@@ -36,6 +36,29 @@ pub fn transposed(t: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The 3-D tensor `t` (`items, rows, cols`) with each item transposed (`items, cols, rows`),
+/// contiguous: an image's channels-first map to its pixels' rows of channels and back. By
+/// tiles in parallel on CPU in f32; otherwise candle's copy, which is one thread's.
+pub fn transposed_items(t: &Tensor) -> Result<Tensor> {
+    let (items, rows, cols) = t.dims3()?;
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        return t.transpose(1, 2)?.contiguous();
+    };
+    let data = &data[start..end];
+    let mut out = vec![0f32; data.len()];
+    let size = rows * cols;
+    if size > 0 {
+        for (src, dst) in data.chunks_exact(size).zip(out.chunks_exact_mut(size)) {
+            transpose_to(src, rows, cols, dst);
+        }
+    }
+    Tensor::from_vec(out, (items, cols, rows), t.device())
+}
+
 /// The transpose of the row-major `rows x cols` f32 matrix `values`, as a CPU tensor.
 pub fn transposed_values(values: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
     let device = candle_core::Device::Cpu;
@@ -53,8 +76,14 @@ fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: usiz
         rows * cols
     );
     let mut dst = vec![T::default(); src.len()];
+    transpose_to(src, rows, cols, &mut dst);
+    dst
+}
+
+/// [`transpose`] into `dst` (`rows x cols` values).
+fn transpose_to<T: Copy + Send + Sync>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
     if dst.is_empty() {
-        return dst;
+        return;
     }
     let block = block_kernel::<T>();
     dst.par_chunks_mut(TILE * rows)
@@ -77,7 +106,6 @@ fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: usiz
                 );
             }
         });
-    dst
 }
 
 /// `rows x cols` values of `src` (rows `src_stride` apart) into `dst` as `cols` rows of
@@ -262,6 +290,27 @@ mod tests {
                     .max_all()?
                     .to_scalar::<f32>()?;
                 assert_eq!(diff, 0.0, "{rows}x{cols} {dtype:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every item of a batch transposed on its own, ragged tiles and a view included; other
+    /// dtypes through candle's copy.
+    #[test]
+    fn items_are_transposed_each_as_candle_does() -> Result<()> {
+        for (items, rows, cols) in [(2, 70, 45), (3, 1, 33), (1, 64, 320), (2, 0, 5)] {
+            let t = Tensor::randn(0f32, 1., (items, rows, cols), &Device::Cpu)?;
+            for t in [t.clone(), t.to_dtype(DType::BF16)?, t.transpose(1, 2)?] {
+                let ours = transposed_items(&t)?;
+                let theirs = t.transpose(1, 2)?.contiguous()?;
+                assert_eq!(ours.dims(), theirs.dims());
+                assert_eq!(
+                    ours.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                    theirs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                    "{items}x{rows}x{cols} {:?}",
+                    t.dtype()
+                );
             }
         }
         Ok(())

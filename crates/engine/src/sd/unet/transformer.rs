@@ -8,6 +8,7 @@ use crate::nn::attention::{scaled_dot_product, scaled_dot_product_bf16};
 use crate::nn::conv::Conv1x1;
 use crate::nn::layers::{self, GroupNorm, LayerNorm, Linear, Weights};
 use crate::nn::resnet::conv1x1;
+use crate::nn::transpose::transposed_items;
 
 struct Attention {
     to_q: Linear,
@@ -167,7 +168,9 @@ impl Transformer2D {
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let normed = self.norm.forward(x)?;
-        let to_tokens = |t: Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
+        // Channels-first maps to rows of tokens and back: parallel transposes (candle's
+        // strided copies run on one thread).
+        let to_tokens = |t: Tensor| transposed_items(&t.reshape((b, c, h * w))?);
         let mut tokens = match &self.proj_in {
             Projection::Linear(linear) => linear.forward(&to_tokens(normed)?)?,
             Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?,
@@ -175,10 +178,10 @@ impl Transformer2D {
         for block in &self.blocks {
             tokens = block.forward(&tokens, context)?;
         }
-        let to_map = |t: Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2));
+        let to_map = |t: Tensor| transposed_items(&t)?.reshape((b, c, h, w));
         let out = match &self.proj_out {
             Projection::Linear(linear) => to_map(linear.forward(&tokens)?)?,
-            Projection::Conv(conv) => conv.forward(&to_map(tokens)?.contiguous()?)?,
+            Projection::Conv(conv) => conv.forward(&to_map(tokens)?)?,
         };
         out + x
     }
