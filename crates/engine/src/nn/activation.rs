@@ -140,7 +140,7 @@ fn gated<F: Fn(f32) -> f32 + Copy + Sync>(
         with_rows(gate, |gate, gate_rows| {
             (value_rows.cols == gate_rows.cols).then(|| {
                 let (cols, rows) = (value_rows.cols, value_rows.count);
-                let mut out = vec![0f32; rows * cols];
+                let mut out = super::buffers::zeros::<f32>(rows * cols);
                 let rows_per_task = (CHUNK / cols.max(1)).max(1);
                 out.par_chunks_mut((rows_per_task * cols).max(1))
                     .enumerate()

@@ -116,7 +116,7 @@ impl Tiles {
             // SAFETY: as the caller promises.
             return unsafe { self.store(dst, dst_stride) };
         }
-        let mut sums = super::aligned::Block::ZERO;
+        let mut sums = super::buffers::Block::ZERO;
         // SAFETY: `sums` holds the block; the caller keeps the copies in bounds.
         unsafe {
             self.store(sums.0.as_mut_ptr(), BLOCK);

@@ -218,7 +218,7 @@ impl CustomOp3 for FusedCpu {
                 v.dims
             );
         }
-        let mut out = vec![0f32; batch * heads * queries * dim_v];
+        let mut out = super::buffers::zeros::<f32>(batch * heads * queries * dim_v);
         if out.is_empty() {
             return Ok((CpuStorage::F32(out), Shape::from(&q.dims)));
         }

@@ -18,7 +18,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::aligned::Lines;
+use super::buffers::Lines;
 
 /// Output columns a task takes: two registers of 16 f32 lanes.
 const PANEL: usize = 32;

@@ -1,10 +1,10 @@
 //! Building blocks shared by the text encoder, the UNet and the VAE.
 
 pub mod activation;
-pub mod aligned;
 pub mod amx;
 pub mod attention;
 pub mod bf16;
+pub mod buffers;
 pub mod conv;
 pub mod embeddings;
 pub mod gemm;

@@ -78,7 +78,7 @@ impl CustomOp1 for FusedOp {
         }
         let per_channel: usize = dims[2..].iter().product();
         let per_group = channels / self.groups * per_channel;
-        let mut out = vec![0f32; input.len()];
+        let mut out = super::buffers::zeros::<f32>(input.len());
         out.par_chunks_mut(per_group)
             .zip(input.par_chunks(per_group))
             .enumerate()

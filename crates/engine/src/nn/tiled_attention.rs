@@ -13,8 +13,8 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::aligned::Lines;
 use super::amx::{BLOCK, STEP, Tiles};
+use super::buffers::Lines;
 use super::gemm::View;
 
 /// One head's operands: `q` (`queries x dim`), `k` (`keys x dim`), `v` (`keys x dim_v`).

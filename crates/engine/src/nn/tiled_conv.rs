@@ -16,9 +16,9 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::aligned::{Block, Lines};
 use super::amx::{BLOCK, STEP, Tiles};
 use super::bf16::SharedOut;
+use super::buffers::{Block, Lines};
 use super::winograd::Shape;
 
 /// Blocks of [`BLOCK`] output positions a task computes for its panel of output channels.

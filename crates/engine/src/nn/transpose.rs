@@ -49,7 +49,7 @@ pub fn transposed_items(t: &Tensor) -> Result<Tensor> {
         return t.transpose(1, 2)?.contiguous();
     };
     let data = &data[start..end];
-    let mut out = vec![0f32; data.len()];
+    let mut out = super::buffers::zeros::<f32>(data.len());
     let size = rows * cols;
     if size > 0 {
         for (src, dst) in data.chunks_exact(size).zip(out.chunks_exact_mut(size)) {
@@ -307,7 +307,10 @@ mod tests {
                 assert_eq!(ours.dims(), theirs.dims());
                 assert_eq!(
                     ours.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-                    theirs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                    theirs
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
                     "{items}x{rows}x{cols} {:?}",
                     t.dtype()
                 );
