@@ -59,6 +59,33 @@ pub fn transposed_items(t: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (items, cols, rows), t.device())
 }
 
+/// Attention's output `(batch, heads, tokens, dim)` as rows of tokens `(batch, tokens,
+/// heads dim)`, contiguous: each token's heads side by side, tokens in parallel on CPU in f32;
+/// otherwise candle's copy, which is one thread's.
+pub fn heads_to_tokens(t: &Tensor) -> Result<Tensor> {
+    let (batch, heads, tokens, dim) = t.dims4()?;
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        return t.transpose(1, 2)?.reshape((batch, tokens, heads * dim));
+    };
+    let data = &data[start..end];
+    let mut out = super::buffers::zeros::<f32>(data.len());
+    let row = heads * dim;
+    if row > 0 {
+        out.par_chunks_mut(row).enumerate().for_each(|(i, dst)| {
+            let (b, token) = (i / tokens, i % tokens);
+            for (h, dst) in dst.chunks_exact_mut(dim.max(1)).enumerate() {
+                let src = ((b * heads + h) * tokens + token) * dim;
+                dst.copy_from_slice(&data[src..src + dim]);
+            }
+        });
+    }
+    Tensor::from_vec(out, (batch, tokens, row), t.device())
+}
+
 /// The transpose of the row-major `rows x cols` f32 matrix `values`, as a CPU tensor.
 pub fn transposed_values(values: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
     let device = candle_core::Device::Cpu;
@@ -313,6 +340,26 @@ mod tests {
                         .to_vec1::<f32>()?,
                     "{items}x{rows}x{cols} {:?}",
                     t.dtype()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn heads_become_rows_of_tokens_as_candle_reshapes_them() -> Result<()> {
+        for (batch, heads, tokens, dim) in [(2, 5, 7, 64), (1, 1, 3, 8), (2, 3, 0, 4)] {
+            let t = Tensor::randn(0f32, 1., (batch, heads, tokens, dim), &Device::Cpu)?;
+            for t in [t.clone(), t.to_dtype(DType::BF16)?] {
+                let ours = heads_to_tokens(&t)?;
+                let theirs = t.transpose(1, 2)?.reshape((batch, tokens, heads * dim))?;
+                assert_eq!(ours.dims(), theirs.dims());
+                assert_eq!(
+                    ours.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                    theirs
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
                 );
             }
         }

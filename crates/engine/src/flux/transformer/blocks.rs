@@ -84,8 +84,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor) -> Res
     let k = rope::apply(k, cos, sin)?;
     let scale = 1.0 / (q.dim(3)? as f64).sqrt();
     let out = scaled_dot_product(&q, &k, v, scale)?;
-    let (b, h, n, d) = out.dims4()?;
-    out.transpose(1, 2)?.reshape((b, n, h * d))
+    crate::nn::transpose::heads_to_tokens(&out)
 }
 
 pub(super) struct DoubleBlock {

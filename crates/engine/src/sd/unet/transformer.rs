@@ -8,7 +8,7 @@ use crate::nn::attention::{scaled_dot_product, scaled_dot_product_bf16};
 use crate::nn::conv::Conv1x1;
 use crate::nn::layers::{self, GroupNorm, LayerNorm, Linear, Weights};
 use crate::nn::resnet::conv1x1;
-use crate::nn::transpose::transposed_items;
+use crate::nn::transpose::{heads_to_tokens, transposed_items};
 
 struct Attention {
     to_q: Linear,
@@ -54,9 +54,7 @@ impl Attention {
         } else {
             scaled_dot_product(&q, &k, &v, self.scale)?
         };
-        let (b, h, n, d) = out.dims4()?;
-        self.to_out
-            .forward(&out.transpose(1, 2)?.reshape((b, n, h * d))?)
+        self.to_out.forward(&heads_to_tokens(&out)?)
     }
 }
 

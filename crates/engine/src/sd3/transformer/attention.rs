@@ -64,7 +64,7 @@ impl Projections {
 /// `softmax(q k^T / sqrt(d)) v` over `(B, N, heads, head)` inputs (read as transposed views,
 /// not copied), back to `(B, Nq, width)`.
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let (b, n, h, d) = q.dims4()?;
+    let d = q.dim(3)?;
     let scale = 1.0 / (d as f64).sqrt();
     let out = scaled_dot_product(
         &q.transpose(1, 2)?,
@@ -72,7 +72,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         &v.transpose(1, 2)?,
         scale,
     )?;
-    out.transpose(1, 2)?.reshape((b, n, h * d))
+    crate::nn::transpose::heads_to_tokens(&out)
 }
 
 /// The joint attention of image and text tokens (`attn`).

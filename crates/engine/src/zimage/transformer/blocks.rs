@@ -67,7 +67,7 @@ impl Attention {
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let out = scaled_dot_product(&q, &k, &v.transpose(1, 2)?, scale)?;
         self.to_out
-            .forward(&out.transpose(1, 2)?.reshape((b, n, ()))?)
+            .forward(&crate::nn::transpose::heads_to_tokens(&out)?)
     }
 }
 
