@@ -2,6 +2,9 @@
 //! the small latents where Winograd's tiles are too few (the UNet's 16x16 and 8x8 levels);
 //! and 1x1 convolution, which needs no im2col at all.
 //!
+//! Also any convolution's rows of taps per output pixel ([`pixel_rows`]), for a strided one's
+//! product with a packed bf16 weight.
+//!
 //! The weight (out, in, 3, 3) is already the (out, in * 9) matrix the GEMM needs, so unlike
 //! candle's convolution nothing is copied or re-laid out per call; the im2col rows follow
 //! the same (in, ky, kx) order and are built straight from the NCHW planes.
@@ -78,6 +81,59 @@ fn banded_matmul(
                 }
             }
         });
+}
+
+/// The geometry of a convolution with a square kernel, stride and zero padding.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Window {
+    /// Output size along a side of `size` input pixels.
+    pub fn out(self, size: usize) -> usize {
+        (size + 2 * self.padding).saturating_sub(self.kernel) / self.stride + 1
+    }
+}
+
+/// One image (`channels, height, width`) as a row per output pixel (row-major), each the
+/// window's values in the weight's `(channel, ky, kx)` order, zero outside the image: the
+/// left operand of the convolution as a product with its `(out, in k k)` weight. Pixel rows
+/// in parallel.
+pub fn pixel_rows(
+    image: &[f32],
+    channels: usize,
+    height: usize,
+    width: usize,
+    w: Window,
+) -> Vec<f32> {
+    let (out_h, out_w) = (w.out(height), w.out(width));
+    let taps = w.kernel * w.kernel;
+    let inner = channels * taps;
+    assert_eq!(image.len(), channels * height * width, "image size");
+    let mut rows = vec![0f32; out_h * out_w * inner];
+    if inner == 0 {
+        return rows;
+    }
+    rows.par_chunks_mut(inner).enumerate().for_each(|(p, row)| {
+        let (oy, ox) = (p / out_w, p % out_w);
+        for (c, values) in row.chunks_exact_mut(taps).enumerate() {
+            let plane = &image[c * height * width..][..height * width];
+            for (t, value) in values.iter_mut().enumerate() {
+                let y = (oy * w.stride + t / w.kernel).checked_sub(w.padding);
+                let x = (ox * w.stride + t % w.kernel).checked_sub(w.padding);
+                if let (Some(y), Some(x)) = (y, x)
+                    && y < height
+                    && x < width
+                {
+                    *value = plane[y * width + x];
+                }
+            }
+        }
+    });
+    rows
 }
 
 /// The nine shifted copies of one channel plane, zero where the 3x3 window leaves the image:

@@ -710,6 +710,10 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     config: Conv2dConfig,
+    /// A bf16 CPU weight packed for the bf16 product, where the CPU has one: the layer runs as
+    /// pixel rows ([`super::im2col::pixel_rows`]) times it (the UNet's stride-2 downsamplers,
+    /// which candle ran in f32 on a weight widened every call).
+    packed: Option<Arc<super::bf16::Packed>>,
 }
 
 pub fn conv2d(
@@ -720,10 +724,26 @@ pub fn conv2d(
     vb: VarBuilder,
 ) -> Result<Conv2d> {
     let layer = candle_nn::conv2d(cin, cout, kernel, config, vb)?;
+    let weight = layer.weight().clone();
+    let plain = config.groups == 1 && config.dilation == 1;
+    let packed = if plain
+        && weight.dtype() == DType::BF16
+        && weight.device().is_cpu()
+        && super::bf16::available()
+    {
+        let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
+        let inner = cin * kernel * kernel;
+        Some(Arc::new(super::bf16::Packed::from_stored(
+            &values, cout, inner,
+        )))
+    } else {
+        None
+    };
     Ok(Conv2d {
-        weight: layer.weight().clone(),
+        weight,
         bias: layer.bias().cloned(),
         config,
+        packed,
     })
 }
 
@@ -739,8 +759,52 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(packed) = &self.packed
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && x.rank() == 4
+        {
+            return self.packed_forward(x, packed);
+        }
         let (weight, bias) = (like(&self.weight, x)?, like_opt(self.bias.as_ref(), x)?);
         candle_nn::Conv2d::new(weight, bias, self.config).forward(x)
+    }
+}
+
+impl Conv2d {
+    /// Each image's pixel rows times the packed weight, the bias added, back to channels
+    /// first.
+    fn packed_forward(&self, x: &Tensor, packed: &super::bf16::Packed) -> Result<Tensor> {
+        let (batch, channels, height, width) = x.dims4()?;
+        let kernel = self.weight.dim(3)?;
+        let window = super::im2col::Window {
+            kernel,
+            stride: self.config.stride,
+            padding: self.config.padding,
+        };
+        let (out_h, out_w) = (window.out(height), window.out(width));
+        let out = packed.dims().0;
+        let bias = match like_opt(self.bias.as_ref(), x)? {
+            Some(bias) => Some(bias.to_vec1::<f32>()?),
+            None => None,
+        };
+        let x = x.contiguous()?;
+        let images = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut maps = Vec::with_capacity(batch);
+        for image in images.chunks_exact(channels * height * width) {
+            let rows = super::im2col::pixel_rows(image, channels, height, width, window);
+            let Some(mut y) = super::bf16::matmul_packed(&rows, packed, out_h * out_w) else {
+                candle_core::bail!("conv2d: the bf16 product is not available on this CPU");
+            };
+            if let Some(bias) = &bias {
+                y.par_chunks_mut(out.max(1)).for_each(|row| {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                });
+            }
+            let pixels = Tensor::from_vec(y, (1, out_h * out_w, out), &Device::Cpu)?;
+            maps.push(super::transpose::transposed_items(&pixels)?);
+        }
+        Tensor::cat(&maps, 0)?.reshape((batch, out, out_h, out_w))
     }
 }
 
@@ -774,6 +838,48 @@ mod tests {
             group_norm(2, 6, 1e-6, vb.pp("gn"))?,
             conv2d(6, 4, 3, config, vb.pp("conv"))?,
         ))
+    }
+
+    /// A bf16 convolution through pixel rows and the packed weight computes candle's
+    /// convolution of the bf16-rounded input: strided and not, with and without padding and
+    /// a bias, ragged sizes, two images.
+    #[test]
+    fn packed_convolutions_compute_what_candle_does_on_rounded_inputs() -> Result<()> {
+        if !super::super::bf16::available() {
+            eprintln!("skipped: this CPU has no bf16 product");
+            return Ok(());
+        }
+        for (cin, cout, kernel, stride, padding, side) in
+            [(6, 40, 3, 2, 1, 9), (33, 7, 3, 1, 1, 5), (4, 3, 1, 2, 0, 8)]
+        {
+            let map = candle_nn::VarMap::new();
+            let vb = VarBuilder::from_varmap(&map, DType::BF16, &Device::Cpu);
+            let config = Conv2dConfig {
+                stride,
+                padding,
+                ..Default::default()
+            };
+            let conv = conv2d(cin, cout, kernel, config, vb.pp("c"))?;
+            assert!(conv.packed.is_some());
+            let x = Tensor::randn(0f32, 1., (2, cin, side, side + 1), &Device::Cpu)?;
+            let ours = conv.forward(&x)?;
+            let rounded = x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+            let weight = conv.weight.to_dtype(DType::F32)?;
+            let bias = conv
+                .bias
+                .as_ref()
+                .map(|b| b.to_dtype(DType::F32))
+                .transpose()?;
+            let theirs = candle_nn::Conv2d::new(weight, bias, config).forward(&rounded)?;
+            assert_eq!(ours.dims(), theirs.dims());
+            let taps = (cin * kernel * kernel) as f32;
+            let diff = max_diff(&ours, &theirs);
+            assert!(
+                diff < 1e-5 * taps.sqrt() + 1e-6,
+                "{cin}->{cout} k{kernel} s{stride}: {diff}"
+            );
+        }
+        Ok(())
     }
 
     /// The transposed CPU weight computes what candle's layer computes, for any number of
