@@ -1,4 +1,5 @@
-//! GroupNorm followed by SiLU in one pass, as every ResNet block and both model outputs use.
+//! GroupNorm followed by SiLU in one pass, as every ResNet block and both model outputs use;
+//! GroupNorm alone the same way.
 //!
 //! candle computes this as about eight tensor ops (mean, centre, square, mean, divide,
 //! affine, then SiLU's exp and divide), each reading and writing the whole activation. Here
@@ -25,24 +26,35 @@ impl GroupNormSilu {
 
     /// candle's composition of the same two steps, for comparison and for other devices.
     pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
-        self.norm.forward(x)?.silu()
+        self.norm.forward_candle(x)?.silu()
     }
 }
 
 impl Module for GroupNormSilu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 3 {
-            return self.forward_candle(x);
+        match fused(&self.norm, x, true)? {
+            Some(y) => Ok(y),
+            None => self.forward_candle(x),
         }
-        let params = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
-        let op = FusedOp {
-            groups: self.norm.groups(),
-            eps: self.norm.eps() as f32,
-            weight: params(self.norm.weight())?,
-            bias: params(self.norm.bias())?,
-        };
-        x.contiguous()?.apply_op1_no_bwd(&op)
     }
+}
+
+/// `norm` of `x`, then SiLU where `silu`, in one pass on the CPU in f32 (rank 3 or more);
+/// `None` elsewhere, for candle's ops. [`GroupNorm`] itself takes it without SiLU (a
+/// transformer's input norm, the VAE attention's).
+pub fn fused(norm: &GroupNorm, x: &Tensor, silu: bool) -> Result<Option<Tensor>> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 3 {
+        return Ok(None);
+    }
+    let params = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+    let op = FusedOp {
+        groups: norm.groups(),
+        eps: norm.eps() as f32,
+        weight: params(norm.weight())?,
+        bias: params(norm.bias())?,
+        silu,
+    };
+    x.contiguous()?.apply_op1_no_bwd(&op).map(Some)
 }
 
 struct FusedOp {
@@ -50,6 +62,7 @@ struct FusedOp {
     eps: f32,
     weight: Vec<f32>,
     bias: Vec<f32>,
+    silu: bool,
 }
 
 impl CustomOp1 for FusedOp {
@@ -91,7 +104,10 @@ impl CustomOp1 for FusedOp {
                     eps: self.eps,
                     per_channel,
                 };
-                group.normalize_widest(src, dst);
+                match self.silu {
+                    true => group.normalize_widest::<true>(src, dst),
+                    false => group.normalize_widest::<false>(src, dst),
+                }
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -108,38 +124,38 @@ struct Group<'a> {
 impl Group<'_> {
     /// [`Group::normalize`] built for AVX-512 or AVX2+FMA where the CPU has them (the x86-64
     /// baseline runs the loops, SiLU's exp among them, four lanes at a time); the same sums.
-    fn normalize_widest(&self, src: &[f32], dst: &mut [f32]) {
+    fn normalize_widest<const SILU: bool>(&self, src: &[f32], dst: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             if super::math::has_avx512() {
                 // SAFETY: the CPU has the features the copy is built for.
                 #[allow(unsafe_code)]
-                return unsafe { self.normalize_avx512(src, dst) };
+                return unsafe { self.normalize_avx512::<SILU>(src, dst) };
             }
             if super::math::has_avx2_fma() {
                 // SAFETY: as above.
                 #[allow(unsafe_code)]
-                return unsafe { self.normalize_avx2(src, dst) };
+                return unsafe { self.normalize_avx2::<SILU>(src, dst) };
             }
         }
-        self.normalize(src, dst)
+        self.normalize::<SILU>(src, dst)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
-    fn normalize_avx512(&self, src: &[f32], dst: &mut [f32]) {
-        self.normalize(src, dst)
+    fn normalize_avx512<const SILU: bool>(&self, src: &[f32], dst: &mut [f32]) {
+        self.normalize::<SILU>(src, dst)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn normalize_avx2(&self, src: &[f32], dst: &mut [f32]) {
-        self.normalize(src, dst)
+    fn normalize_avx2<const SILU: bool>(&self, src: &[f32], dst: &mut [f32]) {
+        self.normalize::<SILU>(src, dst)
     }
 
-    /// `dst = silu(group_norm(src))` for the group's values `src`.
+    /// `dst = group_norm(src)` for the group's values `src`, through SiLU where `SILU`.
     #[inline(always)]
-    fn normalize(&self, src: &[f32], dst: &mut [f32]) {
+    fn normalize<const SILU: bool>(&self, src: &[f32], dst: &mut [f32]) {
         let (mean, rstd) = statistics(src, self.eps);
         for (c, (d, s)) in dst
             .chunks_mut(self.per_channel)
@@ -149,7 +165,8 @@ impl Group<'_> {
             let scale = rstd * self.weight[c];
             let shift = self.bias[c] - mean * scale;
             for (d, &s) in d.iter_mut().zip(s) {
-                *d = silu(s * scale + shift);
+                let normed = s * scale + shift;
+                *d = if SILU { silu(normed) } else { normed };
             }
         }
     }
@@ -190,7 +207,7 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn fused_matches_candle_group_norm_then_silu() -> Result<()> {
+    fn fused_matches_candle_group_norm_with_and_without_silu() -> Result<()> {
         // Non-trivial affine parameters, and an offset so that the mean matters.
         let tensors = std::collections::HashMap::from([
             (
@@ -209,6 +226,11 @@ mod tests {
         let got = norm.forward(&x)?;
         let diff = (expected - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "max diff {diff}");
+        // The group norm alone, as a transformer's input norm takes it.
+        let expected = norm.norm.forward_candle(&x)?;
+        let got = norm.norm.forward(&x)?;
+        let diff = (expected - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "group norm alone: max diff {diff}");
         Ok(())
     }
 }
