@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm;
-use super::math::exp;
+use super::math::{exp, exp_fused};
 
 /// Attention for the short sequences of text encoders, with an additive `bias` on the scores
 /// (a causal mask, T5's position bias) that broadcasts to `(B, H, T, T)`, the heads in any
@@ -318,7 +318,7 @@ pub(super) fn softmax_in_place(row: &mut [f32], scale: f32) {
             return unsafe { softmax_avx2(row, scale) };
         }
     }
-    softmax(row, scale)
+    softmax::<false>(row, scale)
 }
 
 /// `exp(scale (x - max))` of each value of `row` in place, `max` the row's largest; returns
@@ -337,36 +337,36 @@ pub(super) fn exponentials_in_place(row: &mut [f32], scale: f32) -> f32 {
             return unsafe { exponentials_avx2(row, scale) };
         }
     }
-    exponentials(row, scale)
+    exponentials::<false>(row, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
 fn softmax_avx512(row: &mut [f32], scale: f32) {
-    softmax(row, scale)
+    softmax::<true>(row, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn softmax_avx2(row: &mut [f32], scale: f32) {
-    softmax(row, scale)
+    softmax::<true>(row, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
 fn exponentials_avx512(row: &mut [f32], scale: f32) -> f32 {
-    exponentials(row, scale)
+    exponentials::<true>(row, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn exponentials_avx2(row: &mut [f32], scale: f32) -> f32 {
-    exponentials(row, scale)
+    exponentials::<true>(row, scale)
 }
 
 #[inline(always)]
-fn softmax(row: &mut [f32], scale: f32) {
-    let inverse = 1.0 / exponentials(row, scale);
+fn softmax<const FUSED: bool>(row: &mut [f32], scale: f32) {
+    let inverse = 1.0 / exponentials::<FUSED>(row, scale);
     for x in row.iter_mut() {
         *x *= inverse;
     }
@@ -375,8 +375,11 @@ fn softmax(row: &mut [f32], scale: f32) {
 /// Lanes the loops below keep apart, so that they vectorise: one AVX-512 register.
 const LANES: usize = 16;
 
+/// `FUSED`: the exponentials' multiply-adds fused ([`super::math::exp_fused`]), for the
+/// copies built with FMA.
 #[inline(always)]
-fn exponentials(row: &mut [f32], scale: f32) -> f32 {
+fn exponentials<const FUSED: bool>(row: &mut [f32], scale: f32) -> f32 {
+    let exp = |x: f32| if FUSED { exp_fused(x) } else { exp(x) };
     let mut maxes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
