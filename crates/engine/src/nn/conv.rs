@@ -67,7 +67,7 @@ impl SameConv {
                 bias: vb.get(cout, "bias")?,
             },
             None => {
-                let conv = layers::conv2d(cin, cout, kernel, config(kernel), vb)?;
+                let conv = layers::conv2d_unpacked(cin, cout, kernel, config(kernel), vb)?;
                 let weight = conv.weight();
                 if weight.dtype() == DType::BF16 && weight.device().is_cpu() && amx::available() {
                     let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;

@@ -734,27 +734,37 @@ pub fn conv2d(
     config: Conv2dConfig,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    let layer = candle_nn::conv2d(cin, cout, kernel, config, vb)?;
-    let weight = layer.weight().clone();
+    let mut conv = conv2d_unpacked(cin, cout, kernel, config, vb)?;
+    let weight = &conv.weight;
     let plain = config.groups == 1 && config.dilation == 1;
-    let packed = if plain
+    if plain
         && weight.dtype() == DType::BF16
         && weight.device().is_cpu()
         && super::bf16::available()
     {
         let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
         let inner = cin * kernel * kernel;
-        Some(Arc::new(super::bf16::Packed::from_stored(
-            &values, cout, inner,
-        )))
-    } else {
-        None
-    };
+        let packed = super::bf16::Packed::from_stored(&values, cout, inner);
+        conv.packed = Some(Arc::new(packed));
+    }
+    Ok(conv)
+}
+
+/// [`conv2d`] without the bf16 packing, for a layer that lays its weight out itself
+/// ([`super::conv::SameConv`]).
+pub fn conv2d_unpacked(
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    config: Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let layer = candle_nn::conv2d(cin, cout, kernel, config, vb)?;
     Ok(Conv2d {
-        weight,
+        weight: layer.weight().clone(),
         bias: layer.bias().cloned(),
         config,
-        packed,
+        packed: None,
     })
 }
 
