@@ -113,7 +113,7 @@ pub fn pixel_rows(
     let taps = w.kernel * w.kernel;
     let inner = channels * taps;
     assert_eq!(image.len(), channels * height * width, "image size");
-    let mut rows = vec![0f32; out_h * out_w * inner];
+    let mut rows = super::buffers::zeros::<f32>(out_h * out_w * inner);
     if inner == 0 {
         return rows;
     }

@@ -862,17 +862,20 @@ mod tests {
     }
 
     /// A bf16 convolution through pixel rows and the packed weight computes candle's
-    /// convolution of the bf16-rounded input: strided and not, with and without padding and
-    /// a bias, ragged sizes, two images.
+    /// convolution of the bf16-rounded input: strided and not, with and without padding, SD3's
+    /// 2x2 patches, ragged sizes, two images.
     #[test]
     fn packed_convolutions_compute_what_candle_does_on_rounded_inputs() -> Result<()> {
         if !super::super::bf16::available() {
             eprintln!("skipped: this CPU has no bf16 product");
             return Ok(());
         }
-        for (cin, cout, kernel, stride, padding, side) in
-            [(6, 40, 3, 2, 1, 9), (33, 7, 3, 1, 1, 5), (4, 3, 1, 2, 0, 8)]
-        {
+        for (cin, cout, kernel, stride, padding, side) in [
+            (6, 40, 3, 2, 1, 9),
+            (33, 7, 3, 1, 1, 5),
+            (4, 3, 1, 2, 0, 8),
+            (5, 9, 2, 2, 0, 8),
+        ] {
             let map = candle_nn::VarMap::new();
             let vb = VarBuilder::from_varmap(&map, DType::BF16, &Device::Cpu);
             let config = Conv2dConfig {

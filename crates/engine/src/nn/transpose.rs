@@ -322,6 +322,10 @@ mod tests {
         Ok(())
     }
 
+    fn values(t: &Tensor) -> Result<Vec<f32>> {
+        t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+    }
+
     /// Every item of a batch transposed on its own, ragged tiles and a view included; other
     /// dtypes through candle's copy.
     #[test]
@@ -332,15 +336,8 @@ mod tests {
                 let ours = transposed_items(&t)?;
                 let theirs = t.transpose(1, 2)?.contiguous()?;
                 assert_eq!(ours.dims(), theirs.dims());
-                assert_eq!(
-                    ours.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-                    theirs
-                        .to_dtype(DType::F32)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?,
-                    "{items}x{rows}x{cols} {:?}",
-                    t.dtype()
-                );
+                let case = format!("{items}x{rows}x{cols} {:?}", t.dtype());
+                assert_eq!(values(&ours)?, values(&theirs)?, "{case}");
             }
         }
         Ok(())
@@ -354,13 +351,7 @@ mod tests {
                 let ours = heads_to_tokens(&t)?;
                 let theirs = t.transpose(1, 2)?.reshape((batch, tokens, heads * dim))?;
                 assert_eq!(ours.dims(), theirs.dims());
-                assert_eq!(
-                    ours.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-                    theirs
-                        .to_dtype(DType::F32)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?,
-                );
+                assert_eq!(values(&ours)?, values(&theirs)?);
             }
         }
         Ok(())
