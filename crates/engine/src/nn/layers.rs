@@ -369,18 +369,7 @@ impl Linear {
         let Some(bias) = like_opt(self.bias.as_ref(), x)? else {
             return Tensor::from_vec(y, dims, &Device::Cpu);
         };
-        let bias = bias.to_vec1::<f32>()?;
-        if bias.is_empty() {
-            return Tensor::from_vec(y, dims, &Device::Cpu);
-        }
-        // Chunks of whole rows, about 64 KiB each.
-        let rows_per_chunk = (16 * 1024 / bias.len()).max(1);
-        y.par_chunks_mut(bias.len() * rows_per_chunk)
-            .for_each(|rows| {
-                for row in rows.chunks_exact_mut(bias.len()) {
-                    row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
-                }
-            });
+        add_to_rows(&mut y, &bias.to_vec1::<f32>()?);
         Tensor::from_vec(y, dims, &Device::Cpu)
     }
 
@@ -489,6 +478,22 @@ impl Linear {
         dims.push(out);
         self.with_bias(y, dims, x)
     }
+}
+
+/// `bias` added to each row of `values` (rows of `bias.len()`), in parallel chunks of whole
+/// rows of about 64 KiB.
+fn add_to_rows(values: &mut [f32], bias: &[f32]) {
+    if bias.is_empty() {
+        return;
+    }
+    let rows_per_chunk = (16 * 1024 / bias.len()).max(1);
+    values
+        .par_chunks_mut(bias.len() * rows_per_chunk)
+        .for_each(|rows| {
+            for row in rows.chunks_exact_mut(bias.len()) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+        });
 }
 
 /// A packed bf16 weight as the `(out, in)` tensor it was packed from.
@@ -818,9 +823,7 @@ impl Conv2d {
                 candle_core::bail!("conv2d: the bf16 product is not available on this CPU");
             };
             if let Some(bias) = &bias {
-                y.par_chunks_mut(out.max(1)).for_each(|row| {
-                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-                });
+                add_to_rows(&mut y, bias);
             }
             let pixels = Tensor::from_vec(y, (1, out_h * out_w, out), &Device::Cpu)?;
             maps.push(super::transpose::transposed_items(&pixels)?);
