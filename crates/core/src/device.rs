@@ -151,7 +151,10 @@ fn device_loop(rx: Receiver<DeviceJob>, mut cache: ModelCache) {
             tracing::info_span!("device_job", job = %job.job_id, model = %job.spec.local_model);
         let _entered = span.enter();
         let events = job.events.clone();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_job(&mut cache, &job)));
+        // On a worker of the kernels' pool, so that their parallel ops split in place.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            seedbed_engine::cpu::on_workers(|| run_job(&mut cache, &job))
+        }));
         let result = match outcome {
             Ok(result) => result,
             Err(panic) => {

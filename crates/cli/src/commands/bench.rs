@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use clap::Args;
-use seedbed_engine::cpu::CpuReport;
+use seedbed_engine::cpu::{CpuReport, on_workers};
 use seedbed_engine::scheduler::SchedulerKind;
 use seedbed_engine::{GenerateRequest, Pipeline};
 
@@ -79,7 +79,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         eprintln!("{line}");
     }
     let loading = Instant::now();
-    let pipeline = Pipeline::load(&args.model_dir, args.device.load_options()?)?;
+    let options = args.device.load_options()?;
+    // On a worker of the kernels' pool, as the device thread runs its jobs.
+    let pipeline = on_workers(|| Pipeline::load(&args.model_dir, options.clone()))?;
     let load = loading.elapsed();
     let native = pipeline.native_size();
     let (width, height) = (args.width.unwrap_or(native), args.height.unwrap_or(native));
@@ -114,10 +116,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let peak_rss_bytes = crate::memory::peak_rss_bytes();
     drop(pipeline);
     let loading = Instant::now();
-    drop(Pipeline::load(
-        &args.model_dir,
-        args.device.load_options()?,
-    )?);
+    drop(on_workers(|| Pipeline::load(&args.model_dir, options))?);
     let load_warm = loading.elapsed();
     let report = serde_json::json!({
         "model": args.model_dir.display().to_string(),
@@ -174,7 +173,8 @@ fn time_one(
         ..bench_request(pipeline, width, height, steps)
     };
     let started = Instant::now();
-    let mut images = pipeline.generate(&request, &mut |_| {}, &AtomicBool::new(false))?;
+    let mut images =
+        on_workers(|| pipeline.generate(&request, &mut |_| {}, &AtomicBool::new(false)))?;
     let total = started.elapsed();
     let times = images
         .pop()
