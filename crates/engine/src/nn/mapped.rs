@@ -184,8 +184,26 @@ pub fn lookup_linear(vb: &VarBuilder, name: &str, shape: &[usize]) -> Option<Map
     }
 }
 
+/// The tensor `name` under `vb`'s prefix as the file stores it (f32 or bf16), in place,
+/// whatever dtype the layer computes in: for a layer that converts the few values it reads
+/// itself (a token table, [`super::embeddings::TokenTable`]).
+pub fn lookup_stored(vb: &VarBuilder, name: &str, shape: &[usize]) -> Option<MappedTensor> {
+    [DType::F32, DType::BF16]
+        .into_iter()
+        .find_map(|stored| find(vb, name, shape, stored))
+}
+
 fn lookup_as(vb: &VarBuilder, name: &str, shape: &[usize], dtype: DType) -> Option<MappedTensor> {
-    if vb.dtype() != dtype || !vb.device().is_cpu() || !enabled() {
+    if vb.dtype() != dtype {
+        return None;
+    }
+    find(vb, name, shape, dtype)
+}
+
+/// `name` under `vb`'s prefix, mapped, when it is stored as `dtype` in `shape` and the layer
+/// is built on the CPU.
+fn find(vb: &VarBuilder, name: &str, shape: &[usize], dtype: DType) -> Option<MappedTensor> {
+    if !vb.device().is_cpu() || !enabled() {
         return None;
     }
     let full = match vb.prefix() {

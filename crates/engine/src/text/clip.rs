@@ -13,11 +13,12 @@ pub mod tokenizer;
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::VarBuilder;
 
 pub use config::{Activation, ClipConfig};
 
 use crate::nn::attention;
+use crate::nn::embeddings::TokenTable;
 use crate::nn::layers::{self, LayerNorm, Linear};
 use crate::weights::{NameScheme, Variant, build_component};
 
@@ -34,8 +35,8 @@ pub struct ClipOutput {
 
 pub struct ClipTextModel {
     config: ClipConfig,
-    token_embedding: Embedding,
-    position_embedding: Embedding,
+    token_embedding: TokenTable,
+    position_embedding: TokenTable,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
     text_projection: Option<Linear>,
@@ -68,12 +69,17 @@ impl ClipTextModel {
         let hidden = config.hidden_size;
         let text = vb.pp("text_model");
         let embeddings = text.pp("embeddings");
-        let token_embedding =
-            candle_nn::embedding(config.vocab_size, hidden, embeddings.pp("token_embedding"))?;
-        let position_embedding = candle_nn::embedding(
+        let token_embedding = TokenTable::new(
+            config.vocab_size,
+            hidden,
+            "weight",
+            &embeddings.pp("token_embedding"),
+        )?;
+        let position_embedding = TokenTable::new(
             config.max_position_embeddings,
             hidden,
-            embeddings.pp("position_embedding"),
+            "weight",
+            &embeddings.pp("position_embedding"),
         )?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| EncoderLayer::new(&config, text.pp(format!("encoder.layers.{i}"))))

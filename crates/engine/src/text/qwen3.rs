@@ -22,19 +22,21 @@ mod tokenizer;
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, VarBuilder};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
 
 pub use config::Qwen3Config;
 pub use tokenizer::{Qwen3Tokenizer, TokenizedPrompt};
 
+use crate::nn::embeddings::TokenTable;
 use crate::nn::{attention, layers};
 use crate::weights::{NameScheme, Variant, build_component};
 use layer::DecoderLayer;
 
 pub struct Qwen3Encoder {
     config: Qwen3Config,
-    embedding: Embedding,
+    embedding: TokenTable,
+    device: Device,
     /// The first `num_hidden_layers - 1` decoder layers: all the embedding needs.
     layers: Vec<DecoderLayer>,
     dtype: DType,
@@ -63,9 +65,11 @@ impl Qwen3Encoder {
         } else {
             vb
         };
-        let table = vb.get(
-            (config.vocab_size, config.hidden_size),
+        let embedding = TokenTable::new(
+            config.vocab_size,
+            config.hidden_size,
             "embed_tokens.weight",
+            &vb,
         )?;
         // Only the tensors asked for are read from the file: the last layer's never are.
         let layers = (0..config.num_hidden_layers.saturating_sub(1))
@@ -79,7 +83,8 @@ impl Qwen3Encoder {
             other => other,
         };
         Ok(Self {
-            embedding: Embedding::new(table, config.hidden_size),
+            embedding,
+            device: vb.device().clone(),
             layers,
             dtype,
             config,
@@ -97,7 +102,7 @@ impl Qwen3Encoder {
         if ids.is_empty() {
             candle_core::bail!("Qwen3 encoder: no tokens to encode");
         }
-        let device = self.embedding.embeddings().device();
+        let device = &self.device;
         let tokens = ids.len();
         let input = Tensor::from_slice(ids, (1, tokens), device)?;
         let mut hidden = self.embedding.forward(&input)?.to_dtype(self.dtype)?;

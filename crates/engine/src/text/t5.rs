@@ -15,18 +15,19 @@ mod tokenizer;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::VarBuilder;
 
 pub use config::T5Config;
 pub use tokenizer::T5Tokenizer;
 
+use crate::nn::embeddings::TokenTable;
 use crate::nn::layers::{self, Linear, RmsNorm};
 use crate::nn::{activation, attention};
 use crate::weights::{NameScheme, Variant, build_component};
 
 pub struct T5Encoder {
     config: T5Config,
-    embedding: Embedding,
+    embedding: TokenTable,
     /// `(buckets, heads)`: the first layer's relative-attention bias table.
     relative_bias: Tensor,
     layers: Vec<Layer>,
@@ -53,11 +54,12 @@ impl T5Encoder {
         let (vocab, width) = (config.vocab_size, config.d_model);
         // The table is tied: `shared.weight` always, `encoder.embed_tokens.weight` in some
         // exports instead.
-        let table = if vb.contains_tensor("shared.weight") {
-            vb.get((vocab, width), "shared.weight")?
+        let name = if vb.contains_tensor("shared.weight") {
+            "shared.weight"
         } else {
-            vb.get((vocab, width), "encoder.embed_tokens.weight")?
+            "encoder.embed_tokens.weight"
         };
+        let embedding = TokenTable::new(vocab, width, name, &vb)?;
         let encoder = vb.pp("encoder");
         let relative_bias = encoder.pp("block.0.layer.0.SelfAttention").get(
             (config.relative_attention_num_buckets, config.num_heads),
@@ -78,7 +80,7 @@ impl T5Encoder {
             other => other,
         };
         Ok(Self {
-            embedding: Embedding::new(table, width),
+            embedding,
             relative_bias,
             layers,
             final_norm,
