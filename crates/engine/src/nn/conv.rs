@@ -13,6 +13,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::layers::{self, Conv2d};
 use super::mapped::{self, MappedTensor};
+use super::norm::GroupNormSilu;
 use super::tiled_conv::PackedConv;
 use super::{amx, im2col, winograd};
 use crate::lora::hook::{self, Tag};
@@ -150,7 +151,131 @@ impl Module for SameConv {
     }
 }
 
+/// The ops a ResNet block or an upsampler runs around a convolution, which
+/// [`SameConv::forward_around`] does inside it where the CPU kernels allow
+/// ([`winograd::Fused`]): no full-size intermediate image, the same values.
+#[derive(Clone, Copy, Default)]
+pub struct Around<'a> {
+    /// GroupNorm and SiLU on the input, first.
+    pub norm: Option<&'a GroupNormSilu>,
+    /// Nearest 2x upsampling of the input, next.
+    pub upsample: bool,
+    /// Added to the output, last.
+    pub residual: Option<&'a Tensor>,
+}
+
 impl SameConv {
+    /// `residual + conv(upsample(norm(x)))`, each part as `around` asks.
+    pub fn forward_around(&self, x: &Tensor, around: Around) -> Result<Tensor> {
+        if let Some(y) = self.fused(x, around)? {
+            return Ok(y);
+        }
+        let mut x = match around.norm {
+            Some(norm) => norm.forward(x)?,
+            None => x.clone(),
+        };
+        if around.upsample {
+            let (_, _, h, w) = x.dims4()?;
+            x = x.upsample_nearest2d(h * 2, w * 2)?;
+        }
+        let y = self.forward(&x)?;
+        match around.residual {
+            Some(residual) => residual + y,
+            None => Ok(y),
+        }
+    }
+
+    /// [`Self::forward_around`] as one Winograd convolution, where its f32 path runs.
+    fn fused(&self, x: &Tensor, around: Around) -> Result<Option<Tensor>> {
+        if self.kernel != 3 || self.tag.is_some() || !self.runs_on_cpu_kernels(x) {
+            return Ok(None);
+        }
+        let (batch, _, height, width) = x.dims4()?;
+        let factor = if around.upsample { 2 } else { 1 };
+        let shape = winograd::Shape {
+            batch,
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            height: height * factor,
+            width: width * factor,
+        };
+        if shape.tiles() < MIN_WINOGRAD_TILES {
+            return Ok(None);
+        }
+        let input_norm = match around.norm {
+            Some(norm) => match norm.affine(x)? {
+                Some(affine) => Some(affine),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let loaded;
+        let weight = match &self.weight {
+            ConvWeight::Mapped { weight, .. } => weight.values(),
+            ConvWeight::Loaded(conv) if conv.weight().dtype() == DType::F32 => {
+                loaded = conv.weight().contiguous()?;
+                let (storage, layout) = loaded.storage_and_layout();
+                let Storage::Cpu(storage) = &*storage else {
+                    return Ok(None);
+                };
+                return self.fused_with(
+                    x,
+                    shape,
+                    contiguous_f32(storage, layout)?,
+                    input_norm,
+                    around,
+                );
+            }
+            _ => return Ok(None),
+        };
+        self.fused_with(x, shape, weight, input_norm, around)
+    }
+
+    fn fused_with(
+        &self,
+        x: &Tensor,
+        shape: winograd::Shape,
+        weight: &[f32],
+        input_norm: Option<Vec<(f32, f32)>>,
+        around: Around,
+    ) -> Result<Option<Tensor>> {
+        let out_dims = (shape.batch, shape.out_channels, shape.height, shape.width);
+        let residual = match around.residual {
+            Some(r) if r.dtype() == DType::F32 && r.device().is_cpu() && r.dims4()? == out_dims => {
+                Some(r.contiguous()?)
+            }
+            Some(_) => return Ok(None),
+            None => None,
+        };
+        let guard = residual.as_ref().map(|r| r.storage_and_layout());
+        let residual = match &guard {
+            Some((storage, layout)) => match &**storage {
+                Storage::Cpu(storage) => Some(contiguous_f32(storage, layout)?),
+                _ => return Ok(None),
+            },
+            None => None,
+        };
+        let bias = match self.bias() {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(storage) = &*storage else {
+            return Ok(None);
+        };
+        let input = contiguous_f32(storage, layout)?;
+        let u = winograd::transform_weights(weight, shape.out_channels, shape.in_channels);
+        let fused = winograd::Fused {
+            input_norm: input_norm.as_deref(),
+            doubled: around.upsample,
+            bias: bias.as_deref(),
+            residual,
+        };
+        let out = winograd::conv3x3_fused(input, shape, &u, fused);
+        Tensor::from_vec(out, out_dims, x.device()).map(Some)
+    }
+
     /// The convolution with `weight`: its own, or one merged with LoRAs.
     fn forward_with(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         if !self.runs_on_cpu_kernels(x) {
@@ -332,6 +457,68 @@ mod tests {
                     .abs()?
                     .max_all()?;
                 assert_eq!(diff.to_scalar::<f32>()?, 0.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// A convolution with its norm, upsampling and residual inside computes what the ops
+    /// one by one compute, to the bit, on weights read in place and weights in memory.
+    #[test]
+    fn ops_around_a_convolution_give_the_values_of_separate_ones() -> Result<()> {
+        use crate::nn::mapped::testing::{Stored, f32_bytes, write};
+        use crate::weights::{NameScheme, Variant, build_component};
+        let device = Device::Cpu;
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.37 + seed).sin()).collect()
+        };
+        let stored = [
+            Stored(
+                "c.weight",
+                "F32",
+                vec![6, 4, 3, 3],
+                f32_bytes(&values(216, 0.1)),
+            ),
+            Stored("c.bias", "F32", vec![6], f32_bytes(&values(6, 0.2))),
+            Stored("n.weight", "F32", vec![4], f32_bytes(&values(4, 0.3))),
+            Stored("n.bias", "F32", vec![4], f32_bytes(&values(4, 0.4))),
+        ];
+        let dir = tempfile::tempdir()?;
+        write(&dir.path().join("model.safetensors"), &stored);
+        let build = |vb: VarBuilder| {
+            Ok((
+                SameConv::new(3, 4, 6, vb.pp("c"))?,
+                GroupNormSilu::new(2, 4, 1e-6, vb.pp("n"))?,
+            ))
+        };
+        let (names, dtype) = (NameScheme::Exact, DType::F32);
+        let mapped = build_component(dir.path(), Variant::Auto, names, dtype, &device, build)
+            .map_err(candle_core::Error::wrap)?;
+        let tensors =
+            candle_core::safetensors::load(dir.path().join("model.safetensors"), &device)?;
+        let loaded = build(VarBuilder::from_tensors(tensors, dtype, &device))?;
+        assert!(matches!(loaded.0.weight, ConvWeight::Loaded(_)));
+        for (conv, norm) in [(&mapped.0, &mapped.1), (&loaded.0, &loaded.1)] {
+            for (upsample, side) in [(false, 36), (true, 18)] {
+                let (h, w) = (side, side - 2);
+                let (out_h, out_w) = if upsample { (2 * h, 2 * w) } else { (h, w) };
+                let x = (Tensor::randn(0f32, 1., (2, 4, h, w), &device)? * 3.0)?;
+                let residual = Tensor::randn(0f32, 1., (2, 6, out_h, out_w), &device)?;
+                let around = Around {
+                    norm: Some(norm),
+                    upsample,
+                    residual: Some(&residual),
+                };
+                assert!(conv.fused(&x, around)?.is_some(), "the fused path runs");
+                let mut separate = norm.forward(&x)?;
+                if upsample {
+                    separate = separate.upsample_nearest2d(out_h, out_w)?;
+                }
+                let separate = (&residual + conv.forward(&separate)?)?;
+                let fused = conv.forward_around(&x, around)?;
+                assert_eq!(fused.dims(), separate.dims());
+                let diff = (fused - separate)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert_eq!(diff, 0.0, "upsample {upsample}");
             }
         }
         Ok(())

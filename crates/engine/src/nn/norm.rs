@@ -30,6 +30,51 @@ impl GroupNormSilu {
     }
 }
 
+impl GroupNormSilu {
+    /// For `x` (batch, channels, ...) f32 on the CPU, the `(scale, shift)` per image and
+    /// channel (`batch x channels`) that make this layer `silu(x scale + shift)`
+    /// ([`silu_affine`]); `None` where [`Module::forward`] would not run the fused kernel.
+    pub fn affine(&self, x: &Tensor) -> Result<Option<Vec<(f32, f32)>>> {
+        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 3 {
+            return Ok(None);
+        }
+        let params = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let (weight, bias) = (params(self.norm.weight())?, params(self.norm.bias())?);
+        let (groups, channels) = (self.norm.groups(), x.dim(1)?);
+        if !channels.is_multiple_of(groups) || weight.len() != channels {
+            candle_core::bail!("group-norm-silu: {channels} channels, {groups} groups");
+        }
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+            return Ok(None);
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            return Ok(None);
+        };
+        let per_group = x.elem_count() / x.dim(0)? / groups;
+        let per_channel = per_group / (channels / groups);
+        let eps = self.norm.eps() as f32;
+        let affine = data[start..end]
+            .par_chunks(per_group)
+            .enumerate()
+            .flat_map_iter(|(index, src)| {
+                let first = (index % groups) * (channels / groups);
+                let last = first + channels / groups;
+                let group = Group {
+                    weight: &weight[first..last],
+                    bias: &bias[first..last],
+                    eps,
+                    per_channel,
+                };
+                let (mean, rstd) = group.statistics(src);
+                (0..last - first).map(move |c| group.affine(c, mean, rstd))
+            })
+            .collect();
+        Ok(Some(affine))
+    }
+}
+
 impl Module for GroupNormSilu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match fused(&self.norm, x, true)? {
@@ -162,18 +207,89 @@ impl Group<'_> {
             .zip(src.chunks(self.per_channel))
             .enumerate()
         {
-            let scale = rstd * self.weight[c];
-            let shift = self.bias[c] - mean * scale;
-            for (d, &s) in d.iter_mut().zip(s) {
-                let normed = s * scale + shift;
-                *d = if SILU { silu(normed) } else { normed };
-            }
+            let (scale, shift) = self.affine(c, mean, rstd);
+            affine_row::<SILU>(s, d, scale, shift);
         }
     }
+
+    /// The group's mean and reciprocal standard deviation, on the widest vectors this CPU has
+    /// (the sums are the same on each: their lanes are explicit).
+    fn statistics(&self, src: &[f32]) -> (f32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::math::has_avx512() {
+                #[allow(unsafe_code)]
+                return unsafe { statistics_avx512(src, self.eps) };
+            }
+            if super::math::has_avx2_fma() {
+                #[allow(unsafe_code)]
+                return unsafe { statistics_avx2(src, self.eps) };
+            }
+        }
+        statistics(src, self.eps)
+    }
+
+    /// Channel `c`'s `(scale, shift)` for the group's `mean` and `rstd`.
+    #[inline(always)]
+    fn affine(&self, c: usize, mean: f32, rstd: f32) -> (f32, f32) {
+        let scale = rstd * self.weight[c];
+        (scale, self.bias[c] - mean * scale)
+    }
+}
+
+/// `dst = x scale + shift` (then SiLU) for each `x` of `src`: one channel of a group norm.
+#[inline(always)]
+fn affine_row<const SILU: bool>(src: &[f32], dst: &mut [f32], scale: f32, shift: f32) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        let normed = s * scale + shift;
+        *d = if SILU { silu(normed) } else { normed };
+    }
+}
+
+/// `dst = silu(x scale + shift)` for each `x` of `src`, exactly as [`GroupNormSilu`] computes
+/// a channel with the `(scale, shift)` of [`GroupNormSilu::affine`]: for a convolution that
+/// normalizes its input rows as it reads them ([`super::winograd::Fused`]).
+pub fn silu_affine(src: &[f32], dst: &mut [f32], scale: f32, shift: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::math::has_avx512() {
+            #[allow(unsafe_code)]
+            return unsafe { silu_affine_avx512(src, dst, scale, shift) };
+        }
+        if super::math::has_avx2_fma() {
+            #[allow(unsafe_code)]
+            return unsafe { silu_affine_avx2(src, dst, scale, shift) };
+        }
+    }
+    affine_row::<true>(src, dst, scale, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+fn silu_affine_avx512(src: &[f32], dst: &mut [f32], scale: f32, shift: f32) {
+    affine_row::<true>(src, dst, scale, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn silu_affine_avx2(src: &[f32], dst: &mut [f32], scale: f32, shift: f32) {
+    affine_row::<true>(src, dst, scale, shift)
 }
 
 /// Mean and 1/sqrt(variance + eps), two-pass for accuracy; 16 partial sums so the loops
 /// vectorise, combined in f64.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+fn statistics_avx512(x: &[f32], eps: f32) -> (f32, f32) {
+    statistics(x, eps)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn statistics_avx2(x: &[f32], eps: f32) -> (f32, f32) {
+    statistics(x, eps)
+}
+
 #[inline(always)]
 fn statistics(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f64;

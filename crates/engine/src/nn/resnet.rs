@@ -4,7 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::conv::{Conv1x1, Conv3x3};
+use super::conv::{Around, Conv1x1, Conv3x3};
 use super::layers::{self, Linear};
 use super::norm::GroupNormSilu;
 
@@ -62,26 +62,30 @@ impl ResnetBlock {
 
     /// `temb` is the (already computed) time embedding `(B, T)`, before its SiLU.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        // A block, so that conv1's output is freed before the shortcut and the sum are made:
-        // a shadowed binding would live to the end of the function, and at the VAE's
-        // full-resolution blocks each of these tensors is hundreds of megabytes.
-        let h = {
-            let mut h = self.conv1.forward(&self.norm1.forward(x)?)?;
-            if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-                let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-                h = h.broadcast_add(&t)?;
-            }
-            self.conv2.forward(&self.norm2.forward(&h)?)?
+        // Each norm runs inside the convolution after it, and the shortcut is added by the
+        // second one, where the CPU kernels allow ([`Around`]): at the VAE's full-resolution
+        // blocks each intermediate image is hundreds of megabytes.
+        let normed = |norm| Around {
+            norm: Some(norm),
+            ..Around::default()
         };
+        let mut h = self.conv1.forward_around(x, normed(&self.norm1))?;
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+            h = h.broadcast_add(&t)?;
+        }
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        let out = (shortcut + h)?;
         if self.output_scale_factor == 1.0 {
-            Ok(out)
-        } else {
-            out / self.output_scale_factor
+            let around = Around {
+                residual: Some(&shortcut),
+                ..normed(&self.norm2)
+            };
+            return self.conv2.forward_around(&h, around);
         }
+        let h = self.conv2.forward_around(&h, normed(&self.norm2))?;
+        (shortcut + h)? / self.output_scale_factor
     }
 }

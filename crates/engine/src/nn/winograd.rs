@@ -120,9 +120,38 @@ fn combine(out: &mut [f32], w: [f32; 3], x: [&[f32]; 3]) {
     }
 }
 
+/// What a convolution does to its input as it reads it and adds to its output, beyond the
+/// weight: the work of the ops around it in a ResNet block or an upsampler, without their
+/// full-size intermediate images (hundreds of megabytes each in a VAE decoder at 512x512).
+/// Each value is what the separate ops compute, in the same order, so the same bits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fused<'a> {
+    /// `(scale, shift)` per image and input channel (`batch x in`): the input is read as
+    /// `silu(x scale + shift)`, a GroupNorm and SiLU on the way in
+    /// ([`super::norm::GroupNormSilu::affine`]); the zero padding stays zero.
+    pub input_norm: Option<&'a [(f32, f32)]>,
+    /// The input has half the output's height and width, each pixel standing for a 2x2
+    /// block: nearest 2x upsampling.
+    pub doubled: bool,
+    /// One value per output channel.
+    pub bias: Option<&'a [f32]>,
+    /// Added to the output (after the bias), laid out as it: a ResNet block's shortcut.
+    pub residual: Option<&'a [f32]>,
+}
+
 /// The convolution: `input` (batch, in, h, w) NCHW, `u` from [`transform_weights`], an
 /// optional bias per output channel. Returns (batch, out, h, w).
 pub fn conv3x3(input: &[f32], shape: Shape, u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let fused = Fused {
+        bias,
+        ..Fused::default()
+    };
+    conv3x3_fused(input, shape, u, fused)
+}
+
+/// [`conv3x3`] with the work of the ops around it ([`Fused`]); `shape` is the output's, and the
+/// input's too unless it is `doubled`.
+pub fn conv3x3_fused(input: &[f32], shape: Shape, u: &[f32], fused: Fused) -> Vec<f32> {
     let Shape {
         batch,
         in_channels,
@@ -130,8 +159,28 @@ pub fn conv3x3(input: &[f32], shape: Shape, u: &[f32], bias: Option<&[f32]>) -> 
         height,
         width,
     } = shape;
-    assert_eq!(input.len(), batch * in_channels * height * width);
+    let input_plane = match fused.doubled {
+        true => {
+            assert!(
+                height % 2 == 0 && width % 2 == 0,
+                "a doubled input has even sides"
+            );
+            height / 2 * (width / 2)
+        }
+        false => height * width,
+    };
+    assert_eq!(input.len(), batch * in_channels * input_plane);
     assert_eq!(u.len(), out_channels * POSITIONS * in_channels);
+    if let Some(norm) = fused.input_norm {
+        assert_eq!(
+            norm.len(),
+            batch * in_channels,
+            "a (scale, shift) per image and channel"
+        );
+    }
+    if let Some(residual) = fused.residual {
+        assert_eq!(residual.len(), batch * out_channels * height * width);
+    }
     let tiles_w = width.div_ceil(M);
     let tiles_h = height.div_ceil(M);
     // Whole rows of tiles per block, and a block count that is a multiple of the threads so
@@ -151,12 +200,23 @@ pub fn conv3x3(input: &[f32], shape: Shape, u: &[f32], bias: Option<&[f32]>) -> 
             image: i / blocks_per_image,
             first_tile_row: (i % blocks_per_image) * tile_rows_per_block,
             out_rows: Vec::with_capacity(out_channels),
+            residual_rows: Vec::new(),
         })
         .collect();
     for (index, channel) in output.chunks_mut(plane).enumerate() {
         let image = index / out_channels;
         for (b, rows) in channel.chunks_mut(rows_per_block * width).enumerate() {
             blocks[image * blocks_per_image + b].out_rows.push(rows);
+        }
+    }
+    if let Some(residual) = fused.residual {
+        for (index, channel) in residual.chunks(plane).enumerate() {
+            let image = index / out_channels;
+            for (b, rows) in channel.chunks(rows_per_block * width).enumerate() {
+                blocks[image * blocks_per_image + b]
+                    .residual_rows
+                    .push(rows);
+            }
         }
     }
 
@@ -168,9 +228,24 @@ pub fn conv3x3(input: &[f32], shape: Shape, u: &[f32], bias: Option<&[f32]>) -> 
     };
     blocks.into_par_iter().for_each_init(
         || Scratch::new(&geometry),
-        |scratch, block| geometry.run_block(input, u, bias, block, scratch),
+        |scratch, block| geometry.run_block(input, u, fused, block, scratch),
     );
     output
+}
+
+/// How a block reads the input ([`Fused`]), for one image.
+#[derive(Clone, Copy)]
+struct Reading<'a> {
+    /// `(scale, shift)` per input channel.
+    norm: Option<&'a [(f32, f32)]>,
+    doubled: bool,
+}
+
+/// What an output channel's rows get added: its bias, then its rows of the residual.
+#[derive(Clone, Copy)]
+struct Added<'a> {
+    bias: f32,
+    residual: Option<&'a [f32]>,
 }
 
 struct Block<'a> {
@@ -178,6 +253,8 @@ struct Block<'a> {
     first_tile_row: usize,
     /// Per output channel, this block's rows of the output plane.
     out_rows: Vec<&'a mut [f32]>,
+    /// The same rows of the residual, when there is one.
+    residual_rows: Vec<&'a [f32]>,
 }
 
 struct Geometry {
@@ -197,6 +274,8 @@ struct Scratch {
     padded: Vec<f32>,
     /// The rows after the vertical input transform: (6, padded).
     vertical: Vec<f32>,
+    /// One input row normalized, before it is doubled.
+    normalized: Vec<f32>,
 }
 
 impl Scratch {
@@ -209,57 +288,103 @@ impl Scratch {
             m: vec![0f32; POSITIONS * g.shape.out_channels * tiles],
             padded: vec![0f32; ALPHA * row_len],
             vertical: vec![0f32; ALPHA * row_len],
+            normalized: vec![0f32; g.shape.width],
         }
     }
 }
 
 impl Geometry {
-    fn run_block(
-        &self,
-        input: &[f32],
-        u: &[f32],
-        bias: Option<&[f32]>,
-        mut block: Block,
-        s: &mut Scratch,
-    ) {
+    fn run_block(&self, input: &[f32], u: &[f32], fused: Fused, mut block: Block, s: &mut Scratch) {
         let tile_rows = self
             .tile_rows_per_block
             .min(self.tiles_h - block.first_tile_row);
         let tiles = tile_rows * self.tiles_w;
         let (cin, cout) = (self.shape.in_channels, self.shape.out_channels);
-        let image_len = cin * self.shape.height * self.shape.width;
+        let image_len = input.len() / self.shape.batch;
         let image = &input[block.image * image_len..][..image_len];
-        self.transform_input(image, block.first_tile_row, tile_rows, s);
+        let norm = fused.input_norm.map(|n| &n[block.image * cin..][..cin]);
+        let reading = Reading {
+            norm,
+            doubled: fused.doubled,
+        };
+        self.transform_input(image, reading, block.first_tile_row, tile_rows, s);
         for p in 0..POSITIONS {
             let lhs = gemm::View::row_major(&u[p * cin..], cout, cin, POSITIONS * cin);
             let rhs = gemm::View::row_major(&s.v[p * cin * tiles..], cin, tiles, tiles);
             gemm::matmul(lhs, rhs, &mut s.m[p * cout * tiles..][..cout * tiles], 1.0);
         }
         for (k, rows) in block.out_rows.iter_mut().enumerate() {
-            let b = bias.map_or(0.0, |b| b[k]);
+            let added = Added {
+                bias: fused.bias.map_or(0.0, |b| b[k]),
+                residual: block.residual_rows.get(k).copied(),
+            };
             let m = &s.m[..POSITIONS * cout * tiles];
             for r in 0..tile_rows {
-                self.transform_output(m, k, tiles, r, b, rows);
+                self.transform_output(m, k, tiles, r, added, rows);
             }
         }
     }
 
+    /// Input row `y` of `channel` (`c`) as the convolution reads it, into `padded` (`w`
+    /// values); `normalized` has room for a row.
+    fn fill_row(
+        &self,
+        channel: &[f32],
+        c: usize,
+        y: usize,
+        reading: Reading,
+        normalized: &mut [f32],
+        padded: &mut [f32],
+    ) {
+        let w = self.shape.width;
+        let (source_w, source_y) = match reading.doubled {
+            true => (w / 2, y / 2),
+            false => (w, y),
+        };
+        let mut row = &channel[source_y * source_w..][..source_w];
+        if let Some(norm) = reading.norm {
+            let (scale, shift) = norm[c];
+            let normalized = &mut normalized[..source_w];
+            super::norm::silu_affine(row, normalized, scale, shift);
+            row = normalized;
+        }
+        match reading.doubled {
+            true => {
+                for (pair, &value) in padded.chunks_exact_mut(2).zip(row) {
+                    pair.fill(value);
+                }
+            }
+            false => padded.copy_from_slice(row),
+        }
+    }
+
     /// Fill `s.v` (36, in, tiles) for `tile_rows` rows of tiles starting at `first`.
-    fn transform_input(&self, image: &[f32], first: usize, tile_rows: usize, s: &mut Scratch) {
+    fn transform_input(
+        &self,
+        image: &[f32],
+        reading: Reading,
+        first: usize,
+        tile_rows: usize,
+        s: &mut Scratch,
+    ) {
         let (h, w) = (self.shape.height, self.shape.width);
         let (tw, tiles) = (self.tiles_w, tile_rows * self.tiles_w);
         let cin = self.shape.in_channels;
         let (padded_len, vertical_len) = (s.padded.len() / ALPHA, s.vertical.len() / ALPHA);
+        let channel_len = image.len() / cin;
         for c in 0..cin {
-            let channel = &image[c * h * w..][..h * w];
+            let channel = &image[c * channel_len..][..channel_len];
             for r in 0..tile_rows {
                 // The six input rows of this tile row, shifted right by one (the left pad),
                 // zero outside the image.
                 let top = (first + r) * M;
-                for (i, padded) in s.padded.chunks_mut(padded_len).enumerate() {
+                for i in 0..ALPHA {
                     match (top + i).checked_sub(1).filter(|&y| y < h) {
-                        Some(y) => padded[1..=w].copy_from_slice(&channel[y * w..][..w]),
-                        None => padded[1..=w].fill(0.0),
+                        Some(y) => {
+                            let padded = &mut s.padded[i * padded_len + 1..][..w];
+                            self.fill_row(channel, c, y, reading, &mut s.normalized, padded);
+                        }
+                        None => s.padded[i * padded_len + 1..][..w].fill(0.0),
                     }
                 }
                 // vertical[a][x] = sum_i BT[a][i] padded[i][x], eight columns at a time.
@@ -294,9 +419,10 @@ impl Geometry {
         k: usize,
         tiles: usize,
         r: usize,
-        bias: f32,
+        added: Added,
         rows: &mut [f32],
     ) {
+        let Added { bias, residual } = added;
         let (tw, w) = (self.tiles_w, self.shape.width);
         let cout = self.shape.out_channels;
         let row_count = rows.len() / w;
@@ -320,9 +446,14 @@ impl Geometry {
                         break;
                     }
                     let out_row = &mut rows[row * w..][..w];
+                    let residual_row = residual.map(|r| &r[row * w..][..w]);
                     for (l, &value) in y.iter().enumerate().take(count) {
-                        if let Some(out) = out_row.get_mut((t0 + l) * M + j) {
+                        let x = (t0 + l) * M + j;
+                        if let Some(out) = out_row.get_mut(x) {
                             *out = value + bias;
+                            if let Some(residual) = residual_row {
+                                *out += residual[x];
+                            }
                         }
                     }
                 }
@@ -430,6 +561,60 @@ pub(crate) mod tests {
             let expected = direct(&input, s, &weight, Some(&bias));
             let diff = max_diff(&expected, &conv(&input, s, &weight, Some(&bias)));
             assert!(diff < 1e-4, "{s:?}: max diff {diff}");
+        }
+    }
+
+    /// A norm read on the way in, a doubled input and a residual give exactly what the
+    /// separate ops give: the input normalized and upsampled first, the residual added after.
+    #[test]
+    fn fused_ops_give_the_values_of_separate_ones() {
+        for (batch, cin, cout, h, w, doubled) in [
+            (2, 3, 5, 6, 10, true),
+            (1, 4, 2, 9, 7, false),
+            (1, 2, 3, 16, 12, true),
+        ] {
+            let (ih, iw) = if doubled { (h / 2, w / 2) } else { (h, w) };
+            let input = pattern(batch * cin * ih * iw, 0.3);
+            let norm: Vec<(f32, f32)> = (0..batch * cin)
+                .map(|i| (0.5 + i as f32 * 0.25, i as f32 * 0.1 - 0.2))
+                .collect();
+            let s = Shape {
+                batch,
+                in_channels: cin,
+                out_channels: cout,
+                height: h,
+                width: w,
+            };
+            let weight = pattern(cout * cin * 9, 1.7);
+            let (bias, residual) = (pattern(cout, 2.9), pattern(batch * cout * h * w, 0.9));
+            let u = transform_weights(&weight, cout, cin);
+            // The separate ops: normalize, upsample, convolve, add.
+            let mut normalized = input.clone();
+            for (i, plane) in normalized.chunks_mut(ih * iw).enumerate() {
+                let source = plane.to_vec();
+                super::super::norm::silu_affine(&source, plane, norm[i].0, norm[i].1);
+            }
+            let upsampled: Vec<f32> = match doubled {
+                true => (0..batch * cin * h * w)
+                    .map(|i| {
+                        let (plane, y, x) = (i / (h * w), i / w % h, i % w);
+                        normalized[plane * ih * iw + y / 2 * iw + x / 2]
+                    })
+                    .collect(),
+                false => normalized,
+            };
+            let expected: Vec<f32> = conv3x3(&upsampled, s, &u, Some(&bias))
+                .iter()
+                .zip(&residual)
+                .map(|(y, r)| y + r)
+                .collect();
+            let fused = Fused {
+                input_norm: Some(&norm),
+                doubled,
+                bias: Some(&bias),
+                residual: Some(&residual),
+            };
+            assert_eq!(conv3x3_fused(&input, s, &u, fused), expected, "{s:?}");
         }
     }
 

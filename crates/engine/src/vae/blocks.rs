@@ -5,7 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::nn::attention::scaled_dot_product;
-use crate::nn::conv::Conv3x3;
+use crate::nn::conv::{Around, Conv3x3};
 use crate::nn::layers::{self, Conv2d, GroupNorm, Linear};
 use crate::nn::resnet::{ResnetBlock, ResnetConfig, conv3x3};
 
@@ -191,8 +191,11 @@ impl DecoderBlock {
             x = resnet.forward(&x, None)?;
         }
         if let Some(conv) = &self.upsample {
-            let (_, _, h, w) = x.dims4()?;
-            x = conv.forward(&x.upsample_nearest2d(h * 2, w * 2)?)?;
+            let upsample = Around {
+                upsample: true,
+                ..Around::default()
+            };
+            x = conv.forward_around(&x, upsample)?;
         }
         Ok(x)
     }

@@ -28,7 +28,7 @@ pub enum VaeTiling {
 }
 
 use crate::error::Result;
-use crate::nn::conv::{Conv1x1, Conv3x3};
+use crate::nn::conv::{Around, Conv1x1, Conv3x3};
 use crate::nn::layers;
 use crate::nn::resnet::{conv1x1, conv3x3};
 use crate::weights::{NameScheme, Variant, build_component};
@@ -85,7 +85,11 @@ impl Encoder {
             x = block.forward(&x)?;
         }
         let x = self.mid.forward(&x)?;
-        self.conv_out.forward(&self.norm_out.forward(&x)?)
+        let normed = Around {
+            norm: Some(&self.norm_out),
+            ..Around::default()
+        };
+        self.conv_out.forward_around(&x, normed)
     }
 }
 
@@ -136,7 +140,11 @@ impl Decoder {
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        self.conv_out.forward(&self.norm_out.forward(&x)?)
+        let normed = Around {
+            norm: Some(&self.norm_out),
+            ..Around::default()
+        };
+        self.conv_out.forward_around(&x, normed)
     }
 }
 

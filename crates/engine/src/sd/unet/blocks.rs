@@ -4,7 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::transformer::{Transformer2D, Transformer2DConfig};
-use crate::nn::conv::Conv3x3;
+use crate::nn::conv::{Around, Conv3x3};
 use crate::nn::layers::{self, Conv2d, Weights};
 use crate::nn::resnet::{ResnetBlock, ResnetConfig, conv3x3};
 
@@ -259,8 +259,18 @@ impl UpBlock {
         }
         if let Some(upsampler) = &self.upsampler {
             let (_, _, h, w) = x.dims4()?;
-            let (th, tw) = upsample_to.unwrap_or((h * 2, w * 2));
-            x = upsampler.forward(&x.upsample_nearest2d(th, tw)?)?;
+            x = match upsample_to {
+                Some((th, tw)) if (th, tw) != (h * 2, w * 2) => {
+                    upsampler.forward(&x.upsample_nearest2d(th, tw)?)?
+                }
+                _ => {
+                    let upsample = Around {
+                        upsample: true,
+                        ..Around::default()
+                    };
+                    upsampler.forward_around(&x, upsample)?
+                }
+            };
         }
         Ok(x)
     }
