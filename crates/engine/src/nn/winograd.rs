@@ -529,6 +529,16 @@ pub(crate) mod tests {
         out
     }
 
+    fn shape(batch: usize, cin: usize, cout: usize, height: usize, width: usize) -> Shape {
+        Shape {
+            batch,
+            in_channels: cin,
+            out_channels: cout,
+            height,
+            width,
+        }
+    }
+
     pub(crate) fn pattern(len: usize, seed: f32) -> Vec<f32> {
         (0..len).map(|i| (i as f32 * 0.618 + seed).sin()).collect()
     }
@@ -548,13 +558,7 @@ pub(crate) mod tests {
         conv: impl Fn(&[f32], Shape, &[f32], Option<&[f32]>) -> Vec<f32>,
     ) {
         for &(batch, cin, cout, h, w) in shapes {
-            let s = Shape {
-                batch,
-                in_channels: cin,
-                out_channels: cout,
-                height: h,
-                width: w,
-            };
+            let s = shape(batch, cin, cout, h, w);
             let input = pattern(batch * cin * h * w, 0.3);
             let weight = pattern(cout * cin * 9, 1.7);
             let bias = pattern(cout, 2.9);
@@ -578,13 +582,7 @@ pub(crate) mod tests {
             let norm: Vec<(f32, f32)> = (0..batch * cin)
                 .map(|i| (0.5 + i as f32 * 0.25, i as f32 * 0.1 - 0.2))
                 .collect();
-            let s = Shape {
-                batch,
-                in_channels: cin,
-                out_channels: cout,
-                height: h,
-                width: w,
-            };
+            let s = shape(batch, cin, cout, h, w);
             let weight = pattern(cout * cin * 9, 1.7);
             let (bias, residual) = (pattern(cout, 2.9), pattern(batch * cout * h * w, 0.9));
             let u = transform_weights(&weight, cout, cin);
