@@ -202,31 +202,29 @@ impl SameConv {
         if shape.tiles() < MIN_WINOGRAD_TILES {
             return Ok(None);
         }
+        // The weight first: a bf16 layer on AMX tiles goes its own way, before any pass over x.
+        let loaded = match &self.weight {
+            ConvWeight::Mapped { .. } => None,
+            ConvWeight::Loaded(conv) if conv.weight().dtype() == DType::F32 => {
+                Some(conv.weight().contiguous()?)
+            }
+            _ => return Ok(None),
+        };
+        let guard = loaded.as_ref().map(|w| w.storage_and_layout());
+        let weight = match (&self.weight, &guard) {
+            (ConvWeight::Mapped { weight, .. }, _) => weight.values(),
+            (_, Some((storage, layout))) => match &**storage {
+                Storage::Cpu(storage) => contiguous_f32(storage, layout)?,
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
         let input_norm = match around.norm {
             Some(norm) => match norm.affine(x)? {
                 Some(affine) => Some(affine),
                 None => return Ok(None),
             },
             None => None,
-        };
-        let loaded;
-        let weight = match &self.weight {
-            ConvWeight::Mapped { weight, .. } => weight.values(),
-            ConvWeight::Loaded(conv) if conv.weight().dtype() == DType::F32 => {
-                loaded = conv.weight().contiguous()?;
-                let (storage, layout) = loaded.storage_and_layout();
-                let Storage::Cpu(storage) = &*storage else {
-                    return Ok(None);
-                };
-                return self.fused_with(
-                    x,
-                    shape,
-                    contiguous_f32(storage, layout)?,
-                    input_norm,
-                    around,
-                );
-            }
-            _ => return Ok(None),
         };
         self.fused_with(x, shape, weight, input_norm, around)
     }
