@@ -158,14 +158,17 @@ impl Module for SameConv {
 pub struct Around<'a> {
     /// GroupNorm and SiLU on the input, first.
     pub norm: Option<&'a GroupNormSilu>,
-    /// Nearest 2x upsampling of the input, next.
+    /// Nearest 2x upsampling of the input, next (not on AMX tiles).
     pub upsample: bool,
+    /// `(batch, out)`: added to each image's channels after the convolution (a UNet ResNet
+    /// block's time embedding).
+    pub image_bias: Option<&'a Tensor>,
     /// Added to the output, last.
     pub residual: Option<&'a Tensor>,
 }
 
 impl SameConv {
-    /// `residual + conv(upsample(norm(x)))`, each part as `around` asks.
+    /// `residual + (conv(upsample(norm(x))) + image_bias)`, each part as `around` asks.
     pub fn forward_around(&self, x: &Tensor, around: Around) -> Result<Tensor> {
         if let Some(y) = self.fused(x, around)? {
             return Ok(y);
@@ -178,14 +181,18 @@ impl SameConv {
             let (_, _, h, w) = x.dims4()?;
             x = x.upsample_nearest2d(h * 2, w * 2)?;
         }
-        let y = self.forward(&x)?;
+        let mut y = self.forward(&x)?;
+        if let Some(image_bias) = around.image_bias {
+            y = y.broadcast_add(&image_bias.unsqueeze(2)?.unsqueeze(3)?)?;
+        }
         match around.residual {
             Some(residual) => residual + y,
             None => Ok(y),
         }
     }
 
-    /// [`Self::forward_around`] as one Winograd convolution, where its f32 path runs.
+    /// [`Self::forward_around`] as one convolution, where its f32 Winograd path or its AMX
+    /// tiles run.
     fn fused(&self, x: &Tensor, around: Around) -> Result<Option<Tensor>> {
         if self.kernel != 3 || self.tag.is_some() || !self.runs_on_cpu_kernels(x) {
             return Ok(None);
@@ -199,25 +206,43 @@ impl SameConv {
             height: height * factor,
             width: width * factor,
         };
-        if shape.tiles() < MIN_WINOGRAD_TILES {
-            return Ok(None);
-        }
-        // The weight first: a bf16 layer on AMX tiles goes its own way, before any pass over x.
+        // The weight first: before any pass over x, whether a fused path runs at all.
         let loaded = match &self.weight {
             ConvWeight::Mapped { .. } => None,
+            ConvWeight::Tiles { .. } if !around.upsample => None,
             ConvWeight::Loaded(conv) if conv.weight().dtype() == DType::F32 => {
                 Some(conv.weight().contiguous()?)
             }
             _ => return Ok(None),
         };
+        let winograd_weight = !matches!(self.weight, ConvWeight::Tiles { .. });
+        if winograd_weight && shape.tiles() < MIN_WINOGRAD_TILES {
+            return Ok(None);
+        }
         let guard = loaded.as_ref().map(|w| w.storage_and_layout());
         let weight = match (&self.weight, &guard) {
-            (ConvWeight::Mapped { weight, .. }, _) => weight.values(),
+            (ConvWeight::Mapped { weight, .. }, _) => Operand::F32(weight.values()),
+            (ConvWeight::Tiles { weight, .. }, _) => Operand::Tiles(weight),
             (_, Some((storage, layout))) => match &**storage {
-                Storage::Cpu(storage) => contiguous_f32(storage, layout)?,
+                Storage::Cpu(storage) => Operand::F32(contiguous_f32(storage, layout)?),
                 _ => return Ok(None),
             },
             _ => return Ok(None),
+        };
+        let out_dims = (batch, shape.out_channels, shape.height, shape.width);
+        let image_bias = match around.image_bias {
+            Some(b) if b.dims() == [batch, shape.out_channels] => {
+                Some(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+            Some(_) => return Ok(None),
+            None => None,
+        };
+        let residual = match around.residual {
+            Some(r) if r.dtype() == DType::F32 && r.device().is_cpu() && r.dims4()? == out_dims => {
+                Some(r.contiguous()?)
+            }
+            Some(_) => return Ok(None),
+            None => None,
         };
         let input_norm = match around.norm {
             Some(norm) => match norm.affine(x)? {
@@ -226,27 +251,8 @@ impl SameConv {
             },
             None => None,
         };
-        self.fused_with(x, shape, weight, input_norm, around)
-    }
-
-    fn fused_with(
-        &self,
-        x: &Tensor,
-        shape: winograd::Shape,
-        weight: &[f32],
-        input_norm: Option<Vec<(f32, f32)>>,
-        around: Around,
-    ) -> Result<Option<Tensor>> {
-        let out_dims = (shape.batch, shape.out_channels, shape.height, shape.width);
-        let residual = match around.residual {
-            Some(r) if r.dtype() == DType::F32 && r.device().is_cpu() && r.dims4()? == out_dims => {
-                Some(r.contiguous()?)
-            }
-            Some(_) => return Ok(None),
-            None => None,
-        };
-        let guard = residual.as_ref().map(|r| r.storage_and_layout());
-        let residual = match &guard {
+        let residual_guard = residual.as_ref().map(|r| r.storage_and_layout());
+        let residual = match &residual_guard {
             Some((storage, layout)) => match &**storage {
                 Storage::Cpu(storage) => Some(contiguous_f32(storage, layout)?),
                 _ => return Ok(None),
@@ -257,20 +263,31 @@ impl SameConv {
             Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
             None => None,
         };
+        let fused = winograd::Fused {
+            input_norm: input_norm.as_deref(),
+            doubled: around.upsample,
+            bias: bias.as_deref(),
+            image_bias: image_bias.as_deref(),
+            residual,
+        };
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
         let Storage::Cpu(storage) = &*storage else {
             return Ok(None);
         };
         let input = contiguous_f32(storage, layout)?;
-        let u = winograd::transform_weights(weight, shape.out_channels, shape.in_channels);
-        let fused = winograd::Fused {
-            input_norm: input_norm.as_deref(),
-            doubled: around.upsample,
-            bias: bias.as_deref(),
-            residual,
+        let out = match weight {
+            Operand::F32(weight) => {
+                let u = winograd::transform_weights(weight, shape.out_channels, shape.in_channels);
+                winograd::conv3x3_fused(input, shape, &u, fused)
+            }
+            Operand::Tiles(packed) => {
+                match super::tiled_conv::conv_fused(input, shape, packed, fused) {
+                    Some(out) => out,
+                    None => candle_core::bail!("AMX went away"),
+                }
+            }
         };
-        let out = winograd::conv3x3_fused(input, shape, &u, fused);
         Tensor::from_vec(out, out_dims, x.device()).map(Some)
     }
 
@@ -494,25 +511,36 @@ mod tests {
             .map_err(candle_core::Error::wrap)?;
         let tensors =
             candle_core::safetensors::load(dir.path().join("model.safetensors"), &device)?;
-        let loaded = build(VarBuilder::from_tensors(tensors, dtype, &device))?;
+        let loaded = build(VarBuilder::from_tensors(tensors.clone(), dtype, &device))?;
         assert!(matches!(loaded.0.weight, ConvWeight::Loaded(_)));
-        for (conv, norm) in [(&mapped.0, &mapped.1), (&loaded.0, &loaded.1)] {
+        // bf16 weights on AMX tiles, where the CPU has them (no doubled input there).
+        let tiled = build(VarBuilder::from_tensors(tensors, DType::BF16, &device))?;
+        let mut layers = vec![(&mapped, true), (&loaded, true)];
+        if matches!(tiled.0.weight, ConvWeight::Tiles { .. }) {
+            layers.push((&tiled, false));
+        }
+        for ((conv, norm), doubles) in layers {
             for (upsample, side) in [(false, 36), (true, 18)] {
                 let (h, w) = (side, side - 2);
                 let (out_h, out_w) = if upsample { (2 * h, 2 * w) } else { (h, w) };
                 let x = (Tensor::randn(0f32, 1., (2, 4, h, w), &device)? * 3.0)?;
+                let time = Tensor::randn(0f32, 1., (2, 6), &device)?;
                 let residual = Tensor::randn(0f32, 1., (2, 6, out_h, out_w), &device)?;
                 let around = Around {
                     norm: Some(norm),
                     upsample,
+                    image_bias: Some(&time),
                     residual: Some(&residual),
                 };
-                assert!(conv.fused(&x, around)?.is_some(), "the fused path runs");
+                let runs_fused = doubles || !upsample;
+                assert_eq!(conv.fused(&x, around)?.is_some(), runs_fused);
                 let mut separate = norm.forward(&x)?;
                 if upsample {
                     separate = separate.upsample_nearest2d(out_h, out_w)?;
                 }
-                let separate = (&residual + conv.forward(&separate)?)?;
+                let time = time.unsqueeze(2)?.unsqueeze(3)?;
+                let separate = conv.forward(&separate)?.broadcast_add(&time)?;
+                let separate = (&residual + separate)?;
                 let fused = conv.forward_around(&x, around)?;
                 assert_eq!(fused.dims(), separate.dims());
                 let diff = (fused - separate)?.abs()?.max_all()?.to_scalar::<f32>()?;

@@ -62,18 +62,22 @@ impl ResnetBlock {
 
     /// `temb` is the (already computed) time embedding `(B, T)`, before its SiLU.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        // Each norm runs inside the convolution after it, and the shortcut is added by the
-        // second one, where the CPU kernels allow ([`Around`]): at the VAE's full-resolution
-        // blocks each intermediate image is hundreds of megabytes.
+        // Each norm runs inside the convolution after it, the time embedding is added by the
+        // first and the shortcut by the second, where the CPU kernels allow ([`Around`]): at
+        // the VAE's full-resolution blocks each intermediate image is hundreds of megabytes.
         let normed = |norm| Around {
             norm: Some(norm),
             ..Around::default()
         };
-        let mut h = self.conv1.forward_around(x, normed(&self.norm1))?;
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-            h = h.broadcast_add(&t)?;
-        }
+        let time = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => Some(proj.forward(&temb.silu()?)?),
+            _ => None,
+        };
+        let first = Around {
+            image_bias: time.as_ref(),
+            ..normed(&self.norm1)
+        };
+        let h = self.conv1.forward_around(x, first)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use super::amx::{BLOCK, STEP, Tiles};
 use super::bf16::SharedOut;
 use super::buffers::{Block, Lines};
-use super::winograd::Shape;
+use super::winograd::{Fused, Shape};
 
 /// Blocks of [`BLOCK`] output positions a task computes for its panel of output channels.
 const BLOCKS_PER_TASK: usize = 4;
@@ -113,6 +113,22 @@ pub fn conv(
     weight: &PackedConv,
     bias: Option<&[f32]>,
 ) -> Option<Vec<f32>> {
+    let fused = Fused {
+        bias,
+        ..Fused::default()
+    };
+    conv_fused(input, shape, weight, fused)
+}
+
+/// [`conv`] with the work of the ops around it, as [`Fused`] describes, except a doubled
+/// input.
+pub fn conv_fused(
+    input: &[f32],
+    shape: Shape,
+    weight: &PackedConv,
+    fused: Fused,
+) -> Option<Vec<f32>> {
+    assert!(!fused.doubled, "a doubled input is not read on the tiles");
     let Shape {
         batch,
         in_channels,
@@ -127,6 +143,14 @@ pub fn conv(
     );
     let plane = height * width;
     assert_eq!(input.len(), batch * in_channels * plane, "input size");
+    fused.check_outputs(batch, out_channels, plane);
+    if let Some(norm) = fused.input_norm {
+        assert_eq!(
+            norm.len(),
+            batch * in_channels,
+            "a (scale, shift) per image and channel"
+        );
+    }
     Tiles::configure()?;
     let (kernel, depth) = (weight.kernel, weight.depth);
     let grid = Grid {
@@ -145,7 +169,10 @@ pub fn conv(
     let first_out = output.spare_capacity_mut().as_mut_ptr().cast::<f32>();
     for (n, image) in input.chunks(in_channels * plane).enumerate() {
         // The border and the padding channels are never written: they stay zero.
-        grid.fill(image, in_channels, depth, &mut padded);
+        let norm = fused
+            .input_norm
+            .map(|norm| &norm[n * in_channels..][..in_channels]);
+        grid.fill(image, norm, in_channels, depth, &mut padded);
         let out = SharedOut(first_out.wrapping_add(n * out_channels * plane));
         (0..chunks * panels).into_par_iter().for_each(|task| {
             let (chunk, panel) = (task / panels, task % panels);
@@ -201,15 +228,27 @@ pub fn conv(
                 runs.clear();
                 runs.extend(grid.runs(block * BLOCK, BLOCK));
                 for (c, channel) in (first_channel..first_channel + channels).enumerate() {
-                    let add = bias.map_or(0.0, |b| b[channel]);
+                    let add = fused.bias.map_or(0.0, |b| b[channel]);
+                    let image_add = fused.image_bias.map(|b| b[n * out_channels + channel]);
+                    let residual = fused
+                        .residual
+                        .map(|r| &r[(n * out_channels + channel) * plane..][..plane]);
                     let sums = &by_channel[c * BLOCK..][..BLOCK];
                     for &(from, pixel, len) in &runs {
                         for (i, &sum) in sums[from..from + len].iter().enumerate() {
+                            // The order of the separate ops: bias, image bias, residual.
+                            let mut value = sum + add;
+                            if let Some(image_add) = image_add {
+                                value += image_add;
+                            }
+                            if let Some(residual) = residual {
+                                value += residual[pixel + i];
+                            }
                             // SAFETY: this task alone writes its channels' pixels of the
                             // block's positions, inside `out` (`out_channels x plane`).
                             #[allow(unsafe_code)]
                             unsafe {
-                                *out.at(channel * plane + pixel + i) = sum + add
+                                *out.at(channel * plane + pixel + i) = value
                             };
                         }
                     }
@@ -262,7 +301,16 @@ impl Grid {
 
     /// `image` (`channels, height, width`, f32) rounded to bf16 into the padded grid, each
     /// pixel's `channels` values `depth` apart; rows in parallel.
-    fn fill(self, image: &[f32], channels: usize, depth: usize, padded: &mut [u16]) {
+    /// `image`'s rows into the padded grid, rounded to bf16, each channel first normalized
+    /// (`silu(x scale + shift)`) where `norm` gives its `(scale, shift)`.
+    fn fill(
+        self,
+        image: &[f32],
+        norm: Option<&[(f32, f32)]>,
+        channels: usize,
+        depth: usize,
+        padded: &mut [u16],
+    ) {
         let plane = self.height * self.width;
         let row_values = self.row() * depth;
         let first = self.pad * row_values;
@@ -270,10 +318,15 @@ impl Grid {
             .par_chunks_mut(row_values)
             .enumerate()
             .for_each_init(
-                || vec![0u16; channels * self.width],
-                |rounded, (y, dst)| {
+                || (vec![0u16; channels * self.width], vec![0f32; self.width]),
+                |(rounded, normalized), (y, dst)| {
                     for c in 0..channels {
-                        let src = &image[c * plane + y * self.width..][..self.width];
+                        let mut src = &image[c * plane + y * self.width..][..self.width];
+                        if let Some(norm) = norm {
+                            let (scale, shift) = norm[c];
+                            super::norm::silu_affine(src, normalized, scale, shift);
+                            src = normalized;
+                        }
                         super::bf16::round_into(src, &mut rounded[c * self.width..][..self.width]);
                     }
                     let pixels = &mut dst[self.pad * depth..];

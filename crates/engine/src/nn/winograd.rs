@@ -135,8 +135,27 @@ pub struct Fused<'a> {
     pub doubled: bool,
     /// One value per output channel.
     pub bias: Option<&'a [f32]>,
-    /// Added to the output (after the bias), laid out as it: a ResNet block's shortcut.
+    /// One value per image and output channel (`batch x out`), added after the bias: a UNet
+    /// ResNet block's time embedding.
+    pub image_bias: Option<&'a [f32]>,
+    /// Added to the output (after the biases), laid out as it: a ResNet block's shortcut.
     pub residual: Option<&'a [f32]>,
+}
+
+impl Fused<'_> {
+    /// The image biases and the residual fit `batch` images of `out` channels of `plane`.
+    pub(crate) fn check_outputs(&self, batch: usize, out: usize, plane: usize) {
+        if let Some(image_bias) = self.image_bias {
+            assert_eq!(
+                image_bias.len(),
+                batch * out,
+                "a bias per image and channel"
+            );
+        }
+        if let Some(residual) = self.residual {
+            assert_eq!(residual.len(), batch * out * plane, "the residual's size");
+        }
+    }
 }
 
 /// The convolution: `input` (batch, in, h, w) NCHW, `u` from [`transform_weights`], an
@@ -178,9 +197,7 @@ pub fn conv3x3_fused(input: &[f32], shape: Shape, u: &[f32], fused: Fused) -> Ve
             "a (scale, shift) per image and channel"
         );
     }
-    if let Some(residual) = fused.residual {
-        assert_eq!(residual.len(), batch * out_channels * height * width);
-    }
+    fused.check_outputs(batch, out_channels, height * width);
     let tiles_w = width.div_ceil(M);
     let tiles_h = height.div_ceil(M);
     // Whole rows of tiles per block, and a block count that is a multiple of the threads so
@@ -241,10 +258,12 @@ struct Reading<'a> {
     doubled: bool,
 }
 
-/// What an output channel's rows get added: its bias, then its rows of the residual.
+/// What an output channel's rows get added: its bias, its image's bias, then its rows of the
+/// residual.
 #[derive(Clone, Copy)]
 struct Added<'a> {
     bias: f32,
+    image_bias: Option<f32>,
     residual: Option<&'a [f32]>,
 }
 
@@ -316,6 +335,7 @@ impl Geometry {
         for (k, rows) in block.out_rows.iter_mut().enumerate() {
             let added = Added {
                 bias: fused.bias.map_or(0.0, |b| b[k]),
+                image_bias: fused.image_bias.map(|b| b[block.image * cout + k]),
                 residual: block.residual_rows.get(k).copied(),
             };
             let m = &s.m[..POSITIONS * cout * tiles];
@@ -422,7 +442,11 @@ impl Geometry {
         added: Added,
         rows: &mut [f32],
     ) {
-        let Added { bias, residual } = added;
+        let Added {
+            bias,
+            image_bias,
+            residual,
+        } = added;
         let (tw, w) = (self.tiles_w, self.shape.width);
         let cout = self.shape.out_channels;
         let row_count = rows.len() / w;
@@ -451,6 +475,9 @@ impl Geometry {
                         let x = (t0 + l) * M + j;
                         if let Some(out) = out_row.get_mut(x) {
                             *out = value + bias;
+                            if let Some(image_bias) = image_bias {
+                                *out += image_bias;
+                            }
                             if let Some(residual) = residual_row {
                                 *out += residual[x];
                             }
@@ -586,7 +613,8 @@ pub(crate) mod tests {
             let weight = pattern(cout * cin * 9, 1.7);
             let (bias, residual) = (pattern(cout, 2.9), pattern(batch * cout * h * w, 0.9));
             let u = transform_weights(&weight, cout, cin);
-            // The separate ops: normalize, upsample, convolve, add.
+            // The separate ops: normalize, upsample, convolve, add the image's bias and the
+            // residual.
             let mut normalized = input.clone();
             for (i, plane) in normalized.chunks_mut(ih * iw).enumerate() {
                 let source = plane.to_vec();
@@ -601,15 +629,18 @@ pub(crate) mod tests {
                     .collect(),
                 false => normalized,
             };
+            let image_bias = pattern(batch * cout, 4.1);
             let expected: Vec<f32> = conv3x3(&upsampled, s, &u, Some(&bias))
                 .iter()
                 .zip(&residual)
-                .map(|(y, r)| y + r)
+                .enumerate()
+                .map(|(i, (y, r))| (y + image_bias[i / (h * w)]) + r)
                 .collect();
             let fused = Fused {
                 input_norm: Some(&norm),
                 doubled,
                 bias: Some(&bias),
+                image_bias: Some(&image_bias),
                 residual: Some(&residual),
             };
             assert_eq!(conv3x3_fused(&input, s, &u, fused), expected, "{s:?}");
