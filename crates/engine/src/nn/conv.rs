@@ -114,6 +114,13 @@ impl SameConv {
         }
     }
 
+    /// The bias as f32 values, for the CPU kernels.
+    fn bias_values(&self) -> Result<Option<Vec<f32>>> {
+        self.bias()
+            .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
+            .transpose()
+    }
+
     fn candle(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         let (weight, bias) = (layers::like(weight, x)?, self.bias().cloned());
         let bias = bias.map(|b| layers::like(&b, x)).transpose()?;
@@ -259,10 +266,7 @@ impl SameConv {
             },
             None => None,
         };
-        let bias = match self.bias() {
-            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-            None => None,
-        };
+        let bias = self.bias_values()?;
         let fused = winograd::Fused {
             input_norm: input_norm.as_deref(),
             doubled: around.upsample,
@@ -322,10 +326,7 @@ impl SameConv {
                 width,
             },
             weight,
-            bias: match self.bias() {
-                Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-                None => None,
-            },
+            bias: self.bias_values()?,
         };
         x.contiguous()?.apply_op1_no_bwd(&op)
     }

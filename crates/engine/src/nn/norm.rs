@@ -35,15 +35,11 @@ impl GroupNormSilu {
     /// channel (`batch x channels`) that make this layer `silu(x scale + shift)`
     /// ([`silu_affine`]); `None` where [`Module::forward`] would not run the fused kernel.
     pub fn affine(&self, x: &Tensor) -> Result<Option<Vec<(f32, f32)>>> {
-        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 3 {
+        let Some(params) = Params::for_cpu(&self.norm, x)? else {
             return Ok(None);
-        }
-        let params = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
-        let (weight, bias) = (params(self.norm.weight())?, params(self.norm.bias())?);
-        let (groups, channels) = (self.norm.groups(), x.dim(1)?);
-        if !channels.is_multiple_of(groups) || weight.len() != channels {
-            candle_core::bail!("group-norm-silu: {channels} channels, {groups} groups");
-        }
+        };
+        let channels = x.dim(1)?;
+        params.check(channels)?;
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
         let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
@@ -52,23 +48,15 @@ impl GroupNormSilu {
         let Some((start, end)) = layout.contiguous_offsets() else {
             return Ok(None);
         };
-        let per_group = x.elem_count() / x.dim(0)? / groups;
-        let per_channel = per_group / (channels / groups);
-        let eps = self.norm.eps() as f32;
+        let per_channel: usize = x.dims()[2..].iter().product();
+        let per_group = channels / params.groups * per_channel;
         let affine = data[start..end]
             .par_chunks(per_group)
             .enumerate()
             .flat_map_iter(|(index, src)| {
-                let first = (index % groups) * (channels / groups);
-                let last = first + channels / groups;
-                let group = Group {
-                    weight: &weight[first..last],
-                    bias: &bias[first..last],
-                    eps,
-                    per_channel,
-                };
+                let group = params.group(index, channels, per_channel);
                 let (mean, rstd) = group.statistics(src);
-                (0..last - first).map(move |c| group.affine(c, mean, rstd))
+                (0..group.weight.len()).map(move |c| group.affine(c, mean, rstd))
             })
             .collect();
         Ok(Some(affine))
@@ -88,25 +76,63 @@ impl Module for GroupNormSilu {
 /// `None` elsewhere, for candle's ops. [`GroupNorm`] itself takes it without SiLU (a
 /// transformer's input norm, the VAE attention's).
 pub fn fused(norm: &GroupNorm, x: &Tensor, silu: bool) -> Result<Option<Tensor>> {
-    if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 3 {
+    let Some(params) = Params::for_cpu(norm, x)? else {
         return Ok(None);
-    }
-    let params = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
-    let op = FusedOp {
-        groups: norm.groups(),
-        eps: norm.eps() as f32,
-        weight: params(norm.weight())?,
-        bias: params(norm.bias())?,
-        silu,
     };
+    let op = FusedOp { params, silu };
     x.contiguous()?.apply_op1_no_bwd(&op).map(Some)
 }
 
-struct FusedOp {
+/// A group norm's parameters in f32, for the CPU kernels here.
+struct Params {
     groups: usize,
     eps: f32,
     weight: Vec<f32>,
     bias: Vec<f32>,
+}
+
+impl Params {
+    /// `norm`'s parameters where `x` takes the CPU kernels: f32 on the CPU, rank 3 or more.
+    fn for_cpu(norm: &GroupNorm, x: &Tensor) -> Result<Option<Self>> {
+        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 3 {
+            return Ok(None);
+        }
+        let values = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+        Ok(Some(Self {
+            groups: norm.groups(),
+            eps: norm.eps() as f32,
+            weight: values(norm.weight())?,
+            bias: values(norm.bias())?,
+        }))
+    }
+
+    /// Whether an input of `channels` fits these parameters.
+    fn check(&self, channels: usize) -> Result<()> {
+        if !channels.is_multiple_of(self.groups) || self.weight.len() != channels {
+            candle_core::bail!(
+                "group-norm-silu: {channels} channels, {} groups",
+                self.groups
+            );
+        }
+        Ok(())
+    }
+
+    /// The `index`-th group of an input's `(image, group)` chunks, `channels` channels of
+    /// `per_channel` values each.
+    fn group(&self, index: usize, channels: usize, per_channel: usize) -> Group<'_> {
+        let width = channels / self.groups;
+        let first = (index % self.groups) * width;
+        Group {
+            weight: &self.weight[first..first + width],
+            bias: &self.bias[first..first + width],
+            eps: self.eps,
+            per_channel,
+        }
+    }
+}
+
+struct FusedOp {
+    params: Params,
     silu: bool,
 }
 
@@ -128,27 +154,15 @@ impl CustomOp1 for FusedOp {
         let input = &data[start..end];
         let dims = layout.dims();
         let channels = dims[1];
-        if !channels.is_multiple_of(self.groups) || self.weight.len() != channels {
-            candle_core::bail!(
-                "group-norm-silu: {channels} channels, {} groups",
-                self.groups
-            );
-        }
+        self.params.check(channels)?;
         let per_channel: usize = dims[2..].iter().product();
-        let per_group = channels / self.groups * per_channel;
+        let per_group = channels / self.params.groups * per_channel;
         let mut out = super::buffers::zeros::<f32>(input.len());
         out.par_chunks_mut(per_group)
             .zip(input.par_chunks(per_group))
             .enumerate()
             .for_each(|(index, (dst, src))| {
-                let first = (index % self.groups) * (channels / self.groups);
-                let last = first + channels / self.groups;
-                let group = Group {
-                    weight: &self.weight[first..last],
-                    bias: &self.bias[first..last],
-                    eps: self.eps,
-                    per_channel,
-                };
+                let group = self.params.group(index, channels, per_channel);
                 match self.silu {
                     true => group.normalize_widest::<true>(src, dst),
                     false => group.normalize_widest::<false>(src, dst),
@@ -158,7 +172,6 @@ impl CustomOp1 for FusedOp {
     }
 }
 
-/// One group's channels: their affine parameters and size.
 struct Group<'a> {
     weight: &'a [f32],
     bias: &'a [f32],
@@ -276,8 +289,6 @@ fn silu_affine_avx2(src: &[f32], dst: &mut [f32], scale: f32, shift: f32) {
     affine_row::<true>(src, dst, scale, shift)
 }
 
-/// Mean and 1/sqrt(variance + eps), two-pass for accuracy; 16 partial sums so the loops
-/// vectorise, combined in f64.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
 fn statistics_avx512(x: &[f32], eps: f32) -> (f32, f32) {
@@ -290,6 +301,8 @@ fn statistics_avx2(x: &[f32], eps: f32) -> (f32, f32) {
     statistics(x, eps)
 }
 
+/// Mean and 1/sqrt(variance + eps), two-pass for accuracy; 16 partial sums so the loops
+/// vectorise, combined in f64.
 #[inline(always)]
 fn statistics(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f64;

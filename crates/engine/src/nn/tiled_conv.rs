@@ -143,14 +143,7 @@ pub fn conv_fused(
     );
     let plane = height * width;
     assert_eq!(input.len(), batch * in_channels * plane, "input size");
-    fused.check_outputs(batch, out_channels, plane);
-    if let Some(norm) = fused.input_norm {
-        assert_eq!(
-            norm.len(),
-            batch * in_channels,
-            "a (scale, shift) per image and channel"
-        );
-    }
+    fused.check(batch, in_channels, out_channels, plane);
     Tiles::configure()?;
     let (kernel, depth) = (weight.kernel, weight.depth);
     let grid = Grid {

@@ -143,8 +143,16 @@ pub struct Fused<'a> {
 }
 
 impl Fused<'_> {
-    /// The image biases and the residual fit `batch` images of `out` channels of `plane`.
-    pub(crate) fn check_outputs(&self, batch: usize, out: usize, plane: usize) {
+    /// The norm fits `batch` images of `in_channels`, the image biases and the residual
+    /// `batch` images of `out` channels of `plane` pixels.
+    pub(crate) fn check(&self, batch: usize, in_channels: usize, out: usize, plane: usize) {
+        if let Some(norm) = self.input_norm {
+            assert_eq!(
+                norm.len(),
+                batch * in_channels,
+                "a (scale, shift) per image and channel"
+            );
+        }
         if let Some(image_bias) = self.image_bias {
             assert_eq!(
                 image_bias.len(),
@@ -190,14 +198,7 @@ pub fn conv3x3_fused(input: &[f32], shape: Shape, u: &[f32], fused: Fused) -> Ve
     };
     assert_eq!(input.len(), batch * in_channels * input_plane);
     assert_eq!(u.len(), out_channels * POSITIONS * in_channels);
-    if let Some(norm) = fused.input_norm {
-        assert_eq!(
-            norm.len(),
-            batch * in_channels,
-            "a (scale, shift) per image and channel"
-        );
-    }
-    fused.check_outputs(batch, out_channels, height * width);
+    fused.check(batch, in_channels, out_channels, height * width);
     let tiles_w = width.div_ceil(M);
     let tiles_h = height.div_ceil(M);
     // Whole rows of tiles per block, and a block count that is a multiple of the threads so
