@@ -397,13 +397,14 @@ impl Linear {
 
 /// Up to this many rows, a mapped weight is multiplied through [`stored`]'s register tiles,
 /// which transpose a panel of it at a time into the cache; from there on the gemm crate packs
-/// it as stored, which wins on the UNet's largest levels. `cargo bench -p seedbed-engine
-/// --bench kernels -- stored` (AMD EPYC family 25, AVX-512), tiles against a transposed copy:
-/// 77 rows of 768 -> 3072 1.87 against 1.79 ms, of 1024 -> 4096 3.27 against 3.34, of 5120 ->
-/// 1280 5.9 against 5.9; 256 rows of 1280 -> 10240 32.0 against 34.0; gemm as stored needs
-/// 9.6 ms for 77 rows of 1024 -> 4096. At 4096 rows of 320 -> 2560 gemm takes 47 ms, the tiles
-/// 49-50.
-const MAX_ROWS_IN_TILES: usize = 1024;
+/// it as stored, which wins once its packing is spread over enough rows. Intel Xeon (family 6
+/// model 167, AVX-512), 2 threads, `cargo run --release --example` timings of both: 77 rows of
+/// 1024 -> 4096 3.0 against 4.0 ms, of 5120 -> 1280 5.3 against 9.5; 256 rows of 1280 -> 1280
+/// 3.4 against 3.4, of 1280 -> 10240 25.2 against 25.9; 512 rows of 1280 -> 1280 7.0 against
+/// 5.8; 1024 rows 15.4 against 11.8, of 5120 -> 1280 58.7 against 46.4 (PyTorch 42.2): each
+/// tile streams its rows from beyond L2 once per panel, where gemm keeps a block of them in L2.
+/// (On the AMD EPYC family 25 the two were level up to 1024 rows; gemm won at 4096.)
+const MAX_ROWS_IN_TILES: usize = 256;
 
 /// Without [`stored`]'s tiles (a CPU with neither AVX2 nor AVX-512), below this many rows a
 /// mapped weight is multiplied through a transposed copy: the gemm crate packs a weight as
@@ -785,12 +786,42 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let on_cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4;
         if let Some(packed) = &self.packed
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && x.rank() == 4
+            && on_cpu_f32
         {
-            return self.packed_forward(x, packed);
+            return self.pixel_rows_forward(x, |rows, pixels| {
+                super::bf16::matmul_packed(rows, packed, pixels).ok_or_else(|| {
+                    candle_core::Error::Msg(
+                        "conv2d: the bf16 product is not available on this CPU".into(),
+                    )
+                })
+            });
+        }
+        let plain = self.config.groups == 1 && self.config.dilation == 1;
+        if on_cpu_f32 && plain && self.weight.dtype() == DType::F32 {
+            // candle's CPU conv2d multiplies small tiles one at a time: the UNet's stride-2
+            // downsamplers took 0.6 s of an SDXL call at 1024x1024 that one product does in
+            // a fraction of it.
+            let weight = self.weight.flatten_all()?;
+            let weight = weight.storage_and_layout();
+            let (Storage::Cpu(CpuStorage::F32(values)), Some((a, b))) =
+                (&*weight.0, weight.1.contiguous_offsets())
+            else {
+                candle_core::bail!("conv2d: the weight is not contiguous f32");
+            };
+            let values = &values[a..b];
+            let out = self.weight.dim(0)?;
+            let inner = values.len() / out.max(1);
+            return self.pixel_rows_forward(x, |rows, pixels| {
+                let rows = View::row_major(rows, pixels, inner, inner);
+                let weight = View::row_major(values, out, inner, inner);
+                Ok(gemm::times_transposed(
+                    rows,
+                    weight,
+                    rayon::current_num_threads(),
+                ))
+            });
         }
         let (weight, bias) = (like(&self.weight, x)?, like_opt(self.bias.as_ref(), x)?);
         candle_nn::Conv2d::new(weight, bias, self.config).forward(x)
@@ -798,18 +829,21 @@ impl Module for Conv2d {
 }
 
 impl Conv2d {
-    /// Each image's pixel rows times the packed weight, the bias added, back to channels
-    /// first.
-    fn packed_forward(&self, x: &Tensor, packed: &super::bf16::Packed) -> Result<Tensor> {
+    /// Each image's pixel rows ([`super::im2col::pixel_rows`]) times the weight through
+    /// `product(rows, pixels)` (`pixels x out`), the bias added, back to channels first.
+    fn pixel_rows_forward(
+        &self,
+        x: &Tensor,
+        product: impl Fn(&[f32], usize) -> Result<Vec<f32>>,
+    ) -> Result<Tensor> {
         let (batch, channels, height, width) = x.dims4()?;
-        let kernel = self.weight.dim(3)?;
+        let (out, kernel) = (self.weight.dim(0)?, self.weight.dim(3)?);
         let window = super::im2col::Window {
             kernel,
             stride: self.config.stride,
             padding: self.config.padding,
         };
         let (out_h, out_w) = (window.out(height), window.out(width));
-        let out = packed.dims().0;
         let bias = match like_opt(self.bias.as_ref(), x)? {
             Some(bias) => Some(bias.to_vec1::<f32>()?),
             None => None,
@@ -819,9 +853,7 @@ impl Conv2d {
         let mut maps = Vec::with_capacity(batch);
         for image in images.chunks_exact(channels * height * width) {
             let rows = super::im2col::pixel_rows(image, channels, height, width, window);
-            let Some(mut y) = super::bf16::matmul_packed(&rows, packed, out_h * out_w) else {
-                candle_core::bail!("conv2d: the bf16 product is not available on this CPU");
-            };
+            let mut y = product(&rows, out_h * out_w)?;
             if let Some(bias) = &bias {
                 add_to_rows(&mut y, bias);
             }
@@ -862,6 +894,40 @@ mod tests {
             group_norm(2, 6, 1e-6, vb.pp("gn"))?,
             conv2d(6, 4, 3, config, vb.pp("conv"))?,
         ))
+    }
+
+    /// An f32 convolution is one product of pixel rows and the weight as stored: candle's
+    /// values, summed in another order, for strided and plain, padded and not, ragged sizes,
+    /// two images.
+    #[test]
+    fn f32_convolutions_compute_what_candle_does() -> Result<()> {
+        for (cin, cout, kernel, stride, padding, side) in [
+            (6, 40, 3, 2, 1, 9),
+            (33, 7, 3, 1, 1, 5),
+            (4, 3, 1, 2, 0, 8),
+            (5, 9, 2, 2, 0, 8),
+        ] {
+            let map = candle_nn::VarMap::new();
+            let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+            let config = Conv2dConfig {
+                stride,
+                padding,
+                ..Default::default()
+            };
+            let conv = conv2d(cin, cout, kernel, config, vb.pp("c"))?;
+            let x = Tensor::randn(0f32, 1., (2, cin, side, side + 1), &Device::Cpu)?;
+            let ours = conv.forward(&x)?;
+            let theirs = candle_nn::Conv2d::new(conv.weight.clone(), conv.bias.clone(), config)
+                .forward(&x)?;
+            assert_eq!(ours.dims(), theirs.dims());
+            let taps = (cin * kernel * kernel) as f32;
+            let diff = max_diff(&ours, &theirs);
+            assert!(
+                diff < 1e-6 * taps.sqrt() + 1e-6,
+                "{cin}->{cout} k{kernel} s{stride}: {diff}"
+            );
+        }
+        Ok(())
     }
 
     /// A bf16 convolution through pixel rows and the packed weight computes candle's
