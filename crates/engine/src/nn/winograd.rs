@@ -80,7 +80,7 @@ impl Shape {
 pub fn transform_weights(weight: &[f32], out_channels: usize, in_channels: usize) -> Vec<f32> {
     let c_count = in_channels;
     assert_eq!(weight.len(), out_channels * c_count * 9);
-    let mut u = vec![0f32; out_channels * POSITIONS * c_count];
+    let mut u = super::buffers::zeros::<f32>(out_channels * POSITIONS * c_count);
     u.par_chunks_mut(POSITIONS * c_count)
         .zip(weight.par_chunks(c_count * 9))
         .for_each_init(
@@ -209,7 +209,9 @@ pub fn conv3x3_fused(input: &[f32], shape: Shape, u: &[f32], fused: Fused) -> Ve
     let tile_rows_per_block = tiles_h.div_ceil(blocks_wanted).max(1);
     let rows_per_block = tile_rows_per_block * M;
     let plane = height * width;
-    let mut output = vec![0f32; batch * out_channels * plane];
+    // Zeroed on both threads: calloc zeroes a reused block on the caller's alone (128-256 MiB
+    // for each full-resolution convolution of a VAE decode).
+    let mut output = super::buffers::zeros::<f32>(batch * out_channels * plane);
 
     // Hand every block the rows it owns in every output channel: disjoint mutable slices.
     let blocks_per_image = tiles_h.div_ceil(tile_rows_per_block);
