@@ -398,7 +398,8 @@ impl Linear {
 /// Up to this many rows, a mapped weight is multiplied through [`stored`]'s register tiles,
 /// which transpose a panel of it at a time into the cache; from there on the gemm crate packs
 /// it as stored, which wins once its packing is spread over enough rows. Intel Xeon (family 6
-/// model 167, AVX-512), 2 threads, `cargo run --release --example` timings of both: 77 rows of
+/// model 167, AVX-512), 2 threads, both products timed alone (best of 5; `cargo bench -p
+/// seedbed-engine --bench kernels -- stored` has these shapes), tiles against gemm: 77 rows of
 /// 1024 -> 4096 3.0 against 4.0 ms, of 5120 -> 1280 5.3 against 9.5; 256 rows of 1280 -> 1280
 /// 3.4 against 3.4, of 1280 -> 10240 25.2 against 25.9; 512 rows of 1280 -> 1280 7.0 against
 /// 5.8; 1024 rows 15.4 against 11.8, of 5120 -> 1280 58.7 against 46.4 (PyTorch 42.2): each
