@@ -703,6 +703,7 @@ mod tests {
             (29, 64, 70),
             (12, 320, 32),
             (5, 3, 100),
+            (70, 700, 90),
         ] {
             let x = random(rows * inner, 1);
             let w = random_bf16(inner * out, 2);
