@@ -355,13 +355,13 @@ impl CpuConv<'_> {
 }
 
 /// The contiguous f32 data of a CPU tensor.
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(super) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("conv3x3 takes f32, got {:?}", storage.dtype());
+        candle_core::bail!("a convolution takes f32 here, got {:?}", storage.dtype());
     };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("conv3x3 needs contiguous tensors"),
+        None => candle_core::bail!("a convolution needs contiguous tensors here"),
     }
 }
 

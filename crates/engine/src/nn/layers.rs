@@ -804,14 +804,11 @@ impl Module for Conv2d {
             // candle's CPU conv2d multiplies small tiles one at a time: the UNet's stride-2
             // downsamplers took 0.6 s of an SDXL call at 1024x1024 that one product does in
             // a fraction of it.
-            let weight = self.weight.flatten_all()?;
-            let weight = weight.storage_and_layout();
-            let (Storage::Cpu(CpuStorage::F32(values)), Some((a, b))) =
-                (&*weight.0, weight.1.contiguous_offsets())
-            else {
-                candle_core::bail!("conv2d: the weight is not contiguous f32");
+            let (storage, layout) = self.weight.storage_and_layout();
+            let Storage::Cpu(storage) = &*storage else {
+                candle_core::bail!("conv2d: the weight is not on the CPU");
             };
-            let values = &values[a..b];
+            let values = super::conv::contiguous_f32(storage, layout)?;
             let out = self.weight.dim(0)?;
             let inner = values.len() / out.max(1);
             return self.pixel_rows_forward(x, |rows, pixels| {

@@ -293,9 +293,8 @@ impl Grid {
     }
 
     /// `image` (`channels, height, width`, f32) rounded to bf16 into the padded grid, each
-    /// pixel's `channels` values `depth` apart; rows in parallel.
-    /// `image`'s rows into the padded grid, rounded to bf16, each channel first normalized
-    /// (`silu(x scale + shift)`) where `norm` gives its `(scale, shift)`.
+    /// pixel's `channels` values `depth` apart, rows in parallel; each channel first
+    /// normalized (`silu(x scale + shift)`) where `norm` gives its `(scale, shift)`.
     fn fill(
         self,
         image: &[f32],
