@@ -1,4 +1,5 @@
-//! The global allocator: the system's, with large blocks backed by 2 MiB pages.
+//! The global allocator: the system's, with large blocks backed by 2 MiB pages, and the
+//! largest mapped from the OS on their own.
 //!
 //! Loading a model copies gigabytes of weights out of the page cache into fresh heap memory,
 //! and the kernel faults that memory in one 4 KiB page at a time: on a VM, where each fault
@@ -6,20 +7,37 @@
 //! model: 13 s, 17 s of it system time). Transparent huge pages are usually enabled only on
 //! request (`/sys/kernel/mm/transparent_hugepage/enabled` = `madvise`), so every block of at
 //! least 4 MiB is advised `MADV_HUGEPAGE` before it is first touched: one fault per 2 MiB.
+//!
+//! Blocks from [`MAPPED_FROM_BYTES`] on are each a mapping of their own ([`crate::big_blocks`]),
+//! outside the heap, so that the holes they leave go back to the OS.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
 /// Blocks this large or larger are advised; smaller ones could not cover a whole huge page.
 const ADVISE_FROM_BYTES: usize = 4 << 20;
 const HUGE_PAGE_BYTES: usize = 2 << 20;
+/// Blocks this large or larger get a mapping of their own (the SD-Turbo decode at 512x512
+/// has one such image, the SDXL one at 1024x1024 a dozen).
+const MAPPED_FROM_BYTES: usize = 256 << 20;
 
 pub struct HugePageAllocator;
 
-// SAFETY: every call goes to `System` unchanged; the advice only changes how the kernel
-// backs pages inside blocks this allocator has just handed out.
+/// Whether blocks of `layout` get a mapping of their own (page-aligned, which covers any
+/// alignment Rust asks of such a block in practice).
+fn mapped(layout: Layout) -> bool {
+    cfg!(target_os = "linux") && layout.size() >= MAPPED_FROM_BYTES && layout.align() <= 4096
+}
+
+// SAFETY: every call goes to `System` unchanged, or for the largest blocks to mmap/munmap
+// with their size; the advice only changes how the kernel backs pages inside blocks this
+// allocator has just handed out.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for HugePageAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        #[cfg(target_os = "linux")]
+        if mapped(layout) {
+            return crate::big_blocks::take(layout.size(), false);
+        }
         // SAFETY: forwarded with the caller's guarantees.
         let block = unsafe { System.alloc(layout) };
         advise(block, layout.size());
@@ -27,6 +45,10 @@ unsafe impl GlobalAlloc for HugePageAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        #[cfg(target_os = "linux")]
+        if mapped(layout) {
+            return crate::big_blocks::take(layout.size(), true);
+        }
         // SAFETY: forwarded with the caller's guarantees.
         let block = unsafe { System.alloc_zeroed(layout) };
         advise(block, layout.size());
@@ -34,20 +56,49 @@ unsafe impl GlobalAlloc for HugePageAllocator {
     }
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        #[cfg(target_os = "linux")]
+        if mapped(layout) {
+            // `block` came from `take` with this size (the caller's layout is the one it
+            // was allocated or last resized with).
+            crate::big_blocks::give(block, layout.size());
+            return;
+        }
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { System.dealloc(block, layout) }
     }
 
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let block = unsafe { System.realloc(block, layout, new_size) };
-        advise(block, new_size);
-        block
+        // SAFETY: the caller guarantees `new_size` with this alignment is a valid layout.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        match (mapped(layout), mapped(new_layout)) {
+            (false, false) => {
+                // SAFETY: forwarded with the caller's guarantees.
+                let block = unsafe { System.realloc(block, layout, new_size) };
+                advise(block, new_size);
+                block
+            }
+            #[cfg(target_os = "linux")]
+            (true, true) => crate::big_blocks::resize(block, layout.size(), new_size),
+            // Across the line: a new block, the contents copied, the old one freed.
+            _ => {
+                // SAFETY: `new_layout` has a non-zero size (it is at least the old block's
+                // or the line's); the copy stays inside both blocks; the old block is freed
+                // with the layout it was allocated with.
+                unsafe {
+                    let moved = self.alloc(new_layout);
+                    if !moved.is_null() {
+                        std::ptr::copy_nonoverlapping(block, moved, layout.size().min(new_size));
+                        self.dealloc(block, layout);
+                    }
+                    moved
+                }
+            }
+        }
     }
 }
 
 /// Advise the whole huge pages inside `[block, block + len)`.
-fn advise(block: *mut u8, len: usize) {
+pub(crate) fn advise(block: *mut u8, len: usize) {
     #[cfg(target_os = "linux")]
     if !block.is_null() && len >= ADVISE_FROM_BYTES {
         let start = (block as usize).next_multiple_of(HUGE_PAGE_BYTES);

@@ -1,5 +1,7 @@
 //! `seedbed`: the command line of the seedbed image generation service.
 
+#[cfg(target_os = "linux")]
+mod big_blocks;
 mod candle_threads;
 mod commands;
 mod device;

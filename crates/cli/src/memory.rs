@@ -17,6 +17,10 @@ use anyhow::{Context, Result};
 /// ([`seedbed_engine::cpu::on_workers`]), so every thread allocates from the main heap too:
 /// with an arena per worker the bf16 VAE decode at 512x512 took 436K page faults and 6.3 s,
 /// with one 74K and 5.0 s. Small blocks still come from each thread's own cache first.
+///
+/// Blocks of 256 MiB and more bypass the heap ([`crate::big_blocks`]), so that the holes
+/// they would leave in it go back to the OS; after loading a model, the holes its
+/// temporaries left are handed back too (`seedbed_engine::Pipeline::load`).
 pub fn keep_freed_memory_for_reuse() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it runs first thing in main, before

@@ -1,5 +1,6 @@
-//! Large buffers: zeroed on every core at once ([`zeros`]), and starting a 64-byte cache line
-//! for the operands AMX tiles read ([`Lines`]).
+//! Large buffers: zeroed on every core at once ([`zeros`]), starting a 64-byte cache line for
+//! the operands AMX tiles read ([`Lines`]), and taken back from a tensor that is done with
+//! ([`take_f32`]), to be written over.
 //!
 //! A zeroed output of a few megabytes written by one thread left the other core idle
 //! meanwhile: the memsets of a bf16 UNet step's outputs were a quarter of the serial time it
@@ -15,6 +16,7 @@ use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
 use bytemuck::{Pod, Zeroable};
+use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
 use rayon::prelude::*;
 
 /// Buffers up to this many bytes are zeroed by the calling thread alone.
@@ -46,6 +48,42 @@ pub fn zeros<T: Zeroable + Send>(len: usize) -> Vec<T> {
         values.set_len(len)
     };
     values
+}
+
+/// The data of `x`, an f32 CPU tensor laid out from the start of its storage, moved out for the
+/// caller to write over: a VAE's full-resolution images are hundreds of megabytes each, and a
+/// ResNet block's output can take its shortcut's place ([`super::resnet`]). `x` itself, as it
+/// was, where it is not such a tensor.
+///
+/// `x` must be the only handle on its storage, no clone or view of it alive anywhere: candle
+/// shares storage between them and cannot say, so the callers keep to values they made
+/// themselves. What is left behind is an empty storage, which any later read of a clone
+/// would find out of bounds (a panic, not a wrong value).
+pub fn take_f32(x: Tensor) -> Result<Vec<f32>, Tensor> {
+    struct Take(std::cell::RefCell<Option<Vec<f32>>>);
+    impl InplaceOp1 for Take {
+        fn name(&self) -> &'static str {
+            "take-f32"
+        }
+        fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+            let whole = layout.contiguous_offsets() == Some((0, layout.shape().elem_count()));
+            if let CpuStorage::F32(data) = storage
+                && whole
+                && data.len() == layout.shape().elem_count()
+            {
+                *self.0.borrow_mut() = Some(std::mem::take(data));
+            }
+            Ok(())
+        }
+    }
+    if !x.device().is_cpu() {
+        return Err(x);
+    }
+    let take = Take(std::cell::RefCell::new(None));
+    match x.inplace_op1(&take) {
+        Ok(()) => take.0.into_inner().ok_or(x),
+        Err(_) => Err(x),
+    }
 }
 
 /// One cache line of bytes, aligned as one.
@@ -149,5 +187,21 @@ mod tests {
             assert_eq!((halves.len(), halves.as_ptr() as usize % 64), (len, 0));
         }
         assert_eq!(std::mem::align_of::<Block>(), 64);
+    }
+
+    #[test]
+    fn take_moves_out_whole_f32_tensors_only() -> candle_core::Result<()> {
+        let device = candle_core::Device::Cpu;
+        let values: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let x = Tensor::from_vec(values.clone(), (2, 3, 4), &device)?;
+        assert_eq!(take_f32(x).ok(), Some(values.clone()));
+        // A view of part of its storage, another dtype: handed back as they were.
+        let x = Tensor::from_vec(values.clone(), (2, 3, 4), &device)?;
+        let part = take_f32(x.narrow(0, 1, 1)?).expect_err("a part");
+        assert_eq!(part.flatten_all()?.to_vec1::<f32>()?, &values[12..]);
+        assert!(take_f32(x.transpose(1, 2)?).is_err());
+        assert_eq!(x.flatten_all()?.to_vec1::<f32>()?, values);
+        assert!(take_f32(x.to_dtype(candle_core::DType::F64)?).is_err());
+        Ok(())
     }
 }

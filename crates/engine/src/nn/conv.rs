@@ -15,7 +15,7 @@ use super::layers::{self, Conv2d};
 use super::mapped::{self, MappedTensor};
 use super::norm::GroupNormSilu;
 use super::tiled_conv::PackedConv;
-use super::{amx, im2col, winograd};
+use super::{amx, buffers, im2col, winograd};
 use crate::lora::hook::{self, Tag};
 
 /// From this many output tiles on, Winograd beats one im2col GEMM (the weight transform and
@@ -158,6 +158,52 @@ impl Module for SameConv {
     }
 }
 
+impl SameConv {
+    /// The convolution of `x`, which the caller is done with (see [`buffers::take_f32`] for
+    /// what that asks): a 1x1 one with no more outputs than inputs is written over `x`'s data
+    /// ([`im2col::conv1x1_over`]) where the CPU kernels run it with the weight as stored (no
+    /// LoRA merged into it).
+    pub fn forward_consuming(&self, x: Tensor) -> Result<Tensor> {
+        let stored = || self.weight_tensor();
+        let merged = hook::merged_weight(self.tag.as_ref(), stored, hook::Stored::Conv1x1)?;
+        let over = self.kernel == 1
+            && self.out_channels <= self.in_channels
+            && merged.is_none()
+            && self.runs_on_cpu_kernels(&x);
+        let loaded = match &self.weight {
+            ConvWeight::Loaded(conv) if over && conv.weight().dtype() == DType::F32 => {
+                Some(conv.weight().contiguous()?)
+            }
+            _ => None,
+        };
+        let guard = loaded.as_ref().map(|w| w.storage_and_layout());
+        let weight = match (&self.weight, &guard) {
+            (ConvWeight::Mapped { weight, .. }, _) if over => weight.values(),
+            (_, Some((storage, layout))) => match &**storage {
+                Storage::Cpu(storage) => contiguous_f32(storage, layout)?,
+                _ => return self.forward(&x),
+            },
+            _ => return self.forward(&x),
+        };
+        let (batch, _, height, width) = x.dims4()?;
+        let shape = winograd::Shape {
+            batch,
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            height,
+            width,
+        };
+        let device = x.device().clone();
+        let data = match buffers::take_f32(x) {
+            Ok(data) => data,
+            // A view into a larger storage: the ordinary way.
+            Err(x) => return self.forward(&x),
+        };
+        let out = im2col::conv1x1_over(data, shape, weight, self.bias_values()?.as_deref());
+        Tensor::from_vec(out, (batch, self.out_channels, height, width), &device)
+    }
+}
+
 /// The ops a ResNet block or an upsampler runs around a convolution, which
 /// [`SameConv::forward_around`] does inside it where the CPU kernels allow
 /// ([`winograd::Fused`]): no full-size intermediate image, the same values.
@@ -177,7 +223,28 @@ pub struct Around<'a> {
 impl SameConv {
     /// `residual + (conv(upsample(norm(x))) + image_bias)`, each part as `around` asks.
     pub fn forward_around(&self, x: &Tensor, around: Around) -> Result<Tensor> {
-        if let Some(y) = self.fused(x, around)? {
+        self.around(x, around, false)
+    }
+
+    /// [`Self::forward_around`] with `residual` given up by the caller (see
+    /// [`buffers::take_f32`] for what that asks): where the f32 Winograd path runs, the output
+    /// is written over it ([`winograd::conv3x3_onto`]), one full-size image fewer alive.
+    pub fn forward_around_onto(
+        &self,
+        x: &Tensor,
+        around: Around,
+        residual: Tensor,
+    ) -> Result<Tensor> {
+        let around = Around {
+            residual: Some(&residual),
+            ..around
+        };
+        self.around(x, around, true)
+    }
+
+    /// `over_residual`: the residual is the caller's to be written over.
+    fn around(&self, x: &Tensor, around: Around, over_residual: bool) -> Result<Tensor> {
+        if let Some(y) = self.fused(x, around, over_residual)? {
             return Ok(y);
         }
         let mut x = match around.norm {
@@ -200,7 +267,7 @@ impl SameConv {
 
     /// [`Self::forward_around`] as one convolution, where its f32 Winograd path or its AMX
     /// tiles run.
-    fn fused(&self, x: &Tensor, around: Around) -> Result<Option<Tensor>> {
+    fn fused(&self, x: &Tensor, around: Around, over_residual: bool) -> Result<Option<Tensor>> {
         if self.kernel != 3 || self.tag.is_some() || !self.runs_on_cpu_kernels(x) {
             return Ok(None);
         }
@@ -258,7 +325,18 @@ impl SameConv {
             },
             None => None,
         };
-        let residual_guard = residual.as_ref().map(|r| r.storage_and_layout());
+        // The residual moved into the output, where the caller gave it up and Winograd runs;
+        // never `x`'s own storage, which is read meanwhile.
+        let onto = match (&residual, weight) {
+            (Some(r), Operand::F32(_)) if over_residual && !same_storage(r, x) => {
+                buffers::take_f32(r.clone()).ok()
+            }
+            _ => None,
+        };
+        let residual_guard = match onto {
+            Some(_) => None,
+            None => residual.as_ref().map(|r| r.storage_and_layout()),
+        };
         let residual = match &residual_guard {
             Some((storage, layout)) => match &**storage {
                 Storage::Cpu(storage) => Some(contiguous_f32(storage, layout)?),
@@ -283,7 +361,10 @@ impl SameConv {
         let out = match weight {
             Operand::F32(weight) => {
                 let u = winograd::transform_weights(weight, shape.out_channels, shape.in_channels);
-                winograd::conv3x3_fused(input, shape, &u, fused)
+                match onto {
+                    Some(onto) => winograd::conv3x3_onto(input, shape, &u, fused, onto),
+                    None => winograd::conv3x3_fused(input, shape, &u, fused),
+                }
             }
             Operand::Tiles(packed) => {
                 match super::tiled_conv::conv_fused(input, shape, packed, fused) {
@@ -352,6 +433,13 @@ impl CpuConv<'_> {
     fn uses_winograd(&self) -> bool {
         self.shape.tiles() >= MIN_WINOGRAD_TILES
     }
+}
+
+/// Whether `a` and `b` are views of one storage.
+fn same_storage(a: &Tensor, b: &Tensor) -> bool {
+    // One lock at a time: both may be the same one.
+    let at = |t: &Tensor| std::ptr::from_ref::<Storage>(&t.storage_and_layout().0).addr();
+    at(a) == at(b)
 }
 
 /// The contiguous f32 data of a CPU tensor.
@@ -534,7 +622,7 @@ mod tests {
                     residual: Some(&residual),
                 };
                 let runs_fused = doubles || !upsample;
-                assert_eq!(conv.fused(&x, around)?.is_some(), runs_fused);
+                assert_eq!(conv.fused(&x, around, false)?.is_some(), runs_fused);
                 let mut separate = norm.forward(&x)?;
                 if upsample {
                     separate = separate.upsample_nearest2d(out_h, out_w)?;
@@ -544,8 +632,20 @@ mod tests {
                 let separate = (&residual + separate)?;
                 let fused = conv.forward_around(&x, around)?;
                 assert_eq!(fused.dims(), separate.dims());
-                let diff = (fused - separate)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                let diff = (fused - &separate)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert_eq!(diff, 0.0, "upsample {upsample}");
+                // The residual given up, to be written over where Winograd runs: the same.
+                let apart = Around {
+                    residual: None,
+                    ..around
+                };
+                let over = conv.forward_around_onto(&x, apart, residual.copy()?)?;
+                let diff = (over - &separate)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert_eq!(diff, 0.0, "upsample {upsample}, over the residual");
+                // The caller's own residual is never written over.
+                let before = residual.flatten_all()?.to_vec1::<f32>()?;
+                conv.forward_around(&x, around)?;
+                assert_eq!(residual.flatten_all()?.to_vec1::<f32>()?, before);
             }
         }
         Ok(())
@@ -560,8 +660,28 @@ mod tests {
         let expected = conv.forward_candle(&x)?;
         let got = conv.forward(&x)?;
         assert_eq!(got.dims(), expected.dims());
-        let diff = (expected - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (&expected - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-4, "max diff {diff}");
+        Ok(())
+    }
+
+    /// A 1x1 convolution to fewer channels, handed its input: written over it, the values of
+    /// candle's; a view of a larger tensor goes the ordinary way, the tensor untouched.
+    #[test]
+    fn a_consumed_input_gives_the_same_values() -> Result<()> {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let conv = SameConv::new(1, 6, 4, vb)?;
+        let x = Tensor::randn(0f32, 1., (3, 6, 9, 7), &Device::Cpu)?;
+        let expected = conv.forward_candle(&x)?;
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        let got = conv.forward_consuming(x.copy()?)?;
+        assert!(max_diff(&got, &expected)? < 1e-5);
+        let part = conv.forward_consuming(x.narrow(0, 1, 1)?)?;
+        assert!(max_diff(&part, &expected.narrow(0, 1, 1)?)? < 1e-5);
+        assert!(max_diff(&conv.forward_candle(&x)?, &expected)? == 0.0);
         Ok(())
     }
 }

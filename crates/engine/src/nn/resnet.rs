@@ -62,6 +62,19 @@ impl ResnetBlock {
 
     /// `temb` is the (already computed) time embedding `(B, T)`, before its SiLU.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        self.run(Input::Shared(x), temb)
+    }
+
+    /// [`Self::forward`] on an `x` the caller gives up (see
+    /// [`super::buffers::take_f32`] for what that asks): the shortcut is computed over it and
+    /// the output written over the shortcut where the CPU kernels allow, so that the VAE's
+    /// first full-resolution block (1 GiB in, 512 MiB out at 1024x1024) holds the input and
+    /// one output at most, not the input and three.
+    pub fn forward_owned(&self, x: Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        self.run(Input::Owned(x), temb)
+    }
+
+    fn run(&self, x: Input, temb: Option<&Tensor>) -> Result<Tensor> {
         // Each norm runs inside the convolution after it, the time embedding is added by the
         // first and the shortcut by the second, where the CPU kernels allow ([`Around`]): at
         // the VAE's full-resolution blocks each intermediate image is hundreds of megabytes.
@@ -77,19 +90,44 @@ impl ResnetBlock {
             image_bias: time.as_ref(),
             ..normed(&self.norm1)
         };
-        let h = self.conv1.forward_around(x, first)?;
-        let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x)?,
-            None => x.clone(),
+        let h = self.conv1.forward_around(x.as_ref(), first)?;
+        // Whether the shortcut is ours to write over: a new tensor, or the given-up input.
+        let (shortcut, ours) = match (&self.conv_shortcut, x) {
+            (Some(conv), Input::Owned(x)) => (conv.forward_consuming(x)?, true),
+            (Some(conv), Input::Shared(x)) => (conv.forward(x)?, true),
+            (None, Input::Owned(x)) => (x, true),
+            (None, Input::Shared(x)) => (x.clone(), false),
         };
-        if self.output_scale_factor == 1.0 {
-            let around = Around {
-                residual: Some(&shortcut),
-                ..normed(&self.norm2)
-            };
-            return self.conv2.forward_around(&h, around);
+        if self.output_scale_factor != 1.0 {
+            let h = self.conv2.forward_around(&h, normed(&self.norm2))?;
+            return (shortcut + h)? / self.output_scale_factor;
         }
-        let h = self.conv2.forward_around(&h, normed(&self.norm2))?;
-        (shortcut + h)? / self.output_scale_factor
+        match ours {
+            true => self
+                .conv2
+                .forward_around_onto(&h, normed(&self.norm2), shortcut),
+            false => {
+                let around = Around {
+                    residual: Some(&shortcut),
+                    ..normed(&self.norm2)
+                };
+                self.conv2.forward_around(&h, around)
+            }
+        }
+    }
+}
+
+/// A block's input: borrowed, or given up to be written over.
+enum Input<'a> {
+    Shared(&'a Tensor),
+    Owned(Tensor),
+}
+
+impl Input<'_> {
+    fn as_ref(&self) -> &Tensor {
+        match self {
+            Input::Shared(x) => x,
+            Input::Owned(x) => x,
+        }
     }
 }

@@ -69,6 +69,11 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// Pixels in one channel of the output.
+    pub fn plane(&self) -> usize {
+        self.height * self.width
+    }
+
     pub fn tiles(&self) -> usize {
         self.height.div_ceil(M) * self.width.div_ceil(M)
     }
@@ -179,6 +184,40 @@ pub fn conv3x3(input: &[f32], shape: Shape, u: &[f32], bias: Option<&[f32]>) -> 
 /// [`conv3x3`] with the work of the ops around it ([`Fused`]); `shape` is the output's, and the
 /// input's too unless it is `doubled`.
 pub fn conv3x3_fused(input: &[f32], shape: Shape, u: &[f32], fused: Fused) -> Vec<f32> {
+    // Zeroed on both threads: calloc zeroes a reused block on the caller's alone (128-256 MiB
+    // for each full-resolution convolution of a VAE decode).
+    let output = super::buffers::zeros::<f32>(shape.batch * shape.out_channels * shape.plane());
+    run(input, shape, u, fused, Output::Fresh(output))
+}
+
+/// [`conv3x3_fused`] with the residual in `onto`, which the output is written over (each value
+/// read just before its place is written): one full-size image fewer alive. `fused` has no
+/// residual of its own.
+pub fn conv3x3_onto(
+    input: &[f32],
+    shape: Shape,
+    u: &[f32],
+    fused: Fused,
+    onto: Vec<f32>,
+) -> Vec<f32> {
+    assert!(
+        fused.residual.is_none(),
+        "the residual is the one in `onto`"
+    );
+    let expected = shape.batch * shape.out_channels * shape.plane();
+    assert_eq!(onto.len(), expected, "the residual's size");
+    run(input, shape, u, fused, Output::OverResidual(onto))
+}
+
+/// Where the output goes.
+enum Output {
+    /// A buffer of its own.
+    Fresh(Vec<f32>),
+    /// Over the residual it holds.
+    OverResidual(Vec<f32>),
+}
+
+fn run(input: &[f32], shape: Shape, u: &[f32], fused: Fused, output: Output) -> Vec<f32> {
     let Shape {
         batch,
         in_channels,
@@ -209,9 +248,10 @@ pub fn conv3x3_fused(input: &[f32], shape: Shape, u: &[f32], fused: Fused) -> Ve
     let tile_rows_per_block = tiles_h.div_ceil(blocks_wanted).max(1);
     let rows_per_block = tile_rows_per_block * M;
     let plane = height * width;
-    // Zeroed on both threads: calloc zeroes a reused block on the caller's alone (128-256 MiB
-    // for each full-resolution convolution of a VAE decode).
-    let mut output = super::buffers::zeros::<f32>(batch * out_channels * plane);
+    let (mut output, over_residual) = match output {
+        Output::Fresh(output) => (output, false),
+        Output::OverResidual(output) => (output, true),
+    };
 
     // Hand every block the rows it owns in every output channel: disjoint mutable slices.
     let blocks_per_image = tiles_h.div_ceil(tile_rows_per_block);
@@ -221,6 +261,7 @@ pub fn conv3x3_fused(input: &[f32], shape: Shape, u: &[f32], fused: Fused) -> Ve
             first_tile_row: (i % blocks_per_image) * tile_rows_per_block,
             out_rows: Vec::with_capacity(out_channels),
             residual_rows: Vec::new(),
+            over_residual,
         })
         .collect();
     for (index, channel) in output.chunks_mut(plane).enumerate() {
@@ -268,6 +309,8 @@ struct Added<'a> {
     bias: f32,
     image_bias: Option<f32>,
     residual: Option<&'a [f32]>,
+    /// The residual is the output rows' own values.
+    over_residual: bool,
 }
 
 struct Block<'a> {
@@ -275,8 +318,10 @@ struct Block<'a> {
     first_tile_row: usize,
     /// Per output channel, this block's rows of the output plane.
     out_rows: Vec<&'a mut [f32]>,
-    /// The same rows of the residual, when there is one.
+    /// The same rows of the residual, when there is one apart from the output.
     residual_rows: Vec<&'a [f32]>,
+    /// The output rows hold the residual, to be added before each value is written over.
+    over_residual: bool,
 }
 
 struct Geometry {
@@ -340,6 +385,7 @@ impl Geometry {
                 bias: fused.bias.map_or(0.0, |b| b[k]),
                 image_bias: fused.image_bias.map(|b| b[block.image * cout + k]),
                 residual: block.residual_rows.get(k).copied(),
+                over_residual: block.over_residual,
             };
             let m = &s.m[..POSITIONS * cout * tiles];
             for r in 0..tile_rows {
@@ -449,6 +495,7 @@ impl Geometry {
             bias,
             image_bias,
             residual,
+            over_residual,
         } = added;
         let (tw, w) = (self.tiles_w, self.shape.width);
         let cout = self.shape.out_channels;
@@ -477,12 +524,16 @@ impl Geometry {
                     for (l, &value) in y.iter().enumerate().take(count) {
                         let x = (t0 + l) * M + j;
                         if let Some(out) = out_row.get_mut(x) {
+                            let residual = match residual_row {
+                                Some(residual) => Some(residual[x]),
+                                None => over_residual.then_some(*out),
+                            };
                             *out = value + bias;
                             if let Some(image_bias) = image_bias {
                                 *out += image_bias;
                             }
-                            if let Some(residual) = residual_row {
-                                *out += residual[x];
+                            if let Some(residual) = residual {
+                                *out += residual;
                             }
                         }
                     }
@@ -598,8 +649,9 @@ pub(crate) mod tests {
         }
     }
 
-    /// A norm read on the way in, a doubled input and a residual give exactly what the
-    /// separate ops give: the input normalized and upsampled first, the residual added after.
+    /// A norm read on the way in, a doubled input and a residual (apart from the output or
+    /// under it) give exactly what the separate ops give: the input normalized and upsampled
+    /// first, the residual added after.
     #[test]
     fn fused_ops_give_the_values_of_separate_ones() {
         for (batch, cin, cout, h, w, doubled) in [
@@ -647,6 +699,13 @@ pub(crate) mod tests {
                 residual: Some(&residual),
             };
             assert_eq!(conv3x3_fused(&input, s, &u, fused), expected, "{s:?}");
+            // The output written over the residual: the same values.
+            let apart = Fused {
+                residual: None,
+                ..fused
+            };
+            let over = conv3x3_onto(&input, s, &u, apart, residual.clone());
+            assert_eq!(over, expected, "{s:?} over the residual");
         }
     }
 

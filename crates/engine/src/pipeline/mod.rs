@@ -108,6 +108,7 @@ impl Pipeline {
         };
         let loras = Loras::new(folder, options.device.clone());
         let (_, generator) = crate::model::load(folder, options)?;
+        release_free_heap();
         Ok(Self {
             dir: path.to_path_buf(),
             summary,
@@ -182,5 +183,20 @@ impl Pipeline {
         crate::lora::with_active(set, || {
             self.generator.generate(request, on_progress, cancel)
         })
+    }
+}
+
+/// Hand the heap's free pages back to the OS. Loading converts each weight through a
+/// temporary (f32 read from the file, then bf16 or packed), and the temporaries leave holes
+/// between the weights that the heap keeps resident and that later, larger activations
+/// cannot use: 370 MiB after loading the SDXL-shaped model in bf16, a fifth of its decode's
+/// peak over the weights. The pages come back zeroed if the heap reuses them.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases pages of free chunks; it is safe to call at any time
+    // from any thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

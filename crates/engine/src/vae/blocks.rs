@@ -84,12 +84,14 @@ impl MidBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = self.first.forward(x, None)?;
+    /// `x` is given up to be written over ([`ResnetBlock::forward_owned`]), as in the blocks
+    /// below.
+    pub fn forward(&self, x: Tensor) -> Result<Tensor> {
+        let mut x = self.first.forward_owned(x, None)?;
         if let Some(attention) = &self.attention {
             x = attention.forward(&x)?;
         }
-        self.second.forward(&x, None)
+        self.second.forward_owned(x, None)
     }
 }
 
@@ -140,10 +142,9 @@ impl EncoderBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
+    pub fn forward(&self, mut x: Tensor) -> Result<Tensor> {
         for resnet in &self.resnets {
-            x = resnet.forward(&x, None)?;
+            x = resnet.forward_owned(x, None)?;
         }
         if let Some(conv) = &self.downsample {
             x = conv.forward(&x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)?;
@@ -185,10 +186,9 @@ impl DecoderBlock {
         Ok(Self { resnets, upsample })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
+    pub fn forward(&self, mut x: Tensor) -> Result<Tensor> {
         for resnet in &self.resnets {
-            x = resnet.forward(&x, None)?;
+            x = resnet.forward_owned(x, None)?;
         }
         if let Some(conv) = &self.upsample {
             let upsample = Around {

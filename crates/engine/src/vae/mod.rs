@@ -82,9 +82,9 @@ impl Encoder {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = self.conv_in.forward(x)?;
         for block in &self.blocks {
-            x = block.forward(&x)?;
+            x = block.forward(x)?;
         }
-        let x = self.mid.forward(&x)?;
+        let x = self.mid.forward(x)?;
         let normed = Around {
             norm: Some(&self.norm_out),
             ..Around::default()
@@ -136,9 +136,10 @@ impl Decoder {
     }
 
     fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
-        let mut x = self.mid.forward(&self.conv_in.forward(z)?)?;
+        // Each block's input is handed over, to be written over ([`MidBlock::forward`]).
+        let mut x = self.mid.forward(self.conv_in.forward(z)?)?;
         for block in &self.blocks {
-            x = block.forward(&x)?;
+            x = block.forward(x)?;
         }
         let normed = Around {
             norm: Some(&self.norm_out),

@@ -1,0 +1,197 @@
+//! The allocator's largest blocks ([`crate::huge_pages`]): each its own mapping from the OS,
+//! and the mappings freed kept for reuse only while they and the live ones together stay
+//! within the most that was ever live at once.
+//!
+//! A heap gives nothing back from its middle, and it keeps what is freed
+//! ([`crate::memory::keep_freed_memory_for_reuse`]): an SDXL VAE decode at 1024x1024 frees and
+//! allocates images of 256 MiB to 1 GiB, and each freed one left a hole that the next, larger
+//! one could not use, 1.2 GiB resident beyond what was live at the peak. Unmapping each freed
+//! one instead costs the kernel's faulting and zeroing of every new one, on this kind of VM
+//! often with a compaction stall for its huge pages (0.04-0.5 s per 256 MiB, a tenth of the
+//! SD-Turbo decode once per image). Kept for reuse, the next image's blocks are the last
+//! one's (the same sizes come round again), and the resident size of these blocks never
+//! exceeds the most that was live at once.
+
+use std::sync::Mutex;
+
+/// Freed mappings kept at most (more than one image's worth of distinct large blocks).
+const KEPT: usize = 8;
+
+struct Pool {
+    /// Bytes of the blocks handed out and not yet freed.
+    live: usize,
+    /// The most `live` has been.
+    peak: usize,
+    /// Freed mappings, `(address, length)`; `None` where a slot is empty.
+    kept: [Option<(usize, usize)>; KEPT],
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    live: 0,
+    peak: 0,
+    kept: [None; KEPT],
+});
+
+fn pool() -> std::sync::MutexGuard<'static, Pool> {
+    // The pool's state is consistent between statements: a panic elsewhere leaves it usable.
+    POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Pool {
+    fn kept_bytes(&self) -> usize {
+        self.kept.iter().flatten().map(|&(_, len)| len).sum()
+    }
+}
+
+/// A block of `len` bytes, `zeroed` or as the last holder left it; null on failure.
+pub fn take(len: usize, zeroed: bool) -> *mut u8 {
+    let mut pool = pool();
+    // The smallest kept mapping that holds `len`, its tail handed back; else the largest,
+    // grown (its pages stay, only the rest is new).
+    let fitting = (0..KEPT)
+        .filter_map(|i| pool.kept[i].map(|(_, l)| (i, l)))
+        .filter(|&(_, l)| l >= len)
+        .min_by_key(|&(_, l)| l);
+    let largest = (0..KEPT)
+        .filter_map(|i| pool.kept[i].map(|(_, l)| (i, l)))
+        .max_by_key(|&(_, l)| l);
+    let reused = match fitting.or(largest) {
+        Some((i, _)) => pool.kept[i].take().and_then(|(at, l)| remap(at, l, len)),
+        None => None,
+    };
+    pool.live += len;
+    pool.peak = pool.peak.max(pool.live);
+    if let Some(block) = reused {
+        drop(pool);
+        if zeroed {
+            // SAFETY: the block is `len` bytes, the caller's alone from here on.
+            #[allow(unsafe_code)]
+            unsafe {
+                block.write_bytes(0, len)
+            };
+        }
+        return block;
+    }
+    // A new mapping: first let go of kept ones until the total fits under the peak.
+    while pool.live + pool.kept_bytes() > pool.peak {
+        let largest = (0..KEPT).max_by_key(|&i| pool.kept[i].map_or(0, |(_, l)| l));
+        match largest.and_then(|i| pool.kept[i].take()) {
+            Some((at, l)) => unmap(at, l),
+            None => break,
+        }
+    }
+    // A new mapping reads as zeros.
+    let block = map(len);
+    if block.is_null() {
+        pool.live -= len;
+    }
+    block
+}
+
+/// Free a block from [`take`] of `len` bytes (or resized to it by [`resize`]).
+pub fn give(block: *mut u8, len: usize) {
+    let mut pool = pool();
+    pool.live -= len;
+    match pool.kept.iter_mut().find(|slot| slot.is_none()) {
+        Some(slot) => *slot = Some((block as usize, len)),
+        None => unmap(block as usize, len),
+    }
+}
+
+/// A block from [`take`] resized from `len` to `new_len` bytes, moved if it must be; null on
+/// failure (the block untouched).
+pub fn resize(block: *mut u8, len: usize, new_len: usize) -> *mut u8 {
+    let mut pool = pool();
+    match remap(block as usize, len, new_len) {
+        Some(moved) => {
+            pool.live = pool.live - len + new_len;
+            pool.peak = pool.peak.max(pool.live);
+            moved
+        }
+        None => std::ptr::null_mut(),
+    }
+}
+
+/// A new private anonymous mapping of `len` bytes, advised for huge pages; null on failure.
+fn map(len: usize) -> *mut u8 {
+    // SAFETY: a fresh mapping at an address of the kernel's choosing touches nothing that
+    // exists.
+    #[allow(unsafe_code)]
+    let block = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if block == libc::MAP_FAILED {
+        return std::ptr::null_mut();
+    }
+    crate::huge_pages::advise(block.cast(), len);
+    block.cast()
+}
+
+/// The mapping at `at` of `len` bytes resized to `new_len` (moved if it must grow and cannot
+/// in place); `None` on failure, the mapping as it was.
+fn remap(at: usize, len: usize, new_len: usize) -> Option<*mut u8> {
+    // SAFETY: `at` and `len` are a mapping made by `map` (or resized here), which only its
+    // one owner, the pool or the block's holder through the allocator, uses.
+    #[allow(unsafe_code)]
+    let moved = unsafe { libc::mremap(at as *mut _, len, new_len, libc::MREMAP_MAYMOVE) };
+    if moved == libc::MAP_FAILED {
+        return None;
+    }
+    crate::huge_pages::advise(moved.cast(), new_len);
+    Some(moved.cast())
+}
+
+fn unmap(at: usize, len: usize) {
+    // SAFETY: `at` and `len` are a mapping made by `map`, which nothing uses any more.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::munmap(at as *mut _, len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A block freed is the next one of its size, kept within the peak; writes stay put.
+    /// One test, since the pool is the process's.
+    #[test]
+    fn freed_blocks_come_back_and_the_kept_stay_within_the_peak() {
+        const MIB: usize = 1 << 20;
+        let first = take(8 * MIB, false);
+        assert!(!first.is_null());
+        // SAFETY: the block holds 8 MiB, written and read within them.
+        #[allow(unsafe_code)]
+        unsafe {
+            first.write_bytes(7, 8 * MIB);
+            assert_eq!(*first.add(8 * MIB - 1), 7);
+        }
+        give(first, 8 * MIB);
+        let again = take(4 * MIB, true);
+        assert_eq!(again, first, "the kept mapping, shrunk in place");
+        // SAFETY: the block holds 4 MiB, zeroed as asked.
+        #[allow(unsafe_code)]
+        unsafe {
+            assert_eq!((*again, *again.add(4 * MIB - 1)), (0, 0));
+            again.write_bytes(7, 4 * MIB);
+        }
+        let grown = resize(again, 4 * MIB, 12 * MIB);
+        assert!(!grown.is_null());
+        // SAFETY: the block now holds 12 MiB; its first 4 MiB kept their contents.
+        #[allow(unsafe_code)]
+        unsafe {
+            assert_eq!(*grown, 7);
+            grown.add(12 * MIB - 1).write(1);
+        }
+        give(grown, 12 * MIB);
+        let pool = pool();
+        assert!(pool.live + pool.kept_bytes() <= pool.peak);
+    }
+}
