@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::math;
+use super::{cpu_f32, math};
 
 /// Values per parallel task: large enough to amortise the task, small enough to share out.
 const CHUNK: usize = 1 << 14;
@@ -221,22 +221,6 @@ fn with_rows<R>(x: &Tensor, f: impl FnOnce(&[f32], Rows) -> R) -> Option<R> {
             stride,
         },
     ))
-}
-
-/// `f` of the values of a CPU f32 tensor (made contiguous first); `None` for other tensors.
-fn cpu_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<Result<R>> {
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
-        return None;
-    }
-    let x = match x.contiguous() {
-        Ok(x) => x,
-        Err(e) => return Some(Err(e)),
-    };
-    let (storage, layout) = x.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Some(Ok(f(&data[start..end]))),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

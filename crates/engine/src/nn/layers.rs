@@ -456,25 +456,17 @@ impl Linear {
             };
             return self.dense(x, copy, true);
         }
-        let x2 = x.reshape((rows, inner))?.contiguous()?;
-        let y = {
-            let (storage, layout) = x2.storage_and_layout();
-            let (Storage::Cpu(CpuStorage::F32(xs)), Some((a, b))) =
-                (&*storage, layout.contiguous_offsets())
-            else {
-                candle_core::bail!("linear: the input is not contiguous f32");
-            };
-            let xs = &xs[a..b];
-            match tiles {
-                Some(kernel) => {
-                    stored::times_transposed(kernel, xs, weight.values(), rows, inner, out)
-                }
-                None => {
-                    let x_view = View::row_major(xs, rows, inner, inner);
-                    let w_view = View::row_major(weight.values(), out, inner, inner);
-                    gemm::times_transposed(x_view, w_view, rayon::current_num_threads())
-                }
+        let x2 = x.reshape((rows, inner))?;
+        let y = super::cpu_f32(&x2, |xs| match tiles {
+            Some(kernel) => stored::times_transposed(kernel, xs, weight.values(), rows, inner, out),
+            None => {
+                let x_view = View::row_major(xs, rows, inner, inner);
+                let w_view = View::row_major(weight.values(), out, inner, inner);
+                gemm::times_transposed(x_view, w_view, rayon::current_num_threads())
             }
+        });
+        let Some(y) = y.transpose()? else {
+            candle_core::bail!("linear: the input is not f32 on the CPU");
         };
         dims.pop();
         dims.push(out);
@@ -527,13 +519,11 @@ impl Linear {
         }
         let mut dims = x.dims().to_vec();
         let rows = dims[..dims.len() - 1].iter().product::<usize>();
-        let x2 = x.reshape((rows, inner))?.contiguous()?;
-        let (storage, layout) = x2.storage_and_layout();
-        let y = match (&*storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(xs)), Some((a, b))) => product(&xs[a..b], rows),
-            _ => None,
-        };
-        let Some(y) = y else {
+        let x2 = x.reshape((rows, inner))?;
+        let Some(y) = super::cpu_f32(&x2, |xs| product(xs, rows))
+            .transpose()?
+            .flatten()
+        else {
             return Ok(None);
         };
         dims.pop();

@@ -21,6 +21,24 @@ pub mod tiled_conv;
 pub mod transpose;
 pub mod winograd;
 
+use candle_core::{CpuStorage, Result, Storage, Tensor};
+
+/// `f` of the values of a CPU f32 tensor (made contiguous first); `None` for other tensors.
+pub(crate) fn cpu_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<Result<R>> {
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        return None;
+    }
+    let x = match x.contiguous() {
+        Ok(x) => x,
+        Err(e) => return Some(Err(e)),
+    };
+    let (storage, layout) = x.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Some(Ok(f(&data[start..end]))),
+        _ => None,
+    }
+}
+
 /// What the kernels' tests share.
 #[cfg(test)]
 pub(crate) mod testing {

@@ -40,26 +40,19 @@ impl GroupNormSilu {
         };
         let channels = x.dim(1)?;
         params.check(channels)?;
-        let x = x.contiguous()?;
-        let (storage, layout) = x.storage_and_layout();
-        let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-            return Ok(None);
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            return Ok(None);
-        };
         let per_channel: usize = x.dims()[2..].iter().product();
         let per_group = channels / params.groups * per_channel;
-        let affine = data[start..end]
-            .par_chunks(per_group)
-            .enumerate()
-            .flat_map_iter(|(index, src)| {
-                let group = params.group(index, channels, per_channel);
-                let (mean, rstd) = group.statistics(src);
-                (0..group.weight.len()).map(move |c| group.affine(c, mean, rstd))
-            })
-            .collect();
-        Ok(Some(affine))
+        let affine = super::cpu_f32(x, |data| {
+            data.par_chunks(per_group)
+                .enumerate()
+                .flat_map_iter(|(index, src)| {
+                    let group = params.group(index, channels, per_channel);
+                    let (mean, rstd) = group.statistics(src);
+                    (0..group.weight.len()).map(move |c| group.affine(c, mean, rstd))
+                })
+                .collect()
+        });
+        affine.transpose()
     }
 }
 

@@ -41,22 +41,20 @@ pub fn transposed(t: &Tensor) -> Result<Tensor> {
 /// tiles in parallel on CPU in f32; otherwise candle's copy, which is one thread's.
 pub fn transposed_items(t: &Tensor) -> Result<Tensor> {
     let (items, rows, cols) = t.dims3()?;
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
-        (&*storage, layout.contiguous_offsets())
-    else {
-        return t.transpose(1, 2)?.contiguous();
-    };
-    let data = &data[start..end];
-    let mut out = super::buffers::zeros::<f32>(data.len());
-    let size = rows * cols;
-    if size > 0 {
-        for (src, dst) in data.chunks_exact(size).zip(out.chunks_exact_mut(size)) {
-            transpose_to(src, rows, cols, dst);
+    let transposed = super::cpu_f32(t, |data| {
+        let mut out = super::buffers::zeros::<f32>(data.len());
+        let size = rows * cols;
+        if size > 0 {
+            for (src, dst) in data.chunks_exact(size).zip(out.chunks_exact_mut(size)) {
+                transpose_to(src, rows, cols, dst);
+            }
         }
+        out
+    });
+    match transposed {
+        Some(out) => Tensor::from_vec(out?, (items, cols, rows), t.device()),
+        None => t.transpose(1, 2)?.contiguous(),
     }
-    Tensor::from_vec(out, (items, cols, rows), t.device())
 }
 
 /// Attention's output `(batch, heads, tokens, dim)` as rows of tokens `(batch, tokens,
@@ -64,26 +62,24 @@ pub fn transposed_items(t: &Tensor) -> Result<Tensor> {
 /// otherwise candle's copy, which is one thread's.
 pub fn heads_to_tokens(t: &Tensor) -> Result<Tensor> {
     let (batch, heads, tokens, dim) = t.dims4()?;
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
-        (&*storage, layout.contiguous_offsets())
-    else {
-        return t.transpose(1, 2)?.reshape((batch, tokens, heads * dim));
-    };
-    let data = &data[start..end];
-    let mut out = super::buffers::zeros::<f32>(data.len());
     let row = heads * dim;
-    if row > 0 {
-        out.par_chunks_mut(row).enumerate().for_each(|(i, dst)| {
-            let (b, token) = (i / tokens, i % tokens);
-            for (h, dst) in dst.chunks_exact_mut(dim.max(1)).enumerate() {
-                let src = ((b * heads + h) * tokens + token) * dim;
-                dst.copy_from_slice(&data[src..src + dim]);
-            }
-        });
+    let moved = super::cpu_f32(t, |data| {
+        let mut out = super::buffers::zeros::<f32>(data.len());
+        if row > 0 {
+            out.par_chunks_mut(row).enumerate().for_each(|(i, dst)| {
+                let (b, token) = (i / tokens, i % tokens);
+                for (h, dst) in dst.chunks_exact_mut(dim.max(1)).enumerate() {
+                    let src = ((b * heads + h) * tokens + token) * dim;
+                    dst.copy_from_slice(&data[src..src + dim]);
+                }
+            });
+        }
+        out
+    });
+    match moved {
+        Some(out) => Tensor::from_vec(out?, (batch, tokens, row), t.device()),
+        None => t.transpose(1, 2)?.reshape((batch, tokens, row)),
     }
-    Tensor::from_vec(out, (batch, tokens, row), t.device())
 }
 
 /// The transpose of the row-major `rows x cols` f32 matrix `values`, as a CPU tensor.
