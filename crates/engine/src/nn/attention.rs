@@ -133,16 +133,12 @@ fn attend(q: &Tensor, k_t: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
 }
 
 /// Queries per task of the CPU kernel: the gemm crate packs the head's keys and values again
-/// for every block, so blocks take as many queries as keep their scores within
-/// [`SCORES_PER_TASK`], from 64 to 256. Intel Xeon (AVX-512), 2 threads, 10 heads of 4096
-/// tokens: 64 queries 216 ms, 256 queries 181-189 ms (PyTorch's flash kernel 188 ms); 512
-/// gains nothing more.
-fn query_block(keys: usize) -> usize {
-    (SCORES_PER_TASK / keys.max(1)).clamp(64, 256)
-}
-
-/// Scores one task holds at a time: 4 MiB of f32.
-const SCORES_PER_TASK: usize = 1 << 20;
+/// for every block, as many elements as a block's products have multiply-adds divided by its
+/// queries, whatever the keys' count and width; its scores take 1 KiB per key (16 MiB at the
+/// SDXL VAE's 16384 tokens at 1024x1024). Intel Xeon (AVX-512), 2 threads: 10 heads of 4096
+/// tokens of 64, 64 queries 216 ms, 256 queries 181-189 ms (PyTorch's flash kernel 188 ms);
+/// one head of 16384 tokens of 512, 64 queries 2.98 s, 128 2.37 s, 256 2.07 s, 512 1.98 s.
+const QUERY_BLOCK: usize = 256;
 
 struct FusedCpu {
     scale: f32,
@@ -260,17 +256,16 @@ impl CustomOp3 for FusedCpu {
         }
         let operands = Operands { q, k, v, bias };
         let head_len = queries * dim_v;
-        let query_block = query_block(keys);
         out.par_chunks_mut(head_len)
             .enumerate()
             .flat_map(|(bh, head)| {
-                head.par_chunks_mut(query_block * dim_v)
+                head.par_chunks_mut(QUERY_BLOCK * dim_v)
                     .enumerate()
                     .map(move |(block, rows)| (bh, block, rows))
             })
             .for_each_init(Vec::new, |scores, (bh, block, rows)| {
                 let (b, h) = (bh / heads, bh % heads);
-                let first = block * query_block;
+                let first = block * QUERY_BLOCK;
                 let count = rows.len() / dim_v;
                 scores.resize(count * keys, 0.0);
                 self.block(&operands, (b, h, first, count), scores, rows);
