@@ -55,8 +55,15 @@ pub fn take(len: usize, zeroed: bool) -> *mut u8 {
     let largest = (0..KEPT)
         .filter_map(|i| pool.kept[i].map(|(_, l)| (i, l)))
         .max_by_key(|&(_, l)| l);
-    let reused = match fitting.or(largest) {
-        Some((i, _)) => pool.kept[i].take().and_then(|(at, l)| remap(at, l, len)),
+    let reused = match fitting.or(largest).and_then(|(i, _)| pool.kept[i].take()) {
+        Some((at, l)) => {
+            let moved = remap(at, l, len);
+            if moved.is_none() {
+                // It could not grow where it is or move: given back, a new one mapped below.
+                unmap(at, l);
+            }
+            moved
+        }
         None => None,
     };
     pool.live += len;
