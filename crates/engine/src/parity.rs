@@ -183,6 +183,11 @@ impl ParityRunner {
         .set(&choices)
     }
 
+    /// The image's budget for the cases run next (the models stay loaded).
+    pub fn set_image_tolerance(&mut self, tolerance: f64) {
+        self.image_tolerance = tolerance;
+    }
+
     /// Allow intermediate stages to differ by `fraction` of the reference's largest magnitude
     /// (half-precision weights need more than [`DEFAULT_STAGE_TOLERANCE`]).
     pub fn with_stage_tolerance(mut self, fraction: f64) -> Self {

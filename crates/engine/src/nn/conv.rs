@@ -161,8 +161,8 @@ impl Module for SameConv {
 impl SameConv {
     /// The convolution of `x`, which the caller is done with (see [`buffers::take_f32`] for
     /// what that asks): a 1x1 one with no more outputs than inputs is written over `x`'s data
-    /// ([`im2col::conv1x1_over`]) where the CPU kernels run it with the weight as stored (no
-    /// LoRA merged into it).
+    /// ([`im2col::conv1x1_over`], on AMX tiles [`super::tiled_conv::conv1x1_over`]) where the
+    /// CPU kernels run it with the weight as stored (no LoRA merged into it).
     pub fn forward_consuming(&self, x: Tensor) -> Result<Tensor> {
         let stored = || self.weight_tensor();
         let merged = hook::merged_weight(self.tag.as_ref(), stored, hook::Stored::Conv1x1)?;
@@ -170,6 +170,9 @@ impl SameConv {
             && self.out_channels <= self.in_channels
             && merged.is_none()
             && self.runs_on_cpu_kernels(&x);
+        if let (true, ConvWeight::Tiles { weight, .. }) = (over, &self.weight) {
+            return self.tiles_over(x, weight);
+        }
         let loaded = match &self.weight {
             ConvWeight::Loaded(conv) if over && conv.weight().dtype() == DType::F32 => {
                 Some(conv.weight().contiguous()?)
@@ -204,6 +207,30 @@ impl SameConv {
     }
 }
 
+impl SameConv {
+    /// [`Self::forward_consuming`] on the AMX tiles ([`super::tiled_conv::conv1x1_over`]).
+    fn tiles_over(&self, x: Tensor, weight: &PackedConv) -> Result<Tensor> {
+        let (batch, _, height, width) = x.dims4()?;
+        let shape = winograd::Shape {
+            batch,
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            height,
+            width,
+        };
+        let device = x.device().clone();
+        let data = match buffers::take_f32(x) {
+            Ok(data) => data,
+            Err(x) => return self.forward(&x),
+        };
+        let bias = self.bias_values()?;
+        match super::tiled_conv::conv1x1_over(data, shape, weight, bias.as_deref()) {
+            Ok(out) => Tensor::from_vec(out, (batch, self.out_channels, height, width), &device),
+            Err(_) => candle_core::bail!("AMX went away"),
+        }
+    }
+}
+
 /// The ops a ResNet block or an upsampler runs around a convolution, which
 /// [`SameConv::forward_around`] does inside it where the CPU kernels allow
 /// ([`winograd::Fused`]): no full-size intermediate image, the same values.
@@ -211,7 +238,7 @@ impl SameConv {
 pub struct Around<'a> {
     /// GroupNorm and SiLU on the input, first.
     pub norm: Option<&'a GroupNormSilu>,
-    /// Nearest 2x upsampling of the input, next (not on AMX tiles).
+    /// Nearest 2x upsampling of the input, next.
     pub upsample: bool,
     /// `(batch, out)`: added to each image's channels after the convolution (a UNet ResNet
     /// block's time embedding).
@@ -227,8 +254,9 @@ impl SameConv {
     }
 
     /// [`Self::forward_around`] with `residual` given up by the caller (see
-    /// [`buffers::take_f32`] for what that asks): where the f32 Winograd path runs, the output
-    /// is written over it ([`winograd::conv3x3_onto`]), one full-size image fewer alive.
+    /// [`buffers::take_f32`] for what that asks): where the f32 Winograd path or the AMX tiles
+    /// run, the output is written over it ([`winograd::conv3x3_onto`],
+    /// [`super::tiled_conv::conv_onto`]), one full-size image fewer alive.
     pub fn forward_around_onto(
         &self,
         x: &Tensor,
@@ -283,7 +311,7 @@ impl SameConv {
         // The weight first: before any pass over x, whether a fused path runs at all.
         let loaded = match &self.weight {
             ConvWeight::Mapped { .. } => None,
-            ConvWeight::Tiles { .. } if !around.upsample => None,
+            ConvWeight::Tiles { .. } => None,
             ConvWeight::Loaded(conv) if conv.weight().dtype() == DType::F32 => {
                 Some(conv.weight().contiguous()?)
             }
@@ -325,12 +353,10 @@ impl SameConv {
             },
             None => None,
         };
-        // The residual moved into the output, where the caller gave it up and Winograd runs;
-        // never `x`'s own storage, which is read meanwhile.
-        let onto = match (&residual, weight) {
-            (Some(r), Operand::F32(_)) if over_residual && !same_storage(r, x) => {
-                buffers::take_f32(r.clone()).ok()
-            }
+        // The residual moved into the output, where the caller gave it up; never `x`'s own
+        // storage, which is read meanwhile.
+        let onto = match &residual {
+            Some(r) if over_residual && !same_storage(r, x) => buffers::take_f32(r.clone()).ok(),
             _ => None,
         };
         let residual_guard = match onto {
@@ -367,7 +393,13 @@ impl SameConv {
                 }
             }
             Operand::Tiles(packed) => {
-                match super::tiled_conv::conv_fused(input, shape, packed, fused) {
+                let out = match onto {
+                    Some(onto) => {
+                        super::tiled_conv::conv_onto(input, shape, packed, fused, onto).ok()
+                    }
+                    None => super::tiled_conv::conv_fused(input, shape, packed, fused),
+                };
+                match out {
                     Some(out) => out,
                     None => candle_core::bail!("AMX went away"),
                 }
@@ -602,13 +634,13 @@ mod tests {
             candle_core::safetensors::load(dir.path().join("model.safetensors"), &device)?;
         let loaded = build(VarBuilder::from_tensors(tensors.clone(), dtype, &device))?;
         assert!(matches!(loaded.0.weight, ConvWeight::Loaded(_)));
-        // bf16 weights on AMX tiles, where the CPU has them (no doubled input there).
+        // bf16 weights on AMX tiles, where the CPU has them.
         let tiled = build(VarBuilder::from_tensors(tensors, DType::BF16, &device))?;
-        let mut layers = vec![(&mapped, true), (&loaded, true)];
+        let mut layers = vec![&mapped, &loaded];
         if matches!(tiled.0.weight, ConvWeight::Tiles { .. }) {
-            layers.push((&tiled, false));
+            layers.push(&tiled);
         }
-        for ((conv, norm), doubles) in layers {
+        for (conv, norm) in layers {
             for (upsample, side) in [(false, 36), (true, 18)] {
                 let (h, w) = (side, side - 2);
                 let (out_h, out_w) = if upsample { (2 * h, 2 * w) } else { (h, w) };
@@ -621,8 +653,7 @@ mod tests {
                     image_bias: Some(&time),
                     residual: Some(&residual),
                 };
-                let runs_fused = doubles || !upsample;
-                assert_eq!(conv.fused(&x, around, false)?.is_some(), runs_fused);
+                assert!(conv.fused(&x, around, false)?.is_some());
                 let mut separate = norm.forward(&x)?;
                 if upsample {
                     separate = separate.upsample_nearest2d(out_h, out_w)?;
@@ -634,7 +665,7 @@ mod tests {
                 assert_eq!(fused.dims(), separate.dims());
                 let diff = (fused - &separate)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert_eq!(diff, 0.0, "upsample {upsample}");
-                // The residual given up, to be written over where Winograd runs: the same.
+                // The residual given up, to be written over: the same.
                 let apart = Around {
                     residual: None,
                     ..around
@@ -682,6 +713,24 @@ mod tests {
         let part = conv.forward_consuming(x.narrow(0, 1, 1)?)?;
         assert!(max_diff(&part, &expected.narrow(0, 1, 1)?)? < 1e-5);
         assert!(max_diff(&conv.forward_candle(&x)?, &expected)? == 0.0);
+        Ok(())
+    }
+
+    /// The same with bf16 weights on AMX tiles, where the CPU has them: the bits of the
+    /// convolution into a buffer of its own.
+    #[test]
+    fn a_consumed_input_on_the_tiles_gives_the_same_values() -> Result<()> {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::BF16, &Device::Cpu);
+        let conv = SameConv::new(1, 40, 33, vb)?;
+        if !matches!(conv.weight, ConvWeight::Tiles { .. }) {
+            eprintln!("skipped: this CPU or OS has no AMX");
+            return Ok(());
+        }
+        let x = Tensor::randn(0f32, 1., (2, 40, 9, 7), &Device::Cpu)?;
+        let expected = conv.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        let got = conv.forward_consuming(x.copy()?)?;
+        assert_eq!(got.flatten_all()?.to_vec1::<f32>()?, expected);
         Ok(())
     }
 }

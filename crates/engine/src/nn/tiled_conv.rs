@@ -1,8 +1,11 @@
 //! 3x3 and 1x1 "same" convolutions with bf16 weights on AMX tiles ([`super::amx`]), where
 //! `--dtype bf16` runs on a CPU that has them: what oneDNN gives PyTorch's bf16 convolutions.
 //!
-//! No im2col: the image is rounded to bf16 once per call into channels-last rows with a zero
-//! border (`width + 2` pixels a row, channels padded to a whole tile step). Output pixel
+//! No im2col: the image is rounded to bf16 into channels-last rows with a zero border
+//! (`width + 2` pixels a row, channels padded to a whole tile step), a band of rows at a time
+//! (with the rows above and below it) so that the rounded copy stays small beside the f32
+//! images; a GroupNorm with SiLU and a nearest 2x upsampling are applied on the way in
+//! ([`Fused`]), and the output may be written over the residual it adds. Output pixel
 //! `(y, x)` is then position `q = y (width + 2) + x` of that padded grid, and its 3x3
 //! neighbourhood's tap `(ky, kx)` is the padded pixel `q + ky (width + 2) + kx`: for each tap,
 //! 32 consecutive outputs read 32 consecutive padded pixels, one tile of rows in place. The
@@ -120,15 +123,168 @@ pub fn conv(
     conv_fused(input, shape, weight, fused)
 }
 
-/// [`conv`] with the work of the ops around it, as [`Fused`] describes, except a doubled
-/// input.
+/// [`conv`] with the work of the ops around it, as [`Fused`] describes.
 pub fn conv_fused(
     input: &[f32],
     shape: Shape,
     weight: &PackedConv,
     fused: Fused,
 ) -> Option<Vec<f32>> {
-    assert!(!fused.doubled, "a doubled input is not read on the tiles");
+    Tiles::configure()?;
+    let len = shape.batch * shape.out_channels * shape.plane();
+    // Every element is stored once: no zeros written first.
+    let mut output = Vec::with_capacity(len);
+    let out = SharedOut(output.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    run(
+        Input::Apart(input),
+        shape,
+        weight,
+        fused,
+        Dest::Fresh(out),
+        BAND_BYTES,
+    );
+    // SAFETY: for each image the tasks covered every band of rows, every panel of channels
+    // and every block of positions, whose runs cover every pixel: each element was stored.
+    #[allow(unsafe_code)]
+    unsafe {
+        output.set_len(len)
+    };
+    Some(output)
+}
+
+/// [`conv_fused`] with the residual in `onto`, which the output is written over (each value
+/// read just before the same task writes its place): one full-size image fewer alive.
+/// `fused` has no residual of its own. `Err(onto)`, as it was, where this CPU has no AMX.
+pub fn conv_onto(
+    input: &[f32],
+    shape: Shape,
+    weight: &PackedConv,
+    fused: Fused,
+    mut onto: Vec<f32>,
+) -> Result<Vec<f32>, Vec<f32>> {
+    assert!(
+        fused.residual.is_none(),
+        "the residual is the one in `onto`"
+    );
+    let len = shape.batch * shape.out_channels * shape.plane();
+    assert_eq!(onto.len(), len, "the residual's size");
+    if Tiles::configure().is_none() {
+        return Err(onto);
+    }
+    let out = SharedOut(onto.as_mut_ptr());
+    let input = Input::Apart(input);
+    run(
+        input,
+        shape,
+        weight,
+        fused,
+        Dest::OverResidual(out),
+        BAND_BYTES,
+    );
+    Ok(onto)
+}
+
+/// A 1x1 convolution written over its input `data` (moved in), for no more output channels
+/// than input ones (a VAE ResNet block's shortcut, 256 -> 128 channels of 1024x1024 pixels:
+/// 1 GiB in, 512 MiB out, and no second buffer). A band's pixels of every channel are rounded
+/// into the grid before its outputs are written to their places in the output's layout, which
+/// hold only that band's pixels, of this image or earlier ones (the output's offsets are
+/// never past the input's, and differ from them by whole planes). The buffer is then cut to
+/// the output's length. `Err(data)`, as it was, where this CPU has no AMX.
+pub fn conv1x1_over(
+    data: Vec<f32>,
+    shape: Shape,
+    weight: &PackedConv,
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>, Vec<f32>> {
+    conv1x1_over_in_bands(data, shape, weight, bias, BAND_BYTES)
+}
+
+fn conv1x1_over_in_bands(
+    mut data: Vec<f32>,
+    shape: Shape,
+    weight: &PackedConv,
+    bias: Option<&[f32]>,
+    band_bytes: usize,
+) -> Result<Vec<f32>, Vec<f32>> {
+    assert_eq!(weight.kernel, 1, "a 1x1 convolution");
+    assert!(
+        shape.out_channels <= shape.in_channels,
+        "the output fits in place of the input"
+    );
+    if Tiles::configure().is_none() {
+        return Err(data);
+    }
+    let at = SharedOut(data.as_mut_ptr());
+    let input = Input::Under(at, data.len());
+    let fused = Fused {
+        bias,
+        ..Fused::default()
+    };
+    run(input, shape, weight, fused, Dest::Fresh(at), band_bytes);
+    data.truncate(shape.batch * shape.out_channels * shape.plane());
+    data.shrink_to_fit();
+    Ok(data)
+}
+
+/// Bytes of the rounded, padded image a band of rows takes at most (at least
+/// [`MIN_BAND_ROWS`] rows): rounded whole, a 1024x1024 image of 256 channels took 0.5 GiB
+/// beside the f32 input and output.
+const BAND_BYTES: usize = 64 << 20;
+const MIN_BAND_ROWS: usize = 8;
+
+/// Where the input is: `batch x in x plane` f32 values (a quarter of the plane if doubled).
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// Apart from the output.
+    Apart(&'a [f32]),
+    /// Under the output (this many values), which is written over it: a band's values are
+    /// read before its outputs are written, and never after.
+    Under(SharedOut, usize),
+}
+
+impl Input<'_> {
+    fn len(self) -> usize {
+        match self {
+            Input::Apart(values) => values.len(),
+            Input::Under(_, len) => len,
+        }
+    }
+
+    /// `read` given values `first..first + len`, borrowed only while it runs.
+    fn read<R>(self, first: usize, len: usize, read: impl FnOnce(&[f32]) -> R) -> R {
+        match self {
+            Input::Apart(values) => read(&values[first..][..len]),
+            Input::Under(at, total) => {
+                assert!(first + len <= total, "inside the input");
+                // SAFETY: the range lies inside the buffer (`total` values), which nothing
+                // writes while `read` runs: `run` computes a band only after reading it.
+                #[allow(unsafe_code)]
+                let values = unsafe { std::slice::from_raw_parts(at.at(first), len) };
+                read(values)
+            }
+        }
+    }
+}
+
+/// Where the output goes: `batch x out x plane` f32 values.
+#[derive(Clone, Copy)]
+enum Dest {
+    /// Storage of its own, uninitialised.
+    Fresh(SharedOut),
+    /// Over the residual it holds.
+    OverResidual(SharedOut),
+}
+
+/// The convolution a band of at most `band_bytes` of rounded rows at a time.
+fn run(
+    input: Input,
+    shape: Shape,
+    weight: &PackedConv,
+    fused: Fused,
+    dest: Dest,
+    band_bytes: usize,
+) {
     let Shape {
         batch,
         in_channels,
@@ -142,31 +298,81 @@ pub fn conv_fused(
         "the packed weight's channels"
     );
     let plane = height * width;
-    assert_eq!(input.len(), batch * in_channels * plane, "input size");
-    fused.check(batch, in_channels, out_channels, plane);
-    Tiles::configure()?;
-    let (kernel, depth) = (weight.kernel, weight.depth);
-    let grid = Grid {
-        width,
-        height,
-        pad: kernel / 2,
+    let input_plane = match fused.doubled {
+        true => {
+            assert!(
+                height % 2 == 0 && width % 2 == 0,
+                "a doubled input has even sides"
+            );
+            plane / 4
+        }
+        false => plane,
     };
-    let blocks = (height * grid.row()).div_ceil(BLOCK);
-    // The last block's last tap reads this far into the padded image.
-    let pixels = blocks * BLOCK + (kernel - 1) * (grid.row() + 1);
-    let panels = out_channels.div_ceil(BLOCK);
-    let chunks = blocks.div_ceil(BLOCKS_PER_TASK);
-    let mut padded = Lines::zeroed(pixels * depth);
-    // Every element is stored once below: no zeros written first.
-    let mut output = Vec::with_capacity(batch * out_channels * plane);
-    let first_out = output.spare_capacity_mut().as_mut_ptr().cast::<f32>();
-    for (n, image) in input.chunks(in_channels * plane).enumerate() {
-        // The border and the padding channels are never written: they stay zero.
+    assert_eq!(input.len(), batch * in_channels * input_plane, "input size");
+    fused.check(batch, in_channels, out_channels, plane);
+    let (kernel, depth) = (weight.kernel, weight.depth);
+    let pad = kernel / 2;
+    let row_bytes = (width + 2 * pad) * depth * 2;
+    // As many rows as fit, the image split evenly.
+    let bands = height.div_ceil((band_bytes / row_bytes).max(MIN_BAND_ROWS));
+    let band_rows = height.div_ceil(bands);
+    let largest = Grid {
+        width,
+        height: band_rows,
+        pad,
+    };
+    let mut padded = Lines::zeroed(largest.pixels() * depth);
+    for n in 0..batch {
         let norm = fused
             .input_norm
             .map(|norm| &norm[n * in_channels..][..in_channels]);
-        grid.fill(image, norm, in_channels, depth, &mut padded);
-        let out = SharedOut(first_out.wrapping_add(n * out_channels * plane));
+        for first_row in (0..height).step_by(band_rows) {
+            let grid = Grid {
+                height: band_rows.min(height - first_row),
+                ..largest
+            };
+            let image_values = in_channels * input_plane;
+            input.read(n * image_values, image_values, |image| {
+                let source = Source {
+                    image,
+                    norm,
+                    channels: in_channels,
+                    depth,
+                    height,
+                    doubled: fused.doubled,
+                };
+                grid.fill(&source, first_row, &mut padded)
+            });
+            let band = Band {
+                image: n,
+                first_pixel: first_row * width,
+                grid,
+            };
+            band.compute(&padded, shape, weight, &fused, dest);
+        }
+    }
+}
+
+/// Rows of one image, rounded into the padded grid.
+#[derive(Clone, Copy)]
+struct Band {
+    image: usize,
+    /// The image pixel the grid's first row starts at.
+    first_pixel: usize,
+    grid: Grid,
+}
+
+impl Band {
+    /// The band's output pixels, every output channel: a task takes a panel of channels and
+    /// [`BLOCKS_PER_TASK`] blocks of positions.
+    fn compute(self, padded: &[u16], shape: Shape, weight: &PackedConv, fused: &Fused, dest: Dest) {
+        let (kernel, depth, grid) = (weight.kernel, weight.depth, self.grid);
+        let out_channels = shape.out_channels;
+        let plane = shape.plane();
+        let n = self.image;
+        let blocks = (grid.height * grid.row()).div_ceil(BLOCK);
+        let panels = out_channels.div_ceil(BLOCK);
+        let chunks = blocks.div_ceil(BLOCKS_PER_TASK);
         (0..chunks * panels).into_par_iter().for_each(|task| {
             let (chunk, panel) = (task / panels, task % panels);
             let words = weight.panel(panel);
@@ -184,8 +390,8 @@ pub fn conv_fused(
                     for (block, sums) in task_blocks.clone().zip(&mut block_sums) {
                         let first = block * BLOCK + (tap / kernel) * grid.row() + tap % kernel;
                         // SAFETY: `sums` holds a block; the tap's 32 rows of `depth` values
-                        // lie inside `padded` (`pixels` covers the last block's last tap)
-                        // and the panel holds each tap's `depth / 2` rows of 32 words.
+                        // lie inside `padded` (`Grid::pixels` covers the last block's last
+                        // tap) and the panel holds each tap's `depth / 2` rows of 32 words.
                         #[allow(unsafe_code)]
                         unsafe {
                             if tap == 0 && first_step == 0 {
@@ -223,25 +429,28 @@ pub fn conv_fused(
                 for (c, channel) in (first_channel..first_channel + channels).enumerate() {
                     let add = fused.bias.map_or(0.0, |b| b[channel]);
                     let image_add = fused.image_bias.map(|b| b[n * out_channels + channel]);
-                    let residual = fused
-                        .residual
-                        .map(|r| &r[(n * out_channels + channel) * plane..][..plane]);
+                    let channel_at = (n * out_channels + channel) * plane + self.first_pixel;
                     let sums = &by_channel[c * BLOCK..][..BLOCK];
                     for &(from, pixel, len) in &runs {
                         for (i, &sum) in sums[from..from + len].iter().enumerate() {
+                            let at = channel_at + pixel + i;
                             // The order of the separate ops: bias, image bias, residual.
                             let mut value = sum + add;
                             if let Some(image_add) = image_add {
                                 value += image_add;
                             }
-                            if let Some(residual) = residual {
-                                value += residual[pixel + i];
+                            if let Some(residual) = fused.residual {
+                                value += residual[at];
                             }
-                            // SAFETY: this task alone writes its channels' pixels of the
-                            // block's positions, inside `out` (`out_channels x plane`).
+                            // SAFETY: this task alone reads and writes its channels' pixels
+                            // of the block's positions, inside the destination (`batch x out
+                            // x plane`), which holds the residual where it is written over.
                             #[allow(unsafe_code)]
                             unsafe {
-                                *out.at(channel * plane + pixel + i) = value
+                                match dest {
+                                    Dest::Fresh(out) => *out.at(at) = value,
+                                    Dest::OverResidual(out) => *out.at(at) += value,
+                                }
                             };
                         }
                     }
@@ -249,16 +458,24 @@ pub fn conv_fused(
             }
         });
     }
-    // SAFETY: for each image the tasks covered every panel of channels and every block of
-    // positions, whose runs cover every pixel: each element was stored.
-    #[allow(unsafe_code)]
-    unsafe {
-        output.set_len(batch * out_channels * plane)
-    };
-    Some(output)
 }
 
-/// The padded image: `height + 2 pad` rows of `width + 2 pad` pixels, channels last.
+/// One image as the grid reads it.
+struct Source<'a> {
+    /// `channels x plane`, f32, at half the height and width where `doubled`.
+    image: &'a [f32],
+    /// `(scale, shift)` per channel: each value read as `silu(x scale + shift)`.
+    norm: Option<&'a [(f32, f32)]>,
+    channels: usize,
+    /// Values a pixel takes in the grid: `channels` rounded up to a tile step.
+    depth: usize,
+    /// The output's height.
+    height: usize,
+    /// Each pixel stands for a 2x2 block (nearest 2x upsampling).
+    doubled: bool,
+}
+
+/// A band of the padded image: `height + 2 pad` rows of `width + 2 pad` pixels, channels last.
 #[derive(Clone, Copy)]
 struct Grid {
     width: usize,
@@ -270,6 +487,12 @@ impl Grid {
     /// Pixels a padded row holds.
     fn row(self) -> usize {
         self.width + 2 * self.pad
+    }
+
+    /// Pixels the tiles read: the last block's last tap reads this far into the grid.
+    fn pixels(self) -> usize {
+        let blocks = (self.height * self.row()).div_ceil(BLOCK);
+        blocks * BLOCK + 2 * self.pad * (self.row() + 1)
     }
 
     /// The image pixels output positions `first..first + count` compute, as runs along image
@@ -292,38 +515,54 @@ impl Grid {
         })
     }
 
-    /// `image` (`channels, height, width`, f32) rounded to bf16 into the padded grid, each
-    /// pixel's `channels` values `depth` apart, rows in parallel; each channel first
-    /// normalized (`silu(x scale + shift)`) where `norm` gives its `(scale, shift)`.
-    fn fill(
-        self,
-        image: &[f32],
-        norm: Option<&[(f32, f32)]>,
-        channels: usize,
-        depth: usize,
-        padded: &mut [u16],
-    ) {
-        let plane = self.height * self.width;
+    /// Image rows `first_row - pad..first_row + height + pad` (zeros outside the image)
+    /// rounded to bf16 into the grid's rows, each pixel's values `depth` apart, rows in
+    /// parallel. The padding columns and channels are never written: they stay zero. Past
+    /// the grid's rows `padded` keeps what it held, read only for positions past the band.
+    fn fill(self, source: &Source, first_row: usize, padded: &mut [u16]) {
+        let (channels, depth, width) = (source.channels, source.depth, self.width);
+        let (source_width, source_plane) = match source.doubled {
+            true => (width / 2, source.height / 2 * (width / 2)),
+            false => (width, source.height * width),
+        };
         let row_values = self.row() * depth;
-        let first = self.pad * row_values;
-        padded[first..first + self.height * row_values]
+        let rows = self.height + 2 * self.pad;
+        padded[..rows * row_values]
             .par_chunks_mut(row_values)
             .enumerate()
             .for_each_init(
-                || (vec![0u16; channels * self.width], vec![0f32; self.width]),
-                |(rounded, normalized), (y, dst)| {
+                || {
+                    let rounded = vec![0u16; channels * width];
+                    (rounded, vec![0f32; source_width], vec![0u16; source_width])
+                },
+                |(rounded, normalized, half), (r, dst)| {
+                    let y = (first_row + r).checked_sub(self.pad);
+                    let Some(y) = y.filter(|&y| y < source.height) else {
+                        dst.fill(0);
+                        return;
+                    };
+                    let source_y = if source.doubled { y / 2 } else { y };
                     for c in 0..channels {
-                        let mut src = &image[c * plane + y * self.width..][..self.width];
-                        if let Some(norm) = norm {
+                        let first = c * source_plane + source_y * source_width;
+                        let mut src = &source.image[first..][..source_width];
+                        if let Some(norm) = source.norm {
                             let (scale, shift) = norm[c];
                             super::norm::silu_affine(src, normalized, scale, shift);
                             src = normalized;
                         }
-                        super::bf16::round_into(src, &mut rounded[c * self.width..][..self.width]);
+                        let dst = &mut rounded[c * width..][..width];
+                        if source.doubled {
+                            super::bf16::round_into(src, half);
+                            for (pair, &value) in dst.chunks_exact_mut(2).zip(half.iter()) {
+                                pair.fill(value);
+                            }
+                        } else {
+                            super::bf16::round_into(src, dst);
+                        }
                     }
                     let pixels = &mut dst[self.pad * depth..];
                     super::transpose::transpose_into(
-                        rounded, self.width, channels, self.width, pixels, depth,
+                        rounded, width, channels, width, pixels, depth,
                     );
                 },
             );
@@ -393,6 +632,96 @@ mod tests {
         let runs: Vec<_> = grid.runs(2, 12).collect();
         assert_eq!(runs, vec![(0, 2, 1), (3, 3, 3)]);
         assert_eq!(grid.runs(10, 4).count(), 0);
+    }
+
+    /// Bands of rows compute the whole image's bits, with every op around the convolution
+    /// inside, two images in a batch; written over the residual too.
+    #[test]
+    fn bands_of_rows_give_the_whole_images_values() {
+        if !crate::nn::amx::available() {
+            eprintln!("skipped: this CPU or OS has no AMX");
+            return;
+        }
+        for (kernel, doubled) in [(3, false), (3, true), (1, false)] {
+            let s = Shape {
+                batch: 2,
+                in_channels: 37,
+                out_channels: 40,
+                height: 22,
+                width: 18,
+            };
+            let input_plane = if doubled { s.plane() / 4 } else { s.plane() };
+            let input = random(s.batch * s.in_channels * input_plane, 21);
+            let weight: Vec<bf16> = random(s.out_channels * s.in_channels * kernel * kernel, 22)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
+            let packed = PackedConv::new(&weight, s.out_channels, s.in_channels, kernel);
+            let bias = random(s.out_channels, 23);
+            let image_bias = random(s.batch * s.out_channels, 24);
+            let residual = random(s.batch * s.out_channels * s.plane(), 25);
+            let scales = random(s.batch * s.in_channels, 26);
+            let norm: Vec<(f32, f32)> = scales
+                .iter()
+                .zip(random(s.batch * s.in_channels, 27))
+                .map(|(&scale, shift)| (scale, shift))
+                .collect();
+            let fused = Fused {
+                input_norm: Some(&norm),
+                doubled,
+                bias: Some(&bias),
+                image_bias: Some(&image_bias),
+                residual: Some(&residual),
+            };
+            let run_fresh = |band_bytes| {
+                let mut out = vec![f32::NAN; residual.len()];
+                let dest = Dest::Fresh(SharedOut(out.as_mut_ptr()));
+                run(Input::Apart(&input), s, &packed, fused, dest, band_bytes);
+                out
+            };
+            let whole = run_fresh(usize::MAX);
+            assert!(whole.iter().all(|v| v.is_finite()), "every value written");
+            // Bands of 8 rows: 8, 8 and 6.
+            assert_eq!(run_fresh(1), whole, "{kernel}x{kernel}, doubled {doubled}");
+            let mut over = residual.clone();
+            let dest = Dest::OverResidual(SharedOut(over.as_mut_ptr()));
+            let apart = Fused {
+                residual: None,
+                ..fused
+            };
+            run(Input::Apart(&input), s, &packed, apart, dest, 1);
+            assert_eq!(over, whole, "{kernel}x{kernel}, doubled {doubled}, over");
+        }
+    }
+
+    /// A 1x1 convolution over its input: the values of one into a buffer of its own, in one
+    /// band or several, with more outputs than half the inputs (the second image's outputs
+    /// land on the first's input and on its own).
+    #[test]
+    fn a_1x1_convolution_over_its_input_gives_the_same_values() {
+        if !crate::nn::amx::available() {
+            eprintln!("skipped: this CPU or OS has no AMX");
+            return;
+        }
+        let s = Shape {
+            batch: 2,
+            in_channels: 37,
+            out_channels: 30,
+            height: 21,
+            width: 13,
+        };
+        let input = random(s.batch * s.in_channels * s.plane(), 31);
+        let weight: Vec<bf16> = random(s.out_channels * s.in_channels, 32)
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
+        let packed = PackedConv::new(&weight, s.out_channels, s.in_channels, 1);
+        let bias = random(s.out_channels, 33);
+        let want = conv(&input, s, &packed, Some(&bias)).unwrap();
+        for band_bytes in [usize::MAX, 1] {
+            let got = conv1x1_over_in_bands(input.clone(), s, &packed, Some(&bias), band_bytes);
+            assert_eq!(got.unwrap(), want, "bands of {band_bytes} bytes");
+        }
     }
 
     #[test]

@@ -149,6 +149,19 @@ impl Decoder {
     }
 }
 
+/// Whether a VAE whose config has `force_upcast` is kept in f32 rather than `dtype`. That flag
+/// is about f16, whose range SD's and SDXL's VAEs overflow; bf16 has f32's range, and
+/// diffusers keeps such a VAE in bf16 too. On a CPU without AMX, though, bf16 convolution
+/// weights would be widened to f32 at every call (no bf16 kernels for them there), slower
+/// than f32 weights: there it stays f32.
+fn upcast(dtype: DType, device: &Device) -> bool {
+    match dtype {
+        DType::F16 => true,
+        DType::BF16 => device.is_cpu() && !crate::nn::amx::available(),
+        _ => false,
+    }
+}
+
 pub struct Vae {
     config: VaeConfig,
     encoder: Encoder,
@@ -160,11 +173,11 @@ pub struct Vae {
 
 impl Vae {
     /// Load from a component folder such as `model/vae`, with weights in `dtype` unless the
-    /// config's `force_upcast` asks for f32 (SD's and SDXL's VAEs overflow in f16). It computes
-    /// in that dtype, or in f32 for half weights on CPU ([`layers::compute_dtype`]).
+    /// config's `force_upcast` asks for f32 ([`upcast`]). It computes in that dtype, or in f32
+    /// for half weights on CPU ([`layers::compute_dtype`]).
     pub fn load(dir: &Path, variant: Variant, dtype: DType, device: &Device) -> Result<Self> {
         let config = VaeConfig::load(&dir.join("config.json"))?;
-        let dtype = if config.force_upcast {
+        let dtype = if config.force_upcast && upcast(dtype, device) {
             DType::F32
         } else {
             dtype

@@ -126,19 +126,15 @@ fn impossible_tolerance_fails() {
 /// magnitude, image 4.1e-4; bf16 (8 significant bits to f16's 11) stages 9.4e-3, image 3.9e-3.
 /// The budgets below leave about 2x headroom.
 ///
-/// On a CPU with AMX a bf16 model's convolutions and attention also round their activations
-/// to bf16, as PyTorch's bf16 does: the images then differ by up to 1.37e-2 (sd-img2img;
-/// sd-ddim-cfg 1.09e-2), where diffusers' own bf16 (text encoder and UNet in bf16) differs from its f32 reference
-/// by 2.30e-2 on that case and 1.01e-2 on sd-dpmpp2m. There the image's budget is PyTorch's
-/// worst: no further from the reference than PyTorch's bf16 itself.
+/// On a CPU with AMX a bf16 model's convolutions and attention, the VAE's too, also round their
+/// activations to bf16, as PyTorch's bf16 does: there each case's image may be no further from
+/// the reference than diffusers' own bf16 lands ([`PYTORCH_BF16_IMAGE`]). Measured: up to
+/// 2.6e-2 (sd3-img2img, where PyTorch is 4.7e-2 off), at most 0.85 of PyTorch's on every case
+/// (zimage-turbo).
 #[test]
 fn half_precision_weights_stay_close_on_cpu() {
     use seedbed_engine::candle::DType;
-    let bf16_image = if seedbed_engine::nn::amx::available() {
-        2.3e-2
-    } else {
-        8e-3
-    };
+    let amx = seedbed_engine::nn::amx::available();
     let sets = [
         (fixtures().join("cases"), models()),
         (fixtures().join("cases-dit"), fixtures().join("models-dit")),
@@ -150,7 +146,7 @@ fn half_precision_weights_stay_close_on_cpu() {
     for (cases_dir, models_dir) in sets {
         let cases = read_cases(&cases_dir).unwrap();
         for (dtype, stage_tolerance, image_tolerance) in
-            [(DType::F16, 2e-3, 4e-3), (DType::BF16, 2e-2, bf16_image)]
+            [(DType::F16, 2e-3, 4e-3), (DType::BF16, 2e-2, 8e-3)]
         {
             let options = LoadOptions {
                 dtype,
@@ -159,6 +155,9 @@ fn half_precision_weights_stay_close_on_cpu() {
             let mut runner = ParityRunner::new(&cases_dir, &models_dir, image_tolerance, options)
                 .with_stage_tolerance(stage_tolerance);
             for case in &cases {
+                if dtype == DType::BF16 && amx {
+                    runner.set_image_tolerance(pytorch_bf16_image(&case.name));
+                }
                 let report = runner.run(case);
                 println!("{dtype:?} {}", report.line());
                 if report.skipped.is_some() {
@@ -175,6 +174,44 @@ fn half_precision_weights_stay_close_on_cpu() {
                 assert!(report.passed(), "{dtype:?}: {}", report.line());
                 assert!(report.comparisons.len() >= 4, "{}", report.line());
             }
+        }
+    }
+}
+
+/// How far diffusers' own bf16 image lands from its f32 reference on each case: the whole
+/// pipeline cast to bf16, its VAE too, as `torch_dtype=torch.bfloat16` loads it
+/// (`python tools/reference/pytorch_bf16_error.py`, diffusers 0.42.1, torch 2.15.0).
+const PYTORCH_BF16_IMAGE: &[(&str, f64)] = &[
+    ("sd-ddim-cfg", 3.14e-02),
+    ("sd-euler-turbo", 7.78e-03),
+    ("sd-dpmpp2m", 1.43e-02),
+    ("sd-img2img", 3.71e-02),
+    ("sdxl-euler-turbo", 7.43e-03),
+    ("flux-schnell-4step", 2.29e-02),
+    ("flux-schnell-wide", 1.79e-02),
+    ("flux-dev-guidance", 4.54e-02),
+    ("flux-dev-true-cfg", 2.04e-02),
+    ("zimage-turbo", 2.00e-02),
+    ("zimage-cfg", 2.66e-02),
+    ("sd3-cfg", 6.29e-02),
+    ("sd3-turbo", 3.31e-02),
+    ("flux-schnell-img2img", 2.29e-02),
+    ("flux-dev-img2img-wide", 4.96e-02),
+    ("flux-schnell-long-prompt", 2.00e-02),
+    ("flux-dev-tall-t5-128", 4.94e-02),
+    ("zimage-img2img", 1.88e-02),
+    ("zimage-cfg-negative-wide", 2.47e-02),
+    ("zimage-long-prompt", 1.94e-02),
+    ("sd3-img2img", 4.69e-02),
+    ("sd3-cfg-negative-tall", 6.90e-02),
+    ("sd3-t5-128", 3.94e-02),
+];
+
+fn pytorch_bf16_image(case: &str) -> f64 {
+    match PYTORCH_BF16_IMAGE.iter().find(|(name, _)| *name == case) {
+        Some((_, error)) => *error,
+        None => {
+            panic!("no PyTorch bf16 figure for {case}: run tools/reference/pytorch_bf16_error.py")
         }
     }
 }
