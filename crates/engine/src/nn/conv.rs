@@ -205,9 +205,7 @@ impl SameConv {
         let out = im2col::conv1x1_over(data, shape, weight, self.bias_values()?.as_deref());
         Tensor::from_vec(out, (batch, self.out_channels, height, width), &device)
     }
-}
 
-impl SameConv {
     /// [`Self::forward_consuming`] on the AMX tiles ([`super::tiled_conv::conv1x1_over`]).
     fn tiles_over(&self, x: Tensor, weight: &PackedConv) -> Result<Tensor> {
         let (batch, _, height, width) = x.dims4()?;
