@@ -170,8 +170,14 @@ impl SameConv {
             && self.out_channels <= self.in_channels
             && merged.is_none()
             && self.runs_on_cpu_kernels(&x);
+        let bias = self.bias_values()?;
         if let (true, ConvWeight::Tiles { weight, .. }) = (over, &self.weight) {
-            return self.tiles_over(x, weight);
+            return self.over_input(x, |data, shape| {
+                match super::tiled_conv::conv1x1_over(data, shape, weight, bias.as_deref()) {
+                    Ok(out) => Ok(out),
+                    Err(_) => candle_core::bail!("AMX went away"),
+                }
+            });
         }
         let loaded = match &self.weight {
             ConvWeight::Loaded(conv) if over && conv.weight().dtype() == DType::F32 => {
@@ -188,26 +194,18 @@ impl SameConv {
             },
             _ => return self.forward(&x),
         };
-        let (batch, _, height, width) = x.dims4()?;
-        let shape = winograd::Shape {
-            batch,
-            in_channels: self.in_channels,
-            out_channels: self.out_channels,
-            height,
-            width,
-        };
-        let device = x.device().clone();
-        let data = match buffers::take_f32(x) {
-            Ok(data) => data,
-            // A view into a larger storage: the ordinary way.
-            Err(x) => return self.forward(&x),
-        };
-        let out = im2col::conv1x1_over(data, shape, weight, self.bias_values()?.as_deref());
-        Tensor::from_vec(out, (batch, self.out_channels, height, width), &device)
+        self.over_input(x, |data, shape| {
+            Ok(im2col::conv1x1_over(data, shape, weight, bias.as_deref()))
+        })
     }
 
-    /// [`Self::forward_consuming`] on the AMX tiles ([`super::tiled_conv::conv1x1_over`]).
-    fn tiles_over(&self, x: Tensor, weight: &PackedConv) -> Result<Tensor> {
+    /// `compute` given `x`'s data, moved out (see [`buffers::take_f32`]), and its shape, for
+    /// the output's data; the ordinary way where `x` is a view into a larger storage.
+    fn over_input(
+        &self,
+        x: Tensor,
+        compute: impl FnOnce(Vec<f32>, winograd::Shape) -> Result<Vec<f32>>,
+    ) -> Result<Tensor> {
         let (batch, _, height, width) = x.dims4()?;
         let shape = winograd::Shape {
             batch,
@@ -221,11 +219,8 @@ impl SameConv {
             Ok(data) => data,
             Err(x) => return self.forward(&x),
         };
-        let bias = self.bias_values()?;
-        match super::tiled_conv::conv1x1_over(data, shape, weight, bias.as_deref()) {
-            Ok(out) => Tensor::from_vec(out, (batch, self.out_channels, height, width), &device),
-            Err(_) => candle_core::bail!("AMX went away"),
-        }
+        let out = compute(data, shape)?;
+        Tensor::from_vec(out, (batch, self.out_channels, height, width), &device)
     }
 }
 
