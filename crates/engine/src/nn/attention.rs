@@ -81,6 +81,21 @@ pub fn scaled_dot_product_bf16(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -
     attention(q, k, v, scale, super::amx::available())
 }
 
+/// The attention of a model whose projections hold weights of `weights`' dtype:
+/// [`scaled_dot_product_bf16`] for a bf16 one, [`scaled_dot_product`] otherwise.
+pub fn scaled_dot_product_for(
+    weights: Option<DType>,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    match weights {
+        Some(DType::BF16) => scaled_dot_product_bf16(q, k, v, scale),
+        _ => scaled_dot_product(q, k, v, scale),
+    }
+}
+
 /// The fused CPU kernel for f32 operands on the CPU (its products on AMX tiles with `tiles`),
 /// the chunked candle version elsewhere.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, tiles: bool) -> Result<Tensor> {

@@ -4,7 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
-use crate::nn::attention::{scaled_dot_product, scaled_dot_product_bf16};
+use crate::nn::attention::scaled_dot_product_for;
 use crate::nn::conv::{Around, Conv3x3};
 use crate::nn::layers::{self, Conv2d, GroupNorm, Linear};
 use crate::nn::resnet::{ResnetBlock, ResnetConfig, conv3x3};
@@ -56,13 +56,8 @@ impl SpatialAttention {
         let k = heads(self.to_k.forward(&tokens)?)?;
         let v = heads(self.to_v.forward(&tokens)?)?;
         let scale = (c as f64).powf(-0.5);
-        // A bf16 VAE's attention computes in bf16 where the CPU has tiles for it.
-        let attended = if self.to_q.weight_dtype() == Some(candle_core::DType::BF16) {
-            scaled_dot_product_bf16(&q, &k, &v, scale)?
-        } else {
-            scaled_dot_product(&q, &k, &v, scale)?
-        };
-        let attended = attended.squeeze(1)?;
+        let weights = self.to_q.weight_dtype();
+        let attended = scaled_dot_product_for(weights, &q, &k, &v, scale)?.squeeze(1)?;
         let out = self.to_out.forward(&attended)?;
         out.transpose(1, 2)?.reshape((b, c, h, w))? + x
     }

@@ -4,7 +4,7 @@
 
 use candle_core::{Module, Result, Tensor};
 
-use crate::nn::attention::{scaled_dot_product, scaled_dot_product_bf16};
+use crate::nn::attention::scaled_dot_product_for;
 use crate::nn::conv::Conv1x1;
 use crate::nn::layers::{self, GroupNorm, LayerNorm, Linear, Weights};
 use crate::nn::resnet::conv1x1;
@@ -48,12 +48,8 @@ impl Attention {
         let q = split(self.to_q.forward(x)?)?;
         let k = split(self.to_k.forward(context)?)?;
         let v = split(self.to_v.forward(context)?)?;
-        // A bf16 model's attention computes in bf16 where the CPU has tiles for it.
-        let out = if self.to_q.weight_dtype() == Some(candle_core::DType::BF16) {
-            scaled_dot_product_bf16(&q, &k, &v, self.scale)?
-        } else {
-            scaled_dot_product(&q, &k, &v, self.scale)?
-        };
+        let weights = self.to_q.weight_dtype();
+        let out = scaled_dot_product_for(weights, &q, &k, &v, self.scale)?;
         self.to_out.forward(&heads_to_tokens(&out)?)
     }
 }
