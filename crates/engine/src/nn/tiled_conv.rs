@@ -299,16 +299,7 @@ fn run(
         "the packed weight's channels"
     );
     let plane = height * width;
-    let input_plane = match fused.doubled {
-        true => {
-            assert!(
-                height % 2 == 0 && width % 2 == 0,
-                "a doubled input has even sides"
-            );
-            plane / 4
-        }
-        false => plane,
-    };
+    let input_plane = fused.input_plane(shape);
     assert_eq!(input.len(), batch * in_channels * input_plane, "input size");
     fused.check(batch, in_channels, out_channels, plane);
     let (kernel, depth) = (weight.kernel, weight.depth);

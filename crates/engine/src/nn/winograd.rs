@@ -148,6 +148,19 @@ pub struct Fused<'a> {
 }
 
 impl Fused<'_> {
+    /// Pixels of each of `shape`'s input channels: a quarter of the output's where the input
+    /// is `doubled` (whose sides must then be even).
+    pub(crate) fn input_plane(&self, shape: Shape) -> usize {
+        if !self.doubled {
+            return shape.plane();
+        }
+        assert!(
+            shape.height.is_multiple_of(2) && shape.width.is_multiple_of(2),
+            "a doubled input has even sides"
+        );
+        shape.plane() / 4
+    }
+
     /// The norm fits `batch` images of `in_channels`, the image biases and the residual
     /// `batch` images of `out` channels of `plane` pixels.
     pub(crate) fn check(&self, batch: usize, in_channels: usize, out: usize, plane: usize) {
@@ -225,16 +238,7 @@ fn run(input: &[f32], shape: Shape, u: &[f32], fused: Fused, output: Output) -> 
         height,
         width,
     } = shape;
-    let input_plane = match fused.doubled {
-        true => {
-            assert!(
-                height % 2 == 0 && width % 2 == 0,
-                "a doubled input has even sides"
-            );
-            height / 2 * (width / 2)
-        }
-        false => height * width,
-    };
+    let input_plane = fused.input_plane(shape);
     assert_eq!(input.len(), batch * in_channels * input_plane);
     assert_eq!(u.len(), out_channels * POSITIONS * in_channels);
     fused.check(batch, in_channels, out_channels, height * width);
