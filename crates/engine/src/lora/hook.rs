@@ -135,6 +135,18 @@ pub(crate) enum Stored {
 /// The weight a layer tagged `tag` should compute with: `None` when no active LoRA targets it
 /// (use its own), else its weight, read by `stored` only then (a quantized layer dequantizes),
 /// merged with the active terms, made once per set.
+/// Whether the active LoRA set changes the layer with this tag ([`merged_weight`] would
+/// return a merged copy).
+pub(crate) fn changes(tag: Option<&Tag>) -> bool {
+    tag.is_some_and(|tag| {
+        ACTIVE.with(|a| {
+            a.borrow()
+                .as_ref()
+                .is_some_and(|set| set.layers.contains_key(tag))
+        })
+    })
+}
+
 pub(crate) fn merged_weight(
     tag: Option<&Tag>,
     stored: impl FnOnce() -> Result<Tensor>,

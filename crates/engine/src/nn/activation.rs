@@ -7,6 +7,7 @@
 use candle_core::{CpuStorage, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::rounded::{Activations, Rounded};
 use super::{cpu_f32, math};
 
 /// Values per parallel task: large enough to amortise the task, small enough to share out.
@@ -31,17 +32,23 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
 
 /// `gelu_tanh(gate) * value` in one pass (T5's gated feed-forward), for same-shaped inputs.
 pub fn gelu_tanh_mul(gate: &Tensor, value: &Tensor) -> Result<Tensor> {
-    gated(gate, value, math::gelu_tanh, |gate| gate.gelu())
+    gated(gate, value, math::gelu_tanh, |gate| gate.gelu(), false)?.to_tensor()
 }
 
 /// `gelu_erf(gate) * value` in one pass (SD's GEGLU feed-forward).
 pub fn gelu_erf_mul(gate: &Tensor, value: &Tensor) -> Result<Tensor> {
-    gated(gate, value, math::gelu_erf, |gate| gate.gelu_erf())
+    gelu_erf_mul_as(gate, value, false)?.to_tensor()
+}
+
+/// [`gelu_erf_mul`] as rows rounded to bf16 when `rounded` (for the linear layer that
+/// [takes them](super::layers::Linear::takes_rounded)) and the inputs are f32 CPU rows.
+pub fn gelu_erf_mul_as(gate: &Tensor, value: &Tensor, rounded: bool) -> Result<Activations> {
+    gated(gate, value, math::gelu_erf, |gate| gate.gelu_erf(), rounded)
 }
 
 /// `silu(gate) * value` in one pass (SwiGLU: Qwen3's and Z-Image's feed-forward).
 pub fn silu_mul(gate: &Tensor, value: &Tensor) -> Result<Tensor> {
-    gated(gate, value, math::silu, |gate| gate.silu())
+    gated(gate, value, math::silu, |gate| gate.silu(), false)?.to_tensor()
 }
 
 /// `activation` of every value on CPU f32, in parallel chunks built for the widest vectors;
@@ -118,14 +125,15 @@ fn each<F: Fn(&mut f32, f32) + Copy>(out: &mut [f32], other: Option<&[f32]>, upd
     }
 }
 
-/// `activation(gate) * value` on CPU f32 through the vectorisable `activation`; elsewhere
-/// through candle's `fallback`.
+/// `activation(gate) * value` on CPU f32 through the vectorisable `activation`, as rows
+/// rounded to bf16 when `rounded` and both are rows; elsewhere through candle's `fallback`.
 fn gated<F: Fn(f32) -> f32 + Copy + Sync>(
     gate: &Tensor,
     value: &Tensor,
     activation: F,
     fallback: fn(&Tensor) -> Result<Tensor>,
-) -> Result<Tensor> {
+    rounded: bool,
+) -> Result<Activations> {
     if gate.shape() != value.shape() {
         candle_core::bail!(
             "gated activation: {:?} and {:?}",
@@ -136,34 +144,41 @@ fn gated<F: Fn(f32) -> f32 + Copy + Sync>(
     // The two halves of one projection (GEGLU's, SwiGLU's) are views with rows of their last
     // dimension apart: read them in place, where copying each contiguous first cost three
     // passes over them.
+    let (shape, device) = (gate.shape(), gate.device());
     if let Some(out) = with_rows(value, |value, value_rows| {
         with_rows(gate, |gate, gate_rows| {
             (value_rows.cols == gate_rows.cols).then(|| {
                 let (cols, rows) = (value_rows.cols, value_rows.count);
-                let mut out = super::buffers::zeros::<f32>(rows * cols);
+                let row = |r: usize, out: &mut [f32]| {
+                    out.copy_from_slice(&value[r * value_rows.stride..][..cols]);
+                    let gate = &gate[r * gate_rows.stride..][..cols];
+                    widest_with(out, Some(gate), |o: &mut f32, g: f32| *o *= activation(g));
+                };
+                if rounded {
+                    let rows = Rounded::from_f32_rows(rows, cols, row);
+                    let dims = shape.dims().to_vec();
+                    return Ok(Activations::Rounded { rows, dims });
+                }
                 let rows_per_task = (CHUNK / cols.max(1)).max(1);
-                out.par_chunks_mut((rows_per_task * cols).max(1))
-                    .enumerate()
-                    .for_each(|(task, out)| {
-                        for (i, out) in out.chunks_exact_mut(cols).enumerate() {
-                            let r = task * rows_per_task + i;
-                            out.copy_from_slice(&value[r * value_rows.stride..][..cols]);
-                            let gate = &gate[r * gate_rows.stride..][..cols];
-                            widest_with(out, Some(gate), |o: &mut f32, g: f32| *o *= activation(g));
-                        }
-                    });
-                out
+                let task_len = (rows_per_task * cols).max(1);
+                let out = super::buffers::par_filled(rows * cols, task_len, |task, out| {
+                    for (i, out) in out.chunks_exact_mut(cols).enumerate() {
+                        row(task * rows_per_task + i, out);
+                    }
+                });
+                Tensor::from_vec(out, shape, device).map(Activations::Tensor)
             })
         })
         .flatten()
     })
     .flatten()
     {
-        return Tensor::from_vec(out, gate.shape(), gate.device());
+        return out;
     }
+    let tensor = |x: Result<Tensor>| x.map(Activations::Tensor);
     let value_data = match cpu_f32(value, <[f32]>::to_vec) {
         Some(data) => data?,
-        None => return fallback(gate)? * value,
+        None => return tensor(fallback(gate)? * value),
     };
     match cpu_f32(gate, |gate| {
         let mut out = value_data;
@@ -174,8 +189,8 @@ fn gated<F: Fn(f32) -> f32 + Copy + Sync>(
             });
         out
     }) {
-        Some(out) => Tensor::from_vec(out?, gate.shape(), gate.device()),
-        None => fallback(gate)? * value,
+        Some(out) => tensor(Tensor::from_vec(out?, gate.shape(), gate.device())),
+        None => tensor(fallback(gate)? * value),
     }
 }
 

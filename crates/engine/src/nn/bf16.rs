@@ -19,6 +19,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::buffers::Lines;
+use super::rounded::Rounded;
 
 /// Output columns a task takes: two registers of 16 f32 lanes.
 const PANEL: usize = 32;
@@ -80,9 +81,14 @@ pub fn matmul(
     out: usize,
 ) -> Option<Vec<f32>> {
     assert_eq!(weight.len(), inner * out, "weight size");
-    product(Path::detect()?, x, rows, inner, out, |first_col, cols| {
-        pack_panel(weight, inner, out, first_col, cols)
-    })
+    product(
+        Path::detect()?,
+        Lhs::F32(x),
+        rows,
+        inner,
+        out,
+        |first_col, cols| pack_panel(weight, inner, out, first_col, cols),
+    )
 }
 
 /// `x w^T` with `x` `rows x inner` (f32) and `weight` `out x inner` (bf16), a linear layer's
@@ -104,6 +110,29 @@ pub fn matmul_stored(
 pub fn matmul_stored_on(
     path: Path,
     x: &[f32],
+    weight: &[bf16],
+    rows: usize,
+    inner: usize,
+    out: usize,
+) -> Option<Vec<f32>> {
+    stored_product(path, Lhs::F32(x), weight, rows, inner, out)
+}
+
+/// [`matmul_stored`] of rows already rounded ([`Rounded`]).
+pub fn matmul_stored_rounded(x: &Rounded, weight: &[bf16], out: usize) -> Option<Vec<f32>> {
+    stored_product(
+        Path::detect()?,
+        Lhs::Rounded(x),
+        weight,
+        x.rows(),
+        x.inner(),
+        out,
+    )
+}
+
+fn stored_product(
+    path: Path,
+    x: Lhs,
     weight: &[bf16],
     rows: usize,
     inner: usize,
@@ -177,29 +206,57 @@ impl Packed {
 /// `x` (`rows x inner`, f32) times the packed weight's transpose, as f32 `rows x out`; `None`
 /// when this CPU has no bf16 kernel.
 pub fn matmul_packed(x: &[f32], weight: &Packed, rows: usize) -> Option<Vec<f32>> {
+    packed_product(Lhs::F32(x), weight, rows)
+}
+
+/// [`matmul_packed`] of rows already rounded ([`Rounded`]).
+pub fn matmul_packed_rounded(x: &Rounded, weight: &Packed) -> Option<Vec<f32>> {
+    packed_product(Lhs::Rounded(x), weight, x.rows())
+}
+
+fn packed_product(x: Lhs, weight: &Packed, rows: usize) -> Option<Vec<f32>> {
     let (out, inner) = weight.dims();
     product(Path::detect()?, x, rows, inner, out, |first_col, _| {
         bytemuck::cast_slice::<u32, u16>(weight.panel_words(first_col / PANEL))
     })
 }
 
+/// The activations of a product: f32, rounded to bf16 by the product, or rows rounded before.
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    F32(&'a [f32]),
+    Rounded(&'a Rounded),
+}
+
 /// `x` times the weight whose panel of `cols` columns from `first_col` `pack` returns (as
 /// [`pack_panel`] lays it out).
 fn product<P: AsRef<[u16]> + Send + Sync>(
     path: Path,
-    x: &[f32],
+    x: Lhs,
     rows: usize,
     inner: usize,
     out: usize,
     pack: impl Fn(usize, usize) -> P + Sync,
 ) -> Option<Vec<f32>> {
-    assert_eq!(x.len(), rows * inner, "activations size");
     if !path.runs() {
         return None;
     }
-    if path == Path::Tiles {
-        return Some(tiles_product(x, rows, inner, out, pack));
-    }
+    let widened;
+    let x = match (x, path) {
+        (Lhs::F32(x), Path::Tiles) => {
+            return Some(tiles_product(&Rounded::round(x, rows, inner), out, pack));
+        }
+        (Lhs::Rounded(x), _) if (x.rows(), x.inner()) != (rows, inner) => {
+            panic!("rounded rows {x:?} for a {rows}x{inner} product")
+        }
+        (Lhs::Rounded(x), Path::Tiles) => return Some(tiles_product(x, out, pack)),
+        (Lhs::F32(x), Path::Dots) => x,
+        (Lhs::Rounded(x), Path::Dots) => {
+            widened = x.widened();
+            &widened[..]
+        }
+    };
+    assert_eq!(x.len(), rows * inner, "activations size");
     #[cfg(target_arch = "x86_64")]
     {
         let pairs = inner.div_ceil(2);
@@ -248,19 +305,20 @@ fn product<P: AsRef<[u16]> + Send + Sync>(
 /// row blocks outside and its panels inside. A group's panels fit in half an L2 cache, so the
 /// group stays there while a block of rows (in L1) meets each panel in turn, where one panel
 /// at a time against every row read the rows from L3 once per panel (4096x320 -> 2560 on the
-/// Xeon of bench/RESULTS.md: 10.0 ms before, 4.5 ms after). A weight packed per call (read in
-/// place from its file) is packed whole first: a transient copy of its size in bf16.
+/// Xeon of bench/RESULTS.md: 10.0 ms before, 4.5 ms after). Where a block of rows is larger
+/// than half an L1 cache (inner sizes over 384), it meets each panel a chunk of the inner
+/// dimension at a time, the panels' partial sums kept aside, so that the chunk is read from
+/// L1 by every panel (1024x1280 -> 1280: 2.2 -> 1.8 ms; the sums are the same, in the same
+/// order). A weight packed per call (read in place from its file) is packed whole first: a
+/// transient copy of its size in bf16.
 fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
-    x: &[f32],
-    rows: usize,
-    inner: usize,
+    x: &Rounded,
     out: usize,
     pack: impl Fn(usize, usize) -> P + Sync,
 ) -> Vec<f32> {
     use super::amx::{BLOCK, STEP, Tiles};
     const _: () = assert!(PANEL == BLOCK, "a panel is one block of tiles wide");
-    let depth = inner.div_ceil(STEP) * STEP;
-    let lhs = bf16_rows(x, rows, inner, depth);
+    let (rows, depth, lhs) = (x.rows(), x.depth(), x.bits());
     let panels: Vec<P> = (0..out.div_ceil(PANEL))
         .into_par_iter()
         .map(|panel| pack(panel * PANEL, PANEL.min(out - panel * PANEL)))
@@ -268,37 +326,50 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
     let plan = TilePlan::new(rows.div_ceil(BLOCK), panels.len(), depth);
     let mut dst = Vec::with_capacity(rows * out);
     let dst_ptr = SharedOut(dst.spare_capacity_mut().as_mut_ptr().cast());
+    let (steps, chunk) = (depth / STEP, plan.chunk_steps(depth));
     (0..plan.tasks()).into_par_iter().for_each(|task| {
         let (row_blocks, group) = plan.task(task);
         let mut tiles = Tiles::configure().expect("the path was chosen where AMX runs");
+        // Each panel's sums between chunks of the inner dimension.
+        let mut partial =
+            vec![super::buffers::Block::ZERO; if chunk < steps { group.len() } else { 0 }];
         for block in row_blocks {
             let first_row = block * BLOCK;
-            for panel in group.clone() {
-                let packed = panels[panel].as_ref();
-                assert_eq!(packed.len(), depth * PANEL, "packed panel size");
-                let first_col = panel * PANEL;
-                tiles.zero();
-                // SAFETY: `lhs` holds whole blocks of `BLOCK` rows of `depth` values and the
-                // panel `depth / 2` rows of `PANEL` words, which the steps read; this task
-                // alone writes columns `first_col..` of rows `first_row..` (the plan gives
-                // each block and panel to one task), inside `dst`'s capacity (`rows x out`),
-                // which outlives the parallel loop.
-                #[allow(unsafe_code)]
-                unsafe {
-                    tiles.accumulate(
-                        lhs[first_row * depth..].as_ptr().cast(),
-                        depth * 2,
-                        packed.as_ptr().cast(),
-                        PANEL * 4,
-                        STEP / 2 * PANEL * 4,
-                        depth / STEP,
-                    );
-                    tiles.store_part(
-                        dst_ptr.at(first_row * out + first_col),
-                        out,
-                        BLOCK.min(rows - first_row),
-                        PANEL.min(out - first_col),
-                    );
+            for first_step in (0..steps).step_by(chunk) {
+                let last = first_step + chunk >= steps;
+                for (slot, panel) in group.clone().enumerate() {
+                    let packed = panels[panel].as_ref();
+                    assert_eq!(packed.len(), depth * PANEL, "packed panel size");
+                    let first_col = panel * PANEL;
+                    // SAFETY: `lhs` holds whole blocks of `BLOCK` rows of `depth` values and
+                    // the panel `depth / 2` rows of `PANEL` words, which the steps read; this
+                    // task alone writes columns `first_col..` of rows `first_row..` (the plan
+                    // gives each block and panel to one task), inside `dst`'s capacity
+                    // (`rows x out`), which outlives the parallel loop.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        match first_step {
+                            0 => tiles.zero(),
+                            _ => tiles.load(partial[slot].0.as_ptr(), BLOCK),
+                        }
+                        tiles.accumulate(
+                            lhs[first_row * depth + first_step * STEP..].as_ptr().cast(),
+                            depth * 2,
+                            packed[first_step * STEP * PANEL..].as_ptr().cast(),
+                            PANEL * 4,
+                            STEP / 2 * PANEL * 4,
+                            chunk.min(steps - first_step),
+                        );
+                        match last {
+                            true => tiles.store_part(
+                                dst_ptr.at(first_row * out + first_col),
+                                out,
+                                BLOCK.min(rows - first_row),
+                                PANEL.min(out - first_col),
+                            ),
+                            false => tiles.store(partial[slot].0.as_mut_ptr(), BLOCK),
+                        }
+                    }
                 }
             }
         }
@@ -328,6 +399,10 @@ impl TilePlan {
     const CHUNK: usize = 4;
     /// A group of packed panels' size, half a 2 MiB L2 cache.
     const GROUP_BYTES: usize = 1 << 20;
+    /// A block of rows up to this size is read whole against each panel.
+    const ROWS_BYTES: usize = 24 << 10;
+    /// Otherwise a chunk of this many bytes of it is.
+    const CHUNK_BYTES: usize = 16 << 10;
 
     fn new(row_blocks: usize, panels: usize, depth: usize) -> Self {
         let chunk = Self::CHUNK.min(row_blocks).max(1);
@@ -340,6 +415,18 @@ impl TilePlan {
             panels,
             chunk,
             group: fitting.min(balanced),
+        }
+    }
+
+    /// Steps of the inner dimension a block of rows takes against each panel of its group
+    /// before the next: all of them where the block's rows fit half an L1 cache, else chunks
+    /// that do, so the rows are read from L1 by every panel.
+    fn chunk_steps(&self, depth: usize) -> usize {
+        let steps = depth / super::amx::STEP;
+        let row_step_bytes = super::amx::BLOCK * super::amx::STEP * 2;
+        match steps * row_step_bytes <= Self::ROWS_BYTES {
+            true => steps.max(1),
+            false => (Self::CHUNK_BYTES / row_step_bytes).max(1),
         }
     }
 
@@ -361,20 +448,6 @@ impl TilePlan {
         let panels = group * self.group..((group + 1) * self.group).min(self.panels);
         (rows, panels)
     }
-}
-
-/// `x` (`rows x inner`) rounded to bf16 (nearest even), as rows of `depth` values padded with
-/// zeros, and zero rows up to a whole block of tiles.
-fn bf16_rows(x: &[f32], rows: usize, inner: usize, depth: usize) -> Lines<u16> {
-    let blocks = rows.div_ceil(super::amx::BLOCK);
-    let mut out = Lines::zeroed(blocks * super::amx::BLOCK * depth);
-    if inner == 0 {
-        return out;
-    }
-    out.par_chunks_mut(depth)
-        .zip(x.par_chunks(inner))
-        .for_each(|(dst, src)| round_into(src, &mut dst[..inner]));
-    out
 }
 
 /// `src` rounded to bf16 bits (nearest even) into `dst`, 16 at a time where AVX512-BF16 runs.
@@ -786,23 +859,6 @@ mod tests {
             if available() {
                 let want = matmul_stored(&x, &stored, rows, inner, out).unwrap();
                 assert_eq!(matmul_packed(&x, &packed, rows).unwrap(), want);
-            }
-        }
-    }
-
-    #[test]
-    fn rounding_to_bf16_rows_rounds_each_value_to_nearest_even() {
-        let x: Vec<f32> = random(3 * 37, 7).into_iter().map(|v| v * 1e3).collect();
-        let rows = bf16_rows(&x, 3, 37, 64);
-        assert_eq!(rows.len(), crate::nn::amx::BLOCK * 64);
-        for (r, row) in rows.chunks(64).enumerate() {
-            for (k, &bits) in row.iter().enumerate() {
-                let want = if r < 3 && k < 37 {
-                    bf16::from_f32(x[r * 37 + k]).to_bits()
-                } else {
-                    0
-                };
-                assert_eq!(bits, want, "row {r} value {k}");
             }
         }
     }

@@ -50,6 +50,48 @@ pub fn zeros<T: Zeroable + Send>(len: usize) -> Vec<T> {
     values
 }
 
+/// `len` values written by `fill` in parallel, `chunk` at a time (the chunk's index and its
+/// values, zeros as given). Each task zeroes its own chunk just before filling it, where a
+/// pass of its own beforehand ([`zeros`]) read every line in from memory and wrote it back
+/// before the kernel's writes did the same (a twentieth of an SDXL bf16 UNet call).
+pub fn par_filled<T: Zeroable + Send>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
+    let mut values = Vec::with_capacity(len);
+    fill_spare(&mut values.spare_capacity_mut()[..len], chunk, fill);
+    // SAFETY: `fill_spare` zeroed every value up to `len` (and `fill` may have written them).
+    #[allow(unsafe_code)]
+    unsafe {
+        values.set_len(len)
+    };
+    values
+}
+
+/// Every value of `spare` zeroed and then given to `fill`, `chunk` at a time, in parallel.
+fn fill_spare<T: Zeroable + Send>(
+    spare: &mut [std::mem::MaybeUninit<T>],
+    chunk: usize,
+    fill: impl Fn(usize, &mut [T]) + Sync,
+) {
+    spare
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(index, values)| fill(index, zeroed(values)));
+}
+
+/// `values` set to zero, as the initialised values they now are.
+fn zeroed<T: Zeroable>(values: &mut [std::mem::MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: the slice's own values are written; all-zero bytes are a valid `T`
+    // (`Zeroable`), so every value is initialised when it is reinterpreted as `[T]`.
+    #[allow(unsafe_code)]
+    unsafe {
+        values.as_mut_ptr().write_bytes(0, values.len());
+        &mut *(values as *mut [std::mem::MaybeUninit<T>] as *mut [T])
+    }
+}
+
 /// The data of `x`, an f32 CPU tensor laid out from the start of its storage, moved out for the
 /// caller to write over: a VAE's full-resolution images are hundreds of megabytes each, and a
 /// ResNet block's output can take its shortcut's place ([`super::resnet`]). `x` itself, as it
@@ -129,6 +171,39 @@ impl<T: Pod> Lines<T> {
     }
 }
 
+impl<T: Pod + Send> Lines<T> {
+    /// `len` values written by `fill` in parallel, `chunk` at a time, as [`par_filled`].
+    pub fn par_filled(len: usize, chunk: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Self {
+        const { assert!(64 % std::mem::size_of::<T>() == 0, "values tile a line") };
+        let count = (len * std::mem::size_of::<T>()).div_ceil(64);
+        let mut lines = Vec::<Line>::with_capacity(count);
+        let spare = lines.spare_capacity_mut();
+        let per_line = 64 / std::mem::size_of::<T>();
+        // SAFETY: `count` lines hold `count * per_line` values of `T` (a size dividing 64,
+        // an alignment dividing the line's), each byte of them uninitialised as before.
+        #[allow(unsafe_code)]
+        let values = unsafe {
+            std::slice::from_raw_parts_mut(
+                spare.as_mut_ptr().cast::<std::mem::MaybeUninit<T>>(),
+                count * per_line,
+            )
+        };
+        let (used, tail) = values.split_at_mut(len);
+        fill_spare(used, chunk, fill);
+        zeroed(tail);
+        // SAFETY: every byte of the `count` lines was zeroed above, then maybe written.
+        #[allow(unsafe_code)]
+        unsafe {
+            lines.set_len(count)
+        };
+        Self {
+            lines,
+            len,
+            _values: PhantomData,
+        }
+    }
+}
+
 impl<T: Pod> Deref for Lines<T> {
     type Target = [T];
 
@@ -187,6 +262,36 @@ mod tests {
             assert_eq!((halves.len(), halves.as_ptr() as usize % 64), (len, 0));
         }
         assert_eq!(std::mem::align_of::<Block>(), 64);
+    }
+
+    #[test]
+    fn filled_buffers_hold_what_each_chunk_wrote_and_zeros_elsewhere() {
+        for (len, chunk) in [(0, 4), (1, 4), (1000, 7), (100_003, 4096)] {
+            let fill = |index: usize, values: &mut [u32]| {
+                assert!(values.iter().all(|&v| v == 0));
+                for (i, v) in values.iter_mut().enumerate().step_by(2) {
+                    *v = (index * chunk + i) as u32 + 1;
+                }
+            };
+            let expected: Vec<u32> = (0..len as u32)
+                .map(|i| {
+                    if (i as usize % chunk).is_multiple_of(2) {
+                        i + 1
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            assert_eq!(par_filled(len, chunk, fill), expected);
+            let lines = Lines::<u32>::par_filled(len, chunk, fill);
+            assert_eq!((&*lines, lines.as_ptr() as usize % 64), (&expected[..], 0));
+            assert!(bytemuck::cast_slice::<_, u8>(&lines.lines).len() >= len * 4);
+            assert!(
+                bytemuck::cast_slice::<_, u32>(&lines.lines)[len..]
+                    .iter()
+                    .all(|&v| v == 0)
+            );
+        }
     }
 
     #[test]

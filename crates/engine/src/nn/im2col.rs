@@ -178,11 +178,7 @@ pub fn pixel_rows(
     let taps = w.kernel * w.kernel;
     let inner = channels * taps;
     assert_eq!(image.len(), channels * height * width, "image size");
-    let mut rows = super::buffers::zeros::<f32>(out_h * out_w * inner);
-    if inner == 0 {
-        return rows;
-    }
-    rows.par_chunks_mut(inner).enumerate().for_each(|(p, row)| {
+    super::buffers::par_filled(out_h * out_w * inner, inner, |p, row: &mut [f32]| {
         let (oy, ox) = (p / out_w, p % out_w);
         for (c, values) in row.chunks_exact_mut(taps).enumerate() {
             let plane = &image[c * height * width..][..height * width];
@@ -197,8 +193,7 @@ pub fn pixel_rows(
                 }
             }
         }
-    });
-    rows
+    })
 }
 
 /// The nine shifted copies of one channel plane, zero where the 3x3 window leaves the image:

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use super::gemm::{self, View};
 use super::mapped::{self, MappedTensor};
 use super::quantized::BlockMatrix;
+use super::rounded::Activations;
 use super::stored;
 use crate::lora::hook::{self, Tag};
 
@@ -220,6 +221,41 @@ impl Linear {
         })
     }
 
+    /// Whether [`Self::forward_activations`] multiplies rows already rounded to bf16 as they
+    /// are: a bf16 weight on AMX tiles, which would round f32 activations the same way.
+    pub fn takes_rounded(&self) -> bool {
+        let bf16 = match &self.weight {
+            LinearWeight::Packed(_) => true,
+            LinearWeight::Mapped { weight, .. } => weight.dtype() == DType::BF16,
+            _ => false,
+        };
+        bf16 && super::bf16::Path::detect() == Some(super::bf16::Path::Tiles)
+    }
+
+    /// The layer applied to `x`: a tensor as [`Module::forward`] does, rows rounded to bf16
+    /// as they are where the layer [takes them](Self::takes_rounded) and no LoRA changes it
+    /// (a merged weight keeps the weight's dtype, so its product rounds them the same way).
+    pub fn forward_activations(&self, x: &Activations) -> Result<Tensor> {
+        let Activations::Rounded { rows, dims } = x else {
+            return self.forward(&x.to_tensor()?);
+        };
+        let y = match &self.weight {
+            _ if !self.takes_rounded() || hook::changes(self.tag.as_ref()) => None,
+            LinearWeight::Packed(packed) => super::bf16::matmul_packed_rounded(rows, packed),
+            LinearWeight::Mapped { weight, .. } => {
+                super::bf16::matmul_stored_rounded(rows, weight.bf16_values(), weight.shape()[0])
+            }
+            _ => None,
+        };
+        let Some(y) = y else {
+            return self.forward(&x.to_tensor()?);
+        };
+        let mut dims = dims.clone();
+        dims.pop();
+        dims.push(y.len() / rows.rows().max(1));
+        self.with_bias(y, dims)
+    }
+
     /// The weight's dtype as loaded; `None` for quantized blocks.
     pub fn weight_dtype(&self) -> Option<DType> {
         match &self.weight {
@@ -365,11 +401,11 @@ impl Linear {
     /// The f32 product `y` (rows of `dims`' last size) on the CPU as a tensor, the bias added
     /// in place, rows in parallel: what [`Self::add_bias`] computes, without the serial pass
     /// and the second output (measured: a sixth of the serial time of a bf16 UNet step).
-    fn with_bias(&self, mut y: Vec<f32>, dims: Vec<usize>, x: &Tensor) -> Result<Tensor> {
-        let Some(bias) = like_opt(self.bias.as_ref(), x)? else {
+    fn with_bias(&self, mut y: Vec<f32>, dims: Vec<usize>) -> Result<Tensor> {
+        let Some(bias) = &self.bias else {
             return Tensor::from_vec(y, dims, &Device::Cpu);
         };
-        add_to_rows(&mut y, &bias.to_vec1::<f32>()?);
+        add_to_rows(&mut y, &bias.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         Tensor::from_vec(y, dims, &Device::Cpu)
     }
 
@@ -470,7 +506,7 @@ impl Linear {
         };
         dims.pop();
         dims.push(out);
-        self.with_bias(y, dims, x)
+        self.with_bias(y, dims)
     }
 }
 
@@ -528,7 +564,7 @@ impl Linear {
         };
         dims.pop();
         dims.push(out);
-        Ok(Some(self.with_bias(y, dims, x)?))
+        Ok(Some(self.with_bias(y, dims)?))
     }
 
     /// The product with a mapped bf16 weight, through the bf16 kernel on the weight as stored.
@@ -648,9 +684,59 @@ pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::LayerNorm::new(like(&self.weight, x)?, like(&self.bias, x)?, self.eps).forward(x)
+        self.forward_as(x, false)?.to_tensor()
     }
 }
+
+impl LayerNorm {
+    /// The norm of `x`, as rows rounded to bf16 when `rounded` (for linear layers that
+    /// [take them](Linear::takes_rounded)) and `x` is f32 on the CPU, else as a tensor. Rows
+    /// in parallel on the CPU in f32 ([`super::norm::layer_norm_row`]); candle's elsewhere.
+    pub fn forward_as(&self, x: &Tensor, rounded: bool) -> Result<Activations> {
+        let cols = x.dim(candle_core::D::Minus1)?;
+        let rows = x.elem_count() / cols.max(1);
+        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+        if !cpu_f32 || cols == 0 {
+            let norm =
+                candle_nn::LayerNorm::new(like(&self.weight, x)?, like(&self.bias, x)?, self.eps);
+            return Ok(Activations::Tensor(norm.forward(x)?));
+        }
+        let weight = self.weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let bias = self.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let eps = self.eps as f32;
+        let normed = super::cpu_f32(x, |data| {
+            let row = |r: usize, dst: &mut [f32]| {
+                super::norm::layer_norm_row(&data[r * cols..][..cols], dst, &weight, &bias, eps)
+            };
+            if rounded {
+                let rows = super::rounded::Rounded::from_f32_rows(rows, cols, row);
+                return Ok(Activations::Rounded {
+                    rows,
+                    dims: x.dims().to_vec(),
+                });
+            }
+            let rows_per_task = (ROW_TASK_VALUES / cols).max(1);
+            let out =
+                super::buffers::par_filled(rows * cols, rows_per_task * cols, |task, chunk| {
+                    for (i, dst) in chunk.chunks_exact_mut(cols).enumerate() {
+                        row(task * rows_per_task + i, dst);
+                    }
+                });
+            Ok(Activations::Tensor(Tensor::from_vec(
+                out,
+                x.dims(),
+                x.device(),
+            )?))
+        });
+        match normed {
+            Some(normed) => normed?,
+            None => candle_core::bail!("layer norm: the input is not f32 on the CPU"),
+        }
+    }
+}
+
+/// Values of rows a parallel task of a row-wise kernel takes.
+const ROW_TASK_VALUES: usize = 16 * 1024;
 
 /// GroupNorm over `(B, C, ...)`, with a learned per-channel scale and shift.
 #[derive(Debug, Clone)]
@@ -1126,6 +1212,55 @@ mod tests {
 
     /// The fused CPU path is the definition: `x / sqrt(mean(x^2) + eps) * weight`, per row,
     /// also for a non-contiguous view.
+    /// Our LayerNorm computes the definition (in f64 here) within f32's rounding, rows far
+    /// from zero included, where candle's one-pass variance (of values and their squares) is
+    /// over 30 times further off; it matches candle's off f32, which it falls back to.
+    #[test]
+    fn layer_norm_matches_its_definition() -> Result<()> {
+        let (rows, cols) = (37, 300);
+        let device = Device::Cpu;
+        let values: Vec<f32> = super::super::testing::random(rows * cols, 11)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + (i / cols) as f32 * 0.5)
+            .collect();
+        let weight = super::super::testing::random(cols, 12);
+        let bias = super::super::testing::random(cols, 13);
+        let mut want = Vec::new();
+        for row in values.chunks(cols) {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / cols as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / cols as f64;
+            let rstd = 1.0 / (var + 1e-5).sqrt();
+            for (k, &v) in row.iter().enumerate() {
+                want.push(((v as f64 - mean) * rstd * weight[k] as f64 + bias[k] as f64) as f32);
+            }
+        }
+        let want = Tensor::from_vec(want, (rows, cols), &device)?;
+        let x = Tensor::from_vec(values, (rows, cols), &device)?;
+        let (weight, bias) = (Tensor::new(weight, &device)?, Tensor::new(bias, &device)?);
+        let ours = LayerNorm {
+            weight: weight.clone(),
+            bias: bias.clone(),
+            eps: 1e-5,
+        };
+        let diff = max_diff(&ours.forward(&x)?, &want);
+        assert!(diff < 1e-5, "{diff}");
+        let candle = candle_nn::LayerNorm::new(weight.clone(), bias.clone(), 1e-5);
+        let theirs = max_diff(&candle.forward(&x)?, &want);
+        assert!(theirs > 30.0 * diff);
+        let half = x.to_dtype(DType::BF16)?;
+        let candle = candle_nn::LayerNorm::new(
+            weight.to_dtype(DType::BF16)?,
+            bias.to_dtype(DType::BF16)?,
+            1e-5,
+        );
+        assert_eq!(
+            max_diff(&ours.forward(&half)?, &candle.forward(&half)?),
+            0.0
+        );
+        Ok(())
+    }
+
     #[test]
     fn rms_norm_matches_its_definition() -> Result<()> {
         let weight = Tensor::randn(0f32, 1., 8, &Device::Cpu)?;

@@ -15,6 +15,7 @@ pub mod math;
 pub mod norm;
 pub mod quantized;
 pub mod resnet;
+pub mod rounded;
 pub mod stored;
 pub mod tiled_attention;
 pub mod tiled_conv;

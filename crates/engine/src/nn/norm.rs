@@ -150,17 +150,14 @@ impl CustomOp1 for FusedOp {
         self.params.check(channels)?;
         let per_channel: usize = dims[2..].iter().product();
         let per_group = channels / self.params.groups * per_channel;
-        let mut out = super::buffers::zeros::<f32>(input.len());
-        out.par_chunks_mut(per_group)
-            .zip(input.par_chunks(per_group))
-            .enumerate()
-            .for_each(|(index, (dst, src))| {
-                let group = self.params.group(index, channels, per_channel);
-                match self.silu {
-                    true => group.normalize_widest::<true>(src, dst),
-                    false => group.normalize_widest::<false>(src, dst),
-                }
-            });
+        let out = super::buffers::par_filled(input.len(), per_group, |index, dst| {
+            let src = &input[index * per_group..][..dst.len()];
+            let group = self.params.group(index, channels, per_channel);
+            match self.silu {
+                true => group.normalize_widest::<true>(src, dst),
+                false => group.normalize_widest::<false>(src, dst),
+            }
+        });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -280,6 +277,46 @@ fn silu_affine_avx512(src: &[f32], dst: &mut [f32], scale: f32, shift: f32) {
 #[target_feature(enable = "avx2,fma")]
 fn silu_affine_avx2(src: &[f32], dst: &mut [f32], scale: f32, shift: f32) {
     affine_row::<true>(src, dst, scale, shift)
+}
+
+/// LayerNorm of one row: `dst = (src - mean) rstd weight + bias`, the statistics two-pass as
+/// a group's (candle's one pass over values and squares lost the variance of rows far from
+/// zero), on the widest vectors this CPU has (the same sums on each).
+pub fn layer_norm_row(src: &[f32], dst: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::math::has_avx512() {
+            // SAFETY: the CPU has the features the copy is built for.
+            #[allow(unsafe_code)]
+            return unsafe { layer_norm_row_avx512(src, dst, weight, bias, eps) };
+        }
+        if super::math::has_avx2_fma() {
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            return unsafe { layer_norm_row_avx2(src, dst, weight, bias, eps) };
+        }
+    }
+    layer_norm_row_with(src, dst, weight, bias, eps)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+fn layer_norm_row_avx512(src: &[f32], dst: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    layer_norm_row_with(src, dst, weight, bias, eps)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn layer_norm_row_avx2(src: &[f32], dst: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    layer_norm_row_with(src, dst, weight, bias, eps)
+}
+
+#[inline(always)]
+fn layer_norm_row_with(src: &[f32], dst: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let (mean, rstd) = statistics(src, eps);
+    for (d, ((&s, &w), &b)) in dst.iter_mut().zip(src.iter().zip(weight).zip(bias)) {
+        *d = (s - mean) * rstd * w + b;
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -11,6 +11,8 @@
 use candle_core::{CpuStorage, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::rounded::{Activations, Rounded};
+
 /// Side of the square tiles: 32x32 f32 is 4 KiB read and 4 KiB written.
 const TILE: usize = 32;
 
@@ -61,24 +63,38 @@ pub fn transposed_items(t: &Tensor) -> Result<Tensor> {
 /// heads dim)`, contiguous: each token's heads side by side, tokens in parallel on CPU in f32;
 /// otherwise candle's copy, which is one thread's.
 pub fn heads_to_tokens(t: &Tensor) -> Result<Tensor> {
+    heads_to_tokens_as(t, false)?.to_tensor()
+}
+
+/// [`heads_to_tokens`], as rows rounded to bf16 when `rounded` (for the linear layer that
+/// [takes them](super::layers::Linear::takes_rounded)) and `t` is f32 on the CPU.
+pub fn heads_to_tokens_as(t: &Tensor, rounded: bool) -> Result<Activations> {
     let (batch, heads, tokens, dim) = t.dims4()?;
     let row = heads * dim;
     let moved = super::cpu_f32(t, |data| {
-        let mut out = super::buffers::zeros::<f32>(data.len());
-        if row > 0 {
-            out.par_chunks_mut(row).enumerate().for_each(|(i, dst)| {
-                let (b, token) = (i / tokens, i % tokens);
-                for (h, dst) in dst.chunks_exact_mut(dim.max(1)).enumerate() {
-                    let src = ((b * heads + h) * tokens + token) * dim;
-                    dst.copy_from_slice(&data[src..src + dim]);
-                }
+        // Token `i`'s row: each head's values for it side by side.
+        let token_row = |i: usize, dst: &mut [f32]| {
+            let (b, token) = (i / tokens, i % tokens);
+            for (h, dst) in dst.chunks_exact_mut(dim.max(1)).enumerate() {
+                let src = ((b * heads + h) * tokens + token) * dim;
+                dst.copy_from_slice(&data[src..src + dim]);
+            }
+        };
+        if rounded && row > 0 {
+            let rows = Rounded::from_f32_rows(batch * tokens, row, token_row);
+            return Ok(Activations::Rounded {
+                rows,
+                dims: vec![batch, tokens, row],
             });
         }
-        out
+        let out = super::buffers::par_filled(data.len(), row, token_row);
+        Tensor::from_vec(out, (batch, tokens, row), t.device()).map(Activations::Tensor)
     });
     match moved {
-        Some(out) => Tensor::from_vec(out?, (batch, tokens, row), t.device()),
-        None => t.transpose(1, 2)?.reshape((batch, tokens, row)),
+        Some(moved) => moved?,
+        None => Ok(Activations::Tensor(
+            t.transpose(1, 2)?.reshape((batch, tokens, row))?,
+        )),
     }
 }
 

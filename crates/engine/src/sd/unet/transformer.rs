@@ -4,11 +4,13 @@
 
 use candle_core::{Module, Result, Tensor};
 
+use crate::nn::activation::gelu_erf_mul_as;
 use crate::nn::attention::scaled_dot_product_for;
 use crate::nn::conv::Conv1x1;
 use crate::nn::layers::{self, GroupNorm, LayerNorm, Linear, Weights};
 use crate::nn::resnet::conv1x1;
-use crate::nn::transpose::{heads_to_tokens, transposed_items};
+use crate::nn::rounded::Activations;
+use crate::nn::transpose::{heads_to_tokens_as, transposed_items};
 
 struct Attention {
     to_q: Linear,
@@ -38,19 +40,34 @@ impl Attention {
         })
     }
 
-    /// `x: (B, N, C)`, `context: (B, M, D)` (x itself for self-attention).
-    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// `x: (B, N, C)`, normed (as rows rounded to bf16 where [`Self::takes_rounded`]);
+    /// `context: (B, M, D)` for cross-attention, `None` for self-attention (keys and values
+    /// from `x`).
+    fn forward(&self, x: &Activations, context: Option<&Tensor>) -> Result<Tensor> {
         let split = |t: Tensor| -> Result<Tensor> {
             let (b, n, inner) = t.dims3()?;
             t.reshape((b, n, self.heads, inner / self.heads))?
                 .transpose(1, 2)
         };
-        let q = split(self.to_q.forward(x)?)?;
-        let k = split(self.to_k.forward(context)?)?;
-        let v = split(self.to_v.forward(context)?)?;
+        let q = split(self.to_q.forward_activations(x)?)?;
+        let (k, v) = match context {
+            Some(context) => (self.to_k.forward(context)?, self.to_v.forward(context)?),
+            None => (
+                self.to_k.forward_activations(x)?,
+                self.to_v.forward_activations(x)?,
+            ),
+        };
         let weights = self.to_q.weight_dtype();
-        let out = scaled_dot_product_for(weights, &q, &k, &v, self.scale)?;
-        self.to_out.forward(&heads_to_tokens(&out)?)
+        let out = scaled_dot_product_for(weights, &q, &split(k)?, &split(v)?, self.scale)?;
+        let out = heads_to_tokens_as(&out, self.to_out.takes_rounded())?;
+        self.to_out.forward_activations(&out)
+    }
+
+    /// Whether every layer reading `x` takes it as rounded rows: the queries' projection, and
+    /// the keys' and values' in self-attention.
+    fn takes_rounded(&self, self_attention: bool) -> bool {
+        self.to_q.takes_rounded()
+            && (!self_attention || (self.to_k.takes_rounded() && self.to_v.takes_rounded()))
     }
 }
 
@@ -69,13 +86,14 @@ impl GegluFeedForward {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let projected = self.proj.forward(x)?;
+    fn forward(&self, x: &Activations) -> Result<Tensor> {
+        let projected = self.proj.forward_activations(x)?;
         let inner = projected.dim(2)? / 2;
         let value = projected.narrow(2, 0, inner)?;
         let gate = projected.narrow(2, inner, inner)?;
+        let rounded = self.out.takes_rounded();
         self.out
-            .forward(&crate::nn::activation::gelu_erf_mul(&gate, &value)?)
+            .forward_activations(&gelu_erf_mul_as(&gate, &value, rounded)?)
     }
 }
 
@@ -102,10 +120,13 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let normed = self.norm1.forward(x)?;
-        let x = (self.attn1.forward(&normed, &normed)? + x)?;
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, context)? + &x)?;
-        self.ff.forward(&self.norm3.forward(&x)?)? + x
+        // Each norm's output feeds linear layers alone: in bf16 rows where they take them.
+        let normed = self.norm1.forward_as(x, self.attn1.takes_rounded(true))?;
+        let x = (self.attn1.forward(&normed, None)? + x)?;
+        let normed = self.norm2.forward_as(&x, self.attn2.takes_rounded(false))?;
+        let x = (self.attn2.forward(&normed, Some(context))? + &x)?;
+        let normed = self.norm3.forward_as(&x, self.ff.proj.takes_rounded())?;
+        self.ff.forward(&normed)? + x
     }
 }
 
