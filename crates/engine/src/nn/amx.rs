@@ -85,7 +85,8 @@ impl Tiles {
     }
 
     /// Sets the 32x32 sums to the ones at `src`, rows `src_stride` values apart: a block
-    /// [`Tiles::store`]d before goes on summing.
+    /// [`Tiles::store`]d before goes on summing; with a stride of 0, every row starts from
+    /// the same 32 values (a bias).
     ///
     /// # Safety
     /// `src` holds 32 rows of 32 values `src_stride` apart.

@@ -239,21 +239,14 @@ impl Linear {
         let Activations::Rounded { rows, dims } = x else {
             return self.forward(&x.to_tensor()?);
         };
-        let y = match &self.weight {
-            _ if !self.takes_rounded() || hook::changes(self.tag.as_ref()) => None,
-            LinearWeight::Packed(packed) => super::bf16::matmul_packed_rounded(rows, packed),
-            LinearWeight::Mapped { weight, .. } => {
-                super::bf16::matmul_stored_rounded(rows, weight.bf16_values(), weight.shape()[0])
-            }
-            _ => None,
-        };
-        let Some(y) = y else {
+        if !self.takes_rounded() || hook::changes(self.tag.as_ref()) {
             return self.forward(&x.to_tensor()?);
-        };
-        let mut dims = dims.clone();
-        dims.pop();
-        dims.push(y.len() / rows.rows().max(1));
-        self.with_bias(y, dims)
+        }
+        let lhs = super::bf16::Lhs::Rounded(rows);
+        match self.bf16_kernel_product(lhs, dims.clone())? {
+            Some(y) => Ok(y),
+            None => self.forward(&x.to_tensor()?),
+        }
     }
 
     /// The weight's dtype as loaded; `None` for quantized blocks.
@@ -512,7 +505,7 @@ impl Linear {
 
 /// `bias` added to each row of `values` (rows of `bias.len()`), in parallel chunks of whole
 /// rows of about 64 KiB.
-fn add_to_rows(values: &mut [f32], bias: &[f32]) {
+pub(super) fn add_to_rows(values: &mut [f32], bias: &[f32]) {
     if bias.is_empty() {
         return;
     }
@@ -534,50 +527,68 @@ fn packed_tensor(packed: &super::bf16::Packed) -> Result<Tensor> {
 impl Linear {
     /// The product with a packed bf16 weight; activations not f32 take the unpacked weight.
     fn packed_product(&self, x: &Tensor, packed: &super::bf16::Packed) -> Result<Tensor> {
-        let product = |xs: &[f32], rows| super::bf16::matmul_packed(xs, packed, rows);
-        match self.bf16_kernel_product(x, packed.dims(), product)? {
+        match self.bf16_f32_product(x)? {
             Some(y) => Ok(y),
             None => self.dense(x, &packed_tensor(packed)?, false),
         }
     }
 
-    /// `x` times an `(out, inner)` bf16 weight through `product` (the activations' rows, their
-    /// count), plus the bias, for f32 activations on the CPU; `None` for other activations or
-    /// where the CPU has no bf16 kernel.
-    fn bf16_kernel_product(
-        &self,
-        x: &Tensor,
-        (out, inner): (usize, usize),
-        product: impl FnOnce(&[f32], usize) -> Option<Vec<f32>>,
-    ) -> Result<Option<Tensor>> {
+    /// The product with a mapped bf16 weight, through the bf16 kernel on the weight as stored.
+    fn mapped_bf16_product(&self, x: &Tensor, weight: &MappedTensor) -> Result<Tensor> {
+        // Only a CPU with the bf16 kernel maps bf16 weights ([`mapped::lookup_linear`]);
+        // activations in another dtype widen the weight for candle's product.
+        match self.bf16_f32_product(x)? {
+            Some(y) => Ok(y),
+            None => self.dense(x, &weight.to_tensor()?, false),
+        }
+    }
+
+    /// [`Self::bf16_kernel_product`] of f32 activations on the CPU; `None` for others.
+    fn bf16_f32_product(&self, x: &Tensor) -> Result<Option<Tensor>> {
         if !(x.device().is_cpu() && x.dtype() == DType::F32) {
             return Ok(None);
         }
-        let mut dims = x.dims().to_vec();
-        let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        let inner = x.dim(candle_core::D::Minus1)?;
+        let rows = x.elem_count() / inner.max(1);
         let x2 = x.reshape((rows, inner))?;
-        let Some(y) = super::cpu_f32(&x2, |xs| product(xs, rows))
-            .transpose()?
-            .flatten()
-        else {
+        let dims = x.dims().to_vec();
+        let product = |xs: &[f32]| self.bf16_kernel_product(super::bf16::Lhs::F32(xs, rows), dims);
+        match super::cpu_f32(&x2, product) {
+            Some(y) => y?,
+            None => Ok(None),
+        }
+    }
+
+    /// `x` (of `dims`) times the layer's bf16 weight (packed, or mapped as stored) plus the
+    /// bias, added as the sums are stored; `None` for other weights or where the CPU has no
+    /// bf16 kernel.
+    fn bf16_kernel_product(
+        &self,
+        x: super::bf16::Lhs,
+        mut dims: Vec<usize>,
+    ) -> Result<Option<Tensor>> {
+        let bias = match &self.bias {
+            Some(bias) => Some(bias.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let bias = bias.as_deref();
+        let (y, out) = match &self.weight {
+            LinearWeight::Packed(packed) => {
+                (super::bf16::linear_packed(x, packed, bias), packed.dims().0)
+            }
+            LinearWeight::Mapped { weight, .. } if weight.dtype() == DType::BF16 => {
+                let out = weight.shape()[0];
+                let w = weight.bf16_values();
+                (super::bf16::linear_stored(x, w, out, bias), out)
+            }
+            _ => return Ok(None),
+        };
+        let Some(y) = y else {
             return Ok(None);
         };
         dims.pop();
         dims.push(out);
-        Ok(Some(self.with_bias(y, dims)?))
-    }
-
-    /// The product with a mapped bf16 weight, through the bf16 kernel on the weight as stored.
-    fn mapped_bf16_product(&self, x: &Tensor, weight: &MappedTensor) -> Result<Tensor> {
-        let (out, inner) = (weight.shape()[0], weight.shape()[1]);
-        let w = weight.bf16_values();
-        let product = |xs: &[f32], rows| super::bf16::matmul_stored(xs, w, rows, inner, out);
-        // Only a CPU with the bf16 kernel maps bf16 weights ([`mapped::lookup_linear`]);
-        // activations in another dtype widen the weight for candle's product.
-        match self.bf16_kernel_product(x, (out, inner), product)? {
-            Some(y) => Ok(y),
-            None => self.dense(x, &weight.to_tensor()?, false),
-        }
+        Tensor::from_vec(y, dims, &Device::Cpu).map(Some)
     }
 }
 
