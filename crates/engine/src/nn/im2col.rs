@@ -175,25 +175,36 @@ pub fn pixel_rows(
     w: Window,
 ) -> Vec<f32> {
     let (out_h, out_w) = (w.out(height), w.out(width));
-    let taps = w.kernel * w.kernel;
-    let inner = channels * taps;
+    let inner = channels * w.kernel * w.kernel;
     assert_eq!(image.len(), channels * height * width, "image size");
     super::buffers::par_filled(out_h * out_w * inner, inner, |p, row: &mut [f32]| {
-        let (oy, ox) = (p / out_w, p % out_w);
-        for (c, values) in row.chunks_exact_mut(taps).enumerate() {
-            let plane = &image[c * height * width..][..height * width];
-            for (t, value) in values.iter_mut().enumerate() {
-                let y = (oy * w.stride + t / w.kernel).checked_sub(w.padding);
-                let x = (ox * w.stride + t % w.kernel).checked_sub(w.padding);
-                if let (Some(y), Some(x)) = (y, x)
-                    && y < height
-                    && x < width
-                {
-                    *value = plane[y * width + x];
-                }
-            }
-        }
+        pixel_row(image, (channels, height, width), w, p, row)
     })
+}
+
+/// Output pixel `p`'s row of [`pixel_rows`] (`channels x kernel x kernel` values), written
+/// whole into `row`, zeros included.
+pub fn pixel_row(
+    image: &[f32],
+    (channels, height, width): (usize, usize, usize),
+    w: Window,
+    p: usize,
+    row: &mut [f32],
+) {
+    let out_w = w.out(width);
+    let (oy, ox) = (p / out_w, p % out_w);
+    let taps = w.kernel * w.kernel;
+    for (c, values) in row[..channels * taps].chunks_exact_mut(taps).enumerate() {
+        let plane = &image[c * height * width..][..height * width];
+        for (t, value) in values.iter_mut().enumerate() {
+            let y = (oy * w.stride + t / w.kernel).checked_sub(w.padding);
+            let x = (ox * w.stride + t % w.kernel).checked_sub(w.padding);
+            *value = match (y, x) {
+                (Some(y), Some(x)) if y < height && x < width => plane[y * width + x],
+                _ => 0.0,
+            };
+        }
+    }
 }
 
 /// The nine shifted copies of one channel plane, zero where the 3x3 window leaves the image:

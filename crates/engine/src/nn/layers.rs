@@ -878,8 +878,15 @@ impl Module for Conv2d {
         if let Some(packed) = &self.packed
             && on_cpu_f32
         {
-            return self.pixel_rows_forward(x, |rows, pixels| {
-                super::bf16::matmul_packed(rows, packed, pixels).ok_or_else(|| {
+            // The pixel rows rounded to bf16 as they are made, the bias where the sums start.
+            return self.pixel_rows_forward(x, |image, dims, window, bias| {
+                let pixels = window.out(dims.1) * window.out(dims.2);
+                let inner = dims.0 * window.kernel * window.kernel;
+                let rows = super::rounded::Rounded::from_f32_rows(pixels, inner, |p, row| {
+                    super::im2col::pixel_row(image, dims, window, p, row)
+                });
+                let lhs = super::bf16::Lhs::Rounded(&rows);
+                super::bf16::linear_packed(lhs, packed, bias).ok_or_else(|| {
                     candle_core::Error::Msg(
                         "conv2d: the bf16 product is not available on this CPU".into(),
                     )
@@ -898,14 +905,16 @@ impl Module for Conv2d {
             let values = super::conv::contiguous_f32(storage, layout)?;
             let out = self.weight.dim(0)?;
             let inner = values.len() / out.max(1);
-            return self.pixel_rows_forward(x, |rows, pixels| {
-                let rows = View::row_major(rows, pixels, inner, inner);
+            return self.pixel_rows_forward(x, |image, (channels, height, width), window, bias| {
+                let rows = super::im2col::pixel_rows(image, channels, height, width, window);
+                let pixels = rows.len() / inner.max(1);
+                let rows = View::row_major(&rows, pixels, inner, inner);
                 let weight = View::row_major(values, out, inner, inner);
-                Ok(gemm::times_transposed(
-                    rows,
-                    weight,
-                    rayon::current_num_threads(),
-                ))
+                let mut y = gemm::times_transposed(rows, weight, rayon::current_num_threads());
+                if let Some(bias) = bias {
+                    add_to_rows(&mut y, bias);
+                }
+                Ok(y)
             });
         }
         let (weight, bias) = (like(&self.weight, x)?, like_opt(self.bias.as_ref(), x)?);
@@ -914,38 +923,47 @@ impl Module for Conv2d {
 }
 
 impl Conv2d {
-    /// Each image's pixel rows ([`super::im2col::pixel_rows`]) times the weight through
-    /// `product(rows, pixels)` (`pixels x out`), the bias added, back to channels first.
+    /// Each image's pixel rows ([`super::im2col::pixel_rows`]) times the weight plus the bias
+    /// through `product(image, (channels, height, width), window, bias)` (`pixels x out`),
+    /// back to channels first.
     fn pixel_rows_forward(
         &self,
         x: &Tensor,
-        product: impl Fn(&[f32], usize) -> Result<Vec<f32>>,
+        product: impl Fn(
+            &[f32],
+            (usize, usize, usize),
+            super::im2col::Window,
+            Option<&[f32]>,
+        ) -> Result<Vec<f32>>,
     ) -> Result<Tensor> {
         let (batch, channels, height, width) = x.dims4()?;
-        let (out, kernel) = (self.weight.dim(0)?, self.weight.dim(3)?);
+        let out = self.weight.dim(0)?;
         let window = super::im2col::Window {
-            kernel,
+            kernel: self.weight.dim(3)?,
             stride: self.config.stride,
             padding: self.config.padding,
         };
         let (out_h, out_w) = (window.out(height), window.out(width));
-        let bias = match like_opt(self.bias.as_ref(), x)? {
-            Some(bias) => Some(bias.to_vec1::<f32>()?),
+        let bias = match &self.bias {
+            Some(bias) => Some(bias.to_dtype(DType::F32)?.to_vec1::<f32>()?),
             None => None,
         };
-        let x = x.contiguous()?;
-        let images = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut maps = Vec::with_capacity(batch);
-        for image in images.chunks_exact(channels * height * width) {
-            let rows = super::im2col::pixel_rows(image, channels, height, width, window);
-            let mut y = product(&rows, out_h * out_w)?;
-            if let Some(bias) = &bias {
-                add_to_rows(&mut y, bias);
-            }
-            let pixels = Tensor::from_vec(y, (1, out_h * out_w, out), &Device::Cpu)?;
-            maps.push(super::transpose::transposed_items(&pixels)?);
-        }
-        Tensor::cat(&maps, 0)?.reshape((batch, out, out_h, out_w))
+        let dims = (channels, height, width);
+        let maps = super::cpu_f32(x, |images| {
+            let image_len = (channels * height * width).max(1);
+            images
+                .chunks_exact(image_len)
+                .map(|image| {
+                    let y = product(image, dims, window, bias.as_deref())?;
+                    let pixels = Tensor::from_vec(y, (1, out_h * out_w, out), &Device::Cpu)?;
+                    super::transpose::transposed_items(&pixels)
+                })
+                .collect::<Result<Vec<_>>>()
+        });
+        let Some(maps) = maps else {
+            candle_core::bail!("conv2d: the input is not f32 on the CPU");
+        };
+        Tensor::cat(&maps??, 0)?.reshape((batch, out, out_h, out_w))
     }
 }
 
