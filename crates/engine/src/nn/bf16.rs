@@ -342,6 +342,8 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
     let mut dst = Vec::with_capacity(rows * out);
     let dst_ptr = SharedOut(dst.spare_capacity_mut().as_mut_ptr().cast());
     let (steps, chunk) = (depth / STEP, plan.chunk_steps(depth));
+    // Few rows: each panel comes from memory for a block or two, so ask for it ahead.
+    let streaming = rows <= STREAMING_ROWS;
     // The bias as one row of whole panels, zeros past `out`.
     let bias = bias.map(|bias| {
         Lines::par_filled(
@@ -378,7 +380,7 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
                             (0, None) => tiles.zero(),
                             _ => tiles.load(partial[slot].0.as_ptr(), BLOCK),
                         }
-                        tiles.accumulate(
+                        let operands = (
                             lhs[first_row * depth + first_step * STEP..].as_ptr().cast(),
                             depth * 2,
                             packed[first_step * STEP * PANEL..].as_ptr().cast(),
@@ -386,6 +388,13 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
                             STEP / 2 * PANEL * 4,
                             chunk.min(steps - first_step),
                         );
+                        let (a, a_stride, b, b_stride, b_step, count) = operands;
+                        match streaming {
+                            true => {
+                                tiles.accumulate_streaming(a, a_stride, b, b_stride, b_step, count)
+                            }
+                            false => tiles.accumulate(a, a_stride, b, b_stride, b_step, count),
+                        }
                         if !last {
                             tiles.store(partial[slot].0.as_mut_ptr(), BLOCK);
                             continue;
@@ -407,6 +416,10 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
     };
     dst
 }
+
+/// Up to this many rows [`tiles_product`] asks for its panels ahead of their use
+/// ([`super::amx::Tiles::accumulate_streaming`]): a text encoder's 77 tokens.
+const STREAMING_ROWS: usize = 128;
 
 /// How [`tiles_product`] splits its blocks of rows and panels into tasks: chunks of
 /// [`TilePlan::CHUNK`] row blocks times groups of panels that fit [`TilePlan::GROUP_BYTES`],
@@ -840,7 +853,8 @@ mod tests {
     }
 
     /// AMX tiles and dot products both sum the products of the bf16-rounded operands in f32:
-    /// whole and partial blocks of rows and columns, inner sizes off a step and odd.
+    /// whole and partial blocks of rows and columns, inner sizes off a step and odd, few rows
+    /// (panels asked for ahead) and many.
     #[test]
     fn tiles_compute_what_dot_products_do() {
         if !crate::nn::amx::available() {
@@ -854,6 +868,8 @@ mod tests {
             (33, 64, 70),
             (100, 1000, 40),
             (5, 3, 100),
+            // Past `STREAMING_ROWS`, and chunked.
+            (200, 1000, 40),
         ] {
             let x = random(rows * inner, 5);
             let stored = random_bf16(out * inner, 6);
