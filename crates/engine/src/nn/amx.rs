@@ -89,8 +89,8 @@ impl Tiles {
     /// [`Tiles::accumulate`] for a right operand read once from memory (a weight multiplied
     /// by few rows), each step asking for the one [`PREFETCH_STEPS`] on into L2 meanwhile:
     /// the hardware's prefetch alone left a CLIP text encoder's products waiting on memory
-    /// (CLIP-G, 77 tokens, 2 threads: 177 -> 162 ms); for a panel read from L2 already, the
-    /// requests only cost.
+    /// (CLIP-G, 77 tokens, 2 threads: 177 -> 164-166 ms); for a panel read from L2 already,
+    /// the requests only cost.
     ///
     /// # Safety
     /// As [`Tiles::accumulate`] (prefetching past the operand's end reads nothing).
