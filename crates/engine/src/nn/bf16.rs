@@ -343,7 +343,10 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
     let dst_ptr = SharedOut(dst.spare_capacity_mut().as_mut_ptr().cast());
     let (steps, chunk) = (depth / STEP, plan.chunk_steps(depth));
     // Few rows: each panel comes from memory for a block or two, so ask for it ahead.
-    let streaming = rows <= STREAMING_ROWS;
+    let accumulate = match rows <= STREAMING_ROWS {
+        true => Tiles::accumulate_streaming,
+        false => Tiles::accumulate,
+    };
     // The bias as one row of whole panels, zeros past `out`.
     let bias = bias.map(|bias| {
         Lines::par_filled(
@@ -380,7 +383,8 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
                             (0, None) => tiles.zero(),
                             _ => tiles.load(partial[slot].0.as_ptr(), BLOCK),
                         }
-                        let operands = (
+                        accumulate(
+                            &mut tiles,
                             lhs[first_row * depth + first_step * STEP..].as_ptr().cast(),
                             depth * 2,
                             packed[first_step * STEP * PANEL..].as_ptr().cast(),
@@ -388,13 +392,6 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
                             STEP / 2 * PANEL * 4,
                             chunk.min(steps - first_step),
                         );
-                        let (a, a_stride, b, b_stride, b_step, count) = operands;
-                        match streaming {
-                            true => {
-                                tiles.accumulate_streaming(a, a_stride, b, b_stride, b_step, count)
-                            }
-                            false => tiles.accumulate(a, a_stride, b, b_stride, b_step, count),
-                        }
                         if !last {
                             tiles.store(partial[slot].0.as_mut_ptr(), BLOCK);
                             continue;
