@@ -15,6 +15,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use seedbed_engine::nn::attention::{scaled_dot_product, scaled_dot_product_bf16};
 use seedbed_engine::nn::conv::Conv3x3;
 use seedbed_engine::nn::norm::GroupNormSilu;
+use seedbed_engine::nn::tiles::Unit;
 use seedbed_engine::nn::winograd;
 use seedbed_engine::sd::unet::UNet;
 use seedbed_engine::text::clip::tokenizer::ClipTokenizer;
@@ -293,12 +294,12 @@ fn bf16(c: &mut Criterion) {
                 .unwrap()
                 .to_vec1::<half::bf16>()
                 .unwrap();
-            for path in [bf16::Path::Dots, bf16::Path::Tiles] {
-                if bf16::matmul_stored_on(path, &xs[..inner], &stored, 1, inner, out).is_none() {
+            for unit in [Unit::Registers, Unit::Amx] {
+                if !unit.runs() {
                     continue;
                 }
-                group.bench_function(format!("{path:?} as stored {name}"), |b| {
-                    b.iter(|| bf16::matmul_stored_on(path, &xs, &stored, rows, inner, out).unwrap())
+                group.bench_function(format!("{unit:?} as stored {name}"), |b| {
+                    b.iter(|| bf16::matmul_stored_on(unit, &xs, &stored, rows, inner, out).unwrap())
                 });
             }
             // Packed once, as a layer holding its weight in memory does.

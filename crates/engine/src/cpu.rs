@@ -38,12 +38,13 @@ impl CpuReport {
         } else {
             "widened to f32 as each layer runs (software)"
         };
-        let bf16 = match crate::nn::bf16::Path::detect() {
-            Some(crate::nn::bf16::Path::Tiles) => {
+        let bf16 = match crate::nn::tiles::Unit::detect() {
+            Some(crate::nn::tiles::Unit::Amx) => {
                 "linear layers, convolutions and attention on AMX tiles in bf16"
             }
-            Some(crate::nn::bf16::Path::Dots) => {
-                "linear layers in bf16 dot products (AVX512-BF16), the rest widened to f32"
+            Some(crate::nn::tiles::Unit::Registers) => {
+                "linear layers, attention and the smaller convolutions in bf16 dot products \
+                 (AVX512-BF16), the larger 3x3 convolutions widened to f32 (Winograd)"
             }
             None => half,
         };

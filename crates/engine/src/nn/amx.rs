@@ -2,7 +2,7 @@
 //! bf16 on those CPUs.
 //!
 //! One `tdpbf16ps` multiplies a 16x32 bf16 tile by a 32x16 one into 16x16 f32 sums: 16384
-//! multiply-adds, against 32 for an AVX512-BF16 instruction. A [`Tiles`] session holds a 32x32
+//! multiply-adds, against 32 for an AVX512-BF16 instruction. A [`Session`] holds a 32x32
 //! block of sums in four tiles (`tmm0..3`), two 16-row tiles of the left operand (`tmm4`,
 //! `tmm5`) and two 16-column tiles of the right (`tmm6`, `tmm7`): every tile loaded is used
 //! twice.
@@ -13,13 +13,6 @@
 //! written in `asm!` (Rust's AMX intrinsics are unstable); Linux hands a process the tiles'
 //! 8 KiB of register state only once it asks (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), which
 //! [`available`] does.
-
-/// Rows (and columns) of the block of sums a [`Tiles`] session computes at a time.
-pub const BLOCK: usize = 32;
-/// Inner values a step takes: one tile row of bf16.
-pub const STEP: usize = 32;
-/// Steps ahead [`Tiles::accumulate_streaming`] asks for its right operand (4 to 8 did best).
-const PREFETCH_STEPS: usize = 8;
 
 /// Whether this CPU and OS run the AMX kernels: AMX-TILE and AMX-BF16, the AVX-512 the
 /// operands are packed with ([`super::bf16::available`]), and the tiles' state granted to this
@@ -33,14 +26,15 @@ pub fn available() -> bool {
     })
 }
 
-/// The four tiles of a 32x32 block of sums configured on this thread, released when dropped.
-/// Tile state is per thread: a task configures its own session.
-pub struct Tiles {
+/// The four tiles of a 32x32 block of sums configured on this thread, released when dropped
+/// ([`super::tiles::Tiles`] says what each call computes). Tile state is per thread: a task
+/// configures its own session.
+pub struct Session {
     /// Sessions stay on the thread that configured them.
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
-impl Tiles {
+impl Session {
     /// Configures the tiles on this thread; `None` where [`available`] is false.
     pub fn configure() -> Option<Self> {
         if !available() {
@@ -86,42 +80,8 @@ impl Tiles {
         unsafe { x86::accumulate(a, a_stride, b, b_stride, b_step, steps) }
     }
 
-    /// [`Tiles::accumulate`] for a right operand read once from memory (a weight multiplied
-    /// by few rows), each step asking for the one [`PREFETCH_STEPS`] on into L2 meanwhile:
-    /// the hardware's prefetch alone left a CLIP text encoder's products waiting on memory
-    /// (CLIP-G, 77 tokens, 2 threads: 177 -> 164-166 ms); for a panel read from L2 already,
-    /// the requests only cost.
-    ///
-    /// # Safety
-    /// As [`Tiles::accumulate`] (prefetching past the operand's end reads nothing).
-    #[allow(unsafe_code)]
-    pub unsafe fn accumulate_streaming(
-        &mut self,
-        a: *const u8,
-        a_stride: usize,
-        b: *const u8,
-        b_stride: usize,
-        b_step: usize,
-        steps: usize,
-    ) {
-        for s in 0..steps {
-            x86::prefetch_l2(b.wrapping_add((s + PREFETCH_STEPS) * b_step), b_step);
-            // SAFETY: as the caller promises, for step `s` alone.
-            unsafe {
-                x86::accumulate(
-                    a.wrapping_add(64 * s),
-                    a_stride,
-                    b.wrapping_add(s * b_step),
-                    b_stride,
-                    b_step,
-                    1,
-                )
-            }
-        }
-    }
-
     /// Sets the 32x32 sums to the ones at `src`, rows `src_stride` values apart: a block
-    /// [`Tiles::store`]d before goes on summing; with a stride of 0, every row starts from
+    /// [`Session::store`]d before goes on summing; with a stride of 0, every row starts from
     /// the same 32 values (a bias).
     ///
     /// # Safety
@@ -141,30 +101,15 @@ impl Tiles {
         // SAFETY: the session configured the tiles; the caller keeps the writes in bounds.
         unsafe { x86::store(dst, dst_stride * 4) }
     }
-
-    /// The sums, written into `dst` rows `dst_stride` apart, `rows` by `cols` of them (up to
-    /// 32 each): straight from the tiles when the block is whole, through a buffer otherwise.
-    ///
-    /// # Safety
-    /// `dst` has room for `rows` rows of `cols` values `dst_stride` apart.
-    #[allow(unsafe_code)]
-    pub unsafe fn store_part(&self, dst: *mut f32, dst_stride: usize, rows: usize, cols: usize) {
-        if rows == BLOCK && cols == BLOCK {
-            // SAFETY: as the caller promises.
-            return unsafe { self.store(dst, dst_stride) };
-        }
-        let mut sums = super::buffers::Block::ZERO;
-        // SAFETY: `sums` holds the block; the caller keeps the copies in bounds.
-        unsafe {
-            self.store(sums.0.as_mut_ptr(), BLOCK);
-            for (r, row) in sums.0.chunks_exact(BLOCK).take(rows).enumerate() {
-                std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add(r * dst_stride), cols);
-            }
-        }
-    }
 }
 
-impl Drop for Tiles {
+/// The `bytes` from `at` asked into L2, a cache line at a time; a hint that reads nothing,
+/// so any address will do.
+pub fn prefetch_l2(at: *const u8, bytes: usize) {
+    x86::prefetch_l2(at, bytes)
+}
+
+impl Drop for Session {
     fn drop(&mut self) {
         // SAFETY: the session configured the tiles on this thread; releasing returns them to
         // their initial state, so a context switch saves nothing of them.
@@ -243,7 +188,7 @@ mod x86 {
         };
     }
 
-    /// Safety: see [`super::Tiles::accumulate`].
+    /// Safety: see [`super::Session::accumulate`].
     pub unsafe fn accumulate(
         a: *const u8,
         a_stride: usize,
@@ -318,8 +263,7 @@ mod x86 {
         };
     }
 
-    /// The `bytes` from `at` asked into L2, a cache line at a time; a hint that reads
-    /// nothing, so any address will do.
+    /// See [`super::prefetch_l2`].
     pub fn prefetch_l2(at: *const u8, bytes: usize) {
         use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
         for line in (0..bytes).step_by(64) {

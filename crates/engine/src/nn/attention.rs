@@ -74,11 +74,11 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Res
     attention(q, k, v, scale, false)
 }
 
-/// [`scaled_dot_product`] for a bf16 model: on a CPU with AMX, f32 q, k and v are rounded to
-/// bf16 for the two products, which run on its tiles ([`super::tiled_attention`]), as PyTorch
+/// [`scaled_dot_product`] for a bf16 model: on a CPU with AVX512-BF16, f32 q, k and v are rounded to
+/// bf16 for the two products, which run in bf16 ([`super::tiled_attention`]), as PyTorch
 /// computes a bf16 model's attention there; elsewhere as [`scaled_dot_product`].
 pub fn scaled_dot_product_bf16(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    attention(q, k, v, scale, super::amx::available())
+    attention(q, k, v, scale, super::tiles::available())
 }
 
 /// The attention of a model whose projections hold weights of `weights`' dtype:
@@ -96,7 +96,7 @@ pub fn scaled_dot_product_for(
     }
 }
 
-/// The fused CPU kernel for f32 operands on the CPU (its products on AMX tiles with `tiles`),
+/// The fused CPU kernel for f32 operands on the CPU (its products in bf16 with `tiles`),
 /// the chunked candle version elsewhere.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, tiles: bool) -> Result<Tensor> {
     let on_cpu_f32 = [q, k, v]
@@ -159,7 +159,7 @@ struct FusedCpu {
     scale: f32,
     /// Added to the scores before the softmax: `(B, H, Nq, Nk)`, any strides (broadcast).
     bias: Option<Tensor>,
-    /// Products in bf16 on AMX tiles (no bias).
+    /// Products in bf16 ([`super::tiles`], no bias).
     tiles: bool,
 }
 

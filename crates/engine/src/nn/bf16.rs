@@ -1,19 +1,14 @@
 //! Products with bf16 weights computed in bf16, on CPUs with AVX512-BF16.
 //!
-//! `vdpbf16ps` multiplies pairs of bf16 values and adds both products to f32 lanes: 32
-//! multiply-adds an instruction against 16 for an f32 FMA, so a model loaded with
-//! `--dtype bf16` computes its linear layers at up to twice the f32 rate, as PyTorch does in
-//! bf16 through oneDNN. The activations are rounded to bf16 (nearest even) for the product and
-//! the sums stay f32. Without those instructions the weights are widened to f32 instead
-//! ([`super::layers`]).
+//! The activations are rounded to bf16 (nearest even) for the product and the sums stay f32,
+//! as PyTorch computes a bf16 model through oneDNN: 32x32 blocks of sums of [`super::tiles`],
+//! on AMX tiles where the CPU has them, else in AVX-512 registers (`vdpbf16ps`: 32
+//! multiply-adds an instruction against 16 for an f32 FMA). Without AVX512-BF16 the weights
+//! are widened to f32 instead ([`super::layers`]).
 //!
-//! On CPUs with AMX ([`super::amx`]) the same panels feed the tiles instead, 32 activation rows
-//! at a time.
-//!
-//! The weight is stored `(in, out)` row-major ([`super::layers::Linear`]). Each task takes a
-//! panel of 32 output columns, interleaves its rows in pairs (`(k, k+1)` side by side, the
-//! order `vdpbf16ps` reads), keeps that panel in L2 and walks every row of the activations
-//! through it 12 at a time: 24 accumulators, two panel registers and a broadcast.
+//! The weight is packed in panels of 32 output columns: for each pair of inner values
+//! (`(k, k+1)` side by side, the order the instructions read), the panel's 32 columns'
+//! pairs, one 32-bit word each.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -21,10 +16,10 @@ use rayon::prelude::*;
 use super::buffers::Lines;
 use super::rounded::Rounded;
 
-/// Output columns a task takes: two registers of 16 f32 lanes.
+use super::tiles::Unit;
+
+/// Output columns a panel holds: a block of sums wide.
 const PANEL: usize = 32;
-/// Activation rows per register tile.
-const TILE_ROWS: usize = 12;
 
 /// Whether this CPU runs the bf16 kernel (AVX-512F, AVX-512BW and AVX512-BF16), unless the
 /// environment says `SEEDBED_BF16_KERNEL=off` (to measure the widening path on such a CPU).
@@ -43,34 +38,6 @@ pub fn available() -> bool {
     false
 }
 
-/// The instructions a product runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    /// AMX tiles ([`super::amx`]).
-    Tiles,
-    /// AVX512-BF16 dot products in AVX-512 registers.
-    Dots,
-}
-
-impl Path {
-    /// Whether this CPU runs it.
-    fn runs(self) -> bool {
-        match self {
-            Self::Tiles => super::amx::available(),
-            Self::Dots => available(),
-        }
-    }
-
-    /// The fastest this CPU has, `None` without AVX512-BF16.
-    pub fn detect() -> Option<Self> {
-        if super::amx::available() {
-            Some(Self::Tiles)
-        } else {
-            available().then_some(Self::Dots)
-        }
-    }
-}
-
 /// `x` (`rows x inner`, f32) times `weight` (`inner x out`, bf16), both row-major, as f32
 /// `rows x out`; `None` when this CPU has no bf16 kernel.
 pub fn matmul(
@@ -82,7 +49,7 @@ pub fn matmul(
 ) -> Option<Vec<f32>> {
     assert_eq!(weight.len(), inner * out, "weight size");
     let x = Lhs::F32(x, rows);
-    product(Path::detect()?, x, inner, out, None, |first_col, cols| {
+    product(Unit::detect()?, x, inner, out, None, |first_col, cols| {
         pack_panel(weight, inner, out, first_col, cols)
     })
 }
@@ -99,12 +66,12 @@ pub fn matmul_stored(
     inner: usize,
     out: usize,
 ) -> Option<Vec<f32>> {
-    matmul_stored_on(Path::detect()?, x, weight, rows, inner, out)
+    matmul_stored_on(Unit::detect()?, x, weight, rows, inner, out)
 }
 
-/// [`matmul_stored`] on the given path (to compare them); `None` where this CPU lacks it.
+/// [`matmul_stored`] on the given unit (to compare them); `None` where this CPU lacks it.
 pub fn matmul_stored_on(
-    path: Path,
+    unit: Unit,
     x: &[f32],
     weight: &[bf16],
     rows: usize,
@@ -112,7 +79,7 @@ pub fn matmul_stored_on(
     out: usize,
 ) -> Option<Vec<f32>> {
     assert_eq!(weight.len(), out * inner, "weight size");
-    stored_product(path, Lhs::F32(x, rows), weight, inner, out, None)
+    stored_product(unit, Lhs::F32(x, rows), weight, inner, out, None)
 }
 
 /// A linear layer's product with its weight as stored (`out x inner`, bf16), `bias` added to
@@ -125,18 +92,18 @@ pub fn linear_stored(
     bias: Option<&[f32]>,
 ) -> Option<Vec<f32>> {
     let inner = weight.len().checked_div(out).unwrap_or(0);
-    stored_product(Path::detect()?, x, weight, inner, out, bias)
+    stored_product(Unit::detect()?, x, weight, inner, out, bias)
 }
 
 fn stored_product(
-    path: Path,
+    unit: Unit,
     x: Lhs,
     weight: &[bf16],
     inner: usize,
     out: usize,
     bias: Option<&[f32]>,
 ) -> Option<Vec<f32>> {
-    product(path, x, inner, out, bias, |first_col, cols| {
+    product(unit, x, inner, out, bias, |first_col, cols| {
         pack_stored_panel(
             &weight[first_col * inner..(first_col + cols) * inner],
             inner,
@@ -144,7 +111,7 @@ fn stored_product(
     })
 }
 
-/// A bf16 linear weight packed once, at load, into the panels both kernels read: a layer
+/// A bf16 linear weight packed once, at load, into the panels the products read: a layer
 /// holding it in memory skips the packing every product of [`matmul`] and [`matmul_stored`]
 /// does (for a text encoder at 77 tokens, as long as the products themselves).
 pub struct Packed {
@@ -210,7 +177,7 @@ pub fn matmul_packed(x: &[f32], weight: &Packed, rows: usize) -> Option<Vec<f32>
 /// stored: `x w^T + bias` as f32 `rows x out`; `None` when this CPU has no bf16 kernel.
 pub fn linear_packed(x: Lhs, weight: &Packed, bias: Option<&[f32]>) -> Option<Vec<f32>> {
     let (out, inner) = weight.dims();
-    product(Path::detect()?, x, inner, out, bias, |first_col, _| {
+    product(Unit::detect()?, x, inner, out, bias, |first_col, _| {
         bytemuck::cast_slice::<u32, u16>(weight.panel_words(first_col / PANEL))
     })
 }
@@ -233,86 +200,34 @@ impl Lhs<'_> {
 }
 
 /// `x` times the weight whose panel of `cols` columns from `first_col` `pack` returns (as
-/// [`pack_panel`] lays it out).
+/// [`pack_panel`] lays it out), on `unit`; `None` where this CPU lacks it.
 fn product<P: AsRef<[u16]> + Send + Sync>(
-    path: Path,
+    unit: Unit,
     x: Lhs,
     inner: usize,
     out: usize,
     bias: Option<&[f32]>,
     pack: impl Fn(usize, usize) -> P + Sync,
 ) -> Option<Vec<f32>> {
-    if !path.runs() {
+    if !unit.runs() {
         return None;
     }
     if let Some(bias) = bias {
         assert_eq!(bias.len(), out, "bias size");
     }
-    let rows = x.rows();
-    let widened;
-    let x = match (x, path) {
-        (Lhs::F32(x, _), Path::Tiles) => {
-            let x = Rounded::round(x, rows, inner);
-            return Some(tiles_product(&x, out, bias, pack));
+    Some(match x {
+        Lhs::F32(x, rows) => {
+            assert_eq!(x.len(), rows * inner, "activations size");
+            tiles_product(unit, &Rounded::round(x, rows, inner), out, bias, pack)
         }
-        (Lhs::Rounded(x), _) if x.inner() != inner => {
+        Lhs::Rounded(x) if x.inner() != inner => {
             panic!("rounded rows {x:?} for a product with {inner} inner values")
         }
-        (Lhs::Rounded(x), Path::Tiles) => return Some(tiles_product(x, out, bias, pack)),
-        (Lhs::F32(x, _), Path::Dots) => x,
-        (Lhs::Rounded(x), Path::Dots) => {
-            widened = x.widened();
-            &widened[..]
-        }
-    };
-    assert_eq!(x.len(), rows * inner, "activations size");
-    #[cfg(target_arch = "x86_64")]
-    {
-        let pairs = inner.div_ceil(2);
-        let lhs = pack_rows(x, rows, inner);
-        let mut dst = vec![0f32; rows * out];
-        let dst_ptr = SharedOut(dst.as_mut_ptr());
-        (0..out.div_ceil(PANEL)).into_par_iter().for_each(|panel| {
-            let first_col = panel * PANEL;
-            let cols = PANEL.min(out - first_col);
-            let packed = pack(first_col, cols);
-            let packed = packed.as_ref();
-            assert_eq!(
-                packed.len(),
-                panel_pairs(inner) * PANEL * 2,
-                "packed panel size"
-            );
-            for first_row in (0..rows).step_by(TILE_ROWS) {
-                let tile_rows = TILE_ROWS.min(rows - first_row);
-                // SAFETY: `available` checked the instructions; `lhs` holds this tile's
-                // `pairs x TILE_ROWS` values at `first_row * pairs`, `packed` `pairs` panel
-                // rows; this task alone writes columns `first_col..first_col + cols` of rows
-                // `first_row..first_row + tile_rows`, inside `dst` (`rows x out`), which
-                // outlives the parallel loop.
-                #[allow(unsafe_code)]
-                unsafe {
-                    x86::tile(
-                        tile_rows,
-                        lhs[first_row * pairs..].as_ptr(),
-                        pairs,
-                        packed.as_ptr(),
-                        dst_ptr.at(first_row * out + first_col),
-                        out,
-                        cols,
-                    )
-                };
-            }
-        });
-        if let Some(bias) = bias {
-            super::layers::add_to_rows(&mut dst, bias);
-        }
-        Some(dst)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    None
+        Lhs::Rounded(x) => tiles_product(unit, x, out, bias, pack),
+    })
 }
 
-/// The product on AMX tiles: the activations rounded to bf16 rows once and every panel packed
+/// The product on [`Tiles`]: the activations rounded to bf16 rows once and every panel packed
 /// (or borrowed) once, then each task takes a chunk of rows and a group of panels, walking its
 /// row blocks outside and its panels inside. A group's panels fit in half an L2 cache, so the
 /// group stays there while a block of rows (in L1) meets each panel in turn, where one panel
@@ -326,12 +241,13 @@ fn product<P: AsRef<[u16]> + Send + Sync>(
 /// an SDXL bf16 UNet call. A weight packed per call (read in place from its file) is packed
 /// whole first: a transient copy of its size in bf16.
 fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
+    unit: Unit,
     x: &Rounded,
     out: usize,
     bias: Option<&[f32]>,
     pack: impl Fn(usize, usize) -> P + Sync,
 ) -> Vec<f32> {
-    use super::amx::{BLOCK, STEP, Tiles};
+    use super::tiles::{BLOCK, STEP, Tiles};
     const _: () = assert!(PANEL == BLOCK, "a panel is one block of tiles wide");
     let (rows, depth, lhs) = (x.rows(), x.depth(), x.bits());
     let panels: Vec<P> = (0..out.div_ceil(PANEL))
@@ -357,7 +273,7 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
     });
     (0..plan.tasks()).into_par_iter().for_each(|task| {
         let (row_blocks, group) = plan.task(task);
-        let mut tiles = Tiles::configure().expect("the path was chosen where AMX runs");
+        let mut tiles = Tiles::configure_on(unit).expect("the unit was chosen where it runs");
         // Each panel's sums between chunks of the inner dimension.
         let mut partial =
             vec![super::buffers::Block::ZERO; if chunk < steps { group.len() } else { 0 }];
@@ -375,6 +291,7 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
                     // gives each block and panel to one task), inside `dst`'s capacity
                     // (`rows x out`), which outlives the parallel loop; `bias` holds a whole
                     // panel's 32 values from `first_col`, read for each row.
+                    tiles.set_rows(BLOCK.min(rows - first_row));
                     #[allow(unsafe_code)]
                     unsafe {
                         match (first_step, &bias) {
@@ -415,7 +332,7 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
 }
 
 /// Up to this many rows [`tiles_product`] asks for its panels ahead of their use
-/// ([`super::amx::Tiles::accumulate_streaming`]): a text encoder's 77 tokens.
+/// ([`super::tiles::Tiles::accumulate_streaming`]): a text encoder's 77 tokens.
 const STREAMING_ROWS: usize = 128;
 
 /// How [`tiles_product`] splits its blocks of rows and panels into tasks: chunks of
@@ -457,11 +374,16 @@ impl TilePlan {
     /// before the next: all of them where the block's rows fit half an L1 cache, else chunks
     /// that do, so the rows are read from L1 by every panel.
     fn chunk_steps(&self, depth: usize) -> usize {
-        let steps = depth / super::amx::STEP;
-        let row_step_bytes = super::amx::BLOCK * super::amx::STEP * 2;
+        let steps = depth / super::tiles::STEP;
+        let row_step_bytes = super::tiles::BLOCK * super::tiles::STEP * 2;
         match steps * row_step_bytes <= Self::ROWS_BYTES {
             true => steps.max(1),
-            false => (Self::CHUNK_BYTES / row_step_bytes).max(1),
+            false => (std::env::var("ZZ_CHUNK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(Self::CHUNK_BYTES)
+                / row_step_bytes)
+                .max(1),
         }
     }
 
@@ -505,7 +427,7 @@ pub(super) fn round_into(src: &[f32], dst: &mut [u16]) {
 /// Pair rows a packed panel has: `inner / 2` rounded up to whole AMX steps, so that the tiles
 /// read zeros past the end (the dot products stop at `inner / 2`).
 fn panel_pairs(inner: usize) -> usize {
-    inner.div_ceil(super::amx::STEP) * (super::amx::STEP / 2)
+    inner.div_ceil(super::tiles::STEP) * (super::tiles::STEP / 2)
 }
 
 /// The destination, written by several tasks at disjoint elements (also
@@ -523,29 +445,6 @@ impl SharedOut {
     pub(super) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
-}
-
-/// `x` rounded to bf16, in tiles of [`TILE_ROWS`] rows: for each `(k, k+1)` pair, the tile's
-/// rows' pairs side by side, one `u32` each (the high half the odd element), so that the kernel
-/// reads one stream. An odd `inner` is padded with a zero, the last tile with zero rows.
-fn pack_rows(x: &[f32], rows: usize, inner: usize) -> Vec<u32> {
-    let pairs = inner.div_ceil(2);
-    let mut out = vec![0u32; rows.div_ceil(TILE_ROWS) * pairs * TILE_ROWS];
-    if pairs == 0 {
-        return out;
-    }
-    out.par_chunks_mut(pairs * TILE_ROWS)
-        .zip(x.par_chunks(inner * TILE_ROWS))
-        .for_each(|(tile, x)| {
-            for (r, row) in x.chunks(inner).enumerate() {
-                for (pair, values) in row.chunks(2).enumerate() {
-                    let low = bf16::from_f32(values[0]).to_bits() as u32;
-                    let high = values.get(1).map_or(0, |&v| bf16::from_f32(v).to_bits()) as u32;
-                    tile[pair * TILE_ROWS + r] = low | (high << 16);
-                }
-            }
-        });
-    out
 }
 
 /// Columns `first_col..first_col + cols` of `weight` (`inner x out`), as `inner / 2` rows of
@@ -630,70 +529,6 @@ fn pack_stored_panel_into(rows: &[bf16], inner: usize, packed: &mut [u32]) {
 #[allow(unsafe_code)]
 mod x86 {
     use std::arch::x86_64::*;
-
-    use super::{PANEL, TILE_ROWS};
-
-    /// The first `rows` (1..=12) rows of a tile of packed activations at `lhs` times the packed
-    /// panel, into `cols` (1..=32) columns at `dst` (rows `dst_stride` apart).
-    ///
-    /// Safety: AVX-512F/BW and AVX512-BF16 are present; `lhs` holds `pairs x TILE_ROWS` values,
-    /// `panel` `pairs x 2 * PANEL`, and `dst` the block written.
-    pub unsafe fn tile(
-        rows: usize,
-        lhs: *const u32,
-        pairs: usize,
-        panel: *const u16,
-        dst: *mut f32,
-        dst_stride: usize,
-        cols: usize,
-    ) {
-        macro_rules! dispatch {
-            ($($n:literal)*) => {
-                match rows {
-                    $($n => unsafe { tile_rows::<$n>(lhs, pairs, panel, dst, dst_stride, cols) },)*
-                    _ => unreachable!("a tile has 1 to {TILE_ROWS} rows"),
-                }
-            };
-        }
-        dispatch!(1 2 3 4 5 6 7 8 9 10 11 12)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn tile_rows<const R: usize>(
-        lhs: *const u32,
-        pairs: usize,
-        panel: *const u16,
-        dst: *mut f32,
-        dst_stride: usize,
-        cols: usize,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        // SAFETY: the caller keeps every read and write below in bounds.
-        unsafe {
-            for pair in 0..pairs {
-                let b = panel.add(pair * PANEL * 2);
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.cast()));
-                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(32).cast()));
-                let a_pair = lhs.add(pair * TILE_ROWS);
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let a = *a_pair.add(r) as i32;
-                    let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(a));
-                    acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
-                    acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
-                }
-            }
-            let mask = |from: usize| -> __mmask16 {
-                let n = cols.saturating_sub(from).min(16);
-                ((1u32 << n) - 1) as __mmask16
-            };
-            let (mask0, mask1) = (mask(0), mask(16));
-            for (r, acc) in acc.iter().enumerate() {
-                let row = dst.add(r * dst_stride);
-                _mm512_mask_storeu_ps(row, mask0, acc[0]);
-                _mm512_mask_storeu_ps(row.add(16), mask1, acc[1]);
-            }
-        }
-    }
 
     /// `blocks` blocks of 16 values at `src` rounded to bf16 (nearest even) at `dst`.
     ///
@@ -849,13 +684,12 @@ mod tests {
         }
     }
 
-    /// AMX tiles and dot products both sum the products of the bf16-rounded operands in f32:
-    /// whole and partial blocks of rows and columns, inner sizes off a step and odd, few rows
-    /// (panels asked for ahead) and many.
+    /// AMX tiles and AVX-512 registers both sum the products of the bf16-rounded operands
+    /// in f32: whole and partial blocks of rows and columns, inner sizes off a step and odd, few rows (panels asked for ahead) and many.
     #[test]
-    fn tiles_compute_what_dot_products_do() {
-        if !crate::nn::amx::available() {
-            eprintln!("skipped: this CPU or OS has no AMX");
+    fn each_unit_computes_the_rounded_operands_product() {
+        if !crate::nn::tiles::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
         for (rows, inner, out) in [
@@ -872,12 +706,14 @@ mod tests {
             let stored = random_bf16(out * inner, 6);
             let transposed = transposed(&stored, out, inner);
             let want = reference(&x, &transposed, rows, inner, out);
-            for path in [Path::Tiles, Path::Dots] {
-                let got = matmul_stored_on(path, &x, &stored, rows, inner, out).unwrap();
+            for unit in [Unit::Amx, Unit::Registers] {
+                let Some(got) = matmul_stored_on(unit, &x, &stored, rows, inner, out) else {
+                    continue;
+                };
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (a - b).abs() <= 1e-5 * (inner as f32).sqrt() + 1e-6,
-                        "{path:?} {rows}x{inner}x{out} [{i}]: {a} vs {b}"
+                        "{unit:?} {rows}x{inner}x{out} [{i}]: {a} vs {b}"
                     );
                 }
             }
@@ -933,15 +769,7 @@ mod tests {
     }
 
     #[test]
-    fn pairs_and_panels_put_each_value_where_the_kernel_reads_it() {
-        // Two rows of 3: a tile of 12 rows, two pairs, the odd column and 10 rows padded.
-        let x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let paired = pack_rows(&x, 2, 3);
-        let bits = |v: f32| bf16::from_f32(v).to_bits() as u32;
-        let mut want = vec![0; 2 * TILE_ROWS];
-        want[..2].copy_from_slice(&[bits(1.) | bits(2.) << 16, bits(4.) | bits(5.) << 16]);
-        want[TILE_ROWS..TILE_ROWS + 2].copy_from_slice(&[bits(3.), bits(6.)]);
-        assert_eq!(paired, want);
+    fn panels_put_each_value_where_the_kernel_reads_it() {
         // 3 x 40 weight: the second panel holds 8 columns, the second pair one row.
         let w: Vec<bf16> = (0..120).map(|v| bf16::from_f32(v as f32)).collect();
         for first_col in [0, 32] {

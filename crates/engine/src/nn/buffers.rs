@@ -224,7 +224,7 @@ impl<T: Pod> AsRef<[T]> for Lines<T> {
     }
 }
 
-/// A 32x32 block of f32 sums (what [`super::amx::Tiles::store`] writes), on cache lines.
+/// A 32x32 block of f32 sums (what [`super::tiles::Tiles::store`] writes), on cache lines.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub struct Block(pub [f32; 1024]);

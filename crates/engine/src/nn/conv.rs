@@ -4,8 +4,9 @@
 //! Winograd F(4x4, 3x3) ([`super::winograd`], four times fewer multiplies), below that as a
 //! single im2col GEMM on the weight as stored ([`super::im2col`]). 1x1 convolutions (the
 //! ResNet shortcuts) are one GEMM on the NCHW data, where candle copies the input and the
-//! output element by element. bf16 weights on a CPU with AMX run on its tiles
-//! ([`super::tiled_conv`]). Everything else (GPU, half-precision activations) goes to candle.
+//! output element by element. bf16 weights on a CPU with AVX512-BF16 run in bf16
+//! ([`super::tiled_conv`]; without AMX, the larger 3x3 ones widened to f32 by Winograd).
+//! Everything else (GPU, half-precision activations) goes to candle.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Storage, Tensor};
@@ -15,7 +16,7 @@ use super::layers::{self, Conv2d};
 use super::mapped::{self, MappedTensor};
 use super::norm::GroupNormSilu;
 use super::tiled_conv::PackedConv;
-use super::{amx, buffers, im2col, winograd};
+use super::{buffers, im2col, tiles, winograd};
 use crate::lora::hook::{self, Tag};
 
 /// From this many output tiles on, Winograd beats one im2col GEMM (the weight transform and
@@ -40,8 +41,8 @@ enum ConvWeight {
     Loaded(Conv2d),
     /// f32 on the CPU, read in place from the weights file ([`mapped`]); our kernels only.
     Mapped { weight: MappedTensor, bias: Tensor },
-    /// bf16 on a CPU with AMX, packed at load for its tiles ([`super::tiled_conv`]), in place
-    /// of the loaded weight.
+    /// bf16 on a CPU with AVX512-BF16 (and AMX or not), packed at load for the bf16 kernels
+    /// ([`super::tiled_conv`]), in place of the loaded weight.
     Tiles {
         weight: PackedConv,
         bias: Option<Tensor>,
@@ -70,7 +71,7 @@ impl SameConv {
             None => {
                 let conv = layers::conv2d_unpacked(cin, cout, kernel, config(kernel), vb)?;
                 let weight = conv.weight();
-                if weight.dtype() == DType::BF16 && weight.device().is_cpu() && amx::available() {
+                if weight.dtype() == DType::BF16 && weight.device().is_cpu() && tiles::available() {
                     let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
                     ConvWeight::Tiles {
                         weight: PackedConv::new(&values, cout, cin, kernel),
@@ -161,7 +162,7 @@ impl Module for SameConv {
 impl SameConv {
     /// The convolution of `x`, which the caller is done with (see [`buffers::take_f32`] for
     /// what that asks): a 1x1 one with no more outputs than inputs is written over `x`'s data
-    /// ([`im2col::conv1x1_over`], on AMX tiles [`super::tiled_conv::conv1x1_over`]) where the
+    /// ([`im2col::conv1x1_over`], in bf16 [`super::tiled_conv::conv1x1_over`]) where the
     /// CPU kernels run it with the weight as stored (no LoRA merged into it).
     pub fn forward_consuming(&self, x: Tensor) -> Result<Tensor> {
         let stored = || self.weight_tensor();
@@ -175,7 +176,7 @@ impl SameConv {
             return self.over_input(x, |data, shape| {
                 match super::tiled_conv::conv1x1_over(data, shape, weight, bias.as_deref()) {
                     Ok(out) => Ok(out),
-                    Err(_) => candle_core::bail!("AMX went away"),
+                    Err(_) => candle_core::bail!("the bf16 kernels went away"),
                 }
             });
         }
@@ -247,8 +248,8 @@ impl SameConv {
     }
 
     /// [`Self::forward_around`] with `residual` given up by the caller (see
-    /// [`buffers::take_f32`] for what that asks): where the f32 Winograd path or the AMX tiles
-    /// run, the output is written over it ([`winograd::conv3x3_onto`],
+    /// [`buffers::take_f32`] for what that asks): where the f32 Winograd path or the bf16 kernel
+    /// runs, the output is written over it ([`winograd::conv3x3_onto`],
     /// [`super::tiled_conv::conv_onto`]), one full-size image fewer alive.
     pub fn forward_around_onto(
         &self,
@@ -286,8 +287,8 @@ impl SameConv {
         }
     }
 
-    /// [`Self::forward_around`] as one convolution, where its f32 Winograd path or its AMX
-    /// tiles run.
+    /// [`Self::forward_around`] as one convolution, where its f32 Winograd path or its bf16
+    /// kernel runs.
     fn fused(&self, x: &Tensor, around: Around, over_residual: bool) -> Result<Option<Tensor>> {
         if self.kernel != 3 || self.tag.is_some() || !self.runs_on_cpu_kernels(x) {
             return Ok(None);
@@ -310,6 +311,10 @@ impl SameConv {
             }
             _ => return Ok(None),
         };
+        let widened = match &self.weight {
+            ConvWeight::Tiles { weight, .. } if winograd_instead(&shape) => Some(weight.widened()),
+            _ => None,
+        };
         let winograd_weight = !matches!(self.weight, ConvWeight::Tiles { .. });
         if winograd_weight && shape.tiles() < MIN_WINOGRAD_TILES {
             return Ok(None);
@@ -317,7 +322,10 @@ impl SameConv {
         let guard = loaded.as_ref().map(|w| w.storage_and_layout());
         let weight = match (&self.weight, &guard) {
             (ConvWeight::Mapped { weight, .. }, _) => Operand::F32(weight.values()),
-            (ConvWeight::Tiles { weight, .. }, _) => Operand::Tiles(weight),
+            (ConvWeight::Tiles { weight, .. }, _) => match &widened {
+                Some(widened) => Operand::F32(widened),
+                None => Operand::Tiles(weight),
+            },
             (_, Some((storage, layout))) => match &**storage {
                 Storage::Cpu(storage) => Operand::F32(contiguous_f32(storage, layout)?),
                 _ => return Ok(None),
@@ -394,7 +402,7 @@ impl SameConv {
                 };
                 match out {
                     Some(out) => out,
-                    None => candle_core::bail!("AMX went away"),
+                    None => candle_core::bail!("the bf16 kernels went away"),
                 }
             }
         };
@@ -460,6 +468,17 @@ impl CpuConv<'_> {
     }
 }
 
+/// Whether a 3x3 convolution with a bf16 weight packed for [`super::tiled_conv`] runs in f32
+/// by Winograd instead, its weight widened for the call: where the blocks are computed in
+/// AVX-512 registers (no AMX) and the image has the tiles Winograd needs. There bf16 doubles
+/// the multiply-adds an instruction, Winograd's 4x4 tiles divide the multiplies by four: an
+/// SD-Turbo-shaped bf16 UNet call at 512x512 on 2 cores of a Zen 4 EPYC, 2.72-2.78 s with
+/// every convolution on the bf16 kernel, 2.48-2.57 s with those at 64x64 and 32x32 latents
+/// by Winograd (bench/RESULTS.md). AMX's tiles beat Winograd everywhere.
+fn winograd_instead(shape: &winograd::Shape) -> bool {
+    tiles::Unit::detect() == Some(tiles::Unit::Registers) && shape.tiles() >= MIN_WINOGRAD_TILES
+}
+
 /// Whether `a` and `b` are views of one storage.
 fn same_storage(a: &Tensor, b: &Tensor) -> bool {
     // One lock at a time: both may be the same one.
@@ -489,9 +508,17 @@ impl CustomOp1 for CpuConv<'_> {
         let bias = self.bias.as_deref();
         let weight = match self.weight {
             Operand::F32(weight) => weight,
+            Operand::Tiles(packed) if self.kernel == 3 && winograd_instead(&s) => {
+                let u =
+                    winograd::transform_weights(&packed.widened(), s.out_channels, s.in_channels);
+                let out = winograd::conv3x3(input, s, &u, bias);
+                let shape = Shape::from((s.batch, s.out_channels, s.height, s.width));
+                return Ok((CpuStorage::F32(out), shape));
+            }
             Operand::Tiles(packed) => {
                 let out = super::tiled_conv::conv(input, s, packed, bias);
-                let out = out.ok_or_else(|| candle_core::Error::Msg("AMX went away".into()))?;
+                let out = out
+                    .ok_or_else(|| candle_core::Error::Msg("the bf16 kernels went away".into()))?;
                 let shape = Shape::from((s.batch, s.out_channels, s.height, s.width));
                 return Ok((CpuStorage::F32(out), shape));
             }
@@ -627,7 +654,7 @@ mod tests {
             candle_core::safetensors::load(dir.path().join("model.safetensors"), &device)?;
         let loaded = build(VarBuilder::from_tensors(tensors.clone(), dtype, &device))?;
         assert!(matches!(loaded.0.weight, ConvWeight::Loaded(_)));
-        // bf16 weights on AMX tiles, where the CPU has them.
+        // bf16 weights on the bf16 kernels, where the CPU has them.
         let tiled = build(VarBuilder::from_tensors(tensors, DType::BF16, &device))?;
         let mut layers = vec![&mapped, &loaded];
         if matches!(tiled.0.weight, ConvWeight::Tiles { .. }) {
@@ -709,7 +736,7 @@ mod tests {
         Ok(())
     }
 
-    /// The same with bf16 weights on AMX tiles, where the CPU has them: the bits of the
+    /// The same with bf16 weights on the bf16 kernels, where the CPU has them: the bits of the
     /// convolution into a buffer of its own.
     #[test]
     fn a_consumed_input_on_the_tiles_gives_the_same_values() -> Result<()> {
@@ -717,7 +744,7 @@ mod tests {
         let vb = VarBuilder::from_varmap(&map, DType::BF16, &Device::Cpu);
         let conv = SameConv::new(1, 40, 33, vb)?;
         if !matches!(conv.weight, ConvWeight::Tiles { .. }) {
-            eprintln!("skipped: this CPU or OS has no AMX");
+            eprintln!("skipped: this CPU has no AVX512-BF16");
             return Ok(());
         }
         let x = Tensor::randn(0f32, 1., (2, 40, 9, 7), &Device::Cpu)?;

@@ -196,7 +196,7 @@ enum LinearWeight {
 impl Linear {
     fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         let cpu = weight.device().is_cpu();
-        if cpu && weight.dtype() == DType::BF16 && super::bf16::Path::detect().is_some() {
+        if cpu && weight.dtype() == DType::BF16 && super::tiles::available() {
             let (out, inner) = weight.dims2()?;
             let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
             let packed = super::bf16::Packed::from_stored(&values, out, inner);
@@ -222,14 +222,14 @@ impl Linear {
     }
 
     /// Whether [`Self::forward_activations`] multiplies rows already rounded to bf16 as they
-    /// are: a bf16 weight on AMX tiles, which would round f32 activations the same way.
+    /// are: a bf16 weight on the bf16 kernels, which would round f32 activations the same way.
     pub fn takes_rounded(&self) -> bool {
         let bf16 = match &self.weight {
             LinearWeight::Packed(_) => true,
             LinearWeight::Mapped { weight, .. } => weight.dtype() == DType::BF16,
             _ => false,
         };
-        bf16 && super::bf16::Path::detect() == Some(super::bf16::Path::Tiles)
+        bf16 && super::tiles::available()
     }
 
     /// The layer applied to `x`: a tensor as [`Module::forward`] does, rows rounded to bf16

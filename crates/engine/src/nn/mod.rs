@@ -19,6 +19,7 @@ pub mod rounded;
 pub mod stored;
 pub mod tiled_attention;
 pub mod tiled_conv;
+pub mod tiles;
 pub mod transpose;
 pub mod winograd;
 

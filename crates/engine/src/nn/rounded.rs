@@ -1,5 +1,5 @@
 //! Activations rounded to bf16 once, by the layer that makes them, for the linear layers that
-//! multiply them on AMX tiles ([`super::bf16`]).
+//! multiply them in bf16 ([`super::bf16`]).
 //!
 //! Such a product reads its activations as bf16 rows. Given f32, it first rounded them into
 //! rows of its own: a pass reading four bytes and writing two per value, after the producer
@@ -11,8 +11,8 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use super::amx::{BLOCK, STEP};
 use super::buffers::Lines;
+use super::tiles::{BLOCK, STEP};
 
 /// Bytes of rows a parallel task rounds.
 const TASK_BYTES: usize = 64 * 1024;
@@ -194,7 +194,7 @@ mod tests {
     }
 
     /// A linear layer multiplies rounded rows as it multiplies the f32 rows they came from
-    /// (to the bit where its bf16 weight runs on AMX tiles, which round them the same way),
+    /// (to the bit where its bf16 weight runs on the bf16 kernels, which round them the same way),
     /// and one that does not take them (f32 weights) multiplies their widened values.
     #[test]
     fn linear_layers_multiply_rounded_rows_as_the_f32_ones() -> Result<()> {
@@ -209,10 +209,10 @@ mod tests {
             weights.insert("bias".to_string(), tensor(random(out, 8), &[out]));
             let vb = VarBuilder::from_tensors(weights, dtype, &Device::Cpu);
             let linear = layers::linear(inner, out, vb)?;
-            let amx = crate::nn::amx::available();
+            let bf16 = crate::nn::tiles::available();
             assert_eq!(
                 linear.takes_rounded(),
-                amx && dtype == DType::BF16,
+                bf16 && dtype == DType::BF16,
                 "{dtype:?}"
             );
             let as_rows = Activations::Rounded {

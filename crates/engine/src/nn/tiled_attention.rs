@@ -1,6 +1,6 @@
-//! Attention of a bf16 model on AMX tiles ([`super::amx`]): `softmax(scale q k^T) v` with q, k
-//! and v rounded to bf16 and the scores, the softmax and the sums in f32, as PyTorch's bf16
-//! attention computes on such CPUs.
+//! Attention of a bf16 model in bf16 blocks of sums ([`super::tiles`]: AMX tiles, or AVX-512
+//! registers): `softmax(scale q k^T) v` with q, k and v rounded to bf16 and the scores, the
+//! softmax and the sums in f32, as PyTorch's bf16 attention computes on such CPUs.
 //!
 //! Per head, k and v are rounded to bf16 rows and packed once into the word-pair panels the
 //! tiles read (`k` is laid out as a linear layer's stored weight, `(keys, dim)`; `v` as a
@@ -13,9 +13,9 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::amx::{BLOCK, STEP, Tiles};
 use super::buffers::Lines;
 use super::gemm::View;
+use super::tiles::{BLOCK, STEP, Tiles};
 
 /// One head's operands: `q` (`queries x dim`), `k` (`keys x dim`), `v` (`keys x dim_v`).
 pub struct Head<'a> {
@@ -25,7 +25,7 @@ pub struct Head<'a> {
 }
 
 /// Attention for `count` heads, the head `head(i)` returns writing `queries x dim_v` values
-/// at `out[i * queries * dim_v..]`. `None` (nothing written) where this CPU has no AMX.
+/// at `out[i * queries * dim_v..]`. `None` (nothing written) where this CPU has no AVX512-BF16.
 pub fn attend<'a>(
     count: usize,
     head: impl Fn(usize) -> Head<'a> + Sync,
@@ -58,7 +58,8 @@ pub fn attend<'a>(
             let q = head(i).q;
             let first = block * BLOCK;
             let count = rows.len() / dim_v.max(1);
-            let mut tiles = Tiles::configure().expect("AMX was available a moment ago");
+            let mut tiles = Tiles::configure().expect("the bf16 kernels ran a moment ago");
+            tiles.set_rows(count);
             BUFFERS.with_borrow_mut(|buffers| {
                 buffers.reset(depth, key_depth);
                 buffers.queries(&q, first, count);
@@ -309,8 +310,8 @@ mod tests {
     /// read through a transposed layout.
     #[test]
     fn tiles_compute_the_rounded_operands_attention() {
-        if !crate::nn::amx::available() {
-            eprintln!("skipped: this CPU or OS has no AMX");
+        if !crate::nn::tiles::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
         // 77 then 70 keys: the same padded width, so a worker's buffers are reused with

@@ -1,5 +1,6 @@
-//! 3x3 and 1x1 "same" convolutions with bf16 weights on AMX tiles ([`super::amx`]), where
-//! `--dtype bf16` runs on a CPU that has them: what oneDNN gives PyTorch's bf16 convolutions.
+//! 3x3 and 1x1 "same" convolutions with bf16 weights in bf16 blocks of sums ([`super::tiles`]:
+//! AMX tiles, or AVX-512 registers), where `--dtype bf16` runs on a CPU with AVX512-BF16:
+//! what oneDNN gives PyTorch's bf16 convolutions.
 //!
 //! No im2col: the image is rounded to bf16 into channels-last rows with a zero border
 //! (`width + 2` pixels a row, channels padded to a whole tile step), a band of rows at a time
@@ -19,9 +20,9 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::amx::{BLOCK, STEP, Tiles};
 use super::bf16::SharedOut;
 use super::buffers::{Block, Lines};
+use super::tiles::{BLOCK, STEP, Tiles};
 use super::winograd::{Fused, Shape};
 
 /// Blocks of [`BLOCK`] output positions a task computes for its panel of output channels.
@@ -103,6 +104,25 @@ impl PackedConv {
         weight
     }
 
+    /// [`Self::stored`] widened to f32, each output channel's filter in parallel.
+    pub fn widened(&self) -> Vec<f32> {
+        let taps = self.kernel * self.kernel;
+        let mut weight = vec![0f32; self.out_channels * self.in_channels * taps];
+        weight
+            .par_chunks_mut(self.in_channels * taps)
+            .enumerate()
+            .for_each(|(o, filter)| {
+                let words = self.panel(o / BLOCK);
+                for (channel, taps_of) in filter.chunks_exact_mut(taps).enumerate() {
+                    for (tap, value) in taps_of.iter_mut().enumerate() {
+                        let word = words[(tap * self.depth / 2 + channel / 2) * BLOCK + o % BLOCK];
+                        *value = f32::from_bits((word >> (16 * (channel % 2))) << 16);
+                    }
+                }
+            });
+        weight
+    }
+
     fn panel(&self, panel: usize) -> &[u32] {
         let len = self.kernel * self.kernel * self.depth / 2 * BLOCK;
         &self.words[panel * len..][..len]
@@ -110,7 +130,7 @@ impl PackedConv {
 }
 
 /// `input` (`batch, in, height, width`, f32) convolved with `weight` ("same" padding), plus
-/// `bias`: (`batch, out, height, width`) f32. `None` where this CPU has no AMX.
+/// `bias`: (`batch, out, height, width`) f32. `None` where this CPU has no AVX512-BF16.
 pub fn conv(
     input: &[f32],
     shape: Shape,
@@ -155,7 +175,7 @@ pub fn conv_fused(
 
 /// [`conv_fused`] with the residual in `onto`, which the output is written over (each value
 /// read just before the same task writes its place): one full-size image fewer alive.
-/// `fused` has no residual of its own. `Err(onto)`, as it was, where this CPU has no AMX.
+/// `fused` has no residual of its own. `Err(onto)`, as it was, where this CPU has no AVX512-BF16.
 pub fn conv_onto(
     input: &[f32],
     shape: Shape,
@@ -191,7 +211,7 @@ pub fn conv_onto(
 /// into the grid before its outputs are written to their places in the output's layout, which
 /// hold only that band's pixels, of this image or earlier ones (the output's offsets are
 /// never past the input's, and differ from them by whole planes). The buffer is then cut to
-/// the output's length. `Err(data)`, as it was, where this CPU has no AMX.
+/// the output's length. `Err(data)`, as it was, where this CPU has no AVX512-BF16.
 pub fn conv1x1_over(
     data: Vec<f32>,
     shape: Shape,
@@ -370,7 +390,7 @@ impl Band {
             let words = weight.panel(panel);
             let first_channel = panel * BLOCK;
             let channels = BLOCK.min(out_channels - first_channel);
-            let mut tiles = Tiles::configure().expect("AMX was available a moment ago");
+            let mut tiles = Tiles::configure().expect("the bf16 kernels ran a moment ago");
             let task_blocks = chunk * BLOCKS_PER_TASK..((chunk + 1) * BLOCKS_PER_TASK).min(blocks);
             let mut block_sums = [Block::ZERO; BLOCKS_PER_TASK];
             // The taps' steps one after another, in chunks that each block takes in turn.
@@ -648,8 +668,8 @@ mod tests {
     /// inside, two images in a batch; written over the residual too.
     #[test]
     fn bands_of_rows_give_the_whole_images_values() {
-        if !crate::nn::amx::available() {
-            eprintln!("skipped: this CPU or OS has no AMX");
+        if !crate::nn::tiles::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
         for (kernel, doubled) in [(3, false), (3, true), (1, false)] {
@@ -709,8 +729,8 @@ mod tests {
     /// land on the first's input and on its own).
     #[test]
     fn a_1x1_convolution_over_its_input_gives_the_same_values() {
-        if !crate::nn::amx::available() {
-            eprintln!("skipped: this CPU or OS has no AMX");
+        if !crate::nn::tiles::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
         let s = Shape {
@@ -736,8 +756,8 @@ mod tests {
 
     #[test]
     fn tiles_compute_the_rounded_operands_convolution() {
-        if !crate::nn::amx::available() {
-            eprintln!("skipped: this CPU or OS has no AMX");
+        if !crate::nn::tiles::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
         for (kernel, batch, in_channels, out_channels, height, width) in [
