@@ -45,10 +45,11 @@ pub struct DeviceArgs {
     /// Precision of the models' weights (a VAE whose config asks for f32 stays in f32 for f16,
     /// and for bf16 on a CPU without AMX). f32 matches the reference most closely; f16/bf16
     /// halve the weights' memory. A GPU also computes in that precision; the CPU computes in
-    /// f32, except bf16 linear layers on a CPU with AVX512-BF16, which multiply in bf16 as
-    /// PyTorch does, and with AMX also the convolutions and attention, the VAE's too, so the
-    /// cost is mostly the weights' rounding (f16 is within the f32 parity budget, bf16 about
-    /// 10x it; with AMX no further from the f32 image than PyTorch's own bf16).
+    /// f32, except that on a CPU with AVX512-BF16 a bf16 model's linear layers, attention and
+    /// convolutions multiply in bf16 as PyTorch does (with AMX the VAE's too; without it the
+    /// larger 3x3 convolutions stay f32, by Winograd), so the cost is mostly the weights'
+    /// rounding (f16 is within the f32 parity budget, bf16 about 10x it; with AVX512-BF16 no
+    /// further from the f32 image than PyTorch's own bf16).
     #[arg(long, env = "SEEDBED_DTYPE", value_enum, default_value = "f32")]
     pub dtype: Precision,
 

@@ -129,6 +129,7 @@ impl Tiles {
             b,
             b_stride,
             b_step,
+            prefetch: false,
         };
         // SAFETY: as the caller promises.
         unsafe {
@@ -159,6 +160,18 @@ impl Tiles {
         b_step: usize,
         steps: usize,
     ) {
+        if let On::Registers(sums) = &mut self.on {
+            let operands = Operands {
+                a,
+                a_stride,
+                b,
+                b_stride,
+                b_step,
+                prefetch: true,
+            };
+            // SAFETY: as the caller promises.
+            return unsafe { registers::accumulate(&mut sums.0, operands, steps, self.rows) };
+        }
         for s in 0..steps {
             super::amx::prefetch_l2(b.wrapping_add((s + PREFETCH_STEPS) * b_step), b_step);
             // SAFETY: as the caller promises, for step `s` alone.
@@ -248,6 +261,8 @@ struct Operands {
     b: *const u8,
     b_stride: usize,
     b_step: usize,
+    /// Whether each step asks for the right operand's [`PREFETCH_STEPS`]th step on.
+    prefetch: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -255,12 +270,13 @@ struct Operands {
 mod registers {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, Operands, STEP};
+    use super::{BLOCK, Operands, PREFETCH_STEPS, STEP};
 
     /// Rows of the block one pass takes: 24 accumulators.
     const ROWS: usize = 12;
 
-    /// The first `count` rows of the block, [`ROWS`] at a time.
+    /// The first `count` rows of the block, [`ROWS`] at a time (the first pass asking for
+    /// the right operand ahead where `at` says so).
     ///
     /// Safety: AVX-512F/BW and AVX512-BF16 are present; the operands as
     /// [`super::Tiles::accumulate`] asks.
@@ -273,6 +289,7 @@ mod registers {
         for first in (0..count).step_by(ROWS) {
             let pass = Operands {
                 a: at.a.wrapping_add(first * at.a_stride),
+                prefetch: at.prefetch && first == 0,
                 ..at
             };
             let sums = sums[first * BLOCK..].as_mut_ptr();
@@ -304,6 +321,12 @@ mod registers {
             for s in 0..steps {
                 let b = at.b.add(s * at.b_step);
                 let a = at.a.add(s * STEP * 2);
+                if at.prefetch {
+                    super::super::amx::prefetch_l2(
+                        b.wrapping_add(PREFETCH_STEPS * at.b_step),
+                        at.b_step,
+                    );
+                }
                 for pair in 0..STEP / 2 {
                     let row = b.add(pair * at.b_stride);
                     let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(row.cast()));
