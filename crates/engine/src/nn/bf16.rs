@@ -257,7 +257,7 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
     let plan = TilePlan::new(rows.div_ceil(BLOCK), panels.len(), depth);
     let mut dst = Vec::with_capacity(rows * out);
     let dst_ptr = SharedOut(dst.spare_capacity_mut().as_mut_ptr().cast());
-    let (steps, chunk) = (depth / STEP, plan.chunk_steps(depth));
+    let (steps, chunk) = (depth / STEP, plan.chunk_steps(depth, unit));
     // Few rows: each panel comes from memory for a block or two, so ask for it ahead.
     let accumulate = match rows <= STREAMING_ROWS {
         true => Tiles::accumulate_streaming,
@@ -371,10 +371,15 @@ impl TilePlan {
     }
 
     /// Steps of the inner dimension a block of rows takes against each panel of its group
-    /// before the next: all of them where the block's rows fit half an L1 cache, else chunks
-    /// that do, so the rows are read from L1 by every panel.
-    fn chunk_steps(&self, depth: usize) -> usize {
+    /// before the next: on AMX all of them where the block's rows fit half an L1 cache, else
+    /// chunks that do, so the rows are read from L1 by every panel. In registers all of them:
+    /// there a block is 12 rows at a time, and the partial sums' copies between chunks only
+    /// cost (CLIP-G at 77 tokens in bf16, 2 threads of a Zen 4 EPYC: 316-365 -> 290-297 ms).
+    fn chunk_steps(&self, depth: usize, unit: Unit) -> usize {
         let steps = depth / super::tiles::STEP;
+        if unit == Unit::Registers {
+            return steps.max(1);
+        }
         let row_step_bytes = super::tiles::BLOCK * super::tiles::STEP * 2;
         match steps * row_step_bytes <= Self::ROWS_BYTES {
             true => steps.max(1),

@@ -22,15 +22,17 @@ use rayon::prelude::*;
 
 use super::bf16::SharedOut;
 use super::buffers::{Block, Lines};
-use super::tiles::{BLOCK, STEP, Tiles};
+use super::tiles::{BLOCK, STEP, Tiles, Unit};
 use super::winograd::{Fused, Shape};
 
 /// Blocks of [`BLOCK`] output positions a task computes for its panel of output channels.
 const BLOCKS_PER_TASK: usize = 4;
 /// Steps of input channels (the taps' one after another) each of a task's blocks takes in
-/// turn before the next steps: 12 KiB of the panel, read from L1 by the blocks after the
-/// first, where a block taking all of a tap at once read it from L2 (3% faster at 960 and 1920
-/// channels). 3, 6 or 18 made no difference at 128-512 channels.
+/// turn before the next steps, on AMX: 12 KiB of the panel, read from L1 by the blocks after
+/// the first, where a block taking all of a tap at once read it from L2 (3% faster at 960 and
+/// 1920 channels). 3, 6 or 18 made no difference at 128-512 channels. In registers a block
+/// takes every step at once: there the sums' copies between turns cost more than L2 reads
+/// (an SD-Turbo-shaped bf16 UNet call on a Zen 4 EPYC, 2 threads: 2.51 -> 2.41 s).
 const CHUNK_STEPS: usize = 6;
 
 /// A convolution's bf16 weight laid out for the tiles: per panel of 32 output channels, per
@@ -396,7 +398,10 @@ impl Band {
             // The taps' steps one after another, in chunks that each block takes in turn.
             let steps = depth / STEP;
             let items = kernel * kernel * steps;
-            let chunk = items.div_ceil(items.div_ceil(CHUNK_STEPS));
+            let chunk = match tiles.unit() {
+                Unit::Amx => items.div_ceil(items.div_ceil(CHUNK_STEPS)),
+                Unit::Registers => items,
+            };
             for first_item in (0..items).step_by(chunk) {
                 let end = (first_item + chunk).min(items);
                 for (block, sums) in task_blocks.clone().zip(&mut block_sums) {

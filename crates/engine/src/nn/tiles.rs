@@ -86,6 +86,14 @@ impl Tiles {
         Some(Self { on, rows: BLOCK })
     }
 
+    /// The unit the session computes on.
+    pub fn unit(&self) -> Unit {
+        match self.on {
+            On::Amx(_) => Unit::Amx,
+            On::Registers(_) => Unit::Registers,
+        }
+    }
+
     /// Sets the 32x32 sums to zero.
     pub fn zero(&mut self) {
         match &mut self.on {
