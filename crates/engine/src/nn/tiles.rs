@@ -131,7 +131,7 @@ impl Tiles {
         b_step: usize,
         steps: usize,
     ) {
-        let operands = Operands {
+        let at = Operands {
             a,
             a_stride,
             b,
@@ -140,14 +140,7 @@ impl Tiles {
             prefetch: false,
         };
         // SAFETY: as the caller promises.
-        unsafe {
-            match &mut self.on {
-                On::Amx(session) => session.accumulate(a, a_stride, b, b_stride, b_step, steps),
-                On::Registers(sums) => {
-                    registers::accumulate(&mut sums.0, operands, steps, self.rows)
-                }
-            }
-        }
+        unsafe { self.run(at, steps) }
     }
 
     /// [`Tiles::accumulate`] for a right operand read once from memory (a weight multiplied
@@ -168,30 +161,41 @@ impl Tiles {
         b_step: usize,
         steps: usize,
     ) {
-        if let On::Registers(sums) = &mut self.on {
-            let operands = Operands {
-                a,
-                a_stride,
-                b,
-                b_stride,
-                b_step,
-                prefetch: true,
-            };
-            // SAFETY: as the caller promises.
-            return unsafe { registers::accumulate(&mut sums.0, operands, steps, self.rows) };
-        }
-        for s in 0..steps {
-            super::amx::prefetch_l2(b.wrapping_add((s + PREFETCH_STEPS) * b_step), b_step);
-            // SAFETY: as the caller promises, for step `s` alone.
-            unsafe {
-                self.accumulate(
-                    a.wrapping_add(64 * s),
-                    a_stride,
-                    b.wrapping_add(s * b_step),
-                    b_stride,
-                    b_step,
-                    1,
-                )
+        let at = Operands {
+            a,
+            a_stride,
+            b,
+            b_stride,
+            b_step,
+            prefetch: true,
+        };
+        // SAFETY: as the caller promises (prefetching past the operand reads nothing).
+        unsafe { self.run(at, steps) }
+    }
+
+    /// `steps` steps of products at `at` added to the sums.
+    ///
+    /// # Safety
+    /// As [`Tiles::accumulate`].
+    #[allow(unsafe_code)]
+    unsafe fn run(&mut self, at: Operands, steps: usize) {
+        // SAFETY: as the caller promises; each AMX step alone reads what the caller's whole
+        // call may.
+        unsafe {
+            match &mut self.on {
+                On::Registers(sums) => registers::accumulate(&mut sums.0, at, steps, self.rows),
+                On::Amx(session) if !at.prefetch => {
+                    session.accumulate(at.a, at.a_stride, at.b, at.b_stride, at.b_step, steps)
+                }
+                On::Amx(session) => {
+                    for s in 0..steps {
+                        let ahead = at.b.wrapping_add((s + PREFETCH_STEPS) * at.b_step);
+                        super::amx::prefetch_l2(ahead, at.b_step);
+                        let b = at.b.wrapping_add(s * at.b_step);
+                        let a = at.a.wrapping_add(64 * s);
+                        session.accumulate(a, at.a_stride, b, at.b_stride, at.b_step, 1);
+                    }
+                }
             }
         }
     }
