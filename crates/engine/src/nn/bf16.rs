@@ -15,7 +15,6 @@ use rayon::prelude::*;
 
 use super::buffers::Lines;
 use super::rounded::Rounded;
-
 use super::tiles::Unit;
 
 /// Output columns a panel holds: a block of sums wide.

@@ -151,9 +151,9 @@ impl Decoder {
 
 /// Whether a VAE whose config has `force_upcast` is kept in f32 rather than `dtype`. That flag
 /// is about f16, whose range SD's and SDXL's VAEs overflow; bf16 has f32's range, and
-/// diffusers keeps such a VAE in bf16 too. On a CPU without AMX, though, bf16 convolution
-/// weights would be widened to f32 at every call (no bf16 kernels for them there), slower
-/// than f32 weights: there it stays f32.
+/// diffusers keeps such a VAE in bf16 too. On a CPU without AMX, though, a VAE's convolutions
+/// (on images large enough for f32 Winograd there, [`crate::nn::conv`]) would widen bf16
+/// weights at every call, slower than f32 weights: there it stays f32.
 fn upcast(dtype: DType, device: &Device) -> bool {
     match dtype {
         DType::F16 => true,
