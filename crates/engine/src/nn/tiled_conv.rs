@@ -92,33 +92,28 @@ impl PackedConv {
 
     /// The weight it was packed from, `(out, in, kernel, kernel)` (for candle's convolution).
     pub fn stored(&self) -> Vec<bf16> {
-        let taps = self.kernel * self.kernel;
-        let mut weight = vec![bf16::ZERO; self.out_channels * self.in_channels * taps];
-        for (o, filter) in weight.chunks_exact_mut(self.in_channels * taps).enumerate() {
-            let words = self.panel(o / BLOCK);
-            for (channel, taps_of) in filter.chunks_exact_mut(taps).enumerate() {
-                for (tap, value) in taps_of.iter_mut().enumerate() {
-                    let word = words[(tap * self.depth / 2 + channel / 2) * BLOCK + o % BLOCK];
-                    *value = bf16::from_bits((word >> (16 * (channel % 2))) as u16);
-                }
-            }
-        }
-        weight
+        self.unpacked(bf16::from_bits)
     }
 
-    /// [`Self::stored`] widened to f32, each output channel's filter in parallel.
+    /// [`Self::stored`] widened to f32 (for the f32 Winograd path, [`super::conv`]).
     pub fn widened(&self) -> Vec<f32> {
+        self.unpacked(|bits| f32::from_bits(u32::from(bits) << 16))
+    }
+
+    /// Each value of the weight as `(out, in, kernel, kernel)`, its bits through `value`, each
+    /// output channel's filter in parallel.
+    fn unpacked<T: Copy + Default + Send>(&self, value: impl Fn(u16) -> T + Sync) -> Vec<T> {
         let taps = self.kernel * self.kernel;
-        let mut weight = vec![0f32; self.out_channels * self.in_channels * taps];
+        let mut weight = vec![T::default(); self.out_channels * self.in_channels * taps];
         weight
             .par_chunks_mut(self.in_channels * taps)
             .enumerate()
             .for_each(|(o, filter)| {
                 let words = self.panel(o / BLOCK);
                 for (channel, taps_of) in filter.chunks_exact_mut(taps).enumerate() {
-                    for (tap, value) in taps_of.iter_mut().enumerate() {
+                    for (tap, slot) in taps_of.iter_mut().enumerate() {
                         let word = words[(tap * self.depth / 2 + channel / 2) * BLOCK + o % BLOCK];
-                        *value = f32::from_bits((word >> (16 * (channel % 2))) << 16);
+                        *slot = value((word >> (16 * (channel % 2))) as u16);
                     }
                 }
             });
@@ -787,6 +782,8 @@ mod tests {
             let bias = random(out_channels, 13);
             let packed = PackedConv::new(&weight, out_channels, in_channels, kernel);
             assert_eq!(packed.stored(), weight, "the weight unpacks to itself");
+            let widened: Vec<f32> = weight.iter().map(|w| w.to_f32()).collect();
+            assert_eq!(packed.widened(), widened, "and widens to its values");
             let got = conv(&input, s, &packed, Some(&bias)).unwrap();
             let want = reference(&input, s, kernel, &weight, &bias);
             let taps = (in_channels * kernel * kernel) as f32;
