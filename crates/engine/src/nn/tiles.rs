@@ -131,14 +131,7 @@ impl Tiles {
         b_step: usize,
         steps: usize,
     ) {
-        let at = Operands {
-            a,
-            a_stride,
-            b,
-            b_stride,
-            b_step,
-            prefetch: false,
-        };
+        let at = Operands::new(a, a_stride, b, b_stride, b_step);
         // SAFETY: as the caller promises.
         unsafe { self.run(at, steps) }
     }
@@ -162,12 +155,8 @@ impl Tiles {
         steps: usize,
     ) {
         let at = Operands {
-            a,
-            a_stride,
-            b,
-            b_stride,
-            b_step,
             prefetch: true,
+            ..Operands::new(a, a_stride, b, b_stride, b_step)
         };
         // SAFETY: as the caller promises (prefetching past the operand reads nothing).
         unsafe { self.run(at, steps) }
@@ -275,6 +264,20 @@ struct Operands {
     b_step: usize,
     /// Whether each step asks for the right operand's [`PREFETCH_STEPS`]th step on.
     prefetch: bool,
+}
+
+impl Operands {
+    /// The operands as [`Tiles::accumulate`] names them, asking for nothing ahead.
+    fn new(a: *const u8, a_stride: usize, b: *const u8, b_stride: usize, b_step: usize) -> Self {
+        Self {
+            a,
+            a_stride,
+            b,
+            b_stride,
+            b_step,
+            prefetch: false,
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
