@@ -146,11 +146,12 @@ impl FluxPipeline {
             Tensor::from_vec(ids, (1, n), &self.options.device)
         };
         // One encoder in memory at a time under the sequential plan.
-        let pooled = self
+        let (_, pooled) = self
             .clip
             .get()?
-            .forward(&row(clip_ids)?)?
-            .pooled
+            .forward_penultimate(&row(clip_ids)?, true)?;
+        let pooled = pooled
+            .expect("asked for the pooled output")
             .to_dtype(DType::F32)?;
         let text = self
             .t5

@@ -45,10 +45,9 @@ impl Encoder {
         })
     }
 
-    fn run(&self, prompt: &str, device: &Device) -> Result<crate::text::clip::ClipOutput> {
+    fn ids(&self, prompt: &str, device: &Device) -> Result<Tensor> {
         let ids = self.tokenizer.encode(prompt);
-        let ids = Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?;
-        Ok(self.model.forward(&ids)?)
+        Ok(Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?)
     }
 }
 
@@ -97,25 +96,23 @@ impl TextEncoder {
         self.first.tokenizer.is_truncated(prompt)
     }
 
+    /// SD 1.x/2.x read the first encoder's last hidden state; SDXL both encoders' penultimate
+    /// states and the second's pooled output, so their last layers run only as far as that
+    /// needs ([`ClipTextModel::forward_penultimate`]).
     pub fn encode(&self, prompt: &str) -> Result<PromptEmbedding> {
-        let first = self.first.run(prompt, &self.device)?;
+        let first = self.first.ids(prompt, &self.device)?;
         match (&self.kind, &self.second) {
-            (SdKind::Xl, Some(second_encoder)) => {
-                let second = second_encoder.run(prompt, &self.device)?;
-                let embeds = Tensor::cat(
-                    &[
-                        &first.penultimate_hidden_state,
-                        &second.penultimate_hidden_state,
-                    ],
-                    2,
-                )?;
+            (SdKind::Xl, Some(second)) => {
+                let (first, _) = self.first.model.forward_penultimate(&first, false)?;
+                let ids = second.ids(prompt, &self.device)?;
+                let (second, pooled) = second.model.forward_penultimate(&ids, true)?;
                 Ok(PromptEmbedding {
-                    embeds,
-                    pooled: Some(second.pooled),
+                    embeds: Tensor::cat(&[&first, &second], 2)?,
+                    pooled,
                 })
             }
             _ => Ok(PromptEmbedding {
-                embeds: first.last_hidden_state,
+                embeds: self.first.model.forward(&first)?.last_hidden_state,
                 pooled: None,
             }),
         }

@@ -124,14 +124,17 @@ impl Sd3TextEncoders {
             Tensor::from_vec(ids, (1, n), &self.device)
         };
         // One encoder at a time in memory under the sequential plan.
-        let l = self.clip_l.get()?.forward(&row(ids.clip_l)?)?;
-        let g = self.clip_g.get()?.forward(&row(ids.clip_g)?)?;
-        let clip = Tensor::cat(
-            &[&l.penultimate_hidden_state, &g.penultimate_hidden_state],
-            2,
-        )?
-        .to_dtype(DType::F32)?;
-        let pooled = Tensor::cat(&[&l.pooled, &g.pooled], 1)?.to_dtype(DType::F32)?;
+        let (l, l_pooled) = self
+            .clip_l
+            .get()?
+            .forward_penultimate(&row(ids.clip_l)?, true)?;
+        let (g, g_pooled) = self
+            .clip_g
+            .get()?
+            .forward_penultimate(&row(ids.clip_g)?, true)?;
+        let clip = Tensor::cat(&[&l, &g], 2)?.to_dtype(DType::F32)?;
+        let pooled = [l_pooled, g_pooled].map(|p| p.expect("asked for the pooled output"));
+        let pooled = Tensor::cat(&pooled, 1)?.to_dtype(DType::F32)?;
         let t5 = match (&self.t5, ids.t5) {
             (Some(t5), Some(ids)) => t5.model.get()?.forward(&row(ids)?)?.to_dtype(DType::F32)?,
             _ => Tensor::zeros((1, length, self.width), DType::F32, &self.device)?,

@@ -123,6 +123,57 @@ impl ClipTextModel {
     }
 
     pub fn forward(&self, input_ids: &Tensor /* (B, T) u32 */) -> Result<ClipOutput> {
+        let (mut hidden, mask) = self.embed(input_ids)?;
+        // With one layer the reference's hidden_states[-2] is the embedding output.
+        let mut penultimate = hidden.clone();
+        for layer in &self.layers {
+            penultimate = hidden;
+            hidden = layer.forward(&penultimate, &mask)?;
+        }
+        let last_hidden_state = self.final_layer_norm.forward(&hidden)?;
+        let rows = self
+            .eos_positions(input_ids)?
+            .iter()
+            .enumerate()
+            .map(|(b, &pos)| last_hidden_state.i((b, pos)))
+            .collect::<Result<Vec<_>>>()?;
+        let pooled = self.project(Tensor::stack(&rows, 0)?)?;
+        Ok(ClipOutput {
+            last_hidden_state,
+            penultimate_hidden_state: penultimate,
+            pooled,
+        })
+    }
+
+    /// [`ClipOutput::penultimate_hidden_state`] and, where `pooled`, [`ClipOutput::pooled`],
+    /// the same values as [`Self::forward`]'s: what SDXL and SD3 read. Nothing reads the last
+    /// layer's other rows, so it runs only for the end-of-text row of each sequence (its keys
+    /// and values over every token), or not at all without `pooled`: a twelfth of CLIP-L's
+    /// work, most of a layer of CLIP-G's.
+    pub fn forward_penultimate(
+        &self,
+        input_ids: &Tensor, /* (B, T) u32 */
+        pooled: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let Some((last, before)) = self.layers.split_last() else {
+            // No layers: the outputs are the embeddings and their norm.
+            let out = self.forward(input_ids)?;
+            return Ok((out.penultimate_hidden_state, pooled.then_some(out.pooled)));
+        };
+        let (mut hidden, mask) = self.embed(input_ids)?;
+        for layer in before {
+            hidden = layer.forward(&hidden, &mask)?;
+        }
+        if !pooled {
+            return Ok((hidden, None));
+        }
+        let rows = last.forward_rows(&hidden, &mask, &self.eos_positions(input_ids)?)?;
+        let pooled = self.project(self.final_layer_norm.forward(&rows)?.squeeze(1)?)?;
+        Ok((hidden, Some(pooled)))
+    }
+
+    /// Token plus position embeddings in the compute dtype, and the causal mask.
+    fn embed(&self, input_ids: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, tokens) = input_ids.dims2()?;
         let positions = self.config.max_position_embeddings;
         if tokens == 0 || tokens > positions {
@@ -138,32 +189,16 @@ impl ClipTextModel {
             .position_embedding
             .forward(&position_ids)?
             .to_dtype(self.dtype)?;
-        let mut hidden = tokens_embedded.broadcast_add(&positions_embedded)?;
+        let hidden = tokens_embedded.broadcast_add(&positions_embedded)?;
+        Ok((hidden, attention::causal_mask(tokens, input_ids.device())?))
+    }
 
-        let mask = attention::causal_mask(tokens, input_ids.device())?;
-        // With one layer the reference's hidden_states[-2] is the embedding output.
-        let mut penultimate = hidden.clone();
-        for layer in &self.layers {
-            penultimate = hidden;
-            hidden = layer.forward(&penultimate, &mask)?;
+    /// The pooled rows `(B, D)` through `text_projection` where the model has one.
+    fn project(&self, pooled: Tensor) -> Result<Tensor> {
+        match &self.text_projection {
+            Some(projection) => projection.forward(&pooled),
+            None => Ok(pooled),
         }
-        let last_hidden_state = self.final_layer_norm.forward(&hidden)?;
-
-        let eos_positions = self.eos_positions(input_ids)?;
-        let rows = eos_positions
-            .iter()
-            .enumerate()
-            .map(|(b, &pos)| last_hidden_state.i((b, pos)))
-            .collect::<Result<Vec<_>>>()?;
-        let mut pooled = Tensor::stack(&rows, 0)?;
-        if let Some(projection) = &self.text_projection {
-            pooled = projection.forward(&pooled)?;
-        }
-        Ok(ClipOutput {
-            last_hidden_state,
-            penultimate_hidden_state: penultimate,
-            pooled,
-        })
     }
 
     /// Where each sequence's pooled state is read, as transformers does: configs written
@@ -213,10 +248,32 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let attended = self
-            .attention
-            .forward(&self.layer_norm1.forward(x)?, mask)?;
-        let x = (x + attended)?;
+        let normed = self.layer_norm1.forward(x)?;
+        let attended = self.attention.forward(&normed, &normed, mask)?;
+        self.feed_forward((x + attended)?)
+    }
+
+    /// [`Self::forward`]'s output at one row of each sequence (`rows[b]` of sequence `b`):
+    /// `(B, 1, D)`, attending over the whole of `x` under the causal mask.
+    fn forward_rows(&self, x: &Tensor, mask: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        let normed = self.layer_norm1.forward(x)?;
+        let attended = rows
+            .iter()
+            .enumerate()
+            .map(|(b, &row)| {
+                let sequence = normed.narrow(0, b, 1)?;
+                let query = sequence.narrow(1, row, 1)?;
+                let attended =
+                    self.attention
+                        .forward(&query, &sequence, &mask.narrow(0, row, 1)?)?;
+                x.narrow(0, b, 1)?.narrow(1, row, 1)? + attended
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.feed_forward(Tensor::cat(&attended, 0)?)
+    }
+
+    /// The MLP with its residual connection.
+    fn feed_forward(&self, x: Tensor) -> Result<Tensor> {
         let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
         let h = self.fc2.forward(&self.activation.apply(&h)?)?;
         x + h
@@ -245,16 +302,17 @@ impl SelfAttention {
         })
     }
 
-    /// Causal attention over at most 77 tokens.
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (batch, tokens, _) = x.dims3()?;
+    /// Attention of `queries` over `keys` (at most 77 tokens; the same rows for self-attention,
+    /// or some of them), `mask` holding the queries' rows of the causal mask.
+    fn forward(&self, queries: &Tensor, keys: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let split = |t: Tensor| {
+            let (batch, tokens, _) = t.dims3()?;
             t.reshape((batch, tokens, self.heads, self.head_dim))?
                 .transpose(1, 2)
         };
-        let q = split(self.q_proj.forward(x)?)?;
-        let k = split(self.k_proj.forward(x)?)?;
-        let v = split(self.v_proj.forward(x)?)?;
+        let q = split(self.q_proj.forward(queries)?)?;
+        let k = split(self.k_proj.forward(keys)?)?;
+        let v = split(self.v_proj.forward(keys)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let out = attention::with_bias(&q, &k, &v, scale, mask)?;
         self.out_proj.forward(&out)

@@ -37,6 +37,24 @@ fn check_against_reference(name: &str) {
         &expected["penultimate_hidden_state"],
     );
     assert_close(&format!("{name} pooled"), &out.pooled, &expected["pooled"]);
+    // The penultimate state alone, and with the pooled rows through a last layer run for those
+    // rows only: the same values.
+    let (penultimate, none) = model.forward_penultimate(&ids, false).unwrap();
+    assert!(none.is_none());
+    assert_eq!(
+        max_abs_diff(&penultimate, &out.penultimate_hidden_state),
+        0.0
+    );
+    let (penultimate, pooled) = model.forward_penultimate(&ids, true).unwrap();
+    assert_eq!(
+        max_abs_diff(&penultimate, &out.penultimate_hidden_state),
+        0.0
+    );
+    assert_close(
+        &format!("{name} pooled rows"),
+        &pooled.unwrap(),
+        &expected["pooled"],
+    );
 }
 
 #[test]
