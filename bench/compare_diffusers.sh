@@ -13,7 +13,8 @@
 # Environment: MODEL (instead of the argument), THREADS (default: all cores), RUNS (3), SIZE (512),
 #              STEPS (1 for SD and SDXL, 4 for FLUX and SD3, 9 for Z-Image), PYTHON (a python with torch + diffusers; default .venv-bench,
 #              created if missing), DTYPE (f32; bf16 for SD and SDXL: text encoders and UNet in bf16 on
-#              both sides, the VAE f32). FLUX runs with guidance 0 and T5 padded to 256 tokens.
+#              both sides, the VAE f32), ISA (native; avx2: both sides held to AVX2, see setup.sh).
+#              FLUX runs with guidance 0 and T5 padded to 256 tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-${MODEL:-target/sd-turbo-shaped}}
@@ -25,7 +26,7 @@ echo "diffusers ($threads threads)..." >&2
 theirs=$("$python" bench/diffusers_bench.py "$model" --width "$size" --height "$size" --steps "$steps" \
   --runs "$runs" --threads "$threads" --dtype "$dtype" 2>/dev/null | tail -n 1)
 echo "seedbed ($threads threads)..." >&2
-ours=$(target/release/seedbed bench "$model" --width "$size" --height "$size" --steps "$steps" --runs "$runs" \
+ours=$("$seedbed" bench "$model" --width "$size" --height "$size" --steps "$steps" --runs "$runs" \
   --dtype "$dtype" --json 2>/dev/null | tail -n 1)
 python3 - "$theirs" "$ours" <<'PY'
 import json, sys

@@ -11,7 +11,8 @@
 #     Warm (default): one untimed run of each first, so the weights, the binary and Python's
 #     imports are in the page cache. --cold: the model's files are evicted from the page cache
 #     before every run (the binary and Python's imports stay cached).
-# Environment: MODEL, THREADS (default: all cores), SIZE (512), STEPS, PYTHON (as compare_diffusers.sh).
+# Environment: MODEL, THREADS (default: all cores), SIZE (512), STEPS, PYTHON, ISA (as
+#              compare_diffusers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cold=0
@@ -43,7 +44,7 @@ diffusers() {
     --steps "$steps" --threads "$threads" --prompt "$prompt" 2>/dev/null
 }
 ours() {
-  target/release/seedbed generate "$prompt" --models-dir "$work" --model model --size "${size}x${size}" \
+  "$seedbed" generate "$prompt" --models-dir "$work" --model model --size "${size}x${size}" \
     --steps "$steps" --guidance 0 --seed 1 --output "$work/seedbed.png" --force >/dev/null 2>&1
 }
 # Seconds one run of "$1" takes, from process start to exit (the file is written before exit).

@@ -1,6 +1,11 @@
 # Sourced by the comparison scripts here: the Python with torch and diffusers, the model folder
-# (built if missing) and the release binary. Sets `python`, `model`, `threads` and `steps`
-# from the environment (PYTHON, MODEL, THREADS, STEPS) and the scripts' first argument.
+# (built if missing) and the release binary. Sets `python`, `model`, `threads`, `steps` and
+# `seedbed` (the binary) from the environment (PYTHON, MODEL, THREADS, STEPS, ISA) and the
+# scripts' first argument.
+#
+# ISA=avx2 measures an AVX2-only CPU's row on an AVX-512 machine: seedbed built without its
+# `avx512` feature (target/avx2, the paths runtime detection takes on such a CPU, gemm's
+# included), PyTorch held to AVX2 in ATen, oneDNN and MKL by their own switches.
 python=${PYTHON:-.venv-bench/bin/python}
 if [ ! -x "$python" ]; then
   python3 -m venv .venv-bench
@@ -23,5 +28,14 @@ case "$(grep -o '"_class_name": *"[A-Za-z0-9]*"' "$model/model_index.json")" in
   *'"ZImagePipeline"') steps=${STEPS:-9} ;;
   *) steps=${STEPS:-1} ;;  # StableDiffusionPipeline, StableDiffusionXLPipeline (SD-Turbo, SDXL-Turbo)
 esac
-cargo build --release -q -p seedbed
+case "${ISA:-native}" in
+  native)
+    cargo build --release -q -p seedbed
+    seedbed=target/release/seedbed ;;
+  avx2)
+    CARGO_TARGET_DIR=target/avx2 cargo build --release -q -p seedbed --no-default-features
+    seedbed=target/avx2/release/seedbed
+    export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ;;
+  *) echo "ISA must be native or avx2, not $ISA" >&2; exit 2 ;;
+esac
 export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads

@@ -20,8 +20,8 @@ impl CpuReport {
     pub fn detect() -> Self {
         let features = features();
         let has = |name: &str| features.contains(&name);
-        // The `gemm` crate (built with its `x86-v4` kernels) asks exactly this.
-        let gemm = if has("avx512f") {
+        // The `gemm` crate asks exactly this where it is built with its `x86-v4` kernels.
+        let gemm = if cfg!(feature = "avx512") && has("avx512f") {
             "AVX-512F (gemm)"
         } else if has("fma") {
             "AVX2+FMA (gemm)"
@@ -72,6 +72,9 @@ impl CpuReport {
             format!("cpu: {}", self.model),
             format!("cpu features: {}", self.features.join(" ")),
         ];
+        if !cfg!(feature = "avx512") {
+            lines.push("build: without the avx512 feature (the paths of an AVX2-only CPU)".into());
+        }
         for (kernel, path) in &self.kernels {
             lines.push(format!("kernel: {kernel}: {path}"));
         }

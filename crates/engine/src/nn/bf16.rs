@@ -28,7 +28,7 @@ pub fn available() -> bool {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVAILABLE.get_or_init(|| {
             std::env::var("SEEDBED_BF16_KERNEL").map_or(true, |v| v != "off")
-                && std::arch::is_x86_feature_detected!("avx512f")
+                && super::math::has_avx512()
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512bf16")
         })

@@ -46,12 +46,14 @@ pub fn gelu_tanh(x: f32) -> f32 {
 }
 
 /// Whether this CPU runs code built for AVX-512 (F, DQ, VL) with AVX2 and FMA: where a loop
-/// over a slice is worth a copy built with `#[target_feature]`.
+/// over a slice is worth a copy built with `#[target_feature]`. Every AVX-512 path asks this
+/// first, so a build without the `avx512` feature runs what an AVX2-only CPU runs.
 #[cfg(target_arch = "x86_64")]
 pub fn has_avx512() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
-        has_avx2_fma()
+        cfg!(feature = "avx512")
+            && has_avx2_fma()
             && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512vl")

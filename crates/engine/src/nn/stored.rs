@@ -51,7 +51,7 @@ impl Kernel {
         let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if super::math::has_avx512() {
                 kernels.push(Self::Avx512);
             }
             if std::arch::is_x86_feature_detected!("avx2")

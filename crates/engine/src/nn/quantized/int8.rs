@@ -32,7 +32,7 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             let has = |f: &str| match f {
-                "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+                "avx512f" => crate::nn::math::has_avx512(),
                 "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
                 "avx512vnni" => std::arch::is_x86_feature_detected!("avx512vnni"),
                 "avx2" => std::arch::is_x86_feature_detected!("avx2"),
