@@ -16,20 +16,30 @@ use std::sync::Mutex;
 
 /// Freed mappings kept at most (more than one image's worth of distinct large blocks).
 const KEPT: usize = 8;
+/// Blocks handed out on a longer kept mapping, tracked at most; past that a kept mapping is
+/// cut to the size asked.
+const LONG: usize = 8;
 
 struct Pool {
-    /// Bytes of the blocks handed out and not yet freed.
+    /// Bytes of the blocks handed out and not yet freed, as asked.
     live: usize,
     /// The most `live` has been.
     peak: usize,
     /// Freed mappings, `(address, length)`; `None` where a slot is empty.
     kept: [Option<(usize, usize)>; KEPT],
+    /// Blocks handed out whole on a longer kept mapping, `(address, mapped, asked)`: cutting
+    /// the mapping to the size asked gave its tail back, to be faulted in again when the next
+    /// larger block grew a mapping (an SDXL decode at 1024x1024 takes 256 MiB blocks between
+    /// its 1 GiB ones: a second of page faults per image). The tails count against the peak
+    /// and are cut only before new memory is mapped.
+    long: [Option<(usize, usize, usize)>; LONG],
 }
 
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     live: 0,
     peak: 0,
     kept: [None; KEPT],
+    long: [None; LONG],
 });
 
 fn pool() -> std::sync::MutexGuard<'static, Pool> {
@@ -41,37 +51,83 @@ impl Pool {
     fn kept_bytes(&self) -> usize {
         self.kept.iter().flatten().map(|&(_, len)| len).sum()
     }
+
+    /// Mapped bytes beyond what the blocks on longer mappings asked for.
+    fn tail_bytes(&self) -> usize {
+        self.long
+            .iter()
+            .flatten()
+            .map(|&(_, mapped, asked)| mapped - asked)
+            .sum()
+    }
+
+    /// Everything mapped: the live blocks with their tails, and the kept mappings.
+    fn mapped_bytes(&self) -> usize {
+        self.live + self.tail_bytes() + self.kept_bytes()
+    }
+
+    /// Take the block at `at` out of `long`: the length of its mapping, if it was there.
+    fn untrack(&mut self, at: usize) -> Option<usize> {
+        let slot = self
+            .long
+            .iter_mut()
+            .find(|slot| slot.is_some_and(|(a, _, _)| a == at))?;
+        slot.take().map(|(_, mapped, _)| mapped)
+    }
+
+    /// Before new memory is mapped for a block already counted in `live`: tails cut, then
+    /// kept mappings given back largest first, until everything mapped stays within the peak.
+    fn make_room(&mut self) {
+        for i in 0..LONG {
+            if self.mapped_bytes() <= self.peak {
+                return;
+            }
+            if let Some((at, mapped, asked)) = self.long[i] {
+                // Cut in place: the holder uses only the first `asked` bytes.
+                if remap(at, mapped, asked).is_some() {
+                    self.long[i] = None;
+                }
+            }
+        }
+        while self.mapped_bytes() > self.peak {
+            let largest = (0..KEPT).max_by_key(|&i| self.kept[i].map_or(0, |(_, l)| l));
+            match largest.and_then(|i| self.kept[i].take()) {
+                Some((at, l)) => unmap(at, l),
+                None => break,
+            }
+        }
+    }
 }
 
 /// A block of `len` bytes, `zeroed` or as the last holder left it; null on failure.
 pub fn take(len: usize, zeroed: bool) -> *mut u8 {
     let mut pool = pool();
-    // The smallest kept mapping that holds `len`, its tail handed back; else the largest,
-    // grown (its pages stay, only the rest is new).
+    pool.live += len;
+    pool.peak = pool.peak.max(pool.live);
+    // The smallest kept mapping that holds `len`, handed out whole where it can be tracked;
+    // else the largest, grown (its pages stay, only the rest is new).
     let fitting = (0..KEPT)
         .filter_map(|i| pool.kept[i].map(|(_, l)| (i, l)))
         .filter(|&(_, l)| l >= len)
         .min_by_key(|&(_, l)| l);
-    let largest = (0..KEPT)
-        .filter_map(|i| pool.kept[i].map(|(_, l)| (i, l)))
-        .max_by_key(|&(_, l)| l);
-    let reused = match fitting.or(largest).and_then(|(i, _)| pool.kept[i].take()) {
-        Some((at, l)) => {
-            let moved = remap(at, l, len);
-            if moved.is_none() {
-                // It could not grow where it is or move: given back, a new one mapped below.
-                unmap(at, l);
+    let block = match fitting.and_then(|(i, _)| pool.kept[i].take()) {
+        Some((at, l)) => match pool.long.iter().position(Option::is_none) {
+            Some(free) if l > len => {
+                pool.long[free] = Some((at, l, len));
+                Some(at as *mut u8)
             }
-            moved
-        }
+            // Cut to size; where even that fails, given back and a new one mapped below.
+            _ => remap(at, l, len).or_else(|| {
+                unmap(at, l);
+                None
+            }),
+        },
         None => None,
     };
-    pool.live += len;
-    pool.peak = pool.peak.max(pool.live);
-    if let Some(block) = reused {
+    if let Some(block) = block {
         drop(pool);
         if zeroed {
-            // SAFETY: the block is `len` bytes, the caller's alone from here on.
+            // SAFETY: the block is at least `len` bytes, the caller's alone from here on.
             #[allow(unsafe_code)]
             unsafe {
                 block.write_bytes(0, len)
@@ -79,12 +135,25 @@ pub fn take(len: usize, zeroed: bool) -> *mut u8 {
         }
         return block;
     }
-    // A new mapping: first let go of kept ones until the total fits under the peak.
-    while pool.live + pool.kept_bytes() > pool.peak {
-        let largest = (0..KEPT).max_by_key(|&i| pool.kept[i].map_or(0, |(_, l)| l));
-        match largest.and_then(|i| pool.kept[i].take()) {
-            Some((at, l)) => unmap(at, l),
-            None => break,
+    let largest = (0..KEPT)
+        .filter_map(|i| pool.kept[i].map(|(_, l)| (i, l)))
+        .max_by_key(|&(_, l)| l)
+        .and_then(|(i, _)| pool.kept[i].take());
+    pool.make_room();
+    if let Some((at, l)) = largest {
+        match remap(at, l, len) {
+            Some(grown) => {
+                drop(pool);
+                if zeroed {
+                    // SAFETY: as above; the grown part reads as zeros already.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        grown.write_bytes(0, l)
+                    };
+                }
+                return grown;
+            }
+            None => unmap(at, l),
         }
     }
     // A new mapping reads as zeros.
@@ -99,9 +168,10 @@ pub fn take(len: usize, zeroed: bool) -> *mut u8 {
 pub fn give(block: *mut u8, len: usize) {
     let mut pool = pool();
     pool.live -= len;
+    let mapped = pool.untrack(block as usize).unwrap_or(len);
     match pool.kept.iter_mut().find(|slot| slot.is_none()) {
-        Some(slot) => *slot = Some((block as usize, len)),
-        None => unmap(block as usize, len),
+        Some(slot) => *slot = Some((block as usize, mapped)),
+        None => unmap(block as usize, mapped),
     }
 }
 
@@ -109,13 +179,23 @@ pub fn give(block: *mut u8, len: usize) {
 /// failure (the block untouched).
 pub fn resize(block: *mut u8, len: usize, new_len: usize) -> *mut u8 {
     let mut pool = pool();
-    match remap(block as usize, len, new_len) {
-        Some(moved) => {
-            pool.live = pool.live - len + new_len;
-            pool.peak = pool.peak.max(pool.live);
-            moved
+    let mapped = pool.untrack(block as usize);
+    let from = mapped.unwrap_or(len);
+    pool.live = pool.live - len + new_len;
+    pool.peak = pool.peak.max(pool.live);
+    if new_len > from {
+        pool.make_room();
+    }
+    match remap(block as usize, from, new_len) {
+        Some(moved) => moved,
+        None => {
+            pool.live = pool.live + len - new_len;
+            if let Some(mapped) = mapped {
+                let free = pool.long.iter().position(Option::is_none);
+                pool.long[free.expect("its own slot")] = Some((block as usize, mapped, len));
+            }
+            std::ptr::null_mut()
         }
-        None => std::ptr::null_mut(),
     }
 }
 
@@ -167,8 +247,9 @@ fn unmap(at: usize, len: usize) {
 mod tests {
     use super::*;
 
-    /// A block freed is the next one of its size, kept within the peak; writes stay put.
-    /// One test, since the pool is the process's.
+    /// A block freed is the next one of its size or smaller, whole, and a longer one's tail is
+    /// cut only before new memory is mapped; all kept within the peak; writes stay put. One
+    /// test, since the pool is the process's.
     #[test]
     fn freed_blocks_come_back_and_the_kept_stay_within_the_peak() {
         const MIB: usize = 1 << 20;
@@ -182,14 +263,40 @@ mod tests {
         }
         give(first, 8 * MIB);
         let again = take(4 * MIB, true);
-        assert_eq!(again, first, "the kept mapping, shrunk in place");
+        assert_eq!(again, first, "the kept mapping, handed out whole");
         // SAFETY: the block holds 4 MiB, zeroed as asked.
         #[allow(unsafe_code)]
         unsafe {
             assert_eq!((*again, *again.add(4 * MIB - 1)), (0, 0));
-            again.write_bytes(7, 4 * MIB);
         }
-        let grown = resize(again, 4 * MIB, 12 * MIB);
+        give(again, 4 * MIB);
+        let whole = take(8 * MIB, false);
+        assert_eq!(whole, first, "the whole mapping back, its tail never cut");
+        // SAFETY: the block holds 8 MiB; the last byte is the one written first.
+        #[allow(unsafe_code)]
+        unsafe {
+            assert_eq!(*whole.add(8 * MIB - 1), 7);
+        }
+        give(whole, 8 * MIB);
+
+        // A smaller block on the 8 MiB mapping, then a larger one: the first's tail is cut
+        // before the second is mapped.
+        let small = take(4 * MIB, false);
+        assert_eq!(pool().tail_bytes(), 4 * MIB);
+        let large = take(8 * MIB, false);
+        assert!(!large.is_null());
+        {
+            let pool = pool();
+            assert_eq!(pool.tail_bytes(), 0);
+            assert!(pool.mapped_bytes() <= pool.peak);
+        }
+        give(large, 8 * MIB);
+        // SAFETY: the block holds 4 MiB.
+        #[allow(unsafe_code)]
+        unsafe {
+            small.write_bytes(7, 4 * MIB);
+        }
+        let grown = resize(small, 4 * MIB, 12 * MIB);
         assert!(!grown.is_null());
         // SAFETY: the block now holds 12 MiB; its first 4 MiB kept their contents.
         #[allow(unsafe_code)]
@@ -199,6 +306,6 @@ mod tests {
         }
         give(grown, 12 * MIB);
         let pool = pool();
-        assert!(pool.live + pool.kept_bytes() <= pool.peak);
+        assert!(pool.mapped_bytes() <= pool.peak);
     }
 }
