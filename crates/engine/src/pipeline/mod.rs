@@ -186,8 +186,8 @@ impl Pipeline {
     }
 }
 
-/// Hand the heap's free pages back to the OS (after a load, and before each VAE decode on
-/// the CPU, [`crate::vae::Vae::decode_scaled`]). Loading converts each weight through a
+/// Hand the heap's free pages back to the OS (after a load, and before each VAE decode of a
+/// half-precision model on the CPU, [`crate::vae::Vae::decode_scaled`]). Loading converts each weight through a
 /// temporary (f32 read from the file, then bf16 or packed), and the temporaries leave holes
 /// between the weights that the heap keeps resident and that later, larger activations
 /// cannot use: 370 MiB after loading the SDXL-shaped model in bf16, a fifth of its decode's
