@@ -126,14 +126,7 @@ pub fn take(len: usize, zeroed: bool) -> *mut u8 {
     };
     if let Some(block) = block {
         drop(pool);
-        if zeroed {
-            // SAFETY: the block is at least `len` bytes, the caller's alone from here on.
-            #[allow(unsafe_code)]
-            unsafe {
-                block.write_bytes(0, len)
-            };
-        }
-        return block;
+        return handed_out(block, len, zeroed);
     }
     let largest = (0..KEPT)
         .filter_map(|i| pool.kept[i].map(|(_, l)| (i, l)))
@@ -144,14 +137,8 @@ pub fn take(len: usize, zeroed: bool) -> *mut u8 {
         match remap(at, l, len) {
             Some(grown) => {
                 drop(pool);
-                if zeroed {
-                    // SAFETY: as above; the grown part reads as zeros already.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        grown.write_bytes(0, l)
-                    };
-                }
-                return grown;
+                // The grown part reads as zeros already.
+                return handed_out(grown, l, zeroed);
             }
             None => unmap(at, l),
         }
@@ -160,6 +147,19 @@ pub fn take(len: usize, zeroed: bool) -> *mut u8 {
     let block = map(len);
     if block.is_null() {
         pool.live -= len;
+    }
+    block
+}
+
+/// `block` with its first `used` bytes, those a last holder may have written, zeroed where
+/// `zeroed` is asked.
+fn handed_out(block: *mut u8, used: usize, zeroed: bool) -> *mut u8 {
+    if zeroed {
+        // SAFETY: the block holds at least `used` bytes, the caller's alone from here on.
+        #[allow(unsafe_code)]
+        unsafe {
+            block.write_bytes(0, used)
+        };
     }
     block
 }
