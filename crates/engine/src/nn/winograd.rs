@@ -17,11 +17,15 @@
 // The transforms index several matrices with the same loop variables, as the formulas do.
 #![allow(clippy::needless_range_loop)]
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::gemm;
 
-/// Input transform B^T (6x6) for the points 0, 1, -1, 2, -2, infinity.
+/// Input transform B^T (6x6) for the points 0, 1, -1, 2, -2, infinity. The kernels run it
+/// factored ([`input_1d`]); the tests hold that to this.
+#[cfg_attr(not(test), allow(dead_code))]
 const BT: [[f32; 6]; 6] = [
     [4., 0., -5., 0., 1., 0.],
     [0., -4., -4., 1., 1., 0.],
@@ -41,7 +45,8 @@ const G: [[f32; 3]; 6] = [
     [0., 0., 1.],
 ];
 
-/// Output transform A^T (4x6).
+/// Output transform A^T (4x6), run factored as [`output_1d`].
+#[cfg_attr(not(test), allow(dead_code))]
 const AT: [[f32; 6]; 4] = [
     [1., 1., 1., 1., 1., 0.],
     [0., 1., -1., 2., -2., 0.],
@@ -81,47 +86,117 @@ impl Shape {
 
 /// `weight` (out, in, 3, 3) to U = G g G^T laid out (out, 36, in): the GEMM operand of
 /// position p is the (out x in) matrix at offset p * in with row stride 36 * in. That layout
-/// lets every output channel be transformed in parallel straight into place.
+/// lets every output channel be transformed in parallel straight into place, each value
+/// written once into memory never zeroed first: this runs on every call, and U is 36/9 times
+/// the weight (236 MB for one of the SDXL UNet's 1280-channel layers).
 pub fn transform_weights(weight: &[f32], out_channels: usize, in_channels: usize) -> Vec<f32> {
     let c_count = in_channels;
     assert_eq!(weight.len(), out_channels * c_count * 9);
-    let mut u = super::buffers::zeros::<f32>(out_channels * POSITIONS * c_count);
-    u.par_chunks_mut(POSITIONS * c_count)
+    let len = out_channels * POSITIONS * c_count;
+    let mut u = Vec::with_capacity(len);
+    u.spare_capacity_mut()[..len]
+        .par_chunks_mut(POSITIONS * c_count)
         .zip(weight.par_chunks(c_count * 9))
         .for_each_init(
             || (vec![0f32; 9 * c_count], vec![0f32; ALPHA * 3 * c_count]),
-            |(taps, rows), (dst, g)| {
-                // taps[tap][c], contiguous in c so the loops below vectorise.
-                for (c, filter) in g.chunks_exact(9).enumerate() {
-                    for (tap, &value) in filter.iter().enumerate() {
-                        taps[tap * c_count + c] = value;
-                    }
-                }
-                // rows[a][col][c] = sum_r G[a][r] g[r][col]
-                for a in 0..ALPHA {
-                    for col in 0..3 {
-                        let taps = [0, 1, 2].map(|r| &taps[(r * 3 + col) * c_count..][..c_count]);
-                        combine(&mut rows[(a * 3 + col) * c_count..][..c_count], G[a], taps);
-                    }
-                }
-                // U[a][b][c] = sum_col rows[a][col][c] G[b][col]
-                for a in 0..ALPHA {
-                    for b in 0..ALPHA {
-                        let rows = [0, 1, 2].map(|col| &rows[(a * 3 + col) * c_count..][..c_count]);
-                        combine(&mut dst[(a * ALPHA + b) * c_count..][..c_count], G[b], rows);
-                    }
-                }
-            },
+            |(taps, rows), (dst, g)| transform_filter(g, taps, rows, dst),
         );
+    // SAFETY: the chunks cover the `len` values, and `transform_filter` writes every value of
+    // its chunk.
+    #[allow(unsafe_code)]
+    unsafe {
+        u.set_len(len)
+    };
     u
+}
+
+/// One output channel's filters `g` (in, 3, 3) into `dst` (36, in), built for the widest
+/// vectors this CPU has (the same operations, so the same bits, on each); `taps` and `rows`
+/// are scratch of 9 and 18 values per input channel.
+fn transform_filter(g: &[f32], taps: &mut [f32], rows: &mut [f32], dst: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::math::has_avx512() {
+            // SAFETY: the CPU has the features the copy is built for.
+            #[allow(unsafe_code)]
+            return unsafe { transform_filter_avx512(g, taps, rows, dst) };
+        }
+        if super::math::has_avx2_fma() {
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            return unsafe { transform_filter_avx2(g, taps, rows, dst) };
+        }
+    }
+    transform_filter_with(g, taps, rows, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+fn transform_filter_avx512(g: &[f32], t: &mut [f32], r: &mut [f32], d: &mut [MaybeUninit<f32>]) {
+    transform_filter_with(g, t, r, d)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn transform_filter_avx2(g: &[f32], t: &mut [f32], r: &mut [f32], d: &mut [MaybeUninit<f32>]) {
+    transform_filter_with(g, t, r, d)
+}
+
+#[inline(always)]
+fn transform_filter_with(
+    g: &[f32],
+    taps: &mut [f32],
+    rows: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
+) {
+    let c_count = g.len() / 9;
+    // taps[tap][c], contiguous in c so the loops below vectorise.
+    for (c, filter) in g.chunks_exact(9).enumerate() {
+        for (tap, &value) in filter.iter().enumerate() {
+            taps[tap * c_count + c] = value;
+        }
+    }
+    // rows[a][col][c] = sum_r G[a][r] g[r][col]
+    for a in 0..ALPHA {
+        for col in 0..3 {
+            let taps = [0, 1, 2].map(|r| &taps[(r * 3 + col) * c_count..][..c_count]);
+            combine(&mut rows[(a * 3 + col) * c_count..][..c_count], G[a], taps);
+        }
+    }
+    // U[a][b][c] = sum_col rows[a][col][c] G[b][col]
+    for a in 0..ALPHA {
+        for b in 0..ALPHA {
+            let rows = [0, 1, 2].map(|col| &rows[(a * 3 + col) * c_count..][..c_count]);
+            combine(&mut dst[(a * ALPHA + b) * c_count..][..c_count], G[b], rows);
+        }
+    }
 }
 
 /// `out = w[0] x[0] + w[1] x[1] + w[2] x[2]`, each output written once (one pass over memory
 /// where accumulating term by term made four).
-#[inline]
-fn combine(out: &mut [f32], w: [f32; 3], x: [&[f32]; 3]) {
+#[inline(always)]
+fn combine<T: Written>(out: &mut [T], w: [f32; 3], x: [&[f32]; 3]) {
     for (((o, &a), &b), &c) in out.iter_mut().zip(x[0]).zip(x[1]).zip(x[2]) {
-        *o = w[0] * a + w[1] * b + w[2] * c;
+        o.set(w[0] * a + w[1] * b + w[2] * c);
+    }
+}
+
+/// A place [`combine`] writes: scratch, or the output's memory before it is initialised.
+trait Written {
+    fn set(&mut self, value: f32);
+}
+
+impl Written for f32 {
+    #[inline(always)]
+    fn set(&mut self, value: f32) {
+        *self = value;
+    }
+}
+
+impl Written for MaybeUninit<f32> {
+    #[inline(always)]
+    fn set(&mut self, value: f32) {
+        self.write(value);
     }
 }
 
@@ -197,10 +272,7 @@ pub fn conv3x3(input: &[f32], shape: Shape, u: &[f32], bias: Option<&[f32]>) -> 
 /// [`conv3x3`] with the work of the ops around it ([`Fused`]); `shape` is the output's, and the
 /// input's too unless it is `doubled`.
 pub fn conv3x3_fused(input: &[f32], shape: Shape, u: &[f32], fused: Fused) -> Vec<f32> {
-    // Zeroed on both threads: calloc zeroes a reused block on the caller's alone (128-256 MiB
-    // for each full-resolution convolution of a VAE decode).
-    let output = super::buffers::zeros::<f32>(shape.batch * shape.out_channels * shape.plane());
-    run(input, shape, u, fused, Output::Fresh(output))
+    run(input, shape, u, fused, Output::Fresh)
 }
 
 /// [`conv3x3_fused`] with the residual in `onto`, which the output is written over (each value
@@ -224,8 +296,10 @@ pub fn conv3x3_onto(
 
 /// Where the output goes.
 enum Output {
-    /// A buffer of its own.
-    Fresh(Vec<f32>),
+    /// A buffer of its own, never zeroed: every value is written once by the output
+    /// transform, where a zeroing pass beforehand took a sixteenth of an SDXL VAE decode
+    /// (up to 1 GiB written, read back and written again per convolution).
+    Fresh,
     /// Over the residual it holds.
     OverResidual(Vec<f32>),
 }
@@ -252,9 +326,17 @@ fn run(input: &[f32], shape: Shape, u: &[f32], fused: Fused, output: Output) -> 
     let tile_rows_per_block = tiles_h.div_ceil(blocks_wanted).max(1);
     let rows_per_block = tile_rows_per_block * M;
     let plane = height * width;
+    let len = batch * out_channels * plane;
     let (mut output, over_residual) = match output {
-        Output::Fresh(output) => (output, false),
+        Output::Fresh => (Vec::with_capacity(len), false),
         Output::OverResidual(output) => (output, true),
+    };
+    let values: &mut [MaybeUninit<f32>] = match over_residual {
+        // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the blocks write only
+        // initialised values through it, so `output` stays initialised.
+        #[allow(unsafe_code)]
+        true => unsafe { &mut *(output.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) },
+        false => &mut output.spare_capacity_mut()[..len],
     };
 
     // Hand every block the rows it owns in every output channel: disjoint mutable slices.
@@ -268,7 +350,7 @@ fn run(input: &[f32], shape: Shape, u: &[f32], fused: Fused, output: Output) -> 
             over_residual,
         })
         .collect();
-    for (index, channel) in output.chunks_mut(plane).enumerate() {
+    for (index, channel) in values.chunks_mut(plane).enumerate() {
         let image = index / out_channels;
         for (b, rows) in channel.chunks_mut(rows_per_block * width).enumerate() {
             blocks[image * blocks_per_image + b].out_rows.push(rows);
@@ -295,6 +377,12 @@ fn run(input: &[f32], shape: Shape, u: &[f32], fused: Fused, output: Output) -> 
         || Scratch::new(&geometry),
         |scratch, block| geometry.run_block(input, u, fused, block, scratch),
     );
+    // SAFETY: the blocks own every output row between them, and each wrote every value of
+    // its rows (the output transform covers every pixel of every row it is handed).
+    #[allow(unsafe_code)]
+    unsafe {
+        output.set_len(len)
+    };
     output
 }
 
@@ -320,11 +408,12 @@ struct Added<'a> {
 struct Block<'a> {
     image: usize,
     first_tile_row: usize,
-    /// Per output channel, this block's rows of the output plane.
-    out_rows: Vec<&'a mut [f32]>,
+    /// Per output channel, this block's rows of the output plane, each value written once.
+    out_rows: Vec<&'a mut [MaybeUninit<f32>]>,
     /// The same rows of the residual, when there is one apart from the output.
     residual_rows: Vec<&'a [f32]>,
-    /// The output rows hold the residual, to be added before each value is written over.
+    /// The output rows hold the residual (initialised), to be added before each value is
+    /// written over.
     over_residual: bool,
 }
 
@@ -337,9 +426,11 @@ struct Geometry {
 
 /// Per-thread buffers, reused across blocks.
 struct Scratch {
-    /// Transformed input, (36, in, tiles).
+    /// Transformed input, (in, 36, tiles): what one input channel's transform writes is
+    /// together, and position p's GEMM operand is read with a row stride.
     v: Vec<f32>,
-    /// GEMM results, (36, out, tiles).
+    /// GEMM results, (out, 36, tiles): what one output channel's transform reads is together
+    /// (laid out by position it was scattered over megabytes, its loads missing the cache).
     m: Vec<f32>,
     /// Six input rows with a zero column each side, room for whole lanes: (6, padded).
     padded: Vec<f32>,
@@ -365,7 +456,47 @@ impl Scratch {
 }
 
 impl Geometry {
-    fn run_block(&self, input: &[f32], u: &[f32], fused: Fused, mut block: Block, s: &mut Scratch) {
+    /// One block, its transforms built for the widest vectors this CPU has: at the baseline
+    /// (SSE2) they took over a quarter of a 128-channel convolution's time. The same operations in
+    /// the same order on every path (no fused multiply-adds), so the same bits.
+    fn run_block(&self, input: &[f32], u: &[f32], fused: Fused, block: Block, s: &mut Scratch) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::math::has_avx512() {
+                // SAFETY: the CPU has the features the copy is built for.
+                #[allow(unsafe_code)]
+                return unsafe { self.run_block_avx512(input, u, fused, block, s) };
+            }
+            if super::math::has_avx2_fma() {
+                // SAFETY: as above.
+                #[allow(unsafe_code)]
+                return unsafe { self.run_block_avx2(input, u, fused, block, s) };
+            }
+        }
+        self.run_block_with(input, u, fused, block, s)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+    fn run_block_avx512(&self, input: &[f32], u: &[f32], fused: Fused, b: Block, s: &mut Scratch) {
+        self.run_block_with(input, u, fused, b, s)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_block_avx2(&self, input: &[f32], u: &[f32], fused: Fused, b: Block, s: &mut Scratch) {
+        self.run_block_with(input, u, fused, b, s)
+    }
+
+    #[inline(always)]
+    fn run_block_with(
+        &self,
+        input: &[f32],
+        u: &[f32],
+        fused: Fused,
+        mut block: Block,
+        s: &mut Scratch,
+    ) {
         let tile_rows = self
             .tile_rows_per_block
             .min(self.tiles_h - block.first_tile_row);
@@ -381,8 +512,9 @@ impl Geometry {
         self.transform_input(image, reading, block.first_tile_row, tile_rows, s);
         for p in 0..POSITIONS {
             let lhs = gemm::View::row_major(&u[p * cin..], cout, cin, POSITIONS * cin);
-            let rhs = gemm::View::row_major(&s.v[p * cin * tiles..], cin, tiles, tiles);
-            gemm::matmul(lhs, rhs, &mut s.m[p * cout * tiles..][..cout * tiles], 1.0);
+            let rhs = gemm::View::row_major(&s.v[p * tiles..], cin, tiles, POSITIONS * tiles);
+            let dst = &mut s.m[p * tiles..][..(cout - 1) * POSITIONS * tiles + tiles];
+            gemm::matmul_into(lhs, rhs, dst, POSITIONS * tiles, 1.0, 1);
         }
         for (k, rows) in block.out_rows.iter_mut().enumerate() {
             let added = Added {
@@ -400,6 +532,7 @@ impl Geometry {
 
     /// Input row `y` of `channel` (`c`) as the convolution reads it, into `padded` (`w`
     /// values); `normalized` has room for a row.
+    #[inline(always)]
     fn fill_row(
         &self,
         channel: &[f32],
@@ -431,7 +564,8 @@ impl Geometry {
         }
     }
 
-    /// Fill `s.v` (36, in, tiles) for `tile_rows` rows of tiles starting at `first`.
+    /// Fill `s.v` (in, 36, tiles) for `tile_rows` rows of tiles starting at `first`.
+    #[inline(always)]
     fn transform_input(
         &self,
         image: &[f32],
@@ -462,9 +596,11 @@ impl Geometry {
                 }
                 // vertical[a][x] = sum_i BT[a][i] padded[i][x], eight columns at a time.
                 for x in (0..vertical_len).step_by(LANES) {
-                    let rows: [Lanes; ALPHA] =
-                        std::array::from_fn(|i| lanes(&s.padded[i * padded_len + x..]));
-                    for (a, out) in apply(&BT, &rows).iter().enumerate() {
+                    let mut rows = [[0f32; LANES]; ALPHA];
+                    for (i, row) in rows.iter_mut().enumerate() {
+                        *row = lanes(&s.padded[i * padded_len + x..]);
+                    }
+                    for (a, out) in input_1d(&rows).iter().enumerate() {
                         s.vertical[a * vertical_len + x..][..LANES].copy_from_slice(out);
                     }
                 }
@@ -472,12 +608,23 @@ impl Geometry {
                 for a in 0..ALPHA {
                     let row = &s.vertical[a * vertical_len..][..vertical_len];
                     for t0 in (0..tw).step_by(LANES) {
+                        // Eight tiles' columns from one span of the row (the row has room
+                        // past the last tile), lane l of column j at l * M + j: constant
+                        // indices, which compile to shuffles.
+                        let span: &[f32; SPAN] = row[t0 * M..][..SPAN].try_into().unwrap();
+                        let mut columns = [[0f32; LANES]; ALPHA];
+                        for (j, column) in columns.iter_mut().enumerate() {
+                            for (l, value) in column.iter_mut().enumerate() {
+                                *value = span[l * M + j];
+                            }
+                        }
                         let count = LANES.min(tw - t0);
-                        let columns: [Lanes; ALPHA] =
-                            std::array::from_fn(|j| std::array::from_fn(|l| row[(t0 + l) * M + j]));
-                        for (b, out) in apply(&BT, &columns).iter().enumerate() {
-                            let at = ((a * ALPHA + b) * cin + c) * tiles + r * tw + t0;
-                            s.v[at..][..count].copy_from_slice(&out[..count]);
+                        for (b, out) in input_1d(&columns).iter().enumerate() {
+                            let at = (c * POSITIONS + a * ALPHA + b) * tiles + r * tw + t0;
+                            match count {
+                                LANES => s.v[at..][..LANES].copy_from_slice(out),
+                                _ => s.v[at..][..count].copy_from_slice(&out[..count]),
+                            }
                         }
                     }
                 }
@@ -486,6 +633,7 @@ impl Geometry {
     }
 
     /// Write output channel `k`, tile row `r` of this block: Y = A^T m A (+ bias).
+    #[inline(always)]
     fn transform_output(
         &self,
         m: &[f32],
@@ -493,82 +641,172 @@ impl Geometry {
         tiles: usize,
         r: usize,
         added: Added,
-        rows: &mut [f32],
+        rows: &mut [MaybeUninit<f32>],
     ) {
-        let Added {
-            bias,
-            image_bias,
-            residual,
-            over_residual,
-        } = added;
         let (tw, w) = (self.tiles_w, self.shape.width);
-        let cout = self.shape.out_channels;
         let row_count = rows.len() / w;
         for t0 in (0..tw).step_by(LANES) {
             let count = LANES.min(tw - t0);
-            let products: [Lanes; POSITIONS] = std::array::from_fn(|p| {
-                let src = &m[(p * cout + k) * tiles + r * tw + t0..][..count];
-                std::array::from_fn(|l| src.get(l).copied().unwrap_or(0.0))
-            });
+            // Plain loops throughout: closures here (`std::array::from_fn`) stayed calls of
+            // their own, built without this copy's vector features, their arrays copied out
+            // by `memmove`.
+            let mut products = [[0f32; LANES]; POSITIONS];
+            for (p, lanes_p) in products.iter_mut().enumerate() {
+                let src = &m[(k * POSITIONS + p) * tiles + r * tw + t0..];
+                match count {
+                    LANES => *lanes_p = lanes(src),
+                    _ => lanes_p[..count].copy_from_slice(&src[..count]),
+                }
+            }
             // horizontal[a][j] = sum_b AT[j][b] m[a][b]
-            let horizontal: [[Lanes; M]; ALPHA] = std::array::from_fn(|a| {
-                let row: [Lanes; ALPHA] = std::array::from_fn(|b| products[a * ALPHA + b]);
-                apply(&AT, &row)
-            });
-            for j in 0..M {
-                // y[i] = sum_a AT[i][a] horizontal[a][j]: output rows 4r+i at x = 4t + j.
-                let column: [Lanes; ALPHA] = std::array::from_fn(|a| horizontal[a][j]);
-                for (i, y) in apply(&AT, &column).iter().enumerate() {
-                    let row = r * M + i;
-                    if row >= row_count {
-                        break;
-                    }
-                    let out_row = &mut rows[row * w..][..w];
-                    let residual_row = residual.map(|r| &r[row * w..][..w]);
-                    for (l, &value) in y.iter().enumerate().take(count) {
-                        let x = (t0 + l) * M + j;
-                        if let Some(out) = out_row.get_mut(x) {
-                            let residual = match residual_row {
-                                Some(residual) => Some(residual[x]),
-                                None => over_residual.then_some(*out),
-                            };
-                            *out = value + bias;
-                            if let Some(image_bias) = image_bias {
-                                *out += image_bias;
-                            }
-                            if let Some(residual) = residual {
-                                *out += residual;
-                            }
-                        }
-                    }
+            let mut horizontal = [[[0f32; LANES]; M]; ALPHA];
+            for (a, h) in horizontal.iter_mut().enumerate() {
+                let row: &[Lanes; ALPHA] = products[a * ALPHA..][..ALPHA].try_into().unwrap();
+                *h = output_1d(row);
+            }
+            // y[j][i] = sum_a AT[i][a] horizontal[a][j]: output row 4r+i at x = 4t + j.
+            let mut y = [[[0f32; LANES]; M]; M];
+            for (j, y) in y.iter_mut().enumerate() {
+                let mut column = [[0f32; LANES]; ALPHA];
+                for (a, value) in column.iter_mut().enumerate() {
+                    *value = horizontal[a][j];
+                }
+                *y = output_1d(&column);
+            }
+            // The eight tiles cover M * 8 adjacent pixels of each row, the last ones cut at
+            // the image's edge.
+            let x0 = t0 * M;
+            let valid = (count * M).min(w - x0);
+            for i in 0..M.min(row_count.saturating_sub(r * M)) {
+                let mut row = [0f32; SPAN_OUT];
+                for (x, value) in row.iter_mut().enumerate() {
+                    *value = y[x % M][i][x / M];
+                }
+                let at = (r * M + i) * w + x0;
+                match valid {
+                    SPAN_OUT => added.write(&row, &mut rows[at..][..SPAN_OUT], at),
+                    _ => added.write(&row[..valid], &mut rows[at..][..valid], at),
                 }
             }
         }
     }
 }
 
-/// Values processed together: eight f32 fill one AVX2 register, and loops over `[f32; 8]`
-/// with the constant matrices unrolled into them compile to straight-line SIMD code.
-const LANES: usize = 8;
-type Lanes = [f32; LANES];
-
-fn lanes(src: &[f32]) -> Lanes {
-    std::array::from_fn(|l| src[l])
-}
-
-/// `out[o] = sum_i matrix[o][i] * x[i]`, lane by lane; zero coefficients fold away.
-#[inline(always)]
-fn apply<const O: usize, const I: usize>(matrix: &[[f32; I]; O], x: &[Lanes; I]) -> [Lanes; O] {
-    let mut out = [[0f32; LANES]; O];
-    for o in 0..O {
-        for i in 0..I {
-            let coefficient = matrix[o][i];
-            if coefficient != 0.0 {
-                for l in 0..LANES {
-                    out[o][l] += coefficient * x[i][l];
+impl Added<'_> {
+    /// `out = value + bias (+ image bias) (+ residual)`, in that order as the separate ops
+    /// add them; `at` is where `out` starts in the rows.
+    #[inline(always)]
+    fn write(&self, values: &[f32], out: &mut [MaybeUninit<f32>], at: usize) {
+        // One loop per case, no branch inside: each compiles to whole vectors.
+        let bias = self.bias;
+        let image_bias = self.image_bias.unwrap_or(0.0);
+        let plus_image_bias = self.image_bias.is_some();
+        match (self.residual, self.over_residual) {
+            (Some(residual), _) => {
+                let residual = &residual[at..][..values.len()];
+                for ((out, &value), &residual) in out.iter_mut().zip(values).zip(residual) {
+                    out.write(sum(value, bias, plus_image_bias, image_bias) + residual);
+                }
+            }
+            (None, true) => {
+                for (out, &value) in out.iter_mut().zip(values) {
+                    // SAFETY: over the residual the rows are initialised (`Block`), and each
+                    // value is read before it is written over.
+                    #[allow(unsafe_code)]
+                    let residual = unsafe { out.assume_init_read() };
+                    out.write(sum(value, bias, plus_image_bias, image_bias) + residual);
+                }
+            }
+            (None, false) => {
+                for (out, &value) in out.iter_mut().zip(values) {
+                    out.write(sum(value, bias, plus_image_bias, image_bias));
                 }
             }
         }
+    }
+}
+
+/// `value + bias (+ image_bias)`, in the order the separate ops add them.
+#[inline(always)]
+fn sum(value: f32, bias: f32, plus_image_bias: bool, image_bias: f32) -> f32 {
+    let sum = value + bias;
+    if plus_image_bias {
+        sum + image_bias
+    } else {
+        sum
+    }
+}
+
+/// Values processed together: eight f32 fill one AVX2 register, and the transforms written
+/// out over `[f32; 8]` compile to straight-line SIMD code.
+const LANES: usize = 8;
+type Lanes = [f32; LANES];
+
+/// Input values the eight tiles of one lane group read along a row, and output values they
+/// write along one.
+const SPAN: usize = (LANES - 1) * M + ALPHA;
+const SPAN_OUT: usize = LANES * M;
+
+#[inline(always)]
+fn lanes(src: &[f32]) -> Lanes {
+    src[..LANES].try_into().unwrap()
+}
+
+/// `B^T d` along one side of eight 6x6 input tiles, factored into shared terms: a dozen
+/// adds where the matrix has 22 non-zeros, every index constant so the tiles stay in
+/// registers (a loop over the matrix's rows kept its sums in memory).
+#[inline(always)]
+fn input_1d(d: &[Lanes; ALPHA]) -> [Lanes; ALPHA] {
+    let d4_minus_4d2 = sub(d[4], scaled(4.0, d[2]));
+    let four_d1_minus_d3 = sub(scaled(4.0, d[1]), d[3]);
+    let d4_minus_d2 = sub(d[4], d[2]);
+    let twice_d1_minus_d3 = scaled(2.0, sub(d[1], d[3]));
+    [
+        add(sub(scaled(4.0, d[0]), scaled(5.0, d[2])), d[4]),
+        sub(d4_minus_4d2, four_d1_minus_d3),
+        add(d4_minus_4d2, four_d1_minus_d3),
+        sub(d4_minus_d2, twice_d1_minus_d3),
+        add(d4_minus_d2, twice_d1_minus_d3),
+        add(sub(scaled(4.0, d[1]), scaled(5.0, d[3])), d[5]),
+    ]
+}
+
+/// `A^T m` along one side of eight tiles of products, factored as [`input_1d`].
+#[inline(always)]
+fn output_1d(m: &[Lanes; ALPHA]) -> [Lanes; M] {
+    let (sum12, difference12) = (add(m[1], m[2]), sub(m[1], m[2]));
+    let (sum34, difference34) = (add(m[3], m[4]), sub(m[3], m[4]));
+    [
+        add(add(m[0], sum12), sum34),
+        add(difference12, scaled(2.0, difference34)),
+        add(sum12, scaled(4.0, sum34)),
+        add(add(difference12, scaled(8.0, difference34)), m[5]),
+    ]
+}
+
+#[inline(always)]
+fn add(a: Lanes, b: Lanes) -> Lanes {
+    let mut out = a;
+    for (o, b) in out.iter_mut().zip(b) {
+        *o += b;
+    }
+    out
+}
+
+#[inline(always)]
+fn sub(a: Lanes, b: Lanes) -> Lanes {
+    let mut out = a;
+    for (o, b) in out.iter_mut().zip(b) {
+        *o -= b;
+    }
+    out
+}
+
+#[inline(always)]
+fn scaled(k: f32, a: Lanes) -> Lanes {
+    let mut out = a;
+    for o in out.iter_mut() {
+        *o *= k;
     }
     out
 }
@@ -576,6 +814,38 @@ fn apply<const O: usize, const I: usize>(matrix: &[[f32; I]; O], x: &[Lanes; I])
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// `out[o] = sum_i matrix[o][i] * x[i]`, lane by lane; zero coefficients fold away.
+    fn apply<const O: usize, const I: usize>(matrix: &[[f32; I]; O], x: &[Lanes; I]) -> [Lanes; O] {
+        let mut out = [[0f32; LANES]; O];
+        for o in 0..O {
+            for i in 0..I {
+                let coefficient = matrix[o][i];
+                if coefficient != 0.0 {
+                    for l in 0..LANES {
+                        out[o][l] += coefficient * x[i][l];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The factored transforms compute the matrices' products (to rounding).
+    #[test]
+    fn factored_transforms_match_the_matrices() {
+        let x: [Lanes; ALPHA] =
+            std::array::from_fn(|i| std::array::from_fn(|l| ((i * 8 + l) as f32 * 0.37).sin()));
+        for (factored, by_matrix) in [
+            (input_1d(&x).to_vec(), apply(&BT, &x).to_vec()),
+            (output_1d(&x).to_vec(), apply(&AT, &x).to_vec()),
+        ] {
+            assert_eq!(factored.len(), by_matrix.len());
+            for (a, b) in factored.iter().flatten().zip(by_matrix.iter().flatten()) {
+                assert!((a - b).abs() < 1e-5, "{a} against {b}");
+            }
+        }
+    }
 
     /// The textbook definition, accumulated in f64.
     pub(crate) fn direct(

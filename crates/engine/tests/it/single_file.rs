@@ -613,8 +613,22 @@ fn a_kohya_sdxl_lora_in_original_names_is_its_peft_twin() {
         peft != generate(&folder, &request(false)),
         "the LoRA changed nothing"
     );
-    // And on the SDXL checkpoint, whose UNet is stored under those very names.
-    assert!(generate_with(&checkpoint("tiny-sdxl"), &request(false), "tiny-sdxl-kohya") == peft);
+    // And on the SDXL checkpoint, whose UNet is stored under those very names: the same
+    // picture to the last bit of rounding. The checkpoint's layers do not reach the kernels
+    // bit for bit as the folder's with a LoRA merged (its text encoders come in OpenCLIP's
+    // layout): a change in the convolutions' rounding alone moved one pixel in 9216 by one
+    // level, where the LoRA moves 8291 by up to 24.
+    let on_checkpoint = generate_with(&checkpoint("tiny-sdxl"), &request(false), "tiny-sdxl-kohya");
+    assert!(
+        most_off(&on_checkpoint, &peft) <= 1,
+        "{}/255 off",
+        most_off(&on_checkpoint, &peft)
+    );
+    assert_eq!(
+        on_checkpoint,
+        generate_with(&checkpoint("tiny-sdxl"), &request(false), "tiny-sdxl-peft"),
+        "the two names of the LoRA differ on the checkpoint"
+    );
 }
 
 /// Kohya's FLUX LoRAs name the transformer's layers as BFL's checkpoints do, with q, k and v
