@@ -92,6 +92,19 @@ fn zeroed<T: Zeroable>(values: &mut [std::mem::MaybeUninit<T>]) -> &mut [T] {
     }
 }
 
+/// Initialised `values` seen as memory to be written over, for kernels that write fresh
+/// buffers (`Vec::spare_capacity_mut`) and initialised ones through one path.
+///
+/// # Safety
+/// Only initialised values may be written through the result (never
+/// `MaybeUninit::uninit()`), so that `values` stays initialised once it is dropped.
+#[allow(unsafe_code)]
+pub unsafe fn as_uninit_mut<T>(values: &mut [T]) -> &mut [std::mem::MaybeUninit<T>] {
+    // SAFETY: `MaybeUninit<T>` has the layout of `T`; the caller keeps the values
+    // initialised.
+    unsafe { &mut *(values as *mut [T] as *mut [std::mem::MaybeUninit<T>]) }
+}
+
 /// The data of `x`, an f32 CPU tensor laid out from the start of its storage, moved out for the
 /// caller to write over: a VAE's full-resolution images are hundreds of megabytes each, and a
 /// ResNet block's output can take its shortcut's place ([`super::resnet`]). `x` itself, as it

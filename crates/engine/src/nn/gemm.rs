@@ -76,10 +76,9 @@ pub fn matmul_into(
     scale: f32,
     threads: usize,
 ) {
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and `product` writes only
-    // initialised values through it, so `dst` stays initialised.
+    // SAFETY: `product` writes only initialised values.
     #[allow(unsafe_code)]
-    let data = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    let data = unsafe { super::buffers::as_uninit_mut(dst) };
     product(lhs, rhs, Dst::new(data, dst_row_stride, 1), scale, threads);
 }
 

@@ -321,10 +321,9 @@ fn run(input: &[f32], shape: Shape, u: &[f32], fused: Fused, output: Output) -> 
         Output::OverResidual(output) => (output, true),
     };
     let values: &mut [MaybeUninit<f32>] = match over_residual {
-        // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the blocks write only
-        // initialised values through it, so `output` stays initialised.
+        // SAFETY: the blocks write only initialised values.
         #[allow(unsafe_code)]
-        true => unsafe { &mut *(output.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) },
+        true => unsafe { super::buffers::as_uninit_mut(output.as_mut_slice()) },
         false => &mut output.spare_capacity_mut()[..len],
     };
 
