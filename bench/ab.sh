@@ -11,14 +11,16 @@
 #            -- --width 1024 --height 1024
 # Environment: ROUNDS (3), RUNS per `seedbed bench` call (4), after one warm-up run each.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then
   sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
-old=$1
-new=$2
+# The binaries as given from the caller's directory; the model from the repository's, as the
+# other scripts here take it.
+old=$(realpath "$1")
+new=$(realpath "$2")
 shift 2
+cd "$(dirname "$0")/.."
 model=target/sd-turbo-shaped
 if [ $# -gt 0 ] && [ "$1" != -- ]; then
   model=$1
