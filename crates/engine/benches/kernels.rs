@@ -55,11 +55,49 @@ fn conv3x3(c: &mut Criterion) {
             });
         }
     }
-    // The per-call weight transform of the largest Winograd layer (the VAE's 512 channels).
+    // The per-call weight transform of the largest Winograd layer (the VAE's 512 channels),
+    // for any input and for the phases of a doubled one.
     let weight: Vec<f32> = (0..512 * 512 * 9).map(|i| (i as f32).sin()).collect();
     group.bench_function("winograd weight transform c512", |b| {
-        b.iter(|| winograd::transform_weights(&weight, 512, 512))
+        b.iter(|| winograd::Filters::new(&weight, 512, 512))
     });
+    group.bench_function("winograd weight transform c512 by phases", |b| {
+        b.iter(|| winograd::Filters::by_phases(&weight, 512, 512))
+    });
+    // The SD-Turbo VAE's last upsampler (256 channels, 256x256 -> 512x512): by phases, and
+    // by F(4x4, 3x3) reading each input pixel twice each way.
+    let (channels, side) = (256, 512);
+    let weight: Vec<f32> = (0..channels * channels * 9)
+        .map(|i| (i as f32 * 1.7).sin() * 0.05)
+        .collect();
+    let input: Vec<f32> = (0..channels * side * side / 4)
+        .map(|i| (i as f32 * 0.618).sin())
+        .collect();
+    let shape = winograd::Shape {
+        batch: 1,
+        in_channels: channels,
+        out_channels: channels,
+        height: side,
+        width: side,
+    };
+    let doubled = winograd::Fused {
+        doubled: true,
+        ..Default::default()
+    };
+    for (name, filters) in [
+        (
+            "by phases",
+            winograd::Filters::by_phases(&weight, channels, channels),
+        ),
+        (
+            "read twice",
+            winograd::Filters::new(&weight, channels, channels),
+        ),
+    ] {
+        group.bench_function(format!("upsampler c{channels} {side}x{side} {name}"), |b| {
+            b.iter(|| winograd::conv3x3_fused(&input, shape, &filters, doubled))
+        });
+    }
     group.finish();
 }
 

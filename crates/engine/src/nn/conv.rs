@@ -387,7 +387,7 @@ impl SameConv {
         let input = contiguous_f32(storage, layout)?;
         let out = match weight {
             Operand::F32(weight) => {
-                let u = winograd::transform_weights(weight, shape.out_channels, shape.in_channels);
+                let u = winograd::Filters::for_shape(weight, shape, fused.doubled);
                 match onto {
                     Some(onto) => winograd::conv3x3_onto(input, shape, &u, fused, onto),
                     None => winograd::conv3x3_fused(input, shape, &u, fused),
@@ -509,8 +509,7 @@ impl CustomOp1 for CpuConv<'_> {
         let weight = match self.weight {
             Operand::F32(weight) => weight,
             Operand::Tiles(packed) if self.kernel == 3 && winograd_instead(&s) => {
-                let u =
-                    winograd::transform_weights(&packed.widened(), s.out_channels, s.in_channels);
+                let u = winograd::Filters::new(&packed.widened(), s.out_channels, s.in_channels);
                 let out = winograd::conv3x3(input, s, &u, bias);
                 let shape = Shape::from((s.batch, s.out_channels, s.height, s.width));
                 return Ok((CpuStorage::F32(out), shape));
@@ -530,7 +529,7 @@ impl CustomOp1 for CpuConv<'_> {
         let out = if self.kernel == 1 {
             im2col::conv1x1(input, s, weight, bias)
         } else if self.uses_winograd() {
-            let u = winograd::transform_weights(weight, s.out_channels, s.in_channels);
+            let u = winograd::Filters::new(weight, s.out_channels, s.in_channels);
             winograd::conv3x3(input, s, &u, bias)
         } else {
             im2col::conv3x3(input, s, weight, bias)
@@ -619,7 +618,10 @@ mod tests {
     }
 
     /// A convolution with its norm, upsampling and residual inside computes what the ops
-    /// one by one compute, to the bit, on weights read in place and weights in memory.
+    /// one by one compute, on weights read in place and weights in memory: to the bit, but
+    /// for upsampling on the f32 Winograd path, which convolves the input as it is by phases
+    /// ([`winograd`]'s F(5x5, 2x2)) and so sums in another order than the convolution of the
+    /// upsampled image: there to rounding.
     #[test]
     fn ops_around_a_convolution_give_the_values_of_separate_ones() -> Result<()> {
         use crate::nn::mapped::testing::{Stored, f32_bytes, write};
@@ -684,7 +686,11 @@ mod tests {
                 let fused = conv.forward_around(&x, around)?;
                 assert_eq!(fused.dims(), separate.dims());
                 let diff = (fused - &separate)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert_eq!(diff, 0.0, "upsample {upsample}");
+                let scale = separate.abs()?.max_all()?.to_scalar::<f32>()?;
+                // Both are within about 3e-6 of the largest value (the Winograd tests hold
+                // each path to an f64 convolution).
+                let bound = if upsample { 1e-5 * scale } else { 0.0 };
+                assert!(diff <= bound, "upsample {upsample}: max diff {diff}");
                 // The residual given up, to be written over: the same.
                 let apart = Around {
                     residual: None,
@@ -692,7 +698,10 @@ mod tests {
                 };
                 let over = conv.forward_around_onto(&x, apart, residual.copy()?)?;
                 let diff = (over - &separate)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert_eq!(diff, 0.0, "upsample {upsample}, over the residual");
+                assert!(
+                    diff <= bound,
+                    "upsample {upsample}, over the residual: {diff}"
+                );
                 // The caller's own residual is never written over.
                 let before = residual.flatten_all()?.to_vec1::<f32>()?;
                 conv.forward_around(&x, around)?;

@@ -13,6 +13,13 @@
 //! Layout: input and output stay NCHW. A block is a few rows of tiles across the whole
 //! width; the transforms work on eight tiles at a time in registers, and blocks write
 //! disjoint output rows, which lets them run in parallel without locks.
+//!
+//! A convolution of a nearest-2x-upsampled input (an upsampler's) runs on the input as it is:
+//! each of the four output pixels of a 2x2 block sees a 2x2 window of the input, through a
+//! 2x2 kernel made of sums of the 3x3 one's taps (its "phase"). Winograd's F(5x5, 2x2) with
+//! the same six points (so the same input transform) gives each phase's 5x5 tile from 36
+//! products: 1.44 per output pixel where F(4x4, 3x3) on the upsampled image takes 2.25, and a
+//! quarter of the input tiles to transform per phase.
 
 // The transforms index several matrices with the same loop variables, as the formulas do.
 #![allow(clippy::needless_range_loop)]
@@ -22,6 +29,10 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::gemm;
+
+mod filters;
+
+pub use filters::Filters;
 
 /// Input transform B^T (6x6) for the points 0, 1, -1, 2, -2, infinity. The kernels run it
 /// factored ([`input_1d`]); the tests hold that to this.
@@ -35,16 +46,6 @@ const BT: [[f32; 6]; 6] = [
     [0., 4., 0., -5., 0., 1.],
 ];
 
-/// Filter transform G (6x3).
-const G: [[f32; 3]; 6] = [
-    [1. / 4., 0., 0.],
-    [-1. / 6., -1. / 6., -1. / 6.],
-    [-1. / 6., 1. / 6., -1. / 6.],
-    [1. / 24., 1. / 12., 1. / 6.],
-    [1. / 24., -1. / 12., 1. / 6.],
-    [0., 0., 1.],
-];
-
 /// Output transform A^T (4x6), run factored as [`output_1d`].
 #[cfg_attr(not(test), allow(dead_code))]
 const AT: [[f32; 6]; 4] = [
@@ -54,10 +55,25 @@ const AT: [[f32; 6]; 4] = [
     [0., 1., -1., 8., -8., 1.],
 ];
 
-/// Output pixels per tile side, and input pixels per tile side.
+/// Output transform of F(5x5, 2x2) (5x6).
+#[cfg_attr(not(test), allow(dead_code))]
+const AT5: [[f32; 6]; 5] = [
+    [1., 1., 1., 1., 1., 0.],
+    [0., 1., -1., 2., -2., 0.],
+    [0., 1., 1., 4., 4., 0.],
+    [0., 1., -1., 8., -8., 0.],
+    [0., 1., 1., 16., 16., 1.],
+];
+
+/// Output pixels per tile side (F(4x4, 3x3); F(5x5, 2x2) for a doubled input's phases), and
+/// input pixels per tile side.
 const M: usize = 4;
+const M_DOUBLED: usize = 5;
 const ALPHA: usize = 6;
 const POSITIONS: usize = ALPHA * ALPHA;
+
+/// Phases of a doubled input: the 2x2 output pixels each input pixel stands for.
+const PHASES: usize = 4;
 
 /// Aim for about this many tiles per block: enough columns for the GEMMs to run at full
 /// speed, few enough that a block's buffers stay in the cache.
@@ -81,111 +97,6 @@ impl Shape {
 
     pub fn tiles(&self) -> usize {
         self.height.div_ceil(M) * self.width.div_ceil(M)
-    }
-}
-
-/// `weight` (out, in, 3, 3) to U = G g G^T laid out (out, 36, in): the GEMM operand of
-/// position p is the (out x in) matrix at offset p * in with row stride 36 * in. That layout
-/// lets every output channel be transformed in parallel straight into place, each value
-/// written once into memory never zeroed first: this runs on every call, and U is 36/9 times
-/// the weight (236 MB for one of the SDXL UNet's 1280-channel layers).
-pub fn transform_weights(weight: &[f32], out_channels: usize, in_channels: usize) -> Vec<f32> {
-    let c_count = in_channels;
-    assert_eq!(weight.len(), out_channels * c_count * 9);
-    let len = out_channels * POSITIONS * c_count;
-    let mut u = Vec::with_capacity(len);
-    u.spare_capacity_mut()[..len]
-        .par_chunks_mut(POSITIONS * c_count)
-        .zip(weight.par_chunks(c_count * 9))
-        .for_each_init(
-            || (vec![0f32; 9 * c_count], vec![0f32; ALPHA * 3 * c_count]),
-            |(taps, rows), (dst, g)| transform_filter(g, taps, rows, dst),
-        );
-    // SAFETY: the chunks cover the `len` values, and `transform_filter` writes every value of
-    // its chunk.
-    #[allow(unsafe_code)]
-    unsafe {
-        u.set_len(len)
-    };
-    u
-}
-
-/// One output channel's filters `g` (in, 3, 3) into `dst` (36, in), built for AVX2 where the
-/// CPU has it (the same operations, so the same bits, as the baseline copy); `taps` and
-/// `rows` are scratch of 9 and 18 values per input channel.
-fn transform_filter(g: &[f32], taps: &mut [f32], rows: &mut [f32], dst: &mut [MaybeUninit<f32>]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::math::has_avx2_fma() {
-            // SAFETY: the CPU has the features the copy is built for.
-            #[allow(unsafe_code)]
-            return unsafe { transform_filter_avx2(g, taps, rows, dst) };
-        }
-    }
-    transform_filter_with(g, taps, rows, dst)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn transform_filter_avx2(g: &[f32], t: &mut [f32], r: &mut [f32], d: &mut [MaybeUninit<f32>]) {
-    transform_filter_with(g, t, r, d)
-}
-
-#[inline(always)]
-fn transform_filter_with(
-    g: &[f32],
-    taps: &mut [f32],
-    rows: &mut [f32],
-    dst: &mut [MaybeUninit<f32>],
-) {
-    let c_count = g.len() / 9;
-    // taps[tap][c], contiguous in c so the loops below vectorise.
-    for (c, filter) in g.chunks_exact(9).enumerate() {
-        for (tap, &value) in filter.iter().enumerate() {
-            taps[tap * c_count + c] = value;
-        }
-    }
-    // rows[a][col][c] = sum_r G[a][r] g[r][col]
-    for a in 0..ALPHA {
-        for col in 0..3 {
-            let taps = [0, 1, 2].map(|r| &taps[(r * 3 + col) * c_count..][..c_count]);
-            combine(&mut rows[(a * 3 + col) * c_count..][..c_count], G[a], taps);
-        }
-    }
-    // U[a][b][c] = sum_col rows[a][col][c] G[b][col]
-    for a in 0..ALPHA {
-        for b in 0..ALPHA {
-            let rows = [0, 1, 2].map(|col| &rows[(a * 3 + col) * c_count..][..c_count]);
-            combine(&mut dst[(a * ALPHA + b) * c_count..][..c_count], G[b], rows);
-        }
-    }
-}
-
-/// `out = w[0] x[0] + w[1] x[1] + w[2] x[2]`, each output written once (one pass over memory
-/// where accumulating term by term made four).
-#[inline(always)]
-fn combine<T: Written>(out: &mut [T], w: [f32; 3], x: [&[f32]; 3]) {
-    for (((o, &a), &b), &c) in out.iter_mut().zip(x[0]).zip(x[1]).zip(x[2]) {
-        o.set(w[0] * a + w[1] * b + w[2] * c);
-    }
-}
-
-/// A place [`combine`] writes: scratch, or the output's memory before it is initialised.
-trait Written {
-    fn set(&mut self, value: f32);
-}
-
-impl Written for f32 {
-    #[inline(always)]
-    fn set(&mut self, value: f32) {
-        *self = value;
-    }
-}
-
-impl Written for MaybeUninit<f32> {
-    #[inline(always)]
-    fn set(&mut self, value: f32) {
-        self.write(value);
     }
 }
 
@@ -248,9 +159,9 @@ impl Fused<'_> {
     }
 }
 
-/// The convolution: `input` (batch, in, h, w) NCHW, `u` from [`transform_weights`], an
-/// optional bias per output channel. Returns (batch, out, h, w).
-pub fn conv3x3(input: &[f32], shape: Shape, u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// The convolution: `input` (batch, in, h, w) NCHW, `filters` of F(4x4, 3x3), an optional
+/// bias per output channel. Returns (batch, out, h, w).
+pub fn conv3x3(input: &[f32], shape: Shape, u: &Filters, bias: Option<&[f32]>) -> Vec<f32> {
     let fused = Fused {
         bias,
         ..Fused::default()
@@ -260,7 +171,7 @@ pub fn conv3x3(input: &[f32], shape: Shape, u: &[f32], bias: Option<&[f32]>) -> 
 
 /// [`conv3x3`] with the work of the ops around it ([`Fused`]); `shape` is the output's, and the
 /// input's too unless it is `doubled`.
-pub fn conv3x3_fused(input: &[f32], shape: Shape, u: &[f32], fused: Fused) -> Vec<f32> {
+pub fn conv3x3_fused(input: &[f32], shape: Shape, u: &Filters, fused: Fused) -> Vec<f32> {
     run(input, shape, u, fused, Output::Fresh)
 }
 
@@ -270,7 +181,7 @@ pub fn conv3x3_fused(input: &[f32], shape: Shape, u: &[f32], fused: Fused) -> Ve
 pub fn conv3x3_onto(
     input: &[f32],
     shape: Shape,
-    u: &[f32],
+    u: &Filters,
     fused: Fused,
     onto: Vec<f32>,
 ) -> Vec<f32> {
@@ -293,7 +204,29 @@ enum Output {
     OverResidual(Vec<f32>),
 }
 
-fn run(input: &[f32], shape: Shape, u: &[f32], fused: Fused, output: Output) -> Vec<f32> {
+fn run(input: &[f32], shape: Shape, filters: &Filters, fused: Fused, output: Output) -> Vec<f32> {
+    let u = &filters.u;
+    match filters.by_phases {
+        false => run_tiles::<M, 1, 1, { LANES * M }>(input, shape, u, fused, output),
+        true => {
+            assert!(fused.doubled, "filters by phases are for a doubled input");
+            const OUT: usize = LANES * M_DOUBLED * 2;
+            run_tiles::<M_DOUBLED, 2, PHASES, OUT>(input, shape, u, fused, output)
+        }
+    }
+}
+
+/// The convolution with tiles of `TM` x `TM` outputs on an input `S` times smaller than the
+/// output along each side: F(4x4, 3x3) with `S = 1`, F(5x5, 2x2) per phase with `S = 2`.
+/// `PH` is `S * S` (the phases) and `OUT` the `LANES * TM * S` output pixels of a row of eight
+/// tiles, given apart because stable Rust sizes no array by an expression of const generics.
+fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize>(
+    input: &[f32],
+    shape: Shape,
+    u: &[f32],
+    fused: Fused,
+    output: Output,
+) -> Vec<f32> {
     let Shape {
         batch,
         in_channels,
@@ -303,17 +236,19 @@ fn run(input: &[f32], shape: Shape, u: &[f32], fused: Fused, output: Output) -> 
     } = shape;
     let input_plane = fused.input_plane(shape);
     assert_eq!(input.len(), batch * in_channels * input_plane);
-    assert_eq!(u.len(), out_channels * POSITIONS * in_channels);
+    let phases = S * S;
+    assert_eq!(u.len(), out_channels * phases * POSITIONS * in_channels);
     fused.check(batch, in_channels, out_channels, height * width);
-    let tiles_w = width.div_ceil(M);
-    let tiles_h = height.div_ceil(M);
+    let (grid_h, grid_w) = (height / S, width / S);
+    let tiles_w = grid_w.div_ceil(TM);
+    let tiles_h = grid_h.div_ceil(TM);
     // Whole rows of tiles per block, and a block count that is a multiple of the threads so
     // that none idles at the end (a 64x64 latent is only 4 blocks).
     let blocks_wanted = (tiles_h * tiles_w)
         .div_ceil(TARGET_TILES_PER_BLOCK)
         .next_multiple_of(rayon::current_num_threads());
     let tile_rows_per_block = tiles_h.div_ceil(blocks_wanted).max(1);
-    let rows_per_block = tile_rows_per_block * M;
+    let rows_per_block = tile_rows_per_block * TM * S;
     let plane = height * width;
     let len = batch * out_channels * plane;
     let (mut output, over_residual) = match output {
@@ -357,13 +292,17 @@ fn run(input: &[f32], shape: Shape, u: &[f32], fused: Fused, output: Output) -> 
 
     let geometry = Geometry {
         shape,
+        grid_h,
+        grid_w,
+        // F(4x4, 3x3) reads a doubled input's pixels twice each way.
+        read_doubled: fused.doubled && S == 1,
         tiles_w,
         tiles_h,
         tile_rows_per_block,
     };
     blocks.into_par_iter().for_each_init(
-        || Scratch::new(&geometry),
-        |scratch, block| geometry.run_block(input, u, fused, block, scratch),
+        || Scratch::new::<TM, S>(&geometry),
+        |scratch, block| geometry.run_block::<TM, S, PH, OUT>(input, u, fused, block, scratch),
     );
     // SAFETY: the blocks own every output row between them, and each wrote every value of
     // its rows (the output transform covers every pixel of every row it is handed).
@@ -372,14 +311,6 @@ fn run(input: &[f32], shape: Shape, u: &[f32], fused: Fused, output: Output) -> 
         output.set_len(len)
     };
     output
-}
-
-/// How a block reads the input ([`Fused`]), for one image.
-#[derive(Clone, Copy)]
-struct Reading<'a> {
-    /// `(scale, shift)` per input channel.
-    norm: Option<&'a [(f32, f32)]>,
-    doubled: bool,
 }
 
 /// What an output channel's rows get added: its bias, its image's bias, then its rows of the
@@ -407,6 +338,12 @@ struct Block<'a> {
 
 struct Geometry {
     shape: Shape,
+    /// The height and width of the grid the tiles cover: the output's, or half of them for
+    /// the phases of a doubled input.
+    grid_h: usize,
+    grid_w: usize,
+    /// The input rows have half the grid's width and each stands for two rows of it.
+    read_doubled: bool,
     tiles_w: usize,
     tiles_h: usize,
     tile_rows_per_block: usize,
@@ -414,31 +351,35 @@ struct Geometry {
 
 /// Per-thread buffers, reused across blocks.
 struct Scratch {
-    /// Transformed input, (in, 36, tiles): what one input channel's transform writes is
-    /// together, and position p's GEMM operand is read with a row stride.
+    /// Transformed input, (phase, in, 36, tiles): what one input channel's transform writes
+    /// is together, and position p's GEMM operand is read with a row stride.
     v: Vec<f32>,
-    /// GEMM results, (out, 36, tiles): what one output channel's transform reads is together
-    /// (laid out by position it was scattered over megabytes, its loads missing the cache).
+    /// GEMM results, (out, phase, 36, tiles): what one output channel's transform reads is
+    /// together (laid out by position it was scattered over megabytes, its loads missing the
+    /// cache).
     m: Vec<f32>,
     /// Six input rows with a zero column each side, room for whole lanes: (6, padded).
     padded: Vec<f32>,
     /// The rows after the vertical input transform: (6, padded).
     vertical: Vec<f32>,
-    /// One input row normalized, before it is doubled.
+    /// One input row normalized, before it is read doubled.
     normalized: Vec<f32>,
 }
 
 impl Scratch {
-    fn new(g: &Geometry) -> Self {
+    fn new<const TM: usize, const S: usize>(g: &Geometry) -> Self {
         let tiles = g.tile_rows_per_block * g.tiles_w;
-        // Tile t reads columns 4t .. 4t+5; lanes round the tile count up to a multiple of 8.
-        let row_len = g.tiles_w.next_multiple_of(LANES) * M + LANES;
+        let phases = S * S;
+        // Tile t reads columns TM t .. TM t + 5 (one further for the second phase); lanes
+        // round the tile count up to a multiple of 8, and a span is read whole.
+        let row_len = g.tiles_w.next_multiple_of(LANES) * TM + SPAN_MAX;
+        let row_len = row_len.next_multiple_of(LANES);
         Self {
-            v: vec![0f32; POSITIONS * g.shape.in_channels * tiles],
-            m: vec![0f32; POSITIONS * g.shape.out_channels * tiles],
+            v: vec![0f32; phases * POSITIONS * g.shape.in_channels * tiles],
+            m: vec![0f32; phases * POSITIONS * g.shape.out_channels * tiles],
             padded: vec![0f32; ALPHA * row_len],
             vertical: vec![0f32; ALPHA * row_len],
-            normalized: vec![0f32; g.shape.width],
+            normalized: vec![0f32; g.grid_w],
         }
     }
 }
@@ -449,26 +390,40 @@ impl Geometry {
     /// copy too: the transforms work on eight lanes, and a copy built with AVX-512 enabled ran
     /// 3-10 % slower than the baseline one on a Zen 4 EPYC. The same operations in the same
     /// order on every path (no fused multiply-adds), so the same bits.
-    fn run_block(&self, input: &[f32], u: &[f32], fused: Fused, block: Block, s: &mut Scratch) {
+    fn run_block<const TM: usize, const S: usize, const PH: usize, const OUT: usize>(
+        &self,
+        input: &[f32],
+        u: &[f32],
+        fused: Fused,
+        block: Block,
+        s: &mut Scratch,
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
             if super::math::has_avx2_fma() {
                 // SAFETY: the CPU has the features the copy is built for.
                 #[allow(unsafe_code)]
-                return unsafe { self.run_block_avx2(input, u, fused, block, s) };
+                return unsafe { self.run_block_avx2::<TM, S, PH, OUT>(input, u, fused, block, s) };
             }
         }
-        self.run_block_with(input, u, fused, block, s)
+        self.run_block_with::<TM, S, PH, OUT>(input, u, fused, block, s)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn run_block_avx2(&self, input: &[f32], u: &[f32], fused: Fused, b: Block, s: &mut Scratch) {
-        self.run_block_with(input, u, fused, b, s)
+    fn run_block_avx2<const TM: usize, const S: usize, const PH: usize, const OUT: usize>(
+        &self,
+        input: &[f32],
+        u: &[f32],
+        fused: Fused,
+        b: Block,
+        s: &mut Scratch,
+    ) {
+        self.run_block_with::<TM, S, PH, OUT>(input, u, fused, b, s)
     }
 
     #[inline(always)]
-    fn run_block_with(
+    fn run_block_with<const TM: usize, const S: usize, const PH: usize, const OUT: usize>(
         &self,
         input: &[f32],
         u: &[f32],
@@ -480,20 +435,22 @@ impl Geometry {
             .tile_rows_per_block
             .min(self.tiles_h - block.first_tile_row);
         let tiles = tile_rows * self.tiles_w;
-        let (cin, cout) = (self.shape.in_channels, self.shape.out_channels);
+        let (cin, cout, phases) = (self.shape.in_channels, self.shape.out_channels, S * S);
         let image_len = input.len() / self.shape.batch;
         let image = &input[block.image * image_len..][..image_len];
         let norm = fused.input_norm.map(|n| &n[block.image * cin..][..cin]);
-        let reading = Reading {
-            norm,
-            doubled: fused.doubled,
-        };
-        self.transform_input(image, reading, block.first_tile_row, tile_rows, s);
-        for p in 0..POSITIONS {
-            let lhs = gemm::View::row_major(&u[p * cin..], cout, cin, POSITIONS * cin);
-            let rhs = gemm::View::row_major(&s.v[p * tiles..], cin, tiles, POSITIONS * tiles);
-            let dst = &mut s.m[p * tiles..][..(cout - 1) * POSITIONS * tiles + tiles];
-            gemm::matmul_into(lhs, rhs, dst, POSITIONS * tiles, 1.0, 1);
+        self.transform_input::<TM, S>(image, norm, block.first_tile_row, tile_rows, s);
+        for phase in 0..phases {
+            for p in 0..POSITIONS {
+                let at = phase * POSITIONS + p;
+                let lhs =
+                    gemm::View::row_major(&u[at * cin..], cout, cin, phases * POSITIONS * cin);
+                let v = &s.v[(phase * cin * POSITIONS + p) * tiles..];
+                let rhs = gemm::View::row_major(v, cin, tiles, POSITIONS * tiles);
+                let row_stride = phases * POSITIONS * tiles;
+                let dst = &mut s.m[at * tiles..][..(cout - 1) * row_stride + tiles];
+                gemm::matmul_into(lhs, rhs, dst, row_stride, 1.0, 1);
+            }
         }
         for (k, rows) in block.out_rows.iter_mut().enumerate() {
             let added = Added {
@@ -502,118 +459,151 @@ impl Geometry {
                 residual: block.residual_rows.get(k).copied(),
                 over_residual: block.over_residual,
             };
-            let m = &s.m[..POSITIONS * cout * tiles];
+            let m = &s.m[..phases * POSITIONS * cout * tiles];
             for r in 0..tile_rows {
-                self.transform_output(m, k, tiles, r, added, rows);
+                self.transform_output::<TM, S, PH, OUT>(m, k, tiles, r, added, rows);
             }
         }
     }
 
-    /// Input row `y` of `channel` (`c`) as the convolution reads it, into `padded` (`w`
-    /// values); `normalized` has room for a row.
+    /// Row `y` of the grid in `channel` (`c`) as the convolution reads it (normalized where
+    /// there is a norm, each pixel twice where the input is read doubled), into `padded` (a
+    /// row of the grid); `normalized` has room for an input row.
     #[inline(always)]
     fn fill_row(
         &self,
         channel: &[f32],
         c: usize,
         y: usize,
-        reading: Reading,
+        norm: Option<&[(f32, f32)]>,
         normalized: &mut [f32],
         padded: &mut [f32],
     ) {
-        let w = self.shape.width;
-        let (source_w, source_y) = match reading.doubled {
-            true => (w / 2, y / 2),
-            false => (w, y),
+        let (source_w, source_y) = match self.read_doubled {
+            true => (self.grid_w / 2, y / 2),
+            false => (self.grid_w, y),
         };
-        let mut row = &channel[source_y * source_w..][..source_w];
-        if let Some(norm) = reading.norm {
-            let (scale, shift) = norm[c];
-            let normalized = &mut normalized[..source_w];
-            super::norm::silu_affine(row, normalized, scale, shift);
-            row = normalized;
-        }
-        match reading.doubled {
-            true => {
+        let row = &channel[source_y * source_w..][..source_w];
+        match (norm, self.read_doubled) {
+            (Some(norm), false) => {
+                let (scale, shift) = norm[c];
+                super::norm::silu_affine(row, padded, scale, shift);
+            }
+            (None, false) => padded.copy_from_slice(row),
+            (norm, true) => {
+                let mut row = row;
+                if let Some(norm) = norm {
+                    let (scale, shift) = norm[c];
+                    let normalized = &mut normalized[..source_w];
+                    super::norm::silu_affine(row, normalized, scale, shift);
+                    row = normalized;
+                }
                 for (pair, &value) in padded.chunks_exact_mut(2).zip(row) {
                     pair.fill(value);
                 }
             }
-            false => padded.copy_from_slice(row),
         }
     }
 
-    /// Fill `s.v` (in, 36, tiles) for `tile_rows` rows of tiles starting at `first`.
+    /// Fill `s.v` (phase, in, 36, tiles) for `tile_rows` rows of tiles starting at `first`.
+    /// Phase `(a, b)` of a doubled input reads the tiles one row down for `a = 1` and one
+    /// column right for `b = 1` (see [`phase_kernels`]).
     #[inline(always)]
-    fn transform_input(
+    fn transform_input<const TM: usize, const S: usize>(
         &self,
         image: &[f32],
-        reading: Reading,
+        norm: Option<&[(f32, f32)]>,
         first: usize,
         tile_rows: usize,
         s: &mut Scratch,
     ) {
-        let (h, w) = (self.shape.height, self.shape.width);
-        let (tw, tiles) = (self.tiles_w, tile_rows * self.tiles_w);
+        let (h, w) = (self.grid_h, self.grid_w);
+        let tiles = tile_rows * self.tiles_w;
         let cin = self.shape.in_channels;
         let (padded_len, vertical_len) = (s.padded.len() / ALPHA, s.vertical.len() / ALPHA);
+        // The columns the tiles' lanes read: tile t reads TM t + b .. TM t + b + 5.
+        let columns = self.tiles_w.next_multiple_of(LANES) * TM + LANES;
         let channel_len = image.len() / cin;
         for c in 0..cin {
             let channel = &image[c * channel_len..][..channel_len];
             for r in 0..tile_rows {
-                // The six input rows of this tile row, shifted right by one (the left pad),
-                // zero outside the image.
-                let top = (first + r) * M;
-                for i in 0..ALPHA {
-                    match (top + i).checked_sub(1).filter(|&y| y < h) {
-                        Some(y) => {
-                            let padded = &mut s.padded[i * padded_len + 1..][..w];
-                            self.fill_row(channel, c, y, reading, &mut s.normalized, padded);
-                        }
-                        None => s.padded[i * padded_len + 1..][..w].fill(0.0),
-                    }
-                }
-                // vertical[a][x] = sum_i BT[a][i] padded[i][x], eight columns at a time.
-                for x in (0..vertical_len).step_by(LANES) {
-                    let mut rows = [[0f32; LANES]; ALPHA];
-                    for (i, row) in rows.iter_mut().enumerate() {
-                        *row = lanes(&s.padded[i * padded_len + x..]);
-                    }
-                    for (a, out) in input_1d(&rows).iter().enumerate() {
-                        s.vertical[a * vertical_len + x..][..LANES].copy_from_slice(out);
-                    }
-                }
-                // v[a][b][c][t] = sum_j BT[b][j] vertical[a][4 t + j], eight tiles at a time.
-                for a in 0..ALPHA {
-                    let row = &s.vertical[a * vertical_len..][..vertical_len];
-                    for t0 in (0..tw).step_by(LANES) {
-                        // Eight tiles' columns from one span of the row (the row has room
-                        // past the last tile), lane l of column j at l * M + j: constant
-                        // indices, which compile to shuffles.
-                        let span: &[f32; SPAN] = row[t0 * M..][..SPAN].try_into().unwrap();
-                        let mut columns = [[0f32; LANES]; ALPHA];
-                        for (j, column) in columns.iter_mut().enumerate() {
-                            for (l, value) in column.iter_mut().enumerate() {
-                                *value = span[l * M + j];
+                for a in 0..S {
+                    // The six input rows of this tile row, shifted right by one (the left
+                    // pad), zero outside the image.
+                    let top = (first + r) * TM + a;
+                    for i in 0..ALPHA {
+                        let padded = &mut s.padded[i * padded_len + 1..][..w];
+                        match (top + i).checked_sub(1).filter(|&y| y < h) {
+                            Some(y) => {
+                                let normalized = &mut s.normalized;
+                                self.fill_row(channel, c, y, norm, normalized, padded)
                             }
+                            None => padded.fill(0.0),
                         }
-                        let count = LANES.min(tw - t0);
-                        for (b, out) in input_1d(&columns).iter().enumerate() {
-                            let at = (c * POSITIONS + a * ALPHA + b) * tiles + r * tw + t0;
-                            match count {
-                                LANES => s.v[at..][..LANES].copy_from_slice(out),
-                                _ => s.v[at..][..count].copy_from_slice(&out[..count]),
-                            }
+                    }
+                    // vertical[a][x] = sum_i BT[a][i] padded[i][x], eight columns at a time.
+                    for x in (0..columns).step_by(LANES) {
+                        let mut rows = [[0f32; LANES]; ALPHA];
+                        for (i, row) in rows.iter_mut().enumerate() {
+                            *row = lanes(&s.padded[i * padded_len + x..]);
                         }
+                        for (a, out) in input_1d(&rows).iter().enumerate() {
+                            s.vertical[a * vertical_len + x..][..LANES].copy_from_slice(out);
+                        }
+                    }
+                    for b in 0..S {
+                        let phase = a * S + b;
+                        let v = &mut s.v[phase * cin * POSITIONS * tiles..];
+                        self.transform_row::<TM>(&s.vertical, v, c, tiles, r, b);
                     }
                 }
             }
         }
     }
 
-    /// Write output channel `k`, tile row `r` of this block: Y = A^T m A (+ bias).
+    /// `v[a][b][c][t] = sum_j BT[b][j] vertical[a][TM t + j + offset]` for tile row `r`, eight
+    /// tiles at a time.
     #[inline(always)]
-    fn transform_output(
+    fn transform_row<const TM: usize>(
+        &self,
+        vertical: &[f32],
+        v: &mut [f32],
+        c: usize,
+        tiles: usize,
+        r: usize,
+        offset: usize,
+    ) {
+        let tw = self.tiles_w;
+        let vertical_len = vertical.len() / ALPHA;
+        for a in 0..ALPHA {
+            let row = &vertical[a * vertical_len..][..vertical_len];
+            for t0 in (0..tw).step_by(LANES) {
+                // Eight tiles' columns from one span of the row (the row has room past the
+                // last tile), lane l of column j at l * TM + j: constant indices, which
+                // compile to shuffles.
+                let span = &row[t0 * TM + offset..][..(LANES - 1) * TM + ALPHA];
+                let mut columns = [[0f32; LANES]; ALPHA];
+                for (j, column) in columns.iter_mut().enumerate() {
+                    for (l, value) in column.iter_mut().enumerate() {
+                        *value = span[l * TM + j];
+                    }
+                }
+                let count = LANES.min(tw - t0);
+                for (b, out) in input_1d(&columns).iter().enumerate() {
+                    let at = (c * POSITIONS + a * ALPHA + b) * tiles + r * tw + t0;
+                    match count {
+                        LANES => v[at..][..LANES].copy_from_slice(out),
+                        _ => v[at..][..count].copy_from_slice(&out[..count]),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write output channel `k`, tile row `r` of this block: Y = A^T m A (+ bias), every
+    /// phase's tile interleaved into its pixels where the input is doubled.
+    #[inline(always)]
+    fn transform_output<const TM: usize, const S: usize, const PH: usize, const OUT: usize>(
         &self,
         m: &[f32],
         k: usize,
@@ -622,49 +612,61 @@ impl Geometry {
         added: Added,
         rows: &mut [MaybeUninit<f32>],
     ) {
-        let (tw, w) = (self.tiles_w, self.shape.width);
+        let (tw, w, phases) = (self.tiles_w, self.shape.width, S * S);
         let row_count = rows.len() / w;
         for t0 in (0..tw).step_by(LANES) {
             let count = LANES.min(tw - t0);
-            // Plain loops throughout: closures here (`std::array::from_fn`) stayed calls of
-            // their own, built without this copy's vector features, their arrays copied out
-            // by `memmove`.
-            let mut products = [[0f32; LANES]; POSITIONS];
-            for (p, lanes_p) in products.iter_mut().enumerate() {
-                let src = &m[(k * POSITIONS + p) * tiles + r * tw + t0..];
-                match count {
-                    LANES => *lanes_p = lanes(src),
-                    _ => lanes_p[..count].copy_from_slice(&src[..count]),
+            // y[phase][j][i]: output row TM r + i at x = TM t + j of the phase. Plain loops
+            // throughout: closures here (`std::array::from_fn`) stayed calls of their own,
+            // built without this copy's vector features, their arrays copied out by
+            // `memmove`.
+            let mut y = [[[[0f32; LANES]; TM]; TM]; PH];
+            for (phase, y) in y.iter_mut().enumerate() {
+                let mut products = [[0f32; LANES]; POSITIONS];
+                for (p, lanes_p) in products.iter_mut().enumerate() {
+                    let at = ((k * phases + phase) * POSITIONS + p) * tiles + r * tw + t0;
+                    let src = &m[at..];
+                    match count {
+                        LANES => *lanes_p = lanes(src),
+                        _ => lanes_p[..count].copy_from_slice(&src[..count]),
+                    }
+                }
+                // horizontal[a][j] = sum_b AT[j][b] m[a][b]
+                let mut horizontal = [[[0f32; LANES]; TM]; ALPHA];
+                for (a, h) in horizontal.iter_mut().enumerate() {
+                    let row: &[Lanes; ALPHA] = products[a * ALPHA..][..ALPHA].try_into().unwrap();
+                    *h = output_1d::<TM>(row);
+                }
+                // y[j][i] = sum_a AT[i][a] horizontal[a][j]
+                for (j, y) in y.iter_mut().enumerate() {
+                    let mut column = [[0f32; LANES]; ALPHA];
+                    for (a, value) in column.iter_mut().enumerate() {
+                        *value = horizontal[a][j];
+                    }
+                    *y = output_1d::<TM>(&column);
                 }
             }
-            // horizontal[a][j] = sum_b AT[j][b] m[a][b]
-            let mut horizontal = [[[0f32; LANES]; M]; ALPHA];
-            for (a, h) in horizontal.iter_mut().enumerate() {
-                let row: &[Lanes; ALPHA] = products[a * ALPHA..][..ALPHA].try_into().unwrap();
-                *h = output_1d(row);
-            }
-            // y[j][i] = sum_a AT[i][a] horizontal[a][j]: output row 4r+i at x = 4t + j.
-            let mut y = [[[0f32; LANES]; M]; M];
-            for (j, y) in y.iter_mut().enumerate() {
-                let mut column = [[0f32; LANES]; ALPHA];
-                for (a, value) in column.iter_mut().enumerate() {
-                    *value = horizontal[a][j];
-                }
-                *y = output_1d(&column);
-            }
-            // The eight tiles cover M * 8 adjacent pixels of each row, the last ones cut at
-            // the image's edge.
-            let x0 = t0 * M;
-            let valid = (count * M).min(w - x0);
-            for i in 0..M.min(row_count.saturating_sub(r * M)) {
-                let mut row = [0f32; SPAN_OUT];
-                for (x, value) in row.iter_mut().enumerate() {
-                    *value = y[x % M][i][x / M];
-                }
-                let at = (r * M + i) * w + x0;
-                match valid {
-                    SPAN_OUT => added.write(&row, &mut rows[at..][..SPAN_OUT], at),
-                    _ => added.write(&row[..valid], &mut rows[at..][..valid], at),
+            // The eight tiles cover TM * S * 8 adjacent pixels of each row, the last ones cut
+            // at the image's edge; pixel S x + b of output row S i + a is phase (a, b)'s x, i.
+            let span = OUT;
+            let x0 = t0 * TM * S;
+            let valid = (count * TM * S).min(w - x0);
+            for i in 0..TM {
+                for a in 0..S {
+                    let row_index = (r * TM + i) * S + a;
+                    if row_index >= row_count {
+                        break;
+                    }
+                    let mut row = [0f32; OUT];
+                    for (x, value) in row.iter_mut().enumerate() {
+                        let (b, x) = (x % S, x / S);
+                        *value = y[a * S + b][x % TM][i][x / TM];
+                    }
+                    let at = row_index * w + x0;
+                    match valid == span {
+                        true => added.write(&row[..span], &mut rows[at..][..span], at),
+                        false => added.write(&row[..valid], &mut rows[at..][..valid], at),
+                    }
                 }
             }
         }
@@ -721,10 +723,9 @@ fn sum(value: f32, bias: f32, plus_image_bias: bool, image_bias: f32) -> f32 {
 const LANES: usize = 8;
 type Lanes = [f32; LANES];
 
-/// Input values the eight tiles of one lane group read along a row, and output values they
-/// write along one.
-const SPAN: usize = (LANES - 1) * M + ALPHA;
-const SPAN_OUT: usize = LANES * M;
+/// Input values the eight tiles of one lane group read along a row, at most (F(5x5, 2x2)'s
+/// tiles are wider).
+const SPAN_MAX: usize = (LANES - 1) * M_DOUBLED + ALPHA;
 
 #[inline(always)]
 fn lanes(src: &[f32]) -> Lanes {
@@ -750,17 +751,24 @@ fn input_1d(d: &[Lanes; ALPHA]) -> [Lanes; ALPHA] {
     ]
 }
 
-/// `A^T m` along one side of eight tiles of products, factored as [`input_1d`].
+/// `A^T m` along one side of eight tiles of products, factored as [`input_1d`]: F(4x4, 3x3)'s
+/// four rows for `TM = 4`, F(5x5, 2x2)'s five for `TM = 5` (the same points, so the same
+/// terms, the point at infinity's product added to the last row).
 #[inline(always)]
-fn output_1d(m: &[Lanes; ALPHA]) -> [Lanes; M] {
+fn output_1d<const TM: usize>(m: &[Lanes; ALPHA]) -> [Lanes; TM] {
     let (sum12, difference12) = (add(m[1], m[2]), sub(m[1], m[2]));
     let (sum34, difference34) = (add(m[3], m[4]), sub(m[3], m[4]));
-    [
+    let rows = [
         add(add(m[0], sum12), sum34),
         add(difference12, scaled(2.0, difference34)),
         add(sum12, scaled(4.0, sum34)),
-        add(add(difference12, scaled(8.0, difference34)), m[5]),
-    ]
+        add(difference12, scaled(8.0, difference34)),
+        add(sum12, scaled(16.0, sum34)),
+    ];
+    let mut out = [[0f32; LANES]; TM];
+    out.copy_from_slice(&rows[..TM]);
+    out[TM - 1] = add(out[TM - 1], m[5]);
+    out
 }
 
 #[inline(always)]
@@ -817,7 +825,8 @@ pub(crate) mod tests {
             std::array::from_fn(|i| std::array::from_fn(|l| ((i * 8 + l) as f32 * 0.37).sin()));
         for (factored, by_matrix) in [
             (input_1d(&x).to_vec(), apply(&BT, &x).to_vec()),
-            (output_1d(&x).to_vec(), apply(&AT, &x).to_vec()),
+            (output_1d::<4>(&x).to_vec(), apply(&AT, &x).to_vec()),
+            (output_1d::<5>(&x).to_vec(), apply(&AT5, &x).to_vec()),
         ] {
             assert_eq!(factored.len(), by_matrix.len());
             for (a, b) in factored.iter().flatten().zip(by_matrix.iter().flatten()) {
@@ -903,8 +912,10 @@ pub(crate) mod tests {
     }
 
     /// A norm read on the way in, a doubled input and a residual (apart from the output or
-    /// under it) give exactly what the separate ops give: the input normalized and upsampled
-    /// first, the residual added after.
+    /// under it) give what the separate ops give: the input normalized and upsampled first,
+    /// the residual added after. Exactly, but for a doubled input, whose phases sum the
+    /// products in another order (F(5x5, 2x2) on the input against F(4x4, 3x3) on the
+    /// upsampled image): there to rounding.
     #[test]
     fn fused_ops_give_the_values_of_separate_ones() {
         for (batch, cin, cout, h, w, doubled) in [
@@ -920,7 +931,9 @@ pub(crate) mod tests {
             let s = shape(batch, cin, cout, h, w);
             let weight = pattern(cout * cin * 9, 1.7);
             let (bias, residual) = (pattern(cout, 2.9), pattern(batch * cout * h * w, 0.9));
-            let u = transform_weights(&weight, cout, cin);
+            let u = Filters::new(&weight, cout, cin);
+            let by_phases = Filters::by_phases(&weight, cout, cin);
+            let u_fused = if doubled { &by_phases } else { &u };
             // The separate ops: normalize, upsample, convolve, add the image's bias and the
             // residual.
             let mut normalized = input.clone();
@@ -951,14 +964,52 @@ pub(crate) mod tests {
                 image_bias: Some(&image_bias),
                 residual: Some(&residual),
             };
-            assert_eq!(conv3x3_fused(&input, s, &u, fused), expected, "{s:?}");
+            let bound = if doubled { 1e-5 } else { 0.0 };
+            let diff = max_diff(&conv3x3_fused(&input, s, u_fused, fused), &expected);
+            assert!(diff <= bound, "{s:?}: max diff {diff}");
             // The output written over the residual: the same values.
             let apart = Fused {
                 residual: None,
                 ..fused
             };
-            let over = conv3x3_onto(&input, s, &u, apart, residual.clone());
-            assert_eq!(over, expected, "{s:?} over the residual");
+            let over = conv3x3_onto(&input, s, u_fused, apart, residual.clone());
+            let diff = max_diff(&over, &expected);
+            assert!(diff <= bound, "{s:?} over the residual: max diff {diff}");
+        }
+    }
+
+    /// A doubled input through its phases gives the convolution of the upsampled image, on
+    /// sides that are and are not whole tiles (10 output pixels per phase tile), down to 2x2.
+    #[test]
+    fn doubled_input_matches_direct_convolution_of_the_upsampled_image() {
+        let shapes = [
+            (1, 3, 5, 20, 20),
+            (2, 4, 3, 14, 26),
+            (1, 8, 16, 34, 6),
+            (1, 5, 4, 2, 2),
+            (1, 17, 9, 160, 82),
+        ];
+        for (batch, cin, cout, h, w) in shapes {
+            let s = shape(batch, cin, cout, h, w);
+            let (ih, iw) = (h / 2, w / 2);
+            let input = pattern(batch * cin * ih * iw, 0.3);
+            let weight = pattern(cout * cin * 9, 1.7);
+            let bias = pattern(cout, 2.9);
+            let upsampled: Vec<f32> = (0..batch * cin * h * w)
+                .map(|i| {
+                    let (plane, y, x) = (i / (h * w), i / w % h, i % w);
+                    input[plane * ih * iw + y / 2 * iw + x / 2]
+                })
+                .collect();
+            let expected = direct(&upsampled, s, &weight, Some(&bias));
+            let u = Filters::by_phases(&weight, cout, cin);
+            let fused = Fused {
+                doubled: true,
+                bias: Some(&bias),
+                ..Fused::default()
+            };
+            let diff = max_diff(&expected, &conv3x3_fused(&input, s, &u, fused));
+            assert!(diff < 1e-4, "{s:?}: max diff {diff}");
         }
     }
 
@@ -971,7 +1022,7 @@ pub(crate) mod tests {
             (1, 2, 2, 1, 1),
         ];
         check_against_direct(&shapes, |input, s, weight, bias| {
-            let u = transform_weights(weight, s.out_channels, s.in_channels);
+            let u = Filters::new(weight, s.out_channels, s.in_channels);
             conv3x3(input, s, &u, bias)
         });
     }

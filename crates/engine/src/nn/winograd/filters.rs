@@ -1,0 +1,274 @@
+//! A convolution's weight transformed for Winograd's products ([`Filters`]): U = G g G^T per
+//! output channel, for F(4x4, 3x3) or for the four phases of a doubled input by F(5x5, 2x2).
+
+// The transforms index several matrices with the same loop variables, as the formulas do.
+#![allow(clippy::needless_range_loop)]
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::{ALPHA, PHASES, POSITIONS, Shape};
+/// Filter transform G (6x3).
+const G: [[f32; 3]; 6] = [
+    [1. / 4., 0., 0.],
+    [-1. / 6., -1. / 6., -1. / 6.],
+    [-1. / 6., 1. / 6., -1. / 6.],
+    [1. / 24., 1. / 12., 1. / 6.],
+    [1. / 24., -1. / 12., 1. / 6.],
+    [0., 0., 1.],
+];
+
+/// Filter transform for 2x2 kernels, F(5x5, 2x2) at the same points: G's rows for degree 1.
+const G2: [[f32; 2]; 6] = [
+    [1. / 4., 0.],
+    [-1. / 6., -1. / 6.],
+    [-1. / 6., 1. / 6.],
+    [1. / 24., 1. / 12.],
+    [1. / 24., -1. / 12.],
+    [0., 1.],
+];
+
+/// A convolution's weight transformed for the products: F(4x4, 3x3)'s U, or the phases' for a
+/// doubled input.
+pub struct Filters {
+    pub(super) u: Vec<f32>,
+    pub(super) by_phases: bool,
+}
+
+impl Filters {
+    /// F(4x4, 3x3)'s U of `weight` (out, in, 3, 3), for any input.
+    pub fn new(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
+        Self {
+            u: transform_weights(weight, out_channels, in_channels),
+            by_phases: false,
+        }
+    }
+
+    /// The four phases' F(5x5, 2x2) U of `weight` (out, in, 3, 3), for a doubled input only.
+    pub fn by_phases(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
+        Self {
+            u: transform_weights_doubled(weight, out_channels, in_channels),
+            by_phases: true,
+        }
+    }
+
+    /// The filters `shape`'s convolution runs fastest with: by phases where the input is
+    /// `doubled` and [`phases_pay`] for its size.
+    pub fn for_shape(weight: &[f32], shape: Shape, doubled: bool) -> Self {
+        let (out, cin) = (shape.out_channels, shape.in_channels);
+        match doubled && phases_pay(shape) {
+            true => Self::by_phases(weight, out, cin),
+            false => Self::new(weight, out, cin),
+        }
+    }
+}
+
+/// Whether a doubled input of `shape` is faster convolved by phases than by F(4x4, 3x3) on
+/// the upsampled image (each input pixel read twice each way). The phases' U is four times
+/// F(4x4, 3x3)'s and is made on every call, a cost that grows with the channels as the
+/// convolution's does, so the image's size alone decides: 2 threads of a Zen 4 EPYC, 512
+/// channels, weights + convolution (ms), 128x128 output 48 + 127 by phases against 12 + 142,
+/// 256x256 44 + 434 against 12 + 567; 256 channels at 512x512 14 + 551 against 4 + 867.
+fn phases_pay(shape: Shape) -> bool {
+    shape.plane() >= MIN_PLANE_BY_PHASES
+}
+
+/// The smallest output plane a doubled input is convolved by phases for (256x256).
+const MIN_PLANE_BY_PHASES: usize = 256 * 256;
+
+/// `weight` (out, in, 3, 3) to U = G g G^T laid out (out, 36, in): the GEMM operand of
+/// position p is the (out x in) matrix at offset p * in with row stride 36 * in. That layout
+/// lets every output channel be transformed in parallel straight into place, each value
+/// written once into memory never zeroed first: this runs on every call, and U is 36/9 times
+/// the weight (236 MB for one of the SDXL UNet's 1280-channel layers).
+fn transform_weights(weight: &[f32], out_channels: usize, in_channels: usize) -> Vec<f32> {
+    transform_each_output(weight, out_channels, in_channels, 1, |g, scratch, dst| {
+        transform_filter::<3>(g, &G, scratch, dst)
+    })
+}
+
+/// `weight` (out, in, 3, 3) for a doubled input ([`Fused::doubled`]): each phase's 2x2 kernel
+/// transformed by F(5x5, 2x2), laid out (out, 4 phases, 36, in).
+fn transform_weights_doubled(weight: &[f32], out_channels: usize, in_channels: usize) -> Vec<f32> {
+    transform_each_output(
+        weight,
+        out_channels,
+        in_channels,
+        PHASES,
+        |g, scratch, dst| {
+            let (scratch, kernels): &mut (FilterScratch, Vec<f32>) = scratch;
+            let c_count = g.len() / 9;
+            kernels.resize(4 * c_count, 0.0);
+            for (phase, dst) in dst.chunks_exact_mut(POSITIONS * c_count).enumerate() {
+                phase_kernels(g, phase / 2, phase % 2, kernels);
+                transform_filter::<2>(kernels, &G2, scratch, dst);
+            }
+        },
+    )
+}
+
+/// The 2x2 kernels (in, 2, 2) that phase `(a, b)` of a doubled input applies: output pixel
+/// `2i + a` of the upsampled image reads upsampled pixels `2i + a - 1 ..= 2i + a + 1`, which
+/// are input pixels `i - 1, i, i` for `a = 0` and `i, i, i + 1` for `a = 1`; the taps that
+/// land on one input pixel add up (`rows[a][s]`: the taps of kernel row `s`), and likewise
+/// along the width.
+fn phase_kernels(g: &[f32], a: usize, b: usize, kernels: &mut [f32]) {
+    const TAPS: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
+    for (filter, kernel) in g.chunks_exact(9).zip(kernels.chunks_exact_mut(4)) {
+        for (s, row_taps) in TAPS[a].iter().enumerate() {
+            for (t, column_taps) in TAPS[b].iter().enumerate() {
+                let mut sum = 0.0;
+                for &r in *row_taps {
+                    for &col in *column_taps {
+                        sum += filter[r * 3 + col];
+                    }
+                }
+                kernel[s * 2 + t] = sum;
+            }
+        }
+    }
+}
+
+/// Per-task buffers of the weight transforms.
+#[derive(Default)]
+struct FilterScratch {
+    /// `taps[tap][c]`, a kernel's taps contiguous in the input channel.
+    taps: Vec<f32>,
+    /// `rows[a][col][c]`, after the transform along the kernel's height.
+    rows: Vec<f32>,
+}
+
+/// U for every output channel in parallel, `phases * 36 * in` values each, written by
+/// `transform` from the channel's (in, 3, 3) filters into memory never zeroed first, with
+/// scratch `S` of its own per task.
+fn transform_each_output<S: Default>(
+    weight: &[f32],
+    out_channels: usize,
+    in_channels: usize,
+    phases: usize,
+    transform: impl Fn(&[f32], &mut S, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let c_count = in_channels;
+    assert_eq!(weight.len(), out_channels * c_count * 9);
+    let chunk = phases * POSITIONS * c_count;
+    let len = out_channels * chunk;
+    let mut u = Vec::with_capacity(len);
+    if len > 0 {
+        u.spare_capacity_mut()[..len]
+            .par_chunks_mut(chunk)
+            .zip(weight.par_chunks(c_count * 9))
+            .for_each_init(S::default, |scratch, (dst, g)| transform(g, scratch, dst));
+    }
+    // SAFETY: the chunks cover the `len` values, and `transform` writes every value of its
+    // chunk.
+    #[allow(unsafe_code)]
+    unsafe {
+        u.set_len(len)
+    };
+    u
+}
+
+/// One output channel's filters `g` (in, R, R) into `dst` (36, in) by `gm` (G for R = 3, G2
+/// for 2), built for AVX2 where the CPU has it (the same operations, so the same bits, as the
+/// baseline copy).
+fn transform_filter<const R: usize>(
+    g: &[f32],
+    gm: &[[f32; R]; ALPHA],
+    scratch: &mut FilterScratch,
+    dst: &mut [MaybeUninit<f32>],
+) {
+    let c_count = g.len() / (R * R);
+    scratch.taps.resize(R * R * c_count, 0.0);
+    scratch.rows.resize(ALPHA * R * c_count, 0.0);
+    let (taps, rows) = (&mut scratch.taps[..], &mut scratch.rows[..]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::nn::math::has_avx2_fma() {
+            // SAFETY: the CPU has the features the copy is built for.
+            #[allow(unsafe_code)]
+            return unsafe { transform_filter_avx2(g, gm, taps, rows, dst) };
+        }
+    }
+    transform_filter_with(g, gm, taps, rows, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn transform_filter_avx2<const R: usize>(
+    g: &[f32],
+    gm: &[[f32; R]; ALPHA],
+    taps: &mut [f32],
+    rows: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
+) {
+    transform_filter_with(g, gm, taps, rows, dst)
+}
+
+#[inline(always)]
+fn transform_filter_with<const R: usize>(
+    g: &[f32],
+    gm: &[[f32; R]; ALPHA],
+    taps: &mut [f32],
+    rows: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
+) {
+    let c_count = g.len() / (R * R);
+    // taps[tap][c], contiguous in c so the loops below vectorise.
+    for (c, filter) in g.chunks_exact(R * R).enumerate() {
+        for (tap, &value) in filter.iter().enumerate() {
+            taps[tap * c_count + c] = value;
+        }
+    }
+    // rows[a][col][c] = sum_r G[a][r] g[r][col]
+    for a in 0..ALPHA {
+        for col in 0..R {
+            let taps = std::array::from_fn(|r| &taps[(r * R + col) * c_count..][..c_count]);
+            combine(&mut rows[(a * R + col) * c_count..][..c_count], gm[a], taps);
+        }
+    }
+    // U[a][b][c] = sum_col rows[a][col][c] G[b][col]
+    for a in 0..ALPHA {
+        for b in 0..ALPHA {
+            let rows = std::array::from_fn(|col| &rows[(a * R + col) * c_count..][..c_count]);
+            combine(
+                &mut dst[(a * ALPHA + b) * c_count..][..c_count],
+                gm[b],
+                rows,
+            );
+        }
+    }
+}
+
+/// `out = w[0] x[0] + w[1] x[1] (+ w[2] x[2])`, each output written once (one pass over
+/// memory where accumulating term by term made four).
+#[inline(always)]
+fn combine<T: Written, const R: usize>(out: &mut [T], w: [f32; R], x: [&[f32]; R]) {
+    let x = x.map(|x| &x[..out.len()]);
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut sum = w[0] * x[0][i];
+        for r in 1..R {
+            sum += w[r] * x[r][i];
+        }
+        o.set(sum);
+    }
+}
+
+/// A place [`combine`] writes: scratch, or the output's memory before it is initialised.
+trait Written {
+    fn set(&mut self, value: f32);
+}
+
+impl Written for f32 {
+    #[inline(always)]
+    fn set(&mut self, value: f32) {
+        *self = value;
+    }
+}
+
+impl Written for MaybeUninit<f32> {
+    #[inline(always)]
+    fn set(&mut self, value: f32) {
+        self.write(value);
+    }
+}
