@@ -9,6 +9,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::{ALPHA, PHASES, POSITIONS, Shape};
+
 /// Filter transform G (6x3).
 const G: [[f32; 3]; 6] = [
     [1. / 4., 0., 0.],
@@ -67,9 +68,10 @@ impl Filters {
 /// Whether a doubled input of `shape` is faster convolved by phases than by F(4x4, 3x3) on
 /// the upsampled image (each input pixel read twice each way). The phases' U is four times
 /// F(4x4, 3x3)'s and is made on every call, a cost that grows with the channels as the
-/// convolution's does, so the image's size alone decides: 2 threads of a Zen 4 EPYC, 512
-/// channels, weights + convolution (ms), 128x128 output 48 + 127 by phases against 12 + 142,
-/// 256x256 44 + 434 against 12 + 567; 256 channels at 512x512 14 + 551 against 4 + 867.
+/// convolution's does, so the image's size alone decides. 2 threads of a Zen 4 EPYC, AVX2,
+/// weights and convolution (ms), by phases against F(4x4, 3x3): 512 channels at 128x128 168
+/// against 148, at 256x256 512 against 541; 256 channels at 512x512 539 against 700
+/// (bench/RESULTS.md).
 fn phases_pay(shape: Shape) -> bool {
     shape.plane() >= MIN_PLANE_BY_PHASES
 }
@@ -88,7 +90,7 @@ fn transform_weights(weight: &[f32], out_channels: usize, in_channels: usize) ->
     })
 }
 
-/// `weight` (out, in, 3, 3) for a doubled input ([`Fused::doubled`]): each phase's 2x2 kernel
+/// `weight` (out, in, 3, 3) for a doubled input ([`super::Fused::doubled`]): each phase's 2x2 kernel
 /// transformed by F(5x5, 2x2), laid out (out, 4 phases, 36, in).
 fn transform_weights_doubled(weight: &[f32], out_channels: usize, in_channels: usize) -> Vec<f32> {
     transform_each_output(
@@ -111,8 +113,8 @@ fn transform_weights_doubled(weight: &[f32], out_channels: usize, in_channels: u
 /// The 2x2 kernels (in, 2, 2) that phase `(a, b)` of a doubled input applies: output pixel
 /// `2i + a` of the upsampled image reads upsampled pixels `2i + a - 1 ..= 2i + a + 1`, which
 /// are input pixels `i - 1, i, i` for `a = 0` and `i, i, i + 1` for `a = 1`; the taps that
-/// land on one input pixel add up (`rows[a][s]`: the taps of kernel row `s`), and likewise
-/// along the width.
+/// land on one input pixel add up (`TAPS[a][s]`: the kernel rows that land on the phase
+/// kernel's row `s`), and likewise along the width.
 fn phase_kernels(g: &[f32], a: usize, b: usize, kernels: &mut [f32]) {
     const TAPS: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
     for (filter, kernel) in g.chunks_exact(9).zip(kernels.chunks_exact_mut(4)) {

@@ -227,6 +227,12 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize>
     fused: Fused,
     output: Output,
 ) -> Vec<f32> {
+    const {
+        assert!(
+            PH == S * S && OUT == LANES * TM * S,
+            "PH and OUT follow from TM and S"
+        )
+    };
     let Shape {
         batch,
         in_channels,
