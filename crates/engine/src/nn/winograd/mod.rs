@@ -513,7 +513,7 @@ impl Geometry {
 
     /// Fill `s.v` (phase, in, 36, tiles) for `tile_rows` rows of tiles starting at `first`.
     /// Phase `(a, b)` of a doubled input reads the tiles one row down for `a = 1` and one
-    /// column right for `b = 1` (see [`phase_kernels`]).
+    /// column right for `b = 1` (the kernels of `filters::phase_kernels`).
     #[inline(always)]
     fn transform_input<const TM: usize, const S: usize>(
         &self,
@@ -533,10 +533,10 @@ impl Geometry {
         for c in 0..cin {
             let channel = &image[c * channel_len..][..channel_len];
             for r in 0..tile_rows {
-                for a in 0..S {
+                for row_phase in 0..S {
                     // The six input rows of this tile row, shifted right by one (the left
                     // pad), zero outside the image.
-                    let top = (first + r) * TM + a;
+                    let top = (first + r) * TM + row_phase;
                     for i in 0..ALPHA {
                         let padded = &mut s.padded[i * padded_len + 1..][..w];
                         match (top + i).checked_sub(1).filter(|&y| y < h) {
@@ -557,10 +557,10 @@ impl Geometry {
                             s.vertical[a * vertical_len + x..][..LANES].copy_from_slice(out);
                         }
                     }
-                    for b in 0..S {
-                        let phase = a * S + b;
+                    for column_phase in 0..S {
+                        let phase = row_phase * S + column_phase;
                         let v = &mut s.v[phase * cin * POSITIONS * tiles..];
-                        self.transform_row::<TM>(&s.vertical, v, c, tiles, r, b);
+                        self.transform_row::<TM>(&s.vertical, v, c, tiles, r, column_phase);
                     }
                 }
             }
@@ -947,13 +947,8 @@ pub(crate) mod tests {
                 let source = plane.to_vec();
                 super::super::norm::silu_affine(&source, plane, norm[i].0, norm[i].1);
             }
-            let upsampled: Vec<f32> = match doubled {
-                true => (0..batch * cin * h * w)
-                    .map(|i| {
-                        let (plane, y, x) = (i / (h * w), i / w % h, i % w);
-                        normalized[plane * ih * iw + y / 2 * iw + x / 2]
-                    })
-                    .collect(),
+            let upsampled = match doubled {
+                true => upsampled(&normalized, h, w),
                 false => normalized,
             };
             let image_bias = pattern(batch * cout, 4.1);
@@ -984,6 +979,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// Planes of (h / 2, w / 2) pixels upsampled to (h, w), nearest.
+    fn upsampled(planes: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let (ih, iw) = (h / 2, w / 2);
+        (0..planes.len() * 4)
+            .map(|i| {
+                let (plane, y, x) = (i / (h * w), i / w % h, i % w);
+                planes[plane * ih * iw + y / 2 * iw + x / 2]
+            })
+            .collect()
+    }
+
     /// A doubled input through its phases gives the convolution of the upsampled image, on
     /// sides that are and are not whole tiles (10 output pixels per phase tile), down to 2x2.
     #[test]
@@ -1001,13 +1007,7 @@ pub(crate) mod tests {
             let input = pattern(batch * cin * ih * iw, 0.3);
             let weight = pattern(cout * cin * 9, 1.7);
             let bias = pattern(cout, 2.9);
-            let upsampled: Vec<f32> = (0..batch * cin * h * w)
-                .map(|i| {
-                    let (plane, y, x) = (i / (h * w), i / w % h, i % w);
-                    input[plane * ih * iw + y / 2 * iw + x / 2]
-                })
-                .collect();
-            let expected = direct(&upsampled, s, &weight, Some(&bias));
+            let expected = direct(&upsampled(&input, h, w), s, &weight, Some(&bias));
             let u = Filters::by_phases(&weight, cout, cin);
             let fused = Fused {
                 doubled: true,
