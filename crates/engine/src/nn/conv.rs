@@ -618,10 +618,9 @@ mod tests {
     }
 
     /// A convolution with its norm, upsampling and residual inside computes what the ops
-    /// one by one compute, on weights read in place and weights in memory: to the bit, but
-    /// for upsampling on the f32 Winograd path, which convolves the input as it is by phases
-    /// ([`winograd`]'s F(5x5, 2x2)) and so sums in another order than the convolution of the
-    /// upsampled image: there to rounding.
+    /// one by one compute, to the bit, on weights read in place and weights in memory. (From
+    /// a 256x256 output up, an f32 upsampler convolves by phases instead, which sums in
+    /// another order: [`winograd`]'s tests hold that to an f64 convolution.)
     #[test]
     fn ops_around_a_convolution_give_the_values_of_separate_ones() -> Result<()> {
         use crate::nn::mapped::testing::{Stored, f32_bytes, write};
@@ -686,11 +685,7 @@ mod tests {
                 let fused = conv.forward_around(&x, around)?;
                 assert_eq!(fused.dims(), separate.dims());
                 let diff = (fused - &separate)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                let scale = separate.abs()?.max_all()?.to_scalar::<f32>()?;
-                // Both are within about 3e-6 of the largest value (the Winograd tests hold
-                // each path to an f64 convolution).
-                let bound = if upsample { 1e-5 * scale } else { 0.0 };
-                assert!(diff <= bound, "upsample {upsample}: max diff {diff}");
+                assert_eq!(diff, 0.0, "upsample {upsample}");
                 // The residual given up, to be written over: the same.
                 let apart = Around {
                     residual: None,
@@ -698,10 +693,7 @@ mod tests {
                 };
                 let over = conv.forward_around_onto(&x, apart, residual.copy()?)?;
                 let diff = (over - &separate)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert!(
-                    diff <= bound,
-                    "upsample {upsample}, over the residual: {diff}"
-                );
+                assert_eq!(diff, 0.0, "upsample {upsample}, over the residual");
                 // The caller's own residual is never written over.
                 let before = residual.flatten_all()?.to_vec1::<f32>()?;
                 conv.forward_around(&x, around)?;

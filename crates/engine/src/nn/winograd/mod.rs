@@ -242,7 +242,7 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize>
     } = shape;
     let input_plane = fused.input_plane(shape);
     assert_eq!(input.len(), batch * in_channels * input_plane);
-    let phases = S * S;
+    let phases = PH;
     assert_eq!(u.len(), out_channels * phases * POSITIONS * in_channels);
     fused.check(batch, in_channels, out_channels, height * width);
     let (grid_h, grid_w) = (height / S, width / S);
@@ -441,7 +441,7 @@ impl Geometry {
             .tile_rows_per_block
             .min(self.tiles_h - block.first_tile_row);
         let tiles = tile_rows * self.tiles_w;
-        let (cin, cout, phases) = (self.shape.in_channels, self.shape.out_channels, S * S);
+        let (cin, cout, phases) = (self.shape.in_channels, self.shape.out_channels, PH);
         let image_len = input.len() / self.shape.batch;
         let image = &input[block.image * image_len..][..image_len];
         let norm = fused.input_norm.map(|n| &n[block.image * cin..][..cin]);
@@ -618,7 +618,7 @@ impl Geometry {
         added: Added,
         rows: &mut [MaybeUninit<f32>],
     ) {
-        let (tw, w, phases) = (self.tiles_w, self.shape.width, S * S);
+        let (tw, w, phases) = (self.tiles_w, self.shape.width, PH);
         let row_count = rows.len() / w;
         for t0 in (0..tw).step_by(LANES) {
             let count = LANES.min(tw - t0);
