@@ -31,8 +31,10 @@ use rayon::prelude::*;
 use super::gemm;
 
 mod filters;
+mod vector;
 
 pub use filters::Filters;
+use vector::Vector;
 
 /// Input transform B^T (6x6) for the points 0, 1, -1, 2, -2, infinity. The kernels run it
 /// factored ([`input_1d`]); the tests hold that to this.
@@ -394,8 +396,9 @@ impl Geometry {
     /// One block, its transforms built for AVX2 where the CPU has it: at the baseline (SSE2)
     /// they took over a quarter of a 128-channel convolution's time. AVX-512 CPUs run the AVX2
     /// copy too: the transforms work on eight lanes, and a copy built with AVX-512 enabled ran
-    /// 3-10 % slower than the baseline one on a Zen 4 EPYC. The same operations in the same
-    /// order on every path (no fused multiply-adds), so the same bits.
+    /// 3-10 % slower than the baseline one on a Zen 4 EPYC. That copy keeps its lanes in AVX2
+    /// registers ([`vector::Avx2`]), the other in arrays: the same operations in the same
+    /// order (no fused multiply-adds), so the same bits.
     fn run_block<const TM: usize, const S: usize, const PH: usize, const OUT: usize>(
         &self,
         input: &[f32],
@@ -406,13 +409,17 @@ impl Geometry {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            if super::math::has_avx2_fma() {
+            #[cfg(test)]
+            let portable = tests::PORTABLE_ONLY.load(std::sync::atomic::Ordering::Relaxed);
+            #[cfg(not(test))]
+            let portable = false;
+            if super::math::has_avx2_fma() && !portable {
                 // SAFETY: the CPU has the features the copy is built for.
                 #[allow(unsafe_code)]
                 return unsafe { self.run_block_avx2::<TM, S, PH, OUT>(input, u, fused, block, s) };
             }
         }
-        self.run_block_with::<TM, S, PH, OUT>(input, u, fused, block, s)
+        self.run_block_with::<TM, S, PH, OUT, Lanes>(input, u, fused, block, s)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -425,11 +432,17 @@ impl Geometry {
         b: Block,
         s: &mut Scratch,
     ) {
-        self.run_block_with::<TM, S, PH, OUT>(input, u, fused, b, s)
+        self.run_block_with::<TM, S, PH, OUT, vector::Avx2>(input, u, fused, b, s)
     }
 
     #[inline(always)]
-    fn run_block_with<const TM: usize, const S: usize, const PH: usize, const OUT: usize>(
+    fn run_block_with<
+        const TM: usize,
+        const S: usize,
+        const PH: usize,
+        const OUT: usize,
+        V: Vector,
+    >(
         &self,
         input: &[f32],
         u: &[f32],
@@ -445,7 +458,7 @@ impl Geometry {
         let image_len = input.len() / self.shape.batch;
         let image = &input[block.image * image_len..][..image_len];
         let norm = fused.input_norm.map(|n| &n[block.image * cin..][..cin]);
-        self.transform_input::<TM, S>(image, norm, block.first_tile_row, tile_rows, s);
+        self.transform_input::<TM, S, V>(image, norm, block.first_tile_row, tile_rows, s);
         for phase in 0..phases {
             for p in 0..POSITIONS {
                 let at = phase * POSITIONS + p;
@@ -466,8 +479,21 @@ impl Geometry {
                 over_residual: block.over_residual,
             };
             let m = &s.m[..phases * POSITIONS * cout * tiles];
+            // The next channel's products, asked into the cache a share per tile row: what
+            // this one reads comes from 36 rows per phase at once, more streams than the
+            // hardware's prefetcher follows, and waited on memory for a fifth of the
+            // transforms' time (two fifths with the phases).
+            let channel_len = phases * POSITIONS * tiles;
+            let next = match k + 1 < cout {
+                true => &m[(k + 1) * channel_len..][..channel_len],
+                false => &[],
+            };
+            let share = next.len().div_ceil(tile_rows);
             for r in 0..tile_rows {
-                self.transform_output::<TM, S, PH, OUT>(m, k, tiles, r, added, rows);
+                let ahead = next
+                    .get(r * share..)
+                    .map_or(&[][..], |n| &n[..share.min(n.len())]);
+                self.transform_output::<TM, S, PH, OUT, V>(m, k, tiles, r, added, ahead, rows);
             }
         }
     }
@@ -515,7 +541,7 @@ impl Geometry {
     /// Phase `(a, b)` of a doubled input reads the tiles one row down for `a = 1` and one
     /// column right for `b = 1` (the kernels of `filters::phase_kernels`).
     #[inline(always)]
-    fn transform_input<const TM: usize, const S: usize>(
+    fn transform_input<const TM: usize, const S: usize, V: Vector>(
         &self,
         image: &[f32],
         norm: Option<&[(f32, f32)]>,
@@ -549,18 +575,18 @@ impl Geometry {
                     }
                     // vertical[a][x] = sum_i BT[a][i] padded[i][x], eight columns at a time.
                     for x in (0..columns).step_by(LANES) {
-                        let mut rows = [[0f32; LANES]; ALPHA];
+                        let mut rows = [V::splat(0.0); ALPHA];
                         for (i, row) in rows.iter_mut().enumerate() {
-                            *row = lanes(&s.padded[i * padded_len + x..]);
+                            *row = V::load(&s.padded[i * padded_len + x..]);
                         }
-                        for (a, out) in input_1d(&rows).iter().enumerate() {
-                            s.vertical[a * vertical_len + x..][..LANES].copy_from_slice(out);
+                        for (a, out) in input_1d(&rows).into_iter().enumerate() {
+                            out.store(&mut s.vertical[a * vertical_len + x..]);
                         }
                     }
                     for column_phase in 0..S {
                         let phase = row_phase * S + column_phase;
                         let v = &mut s.v[phase * cin * POSITIONS * tiles..];
-                        self.transform_row::<TM>(&s.vertical, v, c, tiles, r, column_phase);
+                        self.transform_row::<TM, V>(&s.vertical, v, c, tiles, r, column_phase);
                     }
                 }
             }
@@ -570,7 +596,7 @@ impl Geometry {
     /// `v[a][b][c][t] = sum_j BT[b][j] vertical[a][TM t + j + offset]` for tile row `r`, eight
     /// tiles at a time.
     #[inline(always)]
-    fn transform_row<const TM: usize>(
+    fn transform_row<const TM: usize, V: Vector>(
         &self,
         vertical: &[f32],
         v: &mut [f32],
@@ -585,21 +611,14 @@ impl Geometry {
             let row = &vertical[a * vertical_len..][..vertical_len];
             for t0 in (0..tw).step_by(LANES) {
                 // Eight tiles' columns from one span of the row (the row has room past the
-                // last tile), lane l of column j at l * TM + j: constant indices, which
-                // compile to shuffles.
-                let span = &row[t0 * TM + offset..][..(LANES - 1) * TM + ALPHA];
-                let mut columns = [[0f32; LANES]; ALPHA];
-                for (j, column) in columns.iter_mut().enumerate() {
-                    for (l, value) in column.iter_mut().enumerate() {
-                        *value = span[l * TM + j];
-                    }
-                }
+                // last tile), lane l of column j at l * TM + j.
+                let columns = V::columns::<TM>(&row[t0 * TM + offset..]);
                 let count = LANES.min(tw - t0);
-                for (b, out) in input_1d(&columns).iter().enumerate() {
+                for (b, out) in input_1d(&columns).into_iter().enumerate() {
                     let at = (c * POSITIONS + a * ALPHA + b) * tiles + r * tw + t0;
                     match count {
-                        LANES => v[at..][..LANES].copy_from_slice(out),
-                        _ => v[at..][..count].copy_from_slice(&out[..count]),
+                        LANES => out.store(&mut v[at..]),
+                        _ => v[at..][..count].copy_from_slice(&out.lanes()[..count]),
                     }
                 }
             }
@@ -607,54 +626,70 @@ impl Geometry {
     }
 
     /// Write output channel `k`, tile row `r` of this block: Y = A^T m A (+ bias), every
-    /// phase's tile interleaved into its pixels where the input is doubled.
+    /// phase's tile interleaved into its pixels where the input is doubled. `ahead` is asked
+    /// into the cache on the way.
     #[inline(always)]
-    fn transform_output<const TM: usize, const S: usize, const PH: usize, const OUT: usize>(
+    #[allow(clippy::too_many_arguments)]
+    fn transform_output<
+        const TM: usize,
+        const S: usize,
+        const PH: usize,
+        const OUT: usize,
+        V: Vector,
+    >(
         &self,
         m: &[f32],
         k: usize,
         tiles: usize,
         r: usize,
         added: Added,
+        ahead: &[f32],
         rows: &mut [MaybeUninit<f32>],
     ) {
         let (tw, w, phases) = (self.tiles_w, self.shape.width, PH);
         let row_count = rows.len() / w;
+        let ahead_share = ahead.len().div_ceil(tw.div_ceil(LANES));
         for t0 in (0..tw).step_by(LANES) {
+            if let Some(ahead) = ahead.get(t0 / LANES * ahead_share..) {
+                prefetch(&ahead[..ahead_share.min(ahead.len())]);
+            }
             let count = LANES.min(tw - t0);
             // y[phase][j][i]: output row TM r + i at x = TM t + j of the phase. Plain loops
             // throughout: closures here (`std::array::from_fn`) stayed calls of their own,
             // built without this copy's vector features, their arrays copied out by
             // `memmove`.
-            let mut y = [[[[0f32; LANES]; TM]; TM]; PH];
+            let mut y = [[[V::splat(0.0); TM]; TM]; PH];
             for (phase, y) in y.iter_mut().enumerate() {
-                let mut products = [[0f32; LANES]; POSITIONS];
-                for (p, lanes_p) in products.iter_mut().enumerate() {
+                let mut products = [V::splat(0.0); POSITIONS];
+                for (p, product) in products.iter_mut().enumerate() {
                     let at = ((k * phases + phase) * POSITIONS + p) * tiles + r * tw + t0;
                     let src = &m[at..];
-                    match count {
-                        LANES => *lanes_p = lanes(src),
-                        _ => lanes_p[..count].copy_from_slice(&src[..count]),
-                    }
+                    *product = match count {
+                        LANES => V::load(src),
+                        _ => {
+                            let mut lanes = [0f32; LANES];
+                            lanes[..count].copy_from_slice(&src[..count]);
+                            V::load(&lanes)
+                        }
+                    };
                 }
                 // horizontal[a][j] = sum_b AT[j][b] m[a][b]
-                let mut horizontal = [[[0f32; LANES]; TM]; ALPHA];
+                let mut horizontal = [[V::splat(0.0); TM]; ALPHA];
                 for (a, h) in horizontal.iter_mut().enumerate() {
-                    let row: &[Lanes; ALPHA] = products[a * ALPHA..][..ALPHA].try_into().unwrap();
-                    *h = output_1d::<TM>(row);
+                    let row: &[V; ALPHA] = products[a * ALPHA..][..ALPHA].try_into().unwrap();
+                    *h = output_1d::<TM, V>(row);
                 }
                 // y[j][i] = sum_a AT[i][a] horizontal[a][j]
                 for (j, y) in y.iter_mut().enumerate() {
-                    let mut column = [[0f32; LANES]; ALPHA];
+                    let mut column = [V::splat(0.0); ALPHA];
                     for (a, value) in column.iter_mut().enumerate() {
                         *value = horizontal[a][j];
                     }
-                    *y = output_1d::<TM>(&column);
+                    *y = output_1d::<TM, V>(&column);
                 }
             }
             // The eight tiles cover TM * S * 8 adjacent pixels of each row, the last ones cut
             // at the image's edge; pixel S x + b of output row S i + a is phase (a, b)'s x, i.
-            let span = OUT;
             let x0 = t0 * TM * S;
             let valid = (count * TM * S).min(w - x0);
             for i in 0..TM {
@@ -663,15 +698,40 @@ impl Geometry {
                     if row_index >= row_count {
                         break;
                     }
-                    let mut row = [0f32; OUT];
-                    for (x, value) in row.iter_mut().enumerate() {
-                        let (b, x) = (x % S, x / S);
-                        *value = y[a * S + b][x % TM][i][x / TM];
+                    let mut row = [V::splat(0.0); ROW_LANES_MAX];
+                    let row = &mut row[..OUT / LANES];
+                    match (TM, S) {
+                        (4, 1) => {
+                            let mut columns = [V::splat(0.0); 4];
+                            for (j, column) in columns.iter_mut().enumerate() {
+                                *column = y[0][j][i];
+                            }
+                            row.copy_from_slice(&V::row4(&columns));
+                        }
+                        (5, 2) => {
+                            // Value q = 2 j + b of a tile is phase (a, b)'s column j.
+                            let mut columns = [V::splat(0.0); 10];
+                            for (q, column) in columns.iter_mut().enumerate() {
+                                *column = y[a * S + q % 2][q / 2][i];
+                            }
+                            let mut values = [0f32; 80];
+                            V::row10(&columns, &mut values);
+                            for (lanes, values) in row.iter_mut().zip(values.chunks(LANES)) {
+                                *lanes = V::load(values);
+                            }
+                        }
+                        _ => unreachable!("tiles are F(4x4, 3x3)'s or F(5x5, 2x2)'s"),
                     }
                     let at = row_index * w + x0;
-                    match valid == span {
-                        true => added.write(&row[..span], &mut rows[at..][..span], at),
-                        false => added.write(&row[..valid], &mut rows[at..][..valid], at),
+                    match valid == OUT {
+                        true => added.write(row, &mut rows[at..][..OUT], at),
+                        false => {
+                            let mut values = [0f32; OUT];
+                            for (lanes, values) in row.iter().zip(values.chunks_mut(LANES)) {
+                                values.copy_from_slice(&lanes.lanes());
+                            }
+                            added.write_each(&values[..valid], &mut rows[at..][..valid], at);
+                        }
                     }
                 }
             }
@@ -681,10 +741,33 @@ impl Geometry {
 
 impl Added<'_> {
     /// `out = value + bias (+ image bias) (+ residual)`, in that order as the separate ops
-    /// add them; `at` is where `out` starts in the rows.
+    /// add them, eight values at a time; `at` is where `out` starts in the rows.
     #[inline(always)]
-    fn write(&self, values: &[f32], out: &mut [MaybeUninit<f32>], at: usize) {
-        // One loop per case, no branch inside: each compiles to whole vectors.
+    fn write<V: Vector>(&self, values: &[V], out: &mut [MaybeUninit<f32>], at: usize) {
+        for (x, &value) in values.iter().enumerate() {
+            let mut sum = value.add(V::splat(self.bias));
+            if let Some(image_bias) = self.image_bias {
+                sum = sum.add(V::splat(image_bias));
+            }
+            let out = &mut out[x * LANES..][..LANES];
+            match (self.residual, self.over_residual) {
+                (Some(residual), _) => sum = sum.add(V::load(&residual[at + x * LANES..])),
+                (None, true) => {
+                    // SAFETY: over the residual the rows are initialised (`Block`), and
+                    // they are read before they are written over.
+                    #[allow(unsafe_code)]
+                    let residual = unsafe { &*(out as *const [MaybeUninit<f32>] as *const [f32]) };
+                    sum = sum.add(V::load(residual));
+                }
+                (None, false) => {}
+            }
+            sum.store_uninit(out);
+        }
+    }
+
+    /// As [`Added::write`], one value at a time (a row's values past its last whole lanes).
+    #[inline(always)]
+    fn write_each(&self, values: &[f32], out: &mut [MaybeUninit<f32>], at: usize) {
         let bias = self.bias;
         let image_bias = self.image_bias.unwrap_or(0.0);
         let plus_image_bias = self.image_bias.is_some();
@@ -731,18 +814,32 @@ type Lanes = [f32; LANES];
 
 /// Input values the eight tiles of one lane group read along a row, at most (F(5x5, 2x2)'s
 /// tiles are wider).
-const SPAN_MAX: usize = (LANES - 1) * M_DOUBLED + ALPHA;
+const SPAN_MAX: usize = vector::row_len::<M_DOUBLED>();
 
+/// Lanes of the longest row of eight tiles: F(5x5, 2x2)'s, 80 pixels.
+const ROW_LANES_MAX: usize = M_DOUBLED * 2;
+
+/// `values` asked into the L2 cache, a line at a time: a hint that reads nothing.
 #[inline(always)]
-fn lanes(src: &[f32]) -> Lanes {
-    src[..LANES].try_into().unwrap()
+fn prefetch(values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in values.chunks(16) {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        // SAFETY: a prefetch never faults, and the address is in the slice.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast())
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
 }
 
 /// `B^T d` along one side of eight 6x6 input tiles, factored into shared terms: a dozen
 /// adds where the matrix has 22 non-zeros, every index constant so the tiles stay in
 /// registers (a loop over the matrix's rows kept its sums in memory).
 #[inline(always)]
-fn input_1d(d: &[Lanes; ALPHA]) -> [Lanes; ALPHA] {
+fn input_1d<V: Vector>(d: &[V; ALPHA]) -> [V; ALPHA] {
     let d4_minus_4d2 = sub(d[4], scaled(4.0, d[2]));
     let four_d1_minus_d3 = sub(scaled(4.0, d[1]), d[3]);
     let d4_minus_d2 = sub(d[4], d[2]);
@@ -761,7 +858,7 @@ fn input_1d(d: &[Lanes; ALPHA]) -> [Lanes; ALPHA] {
 /// four rows for `TM = 4`, F(5x5, 2x2)'s five for `TM = 5` (the same points, so the same
 /// terms, the point at infinity's product added to the last row).
 #[inline(always)]
-fn output_1d<const TM: usize>(m: &[Lanes; ALPHA]) -> [Lanes; TM] {
+fn output_1d<const TM: usize, V: Vector>(m: &[V; ALPHA]) -> [V; TM] {
     let (sum12, difference12) = (add(m[1], m[2]), sub(m[1], m[2]));
     let (sum34, difference34) = (add(m[3], m[4]), sub(m[3], m[4]));
     let rows = [
@@ -771,37 +868,25 @@ fn output_1d<const TM: usize>(m: &[Lanes; ALPHA]) -> [Lanes; TM] {
         add(difference12, scaled(8.0, difference34)),
         add(sum12, scaled(16.0, sum34)),
     ];
-    let mut out = [[0f32; LANES]; TM];
+    let mut out = [m[0]; TM];
     out.copy_from_slice(&rows[..TM]);
     out[TM - 1] = add(out[TM - 1], m[5]);
     out
 }
 
 #[inline(always)]
-fn add(a: Lanes, b: Lanes) -> Lanes {
-    let mut out = a;
-    for (o, b) in out.iter_mut().zip(b) {
-        *o += b;
-    }
-    out
+fn add<V: Vector>(a: V, b: V) -> V {
+    a.add(b)
 }
 
 #[inline(always)]
-fn sub(a: Lanes, b: Lanes) -> Lanes {
-    let mut out = a;
-    for (o, b) in out.iter_mut().zip(b) {
-        *o -= b;
-    }
-    out
+fn sub<V: Vector>(a: V, b: V) -> V {
+    a.sub(b)
 }
 
 #[inline(always)]
-fn scaled(k: f32, a: Lanes) -> Lanes {
-    let mut out = a;
-    for o in out.iter_mut() {
-        *o *= k;
-    }
-    out
+fn scaled<V: Vector>(k: f32, a: V) -> V {
+    a.scaled(k)
 }
 
 #[cfg(test)]
@@ -831,8 +916,8 @@ pub(crate) mod tests {
             std::array::from_fn(|i| std::array::from_fn(|l| ((i * 8 + l) as f32 * 0.37).sin()));
         for (factored, by_matrix) in [
             (input_1d(&x).to_vec(), apply(&BT, &x).to_vec()),
-            (output_1d::<4>(&x).to_vec(), apply(&AT, &x).to_vec()),
-            (output_1d::<5>(&x).to_vec(), apply(&AT5, &x).to_vec()),
+            (output_1d::<4, Lanes>(&x).to_vec(), apply(&AT, &x).to_vec()),
+            (output_1d::<5, Lanes>(&x).to_vec(), apply(&AT5, &x).to_vec()),
         ] {
             assert_eq!(factored.len(), by_matrix.len());
             for (a, b) in factored.iter().flatten().zip(by_matrix.iter().flatten()) {
@@ -1016,6 +1101,61 @@ pub(crate) mod tests {
             };
             let diff = max_diff(&expected, &conv3x3_fused(&input, s, &u, fused));
             assert!(diff < 1e-4, "{s:?}: max diff {diff}");
+        }
+    }
+
+    /// Makes every convolution take the portable lanes while set; both paths give the same
+    /// bits, so the tests running beside the one that sets it see no difference.
+    pub(super) static PORTABLE_ONLY: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    /// The AVX2 lanes (where the CPU has them) and the portable ones agree to the bit, fused
+    /// ops and ragged edges included, with and without the phases.
+    #[test]
+    fn portable_lanes_give_the_same_bits() {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (cin, cout, h, w, doubled) in [(3, 5, 13, 70, false), (4, 3, 22, 90, true)] {
+            let (ih, iw) = if doubled { (h / 2, w / 2) } else { (h, w) };
+            let input = pattern(cin * ih * iw, 0.3);
+            let norm: Vec<(f32, f32)> = (0..cin).map(|i| (0.5 + i as f32, 0.1)).collect();
+            let s = shape(1, cin, cout, h, w);
+            let weight = pattern(cout * cin * 9, 1.7);
+            let (bias, image_bias) = (pattern(cout, 2.9), pattern(cout, 4.1));
+            let residual = pattern(cout * h * w, 0.9);
+            let u = match doubled {
+                true => Filters::by_phases(&weight, cout, cin),
+                false => Filters::new(&weight, cout, cin),
+            };
+            let fused = Fused {
+                input_norm: Some(&norm),
+                doubled,
+                bias: Some(&bias),
+                image_bias: Some(&image_bias),
+                residual: Some(&residual),
+            };
+            let apart = Fused {
+                residual: None,
+                ..fused
+            };
+            let run = |portable: bool| {
+                PORTABLE_ONLY.store(portable, Relaxed);
+                let outputs = [
+                    conv3x3_fused(&input, s, &u, fused),
+                    conv3x3_onto(&input, s, &u, apart, residual.clone()),
+                    conv3x3_fused(
+                        &input,
+                        s,
+                        &u,
+                        Fused {
+                            doubled,
+                            ..Fused::default()
+                        },
+                    ),
+                ];
+                PORTABLE_ONLY.store(false, Relaxed);
+                outputs
+            };
+            assert_eq!(run(false), run(true), "{s:?}");
         }
     }
 
