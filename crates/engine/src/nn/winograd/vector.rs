@@ -138,6 +138,30 @@ mod x86 {
     #[derive(Clone, Copy)]
     pub(in super::super) struct Avx2(__m256);
 
+    /// A 4x4 transpose within each 128-bit half: lane `i` of `out[j]` is lane `j` of `v[i]`,
+    /// half by half. Only for `Avx2`'s methods.
+    #[inline(always)]
+    fn transpose_halves(v: [__m256; 4]) -> [__m256; 4] {
+        // SAFETY: called only where an `Avx2` exists, so the CPU has AVX2.
+        unsafe {
+            // Per half: [v0_0 v1_0 v0_1 v1_1] and [v0_2 v1_2 v0_3 v1_3], v2 and v3 alike.
+            let (low01, high01) = (
+                _mm256_unpacklo_ps(v[0], v[1]),
+                _mm256_unpackhi_ps(v[0], v[1]),
+            );
+            let (low23, high23) = (
+                _mm256_unpacklo_ps(v[2], v[3]),
+                _mm256_unpackhi_ps(v[2], v[3]),
+            );
+            [
+                _mm256_shuffle_ps::<0x44>(low01, low23),
+                _mm256_shuffle_ps::<0xEE>(low01, low23),
+                _mm256_shuffle_ps::<0x44>(high01, high23),
+                _mm256_shuffle_ps::<0xEE>(high01, high23),
+            ]
+        }
+    }
+
     impl Vector for Avx2 {
         #[inline(always)]
         fn splat(value: f32) -> Self {
@@ -204,40 +228,20 @@ mod x86 {
                     _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(low), high)
                 }
             };
-            // SAFETY: see `Avx2`.
-            unsafe {
-                let (a0, a1, a2, a3) = (pair(0, 0), pair(1, 0), pair(2, 0), pair(3, 0));
-                // Per half: [a0_0 a1_0 a0_1 a1_1] and [a0_2 a1_2 a0_3 a1_3].
-                let (low01, high01) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
-                let (low23, high23) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
-                let (b0, b1, b2, b3) = (pair(0, 4), pair(1, 4), pair(2, 4), pair(3, 4));
-                let (low01b, low23b) = (_mm256_unpacklo_ps(b0, b1), _mm256_unpacklo_ps(b2, b3));
-                [
-                    _mm256_shuffle_ps::<0x44>(low01, low23),
-                    _mm256_shuffle_ps::<0xEE>(low01, low23),
-                    _mm256_shuffle_ps::<0x44>(high01, high23),
-                    _mm256_shuffle_ps::<0xEE>(high01, high23),
-                    _mm256_shuffle_ps::<0x44>(low01b, low23b),
-                    _mm256_shuffle_ps::<0xEE>(low01b, low23b),
-                ]
-                .map(Self)
-            }
+            let [c0, c1, c2, c3] = transpose_halves([0, 1, 2, 3].map(|l| pair(l, 0)));
+            // Of values 4..8 only 4 and 5 are columns (the others' shuffles are dropped).
+            let [c4, c5, _, _] = transpose_halves([0, 1, 2, 3].map(|l| pair(l, 4)));
+            [c0, c1, c2, c3, c4, c5].map(Self)
         }
 
         /// The inverse transpose: tiles `l` and `l + 4` made in the two halves of a vector,
         /// then the halves put in order.
         #[inline(always)]
         fn row4(y: &[Self; 4]) -> [Self; 4] {
-            let [c0, c1, c2, c3] = y.map(|y| y.0);
+            // Tiles (0 | 4), (1 | 5), (2 | 6), (3 | 7).
+            let [t04, t15, t26, t37] = transpose_halves(y.map(|y| y.0));
             // SAFETY: see `Avx2`.
             unsafe {
-                let (low01, high01) = (_mm256_unpacklo_ps(c0, c1), _mm256_unpackhi_ps(c0, c1));
-                let (low23, high23) = (_mm256_unpacklo_ps(c2, c3), _mm256_unpackhi_ps(c2, c3));
-                // Tiles (0 | 4), (1 | 5), (2 | 6), (3 | 7).
-                let t04 = _mm256_shuffle_ps::<0x44>(low01, low23);
-                let t15 = _mm256_shuffle_ps::<0xEE>(low01, low23);
-                let t26 = _mm256_shuffle_ps::<0x44>(high01, high23);
-                let t37 = _mm256_shuffle_ps::<0xEE>(high01, high23);
                 [
                     _mm256_permute2f128_ps::<0x20>(t04, t15),
                     _mm256_permute2f128_ps::<0x20>(t26, t37),
@@ -252,31 +256,15 @@ mod x86 {
         #[inline(always)]
         fn row10(y: &[Self; 10], row: &mut [f32; 80]) {
             let r = y.map(|y| y.0);
+            // Halves: values 0..4 of tiles (j | j + 4) in first[j], 4..8 in second[j].
+            let first = transpose_halves([r[0], r[1], r[2], r[3]]);
+            let second = transpose_halves([r[4], r[5], r[6], r[7]]);
             // SAFETY: see `Avx2`; each store ends at 10 l + 8 <= 80.
             unsafe {
-                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-                // Halves: values 0..4 of tiles (j | j + 4) in u_j, 4..8 in u_{j + 4}.
-                let u = [
-                    _mm256_shuffle_ps::<0x44>(t0, t2),
-                    _mm256_shuffle_ps::<0xEE>(t0, t2),
-                    _mm256_shuffle_ps::<0x44>(t1, t3),
-                    _mm256_shuffle_ps::<0xEE>(t1, t3),
-                    _mm256_shuffle_ps::<0x44>(t4, t6),
-                    _mm256_shuffle_ps::<0xEE>(t4, t6),
-                    _mm256_shuffle_ps::<0x44>(t5, t7),
-                    _mm256_shuffle_ps::<0xEE>(t5, t7),
-                ];
                 let at = row.as_mut_ptr();
                 for j in 0..4 {
-                    let low = _mm256_permute2f128_ps::<0x20>(u[j], u[j + 4]);
-                    let high = _mm256_permute2f128_ps::<0x31>(u[j], u[j + 4]);
+                    let low = _mm256_permute2f128_ps::<0x20>(first[j], second[j]);
+                    let high = _mm256_permute2f128_ps::<0x31>(first[j], second[j]);
                     _mm256_storeu_ps(at.add(10 * j), low);
                     _mm256_storeu_ps(at.add(10 * (j + 4)), high);
                 }
