@@ -28,9 +28,9 @@ pub(super) trait Vector: Copy {
     /// The row of eight tiles four wide, from their four columns: value `4 l + j` of the
     /// row is lane `l` of `y[j]`.
     fn row4(y: &[Self; 4]) -> [Self; 4];
-    /// The row of eight tiles ten wide (F(5x5, 2x2)'s two phases side by side): value
-    /// `10 l + q` of the row is lane `l` of `y[q]`.
-    fn row10(y: &[Self; 10], row: &mut [f32; 80]);
+    /// The row of eight tiles ten wide (F(5x5, 2x2)'s two phases side by side), written
+    /// into the first 80 of `row`: value `10 l + q` is lane `l` of `y[q]`.
+    fn row10(y: &[Self; 10], row: &mut [MaybeUninit<f32>]);
 }
 
 /// Values [`Vector::columns`] reads from its row: whole lanes from the last tile's start.
@@ -115,9 +115,9 @@ impl Vector for Lanes {
     }
 
     #[inline(always)]
-    fn row10(y: &[Self; 10], row: &mut [f32; 80]) {
-        for (x, value) in row.iter_mut().enumerate() {
-            *value = y[x % 10][x / 10];
+    fn row10(y: &[Self; 10], row: &mut [MaybeUninit<f32>]) {
+        for (x, value) in row[..80].iter_mut().enumerate() {
+            value.write(y[x % 10][x / 10]);
         }
     }
 }
@@ -252,27 +252,43 @@ mod x86 {
             }
         }
 
-        /// Values 0..8 of each tile by an 8x8 transpose, stored whole; 8 and 9 one by one.
+        /// Values 0..8 of each tile by an 8x8 transpose, stored whole; 8 and 9 interleaved
+        /// and stored in pairs.
         #[inline(always)]
-        fn row10(y: &[Self; 10], row: &mut [f32; 80]) {
+        fn row10(y: &[Self; 10], row: &mut [MaybeUninit<f32>]) {
             let r = y.map(|y| y.0);
             // Halves: values 0..4 of tiles (j | j + 4) in first[j], 4..8 in second[j].
             let first = transpose_halves([r[0], r[1], r[2], r[3]]);
             let second = transpose_halves([r[4], r[5], r[6], r[7]]);
-            // SAFETY: see `Avx2`; each store ends at 10 l + 8 <= 80.
+            let row = &mut row[..80];
+            // SAFETY: see `Avx2`; each store ends at 10 l + 8 or 10 l + 10 <= 80, and
+            // between them they write all 80 values.
             unsafe {
-                let at = row.as_mut_ptr();
+                let at = row.as_mut_ptr().cast::<f32>();
                 for j in 0..4 {
                     let low = _mm256_permute2f128_ps::<0x20>(first[j], second[j]);
                     let high = _mm256_permute2f128_ps::<0x31>(first[j], second[j]);
                     _mm256_storeu_ps(at.add(10 * j), low);
                     _mm256_storeu_ps(at.add(10 * (j + 4)), high);
                 }
-            }
-            let (eighth, ninth) = (y[8].lanes(), y[9].lanes());
-            for l in 0..LANES {
-                row[10 * l + 8] = eighth[l];
-                row[10 * l + 9] = ninth[l];
+                // Per half: the pairs (8, 9) of tiles (0, 1 | 4, 5) and (2, 3 | 6, 7).
+                let pairs = [
+                    (_mm256_unpacklo_ps(r[8], r[9]), [0, 1, 4, 5]),
+                    (_mm256_unpackhi_ps(r[8], r[9]), [2, 3, 6, 7]),
+                ];
+                for (pairs, tiles) in pairs {
+                    let (low, high) = (
+                        _mm_castps_si128(_mm256_castps256_ps128(pairs)),
+                        _mm_castps_si128(_mm256_extractf128_ps::<1>(pairs)),
+                    );
+                    let store = |l: usize, pair: i64| {
+                        at.add(10 * l + 8).cast::<i64>().write_unaligned(pair)
+                    };
+                    store(tiles[0], _mm_cvtsi128_si64(low));
+                    store(tiles[1], _mm_extract_epi64::<1>(low));
+                    store(tiles[2], _mm_cvtsi128_si64(high));
+                    store(tiles[3], _mm_extract_epi64::<1>(high));
+                }
             }
         }
     }
@@ -303,14 +319,26 @@ mod tests {
     fn row10_puts_each_tile_in_its_place() {
         let y: [Lanes; 10] = std::array::from_fn(|q| std::array::from_fn(|l| (100 * l + q) as f32));
         let expected: Vec<f32> = (0..80).map(|x| (100 * (x / 10) + x % 10) as f32).collect();
-        let mut row = [0f32; 80];
+        // One past the row, to see that nothing is written there.
+        let written = |row: [MaybeUninit<f32>; 81]| {
+            let row = row.map(|v| {
+                // SAFETY: initialised below before `row10` writes over it.
+                #[allow(unsafe_code)]
+                unsafe {
+                    v.assume_init()
+                }
+            });
+            assert_eq!(row[80], -1.0);
+            row[..80].to_vec()
+        };
+        let mut row = [MaybeUninit::new(-1f32); 81];
         <Lanes as Vector>::row10(&y, &mut row);
-        assert_eq!(row.to_vec(), expected);
+        assert_eq!(written(row), expected);
         #[cfg(target_arch = "x86_64")]
         if crate::nn::math::has_avx2_fma() {
-            let mut row = [0f32; 80];
+            let mut row = [MaybeUninit::new(-1f32); 81];
             Avx2::row10(&y.map(|y| Avx2::load(&y)), &mut row);
-            assert_eq!(row.to_vec(), expected);
+            assert_eq!(written(row), expected);
         }
     }
 
