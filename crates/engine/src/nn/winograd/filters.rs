@@ -1,5 +1,6 @@
 //! A convolution's weight transformed for Winograd's products ([`Filters`]): U = G g G^T per
-//! output channel, for F(4x4, 3x3) or for the four phases of a doubled input by F(5x5, 2x2).
+//! output channel, for F(4x4, 3x3), F(6x6, 3x3) or the four phases of a doubled input by
+//! F(5x5, 2x2).
 
 // The transforms index several matrices with the same loop variables, as the formulas do.
 #![allow(clippy::needless_range_loop)]
@@ -8,15 +9,27 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::{ALPHA, PHASES, POSITIONS, Shape};
+use super::{ALPHA, ALPHA6, PHASES, Shape};
 
 /// Filter transform G (6x3).
-const G: [[f32; 3]; 6] = [
+pub(super) const G: [[f32; 3]; 6] = [
     [1. / 4., 0., 0.],
     [-1. / 6., -1. / 6., -1. / 6.],
     [-1. / 6., 1. / 6., -1. / 6.],
     [1. / 24., 1. / 12., 1. / 6.],
     [1. / 24., -1. / 12., 1. / 6.],
+    [0., 0., 1.],
+];
+
+/// F(6x6, 3x3)'s filter transform (8x3).
+pub(super) const G6: [[f32; 3]; 8] = [
+    [1., 0., 0.],
+    [-2. / 9., -2. / 9., -2. / 9.],
+    [-2. / 9., 2. / 9., -2. / 9.],
+    [1. / 90., 1. / 45., 2. / 45.],
+    [1. / 90., -1. / 45., 2. / 45.],
+    [32. / 45., 16. / 45., 8. / 45.],
+    [32. / 45., -16. / 45., 8. / 45.],
     [0., 0., 1.],
 ];
 
@@ -30,19 +43,39 @@ const G2: [[f32; 2]; 6] = [
     [0., 1.],
 ];
 
-/// A convolution's weight transformed for the products: F(4x4, 3x3)'s U, or the phases' for a
-/// doubled input.
+/// A convolution's weight transformed for the products: F(4x4, 3x3)'s U, F(6x6, 3x3)'s, or
+/// the phases' for a doubled input.
 pub struct Filters {
     pub(super) u: Vec<f32>,
-    pub(super) by_phases: bool,
+    pub(super) tiling: Tiling,
+}
+
+/// The tiles a convolution runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Tiling {
+    /// F(4x4, 3x3): 6x6 input tiles, 36 positions.
+    F4,
+    /// F(6x6, 3x3): 8x8 input tiles, 64 positions, 1.78 products per output where F4 takes
+    /// 2.25.
+    F6,
+    /// F(5x5, 2x2) for each of a doubled input's four phases.
+    Phases,
 }
 
 impl Filters {
     /// F(4x4, 3x3)'s U of `weight` (out, in, 3, 3), for any input.
     pub fn new(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
         Self {
-            u: transform_weights(weight, out_channels, in_channels),
-            by_phases: false,
+            u: transform_weights::<ALPHA>(weight, out_channels, in_channels, &G),
+            tiling: Tiling::F4,
+        }
+    }
+
+    /// F(6x6, 3x3)'s U of `weight` (out, in, 3, 3), for any input.
+    pub fn f6(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
+        Self {
+            u: transform_weights::<ALPHA6>(weight, out_channels, in_channels, &G6),
+            tiling: Tiling::F6,
         }
     }
 
@@ -50,17 +83,18 @@ impl Filters {
     pub fn by_phases(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
         Self {
             u: transform_weights_doubled(weight, out_channels, in_channels),
-            by_phases: true,
+            tiling: Tiling::Phases,
         }
     }
 
     /// The filters `shape`'s convolution runs fastest with: by phases where the input is
-    /// `doubled` and [`phases_pay`] for its size.
+    /// `doubled` and [`phases_pay`] for its size, by F(6x6, 3x3) where [`f6_pays`].
     pub fn for_shape(weight: &[f32], shape: Shape, doubled: bool) -> Self {
         let (out, cin) = (shape.out_channels, shape.in_channels);
-        match doubled && phases_pay(shape) {
-            true => Self::by_phases(weight, out, cin),
-            false => Self::new(weight, out, cin),
+        match (doubled, doubled && phases_pay(shape), f6_pays(shape)) {
+            (_, true, _) => Self::by_phases(weight, out, cin),
+            (false, _, true) => Self::f6(weight, out, cin),
+            _ => Self::new(weight, out, cin),
         }
     }
 }
@@ -79,15 +113,46 @@ fn phases_pay(shape: Shape) -> bool {
 /// The smallest output plane a doubled input is convolved by phases for (256x256).
 const MIN_PLANE_BY_PHASES: usize = 256 * 256;
 
-/// `weight` (out, in, 3, 3) to U = G g G^T laid out (out, 36, in): the GEMM operand of
-/// position p is the (out x in) matrix at offset p * in with row stride 36 * in. That layout
-/// lets every output channel be transformed in parallel straight into place, each value
-/// written once into memory never zeroed first: this runs on every call, and U is 36/9 times
-/// the weight (236 MB for one of the SDXL UNet's 1280-channel layers).
-fn transform_weights(weight: &[f32], out_channels: usize, in_channels: usize) -> Vec<f32> {
-    transform_each_output(weight, out_channels, in_channels, 1, |g, scratch, dst| {
-        transform_filter::<3>(g, &G, scratch, dst)
-    })
+/// Whether `shape`'s convolution is faster by F(6x6, 3x3) than by F(4x4, 3x3): a fifth fewer
+/// products, for transforms that cost about as much per output and a U 64/36 the size, made
+/// on every call. The products' share grows with `in x out / (in + out)` (products against
+/// transforms per pixel), and F(6x6, 3x3)'s larger blocks (a block is whole rows of tiles)
+/// pay only on large images. 2 threads of a Zen 4 EPYC, AVX2, U made and the convolution
+/// run with a fused GroupNorm+SiLU, min of 3, F(4x4) against F(6x6) (ms): 128 channels at
+/// 1024x1024 852-1055 against 789-1018, 256 to 128 there 1568-1724 against 1247-1358; 256
+/// at 512x512 702-712 against 569-603, 512 to 256 there 1197-1358 against 964-1160; even:
+/// 64 at 1024x1024, 256 to 128 at 512x512, 512 at 256x256; F(4x4) faster: 128 at 512x512
+/// 186-212 against 192-306, and every UNet shape (1280 at 32x32 108-128 against 176-189)
+/// (bench/RESULTS.md).
+fn f6_pays(shape: Shape) -> bool {
+    let (cin, cout) = (shape.in_channels, shape.out_channels);
+    // The widths' harmonic mean: 128 for 128 to 128, 171 for 256 to 128.
+    let width = 2 * cin * cout / (cin + cout).max(1);
+    match shape.plane() {
+        plane if plane >= 1024 * 1024 => width >= 128,
+        plane if plane >= 512 * 512 => width >= 256,
+        _ => false,
+    }
+}
+
+/// `weight` (out, in, 3, 3) to U = G g G^T laid out (out, A * A, in): the GEMM operand of
+/// position p is the (out x in) matrix at offset p * in with row stride A * A * in. That
+/// layout lets every output channel be transformed in parallel straight into place, each
+/// value written once into memory never zeroed first: this runs on every call, and U is 36/9
+/// times the weight for F(4x4, 3x3) (236 MB for one of the SDXL UNet's 1280-channel layers).
+fn transform_weights<const A: usize>(
+    weight: &[f32],
+    out_channels: usize,
+    in_channels: usize,
+    gm: &[[f32; 3]; A],
+) -> Vec<f32> {
+    transform_each_output(
+        weight,
+        out_channels,
+        in_channels,
+        A * A,
+        |g, scratch, dst| transform_filter::<3, A>(g, gm, scratch, dst),
+    )
 }
 
 /// `weight` (out, in, 3, 3) for a doubled input ([`super::Fused::doubled`]): each phase's 2x2 kernel
@@ -97,14 +162,14 @@ fn transform_weights_doubled(weight: &[f32], out_channels: usize, in_channels: u
         weight,
         out_channels,
         in_channels,
-        PHASES,
+        PHASES * ALPHA * ALPHA,
         |g, scratch, dst| {
             let (scratch, kernels): &mut (FilterScratch, Vec<f32>) = scratch;
             let c_count = g.len() / 9;
             kernels.resize(4 * c_count, 0.0);
-            for (phase, dst) in dst.chunks_exact_mut(POSITIONS * c_count).enumerate() {
+            for (phase, dst) in dst.chunks_exact_mut(ALPHA * ALPHA * c_count).enumerate() {
                 phase_kernels(g, phase / 2, phase % 2, kernels);
-                transform_filter::<2>(kernels, &G2, scratch, dst);
+                transform_filter::<2, ALPHA>(kernels, &G2, scratch, dst);
             }
         },
     )
@@ -141,19 +206,19 @@ struct FilterScratch {
     rows: Vec<f32>,
 }
 
-/// U for every output channel in parallel, `phases * 36 * in` values each, written by
+/// U for every output channel in parallel, `positions * in` values each, written by
 /// `transform` from the channel's (in, 3, 3) filters into memory never zeroed first, with
 /// scratch `S` of its own per task.
 fn transform_each_output<S: Default>(
     weight: &[f32],
     out_channels: usize,
     in_channels: usize,
-    phases: usize,
+    positions: usize,
     transform: impl Fn(&[f32], &mut S, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
     let c_count = in_channels;
     assert_eq!(weight.len(), out_channels * c_count * 9);
-    let chunk = phases * POSITIONS * c_count;
+    let chunk = positions * c_count;
     let len = out_channels * chunk;
     let mut u = Vec::with_capacity(len);
     if len > 0 {
@@ -171,18 +236,18 @@ fn transform_each_output<S: Default>(
     u
 }
 
-/// One output channel's filters `g` (in, R, R) into `dst` (36, in) by `gm` (G for R = 3, G2
-/// for 2), built for AVX2 where the CPU has it (the same operations, so the same bits, as the
-/// baseline copy).
-fn transform_filter<const R: usize>(
+/// One output channel's filters `g` (in, R, R) into `dst` (A * A, in) by `gm` (G or G6 for
+/// R = 3, G2 for 2), built for AVX2 where the CPU has it (the same operations, so the same
+/// bits, as the baseline copy).
+fn transform_filter<const R: usize, const A: usize>(
     g: &[f32],
-    gm: &[[f32; R]; ALPHA],
+    gm: &[[f32; R]; A],
     scratch: &mut FilterScratch,
     dst: &mut [MaybeUninit<f32>],
 ) {
     let c_count = g.len() / (R * R);
     scratch.taps.resize(R * R * c_count, 0.0);
-    scratch.rows.resize(ALPHA * R * c_count, 0.0);
+    scratch.rows.resize(A * R * c_count, 0.0);
     let (taps, rows) = (&mut scratch.taps[..], &mut scratch.rows[..]);
     #[cfg(target_arch = "x86_64")]
     {
@@ -197,9 +262,9 @@ fn transform_filter<const R: usize>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn transform_filter_avx2<const R: usize>(
+fn transform_filter_avx2<const R: usize, const A: usize>(
     g: &[f32],
-    gm: &[[f32; R]; ALPHA],
+    gm: &[[f32; R]; A],
     taps: &mut [f32],
     rows: &mut [f32],
     dst: &mut [MaybeUninit<f32>],
@@ -208,9 +273,9 @@ fn transform_filter_avx2<const R: usize>(
 }
 
 #[inline(always)]
-fn transform_filter_with<const R: usize>(
+fn transform_filter_with<const R: usize, const A: usize>(
     g: &[f32],
-    gm: &[[f32; R]; ALPHA],
+    gm: &[[f32; R]; A],
     taps: &mut [f32],
     rows: &mut [f32],
     dst: &mut [MaybeUninit<f32>],
@@ -223,21 +288,17 @@ fn transform_filter_with<const R: usize>(
         }
     }
     // rows[a][col][c] = sum_r G[a][r] g[r][col]
-    for a in 0..ALPHA {
+    for a in 0..A {
         for col in 0..R {
             let taps = std::array::from_fn(|r| &taps[(r * R + col) * c_count..][..c_count]);
             combine(&mut rows[(a * R + col) * c_count..][..c_count], gm[a], taps);
         }
     }
     // U[a][b][c] = sum_col rows[a][col][c] G[b][col]
-    for a in 0..ALPHA {
-        for b in 0..ALPHA {
+    for a in 0..A {
+        for b in 0..A {
             let rows = std::array::from_fn(|col| &rows[(a * R + col) * c_count..][..c_count]);
-            combine(
-                &mut dst[(a * ALPHA + b) * c_count..][..c_count],
-                gm[b],
-                rows,
-            );
+            combine(&mut dst[(a * A + b) * c_count..][..c_count], gm[b], rows);
         }
     }
 }
@@ -272,5 +333,39 @@ impl Written for MaybeUninit<f32> {
     #[inline(always)]
     fn set(&mut self, value: f32) {
         self.write(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiling(cin: usize, cout: usize, side: usize, doubled: bool) -> Tiling {
+        let shape = Shape {
+            batch: 1,
+            in_channels: cin,
+            out_channels: cout,
+            height: side,
+            width: side,
+        };
+        let weight = vec![0.5; cout * cin * 9];
+        Filters::for_shape(&weight, shape, doubled).tiling
+    }
+
+    /// The measured choices: F(6x6, 3x3) for an SDXL VAE's large convolutions, F(4x4, 3x3)
+    /// for the UNets' and an SD VAE decoding 512x512, phases for the upsamplers.
+    #[test]
+    fn each_shape_gets_the_tiles_it_runs_fastest_on() {
+        assert_eq!(tiling(128, 128, 1024, false), Tiling::F6);
+        assert_eq!(tiling(256, 128, 1024, false), Tiling::F6);
+        assert_eq!(tiling(256, 256, 512, false), Tiling::F6);
+        assert_eq!(tiling(512, 256, 512, false), Tiling::F6);
+        assert_eq!(tiling(64, 64, 1024, false), Tiling::F4);
+        assert_eq!(tiling(128, 128, 512, false), Tiling::F4);
+        assert_eq!(tiling(256, 128, 512, false), Tiling::F4);
+        assert_eq!(tiling(512, 512, 256, false), Tiling::F4);
+        assert_eq!(tiling(1280, 1280, 32, false), Tiling::F4);
+        assert_eq!(tiling(256, 256, 1024, true), Tiling::Phases);
+        assert_eq!(tiling(512, 512, 128, true), Tiling::F4);
     }
 }

@@ -1,13 +1,17 @@
-//! 3x3, stride-1, padding-1 convolution by Winograd's F(4x4, 3x3) on CPU f32.
+//! 3x3, stride-1, padding-1 convolution by Winograd's F(4x4, 3x3) or F(6x6, 3x3) on CPU f32.
 //!
 //! A direct (im2col + GEMM) 3x3 convolution spends 9 multiplies per output per input channel;
 //! F(4x4, 3x3) produces each 4x4 output tile from a 6x6 input tile with 36 element-wise
 //! products, 2.25 per output: four times fewer. The products of all tiles at one of the 36
 //! positions form one matrix product (out channels x in channels) x (in channels x tiles),
-//! so the work is 36 GEMMs plus cheap linear transforms on either side.
+//! so the work is 36 GEMMs plus cheap linear transforms on either side. F(6x6, 3x3) makes
+//! each 6x6 tile from an 8x8 one with 64 products, 1.78 per output: it wins on the large
+//! images of a VAE decoding 1024x1024 ([`Filters::for_shape`] picks).
 //!
-//! Rounding: the transforms use the points 0, +-1, +-2, whose error growth is small: within
-//! 1e-4 of an f64 direct convolution in the tests below, and the pipeline parity cases keep
+//! Rounding: F(4x4, 3x3)'s transforms use the points 0, +-1, +-2, whose error growth is
+//! small: within 1e-4 of an f64 direct convolution in the tests below. F(6x6, 3x3) adds
+//! +-1/2, whose larger constants about double the error (relative RMS 4.5e-6 against 2.3e-6
+//! for 128 channels, 8.7e-6 against 4.5e-6 for 512 to 256); the pipeline parity cases keep
 //! their 4e-3 budget.
 //!
 //! Layout: input and output stay NCHW. A block is a few rows of tiles across the whole
@@ -34,6 +38,7 @@ mod filters;
 mod vector;
 
 pub use filters::Filters;
+use filters::Tiling;
 use vector::Vector;
 
 /// Input transform B^T (6x6) for the points 0, 1, -1, 2, -2, infinity. The kernels run it
@@ -72,11 +77,13 @@ const AT5: [[f32; 6]; 5] = [
 const M: usize = 4;
 const M_DOUBLED: usize = 5;
 const ALPHA: usize = 6;
-const POSITIONS: usize = ALPHA * ALPHA;
+/// F(6x6, 3x3)'s output and input pixels per tile side.
+const M6: usize = 6;
+const ALPHA6: usize = 8;
 
-/// Input rows kept per thread: a tile row's six and room for the next one's new rows
+/// Input rows kept per thread: a tile row's six (eight) and room for the next one's new rows
 /// without evicting the two (five) it shares with them.
-const RING: usize = 8;
+const RING: usize = 10;
 
 /// Phases of a doubled input: the 2x2 output pixels each input pixel stands for.
 const PHASES: usize = 4;
@@ -212,21 +219,23 @@ enum Output {
 
 fn run(input: &[f32], shape: Shape, filters: &Filters, fused: Fused, output: Output) -> Vec<f32> {
     let u = &filters.u;
-    match filters.by_phases {
-        false => run_tiles::<M, 1, 1, { LANES * M }>(input, shape, u, fused, output),
-        true => {
+    match filters.tiling {
+        Tiling::F4 => run_tiles::<M, 1, 1, { LANES * M }, ALPHA>(input, shape, u, fused, output),
+        Tiling::F6 => run_tiles::<M6, 1, 1, { LANES * M6 }, ALPHA6>(input, shape, u, fused, output),
+        Tiling::Phases => {
             assert!(fused.doubled, "filters by phases are for a doubled input");
             const OUT: usize = LANES * M_DOUBLED * 2;
-            run_tiles::<M_DOUBLED, 2, PHASES, OUT>(input, shape, u, fused, output)
+            run_tiles::<M_DOUBLED, 2, PHASES, OUT, ALPHA>(input, shape, u, fused, output)
         }
     }
 }
 
 /// The convolution with tiles of `TM` x `TM` outputs on an input `S` times smaller than the
-/// output along each side: F(4x4, 3x3) with `S = 1`, F(5x5, 2x2) per phase with `S = 2`.
-/// `PH` is `S * S` (the phases) and `OUT` the `LANES * TM * S` output pixels of a row of eight
-/// tiles, given apart because stable Rust sizes no array by an expression of const generics.
-fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize>(
+/// output along each side, from input tiles `A` wide: F(4x4, 3x3) and F(6x6, 3x3) with `S =
+/// 1`, F(5x5, 2x2) per phase with `S = 2`. `PH` is `S * S` (the phases) and `OUT` the `LANES *
+/// TM * S` output pixels of a row of eight tiles, given apart because stable Rust sizes no
+/// array by an expression of const generics.
+fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize, const A: usize>(
     input: &[f32],
     shape: Shape,
     u: &[f32],
@@ -235,8 +244,8 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize>
 ) -> Vec<f32> {
     const {
         assert!(
-            PH == S * S && OUT == LANES * TM * S,
-            "PH and OUT follow from TM and S"
+            PH == S * S && OUT == LANES * TM * S && A == TM + 3 - S,
+            "PH, OUT and A follow from TM and S"
         )
     };
     let Shape {
@@ -249,7 +258,8 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize>
     let input_plane = fused.input_plane(shape);
     assert_eq!(input.len(), batch * in_channels * input_plane);
     let phases = PH;
-    assert_eq!(u.len(), out_channels * phases * POSITIONS * in_channels);
+    let positions = A * A;
+    assert_eq!(u.len(), out_channels * phases * positions * in_channels);
     fused.check(batch, in_channels, out_channels, height * width);
     let (grid_h, grid_w) = (height / S, width / S);
     let tiles_w = grid_w.div_ceil(TM);
@@ -313,8 +323,8 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize>
         tile_rows_per_block,
     };
     blocks.into_par_iter().for_each_init(
-        || Scratch::new::<TM, S>(&geometry),
-        |scratch, block| geometry.run_block::<TM, S, PH, OUT>(input, u, fused, block, scratch),
+        || Scratch::new::<TM, S, A>(&geometry),
+        |scratch, block| geometry.run_block::<TM, S, PH, OUT, A>(input, u, fused, block, scratch),
     );
     // SAFETY: the blocks own every output row between them, and each wrote every value of
     // its rows (the output transform covers every pixel of every row it is handed).
@@ -363,10 +373,10 @@ struct Geometry {
 
 /// Per-thread buffers, reused across blocks.
 struct Scratch {
-    /// Transformed input, (phase, in, 36, tiles): what one input channel's transform writes
-    /// is together, and position p's GEMM operand is read with a row stride.
+    /// Transformed input, (phase, in, positions, tiles): what one input channel's transform
+    /// writes is together, and position p's GEMM operand is read with a row stride.
     v: Vec<f32>,
-    /// GEMM results, (out, phase, 36, tiles): what one output channel's transform reads is
+    /// GEMM results, (out, phase, positions, tiles): what one output channel's transform reads is
     /// together (laid out by position it was scattered over megabytes, its loads missing the
     /// cache).
     m: Vec<f32>,
@@ -378,26 +388,27 @@ struct Scratch {
     /// which stay and are not made again: each input row normalized once, where it was made
     /// 1.5 times (2.4 times for the phases).
     padded_rows: [Option<isize>; RING],
-    /// The rows after the vertical input transform: (6, padded).
+    /// The rows after the vertical input transform: (alpha, padded).
     vertical: Vec<f32>,
     /// One input row normalized, before it is read doubled.
     normalized: Vec<f32>,
 }
 
 impl Scratch {
-    fn new<const TM: usize, const S: usize>(g: &Geometry) -> Self {
+    fn new<const TM: usize, const S: usize, const A: usize>(g: &Geometry) -> Self {
         let tiles = g.tile_rows_per_block * g.tiles_w;
         let phases = S * S;
-        // Tile t reads columns TM t .. TM t + 5 (one further for the second phase); lanes
-        // round the tile count up to a multiple of 8, and a span is read whole.
+        let positions = A * A;
+        // Tile t reads columns TM t .. TM t + A - 1 (one further for the second phase);
+        // lanes round the tile count up to a multiple of 8, and a span is read whole.
         let row_len = g.tiles_w.next_multiple_of(LANES) * TM + SPAN_MAX;
         let row_len = row_len.next_multiple_of(LANES);
         Self {
-            v: vec![0f32; phases * POSITIONS * g.shape.in_channels * tiles],
-            m: vec![0f32; phases * POSITIONS * g.shape.out_channels * tiles],
+            v: vec![0f32; phases * positions * g.shape.in_channels * tiles],
+            m: vec![0f32; phases * positions * g.shape.out_channels * tiles],
             padded: vec![0f32; RING * row_len],
             padded_rows: [None; RING],
-            vertical: vec![0f32; ALPHA * row_len],
+            vertical: vec![0f32; A * row_len],
             normalized: vec![0f32; g.grid_w],
         }
     }
@@ -410,7 +421,13 @@ impl Geometry {
     /// 3-10 % slower than the baseline one on a Zen 4 EPYC. That copy keeps its lanes in AVX2
     /// registers ([`vector::Avx2`]), the other in arrays: the same operations in the same
     /// order (no fused multiply-adds), so the same bits.
-    fn run_block<const TM: usize, const S: usize, const PH: usize, const OUT: usize>(
+    fn run_block<
+        const TM: usize,
+        const S: usize,
+        const PH: usize,
+        const OUT: usize,
+        const A: usize,
+    >(
         &self,
         input: &[f32],
         u: &[f32],
@@ -427,15 +444,23 @@ impl Geometry {
             if super::math::has_avx2_fma() && !portable {
                 // SAFETY: the CPU has the features the copy is built for.
                 #[allow(unsafe_code)]
-                return unsafe { self.run_block_avx2::<TM, S, PH, OUT>(input, u, fused, block, s) };
+                return unsafe {
+                    self.run_block_avx2::<TM, S, PH, OUT, A>(input, u, fused, block, s)
+                };
             }
         }
-        self.run_block_with::<TM, S, PH, OUT, Lanes>(input, u, fused, block, s)
+        self.run_block_with::<TM, S, PH, OUT, A, Lanes>(input, u, fused, block, s)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn run_block_avx2<const TM: usize, const S: usize, const PH: usize, const OUT: usize>(
+    fn run_block_avx2<
+        const TM: usize,
+        const S: usize,
+        const PH: usize,
+        const OUT: usize,
+        const A: usize,
+    >(
         &self,
         input: &[f32],
         u: &[f32],
@@ -443,7 +468,7 @@ impl Geometry {
         b: Block,
         s: &mut Scratch,
     ) {
-        self.run_block_with::<TM, S, PH, OUT, vector::Avx2>(input, u, fused, b, s)
+        self.run_block_with::<TM, S, PH, OUT, A, vector::Avx2>(input, u, fused, b, s)
     }
 
     #[inline(always)]
@@ -452,6 +477,7 @@ impl Geometry {
         const S: usize,
         const PH: usize,
         const OUT: usize,
+        const A: usize,
         V: Vector,
     >(
         &self,
@@ -466,18 +492,19 @@ impl Geometry {
             .min(self.tiles_h - block.first_tile_row);
         let tiles = tile_rows * self.tiles_w;
         let (cin, cout, phases) = (self.shape.in_channels, self.shape.out_channels, PH);
+        let positions = A * A;
         let image_len = input.len() / self.shape.batch;
         let image = &input[block.image * image_len..][..image_len];
         let norm = fused.input_norm.map(|n| &n[block.image * cin..][..cin]);
-        self.transform_input::<TM, S, V>(image, norm, block.first_tile_row, tile_rows, s);
+        self.transform_input::<TM, S, A, V>(image, norm, block.first_tile_row, tile_rows, s);
         for phase in 0..phases {
-            for p in 0..POSITIONS {
-                let at = phase * POSITIONS + p;
+            for p in 0..positions {
+                let at = phase * positions + p;
                 let lhs =
-                    gemm::View::row_major(&u[at * cin..], cout, cin, phases * POSITIONS * cin);
-                let v = &s.v[(phase * cin * POSITIONS + p) * tiles..];
-                let rhs = gemm::View::row_major(v, cin, tiles, POSITIONS * tiles);
-                let row_stride = phases * POSITIONS * tiles;
+                    gemm::View::row_major(&u[at * cin..], cout, cin, phases * positions * cin);
+                let v = &s.v[(phase * cin * positions + p) * tiles..];
+                let rhs = gemm::View::row_major(v, cin, tiles, positions * tiles);
+                let row_stride = phases * positions * tiles;
                 let dst = &mut s.m[at * tiles..][..(cout - 1) * row_stride + tiles];
                 gemm::matmul_into(lhs, rhs, dst, row_stride, 1.0, 1);
             }
@@ -489,12 +516,12 @@ impl Geometry {
                 residual: block.residual_rows.get(k).copied(),
                 over_residual: block.over_residual,
             };
-            let m = &s.m[..phases * POSITIONS * cout * tiles];
+            let m = &s.m[..phases * positions * cout * tiles];
             // The next channel's products, asked into the cache a share per tile row: what
-            // this one reads comes from 36 rows per phase at once, more streams than the
+            // this one reads comes from 36 (64) rows per phase at once, more streams than the
             // hardware's prefetcher follows, and waited on memory for a fifth of the
             // transforms' time (two fifths with the phases).
-            let channel_len = phases * POSITIONS * tiles;
+            let channel_len = phases * positions * tiles;
             let next = match k + 1 < cout {
                 true => &m[(k + 1) * channel_len..][..channel_len],
                 false => &[],
@@ -504,7 +531,7 @@ impl Geometry {
                 let ahead = next
                     .get(r * share..)
                     .map_or(&[][..], |n| &n[..share.min(n.len())]);
-                self.transform_output::<TM, S, PH, OUT, V>(m, k, tiles, r, added, ahead, rows);
+                self.transform_output::<TM, S, PH, OUT, A, V>(m, k, tiles, r, added, ahead, rows);
             }
         }
     }
@@ -552,7 +579,7 @@ impl Geometry {
     /// Phase `(a, b)` of a doubled input reads the tiles one row down for `a = 1` and one
     /// column right for `b = 1` (the kernels of `filters::phase_kernels`).
     #[inline(always)]
-    fn transform_input<const TM: usize, const S: usize, V: Vector>(
+    fn transform_input<const TM: usize, const S: usize, const A: usize, V: Vector>(
         &self,
         image: &[f32],
         norm: Option<&[(f32, f32)]>,
@@ -563,8 +590,9 @@ impl Geometry {
         let (h, w) = (self.grid_h, self.grid_w);
         let tiles = tile_rows * self.tiles_w;
         let cin = self.shape.in_channels;
-        let (padded_len, vertical_len) = (s.padded.len() / RING, s.vertical.len() / ALPHA);
-        // The columns the tiles' lanes read: tile t reads TM t + b .. TM t + b + 5.
+        let (padded_len, vertical_len) = (s.padded.len() / RING, s.vertical.len() / A);
+        let positions = A * A;
+        // The columns the tiles' lanes read: tile t reads TM t + b .. TM t + b + A - 1.
         let columns = self.tiles_w.next_multiple_of(LANES) * TM + LANES;
         let channel_len = image.len() / cin;
         for c in 0..cin {
@@ -572,10 +600,10 @@ impl Geometry {
             s.padded_rows = [None; RING];
             for r in 0..tile_rows {
                 for row_phase in 0..S {
-                    // The six input rows of this tile row (grid rows top - 1 .. top + 5),
+                    // The A input rows of this tile row (grid rows top - 1 .. top + A - 1),
                     // shifted right by one (the left pad), zero outside the image.
                     let top = (first + r) * TM + row_phase;
-                    let mut slots = [0; ALPHA];
+                    let mut slots = [0; A];
                     for (i, slot) in slots.iter_mut().enumerate() {
                         let y = (top + i) as isize - 1;
                         *slot = y.rem_euclid(RING as isize) as usize;
@@ -594,18 +622,19 @@ impl Geometry {
                     }
                     // vertical[a][x] = sum_i BT[a][i] padded[i][x], eight columns at a time.
                     for x in (0..columns).step_by(LANES) {
-                        let mut rows = [V::splat(0.0); ALPHA];
+                        let mut rows = [V::splat(0.0); A];
                         for (row, &slot) in rows.iter_mut().zip(&slots) {
                             *row = V::load(&s.padded[slot * padded_len + x..]);
                         }
-                        for (a, out) in input_1d(&rows).into_iter().enumerate() {
+                        for (a, out) in input_1d::<A, V>(&rows).into_iter().enumerate() {
                             out.store(&mut s.vertical[a * vertical_len + x..]);
                         }
                     }
                     for column_phase in 0..S {
                         let phase = row_phase * S + column_phase;
-                        let v = &mut s.v[phase * cin * POSITIONS * tiles..];
-                        self.transform_row::<TM, V>(&s.vertical, v, c, tiles, r, column_phase);
+                        let v = &mut s.v[phase * cin * positions * tiles..];
+                        let vertical = &s.vertical;
+                        self.transform_row::<TM, A, V>(vertical, v, c, tiles, r, column_phase);
                     }
                 }
             }
@@ -615,7 +644,7 @@ impl Geometry {
     /// `v[a][b][c][t] = sum_j BT[b][j] vertical[a][TM t + j + offset]` for tile row `r`, eight
     /// tiles at a time.
     #[inline(always)]
-    fn transform_row<const TM: usize, V: Vector>(
+    fn transform_row<const TM: usize, const A: usize, V: Vector>(
         &self,
         vertical: &[f32],
         v: &mut [f32],
@@ -625,16 +654,16 @@ impl Geometry {
         offset: usize,
     ) {
         let tw = self.tiles_w;
-        let vertical_len = vertical.len() / ALPHA;
-        for a in 0..ALPHA {
+        let vertical_len = vertical.len() / A;
+        for a in 0..A {
             let row = &vertical[a * vertical_len..][..vertical_len];
             for t0 in (0..tw).step_by(LANES) {
                 // Eight tiles' columns from one span of the row (the row has room past the
                 // last tile), lane l of column j at l * TM + j.
-                let columns = V::columns::<TM>(&row[t0 * TM + offset..]);
+                let columns = V::columns::<TM, A>(&row[t0 * TM + offset..]);
                 let count = LANES.min(tw - t0);
-                for (b, out) in input_1d(&columns).into_iter().enumerate() {
-                    let at = (c * POSITIONS + a * ALPHA + b) * tiles + r * tw + t0;
+                for (b, out) in input_1d::<A, V>(&columns).into_iter().enumerate() {
+                    let at = (c * A * A + a * A + b) * tiles + r * tw + t0;
                     match count {
                         LANES => out.store(&mut v[at..]),
                         _ => v[at..][..count].copy_from_slice(&out.lanes()[..count]),
@@ -654,6 +683,7 @@ impl Geometry {
         const S: usize,
         const PH: usize,
         const OUT: usize,
+        const A: usize,
         V: Vector,
     >(
         &self,
@@ -665,7 +695,7 @@ impl Geometry {
         ahead: &[f32],
         rows: &mut [MaybeUninit<f32>],
     ) {
-        let (tw, w, phases) = (self.tiles_w, self.shape.width, PH);
+        let (tw, w, phases, positions) = (self.tiles_w, self.shape.width, PH, A * A);
         let row_count = rows.len() / w;
         let ahead_share = ahead.len().div_ceil(tw.div_ceil(LANES));
         for t0 in (0..tw).step_by(LANES) {
@@ -679,32 +709,32 @@ impl Geometry {
             // `memmove`.
             let mut y = [[[V::splat(0.0); TM]; TM]; PH];
             for (phase, y) in y.iter_mut().enumerate() {
-                let mut products = [V::splat(0.0); POSITIONS];
-                for (p, product) in products.iter_mut().enumerate() {
-                    let at = ((k * phases + phase) * POSITIONS + p) * tiles + r * tw + t0;
-                    let src = &m[at..];
-                    *product = match count {
-                        LANES => V::load(src),
-                        _ => {
-                            let mut lanes = [0f32; LANES];
-                            lanes[..count].copy_from_slice(&src[..count]);
-                            V::load(&lanes)
-                        }
-                    };
-                }
                 // horizontal[a][j] = sum_b AT[j][b] m[a][b]
-                let mut horizontal = [[V::splat(0.0); TM]; ALPHA];
+                let mut horizontal = [[V::splat(0.0); TM]; A];
                 for (a, h) in horizontal.iter_mut().enumerate() {
-                    let row: &[V; ALPHA] = products[a * ALPHA..][..ALPHA].try_into().unwrap();
-                    *h = output_1d::<TM, V>(row);
+                    let mut products = [V::splat(0.0); A];
+                    for (b, product) in products.iter_mut().enumerate() {
+                        let p = a * A + b;
+                        let at = ((k * phases + phase) * positions + p) * tiles + r * tw + t0;
+                        let src = &m[at..];
+                        *product = match count {
+                            LANES => V::load(src),
+                            _ => {
+                                let mut lanes = [0f32; LANES];
+                                lanes[..count].copy_from_slice(&src[..count]);
+                                V::load(&lanes)
+                            }
+                        };
+                    }
+                    *h = output_1d::<TM, A, V>(&products);
                 }
                 // y[j][i] = sum_a AT[i][a] horizontal[a][j]
                 for (j, y) in y.iter_mut().enumerate() {
-                    let mut column = [V::splat(0.0); ALPHA];
+                    let mut column = [V::splat(0.0); A];
                     for (a, value) in column.iter_mut().enumerate() {
                         *value = horizontal[a][j];
                     }
-                    *y = output_1d::<TM, V>(&column);
+                    *y = output_1d::<TM, A, V>(&column);
                 }
             }
             // The eight tiles cover TM * S * 8 adjacent pixels of each row, the last ones cut
@@ -728,33 +758,50 @@ impl Geometry {
                             }
                             row.copy_from_slice(&V::row4(&columns));
                         }
-                        (5, 2) => {
-                            // Value q = 2 j + b of a tile is phase (a, b)'s column j.
+                        (5, 2) | (6, 1) => {
+                            // Value q = S j + b of a tile is phase (a, b)'s column j.
                             let mut columns = [V::splat(0.0); 10];
-                            for (q, column) in columns.iter_mut().enumerate() {
-                                *column = y[a * S + q % 2][q / 2][i];
+                            for (q, column) in columns[..TM * S].iter_mut().enumerate() {
+                                *column = y[a * S + q % S][q / S][i];
                             }
-                            // An upsampler's output (no residual) gets its biases in the
-                            // tiles' lanes and its rows stored straight into place: loading
-                            // them back whole from the ten-wide stores stalled on
-                            // store-forwarding, a fifth of the phases' output transform.
-                            if valid == OUT && !added.has_residual() {
-                                for column in &mut columns {
+                            // Rows of whole lanes get their biases (and F(6x6, 3x3)'s their
+                            // residual, gathered as the input's columns are) in the tiles'
+                            // lanes and are stored straight into place: loading them back
+                            // whole from the narrower stores stalled on store-forwarding, a
+                            // fifth of the phases' output transform.
+                            let residual_fits =
+                                S == 1 && at + vector::row_len::<TM>() <= rows.len();
+                            if valid == OUT && (!added.has_residual() || residual_fits) {
+                                for column in &mut columns[..TM * S] {
                                     *column = added.biased(*column);
                                 }
-                                V::row10(&columns, &mut rows[at..][..OUT]);
+                                if let Some(residual) = added.residual_columns::<TM, V>(rows, at) {
+                                    for (column, residual) in columns.iter_mut().zip(residual) {
+                                        *column = column.add(residual);
+                                    }
+                                }
+                                let out = &mut rows[at..][..OUT];
+                                match S {
+                                    1 => V::row6(columns[..6].try_into().unwrap(), out),
+                                    _ => V::row10(&columns, out),
+                                }
                                 continue;
                             }
-                            let mut values = [MaybeUninit::uninit(); 80];
-                            V::row10(&columns, &mut values);
-                            // SAFETY: `row10` writes all 80 values.
+                            let mut values = [MaybeUninit::new(0f32); 80];
+                            match S {
+                                1 => V::row6(columns[..6].try_into().unwrap(), &mut values),
+                                _ => V::row10(&columns, &mut values),
+                            }
+                            // SAFETY: every value was initialised, to zero if not written.
                             #[allow(unsafe_code)]
                             let values = values.map(|v| unsafe { v.assume_init() });
                             for (lanes, values) in row.iter_mut().zip(values.chunks(LANES)) {
                                 *lanes = V::load(values);
                             }
                         }
-                        _ => unreachable!("tiles are F(4x4, 3x3)'s or F(5x5, 2x2)'s"),
+                        _ => {
+                            unreachable!("tiles are F(4x4, 3x3)'s, F(6x6, 3x3)'s or F(5x5, 2x2)'s")
+                        }
                     }
                     match valid == OUT {
                         true => added.write(row, &mut rows[at..][..OUT], at),
@@ -775,6 +822,28 @@ impl Geometry {
 impl Added<'_> {
     fn has_residual(&self) -> bool {
         self.residual.is_some() || self.over_residual
+    }
+
+    /// The residual of eight tiles `TM` wide starting at `at` in the rows, as the tiles'
+    /// lanes ([`Vector::columns`]); the rows hold [`vector::row_len`] values from `at`.
+    #[inline(always)]
+    fn residual_columns<const TM: usize, V: Vector>(
+        &self,
+        rows: &[MaybeUninit<f32>],
+        at: usize,
+    ) -> Option<[V; TM]> {
+        match (self.residual, self.over_residual) {
+            (Some(residual), _) => Some(V::columns::<TM, TM>(&residual[at..])),
+            (None, true) => {
+                let span = &rows[at..][..vector::row_len::<TM>()];
+                // SAFETY: over the residual the rows are initialised (`Block`), and the
+                // values are read before they are written over.
+                #[allow(unsafe_code)]
+                let span = unsafe { &*(span as *const [MaybeUninit<f32>] as *const [f32]) };
+                Some(V::columns::<TM, TM>(span))
+            }
+            (None, false) => None,
+        }
     }
 
     /// `value + bias (+ image bias)`, in that order as the separate ops add them.
@@ -856,9 +925,9 @@ fn sum(value: f32, bias: f32, plus_image_bias: bool, image_bias: f32) -> f32 {
 const LANES: usize = 8;
 type Lanes = [f32; LANES];
 
-/// Input values the eight tiles of one lane group read along a row, at most (F(5x5, 2x2)'s
-/// tiles are wider).
-const SPAN_MAX: usize = vector::row_len::<M_DOUBLED>();
+/// Input values the eight tiles of one lane group read along a row, at most (F(6x6, 3x3)'s
+/// tiles are the widest).
+const SPAN_MAX: usize = vector::row_len::<M6>();
 
 /// Lanes of the longest row of eight tiles: F(5x5, 2x2)'s, 80 pixels.
 const ROW_LANES_MAX: usize = M_DOUBLED * 2;
@@ -879,11 +948,37 @@ fn prefetch(values: &[f32]) {
     let _ = values;
 }
 
+/// `B^T d` along one side of eight input tiles `A` wide: 6 (F(4x4, 3x3) and the phases' F(5x5,
+/// 2x2)) or 8 (F(6x6, 3x3)).
+#[inline(always)]
+fn input_1d<const A: usize, V: Vector>(d: &[V; A]) -> [V; A] {
+    let mut out = [d[0]; A];
+    match A {
+        ALPHA => out.copy_from_slice(&input_1d_6(d[..ALPHA].try_into().unwrap())),
+        ALPHA6 => out.copy_from_slice(&input_1d_8(d[..ALPHA6].try_into().unwrap())),
+        _ => unreachable!("tiles are 6 or 8 wide"),
+    }
+    out
+}
+
+/// `A^T m` along one side of eight tiles of products `A` wide, `TM` outputs: see
+/// [`input_1d`].
+#[inline(always)]
+fn output_1d<const TM: usize, const A: usize, V: Vector>(m: &[V; A]) -> [V; TM] {
+    let mut out = [m[0]; TM];
+    match A {
+        ALPHA => out.copy_from_slice(&output_1d_6::<TM, V>(m[..ALPHA].try_into().unwrap())),
+        ALPHA6 => out.copy_from_slice(&output_1d_8(m[..ALPHA6].try_into().unwrap())),
+        _ => unreachable!("tiles are 6 or 8 wide"),
+    }
+    out
+}
+
 /// `B^T d` along one side of eight 6x6 input tiles, factored into shared terms: a dozen
 /// adds where the matrix has 22 non-zeros, every index constant so the tiles stay in
 /// registers (a loop over the matrix's rows kept its sums in memory).
 #[inline(always)]
-fn input_1d<V: Vector>(d: &[V; ALPHA]) -> [V; ALPHA] {
+fn input_1d_6<V: Vector>(d: &[V; ALPHA]) -> [V; ALPHA] {
     let d4_minus_4d2 = sub(d[4], scaled(4.0, d[2]));
     let four_d1_minus_d3 = sub(scaled(4.0, d[1]), d[3]);
     let d4_minus_d2 = sub(d[4], d[2]);
@@ -898,11 +993,11 @@ fn input_1d<V: Vector>(d: &[V; ALPHA]) -> [V; ALPHA] {
     ]
 }
 
-/// `A^T m` along one side of eight tiles of products, factored as [`input_1d`]: F(4x4, 3x3)'s
+/// `A^T m` along one side of eight tiles of products, factored as [`input_1d_6`]: F(4x4, 3x3)'s
 /// four rows for `TM = 4`, F(5x5, 2x2)'s five for `TM = 5` (the same points, so the same
 /// terms, the point at infinity's product added to the last row).
 #[inline(always)]
-fn output_1d<const TM: usize, V: Vector>(m: &[V; ALPHA]) -> [V; TM] {
+fn output_1d_6<const TM: usize, V: Vector>(m: &[V; ALPHA]) -> [V; TM] {
     let (sum12, difference12) = (add(m[1], m[2]), sub(m[1], m[2]));
     let (sum34, difference34) = (add(m[3], m[4]), sub(m[3], m[4]));
     let rows = [
@@ -916,6 +1011,68 @@ fn output_1d<const TM: usize, V: Vector>(m: &[V; ALPHA]) -> [V; TM] {
     out.copy_from_slice(&rows[..TM]);
     out[TM - 1] = add(out[TM - 1], m[5]);
     out
+}
+
+/// F(6x6, 3x3)'s `B^T d` (points 0, +-1, +-2, +-1/2, infinity), factored as
+/// [`input_1d_6`]: rows 1 to 6 come in pairs `even +- odd` of shared halves.
+#[inline(always)]
+fn input_1d_8<V: Vector>(d: &[V; ALPHA6]) -> [V; ALPHA6] {
+    let (r1, r2) = plus_minus(
+        sub(add(d[2], d[6]), scaled(4.25, d[4])),
+        sub(add(d[1], d[5]), scaled(4.25, d[3])),
+    );
+    let (r3, r4) = plus_minus(
+        sub(add(scaled(0.25, d[2]), d[6]), scaled(1.25, d[4])),
+        add(sub(scaled(0.5, d[1]), scaled(2.5, d[3])), scaled(2.0, d[5])),
+    );
+    let (r5, r6) = plus_minus(
+        add(sub(scaled(4.0, d[2]), scaled(5.0, d[4])), d[6]),
+        add(sub(scaled(2.0, d[1]), scaled(2.5, d[3])), scaled(0.5, d[5])),
+    );
+    [
+        add(sub(d[0], d[6]), scaled(5.25, sub(d[4], d[2]))),
+        r1,
+        r2,
+        r3,
+        r4,
+        r5,
+        r6,
+        add(sub(d[7], d[1]), scaled(5.25, sub(d[3], d[5]))),
+    ]
+}
+
+/// F(6x6, 3x3)'s `A^T m`, factored as [`output_1d_6`].
+#[inline(always)]
+fn output_1d_8<V: Vector>(m: &[V; ALPHA6]) -> [V; M6] {
+    let (sum12, difference12) = plus_minus(m[1], m[2]);
+    let (sum34, difference34) = plus_minus(m[3], m[4]);
+    let (sum56, difference56) = plus_minus(m[5], m[6]);
+    [
+        add(add(add(m[0], sum12), sum34), sum56),
+        add(
+            add(difference12, scaled(2.0, difference34)),
+            scaled(0.5, difference56),
+        ),
+        add(add(sum12, scaled(4.0, sum34)), scaled(0.25, sum56)),
+        add(
+            add(difference12, scaled(8.0, difference34)),
+            scaled(0.125, difference56),
+        ),
+        add(add(sum12, scaled(16.0, sum34)), scaled(0.0625, sum56)),
+        add(
+            add(
+                add(difference12, scaled(32.0, difference34)),
+                scaled(0.03125, difference56),
+            ),
+            m[7],
+        ),
+    ]
+}
+
+/// `(a + b, a - b)`.
+#[inline(always)]
+fn plus_minus<V: Vector>(a: V, b: V) -> (V, V) {
+    (add(a, b), sub(a, b))
 }
 
 #[inline(always)]
@@ -936,6 +1093,28 @@ fn scaled<V: Vector>(k: f32, a: V) -> V {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// F(6x6, 3x3)'s B^T (8x8) and A^T (6x8), for the points 0, 1, -1, 1/2, -1/2, 2, -2 (in
+    /// B^T's row order; A^T's rows 3 to 6 take them as 2, -2, 1/2, -1/2, the pairing G6's rows
+    /// follow) and infinity.
+    const BT6: [[f32; 8]; 8] = [
+        [1., 0., -5.25, 0., 5.25, 0., -1., 0.],
+        [0., 1., 1., -4.25, -4.25, 1., 1., 0.],
+        [0., -1., 1., 4.25, -4.25, -1., 1., 0.],
+        [0., 0.5, 0.25, -2.5, -1.25, 2., 1., 0.],
+        [0., -0.5, 0.25, 2.5, -1.25, -2., 1., 0.],
+        [0., 2., 4., -2.5, -5., 0.5, 1., 0.],
+        [0., -2., 4., 2.5, -5., -0.5, 1., 0.],
+        [0., -1., 0., 5.25, 0., -5.25, 0., 1.],
+    ];
+    const AT6: [[f32; 8]; 6] = [
+        [1., 1., 1., 1., 1., 1., 1., 0.],
+        [0., 1., -1., 2., -2., 0.5, -0.5, 0.],
+        [0., 1., 1., 4., 4., 0.25, 0.25, 0.],
+        [0., 1., -1., 8., -8., 0.125, -0.125, 0.],
+        [0., 1., 1., 16., 16., 0.0625, 0.0625, 0.],
+        [0., 1., -1., 32., -32., 0.03125, -0.03125, 1.],
+    ];
 
     /// `out[o] = sum_i matrix[o][i] * x[i]`, lane by lane; zero coefficients fold away.
     fn apply<const O: usize, const I: usize>(matrix: &[[f32; I]; O], x: &[Lanes; I]) -> [Lanes; O] {
@@ -958,10 +1137,23 @@ pub(crate) mod tests {
     fn factored_transforms_match_the_matrices() {
         let x: [Lanes; ALPHA] =
             std::array::from_fn(|i| std::array::from_fn(|l| ((i * 8 + l) as f32 * 0.37).sin()));
+        let x8: [Lanes; ALPHA6] =
+            std::array::from_fn(|i| std::array::from_fn(|l| ((i * 8 + l) as f32 * 0.37).sin()));
         for (factored, by_matrix) in [
             (input_1d(&x).to_vec(), apply(&BT, &x).to_vec()),
-            (output_1d::<4, Lanes>(&x).to_vec(), apply(&AT, &x).to_vec()),
-            (output_1d::<5, Lanes>(&x).to_vec(), apply(&AT5, &x).to_vec()),
+            (
+                output_1d::<4, ALPHA, Lanes>(&x).to_vec(),
+                apply(&AT, &x).to_vec(),
+            ),
+            (
+                output_1d::<5, ALPHA, Lanes>(&x).to_vec(),
+                apply(&AT5, &x).to_vec(),
+            ),
+            (input_1d(&x8).to_vec(), apply(&BT6, &x8).to_vec()),
+            (
+                output_1d::<6, ALPHA6, Lanes>(&x8).to_vec(),
+                apply(&AT6, &x8).to_vec(),
+            ),
         ] {
             assert_eq!(factored.len(), by_matrix.len());
             for (a, b) in factored.iter().flatten().zip(by_matrix.iter().flatten()) {
@@ -1053,10 +1245,15 @@ pub(crate) mod tests {
     /// upsampled image): there to rounding.
     #[test]
     fn fused_ops_give_the_values_of_separate_ones() {
-        for (batch, cin, cout, h, w, doubled) in [
-            (2, 3, 5, 6, 10, true),
-            (1, 4, 2, 9, 7, false),
-            (1, 2, 3, 16, 12, true),
+        for (batch, cin, cout, h, w, doubled, tiling) in [
+            (2, 3, 5, 6, 10, true, Tiling::Phases),
+            (1, 4, 2, 9, 7, false, Tiling::F4),
+            (1, 2, 3, 16, 12, true, Tiling::Phases),
+            // Rows of whole lanes, their residual gathered into the tiles' lanes, and the
+            // last whole row of each channel, whose residual is read apart.
+            (1, 4, 2, 9, 100, false, Tiling::F6),
+            (2, 3, 2, 7, 96, false, Tiling::F6),
+            (1, 3, 4, 13, 10, false, Tiling::F6),
         ] {
             let (ih, iw) = if doubled { (h / 2, w / 2) } else { (h, w) };
             let input = pattern(batch * cin * ih * iw, 0.3);
@@ -1066,9 +1263,14 @@ pub(crate) mod tests {
             let s = shape(batch, cin, cout, h, w);
             let weight = pattern(cout * cin * 9, 1.7);
             let (bias, residual) = (pattern(cout, 2.9), pattern(batch * cout * h * w, 0.9));
-            let u = Filters::new(&weight, cout, cin);
+            // The separate ops convolve the upsampled image by F(4x4, 3x3).
+            let u = match tiling {
+                Tiling::F6 => Filters::f6(&weight, cout, cin),
+                _ => Filters::new(&weight, cout, cin),
+            };
             let by_phases = Filters::by_phases(&weight, cout, cin);
             let u_fused = if doubled { &by_phases } else { &u };
+            assert_eq!(u_fused.tiling, tiling);
             // The separate ops: normalize, upsample, convolve, add the image's bias and the
             // residual.
             let mut normalized = input.clone();
@@ -1158,7 +1360,12 @@ pub(crate) mod tests {
     #[test]
     fn portable_lanes_give_the_same_bits() {
         use std::sync::atomic::Ordering::Relaxed;
-        for (cin, cout, h, w, doubled) in [(3, 5, 13, 70, false), (4, 3, 22, 90, true)] {
+        for (cin, cout, h, w, tiling) in [
+            (3, 5, 13, 70, Tiling::F4),
+            (4, 3, 22, 90, Tiling::Phases),
+            (3, 4, 14, 100, Tiling::F6),
+        ] {
+            let doubled = tiling == Tiling::Phases;
             let (ih, iw) = if doubled { (h / 2, w / 2) } else { (h, w) };
             let input = pattern(cin * ih * iw, 0.3);
             let norm: Vec<(f32, f32)> = (0..cin).map(|i| (0.5 + i as f32, 0.1)).collect();
@@ -1166,9 +1373,10 @@ pub(crate) mod tests {
             let weight = pattern(cout * cin * 9, 1.7);
             let (bias, image_bias) = (pattern(cout, 2.9), pattern(cout, 4.1));
             let residual = pattern(cout * h * w, 0.9);
-            let u = match doubled {
-                true => Filters::by_phases(&weight, cout, cin),
-                false => Filters::new(&weight, cout, cin),
+            let u = match tiling {
+                Tiling::Phases => Filters::by_phases(&weight, cout, cin),
+                Tiling::F4 => Filters::new(&weight, cout, cin),
+                Tiling::F6 => Filters::f6(&weight, cout, cin),
             };
             let fused = Fused {
                 input_norm: Some(&norm),
@@ -1189,7 +1397,8 @@ pub(crate) mod tests {
             let run = |portable: bool| {
                 PORTABLE_ONLY.store(portable, Relaxed);
                 // Without a residual, the phases' rows of whole lanes are stored in place with
-                // their biases added in the tiles' lanes: the values a residual of zeros gets.
+                // their biases added in the tiles' lanes: the values a residual of zeros gets
+                // (F(6x6, 3x3)'s get it in the lanes too).
                 let no_residual = conv3x3_fused(&input, s, &u, apart);
                 assert_eq!(no_residual, conv3x3_fused(&input, s, &u, plus_zeros));
                 let outputs = [
@@ -1225,5 +1434,59 @@ pub(crate) mod tests {
             let u = Filters::new(weight, s.out_channels, s.in_channels);
             conv3x3(input, s, &u, bias)
         });
+    }
+
+    /// F(6x6, 3x3)'s larger constants grow the error: within 1e-4 of the f64 direct
+    /// convolution up to 8 input channels, growing as the square root of their count past
+    /// that (the errors of the input channels' terms add up independently).
+    #[test]
+    fn f6_matches_direct_convolution_on_ragged_shapes() {
+        for (batch, cin, cout, h, w) in [
+            (1, 3, 5, 8, 8),
+            (2, 4, 3, 7, 13),
+            (1, 8, 16, 33, 5),
+            (1, 2, 2, 1, 1),
+            (1, 5, 4, 20, 100),
+            (1, 32, 8, 14, 50),
+        ] {
+            let s = shape(batch, cin, cout, h, w);
+            let input = pattern(batch * cin * h * w, 0.3);
+            let weight = pattern(cout * cin * 9, 1.7);
+            let bias = pattern(cout, 2.9);
+            let expected = direct(&input, s, &weight, Some(&bias));
+            let u = Filters::f6(&weight, cout, cin);
+            let diff = max_diff(&expected, &conv3x3(&input, s, &u, Some(&bias)));
+            let budget = 1e-4 * (cin as f32 / 8.0).sqrt().max(1.0);
+            assert!(diff < budget, "{s:?}: max diff {diff}");
+        }
+    }
+
+    /// F(6x6, 3x3)'s matrices compute the 1-D correlation of a 3-tap filter:
+    /// A^T ((G g) * (B^T d)) is `y[i] = sum_k d[i + k] g[k]`; F(4x4, 3x3)'s too.
+    #[test]
+    fn each_tiling_computes_a_correlation() {
+        fn check<const TM: usize, const A: usize>(
+            bt: &[[f32; A]; A],
+            g_matrix: &[[f32; 3]; A],
+            at: &[[f32; A]; TM],
+        ) {
+            let d: [f64; A] = std::array::from_fn(|i| (i as f64 * 0.7).cos());
+            let g = [0.3, -1.1, 0.6];
+            let gd: [f64; A] = std::array::from_fn(|a| {
+                let filter: f64 = (0..3).map(|k| g_matrix[a][k] as f64 * g[k]).sum();
+                let data: f64 = (0..A).map(|j| bt[a][j] as f64 * d[j]).sum();
+                filter * data
+            });
+            for i in 0..TM {
+                let y: f64 = (0..A).map(|a| at[i][a] as f64 * gd[a]).sum();
+                let expected: f64 = (0..3).map(|k| d[i + k] * g[k]).sum();
+                assert!(
+                    (y - expected).abs() < 1e-6,
+                    "output {i}: {y} against {expected}"
+                );
+            }
+        }
+        check(&BT, &filters::G, &AT);
+        check(&BT6, &filters::G6, &AT6);
     }
 }

@@ -8,7 +8,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::{ALPHA, LANES, Lanes};
+use super::{LANES, Lanes};
 
 pub(super) trait Vector: Copy {
     fn splat(value: f32) -> Self;
@@ -22,12 +22,15 @@ pub(super) trait Vector: Copy {
     fn sub(self, other: Self) -> Self;
     /// Each lane times `k`.
     fn scaled(self, k: f32) -> Self;
-    /// Six columns of eight tiles `TM` apart: lane `l` of column `j` is `row[TM l + j]`.
-    /// `row` holds at least [`row_len::<TM>`] values.
-    fn columns<const TM: usize>(row: &[f32]) -> [Self; ALPHA];
+    /// The first `A` (up to 8) columns of eight tiles `TM` apart: lane `l` of column `j` is
+    /// `row[TM l + j]`. `row` holds at least [`row_len::<TM>`] values.
+    fn columns<const TM: usize, const A: usize>(row: &[f32]) -> [Self; A];
     /// The row of eight tiles four wide, from their four columns: value `4 l + j` of the
     /// row is lane `l` of `y[j]`.
     fn row4(y: &[Self; 4]) -> [Self; 4];
+    /// The row of eight tiles six wide (F(6x6, 3x3)'s), written into the first 48 of `row`:
+    /// value `6 l + j` is lane `l` of `y[j]`.
+    fn row6(y: &[Self; 6], row: &mut [MaybeUninit<f32>]);
     /// The row of eight tiles ten wide (F(5x5, 2x2)'s two phases side by side), written
     /// into the first 80 of `row`: value `10 l + q` is lane `l` of `y[q]`.
     fn row10(y: &[Self; 10], row: &mut [MaybeUninit<f32>]);
@@ -94,9 +97,9 @@ impl Vector for Lanes {
     }
 
     #[inline(always)]
-    fn columns<const TM: usize>(row: &[f32]) -> [Self; ALPHA] {
+    fn columns<const TM: usize, const A: usize>(row: &[f32]) -> [Self; A] {
         let span = &row[..row_len::<TM>()];
-        let mut columns = [[0f32; LANES]; ALPHA];
+        let mut columns = [[0f32; LANES]; A];
         for (j, column) in columns.iter_mut().enumerate() {
             for (l, value) in column.iter_mut().enumerate() {
                 *value = span[l * TM + j];
@@ -112,6 +115,13 @@ impl Vector for Lanes {
             *value = y[x % 4][x / 4];
         }
         row
+    }
+
+    #[inline(always)]
+    fn row6(y: &[Self; 6], row: &mut [MaybeUninit<f32>]) {
+        for (x, value) in row[..48].iter_mut().enumerate() {
+            value.write(y[x % 6][x / 6]);
+        }
     }
 
     #[inline(always)]
@@ -131,7 +141,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use super::{ALPHA, LANES, Lanes, Vector, row_len};
+    use super::{LANES, Lanes, Vector, row_len};
 
     /// Eight lanes in an AVX2 register. Made only where the CPU has AVX2 (the convolution
     /// picks this type after asking), which every `unsafe` below relies on.
@@ -159,6 +169,34 @@ mod x86 {
                 _mm256_shuffle_ps::<0x44>(high01, high23),
                 _mm256_shuffle_ps::<0xEE>(high01, high23),
             ]
+        }
+    }
+
+    /// Lane `l` of `first` and of `second` side by side at `at + stride l`, for each tile
+    /// `l`. Only for `Avx2`'s methods.
+    ///
+    /// Safety: the CPU has AVX2; the eight pairs' places are writable.
+    #[inline(always)]
+    unsafe fn store_pairs(first: __m256, second: __m256, at: *mut f32, stride: usize) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            // Per half: the pairs of tiles (0, 1 | 4, 5) and (2, 3 | 6, 7).
+            let pairs = [
+                (_mm256_unpacklo_ps(first, second), [0, 1, 4, 5]),
+                (_mm256_unpackhi_ps(first, second), [2, 3, 6, 7]),
+            ];
+            for (pairs, tiles) in pairs {
+                let (low, high) = (
+                    _mm_castps_si128(_mm256_castps256_ps128(pairs)),
+                    _mm_castps_si128(_mm256_extractf128_ps::<1>(pairs)),
+                );
+                let store =
+                    |l: usize, pair: i64| at.add(stride * l).cast::<i64>().write_unaligned(pair);
+                store(tiles[0], _mm_cvtsi128_si64(low));
+                store(tiles[1], _mm_extract_epi64::<1>(low));
+                store(tiles[2], _mm_cvtsi128_si64(high));
+                store(tiles[3], _mm_extract_epi64::<1>(high));
+            }
         }
     }
 
@@ -217,7 +255,7 @@ mod x86 {
         /// Tiles `l` and `l + 4` share a vector (one per half), so that 4x4 transposes
         /// within the halves make the columns with their lanes in order.
         #[inline(always)]
-        fn columns<const TM: usize>(row: &[f32]) -> [Self; ALPHA] {
+        fn columns<const TM: usize, const A: usize>(row: &[f32]) -> [Self; A] {
             let at = row[..row_len::<TM>()].as_ptr();
             // Values j0 .. j0 + 4 of tiles l and l + 4.
             let pair = |l: usize, j0: usize| {
@@ -229,9 +267,14 @@ mod x86 {
                 }
             };
             let [c0, c1, c2, c3] = transpose_halves([0, 1, 2, 3].map(|l| pair(l, 0)));
-            // Of values 4..8 only 4 and 5 are columns (the others' shuffles are dropped).
-            let [c4, c5, _, _] = transpose_halves([0, 1, 2, 3].map(|l| pair(l, 4)));
-            [c0, c1, c2, c3, c4, c5].map(Self)
+            // Of values 4..8 the first A - 4 are columns (the others' shuffles are dropped).
+            let [c4, c5, c6, c7] = transpose_halves([0, 1, 2, 3].map(|l| pair(l, 4)));
+            let all = [c0, c1, c2, c3, c4, c5, c6, c7];
+            let mut columns = [Self(c0); A];
+            for (column, &values) in columns.iter_mut().zip(&all) {
+                *column = Self(values);
+            }
+            columns
         }
 
         /// The inverse transpose: tiles `l` and `l + 4` made in the two halves of a vector,
@@ -249,6 +292,25 @@ mod x86 {
                     _mm256_permute2f128_ps::<0x31>(t26, t37),
                 ]
                 .map(Self)
+            }
+        }
+
+        /// Values 0..4 of tiles (l | l + 4) by 4x4 transposes in the halves, stored a half at
+        /// a time; 4 and 5 interleaved and stored in pairs.
+        #[inline(always)]
+        fn row6(y: &[Self; 6], row: &mut [MaybeUninit<f32>]) {
+            let r = y.map(|y| y.0);
+            let quads = transpose_halves([r[0], r[1], r[2], r[3]]);
+            let row = &mut row[..48];
+            // SAFETY: see `Avx2`; each store ends at 6 l + 4 or 6 l + 6 <= 48, and between
+            // them they write all 48 values.
+            unsafe {
+                let at = row.as_mut_ptr().cast::<f32>();
+                for (l, quad) in quads.into_iter().enumerate() {
+                    _mm_storeu_ps(at.add(6 * l), _mm256_castps256_ps128(quad));
+                    _mm_storeu_ps(at.add(6 * (l + 4)), _mm256_extractf128_ps::<1>(quad));
+                }
+                store_pairs(r[4], r[5], at.add(4), 6);
             }
         }
 
@@ -271,24 +333,7 @@ mod x86 {
                     _mm256_storeu_ps(at.add(10 * j), low);
                     _mm256_storeu_ps(at.add(10 * (j + 4)), high);
                 }
-                // Per half: the pairs (8, 9) of tiles (0, 1 | 4, 5) and (2, 3 | 6, 7).
-                let pairs = [
-                    (_mm256_unpacklo_ps(r[8], r[9]), [0, 1, 4, 5]),
-                    (_mm256_unpackhi_ps(r[8], r[9]), [2, 3, 6, 7]),
-                ];
-                for (pairs, tiles) in pairs {
-                    let (low, high) = (
-                        _mm_castps_si128(_mm256_castps256_ps128(pairs)),
-                        _mm_castps_si128(_mm256_extractf128_ps::<1>(pairs)),
-                    );
-                    let store = |l: usize, pair: i64| {
-                        at.add(10 * l + 8).cast::<i64>().write_unaligned(pair)
-                    };
-                    store(tiles[0], _mm_cvtsi128_si64(low));
-                    store(tiles[1], _mm_extract_epi64::<1>(low));
-                    store(tiles[2], _mm_cvtsi128_si64(high));
-                    store(tiles[3], _mm_extract_epi64::<1>(high));
-                }
+                store_pairs(r[8], r[9], at.add(8), 10);
             }
         }
     }
@@ -296,16 +341,27 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ALPHA;
     use super::*;
 
     fn columns_agree<const TM: usize>() {
         let row: Vec<f32> = (0..row_len::<TM>() + 3).map(|i| i as f32 + 0.5).collect();
         let expected: [Lanes; ALPHA] =
             std::array::from_fn(|j| std::array::from_fn(|l| row[TM * l + j]));
-        assert_eq!(<Lanes as Vector>::columns::<TM>(&row), expected);
+        assert_eq!(<Lanes as Vector>::columns::<TM, ALPHA>(&row), expected);
         #[cfg(target_arch = "x86_64")]
         if crate::nn::math::has_avx2_fma() {
-            assert_eq!(Avx2::columns::<TM>(&row).map(Vector::lanes), expected);
+            assert_eq!(
+                Avx2::columns::<TM, ALPHA>(&row).map(Vector::lanes),
+                expected
+            );
+        }
+        let expected: [Lanes; 8] =
+            std::array::from_fn(|j| std::array::from_fn(|l| row[TM * l + j]));
+        assert_eq!(<Lanes as Vector>::columns::<TM, 8>(&row), expected);
+        #[cfg(target_arch = "x86_64")]
+        if crate::nn::math::has_avx2_fma() {
+            assert_eq!(Avx2::columns::<TM, 8>(&row).map(Vector::lanes), expected);
         }
     }
 
@@ -313,33 +369,55 @@ mod tests {
     fn columns_are_the_tiles_values() {
         columns_agree::<4>();
         columns_agree::<5>();
+        columns_agree::<6>();
     }
 
-    #[test]
-    fn row10_puts_each_tile_in_its_place() {
-        let y: [Lanes; 10] = std::array::from_fn(|q| std::array::from_fn(|l| (100 * l + q) as f32));
-        let expected: Vec<f32> = (0..80).map(|x| (100 * (x / 10) + x % 10) as f32).collect();
+    /// `write` (a row of eight tiles `W` wide, `N = 8 W` values) puts value `W l + q` from lane
+    /// `l` of `y[q]`, and writes nothing past the row.
+    fn row_agrees<const W: usize, const N: usize>(
+        write_lanes: fn(&[Lanes; W], &mut [MaybeUninit<f32>]),
+        #[cfg(target_arch = "x86_64")] write_avx2: fn(&[Avx2; W], &mut [MaybeUninit<f32>]),
+    ) {
+        let y: [Lanes; W] = std::array::from_fn(|q| std::array::from_fn(|l| (100 * l + q) as f32));
+        let expected: Vec<f32> = (0..N).map(|x| (100 * (x / W) + x % W) as f32).collect();
         // One past the row, to see that nothing is written there.
-        let written = |row: [MaybeUninit<f32>; 81]| {
-            let row = row.map(|v| {
-                // SAFETY: initialised below before `row10` writes over it.
-                #[allow(unsafe_code)]
-                unsafe {
-                    v.assume_init()
-                }
-            });
-            assert_eq!(row[80], -1.0);
-            row[..80].to_vec()
+        let written = |row: Vec<MaybeUninit<f32>>| {
+            let row: Vec<f32> = row
+                .into_iter()
+                .map(|v| {
+                    // SAFETY: initialised below before the row is written over it.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        v.assume_init()
+                    }
+                })
+                .collect();
+            assert_eq!(row[N], -1.0);
+            row[..N].to_vec()
         };
-        let mut row = [MaybeUninit::new(-1f32); 81];
-        <Lanes as Vector>::row10(&y, &mut row);
+        let mut row = vec![MaybeUninit::new(-1f32); N + 1];
+        write_lanes(&y, &mut row);
         assert_eq!(written(row), expected);
         #[cfg(target_arch = "x86_64")]
         if crate::nn::math::has_avx2_fma() {
-            let mut row = [MaybeUninit::new(-1f32); 81];
-            Avx2::row10(&y.map(|y| Avx2::load(&y)), &mut row);
+            let mut row = vec![MaybeUninit::new(-1f32); N + 1];
+            write_avx2(&y.map(|y| Avx2::load(&y)), &mut row);
             assert_eq!(written(row), expected);
         }
+    }
+
+    #[test]
+    fn row6_and_row10_put_each_tile_in_its_place() {
+        row_agrees::<6, 48>(
+            <Lanes as Vector>::row6,
+            #[cfg(target_arch = "x86_64")]
+            Avx2::row6,
+        );
+        row_agrees::<10, 80>(
+            <Lanes as Vector>::row10,
+            #[cfg(target_arch = "x86_64")]
+            Avx2::row10,
+        );
     }
 
     #[test]
