@@ -792,10 +792,12 @@ impl Geometry {
                                 1 => V::row6(columns[..6].try_into().unwrap(), &mut values),
                                 _ => V::row10(&columns, &mut values),
                             }
-                            // SAFETY: every value was initialised, to zero if not written.
-                            #[allow(unsafe_code)]
-                            let values = values.map(|v| unsafe { v.assume_init() });
                             for (lanes, values) in row.iter_mut().zip(values.chunks(LANES)) {
+                                // SAFETY: every value was initialised, to zero if not written.
+                                #[allow(unsafe_code)]
+                                let values = unsafe {
+                                    &*(values as *const [MaybeUninit<f32>] as *const [f32])
+                                };
                                 *lanes = V::load(values);
                             }
                         }

@@ -200,6 +200,21 @@ mod x86 {
         }
     }
 
+    /// Values `j0 .. j0 + 4` of tiles `l` (low half) and `l + 4` (high half) of eight tiles
+    /// `TM` apart. Only for `Avx2`'s methods. A function, not a closure or an array's `map`,
+    /// so that it is inlined into the AVX2 copy: those were built apart without AVX and
+    /// called, their intrinsics with them, for each column.
+    #[inline(always)]
+    fn pair<const TM: usize>(row: &[f32], l: usize, j0: usize) -> __m256 {
+        let (low, high) = (&row[l * TM + j0..][..4], &row[(l + 4) * TM + j0..][..4]);
+        // SAFETY: called only where an `Avx2` exists, so the CPU has AVX2; four values each.
+        unsafe {
+            let low = _mm_loadu_ps(low.as_ptr());
+            let high = _mm_loadu_ps(high.as_ptr());
+            _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(low), high)
+        }
+    }
+
     impl Vector for Avx2 {
         #[inline(always)]
         fn splat(value: f32) -> Self {
@@ -256,19 +271,16 @@ mod x86 {
         /// within the halves make the columns with their lanes in order.
         #[inline(always)]
         fn columns<const TM: usize, const A: usize>(row: &[f32]) -> [Self; A] {
-            let at = row[..row_len::<TM>()].as_ptr();
-            // Values j0 .. j0 + 4 of tiles l and l + 4.
-            let pair = |l: usize, j0: usize| {
-                // SAFETY: see `Avx2`; the last load ends at 7 TM + 8, inside the row.
-                unsafe {
-                    let low = _mm_loadu_ps(at.add(l * TM + j0));
-                    let high = _mm_loadu_ps(at.add((l + 4) * TM + j0));
-                    _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(low), high)
+            let row = &row[..row_len::<TM>()];
+            let mut pairs = [[Self::splat(0.0).0; 4]; 2];
+            for (half, pairs) in pairs.iter_mut().enumerate() {
+                for (l, tiles) in pairs.iter_mut().enumerate() {
+                    *tiles = pair::<TM>(row, l, 4 * half);
                 }
-            };
-            let [c0, c1, c2, c3] = transpose_halves([0, 1, 2, 3].map(|l| pair(l, 0)));
+            }
+            let [c0, c1, c2, c3] = transpose_halves(pairs[0]);
             // Of values 4..8 the first A - 4 are columns (the others' shuffles are dropped).
-            let [c4, c5, c6, c7] = transpose_halves([0, 1, 2, 3].map(|l| pair(l, 4)));
+            let [c4, c5, c6, c7] = transpose_halves(pairs[1]);
             let all = [c0, c1, c2, c3, c4, c5, c6, c7];
             let mut columns = [Self(c0); A];
             for (column, &values) in columns.iter_mut().zip(&all) {
@@ -282,16 +294,15 @@ mod x86 {
         #[inline(always)]
         fn row4(y: &[Self; 4]) -> [Self; 4] {
             // Tiles (0 | 4), (1 | 5), (2 | 6), (3 | 7).
-            let [t04, t15, t26, t37] = transpose_halves(y.map(|y| y.0));
+            let [t04, t15, t26, t37] = transpose_halves([y[0].0, y[1].0, y[2].0, y[3].0]);
             // SAFETY: see `Avx2`.
             unsafe {
                 [
-                    _mm256_permute2f128_ps::<0x20>(t04, t15),
-                    _mm256_permute2f128_ps::<0x20>(t26, t37),
-                    _mm256_permute2f128_ps::<0x31>(t04, t15),
-                    _mm256_permute2f128_ps::<0x31>(t26, t37),
+                    Self(_mm256_permute2f128_ps::<0x20>(t04, t15)),
+                    Self(_mm256_permute2f128_ps::<0x20>(t26, t37)),
+                    Self(_mm256_permute2f128_ps::<0x31>(t04, t15)),
+                    Self(_mm256_permute2f128_ps::<0x31>(t26, t37)),
                 ]
-                .map(Self)
             }
         }
 
@@ -299,7 +310,7 @@ mod x86 {
         /// a time; 4 and 5 interleaved and stored in pairs.
         #[inline(always)]
         fn row6(y: &[Self; 6], row: &mut [MaybeUninit<f32>]) {
-            let r = y.map(|y| y.0);
+            let r = [y[0].0, y[1].0, y[2].0, y[3].0, y[4].0, y[5].0];
             let quads = transpose_halves([r[0], r[1], r[2], r[3]]);
             let row = &mut row[..48];
             // SAFETY: see `Avx2`; each store ends at 6 l + 4 or 6 l + 6 <= 48, and between
@@ -318,7 +329,10 @@ mod x86 {
         /// and stored in pairs.
         #[inline(always)]
         fn row10(y: &[Self; 10], row: &mut [MaybeUninit<f32>]) {
-            let r = y.map(|y| y.0);
+            let mut r = [y[0].0; 10];
+            for (r, y) in r.iter_mut().zip(y) {
+                *r = y.0;
+            }
             // Halves: values 0..4 of tiles (j | j + 4) in first[j], 4..8 in second[j].
             let first = transpose_halves([r[0], r[1], r[2], r[3]]);
             let second = transpose_halves([r[4], r[5], r[6], r[7]]);
