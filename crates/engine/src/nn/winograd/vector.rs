@@ -190,12 +190,15 @@ mod x86 {
                     _mm_castps_si128(_mm256_castps256_ps128(pairs)),
                     _mm_castps_si128(_mm256_extractf128_ps::<1>(pairs)),
                 );
-                let store =
-                    |l: usize, pair: i64| at.add(stride * l).cast::<i64>().write_unaligned(pair);
-                store(tiles[0], _mm_cvtsi128_si64(low));
-                store(tiles[1], _mm_extract_epi64::<1>(low));
-                store(tiles[2], _mm_cvtsi128_si64(high));
-                store(tiles[3], _mm_extract_epi64::<1>(high));
+                let values = [
+                    _mm_cvtsi128_si64(low),
+                    _mm_extract_epi64::<1>(low),
+                    _mm_cvtsi128_si64(high),
+                    _mm_extract_epi64::<1>(high),
+                ];
+                for (l, pair) in tiles.into_iter().zip(values) {
+                    at.add(stride * l).cast::<i64>().write_unaligned(pair);
+                }
             }
         }
     }
