@@ -105,6 +105,18 @@ pub unsafe fn as_uninit_mut<T>(values: &mut [T]) -> &mut [std::mem::MaybeUninit<
     unsafe { &mut *(values as *mut [T] as *mut [std::mem::MaybeUninit<T>]) }
 }
 
+/// Memory written earlier seen as its values: the inverse of [`as_uninit_mut`].
+///
+/// # Safety
+/// Every value of `values` is initialised.
+#[allow(unsafe_code)]
+#[inline(always)]
+pub unsafe fn assume_init<T>(values: &[std::mem::MaybeUninit<T>]) -> &[T] {
+    // SAFETY: `MaybeUninit<T>` has the layout of `T`; the caller promises the values are
+    // initialised.
+    unsafe { &*(values as *const [std::mem::MaybeUninit<T>] as *const [T]) }
+}
+
 /// The data of `x`, an f32 CPU tensor laid out from the start of its storage, moved out for the
 /// caller to write over: a VAE's full-resolution images are hundreds of megabytes each, and a
 /// ResNet block's output can take its shortcut's place ([`super::resnet`]). `x` itself, as it

@@ -91,9 +91,9 @@ impl Filters {
     /// `doubled` and [`phases_pay`] for its size, by F(6x6, 3x3) where [`f6_pays`].
     pub fn for_shape(weight: &[f32], shape: Shape, doubled: bool) -> Self {
         let (out, cin) = (shape.out_channels, shape.in_channels);
-        match (doubled, doubled && phases_pay(shape), f6_pays(shape)) {
-            (_, true, _) => Self::by_phases(weight, out, cin),
-            (false, _, true) => Self::f6(weight, out, cin),
+        match doubled {
+            true if phases_pay(shape) => Self::by_phases(weight, out, cin),
+            false if f6_pays(shape) => Self::f6(weight, out, cin),
             _ => Self::new(weight, out, cin),
         }
     }

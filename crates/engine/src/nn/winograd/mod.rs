@@ -792,12 +792,10 @@ impl Geometry {
                                 1 => V::row6(columns[..6].try_into().unwrap(), &mut values),
                                 _ => V::row10(&columns, &mut values),
                             }
+                            // SAFETY: every value was initialised, to zero if not written.
+                            #[allow(unsafe_code)]
+                            let values = unsafe { super::buffers::assume_init(&values) };
                             for (lanes, values) in row.iter_mut().zip(values.chunks(LANES)) {
-                                // SAFETY: every value was initialised, to zero if not written.
-                                #[allow(unsafe_code)]
-                                let values = unsafe {
-                                    &*(values as *const [MaybeUninit<f32>] as *const [f32])
-                                };
                                 *lanes = V::load(values);
                             }
                         }
@@ -841,7 +839,7 @@ impl Added<'_> {
                 // SAFETY: over the residual the rows are initialised (`Block`), and the
                 // values are read before they are written over.
                 #[allow(unsafe_code)]
-                let span = unsafe { &*(span as *const [MaybeUninit<f32>] as *const [f32]) };
+                let span = unsafe { super::buffers::assume_init(span) };
                 Some(V::columns::<TM, TM>(span))
             }
             (None, false) => None,
@@ -871,7 +869,7 @@ impl Added<'_> {
                     // SAFETY: over the residual the rows are initialised (`Block`), and
                     // they are read before they are written over.
                     #[allow(unsafe_code)]
-                    let residual = unsafe { &*(out as *const [MaybeUninit<f32>] as *const [f32]) };
+                    let residual = unsafe { super::buffers::assume_init(out) };
                     sum = sum.add(V::load(residual));
                 }
                 (None, false) => {}
@@ -1000,8 +998,8 @@ fn input_1d_6<V: Vector>(d: &[V; ALPHA]) -> [V; ALPHA] {
 /// terms, the point at infinity's product added to the last row).
 #[inline(always)]
 fn output_1d_6<const TM: usize, V: Vector>(m: &[V; ALPHA]) -> [V; TM] {
-    let (sum12, difference12) = (add(m[1], m[2]), sub(m[1], m[2]));
-    let (sum34, difference34) = (add(m[3], m[4]), sub(m[3], m[4]));
+    let (sum12, difference12) = plus_minus(m[1], m[2]);
+    let (sum34, difference34) = plus_minus(m[3], m[4]);
     let rows = [
         add(add(m[0], sum12), sum34),
         add(difference12, scaled(2.0, difference34)),

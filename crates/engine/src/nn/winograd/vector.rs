@@ -119,16 +119,21 @@ impl Vector for Lanes {
 
     #[inline(always)]
     fn row6(y: &[Self; 6], row: &mut [MaybeUninit<f32>]) {
-        for (x, value) in row[..48].iter_mut().enumerate() {
-            value.write(y[x % 6][x / 6]);
-        }
+        lanes_row(y, row);
     }
 
     #[inline(always)]
     fn row10(y: &[Self; 10], row: &mut [MaybeUninit<f32>]) {
-        for (x, value) in row[..80].iter_mut().enumerate() {
-            value.write(y[x % 10][x / 10]);
-        }
+        lanes_row(y, row);
+    }
+}
+
+/// The row of eight tiles `W` wide from their columns in arrays: value `W l + q` is lane `l`
+/// of `y[q]`.
+#[inline(always)]
+fn lanes_row<const W: usize>(y: &[Lanes; W], row: &mut [MaybeUninit<f32>]) {
+    for (x, value) in row[..W * LANES].iter_mut().enumerate() {
+        value.write(y[x % W][x / W]);
     }
 }
 
