@@ -15,6 +15,10 @@
 #              created if missing), DTYPE (f32; bf16 for SD and SDXL: text encoders and UNet in bf16 on
 #              both sides, the VAE f32), ISA (native; avx2: both sides held to AVX2, see setup.sh).
 #              FLUX runs with guidance 0 and T5 padded to 256 tokens.
+#              ROUNDS (1): rounds of both sides, the order flipped every round (diffusers first in
+#              odd ones), for machines whose speed drifts from minute to minute (bench/RESULTS.md:
+#              one binary's stage 30 % apart in two runs): each side's fastest round per stage is
+#              compared, and every round's times printed with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-${MODEL:-target/sd-turbo-shaped}}
@@ -22,19 +26,43 @@ runs=${RUNS:-3}
 dtype=${DTYPE:-f32}
 size=${SIZE:-512}
 . bench/setup.sh
-echo "diffusers ($threads threads)..." >&2
-theirs=$("$python" bench/diffusers_bench.py "$model" --width "$size" --height "$size" --steps "$steps" \
-  --runs "$runs" --threads "$threads" --dtype "$dtype" 2>/dev/null | tail -n 1)
-echo "seedbed ($threads threads)..." >&2
-ours=$("$seedbed" bench "$model" --width "$size" --height "$size" --steps "$steps" --runs "$runs" \
-  --dtype "$dtype" --json 2>/dev/null | tail -n 1)
-python3 - "$theirs" "$ours" <<'PY'
+rounds=${ROUNDS:-1}
+theirs=()
+ours=()
+diffusers() {
+  echo "diffusers ($threads threads)..." >&2
+  theirs+=("$("$python" bench/diffusers_bench.py "$model" --width "$size" --height "$size" \
+    --steps "$steps" --runs "$runs" --threads "$threads" --dtype "$dtype" 2>/dev/null | tail -n 1)")
+}
+seedbed() {
+  echo "seedbed ($threads threads)..." >&2
+  ours+=("$("$seedbed" bench "$model" --width "$size" --height "$size" --steps "$steps" \
+    --runs "$runs" --dtype "$dtype" --json 2>/dev/null | tail -n 1)")
+}
+for round in $(seq "$rounds"); do
+  if [ $((round % 2)) = 1 ]; then
+    diffusers
+    seedbed
+  else
+    seedbed
+    diffusers
+  fi
+done
+python3 - "${#theirs[@]}" "${theirs[@]}" "${ours[@]}" <<'PY'
 import json, sys
-theirs, ours = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+count = int(sys.argv[1])
+theirs = [json.loads(line) for line in sys.argv[2:2 + count]]
+ours = [json.loads(line) for line in sys.argv[2 + count:]]
 print(f"{'stage':<14}{'diffusers s':>12}{'seedbed s':>12}{'ratio':>8}")
 for key in ["text_encode_s", "denoise_s", "vae_decode_s", "total_s"]:
-    print(f"{key:<14}{theirs[key]:>12.3f}{ours[key]:>12.3f}{ours[key] / theirs[key]:>8.2f}")
-print(f"seedbed peak RSS: {ours['peak_rss_bytes'] / 2**30:.2f} GiB; "
-      f"load: seedbed {ours['load_s']:.1f}s (again, warm: {ours['load_warm_s']:.1f}s), "
-      f"diffusers {theirs['load_s']:.1f}s")
+    best_theirs, best_ours = min(r[key] for r in theirs), min(r[key] for r in ours)
+    line = f"{key:<14}{best_theirs:>12.3f}{best_ours:>12.3f}{best_ours / best_theirs:>8.2f}"
+    if count > 1:
+        each = lambda rounds: "/".join(f"{r[key]:.3f}" for r in rounds)
+        line += f"   rounds: diffusers {each(theirs)}, seedbed {each(ours)}"
+    print(line)
+peak = max(r["peak_rss_bytes"] for r in ours)
+print(f"seedbed peak RSS: {peak / 2**30:.2f} GiB; "
+      f"load: seedbed {ours[0]['load_s']:.1f}s (again, warm: {ours[0]['load_warm_s']:.1f}s), "
+      f"diffusers {theirs[0]['load_s']:.1f}s")
 PY
