@@ -29,23 +29,23 @@ size=${SIZE:-512}
 rounds=${ROUNDS:-1}
 theirs=()
 ours=()
-diffusers() {
+run_diffusers() {
   echo "diffusers ($threads threads)..." >&2
   theirs+=("$("$python" bench/diffusers_bench.py "$model" --width "$size" --height "$size" \
     --steps "$steps" --runs "$runs" --threads "$threads" --dtype "$dtype" 2>/dev/null | tail -n 1)")
 }
-seedbed() {
+run_seedbed() {
   echo "seedbed ($threads threads)..." >&2
   ours+=("$("$seedbed" bench "$model" --width "$size" --height "$size" --steps "$steps" \
     --runs "$runs" --dtype "$dtype" --json 2>/dev/null | tail -n 1)")
 }
 for round in $(seq "$rounds"); do
   if [ $((round % 2)) = 1 ]; then
-    diffusers
-    seedbed
+    run_diffusers
+    run_seedbed
   else
-    seedbed
-    diffusers
+    run_seedbed
+    run_diffusers
   fi
 done
 python3 - "${#theirs[@]}" "${theirs[@]}" "${ours[@]}" <<'PY'
