@@ -98,6 +98,34 @@ fn conv3x3(c: &mut Criterion) {
             b.iter(|| winograd::conv3x3_fused(&input, shape, &filters, doubled))
         });
     }
+    // The products by the gemm crate and by the register tiles, weight transform included
+    // as it runs per call: the SD VAE decoder's 512x512 level (128 channels) and its
+    // 256x256 one.
+    for (channels, side) in [(128, 512), (256, 256)] {
+        let weight: Vec<f32> = (0..channels * channels * 9)
+            .map(|i| (i as f32 * 1.7).sin() * 0.05)
+            .collect();
+        let input: Vec<f32> = (0..channels * side * side)
+            .map(|i| (i as f32 * 0.618).sin())
+            .collect();
+        let shape = winograd::Shape {
+            batch: 1,
+            in_channels: channels,
+            out_channels: channels,
+            height: side,
+            width: side,
+        };
+        let paths = [winograd::Products::Gemm, winograd::Products::Tiles];
+        for products in paths.into_iter().filter(|p| p.runs()) {
+            let name = format!("winograd c{channels} {side}x{side} products {products:?}");
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    let filters = winograd::Filters::for_shape_on(&weight, shape, false, products);
+                    winograd::conv3x3(&input, shape, &filters, None)
+                })
+            });
+        }
+    }
     group.finish();
 }
 

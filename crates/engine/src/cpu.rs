@@ -53,11 +53,16 @@ impl CpuReport {
             Some(crate::nn::stored::Kernel::Avx2) => "6x16 register tiles, AVX2+FMA",
             None => "a transposed copy below 256 rows, gemm as stored above",
         };
+        let winograd = match crate::nn::winograd::Products::detect() {
+            crate::nn::winograd::Products::Tiles => "6x16 register tiles, AVX2+FMA",
+            crate::nn::winograd::Products::Gemm => gemm,
+        };
         Self {
             model: model_name(),
             features,
             kernels: vec![
                 ("f32 matmul and convolution", gemm),
+                ("f32 Winograd products", winograd),
                 ("f32 linear weights read in place", stored),
                 ("GGUF q8_0 and q4_K linears", integer),
                 ("f16 weights", half),

@@ -9,6 +9,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::products::{Products, TILE_OUT};
 use super::{ALPHA, ALPHA6, PHASES, Shape};
 
 /// Filter transform G (6x3).
@@ -48,6 +49,8 @@ const G2: [[f32; 2]; 6] = [
 pub struct Filters {
     pub(super) u: Vec<f32>,
     pub(super) tiling: Tiling,
+    /// The products `u` is laid out for.
+    pub(super) products: Products,
 }
 
 /// The tiles a convolution runs on.
@@ -65,37 +68,75 @@ pub(super) enum Tiling {
 impl Filters {
     /// F(4x4, 3x3)'s U of `weight` (out, in, 3, 3), for any input.
     pub fn new(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
-        Self {
-            u: transform_weights::<ALPHA>(weight, out_channels, in_channels, &G),
-            tiling: Tiling::F4,
-        }
+        Self::made(
+            weight,
+            out_channels,
+            in_channels,
+            Tiling::F4,
+            Products::detect(),
+        )
     }
 
     /// F(6x6, 3x3)'s U of `weight` (out, in, 3, 3), for any input.
     pub fn f6(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
-        Self {
-            u: transform_weights::<ALPHA6>(weight, out_channels, in_channels, &G6),
-            tiling: Tiling::F6,
-        }
+        Self::made(
+            weight,
+            out_channels,
+            in_channels,
+            Tiling::F6,
+            Products::detect(),
+        )
     }
 
     /// The four phases' F(5x5, 2x2) U of `weight` (out, in, 3, 3), for a doubled input only.
     pub fn by_phases(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
+        Self::made(
+            weight,
+            out_channels,
+            in_channels,
+            Tiling::Phases,
+            Products::detect(),
+        )
+    }
+
+    /// U by `tiling`, laid out for `products`.
+    pub(super) fn made(
+        weight: &[f32],
+        out_channels: usize,
+        in_channels: usize,
+        tiling: Tiling,
+        products: Products,
+    ) -> Self {
+        let (out, cin) = (out_channels, in_channels);
+        let u = match tiling {
+            Tiling::F4 => transform_weights::<ALPHA>(weight, out, cin, &G, products),
+            Tiling::F6 => transform_weights::<ALPHA6>(weight, out, cin, &G6, products),
+            Tiling::Phases => transform_weights_doubled(weight, out, cin, products),
+        };
         Self {
-            u: transform_weights_doubled(weight, out_channels, in_channels),
-            tiling: Tiling::Phases,
+            u,
+            tiling,
+            products,
         }
     }
 
     /// The filters `shape`'s convolution runs fastest with: by phases where the input is
     /// `doubled` and [`phases_pay`] for its size, by F(6x6, 3x3) where [`f6_pays`].
     pub fn for_shape(weight: &[f32], shape: Shape, doubled: bool) -> Self {
+        Self::for_shape_on(weight, shape, doubled, Products::detect())
+    }
+
+    /// [`Filters::for_shape`] laid out for `products`, which this CPU must run
+    /// ([`Products::runs`]): to compare the paths on one machine.
+    pub fn for_shape_on(weight: &[f32], shape: Shape, doubled: bool, products: Products) -> Self {
+        assert!(products.runs(), "this CPU does not run {products:?}");
+        let tiling = match doubled {
+            true if phases_pay(shape) => Tiling::Phases,
+            false if f6_pays(shape) => Tiling::F6,
+            _ => Tiling::F4,
+        };
         let (out, cin) = (shape.out_channels, shape.in_channels);
-        match doubled {
-            true if phases_pay(shape) => Self::by_phases(weight, out, cin),
-            false if f6_pays(shape) => Self::f6(weight, out, cin),
-            _ => Self::new(weight, out, cin),
-        }
+        Self::made(weight, out, cin, tiling, products)
     }
 }
 
@@ -145,24 +186,32 @@ fn transform_weights<const A: usize>(
     out_channels: usize,
     in_channels: usize,
     gm: &[[f32; 3]; A],
+    products: Products,
 ) -> Vec<f32> {
     transform_each_output(
         weight,
         out_channels,
         in_channels,
         A * A,
+        products,
         |g, scratch, dst| transform_filter::<3, A>(g, gm, scratch, dst),
     )
 }
 
 /// `weight` (out, in, 3, 3) for a doubled input ([`super::Fused::doubled`]): each phase's 2x2 kernel
 /// transformed by F(5x5, 2x2), laid out (out, 4 phases, 36, in).
-fn transform_weights_doubled(weight: &[f32], out_channels: usize, in_channels: usize) -> Vec<f32> {
+fn transform_weights_doubled(
+    weight: &[f32],
+    out_channels: usize,
+    in_channels: usize,
+    products: Products,
+) -> Vec<f32> {
     transform_each_output(
         weight,
         out_channels,
         in_channels,
         PHASES * ALPHA * ALPHA,
+        products,
         |g, scratch, dst| {
             let (scratch, kernels): &mut (FilterScratch, Vec<f32>) = scratch;
             let c_count = g.len() / 9;
@@ -208,27 +257,63 @@ struct FilterScratch {
 
 /// U for every output channel in parallel, `positions * in` values each, written by
 /// `transform` from the channel's (in, 3, 3) filters into memory never zeroed first, with
-/// scratch `S` of its own per task.
-fn transform_each_output<S: Default>(
+/// scratch `S` of its own per task; laid out for `products`: (out, positions, in) for the gemm
+/// crate, (out / TILE_OUT, positions, in, TILE_OUT) for the register tiles, whose task takes
+/// a tile of output channels, transforms them into a buffer of its own and interleaves them
+/// (the last tile's missing channels zero).
+fn transform_each_output<S: Default + Send>(
     weight: &[f32],
     out_channels: usize,
     in_channels: usize,
     positions: usize,
+    products: Products,
     transform: impl Fn(&[f32], &mut S, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
     let c_count = in_channels;
     assert_eq!(weight.len(), out_channels * c_count * 9);
     let chunk = positions * c_count;
-    let len = out_channels * chunk;
+    let rows = match products {
+        Products::Gemm => out_channels,
+        Products::Tiles => out_channels.next_multiple_of(TILE_OUT),
+    };
+    let len = rows * chunk;
     let mut u = Vec::with_capacity(len);
     if len > 0 {
-        u.spare_capacity_mut()[..len]
-            .par_chunks_mut(chunk)
-            .zip(weight.par_chunks(c_count * 9))
-            .for_each_init(S::default, |scratch, (dst, g)| transform(g, scratch, dst));
+        let dst = &mut u.spare_capacity_mut()[..len];
+        match products {
+            Products::Gemm => dst
+                .par_chunks_mut(chunk)
+                .zip(weight.par_chunks(c_count * 9))
+                .for_each_init(S::default, |scratch, (dst, g)| transform(g, scratch, dst)),
+            Products::Tiles => dst
+                .par_chunks_mut(TILE_OUT * chunk)
+                .zip(weight.par_chunks(TILE_OUT * c_count * 9))
+                .for_each_init(
+                    || (S::default(), Vec::new()),
+                    |(scratch, apart), (dst, g)| {
+                        let filters = g.len() / (c_count * 9);
+                        apart.resize(filters * chunk, 0f32);
+                        // SAFETY: `transform` writes only initialised values.
+                        #[allow(unsafe_code)]
+                        let uninit = unsafe { super::super::buffers::as_uninit_mut(apart) };
+                        for (g, dst) in g.chunks(c_count * 9).zip(uninit.chunks_mut(chunk)) {
+                            transform(g, scratch, dst);
+                        }
+                        for (i, dst) in dst.chunks_exact_mut(TILE_OUT).enumerate() {
+                            for (r, dst) in dst.iter_mut().enumerate() {
+                                dst.write(if r < filters {
+                                    apart[r * chunk + i]
+                                } else {
+                                    0.0
+                                });
+                            }
+                        }
+                    },
+                ),
+        }
     }
-    // SAFETY: the chunks cover the `len` values, and `transform` writes every value of its
-    // chunk.
+    // SAFETY: the chunks cover the `len` values, and every value of each is written: by
+    // `transform`, or interleaved from what it wrote.
     #[allow(unsafe_code)]
     unsafe {
         u.set_len(len)

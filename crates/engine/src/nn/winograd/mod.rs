@@ -32,13 +32,13 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::gemm;
-
 mod filters;
+mod products;
 mod vector;
 
 pub use filters::Filters;
 use filters::Tiling;
+pub use products::Products;
 use vector::Vector;
 
 /// Input transform B^T (6x6) for the points 0, 1, -1, 2, -2, infinity. The kernels run it
@@ -218,14 +218,19 @@ enum Output {
 }
 
 fn run(input: &[f32], shape: Shape, filters: &Filters, fused: Fused, output: Output) -> Vec<f32> {
-    let u = &filters.u;
+    let (u, products) = (&filters.u[..], filters.products);
     match filters.tiling {
-        Tiling::F4 => run_tiles::<M, 1, 1, { LANES * M }, ALPHA>(input, shape, u, fused, output),
-        Tiling::F6 => run_tiles::<M6, 1, 1, { LANES * M6 }, ALPHA6>(input, shape, u, fused, output),
+        Tiling::F4 => {
+            run_tiles::<M, 1, 1, { LANES * M }, ALPHA>(input, shape, u, products, fused, output)
+        }
+        Tiling::F6 => {
+            const OUT: usize = LANES * M6;
+            run_tiles::<M6, 1, 1, OUT, ALPHA6>(input, shape, u, products, fused, output)
+        }
         Tiling::Phases => {
             assert!(fused.doubled, "filters by phases are for a doubled input");
             const OUT: usize = LANES * M_DOUBLED * 2;
-            run_tiles::<M_DOUBLED, 2, PHASES, OUT, ALPHA>(input, shape, u, fused, output)
+            run_tiles::<M_DOUBLED, 2, PHASES, OUT, ALPHA>(input, shape, u, products, fused, output)
         }
     }
 }
@@ -239,6 +244,7 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize,
     input: &[f32],
     shape: Shape,
     u: &[f32],
+    products: Products,
     fused: Fused,
     output: Output,
 ) -> Vec<f32> {
@@ -259,7 +265,11 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize,
     assert_eq!(input.len(), batch * in_channels * input_plane);
     let phases = PH;
     let positions = A * A;
-    assert_eq!(u.len(), out_channels * phases * positions * in_channels);
+    let u_rows = match products {
+        Products::Gemm => out_channels,
+        Products::Tiles => out_channels.next_multiple_of(products::TILE_OUT),
+    };
+    assert_eq!(u.len(), u_rows * phases * positions * in_channels);
     fused.check(batch, in_channels, out_channels, height * width);
     let (grid_h, grid_w) = (height / S, width / S);
     let tiles_w = grid_w.div_ceil(TM);
@@ -321,6 +331,7 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize,
         tiles_w,
         tiles_h,
         tile_rows_per_block,
+        products,
     };
     blocks.into_par_iter().for_each_init(
         || Scratch::new::<TM, S, A>(&geometry),
@@ -369,12 +380,15 @@ struct Geometry {
     tiles_w: usize,
     tiles_h: usize,
     tile_rows_per_block: usize,
+    products: Products,
 }
 
 /// Per-thread buffers, reused across blocks.
 struct Scratch {
-    /// Transformed input, (phase, in, positions, tiles): what one input channel's transform
-    /// writes is together, and position p's GEMM operand is read with a row stride.
+    /// Transformed input, per phase (in, positions, tiles) for the gemm crate, which reads
+    /// position p's operand with a row stride, and one input channel's transform writes
+    /// together; (positions, tiles / PANEL, in, PANEL) for the register tiles
+    /// ([`Products`]).
     v: Vec<f32>,
     /// GEMM results, (out, phase, positions, tiles): what one output channel's transform reads is
     /// together (laid out by position it was scattered over megabytes, its loads missing the
@@ -396,7 +410,7 @@ struct Scratch {
 
 impl Scratch {
     fn new<const TM: usize, const S: usize, const A: usize>(g: &Geometry) -> Self {
-        let tiles = g.tile_rows_per_block * g.tiles_w;
+        let tiles = g.columns(g.tile_rows_per_block);
         let phases = S * S;
         let positions = A * A;
         // Tile t reads columns TM t .. TM t + A - 1 (one further for the second phase);
@@ -415,6 +429,11 @@ impl Scratch {
 }
 
 impl Geometry {
+    /// Columns of V and M for `tile_rows` rows of tiles.
+    fn columns(&self, tile_rows: usize) -> usize {
+        self.products.columns(tile_rows * self.tiles_w)
+    }
+
     /// One block, its transforms built for AVX2 where the CPU has it: at the baseline (SSE2)
     /// they took over a quarter of a 128-channel convolution's time. AVX-512 CPUs run the AVX2
     /// copy too: the transforms work on eight lanes, and a copy built with AVX-512 enabled ran
@@ -490,25 +509,23 @@ impl Geometry {
         let tile_rows = self
             .tile_rows_per_block
             .min(self.tiles_h - block.first_tile_row);
-        let tiles = tile_rows * self.tiles_w;
+        let tiles = self.columns(tile_rows);
         let (cin, cout, phases) = (self.shape.in_channels, self.shape.out_channels, PH);
         let positions = A * A;
         let image_len = input.len() / self.shape.batch;
         let image = &input[block.image * image_len..][..image_len];
         let norm = fused.input_norm.map(|n| &n[block.image * cin..][..cin]);
         self.transform_input::<TM, S, A, V>(image, norm, block.first_tile_row, tile_rows, s);
-        for phase in 0..phases {
-            for p in 0..positions {
-                let at = phase * positions + p;
-                let lhs =
-                    gemm::View::row_major(&u[at * cin..], cout, cin, phases * positions * cin);
-                let v = &s.v[(phase * cin * positions + p) * tiles..];
-                let rhs = gemm::View::row_major(v, cin, tiles, positions * tiles);
-                let row_stride = phases * positions * tiles;
-                let dst = &mut s.m[at * tiles..][..(cout - 1) * row_stride + tiles];
-                gemm::matmul_into(lhs, rhs, dst, row_stride, 1.0, 1);
-            }
-        }
+        let operands = products::Operands {
+            u,
+            v: &s.v,
+            in_channels: cin,
+            out_channels: cout,
+            phases,
+            positions,
+            columns: tiles,
+        };
+        self.products.multiply(operands, &mut s.m);
         for (k, rows) in block.out_rows.iter_mut().enumerate() {
             let added = Added {
                 bias: fused.bias.map_or(0.0, |b| b[k]),
@@ -588,7 +605,7 @@ impl Geometry {
         s: &mut Scratch,
     ) {
         let (h, w) = (self.grid_h, self.grid_w);
-        let tiles = tile_rows * self.tiles_w;
+        let tiles = self.columns(tile_rows);
         let cin = self.shape.in_channels;
         let (padded_len, vertical_len) = (s.padded.len() / RING, s.vertical.len() / A);
         let positions = A * A;
@@ -654,6 +671,7 @@ impl Geometry {
         offset: usize,
     ) {
         let tw = self.tiles_w;
+        let (cin, first) = (self.shape.in_channels, r * tw);
         let vertical_len = vertical.len() / A;
         for a in 0..A {
             let row = &vertical[a * vertical_len..][..vertical_len];
@@ -663,10 +681,22 @@ impl Geometry {
                 let columns = V::columns::<TM, A>(&row[t0 * TM + offset..]);
                 let count = LANES.min(tw - t0);
                 for (b, out) in input_1d::<A, V>(&columns).into_iter().enumerate() {
-                    let at = (c * A * A + a * A + b) * tiles + r * tw + t0;
-                    match count {
-                        LANES => out.store(&mut v[at..]),
-                        _ => v[at..][..count].copy_from_slice(&out.lanes()[..count]),
+                    let (position, t) = (a * A + b, first + t0);
+                    let at = self.products.v_index(c, position, t, tiles, cin, A * A);
+                    // The tiles from t on that sit next to it in V: the rest of its panel.
+                    let adjacent = self.products.adjacent(t, tiles);
+                    if count == LANES && adjacent >= LANES {
+                        out.store(&mut v[at..]);
+                        continue;
+                    }
+                    // A row of tiles ends mid-group, or the group spans two panels.
+                    let (lanes, here) = (out.lanes(), count.min(adjacent));
+                    v[at..][..here].copy_from_slice(&lanes[..here]);
+                    if here < count {
+                        let at = self
+                            .products
+                            .v_index(c, position, t + here, tiles, cin, A * A);
+                        v[at..][..count - here].copy_from_slice(&lanes[here..count]);
                     }
                 }
             }
@@ -1419,6 +1449,52 @@ pub(crate) mod tests {
                 outputs
             };
             assert_eq!(run(false), run(true), "{s:?}");
+        }
+    }
+
+    /// The register tiles' products, where the CPU has them, give the gemm crate's values:
+    /// over output channels that leave a part tile, rows of tiles that start mid-panel and end
+    /// mid-group, a block's last half panel, and every tiling. (On an AVX2 CPU the same bits:
+    /// both sum each product in order along the input channels, fused; the gemm crate's
+    /// AVX-512 kernels need not.)
+    #[test]
+    fn register_tiles_give_the_gemm_crates_values() {
+        if !Products::Tiles.runs() {
+            return;
+        }
+        for (batch, cin, cout, h, w, doubled) in [
+            (1, 3, 5, 13, 70, false),
+            (2, 7, 13, 22, 90, true),
+            (1, 9, 4, 40, 104, false),
+            (1, 16, 7, 600, 36, false),
+            (1, 5, 6, 8, 8, true),
+            (1, 2, 1, 1, 1, false),
+        ] {
+            let (ih, iw) = if doubled { (h / 2, w / 2) } else { (h, w) };
+            let input = pattern(batch * cin * ih * iw, 0.3);
+            let norm: Vec<(f32, f32)> = (0..batch * cin).map(|i| (0.5 + i as f32, 0.1)).collect();
+            let s = shape(batch, cin, cout, h, w);
+            let weight = pattern(cout * cin * 9, 1.7);
+            let (bias, residual) = (pattern(cout, 2.9), pattern(batch * cout * h * w, 0.9));
+            let fused = Fused {
+                input_norm: Some(&norm),
+                doubled,
+                bias: Some(&bias),
+                residual: Some(&residual),
+                ..Fused::default()
+            };
+            let tilings = match doubled {
+                true => vec![Tiling::Phases, Tiling::F4],
+                false => vec![Tiling::F4, Tiling::F6],
+            };
+            for tiling in tilings {
+                let run = |products| {
+                    let u = Filters::made(&weight, cout, cin, tiling, products);
+                    conv3x3_fused(&input, s, &u, fused)
+                };
+                let diff = max_diff(&run(Products::Gemm), &run(Products::Tiles));
+                assert!(diff < 1e-5, "{s:?} by {tiling:?}: max diff {diff}");
+            }
         }
     }
 

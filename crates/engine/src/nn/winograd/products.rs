@@ -1,0 +1,268 @@
+//! The matrix products at the heart of a Winograd convolution: for each position (and phase)
+//! of a block's tiles, M (out x tiles) = U (out x in) V (in x tiles).
+//!
+//! The gemm crate packs both operands into its own layouts on every call, 36 to 256 calls per
+//! block, each a product of only a hundred or so tiles: at 128 channels that packing and its
+//! short products left the calls at three quarters of the register tile's speed. On AVX2
+//! CPUs the operands are instead made in the layout a 6x16 register tile reads, where they
+//! are made anyway: U in tiles of [`TILE_OUT`] output channels when the filters are
+//! transformed, V in panels of [`PANEL`] tiles by the input transform. The products then run
+//! with no packing at all (a block's 36 products on one thread of a Zen 3 EPYC: 128 channels
+//! by 96 tiles 58-68 against 44-57 GFLOP/s, 512 channels 59-80 against 49-78). There both
+//! sum each product in order along the input channels with fused multiply-adds from zero,
+//! and give the same bits.
+//!
+//! CPUs with AVX-512 keep the gemm crate, whose AVX-512 kernels these AVX2 tiles were not
+//! measured against; `SEEDBED_WINOGRAD_PRODUCTS=gemm` or `tiles` picks either path where the
+//! CPU runs it, to compare them on one machine.
+
+use super::super::gemm;
+
+/// Output channels of a register tile: the rows of U it reads, each broadcast.
+pub(super) const TILE_OUT: usize = 6;
+/// Tiles of a panel of V: the 16 lanes of two AVX2 registers.
+pub(super) const PANEL: usize = 16;
+/// Tiles of a block's last panel where they leave only that many: one register.
+const HALF_PANEL: usize = 8;
+
+/// How a convolution's products are computed, and so how its operands are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Products {
+    /// The gemm crate: U (out, positions, in), V (in, positions, tiles) per phase.
+    Gemm,
+    /// AVX2 register tiles: U (out / [`TILE_OUT`], positions, in, [`TILE_OUT`]), V (positions,
+    /// tiles / [`PANEL`], in, [`PANEL`]) per phase.
+    Tiles,
+}
+
+impl Products {
+    /// The path this CPU runs best: the tiles on an AVX2 CPU without AVX-512.
+    pub fn detect() -> Self {
+        static DETECTED: std::sync::OnceLock<Products> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let wanted = std::env::var("SEEDBED_WINOGRAD_PRODUCTS").unwrap_or_default();
+            match wanted.as_str() {
+                "gemm" => Self::Gemm,
+                "tiles" if Self::Tiles.runs() => Self::Tiles,
+                _ if Self::Tiles.runs() && !super::super::math::has_avx512() => Self::Tiles,
+                _ => Self::Gemm,
+            }
+        })
+    }
+
+    /// Whether this CPU runs the path.
+    pub fn runs(self) -> bool {
+        match self {
+            Self::Gemm => true,
+            Self::Tiles => cfg!(target_arch = "x86_64") && super::super::math::has_avx2_fma(),
+        }
+    }
+
+    /// The columns a block of `tiles` tiles takes in V and M: whole groups of lanes for the
+    /// tiles, in panels of [`PANEL`] and at most one of [`HALF_PANEL`] last.
+    pub(super) fn columns(self, tiles: usize) -> usize {
+        match self {
+            Self::Gemm => tiles,
+            Self::Tiles => tiles.next_multiple_of(HALF_PANEL),
+        }
+    }
+
+    /// Where tile `t`'s value of input channel `c` at `position` goes in V (one phase's, of
+    /// `columns` columns and `in_channels` rows per position).
+    #[inline(always)]
+    pub(super) fn v_index(
+        self,
+        c: usize,
+        position: usize,
+        t: usize,
+        columns: usize,
+        in_channels: usize,
+        positions: usize,
+    ) -> usize {
+        match self {
+            Self::Gemm => (c * positions + position) * columns + t,
+            Self::Tiles => {
+                let (start, width) = panel(t, columns);
+                (position * columns + start) * in_channels + c * width + t - start
+            }
+        }
+    }
+
+    /// How many tiles from `t` on sit next to it in V, `t`'s included.
+    #[inline(always)]
+    pub(super) fn adjacent(self, t: usize, columns: usize) -> usize {
+        match self {
+            Self::Gemm => columns - t,
+            Self::Tiles => {
+                let (start, width) = panel(t, columns);
+                start + width - t
+            }
+        }
+    }
+}
+
+/// The first column and the width of the panel column `t` is in, of `columns`.
+#[inline(always)]
+fn panel(t: usize, columns: usize) -> (usize, usize) {
+    let start = t / PANEL * PANEL;
+    (start, PANEL.min(columns - start))
+}
+
+/// One block's products, M = U V for every phase and position: U the filters' (laid out for
+/// `self`), V the input transform's (`columns` tiles), M (out, phase, position, columns).
+pub(super) struct Operands<'a> {
+    pub u: &'a [f32],
+    pub v: &'a [f32],
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub phases: usize,
+    pub positions: usize,
+    pub columns: usize,
+}
+
+impl Products {
+    pub(super) fn multiply(self, o: Operands, m: &mut [f32]) {
+        let (cin, cout, columns) = (o.in_channels, o.out_channels, o.columns);
+        let at_count = o.phases * o.positions;
+        let u_rows = match self {
+            Self::Gemm => cout,
+            Self::Tiles => cout.next_multiple_of(TILE_OUT),
+        };
+        assert!(o.u.len() >= u_rows * at_count * cin, "U is short");
+        assert!(o.v.len() >= at_count * cin * columns, "V is short");
+        assert!(m.len() >= cout * at_count * columns, "M is short");
+        let row_stride = at_count * columns;
+        match self {
+            Self::Gemm => {
+                for phase in 0..o.phases {
+                    for p in 0..o.positions {
+                        let at = phase * o.positions + p;
+                        let lhs =
+                            gemm::View::row_major(&o.u[at * cin..], cout, cin, at_count * cin);
+                        let v = &o.v[(phase * cin * o.positions + p) * columns..];
+                        let rhs = gemm::View::row_major(v, cin, columns, o.positions * columns);
+                        let dst = &mut m[at * columns..][..(cout - 1) * row_stride + columns];
+                        gemm::matmul_into(lhs, rhs, dst, row_stride, 1.0, 1);
+                    }
+                }
+            }
+            Self::Tiles => {
+                assert_eq!(columns % HALF_PANEL, 0, "V is whole groups of lanes");
+                for at in 0..at_count {
+                    let v = &o.v[at * columns * cin..][..columns * cin];
+                    for first in (0..cout).step_by(TILE_OUT) {
+                        let rows = TILE_OUT.min(cout - first);
+                        let u = &o.u[(first / TILE_OUT * at_count + at) * cin * TILE_OUT..]
+                            [..cin * TILE_OUT];
+                        for start in (0..columns).step_by(PANEL) {
+                            let width = PANEL.min(columns - start);
+                            let panel = &v[start * cin..][..width * cin];
+                            let at_m = (first * at_count + at) * columns + start;
+                            // The tile's rows of M, each `width` values from `at_m`.
+                            let last = at_m + (rows - 1) * row_stride + width;
+                            let dst = &mut m[at_m..last];
+                            tile(rows, width, u, panel, dst, row_stride);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `rows` rows of M, `row_stride` apart in `dst`, of `width` values each: the products of
+/// `u`'s rows (TILE_OUT values a step, the first `rows` read) and `panel`'s `width` columns
+/// ([`PANEL`] or [`HALF_PANEL`] a step).
+fn tile(rows: usize, width: usize, u: &[f32], panel: &[f32], dst: &mut [f32], row_stride: usize) {
+    let depth = panel.len() / width;
+    assert!(u.len() >= depth * TILE_OUT && (1..=TILE_OUT).contains(&rows));
+    assert!(width == PANEL || width == HALF_PANEL);
+    assert!(dst.len() >= (rows - 1) * row_stride + width);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(
+            Products::Tiles.runs(),
+            "this CPU has no AVX2 register tiles"
+        );
+        // SAFETY: the CPU has the instructions, and the asserts above keep every read and
+        // write in bounds.
+        #[allow(unsafe_code)]
+        unsafe {
+            let (u, panel, dst) = (u.as_ptr(), panel.as_ptr(), dst.as_mut_ptr());
+            x86::tile(rows, width / HALF_PANEL, depth, u, panel, dst, row_stride)
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no AVX2 register tiles off x86-64: {rows} {width} {row_stride}");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::TILE_OUT;
+
+    /// [`rows_of`] for `rows` rows of `registers` registers.
+    ///
+    /// Safety: as [`rows_of`]'s.
+    pub unsafe fn tile(
+        rows: usize,
+        registers: usize,
+        depth: usize,
+        u: *const f32,
+        v: *const f32,
+        m: *mut f32,
+        stride: usize,
+    ) {
+        macro_rules! dispatch {
+            ($($r:literal)*) => {
+                match (rows, registers) {
+                    // SAFETY: as the caller promised.
+                    $(($r, 2) => unsafe { rows_of::<$r, 2>(depth, u, v, m, stride) },
+                    ($r, 1) => unsafe { rows_of::<$r, 1>(depth, u, v, m, stride) },)*
+                    _ => unreachable!("a tile has 1 to {TILE_OUT} rows of 1 or 2 registers"),
+                }
+            };
+        }
+        dispatch!(1 2 3 4 5 6)
+    }
+
+    /// `R` rows of M by `N` registers of columns, `stride` apart from `m`: the sums over
+    /// `depth` of U's values (TILE_OUT a step, the first `R` read) times V's (`N` registers a
+    /// step).
+    ///
+    /// Safety: AVX2 and FMA are present, and the pointers hold what is read and written.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_of<const R: usize, const N: usize>(
+        depth: usize,
+        u: *const f32,
+        v: *const f32,
+        m: *mut f32,
+        stride: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        // SAFETY: the caller keeps every read and write below in bounds.
+        unsafe {
+            for k in 0..depth {
+                let v = v.add(k * 8 * N);
+                let mut columns = [_mm256_setzero_ps(); N];
+                for (n, column) in columns.iter_mut().enumerate() {
+                    *column = _mm256_loadu_ps(v.add(8 * n));
+                }
+                let u = u.add(k * TILE_OUT);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let u = _mm256_broadcast_ss(&*u.add(r));
+                    for (acc, &column) in acc.iter_mut().zip(&columns) {
+                        *acc = _mm256_fmadd_ps(u, column, *acc);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (n, &acc) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(m.add(r * stride + 8 * n), acc);
+                }
+            }
+        }
+    }
+}
