@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::products::{Products, TILE_OUT};
+use super::products::Products;
 use super::{ALPHA, ALPHA6, PHASES, Shape};
 
 /// Filter transform G (6x3).
@@ -49,7 +49,7 @@ const G2: [[f32; 2]; 6] = [
 pub struct Filters {
     pub(super) u: Vec<f32>,
     pub(super) tiling: Tiling,
-    /// The products `u` is laid out for.
+    /// How the convolution computes its products.
     pub(super) products: Products,
 }
 
@@ -99,7 +99,7 @@ impl Filters {
         )
     }
 
-    /// U by `tiling`, laid out for `products`.
+    /// U by `tiling`, its products computed by `products`.
     pub(super) fn made(
         weight: &[f32],
         out_channels: usize,
@@ -109,9 +109,9 @@ impl Filters {
     ) -> Self {
         let (out, cin) = (out_channels, in_channels);
         let u = match tiling {
-            Tiling::F4 => transform_weights::<ALPHA>(weight, out, cin, &G, products),
-            Tiling::F6 => transform_weights::<ALPHA6>(weight, out, cin, &G6, products),
-            Tiling::Phases => transform_weights_doubled(weight, out, cin, products),
+            Tiling::F4 => transform_weights::<ALPHA>(weight, out, cin, &G),
+            Tiling::F6 => transform_weights::<ALPHA6>(weight, out, cin, &G6),
+            Tiling::Phases => transform_weights_doubled(weight, out, cin),
         };
         Self {
             u,
@@ -126,8 +126,8 @@ impl Filters {
         Self::for_shape_on(weight, shape, doubled, Products::detect())
     }
 
-    /// [`Filters::for_shape`] laid out for `products`, which this CPU must run
-    /// ([`Products::runs`]): to compare the paths on one machine.
+    /// [`Filters::for_shape`] with its products computed by `products`, which this CPU must
+    /// run ([`Products::runs`]): to compare the paths on one machine.
     pub fn for_shape_on(weight: &[f32], shape: Shape, doubled: bool, products: Products) -> Self {
         assert!(products.runs(), "this CPU does not run {products:?}");
         let tiling = match doubled {
@@ -186,32 +186,24 @@ fn transform_weights<const A: usize>(
     out_channels: usize,
     in_channels: usize,
     gm: &[[f32; 3]; A],
-    products: Products,
 ) -> Vec<f32> {
     transform_each_output(
         weight,
         out_channels,
         in_channels,
         A * A,
-        products,
         |g, scratch, dst| transform_filter::<3, A>(g, gm, scratch, dst),
     )
 }
 
 /// `weight` (out, in, 3, 3) for a doubled input ([`super::Fused::doubled`]): each phase's 2x2 kernel
 /// transformed by F(5x5, 2x2), laid out (out, 4 phases, 36, in).
-fn transform_weights_doubled(
-    weight: &[f32],
-    out_channels: usize,
-    in_channels: usize,
-    products: Products,
-) -> Vec<f32> {
+fn transform_weights_doubled(weight: &[f32], out_channels: usize, in_channels: usize) -> Vec<f32> {
     transform_each_output(
         weight,
         out_channels,
         in_channels,
         PHASES * ALPHA * ALPHA,
-        products,
         |g, scratch, dst| {
             let (scratch, kernels): &mut (FilterScratch, Vec<f32>) = scratch;
             let c_count = g.len() / 9;
@@ -257,63 +249,27 @@ struct FilterScratch {
 
 /// U for every output channel in parallel, `positions * in` values each, written by
 /// `transform` from the channel's (in, 3, 3) filters into memory never zeroed first, with
-/// scratch `S` of its own per task; laid out for `products`: (out, positions, in) for the gemm
-/// crate, (out / TILE_OUT, positions, in, TILE_OUT) for the register tiles, whose task takes
-/// a tile of output channels, transforms them into a buffer of its own and interleaves them
-/// (the last tile's missing channels zero).
-fn transform_each_output<S: Default + Send>(
+/// scratch `S` of its own per task.
+fn transform_each_output<S: Default>(
     weight: &[f32],
     out_channels: usize,
     in_channels: usize,
     positions: usize,
-    products: Products,
     transform: impl Fn(&[f32], &mut S, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
     let c_count = in_channels;
     assert_eq!(weight.len(), out_channels * c_count * 9);
     let chunk = positions * c_count;
-    let rows = match products {
-        Products::Gemm => out_channels,
-        Products::Tiles => out_channels.next_multiple_of(TILE_OUT),
-    };
-    let len = rows * chunk;
+    let len = out_channels * chunk;
     let mut u = Vec::with_capacity(len);
     if len > 0 {
-        let dst = &mut u.spare_capacity_mut()[..len];
-        match products {
-            Products::Gemm => dst
-                .par_chunks_mut(chunk)
-                .zip(weight.par_chunks(c_count * 9))
-                .for_each_init(S::default, |scratch, (dst, g)| transform(g, scratch, dst)),
-            Products::Tiles => dst
-                .par_chunks_mut(TILE_OUT * chunk)
-                .zip(weight.par_chunks(TILE_OUT * c_count * 9))
-                .for_each_init(
-                    || (S::default(), Vec::new()),
-                    |(scratch, apart), (dst, g)| {
-                        let filters = g.len() / (c_count * 9);
-                        apart.resize(filters * chunk, 0f32);
-                        // SAFETY: `transform` writes only initialised values.
-                        #[allow(unsafe_code)]
-                        let uninit = unsafe { super::super::buffers::as_uninit_mut(apart) };
-                        for (g, dst) in g.chunks(c_count * 9).zip(uninit.chunks_mut(chunk)) {
-                            transform(g, scratch, dst);
-                        }
-                        for (i, dst) in dst.chunks_exact_mut(TILE_OUT).enumerate() {
-                            for (r, dst) in dst.iter_mut().enumerate() {
-                                dst.write(if r < filters {
-                                    apart[r * chunk + i]
-                                } else {
-                                    0.0
-                                });
-                            }
-                        }
-                    },
-                ),
-        }
+        u.spare_capacity_mut()[..len]
+            .par_chunks_mut(chunk)
+            .zip(weight.par_chunks(c_count * 9))
+            .for_each_init(S::default, |scratch, (dst, g)| transform(g, scratch, dst));
     }
-    // SAFETY: the chunks cover the `len` values, and every value of each is written: by
-    // `transform`, or interleaved from what it wrote.
+    // SAFETY: the chunks cover the `len` values, and `transform` writes every value of its
+    // chunk.
     #[allow(unsafe_code)]
     unsafe {
         u.set_len(len)

@@ -265,11 +265,7 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize,
     assert_eq!(input.len(), batch * in_channels * input_plane);
     let phases = PH;
     let positions = A * A;
-    let u_rows = match products {
-        Products::Gemm => out_channels,
-        Products::Tiles => out_channels.next_multiple_of(products::TILE_OUT),
-    };
-    assert_eq!(u.len(), u_rows * phases * positions * in_channels);
+    assert_eq!(u.len(), out_channels * phases * positions * in_channels);
     fused.check(batch, in_channels, out_channels, height * width);
     let (grid_h, grid_w) = (height / S, width / S);
     let tiles_w = grid_w.div_ceil(TM);

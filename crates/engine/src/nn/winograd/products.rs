@@ -4,9 +4,9 @@
 //! The gemm crate packs both operands into its own layouts on every call, 36 to 256 calls per
 //! block, each a product of only a hundred or so tiles: at 128 channels that packing and its
 //! short products left the calls at three quarters of the register tile's speed. On AVX2
-//! CPUs the operands are instead made in the layout a 6x16 register tile reads, where they
-//! are made anyway: U in tiles of [`TILE_OUT`] output channels when the filters are
-//! transformed, V in panels of [`PANEL`] tiles by the input transform. The products then run
+//! CPUs a 6x16 register tile reads the operands where they are made: U's rows as the filter
+//! transform lays them out, each a stream of values broadcast in turn, and V in panels of
+//! [`PANEL`] tiles, the layout the input transform writes for it. The products then run
 //! with no packing at all (a block's 36 products on one thread of a Zen 3 EPYC: 128 channels
 //! by 96 tiles 58-68 against 44-57 GFLOP/s, 512 channels 59-80 against 49-78). There both
 //! sum each product in order along the input channels with fused multiply-adds from zero,
@@ -30,8 +30,8 @@ const HALF_PANEL: usize = 8;
 pub enum Products {
     /// The gemm crate: U (out, positions, in), V (in, positions, tiles) per phase.
     Gemm,
-    /// AVX2 register tiles: U (out / [`TILE_OUT`], positions, in, [`TILE_OUT`]), V (positions,
-    /// tiles / [`PANEL`], in, [`PANEL`]) per phase.
+    /// AVX2 register tiles: U as for the gemm crate, V (positions, tiles / [`PANEL`], in,
+    /// [`PANEL`]) per phase.
     Tiles,
 }
 
@@ -124,11 +124,7 @@ impl Products {
     pub(super) fn multiply(self, o: Operands, m: &mut [f32]) {
         let (cin, cout, columns) = (o.in_channels, o.out_channels, o.columns);
         let at_count = o.phases * o.positions;
-        let u_rows = match self {
-            Self::Gemm => cout,
-            Self::Tiles => cout.next_multiple_of(TILE_OUT),
-        };
-        assert!(o.u.len() >= u_rows * at_count * cin, "U is short");
+        assert!(o.u.len() >= cout * at_count * cin, "U is short");
         assert!(o.v.len() >= at_count * cin * columns, "V is short");
         assert!(m.len() >= cout * at_count * columns, "M is short");
         let row_stride = at_count * columns;
@@ -152,8 +148,9 @@ impl Products {
                     let v = &o.v[at * columns * cin..][..columns * cin];
                     for first in (0..cout).step_by(TILE_OUT) {
                         let rows = TILE_OUT.min(cout - first);
-                        let u = &o.u[(first / TILE_OUT * at_count + at) * cin * TILE_OUT..]
-                            [..cin * TILE_OUT];
+                        // The tile's rows of U at this position, `at_count * cin` apart.
+                        let u = &o.u[(first * at_count + at) * cin..];
+                        let u = &u[..(rows - 1) * at_count * cin + cin];
                         for start in (0..columns).step_by(PANEL) {
                             let width = PANEL.min(columns - start);
                             let panel = &v[start * cin..][..width * cin];
@@ -161,7 +158,7 @@ impl Products {
                             // The tile's rows of M, each `width` values from `at_m`.
                             let last = at_m + (rows - 1) * row_stride + width;
                             let dst = &mut m[at_m..last];
-                            tile(rows, width, u, panel, dst, row_stride);
+                            tile(rows, width, (u, at_count * cin), panel, (dst, row_stride));
                         }
                     }
                 }
@@ -170,30 +167,38 @@ impl Products {
     }
 }
 
-/// `rows` rows of M, `row_stride` apart in `dst`, of `width` values each: the products of
-/// `u`'s rows (TILE_OUT values a step, the first `rows` read) and `panel`'s `width` columns
-/// ([`PANEL`] or [`HALF_PANEL`] a step).
-fn tile(rows: usize, width: usize, u: &[f32], panel: &[f32], dst: &mut [f32], row_stride: usize) {
+/// `rows` rows of M of `width` values each, `dst.1` apart in `dst.0`: the products of `rows`
+/// rows of U, `u.1` apart in `u.0`, and `panel`'s `width` columns ([`PANEL`] or
+/// [`HALF_PANEL`] a step).
+fn tile(rows: usize, width: usize, u: (&[f32], usize), panel: &[f32], dst: (&mut [f32], usize)) {
+    let ((u, u_stride), (dst, dst_stride)) = (u, dst);
     let depth = panel.len() / width;
-    assert!(u.len() >= depth * TILE_OUT && (1..=TILE_OUT).contains(&rows));
-    assert!(width == PANEL || width == HALF_PANEL);
-    assert!(dst.len() >= (rows - 1) * row_stride + width);
+    assert!((1..=TILE_OUT).contains(&rows) && (width == PANEL || width == HALF_PANEL));
+    assert!(u.len() >= (rows - 1) * u_stride + depth);
+    assert!(dst.len() >= (rows - 1) * dst_stride + width);
     #[cfg(target_arch = "x86_64")]
     {
         assert!(
             Products::Tiles.runs(),
             "this CPU has no AVX2 register tiles"
         );
+        let operands = x86::Operands {
+            depth,
+            u: u.as_ptr(),
+            u_stride,
+            v: panel.as_ptr(),
+            m: dst.as_mut_ptr(),
+            m_stride: dst_stride,
+        };
         // SAFETY: the CPU has the instructions, and the asserts above keep every read and
         // write in bounds.
         #[allow(unsafe_code)]
         unsafe {
-            let (u, panel, dst) = (u.as_ptr(), panel.as_ptr(), dst.as_mut_ptr());
-            x86::tile(rows, width / HALF_PANEL, depth, u, panel, dst, row_stride)
+            x86::tile(rows, width / HALF_PANEL, operands)
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("no AVX2 register tiles off x86-64: {rows} {width} {row_stride}");
+    unreachable!("no AVX2 register tiles off x86-64: {rows} {width} {u_stride} {dst_stride}");
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -203,24 +208,27 @@ mod x86 {
 
     use super::TILE_OUT;
 
+    /// Where a tile reads and writes: `depth` values of each row of U (rows `u_stride` apart)
+    /// and `depth` steps of the panel of V, into rows of M `m_stride` apart.
+    pub struct Operands {
+        pub depth: usize,
+        pub u: *const f32,
+        pub u_stride: usize,
+        pub v: *const f32,
+        pub m: *mut f32,
+        pub m_stride: usize,
+    }
+
     /// [`rows_of`] for `rows` rows of `registers` registers.
     ///
     /// Safety: as [`rows_of`]'s.
-    pub unsafe fn tile(
-        rows: usize,
-        registers: usize,
-        depth: usize,
-        u: *const f32,
-        v: *const f32,
-        m: *mut f32,
-        stride: usize,
-    ) {
+    pub unsafe fn tile(rows: usize, registers: usize, o: Operands) {
         macro_rules! dispatch {
             ($($r:literal)*) => {
                 match (rows, registers) {
                     // SAFETY: as the caller promised.
-                    $(($r, 2) => unsafe { rows_of::<$r, 2>(depth, u, v, m, stride) },
-                    ($r, 1) => unsafe { rows_of::<$r, 1>(depth, u, v, m, stride) },)*
+                    $(($r, 2) => unsafe { rows_of::<$r, 2>(o) },
+                    ($r, 1) => unsafe { rows_of::<$r, 1>(o) },)*
                     _ => unreachable!("a tile has 1 to {TILE_OUT} rows of 1 or 2 registers"),
                 }
             };
@@ -228,31 +236,28 @@ mod x86 {
         dispatch!(1 2 3 4 5 6)
     }
 
-    /// `R` rows of M by `N` registers of columns, `stride` apart from `m`: the sums over
-    /// `depth` of U's values (TILE_OUT a step, the first `R` read) times V's (`N` registers a
-    /// step).
+    /// `R` rows of M by `N` registers of columns: the sums over the depth of each row of U's
+    /// values times V's (`N` registers a step). Each of U's rows is read as a stream of its
+    /// own, a value broadcast per step.
     ///
     /// Safety: AVX2 and FMA are present, and the pointers hold what is read and written.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows_of<const R: usize, const N: usize>(
-        depth: usize,
-        u: *const f32,
-        v: *const f32,
-        m: *mut f32,
-        stride: usize,
-    ) {
+    unsafe fn rows_of<const R: usize, const N: usize>(o: Operands) {
         let mut acc = [[_mm256_setzero_ps(); N]; R];
+        let mut u = [o.u; R];
+        for (r, u) in u.iter_mut().enumerate() {
+            *u = o.u.wrapping_add(r * o.u_stride);
+        }
         // SAFETY: the caller keeps every read and write below in bounds.
         unsafe {
-            for k in 0..depth {
-                let v = v.add(k * 8 * N);
+            for k in 0..o.depth {
+                let v = o.v.add(k * 8 * N);
                 let mut columns = [_mm256_setzero_ps(); N];
                 for (n, column) in columns.iter_mut().enumerate() {
                     *column = _mm256_loadu_ps(v.add(8 * n));
                 }
-                let u = u.add(k * TILE_OUT);
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let u = _mm256_broadcast_ss(&*u.add(r));
+                for (acc, u) in acc.iter_mut().zip(&u) {
+                    let u = _mm256_broadcast_ss(&*u.add(k));
                     for (acc, &column) in acc.iter_mut().zip(&columns) {
                         *acc = _mm256_fmadd_ps(u, column, *acc);
                     }
@@ -260,7 +265,7 @@ mod x86 {
             }
             for (r, acc) in acc.iter().enumerate() {
                 for (n, &acc) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(m.add(r * stride + 8 * n), acc);
+                    _mm256_storeu_ps(o.m.add(r * o.m_stride + 8 * n), acc);
                 }
             }
         }
