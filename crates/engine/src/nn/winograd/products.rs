@@ -2,15 +2,20 @@
 //! of a block's tiles, M (out x tiles) = U (out x in) V (in x tiles).
 //!
 //! The gemm crate packs both operands into its own layouts on every call, 36 to 256 calls per
-//! block, each a product of only a hundred or so tiles: at 128 channels that packing and its
-//! short products left the calls at three quarters of the register tile's speed. On AVX2
-//! CPUs a 6x16 register tile reads the operands where they are made: U's rows as the filter
-//! transform lays them out, each a stream of values broadcast in turn, and V in panels of
-//! [`PANEL`] tiles, the layout the input transform writes for it. The products then run
-//! with no packing at all (a block's 36 products on one thread of a Zen 3 EPYC: 128 channels
-//! by 96 tiles 58-68 against 44-57 GFLOP/s, 512 channels 59-80 against 49-78). There both
-//! sum each product in order along the input channels with fused multiply-adds from zero,
-//! and give the same bits.
+//! block, each a product of only a hundred or so tiles. On AVX2 CPUs a 6x16 register tile
+//! reads the operands where they are made instead: U's rows as the filter transform lays them
+//! out, each a stream of values broadcast in turn, and V in panels of [`PANEL`] tiles, the
+//! layout the input transform writes for it. The products then run with no packing at all.
+//! A block's 36 products alone, one thread of a Zen 3 EPYC, with U packed: 128 channels by
+//! 96 tiles 58-68 against 44-57 GFLOP/s, 512 channels 59-80 against 49-78. Whole
+//! convolutions, weight transform included, both paths alternating in one process, fastest of
+//! six, 2 threads: 0.96-0.97x the gemm path's time for the SD VAE decoder's 128 channels at
+//! 512x512, 256 at 256x256 and its upsampler to 512x512, 1.02x for 512 at 128x128, 0.87x
+//! for the UNet's 1280 channels at 16x16. Around the products the transforms move V and M
+//! through memory (2.25 values per pixel and channel each way), which the products do not
+//! change. On AVX2 the two paths give the same bits up to 512 input channels (both sum each
+//! product along the input channels with fused multiply-adds from zero); past that the gemm
+//! crate sums in blocks.
 //!
 //! CPUs with AVX-512 keep the gemm crate, whose AVX-512 kernels these AVX2 tiles were not
 //! measured against; `SEEDBED_WINOGRAD_PRODUCTS=gemm` or `tiles` picks either path where the
