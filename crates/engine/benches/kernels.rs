@@ -67,19 +67,7 @@ fn conv3x3(c: &mut Criterion) {
     // The SD-Turbo VAE's last upsampler (256 channels, 256x256 -> 512x512): by phases, and
     // by F(4x4, 3x3) reading each input pixel twice each way.
     let (channels, side) = (256, 512);
-    let weight: Vec<f32> = (0..channels * channels * 9)
-        .map(|i| (i as f32 * 1.7).sin() * 0.05)
-        .collect();
-    let input: Vec<f32> = (0..channels * side * side / 4)
-        .map(|i| (i as f32 * 0.618).sin())
-        .collect();
-    let shape = winograd::Shape {
-        batch: 1,
-        in_channels: channels,
-        out_channels: channels,
-        height: side,
-        width: side,
-    };
+    let (weight, input, shape) = square_layer(channels, side, side / 2);
     let doubled = winograd::Fused {
         doubled: true,
         ..Default::default()
@@ -102,19 +90,7 @@ fn conv3x3(c: &mut Criterion) {
     // as it runs per call: the SD VAE decoder's 512x512 level (128 channels) and its
     // 256x256 one.
     for (channels, side) in [(128, 512), (256, 256)] {
-        let weight: Vec<f32> = (0..channels * channels * 9)
-            .map(|i| (i as f32 * 1.7).sin() * 0.05)
-            .collect();
-        let input: Vec<f32> = (0..channels * side * side)
-            .map(|i| (i as f32 * 0.618).sin())
-            .collect();
-        let shape = winograd::Shape {
-            batch: 1,
-            in_channels: channels,
-            out_channels: channels,
-            height: side,
-            width: side,
-        };
+        let (weight, input, shape) = square_layer(channels, side, side);
         let paths = [winograd::Products::Gemm, winograd::Products::Tiles];
         for products in paths.into_iter().filter(|p| p.runs()) {
             let name = format!("winograd c{channels} {side}x{side} products {products:?}");
@@ -127,6 +103,29 @@ fn conv3x3(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// A `channels` to `channels` 3x3 convolution's weight, an input `input_side` square and the
+/// shape of its `side` square output.
+fn square_layer(
+    channels: usize,
+    side: usize,
+    input_side: usize,
+) -> (Vec<f32>, Vec<f32>, winograd::Shape) {
+    let weight: Vec<f32> = (0..channels * channels * 9)
+        .map(|i| (i as f32 * 1.7).sin() * 0.05)
+        .collect();
+    let input: Vec<f32> = (0..channels * input_side * input_side)
+        .map(|i| (i as f32 * 0.618).sin())
+        .collect();
+    let shape = winograd::Shape {
+        batch: 1,
+        in_channels: channels,
+        out_channels: channels,
+        height: side,
+        width: side,
+    };
+    (weight, input, shape)
 }
 
 /// The GEMM everything rests on, for the machine's ceiling: 2048^3 x 2 = 17.2 GFLOP.

@@ -113,8 +113,8 @@ fn panel(t: usize, columns: usize) -> (usize, usize) {
     (start, PANEL.min(columns - start))
 }
 
-/// One block's products, M = U V for every phase and position: U the filters' (laid out for
-/// `self`), V the input transform's (`columns` tiles), M (out, phase, position, columns).
+/// One block's operands: U the filters' (out, phase, position, in), V the input transform's
+/// (`columns` tiles, laid out for the products that run).
 pub(super) struct Operands<'a> {
     pub u: &'a [f32],
     pub v: &'a [f32],
@@ -126,6 +126,7 @@ pub(super) struct Operands<'a> {
 }
 
 impl Products {
+    /// M (out, phase, position, columns) = U V for every phase and position of one block.
     pub(super) fn multiply(self, o: Operands, m: &mut [f32]) {
         let (cin, cout, columns) = (o.in_channels, o.out_channels, o.columns);
         let at_count = o.phases * o.positions;
@@ -133,6 +134,9 @@ impl Products {
         assert!(o.v.len() >= at_count * cin * columns, "V is short");
         assert!(m.len() >= cout * at_count * columns, "M is short");
         let row_stride = at_count * columns;
+        if cout == 0 {
+            return;
+        }
         match self {
             Self::Gemm => {
                 for phase in 0..o.phases {
