@@ -17,9 +17,11 @@
 //! product along the input channels with fused multiply-adds from zero); past that the gemm
 //! crate sums in blocks.
 //!
-//! CPUs with AVX-512 keep the gemm crate, whose AVX-512 kernels these AVX2 tiles were not
-//! measured against; `SEEDBED_WINOGRAD_PRODUCTS=gemm` or `tiles` picks either path where the
-//! CPU runs it, to compare them on one machine.
+//! The gemm crate stays the default ([`Products::detect`]): on that Zen 3 machine the tiles
+//! left the SD-Turbo-shaped pipeline where it was and made the SDXL-shaped UNet step at
+//! 1024x1024 a third slower, where U (up to 6.5 MB a position at 1280 channels) streams from
+//! memory six rows at a time for only 32-96 tiles. `SEEDBED_WINOGRAD_PRODUCTS=tiles` takes
+//! them where the CPU runs them (AVX2 and FMA), to measure.
 
 use super::super::gemm;
 
@@ -41,15 +43,16 @@ pub enum Products {
 }
 
 impl Products {
-    /// The path this CPU runs best: the tiles on an AVX2 CPU without AVX-512.
+    /// The path convolutions take: the gemm crate, unless `SEEDBED_WINOGRAD_PRODUCTS=tiles`
+    /// asks for the register tiles on a CPU that runs them. On the Zen 3 machine they were
+    /// measured on the tiles ran the SD-Turbo-shaped pipeline as fast as the gemm crate (within
+    /// its drift) but the SDXL-shaped UNet step at 1024x1024 a third slower (bench/RESULTS.md).
     pub fn detect() -> Self {
         static DETECTED: std::sync::OnceLock<Products> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
             let wanted = std::env::var("SEEDBED_WINOGRAD_PRODUCTS").unwrap_or_default();
             match wanted.as_str() {
-                "gemm" => Self::Gemm,
                 "tiles" if Self::Tiles.runs() => Self::Tiles,
-                _ if Self::Tiles.runs() && !super::super::math::has_avx512() => Self::Tiles,
                 _ => Self::Gemm,
             }
         })
