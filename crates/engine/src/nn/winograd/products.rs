@@ -2,8 +2,8 @@
 //! of a block's tiles, M (out x tiles) = U (out x in) V (in x tiles).
 //!
 //! The gemm crate packs both operands into its own layouts on every call, 36 to 256 calls per
-//! block, each a product of only a hundred or so tiles. On AVX2 CPUs a 6x16 register tile
-//! reads the operands where they are made instead: U's rows as the filter transform lays them
+//! block, each a product of only a hundred or so tiles. The opt-in path, a 6x16 AVX2 register
+//! tile, reads the operands where they are made instead: U's rows as the filter transform lays them
 //! out, each a stream of values broadcast in turn, and V in panels of [`PANEL`] tiles, the
 //! layout the input transform writes for it. The products then run with no packing at all.
 //! A block's 36 products alone, one thread of a Zen 3 EPYC, with U packed: 128 channels by
