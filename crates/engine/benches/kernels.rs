@@ -16,7 +16,7 @@ use seedbed_engine::nn::attention::{scaled_dot_product, scaled_dot_product_bf16}
 use seedbed_engine::nn::conv::Conv3x3;
 use seedbed_engine::nn::norm::GroupNormSilu;
 use seedbed_engine::nn::tiles::Unit;
-use seedbed_engine::nn::winograd;
+use seedbed_engine::nn::{im2col, winograd};
 use seedbed_engine::sd::unet::UNet;
 use seedbed_engine::text::clip::tokenizer::ClipTokenizer;
 use seedbed_engine::weights::Variant;
@@ -101,6 +101,25 @@ fn conv3x3(c: &mut Criterion) {
                 })
             });
         }
+    }
+    // The UNet's 16x16 level (1280 channels): one im2col GEMM, Winograd with U made whole
+    // first, and with U made by chunks as it runs (where this CPU takes that path).
+    let (channels, side) = (1280, 16);
+    let (weight, input, shape) = square_layer(channels, side, side);
+    group.bench_function("c1280 16x16 im2col", |b| {
+        b.iter(|| im2col::conv3x3(&input, shape, &weight, None))
+    });
+    group.bench_function("c1280 16x16 winograd U made whole", |b| {
+        b.iter(|| {
+            let filters = winograd::Filters::for_shape(&weight, shape, false);
+            winograd::conv3x3(&input, shape, &filters, None)
+        })
+    });
+    if winograd::by_chunks_pay(shape, false) {
+        group.bench_function("c1280 16x16 winograd U by chunks", |b| {
+            let fused = winograd::Fused::default();
+            b.iter(|| winograd::conv3x3_weight(&input, shape, &weight, fused, None))
+        });
     }
     group.finish();
 }

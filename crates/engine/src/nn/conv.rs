@@ -21,7 +21,9 @@ use crate::lora::hook::{self, Tag};
 
 /// From this many output tiles on, Winograd beats one im2col GEMM (the weight transform and
 /// narrow GEMMs cost more on the UNet's 16x16 and 8x8 levels); measured with
-/// `cargo bench -p seedbed-engine --bench kernels -- conv3x3`.
+/// `cargo bench -p seedbed-engine --bench kernels -- conv3x3`. Below it, images with many
+/// channels for their tiles take Winograd with U made by chunks where that pays
+/// ([`winograd::by_chunks_pay`]: the 16x16 level on AVX2-only CPUs).
 const MIN_WINOGRAD_TILES: usize = 64;
 
 /// A stride-1 convolution that keeps the image size: 3x3 with padding 1 ([`Conv3x3`]), or
@@ -316,7 +318,9 @@ impl SameConv {
             _ => None,
         };
         let winograd_weight = !matches!(self.weight, ConvWeight::Tiles { .. });
-        if winograd_weight && shape.tiles() < MIN_WINOGRAD_TILES {
+        let winograd =
+            shape.tiles() >= MIN_WINOGRAD_TILES || winograd::by_chunks_pay(shape, around.upsample);
+        if winograd_weight && !winograd {
             return Ok(None);
         }
         let guard = loaded.as_ref().map(|w| w.storage_and_layout());
@@ -386,13 +390,7 @@ impl SameConv {
         };
         let input = contiguous_f32(storage, layout)?;
         let out = match weight {
-            Operand::F32(weight) => {
-                let u = winograd::Filters::for_shape(weight, shape, fused.doubled);
-                match onto {
-                    Some(onto) => winograd::conv3x3_onto(input, shape, &u, fused, onto),
-                    None => winograd::conv3x3_fused(input, shape, &u, fused),
-                }
-            }
+            Operand::F32(weight) => winograd::conv3x3_weight(input, shape, weight, fused, onto),
             Operand::Tiles(packed) => {
                 let out = match onto {
                     Some(onto) => {
@@ -464,7 +462,7 @@ enum Operand<'a> {
 
 impl CpuConv<'_> {
     fn uses_winograd(&self) -> bool {
-        self.shape.tiles() >= MIN_WINOGRAD_TILES
+        self.shape.tiles() >= MIN_WINOGRAD_TILES || winograd::by_chunks_pay(self.shape, false)
     }
 }
 
@@ -528,6 +526,12 @@ impl CustomOp1 for CpuConv<'_> {
         }
         let out = if self.kernel == 1 {
             im2col::conv1x1(input, s, weight, bias)
+        } else if winograd::by_chunks_pay(s, false) {
+            let fused = winograd::Fused {
+                bias,
+                ..winograd::Fused::default()
+            };
+            winograd::conv3x3_weight(input, s, weight, fused, None)
         } else if self.uses_winograd() {
             let u = winograd::Filters::new(weight, s.out_channels, s.in_channels);
             winograd::conv3x3(input, s, &u, bias)
@@ -700,6 +704,29 @@ mod tests {
                 assert_eq!(residual.flatten_all()?.to_vec1::<f32>()?, before);
             }
         }
+        Ok(())
+    }
+
+    /// A small image with many output channels, whose U is made by chunks as it runs where
+    /// the CPU takes that path ([`winograd::by_chunks_pay`]), on its own and with a norm
+    /// read on the way in: candle's values, and the separate ops'.
+    #[test]
+    fn small_wide_images_match_candle() -> Result<()> {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let conv = SameConv::new(3, 8, 512, vb.pp("c"))?;
+        let norm = GroupNormSilu::new(2, 8, 1e-6, vb.pp("n"))?;
+        let x = Tensor::randn(0f32, 1., (2, 8, 16, 16), &Device::Cpu)?;
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        assert!(max_diff(&conv.forward(&x)?, &conv.forward_candle(&x)?)? < 1e-4);
+        let around = Around {
+            norm: Some(&norm),
+            ..Around::default()
+        };
+        let expected = conv.forward_candle(&norm.forward(&x)?)?;
+        assert!(max_diff(&conv.forward_around(&x, around)?, &expected)? < 1e-4);
         Ok(())
     }
 

@@ -24,6 +24,14 @@
 //! the same six points (so the same input transform) gives each phase's 5x5 tile from 36
 //! products: 1.44 per output pixel where F(4x4, 3x3) on the upsampled image takes 2.25, and a
 //! quarter of the input tiles to transform per phase.
+//!
+//! U (the transformed weight, 36/9 times its size) is made on every call: kept, it would
+//! quadruple a model's memory. Made whole first ([`Filters`]), it goes to memory and is read
+//! back by every block, which a large image's products pay for easily; a UNet's 16x16 level
+//! has 16 tiles for its 1280 channels, and there ([`by_chunks_pay`]) each block makes U a few
+//! output channels at a time just before their products instead ([`Weights::Raw`]), the
+//! blocks splitting the output channels between them: in the cache, U costs about as much as
+//! the products, and the convolution runs in a half to two thirds of one im2col GEMM's time.
 
 // The transforms index several matrices with the same loop variables, as the formulas do.
 #![allow(clippy::needless_range_loop)]
@@ -198,14 +206,66 @@ pub fn conv3x3_onto(
     fused: Fused,
     onto: Vec<f32>,
 ) -> Vec<f32> {
-    assert!(
-        fused.residual.is_none(),
-        "the residual is the one in `onto`"
-    );
-    let expected = shape.batch * shape.out_channels * shape.plane();
-    assert_eq!(onto.len(), expected, "the residual's size");
-    run(input, shape, u, fused, Output::OverResidual(onto))
+    run(input, shape, u, fused, Output::over(onto, shape, fused))
 }
+
+/// [`conv3x3_fused`] from `weight` (out, in, 3, 3) itself, written over `onto` where given
+/// ([`conv3x3_onto`]): its U made a few output channels at a time as it runs where the
+/// image is small ([`by_chunks_pay`]), else whole first ([`Filters::for_shape`]).
+pub fn conv3x3_weight(
+    input: &[f32],
+    shape: Shape,
+    weight: &[f32],
+    fused: Fused,
+    onto: Option<Vec<f32>>,
+) -> Vec<f32> {
+    let output = match onto {
+        Some(onto) => Output::over(onto, shape, fused),
+        None => Output::Fresh,
+    };
+    if !by_chunks_pay(shape, fused.doubled) {
+        let u = Filters::for_shape(weight, shape, fused.doubled);
+        return run(input, shape, &u, fused, output);
+    }
+    let weights = Weights::Raw(weight);
+    let products = Products::Tiles;
+    run_tiles::<M, 1, 1, { LANES * M }, ALPHA>(input, shape, weights, products, fused, output)
+}
+
+/// Whether `shape`'s convolution runs faster with U made a few output channels at a time
+/// ([`Weights::Raw`]) than made whole first, or by one im2col GEMM: on the UNet's 16x16 and
+/// 24x24 levels, where an image has too few tiles for its channels for U (four times the
+/// weight, 236 MB for 1280 channels) to be worth writing to memory and reading back, and
+/// enough (16) for Winograd's four times fewer products to beat the GEMM. On the CPUs it was
+/// measured on: those whose widest vectors are AVX2's (the register tiles' own,
+/// [`Products::Tiles`]); where AVX-512 doubles the GEMM's width it is unmeasured.
+pub fn by_chunks_pay(shape: Shape, doubled: bool) -> bool {
+    let tiles = shape.tiles();
+    (MIN_TILES_BY_CHUNKS..=shape.out_channels / 32).contains(&tiles)
+        && Products::Tiles.runs()
+        && !super::math::has_avx512()
+        && Filters::tiling_for(shape, doubled) == Tiling::F4
+}
+
+/// The fewest tiles an image is convolved by chunks of U for: below, one im2col GEMM wins.
+const MIN_TILES_BY_CHUNKS: usize = 16;
+
+/// Where a convolution's U comes from.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    /// Made beforehand for every output channel: [`Filters::u`].
+    Made(&'a [f32]),
+    /// The weight itself, (out, in, 3, 3), for F(4x4, 3x3): each block makes U for
+    /// [`CHUNK`] of its output channels at a time, just before their products, and the
+    /// blocks split the output channels between them (each takes the whole image).
+    Raw(&'a [f32]),
+}
+
+/// Output channels whose U a block makes at a time from [`Weights::Raw`]: whole register
+/// tiles ([`products::TILE_OUT`]), few enough that U (36 x in values each) stays near the
+/// products: 6, 12 and 24 ran alike (within the machine's drift) on the UNet's 16x16
+/// convolutions on a Zen 3 EPYC, 48 slower.
+const CHUNK: usize = 12;
 
 /// Where the output goes.
 enum Output {
@@ -217,8 +277,21 @@ enum Output {
     OverResidual(Vec<f32>),
 }
 
+impl Output {
+    /// Over the residual in `onto`, which then replaces `fused`'s own.
+    fn over(onto: Vec<f32>, shape: Shape, fused: Fused) -> Self {
+        assert!(
+            fused.residual.is_none(),
+            "the residual is the one in `onto`"
+        );
+        let expected = shape.batch * shape.out_channels * shape.plane();
+        assert_eq!(onto.len(), expected, "the residual's size");
+        Self::OverResidual(onto)
+    }
+}
+
 fn run(input: &[f32], shape: Shape, filters: &Filters, fused: Fused, output: Output) -> Vec<f32> {
-    let (u, products) = (&filters.u[..], filters.products);
+    let (u, products) = (Weights::Made(&filters.u), filters.products);
     match filters.tiling {
         Tiling::F4 => {
             run_tiles::<M, 1, 1, { LANES * M }, ALPHA>(input, shape, u, products, fused, output)
@@ -243,7 +316,7 @@ fn run(input: &[f32], shape: Shape, filters: &Filters, fused: Fused, output: Out
 fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize, const A: usize>(
     input: &[f32],
     shape: Shape,
-    u: &[f32],
+    weights: Weights,
     products: Products,
     fused: Fused,
     output: Output,
@@ -265,17 +338,41 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize,
     assert_eq!(input.len(), batch * in_channels * input_plane);
     let phases = PH;
     let positions = A * A;
-    assert_eq!(u.len(), out_channels * phases * positions * in_channels);
+    let per_channel = match weights {
+        Weights::Made(_) => phases * positions * in_channels,
+        Weights::Raw(_) => {
+            assert!(
+                TM == M && S == 1,
+                "U is made as it runs for F(4x4, 3x3) only"
+            );
+            9 * in_channels
+        }
+    };
+    let (Weights::Made(w) | Weights::Raw(w)) = weights;
+    assert_eq!(w.len(), out_channels * per_channel);
     fused.check(batch, in_channels, out_channels, height * width);
     let (grid_h, grid_w) = (height / S, width / S);
     let tiles_w = grid_w.div_ceil(TM);
     let tiles_h = grid_h.div_ceil(TM);
+    let threads = rayon::current_num_threads();
     // Whole rows of tiles per block, and a block count that is a multiple of the threads so
-    // that none idles at the end (a 64x64 latent is only 4 blocks).
-    let blocks_wanted = (tiles_h * tiles_w)
-        .div_ceil(TARGET_TILES_PER_BLOCK)
-        .next_multiple_of(rayon::current_num_threads());
-    let tile_rows_per_block = tiles_h.div_ceil(blocks_wanted).max(1);
+    // that none idles at the end (a 64x64 latent is only 4 blocks); where U is made as the
+    // blocks run, each takes the whole image and a share of the output channels, a whole
+    // number of register tiles ([`products::TILE_OUT`]), so that each channel's U is made
+    // once.
+    let (tile_rows_per_block, group_len) = match weights {
+        Weights::Made(_) => {
+            let blocks_wanted = (tiles_h * tiles_w)
+                .div_ceil(TARGET_TILES_PER_BLOCK)
+                .next_multiple_of(threads);
+            (tiles_h.div_ceil(blocks_wanted).max(1), out_channels.max(1))
+        }
+        Weights::Raw(_) => {
+            let share = out_channels.div_ceil(threads).max(1);
+            (tiles_h.max(1), share.next_multiple_of(products::TILE_OUT))
+        }
+    };
+    let groups = out_channels.div_ceil(group_len).max(1);
     let rows_per_block = tile_rows_per_block * TM * S;
     let plane = height * width;
     let len = batch * out_channels * plane;
@@ -290,30 +387,38 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize,
         false => &mut output.spare_capacity_mut()[..len],
     };
 
-    // Hand every block the rows it owns in every output channel: disjoint mutable slices.
-    let blocks_per_image = tiles_h.div_ceil(tile_rows_per_block);
+    // Hand every block the rows it owns in each of its output channels: disjoint mutable
+    // slices.
+    let row_blocks = tiles_h.div_ceil(tile_rows_per_block).max(1);
+    let blocks_per_image = groups * row_blocks;
     let mut blocks: Vec<Block> = (0..batch * blocks_per_image)
-        .map(|i| Block {
-            image: i / blocks_per_image,
-            first_tile_row: (i % blocks_per_image) * tile_rows_per_block,
-            out_rows: Vec::with_capacity(out_channels),
-            residual_rows: Vec::new(),
-            over_residual,
+        .map(|i| {
+            let (group, row_block) = (i % blocks_per_image / row_blocks, i % row_blocks);
+            let first = group * group_len;
+            Block {
+                image: i / blocks_per_image,
+                first_tile_row: row_block * tile_rows_per_block,
+                channels: first..(first + group_len).min(out_channels),
+                out_rows: Vec::with_capacity(group_len),
+                residual_rows: Vec::new(),
+                over_residual,
+            }
         })
         .collect();
+    // Block `b` of output channel `index` (of all images'), its rows `rows_per_block` a block.
+    let block_of = |index: usize, b: usize| {
+        let (image, k) = (index / out_channels, index % out_channels);
+        image * blocks_per_image + k / group_len * row_blocks + b
+    };
     for (index, channel) in values.chunks_mut(plane).enumerate() {
-        let image = index / out_channels;
         for (b, rows) in channel.chunks_mut(rows_per_block * width).enumerate() {
-            blocks[image * blocks_per_image + b].out_rows.push(rows);
+            blocks[block_of(index, b)].out_rows.push(rows);
         }
     }
     if let Some(residual) = fused.residual {
         for (index, channel) in residual.chunks(plane).enumerate() {
-            let image = index / out_channels;
             for (b, rows) in channel.chunks(rows_per_block * width).enumerate() {
-                blocks[image * blocks_per_image + b]
-                    .residual_rows
-                    .push(rows);
+                blocks[block_of(index, b)].residual_rows.push(rows);
             }
         }
     }
@@ -329,9 +434,15 @@ fn run_tiles<const TM: usize, const S: usize, const PH: usize, const OUT: usize,
         tile_rows_per_block,
         products,
     };
+    let m_channels = match weights {
+        Weights::Made(_) => out_channels,
+        Weights::Raw(_) => CHUNK.min(out_channels),
+    };
     blocks.into_par_iter().for_each_init(
-        || Scratch::new::<TM, S, A>(&geometry),
-        |scratch, block| geometry.run_block::<TM, S, PH, OUT, A>(input, u, fused, block, scratch),
+        || Scratch::new::<TM, S, A>(&geometry, m_channels),
+        |scratch, block| {
+            geometry.run_block::<TM, S, PH, OUT, A>(input, weights, fused, block, scratch)
+        },
     );
     // SAFETY: the blocks own every output row between them, and each wrote every value of
     // its rows (the output transform covers every pixel of every row it is handed).
@@ -356,7 +467,10 @@ struct Added<'a> {
 struct Block<'a> {
     image: usize,
     first_tile_row: usize,
-    /// Per output channel, this block's rows of the output plane, each value written once.
+    /// The output channels the block writes.
+    channels: std::ops::Range<usize>,
+    /// Per output channel of `channels`, this block's rows of the output plane, each value
+    /// written once.
     out_rows: Vec<&'a mut [MaybeUninit<f32>]>,
     /// The same rows of the residual, when there is one apart from the output.
     residual_rows: Vec<&'a [f32]>,
@@ -388,8 +502,11 @@ struct Scratch {
     v: Vec<f32>,
     /// GEMM results, (out, phase, positions, tiles): what one output channel's transform reads is
     /// together (laid out by position it was scattered over megabytes, its loads missing the
-    /// cache).
+    /// cache). For the output channels of one product call.
     m: Vec<f32>,
+    /// U of the output channels of one product call where it is made as the block runs
+    /// ([`Weights::Raw`]).
+    u: Vec<f32>,
     /// Input rows as the tiles read them, a zero column each side, room for whole lanes:
     /// (RING, padded), grid row `y` in slot `y mod RING`.
     padded: Vec<f32>,
@@ -405,7 +522,12 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new<const TM: usize, const S: usize, const A: usize>(g: &Geometry) -> Self {
+    /// For [`Geometry`]'s blocks, their products computed for `m_channels` output channels
+    /// at a time.
+    fn new<const TM: usize, const S: usize, const A: usize>(
+        g: &Geometry,
+        m_channels: usize,
+    ) -> Self {
         let tiles = g.columns(g.tile_rows_per_block);
         let phases = S * S;
         let positions = A * A;
@@ -415,7 +537,8 @@ impl Scratch {
         let row_len = row_len.next_multiple_of(LANES);
         Self {
             v: vec![0f32; phases * positions * g.shape.in_channels * tiles],
-            m: vec![0f32; phases * positions * g.shape.out_channels * tiles],
+            m: vec![0f32; phases * positions * m_channels * tiles],
+            u: Vec::new(),
             padded: vec![0f32; RING * row_len],
             padded_rows: [None; RING],
             vertical: vec![0f32; A * row_len],
@@ -445,7 +568,7 @@ impl Geometry {
     >(
         &self,
         input: &[f32],
-        u: &[f32],
+        weights: Weights,
         fused: Fused,
         block: Block,
         s: &mut Scratch,
@@ -460,11 +583,11 @@ impl Geometry {
                 // SAFETY: the CPU has the features the copy is built for.
                 #[allow(unsafe_code)]
                 return unsafe {
-                    self.run_block_avx2::<TM, S, PH, OUT, A>(input, u, fused, block, s)
+                    self.run_block_avx2::<TM, S, PH, OUT, A>(input, weights, fused, block, s)
                 };
             }
         }
-        self.run_block_with::<TM, S, PH, OUT, A, Lanes>(input, u, fused, block, s)
+        self.run_block_with::<TM, S, PH, OUT, A, Lanes>(input, weights, fused, block, s)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -478,12 +601,12 @@ impl Geometry {
     >(
         &self,
         input: &[f32],
-        u: &[f32],
+        weights: Weights,
         fused: Fused,
         b: Block,
         s: &mut Scratch,
     ) {
-        self.run_block_with::<TM, S, PH, OUT, A, vector::Avx2>(input, u, fused, b, s)
+        self.run_block_with::<TM, S, PH, OUT, A, vector::Avx2>(input, weights, fused, b, s)
     }
 
     #[inline(always)]
@@ -497,7 +620,7 @@ impl Geometry {
     >(
         &self,
         input: &[f32],
-        u: &[f32],
+        weights: Weights,
         fused: Fused,
         mut block: Block,
         s: &mut Scratch,
@@ -512,39 +635,60 @@ impl Geometry {
         let image = &input[block.image * image_len..][..image_len];
         let norm = fused.input_norm.map(|n| &n[block.image * cin..][..cin]);
         self.transform_input::<TM, S, A, V>(image, norm, block.first_tile_row, tile_rows, s);
-        let operands = products::Operands {
-            u,
-            v: &s.v,
-            in_channels: cin,
-            out_channels: cout,
-            phases,
-            positions,
-            columns: tiles,
+        let channels = block.channels.clone();
+        let (chunk, per_channel) = match weights {
+            Weights::Made(_) => (channels.len().max(1), phases * positions * cin),
+            Weights::Raw(_) => (CHUNK, 9 * cin),
         };
-        self.products.multiply(operands, &mut s.m);
-        for (k, rows) in block.out_rows.iter_mut().enumerate() {
-            let added = Added {
-                bias: fused.bias.map_or(0.0, |b| b[k]),
-                image_bias: fused.image_bias.map(|b| b[block.image * cout + k]),
-                residual: block.residual_rows.get(k).copied(),
-                over_residual: block.over_residual,
+        for first in channels.clone().step_by(chunk) {
+            let last = (first + chunk).min(channels.end);
+            let count = last - first;
+            let u = match weights {
+                Weights::Made(u) => &u[first * per_channel..last * per_channel],
+                Weights::Raw(weight) => {
+                    let weight = &weight[first * per_channel..last * per_channel];
+                    filters::transform_run(weight, cin, &mut s.u);
+                    &s.u[..]
+                }
             };
-            let m = &s.m[..phases * positions * cout * tiles];
-            // The next channel's products, asked into the cache a share per tile row: what
-            // this one reads comes from 36 (64) rows per phase at once, more streams than the
-            // hardware's prefetcher follows, and waited on memory for a fifth of the
-            // transforms' time (two fifths with the phases).
-            let channel_len = phases * positions * tiles;
-            let next = match k + 1 < cout {
-                true => &m[(k + 1) * channel_len..][..channel_len],
-                false => &[],
+            let operands = products::Operands {
+                u,
+                v: &s.v,
+                in_channels: cin,
+                out_channels: count,
+                phases,
+                positions,
+                columns: tiles,
             };
-            let share = next.len().div_ceil(tile_rows);
-            for r in 0..tile_rows {
-                let ahead = next
-                    .get(r * share..)
-                    .map_or(&[][..], |n| &n[..share.min(n.len())]);
-                self.transform_output::<TM, S, PH, OUT, A, V>(m, k, tiles, r, added, ahead, rows);
+            self.products.multiply(operands, &mut s.m);
+            let m = &s.m[..phases * positions * count * tiles];
+            for k in first..last {
+                let (j, local) = (k - first, k - channels.start);
+                let added = Added {
+                    bias: fused.bias.map_or(0.0, |b| b[k]),
+                    image_bias: fused.image_bias.map(|b| b[block.image * cout + k]),
+                    residual: block.residual_rows.get(local).copied(),
+                    over_residual: block.over_residual,
+                };
+                // The next channel's products, asked into the cache a share per tile row:
+                // what this one reads comes from 36 (64) rows per phase at once, more streams
+                // than the hardware's prefetcher follows, and waited on memory for a fifth of
+                // the transforms' time (two fifths with the phases).
+                let channel_len = phases * positions * tiles;
+                let next = match j + 1 < count {
+                    true => &m[(j + 1) * channel_len..][..channel_len],
+                    false => &[],
+                };
+                let share = next.len().div_ceil(tile_rows);
+                let rows = &mut *block.out_rows[local];
+                for r in 0..tile_rows {
+                    let ahead = next
+                        .get(r * share..)
+                        .map_or(&[][..], |n| &n[..share.min(n.len())]);
+                    self.transform_output::<TM, S, PH, OUT, A, V>(
+                        m, j, tiles, r, added, ahead, rows,
+                    );
+                }
             }
         }
     }
@@ -1491,6 +1635,91 @@ pub(crate) mod tests {
                 let diff = max_diff(&run(Products::Gemm), &run(Products::Tiles));
                 assert!(diff < 1e-5, "{s:?} by {tiling:?}: max diff {diff}");
             }
+        }
+    }
+
+    /// U made a few output channels at a time as the blocks run ([`Weights::Raw`]) gives the
+    /// bits of U made whole first, with the same register tiles: over output channels that
+    /// leave a part chunk and a part tile, blocks that split the channels between them,
+    /// input channels past whole lanes, batches, a doubled input and every fused op, written
+    /// apart and over the residual; and the f64 convolution's values.
+    #[test]
+    fn u_made_by_chunks_gives_the_values_of_u_made_whole() {
+        if !Products::Tiles.runs() {
+            return;
+        }
+        for (batch, cin, cout, h, w, doubled) in [
+            (1, 13, 31, 16, 16, false),
+            (2, 8, 40, 12, 20, false),
+            (1, 5, 7, 16, 16, true),
+            (2, 17, 26, 10, 6, true),
+            (1, 3, 1, 5, 3, false),
+        ] {
+            let (ih, iw) = if doubled { (h / 2, w / 2) } else { (h, w) };
+            let input = pattern(batch * cin * ih * iw, 0.3);
+            let norm: Vec<(f32, f32)> = (0..batch * cin).map(|i| (0.5 + i as f32, 0.1)).collect();
+            let s = shape(batch, cin, cout, h, w);
+            let weight = pattern(cout * cin * 9, 1.7);
+            let (bias, image_bias) = (pattern(cout, 2.9), pattern(batch * cout, 4.1));
+            let residual = pattern(batch * cout * h * w, 0.9);
+            let fused = Fused {
+                input_norm: Some(&norm),
+                doubled,
+                bias: Some(&bias),
+                image_bias: Some(&image_bias),
+                residual: Some(&residual),
+            };
+            let apart = Fused {
+                residual: None,
+                ..fused
+            };
+            let made = Filters::made(&weight, cout, cin, Tiling::F4, Products::Tiles);
+            let by_chunks = |fused: Fused, output| {
+                const OUT: usize = LANES * M;
+                let weights = Weights::Raw(&weight);
+                run_tiles::<M, 1, 1, OUT, ALPHA>(&input, s, weights, Products::Tiles, fused, output)
+            };
+            let over = || Output::over(residual.clone(), s, apart);
+            assert_eq!(
+                by_chunks(fused, Output::Fresh),
+                conv3x3_fused(&input, s, &made, fused),
+                "{s:?}"
+            );
+            assert_eq!(
+                by_chunks(apart, over()),
+                conv3x3_onto(&input, s, &made, apart, residual.clone()),
+                "{s:?} over the residual"
+            );
+            if !doubled {
+                let plain = Fused {
+                    bias: Some(&bias),
+                    ..Fused::default()
+                };
+                let expected = direct(&input, s, &weight, Some(&bias));
+                let diff = max_diff(&expected, &by_chunks(plain, Output::Fresh));
+                assert!(diff < 1e-4, "{s:?}: max diff {diff}");
+            }
+        }
+    }
+
+    /// Which convolutions make U by chunks: the UNet's 16x16 and 24x24 levels on CPUs whose
+    /// widest vectors are AVX2's; not its 8x8 one (one GEMM wins), nor its 32x32 one (U is
+    /// read by few enough blocks), nor any without the register tiles.
+    #[test]
+    fn u_is_made_by_chunks_on_small_wide_images() {
+        let only_avx2 = Products::Tiles.runs() && !super::super::math::has_avx512();
+        for (cin, cout, side, doubled, small) in [
+            (1280, 1280, 16, false, true),
+            (2560, 1280, 16, false, true),
+            (1280, 1280, 16, true, true),
+            (1280, 1280, 24, false, true),
+            (1280, 1280, 8, false, false),
+            (1280, 1280, 32, false, false),
+            (320, 320, 16, false, false),
+            (512, 512, 128, false, false),
+        ] {
+            let s = shape(1, cin, cout, side, side);
+            assert_eq!(by_chunks_pay(s, doubled), small && only_avx2, "{s:?}");
         }
     }
 
