@@ -1610,30 +1610,63 @@ pub(crate) mod tests {
             (1, 5, 6, 8, 8, true),
             (1, 2, 1, 1, 1, false),
         ] {
-            let (ih, iw) = if doubled { (h / 2, w / 2) } else { (h, w) };
-            let input = pattern(batch * cin * ih * iw, 0.3);
-            let norm: Vec<(f32, f32)> = (0..batch * cin).map(|i| (0.5 + i as f32, 0.1)).collect();
-            let s = shape(batch, cin, cout, h, w);
-            let weight = pattern(cout * cin * 9, 1.7);
-            let (bias, residual) = (pattern(cout, 2.9), pattern(batch * cout * h * w, 0.9));
-            let fused = Fused {
-                input_norm: Some(&norm),
-                doubled,
-                bias: Some(&bias),
-                residual: Some(&residual),
-                ..Fused::default()
-            };
+            let case = Case::new(shape(batch, cin, cout, h, w), doubled);
+            let (s, fused) = (case.shape, case.fused());
             let tilings = match doubled {
                 true => vec![Tiling::Phases, Tiling::F4],
                 false => vec![Tiling::F4, Tiling::F6],
             };
             for tiling in tilings {
                 let run = |products| {
-                    let u = Filters::made(&weight, cout, cin, tiling, products);
-                    conv3x3_fused(&input, s, &u, fused)
+                    let u = Filters::made(&case.weight, cout, cin, tiling, products);
+                    conv3x3_fused(&case.input, s, &u, fused)
                 };
                 let diff = max_diff(&run(Products::Gemm), &run(Products::Tiles));
                 assert!(diff < 1e-5, "{s:?} by {tiling:?}: max diff {diff}");
+            }
+        }
+    }
+
+    /// A convolution's operands with every fused op: a norm, biases and a residual.
+    struct Case {
+        shape: Shape,
+        doubled: bool,
+        input: Vec<f32>,
+        weight: Vec<f32>,
+        norm: Vec<(f32, f32)>,
+        bias: Vec<f32>,
+        image_bias: Vec<f32>,
+        residual: Vec<f32>,
+    }
+
+    impl Case {
+        fn new(shape: Shape, doubled: bool) -> Self {
+            let Shape {
+                batch,
+                in_channels: cin,
+                out_channels: cout,
+                ..
+            } = shape;
+            let input_plane = shape.plane() / if doubled { 4 } else { 1 };
+            Self {
+                shape,
+                doubled,
+                input: pattern(batch * cin * input_plane, 0.3),
+                weight: pattern(cout * cin * 9, 1.7),
+                norm: (0..batch * cin).map(|i| (0.5 + i as f32, 0.1)).collect(),
+                bias: pattern(cout, 2.9),
+                image_bias: pattern(batch * cout, 4.1),
+                residual: pattern(batch * cout * shape.plane(), 0.9),
+            }
+        }
+
+        fn fused(&self) -> Fused<'_> {
+            Fused {
+                input_norm: Some(&self.norm),
+                doubled: self.doubled,
+                bias: Some(&self.bias),
+                image_bias: Some(&self.image_bias),
+                residual: Some(&self.residual),
             }
         }
     }
@@ -1655,47 +1688,37 @@ pub(crate) mod tests {
             (2, 17, 26, 10, 6, true),
             (1, 3, 1, 5, 3, false),
         ] {
-            let (ih, iw) = if doubled { (h / 2, w / 2) } else { (h, w) };
-            let input = pattern(batch * cin * ih * iw, 0.3);
-            let norm: Vec<(f32, f32)> = (0..batch * cin).map(|i| (0.5 + i as f32, 0.1)).collect();
-            let s = shape(batch, cin, cout, h, w);
-            let weight = pattern(cout * cin * 9, 1.7);
-            let (bias, image_bias) = (pattern(cout, 2.9), pattern(batch * cout, 4.1));
-            let residual = pattern(batch * cout * h * w, 0.9);
-            let fused = Fused {
-                input_norm: Some(&norm),
-                doubled,
-                bias: Some(&bias),
-                image_bias: Some(&image_bias),
-                residual: Some(&residual),
-            };
+            let case = Case::new(shape(batch, cin, cout, h, w), doubled);
+            let (s, fused) = (case.shape, case.fused());
+            let (input, weight, bias, residual) =
+                (&case.input, &case.weight, &case.bias, &case.residual);
             let apart = Fused {
                 residual: None,
                 ..fused
             };
-            let made = Filters::made(&weight, cout, cin, Tiling::F4, Products::Tiles);
+            let made = Filters::made(weight, cout, cin, Tiling::F4, Products::Tiles);
             let by_chunks = |fused: Fused, output| {
                 const OUT: usize = LANES * M;
-                let weights = Weights::Raw(&weight);
-                run_tiles::<M, 1, 1, OUT, ALPHA>(&input, s, weights, Products::Tiles, fused, output)
+                let weights = Weights::Raw(weight);
+                run_tiles::<M, 1, 1, OUT, ALPHA>(input, s, weights, Products::Tiles, fused, output)
             };
             let over = || Output::over(residual.clone(), s, apart);
             assert_eq!(
                 by_chunks(fused, Output::Fresh),
-                conv3x3_fused(&input, s, &made, fused),
+                conv3x3_fused(input, s, &made, fused),
                 "{s:?}"
             );
             assert_eq!(
                 by_chunks(apart, over()),
-                conv3x3_onto(&input, s, &made, apart, residual.clone()),
+                conv3x3_onto(input, s, &made, apart, residual.clone()),
                 "{s:?} over the residual"
             );
             if !doubled {
                 let plain = Fused {
-                    bias: Some(&bias),
+                    bias: Some(bias),
                     ..Fused::default()
                 };
-                let expected = direct(&input, s, &weight, Some(&bias));
+                let expected = direct(input, s, weight, Some(bias));
                 let diff = max_diff(&expected, &by_chunks(plain, Output::Fresh));
                 assert!(diff < 1e-4, "{s:?}: max diff {diff}");
             }
