@@ -23,7 +23,7 @@ use crate::lora::hook::{self, Tag};
 /// narrow GEMMs cost more on the UNet's 16x16 and 8x8 levels); measured with
 /// `cargo bench -p seedbed-engine --bench kernels -- conv3x3`. Below it, images with many
 /// channels for their tiles take Winograd with U made by chunks where that pays
-/// ([`winograd::by_chunks_pay`]: the 16x16 level on AVX2-only CPUs).
+/// ([`winograd::by_chunks_pay`]: the 16x16 and 24x24 levels on AVX2-only CPUs).
 const MIN_WINOGRAD_TILES: usize = 64;
 
 /// A stride-1 convolution that keeps the image size: 3x3 with padding 1 ([`Conv3x3`]), or
@@ -462,7 +462,7 @@ enum Operand<'a> {
 
 impl CpuConv<'_> {
     fn uses_winograd(&self) -> bool {
-        self.shape.tiles() >= MIN_WINOGRAD_TILES || winograd::by_chunks_pay(self.shape, false)
+        self.shape.tiles() >= MIN_WINOGRAD_TILES
     }
 }
 
