@@ -238,7 +238,9 @@ pub fn conv3x3_weight(
 /// weight, 236 MB for 1280 channels) to be worth writing to memory and reading back, and
 /// enough (16) for Winograd's four times fewer products to beat the GEMM. On the CPUs it was
 /// measured on: those whose widest vectors are AVX2's (the register tiles' own,
-/// [`Products::Tiles`]); where AVX-512 doubles the GEMM's width it is unmeasured.
+/// [`Products::Tiles`]). Where AVX-512 doubles the GEMM's width (a Zen 5 EPYC) the AVX2 tiles
+/// won only the 1280-channel 16x16 case and lost the 2560-channel one by a third, each chunk
+/// reading all of V (5.9 MB) again: off there.
 pub fn by_chunks_pay(shape: Shape, doubled: bool) -> bool {
     let tiles = shape.tiles();
     (MIN_TILES_BY_CHUNKS..=shape.out_channels / 32).contains(&tiles)
