@@ -382,12 +382,7 @@ impl TilePlan {
         let row_step_bytes = super::tiles::BLOCK * super::tiles::STEP * 2;
         match steps * row_step_bytes <= Self::ROWS_BYTES {
             true => steps.max(1),
-            false => (std::env::var("ZZ_CHUNK")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(Self::CHUNK_BYTES)
-                / row_step_bytes)
-                .max(1),
+            false => (Self::CHUNK_BYTES / row_step_bytes).max(1),
         }
     }
 
