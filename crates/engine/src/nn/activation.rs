@@ -25,9 +25,29 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 /// CLIP's `quick_gelu`, `x sigmoid(1.702 x)`.
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    mapped(x, math::quick_gelu, |x| {
-        x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
-    })
+    mapped(x, math::quick_gelu, quick_gelu_candle)
+}
+
+fn quick_gelu_candle(x: &Tensor) -> Result<Tensor> {
+    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+}
+
+/// [`gelu_erf`] as rows rounded to bf16 when `rounded` (for the linear layer that
+/// [takes them](super::layers::Linear::takes_rounded)) and `x` is f32 on the CPU: CLIP's
+/// MLP, where the activation's output is read only by the second linear layer, which would
+/// round a copy of it.
+pub fn gelu_erf_as(x: &Tensor, rounded: bool) -> Result<Activations> {
+    mapped_as(x, math::gelu_erf, |x| x.gelu_erf(), rounded)
+}
+
+/// [`gelu_tanh`] as [`gelu_erf_as`] gives [`gelu_erf`].
+pub fn gelu_tanh_as(x: &Tensor, rounded: bool) -> Result<Activations> {
+    mapped_as(x, math::gelu_tanh, |x| x.gelu(), rounded)
+}
+
+/// [`quick_gelu`] as [`gelu_erf_as`] gives [`gelu_erf`].
+pub fn quick_gelu_as(x: &Tensor, rounded: bool) -> Result<Activations> {
+    mapped_as(x, math::quick_gelu, quick_gelu_candle, rounded)
 }
 
 /// `gelu_tanh(gate) * value` in one pass (T5's gated feed-forward), for same-shaped inputs.
@@ -67,6 +87,29 @@ fn mapped<F: Fn(f32) -> f32 + Copy + Sync>(
         Some(out) => Tensor::from_vec(out?, x.shape(), x.device()),
         None => fallback(x),
     }
+}
+
+/// [`mapped`], or rows rounded to bf16 as each is made where `rounded` and `x` is CPU f32 rows.
+fn mapped_as<F: Fn(f32) -> f32 + Copy + Sync>(
+    x: &Tensor,
+    activation: F,
+    fallback: fn(&Tensor) -> Result<Tensor>,
+    rounded: bool,
+) -> Result<Activations> {
+    let cols = x.dims().last().copied().unwrap_or(0);
+    if rounded && cols > 0 {
+        let rows = cpu_f32(x, |values| {
+            Rounded::from_f32_rows(values.len() / cols, cols, |r, out| {
+                out.copy_from_slice(&values[r * cols..][..cols]);
+                widest(out, |o: &mut f32, _: f32| *o = activation(*o));
+            })
+        });
+        if let Some(rows) = rows {
+            let dims = x.dims().to_vec();
+            return Ok(Activations::Rounded { rows: rows?, dims });
+        }
+    }
+    mapped(x, activation, fallback).map(Activations::Tensor)
 }
 
 /// `update(o, o)` for every value, compiled for AVX-512 or AVX2+FMA where the CPU has them:
@@ -266,6 +309,34 @@ mod tests {
         // A narrow of a middle dimension is not evenly spaced rows.
         let x = Tensor::randn(0f32, 1., (2, 6, 4), &Device::Cpu)?.narrow(1, 1, 3)?;
         assert!(with_rows(&x, |_, rows| rows.stride).is_none());
+        Ok(())
+    }
+
+    /// Asked for rounded rows, each activation writes its values rounded to bf16 (nearest
+    /// even, as a bf16 product rounds them); asked for none, the tensor.
+    #[test]
+    fn activations_as_rounded_rows_are_the_activations_rounded() -> Result<()> {
+        let x = Tensor::randn(0f32, 2., (2, 77, 40), &Device::Cpu)?;
+        type AsRows = fn(&Tensor, bool) -> Result<Activations>;
+        type Plain = fn(&Tensor) -> Result<Tensor>;
+        let kinds: [(AsRows, Plain); 3] = [
+            (gelu_erf_as, gelu_erf),
+            (gelu_tanh_as, gelu_tanh),
+            (quick_gelu_as, quick_gelu),
+        ];
+        for (as_rows, plain) in kinds {
+            let want = plain(&x)?;
+            let Activations::Rounded { rows, dims } = as_rows(&x, true)? else {
+                panic!("rounded rows asked for");
+            };
+            assert_eq!(dims, x.dims());
+            let rounded = want.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+            assert_eq!(rows.widened(), rounded.flatten_all()?.to_vec1::<f32>()?);
+            let Activations::Tensor(tensor) = as_rows(&x, false)? else {
+                panic!("a tensor asked for");
+            };
+            assert_eq!(max_diff(&tensor, &want)?, 0.0);
+        }
         Ok(())
     }
 

@@ -20,6 +20,7 @@ pub use config::{Activation, ClipConfig};
 use crate::nn::attention;
 use crate::nn::embeddings::TokenTable;
 use crate::nn::layers::{self, LayerNorm, Linear};
+use crate::nn::rounded::Activations;
 use crate::weights::{NameScheme, Variant, build_component};
 
 pub struct ClipOutput {
@@ -247,9 +248,14 @@ impl EncoderLayer {
         })
     }
 
+    /// The layer; the norms' and the activation's outputs as rows rounded to bf16 where the
+    /// linear layers reading them would round them (a bf16 model on a CPU with AVX512-BF16):
+    /// one pass writing half the bytes, where the three projections each rounded a copy.
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let normed = self.layer_norm1.forward(x)?;
-        let attended = self.attention.forward(&normed, &normed, mask)?;
+        let normed = self
+            .layer_norm1
+            .forward_as(x, self.attention.takes_rounded())?;
+        let attended = self.attention.forward_self(&normed, mask)?;
         self.feed_forward((x + attended)?)
     }
 
@@ -274,9 +280,10 @@ impl EncoderLayer {
 
     /// The MLP with its residual connection.
     fn feed_forward(&self, x: Tensor) -> Result<Tensor> {
-        let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
-        let h = self.fc2.forward(&self.activation.apply(&h)?)?;
-        x + h
+        let normed = self.layer_norm2.forward_as(&x, self.fc1.takes_rounded())?;
+        let h = self.fc1.forward_activations(&normed)?;
+        let h = self.activation.apply_as(&h, self.fc2.takes_rounded())?;
+        x + self.fc2.forward_activations(&h)?
     }
 }
 
@@ -302,19 +309,41 @@ impl SelfAttention {
         })
     }
 
+    /// Whether the projections of the queries, keys and values all take rows rounded to
+    /// bf16 ([`Linear::takes_rounded`]).
+    fn takes_rounded(&self) -> bool {
+        [&self.q_proj, &self.k_proj, &self.v_proj]
+            .iter()
+            .all(|projection| projection.takes_rounded())
+    }
+
     /// Attention of `queries` over `keys` (at most 77 tokens; the same rows for self-attention,
     /// or some of them), `mask` holding the queries' rows of the causal mask.
     fn forward(&self, queries: &Tensor, keys: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let q = self.q_proj.forward(queries)?;
+        let k = self.k_proj.forward(keys)?;
+        let v = self.v_proj.forward(keys)?;
+        self.attend(q, k, v, mask)
+    }
+
+    /// Self-attention of every row of `x`, rows rounded to bf16 or a tensor.
+    fn forward_self(&self, x: &Activations, mask: &Tensor) -> Result<Tensor> {
+        let q = self.q_proj.forward_activations(x)?;
+        let k = self.k_proj.forward_activations(x)?;
+        let v = self.v_proj.forward_activations(x)?;
+        self.attend(q, k, v, mask)
+    }
+
+    /// The heads' attention of the projected queries over the projected keys and values,
+    /// through the output projection.
+    fn attend(&self, q: Tensor, k: Tensor, v: Tensor, mask: &Tensor) -> Result<Tensor> {
         let split = |t: Tensor| {
             let (batch, tokens, _) = t.dims3()?;
             t.reshape((batch, tokens, self.heads, self.head_dim))?
                 .transpose(1, 2)
         };
-        let q = split(self.q_proj.forward(queries)?)?;
-        let k = split(self.k_proj.forward(keys)?)?;
-        let v = split(self.v_proj.forward(keys)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let out = attention::with_bias(&q, &k, &v, scale, mask)?;
+        let out = attention::with_bias(&split(q)?, &split(k)?, &split(v)?, scale, mask)?;
         self.out_proj.forward(&out)
     }
 }

@@ -7,6 +7,7 @@ use candle_core::{Result, Tensor};
 use serde::Deserialize;
 
 use crate::error::EngineError;
+use crate::nn::rounded::Activations;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipConfig {
@@ -175,12 +176,20 @@ impl Activation {
     }
 
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        self.apply_as(x, false)?.to_tensor()
+    }
+
+    /// [`Self::apply`], as rows rounded to bf16 where `rounded` (for the linear layer that
+    /// [takes them](crate::nn::layers::Linear::takes_rounded)) and the activation has a CPU
+    /// kernel that writes them.
+    pub fn apply_as(self, x: &Tensor, rounded: bool) -> Result<Activations> {
+        use crate::nn::activation;
         match self {
-            Self::QuickGelu => crate::nn::activation::quick_gelu(x),
-            Self::GeluErf => crate::nn::activation::gelu_erf(x),
-            Self::GeluTanh => crate::nn::activation::gelu_tanh(x),
-            Self::Relu => x.relu(),
-            Self::Silu => x.silu(),
+            Self::QuickGelu => activation::quick_gelu_as(x, rounded),
+            Self::GeluErf => activation::gelu_erf_as(x, rounded),
+            Self::GeluTanh => activation::gelu_tanh_as(x, rounded),
+            Self::Relu => x.relu().map(Activations::Tensor),
+            Self::Silu => x.silu().map(Activations::Tensor),
         }
     }
 }
