@@ -402,8 +402,8 @@ fn exponentials<const FUSED: bool>(row: &mut [f32], scale: f32) -> f32 {
     let exp = |x: f32| if FUSED { exp_fused(x) } else { exp(x) };
     // The values past the last whole vector, padded with -inf (whose exponentials are 0) to a
     // vector of their own: one at a time, the exponentials of 13 of a text encoder's 77 keys
-    // took three times as long as the other 64 (`exp` vectorises; lane by lane it is a
-    // couple of dozen instructions a value).
+    // cost about three times the other 64 by their instructions (`exp` vectorises; lane by
+    // lane it is a couple of dozen instructions a value).
     let (whole, tail) = row.split_at_mut(row.len() / LANES * LANES);
     let mut last = [f32::NEG_INFINITY; LANES];
     last[..tail.len()].copy_from_slice(tail);
