@@ -247,11 +247,11 @@ fn tiles_product<P: AsRef<[u16]> + Send + Sync>(
     }
 }
 
-/// The product by 32x32 blocks of sums: each task takes a chunk of rows and a group of panels, walking its
-/// row blocks outside and its panels inside. A group's panels fit in half an L2 cache, so the
-/// group stays there while a block of rows (in L1) meets each panel in turn, where one panel
-/// at a time against every row read the rows from L3 once per panel (4096x320 -> 2560 on the
-/// Xeon of bench/RESULTS.md: 10.0 ms before, 4.5 ms after). Where a block of rows is larger
+/// The product by 32x32 blocks of sums: each task takes a chunk of rows and a group of
+/// panels, walking its row blocks outside and its panels inside. A group's panels fit in
+/// half an L2 cache, so the group stays there while a block of rows (in L1) meets each panel
+/// in turn, where one panel at a time against every row read the rows from L3 once per panel
+/// (4096x320 -> 2560 on the Xeon of bench/RESULTS.md: 10.0 ms before, 4.5 ms after). Where a block of rows is larger
 /// than half an L1 cache (inner sizes over 384), it meets each panel a chunk of the inner
 /// dimension at a time, the panels' partial sums kept aside, so that the chunk is read from
 /// L1 by every panel (1024x1280 -> 1280: 2.2 -> 1.8 ms; the sums are the same, in the same
@@ -437,8 +437,9 @@ const FEW_ROWS_CHUNK_STEPS: usize = 8;
 /// product at 77 tokens takes half a millisecond), and the last ones leave a thread idle.
 const FEW_ROWS_TASKS_PER_THREAD: usize = 8;
 
-/// Up to this many rows [`tiles_product`] asks for its panels ahead of their use
-/// ([`super::tiles::Tiles::accumulate_streaming`]): a text encoder's 77 tokens.
+/// Up to this many rows (a text encoder's 77 tokens) a product runs as [`few_rows_product`]
+/// on the register unit and, on AMX, asks for its panels ahead of their use
+/// ([`super::tiles::Tiles::accumulate_streaming`]).
 const STREAMING_ROWS: usize = 128;
 
 /// How [`tiles_product`] splits its blocks of rows and panels into tasks: chunks of

@@ -369,7 +369,8 @@ mod registers {
     }
 
     /// `R` rows of the block, their sums at `sums` (rows of 32), the left operand's rows
-    /// from `at.a`.
+    /// from `at.a`; each step asks for bytes `ahead.0..ahead.1` of the right operand's step
+    /// `at.ahead` on.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn rows<const R: usize>(
         sums: *mut f32,
