@@ -175,13 +175,9 @@ impl Activation {
         })
     }
 
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        self.apply_as(x, false)?.to_tensor()
-    }
-
-    /// [`Self::apply`], as rows rounded to bf16 where `rounded` (for the linear layer that
-    /// [takes them](crate::nn::layers::Linear::takes_rounded)) and the activation has a CPU
-    /// kernel that writes them.
+    /// The activation of `x`, as rows rounded to bf16 where `rounded` (for the linear layer
+    /// that [takes them](crate::nn::layers::Linear::takes_rounded)) and the activation has a
+    /// CPU kernel that writes them, else as a tensor.
     pub fn apply_as(self, x: &Tensor, rounded: bool) -> Result<Activations> {
         use crate::nn::activation;
         match self {

@@ -255,7 +255,8 @@ fn activations_match_transformers_act2fn() {
         ),
     ];
     for (activation, expected) in cases {
-        let got = activation.apply(&x).unwrap().to_vec1::<f32>().unwrap();
+        let got = activation.apply_as(&x, false).unwrap().to_tensor().unwrap();
+        let got = got.to_vec1::<f32>().unwrap();
         for (g, e) in got.iter().zip(expected) {
             assert!(
                 (g - e).abs() < 2e-6,
