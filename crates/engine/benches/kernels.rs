@@ -193,6 +193,14 @@ fn group_norm(c: &mut Criterion) {
             b.iter(|| stock.forward(&x).unwrap().silu().unwrap())
         });
     }
+    // The statistics alone, as a convolution that normalizes its input takes them, over an
+    // image whose groups (4 MiB) outgrow L2: read from memory once per group.
+    let map = VarMap::new();
+    let norm = GroupNormSilu::new(32, 128, 1e-5, random_vb(&map)).unwrap();
+    let x = Tensor::randn(0f32, 1., (1, 128, 512, 512), &Device::Cpu).unwrap();
+    group.bench_function("statistics c128 512x512", |b| {
+        b.iter(|| norm.affine(&x).unwrap())
+    });
     group.finish();
 }
 

@@ -331,33 +331,51 @@ fn statistics_avx2(x: &[f32], eps: f32) -> (f32, f32) {
     statistics(x, eps)
 }
 
-/// Mean and 1/sqrt(variance + eps), two-pass for accuracy; 16 partial sums so the loops
-/// vectorise, combined in f64.
+/// Values of a block of [`statistics`]: 16 KB, read twice from L1.
+const STATISTICS_BLOCK: usize = 4096;
+
+/// The mean and `1 / sqrt(variance + eps)` of `x`, two passes over each block of
+/// [`STATISTICS_BLOCK`] values (its sum, then its squared deviations from its own mean),
+/// the blocks combined in f64 (Chan, Golub and LeVeque's pairwise update). Two passes over
+/// the whole of `x` read a group at 1024x1024 (16 MiB) from memory twice, where this reads it
+/// once. A row of one block (a LayerNorm's) gets the plain two-pass values. Each sum in 16
+/// lanes, so that the loops vectorise.
 #[inline(always)]
 fn statistics(x: &[f32], eps: f32) -> (f32, f32) {
-    let n = x.len() as f64;
-    let mean = (lane_sum(x, |v| v) / n) as f32;
-    let variance = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
-    (mean, (1.0 / (variance + eps as f64).sqrt()) as f32)
+    let (mut count, mut mean, mut squares) = (0f64, 0f64, 0f64);
+    for block in x.chunks(STATISTICS_BLOCK) {
+        let n = block.len() as f64;
+        let block_mean = lane_sum(block, |v| v) / n;
+        let rounded = block_mean as f32;
+        let block_squares = lane_sum(block, |v| (v - rounded) * (v - rounded));
+        if count == 0.0 {
+            (count, mean, squares) = (n, block_mean, block_squares);
+            continue;
+        }
+        let total = count + n;
+        let delta = block_mean - mean;
+        mean += delta * n / total;
+        squares += block_squares + delta * delta * count * n / total;
+        count = total;
+    }
+    let variance = squares / count.max(1.0);
+    (mean as f32, (1.0 / (variance + eps as f64).sqrt()) as f32)
 }
 
+/// The sum of `f` over `x` (at most [`STATISTICS_BLOCK`] values, so that the f32 lanes'
+/// rounding stays at f64-like levels) in explicit lanes, the same on every vector width.
 #[inline(always)]
 fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     const LANES: usize = 16;
-    let mut total = 0f64;
-    // Flush the f32 lanes every few thousand values so rounding stays at f64-like levels.
-    for block in x.chunks(4096) {
-        let mut acc = [0f32; LANES];
-        let mut chunks = block.chunks_exact(LANES);
-        for chunk in &mut chunks {
-            for (a, &v) in acc.iter_mut().zip(chunk) {
-                *a += f(v);
-            }
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
         }
-        total += chunks.remainder().iter().map(|&v| f(v) as f64).sum::<f64>();
-        total += acc.iter().map(|&a| a as f64).sum::<f64>();
     }
-    total
+    let rest = chunks.remainder().iter().map(|&v| f(v) as f64).sum::<f64>();
+    rest + acc.iter().map(|&a| a as f64).sum::<f64>()
 }
 
 #[cfg(test)]
@@ -390,6 +408,42 @@ mod tests {
         let got = norm.norm.forward(&x)?;
         let diff = (expected - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "group norm alone: max diff {diff}");
+        Ok(())
+    }
+
+    /// A group of many blocks, some not whole, far from zero: the blocks' combined mean and
+    /// deviation are an f64 computation's to f32 precision; one block's are the plain
+    /// two-pass ones.
+    #[test]
+    fn statistics_combine_blocks_as_one_pass_in_f64_would() -> Result<()> {
+        let eps = 1e-6;
+        for (len, offset) in [
+            (5 * STATISTICS_BLOCK + 123, 1000f32),
+            (40_000, -3.0),
+            (77, 2.0),
+        ] {
+            let x = (Tensor::randn(0f32, 2., len, &Device::Cpu)? + offset as f64)?;
+            let x = x.to_vec1::<f32>()?;
+            let n = len as f64;
+            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let variance = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let rstd = 1.0 / (variance + eps as f64).sqrt();
+            let (got_mean, got_rstd) = statistics(&x, eps);
+            assert!(
+                (got_mean as f64 - mean).abs() <= 1e-6 * mean.abs().max(1.0),
+                "{len} values: mean {got_mean}, want {mean}"
+            );
+            assert!(
+                (got_rstd as f64 - rstd).abs() <= 1e-6 * rstd,
+                "{len} values: rstd {got_rstd}, want {rstd}"
+            );
+        }
+        // One block: the mean of the sum, the squares about it.
+        let row: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() + 4.0).collect();
+        let mean = (lane_sum(&row, |v| v) / 1000.0) as f32;
+        let variance = lane_sum(&row, |v| (v - mean) * (v - mean)) / 1000.0;
+        let rstd = (1.0 / (variance + eps as f64).sqrt()) as f32;
+        assert_eq!(statistics(&row, eps), (mean, rstd));
         Ok(())
     }
 }
