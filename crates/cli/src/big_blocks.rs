@@ -4,7 +4,7 @@
 //!
 //! A heap gives nothing back from its middle, and it keeps what is freed
 //! ([`crate::memory::keep_freed_memory_for_reuse`]): an SDXL VAE decode at 1024x1024 frees and
-//! allocates images of 256 MiB to 1 GiB, and each freed one left a hole that the next, larger
+//! allocates images of 32 MiB to 1 GiB, and each freed one left a hole that the next, larger
 //! one could not use, 1.2 GiB resident beyond what was live at the peak. Unmapping each freed
 //! one instead costs the kernel's faulting and zeroing of every new one, on this kind of VM
 //! often with a compaction stall for its huge pages (0.04-0.5 s per 256 MiB, a tenth of the

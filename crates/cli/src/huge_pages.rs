@@ -16,9 +16,13 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// Blocks this large or larger are advised; smaller ones could not cover a whole huge page.
 const ADVISE_FROM_BYTES: usize = 4 << 20;
 const HUGE_PAGE_BYTES: usize = 2 << 20;
-/// Blocks this large or larger get a mapping of their own (the SD-Turbo decode at 512x512
-/// has one such image, the SDXL one at 1024x1024 a dozen).
-const MAPPED_FROM_BYTES: usize = 256 << 20;
+/// Blocks this large or larger get a mapping of their own: a VAE's images (32 MiB to 1 GiB at
+/// 512x512 and 1024x1024), a UNet's largest activations and transformed convolution weights.
+/// From 256 MiB, the images of an SDXL-shaped decoder's lower levels (32 and 128 MiB at
+/// 1024x1024) stayed in the heap, in holes its 1 GiB ones at the top could not use: its bf16
+/// peak was 8.33-8.47 GiB, from 32 MiB 7.97-8.00 (64 MiB: 8.17-8.19, 16 MiB: 7.91, with the
+/// second load a quarter slower), the times the same (bench/RESULTS.md).
+const MAPPED_FROM_BYTES: usize = 32 << 20;
 
 pub struct HugePageAllocator;
 

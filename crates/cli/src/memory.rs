@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 /// glibc hands every block over 32 MiB straight back to the OS when it is freed, so each of
 /// the engine's large activations (128 MiB at 512x512 in the VAE) is page-faulted and zeroed
 /// again by the kernel on every op: a quarter of the UNet's time on a 2-core VM. Serving the
-/// large blocks from the heap, and not trimming it, removes that; the resident size then
-/// stays at its high-water mark, as with PyTorch's caching allocator.
+/// large blocks from the heap, and not trimming it, removes that (those of 32 MiB and more
+/// now come from mappings kept for reuse, below); the resident size then stays at its
+/// high-water mark, as with PyTorch's caching allocator.
 ///
 /// Only the main heap grows without bound: glibc gives each other thread's arena heaps of at
 /// most 64 MiB and unmaps a heap as soon as it is empty. The engine runs on rayon's workers
@@ -18,7 +19,7 @@ use anyhow::{Context, Result};
 /// with an arena per worker the bf16 VAE decode at 512x512 took 436K page faults and 6.3 s,
 /// with one 74K and 5.0 s. Small blocks still come from each thread's own cache first.
 ///
-/// Blocks of 256 MiB and more bypass the heap ([`crate::big_blocks`]), so that the holes
+/// Blocks of 32 MiB and more bypass the heap ([`crate::big_blocks`]), so that the holes
 /// they would leave in it go back to the OS; after loading a model, the holes its
 /// temporaries left are handed back too (`seedbed_engine::Pipeline::load`).
 pub fn keep_freed_memory_for_reuse() {
