@@ -20,7 +20,7 @@ const HUGE_PAGE_BYTES: usize = 2 << 20;
 /// 512x512 and 1024x1024), a UNet's largest activations and transformed convolution weights.
 /// From 256 MiB, the images of an SDXL-shaped decoder's lower levels (32 and 128 MiB at
 /// 1024x1024) stayed in the heap, in holes its 1 GiB ones at the top could not use: its bf16
-/// peak was 8.33-8.47 GiB, from 32 MiB 7.97-8.00 (64 MiB: 8.17-8.19, 16 MiB: 7.91, with the
+/// peak was 8.33-8.47 GiB, from 32 MiB 7.97-8.01 (64 MiB: 8.17-8.19, 16 MiB: 7.91, with the
 /// second load a quarter slower), the times the same (bench/RESULTS.md).
 const MAPPED_FROM_BYTES: usize = 32 << 20;
 
