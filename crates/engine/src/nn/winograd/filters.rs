@@ -380,9 +380,11 @@ fn transform_filter_with<const R: usize, const A: usize>(
 /// F(4x4, 3x3)'s U of one output channel's filters `g` (in, 3, 3) into `dst` (36, in), eight
 /// input channels at a time in registers, G applied factored ([`g_1d`]): 99 operations per
 /// eight channels where multiplying by G's matrix took 270, each value of U stored once
-/// (through buffers of taps and rows it was stored three times). What holds it is the
-/// stores: made by chunks for a 1280-channel convolution at 16x16 ([`super::Weights::Raw`]),
-/// U still takes four fifths of the products' time, where by the matrix it took as long.
+/// (through buffers of taps and rows it was stored three times), the taps gathered by
+/// transposes ([`taps_of`]). Made by chunks for a 1280-channel convolution at 16x16
+/// ([`super::Weights::Raw`]), U still takes two thirds of the products' time (35 % of the
+/// convolution against 52, AVX2 on a Zen 5), much of it reading the weight (59 MB) from
+/// memory; by the matrix it took as long as the products.
 #[inline(always)]
 fn transform_f4_with<V: Vector>(g: &[f32], dst: &mut [MaybeUninit<f32>]) {
     let c_count = g.len() / 9;
@@ -417,8 +419,9 @@ fn transform_f4_with<V: Vector>(g: &[f32], dst: &mut [MaybeUninit<f32>]) {
 
 /// The nine taps of up to eight channels' 3x3 filters `g` (channel after channel): lane `l`
 /// of tap `t` is `g[9 l + t]`, zero past the last channel. Eight whole channels are
-/// transposed in registers ([`Vector::columns`], taps 0 to 7, then tap 8 from one value on):
-/// assembled value by value on the stack, the taps took a quarter of the transform's time.
+/// transposed in registers ([`Vector::columns`]: taps 0 to 7, and tap 8 as the last column
+/// of the same read one value further on); assembled value by value on the stack, the taps
+/// took a quarter of the transform's time.
 #[inline(always)]
 fn taps_of<V: Vector>(g: &[f32]) -> [V; 9] {
     if g.len() == 9 * LANES {
