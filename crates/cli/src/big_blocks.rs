@@ -35,19 +35,22 @@ struct Pool {
     long: [Option<(usize, usize, usize)>; LONG],
 }
 
-static POOL: Mutex<Pool> = Mutex::new(Pool {
-    live: 0,
-    peak: 0,
-    kept: [None; KEPT],
-    long: [None; LONG],
-});
+/// The process's pool, which the allocator draws on.
+static POOL: Mutex<Pool> = Mutex::new(Pool::EMPTY);
 
-fn pool() -> std::sync::MutexGuard<'static, Pool> {
+fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
     // The pool's state is consistent between statements: a panic elsewhere leaves it usable.
-    POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Pool {
+    const EMPTY: Pool = Pool {
+        live: 0,
+        peak: 0,
+        kept: [None; KEPT],
+        long: [None; LONG],
+    };
+
     fn kept_bytes(&self) -> usize {
         self.kept.iter().flatten().map(|&(_, len)| len).sum()
     }
@@ -101,7 +104,24 @@ impl Pool {
 
 /// A block of `len` bytes, `zeroed` or as the last holder left it; null on failure.
 pub fn take(len: usize, zeroed: bool) -> *mut u8 {
-    let mut pool = pool();
+    take_from(&POOL, len, zeroed)
+}
+
+/// Free a block from [`take`] of `len` bytes (or resized to it by [`resize`]).
+pub fn give(block: *mut u8, len: usize) {
+    give_to(&POOL, block, len)
+}
+
+/// A block from [`take`] resized from `len` to `new_len` bytes, moved if it must be; null on
+/// failure (the block untouched).
+pub fn resize(block: *mut u8, len: usize, new_len: usize) -> *mut u8 {
+    resize_in(&POOL, block, len, new_len)
+}
+
+/// [`take`] from `pool`: the process's, or a test's own (the allocator hands the process's
+/// to every thread, so a test of it would see other tests' blocks come and go).
+fn take_from(pool: &Mutex<Pool>, len: usize, zeroed: bool) -> *mut u8 {
+    let mut pool = lock(pool);
     pool.live += len;
     pool.peak = pool.peak.max(pool.live);
     // The smallest kept mapping that holds `len`, handed out whole where it can be tracked;
@@ -164,9 +184,8 @@ fn handed_out(block: *mut u8, used: usize, zeroed: bool) -> *mut u8 {
     block
 }
 
-/// Free a block from [`take`] of `len` bytes (or resized to it by [`resize`]).
-pub fn give(block: *mut u8, len: usize) {
-    let mut pool = pool();
+fn give_to(pool: &Mutex<Pool>, block: *mut u8, len: usize) {
+    let mut pool = lock(pool);
     pool.live -= len;
     let mapped = pool.untrack(block as usize).unwrap_or(len);
     match pool.kept.iter_mut().find(|slot| slot.is_none()) {
@@ -175,10 +194,8 @@ pub fn give(block: *mut u8, len: usize) {
     }
 }
 
-/// A block from [`take`] resized from `len` to `new_len` bytes, moved if it must be; null on
-/// failure (the block untouched).
-pub fn resize(block: *mut u8, len: usize, new_len: usize) -> *mut u8 {
-    let mut pool = pool();
+fn resize_in(pool: &Mutex<Pool>, block: *mut u8, len: usize, new_len: usize) -> *mut u8 {
+    let mut pool = lock(pool);
     let mapped = pool.untrack(block as usize);
     let from = mapped.unwrap_or(len);
     pool.live = pool.live - len + new_len;
@@ -248,11 +265,17 @@ mod tests {
     use super::*;
 
     /// A block freed is the next one of its size or smaller, whole, and a longer one's tail is
-    /// cut only before new memory is mapped; all kept within the peak; writes stay put. One
-    /// test, since the pool is the process's.
+    /// cut only before new memory is mapped; all kept within the peak; writes stay put. On a
+    /// pool of the test's own: the process's also serves the blocks of the tests running
+    /// beside it (from 32 MiB), whose tails and kept mappings this one's checks would count.
     #[test]
     fn freed_blocks_come_back_and_the_kept_stay_within_the_peak() {
         const MIB: usize = 1 << 20;
+        let own = Mutex::new(Pool::EMPTY);
+        let take = |len, zeroed| take_from(&own, len, zeroed);
+        let give = |block, len| give_to(&own, block, len);
+        let resize = |block, len, new_len| resize_in(&own, block, len, new_len);
+        let pool = || lock(&own);
         let first = take(8 * MIB, false);
         assert!(!first.is_null());
         // SAFETY: the block holds 8 MiB, written and read within them.
@@ -307,5 +330,10 @@ mod tests {
         give(grown, 12 * MIB);
         let pool = pool();
         assert!(pool.mapped_bytes() <= pool.peak);
+        assert_eq!(pool.live, 0);
+        // The test's own mappings given back with its pool.
+        for &(at, len) in pool.kept.iter().flatten() {
+            unmap(at, len);
+        }
     }
 }
