@@ -19,6 +19,13 @@ pub struct CpuReport {
 impl CpuReport {
     pub fn detect() -> Self {
         let features = features();
+        if crate::nn::candle_ops_only() {
+            return Self {
+                model: model_name(),
+                features,
+                kernels: vec![("every op", "candle's own (SEEDBED_KERNELS=candle)")],
+            };
+        }
         let has = |name: &str| features.contains(&name);
         // The `gemm` crate asks exactly this where it is built with its `x86-v4` kernels.
         let gemm = if cfg!(feature = "avx512") && has("avx512f") {

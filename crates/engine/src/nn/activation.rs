@@ -251,7 +251,10 @@ struct Rows {
 fn with_rows<R>(x: &Tensor, f: impl FnOnce(&[f32], Rows) -> R) -> Option<R> {
     let dims = x.dims();
     let cols = *dims.last()?;
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.elem_count() == 0 {
+    if !super::own_kernels(x.device())
+        || x.dtype() != candle_core::DType::F32
+        || x.elem_count() == 0
+    {
         return None;
     }
     let (storage, layout) = x.storage_and_layout();

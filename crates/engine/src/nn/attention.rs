@@ -30,7 +30,7 @@ pub fn with_bias(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: &Tensor) 
     let keys = k.dim(2)?;
     let on_cpu_f32 = [q, k, v, bias]
         .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+        .all(|t| super::own_kernels(t.device()) && t.dtype() == DType::F32);
     let out = if on_cpu_f32 {
         let bias = bias.broadcast_as((batch, heads, tokens, keys))?;
         q.apply_op3_no_bwd(
@@ -101,7 +101,7 @@ pub fn scaled_dot_product_for(
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, tiles: bool) -> Result<Tensor> {
     let on_cpu_f32 = [q, k, v]
         .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+        .all(|t| super::own_kernels(t.device()) && t.dtype() == DType::F32);
     if on_cpu_f32 {
         let op = FusedCpu {
             scale: scale as f32,

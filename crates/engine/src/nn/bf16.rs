@@ -21,17 +21,19 @@ use super::tiles::Unit;
 const PANEL: usize = 32;
 
 /// Whether this CPU runs the bf16 kernel (AVX-512F, AVX-512BW and AVX512-BF16), unless the
-/// environment says `SEEDBED_BF16_KERNEL=off` (to measure the widening path on such a CPU).
+/// environment says `SEEDBED_BF16_KERNEL=off` (to measure the widening path on such a CPU) or
+/// candle's ops were asked for ([`super::candle_ops_only`]).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            std::env::var("SEEDBED_BF16_KERNEL").map_or(true, |v| v != "off")
-                && super::math::has_avx512()
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512bf16")
-        })
+        !super::candle_ops_only()
+            && *AVAILABLE.get_or_init(|| {
+                std::env::var("SEEDBED_BF16_KERNEL").map_or(true, |v| v != "off")
+                    && super::math::has_avx512()
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
+            })
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

@@ -73,7 +73,10 @@ impl SameConv {
             None => {
                 let conv = layers::conv2d_unpacked(cin, cout, kernel, config(kernel), vb)?;
                 let weight = conv.weight();
-                if weight.dtype() == DType::BF16 && weight.device().is_cpu() && tiles::available() {
+                if weight.dtype() == DType::BF16
+                    && super::own_kernels(weight.device())
+                    && tiles::available()
+                {
                     let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
                     ConvWeight::Tiles {
                         weight: PackedConv::new(&values, cout, cin, kernel),
@@ -131,7 +134,7 @@ impl SameConv {
     }
 
     fn runs_on_cpu_kernels(&self, x: &Tensor) -> bool {
-        x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4
+        super::own_kernels(x.device()) && x.dtype() == DType::F32 && x.rank() == 4
     }
 }
 
@@ -345,7 +348,11 @@ impl SameConv {
             None => None,
         };
         let residual = match around.residual {
-            Some(r) if r.dtype() == DType::F32 && r.device().is_cpu() && r.dims4()? == out_dims => {
+            Some(r)
+                if r.dtype() == DType::F32
+                    && super::own_kernels(r.device())
+                    && r.dims4()? == out_dims =>
+            {
                 Some(r.contiguous()?)
             }
             Some(_) => return Ok(None),

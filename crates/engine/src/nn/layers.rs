@@ -40,7 +40,7 @@ pub fn compute_dtype(weights: DType, device: &Device) -> DType {
 pub fn like(weight: &Tensor, x: &Tensor) -> Result<Tensor> {
     if weight.dtype() == x.dtype() {
         Ok(weight.clone())
-    } else if weight.device().is_cpu() && x.dtype() == DType::F32 {
+    } else if super::own_kernels(weight.device()) && x.dtype() == DType::F32 {
         widen_on_cpu(weight)
     } else {
         weight.to_dtype(x.dtype())
@@ -195,7 +195,7 @@ enum LinearWeight {
 
 impl Linear {
     fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
-        let cpu = weight.device().is_cpu();
+        let cpu = super::own_kernels(weight.device());
         if cpu && weight.dtype() == DType::BF16 && super::tiles::available() {
             let (out, inner) = weight.dims2()?;
             let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
@@ -470,7 +470,7 @@ impl Linear {
         let (out, inner) = (weight.shape()[0], weight.shape()[1]);
         let mut dims = x.dims().to_vec();
         let rows = dims[..dims.len() - 1].iter().product::<usize>();
-        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+        let cpu_f32 = super::own_kernels(x.device()) && x.dtype() == DType::F32;
         let tiles = kernel.filter(|_| cpu_f32 && rows <= MAX_ROWS_IN_TILES);
         if !cpu_f32 || (rows < MIN_ROWS_AS_STORED && tiles.is_none()) {
             let copy = match transposed.get() {
@@ -545,7 +545,7 @@ impl Linear {
 
     /// [`Self::bf16_kernel_product`] of f32 activations on the CPU; `None` for others.
     fn bf16_f32_product(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        if !(super::own_kernels(x.device()) && x.dtype() == DType::F32) {
             return Ok(None);
         }
         let inner = x.dim(candle_core::D::Minus1)?;
@@ -659,7 +659,7 @@ pub fn rms_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.dtype() == DType::F32 && x.device().is_cpu() {
+        if x.dtype() == DType::F32 && super::own_kernels(x.device()) {
             // candle's fused kernel: one pass per row, rows in parallel (five tensor ops
             // otherwise, which Z-Image's per-head q/k norms over 4096 tokens feel).
             return candle_nn::ops::rms_norm(
@@ -706,7 +706,7 @@ impl LayerNorm {
     pub fn forward_as(&self, x: &Tensor, rounded: bool) -> Result<Activations> {
         let cols = x.dim(candle_core::D::Minus1)?;
         let rows = x.elem_count() / cols.max(1);
-        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+        let cpu_f32 = super::own_kernels(x.device()) && x.dtype() == DType::F32;
         if !cpu_f32 || cols == 0 {
             let norm =
                 candle_nn::LayerNorm::new(like(&self.weight, x)?, like(&self.bias, x)?, self.eps);
@@ -833,7 +833,7 @@ pub fn conv2d(
     let plain = config.groups == 1 && config.dilation == 1;
     if plain
         && weight.dtype() == DType::BF16
-        && weight.device().is_cpu()
+        && super::own_kernels(weight.device())
         && super::bf16::available()
     {
         let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
@@ -874,7 +874,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let on_cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4;
+        let on_cpu_f32 = super::own_kernels(x.device()) && x.dtype() == DType::F32 && x.rank() == 4;
         if let Some(packed) = &self.packed
             && on_cpu_f32
         {

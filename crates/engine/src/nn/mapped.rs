@@ -201,9 +201,9 @@ fn lookup_as(vb: &VarBuilder, name: &str, shape: &[usize], dtype: DType) -> Opti
 }
 
 /// `name` under `vb`'s prefix, mapped, when it is stored as `dtype` in `shape` and the layer
-/// is built on the CPU.
+/// is built where our own kernels run ([`super::own_kernels`]).
 fn find(vb: &VarBuilder, name: &str, shape: &[usize], dtype: DType) -> Option<MappedTensor> {
-    if !vb.device().is_cpu() || !enabled() {
+    if !super::own_kernels(vb.device()) || !enabled() {
         return None;
     }
     let full = match vb.prefix() {

@@ -23,11 +23,39 @@ pub mod tiles;
 pub mod transpose;
 pub mod winograd;
 
-use candle_core::{CpuStorage, Result, Storage, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// `f` of the values of a CPU f32 tensor (made contiguous first); `None` for other tensors.
+use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
+
+/// Whether the engine's own kernels, and the weight layouts made for them (read in place,
+/// transposed, packed), take the tensors of `device`: on the CPU, unless candle's ops were
+/// asked for ([`candle_ops_only`]). Every device but the CPU runs candle's own ops.
+pub fn own_kernels(device: &Device) -> bool {
+    device.is_cpu() && !candle_ops_only()
+}
+
+/// Whether the CPU runs candle's own ops, as every other device does: when the environment
+/// says `SEEDBED_KERNELS=candle` (to compare against, or to step around a kernel of ours on
+/// some CPU), or a test asked for it ([`use_candle_ops_only`]). It is what checks, on a
+/// machine with no GPU, that the path a GPU takes computes the reference pictures.
+pub fn candle_ops_only() -> bool {
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    FORCED.load(Ordering::Relaxed)
+        || *FROM_ENV.get_or_init(|| std::env::var("SEEDBED_KERNELS").is_ok_and(|v| v == "candle"))
+}
+
+/// Makes [`candle_ops_only`] true for the rest of the process: for a test binary of its own,
+/// before it builds any model (layers choose their weights' layout as they are built).
+pub fn use_candle_ops_only() {
+    FORCED.store(true, Ordering::Relaxed);
+}
+
+static FORCED: AtomicBool = AtomicBool::new(false);
+
+/// `f` of the values of a CPU f32 tensor (made contiguous first) where our own kernels run
+/// ([`own_kernels`]); `None` for other tensors.
 pub(crate) fn cpu_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<Result<R>> {
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+    if !own_kernels(x.device()) || x.dtype() != candle_core::DType::F32 {
         return None;
     }
     let x = match x.contiguous() {

@@ -87,7 +87,7 @@ struct Params {
 impl Params {
     /// `norm`'s parameters where `x` takes the CPU kernels: f32 on the CPU, rank 3 or more.
     fn for_cpu(norm: &GroupNorm, x: &Tensor) -> Result<Option<Self>> {
-        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() < 3 {
+        if !super::own_kernels(x.device()) || x.dtype() != DType::F32 || x.rank() < 3 {
             return Ok(None);
         }
         let values = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();

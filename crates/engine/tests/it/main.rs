@@ -1,50 +1,44 @@
 //! Engine integration tests on the shared tiny diffusers models.
+//!
+//! Built twice: as `it`, on the engine's own CPU kernels, and as `candle_ops`, on candle's own
+//! ops over weights as loaded, none of our kernels or weight layouts
+//! (`seedbed_engine::nn::own_kernels`): the path every device but the CPU takes. No GPU runs
+//! in CI; the second binary is what shows, on the CPU, that a GPU computes the reference
+//! pictures too. The switch holds for a whole process, hence a binary of its own.
 
 mod broken_models;
 mod generate;
 mod generate_dit;
 mod generate_flux;
 mod parity;
+mod paths;
 mod shared_components;
 mod single_file;
 
-use std::path::{Path, PathBuf};
+pub use paths::*;
 
-pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+/// Whether this binary is the one on candle's ops.
+const ON_CANDLE_OPS: bool = matches!(env!("CARGO_CRATE_NAME").as_bytes(), b"candle_ops");
 
-pub fn models() -> PathBuf {
-    fixtures().join("models")
-}
-
-/// The tiny FLUX, Z-Image and SD3 pipelines.
-pub fn dit_models() -> PathBuf {
-    fixtures().join("models-dit")
-}
-
-/// Copy a model folder into `dest` so a test can break it.
-pub fn copy_model(name: &str, dest: &Path) -> PathBuf {
-    let target = dest.join(name);
-    copy_dir(&models().join(name), &target);
-    target
-}
-
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let path = entry.path();
-        let target = to.join(entry.file_name());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-            // Fixtures are read-only; the copies must be writable to be broken.
-            let mut perms = std::fs::metadata(&target).unwrap().permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perms.set_readonly(false);
-            std::fs::set_permissions(&target, perms).unwrap();
-        }
+/// What [`paths::fixtures`] does before a test reads its models, so before any layer is built,
+/// whichever test runs first: switch this process to candle's ops where it is that binary.
+fn before_any_model() {
+    if ON_CANDLE_OPS {
+        seedbed_engine::nn::use_candle_ops_only();
     }
+}
+
+/// Each binary runs the path it says, and `seedbed bench`'s report names it.
+#[test]
+fn this_binary_runs_the_kernels_it_says() {
+    let _ = fixtures();
+    let cpu = seedbed_engine::candle::Device::Cpu;
+    assert_eq!(seedbed_engine::nn::candle_ops_only(), ON_CANDLE_OPS);
+    assert_eq!(seedbed_engine::nn::own_kernels(&cpu), !ON_CANDLE_OPS);
+    let report = seedbed_engine::cpu::CpuReport::detect();
+    let candle = report
+        .lines()
+        .iter()
+        .any(|line| line.contains("candle's own"));
+    assert_eq!(candle, ON_CANDLE_OPS, "{report:?}");
 }

@@ -60,10 +60,10 @@ enum Storage {
 }
 
 impl BlockMatrix {
-    /// The weight as it is, or `None` where this kernel does not apply (not on the CPU, not
-    /// 2-D, or rows not made of whole blocks).
+    /// The weight as it is, or `None` where this kernel does not apply (not where our own
+    /// kernels run, [`crate::nn::own_kernels`]; not 2-D; or rows not made of whole blocks).
     pub fn new(weight: Arc<QTensor>) -> Result<Option<Self>> {
-        if !weight.device().is_cpu() {
+        if !crate::nn::own_kernels(&weight.device()) {
             return Ok(None);
         }
         let &[rows, cols] = weight.shape().dims() else {
