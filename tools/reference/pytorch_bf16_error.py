@@ -1,8 +1,9 @@
 # How far diffusers' own bf16 lands from its f32 reference on each parity case: the whole pipeline cast
 # to bf16 (`pipe.to(torch.bfloat16)`, the VAE too, as `torch_dtype=torch.bfloat16` loads it), run on the
 # case's own inputs, its image's max |diff| against the case's f32 image. The engine's bf16 test on a CPU
-# with AMX (crates/engine/tests/it/parity.rs, PYTORCH_BF16_IMAGE) holds each case to this figure.
-# usage (repository root, diffusers installed): python tools/reference/pytorch_bf16_error.py [float32]
+# with AVX512-BF16 (crates/engine/tests/it/parity.rs, PYTORCH_BF16_IMAGE) holds each case to this figure;
+# with `float16`, the same in f16, which holds the engine's f16 computed as a GPU does (PYTORCH_F16_IMAGE).
+# usage (repository root, diffusers installed): python tools/reference/pytorch_bf16_error.py [float16|float32]
 import json, os, sys
 import numpy as np
 import torch
@@ -60,8 +61,10 @@ def sd_case(c, stored, models, dtype):
 
 
 def main():
-    # `float32` instead checks that this script reruns each case as its reference did (differences ~0).
-    dtype = torch.float32 if sys.argv[1:] == ["float32"] else torch.bfloat16
+    # `float16` runs the pipelines in f16 instead (as a GPU does); `float32` checks that this script
+    # reruns each case as its reference did (differences ~0).
+    named = {"float32": torch.float32, "float16": torch.float16}
+    dtype = named.get(sys.argv[1] if sys.argv[1:] else "", torch.bfloat16)
     root = "fixtures"
     sets = [("cases", "models", sd_case), ("cases-dit", "models-dit", None), ("cases-dit-own", "models-dit", None)]
     for cases_dir, models_dir, run in sets:

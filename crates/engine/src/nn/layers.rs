@@ -28,10 +28,14 @@ use super::rounded::Activations;
 use super::stored;
 use crate::lora::hook::{self, Tag};
 
-/// The dtype activations are computed in for weights stored in `weights` on `device`.
+/// The dtype activations are computed in for weights stored in `weights` on `device`: their
+/// own on a GPU; f32 on the CPU, except f16 on candle's ops ([`super::candle_ops_only`]),
+/// which then computes as a GPU does, so that the tests there prove a GPU's f16 path, every
+/// tensor's dtype included (candle's CPU ops have no bf16 matrix product to do the same).
 pub fn compute_dtype(weights: DType, device: &Device) -> DType {
     match (device, weights) {
-        (Device::Cpu, DType::F16 | DType::BF16) => DType::F32,
+        (Device::Cpu, DType::F16) if !super::candle_ops_only() => DType::F32,
+        (Device::Cpu, DType::BF16) => DType::F32,
         _ => weights,
     }
 }
