@@ -36,12 +36,19 @@ pub fn own_kernels(device: &Device) -> bool {
 
 /// Whether the CPU runs candle's own ops, as every other device does: when the environment
 /// says `SEEDBED_KERNELS=candle` (to compare against, or to step around a kernel of ours on
-/// some CPU), or a test asked for it ([`use_candle_ops_only`]). It is what checks, on a
+/// some CPU; `own`, the default, or unset: ours), or a test asked for it ([`use_candle_ops_only`]). It is what checks, on a
 /// machine with no GPU, that the path a GPU takes computes the reference pictures.
 pub fn candle_ops_only() -> bool {
     static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     FORCED.load(Ordering::Relaxed)
-        || *FROM_ENV.get_or_init(|| std::env::var("SEEDBED_KERNELS").is_ok_and(|v| v == "candle"))
+        || *FROM_ENV.get_or_init(|| match std::env::var("SEEDBED_KERNELS") {
+            Ok(value) if value == "candle" => true,
+            Ok(value) if value != "own" && !value.is_empty() => {
+                tracing::warn!("SEEDBED_KERNELS={value} is neither `candle` nor `own`: ours run");
+                false
+            }
+            _ => false,
+        })
 }
 
 /// Makes [`candle_ops_only`] true for the rest of the process: for a test binary of its own,
