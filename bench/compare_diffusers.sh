@@ -12,9 +12,12 @@
 #     guidance 0. A missing folder is built first.
 # Environment: MODEL (instead of the argument), THREADS (default: all cores), RUNS (3), SIZE (512),
 #              STEPS (1 for SD and SDXL, 4 for FLUX and SD3, 9 for Z-Image), PYTHON (a python with torch + diffusers; default .venv-bench,
-#              created if missing), DTYPE (f32; bf16 for SD and SDXL: text encoders and UNet in bf16 on
-#              both sides, the VAE f32), ISA (native; avx2: both sides held to AVX2, see setup.sh).
+#              created if missing), DTYPE (f32; bf16 or f16 for SD and SDXL: text encoders and UNet in
+#              that dtype on both sides, the VAE f32), ISA (native; avx2: both sides held to AVX2, see setup.sh).
 #              FLUX runs with guidance 0 and T5 padded to 256 tokens.
+#              DEVICE (cpu; cuda: both sides on the GPU, SD and SDXL, with DTYPE=f16 for the CUDA
+#              row, SEEDBED=a cuda build; see bench/RESULTS.md's header), SEEDBED (a binary to run
+#              as it is instead of building one).
 #              ROUNDS (1): rounds of both sides, the order flipped every round (diffusers first in
 #              odd ones), for machines whose speed drifts from minute to minute (bench/RESULTS.md:
 #              one binary's stage 30 % apart in two runs): each side's fastest round per stage is
@@ -24,6 +27,7 @@ cd "$(dirname "$0")/.."
 model=${1:-${MODEL:-target/sd-turbo-shaped}}
 runs=${RUNS:-3}
 dtype=${DTYPE:-f32}
+device=${DEVICE:-cpu}
 size=${SIZE:-512}
 . bench/setup.sh
 rounds=${ROUNDS:-1}
@@ -32,12 +36,13 @@ ours=()
 run_diffusers() {
   echo "diffusers ($threads threads)..." >&2
   theirs+=("$("$python" bench/diffusers_bench.py "$model" --width "$size" --height "$size" \
-    --steps "$steps" --runs "$runs" --threads "$threads" --dtype "$dtype" 2>/dev/null | tail -n 1)")
+    --steps "$steps" --runs "$runs" --threads "$threads" --dtype "$dtype" --device "$device" \
+    2>/dev/null | tail -n 1)")
 }
 run_seedbed() {
   echo "seedbed ($threads threads)..." >&2
   ours+=("$("$seedbed" bench "$model" --width "$size" --height "$size" --steps "$steps" \
-    --runs "$runs" --dtype "$dtype" --json 2>/dev/null | tail -n 1)")
+    --runs "$runs" --dtype "$dtype" --device "$device" --json 2>/dev/null | tail -n 1)")
 }
 for round in $(seq "$rounds"); do
   if [ $((round % 2)) = 1 ]; then

@@ -1,5 +1,6 @@
 """Time diffusers stage by stage, the way `seedbed bench` does: one warm-up and R timed text-to-image runs,
-medians per stage, fp32, CPU. The pipeline is the one the folder's model_index.json names:
+medians per stage, fp32 on the CPU by default (--dtype, --device cuda: the GPU, synchronized at each stage's
+end as seedbed is). The pipeline is the one the folder's model_index.json names:
 - StableDiffusionPipeline: guidance 0, Euler (the folder's scheduler config);
 - StableDiffusionXLPipeline: as SD, both CLIP encoders, the pooled embedding and the size/crop time ids as
   the UNet's added conditioning, the VAE in f32 as its force_upcast asks;
@@ -30,18 +31,31 @@ parser.add_argument("--height", type=int, default=512)
 parser.add_argument("--steps", type=int, default=1)
 parser.add_argument("--runs", type=int, default=3)
 parser.add_argument("--threads", type=int, default=2)
-parser.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+parser.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32",
                     help="weights and compute of the text encoders and UNet (SD and SDXL; the VAE stays f32 "
                          "as seedbed keeps it)")
+parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
 parser.add_argument("--max-sequence-length", type=int, default=256, help="FLUX: T5 token count")
 args = parser.parse_args()
 
 with open(os.path.join(args.model_dir, "model_index.json")) as f:
     pipeline_class = json.load(f)["_class_name"]
 torch.set_num_threads(args.threads)
-dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
 if dtype != torch.float32 and pipeline_class not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
-    sys.exit("--dtype bf16 is measured for SD and SDXL only")
+    sys.exit(f"--dtype {args.dtype} is measured for SD and SDXL only")
+if args.device != "cpu" and pipeline_class not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+    sys.exit(f"--device {args.device} is measured for SD and SDXL only")
+device = args.device
+
+
+def now():
+    """The time once the device has finished what was queued (a GPU runs asynchronously)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 prompt = "a photograph of an astronaut riding a horse"
 started = time.perf_counter()
 if pipeline_class == "FluxPipeline":
@@ -65,46 +79,50 @@ else:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_pretrained(args.model_dir, torch_dtype=dtype, safety_checker=None)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-pipe.vae.to(torch.float32)  # a no-op at f32; in bf16 the VAE stays f32, as seedbed keeps it
-load_s = time.perf_counter() - started
+pipe.vae.to(torch.float32)  # a no-op at f32; in bf16 and f16 the VAE stays f32, as seedbed keeps it
+pipe.to(device)
+load_s = now() - started
 
 
 @torch.no_grad()
 def run_sd(seed):
-    t0 = time.perf_counter()
-    embeds, _ = pipe.encode_prompt(prompt, "cpu", 1, False)
-    t1 = time.perf_counter()
-    pipe.scheduler.set_timesteps(args.steps)
+    t0 = now()
+    embeds, _ = pipe.encode_prompt(prompt, device, 1, False)
+    t1 = now()
+    pipe.scheduler.set_timesteps(args.steps, device=device)
     g = torch.Generator().manual_seed(seed)
-    latents = torch.randn(1, 4, args.height // 8, args.width // 8, generator=g) * pipe.scheduler.init_noise_sigma
+    latents = torch.randn(1, 4, args.height // 8, args.width // 8, generator=g).to(device)
+    latents = latents * pipe.scheduler.init_noise_sigma
     for t in pipe.scheduler.timesteps:
         eps = pipe.unet(pipe.scheduler.scale_model_input(latents, t).to(dtype), t, encoder_hidden_states=embeds).sample
         latents = pipe.scheduler.step(eps.float(), t, latents).prev_sample
-    t2 = time.perf_counter()
+    t2 = now()
     image = pipe.vae.decode(latents.float() / pipe.vae.config.scaling_factor).sample
     pipe.image_processor.postprocess(image, output_type="np")
-    t3 = time.perf_counter()
+    t3 = now()
     return {"text_encode_s": t1 - t0, "denoise_s": t2 - t1, "vae_decode_s": t3 - t2, "total_s": t3 - t0}
 
 
 @torch.no_grad()
 def run_sdxl(seed):
     """What StableDiffusionXLPipeline.__call__ does at guidance 0, split at the stage boundaries."""
-    t0 = time.perf_counter()
-    embeds, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
-    t1 = time.perf_counter()
-    pipe.scheduler.set_timesteps(args.steps)
+    t0 = now()
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt, device=device, do_classifier_free_guidance=False)
+    t1 = now()
+    pipe.scheduler.set_timesteps(args.steps, device=device)
     g = torch.Generator().manual_seed(seed)
-    latents = torch.randn(1, 4, args.height // 8, args.width // 8, generator=g) * pipe.scheduler.init_noise_sigma
+    latents = torch.randn(1, 4, args.height // 8, args.width // 8, generator=g).to(device)
+    latents = latents * pipe.scheduler.init_noise_sigma
     size = (args.height, args.width)  # original and target size, crop origin (0, 0)
     time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=embeds.dtype,
                                       text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    time_ids = time_ids.to(device)
     added = {"text_embeds": pooled, "time_ids": time_ids}
     for t in pipe.scheduler.timesteps:
         eps = pipe.unet(pipe.scheduler.scale_model_input(latents, t).to(dtype), t, encoder_hidden_states=embeds,
                         added_cond_kwargs=added).sample
         latents = pipe.scheduler.step(eps.float(), t, latents).prev_sample
-    t2 = time.perf_counter()
+    t2 = now()
     upcast = pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast  # as the pipeline; never at f32
     if upcast:
         pipe.vae.to(torch.float32)
@@ -112,7 +130,7 @@ def run_sdxl(seed):
     if upcast:
         pipe.vae.to(torch.float16)
     pixels = pipe.image_processor.postprocess(image, output_type="np")
-    t3 = time.perf_counter()
+    t3 = now()
     if not np.isfinite(pixels).all() or not torch.isfinite(latents).all():
         print("warning: non-finite latents or pixels", file=sys.stderr)
     return {"text_encode_s": t1 - t0, "denoise_s": t2 - t1, "vae_decode_s": t3 - t2, "total_s": t3 - t0}
@@ -211,5 +229,6 @@ run = {"StableDiffusionXLPipeline": run_sdxl, "FluxPipeline": run_flux, "ZImageP
 run(0)
 samples = [run(i + 1) for i in range(args.runs)]
 report = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
-report.update(load_s=load_s, dtype=args.dtype, runs=args.runs, threads=args.threads, torch=torch.__version__)
+report.update(load_s=load_s, dtype=args.dtype, device=device, runs=args.runs, threads=args.threads,
+              torch=torch.__version__)
 print(json.dumps(report))

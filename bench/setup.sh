@@ -1,7 +1,10 @@
 # Sourced by the comparison scripts here: the Python with torch and diffusers, the model folder
 # (built if missing) and the release binary. Sets `python`, `model`, `threads`, `steps` and
-# `seedbed` (the binary) from the environment (PYTHON, MODEL, THREADS, STEPS, ISA) and the
-# scripts' first argument.
+# `seedbed` (the binary) from the environment (PYTHON, MODEL, THREADS, STEPS, ISA, SEEDBED) and
+# the scripts' first argument.
+#
+# SEEDBED names a binary to run as it is, built elsewhere: a `cuda` build
+# (`PROFILE=release bash bench/check_cuda_build.sh`) carried to a GPU machine without cargo.
 #
 # ISA=avx2 measures an AVX2-only CPU's row on an AVX-512 machine: seedbed built without its
 # `avx512` feature (target/avx2, the paths runtime detection takes on such a CPU, gemm's
@@ -28,7 +31,9 @@ case "$(grep -o '"_class_name": *"[A-Za-z0-9]*"' "$model/model_index.json")" in
   *'"ZImagePipeline"') steps=${STEPS:-9} ;;
   *) steps=${STEPS:-1} ;;  # StableDiffusionPipeline, StableDiffusionXLPipeline (SD-Turbo, SDXL-Turbo)
 esac
-case "${ISA:-native}" in
+case "${SEEDBED:+given}${ISA:-native}" in
+  given*)
+    seedbed=$SEEDBED ;;
   native)
     cargo build --release -q -p seedbed
     seedbed=target/release/seedbed ;;
