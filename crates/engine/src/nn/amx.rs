@@ -16,14 +16,17 @@
 
 /// Whether this CPU and OS run the AMX kernels: AMX-TILE and AMX-BF16, the AVX-512 the
 /// operands are packed with ([`super::bf16::available`]), and the tiles' state granted to this
-/// process; unless the environment says `SEEDBED_AMX=off` (to measure the AVX512-BF16 path).
+/// process; unless the environment says `SEEDBED_AMX=off` (to measure the AVX512-BF16 path) or
+/// candle's ops were asked for (asked on every call: a test binary switches after its start,
+/// [`super::use_candle_ops_only`]).
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        std::env::var("SEEDBED_AMX").map_or(true, |v| v != "off")
-            && super::bf16::available()
-            && x86::supported()
-    })
+    !super::candle_ops_only()
+        && *AVAILABLE.get_or_init(|| {
+            std::env::var("SEEDBED_AMX").map_or(true, |v| v != "off")
+                && super::bf16::available()
+                && x86::supported()
+        })
 }
 
 /// The four tiles of a 32x32 block of sums configured on this thread, released when dropped

@@ -36,8 +36,9 @@ pub fn own_kernels(device: &Device) -> bool {
 
 /// Whether the CPU runs candle's own ops, as every other device does: when the environment
 /// says `SEEDBED_KERNELS=candle` (to compare against, or to step around a kernel of ours on
-/// some CPU; `own`, the default, or unset: ours), or a test asked for it ([`use_candle_ops_only`]). It is what checks, on a
-/// machine with no GPU, that the path a GPU takes computes the reference pictures.
+/// some CPU; `own`, the default, or unset: ours), or a test asked for it
+/// ([`use_candle_ops_only`]). It is what checks, on a machine with no GPU, that the path a GPU
+/// takes computes the reference pictures.
 pub fn candle_ops_only() -> bool {
     static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     FORCED.load(Ordering::Relaxed)
