@@ -4,7 +4,7 @@ use std::fs;
 
 use seedbed_engine::{EngineError, LoadOptions, Pipeline};
 
-use crate::copy_model;
+use super::copy_model;
 
 fn load_error(dir: &std::path::Path) -> EngineError {
     match Pipeline::load(dir, LoadOptions::default()) {

@@ -5,7 +5,7 @@ use seedbed_engine::scheduler::SchedulerKind;
 use seedbed_engine::sd::SdPipeline;
 use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline};
 
-use crate::models;
+use super::models;
 
 fn tiny_sd() -> Pipeline {
     Pipeline::load(&models().join("tiny-sd"), LoadOptions::default()).unwrap()

@@ -9,7 +9,7 @@ use seedbed_engine::residency::MemoryPlan;
 use seedbed_engine::scheduler::SchedulerKind;
 use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline};
 
-use crate::dit_models;
+use super::dit_models;
 
 /// The two families with the guidance that turns their classifier-free guidance on.
 const MODELS: [(&str, Family, f64); 2] = [
@@ -243,7 +243,7 @@ fn the_sequential_memory_plan_makes_the_same_pictures() {
 fn sd3_without_t5_generates() {
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("sd3-no-t5");
-    crate::copy_dir(&dit_models().join("tiny-sd3"), &copy);
+    super::copy_dir(&dit_models().join("tiny-sd3"), &copy);
     std::fs::remove_dir_all(copy.join("text_encoder_3")).unwrap();
     std::fs::remove_dir_all(copy.join("tokenizer_3")).unwrap();
     let index_path = copy.join("model_index.json");

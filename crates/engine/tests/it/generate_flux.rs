@@ -6,7 +6,7 @@ use seedbed_engine::model::Family;
 use seedbed_engine::scheduler::SchedulerKind;
 use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline};
 
-use crate::dit_models;
+use super::dit_models;
 
 fn load(name: &str) -> Pipeline {
     Pipeline::load(&dit_models().join(name), LoadOptions::default()).unwrap()
@@ -231,7 +231,7 @@ fn the_sequential_memory_plan_makes_the_same_pictures() {
 
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("flux");
-    crate::copy_dir(&dir, &copy);
+    super::copy_dir(&dir, &copy);
     let weights = copy.join("transformer/diffusion_pytorch_model.safetensors");
     let length = std::fs::metadata(&weights).unwrap().len();
     std::fs::OpenOptions::new()

@@ -4,7 +4,9 @@
 //! ops over weights as loaded, none of our kernels or weight layouts
 //! (`seedbed_engine::nn::own_kernels`): the path every device but the CPU takes. No GPU runs
 //! in CI; the second binary is what shows, on the CPU, that a GPU computes the reference
-//! pictures too. The switch holds for a whole process, hence a binary of its own.
+//! pictures too. The switch holds for a whole process, hence a binary of its own, whose root
+//! (`tests/candle_ops/main.rs`) takes this file in as a module: the tests here name what they
+//! share by `super::`, the root in both.
 
 mod broken_models;
 mod generate;

@@ -3,7 +3,7 @@ use std::path::Path;
 use seedbed_engine::LoadOptions;
 use seedbed_engine::parity::{Case, ParityRunner, read_cases};
 
-use crate::{fixtures, models};
+use super::{fixtures, models};
 
 /// Every shared diffusers reference case matches at every stage it carries.
 #[test]

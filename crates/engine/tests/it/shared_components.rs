@@ -9,7 +9,7 @@ use seedbed_engine::scheduler::SchedulerKind;
 use seedbed_engine::sd::SdPipeline;
 use seedbed_engine::{GenerateRequest, LoadOptions};
 
-use crate::{copy_model, models};
+use super::{copy_model, models};
 
 #[test]
 fn identical_files_are_loaded_once_and_copies_are_not_confused() {

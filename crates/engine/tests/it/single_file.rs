@@ -13,7 +13,7 @@ use seedbed_engine::model::ModelSummary;
 use seedbed_engine::weights::{NameScheme, Variant, WeightFiles};
 use seedbed_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, Pipeline};
 
-use crate::{fixtures, models};
+use super::{fixtures, models};
 
 fn checkpoint(name: &str) -> PathBuf {
     fixtures()
@@ -31,7 +31,7 @@ fn write_sidecar(model: &Path, json: &serde_json::Value) {
 fn flux_file_in(dir: &Path, fixture: &str, name: &str) -> PathBuf {
     let file = dir.join(name);
     std::fs::copy(fixtures().join("single-file").join(fixture), &file).unwrap();
-    let base = crate::dit_models().join("tiny-flux-dev");
+    let base = super::dit_models().join("tiny-flux-dev");
     write_sidecar(&file, &serde_json::json!({ "base": base }));
     file
 }
@@ -466,7 +466,7 @@ fn components_from_files_of_their_own() {
 #[test]
 fn a_t5_files_config_is_read_from_its_tensors() {
     use seedbed_engine::checkpoint::{component_file, read_shapes};
-    let folder = crate::dit_models().join("tiny-flux-dev/text_encoder_2");
+    let folder = super::dit_models().join("tiny-flux-dev/text_encoder_2");
     let shapes = read_shapes(&folder.join("model.safetensors")).unwrap();
     let (_, ours) = component_file::read(
         &shapes,
@@ -506,7 +506,7 @@ fn flux_request() -> GenerateRequest {
 #[test]
 fn a_flux_transformer_file_with_its_components() {
     let dir = tempfile::tempdir().unwrap();
-    let folder = crate::dit_models().join("tiny-flux-dev");
+    let folder = super::dit_models().join("tiny-flux-dev");
     let file = dir.path().join("flux1-dev.safetensors");
     std::fs::copy(
         fixtures().join("single-file/tiny-flux-dev-bfl.safetensors"),
@@ -637,7 +637,7 @@ fn a_kohya_sdxl_lora_in_original_names_is_its_peft_twin() {
 /// the engine reads them as the same LoRA, on the diffusers folder, the BFL checkpoint and GGUF.
 #[test]
 fn a_kohya_flux_lora_in_bfl_names_is_its_peft_twin() {
-    let folder = crate::dit_models().join("tiny-flux-dev");
+    let folder = super::dit_models().join("tiny-flux-dev");
     let peft = generate_with(&folder, &flux_request(), "tiny-flux-dev-peft");
     let kohya = generate_with(&folder, &flux_request(), "tiny-flux-dev-kohya");
     assert!(peft == kohya, "{}/255 off", most_off(&peft, &kohya));
@@ -678,7 +678,7 @@ fn loras_apply_to_checkpoints_and_quantized_layers() {
     seedbed_engine::lora::check(&checkpoint("tiny-sd"), &lora).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let flux = crate::dit_models().join("tiny-flux-dev");
+    let flux = super::dit_models().join("tiny-flux-dev");
     let quantized = flux_file_in(dir.path(), "tiny-flux-dev-q8_0.gguf", "flux.gguf");
     let dense = generate_with(&flux, &flux_request(), "tiny-flux-dev-peft");
     let with_lora = generate_with(&quantized, &flux_request(), "tiny-flux-dev-peft");
