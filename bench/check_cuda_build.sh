@@ -17,6 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${CUDA_VENV:-.venv-cuda}
 [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+# Absolute: apt runs below from inside the venv, and reads these paths from there.
+venv=$(realpath "$venv")
 "$venv/bin/pip" install -q --disable-pip-version-check nvidia-cuda-nvcc nvidia-cuda-runtime \
   nvidia-cuda-cccl nvidia-cuda-crt nvidia-cuda-nvrtc nvidia-cublas nvidia-curand
 cuda=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
