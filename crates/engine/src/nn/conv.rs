@@ -316,10 +316,6 @@ impl SameConv {
             }
             _ => return Ok(None),
         };
-        let widened = match &self.weight {
-            ConvWeight::Tiles { weight, .. } if winograd_instead(&shape) => Some(weight.widened()),
-            _ => None,
-        };
         let winograd_weight = !matches!(self.weight, ConvWeight::Tiles { .. });
         let winograd =
             shape.tiles() >= MIN_WINOGRAD_TILES || winograd::by_chunks_pay(shape, around.upsample);
@@ -329,10 +325,10 @@ impl SameConv {
         let guard = loaded.as_ref().map(|w| w.storage_and_layout());
         let weight = match (&self.weight, &guard) {
             (ConvWeight::Mapped { weight, .. }, _) => Operand::F32(weight.values()),
-            (ConvWeight::Tiles { weight, .. }, _) => match &widened {
-                Some(widened) => Operand::F32(widened),
-                None => Operand::Tiles(weight),
-            },
+            (ConvWeight::Tiles { weight, .. }, _) if winograd_instead(&shape) => {
+                Operand::Widened(weight)
+            }
+            (ConvWeight::Tiles { weight, .. }, _) => Operand::Tiles(weight),
             (_, Some((storage, layout))) => match &**storage {
                 Storage::Cpu(storage) => Operand::F32(contiguous_f32(storage, layout)?),
                 _ => return Ok(None),
@@ -398,6 +394,11 @@ impl SameConv {
         let input = contiguous_f32(storage, layout)?;
         let out = match weight {
             Operand::F32(weight) => winograd::conv3x3_weight(input, shape, weight, fused, onto),
+            Operand::Widened(packed) => {
+                let widen = |o: usize, filter: &mut [f32]| packed.widen_output(o, filter);
+                let weight = winograd::Source::ByOutput(&widen);
+                winograd::conv3x3_from(input, shape, weight, fused, onto)
+            }
             Operand::Tiles(packed) => {
                 let out = match onto {
                     Some(onto) => {
@@ -465,6 +466,10 @@ enum Operand<'a> {
     F32(&'a [f32]),
     /// bf16, packed for the tiles.
     Tiles(&'a PackedConv),
+    /// bf16 packed for the tiles, run in f32 by Winograd ([`winograd_instead`]): each output
+    /// channel's filters widened just before their transform, where a whole f32 copy of the
+    /// weight took 4 % of an SD-Turbo-shaped bf16 UNet step.
+    Widened(&'a PackedConv),
 }
 
 impl CpuConv<'_> {
@@ -513,13 +518,17 @@ impl CustomOp1 for CpuConv<'_> {
         let bias = self.bias.as_deref();
         let weight = match self.weight {
             Operand::F32(weight) => weight,
-            Operand::Tiles(packed) if self.kernel == 3 && winograd_instead(&s) => {
-                let u = winograd::Filters::new(&packed.widened(), s.out_channels, s.in_channels);
+            Operand::Tiles(packed) | Operand::Widened(packed)
+                if self.kernel == 3 && winograd_instead(&s) =>
+            {
+                let widen = |o: usize, filter: &mut [f32]| packed.widen_output(o, filter);
+                let weight = winograd::Source::ByOutput(&widen);
+                let u = winograd::Filters::new_from(weight, s.out_channels, s.in_channels);
                 let out = winograd::conv3x3(input, s, &u, bias);
                 let shape = Shape::from((s.batch, s.out_channels, s.height, s.width));
                 return Ok((CpuStorage::F32(out), shape));
             }
-            Operand::Tiles(packed) => {
+            Operand::Tiles(packed) | Operand::Widened(packed) => {
                 let out = super::tiled_conv::conv(input, s, packed, bias);
                 let out = out
                     .ok_or_else(|| candle_core::Error::Msg("the bf16 kernels went away".into()))?;

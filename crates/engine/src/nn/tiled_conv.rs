@@ -95,9 +95,15 @@ impl PackedConv {
         self.unpacked(bf16::from_bits)
     }
 
-    /// [`Self::stored`] widened to f32 (for the f32 Winograd path, [`super::conv`]).
+    /// [`Self::stored`] widened to f32.
     pub fn widened(&self) -> Vec<f32> {
         self.unpacked(|bits| f32::from_bits(u32::from(bits) << 16))
+    }
+
+    /// Output channel `o`'s filters `(in, kernel, kernel)` widened to f32 into `filter`: for
+    /// the f32 Winograd path ([`super::conv`]), one channel just before its transform.
+    pub fn widen_output(&self, o: usize, filter: &mut [f32]) {
+        self.unpack_output(o, filter, |bits| f32::from_bits(u32::from(bits) << 16));
     }
 
     /// Each value of the weight as `(out, in, kernel, kernel)`, its bits through `value`, each
@@ -108,16 +114,24 @@ impl PackedConv {
         weight
             .par_chunks_mut(self.in_channels * taps)
             .enumerate()
-            .for_each(|(o, filter)| {
-                let words = self.panel(o / BLOCK);
-                for (channel, taps_of) in filter.chunks_exact_mut(taps).enumerate() {
-                    for (tap, slot) in taps_of.iter_mut().enumerate() {
-                        let word = words[(tap * self.depth / 2 + channel / 2) * BLOCK + o % BLOCK];
-                        *slot = value((word >> (16 * (channel % 2))) as u16);
-                    }
-                }
-            });
+            .for_each(|(o, filter)| self.unpack_output(o, filter, &value));
         weight
+    }
+
+    fn unpack_output<T>(&self, o: usize, filter: &mut [T], value: impl Fn(u16) -> T) {
+        let taps = self.kernel * self.kernel;
+        assert_eq!(
+            filter.len(),
+            self.in_channels * taps,
+            "one output's filters"
+        );
+        let words = self.panel(o / BLOCK);
+        for (channel, taps_of) in filter.chunks_exact_mut(taps).enumerate() {
+            for (tap, slot) in taps_of.iter_mut().enumerate() {
+                let word = words[(tap * self.depth / 2 + channel / 2) * BLOCK + o % BLOCK];
+                *slot = value((word >> (16 * (channel % 2))) as u16);
+            }
+        }
     }
 
     fn panel(&self, panel: usize) -> &[u32] {

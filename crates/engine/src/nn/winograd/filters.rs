@@ -69,13 +69,13 @@ pub(super) enum Tiling {
 impl Filters {
     /// F(4x4, 3x3)'s U of `weight` (out, in, 3, 3), for any input.
     pub fn new(weight: &[f32], out_channels: usize, in_channels: usize) -> Self {
-        Self::made(
-            weight,
-            out_channels,
-            in_channels,
-            Tiling::F4,
-            Products::detect(),
-        )
+        Self::new_from(Source::Values(weight), out_channels, in_channels)
+    }
+
+    /// [`Filters::new`] of a weight in any [`Source`].
+    pub fn new_from(weight: Source, out_channels: usize, in_channels: usize) -> Self {
+        let (out, cin, products) = (out_channels, in_channels, Products::detect());
+        Self::made_from(weight, out, cin, Tiling::F4, products)
     }
 
     /// F(6x6, 3x3)'s U of `weight` (out, in, 3, 3), for any input.
@@ -108,6 +108,18 @@ impl Filters {
         tiling: Tiling,
         products: Products,
     ) -> Self {
+        let weight = Source::Values(weight);
+        Self::made_from(weight, out_channels, in_channels, tiling, products)
+    }
+
+    /// [`Filters::made`] from a weight in any [`Source`].
+    pub(super) fn made_from(
+        weight: Source,
+        out_channels: usize,
+        in_channels: usize,
+        tiling: Tiling,
+        products: Products,
+    ) -> Self {
         let (out, cin) = (out_channels, in_channels);
         let u = match tiling {
             Tiling::F4 => {
@@ -130,6 +142,13 @@ impl Filters {
     /// `doubled` and [`phases_pay`] for its size, by F(6x6, 3x3) where [`f6_pays`].
     pub fn for_shape(weight: &[f32], shape: Shape, doubled: bool) -> Self {
         Self::for_shape_on(weight, shape, doubled, Products::detect())
+    }
+
+    /// [`Filters::for_shape`] of a weight given by output channel.
+    pub fn for_shape_from(weight: Source, shape: Shape, doubled: bool) -> Self {
+        let tiling = Self::tiling_for(shape, doubled);
+        let (out, cin) = (shape.out_channels, shape.in_channels);
+        Self::made_from(weight, out, cin, tiling, Products::detect())
     }
 
     /// [`Filters::for_shape`] with its products computed by `products`, which this CPU must
@@ -193,7 +212,7 @@ fn f6_pays(shape: Shape) -> bool {
 /// value written once into memory never zeroed first: this runs on every call, and U is 36/9
 /// times the weight for F(4x4, 3x3) (236 MB for one of the SDXL UNet's 1280-channel layers).
 fn transform_weights<const A: usize>(
-    weight: &[f32],
+    weight: Source,
     out_channels: usize,
     in_channels: usize,
     gm: &[[f32; 3]; A],
@@ -209,7 +228,7 @@ fn transform_weights<const A: usize>(
 
 /// `weight` (out, in, 3, 3) for a doubled input ([`super::Fused::doubled`]): each phase's 2x2 kernel
 /// transformed by F(5x5, 2x2), laid out (out, 4 phases, 36, in).
-fn transform_weights_doubled(weight: &[f32], out_channels: usize, in_channels: usize) -> Vec<f32> {
+fn transform_weights_doubled(weight: Source, out_channels: usize, in_channels: usize) -> Vec<f32> {
     transform_each_output(
         weight,
         out_channels,
@@ -280,26 +299,52 @@ struct FilterScratch {
     rows: Vec<f32>,
 }
 
+/// Where the filter transforms read a convolution's weight, (out, in, 3, 3).
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// Every value, in f32.
+    Values(&'a [f32]),
+    /// One output channel's (in, 3, 3) filters at a time, written by the function just
+    /// before their transform: a weight kept in another form for other kernels (bf16 packed
+    /// for [`crate::nn::tiled_conv`]), widened where a whole f32 copy of it would be written
+    /// to memory and read back for nothing.
+    ByOutput(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
+}
+
 /// U for every output channel in parallel, `positions * in` values each, written by
 /// `transform` from the channel's (in, 3, 3) filters into memory never zeroed first, with
 /// scratch `S` of its own per task.
-fn transform_each_output<S: Default>(
-    weight: &[f32],
+fn transform_each_output<S: Default + Send>(
+    weight: Source,
     out_channels: usize,
     in_channels: usize,
     positions: usize,
     transform: impl Fn(&[f32], &mut S, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
     let c_count = in_channels;
-    assert_eq!(weight.len(), out_channels * c_count * 9);
+    let filter_len = c_count * 9;
+    if let Source::Values(weight) = weight {
+        assert_eq!(weight.len(), out_channels * filter_len);
+    }
     let chunk = positions * c_count;
     let len = out_channels * chunk;
     let mut u = Vec::with_capacity(len);
     if len > 0 {
+        let init = || (S::default(), Vec::new());
         u.spare_capacity_mut()[..len]
             .par_chunks_mut(chunk)
-            .zip(weight.par_chunks(c_count * 9))
-            .for_each_init(S::default, |scratch, (dst, g)| transform(g, scratch, dst));
+            .enumerate()
+            .for_each_init(init, |(scratch, filter), (o, dst)| {
+                let g = match weight {
+                    Source::Values(weight) => &weight[o * filter_len..][..filter_len],
+                    Source::ByOutput(fill) => {
+                        filter.resize(filter_len, 0.0);
+                        fill(o, filter);
+                        &filter[..]
+                    }
+                };
+                transform(g, scratch, dst)
+            });
     }
     // SAFETY: the chunks cover the `len` values, and `transform` writes every value of its
     // chunk.

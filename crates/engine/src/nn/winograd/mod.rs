@@ -45,8 +45,8 @@ mod products;
 mod transforms;
 mod vector;
 
-pub use filters::Filters;
 use filters::Tiling;
+pub use filters::{Filters, Source};
 pub use products::Products;
 use transforms::{input_1d, output_1d};
 use vector::Vector;
@@ -190,17 +190,35 @@ pub fn conv3x3_weight(
     fused: Fused,
     onto: Option<Vec<f32>>,
 ) -> Vec<f32> {
+    conv3x3_from(input, shape, Source::Values(weight), fused, onto)
+}
+
+/// [`conv3x3_weight`] from a weight in any [`Source`]; one given by output channel has its U
+/// made whole first.
+pub fn conv3x3_from(
+    input: &[f32],
+    shape: Shape,
+    weight: Source,
+    fused: Fused,
+    onto: Option<Vec<f32>>,
+) -> Vec<f32> {
     let output = match onto {
         Some(onto) => Output::over(onto, shape, fused),
         None => Output::Fresh,
     };
-    if !by_chunks_pay(shape, fused.doubled) {
-        let u = Filters::for_shape(weight, shape, fused.doubled);
-        return run(input, shape, &u, fused, output);
+    match weight {
+        Source::Values(weight) if by_chunks_pay(shape, fused.doubled) => {
+            let weights = Weights::Raw(weight);
+            let products = Products::Tiles;
+            run_tiles::<M, 1, 1, { LANES * M }, ALPHA>(
+                input, shape, weights, products, fused, output,
+            )
+        }
+        _ => {
+            let u = Filters::for_shape_from(weight, shape, fused.doubled);
+            run(input, shape, &u, fused, output)
+        }
     }
-    let weights = Weights::Raw(weight);
-    let products = Products::Tiles;
-    run_tiles::<M, 1, 1, { LANES * M }, ALPHA>(input, shape, weights, products, fused, output)
 }
 
 /// Whether `shape`'s convolution runs faster with U made a few output channels at a time

@@ -458,6 +458,44 @@ fn u_made_by_chunks_gives_the_values_of_u_made_whole() {
     }
 }
 
+/// A weight given one output channel at a time makes the U, and the convolution, of the same
+/// weight given whole, in each tiling.
+#[test]
+fn a_weight_given_by_output_channel_gives_the_same_bits() {
+    let (cout, cin) = (19, 11);
+    let weight = pattern(cout * cin * 9, 1.3);
+    let filter_of = |o: usize, filter: &mut [f32]| {
+        filter.copy_from_slice(&weight[o * cin * 9..][..cin * 9]);
+    };
+    let by_output = Source::ByOutput(&filter_of);
+    for tiling in [Tiling::F4, Tiling::F6, Tiling::Phases] {
+        let products = Products::detect();
+        let whole = Filters::made(&weight, cout, cin, tiling, products);
+        let given = Filters::made_from(by_output, cout, cin, tiling, products);
+        assert_eq!(whole.u, given.u, "{tiling:?}");
+    }
+    // U made whole from the one, by chunks from the other where that pays (16x16 tiles
+    // and 512 output channels, on AVX2's register tiles).
+    for (cout, h, w, doubled) in [(19, 20, 12, false), (19, 9, 7, true), (512, 16, 16, false)] {
+        let input = pattern(cin * h * w, 0.7);
+        let weight = pattern(cout * cin * 9, 1.1);
+        let filter_of = |o: usize, filter: &mut [f32]| {
+            filter.copy_from_slice(&weight[o * cin * 9..][..cin * 9]);
+        };
+        let fused = Fused {
+            doubled,
+            ..Fused::default()
+        };
+        let (rows, cols) = if doubled { (2 * h, 2 * w) } else { (h, w) };
+        let s = shape(1, cin, cout, rows, cols);
+        assert_eq!(
+            conv3x3_from(&input, s, Source::ByOutput(&filter_of), fused, None),
+            conv3x3_weight(&input, s, &weight, fused, None),
+            "{s:?} doubled {doubled}"
+        );
+    }
+}
+
 /// Which convolutions make U by chunks: the UNet's 16x16 and 24x24 levels on CPUs whose
 /// widest vectors are AVX2's; not its 8x8 one (one GEMM wins), nor its 32x32 one (U is
 /// read by few enough blocks), nor any without the register tiles.
