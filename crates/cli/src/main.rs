@@ -1,5 +1,9 @@
 //! `seedbed`: the command line of the seedbed image generation service.
 
+// The arguments' doc comments are `--help` text, written for a terminal: `[default:
+// <data-dir>/...]` and FLUX.1 [dev] there are words, not HTML or links.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 #[cfg(target_os = "linux")]
 mod big_blocks;
 mod candle_threads;

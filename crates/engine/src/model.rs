@@ -18,7 +18,7 @@ pub enum Family {
     StableDiffusion,
     /// SDXL (and SDXL-Turbo).
     StableDiffusionXl,
-    /// FLUX.1 [schnell] and [dev].
+    /// FLUX.1 \[schnell\] and \[dev\].
     Flux,
     /// Z-Image (Turbo).
     ZImage,

@@ -94,7 +94,7 @@ pub struct Dims {
     pub single_blocks: usize,
     /// The width of a single block's MLP input, the rows of `linear1` after q, k and v.
     pub single_mlp: usize,
-    /// Whether there is a guidance embedder ([dev]; [schnell] has none).
+    /// Whether there is a guidance embedder (\[dev\]; \[schnell\] has none).
     pub guidance: bool,
 }
 
@@ -278,7 +278,7 @@ pub(super) fn remap(shapes: &Shapes) -> Result<Remap, String> {
 
 /// The diffusers `transformer/config.json` a BFL-layout checkpoint implies, from its shapes
 /// alone: block counts, width, heads (the q-norm's scale is one head wide), the text and pooled
-/// widths, the packed input channels, and whether it is guidance-distilled ([dev]). A file says
+/// widths, the packed input channels, and whether it is guidance-distilled (\[dev\]). A file says
 /// nothing of its RoPE axes: they follow FLUX.1's split of a head of width d into
 /// `[d/8, 7d/16, 7d/16]` (16, 56, 56 for 128). A base model folder's config, when the caller
 /// has one, is the better answer.
@@ -325,7 +325,7 @@ pub fn config(shapes: &Shapes) -> Result<FluxConfig, String> {
 mod tests {
     use super::*;
 
-    /// The header of a BFL-layout file for FLUX.1 [dev]'s real widths, `blocks` of each kind.
+    /// The header of a BFL-layout file for FLUX.1 \[dev\]'s real widths, `blocks` of each kind.
     fn dev_shapes(prefix: &str, blocks: usize) -> Shapes {
         let (w, mlp) = (3072, 12288);
         let mut shapes = Shapes::new();

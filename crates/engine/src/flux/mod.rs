@@ -1,4 +1,4 @@
-//! FLUX.1 [schnell] and [dev] (`FluxPipeline`): the rectified-flow transformer on packed 2x2
+//! FLUX.1 \[schnell\] and \[dev\] (`FluxPipeline`): the rectified-flow transformer on packed 2x2
 //! latent patches, conditioned on T5 states and a CLIP pooled vector. What diffusers computes is
 //! written down in `fixtures/DIT.md`.
 
@@ -21,8 +21,8 @@ pub(crate) const FLUX: FamilyEntry = FamilyEntry {
     parity: crate::parity::ParityRunner::check_flux,
 };
 
-/// diffusers' default size: 128 latents a side x the VAE's 8 = 1024. [dev] (guidance-distilled)
-/// runs 28 steps at guidance 3.5, [schnell] 4 steps without guidance, as their model cards say.
+/// diffusers' default size: 128 latents a side x the VAE's 8 = 1024. \[dev\] (guidance-distilled)
+/// runs 28 steps at guidance 3.5, \[schnell\] 4 steps without guidance, as their model cards say.
 fn shape(dir: &Path) -> Result<ModelShape> {
     let transformer = transformer::FluxConfig::read(&dir.join("transformer").join("config.json"))?;
     let vae = crate::vae::VaeConfig::load(&dir.join("vae").join("config.json"))?;

@@ -46,7 +46,7 @@ pub struct FluxRun<'a> {
     /// Unit noise `(1, 16, h, w)`, unpacked.
     pub noise: &'a Tensor,
     pub steps: usize,
-    /// [dev]'s distilled guidance; [schnell] ignores it.
+    /// \[dev\]'s distilled guidance; \[schnell\] ignores it.
     pub guidance: f64,
     /// Image-to-image: the picture's scaled latents `(1, 16, h, w)` and the strength.
     pub image: Option<(&'a Tensor, f64)>,
@@ -105,12 +105,12 @@ impl FluxPipeline {
         self.transformer.is_resident()
     }
 
-    /// [dev] has a guidance embedding; [schnell] does not.
+    /// \[dev\] has a guidance embedding; \[schnell\] does not.
     pub fn is_guidance_distilled(&self) -> bool {
         self.transformer_config.guidance_embeds
     }
 
-    /// diffusers' default T5 length: 512 tokens for [dev], 256 for [schnell].
+    /// diffusers' default T5 length: 512 tokens for \[dev\], 256 for \[schnell\].
     pub fn default_max_sequence_length(&self) -> usize {
         if self.is_guidance_distilled() {
             512

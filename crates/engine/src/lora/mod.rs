@@ -1,7 +1,7 @@
 //! LoRA adapters, chosen per request and applied to a loaded model without reloading it.
 //!
-//! - [`file`]: a LoRA file's layout (Kohya/A1111 or diffusers/PEFT) from its header, and each
-//!   module bound to a layer of the model, shapes checked.
+//! - [`file`](mod@file): a LoRA file's layout (Kohya/A1111 or diffusers/PEFT) from its header,
+//!   and each module bound to a layer of the model, shapes checked.
 //! - [`targets`]: the layers of a model folder a LoRA may change, from its weight headers.
 //! - [`hook`]: how the layers see the request's LoRAs (a thread-local set during `generate`).
 //!

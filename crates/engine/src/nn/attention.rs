@@ -5,7 +5,7 @@
 //! so that the score block stays under a fixed budget, which bounds peak memory for any
 //! image size while keeping the matmuls large enough to be efficient.
 //!
-//! On CPU in f32 the whole thing is one kernel ([`fused_cpu`]): per (batch, head, block of
+//! On CPU in f32 the whole thing is one kernel ([`FusedCpu`]): per (batch, head, block of
 //! 64 queries) one GEMM for the scores with the scale folded in, a softmax in place with a
 //! vectorised exp, one GEMM into the output. Q, K and V are read through their strides (the
 //! heads are transposed views of the projections), so nothing is copied, and the score

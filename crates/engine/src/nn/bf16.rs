@@ -228,7 +228,7 @@ fn product<P: AsRef<[u16]> + Send + Sync>(
     })
 }
 
-/// The product on [`Tiles`]: the activations rounded to bf16 rows once and every panel packed
+/// The product on [`super::tiles::Tiles`]: the activations rounded to bf16 rows once and every panel packed
 /// (or borrowed) once, then the product of few rows in registers by [`few_rows_product`], and
 /// any other by [`blocks_product`]. A weight packed per call (read in place from its file) is
 /// packed whole first: a transient copy of its size in bf16.

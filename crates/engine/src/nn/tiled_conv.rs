@@ -15,7 +15,7 @@
 //! ([`PackedConv`]); a task takes one panel and four blocks of positions, which take turns on
 //! a few steps of a tap's channels at a time (that part of the panel stays in L1), their sums
 //! kept between turns; each block's are then written back channels-first with the bias. The
-//! operands the tiles read start on cache lines ([`super::aligned`]).
+//! operands the tiles read start on cache lines ([`super::buffers::Lines`]).
 
 use half::bf16;
 use rayon::prelude::*;

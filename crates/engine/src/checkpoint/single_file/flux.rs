@@ -47,7 +47,7 @@ impl Writer<'_> {
         super::write(&dir.join("tokenizer.json"), T5_TOKENIZER)
     }
 
-    /// FLUX.1's flow-match schedule: [dev] (guidance-distilled) shifts by resolution, [schnell]
+    /// FLUX.1's flow-match schedule: \[dev\] (guidance-distilled) shifts by resolution, \[schnell\]
     /// not at all.
     pub(super) fn flux_scheduler(&self) -> Result<()> {
         let dev = flux_bfl::config(self.shapes)

@@ -30,7 +30,7 @@ pub struct FluxConfig {
     /// Width of the CLIP pooled vector.
     #[serde(default = "clip_width")]
     pub pooled_projection_dim: usize,
-    /// [dev]: a guidance embedding beside the timestep's.
+    /// \[dev\]: a guidance embedding beside the timestep's.
     #[serde(default)]
     pub guidance_embeds: bool,
     /// RoPE widths of the three position axes; they sum to the head width.

@@ -48,7 +48,7 @@ pub struct FluxInputs<'a> {
     pub pooled: &'a Tensor,
     /// The flow time, sigma in [0, 1] (multiplied by 1000 inside, as diffusers does).
     pub timestep: f32,
-    /// [dev]: the distilled guidance scale (also x1000 inside); ignored by [schnell].
+    /// \[dev\]: the distilled guidance scale (also x1000 inside); ignored by \[schnell\].
     pub guidance: Option<f32>,
     /// The packed latent grid, `rows x cols` tokens.
     pub rows: usize,

@@ -65,7 +65,7 @@ impl Module for LayerNorm {
 
 impl LayerNorm {
     /// The norm of `x`, as rows rounded to bf16 when `rounded` (for linear layers that
-    /// [take them](Linear::takes_rounded)) and `x` is f32 on the CPU, else as a tensor. Rows
+    /// [take them](super::Linear::takes_rounded)) and `x` is f32 on the CPU, else as a tensor. Rows
     /// in parallel on the CPU in f32 ([`crate::nn::norm::layer_norm_row`]); candle's elsewhere.
     pub fn forward_as(&self, x: &Tensor, rounded: bool) -> Result<Activations> {
         let cols = x.dim(candle_core::D::Minus1)?;
