@@ -4,12 +4,12 @@
 //! side. Modulation (AdaLayerNorm-Zero) turns the conditioning vector into per-block shift,
 //! scale and gate vectors.
 
-use candle_core::{D, Module, Result, Tensor};
+use candle_core::{D, DType, Module, Result, Tensor};
 
 use super::config::FluxConfig;
 use super::rope;
 use crate::nn::activation::gelu_tanh;
-use crate::nn::attention::scaled_dot_product;
+use crate::nn::attention::scaled_dot_product_for;
 use crate::nn::layers::{self, FeedForward, Linear, RmsNorm, Weights};
 
 /// LayerNorm without a learned scale or shift (eps 1e-6), as every FLUX norm before modulation.
@@ -78,12 +78,19 @@ impl Projections {
     }
 }
 
-/// Rotary attention over `(q, k, v)`, back to `(B, tokens, width)`.
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+/// Rotary attention over `(q, k, v)`, back to `(B, tokens, width)`; its products in bf16 for a
+/// bf16 model where the CPU has them (`weights`: the projections' dtype), as PyTorch's are.
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
+    weights: Option<DType>,
+) -> Result<Tensor> {
     let q = rope::apply(q, cos, sin)?;
     let k = rope::apply(k, cos, sin)?;
     let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-    let out = scaled_dot_product(&q, &k, v, scale)?;
+    let out = scaled_dot_product_for(weights, &q, &k, v, scale)?;
     crate::nn::transpose::heads_to_tokens(&out)
 }
 
@@ -142,7 +149,9 @@ impl DoubleBlock {
         let (iq, ik, iv) = self.image.forward(&image_in, self.heads)?;
         let (tq, tk, tv) = self.text.forward(&text_in, self.heads)?;
         let joint = |t: Tensor, i: Tensor| Tensor::cat(&[t, i], 2);
-        let attended = attend(&joint(tq, iq)?, &joint(tk, ik)?, &joint(tv, iv)?, cos, sin)?;
+        let weights = self.image.q.weight_dtype();
+        let (q, k, v) = (joint(tq, iq)?, joint(tk, ik)?, joint(tv, iv)?);
+        let attended = attend(&q, &k, &v, (cos, sin), weights)?;
         let text_tokens = text.dim(1)?;
         let text_attended = self
             .to_add_out
@@ -204,7 +213,8 @@ impl SingleBlock {
         let normed = modulate(&plain_norm(x)?, &m[0], &m[1])?;
         let mlp = gelu_tanh(&self.proj_mlp.forward(&normed)?)?;
         let (q, k, v) = self.projections.forward(&normed, self.heads)?;
-        let attended = attend(&q, &k, &v, cos, sin)?;
+        let weights = self.projections.q.weight_dtype();
+        let attended = attend(&q, &k, &v, (cos, sin), weights)?;
         let out = self.proj_out.forward(&Tensor::cat(&[attended, mlp], 2)?)?;
         x + m[2].unsqueeze(1)?.broadcast_mul(&out)?
     }

@@ -2,11 +2,11 @@
 //! stream with its own projections, and (MMDiT-X) a second self-attention over the image
 //! alone. Queries and keys may be RMS-normed per head (SD3.5's `qk_norm`).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::Sd3Config;
-use crate::nn::attention::scaled_dot_product;
+use crate::nn::attention::scaled_dot_product_for;
 use crate::nn::layers::{self, Linear, RmsNorm};
 
 /// A projection to heads, `(B, N, heads, head)`, RMS-normed per head when the model has it.
@@ -59,14 +59,21 @@ impl Projections {
             v: HeadProjection::new(config, vb, "to_v", None)?,
         })
     }
+
+    /// The dtype the projections' weights are held in, which the attention's products follow.
+    fn weights(&self) -> Option<DType> {
+        self.q.linear.weight_dtype()
+    }
 }
 
 /// `softmax(q k^T / sqrt(d)) v` over `(B, N, heads, head)` inputs (read as transposed views,
-/// not copied), back to `(B, Nq, width)`.
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+/// not copied), back to `(B, Nq, width)`; its products in bf16 for a bf16 model where the CPU
+/// has them (`weights`: the projections' dtype), as PyTorch's are.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, weights: Option<DType>) -> Result<Tensor> {
     let d = q.dim(3)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let out = scaled_dot_product(
+    let out = scaled_dot_product_for(
+        weights,
         &q.transpose(1, 2)?,
         &k.transpose(1, 2)?,
         &v.transpose(1, 2)?,
@@ -115,10 +122,12 @@ impl JointAttention {
         let v = joint(self.image.v.forward(image)?, self.text_v.forward(text)?)?;
         let image_q = self.image.q.forward(image)?;
         let Some((text_q, to_add_out)) = &self.text_out else {
-            return Ok((self.to_out.forward(&attend(&image_q, &k, &v)?)?, None));
+            let out = attend(&image_q, &k, &v, self.image.weights())?;
+            return Ok((self.to_out.forward(&out)?, None));
         };
         let image_tokens = image.dim(1)?;
-        let out = attend(&joint(image_q, text_q.forward(text)?)?, &k, &v)?;
+        let q = joint(image_q, text_q.forward(text)?)?;
+        let out = attend(&q, &k, &v, self.image.weights())?;
         let image_out = self.to_out.forward(&out.narrow(1, 0, image_tokens)?)?;
         let text_out = to_add_out.forward(&out.narrow(1, image_tokens, text.dim(1)?)?)?;
         Ok((image_out, Some(text_out)))
@@ -146,6 +155,7 @@ impl ImageAttention {
             &p.q.forward(image)?,
             &p.k.forward(image)?,
             &p.v.forward(image)?,
+            p.weights(),
         )?;
         self.to_out.forward(&out)
     }

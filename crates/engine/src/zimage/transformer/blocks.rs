@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use super::config::ZImageConfig;
 use super::rope;
 use crate::nn::activation;
-use crate::nn::attention::scaled_dot_product;
+use crate::nn::attention::scaled_dot_product_for;
 use crate::nn::layers::{self, Linear, RmsNorm};
 
 /// Self-attention with per-head q/k RMS norms and RoPE; no biases.
@@ -65,7 +65,9 @@ impl Attention {
         let q = rope::apply(&q, cos, sin)?;
         let k = rope::apply(&k, cos, sin)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-        let out = scaled_dot_product(&q, &k, &v.transpose(1, 2)?, scale)?;
+        // In bf16 for a bf16 model where the CPU has the products, as PyTorch computes it.
+        let weights = self.to_q.weight_dtype();
+        let out = scaled_dot_product_for(weights, &q, &k, &v.transpose(1, 2)?, scale)?;
         self.to_out
             .forward(&crate::nn::transpose::heads_to_tokens(&out)?)
     }
