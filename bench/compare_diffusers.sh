@@ -12,8 +12,8 @@
 #     guidance 0. A missing folder is built first.
 # Environment: MODEL (instead of the argument), THREADS (default: all cores), RUNS (3), SIZE (512),
 #              STEPS (1 for SD and SDXL, 4 for FLUX and SD3, 9 for Z-Image), PYTHON (a python with torch + diffusers; default .venv-bench,
-#              created if missing), DTYPE (f32; bf16 or f16 for SD and SDXL: text encoders and UNet in
-#              that dtype on both sides, the VAE f32), ISA (native; avx2: both sides held to AVX2, see setup.sh).
+#              created if missing), DTYPE (f32; bf16, or f16 for SD and SDXL: text encoders and UNet or
+#              transformer in that dtype on both sides, the VAE f32), ISA (native; avx2: both sides held to AVX2, see setup.sh).
 #              FLUX runs with guidance 0 and T5 padded to 256 tokens.
 #              DEVICE (cpu; cuda: both sides on the GPU, SD and SDXL, with DTYPE=f16 for the CUDA
 #              row, SEEDBED=a cuda build; see bench/RESULTS.md's header), SEEDBED (a binary to run

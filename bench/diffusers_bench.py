@@ -42,8 +42,8 @@ with open(os.path.join(args.model_dir, "model_index.json")) as f:
     pipeline_class = json.load(f)["_class_name"]
 torch.set_num_threads(args.threads)
 dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
-if dtype != torch.float32 and pipeline_class not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
-    sys.exit(f"--dtype {args.dtype} is measured for SD and SDXL only")
+if dtype == torch.float16 and pipeline_class not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+    sys.exit("--dtype f16 is measured for SD and SDXL only (the transformer families are made for bf16)")
 if args.device != "cpu" and pipeline_class not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
     sys.exit(f"--device {args.device} is measured for SD and SDXL only")
 device = args.device
@@ -61,16 +61,19 @@ started = time.perf_counter()
 if pipeline_class == "FluxPipeline":
     from diffusers import FluxPipeline
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-    pipe = FluxPipeline.from_pretrained(args.model_dir, torch_dtype=torch.float32)
+    pipe = FluxPipeline.from_pretrained(args.model_dir, torch_dtype=dtype)
 elif pipeline_class == "ZImagePipeline":
     from diffusers import ZImagePipeline
     from diffusers.pipelines.z_image.pipeline_z_image import (calculate_shift, get_default_z_image_sigmas,
                                                                retrieve_timesteps)
-    pipe = ZImagePipeline.from_pretrained(args.model_dir, torch_dtype=torch.float32)
+    pipe = ZImagePipeline.from_pretrained(args.model_dir, torch_dtype=dtype)
 elif pipeline_class == "StableDiffusion3Pipeline":
     from diffusers import StableDiffusion3Pipeline
     from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
-    pipe = StableDiffusion3Pipeline.from_pretrained(args.model_dir, torch_dtype=torch.float32)
+    pipe = StableDiffusion3Pipeline.from_pretrained(args.model_dir, torch_dtype=dtype)
+    # diffusers 0.42.1 leaves the patch and time embeddings in f32 (72 tensors), and then
+    # fails on their bf16 inputs: the whole transformer in bf16, as the checkpoint is.
+    pipe.transformer.to(dtype)
 elif pipeline_class == "StableDiffusionXLPipeline":
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     pipe = StableDiffusionXLPipeline.from_pretrained(args.model_dir, torch_dtype=dtype, add_watermarker=False)
@@ -145,7 +148,7 @@ def run_flux(seed):
     t1 = time.perf_counter()
     h, w = 2 * (args.height // 16), 2 * (args.width // 16)  # latent size, even
     g = torch.Generator().manual_seed(seed)
-    latents = pipe._pack_latents(torch.randn(1, 16, h, w, generator=g), 1, 16, h, w)
+    latents = pipe._pack_latents(torch.randn(1, 16, h, w, generator=g), 1, 16, h, w).to(dtype)
     img_ids = pipe._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
     config = pipe.scheduler.config
     mu = calculate_shift(latents.shape[1], config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
@@ -159,7 +162,7 @@ def run_flux(seed):
                                     txt_ids=text_ids, img_ids=img_ids, return_dict=False)[0]
         latents = pipe.scheduler.step(velocity, t, latents, return_dict=False)[0]
     t2 = time.perf_counter()
-    latents = pipe._unpack_latents(latents, args.height, args.width, pipe.vae_scale_factor)
+    latents = pipe._unpack_latents(latents, args.height, args.width, pipe.vae_scale_factor).to(pipe.vae.dtype)
     latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
     image = pipe.vae.decode(latents, return_dict=False)[0]
     pixels = pipe.image_processor.postprocess(image, output_type="np")
@@ -170,7 +173,7 @@ def run_flux(seed):
 
 
 def decode(latents):
-    latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+    latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
     image = pipe.vae.decode(latents, return_dict=False)[0]
     pixels = pipe.image_processor.postprocess(image, output_type="np")
     if not np.isfinite(pixels).all() or not torch.isfinite(latents).all():
@@ -194,7 +197,8 @@ def run_zimage(seed):
                                       sigmas=get_default_z_image_sigmas(args.steps), mu=mu)
     pipe.scheduler.set_begin_index(0)
     for t in timesteps:
-        out = pipe.transformer(list(latents.unsqueeze(2).unbind(dim=0)), (1000 - t.expand(1)) / 1000, embeds,
+        model_input = latents.to(pipe.transformer.dtype).unsqueeze(2)
+        out = pipe.transformer(list(model_input.unbind(dim=0)), (1000 - t.expand(1)) / 1000, embeds,
                                return_dict=False)[0]
         velocity = -torch.stack([o.float() for o in out], dim=0).squeeze(2)
         latents = pipe.scheduler.step(velocity, t, latents, return_dict=False)[0]
@@ -212,7 +216,7 @@ def run_sd3(seed):
                                               max_sequence_length=args.max_sequence_length)
     t1 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
-    latents = torch.randn(1, 16, args.height // 8, args.width // 8, generator=g)
+    latents = torch.randn(1, 16, args.height // 8, args.width // 8, generator=g).to(dtype)
     timesteps, _ = retrieve_timesteps(pipe.scheduler, args.steps, "cpu")
     for t in timesteps:
         velocity = pipe.transformer(hidden_states=latents, timestep=t.expand(1), encoder_hidden_states=embeds,
