@@ -468,7 +468,8 @@ enum Operand<'a> {
     Tiles(&'a PackedConv),
     /// bf16 packed for the tiles, run in f32 by Winograd ([`winograd_instead`]): each output
     /// channel's filters widened just before their transform, where a whole f32 copy of the
-    /// weight took 4 % of an SD-Turbo-shaped bf16 UNet step.
+    /// weight was written to fresh pages and read back once (an SD-Turbo-shaped bf16 bench:
+    /// 10 % fewer page faults, bench/RESULTS.md).
     Widened(&'a PackedConv),
 }
 
