@@ -9,18 +9,24 @@
 #   nvidia-* wheels, into CUDA_VENV (default .venv-cuda);
 # - libcuda.so, which only the GPU driver ships: Debian's non-free libcuda1 package, unpacked
 #   into that venv (apt is pointed at its own lists there; the system's sources are untouched).
-# Environment: COMPUTE_CAP (default 90, Hopper) for candle's kernels; CUDA_VERSION as cudarc
-# spells it (default 13040: cudarc 0.19 knows versions up to 13.4, the PyPI compiler is newer,
-# and this only picks the driver API surface); TARGET_DIR (default target/cuda); PROFILE
-# (default dev; `release` for a binary to benchmark with).
+# Environment: COMPUTE_CAP (default 90, Hopper) for candle's kernels; CUDA_RELEASE (default
+# 13.0), the compiler's and runtime's release: candle's kernels are PTX that the GPU's driver
+# compiles when they load, and a driver refuses PTX from a newer toolkit than its own (the lent
+# H100/H200 machines run driver 580, CUDA 13.0; their PyTorch links CUDA 13 libraries, which
+# this binary then uses); CUDA_VERSION as cudarc spells it (default from CUDA_RELEASE, 13000;
+# it picks the driver API surface); TARGET_DIR (default target/cuda); PROFILE (default dev;
+# `release` for a binary to benchmark with, also written stripped and xz-compressed to
+# .cuda-carry/seedbed.xz, small enough to carry to a GPU machine without cargo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${CUDA_VENV:-.venv-cuda}
 [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
 # Absolute: apt runs below from inside the venv, and reads these paths from there.
 venv=$(realpath "$venv")
-"$venv/bin/pip" install -q --disable-pip-version-check nvidia-cuda-nvcc nvidia-cuda-runtime \
-  nvidia-cuda-cccl nvidia-cuda-crt nvidia-cuda-nvrtc nvidia-cublas nvidia-curand
+release=${CUDA_RELEASE:-13.0}
+"$venv/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-nvcc==$release.*" \
+  "nvidia-cuda-runtime==$release.*" "nvidia-cuda-cccl==$release.*" "nvidia-cuda-crt==$release.*" \
+  "nvidia-cuda-nvrtc==$release.*" nvidia-cublas nvidia-curand
 cuda=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
 "$cuda/bin/nvcc" --version | tail -n 2
 
@@ -49,11 +55,17 @@ for lib in "$driver/libcuda.so.1" "$cuda"/lib/lib{cudart,nvrtc,cublas,cublasLt,c
 done
 
 export PATH="$cuda/bin:$PATH" CUDA_HOME="$cuda" CUDA_PATH="$cuda" CUDA_ROOT="$cuda"
-export CUDA_COMPUTE_CAP=${COMPUTE_CAP:-90} CUDARC_CUDA_VERSION=${CUDA_VERSION:-13040}
+major=${release%%.*} minor=${release#*.}
+export CUDA_COMPUTE_CAP=${COMPUTE_CAP:-90}
+export CUDARC_CUDA_VERSION=${CUDA_VERSION:-$((major * 1000 + minor * 10))}
 export CARGO_TARGET_DIR=${TARGET_DIR:-target/cuda} LIBRARY_PATH="$(realpath "$links")"
 profile=${PROFILE:-dev}
 cargo build --profile "$profile" -p seedbed --features cuda
-out="$CARGO_TARGET_DIR/$([ "$profile" = dev ] && echo debug || echo "$profile")/seedbed"
+dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
+out="$CARGO_TARGET_DIR/$dir/seedbed"
+# The PTX ISA candle's kernels carry: a driver loads only the versions it knows.
+ptx=$(find "$CARGO_TARGET_DIR/$dir/build" -path '*candle-kernels*' -name '*.ptx' | head -n 1)
+[ -z "$ptx" ] || echo "candle's kernels: PTX $(grep -m1 -o '^\.version [0-9.]*' "$ptx")"
 
 # candle links the CUDA libraries dynamically, so the binary needs them to start; without a
 # GPU it must still run on CPU and refuse --device cuda with the driver's own reason.
@@ -67,3 +79,11 @@ else
   grep -m1 'caused by' "$CARGO_TARGET_DIR/cuda.err" || head -n 3 "$CARGO_TARGET_DIR/cuda.err"
 fi
 echo "cuda build OK: $out (run it with LD_LIBRARY_PATH=$(realpath "$links"))"
+if [ "$profile" != dev ]; then
+  # For a GPU machine without cargo: no debug info, compressed (the release binary is over
+  # 200 MB with its line tables).
+  mkdir -p .cuda-carry
+  strip -o .cuda-carry/seedbed "$out"
+  xz -T0 -f .cuda-carry/seedbed
+  echo "to carry: .cuda-carry/seedbed.xz, $(du -h .cuda-carry/seedbed.xz | cut -f1)"
+fi
