@@ -26,7 +26,7 @@ venv=$(realpath "$venv")
 release=${CUDA_RELEASE:-13.0}
 "$venv/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-nvcc==$release.*" \
   "nvidia-cuda-runtime==$release.*" "nvidia-cuda-cccl==$release.*" "nvidia-cuda-crt==$release.*" \
-  "nvidia-cuda-nvrtc==$release.*" nvidia-cublas nvidia-curand
+  "nvidia-cuda-nvrtc==$release.*" "nvidia-nvvm==$release.*" nvidia-cublas nvidia-curand
 cuda=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
 "$cuda/bin/nvcc" --version | tail -n 2
 
