@@ -9,8 +9,9 @@
 # ISA=avx2 measures an AVX2-only CPU's row on an AVX-512 machine: seedbed built without its
 # `avx512` feature (target/avx2, the paths runtime detection takes on such a CPU, gemm's
 # included), PyTorch held to AVX2 in ATen, oneDNN and MKL by their own switches.
-python=${PYTHON:-.venv-bench/bin/python}
-if [ ! -x "$python" ]; then
+# A name on PATH (PYTHON=python3, a GPU machine's own) or a path.
+python=$(command -v "${PYTHON:-.venv-bench/bin/python}" || true)
+if [ -z "$python" ]; then
   python3 -m venv .venv-bench
   .venv-bench/bin/pip install -q torch diffusers transformers safetensors numpy sentencepiece protobuf
   python=.venv-bench/bin/python
