@@ -14,7 +14,7 @@
 # compiles when they load, and a driver refuses PTX from a newer toolkit than its own (the lent
 # H100/H200 machines run driver 580, CUDA 13.0; their PyTorch links CUDA 13 libraries, which
 # this binary then uses); CUDA_VERSION as cudarc spells it (default from CUDA_RELEASE, 13000;
-# it picks the driver API surface); TARGET_DIR (default target/cuda); PROFILE (default dev;
+# it picks the driver API surface; cudarc 0.19 knows releases up to 13040); TARGET_DIR (default target/cuda); PROFILE (default dev;
 # `release` for a binary to benchmark with, also written stripped and xz-compressed to
 # .cuda-carry/seedbed.xz, small enough to carry to a GPU machine without cargo).
 set -euo pipefail
